@@ -1,0 +1,1302 @@
+//! The run state machine: `(state, event, now, plan) -> (next state, effects)`.
+//!
+//! Pure: no clock, no randomness, no I/O. The runtime persists the next state and the effects in
+//! one atomic script, then carries the effects out. The whole transition table is the `match` in
+//! [`transition`]; every (status, event) pair is listed.
+//!
+//! Fences: every job and timer carries the step's dispatch sequence number (`seq`). An outcome or
+//! timer whose `seq` is not the step's current one, or that finds the step in another state, is
+//! stale: the transition ignores it and nothing changes.
+
+use serde_json::{Map, Value};
+use steward_schemas::{
+    Attempt, CompState, Dispatch, Effect, Event, FailureKind, Job, JobRef, OnFailure, PauseReason,
+    Phase, Rollback, RollbackCause, RunContext, RunState, RunStatus, SkipReason, StepFailure,
+    StepId, StepRecord, StepState, TimerKey, TimerKind, Timestamp,
+};
+
+use crate::expr::{Path, Root, RunField, Scope, walk};
+use crate::plan::Plan;
+use crate::retry::jitter_sample;
+
+/// The longest `Retry-After` a service may impose on a step.
+pub const MAX_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(86_400);
+
+/// What the machine gets besides the state and the event.
+#[derive(Debug, Clone, Copy)]
+pub struct Cx {
+    /// The time of the transition.
+    pub now: Timestamp,
+}
+
+/// The result of applying an event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    /// The new state (equal to the old one when the event was ignored).
+    pub next: RunState,
+    /// What the runtime must do.
+    pub effects: Vec<Effect>,
+    /// Why the event changed nothing (a stale or duplicate delivery, a late event).
+    pub ignored: Option<String>,
+}
+
+/// An event that cannot be applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransitionError {
+    /// The event cannot happen in this status (a bug in whoever sent it).
+    #[error("`{event}` cannot happen to a run that is {status}")]
+    Invalid {
+        /// The run's status.
+        status: &'static str,
+        /// The event.
+        event: &'static str,
+    },
+    /// A technician's request that does not apply now; the reason says what would.
+    #[error("{reason}")]
+    Rejected {
+        /// Why, and what to do instead.
+        reason: String,
+    },
+    /// The event names a step the run does not have.
+    #[error("the run has no step `{step}`")]
+    UnknownStep {
+        /// The name given.
+        step: String,
+    },
+    /// The stored state does not fit the run's plan.
+    #[error("the run's state does not match its plan: {detail}")]
+    Inconsistent {
+        /// What does not fit.
+        detail: String,
+    },
+}
+
+/// The state of a new run: `created`, every step pending.
+pub fn initial_state(plan: &Plan, now: Timestamp) -> RunState {
+    RunState {
+        status: RunStatus::Created,
+        steps: plan
+            .steps()
+            .iter()
+            .map(|s| (s.id.clone(), StepRecord::pending()))
+            .collect(),
+        updated_at: now,
+    }
+}
+
+/// Applies `event` to `state`.
+pub fn transition(
+    plan: &Plan,
+    ctx: &RunContext,
+    state: &RunState,
+    event: &Event,
+    cx: &Cx,
+) -> Result<Transition, TransitionError> {
+    if state.steps.len() != plan.steps().len()
+        || plan
+            .steps()
+            .iter()
+            .any(|s| !state.steps.contains_key(&s.id))
+    {
+        return Err(TransitionError::Inconsistent {
+            detail: format!(
+                "the plan has steps [{}], the state [{}]",
+                plan.steps()
+                    .iter()
+                    .map(|s| s.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                state
+                    .steps
+                    .keys()
+                    .map(StepId::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        });
+    }
+    let mut m = Machine {
+        plan,
+        ctx,
+        st: state.clone(),
+        effects: Vec::new(),
+        now: cx.now,
+        ignored: None,
+    };
+    use RunStatus as S;
+    let invalid = || TransitionError::Invalid {
+        status: state.status.name(),
+        event: event.name(),
+    };
+    match (&state.status, event) {
+        // A run is created once.
+        (S::Created, Event::RunCreated { start_at }) => m.on_run_created(*start_at),
+        (
+            S::Scheduled { .. }
+            | S::Running
+            | S::Paused { .. }
+            | S::Cancelling { .. }
+            | S::RollingBack { .. }
+            | S::Completed { .. }
+            | S::Cancelled { .. }
+            | S::RolledBack { .. }
+            | S::RollbackFailed { .. },
+            Event::RunCreated { .. },
+        ) => return Err(invalid()),
+
+        // Nothing can reach a run before it is created.
+        (
+            S::Created,
+            Event::StepSucceeded { .. }
+            | Event::StepPending { .. }
+            | Event::StepFailed { .. }
+            | Event::UndoSucceeded { .. }
+            | Event::UndoFailed { .. }
+            | Event::TimerFired { .. }
+            | Event::JobsRevoked { .. }
+            | Event::CancelRequested { .. }
+            | Event::PauseRequested { .. }
+            | Event::ResumeRequested { .. }
+            | Event::RetryStepRequested { .. }
+            | Event::SkipStepRequested { .. },
+        ) => return Err(invalid()),
+
+        // An ended run absorbs late reports; requests get a reason.
+        (
+            S::Completed { .. }
+            | S::Cancelled { .. }
+            | S::RolledBack { .. }
+            | S::RollbackFailed { .. },
+            Event::StepSucceeded { .. }
+            | Event::StepPending { .. }
+            | Event::StepFailed { .. }
+            | Event::UndoSucceeded { .. }
+            | Event::UndoFailed { .. }
+            | Event::TimerFired { .. }
+            | Event::JobsRevoked { .. },
+        ) => m.ignore(format!("the run has ended ({})", state.status.name())),
+        (
+            S::Completed { .. }
+            | S::Cancelled { .. }
+            | S::RolledBack { .. }
+            | S::RollbackFailed { .. },
+            Event::CancelRequested { .. }
+            | Event::PauseRequested { .. }
+            | Event::ResumeRequested { .. }
+            | Event::RetryStepRequested { .. }
+            | Event::SkipStepRequested { .. },
+        ) => {
+            return Err(TransitionError::Rejected {
+                reason: format!("the run has already ended ({})", state.status.name()),
+            });
+        }
+
+        // Reports from workers and timers. Fences inside ignore stale ones.
+        (
+            S::Scheduled { .. }
+            | S::Running
+            | S::Paused { .. }
+            | S::Cancelling { .. }
+            | S::RollingBack { .. },
+            Event::StepSucceeded {
+                step,
+                seq,
+                output,
+                rollback,
+            },
+        ) => m.on_step_succeeded(step, *seq, output, rollback)?,
+        (
+            S::Scheduled { .. }
+            | S::Running
+            | S::Paused { .. }
+            | S::Cancelling { .. }
+            | S::RollingBack { .. },
+            Event::StepPending {
+                step,
+                seq,
+                check_after,
+                note,
+            },
+        ) => m.on_step_pending(step, *seq, check_after.get(), note.as_deref())?,
+        (
+            S::Scheduled { .. }
+            | S::Running
+            | S::Paused { .. }
+            | S::Cancelling { .. }
+            | S::RollingBack { .. },
+            Event::StepFailed { step, seq, error },
+        ) => m.on_step_failed(step, *seq, error)?,
+        (
+            S::Scheduled { .. }
+            | S::Running
+            | S::Paused { .. }
+            | S::Cancelling { .. }
+            | S::RollingBack { .. },
+            Event::UndoSucceeded { step, seq },
+        ) => m.on_undo_succeeded(step, *seq)?,
+        (
+            S::Scheduled { .. }
+            | S::Running
+            | S::Paused { .. }
+            | S::Cancelling { .. }
+            | S::RollingBack { .. },
+            Event::UndoFailed { step, seq, error },
+        ) => m.on_undo_failed(step, *seq, error)?,
+        (
+            S::Scheduled { .. }
+            | S::Running
+            | S::Paused { .. }
+            | S::Cancelling { .. }
+            | S::RollingBack { .. },
+            Event::TimerFired { timer },
+        ) => m.on_timer_fired(timer)?,
+        (
+            S::Scheduled { .. }
+            | S::Running
+            | S::Paused { .. }
+            | S::Cancelling { .. }
+            | S::RollingBack { .. },
+            Event::JobsRevoked { jobs },
+        ) => m.on_jobs_revoked(jobs)?,
+
+        // Technicians' requests.
+        (S::Scheduled { .. }, Event::CancelRequested { by, .. }) => {
+            m.effects.push(Effect::CancelTimer {
+                key: TimerKey::start(),
+            });
+            m.finish(S::Cancelled {
+                at: cx.now,
+                by: by.clone(),
+            });
+        }
+        (S::Running | S::Paused { .. }, Event::CancelRequested { by, rollback, .. }) => {
+            m.st.status = S::Cancelling {
+                by: by.clone(),
+                rollback: *rollback,
+            };
+            m.cancel_outstanding();
+            m.settle();
+        }
+        (
+            S::Cancelling {
+                by,
+                rollback: false,
+            },
+            Event::CancelRequested { rollback: true, .. },
+        ) => {
+            m.st.status = S::Cancelling {
+                by: by.clone(),
+                rollback: true,
+            };
+            m.settle();
+        }
+        (S::Cancelling { .. }, Event::CancelRequested { .. }) => {
+            return Err(rejected("the run is already being cancelled"));
+        }
+        (S::RollingBack { .. }, Event::CancelRequested { .. }) => {
+            return Err(rejected("the run is already rolling back"));
+        }
+
+        (S::Running, Event::PauseRequested { by, reason }) => {
+            m.st.status = S::Paused {
+                reason: PauseReason::Operator {
+                    by: by.clone(),
+                    note: reason.clone(),
+                },
+            };
+            m.revoke_queued();
+        }
+        (S::Scheduled { .. }, Event::PauseRequested { .. }) => {
+            return Err(rejected(
+                "the run has not started yet; cancel it if it should not run",
+            ));
+        }
+        (S::Paused { .. }, Event::PauseRequested { .. }) => {
+            return Err(rejected("the run is already paused"));
+        }
+        (S::Cancelling { .. } | S::RollingBack { .. }, Event::PauseRequested { .. }) => {
+            return Err(rejected(&format!(
+                "the run is {}; it cannot be paused",
+                state.status.name()
+            )));
+        }
+
+        (S::Paused { .. }, Event::ResumeRequested { .. }) => m.on_resume()?,
+        (
+            S::Scheduled { .. } | S::Running | S::Cancelling { .. } | S::RollingBack { .. },
+            Event::ResumeRequested { .. },
+        ) => {
+            return Err(rejected(&format!(
+                "the run is not paused (it is {})",
+                state.status.name()
+            )));
+        }
+
+        (S::Running | S::Paused { .. }, Event::RetryStepRequested { step, .. }) => {
+            m.on_retry_step(step)?
+        }
+        (S::Running | S::Paused { .. }, Event::SkipStepRequested { step, by, reason }) => {
+            m.on_skip_step(step, by, reason.as_deref())?;
+        }
+        (
+            S::Scheduled { .. } | S::Cancelling { .. } | S::RollingBack { .. },
+            Event::RetryStepRequested { .. } | Event::SkipStepRequested { .. },
+        ) => {
+            return Err(rejected(&format!(
+                "steps can be retried or skipped only while the run is running or paused (it is {})",
+                state.status.name()
+            )));
+        }
+    }
+    if m.ignored.is_none() {
+        m.st.updated_at = cx.now;
+    }
+    Ok(Transition {
+        next: m.st,
+        effects: m.effects,
+        ignored: m.ignored,
+    })
+}
+
+fn rejected(reason: &str) -> TransitionError {
+    TransitionError::Rejected {
+        reason: reason.to_owned(),
+    }
+}
+
+struct Machine<'a> {
+    plan: &'a Plan,
+    ctx: &'a RunContext,
+    st: RunState,
+    effects: Vec<Effect>,
+    now: Timestamp,
+    ignored: Option<String>,
+}
+
+impl Machine<'_> {
+    fn ignore(&mut self, why: String) {
+        self.ignored = Some(why);
+    }
+
+    fn n(&self) -> usize {
+        self.plan.steps().len()
+    }
+
+    fn rec(&self, i: usize) -> &StepRecord {
+        self.st
+            .steps
+            .get(&self.plan.step(i).id)
+            .expect("every plan step has a record (checked on entry)")
+    }
+
+    fn rec_mut(&mut self, i: usize) -> &mut StepRecord {
+        self.st
+            .steps
+            .get_mut(&self.plan.step(i).id)
+            .expect("every plan step has a record (checked on entry)")
+    }
+
+    fn set(&mut self, i: usize, state: StepState) {
+        self.rec_mut(i).state = state;
+    }
+
+    fn index(&self, step: &StepId) -> Result<usize, TransitionError> {
+        self.plan
+            .index_of(step.as_str())
+            .ok_or_else(|| TransitionError::UnknownStep {
+                step: step.to_string(),
+            })
+    }
+
+    fn id(&self, i: usize) -> StepId {
+        self.plan.step(i).id.clone()
+    }
+
+    fn finish(&mut self, status: RunStatus) {
+        let name = status.name().to_owned();
+        self.st.status = status;
+        self.effects.push(Effect::RunEnded { status: name });
+    }
+
+    /// The queued run-phase job of step `i` if `seq` is current, else why the report is stale.
+    fn fenced(&self, i: usize, seq: u32) -> Result<Dispatch, String> {
+        let rec = self.rec(i);
+        match &rec.state {
+            StepState::Queued { job, .. } if rec.seq == seq => Ok(*job),
+            state => Err(format!(
+                "stale report for step `{}` (job {seq}; the step is {} at job {})",
+                self.plan.step(i).id,
+                state.name(),
+                rec.seq
+            )),
+        }
+    }
+
+    fn fenced_undo(&self, i: usize, seq: u32) -> Result<Attempt, String> {
+        let rec = self.rec(i);
+        match &rec.undo {
+            Some(CompState::Queued { attempt, .. }) if rec.seq == seq => Ok(*attempt),
+            other => Err(format!(
+                "stale undo report for step `{}` (job {seq}; the undo is {} at job {})",
+                self.plan.step(i).id,
+                other.as_ref().map_or("not started", CompState::name),
+                rec.seq
+            )),
+        }
+    }
+
+    // ---- events -------------------------------------------------------------------------
+
+    fn on_run_created(&mut self, start_at: Option<Timestamp>) {
+        match start_at {
+            Some(at) if at > self.now => {
+                self.st.status = RunStatus::Scheduled { start_at: at };
+                self.effects.push(Effect::ScheduleTimer {
+                    key: TimerKey::start(),
+                    at,
+                });
+            }
+            _ => {
+                self.st.status = RunStatus::Running;
+                self.settle();
+            }
+        }
+    }
+
+    fn on_step_succeeded(
+        &mut self,
+        step: &StepId,
+        seq: u32,
+        output: &Value,
+        rollback: &Rollback,
+    ) -> Result<(), TransitionError> {
+        let i = self.index(step)?;
+        let job = match self.fenced(i, seq) {
+            Ok(job) => job,
+            Err(why) => {
+                self.ignore(why);
+                return Ok(());
+            }
+        };
+        self.set(
+            i,
+            StepState::Succeeded {
+                attempt: job.attempt,
+                at: self.now,
+                output: output.clone(),
+                rollback: rollback.clone(),
+            },
+        );
+        self.settle();
+        Ok(())
+    }
+
+    fn on_step_pending(
+        &mut self,
+        step: &StepId,
+        seq: u32,
+        check_after: std::time::Duration,
+        note: Option<&str>,
+    ) -> Result<(), TransitionError> {
+        let i = self.index(step)?;
+        let job = match self.fenced(i, seq) {
+            Ok(job) => job,
+            Err(why) => {
+                self.ignore(why);
+                return Ok(());
+            }
+        };
+        match &self.st.status {
+            RunStatus::Scheduled { .. } | RunStatus::Running | RunStatus::Paused { .. } => {
+                let since = job.waiting_since.unwrap_or(self.now);
+                let max_wait = self.plan.step(i).max_wait;
+                if self.now.since(since) >= max_wait {
+                    let waited = steward_schemas::Dur::new(self.now.since(since));
+                    let what = note.map(|n| format!(" ({n})")).unwrap_or_default();
+                    let error = StepFailure {
+                        kind: FailureKind::GaveUpWaiting,
+                        message: format!(
+                            "still not done after waiting {waited}{what}; max_wait is {}",
+                            steward_schemas::Dur::new(max_wait)
+                        ),
+                        code: None,
+                        retry_after: None,
+                    };
+                    self.fail_final(i, job.attempt, error);
+                } else {
+                    let next_check = self.now.plus(check_after);
+                    let seq = self.rec(i).seq;
+                    self.set(
+                        i,
+                        StepState::Polling {
+                            job: Dispatch {
+                                attempt: job.attempt,
+                                polls: job.polls.saturating_add(1),
+                                waiting_since: Some(since),
+                            },
+                            next_check,
+                            note: note.map(str::to_owned),
+                        },
+                    );
+                    self.effects.push(Effect::ScheduleTimer {
+                        key: TimerKey::step(TimerKind::Poll, self.id(i), seq),
+                        at: next_check,
+                    });
+                }
+            }
+            RunStatus::Cancelling { .. } | RunStatus::RollingBack { .. } => {
+                self.set(i, StepState::Cancelled { at: self.now });
+            }
+            RunStatus::Created
+            | RunStatus::Completed { .. }
+            | RunStatus::Cancelled { .. }
+            | RunStatus::RolledBack { .. }
+            | RunStatus::RollbackFailed { .. } => unreachable!("handled by the transition table"),
+        }
+        self.settle();
+        Ok(())
+    }
+
+    fn on_step_failed(
+        &mut self,
+        step: &StepId,
+        seq: u32,
+        error: &StepFailure,
+    ) -> Result<(), TransitionError> {
+        let i = self.index(step)?;
+        let job = match self.fenced(i, seq) {
+            Ok(job) => job,
+            Err(why) => {
+                self.ignore(why);
+                return Ok(());
+            }
+        };
+        match &self.st.status {
+            RunStatus::Scheduled { .. } | RunStatus::Running | RunStatus::Paused { .. } => {
+                match self.retry_delay(i, job.attempt, error) {
+                    Some(delay) => {
+                        let not_before = self.now.plus(delay);
+                        let seq = self.rec(i).seq;
+                        self.set(
+                            i,
+                            StepState::Retrying {
+                                next: job.attempt.next(),
+                                not_before,
+                                error: error.clone(),
+                            },
+                        );
+                        self.effects.push(Effect::ScheduleTimer {
+                            key: TimerKey::step(TimerKind::Retry, self.id(i), seq),
+                            at: not_before,
+                        });
+                    }
+                    None => self.fail_final(i, job.attempt, error.clone()),
+                }
+            }
+            RunStatus::Cancelling { .. } | RunStatus::RollingBack { .. } => {
+                self.set(
+                    i,
+                    StepState::Failed {
+                        attempt: job.attempt,
+                        at: self.now,
+                        error: error.clone(),
+                    },
+                );
+            }
+            RunStatus::Created
+            | RunStatus::Completed { .. }
+            | RunStatus::Cancelled { .. }
+            | RunStatus::RolledBack { .. }
+            | RunStatus::RollbackFailed { .. } => unreachable!("handled by the transition table"),
+        }
+        self.settle();
+        Ok(())
+    }
+
+    /// The wait before the next attempt, or `None` when the failure is final.
+    fn retry_delay(
+        &self,
+        i: usize,
+        failed: Attempt,
+        error: &StepFailure,
+    ) -> Option<std::time::Duration> {
+        if !error.is_retryable() {
+            return None;
+        }
+        let sample = jitter_sample(&[
+            &self.ctx.run_id.to_string(),
+            self.plan.step(i).id.as_str(),
+            &failed.get().to_string(),
+        ]);
+        let delay = self.plan.step(i).retry.next_delay(failed, sample)?;
+        // An explicit request from the service wins over the policy.
+        Some(match error.retry_after {
+            Some(after) => after.get().min(MAX_RETRY_AFTER).max(delay),
+            None => delay,
+        })
+    }
+
+    fn on_undo_succeeded(&mut self, step: &StepId, seq: u32) -> Result<(), TransitionError> {
+        let i = self.index(step)?;
+        if let Err(why) = self.fenced_undo(i, seq) {
+            self.ignore(why);
+            return Ok(());
+        }
+        self.rec_mut(i).undo = Some(CompState::Done { at: self.now });
+        self.settle();
+        Ok(())
+    }
+
+    fn on_undo_failed(
+        &mut self,
+        step: &StepId,
+        seq: u32,
+        error: &StepFailure,
+    ) -> Result<(), TransitionError> {
+        let i = self.index(step)?;
+        let attempt = match self.fenced_undo(i, seq) {
+            Ok(a) => a,
+            Err(why) => {
+                self.ignore(why);
+                return Ok(());
+            }
+        };
+        match self.retry_delay(i, attempt, error) {
+            Some(delay) => {
+                let not_before = self.now.plus(delay);
+                let seq = self.rec(i).seq;
+                self.rec_mut(i).undo = Some(CompState::Retrying {
+                    next: attempt.next(),
+                    not_before,
+                    error: error.clone(),
+                });
+                self.effects.push(Effect::ScheduleTimer {
+                    key: TimerKey::step(TimerKind::UndoRetry, self.id(i), seq),
+                    at: not_before,
+                });
+            }
+            None => {
+                self.rec_mut(i).undo = Some(CompState::Failed {
+                    attempt,
+                    at: self.now,
+                    error: error.clone(),
+                });
+            }
+        }
+        self.settle();
+        Ok(())
+    }
+
+    fn on_timer_fired(&mut self, key: &TimerKey) -> Result<(), TransitionError> {
+        let stale = |m: &mut Self| m.ignore(format!("stale timer `{key}`"));
+        if key.kind == TimerKind::Start {
+            if matches!(self.st.status, RunStatus::Scheduled { .. }) {
+                self.st.status = RunStatus::Running;
+                self.settle();
+            } else {
+                stale(self);
+            }
+            return Ok(());
+        }
+        let Some(step) = &key.step else {
+            stale(self);
+            return Ok(());
+        };
+        let i = self.index(step)?;
+        let rec = self.rec(i);
+        if rec.seq != key.seq {
+            stale(self);
+            return Ok(());
+        }
+        let running = matches!(self.st.status, RunStatus::Running);
+        let paused = matches!(self.st.status, RunStatus::Paused { .. });
+        match (key.kind, &rec.state, &rec.undo) {
+            (TimerKind::Retry, StepState::Retrying { next, .. }, _) if running || paused => {
+                let d = Dispatch::attempt(*next);
+                self.dispatch_or_ready(i, d);
+            }
+            (TimerKind::Poll, StepState::Polling { job, .. }, _) if running || paused => {
+                let d = *job;
+                self.dispatch_or_ready(i, d);
+            }
+            (TimerKind::UndoRetry, _, Some(CompState::Retrying { next, .. }))
+                if matches!(self.st.status, RunStatus::RollingBack { .. }) =>
+            {
+                let next = *next;
+                self.dispatch_undo(i, next);
+            }
+            _ => {
+                stale(self);
+                return Ok(());
+            }
+        }
+        self.settle();
+        Ok(())
+    }
+
+    fn on_jobs_revoked(&mut self, jobs: &[JobRef]) -> Result<(), TransitionError> {
+        let mut any = false;
+        for job in jobs {
+            let i = self.index(&job.step)?;
+            if job.phase != Phase::Run {
+                continue;
+            }
+            let Ok(d) = self.fenced(i, job.seq) else {
+                continue;
+            };
+            any = true;
+            match &self.st.status {
+                RunStatus::Running | RunStatus::Paused { .. } | RunStatus::Scheduled { .. } => {
+                    self.dispatch_or_ready(i, d)
+                }
+                RunStatus::Cancelling { .. } | RunStatus::RollingBack { .. } => {
+                    self.set(i, StepState::Cancelled { at: self.now });
+                }
+                RunStatus::Created
+                | RunStatus::Completed { .. }
+                | RunStatus::Cancelled { .. }
+                | RunStatus::RolledBack { .. }
+                | RunStatus::RollbackFailed { .. } => {
+                    unreachable!("handled by the transition table")
+                }
+            }
+        }
+        if any {
+            self.settle();
+        } else {
+            self.ignore("no revoked job is current".to_owned());
+        }
+        Ok(())
+    }
+
+    fn on_resume(&mut self) -> Result<(), TransitionError> {
+        if let Some(j) = self.blocking_failure() {
+            let message = match &self.rec(j).state {
+                StepState::Failed { error, .. } => error.message.clone(),
+                _ => String::new(),
+            };
+            return Err(TransitionError::Rejected {
+                reason: format!(
+                    "step `{}` failed ({message}); retry it (retry-step) or skip it (skip-step) first",
+                    self.plan.step(j).id
+                ),
+            });
+        }
+        self.st.status = RunStatus::Running;
+        self.settle();
+        Ok(())
+    }
+
+    fn on_retry_step(&mut self, step: &StepId) -> Result<(), TransitionError> {
+        let i = self.index(step)?;
+        let seq = self.rec(i).seq;
+        let state = self.rec(i).state.clone();
+        let d = match &state {
+            StepState::Failed { .. } if self.plan.step(i).on_failure == OnFailure::Pause => {
+                Dispatch::first()
+            }
+            StepState::Failed { .. } => {
+                return Err(rejected(&format!(
+                    "step `{step}` failed with on_failure: {} and the run went on without it; start a new run instead",
+                    self.plan.step(i).on_failure.name()
+                )));
+            }
+            StepState::Retrying { next, .. } => {
+                self.effects.push(Effect::CancelTimer {
+                    key: TimerKey::step(TimerKind::Retry, step.clone(), seq),
+                });
+                Dispatch::attempt(*next)
+            }
+            StepState::Polling { job, .. } => {
+                self.effects.push(Effect::CancelTimer {
+                    key: TimerKey::step(TimerKind::Poll, step.clone(), seq),
+                });
+                *job
+            }
+            StepState::Queued { .. } => {
+                return Err(rejected(&format!("step `{step}` is running now")));
+            }
+            other => {
+                return Err(rejected(&format!(
+                    "only a failed, retrying or polling step can be retried; `{step}` is {}",
+                    other.name()
+                )));
+            }
+        };
+        // Ready first, so the run can leave its failure pause before anything is dispatched.
+        self.set(i, StepState::Ready { next: d });
+        self.unpause_if_clear();
+        self.settle();
+        Ok(())
+    }
+
+    fn on_skip_step(
+        &mut self,
+        step: &StepId,
+        by: &str,
+        note: Option<&str>,
+    ) -> Result<(), TransitionError> {
+        let i = self.index(step)?;
+        let seq = self.rec(i).seq;
+        match &self.rec(i).state {
+            StepState::Pending | StepState::Ready { .. } => {}
+            StepState::Failed { .. } if self.plan.step(i).on_failure == OnFailure::Pause => {}
+            StepState::Retrying { .. } => self.effects.push(Effect::CancelTimer {
+                key: TimerKey::step(TimerKind::Retry, step.clone(), seq),
+            }),
+            StepState::Polling { .. } => self.effects.push(Effect::CancelTimer {
+                key: TimerKey::step(TimerKind::Poll, step.clone(), seq),
+            }),
+            StepState::Queued { .. } => {
+                return Err(rejected(&format!(
+                    "step `{step}` is running now; wait for it, or cancel the run"
+                )));
+            }
+            other => {
+                return Err(rejected(&format!(
+                    "step `{step}` is {} and cannot be skipped",
+                    other.name()
+                )));
+            }
+        }
+        self.set(
+            i,
+            StepState::Skipped {
+                at: self.now,
+                reason: SkipReason::Operator {
+                    by: by.to_owned(),
+                    note: note.map(str::to_owned),
+                },
+            },
+        );
+        self.unpause_if_clear();
+        self.settle();
+        Ok(())
+    }
+
+    // ---- progress -----------------------------------------------------------------------
+
+    /// Moves the run as far as it can go without outside help.
+    fn settle(&mut self) {
+        match &self.st.status {
+            RunStatus::Created | RunStatus::Scheduled { .. } => {}
+            RunStatus::Running => {
+                self.advance();
+                if matches!(self.st.status, RunStatus::Running)
+                    && (0..self.n()).all(|i| self.rec(i).state.is_settled())
+                {
+                    let failed = (0..self.n())
+                        .filter(|&i| matches!(self.rec(i).state, StepState::Failed { .. }))
+                        .map(|i| self.id(i))
+                        .collect();
+                    self.finish(RunStatus::Completed {
+                        at: self.now,
+                        failed,
+                    });
+                }
+            }
+            RunStatus::Paused { .. } => self.advance(),
+            RunStatus::Cancelling { by, rollback } => {
+                if !self.any_run_job_queued() {
+                    let by = by.clone();
+                    if *rollback {
+                        self.st.status = RunStatus::RollingBack {
+                            cause: RollbackCause::Cancelled { by },
+                        };
+                        self.undo_progress();
+                    } else {
+                        self.finish(RunStatus::Cancelled { at: self.now, by });
+                    }
+                }
+            }
+            RunStatus::RollingBack { .. } => {
+                if !self.any_run_job_queued() {
+                    self.undo_progress();
+                }
+            }
+            RunStatus::Completed { .. }
+            | RunStatus::Cancelled { .. }
+            | RunStatus::RolledBack { .. }
+            | RunStatus::RollbackFailed { .. } => {}
+        }
+    }
+
+    /// Forward progress: skip or dispatch every step whose needs are settled.
+    fn advance(&mut self) {
+        for i in 0..self.n() {
+            match &self.rec(i).state {
+                StepState::Pending => {}
+                StepState::Ready { next } => {
+                    if matches!(self.st.status, RunStatus::Running) {
+                        let d = *next;
+                        self.dispatch_run(i, d);
+                    }
+                    continue;
+                }
+                _ => continue,
+            }
+            let mut waiting = false;
+            let mut blocked_by = None;
+            for &j in &self.plan.step(i).needs {
+                match &self.rec(j).state {
+                    StepState::Succeeded { .. }
+                    | StepState::Skipped {
+                        reason: SkipReason::Condition | SkipReason::Operator { .. },
+                        ..
+                    } => {}
+                    StepState::Skipped {
+                        reason: SkipReason::NeedNotMet { .. },
+                        ..
+                    }
+                    | StepState::Cancelled { .. } => blocked_by = blocked_by.or(Some(j)),
+                    StepState::Failed { .. }
+                        if self.plan.step(j).on_failure == OnFailure::Continue =>
+                    {
+                        blocked_by = blocked_by.or(Some(j));
+                    }
+                    _ => waiting = true,
+                }
+            }
+            if let Some(j) = blocked_by {
+                let step = self.id(j);
+                self.set(
+                    i,
+                    StepState::Skipped {
+                        at: self.now,
+                        reason: SkipReason::NeedNotMet { step },
+                    },
+                );
+                continue;
+            }
+            if waiting {
+                continue;
+            }
+            let run_it = self
+                .plan
+                .step(i)
+                .when
+                .as_ref()
+                .is_none_or(|w| w.eval(&self.scope()));
+            if !run_it {
+                self.set(
+                    i,
+                    StepState::Skipped {
+                        at: self.now,
+                        reason: SkipReason::Condition,
+                    },
+                );
+                continue;
+            }
+            self.dispatch_or_ready(i, Dispatch::first());
+        }
+    }
+
+    fn dispatch_or_ready(&mut self, i: usize, d: Dispatch) {
+        if matches!(self.st.status, RunStatus::Running) {
+            self.dispatch_run(i, d);
+        } else {
+            self.set(i, StepState::Ready { next: d });
+        }
+    }
+
+    fn dispatch_run(&mut self, i: usize, d: Dispatch) {
+        let input = self.bind(i);
+        let step = self.plan.step(i);
+        let (id, op, timeout) = (step.id.clone(), step.op.clone(), step.timeout);
+        let now = self.now;
+        let rec = self.rec_mut(i);
+        rec.seq += 1;
+        let seq = rec.seq;
+        rec.state = StepState::Queued { job: d, at: now };
+        self.effects.push(Effect::EnqueueStep {
+            job: Job {
+                step: id,
+                seq,
+                phase: Phase::Run,
+                op,
+                attempt: d.attempt,
+                polls: d.polls,
+                input,
+                timeout,
+            },
+        });
+    }
+
+    fn dispatch_undo(&mut self, i: usize, attempt: Attempt) {
+        let (op, input) = match &self.rec(i).state {
+            StepState::Succeeded {
+                rollback: Rollback::Inverse { op, input, .. },
+                ..
+            } => (op.clone(), input.clone()),
+            _ => unreachable!("only succeeded steps with an inverse get an undo"),
+        };
+        let timeout = self.plan.step(i).timeout;
+        let id = self.id(i);
+        let now = self.now;
+        let rec = self.rec_mut(i);
+        rec.seq += 1;
+        let seq = rec.seq;
+        rec.undo = Some(CompState::Queued { attempt, at: now });
+        self.effects.push(Effect::EnqueueStep {
+            job: Job {
+                step: id,
+                seq,
+                phase: Phase::Undo,
+                op,
+                attempt,
+                polls: 0,
+                input,
+                timeout,
+            },
+        });
+    }
+
+    /// A step failed for good: record it and apply its `on_failure`.
+    fn fail_final(&mut self, i: usize, attempt: Attempt, error: StepFailure) {
+        let message = error.message.clone();
+        self.set(
+            i,
+            StepState::Failed {
+                attempt,
+                at: self.now,
+                error,
+            },
+        );
+        match (self.plan.step(i).on_failure, &self.st.status) {
+            (OnFailure::Continue, _) => {}
+            (OnFailure::Pause, RunStatus::Running) => {
+                self.st.status = RunStatus::Paused {
+                    reason: PauseReason::StepFailed { step: self.id(i) },
+                };
+                self.revoke_queued();
+            }
+            (OnFailure::Pause, _) => {}
+            (
+                OnFailure::Rollback,
+                RunStatus::Running | RunStatus::Paused { .. } | RunStatus::Scheduled { .. },
+            ) => {
+                self.st.status = RunStatus::RollingBack {
+                    cause: RollbackCause::StepFailed {
+                        step: self.id(i),
+                        message,
+                    },
+                };
+                self.cancel_outstanding();
+            }
+            (OnFailure::Rollback, _) => {}
+        }
+    }
+
+    /// Stops every forward step that has not finished: cancels what waits and revokes queued
+    /// jobs (those a worker already holds report back and are recorded).
+    fn cancel_outstanding(&mut self) {
+        let mut revoke = Vec::new();
+        for i in 0..self.n() {
+            let seq = self.rec(i).seq;
+            let timer = match &self.rec(i).state {
+                StepState::Pending | StepState::Ready { .. } => None,
+                StepState::Retrying { .. } => Some(TimerKind::Retry),
+                StepState::Polling { .. } => Some(TimerKind::Poll),
+                StepState::Queued { .. } => {
+                    revoke.push(JobRef {
+                        step: self.id(i),
+                        seq,
+                        phase: Phase::Run,
+                    });
+                    continue;
+                }
+                StepState::Succeeded { .. }
+                | StepState::Failed { .. }
+                | StepState::Skipped { .. }
+                | StepState::Cancelled { .. } => {
+                    continue;
+                }
+            };
+            if let Some(kind) = timer {
+                self.effects.push(Effect::CancelTimer {
+                    key: TimerKey::step(kind, self.id(i), seq),
+                });
+            }
+            self.set(i, StepState::Cancelled { at: self.now });
+        }
+        if !revoke.is_empty() {
+            self.effects.push(Effect::RevokeJobs { jobs: revoke });
+        }
+    }
+
+    /// Asks the runtime to take back queued jobs no worker has received yet.
+    fn revoke_queued(&mut self) {
+        let jobs: Vec<JobRef> = (0..self.n())
+            .filter(|&i| matches!(self.rec(i).state, StepState::Queued { .. }))
+            .map(|i| JobRef {
+                step: self.id(i),
+                seq: self.rec(i).seq,
+                phase: Phase::Run,
+            })
+            .collect();
+        if !jobs.is_empty() {
+            self.effects.push(Effect::RevokeJobs { jobs });
+        }
+    }
+
+    fn any_run_job_queued(&self) -> bool {
+        (0..self.n()).any(|i| matches!(self.rec(i).state, StepState::Queued { .. }))
+    }
+
+    /// The first step whose failure holds the run (`on_failure: pause`).
+    fn blocking_failure(&self) -> Option<usize> {
+        (0..self.n()).find(|&i| {
+            matches!(self.rec(i).state, StepState::Failed { .. })
+                && self.plan.step(i).on_failure == OnFailure::Pause
+        })
+    }
+
+    fn unpause_if_clear(&mut self) {
+        if let RunStatus::Paused {
+            reason: PauseReason::StepFailed { .. },
+        } = &self.st.status
+        {
+            self.st.status = match self.blocking_failure() {
+                Some(j) => RunStatus::Paused {
+                    reason: PauseReason::StepFailed { step: self.id(j) },
+                },
+                None => RunStatus::Running,
+            };
+        }
+    }
+
+    /// Rollback progress: undo succeeded steps, a step only after every step that depends on it.
+    fn undo_progress(&mut self) {
+        for i in 0..self.n() {
+            if self.rec(i).undo.is_some() {
+                continue;
+            }
+            let undo = match &self.rec(i).state {
+                StepState::Succeeded {
+                    rollback: Rollback::Inverse { .. },
+                    ..
+                } => Some(CompState::Waiting),
+                StepState::Succeeded {
+                    rollback: Rollback::Irreversible { reason, .. },
+                    ..
+                } => Some(CompState::Irreversible {
+                    reason: reason.clone(),
+                }),
+                _ => None,
+            };
+            self.rec_mut(i).undo = undo;
+        }
+        for i in (0..self.n()).rev() {
+            if !matches!(self.rec(i).undo, Some(CompState::Waiting)) {
+                continue;
+            }
+            let mut wait = false;
+            let mut blocker = None;
+            for &d in &self.plan.step(i).descendants {
+                match &self.rec(d).undo {
+                    Some(
+                        CompState::Waiting | CompState::Queued { .. } | CompState::Retrying { .. },
+                    ) => wait = true,
+                    Some(CompState::Failed { .. } | CompState::Blocked { .. }) => {
+                        blocker = blocker.or(Some(d))
+                    }
+                    Some(CompState::Done { .. } | CompState::Irreversible { .. }) | None => {}
+                }
+            }
+            if let Some(d) = blocker {
+                let by = self.id(d);
+                self.rec_mut(i).undo = Some(CompState::Blocked { by });
+            } else if !wait {
+                self.dispatch_undo(i, Attempt::FIRST);
+            }
+        }
+        let busy =
+            (0..self.n()).any(|i| self.rec(i).undo.as_ref().is_some_and(|u| !u.is_settled()));
+        if busy {
+            return;
+        }
+        let RunStatus::RollingBack { cause } = &self.st.status else {
+            return;
+        };
+        let cause = cause.clone();
+        let pick = |m: &Self, f: fn(&CompState) -> bool| -> Vec<StepId> {
+            (0..m.n())
+                .filter(|&i| m.rec(i).undo.as_ref().is_some_and(f))
+                .map(|i| m.id(i))
+                .collect()
+        };
+        let failed = pick(self, |u| matches!(u, CompState::Failed { .. }));
+        let left = pick(self, |u| matches!(u, CompState::Blocked { .. }));
+        let irreversible = pick(self, |u| matches!(u, CompState::Irreversible { .. }));
+        let status = if failed.is_empty() && left.is_empty() {
+            RunStatus::RolledBack {
+                at: self.now,
+                cause,
+                irreversible,
+            }
+        } else {
+            RunStatus::RollbackFailed {
+                at: self.now,
+                cause,
+                failed,
+                left,
+                irreversible,
+            }
+        };
+        self.finish(status);
+    }
+
+    // ---- bindings -----------------------------------------------------------------------
+
+    fn scope(&self) -> RunScope<'_> {
+        RunScope {
+            ctx: self.ctx,
+            state: &self.st,
+        }
+    }
+
+    fn bind(&self, i: usize) -> Value {
+        let scope = self.scope();
+        Value::Object(
+            self.plan
+                .step(i)
+                .with
+                .iter()
+                .map(|(k, t)| (k.clone(), t.render(&scope)))
+                .collect::<Map<_, _>>(),
+        )
+    }
+}
+
+/// Resolves references against a run.
+#[derive(Debug)]
+pub struct RunScope<'a> {
+    /// What the run was started with.
+    pub ctx: &'a RunContext,
+    /// Where it is.
+    pub state: &'a RunState,
+}
+
+impl Scope for RunScope<'_> {
+    fn lookup(&self, path: &Path) -> Value {
+        let base = match &path.root {
+            Root::Input(name) => self.ctx.inputs.get(name).cloned().unwrap_or(Value::Null),
+            Root::Company(field) if field == "id" => Value::String(self.ctx.company.to_string()),
+            Root::Company(field) => self
+                .ctx
+                .company_settings
+                .get(field)
+                .cloned()
+                .unwrap_or(Value::Null),
+            Root::StepOutput(step) => match self.state.steps.get(step.as_str()).map(|r| &r.state) {
+                Some(StepState::Succeeded { output, .. }) => output.clone(),
+                _ => Value::Null,
+            },
+            Root::Run(RunField::Id) => Value::String(self.ctx.run_id.to_string()),
+            Root::Run(RunField::RequestedBy) => Value::String(self.ctx.requested_by.clone()),
+            Root::Run(RunField::Company) => Value::String(self.ctx.company.to_string()),
+        };
+        walk(&base, &path.segs)
+    }
+}

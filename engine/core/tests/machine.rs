@@ -1,0 +1,1049 @@
+//! The run state machine, driven by scenarios and by random event sequences.
+
+use proptest::prelude::*;
+use serde_json::{Value, json};
+use steward_core::{Cx, Plan, Transition, TransitionError, initial_state, transition};
+use steward_schemas::{
+    CompState, Dur, Effect, Event, FailureKind, Job, JobRef, Phase, Rollback, RunContext, RunId,
+    RunState, RunStatus, SkipReason, StepFailure, StepId, StepState, TimerKey, TimerKind,
+    Timestamp, WorkflowRef,
+};
+
+const T0: i64 = 1_790_000_000_000_000;
+
+struct Env {
+    plan: Plan,
+    ctx: RunContext,
+    state: RunState,
+    now: Timestamp,
+    /// Every effect emitted so far, in order.
+    log: Vec<Effect>,
+    /// Timers armed and not yet fired or cancelled.
+    timers: Vec<(TimerKey, Timestamp)>,
+}
+
+impl Env {
+    fn new(yaml: &str) -> Self {
+        Self::with_inputs(yaml, json!({}))
+    }
+
+    fn with_inputs(yaml: &str, inputs: Value) -> Self {
+        let plan = Plan::load("test.yaml", yaml, None).unwrap_or_else(|e| panic!("{e}"));
+        let ctx = RunContext {
+            run_id: RunId::from_ulid(ulid::Ulid::from_parts(1, 7)),
+            workflow: WorkflowRef {
+                name: plan.def().name.clone(),
+                version: 1,
+                hash: plan.hash().to_owned(),
+            },
+            company: "contoso".parse().unwrap(),
+            company_settings: json!({"defaults": {"usage_location": "GB"}})
+                .as_object()
+                .unwrap()
+                .clone(),
+            inputs: inputs.as_object().unwrap().clone(),
+            requested_by: "tech@msp".into(),
+            created_at: Timestamp::from_micros(T0),
+        };
+        let now = Timestamp::from_micros(T0);
+        let state = initial_state(&plan, now);
+        Self {
+            plan,
+            ctx,
+            state,
+            now,
+            log: Vec::new(),
+            timers: Vec::new(),
+        }
+    }
+
+    fn try_apply(&mut self, event: Event) -> Result<Transition, TransitionError> {
+        let t = transition(
+            &self.plan,
+            &self.ctx,
+            &self.state,
+            &event,
+            &Cx { now: self.now },
+        )?;
+        self.state = t.next.clone();
+        for e in &t.effects {
+            match e {
+                Effect::ScheduleTimer { key, at } => self.timers.push((key.clone(), *at)),
+                Effect::CancelTimer { key } => self.timers.retain(|(k, _)| k != key),
+                _ => {}
+            }
+        }
+        self.log.extend(t.effects.iter().cloned());
+        Ok(t)
+    }
+
+    fn apply(&mut self, event: Event) -> Transition {
+        self.try_apply(event).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn start(&mut self) -> Transition {
+        self.apply(Event::RunCreated { start_at: None })
+    }
+
+    fn advance(&mut self, d: std::time::Duration) {
+        self.now = self.now.plus(d);
+    }
+
+    /// Fires every due timer.
+    fn fire_due(&mut self) {
+        let due: Vec<TimerKey> = self
+            .timers
+            .iter()
+            .filter(|(_, at)| *at <= self.now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        self.timers.retain(|(_, at)| *at > self.now);
+        for key in due {
+            self.apply(Event::TimerFired { timer: key });
+        }
+    }
+
+    fn step(&self, id: &str) -> &StepState {
+        &self.state.steps[id].state
+    }
+
+    fn undo(&self, id: &str) -> Option<&CompState> {
+        self.state.steps[id].undo.as_ref()
+    }
+
+    fn seq(&self, id: &str) -> u32 {
+        self.state.steps[id].seq
+    }
+
+    /// The job last enqueued for `id`.
+    fn job(&self, id: &str) -> Job {
+        self.log
+            .iter()
+            .rev()
+            .find_map(|e| match e {
+                Effect::EnqueueStep { job } if job.step.as_str() == id => Some(job.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no job for {id}"))
+    }
+
+    fn enqueued(&self) -> Vec<String> {
+        self.log
+            .iter()
+            .filter_map(|e| match e {
+                Effect::EnqueueStep { job } => Some(format!("{}:{}", job.phase.name(), job.step)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn succeed(&mut self, id: &str) -> Transition {
+        self.succeed_with(id, json!({}), Rollback::Nothing)
+    }
+
+    fn succeed_with(&mut self, id: &str, output: Value, rollback: Rollback) -> Transition {
+        let seq = self.seq(id);
+        self.apply(Event::StepSucceeded {
+            step: sid(id),
+            seq,
+            output,
+            rollback,
+        })
+    }
+
+    fn fail(&mut self, id: &str, error: StepFailure) -> Transition {
+        let seq = self.seq(id);
+        self.apply(Event::StepFailed {
+            step: sid(id),
+            seq,
+            error,
+        })
+    }
+
+    fn status(&self) -> &'static str {
+        self.state.status.name()
+    }
+}
+
+fn sid(s: &str) -> StepId {
+    StepId::parse(s).unwrap()
+}
+
+fn inverse(tag: &str) -> Rollback {
+    Rollback::Inverse {
+        op: "undo".into(),
+        input: json!({"tag": tag}),
+        prior: json!(null),
+    }
+}
+
+const CHAIN: &str = r#"
+name: chain
+inputs: {upn: {type: string}}
+defaults: {on_failure: rollback, retry: {attempts: 3, initial: 1s, max_delay: 10s, jitter: 0}}
+steps:
+  - id: a
+    op: create
+    with: {upn: "${{ inputs.upn }}", loc: "${{ company.defaults.usage_location }}"}
+  - id: b
+    op: license
+    needs: [a]
+    with: {user: "${{ steps.a.output.id }}", label: "user ${{ steps.a.output.id }} of ${{ run.company }}"}
+  - id: c
+    op: mailbox
+    needs: [b]
+"#;
+
+#[test]
+fn a_chain_runs_in_order_and_binds_outputs() {
+    let mut env = Env::with_inputs(CHAIN, json!({"upn": "jane@contoso.com"}));
+    env.start();
+    assert_eq!(env.status(), "running");
+    assert_eq!(env.enqueued(), ["run:a"]);
+    assert_eq!(
+        env.job("a").input,
+        json!({"upn": "jane@contoso.com", "loc": "GB"})
+    );
+    assert_eq!(env.job("a").seq, 1);
+    env.advance(Dur::millis(5).get());
+    env.succeed_with("a", json!({"id": "u-1"}), inverse("a"));
+    assert_eq!(env.enqueued(), ["run:a", "run:b"]);
+    assert_eq!(
+        env.job("b").input,
+        json!({"user": "u-1", "label": "user u-1 of contoso"})
+    );
+    env.succeed("b");
+    let t = env.succeed("c");
+    assert_eq!(env.status(), "completed");
+    assert!(t.effects.contains(&Effect::RunEnded {
+        status: "completed".into()
+    }));
+    assert!(
+        matches!(env.step("a"), StepState::Succeeded { output, .. } if output == &json!({"id": "u-1"}))
+    );
+}
+
+#[test]
+fn fan_out_and_join_wait_for_every_branch() {
+    let mut env = Env::new(
+        "name: d\nsteps:\n  - {id: a, op: x}\n  - {id: b, op: x, needs: [a]}\n  - {id: c, op: x, needs: [a]}\n  - {id: d, op: x, needs: [b, c]}\n",
+    );
+    env.start();
+    env.succeed("a");
+    assert_eq!(env.enqueued(), ["run:a", "run:b", "run:c"]);
+    env.succeed("c");
+    assert_eq!(env.enqueued().len(), 3, "d must wait for b");
+    env.succeed("b");
+    assert_eq!(env.enqueued().last().unwrap(), "run:d");
+    env.succeed("d");
+    assert_eq!(env.status(), "completed");
+}
+
+#[test]
+fn retryable_failures_back_off_then_fail_for_good() {
+    let mut env = Env::with_inputs(CHAIN, json!({"upn": "x"}));
+    env.start();
+    env.fail("a", StepFailure::retryable("503"));
+    let StepState::Retrying {
+        next, not_before, ..
+    } = env.step("a").clone()
+    else {
+        panic!("{:?}", env.step("a"))
+    };
+    assert_eq!(next.get(), 2);
+    assert_eq!(not_before.since(env.now), std::time::Duration::from_secs(1));
+    env.fire_due();
+    assert_eq!(env.enqueued(), ["run:a"], "not due yet");
+    env.advance(std::time::Duration::from_secs(1));
+    env.fire_due();
+    assert_eq!(env.job("a").attempt.get(), 2);
+    assert_eq!(env.job("a").seq, 2);
+    // Throttling: Retry-After beats the policy's 2 s.
+    let mut throttled = StepFailure::retryable("429");
+    throttled.retry_after = Some(Dur::secs(30));
+    env.fail("a", throttled);
+    let StepState::Retrying { not_before, .. } = env.step("a").clone() else {
+        panic!()
+    };
+    assert_eq!(
+        not_before.since(env.now),
+        std::time::Duration::from_secs(30)
+    );
+    env.advance(std::time::Duration::from_secs(30));
+    env.fire_due();
+    assert_eq!(env.job("a").attempt.get(), 3);
+    env.fail("a", StepFailure::retryable("503 again"));
+    assert!(matches!(env.step("a"), StepState::Failed { attempt, .. } if attempt.get() == 3));
+    assert_eq!(
+        env.status(),
+        "rolled_back",
+        "nothing succeeded, so nothing to undo"
+    );
+}
+
+#[test]
+fn terminal_errors_are_not_retried() {
+    let mut env = Env::with_inputs(CHAIN, json!({"upn": "x"}));
+    env.start();
+    env.fail("a", StepFailure::terminal("400 bad request"));
+    assert!(matches!(env.step("a"), StepState::Failed { .. }));
+    assert!(
+        matches!(&env.state.status, RunStatus::RolledBack { cause, .. } if format!("{cause:?}").contains("400 bad request"))
+    );
+}
+
+#[test]
+fn rollback_undoes_in_reverse_order_and_lists_irreversible_steps() {
+    let mut env = Env::new(
+        r#"
+name: r
+defaults: {on_failure: rollback, retry: {attempts: 2, initial: 1s, jitter: 0}}
+steps:
+  - {id: a, op: x}
+  - {id: b, op: x, needs: [a]}
+  - {id: c, op: x, needs: [a]}
+  - {id: d, op: x, needs: [b]}
+  - {id: e, op: x, needs: [c, d]}
+"#,
+    );
+    env.start();
+    env.succeed_with("a", json!({}), inverse("a"));
+    env.succeed_with(
+        "b",
+        json!({}),
+        Rollback::Irreversible {
+            reason: "password reset".into(),
+            prior: json!(null),
+        },
+    );
+    env.succeed_with("d", json!({}), inverse("d"));
+    // c is still queued when e's branch... c fails for good: rollback starts.
+    env.fail("c", StepFailure::terminal("boom"));
+    assert_eq!(env.status(), "rolling_back");
+    assert!(matches!(env.step("e"), StepState::Cancelled { .. }));
+    // d undoes first (a depends on nothing undone before it), b is irreversible and listed.
+    let undo_jobs: Vec<String> = env
+        .enqueued()
+        .into_iter()
+        .filter(|j| j.starts_with("undo"))
+        .collect();
+    assert_eq!(undo_jobs, ["undo:d"]);
+    assert!(matches!(
+        env.undo("b"),
+        Some(CompState::Irreversible { .. })
+    ));
+    assert!(matches!(env.undo("a"), Some(CompState::Waiting)));
+    let seq = env.seq("d");
+    env.apply(Event::UndoSucceeded {
+        step: sid("d"),
+        seq,
+    });
+    assert_eq!(env.enqueued().last().unwrap(), "undo:a");
+    assert_eq!(env.job("a").input, json!({"tag": "a"}));
+    let seq = env.seq("a");
+    let t = env.apply(Event::UndoSucceeded {
+        step: sid("a"),
+        seq,
+    });
+    assert!(t.effects.contains(&Effect::RunEnded {
+        status: "rolled_back".into()
+    }));
+    let RunStatus::RolledBack { irreversible, .. } = &env.state.status else {
+        panic!("{:?}", env.state.status)
+    };
+    assert_eq!(irreversible, &[sid("b")]);
+}
+
+#[test]
+fn a_failed_undo_leaves_its_ancestors_for_a_technician() {
+    let mut env = Env::new(
+        "name: r\ndefaults: {on_failure: rollback, retry: {attempts: 2, initial: 1s, jitter: 0}}\nsteps:\n  - {id: a, op: x}\n  - {id: b, op: x, needs: [a]}\n  - {id: c, op: x, needs: [b]}\n",
+    );
+    env.start();
+    env.succeed_with("a", json!({}), inverse("a"));
+    env.succeed_with("b", json!({}), inverse("b"));
+    env.fail("c", StepFailure::terminal("nope"));
+    let seq = env.seq("b");
+    env.apply(Event::UndoFailed {
+        step: sid("b"),
+        seq,
+        error: StepFailure::retryable("timeout"),
+    });
+    assert!(matches!(env.undo("b"), Some(CompState::Retrying { .. })));
+    env.advance(std::time::Duration::from_secs(1));
+    env.fire_due();
+    assert_eq!(env.job("b").attempt.get(), 2);
+    let seq = env.seq("b");
+    env.apply(Event::UndoFailed {
+        step: sid("b"),
+        seq,
+        error: StepFailure::retryable("timeout"),
+    });
+    let RunStatus::RollbackFailed { failed, left, .. } = &env.state.status else {
+        panic!("{:?}", env.state.status)
+    };
+    assert_eq!(failed, &[sid("b")]);
+    assert_eq!(left, &[sid("a")]);
+    assert!(matches!(env.undo("a"), Some(CompState::Blocked { by }) if by.as_str() == "b"));
+}
+
+#[test]
+fn pause_revokes_queued_jobs_and_resume_dispatches_them_again() {
+    let mut env = Env::new(
+        "name: p\nsteps:\n  - {id: a, op: x}\n  - {id: b, op: x}\n  - {id: c, op: x, needs: [a, b]}\n",
+    );
+    env.start();
+    let t = env.apply(Event::PauseRequested {
+        by: "tech".into(),
+        reason: None,
+    });
+    let Some(Effect::RevokeJobs { jobs }) = t.effects.first() else {
+        panic!("{:?}", t.effects)
+    };
+    assert_eq!(jobs.len(), 2);
+    // a was already running on a worker; b was taken back before delivery.
+    env.apply(Event::JobsRevoked {
+        jobs: vec![JobRef {
+            step: sid("b"),
+            seq: 1,
+            phase: Phase::Run,
+        }],
+    });
+    assert!(matches!(env.step("b"), StepState::Ready { .. }));
+    env.succeed("a");
+    assert!(matches!(env.step("c"), StepState::Pending));
+    assert_eq!(env.enqueued(), ["run:a", "run:b"]);
+    let err = env
+        .try_apply(Event::PauseRequested {
+            by: "tech".into(),
+            reason: None,
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("already paused"), "{err}");
+    env.apply(Event::ResumeRequested { by: "tech".into() });
+    assert_eq!(env.enqueued(), ["run:a", "run:b", "run:b"]);
+    assert_eq!(env.job("b").seq, 2, "a re-dispatch gets a new fence");
+    // The revoked job's old sequence number no longer counts.
+    let t = env.apply(Event::StepSucceeded {
+        step: sid("b"),
+        seq: 1,
+        output: json!({}),
+        rollback: Rollback::Nothing,
+    });
+    assert!(t.ignored.is_some());
+    env.succeed("b");
+    env.succeed("c");
+    assert_eq!(env.status(), "completed");
+}
+
+#[test]
+fn cancel_waits_for_running_attempts_and_keeps_their_records() {
+    let mut env = Env::new("name: c\nsteps:\n  - {id: a, op: x}\n  - {id: b, op: x, needs: [a]}\n");
+    env.start();
+    env.apply(Event::CancelRequested {
+        by: "tech".into(),
+        rollback: false,
+        reason: None,
+    });
+    assert_eq!(env.status(), "cancelling");
+    assert!(matches!(env.step("b"), StepState::Cancelled { .. }));
+    env.succeed_with("a", json!({"id": 1}), inverse("a"));
+    assert_eq!(env.status(), "cancelled");
+    assert!(
+        matches!(env.step("a"), StepState::Succeeded { .. }),
+        "the late result is kept"
+    );
+    assert_eq!(env.enqueued(), ["run:a"], "nothing new is dispatched");
+    let err = env
+        .try_apply(Event::ResumeRequested { by: "t".into() })
+        .unwrap_err();
+    assert!(err.to_string().contains("already ended"), "{err}");
+}
+
+#[test]
+fn cancel_with_rollback_undoes_what_was_done() {
+    let mut env = Env::new(
+        "name: c\nsteps:\n  - {id: a, op: x}\n  - {id: b, op: x, needs: [a]}\n  - {id: c, op: x, needs: [b]}\n",
+    );
+    env.start();
+    env.succeed_with("a", json!({}), inverse("a"));
+    env.apply(Event::CancelRequested {
+        by: "tech".into(),
+        rollback: true,
+        reason: None,
+    });
+    env.apply(Event::JobsRevoked {
+        jobs: vec![JobRef {
+            step: sid("b"),
+            seq: 1,
+            phase: Phase::Run,
+        }],
+    });
+    assert_eq!(env.status(), "rolling_back");
+    assert_eq!(env.enqueued().last().unwrap(), "undo:a");
+    let seq = env.seq("a");
+    env.apply(Event::UndoSucceeded {
+        step: sid("a"),
+        seq,
+    });
+    assert!(
+        matches!(&env.state.status, RunStatus::RolledBack { cause, .. } if format!("{cause:?}").contains("tech"))
+    );
+}
+
+#[test]
+fn pause_on_failure_then_retry_or_skip() {
+    let yaml = "name: f\ndefaults: {on_failure: pause, retry: {attempts: 1}}\nsteps:\n  - {id: a, op: x}\n  - {id: b, op: x, needs: [a]}\n";
+    let mut env = Env::new(yaml);
+    env.start();
+    env.fail("a", StepFailure::terminal("no seats"));
+    assert!(matches!(&env.state.status, RunStatus::Paused { .. }));
+    let err = env
+        .try_apply(Event::ResumeRequested { by: "t".into() })
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("step `a` failed (no seats)"),
+        "{err}"
+    );
+    env.apply(Event::RetryStepRequested {
+        step: sid("a"),
+        by: "t".into(),
+    });
+    assert_eq!(env.status(), "running");
+    assert_eq!(
+        env.job("a").attempt.get(),
+        1,
+        "a technician's retry gets a fresh budget"
+    );
+    assert_eq!(env.job("a").seq, 2);
+    env.fail("a", StepFailure::terminal("still no seats"));
+    env.apply(Event::SkipStepRequested {
+        step: sid("a"),
+        by: "t".into(),
+        reason: Some("licensed by hand".into()),
+    });
+    assert!(matches!(
+        env.step("a"),
+        StepState::Skipped {
+            reason: SkipReason::Operator { .. },
+            ..
+        }
+    ));
+    assert_eq!(
+        env.enqueued().last().unwrap(),
+        "run:b",
+        "a skipped need lets b run"
+    );
+    env.succeed("b");
+    assert_eq!(env.status(), "completed");
+}
+
+#[test]
+fn continue_on_failure_skips_dependents_only() {
+    let mut env = Env::new(
+        "name: f\ndefaults: {on_failure: continue, retry: {attempts: 1}}\nsteps:\n  - {id: a, op: x}\n  - {id: b, op: x, needs: [a]}\n  - {id: c, op: x, needs: [b]}\n  - {id: d, op: x}\n",
+    );
+    env.start();
+    env.fail("a", StepFailure::terminal("x"));
+    assert!(
+        matches!(env.step("b"), StepState::Skipped { reason: SkipReason::NeedNotMet { step }, .. } if step.as_str() == "a")
+    );
+    assert!(
+        matches!(env.step("c"), StepState::Skipped { reason: SkipReason::NeedNotMet { step }, .. } if step.as_str() == "b")
+    );
+    env.succeed("d");
+    let RunStatus::Completed { failed, .. } = &env.state.status else {
+        panic!()
+    };
+    assert_eq!(failed, &[sid("a")]);
+    let err = env
+        .try_apply(Event::RetryStepRequested {
+            step: sid("a"),
+            by: "t".into(),
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("already ended"), "{err}");
+}
+
+#[test]
+fn conditions_skip_steps_and_skipped_needs_do_not_block() {
+    let mut env = Env::with_inputs(
+        "name: w\ninputs: {shared: {type: boolean}}\nsteps:\n  - {id: a, op: x, when: inputs.shared}\n  - {id: b, op: x, needs: [a], when: '!inputs.shared'}\n  - {id: c, op: x, needs: [a, b]}\n",
+        json!({"shared": false}),
+    );
+    env.start();
+    assert!(matches!(
+        env.step("a"),
+        StepState::Skipped {
+            reason: SkipReason::Condition,
+            ..
+        }
+    ));
+    assert_eq!(env.enqueued(), ["run:b"]);
+    env.succeed("b");
+    env.succeed("c");
+    assert_eq!(env.status(), "completed");
+}
+
+#[test]
+fn polling_waits_through_timers_and_gives_up_after_max_wait() {
+    let mut env =
+        Env::new("name: w\nsteps:\n  - {id: a, op: x, max_wait: 10m, on_failure: pause}\n");
+    env.start();
+    for n in 1..=3u32 {
+        let seq = env.seq("a");
+        env.apply(Event::StepPending {
+            step: sid("a"),
+            seq,
+            check_after: Dur::secs(120),
+            note: Some("sync".into()),
+        });
+        assert!(matches!(env.step("a"), StepState::Polling { job, .. } if job.polls == n));
+        env.advance(std::time::Duration::from_secs(120));
+        env.fire_due();
+        assert_eq!(env.job("a").polls, n);
+        assert_eq!(env.job("a").attempt.get(), 1, "polls are not attempts");
+    }
+    env.advance(std::time::Duration::from_secs(300));
+    let seq = env.seq("a");
+    env.apply(Event::StepPending {
+        step: sid("a"),
+        seq,
+        check_after: Dur::secs(120),
+        note: Some("sync".into()),
+    });
+    let StepState::Failed { error, .. } = env.step("a") else {
+        panic!("{:?}", env.step("a"))
+    };
+    assert_eq!(error.kind, FailureKind::GaveUpWaiting);
+    assert!(error.message.contains("10m"), "{}", error.message);
+}
+
+#[test]
+fn stale_and_duplicate_reports_change_nothing() {
+    let mut env = Env::with_inputs(CHAIN, json!({"upn": "x"}));
+    env.start();
+    env.succeed("a");
+    let before = env.state.clone();
+    let effects = env.log.len();
+    for event in [
+        Event::StepSucceeded {
+            step: sid("a"),
+            seq: 1,
+            output: json!({"dup": true}),
+            rollback: Rollback::Nothing,
+        },
+        Event::StepFailed {
+            step: sid("b"),
+            seq: 7,
+            error: StepFailure::terminal("old"),
+        },
+        Event::StepPending {
+            step: sid("c"),
+            seq: 0,
+            check_after: Dur::secs(1),
+            note: None,
+        },
+        Event::TimerFired {
+            timer: TimerKey::step(TimerKind::Retry, sid("b"), 1),
+        },
+        Event::UndoSucceeded {
+            step: sid("a"),
+            seq: 1,
+        },
+    ] {
+        let t = env.apply(event);
+        assert!(t.ignored.is_some(), "{t:?}");
+        assert!(t.effects.is_empty());
+    }
+    assert_eq!(env.state, before);
+    assert_eq!(env.log.len(), effects);
+    let err = env
+        .try_apply(Event::RunCreated { start_at: None })
+        .unwrap_err();
+    assert!(matches!(err, TransitionError::Invalid { .. }));
+    let err = env
+        .try_apply(Event::RetryStepRequested {
+            step: sid("zz"),
+            by: "t".into(),
+        })
+        .unwrap_err();
+    assert_eq!(err.to_string(), "the run has no step `zz`");
+}
+
+#[test]
+fn scheduled_runs_start_when_their_timer_fires() {
+    let mut env = Env::new("name: s\nsteps:\n  - {id: a, op: x}\n");
+    let at = env.now.plus(std::time::Duration::from_secs(3600));
+    env.apply(Event::RunCreated { start_at: Some(at) });
+    assert_eq!(env.status(), "scheduled");
+    assert!(env.enqueued().is_empty());
+    env.advance(std::time::Duration::from_secs(3600));
+    env.fire_due();
+    assert_eq!(env.enqueued(), ["run:a"]);
+}
+
+// ---- random event sequences ------------------------------------------------------------------
+
+/// Workflows the property tests run: a diamond with mixed failure policies, a wide fan-out, and a
+/// chain that polls.
+const SHAPES: [&str; 3] = [
+    r#"
+name: diamond
+defaults: {retry: {attempts: 3, initial: 1s, max_delay: 4s}}
+steps:
+  - {id: a, op: x, on_failure: rollback}
+  - {id: b, op: x, needs: [a], on_failure: pause}
+  - {id: c, op: x, needs: [a], on_failure: continue}
+  - {id: d, op: x, needs: [b, c], on_failure: rollback, retry: {attempts: 1}}
+"#,
+    r#"
+name: wide
+defaults: {on_failure: pause, retry: {attempts: 2, initial: 1s}}
+steps:
+  - {id: a, op: x}
+  - {id: b, op: x}
+  - {id: c, op: x, needs: [a]}
+  - {id: d, op: x, needs: [a, b], on_failure: rollback}
+  - {id: e, op: x, needs: [c, d], on_failure: continue}
+"#,
+    r#"
+name: chain
+defaults: {on_failure: rollback, max_wait: 5m, retry: {attempts: 4, initial: 1s, max_delay: 8s}}
+steps:
+  - {id: a, op: x}
+  - {id: b, op: x, needs: [a], on_failure: pause}
+  - {id: c, op: x, needs: [b]}
+"#,
+];
+
+/// One random move: `kind` picks what happens, `pick` which step, `arg` a detail.
+#[derive(Debug, Clone, Copy)]
+struct Move {
+    kind: u8,
+    pick: u8,
+    arg: u8,
+}
+
+fn moves() -> impl Strategy<Value = Vec<Move>> {
+    prop::collection::vec(
+        (0u8..20, any::<u8>(), any::<u8>()).prop_map(|(kind, pick, arg)| Move { kind, pick, arg }),
+        0..80,
+    )
+}
+
+/// Turns a move into an event that makes sense now (mostly) or a stale one (sometimes).
+fn event_for(env: &mut Env, mv: Move) -> Option<Event> {
+    let ids: Vec<StepId> = env.plan.steps().iter().map(|s| s.id.clone()).collect();
+    let step = ids[mv.pick as usize % ids.len()].clone();
+    let rec = env.state.steps[&step].clone();
+    let rollback = match mv.arg % 3 {
+        0 => Rollback::Nothing,
+        1 => inverse(step.as_str()),
+        _ => Rollback::Irreversible {
+            reason: "r".into(),
+            prior: json!(null),
+        },
+    };
+    let queued = |env: &Env| -> Vec<StepId> {
+        ids.iter()
+            .filter(|id| matches!(env.state.steps[*id].state, StepState::Queued { .. }))
+            .cloned()
+            .collect()
+    };
+    let undo_queued: Vec<StepId> = ids
+        .iter()
+        .filter(|id| matches!(env.state.steps[*id].undo, Some(CompState::Queued { .. })))
+        .cloned()
+        .collect();
+    Some(match mv.kind {
+        0..=3 => {
+            let q = queued(env);
+            let s = q.get(mv.pick as usize % q.len().max(1))?.clone();
+            let seq = env.state.steps[&s].seq;
+            Event::StepSucceeded {
+                step: s,
+                seq,
+                output: json!({"n": mv.arg}),
+                rollback,
+            }
+        }
+        4 | 5 => {
+            let q = queued(env);
+            let s = q.get(mv.pick as usize % q.len().max(1))?.clone();
+            let seq = env.state.steps[&s].seq;
+            let error = if mv.arg.is_multiple_of(2) {
+                StepFailure::retryable("flaky")
+            } else {
+                StepFailure::terminal("bad")
+            };
+            Event::StepFailed {
+                step: s,
+                seq,
+                error,
+            }
+        }
+        6 => {
+            let q = queued(env);
+            let s = q.get(mv.pick as usize % q.len().max(1))?.clone();
+            let seq = env.state.steps[&s].seq;
+            Event::StepPending {
+                step: s,
+                seq,
+                check_after: Dur::secs(u64::from(mv.arg % 90) + 1),
+                note: None,
+            }
+        }
+        7 | 8 => {
+            let s = undo_queued
+                .get(mv.pick as usize % undo_queued.len().max(1))?
+                .clone();
+            let seq = env.state.steps[&s].seq;
+            if mv.kind == 7 || mv.arg.is_multiple_of(4) {
+                Event::UndoSucceeded { step: s, seq }
+            } else {
+                Event::UndoFailed {
+                    step: s,
+                    seq,
+                    error: StepFailure::retryable("undo flaky"),
+                }
+            }
+        }
+        9 | 10 => {
+            // Time passes; the earliest timer fires.
+            let (key, at) = env.timers.iter().min_by_key(|(_, at)| *at)?.clone();
+            if at > env.now {
+                env.now = at;
+            }
+            env.timers.retain(|(k, _)| k != &key);
+            Event::TimerFired { timer: key }
+        }
+        11 => {
+            // The runtime takes back some of the jobs it was asked to revoke.
+            let q = queued(env);
+            let jobs = q
+                .iter()
+                .filter(|s| (s.as_str().as_bytes()[0] ^ mv.arg).is_multiple_of(2))
+                .map(|s| JobRef {
+                    step: s.clone(),
+                    seq: env.state.steps[s].seq,
+                    phase: Phase::Run,
+                })
+                .collect::<Vec<_>>();
+            if jobs.is_empty() {
+                return None;
+            }
+            Event::JobsRevoked { jobs }
+        }
+        12 => Event::CancelRequested {
+            by: "t".into(),
+            rollback: mv.arg.is_multiple_of(2),
+            reason: None,
+        },
+        13 => Event::PauseRequested {
+            by: "t".into(),
+            reason: None,
+        },
+        14 => Event::ResumeRequested { by: "t".into() },
+        15 => Event::RetryStepRequested {
+            step,
+            by: "t".into(),
+        },
+        16 => Event::SkipStepRequested {
+            step,
+            by: "t".into(),
+            reason: None,
+        },
+        17 => {
+            // A stale or duplicate report with a random sequence number.
+            let seq = rec.seq.saturating_sub(u32::from(mv.arg % 3));
+            Event::StepSucceeded {
+                step,
+                seq,
+                output: json!({}),
+                rollback,
+            }
+        }
+        18 => Event::StepFailed {
+            step,
+            seq: rec.seq.wrapping_add(u32::from(mv.arg % 2)),
+            error: StepFailure::retryable("late"),
+        },
+        _ => {
+            env.now = env
+                .now
+                .plus(std::time::Duration::from_secs(u64::from(mv.arg)));
+            return None;
+        }
+    })
+}
+
+/// Every (event, time, transition result) of a run, for replay.
+type Trace = Vec<(Event, Timestamp, Result<Transition, TransitionError>)>;
+
+/// Applies a move sequence, checking the invariants after every transition. Returns every
+/// (event, time, transition result) for replay.
+fn run_moves(shape: &str, moves: &[Move]) -> (Env, Trace) {
+    let mut env = Env::new(shape);
+    let mut trace = Vec::new();
+    let first = Event::RunCreated { start_at: None };
+    let r = env.try_apply(first.clone());
+    trace.push((first, env.now, r));
+    for &mv in moves {
+        let Some(event) = event_for(&mut env, mv) else {
+            continue;
+        };
+        let before = env.state.clone();
+        let now = env.now;
+        let result = env.try_apply(event.clone());
+        check_invariants(&env, &before, &event, &result);
+        trace.push((event, now, result));
+    }
+    (env, trace)
+}
+
+fn check_invariants(
+    env: &Env,
+    before: &RunState,
+    event: &Event,
+    result: &Result<Transition, TransitionError>,
+) {
+    let Ok(t) = result else {
+        // A refused event changes nothing.
+        assert_eq!(&env.state, before);
+        return;
+    };
+    if before.status.is_terminal() || t.ignored.is_some() {
+        assert_eq!(
+            &t.next, before,
+            "an ended run or an ignored event must not change: {event:?}"
+        );
+        assert!(t.effects.is_empty(), "{event:?} -> {:?}", t.effects);
+    }
+    for effect in &t.effects {
+        if let Effect::EnqueueStep { job } = effect {
+            let i = env.plan.index_of(job.step.as_str()).unwrap();
+            let step = env.plan.step(i);
+            assert!(
+                job.attempt.get() <= step.retry.max_attempts(),
+                "attempt {} > max for {}",
+                job.attempt,
+                job.step
+            );
+            if job.phase == Phase::Run {
+                for &n in &step.needs {
+                    let need = &env.plan.step(n).id;
+                    assert!(
+                        matches!(
+                            t.next.steps[need].state,
+                            StepState::Succeeded { .. }
+                                | StepState::Skipped {
+                                    reason: SkipReason::Condition | SkipReason::Operator { .. },
+                                    ..
+                                }
+                        ),
+                        "{} dispatched while its need {need} is {:?}",
+                        job.step,
+                        t.next.steps[need].state
+                    );
+                }
+                assert!(
+                    matches!(t.next.status, RunStatus::Running),
+                    "dispatch while {}",
+                    t.next.status.name()
+                );
+            } else {
+                assert!(matches!(t.next.status, RunStatus::RollingBack { .. }));
+            }
+            assert_eq!(job.seq, t.next.steps[&job.step].seq);
+        }
+    }
+    for (id, rec) in &t.next.steps {
+        assert!(rec.seq >= before.steps[id].seq, "seq went back for {id}");
+        if let StepState::Queued { job, .. }
+        | StepState::Ready { next: job }
+        | StepState::Polling { job, .. } = &rec.state
+        {
+            let max = env
+                .plan
+                .step(env.plan.index_of(id.as_str()).unwrap())
+                .retry
+                .max_attempts();
+            assert!(job.attempt.get() <= max);
+        }
+    }
+    // Ended runs have nothing in flight.
+    if t.next.status.is_terminal() && !before.status.is_terminal() {
+        for (id, rec) in &t.next.steps {
+            assert!(
+                rec.state.is_settled(),
+                "{id} is {} in an ended run",
+                rec.state.name()
+            );
+            assert!(
+                rec.undo.as_ref().is_none_or(CompState::is_settled),
+                "{id} undo in flight"
+            );
+        }
+        assert_eq!(
+            t.effects
+                .iter()
+                .filter(|e| matches!(e, Effect::RunEnded { .. }))
+                .count(),
+            1
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 400,
+        failure_persistence: Some(Box::new(prop::test_runner::FileFailurePersistence::WithSource("proptest-regressions"))),
+        .. ProptestConfig::default()
+    })]
+
+    #[test]
+    fn random_event_sequences_keep_the_invariants(shape in 0usize..SHAPES.len(), moves in moves()) {
+        let (mut env, trace) = run_moves(SHAPES[shape], &moves);
+        // Terminal states absorb every later event.
+        if env.state.status.is_terminal() {
+            for event in [
+                Event::TimerFired { timer: TimerKey::start() },
+                Event::StepSucceeded { step: sid("a"), seq: 1, output: json!({}), rollback: Rollback::Nothing },
+                Event::CancelRequested { by: "t".into(), rollback: true, reason: None },
+            ] {
+                let before = env.state.clone();
+                let _ = env.try_apply(event);
+                prop_assert_eq!(&env.state, &before);
+            }
+        }
+        // Replay gives the same states and effects.
+        let mut replay = Env::new(SHAPES[shape]);
+        for (event, now, result) in &trace {
+            replay.now = *now;
+            let again = replay.try_apply(event.clone());
+            prop_assert_eq!(&again, result);
+        }
+        // State and events survive serde.
+        let json = serde_json::to_string(&env.state).unwrap();
+        prop_assert_eq!(serde_json::from_str::<RunState>(&json).unwrap(), env.state.clone());
+        for (event, _, _) in &trace {
+            let json = serde_json::to_string(event).unwrap();
+            prop_assert_eq!(&serde_json::from_str::<Event>(&json).unwrap(), event);
+        }
+    }
+
+    #[test]
+    fn runs_that_are_only_fed_successes_complete(shape in 0usize..SHAPES.len(), picks in prop::collection::vec(any::<u8>(), 0..40)) {
+        let mut env = Env::new(SHAPES[shape]);
+        env.start();
+        let mut picks = picks.into_iter();
+        for _ in 0..100 {
+            let queued: Vec<String> = env.state.steps.iter().filter(|(_, r)| matches!(r.state, StepState::Queued { .. })).map(|(k, _)| k.to_string()).collect();
+            if queued.is_empty() { break; }
+            let p = picks.next().unwrap_or(0) as usize % queued.len();
+            env.succeed(&queued[p].clone());
+        }
+        prop_assert_eq!(env.status(), "completed");
+    }
+}
