@@ -1,1 +1,21 @@
-//! placeholder
+//! Steward's engine runtime: the Redis run store and its transition script, the step queue (an
+//! apalis backend on Redis streams), workers, the timer scheduler, configuration, and a private
+//! Redis for demos, benchmarks and tests. The decisions are made by the pure core
+//! (`steward-core`); this crate persists them and carries them out.
+
+pub mod bench;
+pub mod clock;
+pub mod config;
+pub mod db;
+pub mod embedded;
+pub mod keys;
+pub mod queue;
+pub mod scheduler;
+pub mod store;
+pub mod worker;
+
+pub use clock::{Clock, SystemClock};
+pub use config::Config;
+pub use db::Db;
+pub use keys::Keys;
+pub use store::Store;

@@ -1,0 +1,102 @@
+-- Commits one transition of one run, atomically: the new state, its history, the jobs it
+-- enqueues, the timers it arms and disarms, the revocation of queued jobs, the end-of-run notice,
+-- and the acknowledgement of the job whose outcome caused it. All keys share the run's shard
+-- hash tag, so the script touches one slot.
+--
+-- KEYS: 1 run hash (fields: v = version, d = document, j:<seq> = stream id of a queued job)
+--       2 run history stream
+--       3 shard step stream
+--       4 shard timer index (zset: "<run>|<timer key>" scored by due time in ms)
+--       5 shard ended-runs stream
+--       6 shard run index (zset: run id scored by creation time in µs)
+--       7 shard dead-letter stream
+-- ARGV: 1 expected version ("0": the run must not exist yet)
+--       2 new document ("" for an acknowledgement only)
+--       3 the rest, as JSON: run, ack {id, seq}, hist [json], jobs [{seq, job}], zadd [[ms, key]],
+--         zrem [key], revoke [{seq, ref}], ended status, created µs, timer key (must still be
+--         armed), dead json, group
+-- Returns: {"ok", version, revoked refs...} | {"conflict", version, document} | {"stale_timer"}
+
+local plan = cjson.decode(ARGV[3])
+local run = plan.run
+local group = plan.group
+
+local function ack()
+  if plan.ack then
+    redis.call('XACK', KEYS[3], group, plan.ack.id)
+    redis.call('XDEL', KEYS[3], plan.ack.id)
+    redis.call('HDEL', KEYS[1], 'j:' .. plan.ack.seq)
+  end
+  if plan.dead then
+    redis.call('XADD', KEYS[7], 'MAXLEN', '~', 10000, '*', 'run', run, 'job', plan.dead)
+  end
+end
+
+if ARGV[2] == '' then
+  for _, key in ipairs(plan.zrem or {}) do
+    redis.call('ZREM', KEYS[4], run .. '|' .. key)
+  end
+  ack()
+  return {'ok', redis.call('HGET', KEYS[1], 'v') or '0'}
+end
+
+local current = redis.call('HGET', KEYS[1], 'v') or '0'
+if current ~= ARGV[1] then
+  return {'conflict', current, redis.call('HGET', KEYS[1], 'd') or ''}
+end
+
+if plan.timer then
+  if redis.call('ZREM', KEYS[4], run .. '|' .. plan.timer) == 0 then
+    return {'stale_timer'}
+  end
+end
+
+local version = tostring(tonumber(current) + 1)
+redis.call('HSET', KEYS[1], 'v', version, 'd', ARGV[2])
+
+if plan.created then
+  redis.call('ZADD', KEYS[6], plan.created, run)
+end
+
+for _, entry in ipairs(plan.hist or {}) do
+  redis.call('XADD', KEYS[2], '*', 'e', entry)
+end
+
+for _, job in ipairs(plan.jobs or {}) do
+  local id = redis.call('XADD', KEYS[3], '*', 'r', run, 'v', version, 'j', job.job, 'd', ARGV[2])
+  redis.call('HSET', KEYS[1], 'j:' .. job.seq, id)
+end
+
+for _, t in ipairs(plan.zadd or {}) do
+  redis.call('ZADD', KEYS[4], t[1], run .. '|' .. t[2])
+end
+for _, key in ipairs(plan.zrem or {}) do
+  redis.call('ZREM', KEYS[4], run .. '|' .. key)
+end
+
+-- A queued job is revoked only if no worker has received it: delivered entries sit in the
+-- group's pending list, and their outcome will still be reported.
+local revoked = {}
+for _, r in ipairs(plan.revoke or {}) do
+  local field = 'j:' .. r.seq
+  local id = redis.call('HGET', KEYS[1], field)
+  if id then
+    local pending = redis.call('XPENDING', KEYS[3], group, id, id, 1)
+    if #pending == 0 and redis.call('XDEL', KEYS[3], id) == 1 then
+      redis.call('HDEL', KEYS[1], field)
+      table.insert(revoked, r.ref)
+    end
+  end
+end
+
+if plan.ended then
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', 100000, '*', 'r', run, 's', plan.ended)
+end
+
+ack()
+
+local out = {'ok', version}
+for _, r in ipairs(revoked) do
+  table.insert(out, r)
+end
+return out

@@ -1,0 +1,337 @@
+//! The benchmark behind `steward bench`: workflows of K sequential no-op steps through the real
+//! store, queue and worker.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde::Serialize;
+use serde_json::Map;
+use steward_core::Plan;
+use steward_schemas::{RunId, RunStatus, StepState, Timestamp};
+use steward_workers::{Registry, Services};
+use tokio::sync::oneshot;
+
+use crate::db::Db;
+use crate::queue::QueueConfig;
+use crate::store::{self, NewRun, Store};
+use crate::worker::{self, Runtime};
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// How many workflows.
+    pub workflows: usize,
+    /// Steps per workflow (sequential no-ops).
+    pub steps: usize,
+    /// Worker concurrency.
+    pub concurrency: usize,
+    /// One workflow at a time instead of all at once.
+    pub serial: bool,
+}
+
+/// What was measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// Workflows completed per second.
+    pub workflows_per_s: f64,
+    /// Steps completed per second.
+    pub steps_per_s: f64,
+    /// Median end-to-end latency of a workflow (creation to completion), ms.
+    pub p50_ms: f64,
+    /// 99th percentile of the same, ms.
+    pub p99_ms: f64,
+    /// Median latency of one step (from the previous transition's commit to its own), ms.
+    pub step_p50_ms: f64,
+    /// Redis round trips the worker made per step.
+    pub round_trips_per_step: f64,
+    /// Redis round trips the client made per workflow (creating it and waiting for it).
+    pub client_round_trips_per_workflow: f64,
+    /// Commands Redis executed per step, scripts' inner calls included (`INFO commandstats`).
+    pub redis_commands_per_step: f64,
+    /// Workflows measured.
+    pub workflows: usize,
+    /// Steps per workflow.
+    pub steps: usize,
+    /// Worker concurrency.
+    pub concurrency: usize,
+    /// Serial or burst.
+    pub mode: &'static str,
+    /// Wall time of the measured part, s.
+    pub elapsed_s: f64,
+    /// Redis's persistence setting while measuring (`appendonly`, `appendfsync`).
+    pub redis_persistence: String,
+}
+
+/// A benchmark failure.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    /// Redis failed.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// Runs did not finish.
+    #[error("{0}")]
+    Stuck(String),
+}
+
+fn workflow(steps: usize) -> Plan {
+    let mut yaml = String::from("name: bench\nsteps:\n");
+    for i in 0..steps {
+        if i == 0 {
+            yaml.push_str("  - {id: s0, op: noop}\n");
+        } else {
+            yaml.push_str(&format!(
+                "  - {{id: s{i}, op: noop, needs: [s{}]}}\n",
+                i - 1
+            ));
+        }
+    }
+    Plan::load("bench", &yaml, Some(&Registry::builtin()))
+        .expect("the generated benchmark workflow is valid")
+}
+
+/// Runs the benchmark: `store` is the client's, `worker_db` the worker's own connection (so
+/// their round trips are counted apart). Both must use the same namespace.
+pub async fn run(store: Store, worker_db: Db, config: BenchConfig) -> Result<BenchReport, Error> {
+    store.prepare().await?;
+    let plan = Arc::new(workflow(config.steps.max(1)));
+    let worker_store = Store::new(
+        worker_db.clone(),
+        store.keys().clone(),
+        store.clock().clone(),
+    );
+    let runtime = Arc::new(Runtime {
+        store: worker_store,
+        registry: Registry::builtin(),
+        services: Services::default(),
+    });
+    let queue = QueueConfig {
+        consumer: worker::consumer_name(),
+        concurrency: config.concurrency.max(1),
+        block: Duration::from_secs(2),
+        claim_idle: Duration::from_secs(30),
+        max_deliveries: 5,
+    };
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let worker = tokio::spawn(worker::run(runtime, queue, async move {
+        let _ = stop_rx.await;
+    }));
+
+    let new_run = || NewRun {
+        plan: plan.clone(),
+        company: "bench".parse().expect("a valid company id"),
+        company_settings: Map::new(),
+        inputs: Map::new(),
+        requested_by: "bench".to_owned(),
+        start_at: None,
+    };
+
+    // Warm up: connections, script cache, allocator.
+    let warm = config.workflows.clamp(1, 50);
+    let mut waiter = Waiter::new(&store).await?;
+    let mut ids = HashSet::new();
+    for _ in 0..warm {
+        ids.insert(store.create_run(new_run()).await?);
+    }
+    waiter
+        .wait_all(&store, &ids, Duration::from_secs(60))
+        .await?;
+
+    let commands_before = commands_processed(&store).await?;
+    let worker_rt_before = worker_db.round_trips();
+    let client_rt_before = store.db().round_trips();
+    let started = Instant::now();
+    let mut latencies_ms = Vec::with_capacity(config.workflows);
+    let mut runs = Vec::with_capacity(config.workflows);
+    if config.serial {
+        for _ in 0..config.workflows {
+            let t0 = Instant::now();
+            let id = store.create_run(new_run()).await?;
+            waiter
+                .wait_all(&store, &HashSet::from([id]), Duration::from_secs(30))
+                .await?;
+            latencies_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+            runs.push(id);
+        }
+    } else {
+        let created: Vec<store::Result<RunId>> = futures::stream::iter(0..config.workflows)
+            .map(|_| store.create_run(new_run()))
+            .buffer_unordered(256)
+            .collect()
+            .await;
+        runs = created.into_iter().collect::<store::Result<_>>()?;
+        let set: HashSet<RunId> = runs.iter().copied().collect();
+        waiter
+            .wait_all(&store, &set, Duration::from_secs(600))
+            .await?;
+    }
+    let elapsed = started.elapsed();
+    let worker_rt = worker_db.round_trips() - worker_rt_before;
+    let client_rt = store.db().round_trips() - client_rt_before;
+    let commands = commands_processed(&store).await? - commands_before;
+    let _ = stop_tx.send(());
+    let _ = worker.await;
+
+    // Latencies from the runs' own timestamps.
+    let mut step_ms = Vec::with_capacity(runs.len() * config.steps);
+    let mut e2e_ms = Vec::with_capacity(runs.len());
+    for chunk in runs.chunks(500) {
+        let mut pipe = redis::pipe();
+        for id in chunk {
+            pipe.cmd("HGET").arg(store.keys().run(*id)).arg("d");
+        }
+        let docs: Vec<String> = store.db().pipe(&pipe).await?;
+        for json in docs {
+            let doc = store::parse_doc(&json)?;
+            let RunStatus::Completed { at, .. } = doc.state.status else {
+                return Err(Error::Stuck(format!(
+                    "run {} ended {}",
+                    doc.ctx.run_id,
+                    doc.state.status.name()
+                )));
+            };
+            e2e_ms.push(ms(at, doc.ctx.created_at));
+            let mut prev = doc.ctx.created_at;
+            let mut done: Vec<Timestamp> = doc
+                .state
+                .steps
+                .values()
+                .filter_map(|r| match r.state {
+                    StepState::Succeeded { at, .. } => Some(at),
+                    _ => None,
+                })
+                .collect();
+            done.sort();
+            for at in done {
+                step_ms.push(ms(at, prev));
+                prev = at;
+            }
+        }
+    }
+    if config.serial {
+        e2e_ms = latencies_ms;
+    }
+    let total_steps = (runs.len() * config.steps) as f64;
+    let persistence = persistence(&store)
+        .await
+        .unwrap_or_else(|_| "unknown".to_owned());
+    Ok(BenchReport {
+        workflows_per_s: runs.len() as f64 / elapsed.as_secs_f64(),
+        steps_per_s: total_steps / elapsed.as_secs_f64(),
+        p50_ms: percentile(&mut e2e_ms, 0.50),
+        p99_ms: percentile(&mut e2e_ms, 0.99),
+        step_p50_ms: percentile(&mut step_ms, 0.50),
+        round_trips_per_step: worker_rt as f64 / total_steps,
+        client_round_trips_per_workflow: client_rt as f64 / runs.len() as f64,
+        redis_commands_per_step: commands as f64 / total_steps,
+        workflows: runs.len(),
+        steps: config.steps,
+        concurrency: config.concurrency,
+        mode: if config.serial { "serial" } else { "burst" },
+        elapsed_s: elapsed.as_secs_f64(),
+        redis_persistence: persistence,
+    })
+}
+
+fn ms(a: Timestamp, b: Timestamp) -> f64 {
+    a.since(b).as_secs_f64() * 1000.0
+}
+
+fn percentile(v: &mut [f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let i = ((v.len() as f64 - 1.0) * q).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+async fn commands_processed(store: &Store) -> Result<u64, Error> {
+    let info: String = store.db().query(redis::cmd("INFO").arg("stats")).await?;
+    Ok(info
+        .lines()
+        .find_map(|l| l.strip_prefix("total_commands_processed:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0))
+}
+
+async fn persistence(store: &Store) -> Result<String, Error> {
+    let aof: Vec<String> = store
+        .db()
+        .query(redis::cmd("CONFIG").arg("GET").arg("appendonly"))
+        .await?;
+    let fsync: Vec<String> = store
+        .db()
+        .query(redis::cmd("CONFIG").arg("GET").arg("appendfsync"))
+        .await?;
+    Ok(format!(
+        "appendonly {} appendfsync {}",
+        aof.get(1).map_or("?", String::as_str),
+        fsync.get(1).map_or("?", String::as_str)
+    ))
+}
+
+/// Waits for runs to end, reading the shards' ended-runs streams from where they were when it
+/// was created.
+#[derive(Debug)]
+pub struct Waiter {
+    cursor: Vec<String>,
+    ended: HashSet<RunId>,
+    conn: crate::db::Blocking,
+}
+
+impl Waiter {
+    /// Starts from the current end of every ended-runs stream.
+    pub async fn new(store: &Store) -> Result<Self, Error> {
+        Ok(Self {
+            cursor: store.ended_cursor().await?,
+            ended: HashSet::new(),
+            conn: store.db().blocking(Duration::from_secs(1)).await?,
+        })
+    }
+
+    /// Waits until every run in `runs` has ended, or `timeout` passes.
+    pub async fn wait_all(
+        &mut self,
+        store: &Store,
+        runs: &HashSet<RunId>,
+        timeout: Duration,
+    ) -> Result<(), Error> {
+        let deadline = Instant::now() + timeout;
+        let keys = store.keys();
+        let streams: Vec<String> = keys.all_shards().map(|s| keys.ended(s)).collect();
+        while !runs.iter().all(|r| self.ended.contains(r)) {
+            if Instant::now() > deadline {
+                let left = runs.iter().filter(|r| !self.ended.contains(r)).count();
+                return Err(Error::Stuck(format!(
+                    "{left} runs had not ended after {timeout:?}"
+                )));
+            }
+            let mut cmd = redis::cmd("XREAD");
+            cmd.arg("COUNT")
+                .arg(10_000)
+                .arg("BLOCK")
+                .arg(1000)
+                .arg("STREAMS")
+                .arg(&streams)
+                .arg(&self.cursor);
+            let reply: Option<redis::streams::StreamReadReply> = self.conn.query(&cmd).await?;
+            for stream in reply.map(|r| r.keys).unwrap_or_default() {
+                let Some(i) = streams.iter().position(|s| s == &stream.key) else {
+                    continue;
+                };
+                for entry in stream.ids {
+                    if let Some(Ok(run)) = entry.get::<String>("r").map(|r| r.parse::<RunId>()) {
+                        self.ended.insert(run);
+                    }
+                    self.cursor[i] = entry.id;
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,307 @@
+//! Configuration: defaults, then a TOML file, then `STEWARD_` environment variables
+//! (`STEWARD_WORKER__CLAIM_IDLE=10s`: `__` separates sections, `_` stands for `-`), then flags.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use steward_schemas::Dur;
+
+use crate::keys::Keys;
+
+/// Everything a Steward process is configured with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct Config {
+    /// Where runs live.
+    pub redis: RedisConfig,
+    /// Step workers.
+    pub worker: WorkerConfig,
+    /// The timer scheduler.
+    pub scheduler: SchedulerConfig,
+    /// The HTTP API.
+    pub http: HttpConfig,
+}
+
+/// Redis.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// The server's URL (`redis://host:port/db`, `rediss://` for TLS).
+    pub url: String,
+    /// The prefix of every key, so several installations can share a server.
+    pub namespace: String,
+    /// How many shards runs are spread over (each has its own step stream and timer index).
+    /// Fixed for an installation: every process must use the same number.
+    pub shards: u16,
+    /// How long a request may take before it counts as failed.
+    pub response_timeout: Dur,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379/".to_owned(),
+            namespace: "steward".to_owned(),
+            shards: 8,
+            response_timeout: Dur::secs(5),
+        }
+    }
+}
+
+/// Step workers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// How many steps one worker process runs at once.
+    pub concurrency: usize,
+    /// How long a job may sit with a worker that stopped renewing it before another takes it
+    /// over (the time to recover from a crashed worker).
+    pub claim_idle: Dur,
+    /// Deliveries without an outcome after which a job is parked as poison.
+    pub max_deliveries: u32,
+    /// How long an idle worker's blocking read lasts before it is renewed.
+    pub block: Dur,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 32,
+            claim_idle: Dur::secs(30),
+            max_deliveries: 5,
+            block: Dur::secs(5),
+        }
+    }
+}
+
+/// The timer scheduler.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct SchedulerConfig {
+    /// How often it looks for due timers when none were due.
+    pub tick: Dur,
+    /// How many due timers it takes per shard per round.
+    pub batch: usize,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            tick: Dur::millis(100),
+            batch: 500,
+        }
+    }
+}
+
+/// The HTTP API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// The address it listens on.
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".to_owned(),
+        }
+    }
+}
+
+/// A configuration that cannot be used; the message names the source, the key and the fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    /// Loads defaults, then `file` (if any), then the `STEWARD_…` variables in `env`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut tree = toml::Value::try_from(Self::default())
+            .map_err(|e| ConfigError(format!("defaults: {e}")))?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError(format!(
+                    "{}: cannot read the config file: {e}",
+                    path.display()
+                ))
+            })?;
+            let overlay: toml::Value = toml::from_str(&text)
+                .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+            merge(&mut tree, overlay);
+            // Check the file on its own so errors name it.
+            tree.clone()
+                .try_into::<Self>()
+                .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        }
+        for (name, value) in env {
+            let Some(path) = name.strip_prefix("STEWARD_") else {
+                continue;
+            };
+            if path == "CONFIG" || path == "LOG" {
+                continue;
+            }
+            let parts: Vec<String> = path
+                .split("__")
+                .map(|p| p.to_ascii_lowercase().replace('_', "-"))
+                .collect();
+            if parts.len() != 2 {
+                return Err(ConfigError(format!(
+                    "{name}: write STEWARD_<SECTION>__<KEY>, e.g. STEWARD_REDIS__URL or STEWARD_WORKER__CONCURRENCY"
+                )));
+            }
+            let parsed = value
+                .parse::<i64>()
+                .map(toml::Value::Integer)
+                .unwrap_or_else(|_| toml::Value::String(value.clone()));
+            let mut one = toml::map::Map::new();
+            let mut inner = toml::map::Map::new();
+            inner.insert(parts[1].clone(), parsed);
+            one.insert(parts[0].clone(), toml::Value::Table(inner));
+            let mut candidate = tree.clone();
+            merge(&mut candidate, toml::Value::Table(one));
+            candidate
+                .clone()
+                .try_into::<Self>()
+                .map_err(|e| ConfigError(format!("{name}={value}: {}", e.message().trim())))?;
+            tree = candidate;
+        }
+        tree.try_into()
+            .map_err(|e: toml::de::Error| ConfigError(e.to_string()))
+    }
+
+    /// Checks cross-field rules; call once at start.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        Keys::new(&self.redis.namespace, self.redis.shards)
+            .map_err(|e| ConfigError(e.to_string()))?;
+        url::Url::parse(&self.redis.url)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "redis" | "rediss" | "redis+unix" | "unix"))
+            .ok_or_else(|| {
+                ConfigError(format!(
+                    "redis.url `{}`: write e.g. redis://127.0.0.1:6379/",
+                    self.redis.url
+                ))
+            })?;
+        if self.worker.concurrency == 0 || self.worker.concurrency > 10_000 {
+            return Err(ConfigError(format!(
+                "worker.concurrency = {}: use 1 to 10000",
+                self.worker.concurrency
+            )));
+        }
+        if self.worker.claim_idle.get() < Duration::from_millis(200) {
+            return Err(ConfigError(format!(
+                "worker.claim-idle = {}: use at least 200ms (leases are renewed every quarter of it)",
+                self.worker.claim_idle
+            )));
+        }
+        if self.worker.max_deliveries == 0 {
+            return Err(ConfigError(
+                "worker.max-deliveries = 0: use at least 1".to_owned(),
+            ));
+        }
+        if self.worker.block.get() < Duration::from_millis(10) {
+            return Err(ConfigError(format!(
+                "worker.block = {}: use at least 10ms",
+                self.worker.block
+            )));
+        }
+        if self.scheduler.tick.get().is_zero() || self.scheduler.batch == 0 {
+            return Err(ConfigError(
+                "scheduler.tick and scheduler.batch must be positive".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn merge(base: &mut toml::Value, overlay: toml::Value) {
+    match (base, overlay) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(existing) => merge(existing, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order_and_errors_name_the_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("steward.toml");
+        std::fs::write(
+            &file,
+            "[redis]\nshards = 4\nnamespace = \"acme\"\n[worker]\nclaim-idle = \"10s\"\n",
+        )
+        .unwrap();
+        let env = vec![
+            ("STEWARD_WORKER__CONCURRENCY".to_owned(), "64".to_owned()),
+            ("STEWARD_REDIS__NAMESPACE".to_owned(), "acme2".to_owned()),
+            ("HOME".to_owned(), "/root".to_owned()),
+        ];
+        let c = Config::load(Some(&file), env).unwrap();
+        assert_eq!(c.redis.shards, 4);
+        assert_eq!(c.redis.namespace, "acme2");
+        assert_eq!(c.worker.claim_idle, Dur::secs(10));
+        assert_eq!(c.worker.concurrency, 64);
+        assert_eq!(c.worker.block, Dur::secs(5));
+        c.validate().unwrap();
+
+        let err = Config::load(
+            None,
+            vec![("STEWARD_WORKER__CONCURRENCY".to_owned(), "lots".to_owned())],
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("STEWARD_WORKER__CONCURRENCY=lots:"),
+            "{err}"
+        );
+        let err = Config::load(
+            None,
+            vec![("STEWARD_WORKER__CLAIM_IDLE".to_owned(), "soon".to_owned())],
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("write a number and a unit"),
+            "{err}"
+        );
+        std::fs::write(&file, "[redis]\nshard = 4\n").unwrap();
+        let err = Config::load(Some(&file), Vec::new()).unwrap_err();
+        assert!(
+            err.to_string().contains("steward.toml")
+                && err.to_string().contains("unknown field `shard`"),
+            "{err}"
+        );
+        let mut bad = Config::default();
+        bad.redis.namespace = "a:b".to_owned();
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("redis namespace `a:b`")
+        );
+        bad = Config::default();
+        bad.redis.url = "http://x".to_owned();
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("redis.url")
+        );
+    }
+}

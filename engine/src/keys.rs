@@ -1,0 +1,153 @@
+//! Every Redis key Steward uses, derived from one namespace in one place.
+//!
+//! Every key of a run carries its shard's hash tag (`{s007}`), and each shard has its own step
+//! stream, timer index, run index and ended-runs stream, so a transition's script touches one slot
+//! and the keyspace is ready for Redis Cluster. The shard of a run comes from its id.
+
+use steward_schemas::RunId;
+
+/// The consumer group every worker reads step streams with.
+pub const GROUP: &str = "workers";
+
+/// Key names for one namespace and shard count.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    ns: String,
+    shards: u16,
+}
+
+/// A namespace or shard count that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeysError {
+    /// The namespace has characters that would break the key layout.
+    #[error(
+        "redis namespace `{0}`: use letters, digits, `-`, `_` and `.` only (no braces, colons or spaces)"
+    )]
+    Namespace(String),
+    /// The shard count is out of range.
+    #[error("redis shards = {0}: use 1 to 1000")]
+    Shards(u16),
+}
+
+impl Keys {
+    /// Keys under `namespace`, spread over `shards` shards.
+    pub fn new(namespace: &str, shards: u16) -> Result<Self, KeysError> {
+        let ok = !namespace.is_empty()
+            && namespace.len() <= 64
+            && namespace
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !ok {
+            return Err(KeysError::Namespace(namespace.to_owned()));
+        }
+        if shards == 0 || shards > 1000 {
+            return Err(KeysError::Shards(shards));
+        }
+        Ok(Self {
+            ns: namespace.to_owned(),
+            shards,
+        })
+    }
+
+    /// The namespace.
+    pub fn namespace(&self) -> &str {
+        &self.ns
+    }
+
+    /// How many shards.
+    pub fn shards(&self) -> u16 {
+        self.shards
+    }
+
+    /// Every shard number.
+    pub fn all_shards(&self) -> impl Iterator<Item = u16> + use<> {
+        0..self.shards
+    }
+
+    /// The shard of a run: from the random part of its ULID, so runs spread evenly.
+    pub fn shard_of(&self, run: RunId) -> u16 {
+        let random = run.as_ulid().random();
+        u16::try_from(random % u128::from(self.shards)).expect("a remainder of a u16 fits a u16")
+    }
+
+    fn tag(&self, shard: u16) -> String {
+        format!("{}:{{s{shard:03}}}", self.ns)
+    }
+
+    /// The run's hash: `v` (version), `d` (document), `j:<seq>` (stream ids of queued jobs).
+    pub fn run(&self, run: RunId) -> String {
+        format!("{}:run:{run}", self.tag(self.shard_of(run)))
+    }
+
+    /// The run's history stream.
+    pub fn history(&self, run: RunId) -> String {
+        format!("{}:hist:{run}", self.tag(self.shard_of(run)))
+    }
+
+    /// A shard's step stream.
+    pub fn steps(&self, shard: u16) -> String {
+        format!("{}:steps", self.tag(shard))
+    }
+
+    /// A shard's timer index.
+    pub fn timers(&self, shard: u16) -> String {
+        format!("{}:timers", self.tag(shard))
+    }
+
+    /// A shard's ended-runs stream.
+    pub fn ended(&self, shard: u16) -> String {
+        format!("{}:ended", self.tag(shard))
+    }
+
+    /// A shard's run index.
+    pub fn runs(&self, shard: u16) -> String {
+        format!("{}:runs", self.tag(shard))
+    }
+
+    /// A shard's dead-letter stream (jobs delivered too often without an outcome).
+    pub fn dead(&self, shard: u16) -> String {
+        format!("{}:dead", self.tag(shard))
+    }
+
+    /// The seven keys of a run's transition script, in the script's order.
+    pub fn commit_keys(&self, run: RunId) -> [String; 7] {
+        let shard = self.shard_of(run);
+        [
+            self.run(run),
+            self.history(run),
+            self.steps(shard),
+            self.timers(shard),
+            self.ended(shard),
+            self.runs(shard),
+            self.dead(shard),
+        ]
+    }
+
+    /// A stored workflow definition, by content hash.
+    pub fn definition(&self, hash: &str) -> String {
+        format!("{}:def:{hash}", self.ns)
+    }
+
+    /// Installation facts (the shard count), checked at startup.
+    pub fn meta(&self) -> String {
+        format!("{}:meta", self.ns)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_runs_keys_share_one_hash_tag() {
+        let keys = Keys::new("steward", 8).unwrap();
+        let run = RunId::from_ulid(ulid::Ulid::from_parts(1, 12345));
+        let tag = |k: &str| k[k.find('{').unwrap()..=k.find('}').unwrap()].to_owned();
+        let all = keys.commit_keys(run);
+        assert!(all.iter().all(|k| tag(k) == tag(&all[0])), "{all:?}");
+        assert_eq!(tag(&all[0]), format!("{{s{:03}}}", 12345 % 8));
+        assert!(Keys::new("a:b", 8).is_err());
+        assert!(Keys::new("a{b}", 8).is_err());
+        assert!(Keys::new("ok", 0).is_err());
+    }
+}

@@ -1,0 +1,549 @@
+//! The step queue: Redis streams with consumer groups, plugged into apalis as a [`Backend`].
+//!
+//! Each shard has a stream; every worker process reads all of them in one consumer group under a
+//! name unique to the process start. Three background tasks feed the worker:
+//! - the reader blocks on `XREADGROUP … >` for new jobs, fetching only as many as the worker has
+//!   room for, so an idle worker picks a job up as soon as it is added;
+//! - the reclaimer takes over jobs that another consumer has held for longer than `claim_idle`
+//!   (`XAUTOCLAIM`: that consumer died), and parks a job delivered more than `max_deliveries` times
+//!   (a job that kills its worker) in the dead-letter stream, failing its step;
+//! - the lease keeper re-claims (`XCLAIM … JUSTID`) the jobs this process holds, every quarter of
+//!   `claim_idle`, so that a long step is not taken over while its worker is alive.
+//!
+//! Redis errors never stop the worker (apalis treats a backend error as fatal): the tasks log,
+//! back off and try again.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use apalis_core::backend::finalize::Ephemeral;
+use apalis_core::backend::{Backend, BackendConfig};
+use apalis_core::task::Task;
+use apalis_core::task::task_id::RandomId;
+use apalis_core::worker::context::WorkerContext;
+use redis::Value;
+use steward_schemas::{Event, FailureKind, Job, Phase, RunId, StepFailure};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::task::JoinHandle;
+use tower::layer::util::Identity;
+use tracing::{debug, error, info, warn};
+
+use crate::keys::GROUP;
+use crate::store::{Ack, Store};
+
+/// How the queue reads.
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    /// This process's consumer name (unique per process start).
+    pub consumer: String,
+    /// How many jobs the worker runs at once; the queue holds at most this many.
+    pub concurrency: usize,
+    /// How long a blocking read waits before it is renewed.
+    pub block: Duration,
+    /// How long a job may sit with a consumer without renewal before another takes it over.
+    pub claim_idle: Duration,
+    /// How many deliveries without an outcome make a job poison.
+    pub max_deliveries: u64,
+}
+
+/// One delivery of a job to this worker.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The shard the job came from.
+    pub shard: u16,
+    /// The stream entry.
+    pub entry: String,
+    /// The run.
+    pub run: RunId,
+    /// The run's version when the job was enqueued.
+    pub version: u64,
+    /// The job.
+    pub job: Job,
+    /// The run's document when the job was enqueued (JSON).
+    pub doc: String,
+    /// How many times the entry has been delivered (1: first delivery).
+    pub deliveries: u64,
+    _lease: Lease,
+}
+
+impl Delivery {
+    /// The acknowledgement the outcome's transition carries.
+    pub fn ack(&self) -> Ack {
+        Ack {
+            entry: self.entry.clone(),
+            seq: self.job.seq,
+        }
+    }
+}
+
+/// Holds a place in the worker and in the lease keeper's list until the job is done.
+#[derive(Debug)]
+struct Lease {
+    inflight: Arc<Inflight>,
+    shard: u16,
+    entry: String,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.inflight.remove(self.shard, &self.entry);
+    }
+}
+
+/// The stream entries this process holds, by shard.
+#[derive(Debug, Default)]
+struct Inflight(Mutex<HashMap<u16, HashSet<String>>>);
+
+impl Inflight {
+    fn insert(&self, shard: u16, entry: &str) {
+        self.0
+            .lock()
+            .expect("the in-flight lock is never poisoned")
+            .entry(shard)
+            .or_default()
+            .insert(entry.to_owned());
+    }
+
+    fn remove(&self, shard: u16, entry: &str) {
+        let mut map = self.0.lock().expect("the in-flight lock is never poisoned");
+        if let Some(set) = map.get_mut(&shard) {
+            set.remove(entry);
+        }
+    }
+
+    fn snapshot(&self) -> Vec<(u16, Vec<String>)> {
+        self.0
+            .lock()
+            .expect("the in-flight lock is never poisoned")
+            .iter()
+            .filter(|(_, s)| !s.is_empty())
+            .map(|(k, s)| (*k, s.iter().cloned().collect()))
+            .collect()
+    }
+}
+
+/// The queue, as an apalis backend. Dropping it stops its background tasks.
+#[derive(Debug)]
+pub struct StepQueue {
+    rx: mpsc::Receiver<Delivery>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    config: QueueConfig,
+}
+
+/// Never produced: the queue retries Redis errors itself. apalis needs an error type.
+#[derive(Debug, thiserror::Error)]
+#[error("step queue closed")]
+pub struct QueueClosed;
+
+struct Shared {
+    store: Store,
+    config: QueueConfig,
+    inflight: Arc<Inflight>,
+    permits: Arc<Semaphore>,
+    tx: mpsc::Sender<Delivery>,
+    stop: watch::Receiver<bool>,
+    shard_of_key: HashMap<String, u16>,
+}
+
+impl StepQueue {
+    /// Starts reading. Call [`Store::prepare`] first (it creates the consumer groups).
+    pub fn start(store: Store, config: QueueConfig) -> Self {
+        let capacity = config.concurrency.max(1);
+        let (tx, rx) = mpsc::channel(capacity);
+        let (stop_tx, stop) = watch::channel(false);
+        let keys = store.keys().clone();
+        let shared = Arc::new(Shared {
+            shard_of_key: keys.all_shards().map(|s| (keys.steps(s), s)).collect(),
+            store,
+            config: config.clone(),
+            inflight: Arc::default(),
+            permits: Arc::new(Semaphore::new(capacity)),
+            tx,
+            stop,
+        });
+        let tasks = vec![
+            tokio::spawn(read_new(shared.clone())),
+            tokio::spawn(reclaim(shared.clone())),
+            tokio::spawn(keep_leases(shared)),
+        ];
+        info!(consumer = %config.consumer, concurrency = capacity, "step queue started");
+        Self {
+            rx,
+            stop: stop_tx,
+            tasks,
+            config,
+        }
+    }
+
+    /// Stops the background tasks. Jobs already received stay leased to this consumer until
+    /// `claim_idle` passes, then another worker takes them over.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+impl Drop for StepQueue {
+    fn drop(&mut self) {
+        self.stop();
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Backend for StepQueue {
+    type Task = Task<Delivery>;
+    type Error = QueueClosed;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut Context<'_>,
+        _worker: &WorkerContext,
+    ) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+        _worker: &WorkerContext,
+    ) -> Poll<Option<Result<Self::Task, Self::Error>>> {
+        self.rx.poll_recv(cx).map(|d| d.map(|d| Ok(Task::new(d))))
+    }
+
+    fn poll_close(
+        &mut self,
+        _cx: &mut Context<'_>,
+        _worker: &WorkerContext,
+    ) -> Poll<Result<(), Self::Error>> {
+        self.stop();
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl BackendConfig for StepQueue {
+    type Args = Delivery;
+    type Id = RandomId;
+    type Kind = Ephemeral;
+    type Config = QueueConfig;
+    type Layer = Identity;
+
+    fn config(&self) -> &Self::Config {
+        &self.config
+    }
+
+    fn middleware(&mut self, _worker: &mut WorkerContext) -> Self::Layer {
+        Identity::new()
+    }
+}
+
+/// Sleeps, unless the queue is stopping; returns whether it is.
+async fn pause(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(d) => *stop.borrow(),
+        _ = stop.changed() => true,
+    }
+}
+
+fn backoff(prev: Duration) -> Duration {
+    (prev * 2).clamp(Duration::from_millis(50), Duration::from_secs(5))
+}
+
+async fn read_new(shared: Arc<Shared>) {
+    let mut stop = shared.stop.clone();
+    let mut wait = Duration::ZERO;
+    let mut conn = loop {
+        match shared.store.db().blocking(shared.config.block).await {
+            Ok(c) => break c,
+            Err(e) => {
+                wait = backoff(wait);
+                warn!(error = %e, retry_in = ?wait, "step queue: cannot open the reading connection");
+                if pause(&mut stop, wait).await {
+                    return;
+                }
+            }
+        }
+    };
+    let keys = shared.store.keys().clone();
+    let streams: Vec<String> = keys.all_shards().map(|s| keys.steps(s)).collect();
+    let block_ms = u64::try_from(shared.config.block.as_millis()).unwrap_or(u64::MAX);
+    let max_batch = shared.config.concurrency.clamp(1, 512);
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let first = tokio::select! {
+            p = shared.permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = stop.changed() => return,
+        };
+        let mut permits = vec![first];
+        while permits.len() < max_batch {
+            match shared.permits.clone().try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
+        }
+        // COUNT applies per stream: ask each shard for its share of the free places.
+        let count = permits.len().div_ceil(streams.len());
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(GROUP)
+            .arg(&shared.config.consumer)
+            .arg("COUNT")
+            .arg(count)
+            .arg("BLOCK")
+            .arg(block_ms)
+            .arg("STREAMS")
+            .arg(&streams);
+        for _ in &streams {
+            cmd.arg(">");
+        }
+        let reply: Option<redis::streams::StreamReadReply> = tokio::select! {
+            r = conn.query(&cmd) => match r {
+                Ok(r) => { wait = Duration::ZERO; r }
+                Err(e) => {
+                    wait = backoff(wait);
+                    warn!(error = %e, retry_in = ?wait, "step queue: read failed");
+                    drop(permits);
+                    if pause(&mut stop, wait).await { return; }
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let Some(reply) = reply else { continue };
+        for stream in reply.keys {
+            let Some(&shard) = shared.shard_of_key.get(&stream.key) else {
+                continue;
+            };
+            for entry in stream.ids {
+                let permit = match permits.pop() {
+                    Some(p) => p,
+                    None => match shared.permits.clone().acquire_owned().await {
+                        Ok(p) => p,
+                        Err(_) => return,
+                    },
+                };
+                deliver(&shared, shard, &entry.id, &entry.map, 1, permit).await;
+            }
+        }
+    }
+}
+
+/// Parses an entry and hands it to the worker; a malformed entry is acknowledged and
+/// dead-lettered, never retried.
+async fn deliver(
+    shared: &Shared,
+    shard: u16,
+    id: &str,
+    fields: &HashMap<String, Value>,
+    deliveries: u64,
+    permit: OwnedSemaphorePermit,
+) {
+    let field = |name: &str| -> Option<String> {
+        fields
+            .get(name)
+            .and_then(|v| redis::from_redis_value_ref(v).ok())
+    };
+    let parsed = (|| {
+        let run: RunId = field("r")?.parse().ok()?;
+        let version: u64 = field("v")?.parse().ok()?;
+        let job: Job = serde_json::from_str(&field("j")?).ok()?;
+        Some((run, version, job, field("d")?))
+    })();
+    let Some((run, version, job, doc)) = parsed else {
+        error!(
+            entry = id,
+            shard, "step queue: malformed entry; dropping it"
+        );
+        let keys = shared.store.keys();
+        let mut pipe = redis::pipe();
+        pipe.cmd("XACK")
+            .arg(keys.steps(shard))
+            .arg(GROUP)
+            .arg(id)
+            .ignore();
+        pipe.cmd("XDEL").arg(keys.steps(shard)).arg(id).ignore();
+        let _ = shared.store.db().pipe::<()>(&pipe).await;
+        return;
+    };
+    shared.inflight.insert(shard, id);
+    let delivery = Delivery {
+        shard,
+        entry: id.to_owned(),
+        run,
+        version,
+        job,
+        doc,
+        deliveries,
+        _lease: Lease {
+            inflight: shared.inflight.clone(),
+            shard,
+            entry: id.to_owned(),
+            _permit: permit,
+        },
+    };
+    if shared.tx.send(delivery).await.is_err() {
+        debug!("step queue: the worker is gone");
+    }
+}
+
+async fn reclaim(shared: Arc<Shared>) {
+    let mut stop = shared.stop.clone();
+    let keys = shared.store.keys().clone();
+    let idle_ms = u64::try_from(shared.config.claim_idle.as_millis()).unwrap_or(u64::MAX);
+    let every = (shared.config.claim_idle / 2).max(Duration::from_millis(50));
+    loop {
+        if pause(&mut stop, every).await {
+            return;
+        }
+        for shard in keys.all_shards() {
+            let mut cursor = "0-0".to_owned();
+            loop {
+                let room = shared.permits.available_permits().min(100);
+                if room == 0 {
+                    break;
+                }
+                let cmd = {
+                    let mut c = redis::cmd("XAUTOCLAIM");
+                    c.arg(keys.steps(shard))
+                        .arg(GROUP)
+                        .arg(&shared.config.consumer)
+                        .arg(idle_ms)
+                        .arg(&cursor)
+                        .arg("COUNT")
+                        .arg(room);
+                    c
+                };
+                let reply: redis::streams::StreamAutoClaimReply =
+                    match shared.store.db().query(&cmd).await {
+                        Ok(r) => r,
+                        Err(e) => {
+                            warn!(error = %e, shard, "step queue: reclaim failed");
+                            break;
+                        }
+                    };
+                if !reply.claimed.is_empty() {
+                    take_over(&shared, shard, reply.claimed).await;
+                }
+                if reply.next_stream_id == "0-0" {
+                    break;
+                }
+                cursor = reply.next_stream_id;
+            }
+        }
+    }
+}
+
+async fn take_over(shared: &Shared, shard: u16, claimed: Vec<redis::streams::StreamId>) {
+    let keys = shared.store.keys();
+    let mut pipe = redis::pipe();
+    for entry in &claimed {
+        pipe.cmd("XPENDING")
+            .arg(keys.steps(shard))
+            .arg(GROUP)
+            .arg(&entry.id)
+            .arg(&entry.id)
+            .arg(1);
+    }
+    let counts: Vec<Vec<(String, String, u64, u64)>> = match shared.store.db().pipe(&pipe).await {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, "step queue: cannot read delivery counts");
+            return;
+        }
+    };
+    for (entry, count) in claimed.into_iter().zip(counts) {
+        let deliveries = count.first().map_or(1, |c| c.3);
+        info!(entry = %entry.id, shard, deliveries, "step queue: took over a job from a consumer that stopped renewing it");
+        if deliveries > shared.config.max_deliveries {
+            park(shared, shard, &entry, deliveries).await;
+            continue;
+        }
+        let Ok(permit) = shared.permits.clone().acquire_owned().await else {
+            return;
+        };
+        deliver(shared, shard, &entry.id, &entry.map, deliveries, permit).await;
+    }
+}
+
+async fn park(shared: &Shared, shard: u16, entry: &redis::streams::StreamId, deliveries: u64) {
+    let field = |name: &str| -> Option<String> {
+        entry
+            .map
+            .get(name)
+            .and_then(|v| redis::from_redis_value_ref(v).ok())
+    };
+    let (Some(run), Some(job_json)) =
+        (field("r").and_then(|r| r.parse::<RunId>().ok()), field("j"))
+    else {
+        return;
+    };
+    let Ok(job) = serde_json::from_str::<Job>(&job_json) else {
+        return;
+    };
+    let error = StepFailure {
+        kind: FailureKind::Poison,
+        message: format!(
+            "the job was delivered {deliveries} times without an outcome (its worker keeps stopping); it was moved to the dead-letter stream"
+        ),
+        code: None,
+        retry_after: None,
+    };
+    let event = match job.phase {
+        Phase::Run => Event::StepFailed {
+            step: job.step.clone(),
+            seq: job.seq,
+            error,
+        },
+        Phase::Undo => Event::UndoFailed {
+            step: job.step.clone(),
+            seq: job.seq,
+            error,
+        },
+    };
+    let ack = Ack {
+        entry: entry.id.clone(),
+        seq: job.seq,
+    };
+    error!(run.id = %run, step.name = %job.step, deliveries, shard, "step queue: parking a poison job");
+    if let Err(e) = shared.store.park(run, &event, &ack, &job_json).await {
+        warn!(error = %e, "step queue: parking failed; will retry");
+    }
+}
+
+async fn keep_leases(shared: Arc<Shared>) {
+    let mut stop = shared.stop.clone();
+    let keys = shared.store.keys().clone();
+    let every = (shared.config.claim_idle / 4).max(Duration::from_millis(25));
+    let min_idle = u64::try_from(every.as_millis()).unwrap_or(u64::MAX);
+    loop {
+        if pause(&mut stop, every).await {
+            return;
+        }
+        let held = shared.inflight.snapshot();
+        if held.is_empty() {
+            continue;
+        }
+        let mut pipe = redis::pipe();
+        for (shard, ids) in &held {
+            // Only entries idle for a while are renewed: one another consumer has just taken
+            // over (because this process stalled) is left with it.
+            pipe.cmd("XCLAIM")
+                .arg(keys.steps(*shard))
+                .arg(GROUP)
+                .arg(&shared.config.consumer)
+                .arg(min_idle)
+                .arg(ids)
+                .arg("JUSTID")
+                .ignore();
+        }
+        if let Err(e) = shared.store.db().pipe::<()>(&pipe).await {
+            warn!(error = %e, "step queue: lease renewal failed");
+        }
+    }
+}

@@ -1,0 +1,674 @@
+//! The run store: runs, their history and their transitions on Redis.
+//!
+//! A transition is computed by the pure state machine on the run's document and committed by one
+//! Lua script ([`COMMIT`]) that checks the document's version first (optimistic concurrency): if
+//! another transition got there first, the script returns the current document and the
+//! transition is computed again on it. Jobs carry the document they were enqueued with, so the
+//! common case — a worker reporting the outcome of the only step in flight — is one round trip.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+
+use redis::Script;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use steward_core::history::{diff, redact};
+use steward_core::inputs::{InputProblem, prepare_inputs};
+use steward_core::{Cx, Plan, TransitionError, initial_state, transition};
+use steward_schemas::{
+    CompanyId, Effect, Event, HistoryEntry, JobRef, RunContext, RunDoc, RunId, RunState, Timestamp,
+    WorkflowDef, WorkflowRef,
+};
+use tracing::{debug, trace, warn};
+
+use crate::clock::Clock;
+use crate::db::Db;
+use crate::keys::{GROUP, Keys};
+
+/// The transition commit script.
+pub const COMMIT: &str = include_str!("../lua/commit.lua");
+
+/// How often a transition is recomputed on a newer document before giving up.
+const MAX_CONFLICTS: u32 = 64;
+
+/// A store error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Redis failed or is unreachable.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// No run has this id.
+    #[error("no run `{0}`")]
+    NoSuchRun(RunId),
+    /// A run refers to a definition that is not stored.
+    #[error("workflow definition {0} is not stored")]
+    NoSuchDefinition(String),
+    /// Stored data does not parse.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// The run's inputs are wrong.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Inputs(Vec<InputProblem>),
+    /// The run could not be created.
+    #[error("the run could not start: {0}")]
+    Start(TransitionError),
+    /// Too many concurrent transitions on one run.
+    #[error("gave up after {0} conflicting writes to one run")]
+    Contention(u32),
+    /// Redis was set up with another shard count.
+    #[error(
+        "redis namespace `{namespace}` was set up with {stored} shards, but this process is configured for {configured}; use the same `redis.shards` everywhere"
+    )]
+    ShardMismatch {
+        /// The namespace.
+        namespace: String,
+        /// The stored count.
+        stored: u16,
+        /// The configured count.
+        configured: u16,
+    },
+}
+
+/// `pub type Result` for store calls.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A run's document and its version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSnapshot {
+    /// The version (incremented by every committed transition).
+    pub version: u64,
+    /// The document.
+    pub doc: RunDoc,
+}
+
+/// The job whose outcome a transition reports: acknowledged in the same script.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ack {
+    /// The stream entry.
+    pub entry: String,
+    /// The job's sequence number.
+    pub seq: u32,
+}
+
+/// What became of an event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The transition was committed.
+    Applied {
+        /// The run's new version.
+        version: u64,
+        /// The run's new state.
+        state: RunState,
+    },
+    /// The event changed nothing (stale, duplicate or late).
+    Ignored {
+        /// Why.
+        reason: String,
+    },
+    /// The event was refused (a technician's request that does not apply now).
+    Refused(TransitionError),
+}
+
+/// What a new run is started with.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    /// The compiled workflow.
+    pub plan: Arc<Plan>,
+    /// The company it acts on.
+    pub company: CompanyId,
+    /// The company's settings, pinned into the run.
+    pub company_settings: Map<String, Value>,
+    /// The inputs given (defaults are applied and types checked here).
+    pub inputs: Map<String, Value>,
+    /// Who or what started it.
+    pub requested_by: String,
+    /// A scheduled start.
+    pub start_at: Option<Timestamp>,
+}
+
+/// Runs on Redis. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: Db,
+    keys: Keys,
+    clock: Arc<dyn Clock>,
+    commit: Arc<Script>,
+    plans: Arc<RwLock<HashMap<String, Arc<Plan>>>>,
+    stored: Arc<Mutex<HashSet<String>>>,
+}
+
+#[derive(Serialize, Default)]
+struct CommitPlan<'a> {
+    run: String,
+    group: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ack: Option<AckRef<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    hist: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    jobs: Vec<JobEntry>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    zadd: Vec<(String, String)>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    zrem: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    revoke: Vec<RevokeEntry>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ended: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    created: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dead: Option<String>,
+}
+
+#[derive(Serialize)]
+struct AckRef<'a> {
+    id: &'a str,
+    seq: u32,
+}
+
+#[derive(Serialize)]
+struct JobEntry {
+    seq: u32,
+    job: String,
+}
+
+#[derive(Serialize)]
+struct RevokeEntry {
+    seq: u32,
+    #[serde(rename = "ref")]
+    job: String,
+}
+
+enum Reply {
+    Ok { version: u64, revoked: Vec<JobRef> },
+    Conflict(Option<RunSnapshot>),
+    StaleTimer,
+}
+
+fn corrupt(what: impl std::fmt::Display) -> Error {
+    Error::Corrupt(what.to_string())
+}
+
+impl Store {
+    /// A store on `db` with the given key layout.
+    pub fn new(db: Db, keys: Keys, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            db,
+            keys,
+            clock,
+            commit: Arc::new(Script::new(COMMIT)),
+            plans: Arc::default(),
+            stored: Arc::default(),
+        }
+    }
+
+    /// The connection.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// The key layout.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Checks the shard count against the namespace's and creates the consumer groups. Every
+    /// process calls this at start.
+    pub async fn prepare(&self) -> Result<()> {
+        let meta = self.keys.meta();
+        let mut pipe = redis::pipe();
+        pipe.hset_nx(&meta, "shards", self.keys.shards())
+            .ignore()
+            .hget(&meta, "shards");
+        let (stored,): (u16,) = self.db.pipe(&pipe).await?;
+        if stored != self.keys.shards() {
+            return Err(Error::ShardMismatch {
+                namespace: self.keys.namespace().to_owned(),
+                stored,
+                configured: self.keys.shards(),
+            });
+        }
+        for shard in self.keys.all_shards() {
+            let created: redis::RedisResult<()> = self
+                .db
+                .query(
+                    redis::cmd("XGROUP")
+                        .arg("CREATE")
+                        .arg(self.keys.steps(shard))
+                        .arg(GROUP)
+                        .arg("0")
+                        .arg("MKSTREAM"),
+                )
+                .await;
+            match created {
+                Ok(()) => {}
+                Err(e) if e.code() == Some("BUSYGROUP") => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores a definition (once per process per content hash) so workers can load it by hash.
+    pub async fn put_definition(&self, plan: &Plan) -> Result<()> {
+        let hash = plan.hash().to_owned();
+        if self
+            .stored
+            .lock()
+            .expect("the stored-definitions lock is never poisoned")
+            .contains(&hash)
+        {
+            return Ok(());
+        }
+        let json = serde_json::to_string(plan.def()).map_err(corrupt)?;
+        self.db
+            .query::<()>(
+                redis::cmd("SET")
+                    .arg(self.keys.definition(&hash))
+                    .arg(json)
+                    .arg("NX"),
+            )
+            .await?;
+        self.plans
+            .write()
+            .expect("the plan cache lock is never poisoned")
+            .entry(hash.clone())
+            .or_insert_with(|| Arc::new(plan.clone()));
+        self.stored
+            .lock()
+            .expect("the stored-definitions lock is never poisoned")
+            .insert(hash);
+        Ok(())
+    }
+
+    /// The plan with this content hash (cached: definitions never change).
+    pub async fn plan(&self, hash: &str) -> Result<Arc<Plan>> {
+        if let Some(plan) = self
+            .plans
+            .read()
+            .expect("the plan cache lock is never poisoned")
+            .get(hash)
+        {
+            return Ok(plan.clone());
+        }
+        let json: Option<String> = self
+            .db
+            .query(redis::cmd("GET").arg(self.keys.definition(hash)))
+            .await?;
+        let json = json.ok_or_else(|| Error::NoSuchDefinition(hash.to_owned()))?;
+        let def: WorkflowDef =
+            serde_json::from_str(&json).map_err(|e| corrupt(format!("definition {hash}: {e}")))?;
+        let plan = Plan::compile(def, None)
+            .map_err(|p| corrupt(format!("definition {hash} no longer compiles: {p:?}")))?;
+        let plan = Arc::new(plan);
+        self.plans
+            .write()
+            .expect("the plan cache lock is never poisoned")
+            .insert(hash.to_owned(), plan.clone());
+        Ok(plan)
+    }
+
+    /// Creates a run and starts it (or schedules its start): one round trip once the definition
+    /// is stored.
+    pub async fn create_run(&self, new: NewRun) -> Result<RunId> {
+        let inputs = prepare_inputs(new.plan.def(), &new.inputs).map_err(Error::Inputs)?;
+        self.put_definition(&new.plan).await?;
+        let now = self.clock.now();
+        let run_id = RunId::from_ulid(ulid::Ulid::from_datetime(now.to_datetime().into()));
+        let ctx = RunContext {
+            run_id,
+            workflow: WorkflowRef {
+                name: new.plan.def().name.clone(),
+                version: new.plan.def().version,
+                hash: new.plan.hash().to_owned(),
+            },
+            company: new.company,
+            company_settings: new.company_settings,
+            inputs,
+            requested_by: new.requested_by,
+            created_at: now,
+        };
+        let state = initial_state(&new.plan, now);
+        let event = Event::RunCreated {
+            start_at: new.start_at,
+        };
+        let t = transition(&new.plan, &ctx, &state, &event, &Cx { now }).map_err(Error::Start)?;
+        let doc = RunDoc {
+            v: RunDoc::VERSION,
+            ctx,
+            state: t.next,
+        };
+        let mut plan = self.commit_plan(run_id, &event, &state, &doc.state, &t.effects, now)?;
+        plan.created = Some(now.as_micros().to_string());
+        match self.commit(run_id, 0, &doc, plan).await? {
+            Reply::Ok { .. } => Ok(run_id),
+            Reply::Conflict(_) | Reply::StaleTimer => {
+                Err(corrupt(format!("run id {run_id} was already taken")))
+            }
+        }
+    }
+
+    /// A run's document.
+    pub async fn load(&self, run: RunId) -> Result<Option<RunSnapshot>> {
+        let (v, d): (Option<u64>, Option<String>) = self
+            .db
+            .query(
+                redis::cmd("HMGET")
+                    .arg(self.keys.run(run))
+                    .arg("v")
+                    .arg("d"),
+            )
+            .await?;
+        match (v, d) {
+            (Some(version), Some(doc)) => Ok(Some(RunSnapshot {
+                version,
+                doc: parse_doc(&doc)?,
+            })),
+            _ => Ok(None),
+        }
+    }
+
+    /// Applies an event to a run. `snapshot` (a document the caller already holds, e.g. the one
+    /// its job carried) saves a read; `ack` is the job this event reports on; `timer` is the
+    /// timer that fired (it must still be armed, and is disarmed in the same script).
+    pub async fn apply(
+        &self,
+        run: RunId,
+        event: &Event,
+        snapshot: Option<RunSnapshot>,
+        ack: Option<&Ack>,
+        timer: Option<&str>,
+    ) -> Result<Outcome> {
+        let mut snap = match snapshot {
+            Some(s) => s,
+            None => match self.load(run).await? {
+                Some(s) => s,
+                None => {
+                    self.ack_only(run, ack, timer).await?;
+                    return Err(Error::NoSuchRun(run));
+                }
+            },
+        };
+        for _ in 0..MAX_CONFLICTS {
+            let plan = self.plan(&snap.doc.ctx.workflow.hash).await?;
+            let now = self.clock.now();
+            let t = match transition(&plan, &snap.doc.ctx, &snap.doc.state, event, &Cx { now }) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.ack_only(run, ack, timer).await?;
+                    return Ok(Outcome::Refused(e));
+                }
+            };
+            if let Some(reason) = t.ignored {
+                trace!(run.id = %run, event = event.name(), %reason, "event ignored");
+                self.ack_only(run, ack, timer).await?;
+                return Ok(Outcome::Ignored { reason });
+            }
+            let doc = RunDoc {
+                v: RunDoc::VERSION,
+                ctx: snap.doc.ctx.clone(),
+                state: t.next,
+            };
+            let mut plan =
+                self.commit_plan(run, event, &snap.doc.state, &doc.state, &t.effects, now)?;
+            plan.ack = ack.map(|a| AckRef {
+                id: &a.entry,
+                seq: a.seq,
+            });
+            plan.timer = timer.map(str::to_owned);
+            match self.commit(run, snap.version, &doc, plan).await? {
+                Reply::Ok { version, revoked } => {
+                    for effect in &t.effects {
+                        trace!(run.id = %run, ?effect, "effect committed");
+                    }
+                    if revoked.is_empty() {
+                        return Ok(Outcome::Applied {
+                            version,
+                            state: doc.state,
+                        });
+                    }
+                    debug!(run.id = %run, jobs = revoked.len(), "jobs revoked");
+                    let follow = Event::JobsRevoked { jobs: revoked };
+                    return Box::pin(self.apply(
+                        run,
+                        &follow,
+                        Some(RunSnapshot { version, doc }),
+                        None,
+                        None,
+                    ))
+                    .await;
+                }
+                Reply::Conflict(Some(current)) => snap = current,
+                Reply::Conflict(None) => {
+                    self.ack_only(run, ack, timer).await?;
+                    return Err(Error::NoSuchRun(run));
+                }
+                Reply::StaleTimer => {
+                    return Ok(Outcome::Ignored {
+                        reason: "the timer had already fired".to_owned(),
+                    });
+                }
+            }
+        }
+        warn!(run.id = %run, event = event.name(), "too many conflicting writes");
+        Err(Error::Contention(MAX_CONFLICTS))
+    }
+
+    /// Acknowledges a job and disarms a timer without changing the run.
+    async fn ack_only(&self, run: RunId, ack: Option<&Ack>, timer: Option<&str>) -> Result<()> {
+        if ack.is_none() && timer.is_none() {
+            return Ok(());
+        }
+        let keys = self.keys.commit_keys(run);
+        let mut plan = CommitPlan {
+            run: run.to_string(),
+            group: GROUP,
+            ack: ack.map(|a| AckRef {
+                id: &a.entry,
+                seq: a.seq,
+            }),
+            ..CommitPlan::default()
+        };
+        if let Some(timer) = timer {
+            plan.zrem.push(timer.to_owned());
+        }
+        let plan = serde_json::to_string(&plan).map_err(corrupt)?;
+        let mut inv = self.commit.prepare_invoke();
+        for k in &keys {
+            inv.key(k);
+        }
+        inv.arg("0").arg("").arg(plan);
+        self.db.script::<Vec<String>>(&inv).await?;
+        Ok(())
+    }
+
+    /// Moves a job to the dead-letter stream and reports its step failed (it was delivered too
+    /// often without an outcome: its worker keeps dying on it).
+    pub async fn park(
+        &self,
+        run: RunId,
+        event: &Event,
+        ack: &Ack,
+        job_json: &str,
+    ) -> Result<Outcome> {
+        let keys = self.keys.commit_keys(run);
+        let plan = CommitPlan {
+            run: run.to_string(),
+            group: GROUP,
+            dead: Some(job_json.to_owned()),
+            ..CommitPlan::default()
+        };
+        let plan = serde_json::to_string(&plan).map_err(corrupt)?;
+        let mut inv = self.commit.prepare_invoke();
+        for k in &keys {
+            inv.key(k);
+        }
+        inv.arg("0").arg("").arg(plan);
+        self.db.script::<Vec<String>>(&inv).await?;
+        match self.apply(run, event, None, Some(ack), None).await {
+            Err(Error::NoSuchRun(_)) => Ok(Outcome::Ignored {
+                reason: "the run no longer exists".to_owned(),
+            }),
+            other => other,
+        }
+    }
+
+    fn commit_plan(
+        &self,
+        run: RunId,
+        event: &Event,
+        before: &RunState,
+        after: &RunState,
+        effects: &[Effect],
+        now: Timestamp,
+    ) -> Result<CommitPlan<'static>> {
+        let mut plan = CommitPlan {
+            run: run.to_string(),
+            group: GROUP,
+            ..CommitPlan::default()
+        };
+        let mut event_json = serde_json::to_value(event).map_err(corrupt)?;
+        redact(&mut event_json);
+        let entry = serde_json::json!({
+            "at": now,
+            "event": event_json,
+            "status": after.status.name(),
+            "changes": diff(before, after),
+        });
+        plan.hist.push(entry.to_string());
+        for effect in effects {
+            match effect {
+                Effect::EnqueueStep { job } => plan.jobs.push(JobEntry {
+                    seq: job.seq,
+                    job: serde_json::to_string(job).map_err(corrupt)?,
+                }),
+                Effect::ScheduleTimer { key, at } => plan
+                    .zadd
+                    .push((at.as_millis().to_string(), key.to_string())),
+                Effect::CancelTimer { key } => plan.zrem.push(key.to_string()),
+                Effect::RevokeJobs { jobs } => {
+                    for job in jobs {
+                        plan.revoke.push(RevokeEntry {
+                            seq: job.seq,
+                            job: serde_json::to_string(job).map_err(corrupt)?,
+                        });
+                    }
+                }
+                Effect::RunEnded { status } => plan.ended = Some(status.clone()),
+            }
+        }
+        Ok(plan)
+    }
+
+    async fn commit(
+        &self,
+        run: RunId,
+        expected: u64,
+        doc: &RunDoc,
+        plan: CommitPlan<'_>,
+    ) -> Result<Reply> {
+        let keys = self.keys.commit_keys(run);
+        let doc_json = serde_json::to_string(doc).map_err(corrupt)?;
+        let plan = serde_json::to_string(&plan).map_err(corrupt)?;
+        let mut inv = self.commit.prepare_invoke();
+        for k in &keys {
+            inv.key(k);
+        }
+        inv.arg(expected.to_string()).arg(doc_json).arg(plan);
+        let reply: Vec<String> = self.db.script(&inv).await?;
+        match reply.first().map(String::as_str) {
+            Some("ok") => {
+                let version = reply
+                    .get(1)
+                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(|| corrupt("commit reply"))?;
+                let revoked = reply[2..]
+                    .iter()
+                    .map(|r| {
+                        serde_json::from_str(r).map_err(|e| corrupt(format!("revoked job: {e}")))
+                    })
+                    .collect::<Result<_>>()?;
+                Ok(Reply::Ok { version, revoked })
+            }
+            Some("conflict") => {
+                let version: u64 = reply.get(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+                match reply.get(2).filter(|d| !d.is_empty()) {
+                    Some(d) => Ok(Reply::Conflict(Some(RunSnapshot {
+                        version,
+                        doc: parse_doc(d)?,
+                    }))),
+                    None => Ok(Reply::Conflict(None)),
+                }
+            }
+            Some("stale_timer") => Ok(Reply::StaleTimer),
+            other => Err(corrupt(format!("unexpected commit reply {other:?}"))),
+        }
+    }
+
+    /// Removes a timer that cannot be fired (malformed, or its run's data is corrupt).
+    pub async fn remove_timer(&self, shard: u16, member: &str) -> Result<()> {
+        self.db
+            .query::<()>(redis::cmd("ZREM").arg(self.keys.timers(shard)).arg(member))
+            .await?;
+        Ok(())
+    }
+
+    /// A run's history, oldest first.
+    pub async fn history(&self, run: RunId) -> Result<Vec<HistoryEntry>> {
+        let reply: redis::streams::StreamRangeReply = self
+            .db
+            .query(
+                redis::cmd("XRANGE")
+                    .arg(self.keys.history(run))
+                    .arg("-")
+                    .arg("+"),
+            )
+            .await?;
+        reply
+            .ids
+            .iter()
+            .map(|entry| {
+                let raw: String = entry
+                    .get("e")
+                    .ok_or_else(|| corrupt("history entry without `e`"))?;
+                serde_json::from_str(&raw).map_err(|e| corrupt(format!("history entry: {e}")))
+            })
+            .collect()
+    }
+
+    /// The newest entry id of every shard's ended-runs stream: where to start waiting.
+    pub async fn ended_cursor(&self) -> Result<Vec<String>> {
+        let mut pipe = redis::pipe();
+        for shard in self.keys.all_shards() {
+            pipe.cmd("XREVRANGE")
+                .arg(self.keys.ended(shard))
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1);
+        }
+        let replies: Vec<redis::streams::StreamRangeReply> = self.db.pipe(&pipe).await?;
+        Ok(replies
+            .into_iter()
+            .map(|r| {
+                r.ids
+                    .first()
+                    .map_or_else(|| "0-0".to_owned(), |e| e.id.clone())
+            })
+            .collect())
+    }
+}
+
+/// Parses a stored document.
+pub fn parse_doc(json: &str) -> Result<RunDoc> {
+    serde_json::from_str(json).map_err(|e| corrupt(format!("run document: {e}")))
+}

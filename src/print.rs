@@ -1,0 +1,237 @@
+//! How the CLI prints runs, ops and benchmark figures.
+
+use anyhow::Result;
+use serde_json::json;
+use steward_core::Plan;
+use steward_core::history::redact;
+use steward_engine::bench::BenchReport;
+use steward_engine::store::RunSnapshot;
+use steward_schemas::{CompState, HistoryEntry, RunStatus, StepState};
+use steward_workers::Registry;
+
+pub(crate) fn ops(registry: &Registry, json: bool) {
+    if json {
+        let specs: Vec<_> = registry.specs().filter(|s| !s.internal).collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&specs).unwrap_or_default()
+        );
+        return;
+    }
+    for spec in registry.specs().filter(|s| !s.internal) {
+        println!("{:<14} {}", spec.name, spec.summary);
+        for input in spec.inputs {
+            let req = if input.required {
+                "required"
+            } else {
+                "optional"
+            };
+            println!("    {:<14} {req:<9} {}", input.name, input.description);
+        }
+    }
+}
+
+/// The secret inputs of the run's workflow, hidden before printing.
+fn visible_inputs(snap: &RunSnapshot, plan: &Plan) -> serde_json::Value {
+    let mut inputs = serde_json::Value::Object(snap.doc.ctx.inputs.clone());
+    if let Some(map) = inputs.as_object_mut() {
+        for (name, decl) in &plan.def().inputs {
+            if decl.secret && map.contains_key(name) {
+                map.insert(name.clone(), json!("[secret]"));
+            }
+        }
+    }
+    redact(&mut inputs);
+    inputs
+}
+
+pub(crate) fn status_json(snap: &RunSnapshot, history: &[HistoryEntry], plan: &Plan) -> Result<()> {
+    let mut doc = serde_json::to_value(&snap.doc)?;
+    doc["ctx"]["inputs"] = visible_inputs(snap, plan);
+    redact(&mut doc);
+    let out = json!({ "version": snap.version, "run": doc, "history": history });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+pub(crate) fn status(snap: &RunSnapshot, history: &[HistoryEntry], plan: &Plan) {
+    let ctx = &snap.doc.ctx;
+    let state = &snap.doc.state;
+    println!(
+        "run {}  {} v{} ({})  company {}",
+        ctx.run_id,
+        ctx.workflow.name,
+        ctx.workflow.version,
+        &ctx.workflow.hash[..12.min(ctx.workflow.hash.len())],
+        ctx.company
+    );
+    println!("status:  {}", describe_status(&state.status));
+    println!(
+        "started: {} by {}   updated: {}",
+        ctx.created_at, ctx.requested_by, state.updated_at
+    );
+    let inputs = visible_inputs(snap, plan);
+    if inputs.as_object().is_some_and(|m| !m.is_empty()) {
+        println!("inputs:  {inputs}");
+    }
+    println!("steps:");
+    for step in plan.steps() {
+        let Some(rec) = state.steps.get(&step.id) else {
+            continue;
+        };
+        let detail = match &rec.state {
+            StepState::Pending => "waiting for its needs".to_owned(),
+            StepState::Ready { next } => format!("ready (attempt {})", next.attempt),
+            StepState::Queued { job, at } => {
+                if job.polls > 0 {
+                    format!(
+                        "attempt {}, check {} since {at}",
+                        job.attempt,
+                        job.polls + 1
+                    )
+                } else {
+                    format!("attempt {} since {at}", job.attempt)
+                }
+            }
+            StepState::Polling {
+                job,
+                next_check,
+                note,
+            } => format!(
+                "attempt {}, {} checks so far, next at {next_check}{}",
+                job.attempt,
+                job.polls,
+                note.as_ref().map(|n| format!(" ({n})")).unwrap_or_default()
+            ),
+            StepState::Retrying {
+                next,
+                not_before,
+                error,
+            } => {
+                format!(
+                    "attempt {next} at {not_before}; last error: {}",
+                    error.message
+                )
+            }
+            StepState::Succeeded { attempt, at, .. } => format!("attempt {attempt} at {at}"),
+            StepState::Failed { attempt, error, .. } => {
+                format!("attempt {attempt}: {}", error.message)
+            }
+            StepState::Skipped { reason, .. } => format!("{reason:?}"),
+            StepState::Cancelled { at } => format!("at {at}"),
+        };
+        let undo = rec.undo.as_ref().map(|u| match u {
+            CompState::Failed { error, .. } => format!("  [undo failed: {}]", error.message),
+            CompState::Irreversible { reason } => format!("  [irreversible: {reason}]"),
+            CompState::Blocked { by } => format!("  [undo blocked by {by}]"),
+            other => format!("  [undo {}]", other.name()),
+        });
+        println!(
+            "  {:<20} {:<10} {:<24} {detail}{}",
+            step.id.as_str(),
+            rec.state.name(),
+            step.op,
+            undo.unwrap_or_default()
+        );
+    }
+    println!("timeline:");
+    for entry in history {
+        let time = entry.at.to_string();
+        let clock = time.get(11..26).unwrap_or(&time);
+        println!(
+            "  {clock}  {:<22} {}",
+            entry.event.name(),
+            entry.changes.join("; ")
+        );
+    }
+}
+
+fn describe_status(status: &RunStatus) -> String {
+    match status {
+        RunStatus::Scheduled { start_at } => format!("scheduled for {start_at}"),
+        RunStatus::Paused { reason } => format!("paused ({reason:?})"),
+        RunStatus::Cancelling { by, rollback } => {
+            format!(
+                "cancelling (by {by}{}; waiting for running steps)",
+                if *rollback { ", with rollback" } else { "" }
+            )
+        }
+        RunStatus::RollingBack { cause } => format!("rolling back ({cause:?})"),
+        RunStatus::Completed { failed, .. } if !failed.is_empty() => format!(
+            "completed, with failed steps that were allowed to fail: {}",
+            failed
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        RunStatus::Cancelled { by, .. } => format!("cancelled by {by}"),
+        RunStatus::RolledBack {
+            cause,
+            irreversible,
+            ..
+        } => {
+            let mut s = format!("rolled back ({cause:?})");
+            if !irreversible.is_empty() {
+                s.push_str(&format!(
+                    "; NOT undone (irreversible): {}",
+                    irreversible
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            s
+        }
+        RunStatus::RollbackFailed {
+            cause,
+            failed,
+            left,
+            irreversible,
+            ..
+        } => format!(
+            "ROLLBACK FAILED ({cause:?}); undo failed: [{}]; left undone: [{}]; irreversible: [{}] — a technician must finish",
+            failed
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            left.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            irreversible
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        other => other.name().to_owned(),
+    }
+}
+
+pub(crate) fn bench(r: &BenchReport) {
+    println!(
+        "{} workflows × {} steps, {} mode, worker concurrency {} (redis: {})",
+        r.workflows, r.steps, r.mode, r.concurrency, r.redis_persistence
+    );
+    println!("  workflows/s          {:>10.1}", r.workflows_per_s);
+    println!("  steps/s              {:>10.1}", r.steps_per_s);
+    println!("  workflow p50         {:>10.3} ms", r.p50_ms);
+    println!("  workflow p99         {:>10.3} ms", r.p99_ms);
+    println!("  step p50             {:>10.3} ms", r.step_p50_ms);
+    println!(
+        "  round trips / step   {:>10.2}  (worker)",
+        r.round_trips_per_step
+    );
+    println!(
+        "  round trips / run    {:>10.2}  (client: create + wait)",
+        r.client_round_trips_per_workflow
+    );
+    println!(
+        "  redis commands / step{:>10.2}  (incl. inside scripts)",
+        r.redis_commands_per_step
+    );
+    println!("  elapsed              {:>10.3} s", r.elapsed_s);
+}
