@@ -1,1 +1,317 @@
-//! placeholder
+//! Steward's sandbox: a simulated MSP world that speaks the real wire formats.
+//!
+//! One listener serves every simulated service under its own prefix, which Steward's connectors
+//! take as their base URL: `/graph` (Microsoft Graph v1.0), `/login` (Microsoft identity platform
+//! token endpoint), `/outlook` (Exchange Online admin API), `/datto` (Datto RMM API v2),
+//! `/autotask` (Autotask REST) and `/admin` (the sandbox's own controls: reset, clock, faults,
+//! ledger, snapshots, tickets, devices, jobs). See the crate README for every route.
+//!
+//! The world lives in memory behind one mutex held only for short, non-async sections; time comes
+//! from [`clock::Clock`], which the admin API moves, so time-dependent behaviour is tested by
+//! moving the clock, never by sleeping.
+
+// Handlers return `Result<_, Response>` so that each service answers in its own envelope; boxing
+// every early-return response would only add noise.
+#![allow(clippy::result_large_err)]
+// Nested `if`s keep each check of a multi-step validation on its own line.
+#![allow(clippy::collapsible_if, clippy::collapsible_match)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use chrono::{DateTime, Utc};
+
+mod admin;
+mod autotask;
+mod clock;
+mod datto;
+mod exchange;
+mod faults;
+mod fixture;
+mod graph;
+mod http;
+mod identity;
+mod ids;
+mod ledger;
+mod onprem;
+mod runner;
+mod secret;
+mod world;
+
+pub use fixture::Error as FixtureError;
+
+/// How to build a sandbox.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// YAML fixture to load; `None` loads the built-in `fixtures/msp.yaml`.
+    pub fixture: Option<PathBuf>,
+    /// Seeds object ids and fault injection, so two runs with the same seed behave the same.
+    pub seed: u64,
+    /// Where Autotask ticket webhooks are delivered (none are sent when unset).
+    pub webhook_url: Option<String>,
+    /// The webhook's secret key, used for `X-Hook-Signature`.
+    pub webhook_secret: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            fixture: None,
+            seed: 1,
+            webhook_url: None,
+            webhook_secret: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error(transparent)]
+    Fixture(#[from] fixture::Error),
+    #[error("webhook_url and webhook_secret must be given together")]
+    WebhookConfig,
+    #[error("invalid webhook_url {url}: {reason}")]
+    WebhookUrl { url: String, reason: String },
+    #[error("cannot bind 127.0.0.1:0: {0}")]
+    Bind(#[source] std::io::Error),
+    #[error("server failed: {0}")]
+    Serve(#[source] std::io::Error),
+    #[error("cannot build HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A simulated MSP world. Cheap to clone: clones share the same world.
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+pub(crate) struct WebhookTarget {
+    pub(crate) url: String,
+    pub(crate) secret: String,
+}
+
+/// What every handler and background task shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) seed: u64,
+    pub(crate) fixture: fixture::Fixture,
+    pub(crate) clock: clock::Clock,
+    state: Mutex<State>,
+    pub(crate) http: reqwest::Client,
+    pub(crate) webhook: Option<WebhookTarget>,
+    /// Wakes the simulated Datto agent (new job, release, device online, reset).
+    pub(crate) jobs_changed: tokio::sync::Notify,
+    /// Wakes the webhook sender.
+    pub(crate) webhooks_changed: tokio::sync::Notify,
+    workers_started: AtomicBool,
+    pub(crate) closed: AtomicBool,
+}
+
+/// Everything `POST /admin/reset` puts back.
+#[derive(Debug)]
+pub(crate) struct State {
+    pub(crate) world: world::World,
+    pub(crate) ledger: ledger::Ledger,
+    pub(crate) faults: faults::Faults,
+    pub(crate) tokens: identity::TokenStore,
+    pub(crate) datto: datto::Session,
+    pub(crate) autotask: autotask::Outbox,
+    pub(crate) jobs_held: bool,
+    /// Bumped by every reset so background work started before it can tell it is stale.
+    pub(crate) epoch: u64,
+}
+
+impl State {
+    fn new(shared_seed: u64, fx: &fixture::Fixture, now: DateTime<Utc>, epoch: u64) -> Self {
+        let world = world::World::from_fixture(fx, shared_seed, now);
+        let tokens = identity::TokenStore::from_fixture(fx, now);
+        let mut autotask = autotask::Outbox::default();
+        if let Some(at) = &world.autotask {
+            for t in at.tickets.iter().filter(|t| t.emit_on_start) {
+                autotask.pending.push(autotask::Pending {
+                    action: "Create",
+                    ticket: t.clone(),
+                    changed: vec![],
+                });
+            }
+        }
+        Self {
+            world,
+            ledger: ledger::Ledger::default(),
+            faults: faults::Faults::default(),
+            tokens,
+            datto: datto::Session::default(),
+            autotask,
+            jobs_held: false,
+            epoch,
+        }
+    }
+}
+
+impl Shared {
+    /// Locks the state after applying whatever the clock has made due. Never hold the guard
+    /// across an `.await`.
+    pub(crate) fn lock(&self) -> (MutexGuard<'_, State>, DateTime<Utc>) {
+        let now = self.clock.now();
+        let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        guard.world.settle(now);
+        (guard, now)
+    }
+
+    pub(crate) fn reset(&self) {
+        self.clock.reset();
+        let now = self.clock.now();
+        let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let epoch = guard.epoch + 1;
+        *guard = State::new(self.seed, &self.fixture, now, epoch);
+        drop(guard);
+        self.jobs_changed.notify_waiters();
+        self.webhooks_changed.notify_waiters();
+    }
+
+    /// Starts the simulated Datto agent and the webhook sender once, on the runtime that first
+    /// needs them (so `router()` works inside someone else's server too).
+    pub(crate) fn ensure_workers(self: &Arc<Self>) {
+        if self.workers_started.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        tokio::spawn(datto::agent_loop(Arc::downgrade(self)));
+        tokio::spawn(autotask::webhook_loop(Arc::downgrade(self)));
+    }
+}
+
+impl Sandbox {
+    /// Loads and validates the fixture and builds the world.
+    pub fn new(opts: Options) -> Result<Self> {
+        let fixture = fixture::Fixture::load(opts.fixture.as_deref())?;
+        let webhook = match (opts.webhook_url, opts.webhook_secret) {
+            (Some(url), Some(secret)) => {
+                let parsed = url::Url::parse(&url).map_err(|e| Error::WebhookUrl {
+                    url: url.clone(),
+                    reason: e.to_string(),
+                })?;
+                if !matches!(parsed.scheme(), "http" | "https") {
+                    return Err(Error::WebhookUrl {
+                        url,
+                        reason: "scheme must be http or https".to_owned(),
+                    });
+                }
+                Some(WebhookTarget { url, secret })
+            }
+            (None, None) => None,
+            _ => return Err(Error::WebhookConfig),
+        };
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .build()
+            .map_err(Error::Client)?;
+        let clock = clock::Clock::default();
+        let state = State::new(opts.seed, &fixture, clock.now(), 0);
+        Ok(Self {
+            shared: Arc::new(Shared {
+                seed: opts.seed,
+                fixture,
+                clock,
+                state: Mutex::new(state),
+                http,
+                webhook,
+                jobs_changed: tokio::sync::Notify::new(),
+                webhooks_changed: tokio::sync::Notify::new(),
+                workers_started: AtomicBool::new(false),
+                closed: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// Every simulated service under its prefix, plus `/admin`.
+    pub fn router(&self) -> axum::Router {
+        http::router(self.shared.clone())
+    }
+
+    /// Serves until `shutdown` resolves.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        self.shared.ensure_workers();
+        let app = self.router();
+        let shared = self.shared.clone();
+        let result = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(Error::Serve);
+        shared.closed.store(true, Ordering::SeqCst);
+        shared.jobs_changed.notify_waiters();
+        shared.webhooks_changed.notify_waiters();
+        result
+    }
+
+    /// Binds 127.0.0.1:0 and serves in a background task.
+    pub async fn spawn(opts: Options) -> Result<RunningSandbox> {
+        let sandbox = Self::new(opts)?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(Error::Bind)?;
+        let addr = listener.local_addr().map_err(Error::Bind)?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(sandbox.clone().serve(listener, async {
+            let _ = rx.await;
+        }));
+        Ok(RunningSandbox {
+            addr,
+            base_url: format!("http://{addr}"),
+            sandbox,
+            stop: Some(tx),
+            task: Some(task),
+        })
+    }
+}
+
+/// A sandbox serving on a loopback port; stops on drop or [`RunningSandbox::shutdown`].
+#[derive(Debug)]
+pub struct RunningSandbox {
+    pub addr: SocketAddr,
+    /// `http://127.0.0.1:<port>`; append a prefix such as `/graph` for a connector's base URL.
+    pub base_url: String,
+    sandbox: Sandbox,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<()>>>,
+}
+
+impl RunningSandbox {
+    /// The served sandbox (shares its world).
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
+    }
+
+    /// Stops serving and waits for the server task to finish.
+    pub async fn shutdown(mut self) -> Result<()> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await.unwrap_or(Ok(())),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for RunningSandbox {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}

@@ -1,0 +1,440 @@
+//! The sandbox's own controls under `/admin`: reset, clock, faults, ledger, world snapshots,
+//! tokens, tickets (which fire Autotask webhooks), device online state, job hold/release and
+//! per-company on-prem faults. Errors are `{"error": "<code>", "message": "..."}` with a 4xx.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, patch, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::faults::FaultRule;
+use crate::http::{AppState, parse_json, query_pairs};
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/health", get(health))
+        .route("/reset", post(reset))
+        .route("/clock", get(clock))
+        .route("/clock/advance", post(advance))
+        .route("/world", get(world_all))
+        .route("/world/{company}", get(world_one))
+        .route("/ledger", get(ledger))
+        .route(
+            "/faults",
+            get(list_faults).post(add_faults).delete(clear_faults),
+        )
+        .route("/faults/{id}", delete(remove_fault))
+        .route("/tokens", get(tokens))
+        .route("/tokens/revoke", post(revoke_tokens))
+        .route("/tickets", get(list_tickets).post(create_ticket))
+        .route("/tickets/{id}", patch(update_ticket))
+        .route("/webhooks", get(webhooks))
+        .route("/devices/{uid}/offline", post(device_offline))
+        .route("/devices/{uid}/online", post(device_online))
+        .route("/jobs", get(jobs))
+        .route("/jobs/hold", post(hold_jobs))
+        .route("/jobs/release", post(release_jobs))
+        .route("/companies/{id}/sync/start", post(start_sync))
+        .route("/companies/{id}/faults", post(company_faults))
+        .fallback(fallback)
+}
+
+#[derive(Debug)]
+pub(crate) struct AdminError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl AdminError {
+    fn bad(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            code: "bad_request",
+            message: message.into(),
+        }
+    }
+
+    fn not_found(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::NOT_FOUND,
+            code: "not_found",
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            axum::Json(json!({"error": self.code, "message": self.message})),
+        )
+            .into_response()
+    }
+}
+
+type AdminResult = Result<Response, AdminError>;
+
+fn ok(v: Value) -> AdminResult {
+    Ok(axum::Json(v).into_response())
+}
+
+fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, AdminError> {
+    let v = if bytes.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        parse_json(bytes).map_err(|e| AdminError::bad(format!("invalid JSON body: {e}")))?
+    };
+    serde_path_to_error::deserialize(v)
+        .map_err(|e| AdminError::bad(format!("invalid body at `{}`: {}", e.path(), e.inner())))
+}
+
+async fn fallback() -> Response {
+    AdminError::not_found("no such admin route; see the sandbox README").into_response()
+}
+
+async fn health() -> AdminResult {
+    ok(json!({"status": "ok"}))
+}
+
+async fn reset(State(shared): State<AppState>) -> AdminResult {
+    shared.reset();
+    let (st, now) = shared.lock();
+    ok(json!({"reset": true, "epoch": st.epoch, "now": now}))
+}
+
+async fn clock(State(shared): State<AppState>) -> AdminResult {
+    ok(json!({"now": shared.clock.now(), "offset_seconds": shared.clock.offset_seconds()}))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Advance {
+    seconds: i64,
+}
+
+async fn advance(State(shared): State<AppState>, bytes: Bytes) -> AdminResult {
+    let a: Advance = body(&bytes)?;
+    if a.seconds <= 0 || a.seconds > 10 * 366 * 24 * 3600 {
+        return Err(AdminError::bad(
+            "seconds must be a positive number of seconds (at most ten years); the clock only moves forward",
+        ));
+    }
+    shared.clock.advance(a.seconds);
+    // Settle now so background waiters (held jobs, sync) see the new time at once.
+    drop(shared.lock());
+    shared.jobs_changed.notify_waiters();
+    ok(json!({"now": shared.clock.now(), "offset_seconds": shared.clock.offset_seconds()}))
+}
+
+async fn world_all(State(shared): State<AppState>) -> AdminResult {
+    let (st, now) = shared.lock();
+    let mut companies = serde_json::Map::new();
+    for c in &st.world.companies {
+        if let Some(s) = st.world.snapshot(&c.id, now) {
+            companies.insert(c.id.clone(), s);
+        }
+    }
+    ok(json!({
+        "now": now,
+        "companies": companies,
+        "datto": st.world.datto,
+        "autotask": st.world.autotask,
+    }))
+}
+
+async fn world_one(State(shared): State<AppState>, Path(company): Path<String>) -> AdminResult {
+    let (st, now) = shared.lock();
+    match st.world.snapshot(&company, now) {
+        Some(s) => ok(s),
+        None => Err(AdminError::not_found(format!("no company '{company}'"))),
+    }
+}
+
+async fn ledger(State(shared): State<AppState>, RawQuery(q): RawQuery) -> AdminResult {
+    let pairs = query_pairs(q.as_deref());
+    let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let since: u64 = match get("since") {
+        Some(s) => s
+            .parse()
+            .map_err(|_| AdminError::bad("since must be a ledger sequence number"))?,
+        None => 0,
+    };
+    let (company, run, action) = (get("company"), get("run"), get("action"));
+    let (st, _) = shared.lock();
+    let entries: Vec<&crate::ledger::Entry> = st
+        .ledger
+        .entries()
+        .iter()
+        .filter(|e| e.seq > since)
+        .filter(|e| {
+            company
+                .as_ref()
+                .is_none_or(|c| e.company.as_ref() == Some(c))
+        })
+        .filter(|e| run.as_ref().is_none_or(|r| e.run.as_ref() == Some(r)))
+        .filter(|e| action.as_ref().is_none_or(|a| &e.action == a))
+        .collect();
+    let duplicates = entries.iter().filter(|e| e.duplicate).count();
+    ok(json!({"entries": entries, "count": entries.len(), "duplicates": duplicates}))
+}
+
+async fn list_faults(State(shared): State<AppState>) -> AdminResult {
+    let (st, _) = shared.lock();
+    ok(json!({"rules": st.faults.rules()}))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum FaultBody {
+    Many { rules: Vec<FaultRule> },
+    One(Box<FaultRule>),
+}
+
+async fn add_faults(State(shared): State<AppState>, bytes: Bytes) -> AdminResult {
+    let b: FaultBody = body(&bytes)?;
+    let rules = match b {
+        FaultBody::Many { rules } => rules,
+        FaultBody::One(r) => vec![*r],
+    };
+    for (i, r) in rules.iter().enumerate() {
+        r.validate()
+            .map_err(|e| AdminError::bad(format!("rules[{i}]: {e}")))?;
+    }
+    let (mut st, _) = shared.lock();
+    let ids: Vec<String> = rules
+        .into_iter()
+        .map(|r| st.faults.add(shared.seed, r))
+        .collect();
+    Ok((StatusCode::CREATED, axum::Json(json!({"ids": ids}))).into_response())
+}
+
+async fn clear_faults(State(shared): State<AppState>) -> AdminResult {
+    let (mut st, _) = shared.lock();
+    st.faults.clear();
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn remove_fault(State(shared): State<AppState>, Path(id): Path<String>) -> AdminResult {
+    let (mut st, _) = shared.lock();
+    if st.faults.remove(&id) {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(AdminError::not_found(format!("no fault rule '{id}'")))
+    }
+}
+
+async fn tokens(State(shared): State<AppState>) -> AdminResult {
+    let (st, now) = shared.lock();
+    ok(st.tokens.summary(now))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Revoke {
+    #[serde(default)]
+    user: Option<String>,
+}
+
+async fn revoke_tokens(State(shared): State<AppState>, bytes: Bytes) -> AdminResult {
+    let r: Revoke = body(&bytes)?;
+    let (mut st, now) = shared.lock();
+    let n = st.tokens.revoke(r.user.as_deref(), now);
+    ok(json!({"revoked": n}))
+}
+
+async fn list_tickets(State(shared): State<AppState>) -> AdminResult {
+    let (st, _) = shared.lock();
+    match &st.world.autotask {
+        Some(a) => ok(json!({"tickets": a.tickets, "notes": a.notes})),
+        None => Err(AdminError::not_found("the fixture has no autotask account")),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TicketInput {
+    #[serde(default)]
+    pub(crate) company: Option<String>,
+    #[serde(default)]
+    pub(crate) title: Option<String>,
+    #[serde(default)]
+    pub(crate) description: Option<String>,
+    #[serde(default)]
+    pub(crate) status: Option<i64>,
+    #[serde(default)]
+    pub(crate) priority: Option<i64>,
+    #[serde(default)]
+    pub(crate) queue_id: Option<i64>,
+    #[serde(default)]
+    pub(crate) issue_type: Option<i64>,
+    #[serde(default)]
+    pub(crate) sub_issue_type: Option<i64>,
+}
+
+async fn create_ticket(State(shared): State<AppState>, bytes: Bytes) -> AdminResult {
+    let input: TicketInput = body(&bytes)?;
+    let ticket = {
+        let (mut guard, now) = shared.lock();
+        crate::autotask::admin_create(&mut guard, input, now).map_err(AdminError::bad)?
+    };
+    shared.ensure_workers();
+    shared.webhooks_changed.notify_one();
+    Ok((StatusCode::CREATED, axum::Json(ticket)).into_response())
+}
+
+async fn update_ticket(
+    State(shared): State<AppState>,
+    Path(id): Path<i64>,
+    bytes: Bytes,
+) -> AdminResult {
+    let input: TicketInput = body(&bytes)?;
+    let ticket = {
+        let (mut guard, now) = shared.lock();
+        crate::autotask::admin_update(&mut guard, id, input, now).map_err(|e| {
+            if e.starts_with("no ticket") {
+                AdminError::not_found(e)
+            } else {
+                AdminError::bad(e)
+            }
+        })?
+    };
+    shared.ensure_workers();
+    shared.webhooks_changed.notify_one();
+    ok(ticket)
+}
+
+async fn webhooks(State(shared): State<AppState>) -> AdminResult {
+    let (st, _) = shared.lock();
+    ok(json!({
+        "configured": shared.webhook.as_ref().map(|w| &w.url),
+        "pending": st.autotask.pending.len(),
+        "deliveries": st.autotask.deliveries,
+    }))
+}
+
+fn set_online(shared: &AppState, uid: &str, online: bool) -> AdminResult {
+    let (mut st, now) = shared.lock();
+    let device = st
+        .world
+        .companies
+        .iter_mut()
+        .filter_map(|c| c.rmm_site.as_mut())
+        .flat_map(|s| s.devices.iter_mut())
+        .find(|d| d.uid == uid)
+        .ok_or_else(|| AdminError::not_found(format!("no RMM device '{uid}'")))?;
+    device.online = online;
+    if online {
+        device.last_seen = now;
+    }
+    let v = json!({"uid": device.uid, "hostname": device.hostname, "online": online});
+    drop(st);
+    shared.jobs_changed.notify_waiters();
+    ok(v)
+}
+
+async fn device_offline(State(shared): State<AppState>, Path(uid): Path<String>) -> AdminResult {
+    set_online(&shared, &uid, false)
+}
+
+async fn device_online(State(shared): State<AppState>, Path(uid): Path<String>) -> AdminResult {
+    set_online(&shared, &uid, true)
+}
+
+async fn jobs(State(shared): State<AppState>) -> AdminResult {
+    let (st, _) = shared.lock();
+    let jobs = st.world.datto.as_ref().map(|d| &d.jobs);
+    ok(json!({"held": st.jobs_held, "jobs": jobs}))
+}
+
+async fn hold_jobs(State(shared): State<AppState>) -> AdminResult {
+    let (mut st, _) = shared.lock();
+    st.jobs_held = true;
+    ok(json!({"held": true}))
+}
+
+async fn release_jobs(State(shared): State<AppState>) -> AdminResult {
+    {
+        let (mut st, _) = shared.lock();
+        st.jobs_held = false;
+    }
+    shared.jobs_changed.notify_waiters();
+    ok(json!({"held": false}))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartSync {
+    #[serde(default)]
+    duration_seconds: Option<i64>,
+}
+
+async fn start_sync(
+    State(shared): State<AppState>,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> AdminResult {
+    let b: StartSync = body(&bytes)?;
+    if b.duration_seconds.is_some_and(|d| d <= 0) {
+        return Err(AdminError::bad("duration_seconds must be positive"));
+    }
+    let (mut st, now) = shared.lock();
+    let c = st
+        .world
+        .company_mut(&id)
+        .ok_or_else(|| AdminError::not_found(format!("no company '{id}'")))?;
+    if c.entra_connect.is_none() {
+        return Err(AdminError::bad(format!(
+            "company '{id}' has no Entra Connect server"
+        )));
+    }
+    match crate::world::start_sync_cycle(c, now, "admin", b.duration_seconds) {
+        Ok(cycle) => ok(json!({"started": true, "cycle": cycle})),
+        Err(cycle) => ok(json!({"started": false, "busy": true, "cycle": cycle})),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CompanyFaults {
+    #[serde(default)]
+    double_hop_misconfigured: Option<bool>,
+    #[serde(default)]
+    winrm_unreachable: Option<bool>,
+}
+
+async fn company_faults(
+    State(shared): State<AppState>,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> AdminResult {
+    let b: CompanyFaults = body(&bytes)?;
+    let (mut st, _) = shared.lock();
+    let c = st
+        .world
+        .company_mut(&id)
+        .ok_or_else(|| AdminError::not_found(format!("no company '{id}'")))?;
+    if let Some(m) = b.double_hop_misconfigured {
+        let x = c
+            .exchange_server
+            .as_mut()
+            .ok_or_else(|| AdminError::bad(format!("company '{id}' has no Exchange Server")))?;
+        x.double_hop_configured = !m;
+    }
+    if let Some(u) = b.winrm_unreachable {
+        let f =
+            c.ad.as_mut()
+                .ok_or_else(|| AdminError::bad(format!("company '{id}' has no AD forest")))?;
+        f.winrm_reachable = !u;
+    }
+    ok(json!({
+        "company": id,
+        "double_hop_misconfigured": c.exchange_server.as_ref().map(|x| !x.double_hop_configured),
+        "winrm_unreachable": c.ad.as_ref().map(|f| !f.winrm_reachable),
+    }))
+}

@@ -1,0 +1,423 @@
+//! The OData query options the sandbox supports: `$select`, `$filter` (`eq` clauses joined with
+//! `and`, plus `startswith`), `$top` with `$skiptoken` paging, and `$count`.
+//!
+//! Unsupported filter properties get Graph's `Request_UnsupportedQuery` error, malformed filters
+//! `BadRequest`, unknown `$select` properties `BadRequest`, as Graph answers them.
+
+use base64::Engine as _;
+use serde_json::{Map, Value, json};
+
+use super::error::GraphError;
+
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Query {
+    pub(crate) select: Option<Vec<String>>,
+    pub(crate) filter: Option<Vec<Clause>>,
+    pub(crate) top: Option<usize>,
+    pub(crate) skip: usize,
+    pub(crate) count: bool,
+    /// The raw pairs (to rebuild `@odata.nextLink`).
+    raw: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Clause {
+    Eq(String, Value),
+    StartsWith(String, String),
+}
+
+/// Which properties an entity set allows in `$filter`, `$select`, and its type name for errors.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EntitySet {
+    pub(crate) resource: &'static str,
+    pub(crate) type_name: &'static str,
+    pub(crate) filterable: &'static [&'static str],
+    pub(crate) selectable: &'static [&'static str],
+}
+
+impl Query {
+    pub(crate) fn parse(query: Option<&str>, set: &EntitySet) -> Result<Self, GraphError> {
+        let raw = crate::http::query_pairs(query);
+        let mut q = Query {
+            raw: raw.clone(),
+            ..Query::default()
+        };
+        for (k, v) in &raw {
+            match k.as_str() {
+                "$select" => {
+                    let props: Vec<String> = v
+                        .split(',')
+                        .map(|s| s.trim().to_owned())
+                        .filter(|s| !s.is_empty())
+                        .collect();
+                    for p in &props {
+                        if !set.selectable.contains(&p.as_str()) {
+                            return Err(GraphError::odata(format!(
+                                "Could not find a property named '{p}' on type '{}'.",
+                                set.type_name
+                            )));
+                        }
+                    }
+                    q.select = Some(props);
+                }
+                "$filter" => q.filter = Some(parse_filter(v, set)?),
+                "$top" => {
+                    let n: i64 = v.parse().map_err(|_| {
+                        GraphError::odata(format!(
+                            "Invalid value '{v}' for $top query option found."
+                        ))
+                    })?;
+                    if !(1..=999).contains(&n) {
+                        return Err(GraphError::bad_request(format!(
+                            "Invalid page size specified: '{n}'. Must be between 1 and 999 inclusive."
+                        )));
+                    }
+                    q.top = Some(n as usize);
+                }
+                "$skiptoken" => {
+                    q.skip = decode_skiptoken(v).ok_or_else(|| {
+                        GraphError::bad_request("Invalid paging token specified.".to_owned())
+                    })?;
+                }
+                "$count" => q.count = v == "true",
+                "$orderby" | "$search" | "$expand" => {
+                    return Err(GraphError::new(
+                        axum::http::StatusCode::BAD_REQUEST,
+                        "Request_UnsupportedQuery",
+                        format!("The sandbox does not support the query option '{k}'."),
+                    ));
+                }
+                other if other.starts_with('$') => {
+                    return Err(GraphError::odata(format!(
+                        "Query option '{other}' is not allowed. To allow it, set the 'AllowedQueryOptions' property on EnableQueryAttribute or QueryValidationSettings."
+                    )));
+                }
+                _ => {}
+            }
+        }
+        Ok(q)
+    }
+
+    pub(crate) fn matches(&self, obj: &Map<String, Value>) -> bool {
+        let Some(clauses) = &self.filter else {
+            return true;
+        };
+        clauses.iter().all(|c| match c {
+            Clause::Eq(p, v) => {
+                let have = obj.get(p).unwrap_or(&Value::Null);
+                match (have, v) {
+                    (Value::String(a), Value::String(b)) => a.eq_ignore_ascii_case(b),
+                    (a, b) => a == b,
+                }
+            }
+            Clause::StartsWith(p, prefix) => obj.get(p).and_then(Value::as_str).is_some_and(|s| {
+                s.to_ascii_lowercase()
+                    .starts_with(&prefix.to_ascii_lowercase())
+            }),
+        })
+    }
+
+    /// Projects an object to `$select` (or the set's defaults when `$select` is absent).
+    pub(crate) fn project(&self, obj: &Map<String, Value>, defaults: &[&str]) -> Value {
+        let mut out = Map::new();
+        if let Some(t) = obj.get("@odata.type") {
+            out.insert("@odata.type".into(), t.clone());
+        }
+        match &self.select {
+            Some(props) => {
+                for p in props {
+                    out.insert(p.clone(), obj.get(p).cloned().unwrap_or(Value::Null));
+                }
+            }
+            None => {
+                for p in defaults {
+                    out.insert((*p).to_owned(), obj.get(*p).cloned().unwrap_or(Value::Null));
+                }
+            }
+        }
+        Value::Object(out)
+    }
+
+    /// A collection response with Graph's paging.
+    pub(crate) fn page(
+        &self,
+        items: Vec<Value>,
+        origin: &str,
+        path: &str,
+        context: &str,
+        default_page: usize,
+    ) -> Value {
+        let total = items.len();
+        let size = self.top.unwrap_or(default_page);
+        let page: Vec<Value> = items.into_iter().skip(self.skip).take(size).collect();
+        let ctx = match &self.select {
+            Some(s) => format!("{origin}/graph/v1.0/$metadata#{context}({})", s.join(",")),
+            None => format!("{origin}/graph/v1.0/$metadata#{context}"),
+        };
+        let mut out = Map::new();
+        out.insert("@odata.context".into(), json!(ctx));
+        if self.count {
+            out.insert("@odata.count".into(), json!(total));
+        }
+        let next = self.skip + page.len();
+        if next < total {
+            let mut ser = form_urlencoded::Serializer::new(String::new());
+            for (k, v) in &self.raw {
+                if k != "$skiptoken" {
+                    ser.append_pair(k, v);
+                }
+            }
+            if self.top.is_none() {
+                ser.append_pair("$top", &size.to_string());
+            }
+            ser.append_pair("$skiptoken", &encode_skiptoken(next));
+            out.insert(
+                "@odata.nextLink".into(),
+                json!(format!("{origin}{path}?{}", ser.finish())),
+            );
+        }
+        out.insert("value".into(), Value::Array(page));
+        Value::Object(out)
+    }
+}
+
+fn encode_skiptoken(offset: usize) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("sbx-offset:{offset}"))
+}
+
+fn decode_skiptoken(token: &str) -> Option<usize> {
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()?;
+    String::from_utf8(raw)
+        .ok()?
+        .strip_prefix("sbx-offset:")?
+        .parse()
+        .ok()
+}
+
+fn parse_filter(text: &str, set: &EntitySet) -> Result<Vec<Clause>, GraphError> {
+    let invalid = || GraphError::odata(format!("Invalid filter clause: {text}"));
+    let tokens = tokenize(text).ok_or_else(invalid)?;
+    let mut clauses = Vec::new();
+    let mut i = 0;
+    loop {
+        let clause = match tokens.get(i) {
+            Some(Tok::Word(w)) if w.eq_ignore_ascii_case("startswith") => {
+                // startswith ( prop , 'x' )
+                match (
+                    tokens.get(i + 1),
+                    tokens.get(i + 2),
+                    tokens.get(i + 3),
+                    tokens.get(i + 4),
+                    tokens.get(i + 5),
+                ) {
+                    (
+                        Some(Tok::Open),
+                        Some(Tok::Word(p)),
+                        Some(Tok::Comma),
+                        Some(Tok::Str(s)),
+                        Some(Tok::Close),
+                    ) => {
+                        i += 6;
+                        check_prop(p, set)?;
+                        Clause::StartsWith(p.clone(), s.clone())
+                    }
+                    _ => return Err(invalid()),
+                }
+            }
+            Some(Tok::Word(p)) => {
+                let op = match tokens.get(i + 1) {
+                    Some(Tok::Word(op)) => op.to_ascii_lowercase(),
+                    _ => return Err(invalid()),
+                };
+                let value = match tokens.get(i + 2) {
+                    Some(Tok::Str(s)) => Value::String(s.clone()),
+                    Some(Tok::Word(w)) if w == "true" => Value::Bool(true),
+                    Some(Tok::Word(w)) if w == "false" => Value::Bool(false),
+                    Some(Tok::Word(w)) if w == "null" => Value::Null,
+                    Some(Tok::Word(w)) if crate::ids::is_guid(w) => Value::String(w.clone()),
+                    _ => return Err(invalid()),
+                };
+                check_prop(p, set)?;
+                if op != "eq" {
+                    return Err(unsupported(p, set));
+                }
+                i += 3;
+                Clause::Eq(p.clone(), value)
+            }
+            _ => return Err(invalid()),
+        };
+        clauses.push(clause);
+        match tokens.get(i) {
+            None => break,
+            Some(Tok::Word(w)) if w.eq_ignore_ascii_case("and") => i += 1,
+            Some(_) => return Err(invalid()),
+        }
+    }
+    Ok(clauses)
+}
+
+fn unsupported(p: &str, set: &EntitySet) -> GraphError {
+    GraphError::new(
+        axum::http::StatusCode::BAD_REQUEST,
+        "Request_UnsupportedQuery",
+        format!(
+            "Unsupported or invalid query filter clause specified for property '{p}' of resource '{}'.",
+            set.resource
+        ),
+    )
+}
+
+fn check_prop(p: &str, set: &EntitySet) -> Result<(), GraphError> {
+    if set.filterable.contains(&p) {
+        Ok(())
+    } else if set.selectable.contains(&p) {
+        Err(unsupported(p, set))
+    } else {
+        Err(GraphError::odata(format!(
+            "Could not find a property named '{p}' on type '{}'.",
+            set.type_name
+        )))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    Word(String),
+    Str(String),
+    Open,
+    Close,
+    Comma,
+}
+
+fn tokenize(s: &str) -> Option<Vec<Tok>> {
+    let mut out = Vec::new();
+    let chars: Vec<char> = s.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        match c {
+            ' ' | '\t' => i += 1,
+            '(' => {
+                out.push(Tok::Open);
+                i += 1;
+            }
+            ')' => {
+                out.push(Tok::Close);
+                i += 1;
+            }
+            ',' => {
+                out.push(Tok::Comma);
+                i += 1;
+            }
+            '\'' => {
+                let mut v = String::new();
+                i += 1;
+                loop {
+                    match chars.get(i) {
+                        None => return None,
+                        Some('\'') if chars.get(i + 1) == Some(&'\'') => {
+                            v.push('\'');
+                            i += 2;
+                        }
+                        Some('\'') => {
+                            i += 1;
+                            break;
+                        }
+                        Some(ch) => {
+                            v.push(*ch);
+                            i += 1;
+                        }
+                    }
+                }
+                out.push(Tok::Str(v));
+            }
+            _ => {
+                let start = i;
+                while i < chars.len() && !matches!(chars[i], ' ' | '\t' | '(' | ')' | ',' | '\'') {
+                    i += 1;
+                }
+                out.push(Tok::Word(chars[start..i].iter().collect()));
+            }
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SET: EntitySet = EntitySet {
+        resource: "User",
+        type_name: "microsoft.graph.user",
+        filterable: &[
+            "userPrincipalName",
+            "onPremisesSamAccountName",
+            "accountEnabled",
+        ],
+        selectable: &[
+            "id",
+            "userPrincipalName",
+            "onPremisesSamAccountName",
+            "accountEnabled",
+            "jobTitle",
+        ],
+    };
+
+    #[test]
+    fn filters_parse_and_match() {
+        let q = Query::parse(
+            Some("$filter=userPrincipalName%20eq%20'O''Brien@x.com'%20and%20accountEnabled%20eq%20true"),
+            &SET,
+        )
+        .unwrap();
+        let mut obj = Map::new();
+        obj.insert("userPrincipalName".into(), json!("o'brien@x.com"));
+        obj.insert("accountEnabled".into(), json!(true));
+        assert!(q.matches(&obj));
+        obj.insert("accountEnabled".into(), json!(false));
+        assert!(!q.matches(&obj));
+        let q = Query::parse(Some("$filter=startswith(userPrincipalName,'o')"), &SET).unwrap();
+        obj.insert("accountEnabled".into(), json!(true));
+        assert!(q.matches(&obj));
+    }
+
+    #[test]
+    fn bad_filters_get_graph_errors() {
+        let e = Query::parse(Some("$filter=jobTitle eq 'x'"), &SET).unwrap_err();
+        assert_eq!(e.code, "Request_UnsupportedQuery");
+        let e = Query::parse(Some("$filter=nope eq 'x'"), &SET).unwrap_err();
+        assert_eq!(e.code, "BadRequest");
+        let e = Query::parse(Some("$filter=userPrincipalName eq 'x"), &SET).unwrap_err();
+        assert!(e.message.starts_with("Invalid filter clause"));
+        let e = Query::parse(Some("$filter=userPrincipalName ne 'x'"), &SET).unwrap_err();
+        assert_eq!(e.code, "Request_UnsupportedQuery");
+        let e = Query::parse(Some("$top=0"), &SET).unwrap_err();
+        assert!(e.message.contains("page size"));
+        assert!(Query::parse(Some("$select=nope"), &SET).is_err());
+        assert!(Query::parse(Some("$skiptoken=garbage!"), &SET).is_err());
+    }
+
+    #[test]
+    fn paging_links_round_trip() {
+        let q = Query::parse(Some("$top=2&$select=id"), &SET).unwrap();
+        let items: Vec<Value> = (0..5).map(|i| json!({"id": i})).collect();
+        let page = q.page(items.clone(), "http://h", "/graph/v1.0/users", "users", 100);
+        assert_eq!(page["value"].as_array().unwrap().len(), 2);
+        let next = page["@odata.nextLink"].as_str().unwrap();
+        let query = next.split_once('?').unwrap().1;
+        let q2 = Query::parse(Some(query), &SET).unwrap();
+        assert_eq!(q2.skip, 2);
+        let page3 = Query::parse(Some(query), &SET)
+            .map(|mut q| {
+                q.skip = 4;
+                q
+            })
+            .unwrap()
+            .page(items, "http://h", "/graph/v1.0/users", "users", 100);
+        assert!(page3.get("@odata.nextLink").is_none());
+        assert_eq!(page3["value"].as_array().unwrap().len(), 1);
+    }
+}

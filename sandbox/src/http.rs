@@ -1,0 +1,324 @@
+//! The shared HTTP plumbing: the router that mounts every service under its prefix, the
+//! request context (correlation header, request ids), and the fault-injection middleware.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{FromRequestParts, OriginalUri, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::Shared;
+use crate::ledger::{CORRELATION_HEADER, Correlation, Mutation};
+
+pub(crate) type AppState = Arc<Shared>;
+
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .nest("/graph", crate::graph::router())
+        .nest("/login", crate::identity::router())
+        .nest("/outlook", crate::exchange::router())
+        .nest("/datto", crate::datto::router())
+        .nest("/autotask", crate::autotask::router())
+        .nest("/admin", crate::admin::router())
+        .fallback(root_fallback)
+        .layer(middleware::from_fn_with_state(shared.clone(), fault_layer))
+        .layer(middleware::from_fn(request_context))
+        .with_state(shared)
+}
+
+async fn root_fallback(OriginalUri(uri): OriginalUri) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        axum::Json(json!({
+            "error": "not_found",
+            "message": format!(
+                "no sandbox service at {}; prefixes are /graph /login /outlook /datto /autotask /admin",
+                uri.path()
+            )
+        })),
+    )
+        .into_response()
+}
+
+/// Which simulated service a path belongs to (decides the error envelope).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Service {
+    Graph,
+    Login,
+    Outlook,
+    Datto,
+    Autotask,
+    Admin,
+    Other,
+}
+
+impl Service {
+    pub(crate) fn of(path: &str) -> Self {
+        let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
+        match first {
+            "graph" => Self::Graph,
+            "login" => Self::Login,
+            "outlook" => Self::Outlook,
+            "datto" => Self::Datto,
+            "autotask" => Self::Autotask,
+            "admin" => Self::Admin,
+            _ => Self::Other,
+        }
+    }
+}
+
+/// Per-request ids, reachable from `IntoResponse` impls (which can't see the request).
+#[derive(Debug, Clone)]
+pub(crate) struct RequestInfo {
+    pub(crate) request_id: String,
+    pub(crate) client_request_id: String,
+}
+
+tokio::task_local! {
+    static REQUEST: RequestInfo;
+}
+
+static REQUEST_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+pub(crate) fn request_info() -> RequestInfo {
+    REQUEST.try_with(Clone::clone).unwrap_or_else(|_| {
+        let id = next_request_id();
+        RequestInfo {
+            request_id: id.clone(),
+            client_request_id: id,
+        }
+    })
+}
+
+fn next_request_id() -> String {
+    let n = REQUEST_COUNTER.fetch_add(1, Ordering::SeqCst);
+    crate::ids::guid(0x5eed, &["request", &n.to_string()])
+}
+
+async fn request_context(req: Request, next: Next) -> Response {
+    let request_id = next_request_id();
+    let client_request_id = req
+        .headers()
+        .get("client-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .unwrap_or_else(|| request_id.clone());
+    let info = RequestInfo {
+        request_id: request_id.clone(),
+        client_request_id: client_request_id.clone(),
+    };
+    let mut resp = REQUEST.scope(info, next.run(req)).await;
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert("request-id", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&client_request_id) {
+        resp.headers_mut().insert("client-request-id", v);
+    }
+    resp
+}
+
+async fn fault_layer(State(shared): State<AppState>, req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_owned();
+    let service = Service::of(&path);
+    if matches!(service, Service::Admin | Service::Other) {
+        return next.run(req).await;
+    }
+    let action = {
+        let (mut st, _) = shared.lock();
+        st.faults.decide(req.method().as_str(), &path)
+    };
+    let Some(action) = action else {
+        return next.run(req).await;
+    };
+    if let Some(ms) = action.latency_ms {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+    if action.reset {
+        return reset_response();
+    }
+    if let Some(status) = action.status {
+        return fault_response(service, status, action.body, action.retry_after);
+    }
+    next.run(req).await
+}
+
+/// A response whose body fails at once: hyper then drops the connection, which the client sees
+/// as a reset / incomplete message.
+fn reset_response() -> Response {
+    let stream = futures::stream::once(async {
+        Err::<axum::body::Bytes, std::io::Error>(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "sandbox fault: connection reset",
+        ))
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+fn fault_response(
+    service: Service,
+    status: u16,
+    body: Option<Value>,
+    retry_after: Option<u64>,
+) -> Response {
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    let body = body.unwrap_or_else(|| match service {
+        Service::Graph => crate::graph::error::fault_body(code),
+        Service::Login => crate::identity::fault_body(code),
+        Service::Outlook => crate::exchange::fault_body(code),
+        Service::Datto => crate::datto::fault_body(code),
+        Service::Autotask => crate::autotask::fault_body(code),
+        Service::Admin | Service::Other => json!({"error": code.as_u16()}),
+    });
+    let mut resp = (code, axum::Json(body)).into_response();
+    if let Some(s) = retry_after {
+        resp.headers_mut()
+            .insert("retry-after", HeaderValue::from(s));
+    }
+    resp
+}
+
+/// What every handler needs to know about the request besides its body.
+#[derive(Debug, Clone)]
+pub(crate) struct Ctx {
+    pub(crate) correlation: Option<Correlation>,
+    pub(crate) method: String,
+    pub(crate) path: String,
+    /// `http://host:port` as the client addressed us, for absolute links (`@odata.nextLink`).
+    pub(crate) origin: String,
+    pub(crate) headers: HeaderMap,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Ctx {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let path = parts
+            .extensions
+            .get::<OriginalUri>()
+            .map(|u| u.0.path().to_owned())
+            .unwrap_or_else(|| parts.uri.path().to_owned());
+        let host = parts
+            .headers
+            .get("host")
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("127.0.0.1")
+            .to_owned();
+        Ok(Self {
+            correlation: parts
+                .headers
+                .get(CORRELATION_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(Correlation::parse),
+            method: parts.method.as_str().to_owned(),
+            path,
+            origin: format!("http://{host}"),
+            headers: parts.headers.clone(),
+        })
+    }
+}
+
+impl Ctx {
+    /// A ledger record for this request.
+    pub(crate) fn mutation(
+        &self,
+        service: &'static str,
+        company: &str,
+        action: &str,
+        target: Option<&str>,
+        details: Value,
+    ) -> Mutation {
+        Mutation {
+            service,
+            method: self.method.clone(),
+            path: self.path.clone(),
+            company: Some(company.to_owned()),
+            action: action.to_owned(),
+            target: target.map(str::to_owned),
+            details,
+            secret_fingerprint: None,
+            correlation: self.correlation.clone(),
+        }
+    }
+
+    pub(crate) fn bearer(&self) -> Option<&str> {
+        bearer(&self.headers)
+    }
+}
+
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get("authorization")?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// Parses a JSON body; the error string is for the service's own 400 envelope.
+pub(crate) fn parse_json(body: &[u8]) -> Result<Value, String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err("empty body".to_owned());
+    }
+    serde_json::from_slice(body).map_err(|e| e.to_string())
+}
+
+/// Parses `application/x-www-form-urlencoded` into ordered pairs (last value wins on lookup).
+pub(crate) fn parse_form(body: &[u8]) -> Vec<(String, String)> {
+    form_urlencoded::parse(body).into_owned().collect()
+}
+
+pub(crate) fn form_get<'a>(form: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    form.iter()
+        .rev()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+pub(crate) fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
+    query
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_of_prefix() {
+        assert_eq!(Service::of("/graph/v1.0/users"), Service::Graph);
+        assert_eq!(Service::of("/login/x/oauth2/v2.0/token"), Service::Login);
+        assert_eq!(Service::of("/admin/reset"), Service::Admin);
+        assert_eq!(Service::of("/nope"), Service::Other);
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h), None);
+        h.insert("authorization", HeaderValue::from_static("Bearer abc"));
+        assert_eq!(bearer(&h), Some("abc"));
+        h.insert("authorization", HeaderValue::from_static("Basic abc"));
+        assert_eq!(bearer(&h), None);
+        h.insert("authorization", HeaderValue::from_static("bearer   "));
+        assert_eq!(bearer(&h), None);
+    }
+
+    #[test]
+    fn json_and_form_parsing() {
+        assert!(parse_json(b"  ").is_err());
+        assert!(parse_json(b"{").is_err());
+        assert_eq!(parse_json(b"{\"a\":1}").unwrap()["a"], 1);
+        let f = parse_form(b"grant_type=client_credentials&scope=https%3A%2F%2Fx%2F.default");
+        assert_eq!(form_get(&f, "scope"), Some("https://x/.default"));
+    }
+}

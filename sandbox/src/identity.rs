@@ -1,0 +1,572 @@
+//! The Microsoft identity platform token endpoint (`/login/{tenant}/oauth2/v2.0/token`) and the
+//! bearer-token checks every Microsoft API in the sandbox applies.
+//!
+//! Grants: `client_credentials` (app-only) and `refresh_token` (delegated, the partner's
+//! technician). Refresh rotates: each redemption returns a new refresh token; the old one stays
+//! valid until it expires, as Microsoft documents. A refresh token older than 90 days on the
+//! sandbox clock fails with AADSTS700082, a revoked one with AADSTS50173. Errors use the real
+//! envelope (`error`, `error_description` starting `AADSTSnnnn:`, `error_codes`, `timestamp`,
+//! `trace_id`, `correlation_id`, `error_uri`).
+//!
+//! Tokens are stored only as SHA-256 digests keyed lookups; the token text exists only in the
+//! response that hands it out.
+
+use std::collections::HashMap;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use base64::Engine as _;
+use chrono::{DateTime, Duration, Utc};
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::fixture::Fixture;
+use crate::http::{AppState, Ctx, form_get, parse_form, request_info};
+
+/// Refresh tokens expire after this much inactivity.
+pub(crate) const REFRESH_TOKEN_LIFETIME_DAYS: i64 = 90;
+pub(crate) const ACCESS_TOKEN_SECONDS: i64 = 3599;
+
+pub(crate) const GRAPH_AUDIENCE: &str = "https://graph.microsoft.com";
+pub(crate) const OUTLOOK_AUDIENCE: &str = "https://outlook.office365.com";
+
+#[derive(Debug, Clone)]
+pub(crate) struct AccessToken {
+    pub(crate) company: String,
+    pub(crate) audience: &'static str,
+    pub(crate) expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct RefreshToken {
+    pub(crate) client_id: String,
+    pub(crate) user: String,
+    pub(crate) issued_at: DateTime<Utc>,
+    pub(crate) revoked_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct TokenStore {
+    access: HashMap<String, AccessToken>,
+    refresh: HashMap<String, RefreshToken>,
+    issued: u64,
+}
+
+fn digest(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+impl TokenStore {
+    pub(crate) fn from_fixture(fx: &Fixture, now: DateTime<Utc>) -> Self {
+        let mut s = Self::default();
+        for t in &fx.partner.refresh_tokens {
+            s.refresh.insert(
+                digest(&t.token),
+                RefreshToken {
+                    client_id: t.client_id.clone(),
+                    user: t.user.clone(),
+                    issued_at: now - Duration::days(i64::from(t.issued_days_ago)),
+                    revoked_at: None,
+                },
+            );
+        }
+        s
+    }
+
+    pub(crate) fn access(&self, token: &str) -> Option<&AccessToken> {
+        self.access.get(&digest(token))
+    }
+
+    /// Revokes refresh tokens (all, or a user's); returns how many.
+    pub(crate) fn revoke(&mut self, user: Option<&str>, now: DateTime<Utc>) -> usize {
+        let mut n = 0;
+        for rt in self.refresh.values_mut() {
+            if rt.revoked_at.is_none() && user.is_none_or(|u| rt.user.eq_ignore_ascii_case(u)) {
+                rt.revoked_at = Some(now);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    pub(crate) fn summary(&self, now: DateTime<Utc>) -> Value {
+        let mut rts: Vec<Value> = self
+            .refresh
+            .values()
+            .map(|r| {
+                json!({
+                    "client_id": r.client_id,
+                    "user": r.user,
+                    "issued_at": r.issued_at,
+                    "revoked": r.revoked_at.is_some(),
+                    "expired": now - r.issued_at > Duration::days(REFRESH_TOKEN_LIFETIME_DAYS),
+                })
+            })
+            .collect();
+        rts.sort_by_key(|v| v["issued_at"].to_string());
+        json!({
+            "refresh_tokens": rts,
+            "access_tokens_issued": self.issued,
+        })
+    }
+
+    fn mint(&mut self, seed: u64, claims: &Value) -> String {
+        self.issued += 1;
+        let header = json!({"typ": "JWT", "alg": "HS256", "kid": "sandbox"});
+        let b64 = |v: &Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string().as_bytes())
+        };
+        let mut mac = Hmac::<Sha256>::new_from_slice(&seed.to_be_bytes())
+            .expect("HMAC accepts keys of any length");
+        let unsigned = format!("{}.{}", b64(&header), b64(claims));
+        mac.update(unsigned.as_bytes());
+        mac.update(&self.issued.to_be_bytes());
+        let sig =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+        format!("{unsigned}.{sig}")
+    }
+
+    fn new_refresh(
+        &mut self,
+        seed: u64,
+        client_id: &str,
+        user: &str,
+        now: DateTime<Utc>,
+    ) -> String {
+        self.issued += 1;
+        let raw = crate::ids::guid(seed, &["rt", &self.issued.to_string(), user]);
+        let token = format!("0.SBX{}", raw.replace('-', ""));
+        self.refresh.insert(
+            digest(&token),
+            RefreshToken {
+                client_id: client_id.to_owned(),
+                user: user.to_owned(),
+                issued_at: now,
+                revoked_at: None,
+            },
+        );
+        token
+    }
+}
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/{tenant}/oauth2/v2.0/token", post(token))
+        .fallback(fallback)
+}
+
+async fn fallback() -> Response {
+    aad_error(
+        StatusCode::NOT_FOUND,
+        "invalid_request",
+        900561,
+        "The endpoint only accepts POST requests at /{tenant}/oauth2/v2.0/token.",
+        Utc::now(),
+    )
+}
+
+/// The AAD error envelope.
+pub(crate) fn aad_error(
+    status: StatusCode,
+    error: &str,
+    code: u32,
+    message: &str,
+    now: DateTime<Utc>,
+) -> Response {
+    (
+        status,
+        axum::Json(aad_error_body(error, code, message, now)),
+    )
+        .into_response()
+}
+
+fn aad_error_body(error: &str, code: u32, message: &str, now: DateTime<Utc>) -> Value {
+    let info = request_info();
+    let ts = now.format("%Y-%m-%d %H:%M:%SZ").to_string();
+    json!({
+        "error": error,
+        "error_description": format!(
+            "AADSTS{code}: {message} Trace ID: {} Correlation ID: {} Timestamp: {ts}",
+            info.request_id, info.client_request_id
+        ),
+        "error_codes": [code],
+        "timestamp": ts,
+        "trace_id": info.request_id,
+        "correlation_id": info.client_request_id,
+        "error_uri": format!("https://login.microsoftonline.com/error?code={code}"),
+    })
+}
+
+pub(crate) fn fault_body(status: StatusCode) -> Value {
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        aad_error_body(
+            "temporarily_unavailable",
+            90024,
+            "RequestBudgetExceededError - A transient error has occurred. Please try again.",
+            Utc::now(),
+        )
+    } else {
+        aad_error_body(
+            "temporarily_unavailable",
+            50033,
+            "RetryableError - Indicates a transient error not related to the database operations.",
+            Utc::now(),
+        )
+    }
+}
+
+fn missing(param: &str, now: DateTime<Utc>) -> Response {
+    aad_error(
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        900144,
+        &format!("The request body must contain the following parameter: '{param}'."),
+        now,
+    )
+}
+
+/// Maps a `.default` (or delegated) scope list to the resource it asks for.
+fn resource_of(scope: &str) -> Option<&str> {
+    scope
+        .split_whitespace()
+        .find(|s| !matches!(*s, "offline_access" | "openid" | "profile" | "email"))
+}
+
+async fn token(
+    State(shared): State<AppState>,
+    Path(tenant): Path<String>,
+    _ctx: Ctx,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (mut st, now) = shared.lock();
+    let is_form = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    if !is_form {
+        return aad_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            900144,
+            "The request body must contain the following parameter: 'grant_type'.",
+            now,
+        );
+    }
+    let form = parse_form(&body);
+    let Some(grant_type) = form_get(&form, "grant_type") else {
+        return missing("grant_type", now);
+    };
+    let Some(company) = st.world.company_by_tenant(&tenant) else {
+        return aad_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_tenant",
+            90002,
+            &format!(
+                "Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud. Check with your subscription administrator, this may happen if there are no active subscriptions for the tenant."
+            ),
+            now,
+        );
+    };
+    let company_id = company.id.clone();
+    let tenant_id = company.tenant.id.clone();
+    let consented = company.tenant.consented_apps.clone();
+    let Some(client_id) = form_get(&form, "client_id") else {
+        return missing("client_id", now);
+    };
+    let Some(app) = st
+        .world
+        .partner
+        .apps
+        .iter()
+        .find(|a| a.client_id.eq_ignore_ascii_case(client_id))
+    else {
+        return aad_error(
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            700016,
+            &format!(
+                "Application with identifier '{client_id}' was not found in the directory '{tenant}'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You may have sent your authentication request to the wrong tenant."
+            ),
+            now,
+        );
+    };
+    let app_name = app.display_name.clone();
+    let Some(secret) = form_get(&form, "client_secret") else {
+        return aad_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            7000218,
+            "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
+            now,
+        );
+    };
+    if !app.client_secret.matches(secret) {
+        return aad_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            7000215,
+            &format!(
+                "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."
+            ),
+            now,
+        );
+    }
+    let Some(scope) = form_get(&form, "scope") else {
+        return missing("scope", now);
+    };
+    let audience = match resource_of(scope) {
+        Some(r)
+            if r.trim_end_matches("/.default")
+                .eq_ignore_ascii_case(GRAPH_AUDIENCE)
+                || r.starts_with("https://graph.microsoft.com/") =>
+        {
+            GRAPH_AUDIENCE
+        }
+        Some(r)
+            if r.trim_end_matches("/.default")
+                .eq_ignore_ascii_case(OUTLOOK_AUDIENCE)
+                || r.starts_with("https://outlook.office365.com/") =>
+        {
+            OUTLOOK_AUDIENCE
+        }
+        other => {
+            let res = other.unwrap_or(scope).trim_end_matches("/.default");
+            return aad_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_resource",
+                500011,
+                &format!(
+                    "The resource principal named {res} was not found in the tenant named {tenant}. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You might have sent your authentication request to the wrong tenant."
+                ),
+                now,
+            );
+        }
+    };
+    if grant_type == "client_credentials" && !scope.trim().ends_with("/.default") {
+        return aad_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            1002012,
+            &format!(
+                "The provided value for scope {scope} is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI)."
+            ),
+            now,
+        );
+    }
+    let consent_missing = || {
+        aad_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            65001,
+            &format!(
+                "The user or administrator has not consented to use the application with ID '{client_id}' named '{app_name}'. Send an interactive authorization request for this user and resource."
+            ),
+            now,
+        )
+    };
+    let seed = shared.seed;
+    match grant_type {
+        "client_credentials" => {
+            if !consented.iter().any(|c| c.eq_ignore_ascii_case(client_id)) {
+                return consent_missing();
+            }
+            let exp = now + Duration::seconds(ACCESS_TOKEN_SECONDS);
+            let claims = json!({
+                "aud": audience, "iss": format!("https://sts.windows.net/{tenant_id}/"),
+                "iat": now.timestamp(), "nbf": now.timestamp(), "exp": exp.timestamp(),
+                "appid": client_id, "app_displayname": app_name, "tid": tenant_id,
+                "idtyp": "app", "roles": ["User.ReadWrite.All", "Directory.ReadWrite.All"],
+            });
+            let token = st.tokens.mint(seed, &claims);
+            st.tokens.access.insert(
+                digest(&token),
+                AccessToken {
+                    company: company_id,
+                    audience,
+                    expires_at: exp,
+                },
+            );
+            axum::Json(json!({
+                "token_type": "Bearer",
+                "expires_in": ACCESS_TOKEN_SECONDS,
+                "ext_expires_in": ACCESS_TOKEN_SECONDS,
+                "access_token": token,
+            }))
+            .into_response()
+        }
+        "refresh_token" => {
+            let Some(presented) = form_get(&form, "refresh_token") else {
+                return missing("refresh_token", now);
+            };
+            let Some(rt) = st.tokens.refresh.get(&digest(presented)).cloned() else {
+                return aad_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_grant",
+                    9002313,
+                    "Invalid request. Request is malformed or invalid.",
+                    now,
+                );
+            };
+            if !rt.client_id.eq_ignore_ascii_case(client_id) {
+                return aad_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_grant",
+                    70000,
+                    "Provided grant is invalid or malformed.",
+                    now,
+                );
+            }
+            if let Some(revoked) = rt.revoked_at {
+                return aad_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_grant",
+                    50173,
+                    &format!(
+                        "The provided grant has expired due to it being revoked, a fresh auth token is needed. The user might have changed or reset their password. The grant was issued on '{}' and the TokensValidFrom date (before which tokens are not valid) for this user is '{}'.",
+                        rt.issued_at.format("%Y-%m-%dT%H:%M:%S%.7fZ"),
+                        revoked.format("%Y-%m-%dT%H:%M:%S%.7fZ")
+                    ),
+                    now,
+                );
+            }
+            let inactive = now - rt.issued_at;
+            if inactive > Duration::days(REFRESH_TOKEN_LIFETIME_DAYS) {
+                return aad_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_grant",
+                    700082,
+                    &format!(
+                        "The refresh token has expired due to inactivity. The token was issued on {} and was inactive for {}.{:02}:{:02}:{:02}.",
+                        rt.issued_at.format("%Y-%m-%dT%H:%M:%S%.7fZ"),
+                        inactive.num_days(),
+                        inactive.num_hours() % 24,
+                        inactive.num_minutes() % 60,
+                        inactive.num_seconds() % 60
+                    ),
+                    now,
+                );
+            }
+            if !consented.iter().any(|c| c.eq_ignore_ascii_case(client_id)) {
+                return consent_missing();
+            }
+            let exp = now + Duration::seconds(ACCESS_TOKEN_SECONDS);
+            let claims = json!({
+                "aud": audience, "iss": format!("https://sts.windows.net/{tenant_id}/"),
+                "iat": now.timestamp(), "nbf": now.timestamp(), "exp": exp.timestamp(),
+                "appid": client_id, "app_displayname": app_name, "tid": tenant_id,
+                "upn": rt.user, "idtyp": "user", "scp": "Directory.AccessAsUser.All User.ReadWrite.All",
+            });
+            let token = st.tokens.mint(seed, &claims);
+            st.tokens.access.insert(
+                digest(&token),
+                AccessToken {
+                    company: company_id,
+                    audience,
+                    expires_at: exp,
+                },
+            );
+            let new_rt = st.tokens.new_refresh(seed, client_id, &rt.user, now);
+            axum::Json(json!({
+                "token_type": "Bearer",
+                "scope": format!("{audience}/.default"),
+                "expires_in": ACCESS_TOKEN_SECONDS,
+                "ext_expires_in": ACCESS_TOKEN_SECONDS,
+                "access_token": token,
+                "refresh_token": new_rt,
+            }))
+            .into_response()
+        }
+        other => aad_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            70003,
+            &format!("The app requested an unsupported grant type '{other}'."),
+            now,
+        ),
+    }
+}
+
+/// Why a bearer token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AuthFailure {
+    Missing,
+    Unknown,
+    Expired,
+    WrongAudience,
+}
+
+/// Checks a bearer token for `audience`; returns the token's facts.
+pub(crate) fn authenticate(
+    tokens: &TokenStore,
+    bearer: Option<&str>,
+    audience: &str,
+    now: DateTime<Utc>,
+) -> Result<AccessToken, AuthFailure> {
+    let raw = bearer.ok_or(AuthFailure::Missing)?;
+    let t = tokens.access(raw).ok_or(AuthFailure::Unknown)?;
+    if t.expires_at <= now {
+        return Err(AuthFailure::Expired);
+    }
+    if t.audience != audience {
+        return Err(AuthFailure::WrongAudience);
+    }
+    Ok(t.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_revokes_by_user_and_authenticates_by_audience() {
+        let fx = Fixture::load(None).unwrap();
+        let now = Utc::now();
+        let mut s = TokenStore::from_fixture(&fx, now);
+        let rt = s.new_refresh(1, "c", "someone@x.com", now);
+        assert!(rt.starts_with("0.SBX"));
+        assert_eq!(s.revoke(Some("nobody@x.com"), now), 0);
+        assert_eq!(s.revoke(Some("SOMEONE@x.com"), now), 1);
+        let tok = s.mint(1, &json!({"a": 1}));
+        assert_eq!(tok.split('.').count(), 3);
+        s.access.insert(
+            digest(&tok),
+            AccessToken {
+                company: "c".into(),
+                audience: GRAPH_AUDIENCE,
+                expires_at: now + Duration::seconds(10),
+            },
+        );
+        assert!(authenticate(&s, Some(&tok), GRAPH_AUDIENCE, now).is_ok());
+        assert_eq!(
+            authenticate(&s, Some(&tok), OUTLOOK_AUDIENCE, now).unwrap_err(),
+            AuthFailure::WrongAudience
+        );
+        assert_eq!(
+            authenticate(&s, Some(&tok), GRAPH_AUDIENCE, now + Duration::seconds(11)).unwrap_err(),
+            AuthFailure::Expired
+        );
+        assert_eq!(
+            authenticate(&s, None, GRAPH_AUDIENCE, now).unwrap_err(),
+            AuthFailure::Missing
+        );
+        assert_eq!(
+            authenticate(&s, Some("x"), GRAPH_AUDIENCE, now).unwrap_err(),
+            AuthFailure::Unknown
+        );
+    }
+
+    #[test]
+    fn resource_from_scope() {
+        assert_eq!(
+            resource_of("offline_access https://graph.microsoft.com/.default"),
+            Some("https://graph.microsoft.com/.default")
+        );
+        assert_eq!(resource_of("openid"), None);
+    }
+}
