@@ -429,8 +429,8 @@ async fn token(
                     50173,
                     &format!(
                         "The provided grant has expired due to it being revoked, a fresh auth token is needed. The user might have changed or reset their password. The grant was issued on '{}' and the TokensValidFrom date (before which tokens are not valid) for this user is '{}'.",
-                        rt.issued_at.format("%Y-%m-%dT%H:%M:%S%.7fZ"),
-                        revoked.format("%Y-%m-%dT%H:%M:%S%.7fZ")
+                        dotnet_time(rt.issued_at),
+                        dotnet_time(revoked)
                     ),
                     now,
                 );
@@ -443,7 +443,7 @@ async fn token(
                     700082,
                     &format!(
                         "The refresh token has expired due to inactivity. The token was issued on {} and was inactive for {}.{:02}:{:02}:{:02}.",
-                        rt.issued_at.format("%Y-%m-%dT%H:%M:%S%.7fZ"),
+                        dotnet_time(rt.issued_at),
                         inactive.num_days(),
                         inactive.num_hours() % 24,
                         inactive.num_minutes() % 60,
@@ -490,6 +490,15 @@ async fn token(
             now,
         ),
     }
+}
+
+/// A timestamp the way AAD prints them in error texts (seven fractional digits).
+fn dotnet_time(t: DateTime<Utc>) -> String {
+    format!(
+        "{}.{:07}Z",
+        t.format("%Y-%m-%dT%H:%M:%S"),
+        t.timestamp_subsec_nanos() / 100
+    )
 }
 
 /// Why a bearer token was refused.

@@ -1,0 +1,895 @@
+//! Microsoft Graph v1.0 over real HTTP: users, licences, groups, devices, roles, deleted items,
+//! `$batch`, query options, and Graph's error envelope and codes.
+
+mod common;
+
+use anyhow::Result;
+use common::*;
+use serde_json::{Value, json};
+
+fn new_user(upn: &str) -> Value {
+    json!({
+        "accountEnabled": true,
+        "displayName": "Jane Doe",
+        "mailNickname": upn.split('@').next().unwrap(),
+        "userPrincipalName": upn,
+        "givenName": "Jane",
+        "surname": "Doe",
+        "passwordProfile": {"forceChangePasswordNextSignIn": true, "password": "Sandbox!Pass123"},
+    })
+}
+
+fn assert_envelope(body: &Value, code: &str) {
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(body["error"]["message"].is_string(), "{body}");
+    let inner = &body["error"]["innerError"];
+    for k in ["date", "request-id", "client-request-id"] {
+        assert!(inner[k].is_string(), "innerError.{k} missing in {body}");
+    }
+}
+
+#[tokio::test]
+async fn create_get_update_and_conflicts() -> Result<()> {
+    let sb = sandbox().await?;
+    let g = Graph::new(&sb, CONTOSO_TENANT).await?;
+    let (s, created) = g
+        .call_with(
+            "POST",
+            "/users",
+            Some(new_user("jane.doe@contoso.com")),
+            Some("run_01JD/create_user/1"),
+        )
+        .await?;
+    assert_eq!(s, 201, "{created}");
+    assert!(
+        created["@odata.context"]
+            .as_str()
+            .unwrap()
+            .ends_with("$metadata#users/$entity")
+    );
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(created["userPrincipalName"], "jane.doe@contoso.com");
+    assert!(created.get("passwordProfile").is_none());
+
+    let (s, dup) = g
+        .call("POST", "/users", Some(new_user("Jane.Doe@contoso.com")))
+        .await?;
+    assert_eq!(s, 400);
+    assert_envelope(&dup, "Request_BadRequest");
+    assert_eq!(
+        dup["error"]["message"],
+        "Another object with the same value for property userPrincipalName already exists."
+    );
+    assert_eq!(dup["error"]["details"][0]["code"], "ObjectConflict");
+    assert_eq!(dup["error"]["details"][0]["target"], "userPrincipalName");
+
+    for missing in [
+        "mailNickname",
+        "passwordProfile",
+        "displayName",
+        "accountEnabled",
+    ] {
+        let mut body = new_user("x1@contoso.com");
+        body.as_object_mut().unwrap().remove(missing);
+        let (s, b) = g.call("POST", "/users", Some(body)).await?;
+        assert_eq!(s, 400, "{missing}: {b}");
+        assert_eq!(
+            b["error"]["message"],
+            format!("Invalid value specified for property '{missing}' of resource 'User'.")
+        );
+    }
+    let (s, b) = g
+        .call("POST", "/users", Some(new_user("x@notverified.com")))
+        .await?;
+    assert_eq!(s, 400);
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("verified domain")
+    );
+    let mut weak = new_user("weak@contoso.com");
+    weak["passwordProfile"]["password"] = json!("password");
+    let (s, b) = g.call("POST", "/users", Some(weak)).await?;
+    assert_eq!(s, 400);
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("complexity")
+    );
+    let mut wrong_type = new_user("wt@contoso.com");
+    wrong_type["accountEnabled"] = json!("yes");
+    let (s, _) = g.call("POST", "/users", Some(wrong_type)).await?;
+    assert_eq!(s, 400);
+
+    // Invalid JSON gets Graph's envelope, not a plain-text rejection.
+    let r = g
+        .http
+        .post(format!("{}/users", g.base))
+        .bearer_auth(&g.token)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await?;
+    assert_eq!(r.status(), 400);
+    let b: Value = r.json().await?;
+    assert_envelope(&b, "BadRequest");
+
+    let (s, b) = g
+        .call(
+            "PATCH",
+            &format!("/users/{id}"),
+            Some(json!({"jobTitle": "Sales Executive", "usageLocation": "GB"})),
+        )
+        .await?;
+    assert_eq!((s, b), (204, Value::Null));
+    let (s, b) = g
+        .call(
+            "GET",
+            &format!(
+                "/users/jane.doe@contoso.com?$select=id,jobTitle,usageLocation,accountEnabled"
+            ),
+            None,
+        )
+        .await?;
+    assert_eq!(s, 200);
+    assert_eq!(b["jobTitle"], "Sales Executive");
+    assert_eq!(b["usageLocation"], "GB");
+    assert_eq!(b["accountEnabled"], true);
+    assert!(b.get("displayName").is_none(), "$select must project: {b}");
+
+    let (s, b) = g
+        .call(
+            "PATCH",
+            &format!("/users/{id}"),
+            Some(json!({"accountEnabled": false})),
+        )
+        .await?;
+    assert_eq!((s, b), (204, Value::Null));
+    let (s, b) = g
+        .call("GET", "/users/00000000-0000-4000-8000-000000000000", None)
+        .await?;
+    assert_eq!(s, 404);
+    assert_envelope(&b, "Request_ResourceNotFound");
+    let (s, b) = g
+        .call(
+            "PATCH",
+            &format!("/users/{id}"),
+            Some(json!({"favouriteColour": "blue"})),
+        )
+        .await?;
+    assert_eq!(s, 400, "{b}");
+
+    // The ledger saw the create with its correlation, and nothing for the refused calls.
+    let entries = ledger(&sb).await?;
+    let create = entries
+        .iter()
+        .find(|e| e["action"] == "user.create")
+        .unwrap();
+    assert_eq!(create["run"], "run_01JD");
+    assert_eq!(create["step"], "create_user");
+    assert_eq!(create["attempt"], 1);
+    assert_eq!(create["company"], "contoso");
+    assert_eq!(
+        create["details"]["passwordProfile"]["password"],
+        "[redacted]"
+    );
+    assert!(!serde_json::to_string(&entries)?.contains("Sandbox!Pass123"));
+    assert_eq!(
+        entries
+            .iter()
+            .filter(|e| e["action"] == "user.create")
+            .count(),
+        1
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn filters_select_and_paging() -> Result<()> {
+    let sb = sandbox().await?;
+    let g = Graph::new(&sb, CONTOSO_TENANT).await?;
+    let (s, b) = g
+        .call(
+            "GET",
+            "/users?$filter=userPrincipalName%20eq%20'adele.vance@contoso.com'",
+            None,
+        )
+        .await?;
+    assert_eq!(s, 200);
+    assert_eq!(b["value"].as_array().unwrap().len(), 1);
+    assert_eq!(b["value"][0]["displayName"], "Adele Vance");
+    // Default properties only, without $select.
+    assert!(b["value"][0].get("accountEnabled").is_none());
+    assert!(b["value"][0].get("id").is_some());
+
+    let (s, b) = g
+        .call("GET", "/users?$filter=jobTitle%20eq%20'x'", None)
+        .await?;
+    assert_eq!(s, 400);
+    assert_envelope(&b, "Request_UnsupportedQuery");
+    let (s, b) = g
+        .call(
+            "GET",
+            "/users?$filter=userPrincipalName%20eq%20'unterminated",
+            None,
+        )
+        .await?;
+    assert_eq!(s, 400);
+    assert_envelope(&b, "BadRequest");
+    let (s, _) = g.call("GET", "/users?$select=nope", None).await?;
+    assert_eq!(s, 400);
+    let (s, _) = g.call("GET", "/users?$top=1000", None).await?;
+    assert_eq!(s, 400);
+
+    // Page through all users two at a time following @odata.nextLink.
+    let mut seen = Vec::new();
+    let mut next = Some(format!(
+        "{}/users?$top=2&$select=id,userPrincipalName",
+        g.base
+    ));
+    let mut pages = 0;
+    while let Some(url) = next {
+        let (s, b) = g.call("GET", &url, None).await?;
+        assert_eq!(s, 200, "{b}");
+        pages += 1;
+        for u in b["value"].as_array().unwrap() {
+            seen.push(u["userPrincipalName"].as_str().unwrap().to_owned());
+        }
+        next = b["@odata.nextLink"].as_str().map(str::to_owned);
+        assert!(pages < 10);
+    }
+    assert_eq!(seen.len(), 3);
+    assert_eq!(pages, 2);
+
+    // Synced users can be found by sAMAccountName in the hybrid tenant.
+    let fg = Graph::new(&sb, FABRIKAM_TENANT).await?;
+    let (s, b) = fg
+        .call(
+            "GET",
+            "/users?$filter=onPremisesSamAccountName%20eq%20'ckim'&$select=id,onPremisesSyncEnabled,onPremisesSamAccountName,onPremisesImmutableId,userPrincipalName",
+            None,
+        )
+        .await?;
+    assert_eq!(s, 200);
+    let u = &b["value"][0];
+    assert_eq!(u["onPremisesSyncEnabled"], true);
+    assert_eq!(u["userPrincipalName"], "chris.kim@fabrikam.com");
+    assert!(u["onPremisesImmutableId"].as_str().unwrap().ends_with("=="));
+    Ok(())
+}
+
+#[tokio::test]
+async fn synced_users_refuse_cloud_edits_of_mastered_attributes() -> Result<()> {
+    let sb = sandbox().await?;
+    let g = Graph::new(&sb, FABRIKAM_TENANT).await?;
+    let upn = "chris.kim@fabrikam.com";
+    let (s, b) = g
+        .call(
+            "PATCH",
+            &format!("/users/{upn}"),
+            Some(json!({"jobTitle": "VP"})),
+        )
+        .await?;
+    assert_eq!(s, 400);
+    assert_envelope(&b, "Request_BadRequest");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("on-premises mastered")
+    );
+    let (s, _) = g
+        .call(
+            "PATCH",
+            &format!("/users/{upn}"),
+            Some(json!({"passwordProfile": {"password": "Another!Pass1"}})),
+        )
+        .await?;
+    assert_eq!(s, 400);
+    let (s, _) = g.call("DELETE", &format!("/users/{upn}"), None).await?;
+    assert_eq!(s, 400);
+    // accountEnabled and usageLocation stay cloud-writable.
+    let (s, _) = g
+        .call(
+            "PATCH",
+            &format!("/users/{upn}"),
+            Some(json!({"accountEnabled": false})),
+        )
+        .await?;
+    assert_eq!(s, 204);
+    // Groups synced from AD can't be changed in the cloud either.
+    let (_, groups) = g
+        .call("GET", "/groups?$filter=displayName%20eq%20'Sales'", None)
+        .await?;
+    let gid = groups["value"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(groups["value"][0]["onPremisesSyncEnabled"], true);
+    let (_, admin_user) = g
+        .call("GET", "/users/admin@fabrikam.onmicrosoft.com", None)
+        .await?;
+    let (s, b) = g
+        .call(
+            "POST",
+            &format!("/groups/{gid}/members/$ref"),
+            Some(json!({"@odata.id": format!("https://graph.microsoft.com/v1.0/directoryObjects/{}", admin_user["id"].as_str().unwrap())})),
+        )
+        .await?;
+    assert_eq!(s, 400);
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("on-premises mastered")
+    );
+    Ok(())
+}
+
+async fn user_id(g: &Graph, upn: &str) -> Result<String> {
+    let (s, b) = g.call("GET", &format!("/users/{upn}"), None).await?;
+    anyhow::ensure!(s == 200, "{upn}: {b}");
+    Ok(b["id"].as_str().unwrap().to_owned())
+}
+
+fn directory_object(id: &str) -> Value {
+    json!({"@odata.id": format!("https://graph.microsoft.com/v1.0/directoryObjects/{id}")})
+}
+
+#[tokio::test]
+async fn manager_groups_and_member_of() -> Result<()> {
+    let sb = sandbox().await?;
+    let g = Graph::new(&sb, CONTOSO_TENANT).await?;
+    let megan = user_id(&g, "megan.bowen@contoso.com").await?;
+    let (_, created) = g
+        .call("POST", "/users", Some(new_user("new.starter@contoso.com")))
+        .await?;
+    let new = created["id"].as_str().unwrap().to_owned();
+
+    let (s, _) = g
+        .call("GET", &format!("/users/{new}/manager"), None)
+        .await?;
+    assert_eq!(s, 404);
+    let (s, _) = g
+        .call(
+            "PUT",
+            &format!("/users/{new}/manager/$ref"),
+            Some(json!({"@odata.id": format!("https://graph.microsoft.com/v1.0/users/{megan}")})),
+        )
+        .await?;
+    assert_eq!(s, 204);
+    let (s, m) = g
+        .call("GET", &format!("/users/{new}/manager"), None)
+        .await?;
+    assert_eq!((s, m["id"].as_str()), (200, Some(megan.as_str())));
+    let (s, b) = g
+        .call(
+            "PUT",
+            &format!("/users/{new}/manager/$ref"),
+            Some(json!({"@odata.id": "nonsense"})),
+        )
+        .await?;
+    assert_eq!(s, 400, "{b}");
+
+    let (_, groups) = g.call("GET", "/groups", None).await?;
+    let find = |name: &str| {
+        groups["value"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["displayName"] == name)
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (retail, dl, dynamic) = (
+        find("Retail Team"),
+        find("Sales DL"),
+        find("All Users (dynamic)"),
+    );
+    let (s, _) = g
+        .call(
+            "POST",
+            &format!("/groups/{retail}/members/$ref"),
+            Some(directory_object(&new)),
+        )
+        .await?;
+    assert_eq!(s, 204);
+    let (s, b) = g
+        .call(
+            "POST",
+            &format!("/groups/{retail}/members/$ref"),
+            Some(directory_object(&new)),
+        )
+        .await?;
+    assert_eq!(s, 400);
+    assert_eq!(
+        b["error"]["message"],
+        "One or more added object references already exist for the following modified properties: 'members'."
+    );
+    let (s, b) = g
+        .call(
+            "POST",
+            &format!("/groups/{dl}/members/$ref"),
+            Some(directory_object(&new)),
+        )
+        .await?;
+    assert_eq!(s, 400);
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("mail-enabled")
+    );
+    let (s, _) = g
+        .call(
+            "POST",
+            &format!("/groups/{dynamic}/members/$ref"),
+            Some(directory_object(&new)),
+        )
+        .await?;
+    assert_eq!(s, 400);
+    let (s, b) = g
+        .call(
+            "POST",
+            &format!("/groups/{retail}/members/$ref"),
+            Some(directory_object("00000000-0000-4000-8000-000000000000")),
+        )
+        .await?;
+    assert_eq!(s, 404);
+    assert_envelope(&b, "Request_ResourceNotFound");
+
+    let (s, b) = g
+        .call("GET", &format!("/users/{new}/memberOf"), None)
+        .await?;
+    assert_eq!(s, 200);
+    let names: Vec<&str> = b["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|x| x["displayName"].as_str())
+        .collect();
+    assert_eq!(names, vec!["Retail Team"]);
+    assert_eq!(b["value"][0]["@odata.type"], "#microsoft.graph.group");
+
+    let (s, _) = g
+        .call(
+            "DELETE",
+            &format!("/groups/{retail}/members/{new}/$ref"),
+            None,
+        )
+        .await?;
+    assert_eq!(s, 204);
+    let (s, _) = g
+        .call(
+            "DELETE",
+            &format!("/groups/{retail}/members/{new}/$ref"),
+            None,
+        )
+        .await?;
+    assert_eq!(s, 404);
+    let (s, _) = g
+        .call("DELETE", &format!("/users/{new}/manager/$ref"), None)
+        .await?;
+    assert_eq!(s, 204);
+    Ok(())
+}
+
+#[tokio::test]
+async fn licences_seats_and_usage_location() -> Result<()> {
+    let sb = sandbox().await?;
+    let g = Graph::new(&sb, CONTOSO_TENANT).await?;
+    let (s, skus) = g.call("GET", "/subscribedSkus", None).await?;
+    assert_eq!(s, 200);
+    let spb = skus["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["skuPartNumber"] == "SPB")
+        .unwrap();
+    assert_eq!(spb["prepaidUnits"]["enabled"], 5);
+    assert_eq!(spb["consumedUnits"], 2);
+    let spb_id = spb["skuId"].as_str().unwrap().to_owned();
+    let ess = skus["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["skuPartNumber"] == "O365_BUSINESS_ESSENTIALS")
+        .unwrap();
+    let ess_id = ess["skuId"].as_str().unwrap().to_owned();
+
+    let (_, created) = g
+        .call("POST", "/users", Some(new_user("lic.test@contoso.com")))
+        .await?;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let add = |sku: &str| json!({"addLicenses": [{"skuId": sku, "disabledPlans": []}], "removeLicenses": []});
+
+    let (s, b) = g
+        .call(
+            "POST",
+            &format!("/users/{id}/assignLicense"),
+            Some(json!({"addLicenses": [{"skuId": spb_id}]})),
+        )
+        .await?;
+    assert_eq!(s, 400);
+    assert_eq!(
+        b["error"]["message"],
+        "One or more parameters of the operation 'assignLicense' are missing from the request payload. The missing parameters are: removeLicenses."
+    );
+    let (s, b) = g
+        .call(
+            "POST",
+            &format!("/users/{id}/assignLicense"),
+            Some(add(&spb_id)),
+        )
+        .await?;
+    assert_eq!(s, 400);
+    assert_eq!(
+        b["error"]["message"],
+        "License assignment cannot be done for user with invalid usage location."
+    );
+    let (s, b) = g
+        .call(
+            "POST",
+            &format!("/users/{id}/assignLicense"),
+            Some(json!({"addLicenses": [{"skuId": null}], "removeLicenses": []})),
+        )
+        .await?;
+    assert_eq!(s, 400, "{b}");
+
+    g.call(
+        "PATCH",
+        &format!("/users/{id}"),
+        Some(json!({"usageLocation": "GB"})),
+    )
+    .await?;
+    let (s, b) = g
+        .call(
+            "POST",
+            &format!("/users/{id}/assignLicense"),
+            Some(add(&spb_id)),
+        )
+        .await?;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["id"], id.as_str());
+    let (_, u) = g
+        .call(
+            "GET",
+            &format!("/users/{id}?$select=assignedLicenses"),
+            None,
+        )
+        .await?;
+    assert_eq!(u["assignedLicenses"][0]["skuId"], spb_id.as_str());
+    let (_, skus) = g.call("GET", "/subscribedSkus", None).await?;
+    let spb = skus["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["skuPartNumber"] == "SPB")
+        .unwrap();
+    assert_eq!(spb["consumedUnits"], 3);
+
+    // The one Essentials seat goes to this user; the next user gets CountViolation.
+    let (s, _) = g
+        .call(
+            "POST",
+            &format!("/users/{id}/assignLicense"),
+            Some(add(&ess_id)),
+        )
+        .await?;
+    assert_eq!(s, 200);
+    let megan = user_id(&g, "megan.bowen@contoso.com").await?;
+    let (s, b) = g
+        .call(
+            "POST",
+            &format!("/users/{megan}/assignLicense"),
+            Some(add(&ess_id)),
+        )
+        .await?;
+    assert_eq!(s, 400);
+    assert_eq!(b["error"]["details"][0]["code"], "CountViolation");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not have any available licenses")
+    );
+    // Freeing the seat makes it assignable.
+    let (s, _) = g
+        .call(
+            "POST",
+            &format!("/users/{id}/assignLicense"),
+            Some(json!({"addLicenses": [], "removeLicenses": [ess_id]})),
+        )
+        .await?;
+    assert_eq!(s, 200);
+    let (s, _) = g
+        .call(
+            "POST",
+            &format!("/users/{megan}/assignLicense"),
+            Some(add(&ess_id)),
+        )
+        .await?;
+    assert_eq!(s, 200);
+    Ok(())
+}
+
+#[tokio::test]
+async fn offboarding_calls() -> Result<()> {
+    let sb = sandbox().await?;
+    let g = Graph::new(&sb, CONTOSO_TENANT).await?;
+    let adele = user_id(&g, "adele.vance@contoso.com").await?;
+    let (s, b) = g
+        .call(
+            "POST",
+            &format!("/users/{adele}/revokeSignInSessions"),
+            None,
+        )
+        .await?;
+    assert_eq!(s, 200);
+    assert_eq!(b["value"], true);
+
+    let (s, m) = g
+        .call(
+            "GET",
+            &format!("/users/{adele}/authentication/methods"),
+            None,
+        )
+        .await?;
+    assert_eq!(s, 200);
+    let methods = m["value"].as_array().unwrap();
+    assert_eq!(methods.len(), 3, "password + authenticator + phone: {m}");
+    assert_eq!(
+        methods[0]["@odata.type"],
+        "#microsoft.graph.passwordAuthenticationMethod"
+    );
+    let phone = methods
+        .iter()
+        .find(|x| x["@odata.type"] == "#microsoft.graph.phoneAuthenticationMethod")
+        .unwrap();
+    let phone_id = phone["id"].as_str().unwrap();
+    let (s, _) = g
+        .call(
+            "DELETE",
+            &format!("/users/{adele}/authentication/microsoftAuthenticatorMethods/{phone_id}"),
+            None,
+        )
+        .await?;
+    assert_eq!(s, 404, "a phone method isn't an authenticator method");
+    let (s, _) = g
+        .call(
+            "DELETE",
+            &format!("/users/{adele}/authentication/phoneMethods/{phone_id}"),
+            None,
+        )
+        .await?;
+    assert_eq!(s, 204);
+    let (s, _) = g
+        .call(
+            "DELETE",
+            &format!(
+                "/users/{adele}/authentication/passwordMethods/28c10230-6103-485e-b985-444c60001490"
+            ),
+            None,
+        )
+        .await?;
+    assert_eq!(s, 400);
+
+    let (s, devs) = g
+        .call("GET", &format!("/users/{adele}/managedDevices"), None)
+        .await?;
+    assert_eq!(s, 200);
+    let dev = devs["value"][0]["id"].as_str().unwrap().to_owned();
+    let (s, _) = g
+        .call(
+            "POST",
+            &format!("/deviceManagement/managedDevices/{dev}/wipe"),
+            Some(json!({"keepEnrollmentData": false, "keepUserData": false})),
+        )
+        .await?;
+    assert_eq!(s, 204);
+    let (s, b) = g
+        .call(
+            "POST",
+            &format!("/deviceManagement/managedDevices/{dev}/wipe"),
+            Some(json!({"bogus": 1})),
+        )
+        .await?;
+    assert_eq!(s, 400, "{b}");
+    let (_, d) = g
+        .call(
+            "GET",
+            &format!("/deviceManagement/managedDevices/{dev}"),
+            None,
+        )
+        .await?;
+    assert_eq!(d["managementState"], "wipePending");
+    let (s, _) = g
+        .call(
+            "POST",
+            &format!("/deviceManagement/managedDevices/{dev}/retire"),
+            None,
+        )
+        .await?;
+    assert_eq!(s, 204);
+
+    // Role assignments: list by principal, remove, add back, conflict.
+    let megan = user_id(&g, "megan.bowen@contoso.com").await?;
+    let (s, ra) = g
+        .call(
+            "GET",
+            &format!(
+                "/roleManagement/directory/roleAssignments?$filter=principalId%20eq%20'{megan}'"
+            ),
+            None,
+        )
+        .await?;
+    assert_eq!(s, 200);
+    assert_eq!(ra["value"].as_array().unwrap().len(), 1);
+    let ra_id = ra["value"][0]["id"].as_str().unwrap().to_owned();
+    let role = ra["value"][0]["roleDefinitionId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (s, _) = g
+        .call(
+            "DELETE",
+            &format!("/roleManagement/directory/roleAssignments/{ra_id}"),
+            None,
+        )
+        .await?;
+    assert_eq!(s, 204);
+    let body = json!({"principalId": megan, "roleDefinitionId": role, "directoryScopeId": "/"});
+    let (s, b) = g
+        .call(
+            "POST",
+            "/roleManagement/directory/roleAssignments",
+            Some(body.clone()),
+        )
+        .await?;
+    assert_eq!(s, 201, "{b}");
+    let (s, _) = g
+        .call(
+            "POST",
+            "/roleManagement/directory/roleAssignments",
+            Some(body),
+        )
+        .await?;
+    assert_eq!(s, 400);
+    Ok(())
+}
+
+#[tokio::test]
+async fn delete_restore_and_the_30_day_window() -> Result<()> {
+    let sb = sandbox().await?;
+    let g = Graph::new(&sb, CONTOSO_TENANT).await?;
+    let (_, a) = g
+        .call("POST", "/users", Some(new_user("temp.one@contoso.com")))
+        .await?;
+    let (_, b) = g
+        .call("POST", "/users", Some(new_user("temp.two@contoso.com")))
+        .await?;
+    let (a, b) = (
+        a["id"].as_str().unwrap().to_owned(),
+        b["id"].as_str().unwrap().to_owned(),
+    );
+    for id in [&a, &b] {
+        let (s, _) = g.call("DELETE", &format!("/users/{id}"), None).await?;
+        assert_eq!(s, 204);
+    }
+    let (s, _) = g.call("GET", &format!("/users/{a}"), None).await?;
+    assert_eq!(s, 404);
+    let (s, del) = g
+        .call("GET", "/directory/deletedItems/microsoft.graph.user", None)
+        .await?;
+    assert_eq!(s, 200);
+    assert_eq!(del["value"].as_array().unwrap().len(), 2);
+    assert!(del["value"][0]["deletedDateTime"].is_string());
+    let (s, r) = g
+        .call(
+            "POST",
+            &format!("/directory/deletedItems/{a}/restore"),
+            None,
+        )
+        .await?;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["id"], a.as_str());
+    let (s, _) = g.call("GET", &format!("/users/{a}"), None).await?;
+    assert_eq!(s, 200);
+    // Past the 30-day window the other one is gone for good.
+    advance(&sb, 31 * 86_400).await?;
+    let g = Graph::new(&sb, CONTOSO_TENANT).await?;
+    let (s, _) = g
+        .call(
+            "POST",
+            &format!("/directory/deletedItems/{b}/restore"),
+            None,
+        )
+        .await?;
+    assert_eq!(s, 404);
+    // A user holding Global/Privileged Role Administrator can't be deleted by the app.
+    let fg = Graph::new(&sb, FABRIKAM_TENANT).await?;
+    let (s, e) = fg
+        .call("DELETE", "/users/admin@fabrikam.onmicrosoft.com", None)
+        .await?;
+    assert_eq!(s, 403);
+    assert_envelope(&e, "Authorization_RequestDenied");
+    Ok(())
+}
+
+#[tokio::test]
+async fn batch_runs_inner_requests_through_the_real_routes() -> Result<()> {
+    let sb = sandbox().await?;
+    let g = Graph::new(&sb, CONTOSO_TENANT).await?;
+    let (s, b) = g
+        .call_with(
+            "POST",
+            "/$batch",
+            Some(json!({"requests": [
+                {"id": "1", "method": "POST", "url": "/users", "headers": {"Content-Type": "application/json"}, "body": new_user("batch.user@contoso.com")},
+                {"id": "2", "method": "GET", "url": "/users/batch.user@contoso.com?$select=id,displayName", "dependsOn": ["1"]},
+                {"id": "3", "method": "GET", "url": "/users/nobody@contoso.com"},
+                {"id": "4", "method": "GET", "url": "/users/x", "dependsOn": ["3"]},
+            ]})),
+            Some("run_B/batch/1"),
+        )
+        .await?;
+    assert_eq!(s, 200, "{b}");
+    let r = b["responses"].as_array().unwrap();
+    let by_id = |i: &str| r.iter().find(|x| x["id"] == i).unwrap();
+    assert_eq!(by_id("1")["status"], 201);
+    assert_eq!(by_id("2")["status"], 200);
+    assert_eq!(by_id("2")["body"]["displayName"], "Jane Doe");
+    assert_eq!(by_id("3")["status"], 404);
+    assert_eq!(
+        by_id("3")["body"]["error"]["code"],
+        "Request_ResourceNotFound"
+    );
+    assert_eq!(by_id("4")["status"], 424);
+    let entries = ledger(&sb).await?;
+    assert_eq!(
+        entries.last().unwrap()["run"],
+        "run_B",
+        "inner requests keep the correlation"
+    );
+
+    let too_many: Vec<Value> = (0..21)
+        .map(|i| json!({"id": i.to_string(), "method": "GET", "url": "/users"}))
+        .collect();
+    let (s, b) = g
+        .call("POST", "/$batch", Some(json!({"requests": too_many})))
+        .await?;
+    assert_eq!(s, 400);
+    assert_envelope(&b, "BadRequest");
+    let (s, _) = g
+        .call("POST", "/$batch", Some(json!({"requests": [{"id": "1", "method": "GET", "url": "/users"}, {"id": "1", "method": "GET", "url": "/users"}]})))
+        .await?;
+    assert_eq!(s, 400);
+    let (s, _) = g.call("POST", "/$batch", Some(json!({"nope": []}))).await?;
+    assert_eq!(s, 400);
+
+    // A throttled inner request carries its own status and Retry-After.
+    admin(&sb, "POST", "/faults", Some(json!({"method": "GET", "path": "/graph/v1.0/subscribedSkus", "sequence": [{"status": 429, "retry_after": 7}]}))).await?;
+    let (_, b) = g
+        .call("POST", "/$batch", Some(json!({"requests": [{"id": "a", "method": "GET", "url": "/subscribedSkus"}, {"id": "b", "method": "GET", "url": "/subscribedSkus"}]})))
+        .await?;
+    let r = b["responses"].as_array().unwrap();
+    assert_eq!(r[0]["status"], 429);
+    assert_eq!(r[0]["headers"]["retry-after"], "7");
+    assert_eq!(r[0]["body"]["error"]["code"], "TooManyRequests");
+    assert_eq!(r[1]["status"], 200);
+    Ok(())
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_in_graphs_envelope() -> Result<()> {
+    let sb = sandbox().await?;
+    let g = Graph::new(&sb, CONTOSO_TENANT).await?;
+    let (s, b) = g.call("GET", "/nonsense", None).await?;
+    assert_eq!(s, 404);
+    assert!(b["error"]["message"].as_str().unwrap().contains("nonsense"));
+    let (s, b) = g.call("PUT", "/users", Some(json!({}))).await?;
+    assert_eq!(s, 405);
+    assert!(b["error"]["code"].is_string());
+    Ok(())
+}
