@@ -127,9 +127,7 @@ async fn create_get_update_and_conflicts() -> Result<()> {
     let (s, b) = g
         .call(
             "GET",
-            &format!(
-                "/users/jane.doe@contoso.com?$select=id,jobTitle,usageLocation,accountEnabled"
-            ),
+            "/users/jane.doe@contoso.com?$select=id,jobTitle,usageLocation,accountEnabled",
             None,
         )
         .await?;

@@ -2,6 +2,7 @@
 //! that serves runner scripts and receives runner callbacks and Autotask webhooks.
 #![allow(dead_code, unreachable_pub)]
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -192,7 +193,7 @@ pub async fn ledger(sb: &RunningSandbox) -> Result<Vec<Value>> {
 pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> Result<T>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Option<T>>>,
+    Fut: Future<Output = Result<Option<T>>>,
 {
     let end = tokio::time::Instant::now() + deadline;
     loop {
