@@ -12,8 +12,8 @@
 --       7 shard dead-letter stream
 -- ARGV: 1 expected version ("0": the run must not exist yet)
 --       2 new document ("" for an acknowledgement only)
---       3 the rest, as JSON: run, ack {id, seq}, hist [json], jobs [{seq, job}], zadd [[ms, key]],
---         zrem [key], revoke [{seq, ref}], ended status, created µs, timer key (must still be
+--       3 the rest, as JSON: run, ack {id, step, seq}, hist [json], jobs [{step, seq, job}],
+--         zadd [[ms, key]], zrem [key], revoke [{step, seq, ref}], ended status, created µs, timer key (must still be
 --         armed), dead json, group
 -- Returns: {"ok", version, revoked refs...} | {"conflict", version, document} | {"stale_timer"}
 
@@ -25,7 +25,7 @@ local function ack()
   if plan.ack then
     redis.call('XACK', KEYS[3], group, plan.ack.id)
     redis.call('XDEL', KEYS[3], plan.ack.id)
-    redis.call('HDEL', KEYS[1], 'j:' .. plan.ack.seq)
+    redis.call('HDEL', KEYS[1], 'j:' .. plan.ack.step .. ':' .. plan.ack.seq)
   end
   if plan.dead then
     redis.call('XADD', KEYS[7], 'MAXLEN', '~', 10000, '*', 'run', run, 'job', plan.dead)
@@ -64,7 +64,7 @@ end
 
 for _, job in ipairs(plan.jobs or {}) do
   local id = redis.call('XADD', KEYS[3], '*', 'r', run, 'v', version, 'j', job.job, 'd', ARGV[2])
-  redis.call('HSET', KEYS[1], 'j:' .. job.seq, id)
+  redis.call('HSET', KEYS[1], 'j:' .. job.step .. ':' .. job.seq, id)
 end
 
 for _, t in ipairs(plan.zadd or {}) do
@@ -78,7 +78,7 @@ end
 -- group's pending list, and their outcome will still be reported.
 local revoked = {}
 for _, r in ipairs(plan.revoke or {}) do
-  local field = 'j:' .. r.seq
+  local field = 'j:' .. r.step .. ':' .. r.seq
   local id = redis.call('HGET', KEYS[1], field)
   if id then
     local pending = redis.call('XPENDING', KEYS[3], group, id, id, 1)

@@ -73,6 +73,7 @@ impl Delivery {
     pub fn ack(&self) -> Ack {
         Ack {
             entry: self.entry.clone(),
+            step: self.job.step.clone(),
             seq: self.job.seq,
         }
     }
@@ -276,19 +277,15 @@ async fn read_new(shared: Arc<Shared>) {
         if *stop.borrow() {
             return;
         }
-        let first = tokio::select! {
-            p = shared.permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+        // Wait for room, but hold no place while blocked in the read: the reclaimer needs
+        // places too. Places are taken per entry received.
+        tokio::select! {
+            p = shared.permits.acquire() => match p { Ok(p) => drop(p), Err(_) => return },
             _ = stop.changed() => return,
-        };
-        let mut permits = vec![first];
-        while permits.len() < max_batch {
-            match shared.permits.clone().try_acquire_owned() {
-                Ok(p) => permits.push(p),
-                Err(_) => break,
-            }
         }
+        let room = shared.permits.available_permits().clamp(1, max_batch);
         // COUNT applies per stream: ask each shard for its share of the free places.
-        let count = permits.len().div_ceil(streams.len());
+        let count = room.div_ceil(streams.len());
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(GROUP)
@@ -308,7 +305,6 @@ async fn read_new(shared: Arc<Shared>) {
                 Err(e) => {
                     wait = backoff(wait);
                     warn!(error = %e, retry_in = ?wait, "step queue: read failed");
-                    drop(permits);
                     if pause(&mut stop, wait).await { return; }
                     continue;
                 }
@@ -321,13 +317,7 @@ async fn read_new(shared: Arc<Shared>) {
                 continue;
             };
             for entry in stream.ids {
-                let permit = match permits.pop() {
-                    Some(p) => p,
-                    None => match shared.permits.clone().acquire_owned().await {
-                        Ok(p) => p,
-                        Err(_) => return,
-                    },
-                };
+                let Ok(permit) = shared.permits.clone().acquire_owned().await else { return };
                 deliver(&shared, shard, &entry.id, &entry.map, 1, permit).await;
             }
         }
@@ -427,6 +417,7 @@ async fn reclaim(shared: Arc<Shared>) {
                             break;
                         }
                     };
+                debug!(shard, claimed = reply.claimed.len(), next = %reply.next_stream_id, "step queue: reclaim pass");
                 if !reply.claimed.is_empty() {
                     take_over(&shared, shard, reply.claimed).await;
                 }
@@ -508,6 +499,7 @@ async fn park(shared: &Shared, shard: u16, entry: &redis::streams::StreamId, del
     };
     let ack = Ack {
         entry: entry.id.clone(),
+        step: job.step.clone(),
         seq: job.seq,
     };
     error!(run.id = %run, step.name = %job.step, deliveries, shard, "step queue: parking a poison job");

@@ -16,8 +16,8 @@ use steward_core::history::{diff, redact};
 use steward_core::inputs::{InputProblem, prepare_inputs};
 use steward_core::{Cx, Plan, TransitionError, initial_state, transition};
 use steward_schemas::{
-    CompanyId, Effect, Event, HistoryEntry, JobRef, RunContext, RunDoc, RunId, RunState, Timestamp,
-    WorkflowDef, WorkflowRef,
+    CompanyId, Effect, Event, HistoryEntry, JobRef, RunContext, RunDoc, RunId, RunState, StepId,
+    Timestamp, WorkflowDef, WorkflowRef,
 };
 use tracing::{debug, trace, warn};
 
@@ -87,6 +87,8 @@ pub struct RunSnapshot {
 pub struct Ack {
     /// The stream entry.
     pub entry: String,
+    /// The job's step.
+    pub step: StepId,
     /// The job's sequence number.
     pub seq: u32,
 }
@@ -167,17 +169,20 @@ struct CommitPlan<'a> {
 #[derive(Serialize)]
 struct AckRef<'a> {
     id: &'a str,
+    step: &'a str,
     seq: u32,
 }
 
 #[derive(Serialize)]
 struct JobEntry {
+    step: String,
     seq: u32,
     job: String,
 }
 
 #[derive(Serialize)]
 struct RevokeEntry {
+    step: String,
     seq: u32,
     #[serde(rename = "ref")]
     job: String,
@@ -422,6 +427,7 @@ impl Store {
                 self.commit_plan(run, event, &snap.doc.state, &doc.state, &t.effects, now)?;
             plan.ack = ack.map(|a| AckRef {
                 id: &a.entry,
+                step: a.step.as_str(),
                 seq: a.seq,
             });
             plan.timer = timer.map(str::to_owned);
@@ -474,6 +480,7 @@ impl Store {
             group: GROUP,
             ack: ack.map(|a| AckRef {
                 id: &a.entry,
+                step: a.step.as_str(),
                 seq: a.seq,
             }),
             ..CommitPlan::default()
@@ -548,6 +555,7 @@ impl Store {
         for effect in effects {
             match effect {
                 Effect::EnqueueStep { job } => plan.jobs.push(JobEntry {
+                    step: job.step.to_string(),
                     seq: job.seq,
                     job: serde_json::to_string(job).map_err(corrupt)?,
                 }),
@@ -558,6 +566,7 @@ impl Store {
                 Effect::RevokeJobs { jobs } => {
                     for job in jobs {
                         plan.revoke.push(RevokeEntry {
+                            step: job.step.to_string(),
                             seq: job.seq,
                             job: serde_json::to_string(job).map_err(corrupt)?,
                         });

@@ -1,1 +1,354 @@
-//! placeholder
+//! The test harness: a private Redis per test, unique namespaces, in-process and out-of-process
+//! workers, and waiting on conditions with deadlines (never sleeping for a fixed time).
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Map, Value};
+use steward_core::Plan;
+use steward_engine::embedded::{Persistence, RedisServer};
+use steward_engine::queue::QueueConfig;
+use steward_engine::scheduler::{self, SchedulerConfig};
+use steward_engine::store::{NewRun, Store};
+use steward_engine::worker::{self, Runtime};
+use steward_engine::{Db, Keys, SystemClock};
+use steward_schemas::{RunId, RunStatus};
+use steward_workers::testing::ledger_keys;
+use steward_workers::{Registry, Services};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Waits until `check` returns `Some`, polling every few milliseconds, or fails after `timeout`
+/// with `what` in the message.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<T>>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await? {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A private Redis and a store on a fresh namespace.
+pub struct Env {
+    /// The server.
+    pub redis: RedisServer,
+    /// The namespace.
+    pub namespace: String,
+    /// The shard count.
+    pub shards: u16,
+    /// A store for the test's own use.
+    pub store: Store,
+}
+
+impl std::fmt::Debug for Env {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Env")
+            .field("url", &self.redis.url())
+            .field("namespace", &self.namespace)
+            .finish()
+    }
+}
+
+/// Sends the engine's logs to the test output when `STEWARD_TEST_LOG` is set (e.g. `debug`).
+pub fn init_logs() {
+    if let Ok(filter) = std::env::var("STEWARD_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+impl Env {
+    /// A private Redis with `persistence`, and a fresh namespace over 4 shards.
+    pub async fn start(persistence: Persistence) -> Result<Self> {
+        init_logs();
+        let redis = RedisServer::start(persistence)?;
+        let namespace = format!("t{}", ulid::Ulid::new().to_string().to_lowercase());
+        let shards = 4;
+        let store = store_for(&redis.url(), &namespace, shards).await?;
+        store.prepare().await?;
+        Ok(Self {
+            redis,
+            namespace,
+            shards,
+            store,
+        })
+    }
+
+    /// Another store (its own connection) on the same namespace.
+    pub async fn store(&self) -> Result<Store> {
+        store_for(&self.redis.url(), &self.namespace, self.shards).await
+    }
+
+    /// Starts an in-process worker (and, with `scheduler`, a scheduler).
+    pub async fn worker(&self, opts: WorkerOpts) -> Result<InProcess> {
+        let store = self.store().await?;
+        let runtime = Arc::new(Runtime {
+            store: store.clone(),
+            registry: Registry::builtin(),
+            services: Services {
+                redis: Some(store.db().manager()),
+                namespace: self.namespace.clone(),
+            },
+        });
+        let (stop, rx) = watch::channel(false);
+        let until = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let queue = QueueConfig {
+            consumer: opts.consumer.unwrap_or_else(worker::consumer_name),
+            concurrency: opts.concurrency,
+            block: Duration::from_millis(500),
+            claim_idle: opts.claim_idle,
+            max_deliveries: opts.max_deliveries,
+        };
+        let mut tasks: Vec<JoinHandle<()>> = vec![tokio::spawn({
+            let rx = rx.clone();
+            async move {
+                let _ = worker::run(runtime, queue, until(rx)).await;
+            }
+        })];
+        if opts.scheduler {
+            let config = SchedulerConfig {
+                tick: Duration::from_millis(20),
+                batch: 200,
+                concurrency: 16,
+            };
+            tasks.push(tokio::spawn(scheduler::run(store, config, until(rx))));
+        }
+        Ok(InProcess { stop, tasks })
+    }
+
+    /// Creates a run of `plan`.
+    pub async fn start_run(&self, plan: &Arc<Plan>, inputs: Value) -> Result<RunId> {
+        Ok(self
+            .store
+            .create_run(NewRun {
+                plan: plan.clone(),
+                company: "contoso".parse()?,
+                company_settings: Map::new(),
+                inputs: inputs.as_object().cloned().unwrap_or_default(),
+                requested_by: "test".to_owned(),
+                start_at: None,
+            })
+            .await?)
+    }
+
+    /// Waits until the run has ended; returns its final status.
+    pub async fn wait_end(&self, run: RunId, timeout: Duration) -> Result<RunStatus> {
+        let store = &self.store;
+        wait_for(&format!("run {run} to end"), timeout, || async move {
+            let snap = store.load(run).await?.context("no such run")?;
+            Ok(snap
+                .doc
+                .state
+                .status
+                .is_terminal()
+                .then_some(snap.doc.state.status))
+        })
+        .await
+    }
+
+    /// The ledger's lists: executions, applications, undos; and its state size.
+    pub async fn ledger(&self) -> Result<Ledger> {
+        let [exec, state, applied, undone] = ledger_keys(&self.namespace);
+        let db = self.store.db();
+        Ok(Ledger {
+            executions: db
+                .query(redis::cmd("LRANGE").arg(&exec).arg(0).arg(-1))
+                .await?,
+            applied: db
+                .query(redis::cmd("LRANGE").arg(&applied).arg(0).arg(-1))
+                .await?,
+            undone: db
+                .query(redis::cmd("LRANGE").arg(&undone).arg(0).arg(-1))
+                .await?,
+            in_place: db.query(redis::cmd("HLEN").arg(&state)).await?,
+        })
+    }
+
+    /// Arguments that point a `steward` process at this Redis and namespace.
+    pub fn cli_args(&self) -> Vec<String> {
+        vec![
+            "--redis".to_owned(),
+            self.redis.url(),
+            "--namespace".to_owned(),
+            self.namespace.clone(),
+            "--shards".to_owned(),
+            self.shards.to_string(),
+        ]
+    }
+}
+
+/// The test ledger's contents.
+#[derive(Debug)]
+pub struct Ledger {
+    /// One entry per execution: `run/step/attempt/seq`.
+    pub executions: Vec<String>,
+    /// One entry per effective change: `run/step`.
+    pub applied: Vec<String>,
+    /// One entry per effective undo.
+    pub undone: Vec<String>,
+    /// Changes in place now.
+    pub in_place: usize,
+}
+
+async fn store_for(url: &str, namespace: &str, shards: u16) -> Result<Store> {
+    let db = Db::connect(url, Duration::from_secs(5)).await?;
+    Ok(Store::new(
+        db,
+        Keys::new(namespace, shards)?,
+        Arc::new(SystemClock),
+    ))
+}
+
+/// How an in-process worker runs.
+#[derive(Debug, Clone)]
+pub struct WorkerOpts {
+    /// Steps at once.
+    pub concurrency: usize,
+    /// Takeover time.
+    pub claim_idle: Duration,
+    /// Poison threshold.
+    pub max_deliveries: u64,
+    /// Also run a scheduler.
+    pub scheduler: bool,
+    /// A fixed consumer name.
+    pub consumer: Option<String>,
+}
+
+impl Default for WorkerOpts {
+    fn default() -> Self {
+        Self {
+            concurrency: 16,
+            claim_idle: Duration::from_secs(30),
+            max_deliveries: 5,
+            scheduler: true,
+            consumer: None,
+        }
+    }
+}
+
+/// An in-process worker (and scheduler); stopped when dropped.
+#[derive(Debug)]
+pub struct InProcess {
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl InProcess {
+    /// Stops it and waits.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Compiles a workflow given as YAML text, with the built-in ops.
+pub fn plan(yaml: &str) -> Arc<Plan> {
+    Arc::new(
+        Plan::load("test.yaml", yaml, Some(&Registry::builtin())).unwrap_or_else(|e| panic!("{e}")),
+    )
+}
+
+/// A `steward` child process whose output goes to a log file; killed when dropped.
+#[derive(Debug)]
+pub struct Proc {
+    child: Child,
+    /// Its log file.
+    pub log: PathBuf,
+    name: String,
+}
+
+impl Proc {
+    /// Spawns `binary` with `args`, logging to `dir/<name>.log`.
+    pub fn spawn(binary: &Path, dir: &Path, name: &str, args: &[String]) -> Result<Self> {
+        let log = dir.join(format!("{name}.log"));
+        let out = std::fs::File::create(&log)?;
+        let child = Command::new(binary)
+            .args(args)
+            .env("STEWARD_LOG", "info,steward_engine=debug")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("cannot start {}", binary.display()))?;
+        Ok(Self {
+            child,
+            log,
+            name: name.to_owned(),
+        })
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGKILL and reaps it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends a signal (`STOP`, `CONT`, `TERM`).
+    pub fn signal(&self, sig: &str) -> Result<()> {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill -{sig} {} failed", self.child.id());
+        }
+        Ok(())
+    }
+
+    /// Whether it is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Its log, for failure messages.
+    pub fn log_text(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(60).collect();
+        format!(
+            "--- {} ({}) ---\n{}",
+            self.name,
+            self.log.display(),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        )
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -329,6 +329,9 @@ impl Op for Ledger {
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| OpError::retryable(format!("ledger unavailable: {e}")))?;
+            if let Some(ms) = opt_u64(&input, "hold_ms")? {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
             let prior = json!({ "present": fresh == 0 });
             let rollback = if opt_bool(&input, "irreversible")?.unwrap_or(false) {
                 Rollback::Irreversible {
