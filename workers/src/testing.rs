@@ -255,7 +255,11 @@ static LEDGER: OpSpec = spec(
         OpField::optional("value", "what to record (default true)"),
         OpField::optional(
             "sleep_ms",
-            "wait this long before applying (to crash in the middle)",
+            "wait this long before applying (to crash before the change)",
+        ),
+        OpField::optional(
+            "hold_ms",
+            "wait this long after applying, before reporting (to crash between the change and its report)",
         ),
         OpField::optional("irreversible", "record the change as irreversible"),
         OpField::optional("undo_fails", "make the undo fail"),
