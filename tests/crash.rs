@@ -318,7 +318,7 @@ inputs: {n: {type: number}}
 defaults: {retry: {attempts: 5, initial: 100ms, max_delay: 300ms}}
 steps:
   - {id: a, op: ledger, with: {key: a}}
-  - {id: wait, op: poll, needs: [a], with: {times: 1, check_after_ms: 100}}
+  - {id: wait, op: poll, needs: [a], with: {times: 3, check_after_ms: 300}}
   - {id: flaky, op: flaky, needs: [wait], with: {times: 1}}
   - {id: b, op: ledger, needs: [flaky], with: {key: b}}
 "#,
@@ -327,23 +327,20 @@ steps:
     let w2 = worker(&env, dir.path(), "worker-2", "3s")?;
     let s = scheduler(&env, dir.path(), "scheduler")?;
     let runs = start_all(&env, &plan, 200).await?;
-    let ended_before = wait_for("some runs to end", Duration::from_secs(30), || async {
-        let mut ended = 0;
+    // Restart while every run is in flight: some have made progress, none can have ended (each
+    // waits for three polls 300 ms apart).
+    let ended_before = wait_for("runs to make progress", Duration::from_secs(30), || async {
+        let (mut progressed, mut ended) = (0, 0);
         for run in &runs {
-            if env
-                .store
-                .load(*run)
-                .await?
-                .context("run")?
-                .doc
-                .state
-                .status
-                .is_terminal()
-            {
+            let snap = env.store.load(*run).await?.context("run")?;
+            if snap.doc.state.steps["wait"].seq >= 2 {
+                progressed += 1;
+            }
+            if snap.doc.state.status.is_terminal() {
                 ended += 1;
             }
         }
-        Ok((ended >= 20).then_some(ended))
+        Ok((progressed >= 50).then_some(ended))
     })
     .await?;
     assert!(
