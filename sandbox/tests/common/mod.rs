@@ -291,6 +291,26 @@ impl Host {
         }
     }
 
+    /// Waits until `n` requests arrived at `path`; returns them all.
+    pub async fn wait_count(
+        &self,
+        path: &str,
+        n: usize,
+        deadline: Duration,
+    ) -> Result<Vec<Received>> {
+        let end = tokio::time::Instant::now() + deadline;
+        loop {
+            let notified = self.notify.notified();
+            let all = self.all(path);
+            if all.len() >= n {
+                return Ok(all);
+            }
+            if tokio::time::timeout_at(end, notified).await.is_err() {
+                bail!("only {} of {n} requests arrived at {path}", all.len());
+            }
+        }
+    }
+
     pub fn all(&self, path: &str) -> Vec<Received> {
         self.received
             .lock()
