@@ -794,6 +794,32 @@ async fn delete_restore_and_the_30_day_window() -> Result<()> {
     assert_eq!(r["id"], a.as_str());
     let (s, _) = g.call("GET", &format!("/users/{a}"), None).await?;
     assert_eq!(s, 200);
+    // Restoring under a taken UPN conflicts; a new UPN resolves it.
+    let (_, c) = g
+        .call("POST", "/users", Some(new_user("temp.three@contoso.com")))
+        .await?;
+    let c = c["id"].as_str().unwrap().to_owned();
+    g.call("DELETE", &format!("/users/{c}"), None).await?;
+    g.call("POST", "/users", Some(new_user("temp.three@contoso.com")))
+        .await?;
+    let (s, e) = g
+        .call(
+            "POST",
+            &format!("/directory/deletedItems/{c}/restore"),
+            None,
+        )
+        .await?;
+    assert_eq!(s, 400);
+    assert_eq!(e["error"]["details"][0]["code"], "ObjectConflict");
+    let (s, r) = g
+        .call(
+            "POST",
+            &format!("/directory/deletedItems/{c}/restore"),
+            Some(json!({"newUserPrincipalName": "temp.three.old@contoso.com"})),
+        )
+        .await?;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["userPrincipalName"], "temp.three.old@contoso.com");
     // Past the 30-day window the other one is gone for good.
     advance(&sb, 31 * 86_400).await?;
     let g = Graph::new(&sb, CONTOSO_TENANT).await?;

@@ -10,6 +10,9 @@ pub(crate) mod odata;
 mod other;
 mod users;
 
+#[cfg(test)]
+mod csdl_tests;
+
 use axum::Router;
 use axum::extract::OriginalUri;
 use axum::http::StatusCode;

@@ -868,14 +868,40 @@ pub(super) async fn purge_deleted(
     Ok(no_content())
 }
 
+/// Optional parameters of `directoryObject/restore`.
+pub(crate) const RESTORE_PARAMS: &[&str] = &["autoReconcileProxyConflict", "newUserPrincipalName"];
+
 pub(super) async fn restore_deleted(
     State(shared): State<AppState>,
     Path(id): Path<String>,
     ctx: Ctx,
+    body: Bytes,
 ) -> GraphResult<Response> {
     let (mut guard, now) = shared.lock();
     let st = &mut *guard;
     let caller = authenticate(st, &ctx, now)?;
+    let params = if body.iter().all(u8::is_ascii_whitespace) {
+        Map::new()
+    } else {
+        body_object(&body)?
+    };
+    for (k, v) in &params {
+        let ok = RESTORE_PARAMS.contains(&k.as_str())
+            && if k == "newUserPrincipalName" {
+                v.is_string()
+            } else {
+                v.is_boolean()
+            };
+        if !ok {
+            return Err(GraphError::odata(format!(
+                "The parameter '{k}' in the request payload is not a valid parameter for the operation 'restore'."
+            )));
+        }
+    }
+    let new_upn = params
+        .get("newUserPrincipalName")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     let c = company_mut(st, &caller)?;
     let pos = c
         .tenant
@@ -883,8 +909,13 @@ pub(super) async fn restore_deleted(
         .iter()
         .position(|u| u.id.eq_ignore_ascii_case(&id))
         .ok_or_else(|| GraphError::not_found(&id))?;
-    let upn = c.tenant.deleted_users[pos].upn().to_owned();
-    if c.tenant
+    let upn = new_upn
+        .clone()
+        .unwrap_or_else(|| c.tenant.deleted_users[pos].upn().to_owned());
+    if new_upn.is_some() {
+        check_upn(&c.tenant, &upn, None)?;
+    } else if c
+        .tenant
         .users
         .iter()
         .any(|u| u.upn().eq_ignore_ascii_case(&upn))
@@ -893,6 +924,7 @@ pub(super) async fn restore_deleted(
     }
     let mut u = c.tenant.deleted_users.remove(pos);
     u.deleted_at = None;
+    u.props.insert("userPrincipalName".into(), json!(upn));
     let user_id = u.id.clone();
     let obj = user_json(&u, &c.tenant);
     c.tenant.users.push(u);

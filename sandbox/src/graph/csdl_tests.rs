@@ -1,0 +1,260 @@
+//! Checks every property name the sandbox accepts or returns for users, groups, SKUs, managed
+//! devices (and the complex types and action parameters around them) against Microsoft's Graph
+//! v1.0 CSDL, so a typo or an invented property can't pass for Graph.
+
+use std::collections::{BTreeSet, HashMap};
+
+use chrono::Utc;
+use serde_json::{Map, Value};
+
+use super::*;
+use crate::fixture::Fixture;
+use crate::world::World;
+
+const CSDL: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../shared/reference/graph-v1.0.csdl.xml"
+);
+
+struct Csdl {
+    /// type name -> (base type, property and navigation names)
+    types: HashMap<String, (Option<String>, BTreeSet<String>)>,
+    /// bound action name -> (binding type, parameter names)
+    actions: Vec<(String, String, BTreeSet<String>)>,
+}
+
+impl Csdl {
+    fn load() -> Self {
+        let text = std::fs::read_to_string(CSDL).unwrap_or_else(|e| {
+            panic!("the Graph CSDL must be at {CSDL} (shared/reference beside the repo): {e}")
+        });
+        let doc = roxmltree::Document::parse(&text).expect("CSDL parses");
+        let schema = doc
+            .descendants()
+            .find(|n| {
+                n.has_tag_name("Schema") && n.attribute("Namespace") == Some("microsoft.graph")
+            })
+            .expect("microsoft.graph schema");
+        let mut types = HashMap::new();
+        let mut actions = Vec::new();
+        for n in schema.children().filter(|n| n.is_element()) {
+            let tag = n.tag_name().name();
+            if tag == "EntityType" || tag == "ComplexType" {
+                let name = n.attribute("Name").unwrap_or_default().to_owned();
+                let base = n
+                    .attribute("BaseType")
+                    .map(|b| b.trim_start_matches("graph.").to_owned());
+                let props = n
+                    .children()
+                    .filter(|c| c.has_tag_name("Property") || c.has_tag_name("NavigationProperty"))
+                    .filter_map(|c| c.attribute("Name").map(str::to_owned))
+                    .collect();
+                types.insert(name, (base, props));
+            } else if tag == "Action" && n.attribute("IsBound") == Some("true") {
+                let params: Vec<(String, String)> = n
+                    .children()
+                    .filter(|c| c.has_tag_name("Parameter"))
+                    .map(|c| {
+                        (
+                            c.attribute("Name").unwrap_or_default().to_owned(),
+                            c.attribute("Type").unwrap_or_default().to_owned(),
+                        )
+                    })
+                    .collect();
+                let binding = params
+                    .iter()
+                    .find(|(n, _)| n == "bindingParameter")
+                    .map(|(_, t)| t.trim_start_matches("graph.").to_owned())
+                    .unwrap_or_default();
+                actions.push((
+                    n.attribute("Name").unwrap_or_default().to_owned(),
+                    binding,
+                    params
+                        .into_iter()
+                        .map(|(n, _)| n)
+                        .filter(|n| n != "bindingParameter")
+                        .collect(),
+                ));
+            }
+        }
+        Self { types, actions }
+    }
+
+    /// All properties of `ty`, including inherited ones.
+    fn props(&self, ty: &str) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        let mut cur = Some(ty.to_owned());
+        while let Some(t) = cur {
+            let (base, props) = self
+                .types
+                .get(&t)
+                .unwrap_or_else(|| panic!("type {t} not in the CSDL"));
+            out.extend(props.iter().cloned());
+            cur = base.clone();
+        }
+        out
+    }
+
+    fn action_params(&self, action: &str, binding: &str) -> BTreeSet<String> {
+        self.actions
+            .iter()
+            .find(|(n, b, _)| n == action && b == binding)
+            .map(|(_, _, p)| p.clone())
+            .unwrap_or_else(|| panic!("no bound action {action} on {binding}"))
+    }
+
+    fn assert_all<'a>(&self, ty: &str, names: impl IntoIterator<Item = &'a str>) {
+        let known = self.props(ty);
+        let unknown: Vec<&str> = names
+            .into_iter()
+            .filter(|n| !n.starts_with('@') && !known.contains(*n))
+            .collect();
+        assert!(
+            unknown.is_empty(),
+            "not properties of microsoft.graph.{ty}: {unknown:?}"
+        );
+    }
+}
+
+fn keys(m: &Map<String, Value>) -> Vec<&str> {
+    m.keys().map(String::as_str).collect()
+}
+
+#[test]
+fn every_graph_property_name_is_in_the_csdl() {
+    let csdl = Csdl::load();
+    let fx = Fixture::load(None).expect("fixture");
+    let world = World::from_fixture(&fx, 1, Utc::now());
+
+    // Users: everything accepted, everything selectable, everything returned (cloud and synced).
+    csdl.assert_all("user", USER_WRITABLE.iter().map(|(n, _)| *n));
+    csdl.assert_all("user", USER_READABLE.iter().copied());
+    csdl.assert_all("user", USER_DEFAULT.iter().copied());
+    csdl.assert_all("user", USER_FILTERABLE.iter().copied());
+    csdl.assert_all("user", SYNCED_USER_CLOUD_WRITABLE.iter().copied());
+    let mut saw_synced = false;
+    for c in &world.companies {
+        for u in &c.tenant.users {
+            saw_synced |= u.synced();
+            let j = user_json(u, &c.tenant);
+            csdl.assert_all("user", keys(&j));
+            for l in j["assignedLicenses"].as_array().into_iter().flatten() {
+                csdl.assert_all("assignedLicense", keys(l.as_object().expect("object")));
+            }
+            for l in j["licenseAssignmentStates"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                csdl.assert_all(
+                    "licenseAssignmentState",
+                    keys(l.as_object().expect("object")),
+                );
+            }
+        }
+        for g in &c.tenant.groups {
+            csdl.assert_all("group", keys(&group_json(g)));
+        }
+        for s in &c.tenant.skus {
+            let j = sku_json(s, c);
+            csdl.assert_all("subscribedSku", keys(&j));
+            csdl.assert_all(
+                "licenseUnitsDetail",
+                keys(j["prepaidUnits"].as_object().expect("object")),
+            );
+            for p in j["servicePlans"].as_array().into_iter().flatten() {
+                csdl.assert_all("servicePlanInfo", keys(p.as_object().expect("object")));
+            }
+        }
+        for d in &c.tenant.managed_devices {
+            csdl.assert_all("managedDevice", keys(&device_json(d, &c.tenant)));
+        }
+    }
+    assert!(saw_synced, "the fixture should exercise synced users");
+    csdl.assert_all(
+        "passwordProfile",
+        [
+            "password",
+            "forceChangePasswordNextSignIn",
+            "forceChangePasswordNextSignInWithMfa",
+        ],
+    );
+    csdl.assert_all("group", GROUP_READABLE.iter().copied());
+    csdl.assert_all("group", GROUPS.filterable.iter().copied());
+    csdl.assert_all("subscribedSku", SKU_READABLE.iter().copied());
+    csdl.assert_all("managedDevice", DEVICE_READABLE.iter().copied());
+    csdl.assert_all("managedDevice", DEVICES.filterable.iter().copied());
+    csdl.assert_all(
+        "unifiedRoleAssignment",
+        [
+            "id",
+            "principalId",
+            "roleDefinitionId",
+            "directoryScopeId",
+            "appScopeId",
+        ],
+    );
+    csdl.assert_all(
+        "unifiedRoleDefinition",
+        ["id", "templateId", "displayName", "isBuiltIn", "isEnabled"],
+    );
+    csdl.assert_all(
+        "passwordAuthenticationMethod",
+        ["id", "password", "createdDateTime"],
+    );
+    csdl.assert_all(
+        "phoneAuthenticationMethod",
+        ["id", "phoneNumber", "phoneType", "smsSignInState"],
+    );
+    csdl.assert_all(
+        "microsoftAuthenticatorAuthenticationMethod",
+        ["id", "displayName", "createdDateTime"],
+    );
+    csdl.assert_all("emailAuthenticationMethod", ["id", "emailAddress"]);
+    for (kind, _) in users::METHOD_SEGMENTS {
+        let ty = format!("{kind}AuthenticationMethod");
+        assert!(csdl.types.contains_key(&ty), "{ty} is not a Graph type");
+        assert!(
+            csdl.props("authentication")
+                .contains(&format!("{kind}Methods")),
+            "authentication has no {kind}Methods"
+        );
+    }
+
+    // Action parameters the sandbox accepts.
+    assert_eq!(
+        csdl.action_params("assignLicense", "user"),
+        ["addLicenses", "removeLicenses"]
+            .into_iter()
+            .map(str::to_owned)
+            .collect()
+    );
+    let wipe = csdl.action_params("wipe", "managedDevice");
+    for p in [
+        "keepEnrollmentData",
+        "keepUserData",
+        "macOsUnlockCode",
+        "persistEsimDataPlan",
+    ] {
+        assert!(wipe.contains(p), "wipe has no parameter {p}");
+    }
+    assert!(csdl.action_params("retire", "managedDevice").is_empty());
+    assert!(
+        csdl.action_params("revokeSignInSessions", "user")
+            .is_empty()
+    );
+    assert_eq!(
+        csdl.action_params("restore", "directoryObject"),
+        users::RESTORE_PARAMS
+            .iter()
+            .map(|p| (*p).to_owned())
+            .collect()
+    );
+}
+
+#[test]
+fn the_checker_catches_invented_names() {
+    let csdl = Csdl::load();
+    let caught = std::panic::catch_unwind(|| csdl.assert_all("user", ["favouriteColour"]));
+    assert!(caught.is_err());
+}
