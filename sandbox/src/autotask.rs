@@ -807,6 +807,14 @@ pub(crate) async fn webhook_loop(shared: Weak<crate::Shared>) {
                     tokio::time::sleep(std::time::Duration::from_millis(100 * u64::from(attempt)))
                         .await;
                 }
+                if outcome.0.is_none_or(|c| !(200..300).contains(&c)) {
+                    tracing::warn!(
+                        url = %target.url,
+                        status = outcome.0,
+                        error = outcome.1.as_deref(),
+                        "autotask webhook delivery failed"
+                    );
+                }
                 let (mut st, _) = s.lock();
                 if st.epoch == epoch {
                     if let Some(d) = st

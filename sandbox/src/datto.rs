@@ -1080,5 +1080,12 @@ async fn post_callback(
         }
         tokio::time::sleep(std::time::Duration::from_millis(100 * u64::from(attempt))).await;
     }
+    tracing::warn!(
+        job = %run.job_uid,
+        url,
+        status = out.status,
+        error = out.error.as_deref(),
+        "runner callback was not accepted"
+    );
     out
 }

@@ -28,6 +28,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .nest("/admin", crate::admin::router())
         .fallback(root_fallback)
         .layer(middleware::from_fn_with_state(shared.clone(), fault_layer))
+        .layer(middleware::from_fn(catch_panic))
         .layer(middleware::from_fn(request_context))
         .with_state(shared)
 }
@@ -121,6 +122,24 @@ async fn request_context(req: Request, next: Next) -> Response {
         resp.headers_mut().insert("client-request-id", v);
     }
     resp
+}
+
+/// A bug in a handler must not drop the connection: answer 500 in the service's envelope and
+/// log it once. (The state mutex recovers from poisoning in `Shared::lock`.)
+async fn catch_panic(req: Request, next: Next) -> Response {
+    use futures::FutureExt as _;
+    let service = Service::of(req.uri().path());
+    let path = req.uri().path().to_owned();
+    match std::panic::AssertUnwindSafe(next.run(req))
+        .catch_unwind()
+        .await
+    {
+        Ok(resp) => resp,
+        Err(_) => {
+            tracing::error!(%path, "sandbox handler panicked");
+            fault_response(service, 500, None, None)
+        }
+    }
 }
 
 async fn fault_layer(State(shared): State<AppState>, req: Request, next: Next) -> Response {

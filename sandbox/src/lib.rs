@@ -44,7 +44,7 @@ mod world;
 pub use fixture::Error as FixtureError;
 
 /// How to build a sandbox.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Options {
     /// YAML fixture to load; `None` loads the built-in `fixtures/msp.yaml`.
     pub fixture: Option<PathBuf>,
@@ -54,6 +54,20 @@ pub struct Options {
     pub webhook_url: Option<String>,
     /// The webhook's secret key, used for `X-Hook-Signature`.
     pub webhook_secret: Option<String>,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("fixture", &self.fixture)
+            .field("seed", &self.seed)
+            .field("webhook_url", &self.webhook_url)
+            .field(
+                "webhook_secret",
+                &self.webhook_secret.as_ref().map(|_| secret::REDACTED),
+            )
+            .finish()
+    }
 }
 
 impl Default for Options {
@@ -92,14 +106,22 @@ pub struct Sandbox {
     shared: Arc<Shared>,
 }
 
-#[derive(Debug)]
 pub(crate) struct WebhookTarget {
     pub(crate) url: String,
     pub(crate) secret: String,
 }
 
-/// What every handler and background task shares.
-#[derive(Debug)]
+impl std::fmt::Debug for WebhookTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookTarget")
+            .field("url", &self.url)
+            .field("secret", &secret::REDACTED)
+            .finish()
+    }
+}
+
+/// What every handler and background task shares. `Debug` leaves out the fixture and the state,
+/// which hold credentials.
 pub(crate) struct Shared {
     pub(crate) seed: u64,
     pub(crate) fixture: fixture::Fixture,
@@ -113,6 +135,17 @@ pub(crate) struct Shared {
     pub(crate) webhooks_changed: tokio::sync::Notify,
     workers_started: AtomicBool,
     pub(crate) closed: AtomicBool,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("seed", &self.seed)
+            .field("companies", &self.fixture.companies.len())
+            .field("clock_offset_seconds", &self.clock.offset_seconds())
+            .field("webhook", &self.webhook)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Everything `POST /admin/reset` puts back.
@@ -215,6 +248,12 @@ impl Sandbox {
             .map_err(Error::Client)?;
         let clock = clock::Clock::default();
         let state = State::new(opts.seed, &fixture, clock.now(), 0);
+        tracing::info!(
+            companies = fixture.companies.len(),
+            seed = opts.seed,
+            webhook = webhook.as_ref().map(|w| w.url.as_str()),
+            "sandbox world loaded"
+        );
         Ok(Self {
             shared: Arc::new(Shared {
                 seed: opts.seed,

@@ -271,3 +271,37 @@ fn independent_escaper_matches_the_documented_examples() {
     assert_eq!(escaped(r#"{"a":"é"}"#), r#"{"a":"\u00E9"}"#);
     assert_eq!(escaped(r#"{"n":1,"b":true}"#), r#"{"n":1,"b":true}"#);
 }
+
+#[tokio::test]
+async fn fixture_tickets_can_fire_on_start() -> Result<()> {
+    let host = Host::start().await?;
+    let f = fixture_variant(|t| {
+        t.replace(
+            "sub_issue_type: 150",
+            "sub_issue_type: 150\n      emit_on_start: true",
+        )
+    })?;
+    let _sb = sandbox_with(Options {
+        fixture: Some(f.path().to_owned()),
+        webhook_url: Some(format!("{}/webhooks/autotask", host.base)),
+        webhook_secret: Some("s3cret".to_owned()),
+        ..Options::default()
+    })
+    .await?;
+    let got = host
+        .host
+        .wait("/webhooks/autotask", Duration::from_secs(10))
+        .await?;
+    assert!(verify(
+        "s3cret",
+        &got.body,
+        got.signature.as_deref().unwrap()
+    ));
+    let p: Value = serde_json::from_slice(&got.body)?;
+    assert_eq!(
+        (p["Action"].as_str(), p["Id"].as_i64()),
+        (Some("Create"), Some(1001))
+    );
+    assert_eq!(p["Fields"]["subIssueType"], 150);
+    Ok(())
+}
