@@ -265,14 +265,12 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
+        let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            let _ = ctrl_c.await;
+            return;
+        };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -308,7 +306,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Schema { dir } => {
-            for (name, text) in steward_schemas_json() {
+            for (name, text) in steward_schemas::json_schemas() {
                 let path = dir.join(name);
                 std::fs::write(&path, text)
                     .with_context(|| format!("cannot write {}", path.display()))?;
@@ -439,17 +437,6 @@ fn who() -> String {
     std::env::var("USER")
         .map(|u| format!("cli:{u}"))
         .unwrap_or_else(|_| "cli".to_owned())
-}
-
-fn steward_schemas_json() -> Vec<(&'static str, String)> {
-    let workflow = schemars::schema_for!(steward_schemas::WorkflowDef);
-    vec![(
-        "workflow.schema.json",
-        format!(
-            "{}\n",
-            serde_json::to_string_pretty(&workflow).expect("a schema serialises")
-        ),
-    )]
 }
 
 fn validate(files: &[PathBuf]) -> Result<ExitCode> {

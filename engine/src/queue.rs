@@ -317,7 +317,9 @@ async fn read_new(shared: Arc<Shared>) {
                 continue;
             };
             for entry in stream.ids {
-                let Ok(permit) = shared.permits.clone().acquire_owned().await else { return };
+                let Ok(permit) = shared.permits.clone().acquire_owned().await else {
+                    return;
+                };
                 deliver(&shared, shard, &entry.id, &entry.map, 1, permit).await;
             }
         }

@@ -190,7 +190,7 @@ struct RevokeEntry {
 
 enum Reply {
     Ok { version: u64, revoked: Vec<JobRef> },
-    Conflict(Option<RunSnapshot>),
+    Conflict(Option<Box<RunSnapshot>>),
     StaleTimer,
 }
 
@@ -453,7 +453,7 @@ impl Store {
                     ))
                     .await;
                 }
-                Reply::Conflict(Some(current)) => snap = current,
+                Reply::Conflict(Some(current)) => snap = *current,
                 Reply::Conflict(None) => {
                     self.ack_only(run, ack, timer).await?;
                     return Err(Error::NoSuchRun(run));
@@ -611,10 +611,10 @@ impl Store {
             Some("conflict") => {
                 let version: u64 = reply.get(1).and_then(|v| v.parse().ok()).unwrap_or(0);
                 match reply.get(2).filter(|d| !d.is_empty()) {
-                    Some(d) => Ok(Reply::Conflict(Some(RunSnapshot {
+                    Some(d) => Ok(Reply::Conflict(Some(Box::new(RunSnapshot {
                         version,
                         doc: parse_doc(d)?,
-                    }))),
+                    })))),
                     None => Ok(Reply::Conflict(None)),
                 }
             }

@@ -22,6 +22,29 @@ pub use run::{
     RunState, RunStatus, SkipReason, StepRecord, StepState, WorkflowRef,
 };
 pub use time::{Dur, Timestamp};
+
+/// The JSON Schemas generated from these types, as (file name, pretty JSON) pairs; checked in
+/// under `schemas/json/` and compared with a fresh generation by a test.
+pub fn json_schemas() -> Vec<(&'static str, String)> {
+    let pretty = |schema: schemars::Schema| {
+        format!(
+            "{}\n",
+            serde_json::to_string_pretty(&schema).expect("a schema serialises")
+        )
+    };
+    vec![
+        (
+            "workflow.schema.json",
+            pretty(schemars::schema_for!(WorkflowDef)),
+        ),
+        ("run.schema.json", pretty(schemars::schema_for!(RunDoc))),
+        ("event.schema.json", pretty(schemars::schema_for!(Event))),
+        (
+            "history-entry.schema.json",
+            pretty(schemars::schema_for!(HistoryEntry)),
+        ),
+    ]
+}
 pub use workflow::{
     Backoff, InputDef, InputType, OnFailure, RetrySpec, StepDef, StepDefaults, WorkflowDef,
 };

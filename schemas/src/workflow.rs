@@ -19,6 +19,7 @@ use crate::time::Dur;
 #[schemars(title = "Steward workflow")]
 pub struct WorkflowDef {
     /// The workflow's name, e.g. `onboarding`: lowercase letters, digits, `_` and `-`.
+    #[schemars(regex(pattern = r"^[a-z][a-z0-9_-]{0,63}$"))]
     pub name: String,
     /// The definition's version; runs pin the exact content by hash as well.
     #[serde(default = "one")]
@@ -134,6 +135,7 @@ pub struct StepDefaults {
 #[serde(deny_unknown_fields)]
 pub struct StepDef {
     /// The step's id, unique in the workflow: lowercase letters, digits and `_`.
+    #[schemars(regex(pattern = r"^[a-z][a-z0-9_]{0,63}$"))]
     pub id: String,
     /// The op the step runs, e.g. `user.create` (see `steward ops`).
     pub op: String,

@@ -725,7 +725,7 @@ fn suggest(name: &str, known: &[&str]) -> String {
     known
         .iter()
         .map(|k| (edit_distance(name, k), *k))
-        .filter(|(d, k)| *d <= 2.max(k.len() / 4))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 4) || (name.len() >= 3 && k.starts_with(name)))
         .min()
         .map(|(_, k)| format!("; did you mean `{k}`?"))
         .unwrap_or_default()
@@ -745,16 +745,27 @@ fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
-/// The line of `id: <step>` in the YAML text, 1-based.
+/// The line of `id: <step>` in the YAML text, 1-based (block or flow style).
 fn line_of_step(source: &str, step: &str) -> Option<usize> {
+    let is_step = |value: &str| {
+        let v = value.trim_start();
+        let end = v.find([',', '}', '#']).unwrap_or(v.len());
+        v[..end].trim().trim_matches(|c| c == '"' || c == '\'') == step
+    };
     source
         .lines()
         .position(|line| {
-            let t = line.trim_start().trim_start_matches('-').trim_start();
-            t.strip_prefix("id:").is_some_and(|rest| {
-                let v = rest.split('#').next().unwrap_or("").trim();
-                v.trim_matches(|c| c == '"' || c == '\'') == step
-            })
+            let mut rest = line;
+            while let Some(i) = rest.find("id:") {
+                let before = rest[..i].trim_end();
+                if (before.is_empty() || before.ends_with(['-', '{', ',']))
+                    && is_step(&rest[i + 3..])
+                {
+                    return true;
+                }
+                rest = &rest[i + 3..];
+            }
+            false
         })
         .map(|i| i + 1)
 }
@@ -876,6 +887,13 @@ steps:
         );
         let err = problems("name: w\nsteps:\n  - id: a\n    op: noop\n    needs: [a]\n");
         assert!(err.contains("needs itself"), "{err}");
+        let err = problems(
+            "name: w\nsteps:\n  - {id: a, op: noop}\n  - {op: noop, id: 'b', needs: [x]}\n",
+        );
+        assert!(
+            err.contains("workflows/test.yaml:4: step `b`"),
+            "flow style gets its line too: {err}"
+        );
     }
 
     #[test]

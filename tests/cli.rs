@@ -1,0 +1,229 @@
+//! The `steward` command as a technician uses it.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use anyhow::Result;
+use steward_engine::embedded::Persistence;
+use steward_tests::{Env, Proc};
+
+const BIN: &str = env!("CARGO_BIN_EXE_steward");
+
+fn steward(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().expect("steward runs")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn shipped_workflows_validate_and_point_editors_at_the_schema() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(root.join("workflows")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let head = std::fs::read_to_string(&path).unwrap();
+            let comment = head.lines().next().unwrap_or_default();
+            assert_eq!(
+                comment,
+                "# yaml-language-server: $schema=../schemas/json/workflow.schema.json",
+                "{} must start with the schema comment",
+                path.display()
+            );
+            files.push(path.display().to_string());
+        }
+    }
+    assert!(!files.is_empty());
+    let refs: Vec<&str> = std::iter::once("validate")
+        .chain(files.iter().map(String::as_str))
+        .collect();
+    let out = steward(&refs);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn validate_names_the_file_the_step_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "cycle.yaml",
+            "name: c\nsteps:\n  - {id: a, op: noop, needs: [b]}\n  - {id: b, op: noop, needs: [a]}\n",
+            "a cycle: ",
+        ),
+        (
+            "need.yaml",
+            "name: n\nsteps:\n  - id: a\n    op: noop\n    needs: [nope]\n",
+            "cycle.yaml",
+        ),
+        (
+            "op.yaml",
+            "name: o\nsteps:\n  - id: a\n    op: ledgr\n",
+            "unknown op `ledgr`; did you mean `ledger`?",
+        ),
+        (
+            "ref.yaml",
+            "name: r\nsteps:\n  - id: a\n    op: ledger\n    with: {key: \"${{ inputs.who }}\"}\n",
+            "refers to an input the workflow does not declare",
+        ),
+        (
+            "dup.yaml",
+            "name: d\nsteps:\n  - {id: a, op: noop}\n  - {id: a, op: noop}\n",
+            "duplicate id",
+        ),
+        (
+            "dur.yaml",
+            "name: t\nsteps:\n  - id: a\n    op: noop\n    timeout: 10 minutes\n",
+            "is not a duration",
+        ),
+        (
+            "out.yaml",
+            "name: o\nsteps:\n  - {id: a, op: sleep, with: {ms: 1}}\n  - {id: b, op: noop, needs: [a], with: {output: \"${{ steps.a.output.slept }}\"}}\n",
+            "has no output `slept`; did you mean `slept_ms`?",
+        ),
+    ];
+    let mut paths = Vec::new();
+    for (name, yaml, _) in &cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, yaml).unwrap();
+        paths.push(path.display().to_string());
+    }
+    for ((name, _, expect), path) in cases.iter().zip(&paths) {
+        let out = steward(&["validate", path]);
+        assert!(!out.status.success(), "{name} passed");
+        let t = text(&out);
+        let expect = if *name == "need.yaml" {
+            "unknown step `nope`"
+        } else {
+            expect
+        };
+        assert!(t.contains(expect), "{name}: {t}");
+        assert!(t.contains(name) && t.contains("fix:"), "{name}: {t}");
+    }
+    let out = steward(&["validate", &paths[2], "workflows/demo.yaml"]);
+    assert!(
+        text(&out).contains("1 of 2 files have problems"),
+        "{}",
+        text(&out)
+    );
+    let out = steward(&["validate", "/no/such/file.yaml"]);
+    assert!(
+        !out.status.success() && text(&out).contains("cannot read"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_wait_and_status_work_against_a_worker_process() -> Result<()> {
+    let env = Env::start(Persistence::None).await?;
+    let dir = tempfile::tempdir()?;
+    let mut args = env.cli_args();
+    args.extend(["worker", "--with-scheduler"].map(str::to_owned));
+    let worker = Proc::spawn(Path::new(BIN), dir.path(), "worker", &args)?;
+    let common = env.cli_args();
+    let common: Vec<&str> = common.iter().map(String::as_str).collect();
+
+    let owned = |extra: &[&str]| -> Vec<String> {
+        common
+            .iter()
+            .chain(extra)
+            .map(|s| (*s).to_owned())
+            .collect()
+    };
+    let run_args = owned(&[
+        "run",
+        "workflows/demo.yaml",
+        "--company",
+        "contoso",
+        "--input",
+        "user=jane",
+        "--wait",
+    ]);
+    let out =
+        tokio::task::spawn_blocking(move || Command::new(BIN).args(&run_args).output()).await??;
+    let t = text(&out);
+    assert!(out.status.success(), "{t}\n{}", worker.log_text());
+    assert!(
+        t.contains("status:  completed") && t.contains("timeline:"),
+        "{t}"
+    );
+    let run = t
+        .lines()
+        .find_map(|l| l.strip_prefix("run "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+
+    let mut status_args = common.clone();
+    status_args.extend(["status", &run, "--json"]);
+    let out = steward(&status_args);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(json["run"]["state"]["status"]["status"], "completed");
+    assert!(json["history"].as_array().is_some_and(|h| h.len() > 5));
+
+    // A failing run exits non-zero; a bad input is refused with its name.
+    let fail_args = owned(&[
+        "run",
+        "workflows/demo.yaml",
+        "--company",
+        "contoso",
+        "--input",
+        "user=x",
+        "--input",
+        "fail_at_end=true",
+        "--wait",
+    ]);
+    let out =
+        tokio::task::spawn_blocking(move || Command::new(BIN).args(&fail_args).output()).await??;
+    assert!(!out.status.success());
+    assert!(text(&out).contains("rolled back"), "{}", text(&out));
+    let mut bad = common.clone();
+    bad.extend([
+        "run",
+        "workflows/demo.yaml",
+        "--company",
+        "contoso",
+        "--input",
+        "usr=x",
+    ]);
+    let out = steward(&bad);
+    assert!(!out.status.success());
+    let t = text(&out);
+    assert!(
+        t.contains("input `usr`: workflow `demo` has no such input")
+            && t.contains("input `user`: is required"),
+        "{t}"
+    );
+    let mut bad_company = common;
+    bad_company.extend([
+        "run",
+        "workflows/demo.yaml",
+        "--company",
+        "Contoso Ltd",
+        "--input",
+        "user=x",
+    ]);
+    assert!(
+        text(&steward(&bad_company)).contains("--company: `Contoso Ltd` is not a valid company id")
+    );
+    drop(worker);
+    Ok(())
+}
+
+#[test]
+fn the_demo_runs() {
+    let out = steward(&["demo"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("status:  completed"), "{t}");
+    assert!(
+        t.contains("rolled back") && t.contains("NOT undone (irreversible): reset_password"),
+        "{t}"
+    );
+}
