@@ -240,6 +240,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_shipped_example_config_is_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/steward.toml");
+        assert_eq!(
+            Config::load(Some(&path), Vec::new()).unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
     fn layers_apply_in_order_and_errors_name_the_source() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("steward.toml");
