@@ -290,9 +290,12 @@ async fn create_ticket(State(shared): State<AppState>, bytes: Bytes) -> AdminRes
 
 async fn update_ticket(
     State(shared): State<AppState>,
-    Path(id): Path<i64>,
+    Path(id): Path<String>,
     bytes: Bytes,
 ) -> AdminResult {
+    let id: i64 = id
+        .parse()
+        .map_err(|_| AdminError::bad(format!("ticket id '{id}' is not a number")))?;
     let input: TicketInput = body(&bytes)?;
     let ticket = {
         let (mut guard, now) = shared.lock();
