@@ -793,3 +793,54 @@ async fn offline_devices_keep_jobs_waiting() -> Result<()> {
     assert_eq!(s, 404);
     Ok(())
 }
+
+/// The same seed and the same calls give the same ids, jobs and ledger.
+async fn scripted_run(seed: u64) -> Result<Vec<Value>> {
+    let sb = sandbox_with(steward_sandbox::Options {
+        seed,
+        ..steward_sandbox::Options::default()
+    })
+    .await?;
+    let host = Host::start().await?;
+    let datto = Datto::new(&sb).await?;
+    datto
+        .run_op(
+            FAB_RUNNER,
+            &host,
+            "a",
+            "ad.new_user@1",
+            new_ad_user("det1", "det1@fabrikam.com"),
+        )
+        .await?;
+    datto
+        .run_op(FAB_RUNNER, &host, "b", "adsync.start_delta@1", json!({}))
+        .await?;
+    advance(&sb, 121).await?;
+    let g = Graph::new(&sb, FABRIKAM_TENANT).await?;
+    let (_, u) = g
+        .call("POST", "/users", Some(json!({"accountEnabled": true, "displayName": "D", "mailNickname": "d", "userPrincipalName": "d@fabrikam.com", "passwordProfile": {"password": "Sandbox!Pass123"}})))
+        .await?;
+    let synced = find_synced(&g, "det1").await?;
+    let (_, jobs) = admin(&sb, "GET", "/jobs", None).await?;
+    let mut out = vec![
+        u["id"].clone(),
+        synced[0]["id"].clone(),
+        synced[0]["onPremisesImmutableId"].clone(),
+    ];
+    for j in jobs["jobs"].as_array().unwrap() {
+        out.push(j["uid"].clone());
+        out.push(j["id"].clone());
+    }
+    for e in ledger(&sb).await? {
+        out.push(json!([e["seq"], e["action"], e["target"], e["duplicate"]]));
+    }
+    Ok(out)
+}
+
+#[tokio::test]
+async fn runs_are_deterministic_under_the_seed() -> Result<()> {
+    let a = scripted_run(11).await?;
+    assert_eq!(a, scripted_run(11).await?);
+    assert_ne!(a, scripted_run(12).await?);
+    Ok(())
+}
