@@ -107,6 +107,8 @@ pub(crate) struct Tenant {
     pub(crate) groups: Vec<Group>,
     pub(crate) managed_devices: Vec<ManagedDevice>,
     pub(crate) role_assignments: Vec<RoleAssignment>,
+    /// Long-running operations of `resetPassword` (id, user id, created).
+    pub(crate) password_operations: Vec<(String, String, DateTime<Utc>)>,
 }
 
 #[derive(Debug, Serialize)]
@@ -708,6 +710,7 @@ impl World {
             groups: Vec::new(),
             managed_devices: Vec::new(),
             role_assignments: Vec::new(),
+            password_operations: Vec::new(),
         };
         let mut exo = Exo::default();
         for u in &t.users {

@@ -917,3 +917,77 @@ async fn unknown_routes_and_methods_answer_in_graphs_envelope() -> Result<()> {
     assert!(b["error"]["code"].is_string());
     Ok(())
 }
+
+#[tokio::test]
+async fn password_reset_method_writes_back_for_synced_users() -> Result<()> {
+    let sb = sandbox().await?;
+    let pw_method = "28c10230-6103-485e-b985-444c60001490";
+    let g = Graph::new(&sb, CONTOSO_TENANT).await?;
+    let r = g
+        .http
+        .post(format!(
+            "{}/users/adele.vance@contoso.com/authentication/methods/{pw_method}/resetPassword",
+            g.base
+        ))
+        .bearer_auth(&g.token)
+        .json(&json!({"newPassword": "Res3t!Password"}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 202);
+    let location = r.headers()["location"].to_str()?.to_owned();
+    let (s, op) = g.call("GET", &location, None).await?;
+    assert_eq!((s, op["status"].as_str()), (200, Some("succeeded")));
+    let (s, _) = g
+        .call(
+            "POST",
+            &format!(
+                "/users/adele.vance@contoso.com/authentication/methods/{pw_method}/resetPassword"
+            ),
+            Some(json!({"newPassword": "weak"})),
+        )
+        .await?;
+    assert_eq!(s, 400);
+    let (s, _) = g
+        .call(
+            "POST",
+            &format!(
+                "/users/adele.vance@contoso.com/authentication/methods/{pw_method}/resetPassword"
+            ),
+            Some(json!({})),
+        )
+        .await?;
+    assert_eq!(s, 400);
+
+    let fg = Graph::new(&sb, FABRIKAM_TENANT).await?;
+    let (s, _) = fg
+        .call(
+            "POST",
+            &format!(
+                "/users/chris.kim@fabrikam.com/authentication/methods/{pw_method}/resetPassword"
+            ),
+            Some(json!({"newPassword": "Res3t!Password"})),
+        )
+        .await?;
+    assert_eq!(s, 202);
+    let entries = ledger(&sb).await?;
+    let resets: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e["action"] == "user.reset_password")
+        .collect();
+    assert_eq!(resets.len(), 2);
+    assert_eq!(resets[0]["details"]["writeback"], false);
+    assert_eq!(resets[1]["details"]["writeback"], true);
+    assert!(!serde_json::to_string(&entries)?.contains("Res3t!Password"));
+    let (_, w) = admin(&sb, "GET", "/world/fabrikam", None).await?;
+    let ckim = w["ad"]["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["sam_account_name"] == "ckim")
+        .unwrap();
+    assert_eq!(
+        ckim["password"]["value"], "[redacted]",
+        "written back to AD"
+    );
+    Ok(())
+}

@@ -239,6 +239,22 @@ fn every_graph_property_name_is_in_the_csdl() {
         assert!(wipe.contains(p), "wipe has no parameter {p}");
     }
     assert!(csdl.action_params("retire", "managedDevice").is_empty());
+    assert_eq!(
+        csdl.action_params("resetPassword", "authenticationMethod"),
+        ["newPassword".to_owned()].into_iter().collect()
+    );
+    csdl.assert_all(
+        "longRunningOperation",
+        [
+            "id",
+            "createdDateTime",
+            "lastActionDateTime",
+            "resourceLocation",
+            "status",
+            "statusDetail",
+        ],
+    );
+    assert!(csdl.props("authentication").contains("operations"));
     assert!(
         csdl.action_params("revokeSignInSessions", "user")
             .is_empty()

@@ -66,6 +66,14 @@ pub(crate) fn router() -> Router<AppState> {
             "/v1.0/users/{id}/authentication/{kind}/{method_id}",
             delete(users::delete_method),
         )
+        .route(
+            "/v1.0/users/{id}/authentication/methods/{method_id}/resetPassword",
+            post(users::reset_password),
+        )
+        .route(
+            "/v1.0/users/{id}/authentication/operations/{op_id}",
+            get(users::get_operation),
+        )
         .route("/v1.0/users/{id}/managedDevices", get(other::user_devices))
         .route(
             "/v1.0/directory/deletedItems/microsoft.graph.user",

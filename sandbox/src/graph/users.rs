@@ -4,7 +4,7 @@
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 
@@ -791,6 +791,133 @@ pub(super) async fn delete_method(
         now,
     );
     Ok(no_content())
+}
+
+/// `resetPassword` on the password method: an admin reset that, for a directory-synced user, is
+/// written back to on-prem AD (password writeback through Entra Connect). Answers 202 with the
+/// `Location` of a long-running operation, as Graph does. `newPassword` is required here (the
+/// sandbox does not generate passwords).
+pub(super) async fn reset_password(
+    State(shared): State<AppState>,
+    Path((id, method_id)): Path<(String, String)>,
+    ctx: Ctx,
+    body: Bytes,
+) -> GraphResult<Response> {
+    let (mut guard, now) = shared.lock();
+    let st = &mut *guard;
+    let caller = authenticate(st, &ctx, now)?;
+    let params = body_object(&body)?;
+    if let Some(k) = params.keys().find(|k| k.as_str() != "newPassword") {
+        return Err(GraphError::odata(format!(
+            "The parameter '{k}' in the request payload is not a valid parameter for the operation 'resetPassword'."
+        )));
+    }
+    let Some(pw) = params.get("newPassword").and_then(Value::as_str) else {
+        return Err(GraphError::invalid_value(
+            "newPassword",
+            "passwordAuthenticationMethod",
+        ));
+    };
+    let pw = pw.to_owned();
+    let op_id = st.world.new_guid("operation");
+    let c = company_mut(st, &caller)?;
+    let idx = user_index(&c.tenant, &id).ok_or_else(|| GraphError::not_found(&id))?;
+    if !method_id.eq_ignore_ascii_case(PASSWORD_METHOD_ID) {
+        return Err(GraphError::not_found(&method_id));
+    }
+    let user_id = c.tenant.users[idx].id.clone();
+    if is_privileged(&c.tenant, &user_id) {
+        return Err(GraphError::denied());
+    }
+    let secret = Secret::new(&pw);
+    let password = Password {
+        value: secret.clone(),
+        force_change_next_sign_in: true,
+        set_at: now,
+    };
+    let writeback = c.tenant.users[idx].on_prem.clone();
+    match &writeback {
+        Some(link) => {
+            if c.entra_connect.is_none() {
+                return Err(GraphError::bad_request(
+                    "Password writeback is not enabled for this tenant.",
+                ));
+            }
+            let Some(forest) = c.ad.as_mut() else {
+                return Err(GraphError::bad_request(
+                    "Password writeback is not enabled for this tenant.",
+                ));
+            };
+            let long_enough = pw.chars().count() >= forest.min_password_length;
+            if !long_enough || !password_ok(&pw) {
+                return Err(complexity_error());
+            }
+            let Some(a) = forest.users.iter_mut().find(|u| {
+                !u.deleted
+                    && u.sam_account_name
+                        .eq_ignore_ascii_case(&link.sam_account_name)
+            }) else {
+                return Err(GraphError::not_found(&id));
+            };
+            a.password = Some(password);
+        }
+        None => {
+            if !password_ok(&pw) {
+                return Err(complexity_error());
+            }
+            c.tenant.users[idx].password = Some(password);
+        }
+    }
+    c.tenant
+        .password_operations
+        .push((op_id.clone(), user_id.clone(), now));
+    let mut m = ctx.mutation(
+        "graph",
+        &caller.company,
+        "user.reset_password",
+        Some(&user_id),
+        json!({"newPassword": REDACTED, "writeback": writeback.is_some()}),
+    );
+    m.secret_fingerprint = Some(secret.fingerprint());
+    st.ledger.record(m, now);
+    let location = format!(
+        "{}/graph/v1.0/users/{user_id}/authentication/operations/{op_id}",
+        ctx.origin
+    );
+    let mut resp = StatusCode::ACCEPTED.into_response();
+    if let Ok(v) = axum::http::HeaderValue::from_str(&location) {
+        resp.headers_mut().insert("location", v);
+    }
+    Ok(resp)
+}
+
+pub(super) async fn get_operation(
+    State(shared): State<AppState>,
+    Path((id, op_id)): Path<(String, String)>,
+    ctx: Ctx,
+) -> GraphResult<Response> {
+    let (st, now) = shared.lock();
+    let caller = authenticate(&st, &ctx, now)?;
+    let c = company(&st, &caller)?;
+    let u = find_user(&c.tenant, &id).ok_or_else(|| GraphError::not_found(&id))?;
+    let (op, _, created) = c
+        .tenant
+        .password_operations
+        .iter()
+        .find(|(o, uid, _)| o.eq_ignore_ascii_case(&op_id) && *uid == u.id)
+        .ok_or_else(|| GraphError::not_found(&op_id))?;
+    Ok(json_response(
+        StatusCode::OK,
+        json!({
+            "@odata.context": format!("{}/graph/v1.0/$metadata#users('{}')/authentication/operations/$entity", ctx.origin, u.id),
+            "id": op,
+            "createdDateTime": ts(*created),
+            "lastActionDateTime": ts(*created),
+            "resourceLocation": null,
+            "status": "succeeded",
+            "statusDetail": null,
+        }),
+    ))
 }
 
 pub(super) async fn list_deleted(
