@@ -41,6 +41,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/companies/{id}/sync/start", post(start_sync))
         .route("/companies/{id}/faults", post(company_faults))
         .fallback(fallback)
+        .method_not_allowed_fallback(method_not_allowed)
 }
 
 #[derive(Debug)]
@@ -96,6 +97,15 @@ fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, AdminError> {
 
 async fn fallback() -> Response {
     AdminError::not_found("no such admin route; see the sandbox README").into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    AdminError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        code: "method_not_allowed",
+        message: "this admin route does not accept that method; see the sandbox README".to_owned(),
+    }
+    .into_response()
 }
 
 async fn health() -> AdminResult {

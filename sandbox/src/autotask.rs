@@ -70,12 +70,20 @@ pub(crate) fn router() -> Router<AppState> {
         .nest("/ATServicesRest/V1.0", api())
         .nest("/atservicesrest/V1.0", api())
         .fallback(fallback)
+        .method_not_allowed_fallback(method_not_allowed)
 }
 
 async fn fallback() -> Response {
     at_error(
         StatusCode::NOT_FOUND,
         "The requested resource does not exist.",
+    )
+}
+
+async fn method_not_allowed() -> Response {
+    at_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "The requested HTTP method is not supported for this resource.",
     )
 }
 

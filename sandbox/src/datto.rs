@@ -135,6 +135,7 @@ pub(crate) fn router() -> Router<AppState> {
         )
         .route("/api/v2/system/request_rate", get(request_rate))
         .fallback(fallback)
+        .method_not_allowed_fallback(method_not_allowed)
 }
 
 fn api_error(status: StatusCode, message: &str, path: &str) -> Response {
@@ -153,6 +154,14 @@ fn api_error(status: StatusCode, message: &str, path: &str) -> Response {
 
 async fn fallback(ctx: Ctx) -> Response {
     api_error(StatusCode::NOT_FOUND, "No handler found", &ctx.path)
+}
+
+async fn method_not_allowed(ctx: Ctx) -> Response {
+    api_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &format!("Request method '{}' is not supported", ctx.method),
+        &ctx.path,
+    )
 }
 
 pub(crate) fn fault_body(status: StatusCode) -> Value {

@@ -24,6 +24,7 @@ pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/adminapi/beta/{tenant}/InvokeCommand", post(invoke))
         .fallback(fallback)
+        .method_not_allowed_fallback(fallback)
 }
 
 async fn fallback() -> Response {

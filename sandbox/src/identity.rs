@@ -158,6 +158,7 @@ pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/{tenant}/oauth2/v2.0/token", post(token))
         .fallback(fallback)
+        .method_not_allowed_fallback(fallback)
 }
 
 async fn fallback() -> Response {
