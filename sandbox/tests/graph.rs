@@ -886,11 +886,19 @@ async fn batch_runs_inner_requests_through_the_real_routes() -> Result<()> {
     assert_eq!(s, 400);
     assert_envelope(&b, "BadRequest");
     let (s, _) = g
-        .call("POST", "/$batch", Some(json!({"requests": [{"id": "1", "method": "GET", "url": "/users"}, {"id": "1", "method": "GET", "url": "/users"}]})))
+        .call("POST", "/$batch", Some(json!({"requests": [{"id": "a1", "method": "GET", "url": "/users"}, {"id": "A1", "method": "GET", "url": "/users"}]})))
         .await?;
     assert_eq!(s, 400);
     let (s, _) = g.call("POST", "/$batch", Some(json!({"nope": []}))).await?;
     assert_eq!(s, 400);
+    let (s, b) = g
+        .call("POST", "/$batch", Some(json!({"requests": [{"id": "1", "method": "PATCH", "url": "/users/megan.bowen@contoso.com", "body": {"jobTitle": "x"}}]})))
+        .await?;
+    assert_eq!(s, 200);
+    assert_eq!(
+        b["responses"][0]["status"], 400,
+        "a body needs a Content-Type header: {b}"
+    );
 
     // A throttled inner request carries its own status and Retry-After.
     admin(&sb, "POST", "/faults", Some(json!({"method": "GET", "path": "/graph/v1.0/subscribedSkus", "sequence": [{"status": 429, "retry_after": 7}]}))).await?;

@@ -446,7 +446,7 @@ pub(super) async fn batch(
                 "Invalid batch payload format: each request needs 'id', 'method' and 'url'.",
             ));
         };
-        if seen.contains(&id) {
+        if seen.iter().any(|s: &&str| s.eq_ignore_ascii_case(id)) {
             return Err(GraphError::odata(format!(
                 "Invalid batch payload format: duplicate request id '{id}'."
             )));
@@ -497,6 +497,18 @@ pub(super) async fn batch(
                     builder = builder.header(k.as_str(), v);
                 }
             }
+        }
+        let has_body = r.get("body").is_some_and(|b| !b.is_null());
+        let has_content_type = r
+            .get("headers")
+            .and_then(Value::as_object)
+            .is_some_and(|h| h.keys().any(|k| k.eq_ignore_ascii_case("content-type")));
+        if has_body && !has_content_type {
+            // Graph's batching rules: a request with a body must say what the body is.
+            statuses.push((id.clone(), 400));
+            responses.push(json!({"id": id, "status": 400, "headers": {},
+                "body": GraphError::odata("Content-Type header must be specified in the headers of a batch request that has a body.").body()}));
+            continue;
         }
         let inner_body = match r.get("body") {
             Some(b) if !b.is_null() => Body::from(b.to_string()),
