@@ -449,6 +449,17 @@ async fn manager_groups_and_member_of() -> Result<()> {
         .collect();
     assert_eq!(names, vec!["Retail Team"]);
     assert_eq!(b["value"][0]["@odata.type"], "#microsoft.graph.group");
+    // The selection CIPP-style tooling uses to triage memberships.
+    let (s, b) = g
+        .call(
+            "GET",
+            &format!("/users/{new}/memberOf/microsoft.graph.group?$select=id,displayName,groupTypes,mailEnabled,securityEnabled,onPremisesSyncEnabled,membershipRule,assignedLicenses"),
+            None,
+        )
+        .await?;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["value"][0]["assignedLicenses"], json!([]));
+    assert!(b["@odata.context"].as_str().unwrap().contains("#groups("));
 
     let (s, _) = g
         .call(

@@ -258,6 +258,7 @@ pub(crate) const USER_READABLE: &[&str] = &[
     "employeeType",
     "givenName",
     "jobTitle",
+    "lastPasswordChangeDateTime",
     "licenseAssignmentStates",
     "mail",
     "mailNickname",
@@ -326,10 +327,12 @@ pub(crate) const USERS: odata::EntitySet = odata::EntitySet {
 
 pub(crate) const GROUP_READABLE: &[&str] = &[
     "id",
+    "assignedLicenses",
     "createdDateTime",
     "description",
     "displayName",
     "groupTypes",
+    "isAssignableToRole",
     "mail",
     "mailEnabled",
     "mailNickname",
@@ -430,6 +433,10 @@ pub(crate) fn user_json(u: &User, tenant: &Tenant) -> Map<String, Value> {
     );
     m.insert("passwordProfile".into(), Value::Null);
     m.insert(
+        "lastPasswordChangeDateTime".into(),
+        ts(u.password.as_ref().map_or(u.created_at, |p| p.set_at)),
+    );
+    m.insert(
         "signInSessionsValidFromDateTime".into(),
         ts(u.sessions_revoked_at.unwrap_or(u.created_at)),
     );
@@ -501,7 +508,10 @@ pub(crate) fn group_json(g: &Group) -> Map<String, Value> {
     let mut m = Map::new();
     m.insert("@odata.type".into(), json!("#microsoft.graph.group"));
     m.insert("id".into(), json!(g.id));
+    // Group-based licensing is not modelled: groups carry no licences.
+    m.insert("assignedLicenses".into(), json!([]));
     m.insert("createdDateTime".into(), ts(g.created_at));
+    m.insert("isAssignableToRole".into(), json!(false));
     m.insert("description".into(), json!(g.description));
     m.insert("displayName".into(), json!(g.display_name));
     m.insert("groupTypes".into(), json!(g.kind.group_types()));
