@@ -143,6 +143,9 @@ async fn catch_panic(req: Request, next: Next) -> Response {
 }
 
 async fn fault_layer(State(shared): State<AppState>, req: Request, next: Next) -> Response {
+    // The first request starts the agent and the webhook sender, so a router mounted in someone
+    // else's server (without `Sandbox::serve`) still runs jobs and sends webhooks.
+    shared.ensure_workers();
     let path = req.uri().path().to_owned();
     let service = Service::of(&path);
     if matches!(service, Service::Admin | Service::Other) {
