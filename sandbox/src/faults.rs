@@ -32,6 +32,10 @@ pub(crate) struct FaultAction {
     /// Drop the connection without a response.
     #[serde(default)]
     pub(crate) reset: bool,
+    /// Apply the request, then drop the connection: the change happened but the client never
+    /// hears about it (the case idempotent retries exist for).
+    #[serde(default)]
+    pub(crate) reset_after: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -61,7 +65,7 @@ pub(crate) enum RuleError {
     Empty,
     #[error("rate must be between 0 and 1, got {0}")]
     Rate(f64),
-    #[error("a fault step needs `pass`, `status`, `reset` or `latency_ms`")]
+    #[error("a fault step needs `pass`, `status`, `reset`, `reset_after` or `latency_ms`")]
     Step,
     #[error("status {0} is not an HTTP status code")]
     Status(u16),
@@ -82,7 +86,8 @@ impl FaultRule {
             _ => {}
         }
         for s in steps {
-            if !s.pass && s.status.is_none() && !s.reset && s.latency_ms.is_none() {
+            if !s.pass && s.status.is_none() && !s.reset && !s.reset_after && s.latency_ms.is_none()
+            {
                 return Err(RuleError::Step);
             }
             if let Some(st) = s.status {

@@ -164,6 +164,10 @@ async fn fault_layer(State(shared): State<AppState>, req: Request, next: Next) -
     if action.reset {
         return reset_response();
     }
+    if action.reset_after {
+        let _applied = next.run(req).await;
+        return reset_response();
+    }
     if let Some(status) = action.status {
         return fault_response(service, status, action.body, action.retry_after);
     }

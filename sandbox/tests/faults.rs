@@ -218,3 +218,36 @@ async fn fault_rules_are_managed_and_validated() -> Result<()> {
     assert_eq!(g.call("GET", "/users", None).await?.0, 200);
     Ok(())
 }
+
+#[tokio::test]
+async fn reset_after_applies_the_change_then_loses_the_answer() -> Result<()> {
+    let sb = sandbox().await?;
+    let g = Graph::new(&sb, CONTOSO_TENANT).await?;
+    admin(&sb, "POST", "/faults", Some(json!({"method": "POST", "path": "/graph/v1.0/users", "sequence": [{"reset_after": true}]}))).await?;
+    let body = json!({"accountEnabled": true, "displayName": "Lost Answer", "mailNickname": "lost", "userPrincipalName": "lost@contoso.com",
+                      "passwordProfile": {"password": "Sandbox!Pass123"}});
+    let first = g
+        .http
+        .post(format!("{}/users", g.base))
+        .bearer_auth(&g.token)
+        .json(&body)
+        .send()
+        .await;
+    let lost = match first {
+        Err(_) => true,
+        Ok(r) => r.bytes().await.is_err(),
+    };
+    assert!(lost, "the client must not see the answer");
+    // The user exists; a blind retry conflicts; the ledger holds one creation.
+    assert_eq!(g.call("GET", "/users/lost@contoso.com", None).await?.0, 200);
+    let (s, b) = g.call("POST", "/users", Some(body)).await?;
+    assert_eq!(s, 400);
+    assert_eq!(b["error"]["details"][0]["code"], "ObjectConflict");
+    let creates = ledger(&sb)
+        .await?
+        .into_iter()
+        .filter(|e| e["action"] == "user.create")
+        .count();
+    assert_eq!(creates, 1);
+    Ok(())
+}
