@@ -854,13 +854,10 @@ fn take_next(shared: &crate::Shared) -> Option<Ticket> {
             .flat_map(|s| s.devices.iter())
             .any(|d| d.uid == uid && d.online)
     };
-    let idx = st
-        .world
-        .datto
-        .as_ref()?
-        .jobs
-        .iter()
-        .position(|j| j.status == "active" && !j.taken && online(st, &j.device_uid))?;
+    let delay = Duration::seconds(st.world.datto.as_ref()?.job_start_delay_seconds);
+    let idx = st.world.datto.as_ref()?.jobs.iter().position(|j| {
+        j.status == "active" && !j.taken && j.created_at + delay <= now && online(st, &j.device_uid)
+    })?;
     let datto = st.world.datto.as_mut()?;
     let runner = datto
         .components

@@ -93,6 +93,10 @@ pub(crate) struct DattoFx {
     pub(crate) api_secret: String,
     #[serde(default = "default_rate_limit")]
     pub(crate) rate_limit_per_minute: u32,
+    /// How long (sandbox clock) a quick job waits before the agent picks it up; real quick jobs
+    /// can take minutes to start.
+    #[serde(default)]
+    pub(crate) job_start_delay_seconds: u64,
     #[serde(default)]
     pub(crate) components: Vec<ComponentFx>,
 }

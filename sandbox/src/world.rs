@@ -540,6 +540,7 @@ pub(crate) struct DattoAccount {
     pub(crate) api_key: String,
     pub(crate) api_secret: Secret,
     pub(crate) rate_limit_per_minute: u32,
+    pub(crate) job_start_delay_seconds: i64,
     pub(crate) components: Vec<Component>,
     pub(crate) jobs: Vec<crate::datto::Job>,
 }
@@ -617,6 +618,8 @@ impl World {
                 api_key: d.api_key.clone(),
                 api_secret: Secret::new(&d.api_secret),
                 rate_limit_per_minute: d.rate_limit_per_minute,
+                job_start_delay_seconds: i64::try_from(d.job_start_delay_seconds)
+                    .unwrap_or(i64::MAX),
                 components: d
                     .components
                     .iter()

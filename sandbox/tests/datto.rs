@@ -177,3 +177,35 @@ async fn rate_limit_then_block() -> Result<()> {
     assert_eq!(b["accountRateLimit"], 3);
     Ok(())
 }
+
+#[tokio::test]
+async fn jobs_start_after_the_configured_delay_on_the_sandbox_clock() -> Result<()> {
+    let f = fixture_variant(|t| {
+        t.replace(
+            "rate_limit_per_minute: 600",
+            "rate_limit_per_minute: 600\n  job_start_delay_seconds: 900",
+        )
+    })?;
+    let sb = sandbox_with(Options {
+        fixture: Some(f.path().to_owned()),
+        ..Options::default()
+    })
+    .await?;
+    let host = Host::start().await?;
+    let d = Datto::new(&sb).await?;
+    host.host.put_script(
+        "late",
+        script("ad.get_user@1", &json!({"identity": "bsmith"})),
+    );
+    let job = d.runner_job(FAB_RUNNER, &host, "late", None).await?;
+    let (_, j) = d.call("GET", &format!("/job/{job}"), None).await?;
+    assert_eq!(j["status"], "active");
+    advance(&sb, 899).await?;
+    let (_, j) = d.call("GET", &format!("/job/{job}"), None).await?;
+    assert_eq!(j["status"], "active");
+    assert!(host.host.all("/callbacks/late").is_empty());
+    advance(&sb, 2).await?;
+    d.wait_job(&job).await?;
+    assert_eq!(host.host.all("/callbacks/late").len(), 1);
+    Ok(())
+}
