@@ -114,7 +114,16 @@ async fn request_context(req: Request, next: Next) -> Response {
         request_id: request_id.clone(),
         client_request_id: client_request_id.clone(),
     };
-    let mut resp = REQUEST.scope(info, next.run(req)).await;
+    let span = tracing::debug_span!(
+        "sandbox.request",
+        http.method = %req.method(),
+        http.path = %req.uri().path(),
+        http.status = tracing::field::Empty,
+        request.id = %request_id,
+    );
+    let mut resp =
+        tracing::Instrument::instrument(REQUEST.scope(info, next.run(req)), span.clone()).await;
+    span.record("http.status", resp.status().as_u16());
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("request-id", v);
     }
