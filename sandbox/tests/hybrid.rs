@@ -844,3 +844,59 @@ async fn runs_are_deterministic_under_the_seed() -> Result<()> {
     assert_ne!(a, scripted_run(12).await?);
     Ok(())
 }
+
+#[tokio::test]
+async fn sync_overwrites_cloud_edits_of_a_changed_ad_user() -> Result<()> {
+    let sb = sandbox().await?;
+    let host = Host::start().await?;
+    let datto = Datto::new(&sb).await?;
+    let g = Graph::new(&sb, FABRIKAM_TENANT).await?;
+    // Blocking sign-in in the cloud works for a synced user...
+    let (s, _) = g
+        .call(
+            "PATCH",
+            "/users/bob.smith@fabrikam.com",
+            Some(json!({"accountEnabled": false})),
+        )
+        .await?;
+    assert_eq!(s, 204);
+    // ...an unrelated sync leaves it alone (Bob's AD object didn't change)...
+    datto
+        .run_op(FAB_RUNNER, &host, "s1", "adsync.start_delta@1", json!({}))
+        .await?;
+    advance(&sb, 121).await?;
+    let g = Graph::new(&sb, FABRIKAM_TENANT).await?;
+    let (_, u) = g
+        .call(
+            "GET",
+            "/users/bob.smith@fabrikam.com?$select=accountEnabled",
+            None,
+        )
+        .await?;
+    assert_eq!(u["accountEnabled"], false);
+    // ...but once the AD object changes, the next sync writes AD's `enabled` back.
+    let r = datto
+        .run_op(
+            FAB_RUNNER,
+            &host,
+            "mgr",
+            "ad.set_manager@1",
+            json!({"identity": "bsmith", "manager": "ckim"}),
+        )
+        .await?;
+    assert_eq!(r["status"], "success", "{r}");
+    datto
+        .run_op(FAB_RUNNER, &host, "s2", "adsync.start_delta@1", json!({}))
+        .await?;
+    advance(&sb, 121).await?;
+    let g = Graph::new(&sb, FABRIKAM_TENANT).await?;
+    let (_, u) = g
+        .call(
+            "GET",
+            "/users/bob.smith@fabrikam.com?$select=accountEnabled",
+            None,
+        )
+        .await?;
+    assert_eq!(u["accountEnabled"], true, "disable synced users on-prem");
+    Ok(())
+}
