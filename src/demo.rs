@@ -77,6 +77,7 @@ pub(crate) async fn run() -> Result<ExitCode> {
                 inputs,
                 requested_by: "demo".to_owned(),
                 start_at: None,
+                ticket: None,
             })
             .await?;
         println!(

@@ -133,6 +133,28 @@ enum Command {
     Bench(BenchArgs),
     /// Show what Steward does, on a private Redis: runs sample workflows and prints them.
     Demo,
+    /// Serve the sandbox: a simulated MSP world (Graph, token endpoint, Exchange Online admin API,
+    /// Datto RMM, Autotask) with fault injection and an effect ledger. See sandbox/README.md.
+    Sandbox(SandboxArgs),
+}
+
+#[derive(Args, Debug)]
+struct SandboxArgs {
+    /// Where to listen.
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    listen: String,
+    /// A YAML fixture of companies (default: the built-in sandbox/fixtures/msp.yaml).
+    #[arg(long)]
+    fixture: Option<PathBuf>,
+    /// Seeds object ids and fault injection.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Where Autotask ticket webhooks are sent.
+    #[arg(long)]
+    webhook_url: Option<String>,
+    /// The webhook secret key (signs X-Hook-Signature); also STEWARD_SANDBOX_WEBHOOK_SECRET.
+    #[arg(long, env = "STEWARD_SANDBOX_WEBHOOK_SECRET", hide_env_values = true)]
+    webhook_secret: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -315,6 +337,23 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo => demo::run().await,
+        Command::Sandbox(args) => {
+            let sandbox = steward_sandbox::Sandbox::new(steward_sandbox::Options {
+                fixture: args.fixture,
+                seed: args.seed,
+                webhook_url: args.webhook_url,
+                webhook_secret: args.webhook_secret,
+            })?;
+            let listener = tokio::net::TcpListener::bind(&args.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", args.listen))?;
+            let addr = listener.local_addr()?;
+            println!(
+                "sandbox listening on http://{addr} (/graph /login /outlook /datto /autotask /admin)"
+            );
+            sandbox.serve(listener, shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench(args) => bench_cmd(&cli.global, args).await,
         command => {
             let mut config = load_config(&cli.global)?;
@@ -425,7 +464,8 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 | Command::Ops { .. }
                 | Command::Schema { .. }
                 | Command::Demo
-                | Command::Bench(_) => {
+                | Command::Bench(_)
+                | Command::Sandbox(_) => {
                     unreachable!("handled above")
                 }
             }
@@ -511,6 +551,7 @@ async fn run_cmd(config: &Config, args: RunArgs) -> Result<ExitCode> {
             inputs,
             requested_by: args.requested_by,
             start_at: args.at,
+            ticket: None,
         })
         .await?;
     if let Some(waiter) = waiter.as_mut() {

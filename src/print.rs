@@ -11,14 +11,18 @@ use steward_workers::Registry;
 
 pub(crate) fn ops(registry: &Registry, json: bool) {
     if json {
-        let specs: Vec<_> = registry.specs().filter(|s| !s.internal).collect();
+        let specs: Vec<_> = registry
+            .specs()
+            .into_iter()
+            .filter(|s| !s.internal)
+            .collect();
         println!(
             "{}",
             serde_json::to_string_pretty(&specs).unwrap_or_default()
         );
         return;
     }
-    for spec in registry.specs().filter(|s| !s.internal) {
+    for spec in registry.specs().into_iter().filter(|s| !s.internal) {
         println!("{:<14} {}", spec.name, spec.summary);
         for input in spec.inputs {
             let req = if input.required {
@@ -82,6 +86,22 @@ pub(crate) fn status(snap: &RunSnapshot, history: &[HistoryEntry], plan: &Plan) 
         let detail = match &rec.state {
             StepState::Pending => "waiting for its needs".to_owned(),
             StepState::Ready { next } => format!("ready (attempt {})", next.attempt),
+            StepState::AwaitingApproval {
+                approvers,
+                quorum,
+                approvals,
+                expires_at,
+                stage,
+                ..
+            } => format!(
+                "{} of {quorum} approvals from {}{}{}",
+                approvals.len(),
+                approvers.join(", "),
+                if *stage > 0 { " (escalated)" } else { "" },
+                expires_at
+                    .map(|e| format!("; expires {e}"))
+                    .unwrap_or_default()
+            ),
             StepState::Queued { job, at } => {
                 if job.polls > 0 {
                     format!(

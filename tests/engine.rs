@@ -483,6 +483,7 @@ async fn scheduled_runs_start_on_time_and_secrets_stay_out() -> Result<()> {
             inputs: Default::default(),
             requested_by: "t".into(),
             start_at: Some(now.plus(Duration::from_millis(300))),
+            ticket: None,
         })
         .await?;
     let snap = env.store.load(run).await?.context("run")?;

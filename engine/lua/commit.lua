@@ -10,6 +10,7 @@
 --       5 shard ended-runs stream
 --       6 shard run index (zset: run id scored by creation time in µs)
 --       7 shard dead-letter stream
+--       8… index and inbox keys named by index in the plan (same slot)
 -- ARGV: 1 expected version ("0": the run must not exist yet)
 --       2 new document ("" for an acknowledgement only)
 --       3 the rest, as JSON: run, ack {id, step, seq}, hist [json], jobs [{step, seq, job}],
@@ -87,6 +88,23 @@ for _, r in ipairs(plan.revoke or {}) do
       table.insert(revoked, r.ref)
     end
   end
+end
+
+-- Indexes for listing runs and approvers' inboxes (extra KEYS, all in this shard's slot).
+if plan.idx_company then
+  redis.call('ZADD', KEYS[plan.idx_company], plan.idx_score, run)
+end
+if plan.idx_from then
+  redis.call('ZREM', KEYS[plan.idx_from], run)
+end
+if plan.idx_to then
+  redis.call('ZADD', KEYS[plan.idx_to], plan.idx_score, run)
+end
+for _, e in ipairs(plan.inbox_add or {}) do
+  redis.call('ZADD', KEYS[e[2]], e[1], run .. '|' .. e[3])
+end
+for _, e in ipairs(plan.inbox_rem or {}) do
+  redis.call('ZREM', KEYS[e[1]], run .. '|' .. e[2])
 end
 
 if plan.ended then

@@ -128,6 +128,7 @@ pub async fn run(store: Store, worker_db: Db, config: BenchConfig) -> Result<Ben
         inputs: Map::new(),
         requested_by: "bench".to_owned(),
         start_at: None,
+        ticket: None,
     };
 
     // Warm up: connections, script cache, allocator.

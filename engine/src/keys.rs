@@ -109,6 +109,21 @@ impl Keys {
         format!("{}:dead", self.tag(shard))
     }
 
+    /// An approver's inbox in a shard: open gates (`<run>|<step>`) by opening time (ms).
+    pub fn inbox(&self, shard: u16, approver: &str) -> String {
+        format!("{}:inbox:{}", self.tag(shard), approver.to_lowercase())
+    }
+
+    /// A shard's runs of a company, by creation time (µs).
+    pub fn runs_of_company(&self, shard: u16, company: &steward_schemas::CompanyId) -> String {
+        format!("{}:runs:company:{company}", self.tag(shard))
+    }
+
+    /// A shard's runs in a status, by creation time (µs).
+    pub fn runs_in_status(&self, shard: u16, status: &str) -> String {
+        format!("{}:runs:status:{status}", self.tag(shard))
+    }
+
     /// The seven keys of a run's transition script, in the script's order.
     pub fn commit_keys(&self, run: RunId) -> [String; 7] {
         let shard = self.shard_of(run);

@@ -17,7 +17,7 @@ use steward_core::inputs::{InputProblem, prepare_inputs};
 use steward_core::{Cx, Plan, TransitionError, initial_state, transition};
 use steward_schemas::{
     CompanyId, Effect, Event, HistoryEntry, JobRef, RunContext, RunDoc, RunId, RunState, StepId,
-    Timestamp, WorkflowDef, WorkflowRef,
+    TicketRef, Timestamp, WorkflowDef, WorkflowRef,
 };
 use tracing::{debug, trace, warn};
 
@@ -127,6 +127,8 @@ pub struct NewRun {
     pub requested_by: String,
     /// A scheduled start.
     pub start_at: Option<Timestamp>,
+    /// The PSA ticket it works on.
+    pub ticket: Option<TicketRef>,
 }
 
 /// Runs on Redis. Cheap to clone.
@@ -164,6 +166,40 @@ struct CommitPlan<'a> {
     timer: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     dead: Option<String>,
+    /// Open gates to list in approvers' inboxes: (ms, approver's inbox key index, step).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    inbox_add: Vec<(String, u32, String)>,
+    /// Gates to take out of approvers' inboxes: (approver's inbox key index, step).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    inbox_rem: Vec<(u32, String)>,
+    /// Index keys (1-based, in KEYS) of the run's company index (added on creation) and of the
+    /// status indexes it leaves and enters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idx_company: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idx_from: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idx_to: Option<u32>,
+    /// The run's creation time (µs): the score in the company and status indexes.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    idx_score: String,
+    /// Keys beyond the seven fixed ones (indexes and inboxes), passed as KEYS[8…].
+    #[serde(skip)]
+    extra_keys: Vec<String>,
+}
+
+impl CommitPlan<'_> {
+    /// The KEYS index of `key`, adding it to the extra keys if needed.
+    fn key(&mut self, key: String) -> u32 {
+        let pos = match self.extra_keys.iter().position(|k| k == &key) {
+            Some(p) => p,
+            None => {
+                self.extra_keys.push(key);
+                self.extra_keys.len() - 1
+            }
+        };
+        u32::try_from(pos).expect("fewer than 2^32 keys") + 8
+    }
 }
 
 #[derive(Serialize)]
@@ -340,6 +376,7 @@ impl Store {
             company_settings: new.company_settings,
             inputs,
             requested_by: new.requested_by,
+            ticket: new.ticket,
             created_at: now,
         };
         let state = initial_state(&new.plan, now);
@@ -352,7 +389,9 @@ impl Store {
             ctx,
             state: t.next,
         };
-        let mut plan = self.commit_plan(run_id, &event, &state, &doc.state, &t.effects, now)?;
+        let mut plan = self.commit_plan(
+            run_id, &doc.ctx, &event, &state, &doc.state, &t.effects, now,
+        )?;
         plan.created = Some(now.as_micros().to_string());
         match self.commit(run_id, 0, &doc, plan).await? {
             Reply::Ok { .. } => Ok(run_id),
@@ -423,8 +462,15 @@ impl Store {
                 ctx: snap.doc.ctx.clone(),
                 state: t.next,
             };
-            let mut plan =
-                self.commit_plan(run, event, &snap.doc.state, &doc.state, &t.effects, now)?;
+            let mut plan = self.commit_plan(
+                run,
+                &doc.ctx,
+                event,
+                &snap.doc.state,
+                &doc.state,
+                &t.effects,
+                now,
+            )?;
             plan.ack = ack.map(|a| AckRef {
                 id: &a.entry,
                 step: a.step.as_str(),
@@ -529,15 +575,18 @@ impl Store {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn commit_plan(
         &self,
         run: RunId,
+        ctx: &RunContext,
         event: &Event,
         before: &RunState,
         after: &RunState,
         effects: &[Effect],
         now: Timestamp,
     ) -> Result<CommitPlan<'static>> {
+        let shard = self.keys.shard_of(run);
         let mut plan = CommitPlan {
             run: run.to_string(),
             group: GROUP,
@@ -552,6 +601,16 @@ impl Store {
             "changes": diff(before, after),
         });
         plan.hist.push(entry.to_string());
+        let (from, to) = (before.status.name(), after.status.name());
+        if from != to {
+            plan.idx_score = ctx.created_at.as_micros().to_string();
+            if matches!(before.status, steward_schemas::RunStatus::Created) {
+                plan.idx_company = Some(plan.key(self.keys.runs_of_company(shard, &ctx.company)));
+            } else {
+                plan.idx_from = Some(plan.key(self.keys.runs_in_status(shard, from)));
+            }
+            plan.idx_to = Some(plan.key(self.keys.runs_in_status(shard, to)));
+        }
         for effect in effects {
             match effect {
                 Effect::EnqueueStep { job } => plan.jobs.push(JobEntry {
@@ -573,6 +632,23 @@ impl Store {
                     }
                 }
                 Effect::RunEnded { status } => plan.ended = Some(status.clone()),
+                Effect::IndexGate {
+                    step,
+                    approvers,
+                    since,
+                } => {
+                    for a in approvers {
+                        let k = plan.key(self.keys.inbox(shard, a));
+                        plan.inbox_add
+                            .push((since.as_millis().to_string(), k, step.to_string()));
+                    }
+                }
+                Effect::UnindexGate { step, approvers } => {
+                    for a in approvers {
+                        let k = plan.key(self.keys.inbox(shard, a));
+                        plan.inbox_rem.push((k, step.to_string()));
+                    }
+                }
             }
         }
         Ok(plan)
@@ -583,13 +659,14 @@ impl Store {
         run: RunId,
         expected: u64,
         doc: &RunDoc,
-        plan: CommitPlan<'_>,
+        mut plan: CommitPlan<'_>,
     ) -> Result<Reply> {
         let keys = self.keys.commit_keys(run);
         let doc_json = serde_json::to_string(doc).map_err(corrupt)?;
+        let extra = std::mem::take(&mut plan.extra_keys);
         let plan = serde_json::to_string(&plan).map_err(corrupt)?;
         let mut inv = self.commit.prepare_invoke();
-        for k in &keys {
+        for k in keys.iter().chain(&extra) {
             inv.key(k);
         }
         inv.arg(expected.to_string()).arg(doc_json).arg(plan);

@@ -41,6 +41,22 @@ pub enum Effect {
         /// Which jobs.
         jobs: Vec<JobRef>,
     },
+    /// List an open gate in its approvers' inboxes.
+    IndexGate {
+        /// The gate.
+        step: StepId,
+        /// Its approvers.
+        approvers: Vec<String>,
+        /// When it opened.
+        since: Timestamp,
+    },
+    /// Take a gate out of its approvers' inboxes.
+    UnindexGate {
+        /// The gate.
+        step: StepId,
+        /// Its approvers.
+        approvers: Vec<String>,
+    },
     /// The run ended; tell whoever waits for it.
     RunEnded {
         /// The final status's name.
@@ -124,6 +140,8 @@ pub enum TimerKind {
     Poll,
     /// The next attempt of a step's undo.
     UndoRetry,
+    /// A gate's expiry.
+    GateExpiry,
 }
 
 impl TimerKind {
@@ -133,6 +151,7 @@ impl TimerKind {
             Self::Retry => "retry",
             Self::Poll => "poll",
             Self::UndoRetry => "undo_retry",
+            Self::GateExpiry => "gate_expiry",
         }
     }
 }
@@ -199,6 +218,7 @@ impl FromStr for TimerKey {
             "retry" => TimerKind::Retry,
             "poll" => TimerKind::Poll,
             "undo_retry" => TimerKind::UndoRetry,
+            "gate_expiry" => TimerKind::GateExpiry,
             _ => return Err(err()),
         };
         let step = if step.is_empty() {

@@ -68,6 +68,41 @@ pub enum Event {
         /// Why.
         error: StepFailure,
     },
+    /// A gate's approvers were resolved: it is open.
+    GateOpened {
+        /// The gate.
+        step: StepId,
+        /// The job's sequence number.
+        seq: u32,
+        /// Who may decide (emails).
+        approvers: Vec<String>,
+        /// Who decides after escalation.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        escalation: Vec<String>,
+    },
+    /// An approver decided a gate.
+    ApprovalDecided {
+        /// The gate.
+        step: StepId,
+        /// Who (email).
+        by: String,
+        /// Yes or no.
+        approve: bool,
+        /// Their comment.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        comment: Option<String>,
+        /// How it came (`api`, `link`, `cli`).
+        via: String,
+    },
+    /// The company's policy refused a step when it was about to run.
+    StepBlocked {
+        /// The step.
+        step: StepId,
+        /// The job's sequence number.
+        seq: u32,
+        /// What the policy says.
+        reason: String,
+    },
     /// A durable timer fired.
     TimerFired {
         /// Which.
@@ -130,6 +165,9 @@ impl Event {
             Self::StepFailed { .. } => "step_failed",
             Self::UndoSucceeded { .. } => "undo_succeeded",
             Self::UndoFailed { .. } => "undo_failed",
+            Self::GateOpened { .. } => "gate_opened",
+            Self::ApprovalDecided { .. } => "approval_decided",
+            Self::StepBlocked { .. } => "step_blocked",
             Self::TimerFired { .. } => "timer_fired",
             Self::JobsRevoked { .. } => "jobs_revoked",
             Self::CancelRequested { .. } => "cancel_requested",
@@ -149,6 +187,7 @@ impl Event {
                 | Self::ResumeRequested { .. }
                 | Self::RetryStepRequested { .. }
                 | Self::SkipStepRequested { .. }
+                | Self::ApprovalDecided { .. }
         )
     }
 }
@@ -209,4 +248,6 @@ pub enum FailureKind {
     Poison,
     /// The op kept answering "not yet" for longer than the step's `max_wait`.
     GaveUpWaiting,
+    /// An approval gate was rejected or expired.
+    Rejected,
 }

@@ -114,6 +114,20 @@ ulid_id!(
     "run id"
 );
 
+ulid_id!(
+    /// A technician.
+    TechnicianId,
+    "tech",
+    "technician id"
+);
+
+ulid_id!(
+    /// An API token.
+    TokenId,
+    "tok",
+    "token id"
+);
+
 /// A step's id inside a workflow definition: lowercase letters, digits and `_`, starting with a
 /// letter, at most 64 characters (`create_user`).
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]

@@ -5,21 +5,27 @@
 //! The JSON Schemas in `schemas/json/` are generated from these types.
 #![warn(missing_docs)]
 
+pub mod auth;
+pub mod company;
 pub mod effect;
 pub mod event;
 pub mod id;
 pub mod op;
+pub mod policy;
 pub mod run;
 pub mod time;
 pub mod workflow;
 
+pub use auth::{CompanyScope, Role, Technician, TokenInfo};
+pub use company::{Company, CompanyDefaults, IdentityProvider, MailboxProvider, PsaLink, RmmLink};
 pub use effect::{Effect, Job, JobRef, Phase, TimerKey, TimerKind};
 pub use event::{Event, FailureKind, StepFailure};
-pub use id::{Attempt, CompanyId, RunId, StepId};
-pub use op::{OpAccess, OpField, OpSpec, Reversibility};
+pub use id::{Attempt, CompanyId, RunId, StepId, TechnicianId, TokenId};
+pub use op::{ApprovalRule, OpAccess, OpField, OpSpec, Reversibility, System};
+pub use policy::{GroupSetting, Level, PermissionGroup, Permissions, Profile};
 pub use run::{
-    CompState, Dispatch, HistoryEntry, PauseReason, Rollback, RollbackCause, RunContext, RunDoc,
-    RunState, RunStatus, SkipReason, StepRecord, StepState, WorkflowRef,
+    CompState, Decision, Dispatch, HistoryEntry, PauseReason, Rollback, RollbackCause, RunContext,
+    RunDoc, RunState, RunStatus, SkipReason, StepRecord, StepState, TicketRef, WorkflowRef,
 };
 pub use time::{Dur, Timestamp};
 
@@ -38,6 +44,10 @@ pub fn json_schemas() -> Vec<(&'static str, String)> {
             pretty(schemars::schema_for!(WorkflowDef)),
         ),
         ("run.schema.json", pretty(schemars::schema_for!(RunDoc))),
+        (
+            "company.schema.json",
+            pretty(schemars::schema_for!(Company)),
+        ),
         ("event.schema.json", pretty(schemars::schema_for!(Event))),
         (
             "history-entry.schema.json",
@@ -46,5 +56,6 @@ pub fn json_schemas() -> Vec<(&'static str, String)> {
     ]
 }
 pub use workflow::{
-    Backoff, InputDef, InputType, OnFailure, RetrySpec, StepDef, StepDefaults, WorkflowDef,
+    ApproverSource, Approvers, Backoff, GateSpec, InputDef, InputType, OnExpiry, OnFailure,
+    RetrySpec, StepDef, StepDefaults, WorkflowDef,
 };

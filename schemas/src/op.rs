@@ -2,6 +2,8 @@
 
 use serde::Serialize;
 
+use crate::policy::PermissionGroup;
+
 /// A registry entry: what an op takes and gives, and how its changes are undone.
 #[derive(Debug, Clone, Serialize)]
 pub struct OpSpec {
@@ -11,6 +13,12 @@ pub struct OpSpec {
     pub summary: &'static str,
     /// Whether it reads or writes.
     pub access: OpAccess,
+    /// The permission group a company's policy allows it by.
+    pub group: PermissionGroup,
+    /// Whether it needs approval whatever the policy says, or is never allowed.
+    pub approval: ApprovalRule,
+    /// The system it acts on (resolved to a host per company when a run is planned).
+    pub system: System,
     /// How a succeeded run of it is undone.
     pub reversibility: Reversibility,
     /// Its inputs (`with:` keys).
@@ -85,4 +93,39 @@ pub enum Reversibility {
     Reversible,
     /// The change cannot be undone (a password reset, a device wipe); rollback lists it.
     Irreversible,
+}
+
+/// Whether an op needs approval whatever the policy says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalRule {
+    /// As the company's policy for the op's group says.
+    Policy,
+    /// Always: deleting users, wiping devices, assigning directory roles, destructive
+    /// Conditional Access changes.
+    Always,
+    /// Never allowed, by any policy: deleting a domain, deleting a device.
+    Blocked,
+}
+
+/// The system an op acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum System {
+    /// The company's user directory: Entra ID, Active Directory, or both, by identity provider.
+    Directory,
+    /// The company's mail system: Exchange Online or Exchange Server, by mailbox provider.
+    Mail,
+    /// Entra ID through Microsoft Graph (licenses, roles, Conditional Access, apps, MFA).
+    EntraId,
+    /// Intune through Microsoft Graph.
+    Intune,
+    /// Active Directory, through the AD runner.
+    ActiveDirectory,
+    /// Exchange Server, through its runner or on the server.
+    ExchangeServer,
+    /// The Entra Connect server.
+    EntraConnect,
+    /// Nothing outside Steward (test ops).
+    Steward,
 }

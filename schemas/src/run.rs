@@ -43,8 +43,26 @@ pub struct RunContext {
     pub inputs: Map<String, Value>,
     /// Who or what started the run (a technician, a ticket, a schedule).
     pub requested_by: String,
+    /// The PSA ticket the run works on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<TicketRef>,
     /// When the run was created.
     pub created_at: Timestamp,
+}
+
+/// A PSA ticket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TicketRef {
+    /// The PSA (`autotask`, `connectwise`, `halopsa`).
+    pub psa: String,
+    /// The ticket's id or number.
+    pub id: String,
+    /// Its title.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub title: String,
+    /// A link to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 /// A workflow definition pinned by content hash.
@@ -188,6 +206,13 @@ pub enum PauseReason {
         /// The step.
         step: StepId,
     },
+    /// The company's policy no longer allows a step that was about to run.
+    PolicyBlocked {
+        /// The step.
+        step: StepId,
+        /// What the policy says.
+        reason: String,
+    },
 }
 
 /// Why a run is being rolled back.
@@ -205,6 +230,16 @@ pub enum RollbackCause {
     Cancelled {
         /// Who.
         by: String,
+    },
+    /// An approval gate was rejected, or expired without a decision.
+    Rejected {
+        /// The gate.
+        step: StepId,
+        /// Who rejected it (`expiry` when nobody decided in time).
+        by: String,
+        /// Their comment.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        comment: Option<String>,
     },
 }
 
@@ -282,6 +317,26 @@ pub enum StepState {
         /// What will be dispatched.
         next: Dispatch,
     },
+    /// An approval gate, open: waiting for its approvers.
+    AwaitingApproval {
+        /// When it opened (or was escalated).
+        since: Timestamp,
+        /// 0: the first approvers; 1: after escalation.
+        stage: u8,
+        /// Who may decide now (emails).
+        approvers: Vec<String>,
+        /// Who decides after escalation.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        escalation: Vec<String>,
+        /// How many different approvers must say yes.
+        quorum: u32,
+        /// When it expires.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at: Option<Timestamp>,
+        /// The yes votes so far.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        approvals: Vec<Decision>,
+    },
     /// A job for it is in the step queue or running on a worker.
     Queued {
         /// What was dispatched.
@@ -349,6 +404,7 @@ impl StepState {
         match self {
             Self::Pending => "pending",
             Self::Ready { .. } => "ready",
+            Self::AwaitingApproval { .. } => "awaiting_approval",
             Self::Queued { .. } => "queued",
             Self::Polling { .. } => "polling",
             Self::Retrying { .. } => "retrying",
@@ -369,6 +425,20 @@ impl StepState {
                 | Self::Cancelled { .. }
         )
     }
+}
+
+/// An approver's decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Decision {
+    /// Who (email).
+    pub by: String,
+    /// When.
+    pub at: Timestamp,
+    /// Their comment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    /// How it came (`api`, `link`, `cli`).
+    pub via: String,
 }
 
 /// Why a step was skipped.

@@ -137,8 +137,13 @@ pub struct StepDef {
     /// The step's id, unique in the workflow: lowercase letters, digits and `_`.
     #[schemars(regex(pattern = r"^[a-z][a-z0-9_]{0,63}$"))]
     pub id: String,
-    /// The op the step runs, e.g. `user.create` (see `steward ops`).
-    pub op: String,
+    /// The op the step runs, e.g. `user.create` (see `steward ops`). A gate step has `gate:`
+    /// instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub op: Option<String>,
+    /// Makes the step an approval gate: the steps that need it wait for the approvers' yes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<GateSpec>,
     /// What the step does, for technicians and approvers.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
@@ -171,6 +176,75 @@ pub struct StepDef {
     /// How long the op may keep answering "not yet" before the step fails.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_wait: Option<Dur>,
+}
+
+/// An approval gate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GateSpec {
+    /// Who decides: `company` (the company's approvers when the gate opens) or a list of
+    /// technicians' emails.
+    #[serde(default)]
+    pub approvers: Approvers,
+    /// How many different approvers must say yes.
+    #[serde(default = "one")]
+    pub quorum: u32,
+    /// How long the gate waits for a decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<Dur>,
+    /// What happens when it expires.
+    #[serde(default)]
+    pub on_expiry: OnExpiry,
+    /// Who decides once it has been escalated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalate_to: Option<Approvers>,
+    /// How long the escalated gate waits (default: `expires_in`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalate_expires_in: Option<Dur>,
+    /// What approvers are asked, in a sentence.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+/// Who decides a gate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Approvers {
+    /// `company`: the company's approvers, as they are when the gate opens.
+    Source(ApproverSource),
+    /// These technicians (emails).
+    List(Vec<String>),
+}
+
+impl Approvers {
+    /// The company's approvers.
+    pub const COMPANY: Self = Self::Source(ApproverSource::Company);
+}
+
+impl Default for Approvers {
+    fn default() -> Self {
+        Self::COMPANY
+    }
+}
+
+/// A named source of approvers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ApproverSource {
+    /// The company's approvers.
+    #[default]
+    Company,
+}
+
+/// What an expired gate does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnExpiry {
+    /// Counts as a rejection: the run rolls back.
+    #[default]
+    Reject,
+    /// Hands the gate to `escalate_to` with a new expiry; if that expires too, it is rejected.
+    Escalate,
 }
 
 /// How failed attempts are retried.

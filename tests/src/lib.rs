@@ -144,6 +144,7 @@ impl Env {
                 inputs: inputs.as_object().cloned().unwrap_or_default(),
                 requested_by: "test".to_owned(),
                 start_at: None,
+                ticket: None,
             })
             .await?)
     }

@@ -5,6 +5,7 @@
 //! reporting), so an op checks before it acts, or acts in a way that is naturally idempotent
 //! ("ensure member of group"), keyed by [`OpContext::idempotency_key`].
 
+pub mod catalog;
 pub mod op;
 pub mod registry;
 pub mod testing;

@@ -8,15 +8,20 @@ use steward_schemas::OpSpec;
 
 use crate::op::Op;
 
-/// Ops by name.
+/// Ops by name: the catalog of every op Steward knows (for validation and policy), and the
+/// implementations this process can run.
 #[derive(Clone, Default)]
 pub struct Registry {
     ops: BTreeMap<&'static str, Arc<dyn Op>>,
+    catalog: BTreeMap<&'static str, &'static OpSpec>,
 }
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.ops.keys()).finish()
+        f.debug_struct("Registry")
+            .field("implemented", &self.ops.keys().collect::<Vec<_>>())
+            .field("catalogued", &self.catalog.len())
+            .finish()
     }
 }
 
@@ -26,14 +31,17 @@ impl Registry {
         Self::default()
     }
 
-    /// Every built-in op.
+    /// The catalog and every built-in implementation.
     pub fn builtin() -> Self {
         let mut r = Self::new();
+        for spec in crate::catalog::CATALOG {
+            r.catalog.insert(spec.name, spec);
+        }
         crate::testing::register(&mut r);
         r
     }
 
-    /// Adds an op under the name its spec gives.
+    /// Adds an implementation under the name its spec gives.
     ///
     /// # Panics
     /// When the name is taken: two ops with one name is a programming error.
@@ -43,27 +51,39 @@ impl Registry {
         assert!(previous.is_none(), "op `{name}` registered twice");
     }
 
-    /// The op called `name`.
+    /// The implementation of the op called `name`.
     pub fn get(&self, name: &str) -> Option<&Arc<dyn Op>> {
         self.ops.get(name)
     }
 
-    /// Every op's spec, by name.
-    pub fn specs(&self) -> impl Iterator<Item = &OpSpec> {
-        self.ops.values().map(|op| op.spec())
+    /// Every op's spec (implemented or only catalogued), by name.
+    pub fn specs(&self) -> Vec<&OpSpec> {
+        let mut all: BTreeMap<&str, &OpSpec> = self.catalog.iter().map(|(k, v)| (*k, *v)).collect();
+        for (name, op) in &self.ops {
+            all.insert(name, op.spec());
+        }
+        all.into_values().collect()
+    }
+
+    /// Whether this process can run `name`.
+    pub fn implements(&self, name: &str) -> bool {
+        self.ops.contains_key(name)
     }
 }
 
 impl Catalog for Registry {
     fn op(&self, name: &str) -> Option<&OpSpec> {
-        self.ops.get(name).map(|op| op.spec())
+        self.ops
+            .get(name)
+            .map(|op| op.spec())
+            .or_else(|| self.catalog.get(name).copied())
     }
 
     fn op_names(&self) -> Vec<&'static str> {
-        self.ops
-            .keys()
-            .copied()
-            .filter(|n| self.ops[n].spec().internal.eq(&false))
+        self.specs()
+            .into_iter()
+            .filter(|s| !s.internal)
+            .map(|s| s.name)
             .collect()
     }
 }

@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use steward_schemas::{OpAccess, OpField, OpSpec, Reversibility, Rollback};
+use steward_schemas::{
+    ApprovalRule, OpAccess, OpField, OpSpec, PermissionGroup, Reversibility, Rollback, System,
+};
 
 use crate::op::{BoxFuture, Op, OpContext, OpError, OpOutcome, opt_bool, opt_u64, required};
 use crate::registry::Registry;
@@ -21,6 +23,7 @@ pub fn register(r: &mut Registry) {
     r.register(LedgerUndo);
 }
 
+/// Test ops act on nothing outside Steward; for policy they count as the `users` group.
 const fn spec(
     name: &'static str,
     summary: &'static str,
@@ -33,6 +36,9 @@ const fn spec(
         name,
         summary,
         access,
+        group: PermissionGroup::Users,
+        approval: ApprovalRule::Policy,
+        system: System::Steward,
         reversibility,
         inputs,
         outputs,
@@ -368,6 +374,9 @@ static LEDGER_UNDO_SPEC: OpSpec = OpSpec {
     name: "ledger.undo",
     summary: "removes a ledger entry (the inverse of `ledger`)",
     access: OpAccess::Write,
+    group: PermissionGroup::Users,
+    approval: ApprovalRule::Policy,
+    system: System::Steward,
     reversibility: Reversibility::NotNeeded,
     inputs: &[
         OpField::required("field", "the entry to remove"),

@@ -4,12 +4,15 @@
 //! reqwest, axum or apalis.
 #![warn(missing_docs)]
 
+pub mod company;
 pub mod expr;
 pub mod history;
 pub mod inputs;
 pub mod machine;
 pub mod plan;
+pub mod policy;
 pub mod retry;
+pub mod text;
 
 pub use machine::{Cx, Transition, TransitionError, initial_state, transition};
 pub use plan::{Catalog, Plan, PlanStep, Problem, ValidationError};

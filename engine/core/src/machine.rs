@@ -10,14 +10,29 @@
 
 use serde_json::{Map, Value};
 use steward_schemas::{
-    Attempt, CompState, Dispatch, Effect, Event, FailureKind, Job, JobRef, OnFailure, PauseReason,
-    Phase, Rollback, RollbackCause, RunContext, RunState, RunStatus, SkipReason, StepFailure,
-    StepId, StepRecord, StepState, TimerKey, TimerKind, Timestamp,
+    Attempt, CompState, Decision, Dispatch, Effect, Event, FailureKind, Job, JobRef, OnExpiry,
+    OnFailure, PauseReason, Phase, Rollback, RollbackCause, RunContext, RunState, RunStatus,
+    SkipReason, StepFailure, StepId, StepRecord, StepState, TimerKey, TimerKind, Timestamp,
 };
 
 use crate::expr::{Path, Root, RunField, Scope, walk};
 use crate::plan::Plan;
 use crate::retry::jitter_sample;
+
+/// How long an escalated gate waits when neither expiry is set.
+pub const DEFAULT_GATE_EXPIRY: std::time::Duration = std::time::Duration::from_secs(72 * 3600);
+
+/// Lowercases, trims and de-duplicates emails, keeping their order.
+fn normalize_emails(list: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(list.len());
+    for e in list {
+        let e = e.trim().to_lowercase();
+        if !e.is_empty() && !out.contains(&e) {
+            out.push(e);
+        }
+    }
+    out
+}
 
 /// The longest `Retry-After` a service may impose on a step.
 pub const MAX_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(86_400);
@@ -155,6 +170,9 @@ pub fn transition(
             | Event::UndoFailed { .. }
             | Event::TimerFired { .. }
             | Event::JobsRevoked { .. }
+            | Event::GateOpened { .. }
+            | Event::StepBlocked { .. }
+            | Event::ApprovalDecided { .. }
             | Event::CancelRequested { .. }
             | Event::PauseRequested { .. }
             | Event::ResumeRequested { .. }
@@ -174,7 +192,9 @@ pub fn transition(
             | Event::UndoSucceeded { .. }
             | Event::UndoFailed { .. }
             | Event::TimerFired { .. }
-            | Event::JobsRevoked { .. },
+            | Event::JobsRevoked { .. }
+            | Event::GateOpened { .. }
+            | Event::StepBlocked { .. },
         ) => m.ignore(format!("the run has ended ({})", state.status.name())),
         (
             S::Completed { .. }
@@ -185,7 +205,8 @@ pub fn transition(
             | Event::PauseRequested { .. }
             | Event::ResumeRequested { .. }
             | Event::RetryStepRequested { .. }
-            | Event::SkipStepRequested { .. },
+            | Event::SkipStepRequested { .. }
+            | Event::ApprovalDecided { .. },
         ) => {
             return Err(TransitionError::Rejected {
                 reason: format!("the run has already ended ({})", state.status.name()),
@@ -259,6 +280,46 @@ pub fn transition(
             | S::RollingBack { .. },
             Event::JobsRevoked { jobs },
         ) => m.on_jobs_revoked(jobs)?,
+        (
+            S::Scheduled { .. }
+            | S::Running
+            | S::Paused { .. }
+            | S::Cancelling { .. }
+            | S::RollingBack { .. },
+            Event::GateOpened {
+                step,
+                seq,
+                approvers,
+                escalation,
+            },
+        ) => m.on_gate_opened(step, *seq, approvers, escalation)?,
+        (
+            S::Scheduled { .. }
+            | S::Running
+            | S::Paused { .. }
+            | S::Cancelling { .. }
+            | S::RollingBack { .. },
+            Event::StepBlocked { step, seq, reason },
+        ) => m.on_step_blocked(step, *seq, reason)?,
+        (
+            S::Running | S::Paused { .. },
+            Event::ApprovalDecided {
+                step,
+                by,
+                approve,
+                comment,
+                via,
+            },
+        ) => m.on_approval(step, by, *approve, comment.as_deref(), via)?,
+        (
+            S::Scheduled { .. } | S::Cancelling { .. } | S::RollingBack { .. },
+            Event::ApprovalDecided { .. },
+        ) => {
+            return Err(rejected(&format!(
+                "the run is {}; its gates take no more decisions",
+                state.status.name()
+            )));
+        }
 
         // Technicians' requests.
         (S::Scheduled { .. }, Event::CancelRequested { by, .. }) => {
@@ -720,6 +781,9 @@ impl Machine<'_> {
                 let d = *job;
                 self.dispatch_or_ready(i, d);
             }
+            (TimerKind::GateExpiry, StepState::AwaitingApproval { .. }, _) if running || paused => {
+                self.on_gate_expired(i);
+            }
             (TimerKind::UndoRetry, _, Some(CompState::Retrying { next, .. }))
                 if matches!(self.st.status, RunStatus::RollingBack { .. }) =>
             {
@@ -767,6 +831,342 @@ impl Machine<'_> {
         } else {
             self.ignore("no revoked job is current".to_owned());
         }
+        Ok(())
+    }
+
+    fn on_gate_opened(
+        &mut self,
+        step: &StepId,
+        seq: u32,
+        approvers: &[String],
+        escalation: &[String],
+    ) -> Result<(), TransitionError> {
+        let i = self.index(step)?;
+        let job = match self.fenced(i, seq) {
+            Ok(job) => job,
+            Err(why) => {
+                self.ignore(why);
+                return Ok(());
+            }
+        };
+        let Some(gate) = self.plan.step(i).gate.clone() else {
+            self.ignore(format!("step `{step}` is not a gate"));
+            return Ok(());
+        };
+        match &self.st.status {
+            RunStatus::Scheduled { .. } | RunStatus::Running | RunStatus::Paused { .. } => {
+                let approvers = normalize_emails(approvers);
+                let escalation = normalize_emails(escalation);
+                if (approvers.len() as u64) < u64::from(gate.quorum) {
+                    let message = if approvers.is_empty() {
+                        "nobody can approve this gate: it resolved to no approvers; add approvers to the company (or the gate), then retry this step".to_owned()
+                    } else {
+                        format!(
+                            "this gate needs {} approvals but has only {} approvers ({}); add approvers, then retry this step",
+                            gate.quorum,
+                            approvers.len(),
+                            approvers.join(", ")
+                        )
+                    };
+                    self.fail_final(i, job.attempt, StepFailure::terminal(message));
+                } else {
+                    let expires_at = gate.expires_in.map(|d| self.now.plus(d.get()));
+                    let seq = self.rec(i).seq;
+                    self.effects.push(Effect::IndexGate {
+                        step: step.clone(),
+                        approvers: approvers.clone(),
+                        since: self.now,
+                    });
+                    if let Some(at) = expires_at {
+                        self.effects.push(Effect::ScheduleTimer {
+                            key: TimerKey::step(TimerKind::GateExpiry, step.clone(), seq),
+                            at,
+                        });
+                    }
+                    self.set(
+                        i,
+                        StepState::AwaitingApproval {
+                            since: self.now,
+                            stage: 0,
+                            approvers,
+                            escalation,
+                            quorum: gate.quorum,
+                            expires_at,
+                            approvals: Vec::new(),
+                        },
+                    );
+                }
+            }
+            RunStatus::Cancelling { .. } | RunStatus::RollingBack { .. } => {
+                self.set(i, StepState::Cancelled { at: self.now });
+            }
+            RunStatus::Created
+            | RunStatus::Completed { .. }
+            | RunStatus::Cancelled { .. }
+            | RunStatus::RolledBack { .. }
+            | RunStatus::RollbackFailed { .. } => unreachable!("handled by the transition table"),
+        }
+        self.settle();
+        Ok(())
+    }
+
+    fn on_approval(
+        &mut self,
+        step: &StepId,
+        by: &str,
+        approve: bool,
+        comment: Option<&str>,
+        via: &str,
+    ) -> Result<(), TransitionError> {
+        let i = self.index(step)?;
+        let StepState::AwaitingApproval {
+            approvers,
+            quorum,
+            expires_at,
+            approvals,
+            ..
+        } = &self.rec(i).state
+        else {
+            return Err(rejected(&format!(
+                "step `{step}` is not waiting for approval (it is {})",
+                self.rec(i).state.name()
+            )));
+        };
+        let by = by.trim().to_lowercase();
+        if !approvers.contains(&by) {
+            return Err(rejected(&format!(
+                "{by} is not an approver of gate `{step}` (its approvers: {})",
+                approvers.join(", ")
+            )));
+        }
+        if by == self.ctx.requested_by.trim().to_lowercase() {
+            return Err(rejected(&format!(
+                "{by} asked for this run and cannot approve it; another approver must decide"
+            )));
+        }
+        if approve && approvals.iter().any(|d| d.by == by) {
+            self.ignore(format!("{by} has already approved gate `{step}`"));
+            return Ok(());
+        }
+        let (approvers, quorum, expires_at) = (approvers.clone(), *quorum, *expires_at);
+        let mut approvals = approvals.clone();
+        if !approve {
+            self.reject(i, &by, comment.map(str::to_owned));
+            self.settle();
+            return Ok(());
+        }
+        approvals.push(Decision {
+            by,
+            at: self.now,
+            comment: comment.map(str::to_owned),
+            via: via.to_owned(),
+        });
+        if approvals.len() as u64 >= u64::from(quorum) {
+            self.close_gate(i, &approvers, expires_at.is_some());
+            let output = serde_json::json!({
+                "approved_by": approvals.iter().map(|d| d.by.clone()).collect::<Vec<_>>(),
+                "approvals": approvals,
+            });
+            self.set(
+                i,
+                StepState::Succeeded {
+                    attempt: Attempt::FIRST,
+                    at: self.now,
+                    output,
+                    rollback: Rollback::Nothing,
+                },
+            );
+        } else if let StepState::AwaitingApproval {
+            approvals: held, ..
+        } = &mut self.rec_mut(i).state
+        {
+            *held = approvals;
+        }
+        self.settle();
+        Ok(())
+    }
+
+    /// Takes an open gate out of the inboxes and disarms its expiry.
+    fn close_gate(&mut self, i: usize, approvers: &[String], armed: bool) {
+        let step = self.id(i);
+        let seq = self.rec(i).seq;
+        self.effects.push(Effect::UnindexGate {
+            step: step.clone(),
+            approvers: approvers.to_vec(),
+        });
+        if armed {
+            self.effects.push(Effect::CancelTimer {
+                key: TimerKey::step(TimerKind::GateExpiry, step, seq),
+            });
+        }
+    }
+
+    /// A gate was rejected (or expired): the run ends and what was done before it is undone.
+    fn reject(&mut self, i: usize, by: &str, comment: Option<String>) {
+        if let StepState::AwaitingApproval {
+            approvers,
+            expires_at,
+            ..
+        } = &self.rec(i).state
+        {
+            let (approvers, armed) = (approvers.clone(), expires_at.is_some());
+            self.close_gate(i, &approvers, armed);
+        }
+        let message = match (&comment, by) {
+            (Some(c), "expiry") => format!("expired: {c}"),
+            (None, "expiry") => "expired without a decision".to_owned(),
+            (Some(c), _) => format!("rejected by {by}: {c}"),
+            (None, _) => format!("rejected by {by}"),
+        };
+        self.set(
+            i,
+            StepState::Failed {
+                attempt: Attempt::FIRST,
+                at: self.now,
+                error: StepFailure {
+                    kind: FailureKind::Rejected,
+                    message,
+                    code: None,
+                    retry_after: None,
+                },
+            },
+        );
+        self.st.status = RunStatus::RollingBack {
+            cause: RollbackCause::Rejected {
+                step: self.id(i),
+                by: by.to_owned(),
+                comment,
+            },
+        };
+        self.cancel_outstanding();
+    }
+
+    fn on_gate_expired(&mut self, i: usize) {
+        let Some(gate) = self.plan.step(i).gate.clone() else {
+            return;
+        };
+        let StepState::AwaitingApproval {
+            stage,
+            approvers,
+            escalation,
+            quorum,
+            ..
+        } = &self.rec(i).state
+        else {
+            return;
+        };
+        if *stage == 0
+            && gate.on_expiry == OnExpiry::Escalate
+            && escalation.len() as u64 >= u64::from(*quorum)
+        {
+            let (old, escalation, quorum) = (approvers.clone(), escalation.clone(), *quorum);
+            let step = self.id(i);
+            let seq = self.rec(i).seq;
+            let wait = gate
+                .escalate_expires_in
+                .or(gate.expires_in)
+                .map_or(DEFAULT_GATE_EXPIRY, |d| d.get());
+            let at = self.now.plus(wait);
+            self.effects.push(Effect::UnindexGate {
+                step: step.clone(),
+                approvers: old,
+            });
+            self.effects.push(Effect::IndexGate {
+                step: step.clone(),
+                approvers: escalation.clone(),
+                since: self.now,
+            });
+            self.effects.push(Effect::ScheduleTimer {
+                key: TimerKey::step(TimerKind::GateExpiry, step, seq),
+                at,
+            });
+            self.set(
+                i,
+                StepState::AwaitingApproval {
+                    since: self.now,
+                    stage: 1,
+                    approvers: escalation,
+                    escalation: Vec::new(),
+                    quorum,
+                    expires_at: Some(at),
+                    approvals: Vec::new(),
+                },
+            );
+        } else {
+            let waited = steward_schemas::Dur::new(match &self.rec(i).state {
+                StepState::AwaitingApproval { since, .. } => self.now.since(*since),
+                _ => std::time::Duration::ZERO,
+            });
+            // The timer that fired is gone; only the inbox entries remain to be removed.
+            if let StepState::AwaitingApproval { approvers, .. } = &self.rec(i).state {
+                let approvers = approvers.clone();
+                self.effects.push(Effect::UnindexGate {
+                    step: self.id(i),
+                    approvers,
+                });
+            }
+            self.set(
+                i,
+                StepState::Failed {
+                    attempt: Attempt::FIRST,
+                    at: self.now,
+                    error: StepFailure {
+                        kind: FailureKind::Rejected,
+                        message: format!("expired: no decision within {waited}"),
+                        code: None,
+                        retry_after: None,
+                    },
+                },
+            );
+            self.st.status = RunStatus::RollingBack {
+                cause: RollbackCause::Rejected {
+                    step: self.id(i),
+                    by: "expiry".to_owned(),
+                    comment: Some(format!("no decision within {waited}")),
+                },
+            };
+            self.cancel_outstanding();
+        }
+    }
+
+    fn on_step_blocked(
+        &mut self,
+        step: &StepId,
+        seq: u32,
+        reason: &str,
+    ) -> Result<(), TransitionError> {
+        let i = self.index(step)?;
+        let job = match self.fenced(i, seq) {
+            Ok(job) => job,
+            Err(why) => {
+                self.ignore(why);
+                return Ok(());
+            }
+        };
+        match &self.st.status {
+            RunStatus::Running => {
+                self.set(i, StepState::Ready { next: job });
+                self.st.status = RunStatus::Paused {
+                    reason: PauseReason::PolicyBlocked {
+                        step: step.clone(),
+                        reason: reason.to_owned(),
+                    },
+                };
+                self.revoke_queued();
+            }
+            RunStatus::Scheduled { .. } | RunStatus::Paused { .. } => {
+                self.set(i, StepState::Ready { next: job })
+            }
+            RunStatus::Cancelling { .. } | RunStatus::RollingBack { .. } => {
+                self.set(i, StepState::Cancelled { at: self.now });
+            }
+            RunStatus::Created
+            | RunStatus::Completed { .. }
+            | RunStatus::Cancelled { .. }
+            | RunStatus::RolledBack { .. }
+            | RunStatus::RollbackFailed { .. } => unreachable!("handled by the transition table"),
+        }
+        self.settle();
         Ok(())
     }
 
@@ -838,6 +1238,11 @@ impl Machine<'_> {
         note: Option<&str>,
     ) -> Result<(), TransitionError> {
         let i = self.index(step)?;
+        if self.plan.step(i).gate.is_some() {
+            return Err(rejected(&format!(
+                "step `{step}` is an approval gate; gates are decided (approve or reject), not skipped"
+            )));
+        }
         let seq = self.rec(i).seq;
         match &self.rec(i).state {
             StepState::Pending | StepState::Ready { .. } => {}
@@ -1096,6 +1501,15 @@ impl Machine<'_> {
             let seq = self.rec(i).seq;
             let timer = match &self.rec(i).state {
                 StepState::Pending | StepState::Ready { .. } => None,
+                StepState::AwaitingApproval {
+                    approvers,
+                    expires_at,
+                    ..
+                } => {
+                    let (approvers, armed) = (approvers.clone(), expires_at.is_some());
+                    self.close_gate(i, &approvers, armed);
+                    None
+                }
                 StepState::Retrying { .. } => Some(TimerKind::Retry),
                 StepState::Polling { .. } => Some(TimerKind::Poll),
                 StepState::Queued { .. } => {
@@ -1257,6 +1671,10 @@ impl Machine<'_> {
     }
 
     fn bind(&self, i: usize) -> Value {
+        if let Some(gate) = &self.plan.step(i).gate {
+            // The worker that opens the gate resolves its approvers from this.
+            return serde_json::to_value(gate).unwrap_or(Value::Null);
+        }
         let scope = self.scope();
         Value::Object(
             self.plan

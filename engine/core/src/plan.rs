@@ -7,7 +7,9 @@ use std::fmt;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use steward_schemas::{Dur, InputType, OnFailure, OpSpec, StepId, WorkflowDef};
+use steward_schemas::{
+    Approvers, Dur, GateSpec, InputType, OnExpiry, OnFailure, OpSpec, StepId, WorkflowDef,
+};
 
 use crate::expr::{Expr, Path, Root, Template};
 use crate::retry::RetryPolicy;
@@ -38,6 +40,9 @@ pub const COMPANY_FIELDS: &[&str] = &[
     "custom_instructions",
     "settings",
 ];
+
+/// The op name of approval gates (steps with `gate:`), which the engine runs itself.
+pub const GATE_OP: &str = "gate";
 
 /// Default time one attempt may run.
 pub const DEFAULT_TIMEOUT: Dur = Dur::secs(300);
@@ -112,8 +117,10 @@ impl fmt::Display for ValidationError {
 pub struct PlanStep {
     /// Its id.
     pub id: StepId,
-    /// The op.
+    /// The op (`gate` for an approval gate).
     pub op: String,
+    /// The gate's settings, for an approval gate.
+    pub gate: Option<GateSpec>,
     /// What it does.
     pub description: String,
     /// Indexes of the steps it needs.
@@ -289,13 +296,47 @@ impl Plan {
         let mut steps = Vec::with_capacity(def.steps.len());
         for (i, step) in def.steps.iter().enumerate() {
             let sid = Some(step.id.as_str());
+            let op_name = match (&step.op, &step.gate) {
+                (Some(op), None) => op.clone(),
+                (None, Some(gate)) => {
+                    check_gate(gate, sid, &mut problems);
+                    if !step.with.is_empty() {
+                        problems.push(Problem::new(
+                            sid,
+                            "with",
+                            "a gate takes no inputs",
+                            "remove `with:` from the gate",
+                        ));
+                    }
+                    GATE_OP.to_owned()
+                }
+                (Some(op), Some(_)) => {
+                    problems.push(Problem::new(
+                        sid,
+                        "gate",
+                        "the step has both `op:` and `gate:`",
+                        "make it either an op step or an approval gate",
+                    ));
+                    op.clone()
+                }
+                (None, None) => {
+                    problems.push(Problem::new(
+                        sid,
+                        "op",
+                        "the step has no op",
+                        "write `op: NAME` (see `steward ops`), or `gate:` for an approval gate",
+                    ));
+                    String::new()
+                }
+            };
             let spec = match catalog {
-                Some(cat) => match cat.op(&step.op) {
+                Some(_) if step.gate.is_some() || op_name.is_empty() => None,
+                Some(cat) => match cat.op(&op_name) {
                     Some(spec) if spec.internal => {
                         problems.push(Problem::new(
                             sid,
                             "op",
-                            format!("`{}` is an internal op (used by rollback)", step.op),
+                            format!("`{op_name}` is an internal op (used by rollback)"),
                             "use a workflow op; see `steward ops`",
                         ));
                         None
@@ -306,7 +347,7 @@ impl Plan {
                         problems.push(Problem::new(
                             sid,
                             "op",
-                            format!("unknown op `{}`{}", step.op, suggest(&step.op, &names)),
+                            format!("unknown op `{op_name}`{}", suggest(&op_name, &names)),
                             "use an op from `steward ops`",
                         ));
                         None
@@ -324,7 +365,7 @@ impl Plan {
                     problems.push(Problem::new(
                         sid,
                         format!("with.{key}"),
-                        format!("`{}` has no input `{key}`{}", step.op, suggest(key, &names)),
+                        format!("`{op_name}` has no input `{key}`{}", suggest(key, &names)),
                         format!(
                             "use one of: {}",
                             if names.is_empty() {
@@ -358,7 +399,7 @@ impl Plan {
                             "with",
                             format!(
                                 "`{}` needs input `{}` ({})",
-                                step.op, field.name, field.description
+                                op_name, field.name, field.description
                             ),
                             format!("add `{}: …` under `with:`", field.name),
                         ));
@@ -432,7 +473,8 @@ impl Plan {
                 id: ids[i]
                     .clone()
                     .unwrap_or_else(|| StepId::parse("invalid").expect("a valid literal id")),
-                op: step.op.clone(),
+                op: op_name,
+                gate: step.gate.clone(),
                 description: step.description.clone(),
                 needs: needs[i].clone(),
                 descendants: Vec::new(),
@@ -626,7 +668,8 @@ fn check_ref(
                 return;
             }
             if let (Some(cat), Some(crate::expr::Seg::Field(first))) = (catalog, path.segs.first())
-                && let Some(spec) = cat.op(&def.steps[j].op)
+                && let Some(op) = def.steps[j].op.as_deref()
+                && let Some(spec) = cat.op(op)
                 && !spec.has_output(first)
             {
                 let names: Vec<&str> = spec
@@ -656,6 +699,92 @@ fn check_ref(
             }
         }
         Root::Run(_) => {}
+    }
+}
+
+fn check_gate(gate: &GateSpec, sid: Option<&str>, problems: &mut Vec<Problem>) {
+    let check_list = |field: &str, approvers: &Approvers, problems: &mut Vec<Problem>| {
+        if let Approvers::List(list) = approvers {
+            if list.is_empty() {
+                problems.push(Problem::new(
+                    sid,
+                    field,
+                    "an empty approver list",
+                    "list technicians' emails, or write `company`",
+                ));
+            }
+            for a in list {
+                if !crate::text::is_email(a) {
+                    problems.push(Problem::new(
+                        sid,
+                        field,
+                        format!("`{a}` is not an email address"),
+                        "list technicians by email, e.g. `lead@msp.example`",
+                    ));
+                }
+            }
+        }
+    };
+    check_list("gate.approvers", &gate.approvers, problems);
+    if gate.quorum == 0 || gate.quorum > 10 {
+        problems.push(Problem::new(
+            sid,
+            "gate.quorum",
+            format!("a quorum of {}", gate.quorum),
+            "write 1 to 10",
+        ));
+    }
+    if let Approvers::List(list) = &gate.approvers
+        && !list.is_empty()
+        && (gate.quorum as usize) > list.len()
+    {
+        problems.push(Problem::new(
+            sid,
+            "gate.quorum",
+            format!(
+                "a quorum of {} from {} approvers can never be met",
+                gate.quorum,
+                list.len()
+            ),
+            "lower the quorum or list more approvers",
+        ));
+    }
+    for (field, d) in [
+        ("gate.expires_in", gate.expires_in),
+        ("gate.escalate_expires_in", gate.escalate_expires_in),
+    ] {
+        if d.is_some_and(|d| d.get().is_zero()) {
+            problems.push(Problem::new(
+                sid,
+                field,
+                "zero",
+                "write a positive duration such as `24h`",
+            ));
+        }
+    }
+    match (gate.on_expiry, &gate.escalate_to) {
+        (OnExpiry::Escalate, None) => problems.push(Problem::new(
+            sid,
+            "gate.escalate_to",
+            "`on_expiry: escalate` needs someone to escalate to",
+            "add `escalate_to:` with technicians' emails (or `company`)",
+        )),
+        (OnExpiry::Escalate, Some(to)) => check_list("gate.escalate_to", to, problems),
+        (OnExpiry::Reject, Some(_)) => problems.push(Problem::new(
+            sid,
+            "gate.escalate_to",
+            "`escalate_to` is only used with `on_expiry: escalate`",
+            "add `on_expiry: escalate` or remove `escalate_to`",
+        )),
+        (OnExpiry::Reject, None) => {}
+    }
+    if gate.on_expiry == OnExpiry::Escalate && gate.expires_in.is_none() {
+        problems.push(Problem::new(
+            sid,
+            "gate.expires_in",
+            "a gate that escalates on expiry needs an expiry",
+            "add `expires_in:`, e.g. `24h`",
+        ));
     }
 }
 
@@ -773,7 +902,9 @@ fn line_of_step(source: &str, step: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use steward_schemas::{OpAccess, OpField, Reversibility};
+    use steward_schemas::{
+        ApprovalRule, OpAccess, OpField, PermissionGroup, Reversibility, System,
+    };
 
     struct Cat(Vec<OpSpec>);
 
@@ -797,6 +928,9 @@ mod tests {
                 name: "noop",
                 summary: "nothing",
                 access: OpAccess::Read,
+                group: PermissionGroup::Users,
+                approval: ApprovalRule::Policy,
+                system: System::Directory,
                 reversibility: Reversibility::NotNeeded,
                 inputs: &[],
                 outputs: Some(&[]),
@@ -806,6 +940,9 @@ mod tests {
                 name: "user.create",
                 summary: "create a user",
                 access: OpAccess::Write,
+                group: PermissionGroup::Users,
+                approval: ApprovalRule::Policy,
+                system: System::Directory,
                 reversibility: Reversibility::Reversible,
                 inputs: CREATE_IN,
                 outputs: Some(CREATE_OUT),
@@ -815,6 +952,9 @@ mod tests {
                 name: "user.delete",
                 summary: "undo",
                 access: OpAccess::Write,
+                group: PermissionGroup::Users,
+                approval: ApprovalRule::Policy,
+                system: System::Directory,
                 reversibility: Reversibility::NotNeeded,
                 inputs: &[],
                 outputs: None,

@@ -43,6 +43,7 @@ impl Env {
                 .clone(),
             inputs: inputs.as_object().unwrap().clone(),
             requested_by: "tech@msp".into(),
+            ticket: None,
             created_at: Timestamp::from_micros(T0),
         };
         let now = Timestamp::from_micros(T0);
@@ -683,11 +684,263 @@ fn scheduled_runs_start_when_their_timer_fires() {
     assert_eq!(env.enqueued(), ["run:a"]);
 }
 
+// ---- approval gates ----------------------------------------------------------------------------
+
+const GATED: &str = r#"
+name: gated
+defaults: {on_failure: rollback, retry: {attempts: 2, initial: 1s, jitter: 0}}
+steps:
+  - {id: prep, op: x}
+  - id: approval
+    needs: [prep]
+    gate: {approvers: company, quorum: 2, expires_in: 1h, on_expiry: escalate, escalate_to: [lead@msp.example], escalate_expires_in: 30m}
+  - {id: delete_user, op: x, needs: [approval]}
+"#;
+
+fn open_gate(env: &mut Env, approvers: &[&str], escalation: &[&str]) -> Transition {
+    let seq = env.seq("approval");
+    env.apply(Event::GateOpened {
+        step: sid("approval"),
+        seq,
+        approvers: approvers.iter().map(|s| (*s).to_owned()).collect(),
+        escalation: escalation.iter().map(|s| (*s).to_owned()).collect(),
+    })
+}
+
+fn decide(env: &mut Env, by: &str, approve: bool) -> Result<Transition, TransitionError> {
+    env.try_apply(Event::ApprovalDecided {
+        step: sid("approval"),
+        by: by.into(),
+        approve,
+        comment: None,
+        via: "api".into(),
+    })
+}
+
+#[test]
+fn a_gate_waits_for_a_quorum_of_other_approvers() {
+    let mut env = Env::new(GATED);
+    env.start();
+    env.succeed_with("prep", json!({}), inverse("prep"));
+    assert_eq!(env.job("approval").op, "gate");
+    assert_eq!(env.job("approval").input["quorum"], 2);
+    let t = open_gate(
+        &mut env,
+        &["Alice@MSP", "bob@msp", "tech@msp", "alice@msp"],
+        &["lead@msp"],
+    );
+    assert!(t.effects.iter().any(|e| matches!(e, Effect::IndexGate { approvers, .. } if approvers == &["alice@msp", "bob@msp", "tech@msp"])));
+    assert!(
+        env.timers
+            .iter()
+            .any(|(k, _)| k.kind == TimerKind::GateExpiry)
+    );
+    let StepState::AwaitingApproval { quorum, stage, .. } = env.step("approval") else {
+        panic!("{:?}", env.step("approval"))
+    };
+    assert_eq!((*quorum, *stage), (2, 0));
+
+    let err = decide(&mut env, "tech@msp", true).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("asked for this run and cannot approve it"),
+        "{err}"
+    );
+    let err = decide(&mut env, "mallory@evil", true).unwrap_err();
+    assert!(err.to_string().contains("not an approver"), "{err}");
+    decide(&mut env, "alice@msp", true).unwrap();
+    assert!(
+        decide(&mut env, "ALICE@msp", true)
+            .unwrap()
+            .ignored
+            .is_some(),
+        "a repeated approval changes nothing"
+    );
+    assert_eq!(
+        env.enqueued(),
+        ["run:prep", "run:approval"],
+        "one approval is not a quorum"
+    );
+    let t = decide(&mut env, "bob@msp", true).unwrap();
+    assert!(
+        t.effects
+            .iter()
+            .any(|e| matches!(e, Effect::UnindexGate { .. }))
+    );
+    assert!(
+        t.effects
+            .iter()
+            .any(|e| matches!(e, Effect::CancelTimer { key } if key.kind == TimerKind::GateExpiry))
+    );
+    assert_eq!(env.enqueued().last().unwrap(), "run:delete_user");
+    let StepState::Succeeded { output, .. } = env.step("approval") else {
+        panic!()
+    };
+    assert_eq!(output["approved_by"], json!(["alice@msp", "bob@msp"]));
+    let err = env
+        .try_apply(Event::SkipStepRequested {
+            step: sid("approval"),
+            by: "t".into(),
+            reason: None,
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("not skipped"), "{err}");
+}
+
+#[test]
+fn a_rejection_ends_the_run_and_undoes_what_came_before() {
+    let mut env = Env::new(GATED);
+    env.start();
+    env.succeed_with("prep", json!({}), inverse("prep"));
+    open_gate(&mut env, &["alice@msp", "bob@msp"], &[]);
+    let err = env
+        .try_apply(Event::SkipStepRequested {
+            step: sid("approval"),
+            by: "t".into(),
+            reason: None,
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("not skipped"), "{err}");
+    decide(&mut env, "alice@msp", true).unwrap();
+    let t = env.apply(Event::ApprovalDecided {
+        step: sid("approval"),
+        by: "bob@msp".into(),
+        approve: false,
+        comment: Some("not yet".into()),
+        via: "link".into(),
+    });
+    assert!(
+        t.effects
+            .iter()
+            .any(|e| matches!(e, Effect::UnindexGate { .. }))
+    );
+    assert_eq!(env.enqueued().last().unwrap(), "undo:prep");
+    let RunStatus::RollingBack { cause } = &env.state.status else {
+        panic!()
+    };
+    assert!(
+        matches!(cause, steward_schemas::RollbackCause::Rejected { by, comment: Some(c), .. } if by == "bob@msp" && c == "not yet")
+    );
+    let seq = env.seq("prep");
+    env.apply(Event::UndoSucceeded {
+        step: sid("prep"),
+        seq,
+    });
+    assert_eq!(env.status(), "rolled_back");
+    assert!(
+        decide(&mut env, "alice@msp", true).is_err(),
+        "an ended run takes no decisions"
+    );
+}
+
+#[test]
+fn an_expired_gate_escalates_once_then_is_rejected() {
+    let mut env = Env::new(GATED);
+    env.start();
+    env.succeed("prep");
+    open_gate(
+        &mut env,
+        &["alice@msp", "bob@msp"],
+        &["lead@msp", "boss@msp"],
+    );
+    env.advance(std::time::Duration::from_secs(3600));
+    env.fire_due();
+    let StepState::AwaitingApproval {
+        stage, approvers, ..
+    } = env.step("approval").clone()
+    else {
+        panic!()
+    };
+    assert_eq!(stage, 1);
+    assert_eq!(approvers, ["lead@msp", "boss@msp"]);
+    assert!(
+        decide(&mut env, "alice@msp", true).is_err(),
+        "the first approvers no longer decide"
+    );
+    decide(&mut env, "lead@msp", true).unwrap();
+    env.advance(std::time::Duration::from_secs(1800));
+    env.fire_due();
+    let StepState::Failed { error, .. } = env.step("approval") else {
+        panic!("{:?}", env.step("approval"))
+    };
+    assert_eq!(error.kind, FailureKind::Rejected);
+    assert!(
+        matches!(&env.state.status, RunStatus::RolledBack { cause: steward_schemas::RollbackCause::Rejected { by, .. }, .. } if by == "expiry")
+    );
+}
+
+#[test]
+fn a_gate_without_enough_approvers_fails_and_can_be_retried() {
+    let mut env = Env::new(&GATED.replace("on_failure: rollback", "on_failure: pause"));
+    env.start();
+    env.succeed("prep");
+    open_gate(&mut env, &["alice@msp"], &[]);
+    let StepState::Failed { error, .. } = env.step("approval") else {
+        panic!()
+    };
+    assert!(
+        error.message.contains("needs 2 approvals but has only 1"),
+        "{}",
+        error.message
+    );
+    assert_eq!(env.status(), "paused");
+    env.apply(Event::RetryStepRequested {
+        step: sid("approval"),
+        by: "t".into(),
+    });
+    assert_eq!(
+        env.job("approval").seq,
+        2,
+        "the gate opens again and re-resolves its approvers"
+    );
+    open_gate(&mut env, &["alice@msp", "bob@msp"], &[]);
+    env.apply(Event::CancelRequested {
+        by: "t".into(),
+        rollback: false,
+        reason: None,
+    });
+    assert_eq!(env.status(), "cancelled");
+    assert!(
+        env.log
+            .iter()
+            .any(|e| matches!(e, Effect::UnindexGate { .. })),
+        "cancelling closes the gate"
+    );
+}
+
+#[test]
+fn a_step_the_policy_now_refuses_pauses_the_run() {
+    let mut env = Env::new("name: p\nsteps:\n  - {id: a, op: x}\n  - {id: b, op: x, needs: [a]}\n");
+    env.start();
+    let seq = env.seq("a");
+    env.apply(Event::StepBlocked {
+        step: sid("a"),
+        seq,
+        reason: "the users group is disabled for contoso".into(),
+    });
+    assert!(matches!(
+        &env.state.status,
+        RunStatus::Paused {
+            reason: steward_schemas::PauseReason::PolicyBlocked { .. }
+        }
+    ));
+    assert!(matches!(env.step("a"), StepState::Ready { .. }));
+    env.apply(Event::ResumeRequested { by: "t".into() });
+    assert_eq!(
+        env.job("a").seq,
+        2,
+        "resuming dispatches it again (and the policy is checked again)"
+    );
+    env.succeed("a");
+    env.succeed("b");
+    assert_eq!(env.status(), "completed");
+}
+
 // ---- random event sequences ------------------------------------------------------------------
 
 /// Workflows the property tests run: a diamond with mixed failure policies, a wide fan-out, and a
 /// chain that polls.
-const SHAPES: [&str; 3] = [
+const SHAPES: [&str; 4] = [
     r#"
 name: diamond
 defaults: {retry: {attempts: 3, initial: 1s, max_delay: 4s}}
@@ -715,6 +968,18 @@ steps:
   - {id: b, op: x, needs: [a], on_failure: pause}
   - {id: c, op: x, needs: [b]}
 "#,
+    r#"
+name: gated
+defaults: {on_failure: rollback, retry: {attempts: 2, initial: 1s}}
+steps:
+  - {id: a, op: x}
+  - id: g
+    needs: [a]
+    on_failure: pause
+    gate: {quorum: 2, expires_in: 1h, on_expiry: escalate, escalate_to: company}
+  - {id: b, op: x, needs: [g]}
+  - {id: c, op: x, needs: [a], on_failure: continue}
+"#,
 ];
 
 /// One random move: `kind` picks what happens, `pick` which step, `arg` a detail.
@@ -727,7 +992,7 @@ struct Move {
 
 fn moves() -> impl Strategy<Value = Vec<Move>> {
     prop::collection::vec(
-        (0u8..20, any::<u8>(), any::<u8>()).prop_map(|(kind, pick, arg)| Move { kind, pick, arg }),
+        (0u8..24, any::<u8>(), any::<u8>()).prop_map(|(kind, pick, arg)| Move { kind, pick, arg }),
         0..80,
     )
 }
@@ -869,6 +1134,60 @@ fn event_for(env: &mut Env, mv: Move) -> Option<Event> {
             seq: rec.seq.wrapping_add(u32::from(mv.arg % 2)),
             error: StepFailure::retryable("late"),
         },
+        20 | 21 => {
+            // A queued gate opens, with a random number of approvers.
+            let gates: Vec<StepId> = ids
+                .iter()
+                .filter(|id| {
+                    env.plan
+                        .step(env.plan.index_of(id.as_str()).unwrap())
+                        .gate
+                        .is_some()
+                })
+                .filter(|id| matches!(env.state.steps[*id].state, StepState::Queued { .. }))
+                .cloned()
+                .collect();
+            let g = gates.first()?.clone();
+            let seq = env.state.steps[&g].seq;
+            let pool = ["tech@msp", "alice@msp", "bob@msp", "carol@msp"];
+            let approvers = pool
+                .iter()
+                .take(usize::from(mv.arg % 5))
+                .map(|s| (*s).to_owned())
+                .collect();
+            let escalation = pool
+                .iter()
+                .rev()
+                .take(usize::from(mv.pick % 3))
+                .map(|s| (*s).to_owned())
+                .collect();
+            Event::GateOpened {
+                step: g,
+                seq,
+                approvers,
+                escalation,
+            }
+        }
+        22 => {
+            let pool = ["tech@msp", "alice@msp", "bob@msp", "carol@msp", "eve@x"];
+            Event::ApprovalDecided {
+                step,
+                by: pool[usize::from(mv.pick) % pool.len()].to_owned(),
+                approve: !mv.arg.is_multiple_of(4),
+                comment: None,
+                via: "api".into(),
+            }
+        }
+        23 => {
+            let q = queued(env);
+            let s = q.get(mv.pick as usize % q.len().max(1))?.clone();
+            let seq = env.state.steps[&s].seq;
+            Event::StepBlocked {
+                step: s,
+                seq,
+                reason: "policy".into(),
+            }
+        }
         _ => {
             env.now = env
                 .now

@@ -11,10 +11,24 @@ use super::*;
 use crate::fixture::Fixture;
 use crate::world::World;
 
-const CSDL: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/reference/graph-v1.0.csdl.xml"
-);
+/// Where Microsoft's Graph v1.0 CSDL is: `STEWARD_GRAPH_CSDL`, else `shared/reference/` beside
+/// the checkout or any directory above it (a fresh clone elsewhere still finds the workplace's
+/// copy), else the workplace's own `/work/shared`.
+fn csdl_path() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("STEWARD_GRAPH_CSDL") {
+        return p.into();
+    }
+    let rel = "shared/reference/graph-v1.0.csdl.xml";
+    let mut dir = Some(std::path::Path::new(env!("CARGO_MANIFEST_DIR")));
+    while let Some(d) = dir {
+        let candidate = d.join(rel);
+        if candidate.is_file() {
+            return candidate;
+        }
+        dir = d.parent();
+    }
+    std::path::Path::new("/work").join(rel)
+}
 
 struct Csdl {
     /// type name -> (base type, property and navigation names)
@@ -25,8 +39,12 @@ struct Csdl {
 
 impl Csdl {
     fn load() -> Self {
-        let text = std::fs::read_to_string(CSDL).unwrap_or_else(|e| {
-            panic!("the Graph CSDL must be at {CSDL} (shared/reference beside the repo): {e}")
+        let path = csdl_path();
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "the Graph CSDL must be at {} (shared/reference beside the repo, or set STEWARD_GRAPH_CSDL): {e}",
+                path.display()
+            )
         });
         let doc = roxmltree::Document::parse(&text).expect("CSDL parses");
         let schema = doc

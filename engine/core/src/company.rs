@@ -1,0 +1,343 @@
+//! Checking a company's settings: every problem names the field and the fix.
+
+use steward_schemas::{Company, IdentityProvider, MailboxProvider};
+
+use crate::text::{is_domain, is_email, is_hostname};
+
+/// One problem with a company's settings.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FieldProblem {
+    /// The field (`tenant_id`, `defaults.usage_location`).
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+    /// How to fix it.
+    pub fix: String,
+}
+
+fn problem(field: &str, message: impl Into<String>, fix: impl Into<String>) -> FieldProblem {
+    FieldProblem {
+        field: field.to_owned(),
+        message: message.into(),
+        fix: fix.into(),
+    }
+}
+
+/// Tidies what people type: trims, lowercases emails and tenant ids, uppercases the usage
+/// location, drops empty optional values and duplicate approvers.
+pub fn normalize(c: &mut Company) {
+    c.name = c.name.trim().to_owned();
+    let tidy = |v: &mut Option<String>| {
+        if let Some(s) = v {
+            *s = s.trim().to_owned();
+            if s.is_empty() {
+                *v = None;
+            }
+        }
+    };
+    tidy(&mut c.tenant_id);
+    tidy(&mut c.ad_runner);
+    tidy(&mut c.entra_connect_server);
+    tidy(&mut c.exchange_server);
+    tidy(&mut c.exchange_runner);
+    tidy(&mut c.defaults.upn_domain);
+    tidy(&mut c.defaults.usage_location);
+    tidy(&mut c.defaults.ou);
+    if let Some(t) = &mut c.tenant_id {
+        *t = t.to_lowercase();
+    }
+    if let Some(d) = &mut c.defaults.upn_domain {
+        *d = d.to_lowercase();
+    }
+    if let Some(u) = &mut c.defaults.usage_location {
+        *u = u.to_uppercase();
+    }
+    let mut approvers: Vec<String> = Vec::new();
+    for a in c.approvers.drain(..) {
+        let a = a.trim().to_lowercase();
+        if !a.is_empty() && !approvers.contains(&a) {
+            approvers.push(a);
+        }
+    }
+    c.approvers = approvers;
+    c.custom_instructions = c.custom_instructions.trim().to_owned();
+}
+
+fn is_guid(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.len() == 5
+        && [8, 4, 4, 4, 12]
+            .iter()
+            .zip(&parts)
+            .all(|(n, p)| p.len() == *n && p.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// Every problem with a company's settings (after [`normalize`]).
+pub fn validate(c: &Company) -> Vec<FieldProblem> {
+    let mut out = Vec::new();
+    if c.name.is_empty() || c.name.chars().count() > 200 || c.name.chars().any(char::is_control) {
+        out.push(problem(
+            "name",
+            "a name of 1 to 200 printable characters is required",
+            "give the company's name",
+        ));
+    }
+    let idp = c.identity_provider;
+    let mbx = c.mailbox_provider;
+    let cloud_identity = matches!(
+        idp,
+        IdentityProvider::EntraId | IdentityProvider::Hybrid | IdentityProvider::HybridNoSync
+    );
+    let cloud_mail = matches!(
+        mbx,
+        MailboxProvider::ExchangeOnline | MailboxProvider::ExchangeHybrid
+    );
+    match &c.tenant_id {
+        Some(t) if !is_guid(t) => out.push(problem(
+            "tenant_id",
+            format!("`{t}` is not a tenant id"),
+            "use the Entra tenant's id, a GUID such as 8f1c0e2a-0b5e-4f7e-9a51-3c2d6a7b9e10 (Entra admin center → Overview)",
+        )),
+        None if cloud_identity || cloud_mail => out.push(problem(
+            "tenant_id",
+            format!(
+                "required when the identity provider is {} or the mailbox provider is {}",
+                idp.name(),
+                mbx.name()
+            ),
+            "add the company's Entra tenant id (a GUID)",
+        )),
+        _ => {}
+    }
+    let on_prem_ad = matches!(
+        idp,
+        IdentityProvider::OnPremAd | IdentityProvider::Hybrid | IdentityProvider::HybridNoSync
+    );
+    let hosts = [
+        ("ad_runner", &c.ad_runner),
+        ("entra_connect_server", &c.entra_connect_server),
+        ("exchange_server", &c.exchange_server),
+        ("exchange_runner", &c.exchange_runner),
+    ];
+    for (field, host) in hosts {
+        if let Some(h) = host
+            && !is_hostname(h)
+        {
+            out.push(problem(
+                field,
+                format!("`{h}` is not a hostname"),
+                "write the device's name exactly as the RMM shows it (letters, digits and `-`, e.g. DC01)",
+            ));
+        }
+    }
+    if on_prem_ad && c.ad_runner.is_none() {
+        out.push(problem(
+            "ad_runner",
+            format!("required when the identity provider is {}", idp.name()),
+            "name the machine that runs AD scripts: the domain controller, or a runner with RSAT AD tools, as named in the RMM",
+        ));
+    }
+    if !on_prem_ad && c.ad_runner.is_some() {
+        out.push(problem(
+            "ad_runner",
+            "set, but the identity provider is entra_id (no Active Directory)",
+            "remove it, or choose on_prem_ad, hybrid or hybrid_no_sync",
+        ));
+    }
+    match (idp, &c.entra_connect_server) {
+        (IdentityProvider::Hybrid, None) => out.push(problem(
+            "entra_connect_server",
+            "required when the identity provider is hybrid (changes made in AD reach Entra ID by a sync it runs)",
+            "name the Entra Connect server as the RMM shows it",
+        )),
+        (IdentityProvider::EntraId | IdentityProvider::OnPremAd | IdentityProvider::HybridNoSync, Some(_)) => {
+            out.push(problem(
+                "entra_connect_server",
+                format!("set, but the identity provider is {} (nothing is synchronised)", idp.name()),
+                "remove it, or choose hybrid",
+            ));
+        }
+        _ => {}
+    }
+    let on_prem_mail = matches!(
+        mbx,
+        MailboxProvider::ExchangeServer | MailboxProvider::ExchangeHybrid
+    );
+    if on_prem_mail && c.exchange_server.is_none() {
+        out.push(problem(
+            "exchange_server",
+            format!("required when the mailbox provider is {}", mbx.name()),
+            "name the Exchange server",
+        ));
+    }
+    if !on_prem_mail {
+        for (field, v) in [
+            ("exchange_server", &c.exchange_server),
+            ("exchange_runner", &c.exchange_runner),
+        ] {
+            if v.is_some() {
+                out.push(problem(
+                    field,
+                    "set, but the mailbox provider is exchange_online",
+                    "remove it, or choose exchange_server or exchange_hybrid",
+                ));
+            }
+        }
+    }
+    let needs_rmm =
+        c.ad_runner.is_some() || c.entra_connect_server.is_some() || c.exchange_server.is_some();
+    match &c.rmm {
+        None if needs_rmm => out.push(problem(
+            "rmm",
+            "on-premises hosts are set, and Steward reaches them through the RMM",
+            "set the RMM provider and the company's site in it",
+        )),
+        Some(rmm) if rmm.site.trim().is_empty() => out.push(problem(
+            "rmm.site",
+            "empty",
+            "give the company's site id in the RMM",
+        )),
+        _ => {}
+    }
+    if let Some(psa) = &c.psa
+        && psa.company_id.trim().is_empty()
+    {
+        out.push(problem(
+            "psa.company_id",
+            "empty",
+            "give the company's id in the PSA",
+        ));
+    }
+    if let Some(d) = &c.defaults.upn_domain
+        && !is_domain(d)
+    {
+        out.push(problem(
+            "defaults.upn_domain",
+            format!("`{d}` is not a domain"),
+            "write e.g. contoso.com",
+        ));
+    }
+    if let Some(u) = &c.defaults.usage_location
+        && !(u.len() == 2 && u.chars().all(|ch| ch.is_ascii_uppercase()))
+    {
+        out.push(problem(
+            "defaults.usage_location",
+            format!("`{u}` is not a country code"),
+            "write a two-letter ISO 3166 code such as GB, US or DE (Microsoft refuses licenses without one)",
+        ));
+    }
+    if let Some(ou) = &c.defaults.ou {
+        let looks_dn = ou.split(',').all(|part| {
+            let part = part.trim();
+            ["OU=", "DC=", "CN="]
+                .iter()
+                .any(|p| part.len() > 3 && part[..3].eq_ignore_ascii_case(p))
+        });
+        if !looks_dn || !on_prem_ad {
+            out.push(problem(
+                "defaults.ou",
+                if on_prem_ad {
+                    format!("`{ou}` is not a distinguished name")
+                } else {
+                    "set, but the company has no Active Directory".to_owned()
+                },
+                "write e.g. OU=Users,OU=Contoso,DC=contoso,DC=local",
+            ));
+        }
+    }
+    for a in &c.approvers {
+        if !is_email(a) {
+            out.push(problem(
+                "approvers",
+                format!("`{a}` is not an email address"),
+                "list technicians by email",
+            ));
+        }
+    }
+    if c.custom_instructions.chars().count() > 4000 {
+        out.push(problem(
+            "custom_instructions",
+            "longer than 4000 characters",
+            "shorten it",
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn company(v: serde_json::Value) -> Company {
+        let mut c: Company = serde_json::from_value(v).unwrap();
+        normalize(&mut c);
+        c
+    }
+
+    fn fields(c: &Company) -> Vec<String> {
+        validate(c).into_iter().map(|p| p.field).collect()
+    }
+
+    #[test]
+    fn providers_decide_which_hosts_are_needed() {
+        let cloud = company(
+            json!({"id": "contoso", "name": "Contoso", "tenant_id": "8F1C0E2A-0B5E-4F7E-9A51-3C2D6A7B9E10",
+            "identity_provider": "entra_id", "mailbox_provider": "exchange_online",
+            "defaults": {"usage_location": "gb", "upn_domain": "Contoso.com"}, "approvers": [" Lead@MSP.example ", "lead@msp.example"]}),
+        );
+        assert!(validate(&cloud).is_empty(), "{:?}", validate(&cloud));
+        assert_eq!(cloud.approvers, ["lead@msp.example"]);
+        assert_eq!(cloud.defaults.usage_location.as_deref(), Some("GB"));
+
+        let hybrid = company(
+            json!({"id": "fab", "name": "Fabrikam", "identity_provider": "hybrid", "mailbox_provider": "exchange_hybrid"}),
+        );
+        assert_eq!(
+            fields(&hybrid),
+            [
+                "tenant_id",
+                "ad_runner",
+                "entra_connect_server",
+                "exchange_server"
+            ]
+        );
+
+        let ok = company(
+            json!({"id": "fab", "name": "Fabrikam", "tenant_id": "8f1c0e2a-0b5e-4f7e-9a51-3c2d6a7b9e10",
+            "identity_provider": "hybrid", "mailbox_provider": "exchange_hybrid", "ad_runner": "RUNNER01",
+            "entra_connect_server": "AADC01", "exchange_server": "EXCH01", "rmm": {"provider": "datto", "site": "abc"},
+            "defaults": {"ou": "OU=Users,DC=fabrikam,DC=local"}}),
+        );
+        assert!(validate(&ok).is_empty(), "{:?}", validate(&ok));
+
+        let onprem = company(
+            json!({"id": "x", "name": "X", "identity_provider": "on_prem_ad", "mailbox_provider": "exchange_server",
+            "ad_runner": "DC 01", "exchange_server": "EXCH01", "entra_connect_server": "AADC"}),
+        );
+        assert_eq!(
+            fields(&onprem),
+            ["ad_runner", "entra_connect_server", "rmm"]
+        );
+
+        let cloud_with_ad = company(
+            json!({"id": "x", "name": "X", "tenant_id": "bad", "identity_provider": "entra_id",
+            "mailbox_provider": "exchange_online", "ad_runner": "DC01", "defaults": {"usage_location": "GBR", "ou": "Users"},
+            "approvers": ["not-an-email"]}),
+        );
+        let f = fields(&cloud_with_ad);
+        for expect in [
+            "tenant_id",
+            "ad_runner",
+            "rmm",
+            "defaults.usage_location",
+            "defaults.ou",
+            "approvers",
+        ] {
+            assert!(
+                f.contains(&expect.to_owned()),
+                "{expect} missing from {f:?}"
+            );
+        }
+    }
+}
