@@ -227,3 +227,73 @@ fn the_demo_runs() {
         "{t}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sandbox_command_serves_a_fixture() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let args: Vec<String> = [
+        "sandbox",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--fixture",
+        "sandbox/fixtures/hybrid.yaml",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let sandbox = Proc::spawn(Path::new(BIN), dir.path(), "sandbox", &args)?;
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    steward_tests::wait_for(
+        "the sandbox to answer",
+        std::time::Duration::from_secs(20),
+        || {
+            let client = client.clone();
+            let url = format!("{base}/admin/health");
+            async move {
+                Ok(client
+                    .get(url)
+                    .send()
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+                    .map(|_| ()))
+            }
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", sandbox.log_text()))?;
+    // The hybrid fixture's tenant refuses a wrong secret with the real AADSTS code.
+    let refused = client
+        .post(format!(
+            "{base}/login/2c9d8e7f-6a5b-4c3d-8e2f-1a0b9c8d7e6f/oauth2/v2.0/token"
+        ))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "5e7a9f3c-1b2d-4c8e-9f00-a1b2c3d4e5f6"),
+            ("client_secret", "wrong"),
+            ("scope", "https://graph.microsoft.com/.default"),
+        ])
+        .send()
+        .await?;
+    assert_eq!(refused.status(), 401);
+    let body: serde_json::Value = refused.json().await?;
+    assert_eq!(body["error"], "invalid_client");
+    assert!(
+        body["error_codes"]
+            .as_array()
+            .is_some_and(|c| c.contains(&serde_json::json!(7_000_215))),
+        "{body}"
+    );
+    let world: serde_json::Value = client
+        .get(format!("{base}/admin/world/fabrikam"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert!(world.to_string().contains("fabrikam.com"));
+    sandbox.signal("TERM")?;
+    Ok(())
+}
