@@ -9,10 +9,12 @@ use anyhow::{Context, Result};
 use serde_json::{Map, json};
 use steward_core::Plan;
 use steward_engine::bench::Waiter;
+use steward_engine::companies::{self, Companies};
 use steward_engine::embedded::{Persistence, RedisServer};
+use steward_engine::planner::{Planner, StartRun};
 use steward_engine::queue::QueueConfig;
 use steward_engine::scheduler::{self, SchedulerConfig};
-use steward_engine::store::{NewRun, Store};
+use steward_engine::store::Store;
 use steward_engine::worker::{self, Runtime};
 use steward_engine::{Db, Keys, SystemClock};
 use steward_workers::testing::ledger_keys;
@@ -35,8 +37,20 @@ pub(crate) async fn run() -> Result<ExitCode> {
     let stopped = move |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    let companies = Companies::new(db.clone(), "demo", Arc::new(SystemClock));
+    companies::ensure(
+        &companies,
+        companies::sample("contoso", &["lead@msp.example"]),
+    )
+    .await?;
+    let planner = Planner {
+        store: store.clone(),
+        companies: companies.clone(),
+        registry: Arc::new(Registry::builtin()),
+    };
     let runtime = Arc::new(Runtime {
         store: store.clone(),
+        companies,
         registry,
         services: Services {
             redis: Some(db.manager()),
@@ -69,15 +83,14 @@ pub(crate) async fn run() -> Result<ExitCode> {
             .as_object()
             .cloned()
             .unwrap_or_default();
-        let run = store
-            .create_run(NewRun {
+        let run = planner
+            .start(StartRun {
                 plan: plan.clone(),
                 company: "contoso".parse()?,
-                company_settings: Map::new(),
                 inputs,
                 requested_by: "demo".to_owned(),
-                start_at: None,
                 ticket: None,
+                start_at: None,
             })
             .await?;
         println!(

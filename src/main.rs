@@ -12,11 +12,13 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::{Map, Value};
 use steward_core::Plan;
 use steward_engine::bench::{self, BenchConfig, Waiter};
+use steward_engine::companies::Companies;
 use steward_engine::config::Config;
 use steward_engine::embedded::{Persistence, RedisServer};
+use steward_engine::planner::{Planner, StartRun};
 use steward_engine::queue::QueueConfig;
 use steward_engine::scheduler::{self, SchedulerConfig};
-use steward_engine::store::{NewRun, Outcome, Store};
+use steward_engine::store::{Outcome, Store};
 use steward_engine::worker::{self, Runtime};
 use steward_engine::{Db, Keys, SystemClock};
 use steward_schemas::{Event, InputType, RunId, StepId, Timestamp};
@@ -283,6 +285,14 @@ async fn connect(config: &Config) -> Result<Store> {
     Ok(store)
 }
 
+fn companies_for(store: &Store) -> Companies {
+    Companies::new(
+        store.db().clone(),
+        store.keys().namespace(),
+        store.clock().clone(),
+    )
+}
+
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
@@ -376,6 +386,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                     };
                     let runtime = Arc::new(Runtime {
                         store: store.clone(),
+                        companies: companies_for(&store),
                         registry: Registry::builtin(),
                         services,
                     });
@@ -543,15 +554,19 @@ async fn run_cmd(config: &Config, args: RunArgs) -> Result<ExitCode> {
     } else {
         None
     };
-    let run = store
-        .create_run(NewRun {
+    let planner = Planner {
+        store: store.clone(),
+        companies: companies_for(&store),
+        registry: Arc::new(registry),
+    };
+    let run = planner
+        .start(StartRun {
             plan,
             company,
-            company_settings: Map::new(),
             inputs,
             requested_by: args.requested_by,
-            start_at: args.at,
             ticket: None,
+            start_at: args.at,
         })
         .await?;
     if let Some(waiter) = waiter.as_mut() {

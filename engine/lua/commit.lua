@@ -64,7 +64,7 @@ for _, entry in ipairs(plan.hist or {}) do
 end
 
 for _, job in ipairs(plan.jobs or {}) do
-  local id = redis.call('XADD', KEYS[3], '*', 'r', run, 'v', version, 'j', job.job, 'd', ARGV[2])
+  local id = redis.call('XADD', KEYS[3], '*', 'r', run, 'c', plan.company, 'v', version, 'j', job.job, 'd', ARGV[2])
   redis.call('HSET', KEYS[1], 'j:' .. job.step .. ':' .. job.seq, id)
 end
 

@@ -13,6 +13,7 @@ use steward_schemas::{RunId, RunStatus, StepState, Timestamp};
 use steward_workers::{Registry, Services};
 use tokio::sync::oneshot;
 
+use crate::companies::Companies;
 use crate::db::Db;
 use crate::queue::QueueConfig;
 use crate::store::{self, NewRun, Store};
@@ -76,6 +77,9 @@ pub enum Error {
     /// Runs did not finish.
     #[error("{0}")]
     Stuck(String),
+    /// The benchmark company could not be made.
+    #[error(transparent)]
+    Companies(#[from] crate::companies::Error),
 }
 
 fn workflow(steps: usize) -> Plan {
@@ -104,8 +108,15 @@ pub async fn run(store: Store, worker_db: Db, config: BenchConfig) -> Result<Ben
         store.keys().clone(),
         store.clock().clone(),
     );
+    let companies = Companies::new(
+        worker_db.clone(),
+        store.keys().namespace(),
+        store.clock().clone(),
+    );
+    crate::companies::ensure(&companies, crate::companies::sample("bench", &[])).await?;
     let runtime = Arc::new(Runtime {
         store: worker_store,
+        companies,
         registry: Registry::builtin(),
         services: Services::default(),
     });

@@ -3,12 +3,16 @@
 //! Redis for demos, benchmarks and tests. The decisions are made by the pure core
 //! (`steward-core`); this crate persists them and carries them out.
 
+pub mod auth;
 pub mod bench;
 pub mod clock;
+pub mod companies;
 pub mod config;
 pub mod db;
 pub mod embedded;
 pub mod keys;
+pub mod links;
+pub mod planner;
 pub mod queue;
 pub mod scheduler;
 pub mod store;

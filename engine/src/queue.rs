@@ -24,12 +24,13 @@ use apalis_core::task::Task;
 use apalis_core::task::task_id::RandomId;
 use apalis_core::worker::context::WorkerContext;
 use redis::Value;
-use steward_schemas::{Event, FailureKind, Job, Phase, RunId, StepFailure};
+use steward_schemas::{CompanyId, Event, FailureKind, Job, Phase, RunId, StepFailure};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 use tower::layer::util::Identity;
 use tracing::{debug, error, info, warn};
 
+use crate::companies::{Companies, CompanyRecord};
 use crate::keys::GROUP;
 use crate::store::{Ack, Store};
 
@@ -65,6 +66,10 @@ pub struct Delivery {
     pub doc: String,
     /// How many times the entry has been delivered (1: first delivery).
     pub deliveries: u64,
+    /// The run's company as stored when the job was received (its policy decides whether the
+    /// step may run): `Some(None)` if it no longer exists, `None` if it was not fetched.
+    pub company: Option<Option<Arc<CompanyRecord>>>,
+    company_id: Option<CompanyId>,
     _lease: Lease,
 }
 
@@ -142,6 +147,7 @@ pub struct QueueClosed;
 
 struct Shared {
     store: Store,
+    companies: Companies,
     config: QueueConfig,
     inflight: Arc<Inflight>,
     permits: Arc<Semaphore>,
@@ -152,7 +158,7 @@ struct Shared {
 
 impl StepQueue {
     /// Starts reading. Call [`Store::prepare`] first (it creates the consumer groups).
-    pub fn start(store: Store, config: QueueConfig) -> Self {
+    pub fn start(store: Store, companies: Companies, config: QueueConfig) -> Self {
         let capacity = config.concurrency.max(1);
         let (tx, rx) = mpsc::channel(capacity);
         let (stop_tx, stop) = watch::channel(false);
@@ -160,6 +166,7 @@ impl StepQueue {
         let shared = Arc::new(Shared {
             shard_of_key: keys.all_shards().map(|s| (keys.steps(s), s)).collect(),
             store,
+            companies,
             config: config.clone(),
             inflight: Arc::default(),
             permits: Arc::new(Semaphore::new(capacity)),
@@ -312,6 +319,7 @@ async fn read_new(shared: Arc<Shared>) {
             _ = stop.changed() => return,
         };
         let Some(reply) = reply else { continue };
+        let mut batch = Vec::new();
         for stream in reply.keys {
             let Some(&shard) = shared.shard_of_key.get(&stream.key) else {
                 continue;
@@ -320,22 +328,25 @@ async fn read_new(shared: Arc<Shared>) {
                 let Ok(permit) = shared.permits.clone().acquire_owned().await else {
                     return;
                 };
-                deliver(&shared, shard, &entry.id, &entry.map, 1, permit).await;
+                if let Some(d) = prepare(&shared, shard, &entry.id, &entry.map, 1, permit).await {
+                    batch.push(d);
+                }
             }
         }
+        send_batch(&shared, batch).await;
     }
 }
 
 /// Parses an entry and hands it to the worker; a malformed entry is acknowledged and
 /// dead-lettered, never retried.
-async fn deliver(
+async fn prepare(
     shared: &Shared,
     shard: u16,
     id: &str,
     fields: &HashMap<String, Value>,
     deliveries: u64,
     permit: OwnedSemaphorePermit,
-) {
+) -> Option<Delivery> {
     let field = |name: &str| -> Option<String> {
         fields
             .get(name)
@@ -361,10 +372,10 @@ async fn deliver(
             .ignore();
         pipe.cmd("XDEL").arg(keys.steps(shard)).arg(id).ignore();
         let _ = shared.store.db().pipe::<()>(&pipe).await;
-        return;
+        return None;
     };
     shared.inflight.insert(shard, id);
-    let delivery = Delivery {
+    Some(Delivery {
         shard,
         entry: id.to_owned(),
         run,
@@ -372,15 +383,46 @@ async fn deliver(
         job,
         doc,
         deliveries,
+        company: None,
+        company_id: field("c").and_then(|c| c.parse().ok()),
         _lease: Lease {
             inflight: shared.inflight.clone(),
             shard,
             entry: id.to_owned(),
             _permit: permit,
         },
-    };
-    if shared.tx.send(delivery).await.is_err() {
-        debug!("step queue: the worker is gone");
+    })
+}
+
+/// Fetches the batch's companies (one round trip, after the jobs were read, so a policy changed
+/// before a job was dispatched is seen) and hands the jobs to the worker.
+async fn send_batch(shared: &Shared, mut batch: Vec<Delivery>) {
+    if batch.is_empty() {
+        return;
+    }
+    let mut ids: Vec<CompanyId> = batch.iter().filter_map(|d| d.company_id.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    match shared.companies.get_many(&ids).await {
+        Ok(records) => {
+            let found: HashMap<CompanyId, Arc<CompanyRecord>> = ids
+                .into_iter()
+                .zip(records)
+                .filter_map(|(id, r)| r.map(|r| (id, Arc::new(r))))
+                .collect();
+            for d in &mut batch {
+                if let Some(id) = &d.company_id {
+                    d.company = Some(found.get(id).cloned());
+                }
+            }
+        }
+        Err(e) => warn!(error = %e, "step queue: cannot read companies; the worker will"),
+    }
+    for d in batch {
+        if shared.tx.send(d).await.is_err() {
+            debug!("step queue: the worker is gone");
+            return;
+        }
     }
 }
 
@@ -450,6 +492,7 @@ async fn take_over(shared: &Shared, shard: u16, claimed: Vec<redis::streams::Str
             return;
         }
     };
+    let mut batch = Vec::new();
     for (entry, count) in claimed.into_iter().zip(counts) {
         let deliveries = count.first().map_or(1, |c| c.3);
         info!(entry = %entry.id, shard, deliveries, "step queue: took over a job from a consumer that stopped renewing it");
@@ -460,8 +503,11 @@ async fn take_over(shared: &Shared, shard: u16, claimed: Vec<redis::streams::Str
         let Ok(permit) = shared.permits.clone().acquire_owned().await else {
             return;
         };
-        deliver(shared, shard, &entry.id, &entry.map, deliveries, permit).await;
+        if let Some(d) = prepare(shared, shard, &entry.id, &entry.map, deliveries, permit).await {
+            batch.push(d);
+        }
     }
+    send_batch(shared, batch).await;
 }
 
 async fn park(shared: &Shared, shard: u16, entry: &redis::streams::StreamId, deliveries: u64) {

@@ -145,6 +145,9 @@ pub struct Store {
 #[derive(Serialize, Default)]
 struct CommitPlan<'a> {
     run: String,
+    /// The run's company (jobs carry it, so workers fetch its policy with the batch).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    company: String,
     group: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     ack: Option<AckRef<'a>>,
@@ -589,6 +592,7 @@ impl Store {
         let shard = self.keys.shard_of(run);
         let mut plan = CommitPlan {
             run: run.to_string(),
+            company: ctx.company.to_string(),
             group: GROUP,
             ..CommitPlan::default()
         };

@@ -1,20 +1,23 @@
-//! The worker: an apalis worker on the step queue that runs each job's op and commits its
-//! outcome.
+//! The worker: an apalis worker on the step queue that checks each job against its company's
+//! current policy, runs its op (or opens its approval gate), and commits the outcome.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use apalis::layers::WorkerBuilderExt;
 use apalis_core::error::BoxDynError;
 use apalis_core::task::data::Data;
 use apalis_core::worker::builder::WorkerBuilder;
 use futures::FutureExt;
 use steward_core::history::redact;
-use steward_schemas::{Dur, Event, FailureKind, Phase, StepFailure};
+use steward_core::plan::GATE_OP;
+use steward_core::policy::{Verdict, judge};
+use steward_core::{Catalog, Plan};
+use steward_schemas::{Approvers, Dur, Event, FailureKind, GateSpec, Phase, StepFailure};
 use steward_workers::{OpContext, OpError, OpOutcome, Registry, Services};
 use tracing::{Instrument, debug, error, info_span, warn};
 
+use crate::companies::{Companies, CompanyRecord};
 use crate::queue::{Delivery, QueueConfig, StepQueue};
 use crate::store::{self, Outcome, RunSnapshot, Store, parse_doc};
 
@@ -23,6 +26,8 @@ use crate::store::{self, Outcome, RunSnapshot, Store, parse_doc};
 pub struct Runtime {
     /// The run store.
     pub store: Store,
+    /// The companies (their policies are checked before each step runs).
+    pub companies: Companies,
     /// The ops.
     pub registry: Registry,
     /// Clients the ops use.
@@ -35,9 +40,10 @@ pub async fn run(
     queue: QueueConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), apalis_core::error::WorkerError> {
+    use apalis::layers::WorkerBuilderExt as _;
     let name = queue.consumer.clone();
     let concurrency = queue.concurrency;
-    let backend = StepQueue::start(runtime.store.clone(), queue);
+    let backend = StepQueue::start(runtime.store.clone(), runtime.companies.clone(), queue);
     // No `catch_panic` layer: `execute` catches a panicking op itself and reports it as a
     // failure (apalis's layer would leave the job unacknowledged, and its future cannot be
     // spawned onto the runtime).
@@ -68,6 +74,12 @@ async fn handle(delivery: Delivery, runtime: Data<Arc<Runtime>>) -> Result<(), B
     Ok(())
 }
 
+enum Failure {
+    Op(OpError),
+    Timeout(Dur),
+    Panic(String),
+}
+
 impl Runtime {
     /// Runs one job and commits its outcome (retrying while Redis is unreachable).
     pub async fn execute(&self, delivery: Delivery) {
@@ -79,32 +91,40 @@ impl Runtime {
             }
         };
         let job = &delivery.job;
-        let cx = OpContext {
-            run_id: delivery.run,
-            company: doc.ctx.company.clone(),
-            step: job.step.clone(),
-            phase: job.phase,
-            attempt: job.attempt,
-            polls: job.polls,
-            seq: job.seq,
-            services: self.services.clone(),
-        };
-        let result = match self.registry.get(&job.op) {
-            None => Err(Failure::Op(OpError::terminal(format!(
-                "this worker has no op `{}`; deploy a worker that has it, then retry the step",
-                job.op
-            )))),
-            Some(op) => {
-                let running = AssertUnwindSafe(op.run(&cx, job.input.clone())).catch_unwind();
-                match tokio::time::timeout(job.timeout.get(), running).await {
-                    Err(_) => Err(Failure::Timeout(job.timeout)),
-                    Ok(Err(panic)) => Err(Failure::Panic(panic_message(&panic))),
-                    Ok(Ok(Err(e))) => Err(Failure::Op(e)),
-                    Ok(Ok(Ok(outcome))) => Ok(outcome),
+        let company = match &delivery.company {
+            Some(c) => c.clone(),
+            None => match self.companies.get(&doc.ctx.company).await {
+                Ok(c) => c.map(Arc::new),
+                Err(e) => {
+                    warn!(error = %e, "cannot read the company; the job will be retried");
+                    return;
                 }
-            }
+            },
         };
-        let event = outcome_event(job, result);
+        let event = if job.phase == Phase::Run {
+            match self
+                .check_policy(
+                    &doc.ctx.workflow.hash,
+                    job,
+                    company.as_deref(),
+                    doc.ctx.company.as_str(),
+                )
+                .await
+            {
+                Some(reason) => {
+                    warn!(%reason, "the company's policy refuses the step; pausing the run");
+                    Event::StepBlocked {
+                        step: job.step.clone(),
+                        seq: job.seq,
+                        reason,
+                    }
+                }
+                None if job.op == GATE_OP => open_gate(job, company.as_deref()),
+                None => self.run_op(&delivery, &doc.ctx.company).await,
+            }
+        } else {
+            self.run_op(&delivery, &doc.ctx.company).await
+        };
         let snapshot = RunSnapshot {
             version: delivery.version,
             doc,
@@ -151,12 +171,103 @@ impl Runtime {
             }
         }
     }
+
+    /// Why the company's policy, as it is now, refuses this step; `None` if it allows it.
+    async fn check_policy(
+        &self,
+        plan_hash: &str,
+        job: &steward_schemas::Job,
+        company: Option<&CompanyRecord>,
+        company_id: &str,
+    ) -> Option<String> {
+        if job.op == GATE_OP {
+            return None;
+        }
+        let Some(company) = company else {
+            return Some(format!("company `{company_id}` no longer exists"));
+        };
+        let spec = self.registry.op(&job.op)?;
+        match judge(spec, &company.company.permissions, company_id) {
+            Verdict::Allowed => None,
+            Verdict::Refused { reason } => Some(reason),
+            Verdict::NeedsApproval { reason } => {
+                // Fine if the plan put the step behind a gate; a policy that started asking for
+                // approval after the run was planned stops it instead.
+                match self.store.plan(plan_hash).await {
+                    Ok(plan) if behind_gate(&plan, job.step.as_str()) => None,
+                    Ok(_) => Some(format!(
+                        "{reason}, and this run was planned without that approval; cancel it and start it again, or change the policy back"
+                    )),
+                    Err(e) => Some(format!("cannot check the plan ({e})")),
+                }
+            }
+        }
+    }
+
+    async fn run_op(&self, delivery: &Delivery, company: &steward_schemas::CompanyId) -> Event {
+        let job = &delivery.job;
+        let cx = OpContext {
+            run_id: delivery.run,
+            company: company.clone(),
+            step: job.step.clone(),
+            phase: job.phase,
+            attempt: job.attempt,
+            polls: job.polls,
+            seq: job.seq,
+            services: self.services.clone(),
+        };
+        let result = match self.registry.get(&job.op) {
+            None => Err(Failure::Op(OpError::terminal(format!(
+                "this worker has no implementation of op `{}`; deploy a worker that has it, then retry the step",
+                job.op
+            )))),
+            Some(op) => {
+                let running = AssertUnwindSafe(op.run(&cx, job.input.clone())).catch_unwind();
+                match tokio::time::timeout(job.timeout.get(), running).await {
+                    Err(_) => Err(Failure::Timeout(job.timeout)),
+                    Ok(Err(panic)) => Err(Failure::Panic(panic_message(&panic))),
+                    Ok(Ok(Err(e))) => Err(Failure::Op(e)),
+                    Ok(Ok(Ok(outcome))) => Ok(outcome),
+                }
+            }
+        };
+        outcome_event(job, result)
+    }
 }
 
-enum Failure {
-    Op(OpError),
-    Timeout(Dur),
-    Panic(String),
+/// Whether `step` (transitively) needs an approval gate in `plan`.
+fn behind_gate(plan: &Plan, step: &str) -> bool {
+    let Some(i) = plan.index_of(step) else {
+        return false;
+    };
+    plan.steps()
+        .iter()
+        .any(|s| s.gate.is_some() && s.descendants.contains(&i))
+}
+
+/// Resolves a gate's approvers: its own list, or the company's approvers as they are now.
+fn open_gate(job: &steward_schemas::Job, company: Option<&CompanyRecord>) -> Event {
+    let Ok(gate) = serde_json::from_value::<GateSpec>(job.input.clone()) else {
+        return Event::StepFailed {
+            step: job.step.clone(),
+            seq: job.seq,
+            error: StepFailure::terminal("the gate's settings do not parse (a bug)"),
+        };
+    };
+    let resolve = |a: &Approvers| -> Vec<String> {
+        match a {
+            Approvers::List(list) => list.clone(),
+            Approvers::Source(_) => company
+                .map(|c| c.company.approvers.clone())
+                .unwrap_or_default(),
+        }
+    };
+    Event::GateOpened {
+        step: job.step.clone(),
+        seq: job.seq,
+        approvers: resolve(&gate.approvers),
+        escalation: gate.escalate_to.as_ref().map(resolve).unwrap_or_default(),
+    }
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::{Map, Value};
 use steward_core::Plan;
+use steward_engine::companies::{Companies, sample};
 use steward_engine::embedded::{Persistence, RedisServer};
 use steward_engine::queue::QueueConfig;
 use steward_engine::scheduler::{self, SchedulerConfig};
@@ -81,12 +82,27 @@ impl Env {
         let shards = 4;
         let store = store_for(&redis.url(), &namespace, shards).await?;
         store.prepare().await?;
+        let companies = Companies::new(store.db().clone(), &namespace, store.clock().clone());
+        steward_engine::companies::ensure(
+            &companies,
+            sample("contoso", &["alice@msp.example", "bob@msp.example"]),
+        )
+        .await?;
         Ok(Self {
             redis,
             namespace,
             shards,
             store,
         })
+    }
+
+    /// The companies of this namespace (the test's connection).
+    pub fn companies(&self) -> Companies {
+        Companies::new(
+            self.store.db().clone(),
+            &self.namespace,
+            self.store.clock().clone(),
+        )
     }
 
     /// Another store (its own connection) on the same namespace.
@@ -99,6 +115,7 @@ impl Env {
         let store = self.store().await?;
         let runtime = Arc::new(Runtime {
             store: store.clone(),
+            companies: self.companies(),
             registry: Registry::builtin(),
             services: Services {
                 redis: Some(store.db().manager()),

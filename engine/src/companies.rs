@@ -1,0 +1,362 @@
+//! Companies on Redis. Every company key shares the `{co}` hash slot, so a bulk import is one
+//! atomic script: all of it is written, or none.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use redis::Script;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use steward_core::company::{FieldProblem, normalize, validate};
+use steward_schemas::{Company, CompanyId, Timestamp};
+
+use crate::clock::Clock;
+use crate::db::Db;
+
+/// A stored company with its version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CompanyRecord {
+    /// The company.
+    pub company: Company,
+    /// Incremented by every change; send it back to update without losing someone else's change.
+    pub version: u64,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When it last changed.
+    pub updated_at: Timestamp,
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct ImportReport {
+    /// Companies created.
+    pub created: Vec<CompanyId>,
+    /// Companies changed.
+    pub updated: Vec<CompanyId>,
+    /// Companies already exactly as in the file.
+    pub unchanged: Vec<CompanyId>,
+}
+
+/// A company store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Redis failed.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// The settings are wrong.
+    #[error("the company's settings have {} problems", .0.len())]
+    Invalid(Vec<FieldProblem>),
+    /// It exists already.
+    #[error("company `{0}` already exists")]
+    Exists(CompanyId),
+    /// It does not exist.
+    #[error("no company `{0}`")]
+    NotFound(CompanyId),
+    /// Someone else changed it first.
+    #[error(
+        "company `{id}` changed since version {expected} (it is at {actual}); reload it and apply your change again"
+    )]
+    Stale {
+        /// The company.
+        id: CompanyId,
+        /// The version the caller had.
+        expected: u64,
+        /// The version stored.
+        actual: u64,
+    },
+    /// Stored data does not parse.
+    #[error("stored company data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// `Result` for company calls.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Writes records only if every one is still at the version the caller read (0: absent).
+/// KEYS: the company keys, then the id set. ARGV: per key, expected version and JSON.
+const WRITE_ALL: &str = r"
+local n = #KEYS - 1
+for i = 1, n do
+  local current = redis.call('GET', KEYS[i])
+  local version = 0
+  if current then version = cjson.decode(current).version end
+  if tostring(version) ~= ARGV[2 * i - 1] then
+    return {'stale', i, version}
+  end
+end
+for i = 1, n do
+  redis.call('SET', KEYS[i], ARGV[2 * i])
+  redis.call('SADD', KEYS[n + 1], cjson.decode(ARGV[2 * i]).company.id)
+end
+return {'ok'}
+";
+
+/// Companies. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Companies {
+    db: Db,
+    ns: String,
+    clock: Arc<dyn Clock>,
+    write_all: Arc<Script>,
+}
+
+impl Companies {
+    /// Companies under namespace `ns`.
+    pub fn new(db: Db, ns: &str, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            db,
+            ns: ns.to_owned(),
+            clock,
+            write_all: Arc::new(Script::new(WRITE_ALL)),
+        }
+    }
+
+    /// The key of a company.
+    pub fn key(&self, id: &CompanyId) -> String {
+        format!("{}:{{co}}:company:{id}", self.ns)
+    }
+
+    fn ids_key(&self) -> String {
+        format!("{}:{{co}}:companies", self.ns)
+    }
+
+    /// A company.
+    pub async fn get(&self, id: &CompanyId) -> Result<Option<CompanyRecord>> {
+        let json: Option<String> = self.db.query(redis::cmd("GET").arg(self.key(id))).await?;
+        json.map(|j| parse(&j)).transpose()
+    }
+
+    /// Companies by id (absent ones are `None`), in one round trip.
+    pub async fn get_many(&self, ids: &[CompanyId]) -> Result<Vec<Option<CompanyRecord>>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| self.key(id)).collect();
+        let jsons: Vec<Option<String>> = self.db.query(redis::cmd("MGET").arg(&keys)).await?;
+        jsons
+            .iter()
+            .map(|j| j.as_deref().map(parse).transpose())
+            .collect()
+    }
+
+    /// Every company, by id.
+    pub async fn list(&self) -> Result<Vec<CompanyRecord>> {
+        let mut ids: Vec<String> = self
+            .db
+            .query(redis::cmd("SMEMBERS").arg(self.ids_key()))
+            .await?;
+        ids.sort();
+        let ids: Vec<CompanyId> = ids.iter().filter_map(|i| i.parse().ok()).collect();
+        Ok(self.get_many(&ids).await?.into_iter().flatten().collect())
+    }
+
+    /// Checks and creates a company.
+    pub async fn create(&self, mut company: Company) -> Result<CompanyRecord> {
+        normalize(&mut company);
+        let problems = validate(&company);
+        if !problems.is_empty() {
+            return Err(Error::Invalid(problems));
+        }
+        let now = self.clock.now();
+        let record = CompanyRecord {
+            company,
+            version: 1,
+            created_at: now,
+            updated_at: now,
+        };
+        match self.write(&[(0, &record)]).await? {
+            None => Ok(record),
+            Some(_) => Err(Error::Exists(record.company.id)),
+        }
+    }
+
+    /// Checks and replaces a company; with `if_version`, only if it is still at that version.
+    pub async fn update(
+        &self,
+        mut company: Company,
+        if_version: Option<u64>,
+    ) -> Result<CompanyRecord> {
+        normalize(&mut company);
+        let problems = validate(&company);
+        if !problems.is_empty() {
+            return Err(Error::Invalid(problems));
+        }
+        let current = self
+            .get(&company.id)
+            .await?
+            .ok_or_else(|| Error::NotFound(company.id.clone()))?;
+        if let Some(expected) = if_version
+            && expected != current.version
+        {
+            return Err(Error::Stale {
+                id: company.id,
+                expected,
+                actual: current.version,
+            });
+        }
+        if current.company == company {
+            return Ok(current);
+        }
+        let record = CompanyRecord {
+            company,
+            version: current.version + 1,
+            created_at: current.created_at,
+            updated_at: self.clock.now(),
+        };
+        match self.write(&[(current.version, &record)]).await? {
+            None => Ok(record),
+            Some((_, actual)) => Err(Error::Stale {
+                id: record.company.id,
+                expected: current.version,
+                actual,
+            }),
+        }
+    }
+
+    /// Deletes a company; whether it existed.
+    pub async fn delete(&self, id: &CompanyId) -> Result<bool> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("DEL")
+            .arg(self.key(id))
+            .cmd("SREM")
+            .arg(self.ids_key())
+            .arg(id.as_str())
+            .ignore();
+        let (deleted,): (u64,) = self.db.pipe(&pipe).await?;
+        Ok(deleted > 0)
+    }
+
+    /// Imports checked companies (from a CSV file): all are written or none. A company already
+    /// exactly as in the file is left alone (so importing the same file twice changes nothing);
+    /// what the file cannot express (per-group permission overrides, free-form settings) is kept
+    /// from the stored company.
+    pub async fn import(&self, companies: Vec<Company>) -> Result<ImportReport> {
+        for _ in 0..5 {
+            let ids: Vec<CompanyId> = companies.iter().map(|c| c.id.clone()).collect();
+            let current = self.get_many(&ids).await?;
+            let now = self.clock.now();
+            let mut report = ImportReport::default();
+            let mut writes: Vec<(u64, CompanyRecord)> = Vec::new();
+            for (mut company, existing) in companies.iter().cloned().zip(current) {
+                normalize(&mut company);
+                match existing {
+                    None => {
+                        report.created.push(company.id.clone());
+                        writes.push((
+                            0,
+                            CompanyRecord {
+                                company,
+                                version: 1,
+                                created_at: now,
+                                updated_at: now,
+                            },
+                        ));
+                    }
+                    Some(old) => {
+                        company.permissions.groups = old.company.permissions.groups.clone();
+                        company.settings = old.company.settings.clone();
+                        if company == old.company {
+                            report.unchanged.push(company.id.clone());
+                        } else {
+                            report.updated.push(company.id.clone());
+                            writes.push((
+                                old.version,
+                                CompanyRecord {
+                                    company,
+                                    version: old.version + 1,
+                                    created_at: old.created_at,
+                                    updated_at: now,
+                                },
+                            ));
+                        }
+                    }
+                }
+            }
+            let refs: Vec<(u64, &CompanyRecord)> = writes.iter().map(|(v, r)| (*v, r)).collect();
+            if refs.is_empty() || self.write(&refs).await?.is_none() {
+                return Ok(report);
+            }
+            // Someone changed one of them meanwhile: read again and redo the comparison.
+        }
+        Err(Error::Corrupt(
+            "the companies kept changing during the import; try again".to_owned(),
+        ))
+    }
+
+    /// Writes records if each is at its expected version; else the first mismatch.
+    async fn write(&self, records: &[(u64, &CompanyRecord)]) -> Result<Option<(usize, u64)>> {
+        let mut inv = self.write_all.prepare_invoke();
+        for (_, r) in records {
+            inv.key(self.key(&r.company.id));
+        }
+        inv.key(self.ids_key());
+        for (expected, r) in records {
+            inv.arg(expected.to_string())
+                .arg(serde_json::to_string(r).map_err(|e| Error::Corrupt(e.to_string()))?);
+        }
+        let reply: Vec<redis::Value> = self.db.script(&inv).await?;
+        let first: String = reply
+            .first()
+            .map(redis::from_redis_value_ref)
+            .transpose()
+            .map_err(|e| Error::Corrupt(e.to_string()))?
+            .unwrap_or_default();
+        if first == "ok" {
+            return Ok(None);
+        }
+        let index: usize = reply
+            .get(1)
+            .map(redis::from_redis_value_ref)
+            .transpose()
+            .ok()
+            .flatten()
+            .unwrap_or(1);
+        let version: u64 = reply
+            .get(2)
+            .map(redis::from_redis_value_ref)
+            .transpose()
+            .ok()
+            .flatten()
+            .unwrap_or(0);
+        Ok(Some((index, version)))
+    }
+
+    /// Company ids → records, for many lookups at once (absent ids are left out).
+    pub async fn by_id(&self, ids: &[CompanyId]) -> Result<HashMap<CompanyId, CompanyRecord>> {
+        Ok(self
+            .get_many(ids)
+            .await?
+            .into_iter()
+            .flatten()
+            .map(|r| (r.company.id.clone(), r))
+            .collect())
+    }
+}
+
+/// A cloud-only company whose policy allows everything (`full_automation`), approved by
+/// `approvers`: for demos, benchmarks and tests.
+pub fn sample(id: &str, approvers: &[&str]) -> Company {
+    serde_json::from_value(serde_json::json!({
+        "id": id,
+        "name": format!("{id} (sample)"),
+        "tenant_id": "8f1c0e2a-0b5e-4f7e-9a51-3c2d6a7b9e10",
+        "identity_provider": "entra_id",
+        "mailbox_provider": "exchange_online",
+        "approvers": approvers,
+        "permissions": {"profile": "full_automation"},
+        "defaults": {"usage_location": "GB", "upn_domain": "example.com"},
+    }))
+    .expect("the sample company is well formed")
+}
+
+/// Creates the company if it does not exist yet.
+pub async fn ensure(companies: &Companies, company: Company) -> Result<()> {
+    match companies.create(company).await {
+        Ok(_) | Err(Error::Exists(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn parse(json: &str) -> Result<CompanyRecord> {
+    serde_json::from_str(json).map_err(|e| Error::Corrupt(e.to_string()))
+}
