@@ -1,5 +1,6 @@
 //! The `steward` command: CLI wiring only.
 
+mod client;
 mod demo;
 mod print;
 
@@ -15,7 +16,7 @@ use steward_engine::bench::{self, BenchConfig, Waiter};
 use steward_engine::companies::Companies;
 use steward_engine::config::Config;
 use steward_engine::embedded::{Persistence, RedisServer};
-use steward_engine::planner::{Planner, StartRun};
+use steward_engine::planner::{Planner, StartRun, Workflows};
 use steward_engine::queue::QueueConfig;
 use steward_engine::scheduler::{self, SchedulerConfig};
 use steward_engine::store::{Outcome, Store};
@@ -60,7 +61,7 @@ struct Global {
 enum Command {
     /// Run steps: a queue worker.
     Worker(WorkerArgs),
-    /// Run the scheduler (durable timers); the HTTP API joins it later.
+    /// Serve the HTTP API and run the scheduler (durable timers).
     Serve(ServeArgs),
     /// Start a run of a workflow.
     Run(RunArgs),
@@ -125,7 +126,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Write the JSON Schemas generated from the Rust types into DIR (default schemas/json).
+    /// Write the JSON Schemas generated from the Rust types into DIR (default schemas/json), and the
+    /// OpenAPI document beside it (schemas/openapi.json).
     Schema {
         /// Where to write them.
         #[arg(long, default_value = "schemas/json")]
@@ -135,9 +137,94 @@ enum Command {
     Bench(BenchArgs),
     /// Show what Steward does, on a private Redis: runs sample workflows and prints them.
     Demo,
+    /// List runs (through the API).
+    Runs {
+        #[command(flatten)]
+        api: client::ApiArgs,
+        #[command(flatten)]
+        args: client::RunsArgs,
+    },
+    /// The gates waiting for your decision (through the API).
+    Approvals {
+        #[command(flatten)]
+        api: client::ApiArgs,
+    },
+    /// Approve a gate: RUN/STEP (through the API).
+    Approve {
+        /// The gate, `run_…/step`.
+        gate: String,
+        /// Why.
+        #[arg(long)]
+        comment: Option<String>,
+        #[command(flatten)]
+        api: client::ApiArgs,
+    },
+    /// Reject a gate: the run ends and what it did before the gate is undone (through the API).
+    Reject {
+        /// The gate, `run_…/step`.
+        gate: String,
+        /// Why.
+        #[arg(long)]
+        comment: Option<String>,
+        #[command(flatten)]
+        api: client::ApiArgs,
+    },
+    /// Companies (through the API).
+    Companies {
+        #[command(flatten)]
+        api: client::ApiArgs,
+        #[command(subcommand)]
+        cmd: client::CompaniesCmd,
+    },
+    /// Technicians and tokens. Without a token these act on Redis directly (on the server): that
+    /// is how the first admin and their token are made.
+    Technicians {
+        #[command(flatten)]
+        api: client::ApiArgs,
+        #[command(subcommand)]
+        cmd: TechniciansCmd,
+    },
     /// Serve the sandbox: a simulated MSP world (Graph, token endpoint, Exchange Online admin API,
     /// Datto RMM, Autotask) with fault injection and an effect ledger. See sandbox/README.md.
     Sandbox(SandboxArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum TechniciansCmd {
+    /// List technicians.
+    List,
+    /// Add a technician.
+    Add {
+        /// Their email.
+        #[arg(long)]
+        email: String,
+        /// Their name.
+        #[arg(long)]
+        name: String,
+        /// Make them an admin.
+        #[arg(long)]
+        admin: bool,
+        /// `all`, or company ids separated by commas.
+        #[arg(long, default_value = "all")]
+        companies: String,
+        /// Also make a token for them, named this (printed once).
+        #[arg(long)]
+        token_name: Option<String>,
+    },
+    /// Make a token for a technician (printed once).
+    Token {
+        /// Their email.
+        #[arg(long)]
+        email: String,
+        /// What the token is for.
+        #[arg(long, default_value = "cli")]
+        name: String,
+    },
+    /// Revoke a token.
+    Revoke {
+        /// The token's id (`tok_…`).
+        id: String,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -177,9 +264,12 @@ struct WorkerArgs {
 
 #[derive(Args, Debug)]
 struct ServeArgs {
-    /// Where the HTTP API will listen (unused until the API exists).
+    /// Where the HTTP API listens (http.listen).
     #[arg(long)]
     listen: Option<String>,
+    /// The folder of workflow files the API offers (http.workflows).
+    #[arg(long)]
+    workflows: Option<String>,
     /// Seconds between looks for due timers when none were due, e.g. `100ms`.
     #[arg(long)]
     tick: Option<steward_schemas::Dur>,
@@ -223,6 +313,13 @@ struct BenchArgs {
     /// One workflow at a time.
     #[arg(long)]
     serial: bool,
+    /// Instead: decide this many approval gates one after another and report decision → next
+    /// step dispatched (in-process and through the HTTP API).
+    #[arg(long, conflicts_with_all = ["serial", "parked"])]
+    gates: Option<usize>,
+    /// Instead: park this many runs at an approval gate and report Redis memory per parked run.
+    #[arg(long, conflicts_with = "serial")]
+    parked: Option<usize>,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -344,9 +441,21 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                     .with_context(|| format!("cannot write {}", path.display()))?;
                 println!("wrote {}", path.display());
             }
+            let openapi = dir.parent().unwrap_or(&dir).join("openapi.json");
+            std::fs::write(&openapi, steward_engine::api::openapi_json())
+                .with_context(|| format!("cannot write {}", openapi.display()))?;
+            println!("wrote {}", openapi.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo => demo::run().await,
+        Command::Runs { api, args } => client::runs(&api, args).await,
+        Command::Approvals { api } => client::approvals(&api).await,
+        Command::Approve { gate, comment, api } => client::decide(&api, &gate, true, comment).await,
+        Command::Reject { gate, comment, api } => client::decide(&api, &gate, false, comment).await,
+        Command::Companies { api, cmd } => client::companies(&api, cmd).await,
+        Command::Technicians { api, cmd } if api.token.is_some() => {
+            technicians_api(&api, cmd).await
+        }
         Command::Sandbox(args) => {
             let sandbox = steward_sandbox::Sandbox::new(steward_sandbox::Options {
                 fixture: args.fixture,
@@ -414,12 +523,54 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                     if let Some(l) = args.listen {
                         config.http.listen = l;
                     }
+                    if let Some(w) = args.workflows {
+                        config.http.workflows = w;
+                    }
                     let store = connect(&config).await?;
-                    tracing::info!("scheduler starting");
-                    scheduler::run(store, scheduler_config(&config), shutdown_signal()).await;
+                    let registry = Arc::new(Registry::builtin());
+                    let workflows =
+                        Workflows::load_dir(Path::new(&config.http.workflows), &registry)?;
+                    let listener = tokio::net::TcpListener::bind(&config.http.listen)
+                        .await
+                        .with_context(|| format!("cannot listen on {}", config.http.listen))?;
+                    let addr = listener.local_addr()?;
+                    let public_url = config
+                        .http
+                        .public_url
+                        .clone()
+                        .unwrap_or_else(|| format!("http://{addr}"));
+                    let state = steward_engine::api::state(
+                        store.clone(),
+                        registry,
+                        workflows,
+                        config.http.link_key.as_ref().map(|k| k.0.as_str()),
+                        public_url,
+                    )
+                    .await
+                    .map_err(|e| anyhow!(e))?;
+                    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+                    let stopped = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+                        let _ = rx.wait_for(|s| *s).await;
+                    };
+                    let sched = tokio::spawn(scheduler::run(
+                        store,
+                        scheduler_config(&config),
+                        stopped(stop_rx.clone()),
+                    ));
+                    tracing::info!(%addr, "API and scheduler starting");
+                    println!("steward serve: API on http://{addr}, scheduler running");
+                    let app = steward_engine::api::app(state);
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(async move {
+                            shutdown_signal().await;
+                            let _ = stop_tx.send(true);
+                        })
+                        .await?;
+                    let _ = sched.await;
                     Ok(ExitCode::SUCCESS)
                 }
                 Command::Run(args) => run_cmd(&config, args).await,
+                Command::Technicians { cmd, .. } => technicians_local(&config, cmd).await,
                 Command::Status { run, json } => {
                     let store = connect(&config).await?;
                     let snap = store.load(run).await?.ok_or_else(|| {
@@ -476,12 +627,170 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 | Command::Schema { .. }
                 | Command::Demo
                 | Command::Bench(_)
-                | Command::Sandbox(_) => {
+                | Command::Sandbox(_)
+                | Command::Runs { .. }
+                | Command::Approvals { .. }
+                | Command::Approve { .. }
+                | Command::Reject { .. }
+                | Command::Companies { .. } => {
                     unreachable!("handled above")
                 }
             }
         }
     }
+}
+
+fn scope(companies: &str) -> Result<steward_schemas::CompanyScope> {
+    if companies.trim() == "all" {
+        return Ok(steward_schemas::CompanyScope::ALL);
+    }
+    let ids = companies
+        .split(',')
+        .map(|c| c.trim().parse().map_err(|e| anyhow!("--companies: {e}")))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(steward_schemas::CompanyScope::Only(ids))
+}
+
+/// Technicians on Redis directly: for the server, and for the first admin.
+async fn technicians_local(config: &Config, cmd: TechniciansCmd) -> Result<ExitCode> {
+    let store = connect(config).await?;
+    let auth = steward_engine::auth::Auth::new(
+        store.db().clone(),
+        store.keys().namespace(),
+        store.clock().clone(),
+    );
+    match cmd {
+        TechniciansCmd::List => {
+            for t in auth.technicians().await? {
+                println!(
+                    "{}  {:<30} {:<10} {:?}{}",
+                    t.id,
+                    t.email,
+                    format!("{:?}", t.role).to_lowercase(),
+                    t.companies,
+                    if t.disabled { "  (disabled)" } else { "" }
+                );
+            }
+        }
+        TechniciansCmd::Add {
+            email,
+            name,
+            admin,
+            companies,
+            token_name,
+        } => {
+            let role = if admin {
+                steward_schemas::Role::Admin
+            } else {
+                steward_schemas::Role::Technician
+            };
+            let tech = auth
+                .add_technician(&email, &name, role, scope(&companies)?)
+                .await?;
+            println!(
+                "added {} ({}, {})",
+                tech.email,
+                tech.id,
+                if admin { "admin" } else { "technician" }
+            );
+            if let Some(n) = token_name {
+                let (info, token) = auth.create_token(tech.id, &n).await?;
+                println!("token {} (shown once, keep it safe):\n{token}", info.id);
+            }
+        }
+        TechniciansCmd::Token { email, name } => {
+            let tech = auth
+                .technician_by_email(&email)
+                .await?
+                .ok_or_else(|| anyhow!("no technician with email `{email}`"))?;
+            let (info, token) = auth.create_token(tech.id, &name).await?;
+            println!(
+                "token {} for {} (shown once, keep it safe):\n{token}",
+                info.id, tech.email
+            );
+        }
+        TechniciansCmd::Revoke { id } => {
+            let id = id.parse().map_err(|e| anyhow!("{e}"))?;
+            let info = auth.revoke_token(id).await?;
+            println!("revoked {}", info.id);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Technicians through the API.
+async fn technicians_api(api: &client::ApiArgs, cmd: TechniciansCmd) -> Result<ExitCode> {
+    let c = client::Client::new(api)?;
+    match cmd {
+        TechniciansCmd::List => {
+            let list = c.get("/v1/technicians").await?;
+            for t in list.as_array().into_iter().flatten() {
+                println!(
+                    "{}  {:<30} {:<10} {}",
+                    t["id"].as_str().unwrap_or(""),
+                    t["email"].as_str().unwrap_or(""),
+                    t["role"].as_str().unwrap_or(""),
+                    t["companies"]
+                );
+            }
+        }
+        TechniciansCmd::Add {
+            email,
+            name,
+            admin,
+            companies,
+            token_name,
+        } => {
+            let body = serde_json::json!({"email": email, "name": name, "role": if admin { "admin" } else { "technician" }, "companies": scope(&companies)?});
+            let tech = c.post("/v1/technicians", body).await?;
+            println!(
+                "added {} ({})",
+                tech["email"].as_str().unwrap_or(""),
+                tech["id"].as_str().unwrap_or("")
+            );
+            if let Some(n) = token_name {
+                let id = tech["id"].as_str().unwrap_or("");
+                let t = c
+                    .post(
+                        &format!("/v1/technicians/{id}/tokens"),
+                        serde_json::json!({"name": n}),
+                    )
+                    .await?;
+                println!(
+                    "token {} (shown once, keep it safe):\n{}",
+                    t["info"]["id"].as_str().unwrap_or(""),
+                    t["token"].as_str().unwrap_or("")
+                );
+            }
+        }
+        TechniciansCmd::Token { email, name } => {
+            let list = c.get("/v1/technicians").await?;
+            let id = list
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|t| t["email"].as_str() == Some(email.to_lowercase().as_str()))
+                .and_then(|t| t["id"].as_str().map(str::to_owned))
+                .ok_or_else(|| anyhow!("no technician with email `{email}`"))?;
+            let t = c
+                .post(
+                    &format!("/v1/technicians/{id}/tokens"),
+                    serde_json::json!({"name": name}),
+                )
+                .await?;
+            println!(
+                "token {} (shown once, keep it safe):\n{}",
+                t["info"]["id"].as_str().unwrap_or(""),
+                t["token"].as_str().unwrap_or("")
+            );
+        }
+        TechniciansCmd::Revoke { id } => {
+            c.delete(&format!("/v1/tokens/{}", client::urlencode(&id)))
+                .await?;
+            println!("revoked {id}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn who() -> String {
@@ -618,6 +927,46 @@ async fn command_event(config: &Config, run: RunId, event: Event) -> Result<Exit
     }
 }
 
+/// Serves the API in-process for the gate benchmark: its URL, an approver's token, the task.
+async fn bench_api(store: &Store) -> Result<(String, String, tokio::task::JoinHandle<()>)> {
+    let auth = steward_engine::auth::Auth::new(
+        store.db().clone(),
+        store.keys().namespace(),
+        store.clock().clone(),
+    );
+    let tech = match auth
+        .add_technician(
+            "approver@bench.example",
+            "bench approver",
+            steward_schemas::Role::Technician,
+            steward_schemas::CompanyScope::ALL,
+        )
+        .await
+    {
+        Ok(t) => t,
+        Err(_) => auth
+            .technician_by_email("approver@bench.example")
+            .await?
+            .ok_or_else(|| anyhow!("no bench approver"))?,
+    };
+    let (_, token) = auth.create_token(tech.id, "bench").await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let state = steward_engine::api::state(
+        store.clone(),
+        Arc::new(Registry::builtin()),
+        Workflows::default(),
+        None,
+        base.clone(),
+    )
+    .await
+    .map_err(|e| anyhow!(e))?;
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, steward_engine::api::app(state)).await;
+    });
+    Ok((base, token, server))
+}
+
 async fn bench_cmd(global: &Global, args: BenchArgs) -> Result<ExitCode> {
     // Without --redis, measure on a private Redis with AOF (appendfsync everysec), as deployed.
     let private = if global.redis.is_none() && std::env::var_os("STEWARD_REDIS__URL").is_none() {
@@ -634,6 +983,64 @@ async fn bench_cmd(global: &Global, args: BenchArgs) -> Result<ExitCode> {
     }
     let store = connect(&config).await?;
     let worker_db = Db::connect(&config.redis.url, config.redis.response_timeout.get()).await?;
+    if let Some(n) = args.parked {
+        let report = bench::parked(store, worker_db, n).await?;
+        if args.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            println!("{} runs parked at an approval gate", report.runs);
+            println!(
+                "  redis memory per parked run {:>10.0} bytes ({:.1} MiB in all)",
+                report.bytes_per_run, report.total_mib
+            );
+            println!(
+                "  redis commands/s while they wait {:>6.1} (a scheduler ticking; nothing polls per run)",
+                report.idle_commands_per_s
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(n) = args.gates {
+        let (base, token, server) = bench_api(&store).await?;
+        let http = reqwest::Client::new();
+        let decide = async |run: RunId| -> std::result::Result<(), String> {
+            let res = http
+                .post(format!("{base}/v1/approvals/{run}/approval"))
+                .bearer_auth(&token)
+                .json(&serde_json::json!({"decision": "approve"}))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            if res.status().is_success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{}: {}",
+                    res.status(),
+                    res.text().await.unwrap_or_default()
+                ))
+            }
+        };
+        let report = bench::gates(store, worker_db, n, decide).await?;
+        server.abort();
+        if args.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            println!(
+                "{} approval gates decided one after another (redis: {})",
+                report.gates, report.redis_persistence
+            );
+            println!(
+                "  decision → next step queued, HTTP API   p50 {:>7.3} ms   p99 {:>7.3} ms",
+                report.api_p50_ms, report.api_p99_ms
+            );
+            println!(
+                "  decision → next step queued, in-process p50 {:>7.3} ms   p99 {:>7.3} ms",
+                report.engine_p50_ms, report.engine_p99_ms
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let report = bench::run(
         store,
         worker_db,

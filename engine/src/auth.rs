@@ -330,6 +330,15 @@ impl Auth {
         Ok(self.token_by_id(id).await?.map(|(s, _)| s.info.technician))
     }
 
+    /// Whether a one-time link's nonce has been used.
+    pub async fn nonce_used(&self, nonce: &str) -> Result<bool> {
+        let n: u64 = self
+            .db
+            .query(redis::cmd("EXISTS").arg(self.key(&format!("link-used:{nonce}"))))
+            .await?;
+        Ok(n > 0)
+    }
+
     /// Marks a one-time link's nonce used; false if it already was.
     pub async fn consume_nonce(&self, nonce: &str, ttl_secs: u64) -> Result<bool> {
         let set: Option<String> = self

@@ -347,3 +347,226 @@ impl Waiter {
         Ok(())
     }
 }
+
+/// What the gate benchmarks measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct GateReport {
+    /// Gates decided.
+    pub gates: usize,
+    /// Decision through the HTTP API (auth, load, commit) → the next step in the queue: p50, ms.
+    pub api_p50_ms: f64,
+    /// The same, p99, ms.
+    pub api_p99_ms: f64,
+    /// Decision applied in-process (load + one commit script) → the next step in the queue, p50, ms.
+    pub engine_p50_ms: f64,
+    /// The same, p99, ms.
+    pub engine_p99_ms: f64,
+    /// Redis's persistence setting.
+    pub redis_persistence: String,
+}
+
+/// What the parked-runs benchmark measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct ParkedReport {
+    /// Runs parked at an approval gate.
+    pub runs: usize,
+    /// Redis `used_memory` growth per parked run, bytes.
+    pub bytes_per_run: f64,
+    /// Redis `used_memory` growth in all, MiB.
+    pub total_mib: f64,
+    /// Commands Redis ran per second while nothing happened (parked runs cost no polling).
+    pub idle_commands_per_s: f64,
+}
+
+fn gate_workflow() -> Plan {
+    let yaml = "name: bench_gate\nsteps:\n  - id: approval\n    gate: {approvers: [approver@bench.example], quorum: 1, expires_in: 30d}\n  - {id: after, op: noop, needs: [approval]}\n";
+    Plan::load("bench_gate", yaml, Some(&Registry::builtin()))
+        .expect("the gate benchmark workflow is valid")
+}
+
+async fn used_memory(store: &Store) -> Result<u64, Error> {
+    let info: String = store.db().query(redis::cmd("INFO").arg("memory")).await?;
+    Ok(info
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0))
+}
+
+async fn open_gates(store: &Store) -> Result<u64, Error> {
+    let keys = store.keys();
+    let mut pipe = redis::pipe();
+    for shard in keys.all_shards() {
+        pipe.cmd("ZCARD")
+            .arg(keys.inbox(shard, "approver@bench.example"));
+    }
+    let counts: Vec<u64> = store.db().pipe(&pipe).await?;
+    Ok(counts.iter().sum())
+}
+
+/// Starts `n` runs that park at a gate, with a worker opening the gates; returns when all are open.
+async fn park(
+    store: &Store,
+    worker_db: &Db,
+    n: usize,
+) -> Result<(Vec<RunId>, oneshot::Sender<()>, tokio::task::JoinHandle<()>), Error> {
+    store.prepare().await?;
+    let companies = Companies::new(
+        worker_db.clone(),
+        store.keys().namespace(),
+        store.clock().clone(),
+    );
+    crate::companies::ensure(
+        &companies,
+        crate::companies::sample("bench", &["approver@bench.example"]),
+    )
+    .await?;
+    let runtime = Arc::new(Runtime {
+        store: Store::new(
+            worker_db.clone(),
+            store.keys().clone(),
+            store.clock().clone(),
+        ),
+        companies,
+        registry: Registry::builtin(),
+        services: Services::default(),
+    });
+    let queue = QueueConfig {
+        consumer: worker::consumer_name(),
+        concurrency: 64,
+        block: Duration::from_secs(2),
+        claim_idle: Duration::from_secs(60),
+        max_deliveries: 5,
+    };
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        let _ = worker::run(runtime, queue, async move {
+            let _ = stop_rx.await;
+        })
+        .await;
+    });
+    let plan = Arc::new(gate_workflow());
+    let before = open_gates(store).await?;
+    let mut runs = Vec::with_capacity(n);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+        let created: Vec<store::Result<RunId>> = futures::stream::iter(chunk.iter())
+            .map(|_| {
+                store.create_run(NewRun {
+                    plan: plan.clone(),
+                    company: "bench".parse().expect("a valid company id"),
+                    company_settings: Map::new(),
+                    inputs: Map::new(),
+                    requested_by: "requester@bench.example".to_owned(),
+                    start_at: None,
+                    ticket: None,
+                })
+            })
+            .buffer_unordered(256)
+            .collect()
+            .await;
+        runs.extend(created.into_iter().collect::<store::Result<Vec<_>>>()?);
+    }
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while open_gates(store).await? < before + n as u64 {
+        if Instant::now() > deadline {
+            return Err(Error::Stuck(
+                "the gates did not all open within 10 minutes".to_owned(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok((runs, stop_tx, handle))
+}
+
+/// Decides `n` gates one after another and measures decision → next step enqueued, in-process and
+/// through the HTTP API (`api`: base URL and an approver's token).
+pub async fn gates(
+    store: Store,
+    worker_db: Db,
+    n: usize,
+    api: impl AsyncFn(RunId) -> Result<(), String>,
+) -> Result<GateReport, Error> {
+    let (runs, stop, worker) = park(&store, &worker_db, n * 2).await?;
+    let step: steward_schemas::StepId = "approval".parse().expect("a valid step id");
+    let mut engine_ms = Vec::with_capacity(n);
+    for run in &runs[..n] {
+        let t0 = Instant::now();
+        let event = steward_schemas::Event::ApprovalDecided {
+            step: step.clone(),
+            by: "approver@bench.example".to_owned(),
+            approve: true,
+            comment: None,
+            via: "bench".to_owned(),
+        };
+        match store.apply(*run, &event, None, None, None).await? {
+            store::Outcome::Applied { state, .. }
+                if matches!(
+                    state.steps["after"].state,
+                    StepState::Queued { .. } | StepState::Succeeded { .. }
+                ) => {}
+            other => {
+                return Err(Error::Stuck(format!(
+                    "the decision did not dispatch the next step: {other:?}"
+                )));
+            }
+        }
+        engine_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    let mut api_ms = Vec::with_capacity(n);
+    for run in &runs[n..] {
+        let t0 = Instant::now();
+        api(*run).await.map_err(Error::Stuck)?;
+        api_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    let _ = stop.send(());
+    let _ = worker.await;
+    Ok(GateReport {
+        gates: n,
+        api_p50_ms: percentile(&mut api_ms, 0.50),
+        api_p99_ms: percentile(&mut api_ms, 0.99),
+        engine_p50_ms: percentile(&mut engine_ms, 0.50),
+        engine_p99_ms: percentile(&mut engine_ms, 0.99),
+        redis_persistence: persistence(&store)
+            .await
+            .unwrap_or_else(|_| "unknown".to_owned()),
+    })
+}
+
+/// Parks `n` runs at a gate and measures Redis's memory per parked run, then how busy Redis is
+/// while they wait (a scheduler running: its per-tick read is all that happens).
+pub async fn parked(store: Store, worker_db: Db, n: usize) -> Result<ParkedReport, Error> {
+    store.prepare().await?;
+    let before = used_memory(&store).await?;
+    let (_runs, stop, worker) = park(&store, &worker_db, n).await?;
+    let _ = stop.send(());
+    let _ = worker.await;
+    let after = used_memory(&store).await?;
+    let sched_store = Store::new(
+        worker_db.clone(),
+        store.keys().clone(),
+        store.clock().clone(),
+    );
+    let (tx, rx) = oneshot::channel::<()>();
+    let config = crate::scheduler::SchedulerConfig {
+        tick: Duration::from_millis(100),
+        batch: 500,
+        concurrency: 16,
+    };
+    let sched = tokio::spawn(crate::scheduler::run(sched_store, config, async move {
+        let _ = rx.await;
+    }));
+    let c0 = commands_processed(&store).await?;
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let c1 = commands_processed(&store).await?;
+    let idle = (c1 - c0).saturating_sub(2) as f64 / t0.elapsed().as_secs_f64();
+    let _ = tx.send(());
+    let _ = sched.await;
+    let grown = after.saturating_sub(before) as f64;
+    Ok(ParkedReport {
+        runs: n,
+        bytes_per_run: grown / n as f64,
+        total_mib: grown / (1024.0 * 1024.0),
+        idle_commands_per_s: idle,
+    })
+}

@@ -100,13 +100,35 @@ impl Default for SchedulerConfig {
 pub struct HttpConfig {
     /// The address it listens on.
     pub listen: String,
+    /// The URL technicians reach it at, which signed approval links start with (default: built
+    /// from `listen`).
+    pub public_url: Option<String>,
+    /// The key approval links are signed with: at least 32 random bytes, base64url. Without it,
+    /// one is generated once and kept in Redis, so every replica shares it.
+    pub link_key: Option<Secret>,
+    /// The folder of workflow files the API offers.
+    pub workflows: String,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8080".to_owned(),
+            public_url: None,
+            link_key: None,
+            workflows: "workflows".to_owned(),
         }
+    }
+}
+
+/// A secret setting: never printed.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
     }
 }
 
@@ -208,6 +230,21 @@ impl Config {
             return Err(ConfigError(format!(
                 "worker.block = {}: use at least 10ms",
                 self.worker.block
+            )));
+        }
+        if let Some(key) = &self.http.link_key {
+            let bytes = crate::links::LinkSigner::decode_key(&key.0)
+                .map_err(|e| ConfigError(format!("http.link-key: {e}")))?;
+            crate::links::LinkSigner::new(bytes).map_err(|e| ConfigError(format!("http.link-key: {e}; make one with `openssl rand -base64 32 | tr '+/' '-_' | tr -d '='`")))?;
+        }
+        if let Some(u) = &self.http.public_url
+            && url::Url::parse(u)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https"))
+                .is_none()
+        {
+            return Err(ConfigError(format!(
+                "http.public-url `{u}`: write e.g. https://steward.msp.example"
             )));
         }
         if self.scheduler.tick.get().is_zero() || self.scheduler.batch == 0 {

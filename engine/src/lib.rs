@@ -3,6 +3,7 @@
 //! Redis for demos, benchmarks and tests. The decisions are made by the pure core
 //! (`steward-core`); this crate persists them and carries them out.
 
+pub mod api;
 pub mod auth;
 pub mod bench;
 pub mod clock;

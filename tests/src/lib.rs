@@ -1,6 +1,8 @@
 //! The test harness: a private Redis per test, unique namespaces, in-process and out-of-process
 //! workers, and waiting on conditions with deadlines (never sleeping for a fixed time).
 
+pub mod api;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -239,6 +239,39 @@ impl Template {
         })
     }
 
+    /// The value for a person to read before the run gets there: references that resolve are
+    /// shown resolved, the others as written (`${{ steps.create.output.id }}`).
+    pub fn describe(&self, scope: &dyn Scope) -> Value {
+        match self {
+            Self::Literal(v) => v.clone(),
+            Self::Ref(p) => match scope.lookup(p) {
+                Value::Null => Value::String(format!("${{{{ {p} }}}}")),
+                v => v,
+            },
+            Self::Text(parts) => {
+                let mut s = String::new();
+                for part in parts {
+                    match part {
+                        Part::Lit(t) => s.push_str(t),
+                        Part::Ref(p) => match scope.lookup(p) {
+                            Value::Null => s.push_str(&format!("${{{{ {p} }}}}")),
+                            Value::String(t) => s.push_str(&t),
+                            other => s.push_str(&other.to_string()),
+                        },
+                    }
+                }
+                Value::String(s)
+            }
+            Self::Array(items) => Value::Array(items.iter().map(|t| t.describe(scope)).collect()),
+            Self::Object(fields) => Value::Object(
+                fields
+                    .iter()
+                    .map(|(k, t)| (k.clone(), t.describe(scope)))
+                    .collect::<Map<_, _>>(),
+            ),
+        }
+    }
+
     /// Every reference in the template.
     pub fn refs(&self) -> Vec<&Path> {
         let mut out = Vec::new();

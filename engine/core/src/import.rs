@@ -536,7 +536,7 @@ fn closest_column(name: &str) -> Option<&'static str> {
         .collect();
     COLUMNS
         .iter()
-        .map(|(k, _, _)| (edit_distance(&name, k), *k))
+        .map(|(k, _, _)| (crate::text::edit_distance(&name, k), *k))
         .filter(|(d, k)| {
             *d <= 2.max(k.len() / 3)
                 || (k.len() >= 4 && name.contains(k))
@@ -544,20 +544,6 @@ fn closest_column(name: &str) -> Option<&'static str> {
         })
         .min()
         .map(|(_, k)| k)
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 /// What a cell starts with that a spreadsheet would run as a formula, if anything. Leading

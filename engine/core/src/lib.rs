@@ -7,6 +7,7 @@
 pub mod company;
 pub mod expr;
 pub mod history;
+pub mod import;
 pub mod inputs;
 pub mod machine;
 pub mod plan;

@@ -853,25 +853,11 @@ fn ancestors(needs: &[Vec<usize>], order: &[usize]) -> Vec<BTreeSet<usize>> {
 fn suggest(name: &str, known: &[&str]) -> String {
     known
         .iter()
-        .map(|k| (edit_distance(name, k), *k))
+        .map(|k| (crate::text::edit_distance(name, k), *k))
         .filter(|(d, k)| *d <= 2.max(k.len() / 4) || (name.len() >= 3 && k.starts_with(name)))
         .min()
         .map(|(_, k)| format!("; did you mean `{k}`?"))
         .unwrap_or_default()
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 /// The line of `id: <step>` in the YAML text, 1-based (block or flow style).

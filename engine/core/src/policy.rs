@@ -284,3 +284,271 @@ pub fn route(op: &str, spec: Option<&OpSpec>, company: &Company) -> Target {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Catalog;
+    use steward_schemas::{GroupSetting, OpField, PermissionGroup, Profile, Reversibility};
+
+    fn spec(
+        name: &'static str,
+        group: PermissionGroup,
+        access: OpAccess,
+        approval: ApprovalRule,
+    ) -> OpSpec {
+        OpSpec {
+            name,
+            summary: "do something",
+            access,
+            group,
+            approval,
+            system: System::Directory,
+            reversibility: Reversibility::Reversible,
+            inputs: &[],
+            outputs: Some(&[] as &[OpField]),
+            internal: false,
+        }
+    }
+
+    fn expected(profile: Profile, group: PermissionGroup, access: OpAccess) -> &'static str {
+        use PermissionGroup as G;
+        let (level, approval) = match profile {
+            Profile::ReadOnly => (Level::ReadOnly, false),
+            Profile::Helpdesk => match group {
+                G::Users
+                | G::PasswordsSecurity
+                | G::Groups
+                | G::Mailboxes
+                | G::OnPremAd
+                | G::OnPremExchange
+                | G::DirectorySync => (Level::ReadWrite, false),
+                G::Licensing => (Level::ReadWrite, true),
+                G::Devices => (Level::ReadOnly, false),
+                G::DirectoryRoles | G::ConditionalAccess | G::AppRegistrations => {
+                    (Level::Disabled, false)
+                }
+            },
+            Profile::ItAdmin => match group {
+                G::DirectoryRoles | G::ConditionalAccess | G::AppRegistrations => {
+                    (Level::ReadWrite, true)
+                }
+                _ => (Level::ReadWrite, false),
+            },
+            Profile::FullAutomation => (Level::ReadWrite, false),
+        };
+        match (level, access) {
+            (Level::Disabled, _) | (Level::ReadOnly, OpAccess::Write) => "refused",
+            (_, OpAccess::Write) if approval => "approval",
+            _ => "allowed",
+        }
+    }
+
+    fn outcome(v: &Verdict) -> &'static str {
+        match v {
+            Verdict::Allowed => "allowed",
+            Verdict::NeedsApproval { .. } => "approval",
+            Verdict::Refused { .. } => "refused",
+        }
+    }
+
+    #[test]
+    fn every_profile_against_every_group_reads_and_writes() {
+        for profile in Profile::ALL {
+            let perms = Permissions::profile(profile);
+            for group in PermissionGroup::ALL {
+                for access in [OpAccess::Read, OpAccess::Write] {
+                    let v = judge(
+                        &spec("x.op", group, access, ApprovalRule::Policy),
+                        &perms,
+                        "contoso",
+                    );
+                    assert_eq!(
+                        outcome(&v),
+                        expected(profile, group, access),
+                        "{profile:?} {group} {access:?}: {v:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn always_approval_and_blocked_ops_cannot_be_unlocked() {
+        for profile in Profile::ALL {
+            let mut perms = Permissions::profile(profile);
+            // Even with every group read-write and no approval asked.
+            for g in PermissionGroup::ALL {
+                perms.groups.insert(
+                    g,
+                    GroupSetting {
+                        level: Level::ReadWrite,
+                        requires_approval: false,
+                    },
+                );
+            }
+            for group in PermissionGroup::ALL {
+                let delete_domain = judge(
+                    &spec(
+                        "domain.delete",
+                        group,
+                        OpAccess::Write,
+                        ApprovalRule::Blocked,
+                    ),
+                    &perms,
+                    "c",
+                );
+                assert!(
+                    matches!(&delete_domain, Verdict::Refused { reason } if reason.contains("never allowed")),
+                    "{delete_domain:?}"
+                );
+                let wipe = judge(
+                    &spec("device.wipe", group, OpAccess::Write, ApprovalRule::Always),
+                    &perms,
+                    "c",
+                );
+                assert!(
+                    matches!(&wipe, Verdict::NeedsApproval { reason } if reason.contains("always needs approval")),
+                    "{wipe:?}"
+                );
+            }
+        }
+        // A disabled group still refuses an always-approval op (approval cannot unlock it).
+        let perms = Permissions::profile(Profile::Helpdesk);
+        let role = judge(
+            &spec(
+                "role.assign",
+                PermissionGroup::DirectoryRoles,
+                OpAccess::Write,
+                ApprovalRule::Always,
+            ),
+            &perms,
+            "contoso",
+        );
+        assert!(
+            matches!(&role, Verdict::Refused { reason } if reason.contains("`directory_roles` permission group is disabled for company `contoso`")),
+            "{role:?}"
+        );
+    }
+
+    #[test]
+    fn overrides_beat_the_profile_and_reasons_say_what_to_change() {
+        let mut perms = Permissions::profile(Profile::FullAutomation);
+        perms.groups.insert(
+            PermissionGroup::Licensing,
+            GroupSetting {
+                level: Level::ReadOnly,
+                requires_approval: false,
+            },
+        );
+        let v = judge(
+            &spec(
+                "license.assign",
+                PermissionGroup::Licensing,
+                OpAccess::Write,
+                ApprovalRule::Policy,
+            ),
+            &perms,
+            "fabrikam",
+        );
+        let Verdict::Refused { reason } = v else {
+            panic!("{v:?}")
+        };
+        assert!(
+            reason.contains("read-only for company `fabrikam`")
+                && reason.contains("license.assign"),
+            "{reason}"
+        );
+    }
+
+    struct Cat(Vec<OpSpec>);
+
+    impl Catalog for Cat {
+        fn op(&self, name: &str) -> Option<&OpSpec> {
+            self.0.iter().find(|s| s.name == name)
+        }
+        fn op_names(&self) -> Vec<&'static str> {
+            self.0.iter().map(|s| s.name).collect()
+        }
+    }
+
+    fn company(profile: Profile) -> Company {
+        serde_json::from_value(serde_json::json!({
+            "id": "contoso", "name": "Contoso", "tenant_id": "8f1c0e2a-0b5e-4f7e-9a51-3c2d6a7b9e10",
+            "identity_provider": "entra_id", "mailbox_provider": "exchange_online",
+            "permissions": {"profile": profile.name()}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn plans_are_refused_with_names_or_gated_before_what_needs_approval() {
+        let cat = Cat(vec![
+            spec(
+                "user.create",
+                PermissionGroup::Users,
+                OpAccess::Write,
+                ApprovalRule::Policy,
+            ),
+            spec(
+                "license.assign",
+                PermissionGroup::Licensing,
+                OpAccess::Write,
+                ApprovalRule::Policy,
+            ),
+            spec(
+                "role.assign",
+                PermissionGroup::DirectoryRoles,
+                OpAccess::Write,
+                ApprovalRule::Always,
+            ),
+        ]);
+        let def: WorkflowDef = serde_json::from_value(serde_json::json!({
+            "name": "onboard",
+            "steps": [
+                {"id": "create", "op": "user.create"},
+                {"id": "license", "op": "license.assign", "needs": ["create"]},
+                {"id": "admin", "op": "role.assign", "needs": ["create"]}
+            ]
+        }))
+        .unwrap();
+        let refusal = apply_policy(&def, &company(Profile::Helpdesk), &cat).unwrap_err();
+        let text = refusal.to_string();
+        assert!(
+            text.contains("step `admin` (op `role.assign`, group `directory_roles`)")
+                && text.contains("company `contoso`"),
+            "{text}"
+        );
+        assert_eq!(refusal.steps.len(), 1);
+
+        let gated = apply_policy(&def, &company(Profile::ItAdmin), &cat).unwrap();
+        assert_eq!(gated.steps[0].id, POLICY_GATE);
+        assert!(
+            gated.steps[0]
+                .gate
+                .as_ref()
+                .unwrap()
+                .message
+                .contains("admin (`role.assign` always needs approval)")
+        );
+        let admin = gated.steps.iter().find(|s| s.id == "admin").unwrap();
+        assert!(admin.needs.contains(&POLICY_GATE.to_owned()));
+        let license = gated.steps.iter().find(|s| s.id == "license").unwrap();
+        assert!(
+            !license.needs.contains(&POLICY_GATE.to_owned()),
+            "it_admin licenses without approval"
+        );
+
+        let ungated = apply_policy(
+            &def,
+            &company(Profile::FullAutomation),
+            &Cat(cat.0[..2].to_vec()),
+        )
+        .unwrap();
+        assert_eq!(ungated, {
+            let mut d = def;
+            d.steps.truncate(3);
+            d
+        });
+    }
+}

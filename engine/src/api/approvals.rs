@@ -1,0 +1,627 @@
+//! Approval gates: the inbox, what an approver sees, decisions, and signed one-time links.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, header};
+use axum::response::{Html, IntoResponse, Response};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use steward_core::Catalog as _;
+use steward_core::Plan;
+use steward_core::history::{is_secret_key, redact};
+use steward_core::machine::RunScope;
+use steward_core::policy::route;
+use steward_schemas::{
+    Company, Decision, Event, RunDoc, RunId, StepId, StepState, TicketRef, Timestamp,
+};
+
+use super::ApiState;
+use super::error::{ApiError, ApiResult};
+use super::extract::{ApiJson, ApiPath, Caller};
+use super::runs::RunSummary;
+use crate::links::{LinkClaim, LinkError};
+use crate::store::Outcome;
+
+/// A gate as its approvers see it.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct GateView {
+    /// The run.
+    pub run: RunId,
+    /// The gate (a step of the run).
+    pub gate: StepId,
+    /// `run_…/step`: what `steward approve` takes.
+    pub reference: String,
+    /// The workflow's name.
+    pub workflow: String,
+    /// The company's id.
+    pub company: String,
+    /// The company's name.
+    pub company_name: String,
+    /// The company's custom instructions.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub custom_instructions: String,
+    /// The ticket the run works on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<TicketRef>,
+    /// Who asked for the run (they cannot approve it).
+    pub requested_by: String,
+    /// What the approvers are asked.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// The gate's state: `awaiting_approval`, `succeeded` (approved), `failed` (rejected or
+    /// expired), …
+    pub state: String,
+    /// Who may decide now.
+    pub approvers: Vec<String>,
+    /// How many yes votes it needs.
+    pub quorum: u32,
+    /// The yes votes so far.
+    pub approvals: Vec<Decision>,
+    /// 0: first approvers; 1: escalated.
+    pub stage: u8,
+    /// When it expires.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+    /// Everything the gate unlocks.
+    pub unlocks: Vec<UnlockedStep>,
+}
+
+/// A step a gate unlocks, as an approver sees it.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct UnlockedStep {
+    /// The step.
+    pub step: StepId,
+    /// Its op.
+    pub op: String,
+    /// What the op does.
+    pub summary: String,
+    /// What it acts on.
+    pub system: String,
+    /// Where.
+    pub host: String,
+    /// Its key parameters (secrets hidden; references not yet known shown as written).
+    pub params: Value,
+}
+
+fn company_of(doc: &RunDoc) -> Option<Company> {
+    serde_json::from_value(Value::Object(doc.ctx.company_settings.clone())).ok()
+}
+
+/// Builds what approvers see of gate `step` of a run.
+pub(crate) fn gate_view(
+    state: &ApiState,
+    doc: &RunDoc,
+    plan: &Plan,
+    step: &StepId,
+) -> ApiResult<GateView> {
+    let i = plan.index_of(step.as_str()).ok_or_else(|| {
+        ApiError::not_found(format!("run `{}` has no step `{step}`", doc.ctx.run_id))
+    })?;
+    let gate = plan
+        .step(i)
+        .gate
+        .clone()
+        .ok_or_else(|| ApiError::not_found(format!("step `{step}` is not an approval gate")))?;
+    let rec = &doc.state.steps[step];
+    let (approvers, quorum, approvals, stage, expires_at) = match &rec.state {
+        StepState::AwaitingApproval {
+            approvers,
+            quorum,
+            approvals,
+            stage,
+            expires_at,
+            ..
+        } => (
+            approvers.clone(),
+            *quorum,
+            approvals.clone(),
+            *stage,
+            *expires_at,
+        ),
+        StepState::Succeeded { output, .. } => (
+            Vec::new(),
+            gate.quorum,
+            serde_json::from_value(output["approvals"].clone()).unwrap_or_default(),
+            0,
+            None,
+        ),
+        _ => (Vec::new(), gate.quorum, Vec::new(), 0, None),
+    };
+    let company = company_of(doc);
+    let secret_inputs: Vec<&String> = plan
+        .def()
+        .inputs
+        .iter()
+        .filter(|(_, d)| d.secret)
+        .map(|(n, _)| n)
+        .collect();
+    let scope = RunScope {
+        ctx: &doc.ctx,
+        state: &doc.state,
+    };
+    let unlocks = plan
+        .step(i)
+        .descendants
+        .iter()
+        .map(|&d| {
+            let s = plan.step(d);
+            let spec = state.registry.op(&s.op);
+            let target = company.as_ref().map_or_else(
+                || steward_core::policy::Target { system: "unknown".to_owned(), host: "(company settings unavailable)".to_owned() },
+                |c| route(&s.op, spec, c),
+            );
+            let mut params = serde_json::Map::new();
+            for (k, t) in &s.with {
+                let uses_secret = t.refs().iter().any(|r| matches!(&r.root, steward_core::expr::Root::Input(n) if secret_inputs.contains(&n)));
+                let v = if uses_secret || is_secret_key(k) { Value::String("[secret]".to_owned()) } else { t.describe(&scope) };
+                params.insert(k.clone(), v);
+            }
+            let mut params = Value::Object(params);
+            redact(&mut params);
+            UnlockedStep {
+                step: s.id.clone(),
+                op: s.op.clone(),
+                summary: spec.map_or_else(|| s.description.clone(), |sp| sp.summary.to_owned()),
+                system: target.system,
+                host: target.host,
+                params,
+            }
+        })
+        .collect();
+    Ok(GateView {
+        run: doc.ctx.run_id,
+        gate: step.clone(),
+        reference: format!("{}/{step}", doc.ctx.run_id),
+        workflow: doc.ctx.workflow.name.clone(),
+        company: doc.ctx.company.to_string(),
+        company_name: company
+            .as_ref()
+            .map_or_else(|| doc.ctx.company.to_string(), |c| c.name.clone()),
+        custom_instructions: company.map(|c| c.custom_instructions).unwrap_or_default(),
+        ticket: doc.ctx.ticket.clone(),
+        requested_by: doc.ctx.requested_by.clone(),
+        message: gate.message,
+        state: rec.state.name().to_owned(),
+        approvers,
+        quorum,
+        approvals,
+        stage,
+        expires_at,
+        unlocks,
+    })
+}
+
+/// The caller's inbox.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Inbox {
+    /// Open gates the caller may decide, oldest first.
+    pub approvals: Vec<GateView>,
+}
+
+/// The gates waiting for the caller's decision.
+pub(super) async fn inbox(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> ApiResult<axum::Json<Inbox>> {
+    let keys = state.store.keys();
+    let mut pipe = redis::pipe();
+    for shard in keys.all_shards() {
+        pipe.cmd("ZRANGE")
+            .arg(keys.inbox(shard, &caller.tech.email))
+            .arg(0)
+            .arg(499)
+            .arg("WITHSCORES");
+    }
+    let pages: Vec<Vec<(String, i64)>> = state.store.db().pipe(&pipe).await?;
+    let mut entries: Vec<(i64, RunId, StepId)> = pages
+        .into_iter()
+        .flatten()
+        .filter_map(|(m, score)| {
+            let (run, step) = m.split_once('|')?;
+            Some((score, run.parse().ok()?, step.parse().ok()?))
+        })
+        .collect();
+    entries.sort_by_key(|e| e.0);
+    let mut approvals = Vec::new();
+    for (_, run, step) in entries.into_iter().take(500) {
+        let Some(snap) = state.store.load(run).await? else {
+            continue;
+        };
+        let plan = state.store.plan(&snap.doc.ctx.workflow.hash).await?;
+        let Ok(view) = gate_view(&state, &snap.doc, &plan, &step) else {
+            continue;
+        };
+        if view.state == "awaiting_approval" && view.approvers.contains(&caller.tech.email) {
+            approvals.push(view);
+        }
+    }
+    Ok(axum::Json(Inbox { approvals }))
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub(super) struct GatePath {
+    /// The run.
+    run: RunId,
+    /// The gate.
+    step: StepId,
+}
+
+/// May the caller see this gate: an approver of it, or someone with the company.
+fn may_view(caller: &Caller, doc: &RunDoc, view: &GateView) -> ApiResult<()> {
+    if view.approvers.contains(&caller.tech.email) || caller.may_access(&doc.ctx.company) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(format!(
+            "{} is not an approver of this gate and may not act on company `{}`",
+            caller.tech.email, doc.ctx.company
+        )))
+    }
+}
+
+/// A gate: everything it unlocks, the company's instructions, the ticket, the decisions so far.
+pub(super) async fn get_gate(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath(p): ApiPath<GatePath>,
+) -> ApiResult<axum::Json<GateView>> {
+    let snap = state
+        .store
+        .load(p.run)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no run `{}`", p.run)))?;
+    let plan = state.store.plan(&snap.doc.ctx.workflow.hash).await?;
+    let view = gate_view(&state, &snap.doc, &plan, &p.step)?;
+    may_view(&caller, &snap.doc, &view)?;
+    Ok(axum::Json(view))
+}
+
+/// A decision.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionBody {
+    /// `approve` or `reject`.
+    pub decision: DecisionKind,
+    /// Why (shown in the run's history and to the requester).
+    #[serde(default)]
+    pub comment: Option<String>,
+}
+
+/// Approve or reject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DecisionKind {
+    /// Yes.
+    Approve,
+    /// No: the run ends and what it did before the gate is undone.
+    Reject,
+}
+
+/// What a decision did.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct DecisionResult {
+    /// The gate now.
+    pub gate: GateView,
+    /// The run now.
+    pub run: RunSummary,
+}
+
+/// Records a decision, once per approver; runs the transition that follows it (dispatching what
+/// the gate unlocks, or rolling the run back) in the same atomic step.
+pub(crate) async fn decide_as(
+    state: &ApiState,
+    run: RunId,
+    step: &StepId,
+    by: &str,
+    approve: bool,
+    comment: Option<String>,
+    via: &str,
+) -> ApiResult<DecisionResult> {
+    if comment.as_ref().is_some_and(|c| c.chars().count() > 2000) {
+        return Err(ApiError::invalid(
+            "comment",
+            "longer than 2000 characters",
+            "shorten it",
+        ));
+    }
+    let snap = state
+        .store
+        .load(run)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no run `{run}`")))?;
+    let plan = state.store.plan(&snap.doc.ctx.workflow.hash).await?;
+    let view = gate_view(state, &snap.doc, &plan, step)?;
+    if view.state != "awaiting_approval" {
+        return Err(ApiError::conflict(format!(
+            "gate `{step}` is not waiting for a decision (it is {})",
+            view.state
+        )));
+    }
+    let by = by.trim().to_lowercase();
+    if !view.approvers.contains(&by) {
+        return Err(ApiError::forbidden(format!(
+            "{by} is not an approver of gate `{step}` (its approvers: {})",
+            view.approvers.join(", ")
+        )));
+    }
+    if by == snap.doc.ctx.requested_by.to_lowercase() {
+        return Err(ApiError::forbidden(format!(
+            "{by} asked for this run and cannot approve it; another approver must decide"
+        )));
+    }
+    let event = Event::ApprovalDecided {
+        step: step.clone(),
+        by,
+        approve,
+        comment,
+        via: via.to_owned(),
+    };
+    match state
+        .store
+        .apply(run, &event, Some(snap), None, None)
+        .await?
+    {
+        Outcome::Applied { .. } | Outcome::Ignored { .. } => {}
+        Outcome::Refused(e) => return Err(ApiError::conflict(e.to_string())),
+    }
+    state.metrics.count(
+        "steward_decisions_total",
+        &[
+            ("via", via),
+            ("decision", if approve { "approve" } else { "reject" }),
+        ],
+    );
+    let snap = state
+        .store
+        .load(run)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no run `{run}`")))?;
+    Ok(DecisionResult {
+        gate: gate_view(state, &snap.doc, &plan, step)?,
+        run: RunSummary::of(&snap.doc),
+    })
+}
+
+/// Approves or rejects a gate as the caller.
+pub(super) async fn decide(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath(p): ApiPath<GatePath>,
+    ApiJson(b): ApiJson<DecisionBody>,
+) -> ApiResult<axum::Json<DecisionResult>> {
+    let result = decide_as(
+        &state,
+        p.run,
+        &p.step,
+        &caller.tech.email,
+        b.decision == DecisionKind::Approve,
+        b.comment,
+        "api",
+    )
+    .await?;
+    Ok(axum::Json(result))
+}
+
+/// Which links to make.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LinkRequest {
+    /// The approver they are for (default: the caller). Only admins make links for others.
+    #[serde(default)]
+    pub approver: Option<String>,
+    /// How long they work (default: until the gate expires, at most 7 days; e.g. `24h`).
+    #[serde(default)]
+    pub expires_in: Option<steward_schemas::Dur>,
+}
+
+/// One-time links for an approver: one approves, one rejects.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Links {
+    /// The approver.
+    pub approver: String,
+    /// Opens the plan; its button approves.
+    pub approve_url: String,
+    /// Opens the plan; its button rejects.
+    pub reject_url: String,
+    /// When they stop working.
+    pub expires_at: Timestamp,
+}
+
+/// Makes signed one-time approve and reject links for an approver of a gate (to put in an email,
+/// a Teams message or a ticket note).
+pub(super) async fn make_links(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath(p): ApiPath<GatePath>,
+    ApiJson(b): ApiJson<LinkRequest>,
+) -> ApiResult<axum::Json<Links>> {
+    let approver = b
+        .approver
+        .as_deref()
+        .map_or_else(|| caller.tech.email.clone(), |a| a.trim().to_lowercase());
+    if approver != caller.tech.email {
+        caller.require_admin()?;
+    }
+    let snap = state
+        .store
+        .load(p.run)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no run `{}`", p.run)))?;
+    let plan = state.store.plan(&snap.doc.ctx.workflow.hash).await?;
+    let view = gate_view(&state, &snap.doc, &plan, &p.step)?;
+    may_view(&caller, &snap.doc, &view)?;
+    if view.state != "awaiting_approval" {
+        return Err(ApiError::conflict(format!(
+            "gate `{}` is not waiting for a decision (it is {})",
+            p.step, view.state
+        )));
+    }
+    if !view.approvers.contains(&approver) {
+        return Err(ApiError::invalid(
+            "approver",
+            format!("{approver} is not an approver of this gate"),
+            format!("use one of: {}", view.approvers.join(", ")),
+        ));
+    }
+    let now = state.store.clock().now();
+    let max = now.plus(Duration::from_secs(7 * 86_400));
+    let mut expires_at = match b.expires_in {
+        Some(d) if d.get().is_zero() => {
+            return Err(ApiError::invalid(
+                "expires_in",
+                "zero",
+                "give a positive duration such as `24h`",
+            ));
+        }
+        Some(d) => now.plus(d.get()),
+        None => view
+            .expires_at
+            .unwrap_or(now.plus(Duration::from_secs(86_400))),
+    };
+    if expires_at > max {
+        expires_at = max;
+    }
+    let exp = expires_at.as_micros() / 1_000_000;
+    let make = |approve: bool| {
+        state.signer.sign(&LinkClaim {
+            run: p.run,
+            step: p.step.clone(),
+            approver: approver.clone(),
+            approve,
+            exp,
+            nonce: crate::links::LinkSigner::nonce(),
+        })
+    };
+    let base = state.public_url.trim_end_matches('/');
+    Ok(axum::Json(Links {
+        approver: approver.clone(),
+        approve_url: format!("{base}/v1/links/{}", make(true)),
+        reject_url: format!("{base}/v1/links/{}", make(false)),
+        expires_at: Timestamp::from_micros(exp * 1_000_000),
+    }))
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub(super) struct LinkPath {
+    /// The link's token.
+    token: String,
+}
+
+/// What a link shows or did.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct LinkView {
+    /// `approve` or `reject`: what the link records.
+    pub decision: DecisionKind,
+    /// Who it is for.
+    pub approver: String,
+    /// The gate.
+    pub gate: GateView,
+    /// Whether the decision has been recorded (after POST).
+    pub recorded: bool,
+}
+
+async fn check_link(state: &ApiState, token: &str) -> ApiResult<(LinkClaim, GateView)> {
+    let claim = state
+        .signer
+        .verify(token, state.store.clock().now())
+        .map_err(|e| match e {
+            LinkError::Malformed => ApiError::bad_request(e.to_string()),
+            LinkError::Forged => ApiError::forbidden(e.to_string()),
+            LinkError::Expired => ApiError::gone(e.to_string()),
+        })?;
+    let snap = state
+        .store
+        .load(claim.run)
+        .await?
+        .ok_or_else(|| ApiError::gone("the link's run no longer exists"))?;
+    let plan = state.store.plan(&snap.doc.ctx.workflow.hash).await?;
+    let view = gate_view(state, &snap.doc, &plan, &claim.step)
+        .map_err(|_| ApiError::forbidden("this link does not belong to a gate of that run"))?;
+    Ok((claim, view))
+}
+
+fn wants_html(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| a.contains("text/html"))
+}
+
+/// Shows what a link would record, without recording it (mail scanners open links). The page's
+/// button records it.
+pub(super) async fn open_link(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    ApiPath(p): ApiPath<LinkPath>,
+) -> Result<Response, ApiError> {
+    let (claim, gate) = check_link(&state, &p.token).await?;
+    if state.auth.nonce_used(&claim.nonce).await? {
+        return Err(ApiError::gone("this link has already been used"));
+    }
+    let view = LinkView {
+        decision: if claim.approve {
+            DecisionKind::Approve
+        } else {
+            DecisionKind::Reject
+        },
+        approver: claim.approver,
+        gate,
+        recorded: false,
+    };
+    if wants_html(&headers) {
+        return Ok(Html(super::html::link_page(&view, &p.token)).into_response());
+    }
+    Ok(axum::Json(view).into_response())
+}
+
+/// Records a link's decision, once.
+pub(super) async fn use_link(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    ApiPath(p): ApiPath<LinkPath>,
+) -> Result<Response, ApiError> {
+    let (claim, view) = check_link(&state, &p.token).await?;
+    if view.state != "awaiting_approval" {
+        return Err(ApiError::conflict(format!(
+            "this gate is no longer waiting for a decision (it is {})",
+            view.state
+        )));
+    }
+    if !view.approvers.contains(&claim.approver) {
+        return Err(ApiError::forbidden(format!(
+            "{} is no longer an approver of this gate",
+            claim.approver
+        )));
+    }
+    let ttl = u64::try_from(claim.exp - state.store.clock().now().as_micros() / 1_000_000)
+        .unwrap_or(1)
+        + 60;
+    if !state.auth.consume_nonce(&claim.nonce, ttl).await? {
+        return Err(ApiError::gone("this link has already been used"));
+    }
+    let result = decide_as(
+        &state,
+        claim.run,
+        &claim.step,
+        &claim.approver,
+        claim.approve,
+        None,
+        "link",
+    )
+    .await?;
+    let view = LinkView {
+        decision: if claim.approve {
+            DecisionKind::Approve
+        } else {
+            DecisionKind::Reject
+        },
+        approver: claim.approver,
+        gate: result.gate,
+        recorded: true,
+    };
+    if wants_html(&headers) {
+        return Ok(Html(super::html::link_page(&view, &p.token)).into_response());
+    }
+    Ok(axum::Json(view).into_response())
+}

@@ -1,0 +1,174 @@
+//! Companies: CRUD and bulk CSV import.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::header;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use steward_schemas::{Company, CompanyId};
+
+use super::error::{ApiError, ApiResult};
+use super::extract::{Admin, ApiJson, ApiPath, ApiQuery, Caller};
+use super::{ApiState, Created, NoContent};
+use crate::companies::{CompanyRecord, ImportReport};
+
+/// The companies the caller may act on.
+pub(super) async fn list(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> ApiResult<axum::Json<Vec<CompanyRecord>>> {
+    let all = state.companies.list().await?;
+    Ok(axum::Json(
+        all.into_iter()
+            .filter(|c| caller.may_access(&c.company.id))
+            .collect(),
+    ))
+}
+
+/// Adds a company (admins).
+pub(super) async fn create(
+    State(state): State<ApiState>,
+    _admin: Admin,
+    ApiJson(company): ApiJson<Company>,
+) -> ApiResult<Created<CompanyRecord>> {
+    Ok(Created(state.companies.create(company).await?))
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub(super) struct CompanyPath {
+    /// The company.
+    id: CompanyId,
+}
+
+/// A company.
+pub(super) async fn get(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath(p): ApiPath<CompanyPath>,
+) -> ApiResult<axum::Json<CompanyRecord>> {
+    caller.require_company(&p.id)?;
+    let record = state
+        .companies
+        .get(&p.id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no company `{}`", p.id)))?;
+    Ok(axum::Json(record))
+}
+
+/// Optional optimistic concurrency for updates.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct IfVersion {
+    /// Update only if the company is still at this version (its `version` when you read it).
+    if_version: Option<u64>,
+}
+
+/// Replaces a company's settings (admins).
+pub(super) async fn update(
+    State(state): State<ApiState>,
+    _admin: Admin,
+    ApiPath(p): ApiPath<CompanyPath>,
+    ApiQuery(q): ApiQuery<IfVersion>,
+    ApiJson(company): ApiJson<Company>,
+) -> ApiResult<axum::Json<CompanyRecord>> {
+    if company.id != p.id {
+        return Err(ApiError::invalid(
+            "id",
+            format!(
+                "the body is company `{}` but the path is `{}`",
+                company.id, p.id
+            ),
+            "send the same id in both",
+        ));
+    }
+    Ok(axum::Json(
+        state.companies.update(company, q.if_version).await?,
+    ))
+}
+
+/// Deletes a company (admins).
+pub(super) async fn delete(
+    State(state): State<ApiState>,
+    _admin: Admin,
+    ApiPath(p): ApiPath<CompanyPath>,
+) -> ApiResult<NoContent> {
+    if state.companies.delete(&p.id).await? {
+        Ok(NoContent)
+    } else {
+        Err(ApiError::not_found(format!("no company `{}`", p.id)))
+    }
+}
+
+/// The most a CSV import may weigh.
+pub const CSV_LIMIT: usize = 2 * 1024 * 1024;
+
+/// A CSV body (`text/csv`), at most [`CSV_LIMIT`] bytes.
+#[derive(Debug)]
+pub(super) struct CsvBody(Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for CsvBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        let ct = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !ct.starts_with("text/csv") {
+            return Err(ApiError::unsupported_media("text/csv"));
+        }
+        let body = super::extract::read_limited(req, CSV_LIMIT).await?;
+        Ok(Self(Bytes::from(body)))
+    }
+}
+
+impl aide::OperationInput for CsvBody {
+    fn operation_input(
+        ctx: &mut aide::generate::GenContext,
+        operation: &mut aide::openapi::Operation,
+    ) {
+        let schema = ctx.schema.subschema_for::<String>();
+        operation.request_body = Some(aide::openapi::ReferenceOr::Item(
+            aide::openapi::RequestBody {
+                description: Some(
+                    "a CSV file of companies; columns as in `steward companies import --help`"
+                        .to_owned(),
+                ),
+                content: indexmap::IndexMap::from_iter([(
+                    "text/csv".to_owned(),
+                    aide::openapi::MediaType {
+                        schema: Some(aide::openapi::SchemaObject {
+                            json_schema: schema,
+                            example: None,
+                            external_docs: None,
+                        }),
+                        ..Default::default()
+                    },
+                )]),
+                required: true,
+                extensions: Default::default(),
+            },
+        ));
+    }
+}
+
+/// Imports companies from CSV (admins): every row is checked first, errors come back by row and
+/// column, and nothing is written unless every row is valid. Importing the same file again
+/// changes nothing.
+pub(super) async fn import(
+    State(state): State<ApiState>,
+    _admin: Admin,
+    CsvBody(body): CsvBody,
+) -> ApiResult<axum::Json<ImportReport>> {
+    let companies = steward_core::import::parse_companies_csv(&body).map_err(|errors| {
+        ApiError::invalid_many(
+            format!(
+                "the file has {} problems; nothing was imported",
+                errors.len()
+            ),
+            serde_json::to_value(&errors).unwrap_or_default(),
+        )
+    })?;
+    Ok(axum::Json(state.companies.import(companies).await?))
+}

@@ -1,0 +1,491 @@
+//! The HTTP API technicians use (`steward serve`): runs, approvals, companies, technicians.
+//!
+//! Versioned under `/v1`, JSON, one error shape (see [`error`]); the OpenAPI document is
+//! generated from the handlers' types (`GET /v1/openapi.json`, checked in as
+//! `schemas/openapi.json`).
+
+pub mod approvals;
+pub mod companies;
+pub mod error;
+pub mod extract;
+mod html;
+pub mod runs;
+pub mod technicians;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use aide::axum::ApiRouter;
+use aide::axum::routing::{delete_with, get_with, patch_with, post_with};
+use aide::openapi::{Info, OpenApi, SecurityScheme, Tag};
+use aide::transform::{TransformOpenApi, TransformOperation};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use schemars::JsonSchema;
+use serde::Serialize;
+use steward_workers::Registry;
+use tracing::{debug, warn};
+
+pub use axum::response::NoContent;
+use error::ApiError;
+
+use crate::auth::Auth;
+use crate::companies::Companies;
+use crate::links::LinkSigner;
+use crate::planner::{Planner, Workflows};
+use crate::store::Store;
+
+/// The most a JSON body may weigh.
+pub const BODY_LIMIT: usize = 1024 * 1024;
+
+/// What the handlers share. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ApiState {
+    /// Runs.
+    pub store: Store,
+    /// Companies.
+    pub companies: Companies,
+    /// Technicians and tokens.
+    pub auth: Auth,
+    /// Starts runs under policy.
+    pub planner: Planner,
+    /// The workflows offered.
+    pub workflows: Arc<Workflows>,
+    /// The op catalog.
+    pub registry: Arc<Registry>,
+    /// Signs approval links.
+    pub signer: LinkSigner,
+    /// The URL approval links start with (`https://steward.msp.example`).
+    pub public_url: String,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<Metrics>,
+}
+
+/// `201 Created` with a JSON body.
+#[derive(Debug)]
+pub struct Created<T>(pub T);
+
+impl<T: Serialize> IntoResponse for Created<T> {
+    fn into_response(self) -> Response {
+        (StatusCode::CREATED, axum::Json(self.0)).into_response()
+    }
+}
+
+impl<T: JsonSchema> aide::OperationOutput for Created<T> {
+    type Inner = T;
+
+    fn operation_response(
+        ctx: &mut aide::generate::GenContext,
+        operation: &mut aide::openapi::Operation,
+    ) -> Option<aide::openapi::Response> {
+        axum::Json::<T>::operation_response(ctx, operation)
+    }
+
+    fn inferred_responses(
+        ctx: &mut aide::generate::GenContext,
+        operation: &mut aide::openapi::Operation,
+    ) -> Vec<(Option<aide::openapi::StatusCode>, aide::openapi::Response)> {
+        Self::operation_response(ctx, operation)
+            .map(|r| vec![(Some(aide::openapi::StatusCode::Code(201)), r)])
+            .unwrap_or_default()
+    }
+}
+
+/// A counter's name and labels.
+type CounterKey = (String, Vec<(String, String)>);
+
+/// Prometheus counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    counters: Mutex<BTreeMap<CounterKey, u64>>,
+}
+
+impl Metrics {
+    /// Adds one to a counter.
+    pub fn count(&self, name: &str, labels: &[(&str, &str)]) {
+        let key = (
+            name.to_owned(),
+            labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        );
+        *self
+            .counters
+            .lock()
+            .expect("the metrics lock is never poisoned")
+            .entry(key)
+            .or_default() += 1;
+    }
+
+    fn render(&self, redis_up: bool) -> String {
+        let mut out = String::new();
+        out.push_str("# TYPE steward_redis_up gauge\n");
+        out.push_str(&format!("steward_redis_up {}\n", u8::from(redis_up)));
+        let counters = self
+            .counters
+            .lock()
+            .expect("the metrics lock is never poisoned");
+        let mut last = "";
+        for ((name, labels), v) in counters.iter() {
+            if name != last {
+                out.push_str(&format!("# TYPE {name} counter\n"));
+                last = name;
+            }
+            let labels: Vec<String> = labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", v.replace(['"', '\\', '\n'], "_")))
+                .collect();
+            if labels.is_empty() {
+                out.push_str(&format!("{name} {v}\n"));
+            } else {
+                out.push_str(&format!("{name}{{{}}} {v}\n", labels.join(",")));
+            }
+        }
+        out
+    }
+}
+
+/// Documents an operation: a summary and a tag.
+macro_rules! op {
+    ($summary:expr, $tag:expr) => {
+        |o: TransformOperation<'_>| o.summary($summary).tag($tag)
+    };
+}
+
+fn routes() -> ApiRouter<ApiState> {
+    ApiRouter::new()
+        .api_route(
+            "/healthz",
+            get_with(healthz, op!("liveness: the process answers", "system")),
+        )
+        .api_route(
+            "/readyz",
+            get_with(readyz, op!("readiness: Redis answers", "system")),
+        )
+        .api_route(
+            "/v1/workflows",
+            get_with(
+                runs::workflows,
+                op!("the workflows this server offers", "runs"),
+            ),
+        )
+        .api_route(
+            "/v1/runs",
+            post_with(
+                runs::start,
+                op!("start a run (under the company's policy)", "runs"),
+            )
+            .get_with(runs::list, op!("list runs, newest first", "runs")),
+        )
+        .api_route(
+            "/v1/runs/{run}",
+            get_with(runs::get, op!("a run: document, plan, history", "runs")),
+        )
+        .api_route(
+            "/v1/runs/{run}/cancel",
+            post_with(
+                runs::cancel,
+                op!("cancel a run, optionally rolling it back", "runs"),
+            ),
+        )
+        .api_route(
+            "/v1/runs/{run}/pause",
+            post_with(runs::pause, op!("pause a run", "runs")),
+        )
+        .api_route(
+            "/v1/runs/{run}/resume",
+            post_with(runs::resume, op!("resume a paused run", "runs")),
+        )
+        .api_route(
+            "/v1/runs/{run}/steps/{step}/retry",
+            post_with(runs::retry_step, op!("retry a step now", "runs")),
+        )
+        .api_route(
+            "/v1/runs/{run}/steps/{step}/skip",
+            post_with(runs::skip_step, op!("skip a step", "runs")),
+        )
+        .api_route(
+            "/v1/approvals",
+            get_with(
+                approvals::inbox,
+                op!("the caller's approval inbox", "approvals"),
+            ),
+        )
+        .api_route(
+            "/v1/approvals/{run}/{step}",
+            get_with(
+                approvals::get_gate,
+                op!("a gate: what it unlocks, instructions, ticket", "approvals"),
+            )
+            .post_with(
+                approvals::decide,
+                op!("approve or reject a gate", "approvals"),
+            ),
+        )
+        .api_route(
+            "/v1/approvals/{run}/{step}/links",
+            post_with(
+                approvals::make_links,
+                op!("signed one-time approve/reject links", "approvals"),
+            ),
+        )
+        .api_route(
+            "/v1/links/{token}",
+            get_with(
+                approvals::open_link,
+                op!(
+                    "what a signed link would record (records nothing)",
+                    "approvals"
+                ),
+            )
+            .post_with(
+                approvals::use_link,
+                op!("record a signed link's decision, once", "approvals"),
+            ),
+        )
+        .api_route(
+            "/v1/companies",
+            get_with(
+                companies::list,
+                op!("companies the caller may act on", "companies"),
+            )
+            .post_with(companies::create, op!("add a company", "companies")),
+        )
+        .api_route(
+            "/v1/companies/import",
+            post_with(
+                companies::import,
+                op!("import companies from CSV, all or nothing", "companies"),
+            ),
+        )
+        .api_route(
+            "/v1/companies/{id}",
+            get_with(companies::get, op!("a company", "companies"))
+                .put_with(
+                    companies::update,
+                    op!("replace a company's settings", "companies"),
+                )
+                .delete_with(companies::delete, op!("delete a company", "companies")),
+        )
+        .api_route(
+            "/v1/technicians",
+            get_with(technicians::list, op!("every technician", "technicians"))
+                .post_with(technicians::create, op!("add a technician", "technicians")),
+        )
+        .api_route(
+            "/v1/technicians/me",
+            get_with(technicians::me, op!("the caller", "technicians")),
+        )
+        .api_route(
+            "/v1/technicians/{id}",
+            patch_with(
+                technicians::update,
+                op!("change a technician", "technicians"),
+            ),
+        )
+        .api_route(
+            "/v1/technicians/{id}/tokens",
+            get_with(
+                technicians::tokens,
+                op!("a technician's tokens", "technicians"),
+            )
+            .post_with(
+                technicians::create_token,
+                op!("make a token (shown once)", "technicians"),
+            ),
+        )
+        .api_route(
+            "/v1/tokens/{id}",
+            delete_with(technicians::revoke, op!("revoke a token", "technicians")),
+        )
+}
+
+fn describe(api: TransformOpenApi<'_>) -> TransformOpenApi<'_> {
+    api.title("Steward API")
+        .version("1")
+        .description("Durable onboarding and offboarding workflows for MSPs: runs, approval gates, companies, technicians. Errors share one shape: {\"error\": {\"code\", \"message\", \"field\", \"fix\"}}.")
+        .security_scheme(
+            "bearer",
+            SecurityScheme::Http {
+                scheme: "bearer".to_owned(),
+                bearer_format: Some("stw_…".to_owned()),
+                description: Some("an API token (steward technicians token)".to_owned()),
+                extensions: Default::default(),
+            },
+        )
+        .tag(Tag { name: "runs".to_owned(), ..Default::default() })
+        .tag(Tag { name: "approvals".to_owned(), ..Default::default() })
+        .tag(Tag { name: "companies".to_owned(), ..Default::default() })
+        .tag(Tag { name: "technicians".to_owned(), ..Default::default() })
+        .tag(Tag { name: "system".to_owned(), ..Default::default() })
+}
+
+/// Builds the handlers' state: the link key comes from `link_key`, or is made once and kept in
+/// Redis (`<ns>:meta` field `link-key`) so every replica signs alike.
+pub async fn state(
+    store: Store,
+    registry: Arc<Registry>,
+    workflows: Workflows,
+    link_key: Option<&str>,
+    public_url: String,
+) -> Result<ApiState, String> {
+    let key_text = match link_key {
+        Some(k) => k.to_owned(),
+        None => {
+            let meta = store.keys().meta();
+            let mut pipe = redis::pipe();
+            pipe.hset_nx(&meta, "link-key", LinkSigner::generate_key())
+                .ignore()
+                .hget(&meta, "link-key");
+            let (key,): (String,) = store
+                .db()
+                .pipe(&pipe)
+                .await
+                .map_err(|e| format!("cannot read the link key from Redis: {e}"))?;
+            key
+        }
+    };
+    let signer = LinkSigner::new(LinkSigner::decode_key(&key_text)?)?;
+    let ns = store.keys().namespace().to_owned();
+    let companies = Companies::new(store.db().clone(), &ns, store.clock().clone());
+    let auth = Auth::new(store.db().clone(), &ns, store.clock().clone());
+    let planner = Planner {
+        store: store.clone(),
+        companies: companies.clone(),
+        registry: registry.clone(),
+    };
+    Ok(ApiState {
+        store,
+        companies,
+        auth,
+        planner,
+        workflows: Arc::new(workflows),
+        registry,
+        signer,
+        public_url,
+        metrics: Arc::default(),
+    })
+}
+
+/// The OpenAPI document.
+pub fn openapi() -> OpenApi {
+    let mut api = OpenApi {
+        info: Info::default(),
+        ..OpenApi::default()
+    };
+    let _ = routes().finish_api_with(&mut api, describe);
+    api
+}
+
+/// The OpenAPI document as checked in (`schemas/openapi.json`).
+pub fn openapi_json() -> String {
+    format!(
+        "{}\n",
+        serde_json::to_string_pretty(&openapi()).expect("the OpenAPI document serialises")
+    )
+}
+
+/// The API's router.
+pub fn app(state: ApiState) -> axum::Router {
+    let mut api = OpenApi::default();
+    let router = routes().finish_api_with(&mut api, describe);
+    let doc = Arc::new(openapi_json());
+    router
+        .route(
+            "/v1/openapi.json",
+            axum::routing::get(move || {
+                let doc = doc.clone();
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        doc.as_str().to_owned(),
+                    )
+                }
+            }),
+        )
+        .route("/metrics", axum::routing::get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+/// Counts and logs every request once; errors are logged from the response's extensions.
+async fn observe(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    let method = req.method().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "(unmatched)".to_owned(), |p| p.as_str().to_owned());
+    let res = next.run(req).await;
+    let status = res.status();
+    state.metrics.count(
+        "steward_http_requests_total",
+        &[
+            ("method", &method),
+            ("route", &route),
+            ("status", status.as_str()),
+        ],
+    );
+    if let Some(e) = res.extensions().get::<ApiError>() {
+        if status.is_server_error() {
+            warn!(%method, %route, status = status.as_u16(), error = ?e, "request failed");
+        } else {
+            debug!(%method, %route, status = status.as_u16(), error = ?e, "request refused");
+        }
+    }
+    res
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route").with_fix("see GET /v1/openapi.json for the routes")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::status_code(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
+}
+
+/// The service's health.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Health {
+    /// `ok` or `ready`.
+    pub status: &'static str,
+}
+
+async fn healthz() -> axum::Json<Health> {
+    axum::Json(Health { status: "ok" })
+}
+
+async fn readyz(State(state): State<ApiState>) -> Result<axum::Json<Health>, ApiError> {
+    state
+        .store
+        .db()
+        .query::<String>(&redis::cmd("PING"))
+        .await?;
+    Ok(axum::Json(Health { status: "ready" }))
+}
+
+async fn metrics(State(state): State<ApiState>) -> Response {
+    let up = state
+        .store
+        .db()
+        .query::<String>(&redis::cmd("PING"))
+        .await
+        .is_ok();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        state.metrics.render(up),
+    )
+        .into_response()
+}

@@ -1,0 +1,195 @@
+//! Technicians and their tokens.
+
+use axum::extract::State;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use steward_schemas::{CompanyScope, Role, Technician, TechnicianId, TokenId, TokenInfo};
+
+use super::error::{ApiError, ApiResult};
+use super::extract::{Admin, ApiJson, ApiPath, Caller};
+use super::{ApiState, Created, NoContent};
+
+/// Every technician (admins).
+pub(super) async fn list(
+    State(state): State<ApiState>,
+    _admin: Admin,
+) -> ApiResult<axum::Json<Vec<Technician>>> {
+    Ok(axum::Json(state.auth.technicians().await?))
+}
+
+/// The caller.
+pub(super) async fn me(caller: Caller) -> axum::Json<Technician> {
+    axum::Json(caller.tech)
+}
+
+/// A technician to add.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewTechnician {
+    /// Their email (how approver lists name them).
+    pub email: String,
+    /// Their name.
+    pub name: String,
+    /// `admin` or `technician`.
+    pub role: Role,
+    /// `"all"`, or the company ids they may act on.
+    pub companies: CompanyScope,
+}
+
+/// Adds a technician (admins).
+pub(super) async fn create(
+    State(state): State<ApiState>,
+    _admin: Admin,
+    ApiJson(b): ApiJson<NewTechnician>,
+) -> ApiResult<Created<Technician>> {
+    Ok(Created(
+        state
+            .auth
+            .add_technician(&b.email, &b.name, b.role, b.companies)
+            .await?,
+    ))
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub(super) struct TechPath {
+    /// The technician.
+    id: TechnicianId,
+}
+
+/// Changes to a technician.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TechnicianPatch {
+    /// A new name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// A new role.
+    #[serde(default)]
+    pub role: Option<Role>,
+    /// New companies.
+    #[serde(default)]
+    pub companies: Option<CompanyScope>,
+    /// Disable (their tokens stop working) or enable them.
+    #[serde(default)]
+    pub disabled: Option<bool>,
+}
+
+/// Changes a technician (admins).
+pub(super) async fn update(
+    State(state): State<ApiState>,
+    Admin(caller): Admin,
+    ApiPath(p): ApiPath<TechPath>,
+    ApiJson(b): ApiJson<TechnicianPatch>,
+) -> ApiResult<axum::Json<Technician>> {
+    let mut tech = state
+        .auth
+        .technician(p.id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no technician `{}`", p.id)))?;
+    if let Some(name) = b.name {
+        let name = name.trim().to_owned();
+        if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
+            return Err(ApiError::invalid(
+                "name",
+                "give a name of 1 to 200 printable characters",
+                "send a name",
+            ));
+        }
+        tech.name = name;
+    }
+    if let Some(role) = b.role {
+        if tech.id == caller.tech.id && role != Role::Admin {
+            return Err(ApiError::conflict(
+                "you cannot take away your own admin role; ask another admin",
+            ));
+        }
+        tech.role = role;
+    }
+    if let Some(companies) = b.companies {
+        tech.companies = companies;
+    }
+    if let Some(disabled) = b.disabled {
+        if tech.id == caller.tech.id && disabled {
+            return Err(ApiError::conflict("you cannot disable yourself"));
+        }
+        tech.disabled = disabled;
+    }
+    state.auth.save_technician(&tech).await?;
+    Ok(axum::Json(tech))
+}
+
+fn self_or_admin(caller: &Caller, id: TechnicianId) -> ApiResult<()> {
+    if caller.tech.id == id || caller.tech.role == Role::Admin {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(
+            "only admins may manage other technicians' tokens",
+        ))
+    }
+}
+
+/// A technician's tokens (admins, or the technician).
+pub(super) async fn tokens(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath(p): ApiPath<TechPath>,
+) -> ApiResult<axum::Json<Vec<TokenInfo>>> {
+    self_or_admin(&caller, p.id)?;
+    Ok(axum::Json(state.auth.tokens(p.id).await?))
+}
+
+/// A token to make.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    /// What it is for (`laptop`, `psa-integration`).
+    pub name: String,
+}
+
+/// A new token: shown once, stored only as a hash.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct CreatedToken {
+    /// The token: send it as `Authorization: Bearer <token>`. It is not shown again.
+    pub token: String,
+    /// Its record.
+    pub info: TokenInfo,
+}
+
+/// Makes a token (admins, or the technician for themself).
+pub(super) async fn create_token(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath(p): ApiPath<TechPath>,
+    ApiJson(b): ApiJson<NewToken>,
+) -> ApiResult<Created<CreatedToken>> {
+    self_or_admin(&caller, p.id)?;
+    state
+        .auth
+        .technician(p.id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no technician `{}`", p.id)))?;
+    let (info, token) = state.auth.create_token(p.id, &b.name).await?;
+    Ok(Created(CreatedToken { token, info }))
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub(super) struct TokenPath {
+    /// The token's id.
+    id: TokenId,
+}
+
+/// Revokes a token (admins, or its owner).
+pub(super) async fn revoke(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath(p): ApiPath<TokenPath>,
+) -> ApiResult<NoContent> {
+    let owner = state
+        .auth
+        .token_owner(p.id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no token `{}`", p.id)))?;
+    self_or_admin(&caller, owner)?;
+    state.auth.revoke_token(p.id).await?;
+    Ok(NoContent)
+}

@@ -1,0 +1,780 @@
+//! The HTTP API: authorisation, approval gates, signed links, policy, companies and errors.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde_json::{Value, json};
+use steward_tests::api::{ApiEnv, send};
+use steward_tests::wait_for;
+
+const T: Duration = Duration::from_secs(30);
+
+fn workflows() -> &'static Path {
+    Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/workflows"
+    ))
+}
+
+async fn start(api: &ApiEnv, who: &str, workflow: &str, inputs: Value) -> Result<String> {
+    let (status, body) = api.post(who, "/v1/runs", json!({"workflow": workflow, "company": "contoso", "inputs": inputs, "ticket": {"psa": "autotask", "id": "T1001", "title": "<script>alert(1)</script> leaver"}})).await?;
+    anyhow::ensure!(status == 201, "start {workflow}: {status} {body}");
+    Ok(body["run"].as_str().context("run id")?.to_owned())
+}
+
+async fn status_of(api: &ApiEnv, run: &str) -> Result<Value> {
+    let (s, body) = api.get("admin", &format!("/v1/runs/{run}")).await?;
+    anyhow::ensure!(s == 200, "{s} {body}");
+    Ok(body)
+}
+
+async fn wait_status(api: &ApiEnv, run: &str, want: &str) -> Result<Value> {
+    wait_for(&format!("run {run} to be {want}"), T, || async {
+        let body = status_of(api, run).await?;
+        Ok((body["summary"]["status"] == want).then_some(body))
+    })
+    .await
+}
+
+async fn wait_gate(api: &ApiEnv, run: &str, gate: &str) -> Result<Value> {
+    wait_for("the gate to open", T, || async {
+        let (s, body) = api
+            .get("admin", &format!("/v1/approvals/{run}/{gate}"))
+            .await?;
+        Ok((s == 200 && body["state"] == "awaiting_approval").then_some(body))
+    })
+    .await
+}
+
+fn code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn who_may_do_what() -> Result<()> {
+    let api = ApiEnv::start(workflows()).await?;
+    let run = start(&api, "tech", "simple", json!({})).await?;
+
+    let (s, body) = api.get("", "/v1/runs").await?;
+    assert_eq!((s, code(&body)), (401, "unauthorized"), "no token: {body}");
+    let (s, _) = send(
+        api.http
+            .get(format!("{}/v1/runs", api.base))
+            .bearer_auth("stw_not-a-real-token"),
+    )
+    .await?;
+    assert_eq!(s, 401, "an unknown token");
+    let (s, _) = send(
+        api.http
+            .get(format!("{}/v1/runs", api.base))
+            .header("authorization", "Basic abc"),
+    )
+    .await?;
+    assert_eq!(s, 401, "not a bearer token");
+
+    // Another company's technician sees none of contoso's runs.
+    let (s, body) = api.get("outsider", &format!("/v1/runs/{run}")).await?;
+    assert_eq!((s, code(&body)), (403, "forbidden"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("may not act on company `contoso`")
+    );
+    let (s, body) = api.get("outsider", "/v1/runs").await?;
+    assert_eq!(s, 200);
+    assert_eq!(body["runs"].as_array().unwrap().len(), 0, "{body}");
+    let (s, body) = api.get("tech", "/v1/runs?company=contoso").await?;
+    assert_eq!((s, body["runs"].as_array().map(Vec::len)), (200, Some(1)));
+    let (s, _) = api
+        .post(
+            "outsider",
+            "/v1/runs",
+            json!({"workflow": "simple", "company": "contoso"}),
+        )
+        .await?;
+    assert_eq!(s, 403);
+
+    // Technicians may not administer.
+    let (s, body) = api.post("tech", "/v1/companies", json!({})).await?;
+    assert_eq!((s, code(&body)), (403, "forbidden"), "{body}");
+    let (s, _) = api
+        .post(
+            "tech",
+            "/v1/technicians",
+            json!({"email": "x@msp.example", "name": "x", "role": "admin", "companies": "all"}),
+        )
+        .await?;
+    assert_eq!(s, 403, "a technician cannot make an admin");
+    let (s, _) = api.get("tech", "/v1/technicians").await?;
+    assert_eq!(s, 403);
+
+    // A revoked token and a disabled technician are refused.
+    let (s, me) = api.get("tech", "/v1/technicians/me").await?;
+    assert_eq!(s, 200);
+    let id = me["id"].as_str().unwrap();
+    let (s, made) = api
+        .post(
+            "tech",
+            &format!("/v1/technicians/{id}/tokens"),
+            json!({"name": "laptop"}),
+        )
+        .await?;
+    assert_eq!(s, 201, "a technician makes their own token: {made}");
+    let laptop = made["token"].as_str().unwrap().to_owned();
+    let (s, _) = send(
+        api.http
+            .get(format!("{}/v1/technicians/me", api.base))
+            .bearer_auth(&laptop),
+    )
+    .await?;
+    assert_eq!(s, 200);
+    let (s, _) = send(api.req(
+        "tech",
+        reqwest::Method::DELETE,
+        &format!("/v1/tokens/{}", made["info"]["id"].as_str().unwrap()),
+    ))
+    .await?;
+    assert_eq!(s, 204);
+    let (s, body) = send(
+        api.http
+            .get(format!("{}/v1/technicians/me", api.base))
+            .bearer_auth(&laptop),
+    )
+    .await?;
+    assert_eq!(s, 401, "revoked: {body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("revoked")
+    );
+    let (s, _) = send(api.req(
+        "outsider",
+        reqwest::Method::DELETE,
+        &format!("/v1/tokens/{}", made["info"]["id"].as_str().unwrap()),
+    ))
+    .await?;
+    assert_eq!(s, 403, "nobody revokes someone else's token but an admin");
+    let (s, _) = send(
+        api.req(
+            "admin",
+            reqwest::Method::PATCH,
+            &format!("/v1/technicians/{id}"),
+        )
+        .json(&json!({"disabled": true})),
+    )
+    .await?;
+    assert_eq!(s, 200);
+    let (s, _) = api.get("tech", "/v1/runs").await?;
+    assert_eq!(s, 401, "a disabled technician's token stops working");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_needs_two_other_approvers() -> Result<()> {
+    let api = ApiEnv::start(workflows()).await?;
+    // alice asks; alice cannot approve her own request.
+    let run = start(
+        &api,
+        "alice",
+        "gated",
+        json!({"user": "jane", "password": "hunter2"}),
+    )
+    .await?;
+    let gate = wait_gate(&api, &run, "approval").await?;
+    assert_eq!(gate["quorum"], 2);
+    assert_eq!(
+        gate["approvers"],
+        json!(["alice@msp.example", "bob@msp.example"])
+    );
+    assert_eq!(gate["ticket"]["id"], "T1001");
+    assert_eq!(
+        gate["message"], "Delete ${{ inputs.user }}'s mailbox?",
+        "the message is shown as written"
+    );
+    let unlocked = &gate["unlocks"][0];
+    assert_eq!(unlocked["step"], "apply");
+    assert_eq!(unlocked["params"]["key"], "apply:jane");
+    assert_eq!(
+        unlocked["params"]["value"], "[secret]",
+        "secret inputs never reach approvers"
+    );
+
+    let (s, inbox) = api.get("bob", "/v1/approvals").await?;
+    assert_eq!(s, 200);
+    assert_eq!(
+        inbox["approvals"][0]["reference"],
+        format!("{run}/approval")
+    );
+    let (_, empty) = api.get("tech", "/v1/approvals").await?;
+    assert_eq!(empty["approvals"], json!([]));
+
+    let decide = |who: &'static str, decision: &'static str| {
+        let path = format!("/v1/approvals/{run}/approval");
+        let api = &api;
+        async move {
+            api.post(who, &path, json!({"decision": decision, "comment": "ok"}))
+                .await
+        }
+    };
+    let (s, body) = decide("alice", "approve").await?;
+    assert_eq!(
+        (s, code(&body)),
+        (403, "forbidden"),
+        "self-approval: {body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("asked for this run")
+    );
+    let (s, body) = decide("tech", "approve").await?;
+    assert_eq!(s, 403, "not an approver: {body}");
+    let (s, body) = api
+        .post(
+            "bob",
+            &format!("/v1/approvals/{run}/approval"),
+            json!({"decision": "maybe"}),
+        )
+        .await?;
+    assert_eq!(
+        (s, body["error"]["field"].as_str()),
+        (422, Some("decision")),
+        "{body}"
+    );
+
+    // Quorum 2 with alice unable to vote: bob alone is not enough, so add carol as an approver.
+    let (s, body) = decide("bob", "approve").await?;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["gate"]["state"], "awaiting_approval");
+    assert_eq!(body["gate"]["approvals"].as_array().unwrap().len(), 1);
+    let (s, again) = decide("bob", "approve").await?;
+    assert_eq!(
+        (s, again["gate"]["approvals"].as_array().unwrap().len()),
+        (200, 1),
+        "a repeated decision changes nothing"
+    );
+
+    // The admin approves through the API? Not an approver either.
+    let (s, _) = decide("admin", "approve").await?;
+    assert_eq!(s, 403);
+
+    // bob rejects after approving: the run ends and `prepare` is undone.
+    let (s, body) = decide("bob", "reject").await?;
+    assert_eq!(s, 200, "{body}");
+    let done = wait_status(&api, &run, "rolled_back").await?;
+    assert_eq!(
+        done["summary"]["status_detail"]["cause"]["kind"],
+        "rejected"
+    );
+    assert_eq!(
+        done["summary"]["status_detail"]["cause"]["by"],
+        "bob@msp.example"
+    );
+    let history = serde_json::to_string(&done["history"])?;
+    assert!(history.contains("approval_decided") && !history.contains("hunter2"));
+    let ledger = api.env.ledger().await?;
+    assert_eq!(ledger.undone.len(), 1, "{ledger:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_of_two_lets_the_run_go_on() -> Result<()> {
+    let api = ApiEnv::start(workflows()).await?;
+    let run = start(&api, "tech", "gated", json!({"user": "jane"})).await?;
+    wait_gate(&api, &run, "approval").await?;
+    for who in ["alice", "bob"] {
+        let (s, body) = api
+            .post(
+                who,
+                &format!("/v1/approvals/{run}/approval"),
+                json!({"decision": "approve"}),
+            )
+            .await?;
+        assert_eq!(s, 200, "{body}");
+    }
+    let done = wait_status(&api, &run, "completed").await?;
+    let approval = done["run"]["state"]["steps"]["approval"].clone();
+    assert_eq!(
+        approval["output"]["approved_by"],
+        json!(["alice@msp.example", "bob@msp.example"])
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_gate_escalates_to_the_next_approvers() -> Result<()> {
+    let api = ApiEnv::start(workflows()).await?;
+    let run = start(&api, "tech", "expiring", json!({})).await?;
+    let escalated = wait_for("the gate to escalate", T, || async {
+        let (_, g) = api
+            .get("admin", &format!("/v1/approvals/{run}/approval"))
+            .await?;
+        Ok((g["stage"] == 1).then_some(g))
+    })
+    .await?;
+    assert_eq!(escalated["approvers"], json!(["admin@msp.example"]));
+    let (s, _) = api
+        .post(
+            "alice",
+            &format!("/v1/approvals/{run}/approval"),
+            json!({"decision": "approve"}),
+        )
+        .await?;
+    assert_eq!(s, 403, "the first approvers no longer decide");
+    let (_, inbox) = api.get("admin", "/v1/approvals").await?;
+    assert_eq!(inbox["approvals"][0]["gate"], "approval");
+    let (s, body) = api
+        .post(
+            "admin",
+            &format!("/v1/approvals/{run}/approval"),
+            json!({"decision": "approve"}),
+        )
+        .await?;
+    assert_eq!(s, 200, "{body}");
+    wait_status(&api, &run, "completed").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_links_work_once_and_only_as_issued() -> Result<()> {
+    let api = ApiEnv::start(workflows()).await?;
+    let run = start(&api, "tech", "gated", json!({"user": "jane"})).await?;
+    wait_gate(&api, &run, "approval").await?;
+    let (s, links) = api
+        .post(
+            "alice",
+            &format!("/v1/approvals/{run}/approval/links"),
+            json!({}),
+        )
+        .await?;
+    assert_eq!(s, 200, "{links}");
+    let approve = links["approve_url"].as_str().unwrap().to_owned();
+    let (s, _) = api
+        .post(
+            "alice",
+            &format!("/v1/approvals/{run}/approval/links"),
+            json!({"approver": "bob@msp.example"}),
+        )
+        .await?;
+    assert_eq!(s, 403, "only admins make links for others");
+
+    // Opening a link records nothing; the page escapes the ticket's text.
+    let (s, view) = send(api.http.get(&approve).header("accept", "application/json")).await?;
+    assert_eq!(
+        (s, &view["recorded"], &view["decision"]),
+        (200, &json!(false), &json!("approve")),
+        "{view}"
+    );
+    let html = api
+        .http
+        .get(&approve)
+        .header("accept", "text/html")
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        html.contains("&lt;script&gt;alert(1)&lt;/script&gt;") && !html.contains("<script>"),
+        "{html}"
+    );
+    let (s, used) = send(api.http.post(&approve).header("accept", "application/json")).await?;
+    assert_eq!((s, &used["recorded"]), (200, &json!(true)), "{used}");
+    assert_eq!(used["gate"]["approvals"][0]["via"], "link");
+    let (s, body) = send(api.http.post(&approve)).await?;
+    assert_eq!((s, code(&body)), (410, "gone"), "a used link: {body}");
+
+    // A forged link (the decision flipped), another installation's, and an expired one.
+    let token = approve.rsplit('/').next().unwrap();
+    let (payload, sig) = token.split_once('.').unwrap();
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut claim: Value = serde_json::from_slice(&b64.decode(payload)?)?;
+    claim["approve"] = json!(false);
+    claim["nonce"] = json!("fresh");
+    let forged = format!("{}.{sig}", b64.encode(serde_json::to_vec(&claim)?));
+    let (s, body) = send(api.http.post(format!("{}/v1/links/{forged}", api.base))).await?;
+    assert_eq!((s, code(&body)), (403, "forbidden"), "{body}");
+    let foreign = steward_engine::links::LinkSigner::new(vec![9; 32])
+        .unwrap()
+        .sign(&serde_json::from_value(claim.clone())?);
+    let (s, _) = send(api.http.post(format!("{}/v1/links/{foreign}", api.base))).await?;
+    assert_eq!(s, 403, "signed by another installation");
+    let key: String = api
+        .env
+        .store
+        .db()
+        .query(
+            redis::cmd("HGET")
+                .arg(api.env.store.keys().meta())
+                .arg("link-key"),
+        )
+        .await?;
+    let ours = steward_engine::links::LinkSigner::new(
+        steward_engine::links::LinkSigner::decode_key(&key).unwrap(),
+    )
+    .unwrap();
+    claim["exp"] = json!(1_000);
+    let expired = ours.sign(&serde_json::from_value(claim.clone())?);
+    let (s, body) = send(api.http.get(format!("{}/v1/links/{expired}", api.base))).await?;
+    assert_eq!((s, code(&body)), (410, "gone"), "{body}");
+    let (s, _) = send(api.http.get(format!("{}/v1/links/not-a-link", api.base))).await?;
+    assert_eq!(s, 400);
+
+    // bob approves by link; a link for the decided gate is refused.
+    let (_, bob_links) = api
+        .post(
+            "bob",
+            &format!("/v1/approvals/{run}/approval/links"),
+            json!({}),
+        )
+        .await?;
+    let (_, bob_spare) = api
+        .post(
+            "bob",
+            &format!("/v1/approvals/{run}/approval/links"),
+            json!({}),
+        )
+        .await?;
+    let (s, _) = send(api.http.post(bob_links["approve_url"].as_str().unwrap())).await?;
+    assert_eq!(s, 200);
+    wait_status(&api, &run, "completed").await?;
+    let (s, body) = send(api.http.post(bob_spare["reject_url"].as_str().unwrap())).await?;
+    assert_eq!((s, code(&body)), (409, "conflict"), "{body}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_policy_refuses_gates_or_pauses() -> Result<()> {
+    let api = ApiEnv::start(workflows()).await?;
+    let company = |profile: &str| {
+        json!({
+            "id": "contoso", "name": "contoso (sample)", "tenant_id": "8f1c0e2a-0b5e-4f7e-9a51-3c2d6a7b9e10",
+            "identity_provider": "entra_id", "mailbox_provider": "exchange_online",
+            "approvers": ["alice@msp.example", "bob@msp.example"],
+            "permissions": {"profile": profile}, "defaults": {"usage_location": "GB", "upn_domain": "example.com"}
+        })
+    };
+    let put = |profile: &'static str| {
+        let api = &api;
+        let body = company(profile);
+        async move {
+            send(
+                api.req("admin", reqwest::Method::PUT, "/v1/companies/contoso")
+                    .json(&body),
+            )
+            .await
+        }
+    };
+
+    // Helpdesk: directory roles are disabled, so the plan is refused, naming everything.
+    let (s, body) = put("helpdesk").await?;
+    assert_eq!(s, 200, "{body}");
+    let (s, body) = api.post("tech", "/v1/runs", json!({"workflow": "privileged", "company": "contoso", "inputs": {"user": "jane@example.com"}})).await?;
+    assert_eq!((s, code(&body)), (422, "policy_refused"), "{body}");
+    assert_eq!(
+        body["error"]["details"][0],
+        json!({"step": "make_admin", "op": "role.assign", "group": "directory_roles", "company": "contoso", "reason": "the `directory_roles` permission group is disabled for company `contoso`; an admin can enable it in the company's permissions"})
+    );
+
+    // IT admin: allowed, but role assignment always needs approval: the policy inserts a gate.
+    put("it_admin").await?;
+    let (s, body) = api.post("tech", "/v1/runs", json!({"workflow": "privileged", "company": "contoso", "inputs": {"user": "jane@example.com"}})).await?;
+    assert_eq!(s, 201, "{body}");
+    let run = body["run"].as_str().unwrap().to_owned();
+    let gate = wait_gate(&api, &run, "policy_approval").await?;
+    assert!(
+        gate["message"]
+            .as_str()
+            .unwrap()
+            .contains("make_admin (`role.assign` always needs approval)"),
+        "{gate}"
+    );
+    assert_eq!(gate["unlocks"][0]["system"], "Entra ID");
+    assert_eq!(
+        gate["unlocks"][0]["params"]["user"], "${{ steps.create.output.id }}",
+        "not known yet, shown as written"
+    );
+    api.post(
+        "alice",
+        &format!("/v1/approvals/{run}/policy_approval"),
+        json!({"decision": "reject", "comment": "no"}),
+    )
+    .await?;
+    wait_status(&api, &run, "rolled_back").await?;
+
+    // A policy changed while a run waits at a gate pauses the next step instead of running it.
+    put("full_automation").await?;
+    let run = start(&api, "tech", "gated", json!({"user": "jane"})).await?;
+    wait_gate(&api, &run, "approval").await?;
+    put("read_only").await?;
+    for who in ["alice", "bob"] {
+        api.post(
+            who,
+            &format!("/v1/approvals/{run}/approval"),
+            json!({"decision": "approve"}),
+        )
+        .await?;
+    }
+    let paused = wait_status(&api, &run, "paused").await?;
+    assert_eq!(
+        paused["summary"]["status_detail"]["reason"]["kind"],
+        "policy_blocked"
+    );
+    assert!(
+        paused["summary"]["status_detail"]["reason"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("read-only for company `contoso`")
+    );
+    assert_eq!(
+        api.env.ledger().await?.applied.len(),
+        1,
+        "the blocked step did not run"
+    );
+    let (s, body) = api
+        .post("tech", &format!("/v1/runs/{run}/resume"), json!({}))
+        .await?;
+    assert_eq!(s, 200, "{body}");
+    wait_status(&api, &run, "paused").await?;
+    put("full_automation").await?;
+    api.post("tech", &format!("/v1/runs/{run}/resume"), json!({}))
+        .await?;
+    wait_status(&api, &run, "completed").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn companies_import_all_or_nothing() -> Result<()> {
+    let api = ApiEnv::start(workflows()).await?;
+    let csv = |body: &str| {
+        api.req("admin", reqwest::Method::POST, "/v1/companies/import")
+            .header("content-type", "text/csv")
+            .body(body.to_owned())
+    };
+    let good = "id,name,tenant_id,identity_provider,mailbox_provider,approvers,permission_profile\n\
+                fabrikam,Fabrikam,2c9d8e7f-6a5b-4c3d-8e2f-1a0b9c8d7e6f,entra_id,exchange_online,lead@msp.example,helpdesk\n\
+                northwind,Northwind,3c9d8e7f-6a5b-4c3d-8e2f-1a0b9c8d7e6f,entra_id,exchange_online,,it_admin\n";
+    let (s, report) = send(csv(good)).await?;
+    assert_eq!(s, 200, "{report}");
+    assert_eq!(report["created"], json!(["fabrikam", "northwind"]));
+    let (s, again) = send(csv(good)).await?;
+    assert_eq!(
+        (s, &again["unchanged"]),
+        (200, &json!(["fabrikam", "northwind"])),
+        "re-importing changes nothing: {again}"
+    );
+
+    let hostile = "id,name,identity_provider,mailbox_provider,favourite_colour\n\
+                   evil,=cmd|' /C calc'!A0,entra_id,exchange_online,red\n";
+    let (s, body) = send(csv(hostile)).await?;
+    assert_eq!((s, code(&body)), (422, "validation_failed"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nothing was imported")
+    );
+    let bad = "id,name,identity_provider,mailbox_provider\nnewco,New Co,entra_cloud,exchange_online\nbadco,=HYPERLINK(\"x\"),entra_id,exchange_online\nnewco,Dup,entra_id,exchange_online\n";
+    let (s, body) = send(csv(bad)).await?;
+    assert_eq!(s, 422, "{body}");
+    let rows: Vec<(u64, String)> = body["error"]["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["row"].as_u64().unwrap_or(0),
+                e["column"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        rows.contains(&(2, "identity_provider".to_owned())),
+        "{rows:?}"
+    );
+    assert!(
+        rows.contains(&(3, "name".to_owned())),
+        "formula injection: {rows:?}"
+    );
+    assert!(
+        rows.iter().any(|(r, c)| *r == 4 && c == "id"),
+        "duplicate id: {rows:?}"
+    );
+    let (_, list) = api.get("admin", "/v1/companies").await?;
+    let ids: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["company"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["contoso", "fabrikam", "northwind"],
+        "nothing from the bad files was written"
+    );
+
+    let huge = format!(
+        "id,name,identity_provider,mailbox_provider\n{}",
+        "x,y,entra_id,exchange_online\n".repeat(400_000)
+    );
+    assert!(huge.len() > 10_000_000);
+    let (s, body) = send(csv(&huge)).await?;
+    assert_eq!((s, code(&body)), (413, "payload_too_large"), "{body}");
+    let (s, _) = send(
+        api.req("admin", reqwest::Method::POST, "/v1/companies/import")
+            .header("content-type", "application/json")
+            .body("{}"),
+    )
+    .await?;
+    assert_eq!(s, 415);
+    let (s, _) = send(
+        api.req("tech", reqwest::Method::POST, "/v1/companies/import")
+            .header("content-type", "text/csv")
+            .body(good),
+    )
+    .await?;
+    assert_eq!(s, 403, "only admins import");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_4xx() -> Result<()> {
+    let api = ApiEnv::start(workflows()).await?;
+    let raw = |body: &str| {
+        api.req("tech", reqwest::Method::POST, "/v1/runs")
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+    };
+    let (s, body) = send(raw("{not json")).await?;
+    assert_eq!((s, code(&body)), (400, "bad_request"), "{body}");
+    let (s, body) = send(raw(
+        r#"{"workflow": "simple", "company": "contoso", "colour": "red"}"#,
+    ))
+    .await?;
+    assert_eq!(s, 422, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `colour`"),
+        "{body}"
+    );
+    let (s, body) = send(raw(r#"{"workflow": "simple", "company": "Contoso Ltd"}"#)).await?;
+    assert_eq!(
+        (s, body["error"]["field"].as_str()),
+        (422, Some("company")),
+        "{body}"
+    );
+    let (s, body) = send(raw(r#"{"workflow": "nope", "company": "contoso"}"#)).await?;
+    assert_eq!(
+        (s, body["error"]["field"].as_str()),
+        (422, Some("workflow")),
+        "{body}"
+    );
+    assert!(body["error"]["fix"].as_str().unwrap().contains("simple"));
+    let (s, body) = send(raw(
+        r#"{"workflow": "gated", "company": "contoso", "inputs": {"usr": "x"}}"#,
+    ))
+    .await?;
+    assert_eq!(s, 422, "{body}");
+    assert!(body.to_string().contains("inputs.user"), "{body}");
+    let (s, body) = send(raw(&format!(
+        r#"{{"workflow": "simple", "company": "contoso", "inputs": {{"x": "{}"}}}}"#,
+        "a".repeat(2_000_000)
+    )))
+    .await?;
+    assert_eq!((s, code(&body)), (413, "payload_too_large"), "{body}");
+    let (s, body) = api.get("tech", "/v1/runs/run_nope").await?;
+    assert_eq!(s, 400, "{body}");
+    let (s, body) = api
+        .get("tech", "/v1/runs/run_01ARZ3NDEKTSV4RRFFQ69G5FAV")
+        .await?;
+    assert_eq!((s, code(&body)), (404, "not_found"), "{body}");
+    let (s, body) = api.get("tech", "/v1/nowhere").await?;
+    assert_eq!((s, code(&body)), (404, "not_found"), "{body}");
+    let (s, body) = send(api.req("tech", reqwest::Method::DELETE, "/v1/runs")).await?;
+    assert_eq!((s, code(&body)), (405, "method_not_allowed"), "{body}");
+    let (s, body) = api.get("tech", "/v1/runs?limit=0").await?;
+    assert_eq!(
+        (s, body["error"]["field"].as_str()),
+        (422, Some("limit")),
+        "{body}"
+    );
+    let (s, body) = api.get("tech", "/v1/runs?status=happy").await?;
+    assert_eq!(s, 422, "{body}");
+    let (s, _) = api.get("", "/healthz").await?;
+    assert_eq!(s, 200);
+    let (s, _) = api.get("", "/readyz").await?;
+    assert_eq!(s, 200);
+    let metrics = api
+        .http
+        .get(format!("{}/metrics", api.base))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics.contains("steward_http_requests_total{") && metrics.contains("steward_redis_up 1"),
+        "{metrics}"
+    );
+    Ok(())
+}
+
+#[test]
+fn the_checked_in_openapi_document_matches_the_code() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/openapi.json");
+    let fresh = steward_engine::api::openapi_json();
+    if std::env::var_os("UPDATE_SCHEMAS").is_some() {
+        std::fs::write(&path, &fresh).unwrap();
+    }
+    let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        on_disk == fresh,
+        "schemas/openapi.json is out of date; run `UPDATE_SCHEMAS=1 cargo test --test api` (or `steward schema`) and commit it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_list_filters_and_pages() -> Result<()> {
+    let api = ApiEnv::start(workflows()).await?;
+    let mut runs = Vec::new();
+    for _ in 0..5 {
+        runs.push(start(&api, "tech", "simple", json!({})).await?);
+    }
+    let gated = start(&api, "tech", "gated", json!({"user": "x"})).await?;
+    for r in &runs {
+        wait_status(&api, r, "completed").await?;
+    }
+    wait_gate(&api, &gated, "approval").await?;
+    let (_, page) = api.get("tech", "/v1/runs?limit=2").await?;
+    assert_eq!(page["runs"].as_array().unwrap().len(), 2);
+    assert_eq!(page["runs"][0]["run"], gated, "newest first");
+    let cursor = page["next_cursor"]
+        .as_str()
+        .context("a next page")?
+        .to_owned();
+    let (_, next) = api
+        .get("tech", &format!("/v1/runs?limit=10&cursor={cursor}"))
+        .await?;
+    assert_eq!(next["runs"].as_array().unwrap().len(), 4);
+    assert!(next.get("next_cursor").is_none() || next["next_cursor"].is_null());
+    let (_, waiting) = api.get("tech", "/v1/runs?status=running").await?;
+    assert_eq!(
+        waiting["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["run"].clone())
+            .collect::<Vec<_>>(),
+        vec![json!(gated)]
+    );
+    let (_, simple) = api
+        .get("tech", "/v1/runs?workflow=simple&status=completed")
+        .await?;
+    assert_eq!(simple["runs"].as_array().unwrap().len(), 5);
+    Ok(())
+}
