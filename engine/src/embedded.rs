@@ -131,7 +131,11 @@ impl RedisServer {
             .arg("--daemonize")
             .arg("no")
             .arg("--protected-mode")
-            .arg("yes");
+            .arg("yes")
+            // Each run has its own small history stream; Redis preallocates up to this much for a
+            // stream's first node (4 KiB by default), which would dominate a parked run's memory.
+            .arg("--stream-node-max-bytes")
+            .arg("1024");
         match self.persistence {
             Persistence::None => {
                 cmd.arg("--appendonly").arg("no");

@@ -229,9 +229,12 @@ pub fn validate(c: &Company) -> Vec<FieldProblem> {
     if let Some(ou) = &c.defaults.ou {
         let looks_dn = ou.split(',').all(|part| {
             let part = part.trim();
-            ["OU=", "DC=", "CN="]
-                .iter()
-                .any(|p| part.len() > 3 && part[..3].eq_ignore_ascii_case(p))
+            ["OU=", "DC=", "CN="].iter().any(|p| {
+                part.len() > 3
+                    && part
+                        .get(..3)
+                        .is_some_and(|head| head.eq_ignore_ascii_case(p))
+            })
         });
         if !looks_dn || !on_prem_ad {
             out.push(problem(
@@ -267,7 +270,33 @@ pub fn validate(c: &Company) -> Vec<FieldProblem> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
+
+    proptest! {
+        /// Whatever people type, checking it answers with problems, never a panic.
+        #[test]
+        fn any_text_in_any_field_is_checked_without_panicking(
+            texts in prop::collection::vec(any::<String>(), 12),
+            idp in 0usize..4,
+            mbx in 0usize..3,
+        ) {
+            let idp = ["entra_id", "on_prem_ad", "hybrid", "hybrid_no_sync"][idp];
+            let mbx = ["exchange_online", "exchange_server", "exchange_hybrid"][mbx];
+            let mut c: Company = serde_json::from_value(json!({
+                "id": "x", "name": texts[0], "tenant_id": texts[1],
+                "identity_provider": idp,
+                "mailbox_provider": mbx,
+                "ad_runner": texts[2], "entra_connect_server": texts[3], "exchange_server": texts[4],
+                "exchange_runner": texts[5], "rmm": {"provider": "datto", "site": texts[6]},
+                "psa": {"provider": "autotask", "company_id": texts[7]},
+                "defaults": {"upn_domain": texts[8], "usage_location": texts[9], "ou": texts[10]},
+                "approvers": [texts[11]], "custom_instructions": texts[0],
+            })).unwrap();
+            normalize(&mut c);
+            let _ = validate(&c);
+        }
+    }
 
     fn company(v: serde_json::Value) -> Company {
         let mut c: Company = serde_json::from_value(v).unwrap();

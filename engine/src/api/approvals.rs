@@ -40,15 +40,15 @@ pub struct GateView {
     /// The company's name.
     pub company_name: String,
     /// The company's custom instructions.
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub custom_instructions: String,
     /// The ticket the run works on.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ticket: Option<TicketRef>,
     /// Who asked for the run (they cannot approve it).
     pub requested_by: String,
     /// What the approvers are asked.
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
     /// The gate's state: `awaiting_approval`, `succeeded` (approved), `failed` (rejected or
     /// expired), …
@@ -62,7 +62,7 @@ pub struct GateView {
     /// 0: first approvers; 1: escalated.
     pub stage: u8,
     /// When it expires.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<Timestamp>,
     /// Everything the gate unlocks.
     pub unlocks: Vec<UnlockedStep>,

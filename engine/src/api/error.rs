@@ -293,7 +293,7 @@ impl OperationOutput for ApiError {
         _operation: &mut Operation,
     ) -> Vec<(Option<ApiStatus>, ApiResponse)> {
         let r = error_response(ctx);
-        [400, 401, 403, 404, 409, 422, 503]
+        [400, 401, 403, 404, 405, 409, 410, 413, 415, 422, 503]
             .into_iter()
             .map(|c| (Some(ApiStatus::Code(c)), r.clone()))
             .collect()

@@ -410,6 +410,14 @@ pub fn app(state: ApiState) -> axum::Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
+        // A panic is a bug; still, the caller gets the error shape and the connection survives.
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            |_: Box<dyn std::any::Any + Send>| {
+                tracing::error!("a request handler panicked (a bug)");
+                ApiError::internal("the server hit a bug handling this request; it has been logged")
+                    .into_response()
+            },
+        ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }

@@ -20,6 +20,7 @@ use crate::store::{Outcome, RunSnapshot};
 #[serde(deny_unknown_fields)]
 pub struct StartRunRequest {
     /// The workflow's name (see `GET /v1/workflows`).
+    #[schemars(length(min = 1, max = 64))]
     pub workflow: String,
     /// The company.
     pub company: CompanyId,
@@ -52,7 +53,7 @@ pub struct RunSummary {
     /// Who asked for it.
     pub requested_by: String,
     /// The ticket.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ticket: Option<TicketRef>,
     /// When it was created.
     pub created_at: Timestamp,
@@ -100,7 +101,7 @@ pub struct PlanStepView {
     /// Its op (`gate` for approval gates).
     pub op: String,
     /// What it does.
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
     /// The steps it needs.
     pub needs: Vec<StepId>,
@@ -236,6 +237,7 @@ pub struct ListRuns {
     /// Only runs created before this time.
     pub until: Option<Timestamp>,
     /// How many (1 to 500, default 50).
+    #[schemars(range(min = 1, max = 500))]
     pub limit: Option<u32>,
     /// Where the previous page ended (`next_cursor`).
     pub cursor: Option<String>,

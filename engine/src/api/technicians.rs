@@ -27,8 +27,10 @@ pub(super) async fn me(caller: Caller) -> axum::Json<Technician> {
 #[serde(deny_unknown_fields)]
 pub struct NewTechnician {
     /// Their email (how approver lists name them).
+    #[schemars(email, length(max = 254))]
     pub email: String,
     /// Their name.
+    #[schemars(length(min = 1, max = 200))]
     pub name: String,
     /// `admin` or `technician`.
     pub role: Role,
@@ -143,6 +145,7 @@ pub(super) async fn tokens(
 #[serde(deny_unknown_fields)]
 pub struct NewToken {
     /// What it is for (`laptop`, `psa-integration`).
+    #[schemars(length(min = 1, max = 100))]
     pub name: String,
 }
 
