@@ -297,3 +297,235 @@ async fn the_sandbox_command_serves_a_fixture() -> Result<()> {
     sandbox.signal("TERM")?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn technicians_companies_runs_and_approvals_from_the_command_line() -> Result<()> {
+    let env = Env::start(Persistence::None).await?;
+    let dir = tempfile::tempdir()?;
+    let common: Vec<String> = env.cli_args();
+    let run_cli = |extra: &[&str]| -> Output {
+        let args: Vec<String> = common
+            .iter()
+            .cloned()
+            .chain(extra.iter().map(|s| (*s).to_owned()))
+            .collect();
+        Command::new(BIN)
+            .args(&args)
+            .output()
+            .expect("steward runs")
+    };
+    // The first admin and their token, made on the server.
+    let out = run_cli(&[
+        "technicians",
+        "add",
+        "--admin",
+        "--email",
+        "Admin@MSP.example",
+        "--name",
+        "Admin",
+        "--token-name",
+        "cli",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let admin = text(&out).lines().last().unwrap().trim().to_owned();
+    assert!(admin.starts_with("stw_"), "{}", text(&out));
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let api = format!("http://127.0.0.1:{port}");
+    let mut serve_args = common.clone();
+    serve_args.extend(
+        [
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--workflows",
+            "tests/fixtures/workflows",
+        ]
+        .map(str::to_owned),
+    );
+    let serve = Proc::spawn(Path::new(BIN), dir.path(), "serve", &serve_args)?;
+    let mut worker_args = common.clone();
+    worker_args.push("worker".to_owned());
+    let worker = Proc::spawn(Path::new(BIN), dir.path(), "worker", &worker_args)?;
+    let http = reqwest::Client::new();
+    steward_tests::wait_for("the API", std::time::Duration::from_secs(20), || {
+        let (http, url) = (http.clone(), format!("{api}/readyz"));
+        async move {
+            Ok(http
+                .get(url)
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+                .map(|_| ()))
+        }
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", serve.log_text()))?;
+
+    let as_user = |token: &str, extra: &[&str]| -> Output {
+        Command::new(BIN)
+            .args(extra)
+            .env("STEWARD_API_URL", &api)
+            .env("STEWARD_TOKEN", token)
+            .output()
+            .expect("steward runs")
+    };
+    // Technicians through the API, with tokens printed once.
+    for who in ["alice", "bob", "tech"] {
+        let out = as_user(
+            &admin,
+            &[
+                "technicians",
+                "add",
+                "--email",
+                &format!("{who}@msp.example"),
+                "--name",
+                who,
+                "--companies",
+                "contoso",
+                "--token-name",
+                "cli",
+            ],
+        );
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let token_of = |who: &str| -> String {
+        let out = as_user(
+            &admin,
+            &[
+                "technicians",
+                "token",
+                "--email",
+                &format!("{who}@msp.example"),
+                "--name",
+                "again",
+            ],
+        );
+        text(&out).lines().last().unwrap().trim().to_owned()
+    };
+    let (alice, bob, tech) = (token_of("alice"), token_of("bob"), token_of("tech"));
+
+    // Companies from CSV: bad rows are listed and nothing is written; the good file imports once.
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(
+        &bad,
+        "id,name,identity_provider,mailbox_provider\nfab,Fab,entra_cloud,exchange_online\n",
+    )?;
+    let out = as_user(&admin, &["companies", "import", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("\"row\":2") && text(&out).contains("identity_provider"),
+        "{}",
+        text(&out)
+    );
+    let good = dir.path().join("good.csv");
+    std::fs::write(
+        &good,
+        "id,name,tenant_id,identity_provider,mailbox_provider,approvers,permission_profile\n\
+         fabrikam,Fabrikam,2c9d8e7f-6a5b-4c3d-8e2f-1a0b9c8d7e6f,entra_id,exchange_online,alice@msp.example;bob@msp.example,full_automation\n",
+    )?;
+    let out = as_user(&admin, &["companies", "import", good.to_str().unwrap()]);
+    assert!(
+        text(&out).contains("1 created, 0 updated, 0 unchanged"),
+        "{}",
+        text(&out)
+    );
+    let out = as_user(&admin, &["companies", "import", good.to_str().unwrap()]);
+    assert!(
+        text(&out).contains("0 created, 0 updated, 1 unchanged"),
+        "{}",
+        text(&out)
+    );
+    let out = as_user(&tech, &["companies", "import", good.to_str().unwrap()]);
+    assert!(
+        !out.status.success() && text(&out).contains("403"),
+        "{}",
+        text(&out)
+    );
+    let out = as_user(&admin, &["companies", "list"]);
+    assert!(
+        text(&out).contains("fabrikam") && text(&out).contains("contoso"),
+        "{}",
+        text(&out)
+    );
+
+    // A gated run: the inbox, a refused self-approval, two approvals.
+    let (s, body) = steward_tests::api::send(
+        http.post(format!("{api}/v1/runs"))
+            .bearer_auth(&tech)
+            .json(&serde_json::json!({"workflow": "gated", "company": "contoso", "inputs": {"user": "jane"}})),
+    )
+    .await?;
+    assert_eq!(s, 201, "{body}");
+    let run = body["run"].as_str().unwrap().to_owned();
+    let gate = format!("{run}/approval");
+    steward_tests::wait_for(
+        "the gate in alice's inbox",
+        std::time::Duration::from_secs(30),
+        || {
+            let alice = alice.clone();
+            let gate = gate.clone();
+            let as_user = &as_user;
+            async move {
+                Ok(text(&as_user(&alice, &["approvals"]))
+                    .contains(&gate)
+                    .then_some(()))
+            }
+        },
+    )
+    .await?;
+    let inbox = text(&as_user(&alice, &["approvals"]));
+    assert!(
+        inbox.contains("unlocks apply") && inbox.contains("0 of 2 approvals"),
+        "{inbox}"
+    );
+    let out = as_user(&tech, &["approve", &gate]);
+    assert!(
+        !out.status.success() && text(&out).contains("403"),
+        "tech is not an approver: {}",
+        text(&out)
+    );
+    let out = as_user(&alice, &["approve", &gate, "--comment", "looks right"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = as_user(&bob, &["approve", &gate]);
+    assert!(
+        out.status.success() && text(&out).contains("succeeded"),
+        "{}",
+        text(&out)
+    );
+    steward_tests::wait_for(
+        "the run to complete",
+        std::time::Duration::from_secs(30),
+        || {
+            let tech = tech.clone();
+            let as_user = &as_user;
+            let run = run.clone();
+            async move {
+                let out = text(&as_user(&tech, &["runs", "--status", "completed"]));
+                Ok(out.contains(&run).then_some(()))
+            }
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", worker.log_text()))?;
+    let out = as_user(&tech, &["reject", "not-a-gate"]);
+    assert!(
+        !out.status.success() && text(&out).contains("RUN/STEP"),
+        "{}",
+        text(&out)
+    );
+    let out = Command::new(BIN)
+        .args(["runs"])
+        .env("STEWARD_API_URL", &api)
+        .env_remove("STEWARD_TOKEN")
+        .output()?;
+    assert!(
+        !out.status.success() && text(&out).contains("no API token"),
+        "{}",
+        text(&out)
+    );
+    Ok(())
+}
