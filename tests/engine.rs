@@ -557,3 +557,99 @@ async fn many_concurrent_runs_each_apply_their_changes_once() -> Result<()> {
     assert!(per.values().all(|&n| n == 1));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_worker_hands_back_the_jobs_it_never_started() -> Result<()> {
+    use steward_engine::queue::{QueueConfig, StepQueue};
+    let env = Env::start(Persistence::None).await?;
+    let plan = plan("name: s\nsteps:\n  - {id: a, op: ledger, with: {key: a}}\n");
+    let runs = [
+        env.start_run(&plan, json!({})).await?,
+        env.start_run(&plan, json!({})).await?,
+        env.start_run(&plan, json!({})).await?,
+    ];
+    // A long claim idle time: a job left leased would not be taken over within the test.
+    let config = QueueConfig {
+        consumer: "stopping".into(),
+        concurrency: 8,
+        block: Duration::from_millis(200),
+        claim_idle: Duration::from_secs(600),
+        max_deliveries: 3,
+    };
+    let mut queue = StepQueue::start(env.store.clone(), env.companies(), config);
+    let mut running = queue.next().await.context("a job")?;
+    running.start();
+    let unstarted = queue.next().await.context("a second job")?;
+    let unstarted_run = unstarted.run;
+    drop(unstarted);
+    // The third stays in the queue's buffer, or in the stream if it was not read yet.
+    let drain = queue.drain();
+    drop(queue);
+    let released = drain.release().await;
+
+    let keys = env.store.keys();
+    let mut held = 0;
+    for shard in keys.all_shards() {
+        let p: Vec<(String, String, u64, u64)> = env
+            .store
+            .db()
+            .query(
+                redis::cmd("XPENDING")
+                    .arg(keys.steps(shard))
+                    .arg(GROUP)
+                    .arg("-")
+                    .arg("+")
+                    .arg(10)
+                    .arg("stopping"),
+            )
+            .await?;
+        held += p.len();
+    }
+    assert_eq!(
+        held, 1,
+        "only the started job stays leased to the stopped worker"
+    );
+    assert!((1..=2).contains(&released), "released {released}");
+
+    // A cancel still revokes a handed-back job: its new entry is where the run says it is.
+    store_cancel(&env, unstarted_run).await?;
+    assert!(matches!(
+        env.wait_end(unstarted_run, T).await?,
+        RunStatus::Cancelled { .. }
+    ));
+
+    // Another worker runs the rest at once, long before the claim idle time.
+    let _worker = env.worker(WorkerOpts::default()).await?;
+    for run in runs {
+        if run == running.run || run == unstarted_run {
+            continue;
+        }
+        assert!(matches!(
+            env.wait_end(run, T).await?,
+            RunStatus::Completed { .. }
+        ));
+    }
+    let ledger = env.ledger().await?;
+    assert_eq!(ledger.executions.len(), 1, "{ledger:?}");
+    drop(running);
+    Ok(())
+}
+
+async fn store_cancel(env: &Env, run: steward_schemas::RunId) -> Result<()> {
+    let outcome = env
+        .store
+        .apply(
+            run,
+            &Event::CancelRequested {
+                by: "t".into(),
+                rollback: false,
+                reason: None,
+            },
+            None,
+            None,
+            None,
+        )
+        .await?;
+    assert!(matches!(outcome, Outcome::Applied { .. }), "{outcome:?}");
+    Ok(())
+}

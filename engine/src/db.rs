@@ -108,6 +108,12 @@ impl std::fmt::Debug for Blocking {
 }
 
 impl Blocking {
+    /// The server's id for this connection (for `CLIENT UNBLOCK`); it changes when the
+    /// connection is re-established.
+    pub async fn client_id(&mut self) -> RedisResult<i64> {
+        self.query(&redis::cmd("CLIENT").arg("ID").clone()).await
+    }
+
     /// Sends one (blocking) command.
     pub async fn query<T: FromRedisValue>(&mut self, cmd: &Cmd) -> RedisResult<T> {
         self.round_trips.fetch_add(1, Ordering::Relaxed);

@@ -23,7 +23,7 @@ use apalis_core::backend::{Backend, BackendConfig};
 use apalis_core::task::Task;
 use apalis_core::task::task_id::RandomId;
 use apalis_core::worker::context::WorkerContext;
-use redis::Value;
+use redis::{Script, Value};
 use steward_schemas::{CompanyId, Event, FailureKind, Job, Phase, RunId, StepFailure};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
@@ -33,6 +33,9 @@ use tracing::{debug, error, info, warn};
 use crate::companies::{Companies, CompanyRecord};
 use crate::keys::GROUP;
 use crate::store::{Ack, Store};
+
+/// Hands unstarted jobs back to the stream (see [`Drain::release`]).
+const RELEASE: &str = include_str!("../lua/release.lua");
 
 /// How the queue reads.
 #[derive(Debug, Clone)]
@@ -84,18 +87,63 @@ impl Delivery {
     }
 }
 
+impl Delivery {
+    /// Marks the job as started: from now on, if this process stops before the outcome is
+    /// committed, the job stays leased to it until another worker takes it over. A job that is
+    /// dropped unstarted (the worker stopped first) is handed back to the stream instead.
+    pub fn start(&mut self) {
+        self._lease.started = true;
+    }
+}
+
 /// Holds a place in the worker and in the lease keeper's list until the job is done.
 #[derive(Debug)]
 struct Lease {
     inflight: Arc<Inflight>,
-    shard: u16,
-    entry: String,
+    unstarted: Arc<Unstarted>,
+    held: Option<Held>,
+    started: bool,
     _permit: OwnedSemaphorePermit,
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.inflight.remove(self.shard, &self.entry);
+        if let Some(held) = self.held.take() {
+            self.inflight.remove(held.shard, &held.entry);
+            if !self.started {
+                self.unstarted.push(held);
+            }
+        }
+    }
+}
+
+/// A job this process received from the stream (on its first delivery).
+#[derive(Debug, Clone)]
+struct Held {
+    shard: u16,
+    entry: String,
+    run: RunId,
+    /// The run hash's field that records the job's entry (`j:<step>:<seq>`).
+    field: String,
+    /// Whether this process took it over from another consumer (not handed back: its
+    /// delivery count must keep counting towards the poison limit).
+    reclaimed: bool,
+}
+
+/// Jobs received but never started, to hand back to the stream when the worker stops.
+#[derive(Debug, Default)]
+struct Unstarted(Mutex<Vec<Held>>);
+
+impl Unstarted {
+    fn push(&self, held: Held) {
+        self.0
+            .lock()
+            .expect("the unstarted lock is never poisoned")
+            .push(held);
+    }
+
+    fn take(&self) -> Vec<Held> {
+        std::mem::take(&mut *self.0.lock().expect("the unstarted lock is never poisoned"))
     }
 }
 
@@ -135,9 +183,98 @@ impl Inflight {
 #[derive(Debug)]
 pub struct StepQueue {
     rx: mpsc::Receiver<Delivery>,
-    stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    control: Arc<Control>,
     config: QueueConfig,
+}
+
+/// What stops the queue's tasks, shared by the backend and its [`Drain`]; the tasks are
+/// aborted when both are gone.
+struct Control {
+    stop: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control")
+            .field("consumer", &self.shared.config.consumer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        for t in self
+            .tasks
+            .get_mut()
+            .expect("the task list lock is never poisoned")
+            .iter()
+        {
+            t.abort();
+        }
+    }
+}
+
+/// Stops a queue gracefully once its worker has stopped; see [`Drain::release`].
+#[derive(Debug)]
+pub struct Drain {
+    control: Arc<Control>,
+}
+
+impl Drain {
+    /// Stops the queue's tasks (waking its blocked read) and hands the jobs this process
+    /// received but never started back to the stream, so that other workers take them at once
+    /// rather than after `claim_idle`. Call it after the worker has stopped. Returns how many
+    /// jobs were handed back.
+    pub async fn release(self) -> usize {
+        let _ = self.control.stop.send(true);
+        let tasks = std::mem::take(
+            &mut *self
+                .control
+                .tasks
+                .lock()
+                .expect("the task list lock is never poisoned"),
+        );
+        for t in tasks {
+            let _ = t.await;
+        }
+        let shared = &self.control.shared;
+        let mut by_shard: HashMap<u16, Vec<Held>> = HashMap::new();
+        for held in shared.unstarted.take() {
+            if held.reclaimed {
+                debug!(entry = %held.entry, "step queue: leaving a job taken over from another worker to be taken over again");
+                continue;
+            }
+            by_shard.entry(held.shard).or_default().push(held);
+        }
+        let mut released = 0;
+        for (shard, held) in by_shard {
+            let keys = shared.store.keys();
+            let mut invocation = shared.release.prepare_invoke();
+            invocation
+                .key(keys.steps(shard))
+                .arg(GROUP)
+                .arg(&shared.config.consumer);
+            for h in &held {
+                invocation.key(keys.run(h.run)).arg(&h.entry).arg(&h.field);
+            }
+            match shared.store.db().script::<usize>(&invocation).await {
+                Ok(n) => released += n,
+                Err(e) => {
+                    warn!(error = %e, shard, jobs = held.len(), "step queue: cannot hand jobs back; other workers will take them over after the claim idle time")
+                }
+            }
+        }
+        if released > 0 {
+            info!(
+                released,
+                "step queue: handed back the jobs this worker received but never started"
+            );
+        }
+        released
+    }
 }
 
 /// Never produced: the queue retries Redis errors itself. apalis needs an error type.
@@ -150,6 +287,8 @@ struct Shared {
     companies: Companies,
     config: QueueConfig,
     inflight: Arc<Inflight>,
+    unstarted: Arc<Unstarted>,
+    release: Script,
     permits: Arc<Semaphore>,
     tx: mpsc::Sender<Delivery>,
     stop: watch::Receiver<bool>,
@@ -169,6 +308,8 @@ impl StepQueue {
             companies,
             config: config.clone(),
             inflight: Arc::default(),
+            unstarted: Arc::default(),
+            release: Script::new(RELEASE),
             permits: Arc::new(Semaphore::new(capacity)),
             tx,
             stop,
@@ -176,30 +317,43 @@ impl StepQueue {
         let tasks = vec![
             tokio::spawn(read_new(shared.clone())),
             tokio::spawn(reclaim(shared.clone())),
-            tokio::spawn(keep_leases(shared)),
+            tokio::spawn(keep_leases(shared.clone())),
         ];
         info!(consumer = %config.consumer, concurrency = capacity, "step queue started");
         Self {
             rx,
-            stop: stop_tx,
-            tasks,
+            control: Arc::new(Control {
+                stop: stop_tx,
+                tasks: Mutex::new(tasks),
+                shared,
+            }),
             config,
         }
     }
 
+    /// The next job, outside an apalis worker; `None` once the queue has stopped.
+    pub async fn next(&mut self) -> Option<Delivery> {
+        self.rx.recv().await
+    }
+
+    /// The handle that stops the queue gracefully after its worker has stopped.
+    pub fn drain(&self) -> Drain {
+        Drain {
+            control: self.control.clone(),
+        }
+    }
+
     /// Stops the background tasks. Jobs already received stay leased to this consumer until
-    /// `claim_idle` passes, then another worker takes them over.
+    /// [`Drain::release`] hands them back, or `claim_idle` passes and another worker takes them
+    /// over.
     pub fn stop(&self) {
-        let _ = self.stop.send(true);
+        let _ = self.control.stop.send(true);
     }
 }
 
 impl Drop for StepQueue {
     fn drop(&mut self) {
         self.stop();
-        for t in &self.tasks {
-            t.abort();
-        }
     }
 }
 
@@ -280,6 +434,7 @@ async fn read_new(shared: Arc<Shared>) {
     let streams: Vec<String> = keys.all_shards().map(|s| keys.steps(s)).collect();
     let block_ms = u64::try_from(shared.config.block.as_millis()).unwrap_or(u64::MAX);
     let max_batch = shared.config.concurrency.clamp(1, 512);
+    let mut client_id: Option<i64> = None;
     loop {
         if *stop.borrow() {
             return;
@@ -306,17 +461,48 @@ async fn read_new(shared: Arc<Shared>) {
         for _ in &streams {
             cmd.arg(">");
         }
-        let reply: Option<redis::streams::StreamReadReply> = tokio::select! {
-            r = conn.query(&cmd) => match r {
+        if client_id.is_none() {
+            client_id = conn.client_id().await.ok();
+        }
+        let read = conn.query::<Option<redis::streams::StreamReadReply>>(&cmd);
+        tokio::pin!(read);
+        let reply = tokio::select! {
+            r = &mut read => match r {
                 Ok(r) => { wait = Duration::ZERO; r }
                 Err(e) => {
+                    // The connection may be a new one now.
+                    client_id = None;
                     wait = backoff(wait);
                     warn!(error = %e, retry_in = ?wait, "step queue: read failed");
                     if pause(&mut stop, wait).await { return; }
                     continue;
                 }
             },
-            _ = stop.changed() => return,
+            _ = stop.changed() => {
+                // Wake the read rather than abandon it: Redis may already have delivered
+                // entries to it, and those are handed back when the worker has stopped.
+                if let Some(id) = client_id {
+                    let mut unblock = redis::cmd("CLIENT");
+                    unblock.arg("UNBLOCK").arg(id);
+                    if let Err(e) = shared.store.db().query::<i64>(&unblock).await {
+                        debug!(error = %e, "step queue: cannot wake the blocked read");
+                    }
+                }
+                let last = tokio::time::timeout(shared.config.block + Duration::from_secs(1), read).await;
+                if let Ok(Ok(Some(reply))) = last {
+                    for stream in reply.keys {
+                        let Some(&shard) = shared.shard_of_key.get(&stream.key) else { continue };
+                        for entry in stream.ids {
+                            let job = entry_field(&entry.map, "j").and_then(|j| serde_json::from_str::<Job>(&j).ok());
+                            let run = entry_field(&entry.map, "r").and_then(|r| r.parse::<RunId>().ok());
+                            if let (Some(job), Some(run)) = (job, run) {
+                                shared.unstarted.push(Held { shard, entry: entry.id, run, field: job_field(&job), reclaimed: false });
+                            }
+                        }
+                    }
+                }
+                return;
+            }
         };
         let Some(reply) = reply else { continue };
         let mut batch = Vec::new();
@@ -337,6 +523,18 @@ async fn read_new(shared: Arc<Shared>) {
     }
 }
 
+/// The run hash's field that records where a job is queued (see `commit.lua`).
+fn job_field(job: &Job) -> String {
+    format!("j:{}:{}", job.step, job.seq)
+}
+
+/// A string field of a stream entry.
+fn entry_field(fields: &HashMap<String, Value>, name: &str) -> Option<String> {
+    fields
+        .get(name)
+        .and_then(|v| redis::from_redis_value_ref(v).ok())
+}
+
 /// Parses an entry and hands it to the worker; a malformed entry is acknowledged and
 /// dead-lettered, never retried.
 async fn prepare(
@@ -347,11 +545,7 @@ async fn prepare(
     deliveries: u64,
     permit: OwnedSemaphorePermit,
 ) -> Option<Delivery> {
-    let field = |name: &str| -> Option<String> {
-        fields
-            .get(name)
-            .and_then(|v| redis::from_redis_value_ref(v).ok())
-    };
+    let field = |name: &str| entry_field(fields, name);
     let parsed = (|| {
         let run: RunId = field("r")?.parse().ok()?;
         let version: u64 = field("v")?.parse().ok()?;
@@ -375,6 +569,13 @@ async fn prepare(
         return None;
     };
     shared.inflight.insert(shard, id);
+    let held = Held {
+        shard,
+        entry: id.to_owned(),
+        run,
+        field: job_field(&job),
+        reclaimed: deliveries > 1,
+    };
     Some(Delivery {
         shard,
         entry: id.to_owned(),
@@ -387,8 +588,9 @@ async fn prepare(
         company_id: field("c").and_then(|c| c.parse().ok()),
         _lease: Lease {
             inflight: shared.inflight.clone(),
-            shard,
-            entry: id.to_owned(),
+            unstarted: shared.unstarted.clone(),
+            held: Some(held),
+            started: false,
             _permit: permit,
         },
     })

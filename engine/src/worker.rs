@@ -44,6 +44,7 @@ pub async fn run(
     let name = queue.consumer.clone();
     let concurrency = queue.concurrency;
     let backend = StepQueue::start(runtime.store.clone(), runtime.companies.clone(), queue);
+    let drain = backend.drain();
     // No `catch_panic` layer: `execute` catches a panicking op itself and reports it as a
     // failure (apalis's layer would leave the job unacknowledged, and its future cannot be
     // spawned onto the runtime).
@@ -52,12 +53,14 @@ pub async fn run(
         .data(runtime)
         .concurrency(concurrency)
         .build(handle);
-    worker
+    let result = worker
         .run_until(async move {
             shutdown.await;
             Ok::<(), std::io::Error>(())
         })
-        .await
+        .await;
+    drain.release().await;
+    result
 }
 
 async fn handle(delivery: Delivery, runtime: Data<Arc<Runtime>>) -> Result<(), BoxDynError> {
@@ -82,7 +85,8 @@ enum Failure {
 
 impl Runtime {
     /// Runs one job and commits its outcome (retrying while Redis is unreachable).
-    pub async fn execute(&self, delivery: Delivery) {
+    pub async fn execute(&self, mut delivery: Delivery) {
+        delivery.start();
         let doc = match parse_doc(&delivery.doc) {
             Ok(doc) => doc,
             Err(e) => {
