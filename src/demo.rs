@@ -1,5 +1,6 @@
-//! `steward demo`: a private Redis, an in-process worker and scheduler, and two runs of the
-//! sample workflow — one that completes, one that fails at the end and rolls back.
+//! `steward demo`: a private Redis, an in-process worker, scheduler and HTTP API, and three runs
+//! of the sample workflow — one that completes, one that fails at the end and rolls back, and one
+//! for a company whose policy wants an approver's yes first, approved through a signed link.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -17,6 +18,10 @@ use steward_engine::scheduler::{self, SchedulerConfig};
 use steward_engine::store::Store;
 use steward_engine::worker::{self, Runtime};
 use steward_engine::{Db, Keys, SystemClock};
+use steward_schemas::{
+    CompanyScope, GroupSetting, Level, PermissionGroup, Permissions, Profile, Role, RunId,
+    RunStatus, StepState,
+};
 use steward_workers::testing::ledger_keys;
 use steward_workers::{Registry, Services};
 use tokio::sync::watch;
@@ -113,9 +118,7 @@ pub(crate) async fn run() -> Result<ExitCode> {
         .context("the demo runs did not finish")?;
     for run in &runs {
         println!();
-        let snap = store.load(*run).await?.context("run vanished")?;
-        let history = store.history(*run).await?;
-        crate::print::status(&snap, &history, &plan);
+        show(&store, *run).await?;
     }
     let [_, state, applied, undone] = ledger_keys("demo");
     let applied: Vec<String> = db
@@ -134,9 +137,177 @@ pub(crate) async fn run() -> Result<ExitCode> {
     println!(
         "The failed run's changes were undone newest first; its password reset is listed as irreversible."
     );
+
+    approval(&store, &planner, &plan).await?;
+
     let _ = stop_tx.send(true);
     let _ = worker.await;
     let _ = scheduler.await;
     drop(server);
     Ok(ExitCode::SUCCESS)
+}
+
+async fn show(store: &Store, run: RunId) -> Result<()> {
+    let snap = store.load(run).await?.context("run vanished")?;
+    let history = store.history(run).await?;
+    let plan = store.plan(&snap.doc.ctx.workflow.hash).await?;
+    crate::print::status(&snap, &history, &plan);
+    Ok(())
+}
+
+/// The third run: a company whose policy wants an approver's yes before user changes; the
+/// approver decides through a signed one-time link served by the HTTP API.
+async fn approval(store: &Store, planner: &Planner, plan: &Arc<Plan>) -> Result<()> {
+    let approver = "lead@msp.example";
+    let mut fabrikam = companies::sample("fabrikam", &[approver]);
+    fabrikam.name = "Fabrikam Ltd".to_owned();
+    fabrikam.custom_instructions =
+        "Confirm the start date with Fabrikam's office manager before approving.".to_owned();
+    fabrikam.permissions = Permissions {
+        profile: Profile::ItAdmin,
+        groups: [(
+            PermissionGroup::Users,
+            GroupSetting {
+                level: Level::ReadWrite,
+                requires_approval: true,
+            },
+        )]
+        .into(),
+    };
+    companies::ensure(&planner.companies, fabrikam).await?;
+
+    let auth = steward_engine::auth::Auth::new(
+        store.db().clone(),
+        store.keys().namespace(),
+        store.clock().clone(),
+    );
+    let lead = match auth.technician_by_email(approver).await? {
+        Some(t) => t,
+        None => {
+            auth.add_technician(approver, "Team lead", Role::Technician, CompanyScope::ALL)
+                .await?
+        }
+    };
+    let (_, token) = auth.create_token(lead.id, "demo").await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let state = steward_engine::api::state(
+        store.clone(),
+        planner.registry.clone(),
+        Default::default(),
+        None,
+        base.clone(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!(e))?;
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, steward_engine::api::app(state)).await;
+    });
+
+    println!();
+    println!(
+        "Fabrikam's policy wants an approver's yes before any change to users; the HTTP API is at {base}."
+    );
+    let inputs: Map<_, _> = json!({ "user": "ann.lee" })
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let run = planner
+        .start(StartRun {
+            plan: plan.clone(),
+            company: "fabrikam".parse()?,
+            inputs,
+            requested_by: "tech@msp.example".to_owned(),
+            ticket: None,
+            start_at: None,
+        })
+        .await?;
+    println!("Started {run} for ann.lee at Fabrikam; the policy put a gate before its first step.");
+    let gate = steward_core::policy::POLICY_GATE;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let snap = store.load(run).await?.context("run vanished")?;
+        if matches!(
+            snap.doc.state.steps.get(gate).map(|s| &s.state),
+            Some(StepState::AwaitingApproval { .. })
+        ) {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("the gate did not open within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let http = reqwest::Client::new();
+    let links: serde_json::Value = http
+        .post(format!("{base}/v1/approvals/{run}/{gate}/links"))
+        .bearer_auth(&token)
+        .json(&json!({}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let approve_url = links["approve_url"]
+        .as_str()
+        .context("no approve link")?
+        .to_owned();
+    println!("The approver's one-time links (for an email, a Teams message or a ticket note):");
+    println!("  approve  {approve_url}");
+    println!(
+        "  reject   {}",
+        links["reject_url"].as_str().unwrap_or_default()
+    );
+    let view: serde_json::Value = http
+        .get(&approve_url)
+        .header("accept", "application/json")
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let g = &view["gate"];
+    println!(
+        "Opening the link shows what the gate unlocks at {} ({}):",
+        g["company_name"].as_str().unwrap_or_default(),
+        g["company"].as_str().unwrap_or_default()
+    );
+    for u in g["unlocks"].as_array().into_iter().flatten() {
+        println!(
+            "  {:<16} {:<8} on {:<18} {}",
+            u["step"].as_str().unwrap_or_default(),
+            u["op"].as_str().unwrap_or_default(),
+            u["system"].as_str().unwrap_or_default(),
+            u["params"]
+        );
+    }
+    println!(
+        "  instructions: {}",
+        g["custom_instructions"].as_str().unwrap_or_default()
+    );
+    let mut waiter = Waiter::new(store).await?;
+    let used = http.post(&approve_url).send().await?;
+    println!("Approving through the link: HTTP {}", used.status());
+    let again = http.post(&approve_url).send().await?;
+    let again_status = again.status();
+    let again_body: serde_json::Value = again.json().await.unwrap_or_default();
+    println!(
+        "Using it again: HTTP {again_status} ({})",
+        again_body["error"]["message"].as_str().unwrap_or_default()
+    );
+
+    waiter
+        .wait_all(store, &[run].into_iter().collect(), Duration::from_secs(60))
+        .await
+        .context("the approved run did not finish")?;
+    println!();
+    show(store, run).await?;
+    let snap = store.load(run).await?.context("run vanished")?;
+    server.abort();
+    anyhow::ensure!(
+        matches!(snap.doc.state.status, RunStatus::Completed { .. }),
+        "the approved run did not complete"
+    );
+    Ok(())
 }

@@ -158,8 +158,17 @@ pub(crate) fn status(snap: &RunSnapshot, history: &[HistoryEntry], plan: &Plan) 
     for entry in history {
         let time = entry.at.to_string();
         let clock = time.get(11..26).unwrap_or(&time);
+        let who = match &entry.event {
+            steward_schemas::Event::ApprovalDecided {
+                by, approve, via, ..
+            } => format!(
+                "{} by {by} (via {via}): ",
+                if *approve { "approved" } else { "rejected" }
+            ),
+            _ => String::new(),
+        };
         println!(
-            "  {clock}  {:<22} {}",
+            "  {clock}  {:<22} {who}{}",
             entry.event.name(),
             entry.changes.join("; ")
         );

@@ -444,6 +444,16 @@ async fn signed_links_work_once_and_only_as_issued() -> Result<()> {
     wait_status(&api, &run, "completed").await?;
     let (s, body) = send(api.http.post(bob_spare["reject_url"].as_str().unwrap())).await?;
     assert_eq!((s, code(&body)), (409, "conflict"), "{body}");
+    // Reusing the link after the gate closed says why: the link, not the gate.
+    let (s, body) = send(api.http.post(bob_links["approve_url"].as_str().unwrap())).await?;
+    assert_eq!((s, code(&body)), (410, "gone"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("already been used"),
+        "{body}"
+    );
     Ok(())
 }
 

@@ -226,6 +226,14 @@ fn the_demo_runs() {
         t.contains("rolled back") && t.contains("NOT undone (irreversible): reset_password"),
         "{t}"
     );
+    // The third run waits at the policy's gate until approved through a signed link.
+    assert!(
+        t.contains("Approving through the link: HTTP 200")
+            && t.contains("Using it again: HTTP 410")
+            && t.contains("approved by lead@msp.example (via link)"),
+        "{t}"
+    );
+    assert_eq!(t.matches("status:  completed").count(), 2, "{t}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

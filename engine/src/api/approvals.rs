@@ -582,6 +582,11 @@ pub(super) async fn use_link(
     ApiPath(p): ApiPath<LinkPath>,
 ) -> Result<Response, ApiError> {
     let (claim, view) = check_link(&state, &p.token).await?;
+    // A used link says so, whatever became of the gate since (consuming it below is what
+    // makes its single use atomic).
+    if state.auth.nonce_used(&claim.nonce).await? {
+        return Err(ApiError::gone("this link has already been used"));
+    }
     if view.state != "awaiting_approval" {
         return Err(ApiError::conflict(format!(
             "this gate is no longer waiting for a decision (it is {})",
