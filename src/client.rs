@@ -132,6 +132,15 @@ pub(crate) struct RunsArgs {
     /// Only runs of this workflow.
     #[arg(long)]
     workflow: Option<String>,
+    /// Only runs created at or after this time (RFC 3339, e.g. `2026-11-01T00:00:00Z`).
+    #[arg(long)]
+    since: Option<String>,
+    /// Only runs created before this time (RFC 3339).
+    #[arg(long)]
+    until: Option<String>,
+    /// Continue a listing from where the last page ended.
+    #[arg(long)]
+    cursor: Option<String>,
     /// How many.
     #[arg(long, default_value_t = 50)]
     limit: u32,
@@ -144,6 +153,9 @@ pub(crate) async fn runs(api: &ApiArgs, args: RunsArgs) -> Result<ExitCode> {
         ("company", &args.company),
         ("status", &args.status),
         ("workflow", &args.workflow),
+        ("since", &args.since),
+        ("until", &args.until),
+        ("cursor", &args.cursor),
     ] {
         if let Some(v) = v {
             q.push(format!("{k}={}", urlencode(v)));

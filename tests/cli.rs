@@ -519,6 +519,23 @@ async fn technicians_companies_runs_and_approvals_from_the_command_line() -> Res
     )
     .await
     .map_err(|e| anyhow::anyhow!("{e}\n{}", worker.log_text()))?;
+    // Time filters and bad input through the CLI.
+    let later = text(&as_user(
+        &tech,
+        &["runs", "--since", "2999-01-01T00:00:00Z"],
+    ));
+    assert!(!later.contains(&run), "{later}");
+    let earlier = text(&as_user(
+        &tech,
+        &["runs", "--until", "2999-01-01T00:00:00Z"],
+    ));
+    assert!(earlier.contains(&run), "{earlier}");
+    let out = as_user(&tech, &["runs", "--since", "yesterday"]);
+    assert!(
+        !out.status.success() && text(&out).contains("since"),
+        "{}",
+        text(&out)
+    );
     let out = as_user(&tech, &["reject", "not-a-gate"]);
     assert!(
         !out.status.success() && text(&out).contains("RUN/STEP"),
