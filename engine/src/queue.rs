@@ -12,6 +12,9 @@
 //!
 //! Redis errors never stop the worker (apalis treats a backend error as fatal): the tasks log,
 //! back off and try again.
+//!
+//! A graceful stop drains ([`Drain::release`]): the blocked read is woken (`CLIENT UNBLOCK`), and
+//! the jobs this process received but never started go back to their streams at once.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
