@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use steward_core::Plan;
 use steward_engine::bench::{self, BenchConfig, Waiter};
 use steward_engine::companies::Companies;
-use steward_engine::config::Config;
+use steward_engine::config::{Config, redacted_url};
 use steward_engine::embedded::{Persistence, RedisServer};
 use steward_engine::planner::{Planner, StartRun, Workflows};
 use steward_engine::queue::QueueConfig;
@@ -376,7 +376,12 @@ async fn connect(config: &Config) -> Result<Store> {
     let keys = Keys::new(&config.redis.namespace, config.redis.shards)?;
     let db = Db::connect(&config.redis.url, config.redis.response_timeout.get())
         .await
-        .with_context(|| format!("cannot connect to Redis at {}", config.redis.url))?;
+        .with_context(|| {
+            format!(
+                "cannot connect to Redis at {}",
+                redacted_url(&config.redis.url)
+            )
+        })?;
     let store = Store::new(db, keys, Arc::new(SystemClock));
     store.prepare().await?;
     Ok(store)

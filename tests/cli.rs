@@ -554,3 +554,75 @@ async fn technicians_companies_runs_and_approvals_from_the_command_line() -> Res
     );
     Ok(())
 }
+
+/// The README's setup exports STEWARD_TOKEN and STEWARD_API_URL; commands that read the config
+/// must still work with them (and other non-config STEWARD_ variables) set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_and_status_work_with_the_api_variables_exported() -> Result<()> {
+    let env = Env::start(Persistence::None).await?;
+    let with_env = |extra: &[&str]| -> Output {
+        Command::new(BIN)
+            .args(env.cli_args())
+            .args(extra)
+            .env("STEWARD_TOKEN", "stw_not_a_real_token")
+            .env("STEWARD_API_URL", "http://127.0.0.1:9")
+            .env("STEWARD_TEST_LOG", "debug")
+            .output()
+            .expect("steward runs")
+    };
+    let out = with_env(&[
+        "run",
+        "workflows/demo.yaml",
+        "--company",
+        "contoso",
+        "--input",
+        "user=jane",
+    ]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    let run = t.trim().to_owned();
+    assert!(run.starts_with("run_"), "{t}");
+    let out = with_env(&["status", &run]);
+    let t = text(&out);
+    assert!(
+        out.status.success() && t.contains(&format!("run {run}")),
+        "{t}"
+    );
+    Ok(())
+}
+
+/// A Redis URL's password never reaches an error message.
+#[test]
+fn a_redis_password_stays_out_of_errors() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // Nothing listens there now.
+    let url = format!("redis://:hunter2@127.0.0.1:{port}/");
+    let out = Command::new(BIN)
+        .args(["--redis", &url, "technicians", "list"])
+        .env_remove("STEWARD_TOKEN")
+        .output()
+        .expect("steward runs");
+    let t = text(&out);
+    assert!(
+        !out.status.success()
+            && t.contains(&format!(
+                "cannot connect to Redis at redis://127.0.0.1:{port}/"
+            ))
+            && !t.contains("hunter2"),
+        "{t}"
+    );
+    let out = Command::new(BIN)
+        .args(["status", "run_01JD0000000000000000000000"])
+        .env("STEWARD_REDIS__URL", "http://:hunter2@db.example/")
+        .output()
+        .expect("steward runs");
+    let t = text(&out);
+    assert!(
+        !out.status.success() && t.contains("redis.url") && !t.contains("hunter2"),
+        "{t}"
+    );
+}

@@ -24,7 +24,7 @@ pub struct Config {
 }
 
 /// Redis.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct RedisConfig {
     /// The server's URL (`redis://host:port/db`, `rediss://` for TLS).
@@ -36,6 +36,48 @@ pub struct RedisConfig {
     pub shards: u16,
     /// How long a request may take before it counts as failed.
     pub response_timeout: Dur,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redacted_url(&self.url))
+            .field("namespace", &self.namespace)
+            .field("shards", &self.shards)
+            .field("response_timeout", &self.response_timeout)
+            .finish()
+    }
+}
+
+/// A Redis URL fit to show in a message or a log: without its password (`redis://user:pw@…`,
+/// or `?pass=` on a Unix socket URL).
+pub fn redacted_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_password(None);
+            if u.query_pairs().any(|(k, _)| k == "pass") {
+                let kept: Vec<(String, String)> = u
+                    .query_pairs()
+                    .filter(|(k, _)| k != "pass")
+                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                    .collect();
+                if kept.is_empty() {
+                    u.set_query(None);
+                } else {
+                    u.query_pairs_mut().clear().extend_pairs(kept);
+                }
+            }
+            u.to_string()
+        }
+        // Not a URL: hide anything that could be credentials (`scheme://user:pw@host`).
+        Err(_) => match (url.find("://"), url.rfind('@')) {
+            (Some(start), Some(at)) if at > start => {
+                format!("{}://[redacted]{}", &url[..start], &url[at..])
+            }
+            (None, Some(at)) => format!("[redacted]{}", &url[at..]),
+            _ => url.to_owned(),
+        },
+    }
 }
 
 impl Default for RedisConfig {
@@ -164,33 +206,53 @@ impl Config {
             let Some(path) = name.strip_prefix("STEWARD_") else {
                 continue;
             };
-            if path == "CONFIG" || path == "LOG" {
+            // Config keys always have a section (`STEWARD_REDIS__URL`); other STEWARD_ variables
+            // (STEWARD_TOKEN, STEWARD_API_URL, STEWARD_CONFIG, STEWARD_LOG, …) belong to the CLI.
+            if !path.contains("__") {
                 continue;
             }
             let parts: Vec<String> = path
                 .split("__")
                 .map(|p| p.to_ascii_lowercase().replace('_', "-"))
                 .collect();
-            if parts.len() != 2 {
+            if parts.len() != 2 || parts.iter().any(String::is_empty) {
                 return Err(ConfigError(format!(
                     "{name}: write STEWARD_<SECTION>__<KEY>, e.g. STEWARD_REDIS__URL or STEWARD_WORKER__CONCURRENCY"
                 )));
             }
-            let parsed = value
-                .parse::<i64>()
-                .map(toml::Value::Integer)
-                .unwrap_or_else(|_| toml::Value::String(value.clone()));
-            let mut one = toml::map::Map::new();
-            let mut inner = toml::map::Map::new();
-            inner.insert(parts[1].clone(), parsed);
-            one.insert(parts[0].clone(), toml::Value::Table(inner));
-            let mut candidate = tree.clone();
-            merge(&mut candidate, toml::Value::Table(one));
-            candidate
-                .clone()
-                .try_into::<Self>()
-                .map_err(|e| ConfigError(format!("{name}={value}: {}", e.message().trim())))?;
-            tree = candidate;
+            // A value that looks like a number is a number for a numeric key and text for a
+            // text key (`STEWARD_REDIS__NAMESPACE=2024`). The value is never echoed: it may be a
+            // secret.
+            let mut tries = Vec::with_capacity(2);
+            if let Ok(n) = value.parse::<i64>() {
+                tries.push(toml::Value::Integer(n));
+            }
+            tries.push(toml::Value::String(value.clone()));
+            let mut first_error = None;
+            let mut accepted = None;
+            for parsed in tries {
+                let mut one = toml::map::Map::new();
+                let mut inner = toml::map::Map::new();
+                inner.insert(parts[1].clone(), parsed);
+                one.insert(parts[0].clone(), toml::Value::Table(inner));
+                let mut candidate = tree.clone();
+                merge(&mut candidate, toml::Value::Table(one));
+                match candidate.clone().try_into::<Self>() {
+                    Ok(_) => {
+                        accepted = Some(candidate);
+                        break;
+                    }
+                    Err(e) => {
+                        first_error.get_or_insert_with(|| e.message().trim().to_owned());
+                    }
+                }
+            }
+            tree = accepted.ok_or_else(|| {
+                ConfigError(format!(
+                    "{name}: {}",
+                    first_error.unwrap_or_else(|| "not a valid value".to_owned())
+                ))
+            })?;
         }
         tree.try_into()
             .map_err(|e: toml::de::Error| ConfigError(e.to_string()))
@@ -205,8 +267,8 @@ impl Config {
             .filter(|u| matches!(u.scheme(), "redis" | "rediss" | "redis+unix" | "unix"))
             .ok_or_else(|| {
                 ConfigError(format!(
-                    "redis.url `{}`: write e.g. redis://127.0.0.1:6379/",
-                    self.redis.url
+                    "redis.url `{}`: write e.g. redis://127.0.0.1:6379/ (rediss:// for TLS)",
+                    redacted_url(&self.redis.url)
                 ))
             })?;
         if self.worker.concurrency == 0 || self.worker.concurrency > 10_000 {
@@ -313,8 +375,18 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            err.to_string()
-                .starts_with("STEWARD_WORKER__CONCURRENCY=lots:"),
+            err.to_string().starts_with("STEWARD_WORKER__CONCURRENCY:")
+                && err.to_string().contains("expected usize"),
+            "{err}"
+        );
+        let err = Config::load(
+            None,
+            vec![("STEWARD_WORKER__CONCURRENCY".to_owned(), "-1".to_owned())],
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().starts_with("STEWARD_WORKER__CONCURRENCY:")
+                && err.to_string().contains("expected usize"),
             "{err}"
         );
         let err = Config::load(
@@ -348,6 +420,103 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("redis.url")
+        );
+    }
+
+    #[test]
+    fn other_steward_variables_are_left_to_the_cli() {
+        let env = [
+            ("STEWARD_TOKEN", "stw_secret"),
+            ("STEWARD_API_URL", "http://127.0.0.1:8080"),
+            ("STEWARD_CONFIG", "/etc/steward/steward.toml"),
+            ("STEWARD_LOG", "debug"),
+            ("STEWARD_TEST_LOG", "1"),
+            ("STEWARD_SANDBOX_WEBHOOK_SECRET", "s3cret"),
+            ("STEWARD_WORKER__CONCURRENCY", "7"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let c = Config::load(None, env).unwrap();
+        assert_eq!(c.worker.concurrency, 7);
+        for bad in ["STEWARD_REDIS__URL__X", "STEWARD___URL", "STEWARD_REDIS__"] {
+            let err = Config::load(None, vec![(bad.to_owned(), "x".to_owned())]).unwrap_err();
+            assert!(
+                err.to_string()
+                    .starts_with(&format!("{bad}: write STEWARD_<SECTION>__<KEY>")),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn numeric_text_is_text_for_text_keys_and_values_are_never_echoed() {
+        let env = [
+            ("STEWARD_REDIS__NAMESPACE", "2024"),
+            ("STEWARD_HTTP__LINK_KEY", "12345678901234567"),
+            ("STEWARD_HTTP__WORKFLOWS", "42"),
+            ("STEWARD_REDIS__SHARDS", "16"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let c = Config::load(None, env).unwrap();
+        assert_eq!(c.redis.namespace, "2024");
+        assert_eq!(c.redis.shards, 16);
+        assert_eq!(c.http.workflows, "42");
+        assert_eq!(
+            c.http.link_key,
+            Some(Secret("12345678901234567".to_owned()))
+        );
+        // A misnamed secret is refused by its name, without its value.
+        let err = Config::load(
+            None,
+            vec![(
+                "STEWARD_HTTP__LINKKEY".to_owned(),
+                "hunter2-very-secret".to_owned(),
+            )],
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().starts_with("STEWARD_HTTP__LINKKEY:")
+                && err.to_string().contains("unknown field")
+                && !err.to_string().contains("hunter2"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn redis_passwords_stay_out_of_messages_and_debug_output() {
+        for (url, shown) in [
+            (
+                "redis://:hunter2@db.example:6379/0",
+                "redis://db.example:6379/0",
+            ),
+            (
+                "rediss://steward:hunter2@db.example:6380/",
+                "rediss://steward@db.example:6380/",
+            ),
+            (
+                "redis+unix:///run/redis.sock?db=1&pass=hunter2",
+                "redis+unix:///run/redis.sock?db=1",
+            ),
+            (
+                "unix:///run/redis.sock?pass=hunter2",
+                "unix:///run/redis.sock",
+            ),
+            ("redis://127.0.0.1:6379/", "redis://127.0.0.1:6379/"),
+            ("not a url://user:hunter2@x", "not a url://[redacted]@x"),
+        ] {
+            assert_eq!(redacted_url(url), shown, "{url}");
+        }
+        let mut c = Config::default();
+        c.redis.url = "redis://:hunter2@db.example:6379/".to_owned();
+        let debug = format!("{c:?}");
+        assert!(
+            !debug.contains("hunter2") && debug.contains("db.example"),
+            "{debug}"
+        );
+        c.redis.url = "http://:hunter2@db.example/".to_owned();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("redis.url `http://db.example/`") && !err.contains("hunter2"),
+            "{err}"
         );
     }
 }
