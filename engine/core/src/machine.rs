@@ -18,20 +18,15 @@ use steward_schemas::{
 use crate::expr::{Path, Root, RunField, Scope, walk};
 use crate::plan::Plan;
 use crate::retry::jitter_sample;
+use crate::text::{normalize_email, normalize_emails};
 
 /// How long an escalated gate waits when neither expiry is set.
 pub const DEFAULT_GATE_EXPIRY: std::time::Duration = std::time::Duration::from_secs(72 * 3600);
 
-/// Lowercases, trims and de-duplicates emails, keeping their order.
-fn normalize_emails(list: &[String]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::with_capacity(list.len());
-    for e in list {
-        let e = e.trim().to_lowercase();
-        if !e.is_empty() && !out.contains(&e) {
-            out.push(e);
-        }
-    }
-    out
+/// How many of `approvers` (normalised) may decide a gate of a run `requester` asked for: the
+/// requester never approves their own run.
+fn eligible_count(approvers: &[String], requester: &str) -> usize {
+    approvers.iter().filter(|a| a.as_str() != requester).count()
 }
 
 /// The longest `Retry-After` a service may impose on a step.
@@ -857,9 +852,17 @@ impl Machine<'_> {
             RunStatus::Scheduled { .. } | RunStatus::Running | RunStatus::Paused { .. } => {
                 let approvers = normalize_emails(approvers);
                 let escalation = normalize_emails(escalation);
-                if (approvers.len() as u64) < u64::from(gate.quorum) {
+                let requester = normalize_email(&self.ctx.requested_by);
+                let eligible = eligible_count(&approvers, &requester);
+                if (eligible as u64) < u64::from(gate.quorum) {
                     let message = if approvers.is_empty() {
                         "nobody can approve this gate: it resolved to no approvers; add approvers to the company (or the gate), then retry this step".to_owned()
+                    } else if eligible < approvers.len() {
+                        format!(
+                            "this gate needs {} approvals but only {eligible} of its approvers ({}) may decide: {requester} asked for this run and cannot approve it; add approvers, then retry this step",
+                            gate.quorum,
+                            approvers.join(", ")
+                        )
                     } else {
                         format!(
                             "this gate needs {} approvals but has only {} approvers ({}); add approvers, then retry this step",
@@ -1055,9 +1058,10 @@ impl Machine<'_> {
         else {
             return;
         };
+        let requester = normalize_email(&self.ctx.requested_by);
         if *stage == 0
             && gate.on_expiry == OnExpiry::Escalate
-            && escalation.len() as u64 >= u64::from(*quorum)
+            && eligible_count(escalation, &requester) as u64 >= u64::from(*quorum)
         {
             let (old, escalation, quorum) = (approvers.clone(), escalation.clone(), *quorum);
             let step = self.id(i);

@@ -15,6 +15,24 @@ pub fn is_email(s: &str) -> bool {
         && is_domain(domain)
 }
 
+/// An email address as Steward compares them: trimmed and lowercased.
+pub fn normalize_email(s: &str) -> String {
+    s.trim().to_lowercase()
+}
+
+/// Emails as Steward compares them ([`normalize_email`]), without empty entries and duplicates,
+/// in their first order.
+pub fn normalize_emails<S: AsRef<str>>(list: impl IntoIterator<Item = S>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for e in list {
+        let e = normalize_email(e.as_ref());
+        if !e.is_empty() && !out.contains(&e) {
+            out.push(e);
+        }
+    }
+    out
+}
+
 /// Whether `s` is a DNS domain with at least two labels (`contoso.com`).
 pub fn is_domain(s: &str) -> bool {
     s.contains('.') && is_hostname(s)
@@ -70,5 +88,17 @@ mod tests {
         for bad in ["", "-dc", "dc_01", "dc 01", "a..b", &"x".repeat(64)] {
             assert!(!is_hostname(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn emails_normalise_to_one_spelling() {
+        assert_eq!(
+            normalize_email("  Jane.Doe@Contoso.COM "),
+            "jane.doe@contoso.com"
+        );
+        assert_eq!(
+            normalize_emails(["A@x.co", " a@X.co", "", "  ", "b@x.co", "A@X.CO"]),
+            ["a@x.co", "b@x.co"]
+        );
     }
 }

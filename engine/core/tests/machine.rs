@@ -909,6 +909,69 @@ fn a_gate_without_enough_approvers_fails_and_can_be_retried() {
 }
 
 #[test]
+fn a_gate_only_the_requester_could_complete_fails_when_it_opens() {
+    let mut env = Env::new(&GATED.replace("on_failure: rollback", "on_failure: pause"));
+    env.ctx.requested_by = " Tech@MSP ".into();
+    env.start();
+    env.succeed("prep");
+    // Two approvers for a quorum of two, but one of them asked for the run.
+    let t = open_gate(&mut env, &["lead@msp", "TECH@msp"], &[]);
+    assert!(
+        !t.effects
+            .iter()
+            .any(|e| matches!(e, Effect::IndexGate { .. })),
+        "an unsatisfiable gate is not put in anyone's inbox: {:?}",
+        t.effects
+    );
+    let StepState::Failed { error, .. } = env.step("approval") else {
+        panic!("{:?}", env.step("approval"))
+    };
+    assert!(
+        error
+            .message
+            .contains("needs 2 approvals but only 1 of its approvers")
+            && error
+                .message
+                .contains("tech@msp asked for this run and cannot approve it")
+            && error
+                .message
+                .contains("add approvers, then retry this step"),
+        "{}",
+        error.message
+    );
+    assert_eq!(env.status(), "paused");
+}
+
+#[test]
+fn a_gate_does_not_escalate_to_a_list_only_the_requester_could_complete() {
+    let mut env = Env::new(GATED);
+    env.start();
+    env.succeed("prep");
+    // The escalation list has two people for a quorum of two, but one is the requester.
+    open_gate(
+        &mut env,
+        &["alice@msp", "bob@msp"],
+        &["lead@msp", "tech@msp"],
+    );
+    env.advance(std::time::Duration::from_secs(3600));
+    env.fire_due();
+    assert!(
+        !env.log.iter().any(
+            |e| matches!(e, Effect::IndexGate { approvers, .. } if approvers.contains(&"lead@msp".to_owned()))
+        ),
+        "no escalation to an unsatisfiable list"
+    );
+    let StepState::Failed { error, .. } = env.step("approval") else {
+        panic!("{:?}", env.step("approval"))
+    };
+    assert_eq!(error.kind, FailureKind::Rejected);
+    assert!(error.message.starts_with("expired"), "{}", error.message);
+    assert!(
+        matches!(&env.state.status, RunStatus::RolledBack { cause: steward_schemas::RollbackCause::Rejected { by, .. }, .. } if by == "expiry")
+    );
+}
+
+#[test]
 fn a_step_the_policy_now_refuses_pauses_the_run() {
     let mut env = Env::new("name: p\nsteps:\n  - {id: a, op: x}\n  - {id: b, op: x, needs: [a]}\n");
     env.start();
