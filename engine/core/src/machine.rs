@@ -935,6 +935,13 @@ impl Machine<'_> {
                 self.rec(i).state.name()
             )));
         };
+        if let Some(at) = expires_at
+            && *at <= self.now
+        {
+            return Err(rejected(&format!(
+                "gate `{step}` expired at {at} and takes no more decisions; its expiry is being applied (it escalates or rejects the gate)"
+            )));
+        }
         let by = by.trim().to_lowercase();
         if !approvers.contains(&by) {
             return Err(rejected(&format!(

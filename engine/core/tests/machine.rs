@@ -870,6 +870,46 @@ fn an_expired_gate_escalates_once_then_is_rejected() {
 }
 
 #[test]
+fn a_decision_after_the_gate_expired_is_refused() {
+    let mut env = Env::new(GATED);
+    env.start();
+    env.succeed("prep");
+    open_gate(
+        &mut env,
+        &["alice@msp", "bob@msp"],
+        &["lead@msp", "boss@msp"],
+    );
+    decide(&mut env, "alice@msp", true).unwrap();
+    // The expiry is due but its timer has not fired yet.
+    env.advance(std::time::Duration::from_secs(3600));
+    let before = env.state.clone();
+    let err = decide(&mut env, "bob@msp", true).unwrap_err();
+    assert!(
+        err.to_string().contains("gate `approval` expired at")
+            && err.to_string().contains("takes no more decisions"),
+        "{err}"
+    );
+    let err = decide(&mut env, "bob@msp", false).unwrap_err();
+    assert!(err.to_string().contains("expired"), "{err}");
+    assert_eq!(env.state, before);
+    // The timer then escalates the gate as usual.
+    env.fire_due();
+    let StepState::AwaitingApproval { stage, .. } = env.step("approval") else {
+        panic!("{:?}", env.step("approval"))
+    };
+    assert_eq!(*stage, 1);
+    // One microsecond before the expiry a decision still counts.
+    let mut env = Env::new(GATED);
+    env.start();
+    env.succeed("prep");
+    open_gate(&mut env, &["alice@msp", "bob@msp"], &[]);
+    env.advance(std::time::Duration::from_secs(3600) - std::time::Duration::from_micros(1));
+    decide(&mut env, "alice@msp", true).unwrap();
+    decide(&mut env, "bob@msp", true).unwrap();
+    assert!(matches!(env.step("approval"), StepState::Succeeded { .. }));
+}
+
+#[test]
 fn a_gate_without_enough_approvers_fails_and_can_be_retried() {
     let mut env = Env::new(&GATED.replace("on_failure: rollback", "on_failure: pause"));
     env.start();
