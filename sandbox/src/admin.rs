@@ -128,12 +128,33 @@ struct Advance {
     seconds: i64,
 }
 
+/// The longest span the admin API accepts for one step of time (about ten years).
+const MAX_SPAN_SECONDS: i64 = 10 * 366 * 24 * 3600;
+/// How far ahead of real time the clock may get in total (about a hundred years), so that the
+/// sandbox's dates stay far from chrono's limits whatever sequence of advances a client sends.
+const MAX_OFFSET_SECONDS: i64 = 10 * MAX_SPAN_SECONDS;
+
+/// Checks a caller-supplied span of seconds (`field` names it in the error).
+fn span(field: &str, seconds: i64) -> Result<i64, AdminError> {
+    if seconds <= 0 || seconds > MAX_SPAN_SECONDS {
+        return Err(AdminError::bad(format!(
+            "{field} must be a positive number of seconds, at most {MAX_SPAN_SECONDS} (ten years); got {seconds}"
+        )));
+    }
+    Ok(seconds)
+}
+
 async fn advance(State(shared): State<AppState>, bytes: Bytes) -> AdminResult {
     let a: Advance = body(&bytes)?;
-    if a.seconds <= 0 || a.seconds > 10 * 366 * 24 * 3600 {
-        return Err(AdminError::bad(
-            "seconds must be a positive number of seconds (at most ten years); the clock only moves forward",
-        ));
+    span("seconds", a.seconds).map_err(|e| AdminError {
+        message: format!("{}; the clock only moves forward", e.message),
+        ..e
+    })?;
+    let ahead = shared.clock.offset_seconds();
+    if ahead.saturating_add(a.seconds) > MAX_OFFSET_SECONDS {
+        return Err(AdminError::bad(format!(
+            "seconds: the clock is already {ahead} seconds ahead and may be at most {MAX_OFFSET_SECONDS} ahead in total; POST /admin/reset to start over"
+        )));
     }
     shared.clock.advance(a.seconds);
     // Settle now so background waiters (held jobs, sync) see the new time at once.
@@ -393,8 +414,8 @@ async fn start_sync(
     bytes: Bytes,
 ) -> AdminResult {
     let b: StartSync = body(&bytes)?;
-    if b.duration_seconds.is_some_and(|d| d <= 0) {
-        return Err(AdminError::bad("duration_seconds must be positive"));
+    if let Some(d) = b.duration_seconds {
+        span("duration_seconds", d)?;
     }
     let (mut st, now) = shared.lock();
     let c = st

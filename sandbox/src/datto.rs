@@ -369,8 +369,17 @@ fn paged(ctx: &Ctx, q: Option<&str>, key: &str, items: Vec<Value>) -> Result<Val
             .map_err(|_| api_error(StatusCode::BAD_REQUEST, "page must be a number", &ctx.path))?,
         None => 0,
     };
+    // `page` comes from the caller: a page whose first item can't even be counted is refused
+    // rather than wrapped (which would answer some other page) or overflowed.
+    let start = page.checked_mul(max).ok_or_else(|| {
+        api_error(
+            StatusCode::BAD_REQUEST,
+            &format!("page {page} is out of range for max {max}"),
+            &ctx.path,
+        )
+    })?;
     let total = items.len();
-    let slice: Vec<Value> = items.into_iter().skip(page * max).take(max).collect();
+    let slice: Vec<Value> = items.into_iter().skip(start).take(max).collect();
     let link = |p: usize| {
         let mut ser = form_urlencoded::Serializer::new(String::new());
         for (k, v) in &pairs {
@@ -382,7 +391,7 @@ fn paged(ctx: &Ctx, q: Option<&str>, key: &str, items: Vec<Value>) -> Result<Val
         ser.append_pair("page", &p.to_string());
         format!("{}{}?{}", ctx.origin, ctx.path, ser.finish())
     };
-    let next = ((page + 1) * max < total).then(|| link(page + 1));
+    let next = (start.saturating_add(max) < total).then(|| link(page + 1));
     let prev = (page > 0).then(|| link(page - 1));
     Ok(json!({
         "pageDetails": {"count": slice.len(), "totalCount": total, "prevPageUrl": prev, "nextPageUrl": next},

@@ -856,6 +856,63 @@ impl Fixture {
                 ));
             }
         }
+        self.validate_spans(&bad)
+    }
+
+    /// Every span of time in the fixture is at most ten years, so the world's date arithmetic
+    /// (sync cycles, job delays, token ages) can't overflow.
+    fn validate_spans(&self, bad: &dyn Fn(String, String, &str) -> Error) -> Result<()> {
+        const TEN_YEARS: u64 = 10 * 366 * 24 * 3600;
+        let check = |path: String, value: u64, unit: u64, unit_name: &str| {
+            let max = TEN_YEARS / unit;
+            if value > max {
+                return Err(bad(
+                    path,
+                    format!("{value} {unit_name} is more than ten years"),
+                    &format!("use at most {max} {unit_name}"),
+                ));
+            }
+            Ok(())
+        };
+        for (i, t) in self.partner.refresh_tokens.iter().enumerate() {
+            check(
+                format!("partner.refresh_tokens[{i}].issued_days_ago"),
+                u64::from(t.issued_days_ago),
+                24 * 3600,
+                "days",
+            )?;
+        }
+        if let Some(d) = &self.datto {
+            check(
+                "datto.job_start_delay_seconds".to_owned(),
+                d.job_start_delay_seconds,
+                1,
+                "seconds",
+            )?;
+        }
+        for (ci, c) in self.companies.iter().enumerate() {
+            let p = format!("companies[{ci}]");
+            check(
+                format!("{p}.tenant.mailbox_provisioning_delay_seconds"),
+                c.tenant.mailbox_provisioning_delay_seconds,
+                1,
+                "seconds",
+            )?;
+            if let Some(ec) = &c.entra_connect {
+                check(
+                    format!("{p}.entra_connect.sync_duration_seconds"),
+                    ec.sync_duration_seconds,
+                    1,
+                    "seconds",
+                )?;
+                check(
+                    format!("{p}.entra_connect.interval_minutes"),
+                    ec.interval_minutes,
+                    60,
+                    "minutes",
+                )?;
+            }
+        }
         Ok(())
     }
 }
@@ -1056,6 +1113,41 @@ companies:
             "{err}"
         );
         assert!(err.contains("fix:"), "{err}");
+    }
+
+    #[test]
+    fn spans_of_time_are_at_most_ten_years() {
+        for (from, to, path) in [
+            (
+                "sync_duration_seconds: 120",
+                "sync_duration_seconds: 18446744073709551615",
+                "entra_connect.sync_duration_seconds",
+            ),
+            (
+                "interval_minutes: 30",
+                "interval_minutes: 9223372036854775807",
+                "entra_connect.interval_minutes",
+            ),
+            (
+                "mailbox_provisioning_delay_seconds: 300",
+                "mailbox_provisioning_delay_seconds: 100000000000000",
+                "companies[0].tenant.mailbox_provisioning_delay_seconds",
+            ),
+        ] {
+            let text = DEFAULT_FIXTURE.replacen(from, to, 1);
+            assert_ne!(text, DEFAULT_FIXTURE, "the fixture no longer has '{from}'");
+            let err = Fixture::parse("x.yaml", &text).unwrap_err().to_string();
+            assert!(err.contains(path), "{err}");
+            assert!(err.contains("ten years") && err.contains("fix:"), "{err}");
+        }
+        let text = DEFAULT_FIXTURE.replacen(
+            "datto:\n",
+            "datto:\n  job_start_delay_seconds: 9223372036854775807\n",
+            1,
+        );
+        assert_ne!(text, DEFAULT_FIXTURE);
+        let err = Fixture::parse("x.yaml", &text).unwrap_err().to_string();
+        assert!(err.contains("datto.job_start_delay_seconds"), "{err}");
     }
 
     #[test]

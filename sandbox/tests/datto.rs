@@ -209,3 +209,48 @@ async fn jobs_start_after_the_configured_delay_on_the_sandbox_clock() -> Result<
     assert_eq!(host.host.all("/callbacks/late").len(), 1);
     Ok(())
 }
+
+#[tokio::test]
+async fn out_of_range_pages_are_a_clear_400_on_every_paged_route() -> Result<()> {
+    let sb = sandbox().await?;
+    let d = Datto::new(&sb).await?;
+    let (_, sites) = d.call("GET", "/account/sites", None).await?;
+    let site = sites["sites"][0]["uid"].as_str().unwrap().to_owned();
+    let max = u64::MAX;
+    for route in [
+        "/account/sites".to_owned(),
+        "/account/devices".to_owned(),
+        "/account/components".to_owned(),
+        format!("/site/{site}/devices"),
+    ] {
+        for query in [format!("page={max}"), format!("page={}&max=2", max / 2 + 1)] {
+            let path = format!("{route}?{query}");
+            let (s, b) = d.call("GET", &path, None).await?;
+            assert_eq!(s, 400, "{path}: {b}");
+            assert_eq!(b["status"], 400, "{path}: {b}");
+            assert_eq!(b["error"], "Bad Request", "{path}: {b}");
+            assert!(
+                b["message"].as_str().unwrap().contains("page"),
+                "{path}: {b}"
+            );
+            assert!(b["path"].as_str().unwrap().ends_with(&route), "{path}: {b}");
+        }
+    }
+    // The last page whose first item can be counted is just empty: no next page, and the
+    // previous-page link points one page back.
+    let page = max / 250;
+    let (s, b) = d
+        .call("GET", &format!("/account/devices?page={page}"), None)
+        .await?;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["devices"], json!([]));
+    assert!(b["pageDetails"]["nextPageUrl"].is_null(), "{b}");
+    assert!(
+        b["pageDetails"]["prevPageUrl"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("page={}", page - 1)),
+        "{b}"
+    );
+    Ok(())
+}
