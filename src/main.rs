@@ -133,7 +133,9 @@ enum Command {
         #[arg(long, default_value = "schemas/json")]
         dir: PathBuf,
     },
-    /// Measure workflows/s and latency through the real queue, store and worker.
+    /// Measure workflows/s and latency through the real queue, store and worker. On a private
+    /// Redis unless `--redis` names one (STEWARD_REDIS__URL and the config file are not used);
+    /// on a named Redis its keys are removed at the end unless `--namespace` is given.
     Bench(BenchArgs),
     /// Show what Steward does, on a private Redis: runs sample workflows and prints them.
     Demo,
@@ -932,61 +934,143 @@ async fn command_event(config: &Config, run: RunId, event: Event) -> Result<Exit
     }
 }
 
-/// Serves the API in-process for the gate benchmark: its URL, an approver's token, the task.
-async fn bench_api(store: &Store) -> Result<(String, String, tokio::task::JoinHandle<()>)> {
-    let auth = steward_engine::auth::Auth::new(
-        store.db().clone(),
-        store.keys().namespace(),
-        store.clock().clone(),
-    );
-    let tech = match auth
-        .add_technician(
-            "approver@bench.example",
-            "bench approver",
-            steward_schemas::Role::Technician,
-            steward_schemas::CompanyScope::ALL,
+/// The API served in-process for the gate benchmark, and the approver it is called as.
+struct BenchApi {
+    base: String,
+    token: String,
+    token_id: steward_schemas::TokenId,
+    auth: steward_engine::auth::Auth,
+    approver: steward_schemas::Technician,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl BenchApi {
+    const APPROVER: &str = "approver@bench.example";
+
+    /// Serves the API on a free local port, with a token for a bench approver (who may act on
+    /// every company of the bench namespace).
+    async fn start(store: &Store) -> Result<Self> {
+        let auth = steward_engine::auth::Auth::new(
+            store.db().clone(),
+            store.keys().namespace(),
+            store.clock().clone(),
+        );
+        let mut approver = match auth.technician_by_email(Self::APPROVER).await? {
+            Some(t) => t,
+            None => {
+                auth.add_technician(
+                    Self::APPROVER,
+                    "bench approver",
+                    steward_schemas::Role::Technician,
+                    steward_schemas::CompanyScope::ALL,
+                )
+                .await?
+            }
+        };
+        if approver.disabled {
+            // Disabled by the end of an earlier run in this namespace.
+            approver.disabled = false;
+            auth.save_technician(&approver).await?;
+        }
+        let (info, token) = auth.create_token(approver.id, "bench").await?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        let state = steward_engine::api::state(
+            store.clone(),
+            Arc::new(Registry::builtin()),
+            Workflows::default(),
+            None,
+            base.clone(),
         )
         .await
-    {
-        Ok(t) => t,
-        Err(_) => auth
-            .technician_by_email("approver@bench.example")
-            .await?
-            .ok_or_else(|| anyhow!("no bench approver"))?,
-    };
-    let (_, token) = auth.create_token(tech.id, "bench").await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let state = steward_engine::api::state(
-        store.clone(),
-        Arc::new(Registry::builtin()),
-        Workflows::default(),
-        None,
-        base.clone(),
-    )
-    .await
-    .map_err(|e| anyhow!(e))?;
-    let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, steward_engine::api::app(state)).await;
-    });
-    Ok((base, token, server))
+        .map_err(|e| anyhow!(e))?;
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, steward_engine::api::app(state)).await;
+        });
+        Ok(Self {
+            base,
+            token,
+            token_id: info.id,
+            auth,
+            approver,
+            server,
+        })
+    }
+
+    /// Stops serving, revokes the bench token and disables the bench approver (the auth store
+    /// cannot delete a technician), so nothing usable is left behind.
+    async fn finish(mut self) -> Result<()> {
+        self.server.abort();
+        self.auth.revoke_token(self.token_id).await?;
+        self.approver.disabled = true;
+        self.auth.save_technician(&self.approver).await?;
+        Ok(())
+    }
+}
+
+/// Deletes every key of namespace `ns` (SCAN MATCH `ns:*`, UNLINK in batches); how many.
+async fn delete_namespace(db: &Db, ns: &str) -> Result<u64> {
+    let pattern = format!("{ns}:*");
+    let mut cursor = 0_u64;
+    let mut removed = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = db
+            .query(
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000),
+            )
+            .await?;
+        if !keys.is_empty() {
+            removed += db.query::<u64>(redis::cmd("UNLINK").arg(&keys)).await?;
+        }
+        if next == 0 {
+            return Ok(removed);
+        }
+        cursor = next;
+    }
 }
 
 async fn bench_cmd(global: &Global, args: BenchArgs) -> Result<ExitCode> {
-    // Without --redis, measure on a private Redis with AOF (appendfsync everysec), as deployed.
-    let private = if global.redis.is_none() && std::env::var_os("STEWARD_REDIS__URL").is_none() {
-        Some(RedisServer::start(Persistence::AofEverySec)?)
-    } else {
-        None
+    // Only an explicit --redis points the benchmark at an existing server (never the
+    // STEWARD_REDIS__URL of an installation); otherwise it measures on a private Redis with AOF
+    // (appendfsync everysec), as deployed.
+    let private = match global.redis {
+        Some(_) => None,
+        None => Some(RedisServer::start(Persistence::AofEverySec)?),
     };
     let mut config = load_config(global)?;
     if let Some(server) = &private {
         config.redis.url = server.url();
     }
-    if global.namespace.is_none() {
+    // A namespace of its own unless one is named, so it can be removed afterwards.
+    let own_namespace = global.namespace.is_none();
+    if own_namespace {
         config.redis.namespace = format!("bench-{}", ulid::Ulid::new().to_string().to_lowercase());
     }
     let store = connect(&config).await?;
+    let result = bench_in(&config, store.clone(), &args).await;
+    if private.is_none() {
+        let ns = &config.redis.namespace;
+        let at = redacted_url(&config.redis.url);
+        if own_namespace {
+            let removed = delete_namespace(store.db(), ns)
+                .await
+                .with_context(|| format!("cannot remove the bench namespace `{ns}` from {at}"))?;
+            eprintln!("bench: removed the {removed} keys of namespace `{ns}` from {at}");
+        } else {
+            eprintln!(
+                "bench: its runs are left in namespace `{ns}` at {at}; the bench approver there is disabled and its token revoked"
+            );
+        }
+    }
+    result
+}
+
+async fn bench_in(config: &Config, store: Store, args: &BenchArgs) -> Result<ExitCode> {
     let worker_db = Db::connect(&config.redis.url, config.redis.response_timeout.get()).await?;
     if let Some(n) = args.parked {
         let report = bench::parked(store, worker_db, n).await?;
@@ -1006,12 +1090,14 @@ async fn bench_cmd(global: &Global, args: BenchArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if let Some(n) = args.gates {
-        let (base, token, server) = bench_api(&store).await?;
-        let http = reqwest::Client::new();
+        let api = BenchApi::start(&store).await?;
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .build()?;
         let decide = async |run: RunId| -> std::result::Result<(), String> {
             let res = http
-                .post(format!("{base}/v1/approvals/{run}/approval"))
-                .bearer_auth(&token)
+                .post(format!("{}/v1/approvals/{run}/approval", api.base))
+                .bearer_auth(&api.token)
                 .json(&serde_json::json!({"decision": "approve"}))
                 .send()
                 .await
@@ -1026,8 +1112,9 @@ async fn bench_cmd(global: &Global, args: BenchArgs) -> Result<ExitCode> {
                 ))
             }
         };
-        let report = bench::gates(store, worker_db, n, decide).await?;
-        server.abort();
+        let report = bench::gates(store, worker_db, n, decide).await;
+        api.finish().await?;
+        let report = report?;
         if args.json {
             println!("{}", serde_json::to_string(&report)?);
         } else {

@@ -626,3 +626,81 @@ fn a_redis_password_stays_out_of_errors() {
         "{t}"
     );
 }
+
+/// All keys of `ns` in `env`'s Redis.
+async fn keys_of(env: &Env, pattern: &str) -> Result<Vec<String>> {
+    Ok(env
+        .store
+        .db()
+        .query(redis::cmd("KEYS").arg(pattern))
+        .await?)
+}
+
+/// `steward bench` touches an installation's Redis only when --redis names it, cleans up what it
+/// made there, and leaves no usable bench token behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_uses_a_named_redis_only_and_cleans_up() -> Result<()> {
+    let env = Env::start(Persistence::None).await?;
+    let url = env.redis.url();
+    let bench = move |args: Vec<String>, env_url: Option<String>| async move {
+        tokio::task::spawn_blocking(move || {
+            let mut c = Command::new(BIN);
+            c.arg("bench").args(args);
+            if let Some(u) = env_url {
+                c.env("STEWARD_REDIS__URL", u);
+            }
+            c.output().expect("steward runs")
+        })
+        .await
+        .expect("joined")
+    };
+    let owned = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+
+    // STEWARD_REDIS__URL (exported for the installation) is not where the bench writes.
+    let out = bench(
+        owned(&["--workflows", "3", "--steps", "1", "--concurrency", "2"]),
+        Some(url.clone()),
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(keys_of(&env, "bench-*").await?.is_empty());
+
+    // Named with --redis: the bench namespace is removed at the end.
+    let out = bench(owned(&["--redis", &url, "--gates", "2", "--json"]), None).await;
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| anyhow::anyhow!("{e}: {t}"))?;
+    assert_eq!(json["gates"], 2, "{t}");
+    assert!(
+        t.contains("removed the") && t.contains("keys of namespace `bench-"),
+        "{t}"
+    );
+    assert!(keys_of(&env, "bench-*").await?.is_empty(), "{t}");
+
+    // With --namespace too, the runs stay, but the approver is disabled and its token revoked.
+    let out = bench(
+        owned(&["--redis", &url, "--namespace", "benchkept", "--gates", "2"]),
+        None,
+    )
+    .await;
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("left in namespace `benchkept`"), "{t}");
+    let auth = steward_engine::auth::Auth::new(
+        env.store.db().clone(),
+        "benchkept",
+        std::sync::Arc::new(steward_engine::SystemClock),
+    );
+    let approver = auth
+        .technician_by_email("approver@bench.example")
+        .await?
+        .expect("the bench approver");
+    assert!(approver.disabled);
+    let tokens = auth.tokens(approver.id).await?;
+    assert!(
+        !tokens.is_empty() && tokens.iter().all(|t| t.revoked_at.is_some()),
+        "{tokens:?}"
+    );
+    Ok(())
+}
