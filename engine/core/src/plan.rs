@@ -292,6 +292,35 @@ impl Plan {
         }
         let ancestors = ancestors(&needs, &order);
 
+        // Defaults, checked once (a step that sets its own value is checked on its own).
+        let default_retry = match def.defaults.retry.as_ref().map(RetryPolicy::try_from_spec) {
+            None => RetryPolicy::default(),
+            Some(Ok(p)) => p,
+            Some(Err((field, msg))) => {
+                problems.push(Problem::new(
+                    None,
+                    format!("defaults.retry.{field}"),
+                    msg,
+                    "see the retry fields in the schema",
+                ));
+                RetryPolicy::default()
+            }
+        };
+        check_positive(
+            None,
+            "defaults.timeout",
+            def.defaults.timeout,
+            "30s",
+            &mut problems,
+        );
+        check_positive(
+            None,
+            "defaults.max_wait",
+            def.defaults.max_wait,
+            "1h",
+            &mut problems,
+        );
+
         // Per-step fields.
         let mut steps = Vec::with_capacity(def.steps.len());
         for (i, step) in def.steps.iter().enumerate() {
@@ -426,49 +455,29 @@ impl Plan {
                 }
             };
 
-            let retry_spec = step.retry.as_ref().or(def.defaults.retry.as_ref());
-            let retry = match retry_spec.map(RetryPolicy::try_from_spec) {
-                None => RetryPolicy::default(),
+            let retry = match step.retry.as_ref().map(RetryPolicy::try_from_spec) {
+                None => default_retry.clone(),
                 Some(Ok(p)) => p,
                 Some(Err((field, msg))) => {
-                    let (field, step_name) = if step.retry.is_some() {
-                        (format!("retry.{field}"), sid)
-                    } else {
-                        (format!("defaults.retry.{field}"), None)
-                    };
                     problems.push(Problem::new(
-                        step_name,
-                        field,
+                        sid,
+                        format!("retry.{field}"),
                         msg,
                         "see the retry fields in the schema",
                     ));
                     RetryPolicy::default()
                 }
             };
+            check_positive(sid, "timeout", step.timeout, "30s", &mut problems);
+            check_positive(sid, "max_wait", step.max_wait, "1h", &mut problems);
             let timeout = step
                 .timeout
                 .or(def.defaults.timeout)
                 .unwrap_or(DEFAULT_TIMEOUT);
-            if timeout.get().is_zero() {
-                problems.push(Problem::new(
-                    sid,
-                    "timeout",
-                    "a timeout of zero",
-                    "write a positive duration such as `30s`",
-                ));
-            }
             let max_wait = step
                 .max_wait
                 .or(def.defaults.max_wait)
                 .unwrap_or(DEFAULT_MAX_WAIT);
-            if max_wait.get().is_zero() {
-                problems.push(Problem::new(
-                    sid,
-                    "max_wait",
-                    "a max_wait of zero",
-                    "write a positive duration such as `1h`",
-                ));
-            }
             steps.push(PlanStep {
                 id: ids[i]
                     .clone()
@@ -554,6 +563,25 @@ impl Plan {
 pub fn hash_def(def: &WorkflowDef) -> String {
     let json = serde_json::to_vec(def).expect("a workflow definition serialises");
     hex::encode(Sha256::digest(json))
+}
+
+/// A problem if a duration that is set is zero; `example` is a positive value to suggest.
+fn check_positive(
+    sid: Option<&str>,
+    field: &str,
+    d: Option<Dur>,
+    example: &str,
+    problems: &mut Vec<Problem>,
+) {
+    if d.is_some_and(|d| d.get().is_zero()) {
+        let name = field.rsplit('.').next().unwrap_or(field);
+        problems.push(Problem::new(
+            sid,
+            field,
+            format!("a {name} of zero"),
+            format!("write a positive duration such as `{example}`"),
+        ));
+    }
 }
 
 fn check_name(def: &WorkflowDef, problems: &mut Vec<Problem>) {
@@ -1098,5 +1126,37 @@ steps:
             "name: w\ninputs: {n: {type: number, default: x}}\nsteps:\n  - id: a\n    op: noop\n",
         );
         assert!(err.contains("inputs.n.default"), "{err}");
+    }
+
+    #[test]
+    fn bad_defaults_are_reported_once_under_defaults() {
+        let found = Plan::compile(
+            serde_yaml_ng::from_str(
+                "name: w\ndefaults: {timeout: 0s, max_wait: 0s, retry: {attempts: 0}}\nsteps:\n  - {id: a, op: noop}\n  - {id: b, op: noop}\n  - {id: c, op: noop, timeout: 0s, retry: {attempts: 3}}\n",
+            )
+            .unwrap(),
+            None,
+        )
+        .map(|_| ())
+        .unwrap_err();
+        let fields: Vec<(Option<&str>, &str)> = found
+            .iter()
+            .map(|p| (p.step.as_deref(), p.field.as_str()))
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                (None, "defaults.retry.attempts"),
+                (None, "defaults.timeout"),
+                (None, "defaults.max_wait"),
+                (Some("c"), "timeout"),
+            ],
+            "{found:#?}"
+        );
+        let err = problems("name: w\ndefaults: {max_wait: 0s}\nsteps:\n  - {id: a, op: noop}\n");
+        assert!(
+            err.contains("defaults.max_wait: a max_wait of zero\n  fix: write a positive duration such as `1h`"),
+            "{err}"
+        );
     }
 }
