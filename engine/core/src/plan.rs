@@ -611,7 +611,28 @@ fn check_inputs(def: &WorkflowDef, problems: &mut Vec<Problem>) {
                 "use lowercase letters, digits and `_`, starting with a letter",
             ));
         }
-        if let Some(default) = &input.default
+        if input.secret {
+            // A secret's value never appears in a problem: the file is wrong to hold one at all.
+            if input.default.is_some() {
+                problems.push(Problem::new(
+                    None,
+                    format!("inputs.{name}.default"),
+                    "a secret input cannot have a default (a secret does not belong in a workflow file)",
+                    "remove `default:` and supply the value when the run starts",
+                ));
+            }
+            if input.kind != InputType::String {
+                problems.push(Problem::new(
+                    None,
+                    format!("inputs.{name}.secret"),
+                    format!(
+                        "only text inputs can be secret; this one is a {}",
+                        input.kind.name()
+                    ),
+                    "make the input `type: string`, or drop `secret: true`",
+                ));
+            }
+        } else if let Some(default) = &input.default
             && !input.kind.accepts(default)
         {
             problems.push(Problem::new(
@@ -619,14 +640,6 @@ fn check_inputs(def: &WorkflowDef, problems: &mut Vec<Problem>) {
                 format!("inputs.{name}.default"),
                 format!("the default {default} is not a {}", input.kind.name()),
                 format!("give a {} default or change the type", input.kind.name()),
-            ));
-        }
-        if input.kind == InputType::Object && input.secret {
-            problems.push(Problem::new(
-                None,
-                format!("inputs.{name}.secret"),
-                "only text inputs can be secret",
-                "make the input a string",
             ));
         }
     }
@@ -1126,6 +1139,36 @@ steps:
             "name: w\ninputs: {n: {type: number, default: x}}\nsteps:\n  - id: a\n    op: noop\n",
         );
         assert!(err.contains("inputs.n.default"), "{err}");
+    }
+
+    #[test]
+    fn secret_inputs_are_text_without_a_default() {
+        for kind in ["number", "boolean", "array", "object", "any"] {
+            let err = problems(&format!(
+                "name: w\ninputs: {{pin: {{type: {kind}, secret: true}}}}\nsteps:\n  - {{id: a, op: noop}}\n"
+            ));
+            assert!(
+                err.contains(&format!(
+                    "inputs.pin.secret: only text inputs can be secret; this one is a {kind}"
+                )),
+                "{err}"
+            );
+        }
+        // A default for a secret is refused, whatever its type, and never echoed.
+        for default in ["hunter2-in-the-file", "12345678", "[hunter2-in-the-file]"] {
+            let err = problems(&format!(
+                "name: w\ninputs: {{password: {{type: string, secret: true, default: {default}}}}}\nsteps:\n  - {{id: a, op: noop}}\n"
+            ));
+            assert!(
+                err.contains("inputs.password.default: a secret input cannot have a default"),
+                "{err}"
+            );
+            assert!(
+                !err.contains("hunter2") && !err.contains("12345678"),
+                "{err}"
+            );
+        }
+        load("name: w\ninputs: {password: {type: string, secret: true, required: false}}\nsteps:\n  - {id: a, op: noop}\n").unwrap();
     }
 
     #[test]
