@@ -187,9 +187,9 @@ async fn technicians_retry_skip_pause_resume_and_cancel() -> Result<()> {
     assert!(
         matches!(snap.doc.state.steps["a"].state, StepState::Failed { attempt, .. } if attempt.get() == 1)
     );
-    apply(
+    env.apply_ok(
         run,
-        Event::SkipStepRequested {
+        &Event::SkipStepRequested {
             step: "a".parse()?,
             by: "t".into(),
             reason: Some("done by hand".into()),
@@ -201,18 +201,27 @@ async fn technicians_retry_skip_pause_resume_and_cancel() -> Result<()> {
         RunStatus::Completed { .. }
     ));
 
-    // Cancel with rollback while a long step runs: its result is kept, then undone.
+    // Cancel with rollback while a long step runs: its result is kept, then undone. The step
+    // has made its change and holds before reporting, so the cancel lands while it runs.
     let slow = plan(
-        "name: s\nsteps:\n  - {id: a, op: ledger, with: {key: slow, sleep_ms: 300}}\n  - {id: b, op: noop, needs: [a]}\n",
+        "name: s\nsteps:\n  - {id: a, op: ledger, with: {key: slow, hold_ms: 2000}}\n  - {id: b, op: noop, needs: [a]}\n",
     );
     let run = env.start_run(&slow, json!({})).await?;
-    wait_for("the slow step to be picked up", T, || async move {
-        Ok((pending(store, run).await? > 0).then_some(()))
+    let env = &env;
+    let slow_step = format!("{run}/a/");
+    let slow_step = &slow_step;
+    wait_for("the slow step to have made its change", T, || async move {
+        let ledger = env.ledger().await?;
+        let executions = ledger
+            .executions
+            .iter()
+            .filter(|e| e.starts_with(slow_step));
+        Ok((executions.count() == 1).then_some(()))
     })
     .await?;
-    apply(
+    env.apply_ok(
         run,
-        Event::CancelRequested {
+        &Event::CancelRequested {
             by: "t".into(),
             rollback: true,
             reason: None,
@@ -257,21 +266,13 @@ async fn pausing_takes_back_queued_jobs_and_resuming_dispatches_them() -> Result
             .all(|r| matches!(r.state, StepState::Ready { .. })),
         "{state:?}"
     );
-    let len: u64 = env
-        .store
-        .db()
-        .query(redis::cmd("XLEN").arg(env.store.keys().steps(env.store.keys().shard_of(run))))
-        .await?;
-    assert_eq!(len, 0, "revoked jobs leave the stream");
+    assert_eq!(
+        env.steps_len(run).await?,
+        0,
+        "revoked jobs leave the stream"
+    );
     let worker = env.worker(WorkerOpts::default()).await?;
-    env.store
-        .apply(
-            run,
-            &Event::ResumeRequested { by: "t".into() },
-            None,
-            None,
-            None,
-        )
+    env.apply_ok(run, &Event::ResumeRequested { by: "t".into() })
         .await?;
     assert!(matches!(
         env.wait_end(run, T).await?,
@@ -281,23 +282,6 @@ async fn pausing_takes_back_queued_jobs_and_resuming_dispatches_them() -> Result
     assert_eq!(ledger.executions.len(), 2, "each job ran once: {ledger:?}");
     worker.stop().await;
     Ok(())
-}
-
-/// How many jobs of the run's shard workers hold.
-async fn pending(store: &steward_engine::Store, run: steward_schemas::RunId) -> Result<u64> {
-    let keys = store.keys();
-    let summary: redis::Value = store
-        .db()
-        .query(
-            redis::cmd("XPENDING")
-                .arg(keys.steps(keys.shard_of(run)))
-                .arg(GROUP),
-        )
-        .await?;
-    Ok(match summary {
-        redis::Value::Array(items) => redis::from_redis_value_ref(&items[0]).unwrap_or(0),
-        _ => 0,
-    })
 }
 
 /// Reads one job as a consumer that will never finish it (a worker that died).
@@ -342,7 +326,8 @@ async fn a_late_outcome_of_an_old_attempt_changes_nothing() -> Result<()> {
         seq: 1,
         error: StepFailure::retryable("timeout"),
     };
-    env.store
+    let outcome = env
+        .store
         .apply(
             run,
             &failed,
@@ -355,6 +340,7 @@ async fn a_late_outcome_of_an_old_attempt_changes_nothing() -> Result<()> {
             None,
         )
         .await?;
+    assert!(matches!(outcome, Outcome::Applied { .. }), "{outcome:?}");
     let _worker = env.worker(WorkerOpts::default()).await?;
     assert!(matches!(
         env.wait_end(run, T).await?,
@@ -392,12 +378,7 @@ async fn a_late_outcome_of_an_old_attempt_changes_nothing() -> Result<()> {
     let after = env.store.load(run).await?.context("run")?;
     assert_eq!(after, before, "state and version unchanged");
     assert_eq!(env.store.history(run).await?.len(), history_before);
-    let len: u64 = env
-        .store
-        .db()
-        .query(redis::cmd("XLEN").arg(env.store.keys().steps(env.store.keys().shard_of(run))))
-        .await?;
-    assert_eq!(len, 0, "nothing was enqueued");
+    assert_eq!(env.steps_len(run).await?, 0, "nothing was enqueued");
     Ok(())
 }
 
@@ -451,12 +432,7 @@ async fn a_dead_consumers_job_is_taken_over_and_poison_jobs_are_parked() -> Resu
     assert!(
         matches!(&snap.doc.state.steps["a"].state, StepState::Failed { error, .. } if error.kind == FailureKind::Poison)
     );
-    let dead: u64 = env
-        .store
-        .db()
-        .query(redis::cmd("XLEN").arg(keys.dead(keys.shard_of(poison))))
-        .await?;
-    assert_eq!(dead, 1);
+    assert_eq!(env.stream_len(&keys.dead(keys.shard_of(poison))).await?, 1);
     let ledger = env.ledger().await?;
     assert_eq!(
         ledger.applied.len(),
@@ -469,7 +445,6 @@ async fn a_dead_consumers_job_is_taken_over_and_poison_jobs_are_parked() -> Resu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduled_runs_start_on_time_and_secrets_stay_out() -> Result<()> {
     let env = Env::start(Persistence::None).await?;
-    let _worker = env.worker(WorkerOpts::default()).await?;
     let plan = plan(
         "name: s\nsteps:\n  - {id: a, op: noop, with: {output: {password: hunter2, user: jane}}}\n",
     );
@@ -488,6 +463,9 @@ async fn scheduled_runs_start_on_time_and_secrets_stay_out() -> Result<()> {
         .await?;
     let snap = env.store.load(run).await?.context("run")?;
     assert_eq!(snap.doc.state.status.name(), "scheduled");
+    // The worker and scheduler start only now, so nothing can have started the run before it
+    // was seen scheduled.
+    let _worker = env.worker(WorkerOpts::default()).await?;
     env.wait_end(run, T).await?;
     let snap = env.store.load(run).await?.context("run")?;
     let StepState::Succeeded { at, output, .. } = &snap.doc.state.steps["a"].state else {
@@ -577,9 +555,15 @@ async fn a_stopping_worker_hands_back_the_jobs_it_never_started() -> Result<()> 
         max_deliveries: 3,
     };
     let mut queue = StepQueue::start(env.store.clone(), env.companies(), config);
-    let mut running = queue.next().await.context("a job")?;
+    let mut running = tokio::time::timeout(T, queue.next())
+        .await
+        .context("no job within the deadline")?
+        .context("a job")?;
     running.start();
-    let unstarted = queue.next().await.context("a second job")?;
+    let unstarted = tokio::time::timeout(T, queue.next())
+        .await
+        .context("no second job within the deadline")?
+        .context("a second job")?;
     let unstarted_run = unstarted.run;
     drop(unstarted);
     // The third stays in the queue's buffer, or in the stream if it was not read yet.
@@ -612,7 +596,15 @@ async fn a_stopping_worker_hands_back_the_jobs_it_never_started() -> Result<()> 
     assert!((1..=2).contains(&released), "released {released}");
 
     // A cancel still revokes a handed-back job: its new entry is where the run says it is.
-    store_cancel(&env, unstarted_run).await?;
+    env.apply_ok(
+        unstarted_run,
+        &Event::CancelRequested {
+            by: "t".into(),
+            rollback: false,
+            reason: None,
+        },
+    )
+    .await?;
     assert!(matches!(
         env.wait_end(unstarted_run, T).await?,
         RunStatus::Cancelled { .. }
@@ -632,24 +624,5 @@ async fn a_stopping_worker_hands_back_the_jobs_it_never_started() -> Result<()> 
     let ledger = env.ledger().await?;
     assert_eq!(ledger.executions.len(), 1, "{ledger:?}");
     drop(running);
-    Ok(())
-}
-
-async fn store_cancel(env: &Env, run: steward_schemas::RunId) -> Result<()> {
-    let outcome = env
-        .store
-        .apply(
-            run,
-            &Event::CancelRequested {
-                by: "t".into(),
-                rollback: false,
-                reason: None,
-            },
-            None,
-            None,
-            None,
-        )
-        .await?;
-    assert!(matches!(outcome, Outcome::Applied { .. }), "{outcome:?}");
     Ok(())
 }

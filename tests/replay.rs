@@ -99,12 +99,14 @@ async fn record() -> Result<()> {
             demo.clone(),
             json!({"user": "jane"}),
             None,
+            "completed",
         ),
         (
             "demo-rolled-back",
             demo,
             json!({"user": "john", "fail_at_end": true}),
             None,
+            "rolled_back",
         ),
         (
             "undo-failed",
@@ -113,6 +115,7 @@ async fn record() -> Result<()> {
             ),
             json!({}),
             None,
+            "rollback_failed",
         ),
         (
             "paused-then-skipped",
@@ -121,10 +124,11 @@ async fn record() -> Result<()> {
             ),
             json!({}),
             Some("a"),
+            "completed",
         ),
     ];
     std::fs::create_dir_all(dir())?;
-    for (name, plan, inputs, skip) in cases {
+    for (name, plan, inputs, skip, expected) in cases {
         let run = env.start_run(&plan, inputs).await?;
         if let Some(step) = skip {
             let store = &env.store;
@@ -138,9 +142,11 @@ async fn record() -> Result<()> {
                 by: "tech@msp".into(),
                 reason: Some("done by hand".into()),
             };
-            env.store.apply(run, &event, None, None, None).await?;
+            env.apply_ok(run, &event).await?;
         }
-        env.wait_end(run, Duration::from_secs(30)).await?;
+        // A golden of a run that ended otherwise than the case says would record the wrong story.
+        let status = env.wait_end(run, Duration::from_secs(30)).await?;
+        assert_eq!(status.name(), expected, "{name}: {status:?}");
         let snap = env.store.load(run).await?.context("run")?;
         let golden = Golden {
             workflow: plan.def().clone(),

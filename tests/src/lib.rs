@@ -16,10 +16,10 @@ use steward_engine::companies::{Companies, sample};
 use steward_engine::embedded::{Persistence, RedisServer};
 use steward_engine::queue::QueueConfig;
 use steward_engine::scheduler::{self, SchedulerConfig};
-use steward_engine::store::{NewRun, Store};
+use steward_engine::store::{NewRun, Outcome, Store};
 use steward_engine::worker::{self, Runtime};
 use steward_engine::{Db, Keys, SystemClock};
-use steward_schemas::{RunId, RunStatus};
+use steward_schemas::{Event, RunId, RunState, RunStatus};
 use steward_workers::testing::ledger_keys;
 use steward_workers::{Registry, Services};
 use tokio::sync::watch;
@@ -138,7 +138,11 @@ impl Env {
         let mut tasks: Vec<JoinHandle<()>> = vec![tokio::spawn({
             let rx = rx.clone();
             async move {
-                let _ = worker::run(runtime, queue, until(rx)).await;
+                // A worker that cannot start (or stops on an error) would otherwise only show as
+                // runs that never end: say why in the test's output.
+                if let Err(e) = worker::run(runtime, queue, until(rx)).await {
+                    eprintln!("the in-process worker stopped on an error: {e}");
+                }
             }
         })];
         if opts.scheduler {
@@ -181,6 +185,28 @@ impl Env {
                 .then_some(snap.doc.state.status))
         })
         .await
+    }
+
+    /// Applies a technician's `event` to `run` and fails, naming the outcome, unless it was
+    /// applied; returns the run's new state.
+    pub async fn apply_ok(&self, run: RunId, event: &Event) -> Result<RunState> {
+        let outcome = self.store.apply(run, event, None, None, None).await?;
+        match outcome {
+            Outcome::Applied { state, .. } => Ok(state),
+            other => bail!("{} on {run} was not applied: {other:?}", event.name()),
+        }
+    }
+
+    /// How many entries the stream `key` holds.
+    pub async fn stream_len(&self, key: &str) -> Result<u64> {
+        Ok(self.store.db().query(redis::cmd("XLEN").arg(key)).await?)
+    }
+
+    /// How many entries the steps stream of `run`'s shard holds (jobs not yet acknowledged or
+    /// revoked).
+    pub async fn steps_len(&self, run: RunId) -> Result<u64> {
+        let keys = self.store.keys();
+        self.stream_len(&keys.steps(keys.shard_of(run))).await
     }
 
     /// The ledger's lists: executions, applications, undos; and its state size.
