@@ -135,7 +135,8 @@ pub static CATALOG: &[OpSpec] = &[
     ),
     op(
         "user.delete",
-        "delete a user (restorable for 30 days in Entra ID)",
+        "delete a user (Entra ID: restorable for 30 days; Active Directory: restorable only \
+         with the AD Recycle Bin enabled, otherwise gone for good)",
         G::Users,
         Write,
         Always,
@@ -386,10 +387,12 @@ pub static CATALOG: &[OpSpec] = &[
     ),
     op(
         "conditional_access.exclude_user",
-        "exclude a user from a Conditional Access policy",
+        "exclude a user from a Conditional Access policy (weakens what the policy enforces)",
         G::ConditionalAccess,
         Write,
-        Policy,
+        // An exclusion switches the policy off for that user: a destructive Conditional Access
+        // change, approved every time whatever the company's policy says.
+        Always,
         System::EntraId,
         Reversible,
         &[USER, OpField::required("policy", "the policy id")],
@@ -479,3 +482,55 @@ pub static CATALOG: &[OpSpec] = &[
         Some(&[OpField::required("id", "the user's Entra object id")]),
     ),
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str) -> &'static OpSpec {
+        CATALOG
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no op `{name}`"))
+    }
+
+    #[test]
+    fn changes_that_weaken_security_or_destroy_always_need_approval() {
+        for name in [
+            "conditional_access.exclude_user",
+            "conditional_access.delete_policy",
+            "user.delete",
+            "role.assign",
+            "device.wipe",
+            "device.retire",
+        ] {
+            let s = spec(name);
+            assert_eq!(s.approval, Always, "{name}");
+            assert_eq!(s.access, Write, "{name}");
+        }
+        for name in ["device.delete", "domain.delete"] {
+            assert_eq!(spec(name).approval, Blocked, "{name}");
+        }
+    }
+
+    #[test]
+    fn user_delete_says_when_it_cannot_be_undone() {
+        // user.delete acts on the Directory, which is Active Directory for on-premises companies.
+        let s = spec("user.delete");
+        assert_eq!(s.system, System::Directory);
+        assert!(
+            s.summary.contains("30 days") && s.summary.contains("AD Recycle Bin"),
+            "{}",
+            s.summary
+        );
+    }
+
+    #[test]
+    fn names_are_unique() {
+        let mut names: Vec<_> = CATALOG.iter().map(|s| s.name).collect();
+        names.sort_unstable();
+        let n = names.len();
+        names.dedup();
+        assert_eq!(names.len(), n);
+    }
+}
