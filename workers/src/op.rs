@@ -171,11 +171,6 @@ impl OpContext {
             Phase::Undo => format!("{}/{}/undo", self.run_id, self.step),
         }
     }
-
-    /// The correlation header value sent to services: `run/step/attempt`.
-    pub fn correlation(&self) -> String {
-        format!("{}/{}/{}", self.run_id, self.step, self.attempt)
-    }
 }
 
 /// Reads an input field, naming it in the error when it is missing or mistyped.

@@ -64,11 +64,6 @@ impl Registry {
         }
         all.into_values().collect()
     }
-
-    /// Whether this process can run `name`.
-    pub fn implements(&self, name: &str) -> bool {
-        self.ops.contains_key(name)
-    }
 }
 
 impl Catalog for Registry {
