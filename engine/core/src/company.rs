@@ -2,7 +2,7 @@
 
 use steward_schemas::{Company, IdentityProvider, MailboxProvider};
 
-use crate::text::{is_domain, is_email, is_hostname};
+use crate::text::{is_domain, is_email, is_hostname, normalize_emails};
 
 /// One problem with a company's settings.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -52,14 +52,7 @@ pub fn normalize(c: &mut Company) {
     if let Some(u) = &mut c.defaults.usage_location {
         *u = u.to_uppercase();
     }
-    let mut approvers: Vec<String> = Vec::new();
-    for a in c.approvers.drain(..) {
-        let a = a.trim().to_lowercase();
-        if !a.is_empty() && !approvers.contains(&a) {
-            approvers.push(a);
-        }
-    }
-    c.approvers = approvers;
+    c.approvers = normalize_emails(&c.approvers);
     c.custom_instructions = c.custom_instructions.trim().to_owned();
 }
 

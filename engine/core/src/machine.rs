@@ -23,6 +23,31 @@ use crate::text::{normalize_email, normalize_emails};
 /// How long an escalated gate waits when neither expiry is set.
 pub const DEFAULT_GATE_EXPIRY: std::time::Duration = std::time::Duration::from_secs(72 * 3600);
 
+/// Whether `by` may decide gate `step`, whose approvers are now `approvers` (normalised, as an
+/// open gate holds them), in a run `requested_by` asked for. `Ok` holds `by` normalised; `Err`
+/// says why not, in words for the technician. The machine applies the same check to every
+/// decision; callers use it to refuse early with the same words.
+pub fn may_decide(
+    step: &str,
+    approvers: &[String],
+    requested_by: &str,
+    by: &str,
+) -> Result<String, String> {
+    let by = normalize_email(by);
+    if !approvers.contains(&by) {
+        return Err(format!(
+            "{by} is not an approver of gate `{step}` (its approvers: {})",
+            approvers.join(", ")
+        ));
+    }
+    if by == normalize_email(requested_by) {
+        return Err(format!(
+            "{by} asked for this run and cannot approve it; another approver must decide"
+        ));
+    }
+    Ok(by)
+}
+
 /// How many of `approvers` (normalised) may decide a gate of a run `requester` asked for: the
 /// requester never approves their own run.
 fn eligible_count(approvers: &[String], requester: &str) -> usize {
@@ -942,18 +967,8 @@ impl Machine<'_> {
                 "gate `{step}` expired at {at} and takes no more decisions; its expiry is being applied (it escalates or rejects the gate)"
             )));
         }
-        let by = by.trim().to_lowercase();
-        if !approvers.contains(&by) {
-            return Err(rejected(&format!(
-                "{by} is not an approver of gate `{step}` (its approvers: {})",
-                approvers.join(", ")
-            )));
-        }
-        if by == self.ctx.requested_by.trim().to_lowercase() {
-            return Err(rejected(&format!(
-                "{by} asked for this run and cannot approve it; another approver must decide"
-            )));
-        }
+        let by = may_decide(step.as_str(), approvers, &self.ctx.requested_by, by)
+            .map_err(|reason| TransitionError::Rejected { reason })?;
         if approve && approvals.iter().any(|d| d.by == by) {
             self.ignore(format!("{by} has already approved gate `{step}`"));
             return Ok(());

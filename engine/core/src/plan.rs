@@ -777,18 +777,20 @@ fn check_gate(gate: &GateSpec, sid: Option<&str>, problems: &mut Vec<Problem>) {
     }
     if let Approvers::List(list) = &gate.approvers
         && !list.is_empty()
-        && (gate.quorum as usize) > list.len()
     {
-        problems.push(Problem::new(
-            sid,
-            "gate.quorum",
-            format!(
-                "a quorum of {} from {} approvers can never be met",
-                gate.quorum,
-                list.len()
-            ),
-            "lower the quorum or list more approvers",
-        ));
+        // `A@x` and `a@x` are one approver.
+        let distinct = crate::text::normalize_emails(list).len();
+        if (gate.quorum as usize) > distinct {
+            problems.push(Problem::new(
+                sid,
+                "gate.quorum",
+                format!(
+                    "a quorum of {} from {distinct} different approvers can never be met",
+                    gate.quorum
+                ),
+                "lower the quorum or list more approvers",
+            ));
+        }
     }
     for (field, d) in [
         ("gate.expires_in", gate.expires_in),
@@ -1169,6 +1171,18 @@ steps:
             );
         }
         load("name: w\ninputs: {password: {type: string, secret: true, required: false}}\nsteps:\n  - {id: a, op: noop}\n").unwrap();
+    }
+
+    #[test]
+    fn approvers_differing_only_in_case_count_once() {
+        let err = problems(
+            "name: w\nsteps:\n  - id: g\n    gate: {approvers: [Lead@MSP.example, lead@msp.example], quorum: 2}\n",
+        );
+        assert!(
+            err.contains("gate.quorum: a quorum of 2 from 1 different approvers can never be met"),
+            "{err}"
+        );
+        load("name: w\nsteps:\n  - id: g\n    gate: {approvers: [Lead@MSP.example, b@msp.example], quorum: 2}\n").unwrap();
     }
 
     #[test]

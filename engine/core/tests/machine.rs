@@ -788,6 +788,36 @@ fn a_gate_waits_for_a_quorum_of_other_approvers() {
 }
 
 #[test]
+fn may_decide_is_the_check_the_machine_applies() {
+    let approvers = ["alice@msp".to_owned(), "tech@msp".to_owned()];
+    assert_eq!(
+        steward_core::may_decide("approval", &approvers, "Tech@MSP", " ALICE@msp "),
+        Ok("alice@msp".to_owned())
+    );
+    let err =
+        steward_core::may_decide("approval", &approvers, " tech@msp", "TECH@msp").unwrap_err();
+    assert_eq!(
+        err,
+        "tech@msp asked for this run and cannot approve it; another approver must decide"
+    );
+    let err = steward_core::may_decide("approval", &approvers, "tech@msp", "eve@x").unwrap_err();
+    assert_eq!(
+        err,
+        "eve@x is not an approver of gate `approval` (its approvers: alice@msp, tech@msp)"
+    );
+    // The machine refuses with the same words.
+    let mut env = Env::new(GATED);
+    env.start();
+    env.succeed("prep");
+    open_gate(&mut env, &["alice@msp", "bob@msp", "tech@msp"], &[]);
+    let err = decide(&mut env, "eve@x", true).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "eve@x is not an approver of gate `approval` (its approvers: alice@msp, bob@msp, tech@msp)"
+    );
+}
+
+#[test]
 fn a_rejection_ends_the_run_and_undoes_what_came_before() {
     let mut env = Env::new(GATED);
     env.start();
