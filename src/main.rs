@@ -272,7 +272,8 @@ struct ServeArgs {
     /// The folder of workflow files the API offers (http.workflows).
     #[arg(long)]
     workflows: Option<String>,
-    /// Seconds between looks for due timers when none were due, e.g. `100ms`.
+    /// How long the scheduler waits between looks for due timers when none were due, e.g.
+    /// `100ms` (scheduler.tick).
     #[arg(long)]
     tick: Option<steward_schemas::Dur>,
 }
@@ -416,6 +417,21 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// Approval links start with `http.public-url`, or else with the listen address: refuses a
+/// listen address on every interface (0.0.0.0, ::) without a public URL, which would make links
+/// that lead nowhere.
+fn check_public_url(config: &Config) -> Result<()> {
+    if config.http.public_url.is_none()
+        && let Ok(addr) = config.http.listen.parse::<std::net::SocketAddr>()
+        && addr.ip().is_unspecified()
+    {
+        bail!(
+            "http.public-url is not set and the API listens on {addr} (every interface), so approval links would start with http://{addr}; set http.public-url to the URL technicians reach the API at (STEWARD_HTTP__PUBLIC_URL=https://steward.msp.example, or public-url under [http] in the config file)"
+        );
+    }
+    Ok(())
+}
+
 fn scheduler_config(config: &Config) -> SchedulerConfig {
     SchedulerConfig {
         tick: config.scheduler.tick.get(),
@@ -533,6 +549,8 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                     if let Some(w) = args.workflows {
                         config.http.workflows = w;
                     }
+                    config.validate()?;
+                    check_public_url(&config)?;
                     let store = connect(&config).await?;
                     let registry = Arc::new(Registry::builtin());
                     let workflows =

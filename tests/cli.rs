@@ -704,3 +704,28 @@ async fn bench_uses_a_named_redis_only_and_cleans_up() -> Result<()> {
     );
     Ok(())
 }
+
+/// `serve` checks its flags like the config file, and refuses links that would lead nowhere.
+#[test]
+fn serve_refuses_a_zero_tick_and_links_to_every_interface() {
+    let out = Command::new(BIN)
+        .args(["serve", "--tick", "0ms"])
+        .output()
+        .expect("steward runs");
+    let t = text(&out);
+    assert!(!out.status.success() && t.contains("scheduler.tick"), "{t}");
+    for listen in ["0.0.0.0:0", "[::]:0"] {
+        let out = Command::new(BIN)
+            .args(["serve", "--listen", listen])
+            .env_remove("STEWARD_HTTP__PUBLIC_URL")
+            .output()
+            .expect("steward runs");
+        let t = text(&out);
+        assert!(
+            !out.status.success()
+                && t.contains("http.public-url is not set")
+                && t.contains("STEWARD_HTTP__PUBLIC_URL="),
+            "{t}"
+        );
+    }
+}
