@@ -106,7 +106,7 @@ fn check_auth(st: &SandboxState, headers: &HeaderMap) -> Result<(), Response> {
         return Err(at_error(StatusCode::UNAUTHORIZED, "Unauthorized"));
     };
     let h = |k: &str| headers.get(k).and_then(|v| v.to_str().ok());
-    let ok = h("apiintegrationcode").is_some_and(|c| c == at.integration_code)
+    let ok = h("apiintegrationcode").is_some_and(|c| at.integration_code.matches(c))
         && h("username").is_some_and(|u| u.eq_ignore_ascii_case(&at.username))
         && h("secret").is_some_and(|s| at.secret.matches(s));
     if ok {

@@ -31,6 +31,7 @@ use crate::State as SandboxState;
 use crate::http::{AppState, Ctx, form_get, parse_form, parse_json, query_pairs};
 use crate::ledger::{Correlation, Mutation};
 use crate::runner::{self, RunError, RunResult};
+use crate::secret::SecretText;
 use crate::world::{Company, RmmDevice, Site};
 
 pub(crate) const TOKEN_HOURS: i64 = 100;
@@ -66,8 +67,7 @@ pub(crate) struct Job {
     pub(crate) company: String,
     pub(crate) component_uid: String,
     pub(crate) component_name: String,
-    #[serde(serialize_with = "redact_variables")]
-    pub(crate) variables: Vec<(String, String)>,
+    pub(crate) variables: Variables,
     pub(crate) created_at: DateTime<Utc>,
     /// `active` until the agent finished, then `completed`.
     pub(crate) status: String,
@@ -79,33 +79,80 @@ pub(crate) struct Job {
     pub(crate) callback: Option<CallbackOutcome>,
 }
 
+/// A quick job's variables, in the order given. A variable whose name says it holds a secret
+/// (`token`, `secret`, `password`, e.g. `steward_job_token`) leaves the agent only as
+/// `[redacted]`: in `Debug`, in `/admin/jobs` (`Serialize`) and in the ledger, where its digest
+/// feeds the fingerprint instead. [`Variables::redacted`] is the one place that decides it.
+#[derive(Clone, Default)]
+pub(crate) struct Variables(Vec<(String, String)>);
+
 fn is_secret_var(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
     n.contains("token") || n.contains("secret") || n.contains("password")
 }
 
-fn redact_variables<S: Serializer>(vars: &[(String, String)], s: S) -> Result<S::Ok, S::Error> {
-    let v: Vec<Value> = vars
-        .iter()
-        .map(|(k, v)| {
-            let v = if is_secret_var(k) {
-                crate::secret::REDACTED
-            } else {
-                v
-            };
-            json!({"name": k, "value": v})
-        })
-        .collect();
-    v.serialize(s)
-}
-
-impl Job {
-    fn var(&self, name: &str) -> Option<&str> {
-        self.variables
+impl Variables {
+    /// A non-empty variable's value, for the agent.
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
             .filter(|v| !v.is_empty())
+    }
+
+    /// `[{"name", "value"}]` with secret values replaced by `[redacted]`.
+    pub(crate) fn redacted(&self) -> Vec<Value> {
+        self.0
+            .iter()
+            .map(|(k, v)| {
+                let v = if is_secret_var(k) {
+                    crate::secret::REDACTED
+                } else {
+                    v
+                };
+                json!({"name": k, "value": v})
+            })
+            .collect()
+    }
+
+    /// `[{"name", "value"}]` as given, for the caller's own view of its job (Datto's API
+    /// returns the variables it was sent).
+    fn plain(&self) -> Vec<Value> {
+        self.0
+            .iter()
+            .map(|(k, v)| json!({"name": k, "value": v}))
+            .collect()
+    }
+
+    /// The fingerprint of the secret variables (names and values), so two jobs that differ only
+    /// in a secret are different changes in the ledger.
+    fn secret_fingerprint(&self) -> Option<String> {
+        let secrets: Vec<&(String, String)> =
+            self.0.iter().filter(|(k, _)| is_secret_var(k)).collect();
+        if secrets.is_empty() {
+            return None;
+        }
+        let text = serde_json::to_string(&secrets).unwrap_or_default();
+        Some(crate::secret::Secret::new(&text).fingerprint())
+    }
+}
+
+impl std::fmt::Debug for Variables {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.redacted()).finish()
+    }
+}
+
+impl Serialize for Variables {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.redacted().serialize(s)
+    }
+}
+
+impl Job {
+    fn var(&self, name: &str) -> Option<&str> {
+        self.variables.get(name)
     }
 }
 
@@ -222,7 +269,7 @@ async fn token(State(shared): State<AppState>, headers: HeaderMap, body: Bytes) 
     let Some(account) = &st.world.datto else {
         return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "Bad credentials");
     };
-    let ok = form_get(&form, "username").is_some_and(|u| u == account.api_key)
+    let ok = form_get(&form, "username").is_some_and(|u| account.api_key.matches(u))
         && form_get(&form, "password").is_some_and(|p| account.api_secret.matches(p));
     if !ok {
         return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "Bad credentials");
@@ -551,7 +598,7 @@ fn job_components_json(j: &Job) -> Value {
     json!([{
         "uid": j.component_uid,
         "name": j.component_name,
-        "variables": j.variables.iter().map(|(k, v)| json!({"name": k, "value": v})).collect::<Vec<_>>(),
+        "variables": j.variables.plain(),
     }])
 }
 
@@ -600,6 +647,7 @@ async fn quickjob(
             }
             Some(_) => return bad("jobComponent.variables must be an array."),
         }
+        let variables = Variables(variables);
         let Some(company) = st
             .world
             .companies
@@ -666,21 +714,20 @@ async fn quickjob(
         let details = json!({
             "jobName": job_name,
             "componentUid": component_uid,
-            "variables": variables.iter().map(|(k, v)| json!({"name": k, "value": if is_secret_var(k) { crate::secret::REDACTED } else { v }})).collect::<Vec<_>>(),
+            "variables": variables.redacted(),
         });
+        let mut m = ctx.mutation(
+            "datto",
+            &company,
+            "datto.quickjob",
+            Some(&device_uid),
+            details,
+        );
+        m.secret_fingerprint = variables.secret_fingerprint();
         if let Some(d) = st.world.datto.as_mut() {
             d.jobs.push(job);
         }
-        st.ledger.record(
-            ctx.mutation(
-                "datto",
-                &company,
-                "datto.quickjob",
-                Some(&device_uid),
-                details,
-            ),
-            now,
-        );
+        st.ledger.record(m, now);
         response
     };
     shared.ensure_workers();
@@ -843,7 +890,7 @@ struct Ticket {
     component_name: String,
     script_url: Option<String>,
     callback_url: Option<String>,
-    token: Option<String>,
+    token: Option<SecretText>,
     correlation: Option<Correlation>,
     epoch: u64,
 }
@@ -885,7 +932,7 @@ fn take_next(shared: &crate::Shared) -> Option<Ticket> {
         component_name: j.component_name.clone(),
         script_url: j.var(runner::SCRIPT_URL_VAR).map(str::to_owned),
         callback_url: j.var(runner::CALLBACK_URL_VAR).map(str::to_owned),
-        token: j.var(runner::JOB_TOKEN_VAR).map(str::to_owned),
+        token: j.var(runner::JOB_TOKEN_VAR).map(SecretText::new),
         correlation: j.correlation.clone(),
         epoch,
     })
@@ -968,7 +1015,9 @@ async fn run_job(s: &crate::Shared, t: Ticket) {
         finished_at,
     };
     let callback = match &t.callback_url {
-        Some(url) => Some(post_callback(s, url, t.token.as_deref(), &run).await),
+        Some(url) => {
+            Some(post_callback(s, url, t.token.as_ref().map(SecretText::expose), &run).await)
+        }
         None => None,
     };
     let (mut st, _) = s.lock();
@@ -1000,7 +1049,7 @@ async fn fetch_script(s: &crate::Shared, t: &Ticket) -> Result<String, RunError>
     };
     let mut req = s.http.get(url);
     if let Some(tok) = &t.token {
-        req = req.bearer_auth(tok);
+        req = req.bearer_auth(tok.expose());
     }
     match req.send().await {
         Ok(r) if r.status().is_success() => r
@@ -1103,4 +1152,45 @@ async fn post_callback(
         "runner callback was not accepted"
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_variables_are_redacted_everywhere_but_feed_the_fingerprint() {
+        let vars = |token: &str| {
+            Variables(vec![
+                ("steward_script_url".to_owned(), "http://h/s/1".to_owned()),
+                ("steward_job_token".to_owned(), token.to_owned()),
+                ("Admin_Password".to_owned(), "Pa55word!".to_owned()),
+            ])
+        };
+        let v = vars("tok-1234");
+        for text in [
+            format!("{v:?}"),
+            serde_json::to_string(&v).unwrap(),
+            json!(v.redacted()).to_string(),
+        ] {
+            assert!(
+                !text.contains("tok-1234") && !text.contains("Pa55word!"),
+                "{text}"
+            );
+            assert!(text.contains("http://h/s/1"), "{text}");
+        }
+        assert_eq!(v.get("steward_job_token"), Some("tok-1234"));
+        assert_eq!(
+            v.secret_fingerprint(),
+            vars("tok-1234").secret_fingerprint()
+        );
+        assert_ne!(
+            v.secret_fingerprint(),
+            vars("tok-5678").secret_fingerprint()
+        );
+        assert_eq!(
+            Variables(vec![("a".to_owned(), "b".to_owned())]).secret_fingerprint(),
+            None
+        );
+    }
 }

@@ -8,9 +8,10 @@
 use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::ids;
+use crate::secret::SecretText;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -40,7 +41,7 @@ pub(crate) type Result<T, E = Error> = std::result::Result<T, E>;
 /// The built-in fixture used when `Options::fixture` is `None` (also `fixtures/msp.yaml`).
 pub(crate) const DEFAULT_FIXTURE: &str = include_str!("../fixtures/msp.yaml");
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Fixture {
     #[serde(default)]
@@ -52,7 +53,7 @@ pub(crate) struct Fixture {
     pub(crate) companies: Vec<CompanyFx>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PartnerFx {
     #[serde(default)]
@@ -63,11 +64,11 @@ pub(crate) struct PartnerFx {
     pub(crate) refresh_tokens: Vec<RefreshTokenFx>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AppFx {
     pub(crate) client_id: String,
-    pub(crate) client_secret: String,
+    pub(crate) client_secret: SecretText,
     #[serde(default = "default_app_name")]
     pub(crate) display_name: String,
 }
@@ -76,21 +77,21 @@ fn default_app_name() -> String {
     "Steward".to_owned()
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RefreshTokenFx {
-    pub(crate) token: String,
+    pub(crate) token: SecretText,
     pub(crate) client_id: String,
     pub(crate) user: String,
     #[serde(default)]
     pub(crate) issued_days_ago: u32,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct DattoFx {
-    pub(crate) api_key: String,
-    pub(crate) api_secret: String,
+    pub(crate) api_key: SecretText,
+    pub(crate) api_secret: SecretText,
     #[serde(default = "default_rate_limit")]
     pub(crate) rate_limit_per_minute: u32,
     /// How long (sandbox clock) a quick job waits before the agent picks it up; real quick jobs
@@ -105,7 +106,7 @@ fn default_rate_limit() -> u32 {
     600
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ComponentFx {
     pub(crate) uid: String,
@@ -117,19 +118,19 @@ pub(crate) struct ComponentFx {
     pub(crate) variables: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AutotaskFx {
     pub(crate) username: String,
-    pub(crate) secret: String,
-    pub(crate) integration_code: String,
+    pub(crate) secret: SecretText,
+    pub(crate) integration_code: SecretText,
     #[serde(default)]
     pub(crate) webhook_guid: Option<String>,
     #[serde(default)]
     pub(crate) tickets: Vec<TicketFx>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct TicketFx {
     pub(crate) id: i64,
@@ -156,7 +157,7 @@ fn default_ticket_status() -> i64 {
     1
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CompanyFx {
     pub(crate) id: String,
@@ -174,7 +175,7 @@ pub(crate) struct CompanyFx {
     pub(crate) rmm_site: Option<SiteFx>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct TenantFx {
     pub(crate) id: String,
@@ -201,7 +202,7 @@ fn default_mailbox_delay() -> u64 {
     300
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SkuFx {
     pub(crate) sku_id: String,
@@ -214,21 +215,21 @@ pub(crate) struct SkuFx {
     pub(crate) service_plans: Vec<ServicePlanFx>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ServicePlanFx {
     pub(crate) id: String,
     pub(crate) name: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum MailboxKindFx {
     User,
     Shared,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct UserFx {
     pub(crate) upn: String,
@@ -274,7 +275,7 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AuthMethodFx {
     /// One of the Graph method kinds: microsoftAuthenticator, phone, fido2, softwareOath,
@@ -284,7 +285,7 @@ pub(crate) struct AuthMethodFx {
     pub(crate) display_name: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct MobileDeviceFx {
     pub(crate) friendly_name: String,
@@ -294,7 +295,7 @@ pub(crate) struct MobileDeviceFx {
     pub(crate) os: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum GroupKindFx {
     Security,
@@ -304,7 +305,7 @@ pub(crate) enum GroupKindFx {
     DynamicSecurity,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct GroupFx {
     pub(crate) display_name: String,
@@ -322,7 +323,7 @@ pub(crate) struct GroupFx {
     pub(crate) members: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct DeviceFx {
     pub(crate) device_name: String,
@@ -347,7 +348,7 @@ fn default_compliance() -> String {
     "compliant".to_owned()
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AdFx {
     /// DNS name of the AD domain, e.g. `contoso.local`.
@@ -370,7 +371,7 @@ fn default_min_password() -> usize {
     8
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AdUserFx {
     pub(crate) sam: String,
@@ -409,14 +410,14 @@ pub(crate) struct AdUserFx {
     pub(crate) auth_methods: Vec<AuthMethodFx>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum AdGroupCategoryFx {
     Security,
     Distribution,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AdGroupFx {
     pub(crate) name: String,
@@ -434,7 +435,7 @@ fn default_category() -> AdGroupCategoryFx {
     AdGroupCategoryFx::Security
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct EntraConnectFx {
     pub(crate) server: String,
@@ -454,14 +455,14 @@ fn default_sync_interval() -> u64 {
     30
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum ExchangeModeFx {
     Hybrid,
     OnPrem,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ExchangeServerFx {
     pub(crate) server: String,
@@ -474,7 +475,7 @@ pub(crate) struct ExchangeServerFx {
     pub(crate) double_hop_configured: bool,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SiteFx {
     pub(crate) uid: String,
@@ -483,7 +484,7 @@ pub(crate) struct SiteFx {
     pub(crate) devices: Vec<RmmDeviceFx>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RmmDeviceFx {
     pub(crate) uid: String,
@@ -1016,6 +1017,22 @@ fn validate_ad(
                 ));
             }
         }
+        for (mi, m) in u.auth_methods.iter().enumerate() {
+            if !AUTH_METHOD_KINDS.contains(&m.kind.as_str()) {
+                return Err(bad(
+                    format!("{up}.auth_methods[{mi}].kind"),
+                    format!("unknown method kind '{}'", m.kind),
+                    &format!("use one of {}", AUTH_METHOD_KINDS.join(", ")),
+                ));
+            }
+            if !u.synced {
+                return Err(bad(
+                    format!("{up}.auth_methods"),
+                    "only a synced user has a cloud account to register methods on".to_owned(),
+                    "set synced: true (or remove auth_methods)",
+                ));
+            }
+        }
         for (li, l) in u.licenses.iter().enumerate() {
             if !skus.contains(l.as_str()) {
                 return Err(bad(
@@ -1082,6 +1099,27 @@ mod tests {
     fn built_in_fixture_loads() {
         let f = Fixture::load(None).unwrap();
         assert!(f.companies.len() >= 2);
+    }
+
+    #[test]
+    fn debug_never_prints_a_credential() {
+        let f = Fixture::load(None).unwrap();
+        let text = format!("{f:?}");
+        for secret in [
+            "sandbox-client-secret-steward",
+            "sandbox-refresh-token-partner-tech",
+            "SANDBOXDATTOKEY",
+            "sandbox-datto-secret",
+            "sandbox-autotask-secret",
+            "SANDBOXINTEGRATIONCODE",
+        ] {
+            assert!(
+                DEFAULT_FIXTURE.contains(secret),
+                "{secret} left the fixture"
+            );
+            assert!(!text.contains(secret), "Debug prints {secret}");
+        }
+        assert!(text.contains("steward-api@examplemsp.com"));
     }
 
     #[test]

@@ -66,7 +66,7 @@ impl TokenStore {
         let mut s = Self::default();
         for t in &fx.partner.refresh_tokens {
             s.refresh.insert(
-                digest(&t.token),
+                digest(t.token.expose()),
                 RefreshToken {
                     client_id: t.client_id.clone(),
                     user: t.user.clone(),

@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::runner::{Op, Script};
-use crate::secret::{REDACTED, Secret};
+use crate::secret::{REDACTED, SecretText};
 use crate::world::{
     AdForest, AdUser, Company, ExchangeMode, MailboxKind, OnPremMailbox, Password, RemoteMailbox,
 };
@@ -217,7 +217,7 @@ struct NewUser {
     sam_account_name: String,
     user_principal_name: String,
     path: String,
-    password: String,
+    password: SecretText,
     #[serde(default)]
     name: Option<String>,
     #[serde(default)]
@@ -314,8 +314,8 @@ fn ad_new_user(c: &mut Company, seed: u64, p: NewUser, now: DateTime<Utc>) -> Op
     let usn = f.bump();
     let guid_bytes =
         crate::ids::guid_bytes(seed, &["aduser-new", &f.domain, &sam, &usn.to_string()]);
-    let policy_ok = password_meets_policy(f, &p.password);
-    let secret = Secret::new(&p.password);
+    let policy_ok = password_meets_policy(f, p.password.expose());
+    let secret = p.password.digest();
     // New-ADUser creates the account first and sets the password second: a password the domain
     // refuses leaves a disabled account behind, and the cmdlet reports the password error.
     let user = AdUser {
@@ -446,7 +446,7 @@ fn ad_set_enabled(c: &mut Company, p: SetEnabled) -> OpResult {
 #[serde(deny_unknown_fields)]
 struct ResetPassword {
     identity: String,
-    password: String,
+    password: SecretText,
     #[serde(default = "yes")]
     change_password_at_logon: bool,
     #[serde(default)]
@@ -459,11 +459,11 @@ fn ad_reset_password(c: &mut Company, p: ResetPassword, now: DateTime<Utc>) -> O
     let f = forest(c, &p.server)?;
     let i = find_user(f, &p.identity)
         .ok_or_else(|| not_found("Set-ADAccountPassword", &p.identity, f))?;
-    if !password_meets_policy(f, &p.password) {
+    if !password_meets_policy(f, p.password.expose()) {
         return Err(password_error("Set-ADAccountPassword"));
     }
     let usn = f.bump();
-    let secret = Secret::new(&p.password);
+    let secret = p.password.digest();
     let u = &mut f.users[i];
     u.password = Some(Password {
         value: secret.clone(),

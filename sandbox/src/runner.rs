@@ -142,11 +142,22 @@ impl Op {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Script {
     pub(crate) op: Op,
     pub(crate) version: u32,
+    /// May carry a password (`ad.new_user`, `ad.reset_password`), so `Debug` shows only its keys.
     pub(crate) payload: Map<String, Value>,
+}
+
+impl std::fmt::Debug for Script {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Script")
+            .field("op", &self.op)
+            .field("version", &self.version)
+            .field("payload_keys", &self.payload.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -313,6 +324,20 @@ mod tests {
         assert_eq!(parsed.version, 1);
         assert_eq!(parsed.payload["sam_account_name"], "jdoe");
         assert_eq!(Op::AdNewUser.name(), "ad.new_user");
+    }
+
+    #[test]
+    fn debug_shows_the_payload_keys_not_the_values() {
+        let s = build_script(
+            "ad.reset_password@1",
+            &json!({"identity": "jdoe", "password": "Hunter2!pass"}),
+        );
+        let text = format!("{:?}", parse_script(&s).unwrap());
+        assert!(!text.contains("Hunter2!pass"), "{text}");
+        assert!(
+            text.contains("password") && text.contains("AdResetPassword"),
+            "{text}"
+        );
     }
 
     #[test]

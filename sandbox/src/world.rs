@@ -537,7 +537,8 @@ pub(crate) struct Component {
 
 #[derive(Debug, Serialize)]
 pub(crate) struct DattoAccount {
-    pub(crate) api_key: String,
+    /// Datto calls it a key, but together with the secret it is the account's password grant.
+    pub(crate) api_key: Secret,
     pub(crate) api_secret: Secret,
     pub(crate) rate_limit_per_minute: u32,
     pub(crate) job_start_delay_seconds: i64,
@@ -579,13 +580,32 @@ pub(crate) struct TicketNote {
 pub(crate) struct AutotaskAccount {
     pub(crate) username: String,
     pub(crate) secret: Secret,
-    pub(crate) integration_code: String,
+    pub(crate) integration_code: Secret,
     pub(crate) webhook_guid: String,
     pub(crate) tickets: Vec<Ticket>,
     pub(crate) notes: Vec<TicketNote>,
     pub(crate) next_note_id: i64,
     pub(crate) next_ticket_id: i64,
     pub(crate) webhook_sequence: i64,
+}
+
+/// A fixture user's authentication methods, registered well before the sandbox starts.
+fn auth_methods_from(
+    seed: u64,
+    user_id: &str,
+    methods: &[fixture::AuthMethodFx],
+    now: DateTime<Utc>,
+) -> Vec<AuthMethod> {
+    methods
+        .iter()
+        .enumerate()
+        .map(|(i, m)| AuthMethod {
+            id: ids::guid(seed, &["authm", user_id, &i.to_string()]),
+            kind: m.kind.clone(),
+            display_name: m.display_name.clone(),
+            created_at: now - Duration::days(200),
+        })
+        .collect()
 }
 
 pub(crate) fn domain_dn(dns: &str) -> String {
@@ -608,15 +628,15 @@ impl World {
                     .iter()
                     .map(|a| App {
                         client_id: a.client_id.clone(),
-                        client_secret: Secret::new(&a.client_secret),
+                        client_secret: a.client_secret.digest(),
                         display_name: a.display_name.clone(),
                     })
                     .collect(),
             },
             companies: Vec::new(),
             datto: fx.datto.as_ref().map(|d| DattoAccount {
-                api_key: d.api_key.clone(),
-                api_secret: Secret::new(&d.api_secret),
+                api_key: d.api_key.digest(),
+                api_secret: d.api_secret.digest(),
                 rate_limit_per_minute: d.rate_limit_per_minute,
                 job_start_delay_seconds: i64::try_from(d.job_start_delay_seconds)
                     .unwrap_or(i64::MAX),
@@ -661,8 +681,8 @@ impl World {
                 let next_ticket_id = tickets.iter().map(|t| t.id).max().unwrap_or(1000) + 1;
                 AutotaskAccount {
                     username: a.username.clone(),
-                    secret: Secret::new(&a.secret),
-                    integration_code: a.integration_code.clone(),
+                    secret: a.secret.digest(),
+                    integration_code: a.integration_code.digest(),
                     webhook_guid: a
                         .webhook_guid
                         .clone()
@@ -760,17 +780,7 @@ impl World {
             if mailbox_wanted.is_some() {
                 props.insert("mail".into(), json!(u.upn));
             }
-            let auth_methods = u
-                .auth_methods
-                .iter()
-                .enumerate()
-                .map(|(i, m)| AuthMethod {
-                    id: ids::guid(seed, &["authm", &id, &i.to_string()]),
-                    kind: m.kind.clone(),
-                    display_name: m.display_name.clone(),
-                    created_at: now - Duration::days(200),
-                })
-                .collect();
+            let auth_methods = auth_methods_from(seed, &id, &u.auth_methods, now);
             let user = User {
                 id: id.clone(),
                 props,
@@ -987,8 +997,18 @@ impl World {
                 &group_names,
                 true,
             );
-            // Fixture licences of synced users.
+            // Fixture authentication methods and licences of synced users.
             for u in &ad.users {
+                if !u.auth_methods.is_empty() {
+                    if let Some(eu) = company
+                        .tenant
+                        .users
+                        .iter_mut()
+                        .find(|x| x.upn().eq_ignore_ascii_case(&u.upn))
+                    {
+                        eu.auth_methods = auth_methods_from(seed, &eu.id, &u.auth_methods, now);
+                    }
+                }
                 if u.licenses.is_empty() {
                     continue;
                 }

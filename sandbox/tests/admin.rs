@@ -88,11 +88,15 @@ async fn snapshots_never_carry_secrets() -> Result<()> {
         CLIENT_SECRET,
         "sandbox-datto-secret",
         "sandbox-autotask-secret",
+        "SANDBOXDATTOKEY",
+        "SANDBOXINTEGRATIONCODE",
         PARTNER_RT,
         &g.token,
     ] {
         assert!(!text.contains(secret), "snapshot leaks a secret");
     }
+    // The Autotask API user's name is not a secret.
+    assert_eq!(all["autotask"]["username"], "steward-api@examplemsp.com");
     assert!(text.contains("[redacted]"));
     let (_, tokens) = admin(&sb, "GET", "/tokens", None).await?;
     assert!(!tokens.to_string().contains(PARTNER_RT));
@@ -261,5 +265,93 @@ async fn bad_fixtures_name_file_path_and_fix() -> Result<()> {
     .unwrap_err()
     .to_string();
     assert!(err.contains("together"), "{err}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_wipe_unlock_code_reaches_the_ledger_only_as_a_digest() -> Result<()> {
+    let sb = sandbox().await?;
+    let g = Graph::new(&sb, CONTOSO_TENANT).await?;
+    let (_, devs) = g
+        .call("GET", "/users/adele.vance@contoso.com/managedDevices", None)
+        .await?;
+    let wipe = format!(
+        "/deviceManagement/managedDevices/{}/wipe",
+        devs["value"][0]["id"].as_str().unwrap()
+    );
+    for pin in ["482913", "482913", "771204"] {
+        let (s, b) = g
+            .call(
+                "POST",
+                &wipe,
+                Some(json!({"keepEnrollmentData": false, "keepUserData": false, "macOsUnlockCode": pin})),
+            )
+            .await?;
+        assert_eq!(s, 204, "{b}");
+    }
+    let entries = ledger(&sb).await?;
+    let text = serde_json::to_string(&entries)?;
+    assert!(
+        !text.contains("482913") && !text.contains("771204"),
+        "{text}"
+    );
+    assert_eq!(entries.len(), 3);
+    assert_eq!(entries[0]["details"]["macOsUnlockCode"], "[redacted]");
+    assert_eq!(entries[0]["details"]["keepUserData"], false);
+    // The same PIN again is a repeat; a different PIN is a different wipe.
+    let dup: Vec<&Value> = entries.iter().map(|e| &e["duplicate"]).collect();
+    assert_eq!(dup, vec![&json!(false), &json!(true), &json!(false)]);
+    // No PIN stays null (nothing to redact).
+    let (s, _) = g
+        .call("POST", &wipe, Some(json!({"macOsUnlockCode": null})))
+        .await?;
+    assert_eq!(s, 204);
+    let entries = ledger(&sb).await?;
+    assert!(entries[3]["details"]["macOsUnlockCode"].is_null());
+    Ok(())
+}
+
+#[tokio::test]
+async fn quick_jobs_differing_only_in_their_job_token_are_not_duplicates() -> Result<()> {
+    let sb = sandbox().await?;
+    let d = Datto::new(&sb).await?;
+    // The jobs only need to be created; holding keeps the agent from running them.
+    assert_eq!(admin(&sb, "POST", "/jobs/hold", None).await?.0, 200);
+    let job = |token: &str| {
+        json!({"jobName": "steward x", "jobComponent": {"componentUid": RUNNER_COMPONENT, "variables": [
+            {"name": "steward_script_url", "value": "http://127.0.0.1:9/scripts/x"},
+            {"name": "steward_job_token", "value": token},
+        ]}})
+    };
+    for token in ["tok-first-1111", "tok-first-1111", "tok-second-2222"] {
+        let (s, b) = d
+            .call(
+                "PUT",
+                &format!("/device/{FAB_RUNNER}/quickjob"),
+                Some(job(token)),
+            )
+            .await?;
+        assert_eq!(s, 200, "{b}");
+    }
+    let entries = ledger(&sb).await?;
+    let text = serde_json::to_string(&entries)?;
+    assert!(
+        !text.contains("tok-first") && !text.contains("tok-second"),
+        "{text}"
+    );
+    assert_eq!(entries.len(), 3);
+    assert_eq!(entries[0]["details"]["variables"][1]["value"], "[redacted]");
+    assert_eq!(
+        entries[0]["details"]["variables"][0]["value"],
+        "http://127.0.0.1:9/scripts/x"
+    );
+    let dup: Vec<&Value> = entries.iter().map(|e| &e["duplicate"]).collect();
+    assert_eq!(dup, vec![&json!(false), &json!(true), &json!(false)]);
+    let (_, jobs) = admin(&sb, "GET", "/jobs", None).await?;
+    let text = jobs.to_string();
+    assert!(
+        !text.contains("tok-first") && !text.contains("tok-second"),
+        "{text}"
+    );
     Ok(())
 }

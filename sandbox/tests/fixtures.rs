@@ -69,3 +69,60 @@ async fn single_company_fixtures_have_what_they_promise() -> Result<()> {
     assert_eq!(g.call("GET", "/users", None).await?.0, 200);
     Ok(())
 }
+
+#[tokio::test]
+async fn synced_users_get_their_fixture_auth_methods() -> Result<()> {
+    let f = fixture_variant(|t| {
+        t.replace(
+            "          licenses: [SPB]\n          usage_location: US\n        - sam: ckim",
+            "          licenses: [SPB]\n          usage_location: US\n          auth_methods:\n            - { kind: microsoftAuthenticator, display_name: Galaxy S24 }\n        - sam: ckim",
+        )
+    })?;
+    let sb = sandbox_with(Options {
+        fixture: Some(f.path().to_owned()),
+        ..Options::default()
+    })
+    .await?;
+    let g = Graph::new(&sb, FABRIKAM_TENANT).await?;
+    let (s, b) = g
+        .call(
+            "GET",
+            "/users/bob.smith@fabrikam.com/authentication/methods",
+            None,
+        )
+        .await?;
+    assert_eq!(s, 200, "{b}");
+    let kinds: Vec<&str> = b["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["@odata.type"].as_str())
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            "#microsoft.graph.passwordAuthenticationMethod",
+            "#microsoft.graph.microsoftAuthenticatorAuthenticationMethod"
+        ]
+    );
+    assert_eq!(b["value"][1]["displayName"], "Galaxy S24");
+
+    // A method on an AD user that never reaches the cloud is a fixture error, not ignored.
+    let f = fixture_variant(|t| {
+        t.replace(
+            "        - sam: ckim\n",
+            "        - sam: ckim\n          synced: false\n          auth_methods: [{ kind: phone }]\n",
+        )
+    })?;
+    let err = Sandbox::new(Options {
+        fixture: Some(f.path().to_owned()),
+        ..Options::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("auth_methods") && err.contains("synced"),
+        "{err}"
+    );
+    Ok(())
+}

@@ -15,6 +15,7 @@ use super::{
 };
 use crate::http::{AppState, Ctx, parse_json};
 use crate::ledger::CORRELATION_HEADER;
+use crate::secret::{REDACTED, Secret};
 use crate::world::{ROLE_DEFINITIONS, RoleAssignment};
 
 const SKUS: EntitySet = EntitySet {
@@ -127,6 +128,9 @@ pub(super) async fn get_device(
     ))
 }
 
+/// The wipe parameter that carries a secret.
+const UNLOCK_CODE: &str = "macOsUnlockCode";
+
 async fn device_action(
     shared: AppState,
     id: String,
@@ -145,7 +149,7 @@ async fn device_action(
                 const WIPE: &[(&str, bool)] = &[
                     ("keepEnrollmentData", true),
                     ("keepUserData", true),
-                    ("macOsUnlockCode", false),
+                    (UNLOCK_CODE, false),
                     ("persistEsimDataPlan", true),
                 ];
                 for (k, v) in &m {
@@ -181,16 +185,24 @@ async fn device_action(
         "retirePending".to_owned()
     };
     let did = d.id.clone();
-    st.ledger.record(
-        ctx.mutation(
-            "graph",
-            &caller.company,
-            &format!("device.{action}"),
-            Some(&did),
-            params,
-        ),
-        now,
+    // The unlock code is the Mac's firmware PIN: the ledger keeps only its digest.
+    let mut params = params;
+    let mut secret_fingerprint = None;
+    if let Some(code) = params.get_mut(UNLOCK_CODE) {
+        if let Some(pin) = code.as_str() {
+            secret_fingerprint = Some(Secret::new(pin).fingerprint());
+            *code = json!(REDACTED);
+        }
+    }
+    let mut m = ctx.mutation(
+        "graph",
+        &caller.company,
+        &format!("device.{action}"),
+        Some(&did),
+        params,
     );
+    m.secret_fingerprint = secret_fingerprint;
+    st.ledger.record(m, now);
     Ok(no_content())
 }
 
