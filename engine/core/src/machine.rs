@@ -20,8 +20,9 @@ use crate::plan::Plan;
 use crate::retry::jitter_sample;
 use crate::text::{normalize_email, normalize_emails};
 
-/// How long an escalated gate waits when neither expiry is set.
-pub const DEFAULT_GATE_EXPIRY: std::time::Duration = std::time::Duration::from_secs(72 * 3600);
+/// How long a gate waits for a decision when nothing else says: an escalated gate whose workflow
+/// sets neither expiry, and the gate a company's policy inserts.
+pub const DEFAULT_GATE_EXPIRY: steward_schemas::Dur = steward_schemas::Dur::secs(72 * 3600);
 
 /// Whether `by` may decide gate `step`, whose approvers are now `approvers` (normalised, as an
 /// open gate holds them), in a run `requested_by` asked for. `Ok` holds `by` normalised; `Err`
@@ -527,6 +528,28 @@ impl Machine<'_> {
         }
     }
 
+    /// [`Self::fenced`], recording why a stale report is ignored.
+    fn current(&mut self, i: usize, seq: u32) -> Option<Dispatch> {
+        self.fenced(i, seq).map_err(|why| self.ignore(why)).ok()
+    }
+
+    /// [`Self::fenced_undo`], recording why a stale report is ignored.
+    fn current_undo(&mut self, i: usize, seq: u32) -> Option<Attempt> {
+        self.fenced_undo(i, seq)
+            .map_err(|why| self.ignore(why))
+            .ok()
+    }
+
+    /// Whether the run is stopping (cancelling or rolling back) rather than going forward
+    /// (scheduled, running or paused): reports then record what happened and start nothing.
+    /// Ended runs never reach the handlers that ask (the transition table absorbs them).
+    fn winding_down(&self) -> bool {
+        matches!(
+            self.st.status,
+            RunStatus::Cancelling { .. } | RunStatus::RollingBack { .. }
+        )
+    }
+
     // ---- events -------------------------------------------------------------------------
 
     fn on_run_created(&mut self, start_at: Option<Timestamp>) {
@@ -553,12 +576,8 @@ impl Machine<'_> {
         rollback: &Rollback,
     ) -> Result<(), TransitionError> {
         let i = self.index(step)?;
-        let job = match self.fenced(i, seq) {
-            Ok(job) => job,
-            Err(why) => {
-                self.ignore(why);
-                return Ok(());
-            }
+        let Some(job) = self.current(i, seq) else {
+            return Ok(());
         };
         self.set(
             i,
@@ -581,59 +600,47 @@ impl Machine<'_> {
         note: Option<&str>,
     ) -> Result<(), TransitionError> {
         let i = self.index(step)?;
-        let job = match self.fenced(i, seq) {
-            Ok(job) => job,
-            Err(why) => {
-                self.ignore(why);
-                return Ok(());
-            }
+        let Some(job) = self.current(i, seq) else {
+            return Ok(());
         };
-        match &self.st.status {
-            RunStatus::Scheduled { .. } | RunStatus::Running | RunStatus::Paused { .. } => {
-                let since = job.waiting_since.unwrap_or(self.now);
-                let max_wait = self.plan.step(i).max_wait;
-                if self.now.since(since) >= max_wait {
-                    let waited = steward_schemas::Dur::new(self.now.since(since));
-                    let what = note.map(|n| format!(" ({n})")).unwrap_or_default();
-                    let error = StepFailure {
-                        kind: FailureKind::GaveUpWaiting,
-                        message: format!(
-                            "still not done after waiting {waited}{what}; max_wait is {}",
-                            steward_schemas::Dur::new(max_wait)
-                        ),
-                        code: None,
-                        retry_after: None,
-                    };
-                    self.fail_final(i, job.attempt, error);
-                } else {
-                    let next_check = self.now.plus(check_after);
-                    let seq = self.rec(i).seq;
-                    self.set(
-                        i,
-                        StepState::Polling {
-                            job: Dispatch {
-                                attempt: job.attempt,
-                                polls: job.polls.saturating_add(1),
-                                waiting_since: Some(since),
-                            },
-                            next_check,
-                            note: note.map(str::to_owned),
+        if self.winding_down() {
+            self.set(i, StepState::Cancelled { at: self.now });
+        } else {
+            let since = job.waiting_since.unwrap_or(self.now);
+            let max_wait = self.plan.step(i).max_wait;
+            if self.now.since(since) >= max_wait {
+                let waited = steward_schemas::Dur::new(self.now.since(since));
+                let what = note.map(|n| format!(" ({n})")).unwrap_or_default();
+                let error = StepFailure {
+                    kind: FailureKind::GaveUpWaiting,
+                    message: format!(
+                        "still not done after waiting {waited}{what}; max_wait is {}",
+                        steward_schemas::Dur::new(max_wait)
+                    ),
+                    code: None,
+                    retry_after: None,
+                };
+                self.fail_final(i, job.attempt, error);
+            } else {
+                let next_check = self.now.plus(check_after);
+                let seq = self.rec(i).seq;
+                self.set(
+                    i,
+                    StepState::Polling {
+                        job: Dispatch {
+                            attempt: job.attempt,
+                            polls: job.polls.saturating_add(1),
+                            waiting_since: Some(since),
                         },
-                    );
-                    self.effects.push(Effect::ScheduleTimer {
-                        key: TimerKey::step(TimerKind::Poll, self.id(i), seq),
-                        at: next_check,
-                    });
-                }
+                        next_check,
+                        note: note.map(str::to_owned),
+                    },
+                );
+                self.effects.push(Effect::ScheduleTimer {
+                    key: TimerKey::step(TimerKind::Poll, self.id(i), seq),
+                    at: next_check,
+                });
             }
-            RunStatus::Cancelling { .. } | RunStatus::RollingBack { .. } => {
-                self.set(i, StepState::Cancelled { at: self.now });
-            }
-            RunStatus::Created
-            | RunStatus::Completed { .. }
-            | RunStatus::Cancelled { .. }
-            | RunStatus::RolledBack { .. }
-            | RunStatus::RollbackFailed { .. } => unreachable!("handled by the transition table"),
         }
         self.settle();
         Ok(())
@@ -646,50 +653,38 @@ impl Machine<'_> {
         error: &StepFailure,
     ) -> Result<(), TransitionError> {
         let i = self.index(step)?;
-        let job = match self.fenced(i, seq) {
-            Ok(job) => job,
-            Err(why) => {
-                self.ignore(why);
-                return Ok(());
-            }
+        let Some(job) = self.current(i, seq) else {
+            return Ok(());
         };
-        match &self.st.status {
-            RunStatus::Scheduled { .. } | RunStatus::Running | RunStatus::Paused { .. } => {
-                match self.retry_delay(i, job.attempt, error) {
-                    Some(delay) => {
-                        let not_before = self.now.plus(delay);
-                        let seq = self.rec(i).seq;
-                        self.set(
-                            i,
-                            StepState::Retrying {
-                                next: job.attempt.next(),
-                                not_before,
-                                error: error.clone(),
-                            },
-                        );
-                        self.effects.push(Effect::ScheduleTimer {
-                            key: TimerKey::step(TimerKind::Retry, self.id(i), seq),
-                            at: not_before,
-                        });
-                    }
-                    None => self.fail_final(i, job.attempt, error.clone()),
+        if self.winding_down() {
+            self.set(
+                i,
+                StepState::Failed {
+                    attempt: job.attempt,
+                    at: self.now,
+                    error: error.clone(),
+                },
+            );
+        } else {
+            match self.retry_delay(i, job.attempt, error) {
+                Some(delay) => {
+                    let not_before = self.now.plus(delay);
+                    let seq = self.rec(i).seq;
+                    self.set(
+                        i,
+                        StepState::Retrying {
+                            next: job.attempt.next(),
+                            not_before,
+                            error: error.clone(),
+                        },
+                    );
+                    self.effects.push(Effect::ScheduleTimer {
+                        key: TimerKey::step(TimerKind::Retry, self.id(i), seq),
+                        at: not_before,
+                    });
                 }
+                None => self.fail_final(i, job.attempt, error.clone()),
             }
-            RunStatus::Cancelling { .. } | RunStatus::RollingBack { .. } => {
-                self.set(
-                    i,
-                    StepState::Failed {
-                        attempt: job.attempt,
-                        at: self.now,
-                        error: error.clone(),
-                    },
-                );
-            }
-            RunStatus::Created
-            | RunStatus::Completed { .. }
-            | RunStatus::Cancelled { .. }
-            | RunStatus::RolledBack { .. }
-            | RunStatus::RollbackFailed { .. } => unreachable!("handled by the transition table"),
         }
         self.settle();
         Ok(())
@@ -720,8 +715,7 @@ impl Machine<'_> {
 
     fn on_undo_succeeded(&mut self, step: &StepId, seq: u32) -> Result<(), TransitionError> {
         let i = self.index(step)?;
-        if let Err(why) = self.fenced_undo(i, seq) {
-            self.ignore(why);
+        if self.current_undo(i, seq).is_none() {
             return Ok(());
         }
         self.rec_mut(i).undo = Some(CompState::Done { at: self.now });
@@ -736,12 +730,8 @@ impl Machine<'_> {
         error: &StepFailure,
     ) -> Result<(), TransitionError> {
         let i = self.index(step)?;
-        let attempt = match self.fenced_undo(i, seq) {
-            Ok(a) => a,
-            Err(why) => {
-                self.ignore(why);
-                return Ok(());
-            }
+        let Some(attempt) = self.current_undo(i, seq) else {
+            return Ok(());
         };
         match self.retry_delay(i, attempt, error) {
             Some(delay) => {
@@ -830,20 +820,10 @@ impl Machine<'_> {
                 continue;
             };
             any = true;
-            match &self.st.status {
-                RunStatus::Running | RunStatus::Paused { .. } | RunStatus::Scheduled { .. } => {
-                    self.dispatch_or_ready(i, d)
-                }
-                RunStatus::Cancelling { .. } | RunStatus::RollingBack { .. } => {
-                    self.set(i, StepState::Cancelled { at: self.now });
-                }
-                RunStatus::Created
-                | RunStatus::Completed { .. }
-                | RunStatus::Cancelled { .. }
-                | RunStatus::RolledBack { .. }
-                | RunStatus::RollbackFailed { .. } => {
-                    unreachable!("handled by the transition table")
-                }
+            if self.winding_down() {
+                self.set(i, StepState::Cancelled { at: self.now });
+            } else {
+                self.dispatch_or_ready(i, d);
             }
         }
         if any {
@@ -862,77 +842,65 @@ impl Machine<'_> {
         escalation: &[String],
     ) -> Result<(), TransitionError> {
         let i = self.index(step)?;
-        let job = match self.fenced(i, seq) {
-            Ok(job) => job,
-            Err(why) => {
-                self.ignore(why);
-                return Ok(());
-            }
+        let Some(job) = self.current(i, seq) else {
+            return Ok(());
         };
         let Some(gate) = self.plan.step(i).gate.clone() else {
             self.ignore(format!("step `{step}` is not a gate"));
             return Ok(());
         };
-        match &self.st.status {
-            RunStatus::Scheduled { .. } | RunStatus::Running | RunStatus::Paused { .. } => {
-                let approvers = normalize_emails(approvers);
-                let escalation = normalize_emails(escalation);
-                let requester = normalize_email(&self.ctx.requested_by);
-                let eligible = eligible_count(&approvers, &requester);
-                if (eligible as u64) < u64::from(gate.quorum) {
-                    let message = if approvers.is_empty() {
-                        "nobody can approve this gate: it resolved to no approvers; add approvers to the company (or the gate), then retry this step".to_owned()
-                    } else if eligible < approvers.len() {
-                        format!(
-                            "this gate needs {} approvals but only {eligible} of its approvers ({}) may decide: {requester} asked for this run and cannot approve it; add approvers, then retry this step",
-                            gate.quorum,
-                            approvers.join(", ")
-                        )
-                    } else {
-                        format!(
-                            "this gate needs {} approvals but has only {} approvers ({}); add approvers, then retry this step",
-                            gate.quorum,
-                            approvers.len(),
-                            approvers.join(", ")
-                        )
-                    };
-                    self.fail_final(i, job.attempt, StepFailure::terminal(message));
+        if self.winding_down() {
+            self.set(i, StepState::Cancelled { at: self.now });
+        } else {
+            let approvers = normalize_emails(approvers);
+            let escalation = normalize_emails(escalation);
+            let requester = normalize_email(&self.ctx.requested_by);
+            let eligible = eligible_count(&approvers, &requester);
+            if (eligible as u64) < u64::from(gate.quorum) {
+                let message = if approvers.is_empty() {
+                    "nobody can approve this gate: it resolved to no approvers; add approvers to the company (or the gate), then retry this step".to_owned()
+                } else if eligible < approvers.len() {
+                    format!(
+                        "this gate needs {} approvals but only {eligible} of its approvers ({}) may decide: {requester} asked for this run and cannot approve it; add approvers, then retry this step",
+                        gate.quorum,
+                        approvers.join(", ")
+                    )
                 } else {
-                    let expires_at = gate.expires_in.map(|d| self.now.plus(d.get()));
-                    let seq = self.rec(i).seq;
-                    self.effects.push(Effect::IndexGate {
-                        step: step.clone(),
-                        approvers: approvers.clone(),
-                        since: self.now,
+                    format!(
+                        "this gate needs {} approvals but has only {} approvers ({}); add approvers, then retry this step",
+                        gate.quorum,
+                        approvers.len(),
+                        approvers.join(", ")
+                    )
+                };
+                self.fail_final(i, job.attempt, StepFailure::terminal(message));
+            } else {
+                let expires_at = gate.expires_in.map(|d| self.now.plus(d.get()));
+                let seq = self.rec(i).seq;
+                self.effects.push(Effect::IndexGate {
+                    step: step.clone(),
+                    approvers: approvers.clone(),
+                    since: self.now,
+                });
+                if let Some(at) = expires_at {
+                    self.effects.push(Effect::ScheduleTimer {
+                        key: TimerKey::step(TimerKind::GateExpiry, step.clone(), seq),
+                        at,
                     });
-                    if let Some(at) = expires_at {
-                        self.effects.push(Effect::ScheduleTimer {
-                            key: TimerKey::step(TimerKind::GateExpiry, step.clone(), seq),
-                            at,
-                        });
-                    }
-                    self.set(
-                        i,
-                        StepState::AwaitingApproval {
-                            since: self.now,
-                            stage: 0,
-                            approvers,
-                            escalation,
-                            quorum: gate.quorum,
-                            expires_at,
-                            approvals: Vec::new(),
-                        },
-                    );
                 }
+                self.set(
+                    i,
+                    StepState::AwaitingApproval {
+                        since: self.now,
+                        stage: 0,
+                        approvers,
+                        escalation,
+                        quorum: gate.quorum,
+                        expires_at,
+                        approvals: Vec::new(),
+                    },
+                );
             }
-            RunStatus::Cancelling { .. } | RunStatus::RollingBack { .. } => {
-                self.set(i, StepState::Cancelled { at: self.now });
-            }
-            RunStatus::Created
-            | RunStatus::Completed { .. }
-            | RunStatus::Cancelled { .. }
-            | RunStatus::RolledBack { .. }
-            | RunStatus::RollbackFailed { .. } => unreachable!("handled by the transition table"),
         }
         self.settle();
         Ok(())
@@ -973,7 +941,7 @@ impl Machine<'_> {
             self.ignore(format!("{by} has already approved gate `{step}`"));
             return Ok(());
         }
-        let (approvers, quorum, expires_at) = (approvers.clone(), *quorum, *expires_at);
+        let quorum = *quorum;
         let mut approvals = approvals.clone();
         if !approve {
             self.reject(i, &by, comment.map(str::to_owned));
@@ -987,7 +955,7 @@ impl Machine<'_> {
             via: via.to_owned(),
         });
         if approvals.len() as u64 >= u64::from(quorum) {
-            self.close_gate(i, &approvers, expires_at.is_some());
+            self.close_gate_if_open(i);
             let output = serde_json::json!({
                 "approved_by": approvals.iter().map(|d| d.by.clone()).collect::<Vec<_>>(),
                 "approvals": approvals,
@@ -1011,13 +979,22 @@ impl Machine<'_> {
         Ok(())
     }
 
-    /// Takes an open gate out of the inboxes and disarms its expiry.
-    fn close_gate(&mut self, i: usize, approvers: &[String], armed: bool) {
+    /// If step `i` is an open gate: takes it out of the inboxes and disarms its expiry.
+    fn close_gate_if_open(&mut self, i: usize) {
+        let StepState::AwaitingApproval {
+            approvers,
+            expires_at,
+            ..
+        } = &self.rec(i).state
+        else {
+            return;
+        };
+        let (approvers, armed) = (approvers.clone(), expires_at.is_some());
         let step = self.id(i);
         let seq = self.rec(i).seq;
         self.effects.push(Effect::UnindexGate {
             step: step.clone(),
-            approvers: approvers.to_vec(),
+            approvers,
         });
         if armed {
             self.effects.push(Effect::CancelTimer {
@@ -1028,15 +1005,7 @@ impl Machine<'_> {
 
     /// A gate was rejected (or expired): the run ends and what was done before it is undone.
     fn reject(&mut self, i: usize, by: &str, comment: Option<String>) {
-        if let StepState::AwaitingApproval {
-            approvers,
-            expires_at,
-            ..
-        } = &self.rec(i).state
-        {
-            let (approvers, armed) = (approvers.clone(), expires_at.is_some());
-            self.close_gate(i, &approvers, armed);
-        }
+        self.close_gate_if_open(i);
         let message = match (&comment, by) {
             (Some(c), "expiry") => format!("expired: {c}"),
             (None, "expiry") => "expired without a decision".to_owned(),
@@ -1071,6 +1040,7 @@ impl Machine<'_> {
             return;
         };
         let StepState::AwaitingApproval {
+            since,
             stage,
             approvers,
             escalation,
@@ -1080,6 +1050,7 @@ impl Machine<'_> {
         else {
             return;
         };
+        let since = *since;
         let requester = normalize_email(&self.ctx.requested_by);
         if *stage == 0
             && gate.on_expiry == OnExpiry::Escalate
@@ -1091,7 +1062,8 @@ impl Machine<'_> {
             let wait = gate
                 .escalate_expires_in
                 .or(gate.expires_in)
-                .map_or(DEFAULT_GATE_EXPIRY, |d| d.get());
+                .unwrap_or(DEFAULT_GATE_EXPIRY)
+                .get();
             let at = self.now.plus(wait);
             self.effects.push(Effect::UnindexGate {
                 step: step.clone(),
@@ -1119,39 +1091,12 @@ impl Machine<'_> {
                 },
             );
         } else {
-            let waited = steward_schemas::Dur::new(match &self.rec(i).state {
-                StepState::AwaitingApproval { since, .. } => self.now.since(*since),
-                _ => std::time::Duration::ZERO,
-            });
-            // The timer that fired is gone; only the inbox entries remain to be removed.
-            if let StepState::AwaitingApproval { approvers, .. } = &self.rec(i).state {
-                let approvers = approvers.clone();
-                self.effects.push(Effect::UnindexGate {
-                    step: self.id(i),
-                    approvers,
-                });
+            let waited = steward_schemas::Dur::new(self.now.since(since));
+            // The timer that fired is gone: there is no expiry left to disarm.
+            if let StepState::AwaitingApproval { expires_at, .. } = &mut self.rec_mut(i).state {
+                *expires_at = None;
             }
-            self.set(
-                i,
-                StepState::Failed {
-                    attempt: Attempt::FIRST,
-                    at: self.now,
-                    error: StepFailure {
-                        kind: FailureKind::Rejected,
-                        message: format!("expired: no decision within {waited}"),
-                        code: None,
-                        retry_after: None,
-                    },
-                },
-            );
-            self.st.status = RunStatus::RollingBack {
-                cause: RollbackCause::Rejected {
-                    step: self.id(i),
-                    by: "expiry".to_owned(),
-                    comment: Some(format!("no decision within {waited}")),
-                },
-            };
-            self.cancel_outstanding();
+            self.reject(i, "expiry", Some(format!("no decision within {waited}")));
         }
     }
 
@@ -1162,16 +1107,14 @@ impl Machine<'_> {
         reason: &str,
     ) -> Result<(), TransitionError> {
         let i = self.index(step)?;
-        let job = match self.fenced(i, seq) {
-            Ok(job) => job,
-            Err(why) => {
-                self.ignore(why);
-                return Ok(());
-            }
+        let Some(job) = self.current(i, seq) else {
+            return Ok(());
         };
-        match &self.st.status {
-            RunStatus::Running => {
-                self.set(i, StepState::Ready { next: job });
+        if self.winding_down() {
+            self.set(i, StepState::Cancelled { at: self.now });
+        } else {
+            self.set(i, StepState::Ready { next: job });
+            if matches!(self.st.status, RunStatus::Running) {
                 self.st.status = RunStatus::Paused {
                     reason: PauseReason::PolicyBlocked {
                         step: step.clone(),
@@ -1180,17 +1123,6 @@ impl Machine<'_> {
                 };
                 self.revoke_queued();
             }
-            RunStatus::Scheduled { .. } | RunStatus::Paused { .. } => {
-                self.set(i, StepState::Ready { next: job })
-            }
-            RunStatus::Cancelling { .. } | RunStatus::RollingBack { .. } => {
-                self.set(i, StepState::Cancelled { at: self.now });
-            }
-            RunStatus::Created
-            | RunStatus::Completed { .. }
-            | RunStatus::Cancelled { .. }
-            | RunStatus::RolledBack { .. }
-            | RunStatus::RollbackFailed { .. } => unreachable!("handled by the transition table"),
         }
         self.settle();
         Ok(())
@@ -1527,13 +1459,8 @@ impl Machine<'_> {
             let seq = self.rec(i).seq;
             let timer = match &self.rec(i).state {
                 StepState::Pending | StepState::Ready { .. } => None,
-                StepState::AwaitingApproval {
-                    approvers,
-                    expires_at,
-                    ..
-                } => {
-                    let (approvers, armed) = (approvers.clone(), expires_at.is_some());
-                    self.close_gate(i, &approvers, armed);
+                StepState::AwaitingApproval { .. } => {
+                    self.close_gate_if_open(i);
                     None
                 }
                 StepState::Retrying { .. } => Some(TimerKind::Retry),

@@ -115,9 +115,6 @@ impl fmt::Display for PolicyRefusal {
 /// The id of the gate the policy inserts.
 pub const POLICY_GATE: &str = "policy_approval";
 
-/// How long the inserted gate waits for a decision.
-pub const POLICY_GATE_EXPIRY: steward_schemas::Dur = steward_schemas::Dur::secs(72 * 3600);
-
 /// Applies a company's policy to a workflow at plan time: refuses it if any step's op is refused
 /// (naming the step, op, group and company), and otherwise inserts one approval gate
 /// (`policy_approval`) that every step needing approval waits for. Returns the definition to run.
@@ -173,7 +170,7 @@ pub fn apply_policy(
             gate: Some(GateSpec {
                 approvers: Approvers::COMPANY,
                 quorum: 1,
-                expires_in: Some(POLICY_GATE_EXPIRY),
+                expires_in: Some(crate::machine::DEFAULT_GATE_EXPIRY),
                 on_expiry: OnExpiry::Reject,
                 escalate_to: None,
                 escalate_expires_in: None,

@@ -894,8 +894,24 @@ fn an_expired_gate_escalates_once_then_is_rejected() {
         panic!("{:?}", env.step("approval"))
     };
     assert_eq!(error.kind, FailureKind::Rejected);
+    assert_eq!(error.message, "expired: no decision within 30m");
     assert!(
-        matches!(&env.state.status, RunStatus::RolledBack { cause: steward_schemas::RollbackCause::Rejected { by, .. }, .. } if by == "expiry")
+        matches!(&env.state.status, RunStatus::RolledBack { cause: steward_schemas::RollbackCause::Rejected { by, comment: Some(c), .. }, .. } if by == "expiry" && c == "no decision within 30m")
+    );
+    assert!(
+        !env.log
+            .iter()
+            .any(|e| matches!(e, Effect::CancelTimer { key } if key.kind == TimerKind::GateExpiry)),
+        "an expiry timer that fired is not cancelled: {:?}",
+        env.log
+    );
+    assert_eq!(
+        env.log
+            .iter()
+            .filter(|e| matches!(e, Effect::UnindexGate { .. }))
+            .count(),
+        2,
+        "unindexed when escalated and when expired"
     );
 }
 
