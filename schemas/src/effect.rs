@@ -106,17 +106,6 @@ pub struct Job {
     pub timeout: Dur,
 }
 
-impl Job {
-    /// The job's identity.
-    pub fn key(&self) -> JobRef {
-        JobRef {
-            step: self.step.clone(),
-            seq: self.seq,
-            phase: self.phase,
-        }
-    }
-}
-
 /// A job's identity within its run.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub struct JobRef {

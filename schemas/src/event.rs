@@ -177,19 +177,6 @@ impl Event {
             Self::SkipStepRequested { .. } => "skip_step_requested",
         }
     }
-
-    /// Whether a technician asked for this (as opposed to a worker or a timer reporting it).
-    pub fn is_command(&self) -> bool {
-        matches!(
-            self,
-            Self::CancelRequested { .. }
-                | Self::PauseRequested { .. }
-                | Self::ResumeRequested { .. }
-                | Self::RetryStepRequested { .. }
-                | Self::SkipStepRequested { .. }
-                | Self::ApprovalDecided { .. }
-        )
-    }
 }
 
 /// Why an attempt failed.

@@ -72,11 +72,6 @@ impl PermissionGroup {
             Self::DirectorySync => "directory_sync",
         }
     }
-
-    /// Parses a name.
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|g| g.name() == s)
-    }
 }
 
 impl fmt::Display for PermissionGroup {

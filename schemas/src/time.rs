@@ -17,9 +17,6 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub struct Timestamp(i64);
 
 impl Timestamp {
-    /// The Unix epoch.
-    pub const EPOCH: Self = Self(0);
-
     /// An instant from microseconds since the epoch.
     pub const fn from_micros(us: i64) -> Self {
         Self(us)
@@ -125,9 +122,6 @@ pub struct Dur(Duration);
 pub struct DurError(String);
 
 impl Dur {
-    /// Zero.
-    pub const ZERO: Self = Self(Duration::ZERO);
-
     /// A duration from a std duration.
     pub const fn new(d: Duration) -> Self {
         Self(d)

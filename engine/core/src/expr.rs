@@ -468,7 +468,7 @@ fn loose_eq(a: &Value, b: &Value) -> bool {
 }
 
 /// Whether a value counts as true in a condition.
-pub fn truthy(v: &Value) -> bool {
+fn truthy(v: &Value) -> bool {
     match v {
         Value::Null => false,
         Value::Bool(b) => *b,

@@ -560,7 +560,7 @@ impl Plan {
 }
 
 /// The content hash of a definition.
-pub fn hash_def(def: &WorkflowDef) -> String {
+fn hash_def(def: &WorkflowDef) -> String {
     let json = serde_json::to_vec(def).expect("a workflow definition serialises");
     hex::encode(Sha256::digest(json))
 }
