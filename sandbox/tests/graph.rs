@@ -1010,3 +1010,133 @@ async fn password_reset_method_writes_back_for_synced_users() -> Result<()> {
     );
     Ok(())
 }
+
+/// What `@odata.type` and `@odata.context` say on each read, as Graph answers with OData's
+/// minimal metadata: items of a `directoryObjects` collection and single directory objects name
+/// their type; `/users`, `/groups`, casts, devices, SKUs and role assignments don't.
+#[tokio::test]
+async fn odata_type_and_context_follow_minimal_metadata() -> Result<()> {
+    let sb = sandbox().await?;
+    let g = Graph::new(&sb, CONTOSO_TENANT).await?;
+    let adele = user_id(&g, "adele.vance@contoso.com").await?;
+    let get = |path: String| {
+        let g = &g;
+        async move {
+            let (s, b) = g.call("GET", &path, None).await?;
+            assert_eq!(s, 200, "{path}: {b}");
+            anyhow::Ok(b)
+        }
+    };
+    let typed = |b: &Value, path: &str, want: Option<&str>| {
+        let items = b["value"].as_array().unwrap();
+        assert!(!items.is_empty(), "{path}: {b}");
+        for item in items {
+            assert_eq!(item["@odata.type"].as_str(), want, "{path}: {item}");
+        }
+    };
+    let context_ends = |b: &Value, path: &str, tail: &str| {
+        let c = b["@odata.context"].as_str().unwrap_or_default();
+        assert!(c.ends_with(tail), "{path}: context {c}, want …{tail}");
+    };
+
+    for (path, want, tail) in [
+        ("/users".to_owned(), None, "#users"),
+        ("/groups".to_owned(), None, "#groups"),
+        (
+            format!("/users/{adele}/memberOf"),
+            Some("#microsoft.graph.group"),
+            "#directoryObjects",
+        ),
+        (
+            format!("/users/{adele}/memberOf/microsoft.graph.group"),
+            None,
+            "#groups",
+        ),
+        (
+            format!("/users/{adele}/managedDevices"),
+            None,
+            "#managedDevices",
+        ),
+        (
+            "/deviceManagement/managedDevices".to_owned(),
+            None,
+            "#deviceManagement/managedDevices",
+        ),
+        ("/subscribedSkus".to_owned(), None, "#subscribedSkus"),
+        (
+            "/roleManagement/directory/roleAssignments".to_owned(),
+            None,
+            "#roleManagement/directory/roleAssignments",
+        ),
+    ] {
+        let b = get(path.clone()).await?;
+        typed(&b, &path, want);
+        context_ends(&b, &path, tail);
+    }
+    let b = get(format!("/users/{adele}/memberOf")).await?;
+    let group = b["value"][0]["id"].as_str().unwrap().to_owned();
+    let path = format!("/groups/{group}/members");
+    typed(
+        &get(path.clone()).await?,
+        &path,
+        Some("#microsoft.graph.user"),
+    );
+
+    // Single objects: the context names the set; only directory objects name their type.
+    let b = get(format!("/users/{adele}")).await?;
+    context_ends(&b, "user", "#users/$entity");
+    assert!(b.get("@odata.type").is_none(), "{b}");
+    let b = get(format!("/users/{adele}?$select=displayName,id")).await?;
+    context_ends(&b, "user $select", "#users(displayName,id)/$entity");
+    assert!(b.get("@odata.type").is_none(), "{b}");
+    let b = get(format!("/groups/{group}")).await?;
+    context_ends(&b, "group", "#groups/$entity");
+    assert!(b.get("@odata.type").is_none(), "{b}");
+    let b = get(format!("/users/{adele}/manager")).await?;
+    context_ends(&b, "manager", "#directoryObjects/$entity");
+    assert_eq!(b["@odata.type"], "#microsoft.graph.user", "{b}");
+    let b = get(format!("/users/{adele}/managedDevices")).await?;
+    let device = b["value"][0]["id"].as_str().unwrap().to_owned();
+    let b = get(format!("/deviceManagement/managedDevices/{device}")).await?;
+    context_ends(&b, "device", "#deviceManagement/managedDevices/$entity");
+    assert!(b.get("@odata.type").is_none(), "{b}");
+    let b = get("/roleManagement/directory/roleAssignments".to_owned()).await?;
+    let ra = b["value"][0]["id"].as_str().unwrap().to_owned();
+    let b = get(format!("/roleManagement/directory/roleAssignments/{ra}")).await?;
+    context_ends(
+        &b,
+        "role assignment",
+        "#roleManagement/directory/roleAssignments/$entity",
+    );
+    assert!(b.get("@odata.type").is_none(), "{b}");
+
+    // The deleted-items bin holds directory objects.
+    let (s, created) = g
+        .call("POST", "/users", Some(new_user("gone@contoso.com")))
+        .await?;
+    assert_eq!(s, 201, "{created}");
+    assert!(created.get("@odata.type").is_none(), "{created}");
+    let gone = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        g.call("DELETE", &format!("/users/{gone}"), None).await?.0,
+        204
+    );
+    let path = "/directory/deletedItems/microsoft.graph.user";
+    let b = get(path.to_owned()).await?;
+    typed(&b, path, Some("#microsoft.graph.user"));
+    let b = get(format!("/directory/deletedItems/{gone}")).await?;
+    context_ends(&b, "deleted item", "#directoryObjects/$entity");
+    assert_eq!(b["@odata.type"], "#microsoft.graph.user", "{b}");
+    assert!(b["deletedDateTime"].is_string(), "{b}");
+    let (s, b) = g
+        .call(
+            "POST",
+            &format!("/directory/deletedItems/{gone}/restore"),
+            None,
+        )
+        .await?;
+    assert_eq!(s, 200, "{b}");
+    context_ends(&b, "restore", "#directoryObjects/$entity");
+    assert_eq!(b["@odata.type"], "#microsoft.graph.user", "{b}");
+    Ok(())
+}

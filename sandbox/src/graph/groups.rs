@@ -6,13 +6,13 @@ use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::error::{GraphError, GraphResult};
 use super::odata::Query;
 use super::{
-    GROUP_READABLE, GROUPS, USER_DEFAULT, USERS, authenticate, company, company_mut, group_json,
-    json_response, no_content, ref_target, user_json,
+    GROUP_READABLE, GROUPS, USER_DEFAULT, USERS, authenticate, collection, company, company_mut,
+    entity, group_json, json_response, no_content, ref_target, user_json,
 };
 use crate::http::{AppState, Ctx, parse_json};
 use crate::world::{Group, GroupKind, Tenant};
@@ -30,25 +30,15 @@ pub(super) async fn list(
     let caller = authenticate(&st, &ctx, now)?;
     let query = Query::parse(q.as_deref(), &GROUPS)?;
     let c = company(&st, &caller)?;
-    let items: Vec<Value> = c
-        .tenant
-        .groups
-        .iter()
-        .map(group_json)
-        .filter(|m| query.matches(m))
-        .map(|m| strip(query.project(&m, GROUP_READABLE)))
-        .collect();
-    Ok(json_response(
-        StatusCode::OK,
-        query.page(items, &ctx.origin, &ctx.path, "groups", 100),
+    let groups = c.tenant.groups.iter().map(group_json);
+    Ok(collection(
+        &ctx,
+        &query,
+        groups,
+        GROUP_READABLE,
+        "groups",
+        100,
     ))
-}
-
-fn strip(mut v: Value) -> Value {
-    if let Some(m) = v.as_object_mut() {
-        m.remove("@odata.type");
-    }
-    v
 }
 
 pub(super) async fn get_one(
@@ -62,16 +52,7 @@ pub(super) async fn get_one(
     let query = Query::parse(q.as_deref(), &GROUPS)?;
     let c = company(&st, &caller)?;
     let g = find(&c.tenant, &id).ok_or_else(|| GraphError::not_found(&id))?;
-    let mut obj = strip(query.project(&group_json(g), GROUP_READABLE));
-    if let Some(o) = obj.as_object_mut() {
-        o.insert(
-            "@odata.context".into(),
-            json!(format!(
-                "{}/graph/v1.0/$metadata#groups/$entity",
-                ctx.origin
-            )),
-        );
-    }
+    let obj = entity(&ctx, "groups", &query, &group_json(g), GROUP_READABLE);
     Ok(json_response(StatusCode::OK, obj))
 }
 
@@ -86,17 +67,18 @@ pub(super) async fn members(
     let query = Query::parse(q.as_deref(), &USERS)?;
     let c = company(&st, &caller)?;
     let g = find(&c.tenant, &id).ok_or_else(|| GraphError::not_found(&id))?;
-    let items: Vec<Value> = g
+    let users = g
         .members
         .iter()
         .filter_map(|m| c.tenant.users.iter().find(|u| &u.id == m))
-        .map(|u| user_json(u, &c.tenant))
-        .filter(|m| query.matches(m))
-        .map(|m| query.project(&m, USER_DEFAULT))
-        .collect();
-    Ok(json_response(
-        StatusCode::OK,
-        query.page(items, &ctx.origin, &ctx.path, "directoryObjects", 100),
+        .map(|u| user_json(u, &c.tenant));
+    Ok(collection(
+        &ctx,
+        &query,
+        users,
+        USER_DEFAULT,
+        "directoryObjects",
+        100,
     ))
 }
 

@@ -26,6 +26,7 @@ use crate::http::{AppState, Ctx};
 use crate::identity::{self, AuthFailure, GRAPH_AUDIENCE};
 use crate::world::{Company, Group, ManagedDevice, Sku, Tenant, User};
 use error::{GraphError, GraphResult};
+use odata::Query;
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
@@ -682,6 +683,78 @@ pub(crate) fn ref_target(body: &Value) -> GraphResult<String> {
         )));
     }
     Ok(id.to_ascii_lowercase())
+}
+
+/// Whether objects answered under `set` carry `@odata.type`. Graph answers with OData's
+/// minimal metadata, which names an object's type only when it can differ from the type the
+/// context URL declares: the items of a `directoryObjects` collection (`memberOf`, group
+/// `members`, `deletedItems`) and a single directory object (`manager`, a deleted item, a
+/// restore) say whether they are a user or a group; `/users`, `/groups`, a cast such as
+/// `memberOf/microsoft.graph.group`, managed devices, SKUs and role assignments don't, because
+/// their items are exactly the declared type. Every Graph read decides it here.
+fn names_item_type(set: &str) -> bool {
+    set == "directoryObjects"
+}
+
+/// `obj` as a response item: `@odata.type` when `set` calls for it, then the projection.
+fn item(
+    query: &Query,
+    set: &str,
+    obj: &Map<String, Value>,
+    defaults: &[&str],
+) -> Map<String, Value> {
+    let mut out = Map::new();
+    if names_item_type(set) {
+        if let Some(t) = obj.get("@odata.type") {
+            out.insert("@odata.type".into(), t.clone());
+        }
+    }
+    query.project_into(&mut out, obj, defaults);
+    out
+}
+
+/// A 200 collection response: `objs` filtered by `$filter`, projected to `$select` (or
+/// `defaults`), typed as [`names_item_type`] decides for `context` (the entity set the
+/// context URL names) and paged `page_size` at a time unless `$top` says otherwise.
+pub(crate) fn collection(
+    ctx: &Ctx,
+    query: &Query,
+    objs: impl IntoIterator<Item = Map<String, Value>>,
+    defaults: &[&str],
+    context: &str,
+    page_size: usize,
+) -> Response {
+    let items: Vec<Value> = objs
+        .into_iter()
+        .filter(|m| query.matches(m))
+        .map(|m| Value::Object(item(query, context, &m, defaults)))
+        .collect();
+    json_response(
+        StatusCode::OK,
+        query.page(items, &ctx.origin, &ctx.path, context, page_size),
+    )
+}
+
+/// A single object as Graph answers it: `@odata.context` naming `set` (with the `$select`),
+/// `@odata.type` when [`names_item_type`] says so, then the projection of `obj`.
+pub(crate) fn entity(
+    ctx: &Ctx,
+    set: &str,
+    query: &Query,
+    obj: &Map<String, Value>,
+    defaults: &[&str],
+) -> Value {
+    let mut out = Map::new();
+    out.insert(
+        "@odata.context".into(),
+        json!(format!(
+            "{}/graph/v1.0/$metadata#{set}{}/$entity",
+            ctx.origin,
+            query.context_select()
+        )),
+    );
+    out.extend(item(query, set, obj, defaults));
+    Value::Object(out)
 }
 
 pub(crate) fn json_response(status: StatusCode, v: Value) -> Response {

@@ -117,12 +117,15 @@ impl Query {
         })
     }
 
-    /// Projects an object to `$select` (or the set's defaults when `$select` is absent).
-    pub(crate) fn project(&self, obj: &Map<String, Value>, defaults: &[&str]) -> Value {
-        let mut out = Map::new();
-        if let Some(t) = obj.get("@odata.type") {
-            out.insert("@odata.type".into(), t.clone());
-        }
+    /// Projects an object to `$select` (or the set's defaults when `$select` is absent) into
+    /// `out`. Annotations such as `@odata.type` are the response's business, not the
+    /// projection's: see `graph::collection` and `graph::entity`.
+    pub(crate) fn project_into(
+        &self,
+        out: &mut Map<String, Value>,
+        obj: &Map<String, Value>,
+        defaults: &[&str],
+    ) {
         match &self.select {
             Some(props) => {
                 for p in props {
@@ -135,7 +138,14 @@ impl Query {
                 }
             }
         }
-        Value::Object(out)
+    }
+
+    /// The `(prop,…)` that `$select` adds to a context URL's entity set.
+    pub(crate) fn context_select(&self) -> String {
+        match &self.select {
+            Some(s) => format!("({})", s.join(",")),
+            None => String::new(),
+        }
     }
 
     /// A collection response with Graph's paging.
@@ -150,10 +160,10 @@ impl Query {
         let total = items.len();
         let size = self.top.unwrap_or(default_page);
         let page: Vec<Value> = items.into_iter().skip(self.skip).take(size).collect();
-        let ctx = match &self.select {
-            Some(s) => format!("{origin}/graph/v1.0/$metadata#{context}({})", s.join(",")),
-            None => format!("{origin}/graph/v1.0/$metadata#{context}"),
-        };
+        let ctx = format!(
+            "{origin}/graph/v1.0/$metadata#{context}{}",
+            self.context_select()
+        );
         let mut out = Map::new();
         out.insert("@odata.context".into(), json!(ctx));
         if self.count {

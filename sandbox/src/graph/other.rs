@@ -10,8 +10,8 @@ use tower::ServiceExt as _;
 use super::error::{GraphError, GraphResult};
 use super::odata::{EntitySet, Query};
 use super::{
-    DEVICE_READABLE, DEVICES, SKU_READABLE, authenticate, company, company_mut, device_json,
-    find_user, json_response, no_content, sku_json,
+    DEVICE_READABLE, DEVICES, SKU_READABLE, authenticate, collection, company, company_mut,
+    device_json, entity, find_user, json_response, no_content, sku_json,
 };
 use crate::http::{AppState, Ctx, parse_json};
 use crate::ledger::CORRELATION_HEADER;
@@ -34,23 +34,15 @@ pub(super) async fn subscribed_skus(
     let caller = authenticate(&st, &ctx, now)?;
     let query = Query::parse(q.as_deref(), &SKUS)?;
     let c = company(&st, &caller)?;
-    let items: Vec<Value> = c
-        .tenant
-        .skus
-        .iter()
-        .map(|s| query.project(&sku_json(s, c), SKU_READABLE))
-        .collect();
-    Ok(json_response(
-        StatusCode::OK,
-        query.page(items, &ctx.origin, &ctx.path, "subscribedSkus", 999),
+    let skus = c.tenant.skus.iter().map(|s| sku_json(s, c));
+    Ok(collection(
+        &ctx,
+        &query,
+        skus,
+        SKU_READABLE,
+        "subscribedSkus",
+        999,
     ))
-}
-
-fn strip(mut v: Value) -> Value {
-    if let Some(m) = v.as_object_mut() {
-        m.remove("@odata.type");
-    }
-    v
 }
 
 pub(super) async fn list_devices(
@@ -62,23 +54,18 @@ pub(super) async fn list_devices(
     let caller = authenticate(&st, &ctx, now)?;
     let query = Query::parse(q.as_deref(), &DEVICES)?;
     let c = company(&st, &caller)?;
-    let items: Vec<Value> = c
+    let devices = c
         .tenant
         .managed_devices
         .iter()
-        .map(|d| device_json(d, &c.tenant))
-        .filter(|m| query.matches(m))
-        .map(|m| strip(query.project(&m, DEVICE_READABLE)))
-        .collect();
-    Ok(json_response(
-        StatusCode::OK,
-        query.page(
-            items,
-            &ctx.origin,
-            &ctx.path,
-            "deviceManagement/managedDevices",
-            100,
-        ),
+        .map(|d| device_json(d, &c.tenant));
+    Ok(collection(
+        &ctx,
+        &query,
+        devices,
+        DEVICE_READABLE,
+        "deviceManagement/managedDevices",
+        100,
     ))
 }
 
@@ -93,18 +80,19 @@ pub(super) async fn user_devices(
     let query = Query::parse(q.as_deref(), &DEVICES)?;
     let c = company(&st, &caller)?;
     let u = find_user(&c.tenant, &id).ok_or_else(|| GraphError::not_found(&id))?;
-    let items: Vec<Value> = c
+    let devices = c
         .tenant
         .managed_devices
         .iter()
         .filter(|d| d.user_id == u.id)
-        .map(|d| device_json(d, &c.tenant))
-        .filter(|m| query.matches(m))
-        .map(|m| query.project(&m, DEVICE_READABLE))
-        .collect();
-    Ok(json_response(
-        StatusCode::OK,
-        query.page(items, &ctx.origin, &ctx.path, "managedDevices", 100),
+        .map(|d| device_json(d, &c.tenant));
+    Ok(collection(
+        &ctx,
+        &query,
+        devices,
+        DEVICE_READABLE,
+        "managedDevices",
+        100,
     ))
 }
 
@@ -122,10 +110,14 @@ pub(super) async fn get_device(
         .iter()
         .find(|d| d.id.eq_ignore_ascii_case(&id))
         .ok_or_else(|| GraphError::not_found(&id))?;
-    Ok(json_response(
-        StatusCode::OK,
-        strip(Query::default().project(&device_json(d, &c.tenant), DEVICE_READABLE)),
-    ))
+    let obj = entity(
+        &ctx,
+        "deviceManagement/managedDevices",
+        &Query::default(),
+        &device_json(d, &c.tenant),
+        DEVICE_READABLE,
+    );
+    Ok(json_response(StatusCode::OK, obj))
 }
 
 /// The wipe parameter that carries a secret.
@@ -224,6 +216,9 @@ pub(super) async fn retire_device(
     device_action(shared, id, ctx, body, "retire").await
 }
 
+/// The entity set role assignment responses name in `@odata.context`.
+const ROLE_ASSIGNMENTS_SET: &str = "roleManagement/directory/roleAssignments";
+
 const ROLE_ASSIGNMENTS: EntitySet = EntitySet {
     resource: "unifiedRoleAssignment",
     type_name: "microsoft.graph.unifiedRoleAssignment",
@@ -275,23 +270,14 @@ pub(super) async fn list_role_assignments(
     let caller = authenticate(&st, &ctx, now)?;
     let query = Query::parse(q.as_deref(), &ROLE_ASSIGNMENTS)?;
     let c = company(&st, &caller)?;
-    let items: Vec<Value> = c
-        .tenant
-        .role_assignments
-        .iter()
-        .map(assignment_json)
-        .filter(|m| query.matches(m))
-        .map(|m| query.project(&m, ROLE_ASSIGNMENTS.selectable))
-        .collect();
-    Ok(json_response(
-        StatusCode::OK,
-        query.page(
-            items,
-            &ctx.origin,
-            &ctx.path,
-            "roleManagement/directory/roleAssignments",
-            100,
-        ),
+    let assignments = c.tenant.role_assignments.iter().map(assignment_json);
+    Ok(collection(
+        &ctx,
+        &query,
+        assignments,
+        ROLE_ASSIGNMENTS.selectable,
+        ROLE_ASSIGNMENTS_SET,
+        100,
     ))
 }
 
@@ -309,10 +295,14 @@ pub(super) async fn get_role_assignment(
         .iter()
         .find(|r| r.id.eq_ignore_ascii_case(&id))
         .ok_or_else(|| GraphError::not_found(&id))?;
-    Ok(json_response(
-        StatusCode::OK,
-        Value::Object(assignment_json(r)),
-    ))
+    let obj = entity(
+        &ctx,
+        ROLE_ASSIGNMENTS_SET,
+        &Query::default(),
+        &assignment_json(r),
+        ROLE_ASSIGNMENTS.selectable,
+    );
+    Ok(json_response(StatusCode::OK, obj))
 }
 
 pub(super) async fn create_role_assignment(
@@ -364,7 +354,7 @@ pub(super) async fn create_role_assignment(
         role_definition_id: role.to_ascii_lowercase(),
         directory_scope_id: scope,
     };
-    let mut obj = assignment_json(&r);
+    let obj = assignment_json(&r);
     c.tenant.role_assignments.push(r);
     st.ledger.record(
         ctx.mutation(
@@ -376,14 +366,14 @@ pub(super) async fn create_role_assignment(
         ),
         now,
     );
-    obj.insert(
-        "@odata.context".into(),
-        json!(format!(
-            "{}/graph/v1.0/$metadata#roleManagement/directory/roleAssignments/$entity",
-            ctx.origin
-        )),
+    let obj = entity(
+        &ctx,
+        ROLE_ASSIGNMENTS_SET,
+        &Query::default(),
+        &obj,
+        ROLE_ASSIGNMENTS.selectable,
     );
-    Ok(json_response(StatusCode::CREATED, Value::Object(obj)))
+    Ok(json_response(StatusCode::CREATED, obj))
 }
 
 pub(super) async fn delete_role_assignment(

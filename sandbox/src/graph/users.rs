@@ -12,8 +12,8 @@ use super::error::{GraphError, GraphResult};
 use super::odata::Query;
 use super::{
     GROUPS, Kind, SYNCED_USER_CLOUD_WRITABLE, USER_DEFAULT, USER_WRITABLE, USERS, authenticate,
-    company, company_mut, find_user, group_json, is_privileged, json_response, no_content,
-    ref_target, ts, user_index, user_json,
+    collection, company, company_mut, entity, find_user, group_json, is_privileged, json_response,
+    no_content, ref_target, ts, user_index, user_json,
 };
 use crate::http::{AppState, Ctx, parse_json};
 use crate::secret::{REDACTED, Secret};
@@ -145,24 +145,6 @@ fn redacted(body: &Map<String, Value>) -> Value {
     Value::Object(b)
 }
 
-fn entity(ctx: &Ctx, set: &str, obj: Value) -> Value {
-    let mut obj = obj;
-    if let Some(m) = obj.as_object_mut() {
-        let mut out = Map::new();
-        out.insert(
-            "@odata.context".into(),
-            json!(format!("{}/graph/v1.0/$metadata#{set}/$entity", ctx.origin)),
-        );
-        for (k, v) in std::mem::take(m) {
-            if k != "@odata.type" {
-                out.insert(k, v);
-            }
-        }
-        *m = out;
-    }
-    obj
-}
-
 pub(super) async fn list(
     State(shared): State<AppState>,
     ctx: Ctx,
@@ -172,25 +154,8 @@ pub(super) async fn list(
     let caller = authenticate(&st, &ctx, now)?;
     let query = Query::parse(q.as_deref(), &USERS)?;
     let c = company(&st, &caller)?;
-    let items: Vec<Value> = c
-        .tenant
-        .users
-        .iter()
-        .map(|u| user_json(u, &c.tenant))
-        .filter(|m| query.matches(m))
-        .map(|m| strip_type(query.project(&m, USER_DEFAULT)))
-        .collect();
-    Ok(json_response(
-        StatusCode::OK,
-        query.page(items, &ctx.origin, &ctx.path, "users", 100),
-    ))
-}
-
-fn strip_type(mut v: Value) -> Value {
-    if let Some(m) = v.as_object_mut() {
-        m.remove("@odata.type");
-    }
-    v
+    let users = c.tenant.users.iter().map(|u| user_json(u, &c.tenant));
+    Ok(collection(&ctx, &query, users, USER_DEFAULT, "users", 100))
 }
 
 pub(super) async fn get_one(
@@ -204,8 +169,14 @@ pub(super) async fn get_one(
     let query = Query::parse(q.as_deref(), &USERS)?;
     let c = company(&st, &caller)?;
     let u = find_user(&c.tenant, &id).ok_or_else(|| GraphError::not_found(&id))?;
-    let obj = query.project(&user_json(u, &c.tenant), USER_DEFAULT);
-    Ok(json_response(StatusCode::OK, entity(&ctx, "users", obj)))
+    let obj = entity(
+        &ctx,
+        "users",
+        &query,
+        &user_json(u, &c.tenant),
+        USER_DEFAULT,
+    );
+    Ok(json_response(StatusCode::OK, obj))
 }
 
 pub(super) async fn create(
@@ -265,7 +236,13 @@ pub(super) async fn create(
         mailbox_wanted: None,
     };
     let c = company_mut(st, &caller)?;
-    let obj = Value::Object(user_json(&user, &c.tenant));
+    let obj = entity(
+        &ctx,
+        "users",
+        &Query::default(),
+        &user_json(&user, &c.tenant),
+        USER_DEFAULT,
+    );
     c.tenant.users.push(user);
     let mut m = ctx.mutation(
         "graph",
@@ -276,15 +253,7 @@ pub(super) async fn create(
     );
     m.secret_fingerprint = Some(secret.fingerprint());
     st.ledger.record(m, now);
-    let q = Query::default();
-    let obj = q.project(
-        obj.as_object().expect("user_json is an object"),
-        USER_DEFAULT,
-    );
-    Ok(json_response(
-        StatusCode::CREATED,
-        entity(&ctx, "users", obj),
-    ))
+    Ok(json_response(StatusCode::CREATED, obj))
 }
 
 pub(super) async fn update(
@@ -413,16 +382,13 @@ pub(super) async fn get_manager(
         .as_ref()
         .and_then(|mid| c.tenant.users.iter().find(|x| &x.id == mid))
         .ok_or_else(|| GraphError::not_found("manager"))?;
-    let mut obj = Query::default().project(&user_json(m, &c.tenant), USER_DEFAULT);
-    if let Some(o) = obj.as_object_mut() {
-        o.insert(
-            "@odata.context".into(),
-            json!(format!(
-                "{}/graph/v1.0/$metadata#directoryObjects/$entity",
-                ctx.origin
-            )),
-        );
-    }
+    let obj = entity(
+        &ctx,
+        "directoryObjects",
+        &Query::default(),
+        &user_json(m, &c.tenant),
+        USER_DEFAULT,
+    );
     Ok(json_response(StatusCode::OK, obj))
 }
 
@@ -508,23 +474,25 @@ pub(super) async fn member_of(
     let query = Query::parse(q.as_deref(), &GROUPS)?;
     let c = company(&st, &caller)?;
     let u = find_user(&c.tenant, &id).ok_or_else(|| GraphError::not_found(&id))?;
-    let items: Vec<Value> = c
+    let groups = c
         .tenant
         .groups
         .iter()
         .filter(|g| g.members.contains(&u.id))
-        .map(group_json)
-        .filter(|m| query.matches(m))
-        .map(|m| query.project(&m, super::GROUP_READABLE))
-        .collect();
+        .map(group_json);
+    // The cast to microsoft.graph.group answers a collection of groups.
     let context = if ctx.path.ends_with("microsoft.graph.group") {
         "groups"
     } else {
         "directoryObjects"
     };
-    Ok(json_response(
-        StatusCode::OK,
-        query.page(items, &ctx.origin, &ctx.path, context, 100),
+    Ok(collection(
+        &ctx,
+        &query,
+        groups,
+        super::GROUP_READABLE,
+        context,
+        100,
     ))
 }
 
@@ -642,7 +610,13 @@ pub(super) async fn assign_license(
     }
     let user_id = user.id.clone();
     world::ensure_mailbox(c, seed, &user_id, now, false);
-    let obj = Query::default().project(&user_json(&c.tenant.users[idx], &c.tenant), USER_DEFAULT);
+    let obj = entity(
+        &ctx,
+        "users",
+        &Query::default(),
+        &user_json(&c.tenant.users[idx], &c.tenant),
+        USER_DEFAULT,
+    );
     st.ledger.record(
         ctx.mutation(
             "graph",
@@ -653,7 +627,7 @@ pub(super) async fn assign_license(
         ),
         now,
     );
-    Ok(json_response(StatusCode::OK, entity(&ctx, "users", obj)))
+    Ok(json_response(StatusCode::OK, obj))
 }
 
 pub(super) async fn revoke_sessions(
@@ -931,17 +905,18 @@ pub(super) async fn list_deleted(
     let c = company(&st, &caller)?;
     let mut defaults = USER_DEFAULT.to_vec();
     defaults.push("deletedDateTime");
-    let items: Vec<Value> = c
+    let users = c
         .tenant
         .deleted_users
         .iter()
-        .map(|u| user_json(u, &c.tenant))
-        .filter(|m| query.matches(m))
-        .map(|m| query.project(&m, &defaults))
-        .collect();
-    Ok(json_response(
-        StatusCode::OK,
-        query.page(items, &ctx.origin, &ctx.path, "directoryObjects", 100),
+        .map(|u| user_json(u, &c.tenant));
+    Ok(collection(
+        &ctx,
+        &query,
+        users,
+        &defaults,
+        "directoryObjects",
+        100,
     ))
 }
 
@@ -961,7 +936,13 @@ pub(super) async fn get_deleted(
         .ok_or_else(|| GraphError::not_found(&id))?;
     let mut defaults = USER_DEFAULT.to_vec();
     defaults.push("deletedDateTime");
-    let obj = Query::default().project(&user_json(u, &c.tenant), &defaults);
+    let obj = entity(
+        &ctx,
+        "directoryObjects",
+        &Query::default(),
+        &user_json(u, &c.tenant),
+        &defaults,
+    );
     Ok(json_response(StatusCode::OK, obj))
 }
 
@@ -1065,17 +1046,13 @@ pub(super) async fn restore_deleted(
         ),
         now,
     );
-    let mut obj = Query::default().project(&obj, USER_DEFAULT);
-    if let Some(o) = obj.as_object_mut() {
-        o.insert(
-            "@odata.context".into(),
-            json!(format!(
-                "{}/graph/v1.0/$metadata#directoryObjects/$entity",
-                ctx.origin
-            )),
-        );
-        o.insert("@odata.type".into(), json!("#microsoft.graph.user"));
-    }
+    let obj = entity(
+        &ctx,
+        "directoryObjects",
+        &Query::default(),
+        &obj,
+        USER_DEFAULT,
+    );
     Ok(json_response(StatusCode::OK, obj))
 }
 
