@@ -1140,3 +1140,48 @@ async fn odata_type_and_context_follow_minimal_metadata() -> Result<()> {
     assert_eq!(b["@odata.type"], "#microsoft.graph.user", "{b}");
     Ok(())
 }
+
+#[tokio::test]
+async fn user_keys_in_the_path_are_decoded_exactly_once() -> Result<()> {
+    let sb = sandbox().await?;
+    let g = Graph::new(&sb, CONTOSO_TENANT).await?;
+    let (s, b) = g
+        .call("GET", "/users/adele.vance%40contoso.com", None)
+        .await?;
+    assert_eq!(
+        (s, b["displayName"].as_str()),
+        (200, Some("Adele Vance")),
+        "{b}"
+    );
+    // `%2540` is an encoded `%40`: a UPN containing "%40", which nobody has.
+    let (s, b) = g
+        .call("GET", "/users/adele.vance%2540contoso.com", None)
+        .await?;
+    assert_eq!(s, 404, "{b}");
+    assert_envelope(&b, "Request_ResourceNotFound");
+    let (s, b) = g
+        .call(
+            "PATCH",
+            "/users/adele.vance%2540contoso.com",
+            Some(json!({"jobTitle": "x"})),
+        )
+        .await?;
+    assert_eq!(s, 404, "{b}");
+    // A '+' in a UPN stays a '+', written plainly or encoded.
+    let (s, b) = g
+        .call("POST", "/users", Some(new_user("jane+test@contoso.com")))
+        .await?;
+    assert_eq!(s, 201, "{b}");
+    for path in [
+        "/users/jane+test@contoso.com",
+        "/users/jane%2Btest%40contoso.com",
+    ] {
+        let (s, b) = g.call("GET", path, None).await?;
+        assert_eq!(
+            (s, b["userPrincipalName"].as_str()),
+            (200, Some("jane+test@contoso.com")),
+            "{path}: {b}"
+        );
+    }
+    Ok(())
+}

@@ -633,26 +633,17 @@ pub(crate) fn device_json(d: &ManagedDevice, t: &Tenant) -> Map<String, Value> {
     m
 }
 
-/// Resolves `{id}` in a users URL: an object id or a userPrincipalName.
+/// Resolves `{id}` in a users URL: an object id or a userPrincipalName. `key` comes from axum's
+/// `Path`, which has already percent-decoded it once, as Graph does; decoding again would make
+/// `a%2540b` mean `a@b`.
 pub(crate) fn find_user<'a>(t: &'a Tenant, key: &str) -> Option<&'a User> {
-    let key = percent_decode(key);
-    t.users
-        .iter()
-        .find(|u| u.id.eq_ignore_ascii_case(&key) || u.upn().eq_ignore_ascii_case(&key))
+    user_index(t, key).map(|i| &t.users[i])
 }
 
 pub(crate) fn user_index(t: &Tenant, key: &str) -> Option<usize> {
-    let key = percent_decode(key);
     t.users
         .iter()
-        .position(|u| u.id.eq_ignore_ascii_case(&key) || u.upn().eq_ignore_ascii_case(&key))
-}
-
-fn percent_decode(s: &str) -> String {
-    form_urlencoded::parse(format!("k={}", s.replace('+', "%2B")).as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_else(|| s.to_owned())
+        .position(|u| u.id.eq_ignore_ascii_case(key) || u.upn().eq_ignore_ascii_case(key))
 }
 
 /// Extracts the object id from an `@odata.id` reference body.
@@ -794,11 +785,5 @@ mod tests {
         assert!(ref_target(&json!({"@odata.id": "https://x/users/nope"})).is_err());
         assert!(ref_target(&json!({})).is_err());
         assert!(ref_target(&json!([])).is_err());
-    }
-
-    #[test]
-    fn percent_decoding_keeps_plus() {
-        assert_eq!(percent_decode("a%40b.com"), "a@b.com");
-        assert_eq!(percent_decode("a+b@x.com"), "a+b@x.com");
     }
 }
