@@ -793,33 +793,19 @@ pub(crate) async fn webhook_loop(shared: Weak<crate::Shared>) {
                     continue;
                 };
                 let sig = signature(&target.secret, &body);
-                let mut outcome: (Option<u16>, Option<String>, u32) = (None, None, 0);
-                for attempt in 1..=3u32 {
-                    outcome.2 = attempt;
-                    let sent = s
-                        .http
+                let outcome = crate::http::post_with_retries(|| {
+                    s.http
                         .post(&target.url)
                         .header("content-type", "application/json")
                         .header("x-hook-signature", &sig)
                         .body(body.clone())
-                        .send()
-                        .await;
-                    match sent {
-                        Ok(r) if r.status().is_success() => {
-                            outcome = (Some(r.status().as_u16()), None, attempt);
-                            break;
-                        }
-                        Ok(r) => outcome.0 = Some(r.status().as_u16()),
-                        Err(e) => outcome.1 = Some(e.to_string()),
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(100 * u64::from(attempt)))
-                        .await;
-                }
-                if outcome.0.is_none_or(|c| !(200..300).contains(&c)) {
+                })
+                .await;
+                if !outcome.delivered {
                     tracing::warn!(
                         url = %target.url,
-                        status = outcome.0,
-                        error = outcome.1.as_deref(),
+                        status = outcome.status,
+                        error = outcome.error.as_deref(),
                         "autotask webhook delivery failed"
                     );
                 }
@@ -831,10 +817,10 @@ pub(crate) async fn webhook_loop(shared: Weak<crate::Shared>) {
                         .iter_mut()
                         .find(|d| d.sequence_number == seq)
                     {
-                        d.attempts = outcome.2;
-                        d.delivered = outcome.0.is_some_and(|c| (200..300).contains(&c));
-                        d.status = outcome.0;
-                        d.error = outcome.1;
+                        d.attempts = outcome.attempts;
+                        d.delivered = outcome.delivered;
+                        d.status = outcome.status;
+                        d.error = outcome.error;
                     }
                 }
             }

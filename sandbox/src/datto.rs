@@ -28,7 +28,9 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::State as SandboxState;
-use crate::http::{AppState, Ctx, form_get, parse_form, parse_json, query_pairs};
+use crate::http::{
+    AppState, Ctx, PostOutcome, form_get, parse_form, parse_json, post_with_retries, query_pairs,
+};
 use crate::ledger::{Correlation, Mutation};
 use crate::runner::{self, RunError, RunResult};
 use crate::secret::SecretText;
@@ -50,14 +52,6 @@ pub(crate) struct Session {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub(crate) struct CallbackOutcome {
-    pub(crate) attempts: u32,
-    pub(crate) status: Option<u16>,
-    pub(crate) error: Option<String>,
-    pub(crate) delivered: bool,
-}
-
-#[derive(Debug, Clone, Serialize)]
 pub(crate) struct Job {
     pub(crate) id: u64,
     pub(crate) uid: String,
@@ -76,7 +70,7 @@ pub(crate) struct Job {
     pub(crate) taken: bool,
     pub(crate) started_at: Option<DateTime<Utc>>,
     pub(crate) run: Option<RunResult>,
-    pub(crate) callback: Option<CallbackOutcome>,
+    pub(crate) callback: Option<PostOutcome>,
 }
 
 /// A quick job's variables, in the order given. A variable whose name says it holds a secret
@@ -1118,39 +1112,24 @@ async fn post_callback(
     url: &str,
     token: Option<&str>,
     run: &RunResult,
-) -> CallbackOutcome {
-    let mut out = CallbackOutcome {
-        attempts: 0,
-        status: None,
-        error: None,
-        delivered: false,
-    };
-    for attempt in 1..=3u32 {
-        out.attempts = attempt;
-        let mut req = s.http.post(url).json(run);
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
+) -> PostOutcome {
+    let out = post_with_retries(|| {
+        let req = s.http.post(url).json(run);
+        match token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
         }
-        match req.send().await {
-            Ok(r) => {
-                out.status = Some(r.status().as_u16());
-                if r.status().is_success() {
-                    out.delivered = true;
-                    out.error = None;
-                    return out;
-                }
-            }
-            Err(e) => out.error = Some(e.to_string()),
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100 * u64::from(attempt))).await;
+    })
+    .await;
+    if !out.delivered {
+        tracing::warn!(
+            job = %run.job_uid,
+            url,
+            status = out.status,
+            error = out.error.as_deref(),
+            "runner callback was not accepted"
+        );
     }
-    tracing::warn!(
-        job = %run.job_uid,
-        url,
-        status = out.status,
-        error = out.error.as_deref(),
-        "runner callback was not accepted"
-    );
     out
 }
 

@@ -298,6 +298,42 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
+/// What became of a POST the sandbox sent on its own (a runner callback, an Autotask webhook).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub(crate) struct PostOutcome {
+    pub(crate) attempts: u32,
+    /// The last HTTP status received, if any.
+    pub(crate) status: Option<u16>,
+    /// The last transport error, cleared by a delivery.
+    pub(crate) error: Option<String>,
+    pub(crate) delivered: bool,
+}
+
+/// Sends the request `build` makes up to three times, 100 ms then 200 ms apart, until one is
+/// answered 2xx.
+pub(crate) async fn post_with_retries(build: impl Fn() -> reqwest::RequestBuilder) -> PostOutcome {
+    const ATTEMPTS: u32 = 3;
+    let mut out = PostOutcome::default();
+    for attempt in 1..=ATTEMPTS {
+        out.attempts = attempt;
+        match build().send().await {
+            Ok(r) => {
+                out.status = Some(r.status().as_u16());
+                if r.status().is_success() {
+                    out.delivered = true;
+                    out.error = None;
+                    return out;
+                }
+            }
+            Err(e) => out.error = Some(e.to_string()),
+        }
+        if attempt < ATTEMPTS {
+            tokio::time::sleep(std::time::Duration::from_millis(100 * u64::from(attempt))).await;
+        }
+    }
+    out
+}
+
 /// Parses a JSON body; the error string is for the service's own 400 envelope.
 pub(crate) fn parse_json(body: &[u8]) -> Result<Value, String> {
     if body.iter().all(u8::is_ascii_whitespace) {

@@ -305,3 +305,36 @@ async fn fixture_tickets_can_fire_on_start() -> Result<()> {
     assert_eq!(p["Fields"]["subIssueType"], 150);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_refused_webhook_is_tried_three_times_and_recorded() -> Result<()> {
+    let host = Host::start().await?;
+    let sb = sandbox_with(Options {
+        // The host answers 404 here.
+        webhook_url: Some(format!("{}/webhooks/nowhere", host.base)),
+        webhook_secret: Some("hook-secret".to_owned()),
+        ..Options::default()
+    })
+    .await?;
+    let (s, t) = admin(
+        &sb,
+        "POST",
+        "/tickets",
+        Some(json!({"company": "fabrikam", "title": "x"})),
+    )
+    .await?;
+    assert_eq!(s, 201, "{t}");
+    let d = wait_for(
+        "the webhook delivery outcome",
+        Duration::from_secs(10),
+        || async {
+            let (_, w) = admin(&sb, "GET", "/webhooks", None).await?;
+            Ok((w["deliveries"][0]["attempts"].as_u64() == Some(3))
+                .then(|| w["deliveries"][0].clone()))
+        },
+    )
+    .await?;
+    assert_eq!(d["status"], 404, "{d}");
+    assert_eq!(d["delivered"], false, "{d}");
+    Ok(())
+}

@@ -254,3 +254,43 @@ async fn out_of_range_pages_are_a_clear_400_on_every_paged_route() -> Result<()>
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_refused_runner_callback_is_tried_three_times_and_recorded() -> Result<()> {
+    let sb = sandbox().await?;
+    let host = Host::start().await?;
+    let d = Datto::new(&sb).await?;
+    host.host.put_script(
+        "cb",
+        script("ad.get_user@1", &json!({"identity": "bsmith"})),
+    );
+    let (s, b) = d
+        .call(
+            "PUT",
+            &format!("/device/{FAB_RUNNER}/quickjob"),
+            Some(json!({"jobName": "steward cb", "jobComponent": {"componentUid": RUNNER_COMPONENT, "variables": [
+                {"name": "steward_script_url", "value": format!("{}/scripts/cb", host.base)},
+                // The host answers 404 here.
+                {"name": "steward_callback_url", "value": format!("{}/nowhere/cb", host.base)},
+                {"name": "steward_job_token", "value": JOB_TOKEN},
+            ]}})),
+        )
+        .await?;
+    assert_eq!(s, 200, "{b}");
+    let job = b["job"]["uid"].as_str().unwrap().to_owned();
+    d.wait_job(&job).await?;
+    let (_, jobs) = admin(&sb, "GET", "/jobs", None).await?;
+    let j = jobs["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["uid"] == job.as_str())
+        .unwrap();
+    assert_eq!(
+        j["callback"],
+        json!({"attempts": 3, "status": 404, "error": null, "delivered": false}),
+        "{j}"
+    );
+    assert_eq!(j["run"]["status"], "success", "{j}");
+    Ok(())
+}
