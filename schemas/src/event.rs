@@ -136,7 +136,10 @@ pub enum Event {
         /// Who.
         by: String,
     },
-    /// A technician asked for a step to be tried again now, with a fresh attempt budget.
+    /// A technician asked for a step to be tried again now: a failed step (`on_failure: pause`)
+    /// starts over with a fresh attempt budget; a retrying step runs its next attempt without
+    /// waiting for the backoff; a polling step is checked again without waiting (its attempt,
+    /// and its `max_wait` clock, carry on).
     RetryStepRequested {
         /// The step.
         step: StepId,

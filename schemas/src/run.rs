@@ -319,6 +319,9 @@ pub enum StepState {
     },
     /// An approval gate, open: waiting for its approvers.
     AwaitingApproval {
+        /// The attempt that opened it.
+        #[serde(default = "first_attempt", skip_serializing_if = "is_first_attempt")]
+        attempt: Attempt,
         /// When it opened (or was escalated).
         since: Timestamp,
         /// 0: the first approvers; 1: after escalation.
@@ -396,6 +399,14 @@ pub enum StepState {
         /// When.
         at: Timestamp,
     },
+}
+
+fn first_attempt() -> Attempt {
+    Attempt::FIRST
+}
+
+fn is_first_attempt(a: &Attempt) -> bool {
+    *a == Attempt::FIRST
 }
 
 impl StepState {

@@ -891,6 +891,7 @@ impl Machine<'_> {
                 self.set(
                     i,
                     StepState::AwaitingApproval {
+                        attempt: job.attempt,
                         since: self.now,
                         stage: 0,
                         approvers,
@@ -916,6 +917,7 @@ impl Machine<'_> {
     ) -> Result<(), TransitionError> {
         let i = self.index(step)?;
         let StepState::AwaitingApproval {
+            attempt,
             approvers,
             quorum,
             expires_at,
@@ -941,7 +943,7 @@ impl Machine<'_> {
             self.ignore(format!("{by} has already approved gate `{step}`"));
             return Ok(());
         }
-        let quorum = *quorum;
+        let (attempt, quorum) = (*attempt, *quorum);
         let mut approvals = approvals.clone();
         if !approve {
             self.reject(i, &by, comment.map(str::to_owned));
@@ -963,7 +965,7 @@ impl Machine<'_> {
             self.set(
                 i,
                 StepState::Succeeded {
-                    attempt: Attempt::FIRST,
+                    attempt,
                     at: self.now,
                     output,
                     rollback: Rollback::Nothing,
@@ -1003,8 +1005,13 @@ impl Machine<'_> {
         }
     }
 
-    /// A gate was rejected (or expired): the run ends and what was done before it is undone.
+    /// An open gate was rejected (or expired): the run ends and what was done before it is
+    /// undone.
     fn reject(&mut self, i: usize, by: &str, comment: Option<String>) {
+        let attempt = match &self.rec(i).state {
+            StepState::AwaitingApproval { attempt, .. } => *attempt,
+            _ => Attempt::FIRST,
+        };
         self.close_gate_if_open(i);
         let message = match (&comment, by) {
             (Some(c), "expiry") => format!("expired: {c}"),
@@ -1015,7 +1022,7 @@ impl Machine<'_> {
         self.set(
             i,
             StepState::Failed {
-                attempt: Attempt::FIRST,
+                attempt,
                 at: self.now,
                 error: StepFailure {
                     kind: FailureKind::Rejected,
@@ -1040,6 +1047,7 @@ impl Machine<'_> {
             return;
         };
         let StepState::AwaitingApproval {
+            attempt,
             since,
             stage,
             approvers,
@@ -1050,6 +1058,7 @@ impl Machine<'_> {
         else {
             return;
         };
+        let attempt = *attempt;
         let since = *since;
         let requester = normalize_email(&self.ctx.requested_by);
         if *stage == 0
@@ -1081,6 +1090,7 @@ impl Machine<'_> {
             self.set(
                 i,
                 StepState::AwaitingApproval {
+                    attempt,
                     since: self.now,
                     stage: 1,
                     approvers: escalation,

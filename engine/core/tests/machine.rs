@@ -540,6 +540,51 @@ fn pause_on_failure_then_retry_or_skip() {
 }
 
 #[test]
+fn retry_step_on_a_waiting_step_skips_the_wait_without_a_fresh_budget() {
+    let mut env = Env::new(
+        "name: w\ndefaults: {retry: {attempts: 3, initial: 1m, jitter: 0}, max_wait: 1h}\nsteps:\n  - {id: a, op: x}\n  - {id: b, op: x}\n",
+    );
+    env.start();
+    // A retrying step runs its next attempt now.
+    env.fail("a", StepFailure::retryable("flaky"));
+    let t = env.apply(Event::RetryStepRequested {
+        step: sid("a"),
+        by: "t".into(),
+    });
+    assert!(
+        t.effects
+            .iter()
+            .any(|e| matches!(e, Effect::CancelTimer { key } if key.kind == TimerKind::Retry)),
+        "{:?}",
+        t.effects
+    );
+    assert_eq!(
+        env.job("a").attempt.get(),
+        2,
+        "the next attempt, not a fresh budget"
+    );
+    // A polling step is checked again now, by the same attempt, its max_wait clock running on.
+    let seq = env.seq("b");
+    env.apply(Event::StepPending {
+        step: sid("b"),
+        seq,
+        check_after: Dur::secs(600),
+        note: None,
+    });
+    env.advance(std::time::Duration::from_secs(60));
+    env.apply(Event::RetryStepRequested {
+        step: sid("b"),
+        by: "t".into(),
+    });
+    let job = env.job("b");
+    assert_eq!((job.attempt.get(), job.polls), (1, 1));
+    let StepState::Queued { job, .. } = env.step("b") else {
+        panic!("{:?}", env.step("b"))
+    };
+    assert_eq!(job.waiting_since, Some(Timestamp::from_micros(T0)));
+}
+
+#[test]
 fn continue_on_failure_skips_dependents_only() {
     let mut env = Env::new(
         "name: f\ndefaults: {on_failure: continue, retry: {attempts: 1}}\nsteps:\n  - {id: a, op: x}\n  - {id: b, op: x, needs: [a]}\n  - {id: c, op: x, needs: [b]}\n  - {id: d, op: x}\n",
@@ -953,6 +998,70 @@ fn a_decision_after_the_gate_expired_is_refused() {
     decide(&mut env, "alice@msp", true).unwrap();
     decide(&mut env, "bob@msp", true).unwrap();
     assert!(matches!(env.step("approval"), StepState::Succeeded { .. }));
+}
+
+/// A GATED run whose gate job failed once and opened on its second attempt.
+fn gate_opened_on_attempt_two() -> Env {
+    let mut env = Env::new(GATED);
+    env.start();
+    env.succeed("prep");
+    env.fail("approval", StepFailure::retryable("redis hiccup"));
+    env.advance(std::time::Duration::from_secs(1));
+    env.fire_due();
+    assert_eq!(env.job("approval").attempt.get(), 2);
+    open_gate(
+        &mut env,
+        &["alice@msp", "bob@msp"],
+        &["lead@msp", "boss@msp"],
+    );
+    let StepState::AwaitingApproval { attempt, .. } = env.step("approval") else {
+        panic!("{:?}", env.step("approval"))
+    };
+    assert_eq!(attempt.get(), 2);
+    env
+}
+
+#[test]
+fn a_gate_records_the_attempt_that_opened_it() {
+    let mut env = gate_opened_on_attempt_two();
+    decide(&mut env, "alice@msp", true).unwrap();
+    decide(&mut env, "bob@msp", true).unwrap();
+    let StepState::Succeeded { attempt, .. } = env.step("approval") else {
+        panic!("{:?}", env.step("approval"))
+    };
+    assert_eq!(attempt.get(), 2, "approved");
+
+    let mut env = gate_opened_on_attempt_two();
+    decide(&mut env, "alice@msp", false).unwrap();
+    let StepState::Failed { attempt, .. } = env.step("approval") else {
+        panic!("{:?}", env.step("approval"))
+    };
+    assert_eq!(attempt.get(), 2, "rejected");
+
+    let mut env = gate_opened_on_attempt_two();
+    env.advance(std::time::Duration::from_secs(3600));
+    env.fire_due();
+    let StepState::AwaitingApproval { attempt, stage, .. } = env.step("approval") else {
+        panic!("{:?}", env.step("approval"))
+    };
+    assert_eq!((attempt.get(), *stage), (2, 1), "escalated");
+    env.advance(std::time::Duration::from_secs(1800));
+    env.fire_due();
+    let StepState::Failed { attempt, error, .. } = env.step("approval") else {
+        panic!("{:?}", env.step("approval"))
+    };
+    assert!(error.message.starts_with("expired"), "{}", error.message);
+    assert_eq!(attempt.get(), 2, "expired");
+
+    // A first attempt is not written out, so stored documents keep their shape.
+    let mut env = Env::new(GATED);
+    env.start();
+    env.succeed("prep");
+    open_gate(&mut env, &["alice@msp", "bob@msp"], &[]);
+    let json = serde_json::to_value(env.step("approval")).unwrap();
+    assert!(json.get("attempt").is_none(), "{json}");
+    let back: StepState = serde_json::from_value(json).unwrap();
+    assert_eq!(&back, env.step("approval"));
 }
 
 #[test]
