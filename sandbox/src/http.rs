@@ -133,22 +133,53 @@ async fn request_context(req: Request, next: Next) -> Response {
     resp
 }
 
-/// A bug in a handler must not drop the connection: answer 500 in the service's envelope and
-/// log it once. (The state mutex recovers from poisoning in `Shared::lock`.)
+/// A bug in a handler must not drop the connection: answer 500 in the service's envelope,
+/// saying plainly that it is the sandbox's bug (not an injected fault, not the real service's
+/// hiccup), and log it once. (The state mutex recovers from poisoning in `Shared::lock`.)
 async fn catch_panic(req: Request, next: Next) -> Response {
     use futures::FutureExt as _;
     let service = Service::of(req.uri().path());
+    let method = req.method().clone();
     let path = req.uri().path().to_owned();
     match std::panic::AssertUnwindSafe(next.run(req))
         .catch_unwind()
         .await
     {
         Ok(resp) => resp,
-        Err(_) => {
-            tracing::error!(%path, "sandbox handler panicked");
-            fault_response(service, 500, None, None)
+        Err(payload) => {
+            let panic = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(%method, %path, %panic, "sandbox handler panicked");
+            bug_response(service, method.as_str(), &path)
         }
     }
+}
+
+/// The 500 for a handler that panicked, in the service's own envelope.
+fn bug_response(service: Service, method: &str, path: &str) -> Response {
+    let message =
+        format!("sandbox bug: the handler for {method} {path} panicked, see the sandbox's log");
+    let code = StatusCode::INTERNAL_SERVER_ERROR;
+    let body = match service {
+        Service::Graph => crate::graph::error::GraphError::new(code, "sandboxBug", &message).body(),
+        Service::Login => {
+            crate::identity::aad_error_body("server_error", 50000, &message, chrono::Utc::now())
+        }
+        Service::Outlook => json!({"error": {"code": "SandboxBug", "message": message}}),
+        Service::Datto => json!({
+            "timestamp": chrono::Utc::now().timestamp_millis(),
+            "status": 500,
+            "error": "Internal Server Error",
+            "message": message,
+            "path": path,
+        }),
+        Service::Autotask => json!({"errors": [message]}),
+        Service::Admin | Service::Other => json!({"error": "sandbox_bug", "message": message}),
+    };
+    (code, axum::Json(body)).into_response()
 }
 
 async fn fault_layer(State(shared): State<AppState>, req: Request, next: Next) -> Response {
@@ -363,6 +394,49 @@ pub(crate) fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A panicking handler behind the real `catch_panic`, served and called over HTTP.
+    #[tokio::test]
+    async fn a_handler_panic_is_an_honest_500_in_the_services_envelope() {
+        async fn boom() -> Response {
+            panic!("deliberate test panic")
+        }
+        let app = Router::new()
+            .route("/{service}/boom", axum::routing::get(boom))
+            .layer(middleware::from_fn(catch_panic))
+            .layer(middleware::from_fn(request_context));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let http = reqwest::Client::new();
+        for (service, message_at) in [
+            ("graph", "/error/message"),
+            ("login", "/error_description"),
+            ("outlook", "/error/message"),
+            ("datto", "/message"),
+            ("autotask", "/errors/0"),
+            ("admin", "/message"),
+        ] {
+            let r = http
+                .get(format!("http://{addr}/{service}/boom"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 500, "{service}");
+            let body: Value = r.json().await.unwrap();
+            let message = body
+                .pointer(message_at)
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            assert!(
+                message.contains("sandbox bug")
+                    && message.contains(&format!("GET /{service}/boom"))
+                    && message.contains("log"),
+                "{service}: {body}"
+            );
+            assert!(!body.to_string().contains("injected"), "{service}: {body}");
+        }
+    }
 
     #[test]
     fn service_of_prefix() {

@@ -186,7 +186,7 @@ pub(crate) fn aad_error(
         .into_response()
 }
 
-fn aad_error_body(error: &str, code: u32, message: &str, now: DateTime<Utc>) -> Value {
+pub(crate) fn aad_error_body(error: &str, code: u32, message: &str, now: DateTime<Utc>) -> Value {
     let info = request_info();
     let ts = now.format("%Y-%m-%d %H:%M:%SZ").to_string();
     json!({
