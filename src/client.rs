@@ -1,23 +1,41 @@
-//! CLI commands that go through the HTTP API (`--api`, `--token`).
+//! CLI commands that go through the HTTP API (`--api`; the token only from STEWARD_TOKEN).
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-/// Where the API is and who is calling.
+/// The environment variable the API token is read from. There is no flag: a flag's value shows
+/// in `ps` and in shell history.
+pub(crate) const TOKEN_VAR: &str = "STEWARD_TOKEN";
+
+/// How long one API request may take.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where the API is and how to print. The token is read from STEWARD_TOKEN only.
 #[derive(Args, Debug, Clone)]
 pub(crate) struct ApiArgs {
-    /// The API's URL.
-    #[arg(long, env = "STEWARD_API_URL", default_value = "http://127.0.0.1:8080")]
+    /// The API's URL. The API token is read from STEWARD_TOKEN (never a flag: flags show in `ps`
+    /// and shell history).
+    #[arg(
+        long,
+        global = true,
+        env = "STEWARD_API_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
     pub(crate) api: String,
-    /// An API token (`stw_…`).
-    #[arg(long, env = "STEWARD_TOKEN", hide_env_values = true)]
-    pub(crate) token: Option<String>,
     /// Print JSON.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub(crate) json: bool,
+}
+
+/// The API token from STEWARD_TOKEN, if set and not empty.
+pub(crate) fn token() -> Option<String> {
+    std::env::var(TOKEN_VAR)
+        .ok()
+        .filter(|t| !t.trim().is_empty())
 }
 
 pub(crate) struct Client {
@@ -29,12 +47,16 @@ pub(crate) struct Client {
 
 impl Client {
     pub(crate) fn new(args: &ApiArgs) -> Result<Self> {
-        let token = args
-            .token
-            .clone()
-            .ok_or_else(|| anyhow!("no API token: pass --token or set STEWARD_TOKEN (an admin makes tokens: steward technicians token)"))?;
+        let token = token().ok_or_else(|| {
+            anyhow!(
+                "no API token: set {TOKEN_VAR} (an admin makes tokens: steward technicians token)"
+            )
+        })?;
         Ok(Self {
-            http: reqwest::Client::new(),
+            http: reqwest::Client::builder()
+                .timeout(TIMEOUT)
+                .build()
+                .context("cannot build the HTTP client")?,
             base: args.api.trim_end_matches('/').to_owned(),
             token,
             json: args.json,
@@ -42,23 +64,43 @@ impl Client {
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<Value> {
-        let res = req
+        let req = req
             .bearer_auth(&self.token)
-            .send()
+            .build()
+            .with_context(|| format!("cannot make a request to the API at {}", self.base))?;
+        let what = format!("{} {}", req.method(), req.url());
+        let res = self
+            .http
+            .execute(req)
             .await
-            .with_context(|| format!("cannot reach the API at {}", self.base))?;
+            .with_context(|| format!("{what}: cannot reach the API at {}", self.base))?;
         let status = res.status();
-        let body: Value = if status == reqwest::StatusCode::NO_CONTENT {
-            Value::Null
+        let text = if status == reqwest::StatusCode::NO_CONTENT {
+            String::new()
         } else {
-            res.json().await.unwrap_or(Value::Null)
+            res.text()
+                .await
+                .with_context(|| format!("{what}: {status}, and the body could not be read"))?
+        };
+        let body: Option<Value> = if text.is_empty() {
+            Some(Value::Null)
+        } else {
+            serde_json::from_str(&text).ok()
         };
         if status.is_success() {
-            return Ok(body);
+            return body.ok_or_else(|| {
+                anyhow!(
+                    "{what}: {status}, but the answer is not JSON: {}",
+                    excerpt(&text)
+                )
+            });
         }
+        let Some(body) = body.filter(|b| b["error"].is_object()) else {
+            bail!("{what}: {status}: {}", excerpt(&text));
+        };
         let e = &body["error"];
         let mut msg = format!(
-            "{} ({}): {}",
+            "{what}: {} ({}): {}",
             status.as_u16(),
             e["code"].as_str().unwrap_or("error"),
             e["message"].as_str().unwrap_or("(no message)")
@@ -107,7 +149,7 @@ impl Client {
         .await
     }
 
-    fn print(&self, v: &Value, human: impl FnOnce(&Value)) {
+    pub(crate) fn print(&self, v: &Value, human: impl FnOnce(&Value)) {
         if self.json {
             println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
         } else {
@@ -118,6 +160,23 @@ impl Client {
 
 fn s(v: &Value) -> &str {
     v.as_str().unwrap_or("")
+}
+
+/// The start of a response body, for an error message: at most 200 characters, on one line.
+fn excerpt(text: &str) -> String {
+    let text = text.trim();
+    if text.is_empty() {
+        return "(empty body)".to_owned();
+    }
+    let mut out: String = text
+        .chars()
+        .take(200)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if text.chars().count() > 200 {
+        out.push('…');
+    }
+    out
 }
 
 /// `steward runs`.
@@ -343,7 +402,7 @@ pub(crate) async fn companies(api: &ApiArgs, cmd: CompaniesCmd) -> Result<ExitCo
         CompaniesCmd::Delete { id } => {
             c.delete(&format!("/v1/companies/{}", urlencode(&id)))
                 .await?;
-            println!("deleted {id}");
+            c.print(&json!({ "deleted": id }), |_| println!("deleted {id}"));
         }
         CompaniesCmd::Import { file } => {
             let bytes =

@@ -148,10 +148,7 @@ pub(crate) async fn run() -> Result<ExitCode> {
 }
 
 async fn show(store: &Store, run: RunId) -> Result<()> {
-    let snap = store.load(run).await?.context("run vanished")?;
-    let history = store.history(run).await?;
-    let plan = store.plan(&snap.doc.ctx.workflow.hash).await?;
-    crate::print::status(&snap, &history, &plan);
+    crate::print::run(store, run, false).await?;
     Ok(())
 }
 

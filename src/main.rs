@@ -29,7 +29,8 @@ use steward_workers::{Registry, Services};
 #[command(
     name = "steward",
     version,
-    about = "Durable onboarding and offboarding workflows for MSPs"
+    about = "Durable onboarding and offboarding workflows for MSPs",
+    after_help = "Environment: STEWARD_TOKEN (the API token: never a flag, which would show in `ps` and shell history), STEWARD_API_URL, STEWARD_CONFIG, STEWARD_LOG, and STEWARD_<SECTION>__<KEY> for any config key (e.g. STEWARD_REDIS__URL)."
 )]
 struct Cli {
     #[command(flatten)]
@@ -225,7 +226,7 @@ enum TechniciansCmd {
     /// Revoke a token.
     Revoke {
         /// The token's id (`tok_…`).
-        id: String,
+        id: steward_schemas::TokenId,
     },
 }
 
@@ -240,13 +241,15 @@ struct SandboxArgs {
     /// Seeds object ids and fault injection.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Where Autotask ticket webhooks are sent.
+    /// Where Autotask ticket webhooks are sent. The key that signs them (X-Hook-Signature) is
+    /// read from STEWARD_SANDBOX_WEBHOOK_SECRET (never a flag: flags show in `ps` and shell
+    /// history).
     #[arg(long)]
     webhook_url: Option<String>,
-    /// The webhook secret key (signs X-Hook-Signature); also STEWARD_SANDBOX_WEBHOOK_SECRET.
-    #[arg(long, env = "STEWARD_SANDBOX_WEBHOOK_SECRET", hide_env_values = true)]
-    webhook_secret: Option<String>,
 }
+
+/// The environment variable the sandbox's webhook signing key is read from.
+const WEBHOOK_SECRET_VAR: &str = "STEWARD_SANDBOX_WEBHOOK_SECRET";
 
 #[derive(Args, Debug)]
 struct WorkerArgs {
@@ -288,9 +291,9 @@ struct RunArgs {
     /// An input, `name=value` (repeatable). Non-text inputs take JSON (`shared=true`).
     #[arg(long = "input", value_name = "NAME=VALUE")]
     inputs: Vec<String>,
-    /// Who asks for the run.
-    #[arg(long, default_value = "cli")]
-    requested_by: String,
+    /// Who asks for the run (default: `cli:$USER`, as other commands record).
+    #[arg(long)]
+    requested_by: Option<String>,
     /// Start at this time (RFC 3339) instead of now.
     #[arg(long)]
     at: Option<Timestamp>,
@@ -334,9 +337,18 @@ fn main() -> ExitCode {
         Command::Worker(_) | Command::Serve(_) => "info",
         _ => "warn",
     };
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(cli.global.log.as_deref().unwrap_or(default_log))
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log));
+    let filter = match cli.global.log.as_deref() {
+        None => tracing_subscriber::EnvFilter::new(default_log),
+        Some(text) => match tracing_subscriber::EnvFilter::builder().parse(text) {
+            Ok(filter) => filter,
+            Err(e) => {
+                eprintln!(
+                    "error: --log (or STEWARD_LOG) `{text}`: {e}; write a level or directives, e.g. `info` or `warn,steward_engine=debug`"
+                );
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -451,218 +463,198 @@ fn queue_config(config: &Config) -> QueueConfig {
 }
 
 async fn dispatch(cli: Cli) -> Result<ExitCode> {
-    match cli.command {
+    let Cli { global, command } = cli;
+    // Commands that use Redis load the config; the others do not need one.
+    let config = || load_config(&global);
+    match command {
         Command::Validate { files } => validate(&files),
         Command::Ops { json } => {
             print::ops(&Registry::builtin(), json);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Schema { dir } => {
-            for (name, text) in steward_schemas::json_schemas() {
-                let path = dir.join(name);
-                std::fs::write(&path, text)
-                    .with_context(|| format!("cannot write {}", path.display()))?;
-                println!("wrote {}", path.display());
-            }
-            let openapi = dir.parent().unwrap_or(&dir).join("openapi.json");
-            std::fs::write(&openapi, steward_engine::api::openapi_json())
-                .with_context(|| format!("cannot write {}", openapi.display()))?;
-            println!("wrote {}", openapi.display());
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Schema { dir } => schema(&dir),
         Command::Demo => demo::run().await,
         Command::Runs { api, args } => client::runs(&api, args).await,
         Command::Approvals { api } => client::approvals(&api).await,
         Command::Approve { gate, comment, api } => client::decide(&api, &gate, true, comment).await,
         Command::Reject { gate, comment, api } => client::decide(&api, &gate, false, comment).await,
         Command::Companies { api, cmd } => client::companies(&api, cmd).await,
-        Command::Technicians { api, cmd } if api.token.is_some() => {
-            technicians_api(&api, cmd).await
-        }
-        Command::Sandbox(args) => {
-            let sandbox = steward_sandbox::Sandbox::new(steward_sandbox::Options {
-                fixture: args.fixture,
-                seed: args.seed,
-                webhook_url: args.webhook_url,
-                webhook_secret: args.webhook_secret,
-            })?;
-            let listener = tokio::net::TcpListener::bind(&args.listen)
-                .await
-                .with_context(|| format!("cannot listen on {}", args.listen))?;
-            let addr = listener.local_addr()?;
-            println!(
-                "sandbox listening on http://{addr} (/graph /login /outlook /datto /autotask /admin)"
-            );
-            sandbox.serve(listener, shutdown_signal()).await?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Bench(args) => bench_cmd(&cli.global, args).await,
-        command => {
-            let mut config = load_config(&cli.global)?;
-            match command {
-                Command::Worker(args) => {
-                    if let Some(c) = args.concurrency {
-                        config.worker.concurrency = c;
-                    }
-                    if let Some(d) = args.claim_idle {
-                        config.worker.claim_idle = d;
-                    }
-                    if let Some(m) = args.max_deliveries {
-                        config.worker.max_deliveries = m;
-                    }
-                    config.validate()?;
-                    let store = connect(&config).await?;
-                    let services = Services {
-                        redis: Some(store.db().manager()),
-                        namespace: config.redis.namespace.clone(),
-                    };
-                    let runtime = Arc::new(Runtime {
-                        store: store.clone(),
-                        companies: companies_for(&store),
-                        registry: Registry::builtin(),
-                        services,
-                    });
-                    let queue = queue_config(&config);
-                    tracing::info!(consumer = %queue.consumer, "worker starting");
-                    let sched = args.with_scheduler.then(|| {
-                        tokio::spawn(scheduler::run(
-                            store.clone(),
-                            scheduler_config(&config),
-                            shutdown_signal(),
-                        ))
-                    });
-                    worker::run(runtime, queue, shutdown_signal())
-                        .await
-                        .map_err(|e| anyhow!("worker stopped: {e}"))?;
-                    if let Some(s) = sched {
-                        let _ = s.await;
-                    }
-                    Ok(ExitCode::SUCCESS)
-                }
-                Command::Serve(args) => {
-                    if let Some(t) = args.tick {
-                        config.scheduler.tick = t;
-                    }
-                    if let Some(l) = args.listen {
-                        config.http.listen = l;
-                    }
-                    if let Some(w) = args.workflows {
-                        config.http.workflows = w;
-                    }
-                    config.validate()?;
-                    check_public_url(&config)?;
-                    let store = connect(&config).await?;
-                    let registry = Arc::new(Registry::builtin());
-                    let workflows =
-                        Workflows::load_dir(Path::new(&config.http.workflows), &registry)?;
-                    let listener = tokio::net::TcpListener::bind(&config.http.listen)
-                        .await
-                        .with_context(|| format!("cannot listen on {}", config.http.listen))?;
-                    let addr = listener.local_addr()?;
-                    let public_url = config
-                        .http
-                        .public_url
-                        .clone()
-                        .unwrap_or_else(|| format!("http://{addr}"));
-                    let state = steward_engine::api::state(
-                        store.clone(),
-                        registry,
-                        workflows,
-                        config.http.link_key.as_ref().map(|k| k.0.as_str()),
-                        public_url,
-                    )
-                    .await
-                    .map_err(|e| anyhow!(e))?;
-                    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-                    let stopped = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-                        let _ = rx.wait_for(|s| *s).await;
-                    };
-                    let sched = tokio::spawn(scheduler::run(
-                        store,
-                        scheduler_config(&config),
-                        stopped(stop_rx.clone()),
-                    ));
-                    tracing::info!(%addr, "API and scheduler starting");
-                    println!("steward serve: API on http://{addr}, scheduler running");
-                    let app = steward_engine::api::app(state);
-                    axum::serve(listener, app)
-                        .with_graceful_shutdown(async move {
-                            shutdown_signal().await;
-                            let _ = stop_tx.send(true);
-                        })
-                        .await?;
-                    let _ = sched.await;
-                    Ok(ExitCode::SUCCESS)
-                }
-                Command::Run(args) => run_cmd(&config, args).await,
-                Command::Technicians { cmd, .. } => technicians_local(&config, cmd).await,
-                Command::Status { run, json } => {
-                    let store = connect(&config).await?;
-                    let snap = store.load(run).await?.ok_or_else(|| {
-                        anyhow!("no run `{run}` in namespace `{}`", config.redis.namespace)
-                    })?;
-                    let history = store.history(run).await?;
-                    let plan = store.plan(&snap.doc.ctx.workflow.hash).await?;
-                    if json {
-                        print::status_json(&snap, &history, &plan)?;
-                    } else {
-                        print::status(&snap, &history, &plan);
-                    }
-                    Ok(ExitCode::SUCCESS)
-                }
-                Command::Cancel {
-                    run,
-                    rollback,
-                    reason,
-                } => {
-                    command_event(
-                        &config,
-                        run,
-                        Event::CancelRequested {
-                            by: who(),
-                            rollback,
-                            reason,
-                        },
-                    )
-                    .await
-                }
-                Command::Pause { run, reason } => {
-                    command_event(&config, run, Event::PauseRequested { by: who(), reason }).await
-                }
-                Command::Resume { run } => {
-                    command_event(&config, run, Event::ResumeRequested { by: who() }).await
-                }
-                Command::RetryStep { run, step } => {
-                    command_event(&config, run, Event::RetryStepRequested { step, by: who() }).await
-                }
-                Command::SkipStep { run, step, reason } => {
-                    command_event(
-                        &config,
-                        run,
-                        Event::SkipStepRequested {
-                            step,
-                            by: who(),
-                            reason,
-                        },
-                    )
-                    .await
-                }
-                Command::Validate { .. }
-                | Command::Ops { .. }
-                | Command::Schema { .. }
-                | Command::Demo
-                | Command::Bench(_)
-                | Command::Sandbox(_)
-                | Command::Runs { .. }
-                | Command::Approvals { .. }
-                | Command::Approve { .. }
-                | Command::Reject { .. }
-                | Command::Companies { .. } => {
-                    unreachable!("handled above")
-                }
+        Command::Technicians { api, cmd } => {
+            if client::token().is_some() {
+                technicians_api(&api, cmd).await
+            } else {
+                technicians_local(&config()?, api.json, cmd).await
             }
         }
+        Command::Sandbox(args) => sandbox(args).await,
+        Command::Bench(args) => bench_cmd(&global, args).await,
+        Command::Worker(args) => worker_cmd(config()?, args).await,
+        Command::Serve(args) => serve_cmd(config()?, args).await,
+        Command::Run(args) => run_cmd(&config()?, args).await,
+        Command::Status { run, json } => {
+            let store = connect(&config()?).await?;
+            print::run(&store, run, json).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cancel {
+            run,
+            rollback,
+            reason,
+        } => {
+            let event = Event::CancelRequested {
+                by: who(),
+                rollback,
+                reason,
+            };
+            command_event(&config()?, run, event).await
+        }
+        Command::Pause { run, reason } => {
+            let event = Event::PauseRequested { by: who(), reason };
+            command_event(&config()?, run, event).await
+        }
+        Command::Resume { run } => {
+            let event = Event::ResumeRequested { by: who() };
+            command_event(&config()?, run, event).await
+        }
+        Command::RetryStep { run, step } => {
+            let event = Event::RetryStepRequested { step, by: who() };
+            command_event(&config()?, run, event).await
+        }
+        Command::SkipStep { run, step, reason } => {
+            let event = Event::SkipStepRequested {
+                step,
+                by: who(),
+                reason,
+            };
+            command_event(&config()?, run, event).await
+        }
     }
+}
+
+fn schema(dir: &Path) -> Result<ExitCode> {
+    for (name, text) in steward_schemas::json_schemas() {
+        let path = dir.join(name);
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    let openapi = dir.parent().unwrap_or(dir).join("openapi.json");
+    std::fs::write(&openapi, steward_engine::api::openapi_json())
+        .with_context(|| format!("cannot write {}", openapi.display()))?;
+    println!("wrote {}", openapi.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn sandbox(args: SandboxArgs) -> Result<ExitCode> {
+    let sandbox = steward_sandbox::Sandbox::new(steward_sandbox::Options {
+        fixture: args.fixture,
+        seed: args.seed,
+        webhook_url: args.webhook_url,
+        webhook_secret: std::env::var(WEBHOOK_SECRET_VAR)
+            .ok()
+            .filter(|s| !s.is_empty()),
+    })?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    println!("sandbox listening on http://{addr} (/graph /login /outlook /datto /autotask /admin)");
+    sandbox.serve(listener, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn worker_cmd(mut config: Config, args: WorkerArgs) -> Result<ExitCode> {
+    if let Some(c) = args.concurrency {
+        config.worker.concurrency = c;
+    }
+    if let Some(d) = args.claim_idle {
+        config.worker.claim_idle = d;
+    }
+    if let Some(m) = args.max_deliveries {
+        config.worker.max_deliveries = m;
+    }
+    config.validate()?;
+    let store = connect(&config).await?;
+    let services = Services {
+        redis: Some(store.db().manager()),
+        namespace: config.redis.namespace.clone(),
+    };
+    let runtime = Arc::new(Runtime {
+        store: store.clone(),
+        companies: companies_for(&store),
+        registry: Registry::builtin(),
+        services,
+    });
+    let queue = queue_config(&config);
+    tracing::info!(consumer = %queue.consumer, "worker starting");
+    let sched = args.with_scheduler.then(|| {
+        tokio::spawn(scheduler::run(
+            store.clone(),
+            scheduler_config(&config),
+            shutdown_signal(),
+        ))
+    });
+    worker::run(runtime, queue, shutdown_signal())
+        .await
+        .map_err(|e| anyhow!("worker stopped: {e}"))?;
+    if let Some(s) = sched {
+        let _ = s.await;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve_cmd(mut config: Config, args: ServeArgs) -> Result<ExitCode> {
+    if let Some(t) = args.tick {
+        config.scheduler.tick = t;
+    }
+    if let Some(l) = args.listen {
+        config.http.listen = l;
+    }
+    if let Some(w) = args.workflows {
+        config.http.workflows = w;
+    }
+    config.validate()?;
+    check_public_url(&config)?;
+    let store = connect(&config).await?;
+    let registry = Arc::new(Registry::builtin());
+    let workflows = Workflows::load_dir(Path::new(&config.http.workflows), &registry)?;
+    let listener = tokio::net::TcpListener::bind(&config.http.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.http.listen))?;
+    let addr = listener.local_addr()?;
+    let public_url = config
+        .http
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    let state = steward_engine::api::state(
+        store.clone(),
+        registry,
+        workflows,
+        config.http.link_key.as_ref().map(|k| k.0.as_str()),
+        public_url,
+    )
+    .await
+    .map_err(|e| anyhow!(e))?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let sched = tokio::spawn(scheduler::run(
+        store,
+        scheduler_config(&config),
+        stopped(stop_rx.clone()),
+    ));
+    tracing::info!(%addr, "API and scheduler starting");
+    println!("steward serve: API on http://{addr}, scheduler running");
+    let app = steward_engine::api::app(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        })
+        .await?;
+    let _ = sched.await;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn scope(companies: &str) -> Result<steward_schemas::CompanyScope> {
@@ -676,8 +668,44 @@ fn scope(companies: &str) -> Result<steward_schemas::CompanyScope> {
     Ok(steward_schemas::CompanyScope::Only(ids))
 }
 
-/// Technicians on Redis directly: for the server, and for the first admin.
-async fn technicians_local(config: &Config, cmd: TechniciansCmd) -> Result<ExitCode> {
+/// Prints `v` as JSON, or else runs `human`.
+fn output(json: bool, v: &Value, human: impl FnOnce()) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(v)?);
+    } else {
+        human();
+    }
+    Ok(())
+}
+
+/// One technician, one line.
+fn technician_line(t: &Value) {
+    println!(
+        "{}  {:<30} {:<10} {}{}",
+        t["id"].as_str().unwrap_or(""),
+        t["email"].as_str().unwrap_or(""),
+        t["role"].as_str().unwrap_or(""),
+        t["companies"],
+        if t["disabled"].as_bool() == Some(true) {
+            "  (disabled)"
+        } else {
+            ""
+        }
+    );
+}
+
+/// A new token (`{"info": …, "token": …}`), shown once.
+fn token_lines(t: &Value, whose: &str) {
+    println!(
+        "token {}{whose} (shown once, keep it safe):\n{}",
+        t["info"]["id"].as_str().unwrap_or(""),
+        t["token"].as_str().unwrap_or("")
+    );
+}
+
+/// Technicians on Redis directly: for the server, and for the first admin. With `json`, prints
+/// what the API would answer.
+async fn technicians_local(config: &Config, json: bool, cmd: TechniciansCmd) -> Result<ExitCode> {
     let store = connect(config).await?;
     let auth = steward_engine::auth::Auth::new(
         store.db().clone(),
@@ -686,16 +714,13 @@ async fn technicians_local(config: &Config, cmd: TechniciansCmd) -> Result<ExitC
     );
     match cmd {
         TechniciansCmd::List => {
-            for t in auth.technicians().await? {
-                println!(
-                    "{}  {:<30} {:<10} {:?}{}",
-                    t.id,
-                    t.email,
-                    format!("{:?}", t.role).to_lowercase(),
-                    t.companies,
-                    if t.disabled { "  (disabled)" } else { "" }
-                );
-            }
+            let list = serde_json::to_value(auth.technicians().await?)?;
+            output(json, &list, || {
+                list.as_array()
+                    .into_iter()
+                    .flatten()
+                    .for_each(technician_line);
+            })?;
         }
         TechniciansCmd::Add {
             email,
@@ -712,16 +737,25 @@ async fn technicians_local(config: &Config, cmd: TechniciansCmd) -> Result<ExitC
             let tech = auth
                 .add_technician(&email, &name, role, scope(&companies)?)
                 .await?;
-            println!(
-                "added {} ({}, {})",
-                tech.email,
-                tech.id,
-                if admin { "admin" } else { "technician" }
-            );
-            if let Some(n) = token_name {
-                let (info, token) = auth.create_token(tech.id, &n).await?;
-                println!("token {} (shown once, keep it safe):\n{token}", info.id);
-            }
+            let token = match token_name {
+                Some(n) => {
+                    let (info, token) = auth.create_token(tech.id, &n).await?;
+                    serde_json::json!({"info": info, "token": token})
+                }
+                None => Value::Null,
+            };
+            let v = serde_json::json!({"technician": tech, "token": token});
+            output(json, &v, || {
+                println!(
+                    "added {} ({}, {})",
+                    tech.email,
+                    tech.id,
+                    if admin { "admin" } else { "technician" }
+                );
+                if !token.is_null() {
+                    token_lines(&token, "");
+                }
+            })?;
         }
         TechniciansCmd::Token { email, name } => {
             let tech = auth
@@ -729,15 +763,15 @@ async fn technicians_local(config: &Config, cmd: TechniciansCmd) -> Result<ExitC
                 .await?
                 .ok_or_else(|| anyhow!("no technician with email `{email}`"))?;
             let (info, token) = auth.create_token(tech.id, &name).await?;
-            println!(
-                "token {} for {} (shown once, keep it safe):\n{token}",
-                info.id, tech.email
-            );
+            let v = serde_json::json!({"info": info, "token": token});
+            output(json, &v, || {
+                token_lines(&v, &format!(" for {}", tech.email))
+            })?;
         }
         TechniciansCmd::Revoke { id } => {
-            let id = id.parse().map_err(|e| anyhow!("{e}"))?;
             let info = auth.revoke_token(id).await?;
-            println!("revoked {}", info.id);
+            let v = serde_json::json!({"revoked": info.id});
+            output(json, &v, || println!("revoked {}", info.id))?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -746,18 +780,19 @@ async fn technicians_local(config: &Config, cmd: TechniciansCmd) -> Result<ExitC
 /// Technicians through the API.
 async fn technicians_api(api: &client::ApiArgs, cmd: TechniciansCmd) -> Result<ExitCode> {
     let c = client::Client::new(api)?;
+    let add_token = async |id: &str, name: &str| -> Result<Value> {
+        c.post(
+            &format!("/v1/technicians/{}/tokens", client::urlencode(id)),
+            serde_json::json!({ "name": name }),
+        )
+        .await
+    };
     match cmd {
         TechniciansCmd::List => {
             let list = c.get("/v1/technicians").await?;
-            for t in list.as_array().into_iter().flatten() {
-                println!(
-                    "{}  {:<30} {:<10} {}",
-                    t["id"].as_str().unwrap_or(""),
-                    t["email"].as_str().unwrap_or(""),
-                    t["role"].as_str().unwrap_or(""),
-                    t["companies"]
-                );
-            }
+            c.print(&list, |l| {
+                l.as_array().into_iter().flatten().for_each(technician_line);
+            });
         }
         TechniciansCmd::Add {
             email,
@@ -768,25 +803,22 @@ async fn technicians_api(api: &client::ApiArgs, cmd: TechniciansCmd) -> Result<E
         } => {
             let body = serde_json::json!({"email": email, "name": name, "role": if admin { "admin" } else { "technician" }, "companies": scope(&companies)?});
             let tech = c.post("/v1/technicians", body).await?;
-            println!(
-                "added {} ({})",
-                tech["email"].as_str().unwrap_or(""),
-                tech["id"].as_str().unwrap_or("")
-            );
-            if let Some(n) = token_name {
-                let id = tech["id"].as_str().unwrap_or("");
-                let t = c
-                    .post(
-                        &format!("/v1/technicians/{id}/tokens"),
-                        serde_json::json!({"name": n}),
-                    )
-                    .await?;
+            let token = match token_name {
+                Some(n) => add_token(tech["id"].as_str().unwrap_or(""), &n).await?,
+                None => Value::Null,
+            };
+            let v = serde_json::json!({"technician": tech, "token": token});
+            c.print(&v, |v| {
                 println!(
-                    "token {} (shown once, keep it safe):\n{}",
-                    t["info"]["id"].as_str().unwrap_or(""),
-                    t["token"].as_str().unwrap_or("")
+                    "added {} ({}, {})",
+                    v["technician"]["email"].as_str().unwrap_or(""),
+                    v["technician"]["id"].as_str().unwrap_or(""),
+                    v["technician"]["role"].as_str().unwrap_or("")
                 );
-            }
+                if !v["token"].is_null() {
+                    token_lines(&v["token"], "");
+                }
+            });
         }
         TechniciansCmd::Token { email, name } => {
             let list = c.get("/v1/technicians").await?;
@@ -794,25 +826,17 @@ async fn technicians_api(api: &client::ApiArgs, cmd: TechniciansCmd) -> Result<E
                 .as_array()
                 .into_iter()
                 .flatten()
-                .find(|t| t["email"].as_str() == Some(email.to_lowercase().as_str()))
+                .find(|t| t["email"].as_str() == Some(email.trim().to_lowercase().as_str()))
                 .and_then(|t| t["id"].as_str().map(str::to_owned))
                 .ok_or_else(|| anyhow!("no technician with email `{email}`"))?;
-            let t = c
-                .post(
-                    &format!("/v1/technicians/{id}/tokens"),
-                    serde_json::json!({"name": name}),
-                )
-                .await?;
-            println!(
-                "token {} (shown once, keep it safe):\n{}",
-                t["info"]["id"].as_str().unwrap_or(""),
-                t["token"].as_str().unwrap_or("")
-            );
+            let t = add_token(&id, &name).await?;
+            c.print(&t, |t| token_lines(t, &format!(" for {}", email.trim())));
         }
         TechniciansCmd::Revoke { id } => {
-            c.delete(&format!("/v1/tokens/{}", client::urlencode(&id)))
-                .await?;
-            println!("revoked {id}");
+            c.delete(&format!("/v1/tokens/{id}")).await?;
+            c.print(&serde_json::json!({ "revoked": id }), |_| {
+                println!("revoked {id}");
+            });
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -898,7 +922,7 @@ async fn run_cmd(config: &Config, args: RunArgs) -> Result<ExitCode> {
             plan,
             company,
             inputs,
-            requested_by: args.requested_by,
+            requested_by: args.requested_by.unwrap_or_else(who),
             ticket: None,
             start_at: args.at,
         })
@@ -912,17 +936,7 @@ async fn run_cmd(config: &Config, args: RunArgs) -> Result<ExitCode> {
                 std::time::Duration::from_secs(86_400),
             )
             .await?;
-        let snap = store
-            .load(run)
-            .await?
-            .ok_or_else(|| anyhow!("run {run} vanished"))?;
-        let history = store.history(run).await?;
-        let plan = store.plan(&snap.doc.ctx.workflow.hash).await?;
-        if args.json {
-            print::status_json(&snap, &history, &plan)?;
-        } else {
-            print::status(&snap, &history, &plan);
-        }
+        let snap = print::run(&store, run, args.json).await?;
         return Ok(if snap.doc.state.status.name() == "completed" {
             ExitCode::SUCCESS
         } else {

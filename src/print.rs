@@ -1,38 +1,84 @@
 //! How the CLI prints runs, ops and benchmark figures.
 
-use anyhow::Result;
+use anyhow::{Result, anyhow};
 use serde_json::json;
 use steward_core::Plan;
 use steward_core::history::redact;
 use steward_engine::bench::BenchReport;
-use steward_engine::store::RunSnapshot;
-use steward_schemas::{CompState, HistoryEntry, RunStatus, StepState};
+use steward_engine::store::{RunSnapshot, Store};
+use steward_schemas::{CompState, HistoryEntry, RunId, RunStatus, StepState};
 use steward_workers::Registry;
 
+/// A spec field (group, access, approval rule) as its JSON name, e.g. `passwords_security`.
+fn label(v: impl serde::Serialize) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(_) => String::new(),
+    }
+}
+
+/// Every op a workflow can use: its permission group, whether it reads or writes, and when it
+/// needs approval (`policy`: as the company's policy says; `always`; `blocked`: never allowed).
 pub(crate) fn ops(registry: &Registry, json: bool) {
+    let specs: Vec<_> = registry
+        .specs()
+        .into_iter()
+        .filter(|s| !s.internal)
+        .collect();
     if json {
-        let specs: Vec<_> = registry
-            .specs()
-            .into_iter()
-            .filter(|s| !s.internal)
-            .collect();
         println!(
             "{}",
             serde_json::to_string_pretty(&specs).unwrap_or_default()
         );
         return;
     }
-    for spec in registry.specs().into_iter().filter(|s| !s.internal) {
-        println!("{:<14} {}", spec.name, spec.summary);
+    let name_w = specs.iter().map(|s| s.name.len()).max().unwrap_or(0).max(2);
+    let group_w = specs
+        .iter()
+        .map(|s| label(s.group).len())
+        .max()
+        .unwrap_or(0)
+        .max(5);
+    println!(
+        "{:<name_w$}  {:<group_w$}  {:<6} {:<8} WHAT",
+        "OP", "GROUP", "ACCESS", "APPROVAL"
+    );
+    for spec in specs {
+        println!(
+            "{:<name_w$}  {:<group_w$}  {:<6} {:<8} {}",
+            spec.name,
+            label(spec.group),
+            label(spec.access),
+            label(spec.approval),
+            spec.summary
+        );
         for input in spec.inputs {
             let req = if input.required {
                 "required"
             } else {
                 "optional"
             };
-            println!("    {:<14} {req:<9} {}", input.name, input.description);
+            println!("    {:<24} {req:<9} {}", input.name, input.description);
         }
     }
+}
+
+/// Loads a run, its history and its workflow, and prints them (as JSON with `json`); the
+/// snapshot it printed.
+pub(crate) async fn run(store: &Store, run: RunId, json: bool) -> Result<RunSnapshot> {
+    let snap = store
+        .load(run)
+        .await?
+        .ok_or_else(|| anyhow!("no run `{run}` in namespace `{}`", store.keys().namespace()))?;
+    let history = store.history(run).await?;
+    let plan = store.plan(&snap.doc.ctx.workflow.hash).await?;
+    if json {
+        status_json(&snap, &history, &plan)?;
+    } else {
+        status(&snap, &history, &plan);
+    }
+    Ok(snap)
 }
 
 /// The secret inputs of the run's workflow, hidden before printing.
@@ -49,7 +95,7 @@ fn visible_inputs(snap: &RunSnapshot, plan: &Plan) -> serde_json::Value {
     inputs
 }
 
-pub(crate) fn status_json(snap: &RunSnapshot, history: &[HistoryEntry], plan: &Plan) -> Result<()> {
+fn status_json(snap: &RunSnapshot, history: &[HistoryEntry], plan: &Plan) -> Result<()> {
     let mut doc = serde_json::to_value(&snap.doc)?;
     doc["ctx"]["inputs"] = visible_inputs(snap, plan);
     redact(&mut doc);
@@ -58,7 +104,7 @@ pub(crate) fn status_json(snap: &RunSnapshot, history: &[HistoryEntry], plan: &P
     Ok(())
 }
 
-pub(crate) fn status(snap: &RunSnapshot, history: &[HistoryEntry], plan: &Plan) {
+fn status(snap: &RunSnapshot, history: &[HistoryEntry], plan: &Plan) {
     let ctx = &snap.doc.ctx;
     let state = &snap.doc.state;
     println!(

@@ -552,6 +552,51 @@ async fn technicians_companies_runs_and_approvals_from_the_command_line() -> Res
         "{}",
         text(&out)
     );
+    // --json where it is accepted: technicians and company deletion through the API.
+    let out = as_user(&admin, &["technicians", "list", "--json"]);
+    let list: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| anyhow::anyhow!("{e}: {}", text(&out)))?;
+    assert_eq!(list.as_array().map(Vec::len), Some(4), "{list}");
+    let out = as_user(
+        &admin,
+        &[
+            "technicians",
+            "token",
+            "--email",
+            "tech@msp.example",
+            "--name",
+            "json",
+            "--json",
+        ],
+    );
+    let made: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| anyhow::anyhow!("{e}: {}", text(&out)))?;
+    let id = made["info"]["id"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        made["token"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("stw_")),
+        "{made}"
+    );
+    let out = as_user(&admin, &["technicians", "revoke", &id, "--json"]);
+    let revoked: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| anyhow::anyhow!("{e}: {}", text(&out)))?;
+    assert_eq!(revoked["revoked"], id.as_str());
+    let out = as_user(&admin, &["companies", "delete", "fabrikam", "--json"]);
+    let deleted: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| anyhow::anyhow!("{e}: {}", text(&out)))?;
+    assert_eq!(deleted["deleted"], "fabrikam");
+    // The token is never a flag (flags show in `ps` and shell history).
+    let out = Command::new(BIN)
+        .args(["runs", "--token", &tech])
+        .env("STEWARD_API_URL", &api)
+        .env_remove("STEWARD_TOKEN")
+        .output()?;
+    assert!(
+        !out.status.success() && text(&out).contains("unexpected argument '--token'"),
+        "{}",
+        text(&out)
+    );
     Ok(())
 }
 
@@ -567,6 +612,7 @@ async fn run_and_status_work_with_the_api_variables_exported() -> Result<()> {
             .env("STEWARD_TOKEN", "stw_not_a_real_token")
             .env("STEWARD_API_URL", "http://127.0.0.1:9")
             .env("STEWARD_TEST_LOG", "debug")
+            .env("USER", "tester")
             .output()
             .expect("steward runs")
     };
@@ -588,6 +634,8 @@ async fn run_and_status_work_with_the_api_variables_exported() -> Result<()> {
         out.status.success() && t.contains(&format!("run {run}")),
         "{t}"
     );
+    // Who asked is recorded as the other commands record the caller.
+    assert!(t.contains("by cli:tester"), "{t}");
     Ok(())
 }
 
@@ -728,4 +776,147 @@ fn serve_refuses_a_zero_tick_and_links_to_every_interface() {
             "{t}"
         );
     }
+}
+
+/// Technicians on the server print JSON with --json.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn technicians_on_the_server_print_json() -> Result<()> {
+    let env = Env::start(Persistence::None).await?;
+    let cli = |extra: &[&str]| -> Output {
+        Command::new(BIN)
+            .args(env.cli_args())
+            .args(extra)
+            .env_remove("STEWARD_TOKEN")
+            .output()
+            .expect("steward runs")
+    };
+    let out = cli(&[
+        "technicians",
+        "add",
+        "--email",
+        "Lead@MSP.example",
+        "--name",
+        "Lead",
+        "--admin",
+        "--token-name",
+        "laptop",
+        "--json",
+    ]);
+    let added: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| anyhow::anyhow!("{e}: {}", text(&out)))?;
+    assert_eq!(added["technician"]["email"], "lead@msp.example", "{added}");
+    assert_eq!(added["technician"]["role"], "admin", "{added}");
+    assert!(
+        added["token"]["token"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("stw_")),
+        "{added}"
+    );
+    let out = cli(&["technicians", "list", "--json"]);
+    let list: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| anyhow::anyhow!("{e}: {}", text(&out)))?;
+    assert_eq!(list[0]["email"], "lead@msp.example", "{list}");
+    let id = added["token"]["info"]["id"].as_str().unwrap_or_default();
+    let out = cli(&["technicians", "revoke", id, "--json"]);
+    let revoked: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| anyhow::anyhow!("{e}: {}", text(&out)))?;
+    assert_eq!(revoked["revoked"], id);
+    // A token id is checked by clap, which names the argument.
+    let out = cli(&["technicians", "revoke", "nope"]);
+    let t = text(&out);
+    assert!(
+        !out.status.success() && t.contains("<ID>") && t.contains("tok_"),
+        "{t}"
+    );
+    Ok(())
+}
+
+/// An API answer that is not Steward's JSON error still says what was asked and what came back.
+#[test]
+fn a_non_json_api_error_names_the_request_and_shows_the_body() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = conn.read(&mut buf);
+        let body = format!("<html><body>Bad gateway{}</body></html>", "!".repeat(300));
+        let _ = write!(
+            conn,
+            "HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    });
+    let out = Command::new(BIN)
+        .args(["approvals"])
+        .env("STEWARD_API_URL", format!("http://{addr}"))
+        .env("STEWARD_TOKEN", "stw_whatever")
+        .output()
+        .expect("steward runs");
+    server.join().unwrap();
+    let t = text(&out);
+    assert!(
+        !out.status.success()
+            && t.contains(&format!("GET http://{addr}/v1/approvals"))
+            && t.contains("502")
+            && t.contains("<html><body>Bad gateway!")
+            && !t.contains(&"!".repeat(250)),
+        "{t}"
+    );
+}
+
+#[test]
+fn a_bad_log_filter_is_an_error_naming_the_flag() {
+    let out = Command::new(BIN)
+        .args(["--log", "info,steward=loud", "ops"])
+        .output()
+        .expect("steward runs");
+    let t = text(&out);
+    assert!(!out.status.success() && t.contains("--log"), "{t}");
+    let out = Command::new(BIN)
+        .args(["ops"])
+        .env("STEWARD_LOG", "[")
+        .output()
+        .expect("steward runs");
+    let t = text(&out);
+    assert!(!out.status.success() && t.contains("STEWARD_LOG"), "{t}");
+}
+
+#[test]
+fn ops_lists_group_access_and_approval() {
+    let out = steward(&["ops"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    let line = |name: &str| -> Vec<String> {
+        t.lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no line for {name}: {t}"))
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(
+        line("conditional_access.exclude_user")[1..4],
+        ["conditional_access", "write", "always"]
+    );
+    assert_eq!(line("user.get")[1..4], ["users", "read", "policy"]);
+    assert_eq!(line("device.delete")[1..4], ["devices", "write", "blocked"]);
+    // The longest name still leaves a space before its group.
+    assert_eq!(
+        line("exchange_server.enable_remote_mailbox")[1],
+        "on_prem_exchange"
+    );
+}
+
+#[test]
+fn the_sandbox_takes_its_webhook_secret_from_the_environment_only() {
+    let out = steward(&["sandbox", "--webhook-secret", "s3cret"]);
+    let t = text(&out);
+    assert!(
+        !out.status.success() && t.contains("unexpected argument '--webhook-secret'"),
+        "{t}"
+    );
+    let help = text(&steward(&["sandbox", "--help"]));
+    assert!(help.contains("STEWARD_SANDBOX_WEBHOOK_SECRET"), "{help}");
 }
