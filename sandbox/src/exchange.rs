@@ -218,12 +218,11 @@ async fn invoke(
             );
         }
     };
-    let seed = st.world.seed;
     let Some(company) = st.world.company_mut(&company_id) else {
         return unauthorized("The tenant no longer exists.");
     };
     let mut out = Outcome::default();
-    let result = run_cmdlet(company, seed, name, &params, now, &mut out);
+    let result = run_cmdlet(company, name, &params, now, &mut out);
     match result {
         Ok(value) => {
             for (action, target, details) in out.mutations {
@@ -258,16 +257,26 @@ struct Outcome {
 
 type CmdResult = Result<Vec<Value>, CmdletError>;
 
-/// Which parameters each supported cmdlet takes (unknown ones are a binding error, as in
-/// PowerShell). `Confirm` is accepted everywhere.
-const CMDLETS: &[(&str, &[&str])] = &[
-    (
-        "Get-Mailbox",
-        &["Identity", "ResultSize", "RecipientTypeDetails"],
-    ),
-    (
-        "Set-Mailbox",
-        &[
+/// Runs one cmdlet against the company's Exchange Online.
+type Run = fn(&mut Company, &Params<'_>, chrono::DateTime<chrono::Utc>, &mut Outcome) -> CmdResult;
+
+/// A supported cmdlet: the parameters it takes (unknown ones are a binding error, as in
+/// PowerShell; `Confirm` and `ErrorAction` are accepted everywhere) and what runs it.
+struct Cmdlet {
+    name: &'static str,
+    params: &'static [&'static str],
+    run: Run,
+}
+
+const CMDLETS: &[Cmdlet] = &[
+    Cmdlet {
+        name: "Get-Mailbox",
+        params: &["Identity", "ResultSize", "RecipientTypeDetails"],
+        run: |c, p, now, _| get_mailbox(c, p, now),
+    },
+    Cmdlet {
+        name: "Set-Mailbox",
+        params: &[
             "Identity",
             "Type",
             "ForwardingAddress",
@@ -276,41 +285,58 @@ const CMDLETS: &[(&str, &[&str])] = &[
             "HiddenFromAddressListsEnabled",
             "GrantSendOnBehalfTo",
         ],
-    ),
-    ("Get-MailboxPermission", &["Identity", "User"]),
-    (
-        "Add-MailboxPermission",
-        &[
+        run: set_mailbox,
+    },
+    Cmdlet {
+        name: "Get-MailboxPermission",
+        params: &["Identity", "User"],
+        run: |c, p, now, _| get_mailbox_permission(c, p, now),
+    },
+    Cmdlet {
+        name: "Add-MailboxPermission",
+        params: &[
             "Identity",
             "User",
             "AccessRights",
             "InheritanceType",
             "AutoMapping",
         ],
-    ),
-    (
-        "Remove-MailboxPermission",
-        &[
+        run: add_mailbox_permission,
+    },
+    Cmdlet {
+        name: "Remove-MailboxPermission",
+        params: &[
             "Identity",
             "User",
             "AccessRights",
             "InheritanceType",
             "BypassMasterAccountSid",
         ],
-    ),
-    ("Get-RecipientPermission", &["Identity", "Trustee"]),
-    (
-        "Add-RecipientPermission",
-        &["Identity", "Trustee", "AccessRights"],
-    ),
-    (
-        "Remove-RecipientPermission",
-        &["Identity", "Trustee", "AccessRights"],
-    ),
-    ("Get-MailboxAutoReplyConfiguration", &["Identity"]),
-    (
-        "Set-MailboxAutoReplyConfiguration",
-        &[
+        run: remove_mailbox_permission,
+    },
+    Cmdlet {
+        name: "Get-RecipientPermission",
+        params: &["Identity", "Trustee"],
+        run: |c, p, now, _| get_recipient_permission(c, p, now),
+    },
+    Cmdlet {
+        name: "Add-RecipientPermission",
+        params: &["Identity", "Trustee", "AccessRights"],
+        run: |c, p, now, out| recipient_permission(c, p, now, out, true),
+    },
+    Cmdlet {
+        name: "Remove-RecipientPermission",
+        params: &["Identity", "Trustee", "AccessRights"],
+        run: |c, p, now, out| recipient_permission(c, p, now, out, false),
+    },
+    Cmdlet {
+        name: "Get-MailboxAutoReplyConfiguration",
+        params: &["Identity"],
+        run: |c, p, now, _| get_auto_reply(c, p, now),
+    },
+    Cmdlet {
+        name: "Set-MailboxAutoReplyConfiguration",
+        params: &[
             "Identity",
             "AutoReplyState",
             "InternalMessage",
@@ -319,30 +345,43 @@ const CMDLETS: &[(&str, &[&str])] = &[
             "StartTime",
             "EndTime",
         ],
-    ),
-    ("Get-MobileDevice", &["Mailbox", "Identity", "ResultSize"]),
-    ("Remove-MobileDevice", &["Identity"]),
-    ("Get-DistributionGroupMember", &["Identity", "ResultSize"]),
-    (
-        "Add-DistributionGroupMember",
-        &["Identity", "Member", "BypassSecurityGroupManagerCheck"],
-    ),
-    (
-        "Remove-DistributionGroupMember",
-        &["Identity", "Member", "BypassSecurityGroupManagerCheck"],
-    ),
+        run: set_auto_reply,
+    },
+    Cmdlet {
+        name: "Get-MobileDevice",
+        params: &["Mailbox", "Identity", "ResultSize"],
+        run: |c, p, now, _| get_mobile_devices(c, p, now),
+    },
+    Cmdlet {
+        name: "Remove-MobileDevice",
+        params: &["Identity"],
+        run: remove_mobile_device,
+    },
+    Cmdlet {
+        name: "Get-DistributionGroupMember",
+        params: &["Identity", "ResultSize"],
+        run: |c, p, now, _| get_group_members(c, p, now),
+    },
+    Cmdlet {
+        name: "Add-DistributionGroupMember",
+        params: &["Identity", "Member", "BypassSecurityGroupManagerCheck"],
+        run: |c, p, now, out| group_member(c, p, now, out, "Add-DistributionGroupMember", true),
+    },
+    Cmdlet {
+        name: "Remove-DistributionGroupMember",
+        params: &["Identity", "Member", "BypassSecurityGroupManagerCheck"],
+        run: |c, p, now, out| group_member(c, p, now, out, "Remove-DistributionGroupMember", false),
+    },
 ];
 
 fn run_cmdlet(
     c: &mut Company,
-    seed: u64,
     name: &str,
     params: &Map<String, Value>,
     now: chrono::DateTime<chrono::Utc>,
     out: &mut Outcome,
 ) -> CmdResult {
-    let Some((canonical, allowed)) = CMDLETS.iter().find(|(n, _)| n.eq_ignore_ascii_case(name))
-    else {
+    let Some(cmdlet) = CMDLETS.iter().find(|x| x.name.eq_ignore_ascii_case(name)) else {
         return Err(CmdletError::new(
             COMMAND_EX,
             format!(
@@ -353,7 +392,7 @@ fn run_cmdlet(
     for k in params.keys() {
         if k.eq_ignore_ascii_case("Confirm")
             || k.eq_ignore_ascii_case("ErrorAction")
-            || allowed.iter().any(|a| a.eq_ignore_ascii_case(k))
+            || cmdlet.params.iter().any(|a| a.eq_ignore_ascii_case(k))
         {
             continue;
         }
@@ -361,29 +400,7 @@ fn run_cmdlet(
             "A parameter cannot be found that matches parameter name '{k}'."
         )));
     }
-    let p = Params(params);
-    let _ = seed;
-    match *canonical {
-        "Get-Mailbox" => get_mailbox(c, &p, now),
-        "Set-Mailbox" => set_mailbox(c, &p, now, out),
-        "Get-MailboxPermission" => get_mailbox_permission(c, &p, now),
-        "Add-MailboxPermission" => add_mailbox_permission(c, &p, now, out),
-        "Remove-MailboxPermission" => remove_mailbox_permission(c, &p, now, out),
-        "Get-RecipientPermission" => get_recipient_permission(c, &p, now),
-        "Add-RecipientPermission" => recipient_permission(c, &p, now, out, true),
-        "Remove-RecipientPermission" => recipient_permission(c, &p, now, out, false),
-        "Get-MailboxAutoReplyConfiguration" => get_auto_reply(c, &p, now),
-        "Set-MailboxAutoReplyConfiguration" => set_auto_reply(c, &p, now, out),
-        "Get-MobileDevice" => get_mobile_devices(c, &p, now),
-        "Remove-MobileDevice" => remove_mobile_device(c, &p, now, out),
-        "Get-DistributionGroupMember" => get_group_members(c, &p, now),
-        "Add-DistributionGroupMember" => group_member(c, &p, now, out, canonical, true),
-        "Remove-DistributionGroupMember" => group_member(c, &p, now, out, canonical, false),
-        _ => Err(CmdletError::new(
-            COMMAND_EX,
-            format!("'{name}' is not supported."),
-        )),
-    }
+    (cmdlet.run)(c, &Params(params), now, out)
 }
 
 struct Params<'a>(&'a Map<String, Value>);

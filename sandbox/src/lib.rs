@@ -41,8 +41,6 @@ mod runner;
 mod secret;
 mod world;
 
-pub use fixture::Error as FixtureError;
-
 /// How to build a sandbox.
 #[derive(Clone)]
 pub struct Options {
@@ -305,13 +303,12 @@ impl Sandbox {
             .map_err(Error::Bind)?;
         let addr = listener.local_addr().map_err(Error::Bind)?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(sandbox.clone().serve(listener, async {
+        let task = tokio::spawn(sandbox.serve(listener, async {
             let _ = rx.await;
         }));
         Ok(RunningSandbox {
             addr,
             base_url: format!("http://{addr}"),
-            sandbox,
             stop: Some(tx),
             task: Some(task),
         })
@@ -324,17 +321,11 @@ pub struct RunningSandbox {
     pub addr: SocketAddr,
     /// `http://127.0.0.1:<port>`; append a prefix such as `/graph` for a connector's base URL.
     pub base_url: String,
-    sandbox: Sandbox,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<()>>>,
 }
 
 impl RunningSandbox {
-    /// The served sandbox (shares its world).
-    pub fn sandbox(&self) -> &Sandbox {
-        &self.sandbox
-    }
-
     /// Stops serving and waits for the server task to finish.
     pub async fn shutdown(mut self) -> Result<()> {
         if let Some(tx) = self.stop.take() {
