@@ -6,35 +6,6 @@ use anyhow::Result;
 use common::*;
 use serde_json::{Value, json};
 
-struct Exo {
-    url: String,
-    token: String,
-}
-
-impl Exo {
-    async fn new(sb: &steward_sandbox::RunningSandbox) -> Result<Self> {
-        Ok(Self {
-            url: format!(
-                "{}/outlook/adminapi/beta/{CONTOSO_TENANT}/InvokeCommand",
-                sb.base_url
-            ),
-            token: app_token(sb, CONTOSO_TENANT, OUTLOOK).await?,
-        })
-    }
-
-    async fn run(&self, cmdlet: &str, params: Value) -> Result<(u16, Value)> {
-        let r = client()
-            .post(&self.url)
-            .bearer_auth(&self.token)
-            .header("X-Steward-Correlation", "run_X/exo/1")
-            .json(&json!({"CmdletInput": {"CmdletName": cmdlet, "Parameters": params}}))
-            .send()
-            .await?;
-        let s = r.status().as_u16();
-        Ok((s, r.json().await?))
-    }
-}
-
 fn exception(b: &Value) -> String {
     b["error"]["innererror"]["internalexception"]["type"]
         .as_str()
@@ -45,7 +16,9 @@ fn exception(b: &Value) -> String {
 #[tokio::test]
 async fn mailbox_settings_permissions_and_auto_reply() -> Result<()> {
     let sb = sandbox().await?;
-    let exo = Exo::new(&sb).await?;
+    let exo = Exo::new(&sb, CONTOSO_TENANT)
+        .await?
+        .correlated("run_X/exo/1");
     let (s, b) = exo
         .run(
             "Get-Mailbox",
@@ -190,7 +163,9 @@ async fn mailbox_settings_permissions_and_auto_reply() -> Result<()> {
 #[tokio::test]
 async fn mobile_devices_and_distribution_groups() -> Result<()> {
     let sb = sandbox().await?;
-    let exo = Exo::new(&sb).await?;
+    let exo = Exo::new(&sb, CONTOSO_TENANT)
+        .await?
+        .correlated("run_X/exo/1");
     let (s, b) = exo
         .run(
             "Get-MobileDevice",
@@ -298,7 +273,9 @@ async fn new_users_have_no_recipient_until_provisioned() -> Result<()> {
         Some(json!({"addLicenses": [{"skuId": sku}], "removeLicenses": []})),
     )
     .await?;
-    let exo = Exo::new(&sb).await?;
+    let exo = Exo::new(&sb, CONTOSO_TENANT)
+        .await?
+        .correlated("run_X/exo/1");
     let (s, b) = exo
         .run(
             "Add-DistributionGroupMember",
@@ -315,7 +292,9 @@ async fn new_users_have_no_recipient_until_provisioned() -> Result<()> {
         .await?;
     assert_eq!(s, 400);
     advance(&sb, 299).await?;
-    let exo = Exo::new(&sb).await?;
+    let exo = Exo::new(&sb, CONTOSO_TENANT)
+        .await?
+        .correlated("run_X/exo/1");
     let (s, _) = exo
         .run("Get-Mailbox", json!({"Identity": "new.hire"}))
         .await?;
@@ -338,7 +317,9 @@ async fn new_users_have_no_recipient_until_provisioned() -> Result<()> {
 #[tokio::test]
 async fn malformed_requests_get_exchange_errors() -> Result<()> {
     let sb = sandbox().await?;
-    let exo = Exo::new(&sb).await?;
+    let exo = Exo::new(&sb, CONTOSO_TENANT)
+        .await?
+        .correlated("run_X/exo/1");
     let (s, b) = exo.run("Format-Mailbox", json!({})).await?;
     assert_eq!(s, 400);
     assert_eq!(

@@ -109,16 +109,14 @@ async fn scripted_sequences_resets_and_latency() -> Result<()> {
 #[tokio::test]
 async fn injected_errors_use_each_services_envelope() -> Result<()> {
     let sb = sandbox().await?;
-    admin(
+    add_faults(
         &sb,
-        "POST",
-        "/faults",
-        Some(json!({"rules": [
+        json!({"rules": [
             {"path": "/login/**", "sequence": [{"status": 503}]},
             {"path": "/datto/**", "sequence": [{"status": 429, "retry_after": 60}]},
             {"path": "/outlook/**", "sequence": [{"status": 503}]},
             {"path": "/autotask/**", "sequence": [{"status": 500}]}
-        ]})),
+        ]}),
     )
     .await?;
     let (s, b) =
@@ -160,11 +158,9 @@ async fn injected_errors_use_each_services_envelope() -> Result<()> {
     let b: Value = r.json().await?;
     assert!(b["errors"].is_array());
     // The admin API is never faulted.
-    admin(
+    add_faults(
         &sb,
-        "POST",
-        "/faults",
-        Some(json!({"path": "/admin/**", "sequence": [{"status": 500}]})),
+        json!({"path": "/admin/**", "sequence": [{"status": 500}]}),
     )
     .await?;
     assert_eq!(admin(&sb, "GET", "/health", None).await?.0, 200);
@@ -195,23 +191,20 @@ async fn fault_rules_are_managed_and_validated() -> Result<()> {
         .await?;
     assert_eq!(r.status(), 400);
 
-    admin(
+    let ids = add_faults(
         &sb,
-        "POST",
-        "/faults",
-        Some(json!({"id": "a", "path": "/graph/**", "rate": 1.0, "error": {"status": 500}})),
+        json!({"id": "a", "path": "/graph/**", "rate": 1.0, "error": {"status": 500}}),
     )
     .await?;
+    assert_eq!(ids, vec!["a"]);
     assert_eq!(g.call("GET", "/users", None).await?.0, 500);
     let (s, _) = admin(&sb, "DELETE", "/faults/a", None).await?;
     assert_eq!(s, 204);
     assert_eq!(admin(&sb, "DELETE", "/faults/a", None).await?.0, 404);
     assert_eq!(g.call("GET", "/users", None).await?.0, 200);
-    admin(
+    add_faults(
         &sb,
-        "POST",
-        "/faults",
-        Some(json!({"path": "/graph/**", "rate": 1.0, "error": {"status": 500}})),
+        json!({"path": "/graph/**", "rate": 1.0, "error": {"status": 500}}),
     )
     .await?;
     assert_eq!(admin(&sb, "DELETE", "/faults", None).await?.0, 204);
@@ -223,7 +216,11 @@ async fn fault_rules_are_managed_and_validated() -> Result<()> {
 async fn reset_after_applies_the_change_then_loses_the_answer() -> Result<()> {
     let sb = sandbox().await?;
     let g = Graph::new(&sb, CONTOSO_TENANT).await?;
-    admin(&sb, "POST", "/faults", Some(json!({"method": "POST", "path": "/graph/v1.0/users", "sequence": [{"reset_after": true}]}))).await?;
+    add_faults(
+        &sb,
+        json!({"method": "POST", "path": "/graph/v1.0/users", "sequence": [{"reset_after": true}]}),
+    )
+    .await?;
     let body = json!({"accountEnabled": true, "displayName": "Lost Answer", "mailNickname": "lost", "userPrincipalName": "lost@contoso.com",
                       "passwordProfile": {"password": "Sandbox!Pass123"}});
     let first = g

@@ -19,6 +19,22 @@ fn new_user(upn: &str) -> Value {
     })
 }
 
+/// Calls `method path` with `body` and checks the answer is `status` with Graph's error
+/// envelope carrying `code`; returns the body.
+async fn expect_error(
+    g: &Graph,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    status: u16,
+    code: &str,
+) -> Result<Value> {
+    let (s, b) = g.call(method, path, body).await?;
+    assert_eq!(s, status, "{method} {path}: {b}");
+    assert_envelope(&b, code);
+    Ok(b)
+}
+
 fn assert_envelope(body: &Value, code: &str) {
     assert_eq!(body["error"]["code"], code, "{body}");
     assert!(body["error"]["message"].is_string(), "{body}");
@@ -51,11 +67,15 @@ async fn create_get_update_and_conflicts() -> Result<()> {
     assert_eq!(created["userPrincipalName"], "jane.doe@contoso.com");
     assert!(created.get("passwordProfile").is_none());
 
-    let (s, dup) = g
-        .call("POST", "/users", Some(new_user("Jane.Doe@contoso.com")))
-        .await?;
-    assert_eq!(s, 400);
-    assert_envelope(&dup, "Request_BadRequest");
+    let dup = expect_error(
+        &g,
+        "POST",
+        "/users",
+        Some(new_user("Jane.Doe@contoso.com")),
+        400,
+        "Request_BadRequest",
+    )
+    .await?;
     assert_eq!(
         dup["error"]["message"],
         "Another object with the same value for property userPrincipalName already exists."
@@ -145,11 +165,15 @@ async fn create_get_update_and_conflicts() -> Result<()> {
         )
         .await?;
     assert_eq!((s, b), (204, Value::Null));
-    let (s, b) = g
-        .call("GET", "/users/00000000-0000-4000-8000-000000000000", None)
-        .await?;
-    assert_eq!(s, 404);
-    assert_envelope(&b, "Request_ResourceNotFound");
+    expect_error(
+        &g,
+        "GET",
+        "/users/00000000-0000-4000-8000-000000000000",
+        None,
+        404,
+        "Request_ResourceNotFound",
+    )
+    .await?;
     let (s, b) = g
         .call(
             "PATCH",
@@ -202,20 +226,24 @@ async fn filters_select_and_paging() -> Result<()> {
     assert!(b["value"][0].get("accountEnabled").is_none());
     assert!(b["value"][0].get("id").is_some());
 
-    let (s, b) = g
-        .call("GET", "/users?$filter=jobTitle%20eq%20'x'", None)
-        .await?;
-    assert_eq!(s, 400);
-    assert_envelope(&b, "Request_UnsupportedQuery");
-    let (s, b) = g
-        .call(
-            "GET",
-            "/users?$filter=userPrincipalName%20eq%20'unterminated",
-            None,
-        )
-        .await?;
-    assert_eq!(s, 400);
-    assert_envelope(&b, "BadRequest");
+    expect_error(
+        &g,
+        "GET",
+        "/users?$filter=jobTitle%20eq%20'x'",
+        None,
+        400,
+        "Request_UnsupportedQuery",
+    )
+    .await?;
+    expect_error(
+        &g,
+        "GET",
+        "/users?$filter=userPrincipalName%20eq%20'unterminated",
+        None,
+        400,
+        "BadRequest",
+    )
+    .await?;
     let (s, _) = g.call("GET", "/users?$select=nope", None).await?;
     assert_eq!(s, 400);
     let (s, _) = g.call("GET", "/users?$top=1000", None).await?;
@@ -263,15 +291,15 @@ async fn synced_users_refuse_cloud_edits_of_mastered_attributes() -> Result<()> 
     let sb = sandbox().await?;
     let g = Graph::new(&sb, FABRIKAM_TENANT).await?;
     let upn = "chris.kim@fabrikam.com";
-    let (s, b) = g
-        .call(
-            "PATCH",
-            &format!("/users/{upn}"),
-            Some(json!({"jobTitle": "VP"})),
-        )
-        .await?;
-    assert_eq!(s, 400);
-    assert_envelope(&b, "Request_BadRequest");
+    let b = expect_error(
+        &g,
+        "PATCH",
+        &format!("/users/{upn}"),
+        Some(json!({"jobTitle": "VP"})),
+        400,
+        "Request_BadRequest",
+    )
+    .await?;
     assert!(
         b["error"]["message"]
             .as_str()
@@ -427,15 +455,15 @@ async fn manager_groups_and_member_of() -> Result<()> {
         )
         .await?;
     assert_eq!(s, 400);
-    let (s, b) = g
-        .call(
-            "POST",
-            &format!("/groups/{retail}/members/$ref"),
-            Some(directory_object("00000000-0000-4000-8000-000000000000")),
-        )
-        .await?;
-    assert_eq!(s, 404);
-    assert_envelope(&b, "Request_ResourceNotFound");
+    expect_error(
+        &g,
+        "POST",
+        &format!("/groups/{retail}/members/$ref"),
+        Some(directory_object("00000000-0000-4000-8000-000000000000")),
+        404,
+        "Request_ResourceNotFound",
+    )
+    .await?;
 
     let (s, b) = g
         .call("GET", &format!("/users/{new}/memberOf"), None)
@@ -891,11 +919,15 @@ async fn batch_runs_inner_requests_through_the_real_routes() -> Result<()> {
     let too_many: Vec<Value> = (0..21)
         .map(|i| json!({"id": i.to_string(), "method": "GET", "url": "/users"}))
         .collect();
-    let (s, b) = g
-        .call("POST", "/$batch", Some(json!({"requests": too_many})))
-        .await?;
-    assert_eq!(s, 400);
-    assert_envelope(&b, "BadRequest");
+    expect_error(
+        &g,
+        "POST",
+        "/$batch",
+        Some(json!({"requests": too_many})),
+        400,
+        "BadRequest",
+    )
+    .await?;
     let (s, _) = g
         .call("POST", "/$batch", Some(json!({"requests": [{"id": "a1", "method": "GET", "url": "/users"}, {"id": "A1", "method": "GET", "url": "/users"}]})))
         .await?;
@@ -912,7 +944,7 @@ async fn batch_runs_inner_requests_through_the_real_routes() -> Result<()> {
     );
 
     // A throttled inner request carries its own status and Retry-After.
-    admin(&sb, "POST", "/faults", Some(json!({"method": "GET", "path": "/graph/v1.0/subscribedSkus", "sequence": [{"status": 429, "retry_after": 7}]}))).await?;
+    add_faults(&sb, json!({"method": "GET", "path": "/graph/v1.0/subscribedSkus", "sequence": [{"status": 429, "retry_after": 7}]})).await?;
     let (_, b) = g
         .call("POST", "/$batch", Some(json!({"requests": [{"id": "a", "method": "GET", "url": "/subscribedSkus"}, {"id": "b", "method": "GET", "url": "/subscribedSkus"}]})))
         .await?;
@@ -1154,11 +1186,15 @@ async fn user_keys_in_the_path_are_decoded_exactly_once() -> Result<()> {
         "{b}"
     );
     // `%2540` is an encoded `%40`: a UPN containing "%40", which nobody has.
-    let (s, b) = g
-        .call("GET", "/users/adele.vance%2540contoso.com", None)
-        .await?;
-    assert_eq!(s, 404, "{b}");
-    assert_envelope(&b, "Request_ResourceNotFound");
+    expect_error(
+        &g,
+        "GET",
+        "/users/adele.vance%2540contoso.com",
+        None,
+        404,
+        "Request_ResourceNotFound",
+    )
+    .await?;
     let (s, b) = g
         .call(
             "PATCH",

@@ -39,6 +39,21 @@ async fn find_synced(g: &Graph, sam: &str) -> Result<Vec<Value>> {
     Ok(b["value"].as_array().cloned().unwrap_or_default())
 }
 
+/// Checks a runner result (callback body) is a failure of `category` whose stderr says
+/// `stderr` (when given).
+fn assert_op_failed(r: &Value, category: &str, stderr: Option<&str>) {
+    assert_eq!(
+        (r["status"].as_str(), r["exit_code"].as_i64()),
+        (Some("failure"), Some(1)),
+        "{r}"
+    );
+    assert_eq!(r["error"]["category"], category, "{r}");
+    if let Some(text) = stderr {
+        let got = r["stderr"].as_str().unwrap_or_default();
+        assert!(got.contains(text), "stderr {got:?} lacks {text:?}: {r}");
+    }
+}
+
 #[tokio::test]
 async fn quick_job_round_trip_and_sync_timing() -> Result<()> {
     let sb = sandbox().await?;
@@ -68,7 +83,7 @@ async fn quick_job_round_trip_and_sync_timing() -> Result<()> {
         host.host.all("/callbacks/new-user").is_empty(),
         "held jobs must not run"
     );
-    admin(&sb, "POST", "/jobs/release", None).await?;
+    assert_eq!(admin(&sb, "POST", "/jobs/release", None).await?.0, 200);
     datto.wait_job(&job).await?;
 
     let cb = host
@@ -170,11 +185,7 @@ async fn quick_job_round_trip_and_sync_timing() -> Result<()> {
         .await?;
     assert_eq!(busy["status"], "failure");
     assert_eq!(busy["exit_code"], 1);
-    assert_eq!(busy["error"]["category"], "sync_busy");
-    assert!(
-        busy["stderr"].as_str().unwrap().contains("AAD is busy"),
-        "{busy}"
-    );
+    assert_op_failed(&busy, "sync_busy", Some("AAD is busy"));
     let status = datto
         .run_op(FAB_RUNNER, &host, "sync-3", "adsync.status@1", json!({}))
         .await?;
@@ -206,25 +217,6 @@ async fn quick_job_round_trip_and_sync_timing() -> Result<()> {
         (200, Some("bob.smith@fabrikam.com"))
     );
     Ok(())
-}
-
-async fn exo(
-    sb: &steward_sandbox::RunningSandbox,
-    token: &str,
-    cmdlet: &str,
-    params: Value,
-) -> Result<(u16, Value)> {
-    let r = client()
-        .post(format!(
-            "{}/outlook/adminapi/beta/{FABRIKAM_TENANT}/InvokeCommand",
-            sb.base_url
-        ))
-        .bearer_auth(token)
-        .json(&json!({"CmdletInput": {"CmdletName": cmdlet, "Parameters": params}}))
-        .send()
-        .await?;
-    let s = r.status().as_u16();
-    Ok((s, r.json().await?))
 }
 
 #[tokio::test]
@@ -288,14 +280,10 @@ async fn remote_mailbox_appears_in_exchange_online_only_after_provisioning() -> 
         .await?;
     assert_eq!(s, 200, "{b}");
 
-    let token = app_token(&sb, FABRIKAM_TENANT, OUTLOOK).await?;
-    let (s, b) = exo(
-        &sb,
-        &token,
-        "Get-Mailbox",
-        json!({"Identity": "jane.doe@fabrikam.com"}),
-    )
-    .await?;
+    let exo = Exo::new(&sb, FABRIKAM_TENANT).await?;
+    let (s, b) = exo
+        .run("Get-Mailbox", json!({"Identity": "jane.doe@fabrikam.com"}))
+        .await?;
     assert_eq!(s, 400, "{b}");
     assert!(
         b["error"]["message"]
@@ -315,27 +303,22 @@ async fn remote_mailbox_appears_in_exchange_online_only_after_provisioning() -> 
     );
 
     advance(&sb, 601).await?;
-    let token = app_token(&sb, FABRIKAM_TENANT, OUTLOOK).await?;
-    let (s, b) = exo(
-        &sb,
-        &token,
-        "Get-Mailbox",
-        json!({"Identity": "jane.doe@fabrikam.com"}),
-    )
-    .await?;
+    let exo = Exo::new(&sb, FABRIKAM_TENANT).await?;
+    let (s, b) = exo
+        .run("Get-Mailbox", json!({"Identity": "jane.doe@fabrikam.com"}))
+        .await?;
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["value"][0]["RecipientTypeDetails"], "UserMailbox");
     assert_eq!(b["value"][0]["IsDirSynced"], true);
     assert_eq!(b["value"][0]["ExternalDirectoryObjectId"], id.as_str());
 
     // Hiding a synced user from the GAL must happen on-prem.
-    let (s, b) = exo(
-        &sb,
-        &token,
-        "Set-Mailbox",
-        json!({"Identity": "jdoe", "HiddenFromAddressListsEnabled": true}),
-    )
-    .await?;
+    let (s, b) = exo
+        .run(
+            "Set-Mailbox",
+            json!({"Identity": "jdoe", "HiddenFromAddressListsEnabled": true}),
+        )
+        .await?;
     assert_eq!(s, 400);
     assert!(
         b["error"]["message"]
@@ -351,8 +334,8 @@ async fn remote_mailbox_appears_in_exchange_online_only_after_provisioning() -> 
         .run_op(FAB_RUNNER, &host, "s2", "adsync.start_delta@1", json!({}))
         .await?;
     advance(&sb, 121).await?;
-    let token = app_token(&sb, FABRIKAM_TENANT, OUTLOOK).await?;
-    let (_, b) = exo(&sb, &token, "Get-Mailbox", json!({"Identity": "jdoe"})).await?;
+    let exo = Exo::new(&sb, FABRIKAM_TENANT).await?;
+    let (_, b) = exo.run("Get-Mailbox", json!({"Identity": "jdoe"})).await?;
     assert_eq!(b["value"][0]["HiddenFromAddressListsEnabled"], true);
     assert_eq!(b["value"][0]["RecipientTypeDetails"], "SharedMailbox");
     Ok(())
@@ -390,7 +373,7 @@ async fn on_prem_failure_modes() -> Result<()> {
     let r = datto
         .run_op(FAB_RUNNER, &host, "weak", "ad.new_user@1", weak)
         .await?;
-    assert_eq!(r["error"]["category"], "password_policy");
+    assert_op_failed(&r, "password_policy", None);
     let got = datto
         .run_op(
             FAB_RUNNER,
@@ -420,12 +403,11 @@ async fn on_prem_failure_modes() -> Result<()> {
             .await?
             .body,
     )?;
-    assert_eq!(cb["error"]["category"], "script_refused");
-    assert!(cb["stderr"].as_str().unwrap().contains("steward-op"));
+    assert_op_failed(&cb, "script_refused", Some("steward-op"));
     let r = datto
         .run_op(FAB_RUNNER, &host, "unk", "ad.format_c@1", json!({}))
         .await?;
-    assert_eq!(r["error"]["category"], "script_refused");
+    assert_op_failed(&r, "script_refused", None);
     let r = datto
         .run_op(
             FAB_RUNNER,
@@ -435,7 +417,7 @@ async fn on_prem_failure_modes() -> Result<()> {
             json!({"identity": "ckim"}),
         )
         .await?;
-    assert_eq!(r["error"]["category"], "script_refused");
+    assert_op_failed(&r, "script_refused", None);
     let r = datto
         .run_op(
             FAB_RUNNER,
@@ -445,7 +427,7 @@ async fn on_prem_failure_modes() -> Result<()> {
             json!({"identity": "ckim", "rm_rf": true}),
         )
         .await?;
-    assert_eq!(r["error"]["category"], "invalid_payload");
+    assert_op_failed(&r, "invalid_payload", None);
     assert!(r["error"]["message"].as_str().unwrap().contains("rm_rf"));
     let r = datto
         .run_op(
@@ -456,7 +438,7 @@ async fn on_prem_failure_modes() -> Result<()> {
             json!({"identity": "ckim", "enabled": "no"}),
         )
         .await?;
-    assert_eq!(r["error"]["category"], "invalid_payload");
+    assert_op_failed(&r, "invalid_payload", None);
     let r = datto
         .run_op(
             FAB_RUNNER,
@@ -466,12 +448,10 @@ async fn on_prem_failure_modes() -> Result<()> {
             json!({"identity": "nobody"}),
         )
         .await?;
-    assert_eq!(r["error"]["category"], "not_found");
-    assert!(
-        r["stderr"]
-            .as_str()
-            .unwrap()
-            .contains("Cannot find an object with identity: 'nobody'")
+    assert_op_failed(
+        &r,
+        "not_found",
+        Some("Cannot find an object with identity: 'nobody'"),
     );
 
     // A script URL that doesn't answer fails the job without guessing.
@@ -486,8 +466,7 @@ async fn on_prem_failure_modes() -> Result<()> {
             .await?
             .body,
     )?;
-    assert_eq!(cb["error"]["category"], "script_fetch_failed");
-    assert!(cb["stderr"].as_str().unwrap().contains("404"));
+    assert_op_failed(&cb, "script_fetch_failed", Some("404"));
 
     // Kerberos double hop: Exchange cmdlets from the runner fail, on the Exchange server work.
     let (s, _) = admin(
@@ -507,13 +486,7 @@ async fn on_prem_failure_modes() -> Result<()> {
             json!({"identity": "weak1"}),
         )
         .await?;
-    assert_eq!(r["error"]["category"], "double_hop");
-    assert!(
-        r["stderr"]
-            .as_str()
-            .unwrap()
-            .contains("The supplied credential is invalid")
-    );
+    assert_op_failed(&r, "double_hop", Some("The supplied credential is invalid"));
     let r = datto
         .run_op(
             FAB_EXCH,
@@ -534,16 +507,21 @@ async fn on_prem_failure_modes() -> Result<()> {
             json!({"identity": "nancy.d"}),
         )
         .await?;
-    assert_eq!(r["error"]["category"], "double_hop");
+    assert_op_failed(&r, "double_hop", None);
 
     // WinRM to the DC unreachable.
-    admin(
+    let (s, b) = admin(
         &sb,
         "POST",
         "/companies/fabrikam/faults",
         Some(json!({"winrm_unreachable": true})),
     )
     .await?;
+    assert_eq!(
+        (s, b["winrm_unreachable"].as_bool()),
+        (200, Some(true)),
+        "{b}"
+    );
     let r = datto
         .run_op(
             FAB_RUNNER,
@@ -553,21 +531,24 @@ async fn on_prem_failure_modes() -> Result<()> {
             json!({"identity": "ckim"}),
         )
         .await?;
-    assert_eq!(r["error"]["category"], "winrm_unreachable");
-    assert!(
-        r["stderr"]
-            .as_str()
-            .unwrap()
-            .contains("WinRM cannot complete the operation")
+    assert_op_failed(
+        &r,
+        "winrm_unreachable",
+        Some("WinRM cannot complete the operation"),
     );
     // Naming the wrong server is unreachable too.
-    admin(
+    let (s, b) = admin(
         &sb,
         "POST",
         "/companies/fabrikam/faults",
         Some(json!({"winrm_unreachable": false})),
     )
     .await?;
+    assert_eq!(
+        (s, b["winrm_unreachable"].as_bool()),
+        (200, Some(false)),
+        "{b}"
+    );
     let r = datto
         .run_op(
             FAB_RUNNER,
@@ -577,7 +558,7 @@ async fn on_prem_failure_modes() -> Result<()> {
             json!({"identity": "ckim", "server": "DC99"}),
         )
         .await?;
-    assert_eq!(r["error"]["category"], "winrm_unreachable");
+    assert_op_failed(&r, "winrm_unreachable", None);
     let r = datto
         .run_op(
             FAB_RUNNER,
@@ -649,7 +630,7 @@ async fn ad_ops_change_the_forest_and_sync_carries_the_changes() -> Result<()> {
             json!({"group": "Sales", "member": "ckim"}),
         )
         .await?;
-    assert_eq!(again["error"]["category"], "not_member");
+    assert_op_failed(&again, "not_member", None);
     let add = datto
         .run_op(
             FAB_RUNNER,

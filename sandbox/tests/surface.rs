@@ -52,6 +52,50 @@ async fn router_mounted_in_another_server_runs_jobs() -> Result<()> {
     Ok(())
 }
 
+/// Marks the sandbox at `base` with a fault rule only it has (on a route nobody calls), so a
+/// later check can tell it from any other server that gets the port.
+async fn mark(base: &str) -> Result<String> {
+    let marker = format!(
+        "surface-marker-{}-{}",
+        std::process::id(),
+        base.rsplit(':').next().unwrap_or_default()
+    );
+    let r = client()
+        .post(format!("{base}/admin/faults"))
+        .json(&json!({"id": marker, "path": "/graph/v1.0/surface-marker", "sequence": [{"status": 500}]}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 201);
+    let rules = client()
+        .get(format!("{base}/admin/faults"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(rules.contains(&marker), "{rules}");
+    Ok(marker)
+}
+
+/// The stopped sandbox no longer answers at `base`. Tests run in parallel, so the freed port may
+/// already serve another test's sandbox: then that one answers, but without our marker.
+async fn assert_gone(base: &str, marker: &str) -> Result<()> {
+    let fresh = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()?;
+    match fresh.get(format!("{base}/admin/faults")).send().await {
+        // Connection refused (or reset): nothing listens.
+        Err(_) => {}
+        Ok(r) => {
+            let text = r.text().await.unwrap_or_default();
+            assert!(
+                !text.contains(marker),
+                "the sandbox still answers after shutdown: {text}"
+            );
+        }
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn serve_stops_on_its_shutdown_future_and_spawn_on_shutdown() -> Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -60,33 +104,36 @@ async fn serve_stops_on_its_shutdown_future_and_spawn_on_shutdown() -> Result<()
     let task = tokio::spawn(Sandbox::new(Options::default())?.serve(listener, async {
         let _ = rx.await;
     }));
-    let url = format!("http://{addr}/admin/health");
-    assert_eq!(client().get(&url).send().await?.status(), 200);
-    tx.send(()).ok();
-    tokio::time::timeout(Duration::from_secs(10), task).await???;
-    let fresh = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .build()?;
-    assert!(
-        fresh.get(&url).send().await.is_err(),
-        "nothing listens after shutdown"
+    let base = format!("http://{addr}");
+    assert_eq!(
+        client()
+            .get(format!("{base}/admin/health"))
+            .send()
+            .await?
+            .status(),
+        200
     );
+    let marker = mark(&base).await?;
+    tx.send(()).ok();
+    // The server task ends (with Ok) once the shutdown future resolves...
+    tokio::time::timeout(Duration::from_secs(10), task).await???;
+    // ...and the sandbox is gone from its port.
+    assert_gone(&base, &marker).await?;
 
     let sb = sandbox().await?;
-    let url = format!("{}/admin/health", sb.base_url);
     assert!(sb.base_url.starts_with("http://127.0.0.1:"));
+    assert_eq!(sb.base_url, format!("http://{}", sb.addr));
     assert_eq!(
-        sb.addr.port(),
-        url.rsplit(':')
-            .next()
-            .unwrap()
-            .split('/')
-            .next()
-            .unwrap()
-            .parse::<u16>()?
+        client()
+            .get(format!("{}/admin/health", sb.base_url))
+            .send()
+            .await?
+            .status(),
+        200
     );
-    assert_eq!(fresh.get(&url).send().await?.status(), 200);
+    let base = sb.base_url.clone();
+    let marker = mark(&base).await?;
     tokio::time::timeout(Duration::from_secs(10), sb.shutdown()).await??;
-    assert!(fresh.get(&url).send().await.is_err());
+    assert_gone(&base, &marker).await?;
     Ok(())
 }

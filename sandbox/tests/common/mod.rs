@@ -45,11 +45,19 @@ pub async fn sandbox_with(opts: Options) -> Result<RunningSandbox> {
     Ok(Sandbox::spawn(opts).await?)
 }
 
-/// The default fixture with `edit` applied to its text, written to a temp file.
+/// The default fixture with `edit` applied to its text, written to a temp file. Fails when the
+/// edit changed nothing (the text it looks for is gone), so a test can't silently run against
+/// the unchanged fixture.
 pub fn fixture_variant(edit: impl FnOnce(String) -> String) -> Result<tempfile::NamedTempFile> {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/msp.yaml"))?;
+    let edited = edit(text.clone());
+    if edited == text {
+        bail!(
+            "fixture_variant: the edit changed nothing; fixtures/msp.yaml no longer has the text it replaces"
+        );
+    }
     let mut f = tempfile::Builder::new().suffix(".yaml").tempfile()?;
-    std::io::Write::write_all(&mut f, edit(text).as_bytes())?;
+    std::io::Write::write_all(&mut f, edited.as_bytes())?;
     Ok(f)
 }
 
@@ -183,9 +191,79 @@ pub async fn advance(sb: &RunningSandbox, seconds: i64) -> Result<()> {
     Ok(())
 }
 
+/// Every ledger entry; fails unless `/admin/ledger` answers 200 with an `entries` array.
 pub async fn ledger(sb: &RunningSandbox) -> Result<Vec<Value>> {
-    let (_, b) = admin(sb, "GET", "/ledger", None).await?;
-    Ok(b["entries"].as_array().cloned().unwrap_or_default())
+    let (s, b) = admin(sb, "GET", "/ledger", None).await?;
+    if s != 200 {
+        bail!("GET /admin/ledger answered {s}: {b}");
+    }
+    b["entries"]
+        .as_array()
+        .cloned()
+        .with_context(|| format!("GET /admin/ledger has no entries array: {b}"))
+}
+
+/// Adds fault rules (one rule or `{"rules": [...]}`); fails unless the sandbox answers 201.
+pub async fn add_faults(sb: &RunningSandbox, rules: Value) -> Result<Vec<String>> {
+    let (s, b) = admin(sb, "POST", "/faults", Some(rules.clone())).await?;
+    if s != 201 {
+        bail!("POST /admin/faults {rules} answered {s}: {b}");
+    }
+    b["ids"]
+        .as_array()
+        .context("POST /admin/faults: no ids")?
+        .iter()
+        .map(|i| {
+            i.as_str()
+                .map(str::to_owned)
+                .context("a fault id is not a string")
+        })
+        .collect()
+}
+
+/// Exchange Online's InvokeCommand for one tenant, with an app token for it.
+pub struct Exo {
+    pub url: String,
+    pub token: String,
+    /// Sent as `X-Steward-Correlation` with every cmdlet when set.
+    pub correlation: Option<String>,
+}
+
+impl Exo {
+    pub async fn new(sb: &RunningSandbox, tenant: &str) -> Result<Self> {
+        Ok(Self {
+            url: format!(
+                "{}/outlook/adminapi/beta/{tenant}/InvokeCommand",
+                sb.base_url
+            ),
+            token: app_token(sb, tenant, OUTLOOK).await?,
+            correlation: None,
+        })
+    }
+
+    /// The same client, sending `correlation` (`run/step/attempt`) with every cmdlet.
+    pub fn correlated(self, correlation: &str) -> Self {
+        Self {
+            correlation: Some(correlation.to_owned()),
+            ..self
+        }
+    }
+
+    /// Runs `cmdlet` with `params`; returns the status and the JSON body.
+    pub async fn run(&self, cmdlet: &str, params: Value) -> Result<(u16, Value)> {
+        let mut req = client()
+            .post(&self.url)
+            .bearer_auth(&self.token)
+            .json(&json!({"CmdletInput": {"CmdletName": cmdlet, "Parameters": params}}));
+        if let Some(c) = &self.correlation {
+            req = req.header("X-Steward-Correlation", c);
+        }
+        let r = req.send().await?;
+        let s = r.status().as_u16();
+        let text = r.text().await?;
+        let v = serde_json::from_str(&text).with_context(|| format!("not JSON: {text}"))?;
+        Ok((s, v))
+    }
 }
 
 /// Polls `check` until it returns `Some`, failing after `deadline`. Used only for work the
