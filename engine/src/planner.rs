@@ -9,7 +9,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
-use steward_core::inputs::InputProblem;
 use steward_core::policy::{PolicyRefusal, apply_policy};
 use steward_core::{Plan, ValidationError};
 use steward_schemas::{CompanyId, RunId, TicketRef, Timestamp};
@@ -64,16 +63,6 @@ impl Workflows {
         Ok(Self { by_name })
     }
 
-    /// A set of already compiled plans.
-    pub fn from_plans(plans: impl IntoIterator<Item = Arc<Plan>>) -> Self {
-        Self {
-            by_name: plans
-                .into_iter()
-                .map(|p| (p.def().name.clone(), p))
-                .collect(),
-        }
-    }
-
     /// The workflow called `name`.
     pub fn get(&self, name: &str) -> Option<&Arc<Plan>> {
         self.by_name.get(name)
@@ -111,13 +100,10 @@ pub enum Error {
     /// The company's policy refuses the workflow.
     #[error(transparent)]
     Policy(#[from] PolicyRefusal),
-    /// The inputs are wrong.
-    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
-    Inputs(Vec<InputProblem>),
     /// The workflow with the policy's gate does not compile (a bug).
     #[error("the planned workflow is invalid: {0}")]
     Plan(String),
-    /// The store failed.
+    /// The store refused the run (its inputs are wrong: `store::Error::Inputs`) or failed.
     #[error(transparent)]
     Store(store::Error),
     /// The company store failed.
@@ -168,9 +154,6 @@ impl Planner {
                 ticket: req.ticket,
             })
             .await
-            .map_err(|e| match e {
-                store::Error::Inputs(p) => Error::Inputs(p),
-                other => Error::Store(other),
-            })
+            .map_err(Error::Store)
     }
 }

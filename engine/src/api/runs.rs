@@ -208,7 +208,6 @@ pub(super) async fn start(
                 )
                 .unwrap_or_default(),
             ),
-            planner::Error::Inputs(p) => crate::store::Error::Inputs(p).into(),
             planner::Error::Store(e) => e.into(),
             planner::Error::Companies(e) => e.into(),
             planner::Error::Plan(m) => ApiError::internal(m),
@@ -248,7 +247,8 @@ pub struct ListRuns {
 pub struct RunPage {
     /// The runs.
     pub runs: Vec<RunSummary>,
-    /// Pass as `cursor` for the next page.
+    /// Pass as `cursor` for the next page. A page may hold fewer than `limit` runs (when few
+    /// match the filters) and still have one: follow it until there is none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
 }
@@ -265,6 +265,45 @@ const STATUSES: &[&str] = &[
     "rollback_failed",
 ];
 
+/// How many rounds of index reads one page may take before it answers with what it found.
+const MAX_ROUNDS: usize = 20;
+
+/// A place in the listing's order, newest first: a run's creation time (µs, its score in the
+/// indexes), then its id for runs created in the same microsecond (as Redis orders equal scores).
+type Position = (i64, String);
+
+/// Where a page starts: runs strictly below `(score, id)`, or below `score` when there is no id.
+#[derive(Debug, Clone, PartialEq)]
+struct Bound {
+    score: i64,
+    id: Option<String>,
+}
+
+impl Bound {
+    fn admits(&self, (score, id): &Position) -> bool {
+        match &self.id {
+            None => *score < self.score,
+            Some(bound) => (*score, id) < (self.score, bound),
+        }
+    }
+
+    fn cursor(&self) -> String {
+        match &self.id {
+            None => self.score.to_string(),
+            Some(id) => format!("{}.{id}", self.score),
+        }
+    }
+
+    fn parse_cursor(cursor: &str) -> Option<Self> {
+        let (score, id) = match cursor.split_once('.') {
+            Some((score, id)) => (score, Some(id.parse::<RunId>().ok()?.to_string())),
+            None => (cursor, None),
+        };
+        let score = score.parse::<i64>().ok().filter(|s| *s > 0)?;
+        Some(Self { score, id })
+    }
+}
+
 /// Lists runs, newest first, with filters; a technician sees only their companies' runs.
 pub(super) async fn list(
     state: axum::extract::State<ApiState>,
@@ -279,6 +318,7 @@ pub(super) async fn list(
             "ask for 1 to 500 runs",
         ));
     }
+    let limit = limit as usize;
     if let Some(s) = &q.status
         && !STATUSES.contains(&s.as_str())
     {
@@ -291,20 +331,19 @@ pub(super) async fn list(
     if let Some(c) = &q.company {
         caller.require_company(c)?;
     }
-    let mut until = q.until.map_or(i64::MAX, |t| t.as_micros());
-    if let Some(cursor) = &q.cursor {
-        until = cursor
-            .parse::<i64>()
-            .ok()
-            .filter(|c| *c > 0)
-            .ok_or_else(|| {
-                ApiError::invalid(
-                    "cursor",
-                    "not a cursor from this API",
-                    "pass `next_cursor` from the previous page",
-                )
-            })?;
-    }
+    let mut bound = match &q.cursor {
+        Some(cursor) => Bound::parse_cursor(cursor).ok_or_else(|| {
+            ApiError::invalid(
+                "cursor",
+                "not a cursor from this API",
+                "pass `next_cursor` from the previous page",
+            )
+        })?,
+        None => Bound {
+            score: q.until.map_or(i64::MAX, |t| t.as_micros()),
+            id: None,
+        },
+    };
     let since = q.since.map_or(i64::MIN, |t| t.as_micros());
     let keys = state.store.keys();
     // Which index to read: the company's, the status's, or all runs; the rest is filtered.
@@ -326,36 +365,66 @@ pub(super) async fn list(
             (None, None) => vec![keys.runs(shard)],
         })
         .collect();
-    let mut found: Vec<(i64, RunId)> = Vec::new();
-    let mut max_score = until;
-    // Read pages of the indexes until enough runs pass the filters (or the indexes run out).
-    for _ in 0..20 {
+    let fetch = (limit * 2).max(50);
+    let mut found: Vec<(Position, RunDoc)> = Vec::new();
+    let mut exhausted = false;
+    // Read the indexes a page at a time, downwards from `bound`, until enough runs pass the
+    // filters (or the indexes run out).
+    for _ in 0..MAX_ROUNDS {
         let mut pipe = redis::pipe();
-        let fetch = (limit as usize * 2).max(50);
         for k in &index_keys {
+            if bound.id.is_some() {
+                // The runs created in the bound's own microsecond (all of them: a handful at most).
+                pipe.cmd("ZREVRANGEBYSCORE")
+                    .arg(k)
+                    .arg(bound.score)
+                    .arg(bound.score)
+                    .arg("WITHSCORES");
+            }
             pipe.cmd("ZREVRANGEBYSCORE")
                 .arg(k)
-                .arg(format!("({max_score}"))
+                .arg(format!("({}", bound.score))
                 .arg(since)
                 .arg("WITHSCORES")
                 .arg("LIMIT")
                 .arg(0)
                 .arg(fetch);
         }
-        let pages: Vec<Vec<(String, i64)>> = state.store.db().pipe(&pipe).await?;
-        let mut batch: Vec<(i64, RunId)> = pages
+        let replies: Vec<Vec<(String, i64)>> = state.store.db().pipe(&pipe).await?;
+        let mut ties: Vec<(String, i64)> = Vec::new();
+        let mut pages: Vec<Vec<(String, i64)>> = Vec::new();
+        let mut replies = replies.into_iter();
+        for _ in &index_keys {
+            if bound.id.is_some() {
+                ties.extend(replies.next().unwrap_or_default());
+            }
+            pages.push(replies.next().unwrap_or_default());
+        }
+        // An index whose page came back full has more runs below the page's last one, unread.
+        // So the batch holds every run only down to the highest of those last runs (the floor);
+        // runs below it wait for the next round, which starts there.
+        let floor: Option<Position> = pages
+            .iter()
+            .filter(|p| p.len() == fetch)
+            .filter_map(|p| p.last())
+            .map(|(id, score)| (*score, id.clone()))
+            .max();
+        let mut batch: Vec<Position> = ties
             .into_iter()
-            .flatten()
-            .filter_map(|(id, score)| id.parse().ok().map(|r| (score, r)))
+            .chain(pages.into_iter().flatten())
+            .map(|(id, score)| (score, id))
+            .filter(|pos| {
+                pos.0 >= since && bound.admits(pos) && floor.as_ref().is_none_or(|f| pos >= f)
+            })
             .collect();
-        let exhausted = batch.is_empty();
         batch.sort_by(|a, b| b.cmp(a));
         batch.dedup();
-        let Some(&(lowest, _)) = batch.last() else {
-            break;
-        };
-        let docs = load_many(&state, batch.iter().map(|(_, r)| *r)).await?;
-        for ((score, run), doc) in batch.into_iter().zip(docs) {
+        let batch: Vec<(Position, RunId)> = batch
+            .into_iter()
+            .filter_map(|pos| pos.1.parse().ok().map(|run| (pos, run)))
+            .collect();
+        let docs = load_many(&state, batch.iter().map(|(_, run)| *run)).await?;
+        for ((pos, _), doc) in batch.into_iter().zip(docs) {
             let Some(doc) = doc else { continue };
             let ok = q
                 .workflow
@@ -366,27 +435,43 @@ pub(super) async fn list(
                     .is_none_or(|s| doc.state.status.name() == s)
                 && caller.may_access(&doc.ctx.company);
             if ok {
-                found.push((score, run));
+                found.push((pos, doc));
             }
         }
-        max_score = lowest;
-        if found.len() > limit as usize || exhausted {
+        let Some((score, id)) = floor else {
+            exhausted = true;
+            break;
+        };
+        bound = Bound {
+            score,
+            id: Some(id),
+        };
+        if found.len() > limit {
             break;
         }
     }
-    found.sort_by(|a, b| b.cmp(a));
-    found.dedup();
-    let next_cursor =
-        (found.len() > limit as usize).then(|| found[limit as usize - 1].0.to_string());
-    found.truncate(limit as usize);
-    let docs = load_many(&state, found.iter().map(|(_, r)| *r)).await?;
+    let next_cursor = if found.len() > limit {
+        let (score, id) = found[limit - 1].0.clone();
+        Some(
+            Bound {
+                score,
+                id: Some(id),
+            }
+            .cursor(),
+        )
+    } else {
+        // Out of rounds with the indexes not read to the end: the next page goes on from here.
+        (!exhausted).then(|| bound.cursor())
+    };
+    found.truncate(limit);
     Ok(axum::Json(RunPage {
-        runs: docs.iter().flatten().map(RunSummary::of).collect(),
+        runs: found.iter().map(|(_, doc)| RunSummary::of(doc)).collect(),
         next_cursor,
     }))
 }
 
-async fn load_many(
+/// Runs' documents by id (absent ones are `None`), in one round trip.
+pub(super) async fn load_many(
     state: &ApiState,
     runs: impl Iterator<Item = RunId>,
 ) -> ApiResult<Vec<Option<RunDoc>>> {
@@ -449,27 +534,50 @@ pub struct CancelBody {
     pub reason: Option<String>,
 }
 
+/// Applies `event` to the run in `snap`; the run's document after it (a refused event is a 409).
+pub(super) async fn apply_event(
+    state: &ApiState,
+    snap: RunSnapshot,
+    event: &Event,
+) -> ApiResult<RunDoc> {
+    let run = snap.doc.ctx.run_id;
+    let ctx = snap.doc.ctx.clone();
+    match state
+        .store
+        .apply(run, event, Some(snap), None, None)
+        .await?
+    {
+        // The context never changes; the outcome carries the new state.
+        Outcome::Applied { state: next, .. } => Ok(RunDoc {
+            v: RunDoc::VERSION,
+            ctx,
+            state: next,
+        }),
+        // Nothing changed, though the run may have moved on since the snapshot.
+        Outcome::Ignored { .. } => Ok(state
+            .store
+            .load(run)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("no run `{run}`")))?
+            .doc),
+        Outcome::Refused(e) => Err(ApiError::conflict(e.to_string())),
+    }
+}
+
 pub(super) async fn apply_command(
     state: &ApiState,
     caller: &Caller,
     run: RunId,
     event: Event,
 ) -> ApiResult<axum::Json<RunSummary>> {
-    let (snap, _) = load(state, run, caller).await?;
-    match state
-        .store
-        .apply(run, &event, Some(snap), None, None)
-        .await?
-    {
-        Outcome::Applied { .. } | Outcome::Ignored { .. } => {}
-        Outcome::Refused(e) => return Err(ApiError::conflict(e.to_string())),
-    }
     let snap = state
         .store
         .load(run)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no run `{run}`")))?;
-    Ok(axum::Json(RunSummary::of(&snap.doc)))
+    caller.require_company(&snap.doc.ctx.company)?;
+    let doc = apply_event(state, snap, &event).await?;
+    Ok(axum::Json(RunSummary::of(&doc)))
 }
 
 fn check_reason(reason: &Option<String>) -> ApiResult<()> {
@@ -615,4 +723,44 @@ pub(super) async fn workflows(
             })
             .collect(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `STATUSES` copies `RunStatus::name`; the type's schema names every status.
+    #[test]
+    fn the_status_filter_knows_every_status_a_run_is_listed_in() {
+        let schema = serde_json::to_value(schemars::schema_for!(RunStatus)).unwrap();
+        let names: Vec<&str> = schema["oneOf"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v["properties"]["status"]["const"].as_str())
+            // Only while a run is being created: never listed.
+            .filter(|s| *s != "created")
+            .collect();
+        assert_eq!(names, STATUSES);
+    }
+
+    #[test]
+    fn cursors_read_back_as_written() {
+        let run: RunId = "run_01ARZ3NDEKTSV4RRFFQ69G5FAV".parse().unwrap();
+        let at = Bound {
+            score: 1_700_000_000_000_000,
+            id: Some(run.to_string()),
+        };
+        assert_eq!(Bound::parse_cursor(&at.cursor()), Some(at.clone()));
+        let legacy = Bound::parse_cursor("1700000000000000").unwrap();
+        assert_eq!(legacy.id, None);
+        for bad in ["", "0", "-5", "12.nope", "x.run_01ARZ3NDEKTSV4RRFFQ69G5FAV"] {
+            assert_eq!(Bound::parse_cursor(bad), None, "{bad}");
+        }
+        // Below `at`: older runs, and runs of the same microsecond with a smaller id.
+        assert!(at.admits(&(at.score - 1, "run_ZZ".into())));
+        assert!(at.admits(&(at.score, "run_00".into())));
+        assert!(!at.admits(&(at.score, run.to_string())));
+        assert!(!at.admits(&(at.score + 1, "run_00".into())));
+    }
 }
