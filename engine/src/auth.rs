@@ -13,6 +13,7 @@ use steward_schemas::{CompanyScope, Role, Technician, TechnicianId, TokenId, Tok
 
 use crate::clock::Clock;
 use crate::db::Db;
+use crate::store::Store;
 
 /// An auth failure.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +38,9 @@ pub enum Error {
     /// Not found.
     #[error("{0}")]
     NotFound(String),
+    /// Other writers kept changing the record; nothing was written.
+    #[error("{0}")]
+    Conflict(String),
     /// Stored data does not parse.
     #[error("stored auth data is corrupt: {0}")]
     Corrupt(String),
@@ -51,6 +55,31 @@ struct StoredToken {
     info: TokenInfo,
     hash: String,
 }
+
+/// A token's record as read, to revoke it without reading it again.
+#[derive(Debug, Clone)]
+pub struct TokenRecord {
+    stored: StoredToken,
+    key: String,
+}
+
+impl TokenRecord {
+    /// The token's record.
+    pub fn info(&self) -> &TokenInfo {
+        &self.stored.info
+    }
+}
+
+/// How often a technician's change is read, applied and written again after another writer got
+/// there first.
+const UPDATE_ATTEMPTS: u32 = 8;
+
+/// Replaces a record only if it is still exactly as read. KEYS: the record. ARGV: the record as
+/// read, the new one.
+const REPLACE_IF_UNCHANGED: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1";
 
 /// Technicians and tokens. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -72,6 +101,23 @@ fn corrupt(e: impl std::fmt::Display) -> Error {
     Error::Corrupt(e.to_string())
 }
 
+fn printable(name: &str, max: usize) -> bool {
+    !name.is_empty() && name.chars().count() <= max && !name.chars().any(char::is_control)
+}
+
+/// Checks a technician's name: 1 to 200 printable characters once trimmed; the trimmed name.
+pub fn validate_name(name: &str) -> Result<&str> {
+    let name = name.trim();
+    if printable(name, 200) {
+        Ok(name)
+    } else {
+        Err(Error::Invalid {
+            field: "name",
+            message: "give a name of 1 to 200 printable characters".to_owned(),
+        })
+    }
+}
+
 impl Auth {
     /// Technicians and tokens under namespace `ns`.
     pub fn new(db: Db, ns: &str, clock: Arc<dyn Clock>) -> Self {
@@ -80,6 +126,15 @@ impl Auth {
             ns: ns.to_owned(),
             clock,
         }
+    }
+
+    /// Technicians and tokens in the run store's Redis and namespace, on its clock.
+    pub fn for_store(store: &Store) -> Self {
+        Self::new(
+            store.db().clone(),
+            store.keys().namespace(),
+            store.clock().clone(),
+        )
     }
 
     fn key(&self, rest: &str) -> String {
@@ -101,13 +156,7 @@ impl Auth {
                 message: format!("`{email}` is not an email address"),
             });
         }
-        let name = name.trim();
-        if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
-            return Err(Error::Invalid {
-                field: "name",
-                message: "give a name of 1 to 200 printable characters".to_owned(),
-            });
-        }
+        let name = validate_name(name)?;
         let tech = Technician {
             id: TechnicianId::from_ulid(ulid::Ulid::new()),
             email: email.clone(),
@@ -140,11 +189,16 @@ impl Auth {
 
     /// A technician by id.
     pub async fn technician(&self, id: TechnicianId) -> Result<Option<Technician>> {
+        Ok(self.technician_as_stored(id).await?.map(|(t, _)| t))
+    }
+
+    /// A technician and their record's JSON as stored.
+    async fn technician_as_stored(&self, id: TechnicianId) -> Result<Option<(Technician, String)>> {
         let json: Option<String> = self
             .db
             .query(redis::cmd("GET").arg(self.key(&format!("tech:{id}"))))
             .await?;
-        json.map(|j| serde_json::from_str(&j).map_err(corrupt))
+        json.map(|j| Ok((serde_json::from_str(&j).map_err(corrupt)?, j)))
             .transpose()
     }
 
@@ -183,7 +237,44 @@ impl Auth {
         Ok(techs)
     }
 
-    /// Saves a changed technician (role, scope, name, disabled); the email cannot change.
+    /// Changes a technician (role, scope, name, disabled; not the email) without losing a
+    /// concurrent change: `edit` is applied to the record as stored, and the result is written
+    /// only if the record is still as read; otherwise it is read and edited again. After a few
+    /// lost races, [`Error::Conflict`].
+    pub async fn update_technician(
+        &self,
+        id: TechnicianId,
+        mut edit: impl FnMut(&mut Technician),
+    ) -> Result<Technician> {
+        let script = redis::Script::new(REPLACE_IF_UNCHANGED);
+        for _ in 0..UPDATE_ATTEMPTS {
+            let (mut tech, before) = self
+                .technician_as_stored(id)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("no technician `{id}`")))?;
+            let email = tech.email.clone();
+            edit(&mut tech);
+            // The id and the email are what the record is found by: they stay.
+            tech.id = id;
+            tech.email = email;
+            let after = serde_json::to_string(&tech).map_err(corrupt)?;
+            let mut inv = script.prepare_invoke();
+            inv.key(self.key(&format!("tech:{id}")))
+                .arg(before)
+                .arg(after);
+            let replaced: i64 = self.db.script(&inv).await?;
+            if replaced == 1 {
+                return Ok(tech);
+            }
+        }
+        Err(Error::Conflict(format!(
+            "technician `{id}` kept changing while this change was applied ({UPDATE_ATTEMPTS} attempts); nothing was changed; try again"
+        )))
+    }
+
+    /// Saves a changed technician (role, scope, name, disabled); the email cannot change. It
+    /// overwrites whatever changed since the record was read: for a concurrent writer, use
+    /// [`Auth::update_technician`].
     pub async fn save_technician(&self, tech: &Technician) -> Result<()> {
         let json = serde_json::to_string(tech).map_err(corrupt)?;
         self.db
@@ -204,7 +295,7 @@ impl Auth {
         name: &str,
     ) -> Result<(TokenInfo, String)> {
         let name = name.trim();
-        if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        if !printable(name, 100) {
             return Err(Error::Invalid {
                 field: "name",
                 message: "name the token (1 to 100 printable characters), e.g. `laptop`".to_owned(),
@@ -280,38 +371,69 @@ impl Auth {
             .db
             .query(redis::cmd("SMEMBERS").arg(self.key(&format!("tech-tokens:{technician}"))))
             .await?;
-        let mut out = Vec::new();
-        for id in ids {
-            if let Ok(id) = id.parse::<TokenId>()
-                && let Some((stored, _)) = self.token_by_id(id).await?
-            {
-                out.push(stored.info);
-            }
-        }
+        let ids: Vec<TokenId> = ids.iter().filter_map(|i| i.parse().ok()).collect();
+        let mut out: Vec<TokenInfo> = self
+            .tokens_by_id(&ids)
+            .await?
+            .into_iter()
+            .flatten()
+            .map(|t| t.stored.info)
+            .collect();
         out.sort_by_key(|t| t.created_at);
         Ok(out)
     }
 
-    async fn token_by_id(&self, id: TokenId) -> Result<Option<(StoredToken, String)>> {
-        let hash: Option<String> = self
-            .db
-            .query(redis::cmd("GET").arg(self.key(&format!("token-id:{id}"))))
-            .await?;
-        let Some(hash) = hash else { return Ok(None) };
-        let key = self.key(&format!("token:{hash}"));
-        let json: Option<String> = self.db.query(redis::cmd("GET").arg(&key)).await?;
-        Ok(json
-            .map(|j| serde_json::from_str::<StoredToken>(&j).map_err(corrupt))
-            .transpose()?
-            .map(|s| (s, key)))
+    /// Tokens by id (absent ones are `None`): two round trips however many there are.
+    async fn tokens_by_id(&self, ids: &[TokenId]) -> Result<Vec<Option<TokenRecord>>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let id_keys: Vec<String> = ids
+            .iter()
+            .map(|id| self.key(&format!("token-id:{id}")))
+            .collect();
+        let hashes: Vec<Option<String>> = self.db.query(redis::cmd("MGET").arg(&id_keys)).await?;
+        let keys: Vec<Option<String>> = hashes
+            .iter()
+            .map(|h| h.as_ref().map(|h| self.key(&format!("token:{h}"))))
+            .collect();
+        let present: Vec<&String> = keys.iter().flatten().collect();
+        let mut jsons: std::vec::IntoIter<Option<String>> = if present.is_empty() {
+            Vec::new().into_iter()
+        } else {
+            let found: Vec<Option<String>> =
+                self.db.query(redis::cmd("MGET").arg(&present)).await?;
+            found.into_iter()
+        };
+        keys.into_iter()
+            .map(|key| {
+                let Some(key) = key else { return Ok(None) };
+                let Some(json) = jsons.next().flatten() else {
+                    return Ok(None);
+                };
+                let stored: StoredToken = serde_json::from_str(&json).map_err(corrupt)?;
+                Ok(Some(TokenRecord { stored, key }))
+            })
+            .collect()
+    }
+
+    /// A token's record by id.
+    pub async fn token(&self, id: TokenId) -> Result<Option<TokenRecord>> {
+        Ok(self.tokens_by_id(&[id]).await?.pop().flatten())
     }
 
     /// Revokes a token; its record, so the caller can check whose it was.
     pub async fn revoke_token(&self, id: TokenId) -> Result<TokenInfo> {
-        let (mut stored, key) = self
-            .token_by_id(id)
+        let token = self
+            .token(id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("no token `{id}`")))?;
+        self.revoke(token).await
+    }
+
+    /// Revokes a token already read (see [`Auth::token`]); its record.
+    pub async fn revoke(&self, token: TokenRecord) -> Result<TokenInfo> {
+        let TokenRecord { mut stored, key } = token;
         if stored.info.revoked_at.is_none() {
             stored.info.revoked_at = Some(self.clock.now());
             self.db
@@ -325,11 +447,6 @@ impl Auth {
         Ok(stored.info)
     }
 
-    /// The token id's owner (for authorising a revocation before doing it).
-    pub async fn token_owner(&self, id: TokenId) -> Result<Option<TechnicianId>> {
-        Ok(self.token_by_id(id).await?.map(|(s, _)| s.info.technician))
-    }
-
     /// Whether a one-time link's nonce has been used.
     pub async fn nonce_used(&self, nonce: &str) -> Result<bool> {
         let n: u64 = self
@@ -337,6 +454,14 @@ impl Auth {
             .query(redis::cmd("EXISTS").arg(self.key(&format!("link-used:{nonce}"))))
             .await?;
         Ok(n > 0)
+    }
+
+    /// Makes a one-time link's nonce unused again (its decision could not be recorded).
+    pub async fn release_nonce(&self, nonce: &str) -> Result<()> {
+        self.db
+            .query::<()>(redis::cmd("DEL").arg(self.key(&format!("link-used:{nonce}"))))
+            .await?;
+        Ok(())
     }
 
     /// Marks a one-time link's nonce used; false if it already was.

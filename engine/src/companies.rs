@@ -1,7 +1,6 @@
 //! Companies on Redis. Every company key shares the `{co}` hash slot, so a bulk import is one
 //! atomic script: all of it is written, or none.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use redis::Script;
@@ -12,6 +11,7 @@ use steward_schemas::{Company, CompanyId, Timestamp};
 
 use crate::clock::Clock;
 use crate::db::Db;
+use crate::store::Store;
 
 /// A stored company with its version.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -64,6 +64,11 @@ pub enum Error {
         /// The version stored.
         actual: u64,
     },
+    /// Other writers kept changing the companies an import touches; nothing was written.
+    #[error(
+        "the companies in the file kept changing while they were imported ({0} attempts); nothing was imported; try again"
+    )]
+    Busy(u32),
     /// Stored data does not parse.
     #[error("stored company data is corrupt: {0}")]
     Corrupt(String),
@@ -81,7 +86,7 @@ for i = 1, n do
   local version = 0
   if current then version = cjson.decode(current).version end
   if tostring(version) ~= ARGV[2 * i - 1] then
-    return {'stale', i, version}
+    return {'stale', version}
   end
 end
 for i = 1, n do
@@ -90,6 +95,9 @@ for i = 1, n do
 end
 return {'ok'}
 ";
+
+/// How often an import reads and compares again after another writer got there first.
+const IMPORT_ATTEMPTS: u32 = 5;
 
 /// Companies. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -111,8 +119,17 @@ impl Companies {
         }
     }
 
+    /// Companies in the run store's Redis and namespace, on its clock.
+    pub fn for_store(store: &Store) -> Self {
+        Self::new(
+            store.db().clone(),
+            store.keys().namespace(),
+            store.clock().clone(),
+        )
+    }
+
     /// The key of a company.
-    pub fn key(&self, id: &CompanyId) -> String {
+    fn key(&self, id: &CompanyId) -> String {
         format!("{}:{{co}}:company:{id}", self.ns)
     }
 
@@ -205,7 +222,7 @@ impl Companies {
         };
         match self.write(&[(current.version, &record)]).await? {
             None => Ok(record),
-            Some((_, actual)) => Err(Error::Stale {
+            Some(actual) => Err(Error::Stale {
                 id: record.company.id,
                 expected: current.version,
                 actual,
@@ -231,7 +248,7 @@ impl Companies {
     /// what the file cannot express (per-group permission overrides, free-form settings) is kept
     /// from the stored company.
     pub async fn import(&self, companies: Vec<Company>) -> Result<ImportReport> {
-        for _ in 0..5 {
+        for _ in 0..IMPORT_ATTEMPTS {
             let ids: Vec<CompanyId> = companies.iter().map(|c| c.id.clone()).collect();
             let current = self.get_many(&ids).await?;
             let now = self.clock.now();
@@ -278,13 +295,12 @@ impl Companies {
             }
             // Someone changed one of them meanwhile: read again and redo the comparison.
         }
-        Err(Error::Corrupt(
-            "the companies kept changing during the import; try again".to_owned(),
-        ))
+        Err(Error::Busy(IMPORT_ATTEMPTS))
     }
 
-    /// Writes records if each is at its expected version; else the first mismatch.
-    async fn write(&self, records: &[(u64, &CompanyRecord)]) -> Result<Option<(usize, u64)>> {
+    /// Writes records if each is at its expected version; else the stored version of the first
+    /// that is not.
+    async fn write(&self, records: &[(u64, &CompanyRecord)]) -> Result<Option<u64>> {
         let mut inv = self.write_all.prepare_invoke();
         for (_, r) in records {
             inv.key(self.key(&r.company.id));
@@ -304,32 +320,14 @@ impl Companies {
         if first == "ok" {
             return Ok(None);
         }
-        let index: usize = reply
+        let version: u64 = reply
             .get(1)
             .map(redis::from_redis_value_ref)
             .transpose()
             .ok()
             .flatten()
-            .unwrap_or(1);
-        let version: u64 = reply
-            .get(2)
-            .map(redis::from_redis_value_ref)
-            .transpose()
-            .ok()
-            .flatten()
             .unwrap_or(0);
-        Ok(Some((index, version)))
-    }
-
-    /// Company ids → records, for many lookups at once (absent ids are left out).
-    pub async fn by_id(&self, ids: &[CompanyId]) -> Result<HashMap<CompanyId, CompanyRecord>> {
-        Ok(self
-            .get_many(ids)
-            .await?
-            .into_iter()
-            .flatten()
-            .map(|r| (r.company.id.clone(), r))
-            .collect())
+        Ok(Some(version))
     }
 }
 

@@ -29,6 +29,21 @@ pub struct LinkClaim {
     pub exp: i64,
     /// Makes it one-time: a nonce is used once.
     pub nonce: String,
+    /// Who made it (email), when that is not the approver (an admin making links for them).
+    /// Links made before this was recorded have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_by: Option<String>,
+}
+
+impl LinkClaim {
+    /// How a decision through this link is recorded (`Decision::via`): `link`, or
+    /// `link (issued by …)` when someone other than the approver made it.
+    pub fn via(&self) -> String {
+        match &self.issued_by {
+            Some(by) if *by != self.approver => format!("link (issued by {by})"),
+            _ => "link".to_owned(),
+        }
+    }
 }
 
 /// A link that does not verify.
@@ -138,6 +153,7 @@ mod tests {
             approve: true,
             exp,
             nonce: LinkSigner::nonce(),
+            issued_by: None,
         }
     }
 
@@ -169,5 +185,29 @@ mod tests {
         assert_eq!(signer.verify("nonsense", now), Err(LinkError::Malformed));
         assert_eq!(signer.verify("a.b!", now), Err(LinkError::Malformed));
         assert!(LinkSigner::new(vec![1; 31]).is_err());
+    }
+
+    #[test]
+    fn a_link_says_who_made_it_for_someone_else() {
+        let mut c = claim(2_000_000);
+        assert_eq!(c.via(), "link", "made before links recorded their issuer");
+        c.issued_by = Some("alice@msp.example".into());
+        assert_eq!(c.via(), "link", "made by the approver");
+        c.issued_by = Some("admin@msp.example".into());
+        assert_eq!(c.via(), "link (issued by admin@msp.example)");
+        // A link made before `issued_by` existed still verifies.
+        let signer = LinkSigner::new(vec![7; 32]).unwrap();
+        let mut old = serde_json::to_value(claim(2_000_000)).unwrap();
+        old.as_object_mut().unwrap().remove("issued_by");
+        let payload = B64.encode(serde_json::to_vec(&old).unwrap());
+        let sig = B64.encode(signer.mac(payload.as_bytes()).finalize().into_bytes());
+        let now = Timestamp::from_micros(1_000_000_000_000);
+        assert_eq!(
+            signer
+                .verify(&format!("{payload}.{sig}"), now)
+                .unwrap()
+                .issued_by,
+            None
+        );
     }
 }

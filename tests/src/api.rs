@@ -54,13 +54,11 @@ impl ApiEnv {
                 .await
                 .map_err(|e| anyhow::anyhow!(e))?;
         let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, steward_engine::api::app(state)).await;
+            if let Err(e) = axum::serve(listener, steward_engine::api::app(state)).await {
+                eprintln!("the test API server stopped: {e}");
+            }
         });
-        let auth = Auth::new(
-            env.store.db().clone(),
-            &env.namespace,
-            env.store.clock().clone(),
-        );
+        let auth = Auth::for_store(&env.store);
         let mut tokens = std::collections::HashMap::new();
         let people: [(&'static str, &str, Role, CompanyScope); 5] = [
             ("admin", "admin@msp.example", Role::Admin, CompanyScope::ALL),

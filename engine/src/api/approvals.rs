@@ -1,5 +1,6 @@
 //! Approval gates: the inbox, what an approver sees, decisions, and signed one-time links.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -16,13 +17,14 @@ use steward_core::policy::route;
 use steward_schemas::{
     Company, Decision, Event, RunDoc, RunId, StepId, StepState, TicketRef, Timestamp,
 };
+use tracing::warn;
 
 use super::ApiState;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiPath, Caller};
 use super::runs::RunSummary;
 use crate::links::{LinkClaim, LinkError};
-use crate::store::Outcome;
+use crate::store::RunSnapshot;
 
 /// A gate as its approvers see it.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
@@ -224,13 +226,15 @@ pub(super) async fn inbox(
         })
         .collect();
     entries.sort_by_key(|e| e.0);
+    entries.truncate(500);
+    let docs = super::runs::load_many(&state, entries.iter().map(|(_, run, _)| *run)).await?;
     let mut approvals = Vec::new();
-    for (_, run, step) in entries.into_iter().take(500) {
-        let Some(snap) = state.store.load(run).await? else {
+    for ((_, _, step), doc) in entries.iter().zip(docs) {
+        let Some(doc) = doc else {
             continue;
         };
-        let plan = state.store.plan(&snap.doc.ctx.workflow.hash).await?;
-        let Ok(view) = gate_view(&state, &snap.doc, &plan, &step) else {
+        let plan = state.store.plan(&doc.ctx.workflow.hash).await?;
+        let Ok(view) = gate_view(&state, &doc, &plan, step) else {
             continue;
         };
         if view.state == "awaiting_approval" && view.approvers.contains(&caller.tech.email) {
@@ -260,18 +264,24 @@ fn may_view(caller: &Caller, doc: &RunDoc, view: &GateView) -> ApiResult<()> {
     }
 }
 
+/// A run and its plan; 404 if there is no such run.
+async fn load_run(state: &ApiState, run: RunId) -> ApiResult<(RunSnapshot, Arc<Plan>)> {
+    let snap = state
+        .store
+        .load(run)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no run `{run}`")))?;
+    let plan = state.store.plan(&snap.doc.ctx.workflow.hash).await?;
+    Ok((snap, plan))
+}
+
 /// A gate: everything it unlocks, the company's instructions, the ticket, the decisions so far.
 pub(super) async fn get_gate(
     State(state): State<ApiState>,
     caller: Caller,
     ApiPath(p): ApiPath<GatePath>,
 ) -> ApiResult<axum::Json<GateView>> {
-    let snap = state
-        .store
-        .load(p.run)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no run `{}`", p.run)))?;
-    let plan = state.store.plan(&snap.doc.ctx.workflow.hash).await?;
+    let (snap, plan) = load_run(&state, p.run).await?;
     let view = gate_view(&state, &snap.doc, &plan, &p.step)?;
     may_view(&caller, &snap.doc, &view)?;
     Ok(axum::Json(view))
@@ -298,6 +308,25 @@ pub enum DecisionKind {
     Reject,
 }
 
+impl DecisionKind {
+    /// The decision an `approve` flag (of a link, of an event) stands for.
+    pub fn of(approve: bool) -> Self {
+        if approve { Self::Approve } else { Self::Reject }
+    }
+
+    /// Whether it approves.
+    pub fn approves(self) -> bool {
+        self == Self::Approve
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Approve => "approve",
+            Self::Reject => "reject",
+        }
+    }
+}
+
 /// What a decision did.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct DecisionResult {
@@ -307,17 +336,24 @@ pub struct DecisionResult {
     pub run: RunSummary,
 }
 
-/// Records a decision, once per approver; runs the transition that follows it (dispatching what
-/// the gate unlocks, or rolling the run back) in the same atomic step.
+/// Records a decision on gate `step` of the run in `snap`, once per approver, and runs the
+/// transition that follows it (dispatching what the gate unlocks, or rolling the run back) in the
+/// same atomic step; the run's document after it. `channel` (`api`, `link`) labels the metric;
+/// `via` is recorded with the decision.
+///
+/// An error means nothing was recorded (unless Redis lost the reply of the write itself).
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn decide_as(
     state: &ApiState,
-    run: RunId,
+    snap: RunSnapshot,
+    plan: &Plan,
     step: &StepId,
     by: &str,
-    approve: bool,
+    decision: DecisionKind,
     comment: Option<String>,
-    via: &str,
-) -> ApiResult<DecisionResult> {
+    channel: &'static str,
+    via: String,
+) -> ApiResult<RunDoc> {
     if comment.as_ref().is_some_and(|c| c.chars().count() > 2000) {
         return Err(ApiError::invalid(
             "comment",
@@ -325,13 +361,7 @@ pub(crate) async fn decide_as(
             "shorten it",
         ));
     }
-    let snap = state
-        .store
-        .load(run)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no run `{run}`")))?;
-    let plan = state.store.plan(&snap.doc.ctx.workflow.hash).await?;
-    let view = gate_view(state, &snap.doc, &plan, step)?;
+    let view = gate_view(state, &snap.doc, plan, step)?;
     if view.state != "awaiting_approval" {
         return Err(ApiError::conflict(format!(
             "gate `{step}` is not waiting for a decision (it is {})",
@@ -353,33 +383,27 @@ pub(crate) async fn decide_as(
     let event = Event::ApprovalDecided {
         step: step.clone(),
         by,
-        approve,
+        approve: decision.approves(),
         comment,
-        via: via.to_owned(),
+        via,
     };
-    match state
-        .store
-        .apply(run, &event, Some(snap), None, None)
-        .await?
-    {
-        Outcome::Applied { .. } | Outcome::Ignored { .. } => {}
-        Outcome::Refused(e) => return Err(ApiError::conflict(e.to_string())),
-    }
+    let doc = super::runs::apply_event(state, snap, &event).await?;
     state.metrics.count(
         "steward_decisions_total",
-        &[
-            ("via", via),
-            ("decision", if approve { "approve" } else { "reject" }),
-        ],
+        &[("via", channel), ("decision", decision.name())],
     );
-    let snap = state
-        .store
-        .load(run)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no run `{run}`")))?;
+    Ok(doc)
+}
+
+fn decision_result(
+    state: &ApiState,
+    doc: &RunDoc,
+    plan: &Plan,
+    step: &StepId,
+) -> ApiResult<DecisionResult> {
     Ok(DecisionResult {
-        gate: gate_view(state, &snap.doc, &plan, step)?,
-        run: RunSummary::of(&snap.doc),
+        gate: gate_view(state, doc, plan, step)?,
+        run: RunSummary::of(doc),
     })
 }
 
@@ -390,17 +414,20 @@ pub(super) async fn decide(
     ApiPath(p): ApiPath<GatePath>,
     ApiJson(b): ApiJson<DecisionBody>,
 ) -> ApiResult<axum::Json<DecisionResult>> {
-    let result = decide_as(
+    let (snap, plan) = load_run(&state, p.run).await?;
+    let doc = decide_as(
         &state,
-        p.run,
+        snap,
+        &plan,
         &p.step,
         &caller.tech.email,
-        b.decision == DecisionKind::Approve,
+        b.decision,
         b.comment,
         "api",
+        "api".to_owned(),
     )
     .await?;
-    Ok(axum::Json(result))
+    Ok(axum::Json(decision_result(&state, &doc, &plan, &p.step)?))
 }
 
 /// Which links to make.
@@ -440,17 +467,20 @@ pub(super) async fn make_links(
         .approver
         .as_deref()
         .map_or_else(|| caller.tech.email.clone(), |a| a.trim().to_lowercase());
-    if approver != caller.tech.email {
+    let for_someone_else = approver != caller.tech.email;
+    if for_someone_else {
         caller.require_admin()?;
     }
-    let snap = state
-        .store
-        .load(p.run)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no run `{}`", p.run)))?;
-    let plan = state.store.plan(&snap.doc.ctx.workflow.hash).await?;
+    let (snap, plan) = load_run(&state, p.run).await?;
     let view = gate_view(&state, &snap.doc, &plan, &p.step)?;
     may_view(&caller, &snap.doc, &view)?;
+    // Whoever asked for the run cannot approve it, nor hand someone else's vote to themself.
+    if for_someone_else && caller.tech.email == snap.doc.ctx.requested_by.trim().to_lowercase() {
+        return Err(ApiError::forbidden(format!(
+            "{} asked for this run and cannot make links to decide it; another admin must",
+            caller.tech.email
+        )));
+    }
     if view.state != "awaiting_approval" {
         return Err(ApiError::conflict(format!(
             "gate `{}` is not waiting for a decision (it is {})",
@@ -491,6 +521,7 @@ pub(super) async fn make_links(
             approve,
             exp,
             nonce: crate::links::LinkSigner::nonce(),
+            issued_by: Some(caller.tech.email.clone()),
         })
     };
     let base = state.public_url.trim_end_matches('/');
@@ -521,7 +552,12 @@ pub struct LinkView {
     pub recorded: bool,
 }
 
-async fn check_link(state: &ApiState, token: &str) -> ApiResult<(LinkClaim, GateView)> {
+/// A link's claim, its run and plan, and its gate; refused if the link is not genuine, has
+/// expired, or its approver has been disabled since it was made.
+async fn check_link(
+    state: &ApiState,
+    token: &str,
+) -> ApiResult<(LinkClaim, RunSnapshot, Arc<Plan>, GateView)> {
     let claim = state
         .signer
         .verify(token, state.store.clock().now())
@@ -530,6 +566,14 @@ async fn check_link(state: &ApiState, token: &str) -> ApiResult<(LinkClaim, Gate
             LinkError::Forged => ApiError::forbidden(e.to_string()),
             LinkError::Expired => ApiError::gone(e.to_string()),
         })?;
+    if let Some(tech) = state.auth.technician_by_email(&claim.approver).await?
+        && tech.disabled
+    {
+        return Err(ApiError::forbidden(format!(
+            "{} is disabled, and so are the approval links made for them",
+            claim.approver
+        )));
+    }
     let snap = state
         .store
         .load(claim.run)
@@ -538,7 +582,7 @@ async fn check_link(state: &ApiState, token: &str) -> ApiResult<(LinkClaim, Gate
     let plan = state.store.plan(&snap.doc.ctx.workflow.hash).await?;
     let view = gate_view(state, &snap.doc, &plan, &claim.step)
         .map_err(|_| ApiError::forbidden("this link does not belong to a gate of that run"))?;
-    Ok((claim, view))
+    Ok((claim, snap, plan, view))
 }
 
 fn wants_html(headers: &HeaderMap) -> bool {
@@ -548,6 +592,13 @@ fn wants_html(headers: &HeaderMap) -> bool {
         .is_some_and(|a| a.contains("text/html"))
 }
 
+fn link_response(headers: &HeaderMap, view: LinkView) -> Response {
+    if wants_html(headers) {
+        return Html(super::html::link_page(&view)).into_response();
+    }
+    axum::Json(view).into_response()
+}
+
 /// Shows what a link would record, without recording it (mail scanners open links). The page's
 /// button records it.
 pub(super) async fn open_link(
@@ -555,24 +606,17 @@ pub(super) async fn open_link(
     headers: HeaderMap,
     ApiPath(p): ApiPath<LinkPath>,
 ) -> Result<Response, ApiError> {
-    let (claim, gate) = check_link(&state, &p.token).await?;
+    let (claim, _, _, gate) = check_link(&state, &p.token).await?;
     if state.auth.nonce_used(&claim.nonce).await? {
         return Err(ApiError::gone("this link has already been used"));
     }
     let view = LinkView {
-        decision: if claim.approve {
-            DecisionKind::Approve
-        } else {
-            DecisionKind::Reject
-        },
+        decision: DecisionKind::of(claim.approve),
         approver: claim.approver,
         gate,
         recorded: false,
     };
-    if wants_html(&headers) {
-        return Ok(Html(super::html::link_page(&view, &p.token)).into_response());
-    }
-    Ok(axum::Json(view).into_response())
+    Ok(link_response(&headers, view))
 }
 
 /// Records a link's decision, once.
@@ -581,7 +625,7 @@ pub(super) async fn use_link(
     headers: HeaderMap,
     ApiPath(p): ApiPath<LinkPath>,
 ) -> Result<Response, ApiError> {
-    let (claim, view) = check_link(&state, &p.token).await?;
+    let (claim, snap, plan, view) = check_link(&state, &p.token).await?;
     // A used link says so, whatever became of the gate since (consuming it below is what
     // makes its single use atomic).
     if state.auth.nonce_used(&claim.nonce).await? {
@@ -605,28 +649,33 @@ pub(super) async fn use_link(
     if !state.auth.consume_nonce(&claim.nonce, ttl).await? {
         return Err(ApiError::gone("this link has already been used"));
     }
-    let result = decide_as(
+    let decided = decide_as(
         &state,
-        claim.run,
+        snap,
+        &plan,
         &claim.step,
         &claim.approver,
-        claim.approve,
+        DecisionKind::of(claim.approve),
         None,
         "link",
+        claim.via(),
     )
-    .await?;
+    .await;
+    let doc = match decided {
+        Ok(doc) => doc,
+        Err(e) => {
+            // Nothing was recorded, so the link has not been used: it may be tried again.
+            if let Err(release) = state.auth.release_nonce(&claim.nonce).await {
+                warn!(error = %release, "an approval link whose decision was not recorded stays used");
+            }
+            return Err(e);
+        }
+    };
     let view = LinkView {
-        decision: if claim.approve {
-            DecisionKind::Approve
-        } else {
-            DecisionKind::Reject
-        },
+        decision: DecisionKind::of(claim.approve),
         approver: claim.approver,
-        gate: result.gate,
+        gate: gate_view(&state, &doc, &plan, &claim.step)?,
         recorded: true,
     };
-    if wants_html(&headers) {
-        return Ok(Html(super::html::link_page(&view, &p.token)).into_response());
-    }
-    Ok(axum::Json(view).into_response())
+    Ok(link_response(&headers, view))
 }

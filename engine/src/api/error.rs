@@ -178,11 +178,6 @@ impl ApiError {
         self.detail.fix = Some(fix.into());
         self
     }
-
-    /// The status code.
-    pub fn status(&self) -> StatusCode {
-        self.status
-    }
 }
 
 impl IntoResponse for ApiError {
@@ -240,6 +235,8 @@ impl From<crate::companies::Error> for ApiError {
             E::Exists(_) => Self::conflict(e.to_string()),
             E::NotFound(_) => Self::not_found(e.to_string()),
             E::Stale { .. } => Self::conflict(e.to_string()),
+            E::Busy(_) => Self::conflict(e.to_string())
+                .with_fix("send the same request again; nothing was imported"),
             E::Corrupt(_) => Self::internal(e.to_string()),
         }
     }
@@ -256,6 +253,7 @@ impl From<crate::auth::Error> for ApiError {
                 Self::invalid(field, message, "see the field's description")
             }
             E::NotFound(m) => Self::not_found(m),
+            E::Conflict(m) => Self::conflict(m).with_fix("send the same request again"),
             E::Corrupt(_) => Self::internal(e.to_string()),
         }
     }

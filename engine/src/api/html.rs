@@ -20,8 +20,10 @@ pub(crate) fn escape(s: &str) -> String {
     out
 }
 
-/// The page for a link: the plan the gate unlocks and a button that records the decision.
-pub(crate) fn link_page(view: &LinkView, token: &str) -> String {
+/// The page for a link: the plan the gate unlocks and a button that records the decision. The
+/// form has no `action`: it posts back to the page's own address, whatever prefix a proxy in
+/// front of the API (`public_url`) adds.
+pub(crate) fn link_page(view: &LinkView) -> String {
     let g = &view.gate;
     let verb = match view.decision {
         DecisionKind::Approve => "Approve",
@@ -96,8 +98,7 @@ pub(crate) fn link_page(view: &LinkView, token: &str) -> String {
     } else {
         let _ = write!(
             h,
-            "<form method=\"post\" action=\"/v1/links/{}\"><p>You are deciding as {}.</p><button type=\"submit\">{verb}</button></form>",
-            escape(token),
+            "<form method=\"post\"><p>You are deciding as {}.</p><button type=\"submit\">{verb}</button></form>",
             escape(&view.approver)
         );
     }

@@ -20,7 +20,7 @@ use aide::axum::routing::{delete_with, get_with, patch_with, post_with};
 use aide::openapi::{Info, OpenApi, SecurityScheme, Tag};
 use aide::transform::{TransformOpenApi, TransformOperation};
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use schemars::JsonSchema;
@@ -349,9 +349,8 @@ pub async fn state(
         }
     };
     let signer = LinkSigner::new(LinkSigner::decode_key(&key_text)?)?;
-    let ns = store.keys().namespace().to_owned();
-    let companies = Companies::new(store.db().clone(), &ns, store.clock().clone());
-    let auth = Auth::new(store.db().clone(), &ns, store.clock().clone());
+    let companies = Companies::for_store(&store);
+    let auth = Auth::for_store(&store);
     let planner = Planner {
         store: store.clone(),
         companies: companies.clone(),
@@ -370,29 +369,37 @@ pub async fn state(
     })
 }
 
-/// The OpenAPI document.
-pub fn openapi() -> OpenApi {
+/// The documented routes and the OpenAPI document generated from them.
+fn documented() -> (axum::Router<ApiState>, OpenApi) {
     let mut api = OpenApi {
         info: Info::default(),
         ..OpenApi::default()
     };
-    let _ = routes().finish_api_with(&mut api, describe);
-    api
+    let router = routes().finish_api_with(&mut api, describe);
+    (router, api)
+}
+
+fn render(api: &OpenApi) -> String {
+    format!(
+        "{}\n",
+        serde_json::to_string_pretty(api).expect("the OpenAPI document serialises")
+    )
+}
+
+/// The OpenAPI document.
+pub fn openapi() -> OpenApi {
+    documented().1
 }
 
 /// The OpenAPI document as checked in (`schemas/openapi.json`).
 pub fn openapi_json() -> String {
-    format!(
-        "{}\n",
-        serde_json::to_string_pretty(&openapi()).expect("the OpenAPI document serialises")
-    )
+    render(&openapi())
 }
 
 /// The API's router.
 pub fn app(state: ApiState) -> axum::Router {
-    let mut api = OpenApi::default();
-    let router = routes().finish_api_with(&mut api, describe);
-    let doc = Arc::new(openapi_json());
+    let (router, api) = documented();
+    let doc = Arc::new(render(&api));
     router
         .route(
             "/v1/openapi.json",
@@ -422,9 +429,26 @@ pub fn app(state: ApiState) -> axum::Router {
         .with_state(state)
 }
 
+/// A method's name for a metric label: the standard ones, else `other` (clients choose the
+/// method, and every label value is a counter kept forever).
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
 /// Counts and logs every request once; errors are logged from the response's extensions.
 async fn observe(State(state): State<ApiState>, req: Request, next: Next) -> Response {
-    let method = req.method().to_string();
+    let method = method_label(req.method());
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -434,7 +458,7 @@ async fn observe(State(state): State<ApiState>, req: Request, next: Next) -> Res
     state.metrics.count(
         "steward_http_requests_total",
         &[
-            ("method", &method),
+            ("method", method),
             ("route", &route),
             ("status", status.as_str()),
         ],

@@ -83,40 +83,40 @@ pub(super) async fn update(
     ApiPath(p): ApiPath<TechPath>,
     ApiJson(b): ApiJson<TechnicianPatch>,
 ) -> ApiResult<axum::Json<Technician>> {
-    let mut tech = state
+    let name = b
+        .name
+        .as_deref()
+        .map(crate::auth::validate_name)
+        .transpose()?
+        .map(str::to_owned);
+    let is_caller = caller.tech.id == p.id;
+    if is_caller && b.role.is_some_and(|r| r != Role::Admin) {
+        return Err(ApiError::conflict(
+            "you cannot take away your own admin role; ask another admin",
+        ));
+    }
+    if is_caller && b.disabled == Some(true) {
+        return Err(ApiError::conflict("you cannot disable yourself"));
+    }
+    // Applied to the record as stored, and written only if nobody changed it meanwhile, so a
+    // concurrent change (a disable) is never undone.
+    let tech = state
         .auth
-        .technician(p.id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no technician `{}`", p.id)))?;
-    if let Some(name) = b.name {
-        let name = name.trim().to_owned();
-        if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
-            return Err(ApiError::invalid(
-                "name",
-                "give a name of 1 to 200 printable characters",
-                "send a name",
-            ));
-        }
-        tech.name = name;
-    }
-    if let Some(role) = b.role {
-        if tech.id == caller.tech.id && role != Role::Admin {
-            return Err(ApiError::conflict(
-                "you cannot take away your own admin role; ask another admin",
-            ));
-        }
-        tech.role = role;
-    }
-    if let Some(companies) = b.companies {
-        tech.companies = companies;
-    }
-    if let Some(disabled) = b.disabled {
-        if tech.id == caller.tech.id && disabled {
-            return Err(ApiError::conflict("you cannot disable yourself"));
-        }
-        tech.disabled = disabled;
-    }
-    state.auth.save_technician(&tech).await?;
+        .update_technician(p.id, |tech| {
+            if let Some(name) = &name {
+                tech.name.clone_from(name);
+            }
+            if let Some(role) = b.role {
+                tech.role = role;
+            }
+            if let Some(companies) = &b.companies {
+                tech.companies = companies.clone();
+            }
+            if let Some(disabled) = b.disabled {
+                tech.disabled = disabled;
+            }
+        })
+        .await?;
     Ok(axum::Json(tech))
 }
 
@@ -187,12 +187,12 @@ pub(super) async fn revoke(
     caller: Caller,
     ApiPath(p): ApiPath<TokenPath>,
 ) -> ApiResult<NoContent> {
-    let owner = state
+    let token = state
         .auth
-        .token_owner(p.id)
+        .token(p.id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no token `{}`", p.id)))?;
-    self_or_admin(&caller, owner)?;
-    state.auth.revoke_token(p.id).await?;
+    self_or_admin(&caller, token.info().technician)?;
+    state.auth.revoke(token).await?;
     Ok(NoContent)
 }
