@@ -47,6 +47,20 @@ async fn wait_gate(api: &ApiEnv, run: &str, gate: &str) -> Result<Value> {
     .await
 }
 
+/// Makes contoso's approvers `approvers`.
+async fn set_approvers(api: &ApiEnv, approvers: &[&str]) -> Result<()> {
+    let (s, mut record) = api.get("admin", "/v1/companies/contoso").await?;
+    anyhow::ensure!(s == 200, "{s} {record}");
+    record["company"]["approvers"] = json!(approvers);
+    let (s, body) = send(
+        api.req("admin", reqwest::Method::PUT, "/v1/companies/contoso")
+            .json(&record["company"]),
+    )
+    .await?;
+    anyhow::ensure!(s == 200, "{s} {body}");
+    Ok(())
+}
+
 fn code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("")
 }
@@ -175,7 +189,12 @@ async fn who_may_do_what() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gate_needs_two_other_approvers() -> Result<()> {
     let api = ApiEnv::start(workflows()).await?;
-    // alice asks; alice cannot approve her own request.
+    // alice asks; alice cannot approve her own request, so the quorum of 2 needs bob and carol.
+    set_approvers(
+        &api,
+        &["alice@msp.example", "bob@msp.example", "carol@msp.example"],
+    )
+    .await?;
     let run = start(
         &api,
         "alice",
@@ -187,7 +206,7 @@ async fn a_gate_needs_two_other_approvers() -> Result<()> {
     assert_eq!(gate["quorum"], 2);
     assert_eq!(
         gate["approvers"],
-        json!(["alice@msp.example", "bob@msp.example"])
+        json!(["alice@msp.example", "bob@msp.example", "carol@msp.example"])
     );
     assert_eq!(gate["ticket"]["id"], "T1001");
     assert_eq!(
@@ -208,8 +227,8 @@ async fn a_gate_needs_two_other_approvers() -> Result<()> {
         inbox["approvals"][0]["reference"],
         format!("{run}/approval")
     );
-    let (_, empty) = api.get("tech", "/v1/approvals").await?;
-    assert_eq!(empty["approvals"], json!([]));
+    let (s, empty) = api.get("tech", "/v1/approvals").await?;
+    assert_eq!((s, &empty["approvals"]), (200, &json!([])));
 
     let decide = |who: &'static str, decision: &'static str| {
         let path = format!("/v1/approvals/{run}/approval");
@@ -246,7 +265,7 @@ async fn a_gate_needs_two_other_approvers() -> Result<()> {
         "{body}"
     );
 
-    // Quorum 2 with alice unable to vote: bob alone is not enough, so add carol as an approver.
+    // Quorum 2 with alice unable to vote: bob alone is not enough.
     let (s, body) = decide("bob", "approve").await?;
     assert_eq!(s, 200, "{body}");
     assert_eq!(body["gate"]["state"], "awaiting_approval");
@@ -310,9 +329,10 @@ async fn an_expired_gate_escalates_to_the_next_approvers() -> Result<()> {
     let api = ApiEnv::start(workflows()).await?;
     let run = start(&api, "tech", "expiring", json!({})).await?;
     let escalated = wait_for("the gate to escalate", T, || async {
-        let (_, g) = api
+        let (s, g) = api
             .get("admin", &format!("/v1/approvals/{run}/approval"))
             .await?;
+        anyhow::ensure!(s == 200, "{s} {g}");
         Ok((g["stage"] == 1).then_some(g))
     })
     .await?;
@@ -325,8 +345,11 @@ async fn an_expired_gate_escalates_to_the_next_approvers() -> Result<()> {
         )
         .await?;
     assert_eq!(s, 403, "the first approvers no longer decide");
-    let (_, inbox) = api.get("admin", "/v1/approvals").await?;
-    assert_eq!(inbox["approvals"][0]["gate"], "approval");
+    let (s, inbox) = api.get("admin", "/v1/approvals").await?;
+    assert_eq!(
+        (s, &inbox["approvals"][0]["gate"]),
+        (200, &json!("approval"))
+    );
     let (s, body) = api
         .post(
             "admin",
@@ -425,20 +448,22 @@ async fn signed_links_work_once_and_only_as_issued() -> Result<()> {
     assert_eq!(s, 400);
 
     // bob approves by link; a link for the decided gate is refused.
-    let (_, bob_links) = api
+    let (s, bob_links) = api
         .post(
             "bob",
             &format!("/v1/approvals/{run}/approval/links"),
             json!({}),
         )
         .await?;
-    let (_, bob_spare) = api
+    assert_eq!(s, 200, "{bob_links}");
+    let (s, bob_spare) = api
         .post(
             "bob",
             &format!("/v1/approvals/{run}/approval/links"),
             json!({}),
         )
         .await?;
+    assert_eq!(s, 200, "{bob_spare}");
     let (s, _) = send(api.http.post(bob_links["approve_url"].as_str().unwrap())).await?;
     assert_eq!(s, 200);
     wait_status(&api, &run, "completed").await?;
@@ -491,7 +516,8 @@ async fn the_policy_refuses_gates_or_pauses() -> Result<()> {
     );
 
     // IT admin: allowed, but role assignment always needs approval: the policy inserts a gate.
-    put("it_admin").await?;
+    let (s, body) = put("it_admin").await?;
+    assert_eq!(s, 200, "{body}");
     let (s, body) = api.post("tech", "/v1/runs", json!({"workflow": "privileged", "company": "contoso", "inputs": {"user": "jane@example.com"}})).await?;
     assert_eq!(s, 201, "{body}");
     let run = body["run"].as_str().unwrap().to_owned();
@@ -508,26 +534,32 @@ async fn the_policy_refuses_gates_or_pauses() -> Result<()> {
         gate["unlocks"][0]["params"]["user"], "${{ steps.create.output.id }}",
         "not known yet, shown as written"
     );
-    api.post(
-        "alice",
-        &format!("/v1/approvals/{run}/policy_approval"),
-        json!({"decision": "reject", "comment": "no"}),
-    )
-    .await?;
+    let (s, body) = api
+        .post(
+            "alice",
+            &format!("/v1/approvals/{run}/policy_approval"),
+            json!({"decision": "reject", "comment": "no"}),
+        )
+        .await?;
+    assert_eq!(s, 200, "{body}");
     wait_status(&api, &run, "rolled_back").await?;
 
     // A policy changed while a run waits at a gate pauses the next step instead of running it.
-    put("full_automation").await?;
+    let (s, body) = put("full_automation").await?;
+    assert_eq!(s, 200, "{body}");
     let run = start(&api, "tech", "gated", json!({"user": "jane"})).await?;
     wait_gate(&api, &run, "approval").await?;
-    put("read_only").await?;
+    let (s, body) = put("read_only").await?;
+    assert_eq!(s, 200, "{body}");
     for who in ["alice", "bob"] {
-        api.post(
-            who,
-            &format!("/v1/approvals/{run}/approval"),
-            json!({"decision": "approve"}),
-        )
-        .await?;
+        let (s, body) = api
+            .post(
+                who,
+                &format!("/v1/approvals/{run}/approval"),
+                json!({"decision": "approve"}),
+            )
+            .await?;
+        assert_eq!(s, 200, "{who}: {body}");
     }
     let paused = wait_status(&api, &run, "paused").await?;
     assert_eq!(
@@ -545,14 +577,40 @@ async fn the_policy_refuses_gates_or_pauses() -> Result<()> {
         1,
         "the blocked step did not run"
     );
+    let blocks = |body: &Value| {
+        body["history"].as_array().map_or(0, |h| {
+            h.iter()
+                .filter(|e| e["event"]["type"] == "step_blocked")
+                .count()
+        })
+    };
+    assert_eq!(blocks(&paused), 1, "{paused}");
+    // Resumed under the same policy, the step is dispatched again and blocked again: the run
+    // did resume (it is not merely still paused from before).
+    let (s, body) = api
+        .post("tech", &format!("/v1/runs/{run}/resume"), json!({}))
+        .await?;
+    assert_eq!((s, &body["status"]), (200, &json!("running")), "{body}");
+    let again = wait_for("the resumed step to be blocked again", T, || async {
+        let body = status_of(&api, &run).await?;
+        Ok((body["summary"]["status"] == "paused" && blocks(&body) == 2).then_some(body))
+    })
+    .await?;
+    assert_eq!(
+        again["summary"]["status_detail"]["reason"]["kind"],
+        "policy_blocked"
+    );
+    assert_eq!(
+        api.env.ledger().await?.applied.len(),
+        1,
+        "the blocked step still did not run"
+    );
+    let (s, body) = put("full_automation").await?;
+    assert_eq!(s, 200, "{body}");
     let (s, body) = api
         .post("tech", &format!("/v1/runs/{run}/resume"), json!({}))
         .await?;
     assert_eq!(s, 200, "{body}");
-    wait_status(&api, &run, "paused").await?;
-    put("full_automation").await?;
-    api.post("tech", &format!("/v1/runs/{run}/resume"), json!({}))
-        .await?;
     wait_status(&api, &run, "completed").await?;
     Ok(())
 }
@@ -614,7 +672,8 @@ async fn companies_import_all_or_nothing() -> Result<()> {
         rows.iter().any(|(r, c)| *r == 4 && c == "id"),
         "duplicate id: {rows:?}"
     );
-    let (_, list) = api.get("admin", "/v1/companies").await?;
+    let (s, list) = api.get("admin", "/v1/companies").await?;
+    assert_eq!(s, 200, "{list}");
     let ids: Vec<&str> = list
         .as_array()
         .unwrap()
@@ -760,19 +819,20 @@ async fn runs_list_filters_and_pages() -> Result<()> {
         wait_status(&api, r, "completed").await?;
     }
     wait_gate(&api, &gated, "approval").await?;
-    let (_, page) = api.get("tech", "/v1/runs?limit=2").await?;
-    assert_eq!(page["runs"].as_array().unwrap().len(), 2);
+    let (s, page) = api.get("tech", "/v1/runs?limit=2").await?;
+    assert_eq!((s, page["runs"].as_array().unwrap().len()), (200, 2));
     assert_eq!(page["runs"][0]["run"], gated, "newest first");
     let cursor = page["next_cursor"]
         .as_str()
         .context("a next page")?
         .to_owned();
-    let (_, next) = api
+    let (s, next) = api
         .get("tech", &format!("/v1/runs?limit=10&cursor={cursor}"))
         .await?;
-    assert_eq!(next["runs"].as_array().unwrap().len(), 4);
+    assert_eq!((s, next["runs"].as_array().unwrap().len()), (200, 4));
     assert!(next.get("next_cursor").is_none() || next["next_cursor"].is_null());
-    let (_, waiting) = api.get("tech", "/v1/runs?status=running").await?;
+    let (s, waiting) = api.get("tech", "/v1/runs?status=running").await?;
+    assert_eq!(s, 200, "{waiting}");
     assert_eq!(
         waiting["runs"]
             .as_array()
@@ -782,9 +842,393 @@ async fn runs_list_filters_and_pages() -> Result<()> {
             .collect::<Vec<_>>(),
         vec![json!(gated)]
     );
-    let (_, simple) = api
+    let (s, simple) = api
         .get("tech", "/v1/runs?workflow=simple&status=completed")
         .await?;
-    assert_eq!(simple["runs"].as_array().unwrap().len(), 5);
+    assert_eq!((s, simple["runs"].as_array().unwrap().len()), (200, 5));
+    Ok(())
+}
+
+/// Every page of a listing, following `next_cursor` to the end: the runs' ids in order.
+async fn every_page(api: &ApiEnv, who: &str, query: &str) -> Result<Vec<String>> {
+    let mut ids = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..2_000 {
+        let path = match &cursor {
+            Some(c) => format!("/v1/runs?{query}&cursor={c}"),
+            None => format!("/v1/runs?{query}"),
+        };
+        let (s, page) = api.get(who, &path).await?;
+        anyhow::ensure!(s == 200, "{path}: {s} {page}");
+        for r in page["runs"].as_array().context("runs")? {
+            ids.push(r["run"].as_str().context("run id")?.to_owned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => return Ok(ids),
+        }
+    }
+    anyhow::bail!("{query}: the cursor never ran out")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_list_pages_through_sparse_filters_without_losing_runs() -> Result<()> {
+    let api = ApiEnv::start(workflows()).await?;
+    let keys = api.env.store.keys().clone();
+    let contoso: steward_schemas::CompanyId = "contoso".parse()?;
+    // The runs of each shard, newest first: (creation time in µs, run id), as the indexes order
+    // them.
+    let indexes = || async {
+        let mut shards: Vec<Vec<(i64, String)>> = Vec::new();
+        for shard in keys.all_shards() {
+            let entries: Vec<(String, i64)> = api
+                .env
+                .store
+                .db()
+                .query(
+                    redis::cmd("ZREVRANGE")
+                        .arg(keys.runs_of_company(shard, &contoso))
+                        .arg(0)
+                        .arg(-1)
+                        .arg("WITHSCORES"),
+                )
+                .await?;
+            shards.push(entries.into_iter().map(|(id, at)| (at, id)).collect());
+        }
+        anyhow::Ok(shards)
+    };
+    // Runs scheduled far ahead stay as they are: only the listing is under test. One in nine
+    // is of workflow `expiring`, the rest `simple`.
+    let mut expiring = std::collections::HashSet::new();
+    let mut made = 0;
+    let (shards, unread) = loop {
+        for _ in 0..80 {
+            let workflow = if made % 9 == 4 { "expiring" } else { "simple" };
+            let (s, body) = api
+                .post(
+                    "tech",
+                    "/v1/runs",
+                    json!({"workflow": workflow, "company": "contoso", "start_at": "2099-01-01T00:00:00Z"}),
+                )
+                .await?;
+            assert_eq!(s, 201, "{body}");
+            if workflow == "expiring" {
+                expiring.insert(body["run"].as_str().context("run id")?.to_owned());
+            }
+            made += 1;
+        }
+        // A round that reads each shard's index 50 runs at a time and goes on below the oldest
+        // run it read would never read the runs that a shard holds between its 50th run and
+        // that oldest one. Make sure there are some, and put the filter's matches there.
+        let shards = indexes().await?;
+        let oldest_read = shards
+            .iter()
+            .flat_map(|s| s.iter().take(50))
+            .min()
+            .cloned()
+            .context("no runs")?;
+        let unread: Vec<(i64, String)> = shards
+            .iter()
+            .flat_map(|s| s.iter().skip(50))
+            .filter(|e| **e > oldest_read)
+            .cloned()
+            .collect();
+        if !unread.is_empty() {
+            break (shards, unread);
+        }
+        anyhow::ensure!(made < 800, "the shards never held unread runs");
+    };
+    let mut all: Vec<(i64, String)> = shards.into_iter().flatten().collect();
+    all.sort_by(|a, b| b.cmp(a));
+    assert_eq!(all.len(), made);
+
+    // A sparse subset: those runs, and the oldest of all, are cancelled.
+    let mut cancelled = unread;
+    cancelled.push(all.last().cloned().context("no runs")?);
+    for (_, run) in &cancelled {
+        let (s, body) = api
+            .post("tech", &format!("/v1/runs/{run}/cancel"), json!({}))
+            .await?;
+        assert_eq!((s, &body["status"]), (200, &json!("cancelled")), "{body}");
+    }
+    cancelled.sort_by(|a, b| b.cmp(a));
+    let cancelled: Vec<String> = cancelled.into_iter().map(|(_, id)| id).collect();
+    // A status within a company scope (the company's index, filtered by status), and the
+    // status's own index.
+    assert_eq!(
+        every_page(&api, "tech", "company=contoso&status=cancelled&limit=2").await?,
+        cancelled
+    );
+    assert_eq!(
+        every_page(&api, "tech", "status=cancelled&limit=1").await?,
+        cancelled
+    );
+    assert_eq!(
+        every_page(&api, "admin", "status=cancelled&limit=3").await?,
+        cancelled
+    );
+    // A workflow (all runs' index, filtered by workflow), and everything.
+    let want: Vec<String> = all
+        .iter()
+        .filter(|(_, id)| expiring.contains(id))
+        .map(|(_, id)| id.clone())
+        .collect();
+    assert_eq!(
+        every_page(&api, "admin", "workflow=expiring&limit=2").await?,
+        want
+    );
+    let want: Vec<String> = all.iter().map(|(_, id)| id.clone()).collect();
+    assert_eq!(every_page(&api, "tech", "limit=7").await?, want);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_answer_to_who_may_decide() -> Result<()> {
+    let api = ApiEnv::start(workflows()).await?;
+    let links = |run: &str| format!("/v1/approvals/{run}/approval/links");
+
+    // An admin who asked for a run cannot make links for its approvers (and vote through them).
+    let run = start(&api, "admin", "gated", json!({"user": "jane"})).await?;
+    wait_gate(&api, &run, "approval").await?;
+    let (s, body) = api
+        .post(
+            "admin",
+            &links(&run),
+            json!({"approver": "bob@msp.example"}),
+        )
+        .await?;
+    assert_eq!((s, code(&body)), (403, "forbidden"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("asked for this run"),
+        "{body}"
+    );
+
+    // A link an admin made for bob stops working while bob is disabled, and records who made it.
+    let run = start(&api, "tech", "gated", json!({"user": "jane"})).await?;
+    wait_gate(&api, &run, "approval").await?;
+    let (s, made) = api
+        .post(
+            "admin",
+            &links(&run),
+            json!({"approver": "bob@msp.example"}),
+        )
+        .await?;
+    assert_eq!(s, 200, "{made}");
+    let approve = made["approve_url"]
+        .as_str()
+        .context("approve_url")?
+        .to_owned();
+    let (s, techs) = api.get("admin", "/v1/technicians").await?;
+    assert_eq!(s, 200, "{techs}");
+    let bob = techs
+        .as_array()
+        .context("technicians")?
+        .iter()
+        .find(|t| t["email"] == "bob@msp.example")
+        .and_then(|t| t["id"].as_str())
+        .context("bob")?
+        .to_owned();
+    let set_disabled = |disabled: bool| {
+        let api = &api;
+        let path = format!("/v1/technicians/{bob}");
+        async move {
+            send(
+                api.req("admin", reqwest::Method::PATCH, &path)
+                    .json(&json!({ "disabled": disabled })),
+            )
+            .await
+        }
+    };
+    let (s, body) = set_disabled(true).await?;
+    assert_eq!(s, 200, "{body}");
+    let (s, body) = send(api.http.get(&approve).header("accept", "application/json")).await?;
+    assert_eq!((s, code(&body)), (403, "forbidden"), "{body}");
+    let (s, body) = send(api.http.post(&approve).header("accept", "application/json")).await?;
+    assert_eq!((s, code(&body)), (403, "forbidden"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("disabled"),
+        "{body}"
+    );
+    let (s, body) = set_disabled(false).await?;
+    assert_eq!(s, 200, "{body}");
+    let (s, used) = send(api.http.post(&approve).header("accept", "application/json")).await?;
+    assert_eq!((s, &used["recorded"]), (200, &json!(true)), "{used}");
+    assert_eq!(
+        used["gate"]["approvals"][0]["via"], "link (issued by admin@msp.example)",
+        "{used}"
+    );
+
+    // alice asked for this run: her own link is refused when used, and stays unused (nothing
+    // was recorded), so opening it again does not claim it was used.
+    set_approvers(
+        &api,
+        &["alice@msp.example", "bob@msp.example", "carol@msp.example"],
+    )
+    .await?;
+    let run = start(&api, "alice", "gated", json!({"user": "jane"})).await?;
+    wait_gate(&api, &run, "approval").await?;
+    let (s, made) = api.post("alice", &links(&run), json!({})).await?;
+    assert_eq!(s, 200, "{made}");
+    let approve = made["approve_url"]
+        .as_str()
+        .context("approve_url")?
+        .to_owned();
+    // The page's form posts back to the page's own address (public_url may have a path).
+    let (s, html) = send(api.http.get(&approve).header("accept", "text/html")).await?;
+    let html = html.as_str().unwrap_or_default().to_owned();
+    assert_eq!(s, 200, "{html}");
+    assert!(
+        html.contains("<form method=\"post\">") && !html.contains("action="),
+        "{html}"
+    );
+    let (s, body) = send(api.http.post(&approve).header("accept", "application/json")).await?;
+    assert_eq!((s, code(&body)), (403, "forbidden"), "{body}");
+    let (s, view) = send(api.http.get(&approve).header("accept", "application/json")).await?;
+    assert_eq!((s, &view["recorded"]), (200, &json!(false)), "{view}");
+    let body = status_of(&api, &run).await?;
+    let gate = &body["run"]["state"]["steps"]["approval"];
+    assert_eq!(gate["state"], "awaiting_approval", "{gate}");
+    assert!(
+        !serde_json::to_string(&body["history"])?.contains("approval_decided"),
+        "nothing was recorded: {body}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_label_only_standard_methods() -> Result<()> {
+    let api = ApiEnv::start(workflows()).await?;
+    for made_up in ["BREW", "PROPFIND", "X-SCAN-1"] {
+        let (s, body) = send(api.req(
+            "tech",
+            reqwest::Method::from_bytes(made_up.as_bytes())?,
+            "/v1/runs",
+        ))
+        .await?;
+        assert_eq!(s, 405, "{made_up}: {body}");
+    }
+    let (s, _) = api.get("tech", "/v1/runs").await?;
+    assert_eq!(s, 200);
+    let (s, metrics) = send(api.http.get(format!("{}/metrics", api.base))).await?;
+    let metrics = metrics.as_str().unwrap_or_default().to_owned();
+    assert_eq!(s, 200, "{metrics}");
+    assert!(
+        metrics.contains("method=\"other\",route=\"/v1/runs\",status=\"405\"} 3")
+            && metrics.contains("method=\"GET\",route=\"/v1/runs\",status=\"200\"} 1"),
+        "{metrics}"
+    );
+    for made_up in ["BREW", "PROPFIND", "X-SCAN-1"] {
+        assert!(!metrics.contains(made_up), "{made_up}: {metrics}");
+    }
+    // The served OpenAPI document is the checked-in one (built once, with the routes).
+    let (s, served) = api.get("", "/v1/openapi.json").await?;
+    assert_eq!(s, 200);
+    let expected: Value = serde_json::from_str(&steward_engine::api::openapi_json())?;
+    assert!(served == expected, "the served OpenAPI document differs");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_import_is_a_conflict_to_retry() -> Result<()> {
+    let api = ApiEnv::start(workflows()).await?;
+    // The import script compares versions as Lua prints them, and Lua prints numbers from 10^14
+    // up in exponent form: stored at such a version, contoso looks changed to every attempt of
+    // the import, as when other writers keep changing it.
+    let key = format!("{}:{{co}}:company:contoso", api.env.namespace);
+    let db = api.env.store.db();
+    let stored: String = db.query(redis::cmd("GET").arg(&key)).await?;
+    let mut record: Value = serde_json::from_str(&stored)?;
+    record["version"] = json!(100_000_000_000_000_u64);
+    db.query::<()>(redis::cmd("SET").arg(&key).arg(record.to_string()))
+        .await?;
+    let csv = "id,name,tenant_id,identity_provider,mailbox_provider,approvers,permission_profile\n\
+               contoso,Contoso Renamed,8f1c0e2a-0b5e-4f7e-9a51-3c2d6a7b9e10,entra_id,exchange_online,alice@msp.example,full_automation\n";
+    let (s, body) = send(
+        api.req("admin", reqwest::Method::POST, "/v1/companies/import")
+            .header("content-type", "text/csv")
+            .body(csv),
+    )
+    .await?;
+    assert_eq!((s, code(&body)), (409, "conflict"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("try again"),
+        "{body}"
+    );
+    let (s, company) = api.get("admin", "/v1/companies/contoso").await?;
+    assert_eq!(
+        (s, &company["company"]["name"]),
+        (200, &json!("contoso (sample)")),
+        "nothing was imported: {company}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrent_change_never_undoes_a_disable() -> Result<()> {
+    let api = ApiEnv::start(workflows()).await?;
+    let auth = steward_engine::auth::Auth::for_store(&api.env.store);
+    let tech = auth
+        .technician_by_email("tech@msp.example")
+        .await?
+        .context("tech")?;
+    let path = format!("/v1/technicians/{}", tech.id);
+    let runtime = tokio::runtime::Handle::current();
+    let mut edits = 0;
+    // A rename whose edit runs while another admin disables the technician (after the rename
+    // read the record, before it writes it back).
+    let renamed = auth
+        .update_technician(tech.id, |t| {
+            edits += 1;
+            if edits == 1 {
+                let (s, body) = tokio::task::block_in_place(|| {
+                    runtime.block_on(send(
+                        api.req("admin", reqwest::Method::PATCH, &path)
+                            .json(&json!({"disabled": true})),
+                    ))
+                })
+                .expect("the disable is sent");
+                assert_eq!(s, 200, "{body}");
+            }
+            t.name = "Renamed".to_owned();
+        })
+        .await?;
+    assert_eq!(
+        edits, 2,
+        "the rename was applied again to the changed record"
+    );
+    assert!(renamed.disabled && renamed.name == "Renamed", "{renamed:?}");
+    let (s, body) = api.get("tech", "/v1/runs").await?;
+    assert_eq!(s, 401, "still disabled: {body}");
+
+    // Through the API: a rename keeps the disable, and a bad name names the field.
+    let (s, body) = send(
+        api.req("admin", reqwest::Method::PATCH, &path)
+            .json(&json!({"name": "  Tech  "})),
+    )
+    .await?;
+    assert_eq!(
+        (s, &body["name"], &body["disabled"]),
+        (200, &json!("Tech"), &json!(true)),
+        "{body}"
+    );
+    let (s, body) = send(
+        api.req("admin", reqwest::Method::PATCH, &path)
+            .json(&json!({"name": "a\u{7}b"})),
+    )
+    .await?;
+    assert_eq!(
+        (s, body["error"]["field"].as_str()),
+        (422, Some("name")),
+        "{body}"
+    );
     Ok(())
 }
