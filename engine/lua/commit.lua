@@ -3,7 +3,7 @@
 -- and the acknowledgement of the job whose outcome caused it. All keys share the run's shard
 -- hash tag, so the script touches one slot.
 --
--- KEYS: 1 run hash (fields: v = version, d = document, j:<seq> = stream id of a queued job)
+-- KEYS: 1 run hash (fields: v = version, d = document, j:<step>:<seq> = stream id of a queued job)
 --       2 run history stream
 --       3 shard step stream
 --       4 shard timer index (zset: "<run>|<timer key>" scored by due time in ms)
@@ -22,14 +22,16 @@ local plan = cjson.decode(ARGV[3])
 local run = plan.run
 local group = plan.group
 
+-- Acknowledges the job; a parked job goes to the dead-letter stream, once: only if this
+-- acknowledgement is the one that took it out of the pending list.
 local function ack()
   if plan.ack then
-    redis.call('XACK', KEYS[3], group, plan.ack.id)
+    local acked = redis.call('XACK', KEYS[3], group, plan.ack.id)
     redis.call('XDEL', KEYS[3], plan.ack.id)
     redis.call('HDEL', KEYS[1], 'j:' .. plan.ack.step .. ':' .. plan.ack.seq)
-  end
-  if plan.dead then
-    redis.call('XADD', KEYS[7], 'MAXLEN', '~', 10000, '*', 'run', run, 'job', plan.dead)
+    if plan.dead and acked == 1 then
+      redis.call('XADD', KEYS[7], 'MAXLEN', '~', 10000, '*', 'run', run, 'job', plan.dead)
+    end
   end
 end
 

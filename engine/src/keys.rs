@@ -74,7 +74,7 @@ impl Keys {
         format!("{}:{{s{shard:03}}}", self.ns)
     }
 
-    /// The run's hash: `v` (version), `d` (document), `j:<seq>` (stream ids of queued jobs).
+    /// The run's hash: `v` (version), `d` (document), `j:<step>:<seq>` (stream ids of queued jobs).
     pub fn run(&self, run: RunId) -> String {
         format!("{}:run:{run}", self.tag(self.shard_of(run)))
     }

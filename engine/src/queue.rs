@@ -16,7 +16,7 @@
 //! A graceful stop drains ([`Drain::release`]): the blocked read is woken (`CLIENT UNBLOCK`), and
 //! the jobs this process received but never started go back to their streams at once.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -26,6 +26,7 @@ use apalis_core::backend::{Backend, BackendConfig};
 use apalis_core::task::Task;
 use apalis_core::task::task_id::RandomId;
 use apalis_core::worker::context::WorkerContext;
+use redis::streams::StreamId;
 use redis::{Script, Value};
 use steward_schemas::{CompanyId, Event, FailureKind, Job, Phase, RunId, StepFailure};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
@@ -76,7 +77,7 @@ pub struct Delivery {
     /// step may run): `Some(None)` if it no longer exists, `None` if it was not fetched.
     pub company: Option<Option<Arc<CompanyRecord>>>,
     company_id: Option<CompanyId>,
-    _lease: Lease,
+    lease: Lease,
 }
 
 impl Delivery {
@@ -88,14 +89,12 @@ impl Delivery {
             seq: self.job.seq,
         }
     }
-}
 
-impl Delivery {
     /// Marks the job as started: from now on, if this process stops before the outcome is
     /// committed, the job stays leased to it until another worker takes it over. A job that is
     /// dropped unstarted (the worker stopped first) is handed back to the stream instead.
     pub fn start(&mut self) {
-        self._lease.started = true;
+        self.lease.started = true;
     }
 }
 
@@ -438,9 +437,37 @@ async fn read_new(shared: Arc<Shared>) {
     let block_ms = u64::try_from(shared.config.block.as_millis()).unwrap_or(u64::MAX);
     let max_batch = shared.config.concurrency.clamp(1, 512);
     let mut client_id: Option<i64> = None;
+    // COUNT applies per stream, so a read can return more entries than there are free places
+    // (at most one per shard too many). Those wait here, leased (the lease keeper renews them),
+    // and go to the worker before anything new is read.
+    let mut backlog: VecDeque<(u16, StreamId)> = VecDeque::new();
     loop {
         if *stop.borrow() {
+            hold_back(&shared, backlog);
             return;
+        }
+        if let Some((shard, entry)) = backlog.pop_front() {
+            let permit = tokio::select! {
+                p = shared.permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+                _ = stop.changed() => {
+                    backlog.push_front((shard, entry));
+                    hold_back(&shared, backlog);
+                    return;
+                }
+            };
+            let mut batch: Vec<Delivery> = prepare(&shared, shard, &entry, 1, permit)
+                .into_iter()
+                .collect();
+            while !backlog.is_empty() {
+                let Ok(permit) = shared.permits.clone().try_acquire_owned() else {
+                    break;
+                };
+                if let Some((shard, entry)) = backlog.pop_front() {
+                    batch.extend(prepare(&shared, shard, &entry, 1, permit));
+                }
+            }
+            send_batch(&shared, batch).await;
+            continue;
         }
         // Wait for room, but hold no place while blocked in the read: the reclaimer needs
         // places too. Places are taken per entry received.
@@ -449,8 +476,8 @@ async fn read_new(shared: Arc<Shared>) {
             _ = stop.changed() => return,
         }
         let room = shared.permits.available_permits().clamp(1, max_batch);
-        // COUNT applies per stream: ask each shard for its share of the free places.
-        let count = room.div_ceil(streams.len());
+        // Each shard's share of the free places, rounded down (but at least one).
+        let count = (room / streams.len()).max(1);
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(GROUP)
@@ -493,36 +520,56 @@ async fn read_new(shared: Arc<Shared>) {
                 }
                 let last = tokio::time::timeout(shared.config.block + Duration::from_secs(1), read).await;
                 if let Ok(Ok(Some(reply))) = last {
-                    for stream in reply.keys {
-                        let Some(&shard) = shared.shard_of_key.get(&stream.key) else { continue };
-                        for entry in stream.ids {
-                            let job = entry_field(&entry.map, "j").and_then(|j| serde_json::from_str::<Job>(&j).ok());
-                            let run = entry_field(&entry.map, "r").and_then(|r| r.parse::<RunId>().ok());
-                            if let (Some(job), Some(run)) = (job, run) {
-                                shared.unstarted.push(Held { shard, entry: entry.id, run, field: job_field(&job), reclaimed: false });
-                            }
-                        }
-                    }
+                    backlog.extend(entries_of(&shared, reply));
                 }
+                hold_back(&shared, backlog);
                 return;
             }
         };
         let Some(reply) = reply else { continue };
         let mut batch = Vec::new();
-        for stream in reply.keys {
-            let Some(&shard) = shared.shard_of_key.get(&stream.key) else {
-                continue;
-            };
-            for entry in stream.ids {
-                let Ok(permit) = shared.permits.clone().acquire_owned().await else {
-                    return;
-                };
-                if let Some(d) = prepare(&shared, shard, &entry.id, &entry.map, 1, permit).await {
-                    batch.push(d);
+        for (shard, entry) in entries_of(&shared, reply) {
+            match shared.permits.clone().try_acquire_owned() {
+                Ok(permit) => batch.extend(prepare(&shared, shard, &entry, 1, permit)),
+                Err(_) => {
+                    shared.inflight.insert(shard, &entry.id);
+                    backlog.push_back((shard, entry));
                 }
             }
         }
         send_batch(&shared, batch).await;
+    }
+}
+
+/// A read's entries, with their shards.
+fn entries_of(
+    shared: &Shared,
+    reply: redis::streams::StreamReadReply,
+) -> impl Iterator<Item = (u16, StreamId)> + use<'_> {
+    reply.keys.into_iter().flat_map(move |stream| {
+        let shard = shared.shard_of_key.get(&stream.key).copied();
+        stream
+            .ids
+            .into_iter()
+            .filter_map(move |entry| Some((shard?, entry)))
+    })
+}
+
+/// Leaves entries this process read but will not start to [`Drain::release`].
+fn hold_back(shared: &Shared, entries: impl IntoIterator<Item = (u16, StreamId)>) {
+    for (shard, entry) in entries {
+        shared.inflight.remove(shard, &entry.id);
+        let job = entry_field(&entry.map, "j").and_then(|j| serde_json::from_str::<Job>(&j).ok());
+        let run = entry_field(&entry.map, "r").and_then(|r| r.parse::<RunId>().ok());
+        if let (Some(job), Some(run)) = (job, run) {
+            shared.unstarted.push(Held {
+                shard,
+                entry: entry.id,
+                run,
+                field: job_field(&job),
+                reclaimed: false,
+            });
+        }
     }
 }
 
@@ -538,37 +585,35 @@ fn entry_field(fields: &HashMap<String, Value>, name: &str) -> Option<String> {
         .and_then(|v| redis::from_redis_value_ref(v).ok())
 }
 
-/// Parses an entry and hands it to the worker; a malformed entry is acknowledged and
-/// dead-lettered, never retried.
-async fn prepare(
+/// An entry's run, run version, job and run document.
+fn parse_entry(fields: &HashMap<String, Value>) -> Option<(RunId, u64, Job, String)> {
+    let field = |name: &str| entry_field(fields, name);
+    let run: RunId = field("r")?.parse().ok()?;
+    let version: u64 = field("v")?.parse().ok()?;
+    let job: Job = serde_json::from_str(&field("j")?).ok()?;
+    Some((run, version, job, field("d")?))
+}
+
+/// Parses an entry into a delivery. A malformed entry (perhaps written by a newer version) is
+/// left unacknowledged: another worker may read it, and one delivered too often is parked.
+fn prepare(
     shared: &Shared,
     shard: u16,
-    id: &str,
-    fields: &HashMap<String, Value>,
+    entry: &StreamId,
     deliveries: u64,
     permit: OwnedSemaphorePermit,
 ) -> Option<Delivery> {
-    let field = |name: &str| entry_field(fields, name);
-    let parsed = (|| {
-        let run: RunId = field("r")?.parse().ok()?;
-        let version: u64 = field("v")?.parse().ok()?;
-        let job: Job = serde_json::from_str(&field("j")?).ok()?;
-        Some((run, version, job, field("d")?))
-    })();
-    let Some((run, version, job, doc)) = parsed else {
+    let id = entry.id.as_str();
+    let field = |name: &str| entry_field(&entry.map, name);
+    let Some((run, version, job, doc)) = parse_entry(&entry.map) else {
+        shared.inflight.remove(shard, id);
         error!(
             entry = id,
-            shard, "step queue: malformed entry; dropping it"
+            shard,
+            deliveries,
+            "step queue: this worker cannot read the entry; leaving it to another worker or, after {} deliveries, to the dead-letter stream",
+            shared.config.max_deliveries
         );
-        let keys = shared.store.keys();
-        let mut pipe = redis::pipe();
-        pipe.cmd("XACK")
-            .arg(keys.steps(shard))
-            .arg(GROUP)
-            .arg(id)
-            .ignore();
-        pipe.cmd("XDEL").arg(keys.steps(shard)).arg(id).ignore();
-        let _ = shared.store.db().pipe::<()>(&pipe).await;
         return None;
     };
     shared.inflight.insert(shard, id);
@@ -589,7 +634,7 @@ async fn prepare(
         deliveries,
         company: None,
         company_id: field("c").and_then(|c| c.parse().ok()),
-        _lease: Lease {
+        lease: Lease {
             inflight: shared.inflight.clone(),
             unstarted: shared.unstarted.clone(),
             held: Some(held),
@@ -643,10 +688,17 @@ async fn reclaim(shared: Arc<Shared>) {
         for shard in keys.all_shards() {
             let mut cursor = "0-0".to_owned();
             loop {
+                // Places are taken before claiming, so every job claimed can start (a job
+                // claimed without a place would sit unrenewed and be claimed again, counting a
+                // delivery towards the poison limit each time).
                 let room = shared.permits.available_permits().min(100);
-                if room == 0 {
+                let Some(places) = u32::try_from(room)
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .and_then(|n| shared.permits.clone().try_acquire_many_owned(n).ok())
+                else {
                     break;
-                }
+                };
                 let cmd = {
                     let mut c = redis::cmd("XAUTOCLAIM");
                     c.arg(keys.steps(shard))
@@ -668,7 +720,7 @@ async fn reclaim(shared: Arc<Shared>) {
                     };
                 debug!(shard, claimed = reply.claimed.len(), next = %reply.next_stream_id, "step queue: reclaim pass");
                 if !reply.claimed.is_empty() {
-                    take_over(&shared, shard, reply.claimed).await;
+                    take_over(&shared, shard, reply.claimed, places).await;
                 }
                 if reply.next_stream_id == "0-0" {
                     break;
@@ -679,7 +731,14 @@ async fn reclaim(shared: Arc<Shared>) {
     }
 }
 
-async fn take_over(shared: &Shared, shard: u16, claimed: Vec<redis::streams::StreamId>) {
+/// Starts jobs claimed from other consumers, one place of `places` each (the rest are given
+/// back), or parks those delivered too often.
+async fn take_over(
+    shared: &Shared,
+    shard: u16,
+    claimed: Vec<StreamId>,
+    mut places: OwnedSemaphorePermit,
+) {
     let keys = shared.store.keys();
     let mut pipe = redis::pipe();
     for entry in &claimed {
@@ -705,36 +764,46 @@ async fn take_over(shared: &Shared, shard: u16, claimed: Vec<redis::streams::Str
             park(shared, shard, &entry, deliveries).await;
             continue;
         }
-        let Ok(permit) = shared.permits.clone().acquire_owned().await else {
-            return;
+        let Some(permit) = places.split(1) else {
+            // Not reachable: XAUTOCLAIM returns at most as many entries as places were taken.
+            warn!(entry = %entry.id, "step queue: claimed more jobs than places; leaving it");
+            continue;
         };
-        if let Some(d) = prepare(shared, shard, &entry.id, &entry.map, deliveries, permit).await {
-            batch.push(d);
-        }
+        batch.extend(prepare(shared, shard, &entry, deliveries, permit));
     }
+    drop(places);
     send_batch(shared, batch).await;
 }
 
-async fn park(shared: &Shared, shard: u16, entry: &redis::streams::StreamId, deliveries: u64) {
-    let field = |name: &str| -> Option<String> {
-        entry
-            .map
-            .get(name)
-            .and_then(|v| redis::from_redis_value_ref(v).ok())
-    };
-    let (Some(run), Some(job_json)) =
-        (field("r").and_then(|r| r.parse::<RunId>().ok()), field("j"))
-    else {
+/// Parks a job delivered more than `max_deliveries` times: its step fails, and the job goes to
+/// the dead-letter stream, in one script. An entry too malformed to name its run and step is
+/// moved to the dead-letter stream as it is.
+async fn park(shared: &Shared, shard: u16, entry: &StreamId, deliveries: u64) {
+    let field = |name: &str| entry_field(&entry.map, name);
+    let run = field("r").and_then(|r| r.parse::<RunId>().ok());
+    let job_json = field("j");
+    let job = job_json
+        .as_deref()
+        .and_then(|j| serde_json::from_str::<Job>(j).ok());
+    let (Some(run), Some(job_json), Some(job)) = (run, job_json, job) else {
+        error!(entry = %entry.id, shard, deliveries, "step queue: parking an entry no worker can read");
+        if let Err(e) = dead_letter_raw(shared, shard, entry).await {
+            warn!(error = %e, "step queue: parking failed; will retry");
+        }
         return;
     };
-    let Ok(job) = serde_json::from_str::<Job>(&job_json) else {
-        return;
+    let message = if parse_entry(&entry.map).is_some() {
+        format!(
+            "the job was delivered {deliveries} times without an outcome (its worker keeps stopping); it was moved to the dead-letter stream"
+        )
+    } else {
+        format!(
+            "no worker could read the job's queue entry in {deliveries} deliveries (was it written by another Steward version?); it was moved to the dead-letter stream"
+        )
     };
     let error = StepFailure {
         kind: FailureKind::Poison,
-        message: format!(
-            "the job was delivered {deliveries} times without an outcome (its worker keeps stopping); it was moved to the dead-letter stream"
-        ),
+        message,
         code: None,
         retry_after: None,
     };
@@ -759,6 +828,43 @@ async fn park(shared: &Shared, shard: u16, entry: &redis::streams::StreamId, del
     if let Err(e) = shared.store.park(run, &event, &ack, &job_json).await {
         warn!(error = %e, "step queue: parking failed; will retry");
     }
+}
+
+/// Moves an unreadable entry, fields as they are, to the shard's dead-letter stream and
+/// acknowledges it (one transaction; both keys are in the shard's slot).
+async fn dead_letter_raw(shared: &Shared, shard: u16, entry: &StreamId) -> redis::RedisResult<()> {
+    let keys = shared.store.keys();
+    let raw: serde_json::Map<String, serde_json::Value> = entry
+        .map
+        .iter()
+        .map(|(k, v)| {
+            let text = redis::from_redis_value_ref::<String>(v).unwrap_or_default();
+            (k.clone(), serde_json::Value::String(text))
+        })
+        .collect();
+    let mut pipe = redis::pipe();
+    pipe.atomic()
+        .cmd("XADD")
+        .arg(keys.dead(shard))
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(10_000)
+        .arg("*")
+        .arg("run")
+        .arg(entry_field(&entry.map, "r").unwrap_or_default())
+        .arg("raw")
+        .arg(serde_json::Value::Object(raw).to_string())
+        .ignore()
+        .cmd("XACK")
+        .arg(keys.steps(shard))
+        .arg(GROUP)
+        .arg(&entry.id)
+        .ignore()
+        .cmd("XDEL")
+        .arg(keys.steps(shard))
+        .arg(&entry.id)
+        .ignore();
+    shared.store.db().pipe::<()>(&pipe).await
 }
 
 async fn keep_leases(shared: Arc<Shared>) {

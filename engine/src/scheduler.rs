@@ -23,23 +23,32 @@ pub struct SchedulerConfig {
     pub concurrency: usize,
 }
 
+/// How long a timer whose run cannot take it (corrupt data) waits before it is tried again.
+pub const DEFER_BROKEN: Duration = Duration::from_secs(60);
+
 /// Runs until `shutdown` completes.
 pub async fn run(store: Store, config: SchedulerConfig, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
     let mut wait = Duration::ZERO;
     loop {
-        let fired = tokio::select! {
+        let round = tokio::select! {
             () = &mut shutdown => return,
-            n = round(&store, &config) => n,
+            r = round(&store, &config) => r,
         };
-        match fired {
-            Ok(0) => wait = config.tick,
-            Ok(n) => {
-                debug!(timers = n, "timers fired");
+        match round {
+            Ok(Round { due: 0, .. }) => wait = config.tick,
+            Ok(Round { due, fired }) if fired == due => {
+                debug!(timers = fired, "timers fired");
                 wait = Duration::ZERO;
             }
+            Ok(Round { due, fired }) => {
+                // Some could not be fired (Redis trouble, contention): back off rather than
+                // spin on them; they stay due.
+                wait = backoff(wait);
+                warn!(due, fired, retry_in = ?wait, "scheduler: some timers could not be fired");
+            }
             Err(e) => {
-                wait = (wait * 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
+                wait = backoff(wait);
                 warn!(error = %e, retry_in = ?wait, "scheduler: cannot read timers");
             }
         }
@@ -52,8 +61,21 @@ pub async fn run(store: Store, config: SchedulerConfig, shutdown: impl Future<Ou
     }
 }
 
-/// Fires every timer due now; returns how many.
-pub async fn round(store: &Store, config: &SchedulerConfig) -> store::Result<usize> {
+fn backoff(prev: Duration) -> Duration {
+    (prev * 2).clamp(Duration::from_millis(100), Duration::from_secs(5))
+}
+
+/// What a round did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Round {
+    /// Timers that were due.
+    pub due: usize,
+    /// Timers dealt with: fired, found stale, or removed because they can never fire.
+    pub fired: usize,
+}
+
+/// Fires every timer due now.
+pub async fn round(store: &Store, config: &SchedulerConfig) -> store::Result<Round> {
     let keys = store.keys();
     let now_ms = store.clock().now().as_millis();
     let mut pipe = redis::pipe();
@@ -73,15 +95,17 @@ pub async fn round(store: &Store, config: &SchedulerConfig) -> store::Result<usi
         .flat_map(|(shard, members)| members.into_iter().map(move |m| (shard, m)))
         .collect();
     let n = due.len();
-    futures::stream::iter(due)
-        .for_each_concurrent(config.concurrency.max(1), |(shard, member)| {
-            fire(store, shard, member)
-        })
+    let fired = futures::stream::iter(due)
+        .map(|(shard, member)| fire(store, shard, member))
+        .buffer_unordered(config.concurrency.max(1))
+        .filter(|done| std::future::ready(*done))
+        .count()
         .await;
-    Ok(n)
+    Ok(Round { due: n, fired })
 }
 
-async fn fire(store: &Store, shard: u16, member: String) {
+/// Fires one timer; whether it is dealt with (false: it stays due, to be tried again).
+async fn fire(store: &Store, shard: u16, member: String) -> bool {
     let parsed = member.split_once('|').and_then(|(run, key)| {
         Some((
             run.parse::<RunId>().ok()?,
@@ -91,18 +115,22 @@ async fn fire(store: &Store, shard: u16, member: String) {
     });
     let Some((run, timer, key)) = parsed else {
         error!(%member, "scheduler: malformed timer; removing it");
-        let _ = store.remove_timer(shard, &member).await;
-        return;
+        return store.remove_timer(shard, &member).await.is_ok();
     };
     let event = Event::TimerFired { timer };
     match store.apply(run, &event, None, None, Some(key)).await {
-        Ok(_) | Err(store::Error::NoSuchRun(_)) => {}
-        Err(store::Error::Redis(e)) => {
-            warn!(run.id = %run, error = %e, "scheduler: cannot fire a timer; will retry")
+        Ok(_) | Err(store::Error::NoSuchRun(_)) => true,
+        Err(e @ (store::Error::Redis(_) | store::Error::Contention(_))) => {
+            warn!(run.id = %run, error = %e, "scheduler: cannot fire a timer; will retry");
+            false
         }
         Err(e) => {
-            error!(run.id = %run, error = %e, timer = %member, "scheduler: cannot fire a timer; removing it");
-            let _ = store.remove_timer(shard, &member).await;
+            // The run's data is broken: keep the timer (a technician may repair the run) but
+            // do not try it again every round.
+            let at = store.clock().now().plus(DEFER_BROKEN);
+            error!(run.id = %run, error = %e, timer = %member, retry_at = %at, "scheduler: cannot fire a timer; deferring it");
+            let _ = store.defer_timer(shard, &member, at).await;
+            true
         }
     }
 }

@@ -6,8 +6,8 @@
 //! transition is computed again on it. Jobs carry the document they were enqueued with, so the
 //! common case — a worker reporting the outcome of the only step in flight — is one round trip.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 use redis::Script;
 use serde::Serialize;
@@ -139,7 +139,6 @@ pub struct Store {
     clock: Arc<dyn Clock>,
     commit: Arc<Script>,
     plans: Arc<RwLock<HashMap<String, Arc<Plan>>>>,
-    stored: Arc<Mutex<HashSet<String>>>,
 }
 
 #[derive(Serialize, Default)]
@@ -246,7 +245,6 @@ impl Store {
             clock,
             commit: Arc::new(Script::new(COMMIT)),
             plans: Arc::default(),
-            stored: Arc::default(),
         }
     }
 
@@ -305,11 +303,12 @@ impl Store {
     /// Stores a definition (once per process per content hash) so workers can load it by hash.
     pub async fn put_definition(&self, plan: &Plan) -> Result<()> {
         let hash = plan.hash().to_owned();
+        // A plan in the cache was stored by this process or read back from Redis.
         if self
-            .stored
-            .lock()
-            .expect("the stored-definitions lock is never poisoned")
-            .contains(&hash)
+            .plans
+            .read()
+            .expect("the plan cache lock is never poisoned")
+            .contains_key(&hash)
         {
             return Ok(());
         }
@@ -327,10 +326,6 @@ impl Store {
             .expect("the plan cache lock is never poisoned")
             .entry(hash.clone())
             .or_insert_with(|| Arc::new(plan.clone()));
-        self.stored
-            .lock()
-            .expect("the stored-definitions lock is never poisoned")
-            .insert(hash);
         Ok(())
     }
 
@@ -435,6 +430,20 @@ impl Store {
         ack: Option<&Ack>,
         timer: Option<&str>,
     ) -> Result<Outcome> {
+        self.apply_acking(run, event, snapshot, ack.map(|a| (a, None)), timer)
+            .await
+    }
+
+    /// [`Store::apply`], where the acknowledgement can also move the job to the dead-letter
+    /// stream (`Some(job JSON)`), in the same script as the transition.
+    async fn apply_acking(
+        &self,
+        run: RunId,
+        event: &Event,
+        snapshot: Option<RunSnapshot>,
+        ack: Option<(&Ack, Option<&str>)>,
+        timer: Option<&str>,
+    ) -> Result<Outcome> {
         let mut snap = match snapshot {
             Some(s) => s,
             None => match self.load(run).await? {
@@ -474,17 +483,17 @@ impl Store {
                 &t.effects,
                 now,
             )?;
-            plan.ack = ack.map(|a| AckRef {
+            plan.ack = ack.map(|(a, _)| AckRef {
                 id: &a.entry,
                 step: a.step.as_str(),
                 seq: a.seq,
             });
+            plan.dead = ack.and_then(|(_, dead)| dead.map(str::to_owned));
             plan.timer = timer.map(str::to_owned);
             match self.commit(run, snap.version, &doc, plan).await? {
                 Reply::Ok { version, revoked } => {
-                    for effect in &t.effects {
-                        trace!(run.id = %run, ?effect, "effect committed");
-                    }
+                    // Effects are not logged: jobs carry inputs taken from tickets.
+                    trace!(run.id = %run, version, effects = t.effects.len(), "transition committed");
                     if revoked.is_empty() {
                         return Ok(Outcome::Applied {
                             version,
@@ -518,8 +527,14 @@ impl Store {
         Err(Error::Contention(MAX_CONFLICTS))
     }
 
-    /// Acknowledges a job and disarms a timer without changing the run.
-    async fn ack_only(&self, run: RunId, ack: Option<&Ack>, timer: Option<&str>) -> Result<()> {
+    /// Acknowledges a job (moving it to the dead-letter stream if asked) and disarms a timer
+    /// without changing the run.
+    async fn ack_only(
+        &self,
+        run: RunId,
+        ack: Option<(&Ack, Option<&str>)>,
+        timer: Option<&str>,
+    ) -> Result<()> {
         if ack.is_none() && timer.is_none() {
             return Ok(());
         }
@@ -527,11 +542,12 @@ impl Store {
         let mut plan = CommitPlan {
             run: run.to_string(),
             group: GROUP,
-            ack: ack.map(|a| AckRef {
+            ack: ack.map(|(a, _)| AckRef {
                 id: &a.entry,
                 step: a.step.as_str(),
                 seq: a.seq,
             }),
+            dead: ack.and_then(|(_, dead)| dead.map(str::to_owned)),
             ..CommitPlan::default()
         };
         if let Some(timer) = timer {
@@ -547,8 +563,8 @@ impl Store {
         Ok(())
     }
 
-    /// Moves a job to the dead-letter stream and reports its step failed (it was delivered too
-    /// often without an outcome: its worker keeps dying on it).
+    /// Reports a job's step failed and moves the job to the dead-letter stream, in the same
+    /// script (it was delivered too often without an outcome: its worker keeps dying on it).
     pub async fn park(
         &self,
         run: RunId,
@@ -556,21 +572,10 @@ impl Store {
         ack: &Ack,
         job_json: &str,
     ) -> Result<Outcome> {
-        let keys = self.keys.commit_keys(run);
-        let plan = CommitPlan {
-            run: run.to_string(),
-            group: GROUP,
-            dead: Some(job_json.to_owned()),
-            ..CommitPlan::default()
-        };
-        let plan = serde_json::to_string(&plan).map_err(corrupt)?;
-        let mut inv = self.commit.prepare_invoke();
-        for k in &keys {
-            inv.key(k);
-        }
-        inv.arg("0").arg("").arg(plan);
-        self.db.script::<Vec<String>>(&inv).await?;
-        match self.apply(run, event, None, Some(ack), None).await {
+        match self
+            .apply_acking(run, event, None, Some((ack, Some(job_json))), None)
+            .await
+        {
             Err(Error::NoSuchRun(_)) => Ok(Outcome::Ignored {
                 reason: "the run no longer exists".to_owned(),
             }),
@@ -704,10 +709,24 @@ impl Store {
         }
     }
 
-    /// Removes a timer that cannot be fired (malformed, or its run's data is corrupt).
+    /// Removes a timer that can never be fired (its entry is malformed).
     pub async fn remove_timer(&self, shard: u16, member: &str) -> Result<()> {
         self.db
             .query::<()>(redis::cmd("ZREM").arg(self.keys.timers(shard)).arg(member))
+            .await?;
+        Ok(())
+    }
+
+    /// Moves a timer that could not be fired to `at`, if it is still armed.
+    pub async fn defer_timer(&self, shard: u16, member: &str, at: Timestamp) -> Result<()> {
+        self.db
+            .query::<()>(
+                redis::cmd("ZADD")
+                    .arg(self.keys.timers(shard))
+                    .arg("XX")
+                    .arg(at.as_millis())
+                    .arg(member),
+            )
             .await?;
         Ok(())
     }

@@ -87,12 +87,24 @@ impl Runtime {
     /// Runs one job and commits its outcome (retrying while Redis is unreachable).
     pub async fn execute(&self, mut delivery: Delivery) {
         delivery.start();
-        let doc = match parse_doc(&delivery.doc) {
-            Ok(doc) => doc,
-            Err(e) => {
-                error!(error = %e, "the job's run document does not parse; leaving it to be parked");
-                return;
-            }
+        // The job's copy of the run document saves a read; if it does not parse (it was
+        // written by another version), the run is read from the store instead.
+        let (version, doc) = match parse_doc(&delivery.doc) {
+            Ok(doc) => (delivery.version, doc),
+            Err(e) => match self.store.load(delivery.run).await {
+                Ok(Some(snap)) => {
+                    warn!(error = %e, "the job's copy of the run does not parse; read the run instead");
+                    (snap.version, snap.doc)
+                }
+                Ok(None) => {
+                    warn!("the job's run no longer exists");
+                    return;
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot read the run; the job will be retried");
+                    return;
+                }
+            },
         };
         let job = &delivery.job;
         let company = match &delivery.company {
@@ -129,22 +141,14 @@ impl Runtime {
         } else {
             self.run_op(&delivery, &doc.ctx.company).await
         };
-        let snapshot = RunSnapshot {
-            version: delivery.version,
-            doc,
-        };
+        // After a failed commit the run is read again: another transition may have happened.
+        let mut snapshot = Some(RunSnapshot { version, doc });
         let ack = delivery.ack();
         let mut wait = Duration::from_millis(50);
         loop {
             match self
                 .store
-                .apply(
-                    delivery.run,
-                    &event,
-                    Some(snapshot.clone()),
-                    Some(&ack),
-                    None,
-                )
+                .apply(delivery.run, &event, snapshot.take(), Some(&ack), None)
                 .await
             {
                 Ok(Outcome::Applied { state, .. }) => {

@@ -1,0 +1,301 @@
+//! The step queue and the scheduler at their edges: more entries read than places, poison and
+//! unreadable entries, and timers whose run cannot take them.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde_json::json;
+use steward_engine::embedded::Persistence;
+use steward_engine::keys::GROUP;
+use steward_engine::scheduler::{self, Round, SchedulerConfig};
+use steward_engine::store::{Ack, NewRun};
+use steward_schemas::{Event, FailureKind, Job, RunStatus, StepFailure, StepState};
+use steward_tests::{Env, WorkerOpts, plan, wait_for};
+
+const T: Duration = Duration::from_secs(30);
+
+/// How many entries of a shard's step stream `consumer` holds.
+async fn held_by(env: &Env, consumer: &str) -> Result<usize> {
+    let keys = env.store.keys();
+    let mut n = 0;
+    for shard in keys.all_shards() {
+        let p: Vec<(String, String, u64, u64)> = env
+            .store
+            .db()
+            .query(
+                redis::cmd("XPENDING")
+                    .arg(keys.steps(shard))
+                    .arg(GROUP)
+                    .arg("-")
+                    .arg("+")
+                    .arg(100)
+                    .arg(consumer),
+            )
+            .await?;
+        n += p.len();
+    }
+    Ok(n)
+}
+
+async fn xlen(env: &Env, key: &str) -> Result<u64> {
+    Ok(env.store.db().query(redis::cmd("XLEN").arg(key)).await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_read_beyond_the_free_places_stay_leased_and_run_once() -> Result<()> {
+    let env = Env::start(Persistence::None).await?;
+    let keys = env.store.keys();
+    // Each step holds for longer than the claim idle time, after applying its change.
+    let plan = plan("name: s\nsteps:\n  - {id: a, op: ledger, with: {key: a, hold_ms: 900}}\n");
+    // One run per shard: one read of a worker with one place returns a job from each.
+    let mut shards = HashSet::new();
+    let mut runs = Vec::new();
+    while shards.len() < usize::from(keys.shards()) {
+        let run = env.start_run(&plan, json!({})).await?;
+        shards.insert(keys.shard_of(run));
+        runs.push(run);
+    }
+    let opts = |consumer: &str, concurrency| WorkerOpts {
+        concurrency,
+        claim_idle: Duration::from_millis(300),
+        consumer: Some(consumer.to_owned()),
+        scheduler: false,
+        ..WorkerOpts::default()
+    };
+    let _narrow = env.worker(opts("narrow", 1)).await?;
+    wait_for(
+        "the narrow worker to read more jobs than it has places",
+        T,
+        || async { Ok((held_by(&env, "narrow").await? > 1).then_some(())) },
+    )
+    .await?;
+    // Another worker, looking for jobs to take over, must find none of those.
+    let _wide = env.worker(opts("wide", 8)).await?;
+    for run in &runs {
+        let status = env.wait_end(*run, T).await?;
+        assert!(matches!(status, RunStatus::Completed { .. }), "{status:?}");
+    }
+    let ledger = env.ledger().await?;
+    assert_eq!(
+        ledger.executions.len(),
+        runs.len(),
+        "every job ran once: {ledger:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parking_a_job_twice_dead_letters_it_once() -> Result<()> {
+    let env = Env::start(Persistence::None).await?;
+    let plan = plan("name: s\nsteps:\n  - {id: a, op: noop}\n");
+    let run = env.start_run(&plan, json!({})).await?;
+    let keys = env.store.keys();
+    let stream = keys.steps(keys.shard_of(run));
+    // Take the job as a consumer that then dies.
+    let reply: redis::streams::StreamReadReply = env
+        .store
+        .db()
+        .query(
+            redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(GROUP)
+                .arg("ghost")
+                .arg("COUNT")
+                .arg(1)
+                .arg("STREAMS")
+                .arg(&stream)
+                .arg(">"),
+        )
+        .await?;
+    let entry = reply.keys[0].ids[0].clone();
+    let job_json: String = entry.get("j").context("j")?;
+    let job: Job = serde_json::from_str(&job_json)?;
+    let ack = Ack {
+        entry: entry.id.clone(),
+        step: job.step.clone(),
+        seq: job.seq,
+    };
+    let event = Event::StepFailed {
+        step: job.step.clone(),
+        seq: job.seq,
+        error: StepFailure {
+            kind: FailureKind::Poison,
+            message: "test".into(),
+            code: None,
+            retry_after: None,
+        },
+    };
+    // Two workers park it (both took it over): one dead letter, one failure.
+    env.store.park(run, &event, &ack, &job_json).await?;
+    env.store.park(run, &event, &ack, &job_json).await?;
+    assert_eq!(xlen(&env, &keys.dead(keys.shard_of(run))).await?, 1);
+    let snap = env.store.load(run).await?.context("run")?;
+    assert!(
+        matches!(&snap.doc.state.steps["a"].state, StepState::Failed { error, .. } if error.kind == FailureKind::Poison),
+        "{:?}",
+        snap.doc.state.steps["a"].state
+    );
+    assert_eq!(xlen(&env, &stream).await?, 0, "the job left the queue");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_entries_are_left_to_others_then_dead_lettered_and_bad_copies_are_reread()
+-> Result<()> {
+    let env = Env::start(Persistence::None).await?;
+    let keys = env.store.keys();
+    let plan = plan("name: s\nsteps:\n  - {id: a, op: ledger, with: {key: a}}\n");
+
+    // A job whose copy of the run document is damaged: the worker reads the run instead.
+    let run = env.start_run(&plan, json!({})).await?;
+    let stream = keys.steps(keys.shard_of(run));
+    let entries: redis::streams::StreamRangeReply = env
+        .store
+        .db()
+        .query(redis::cmd("XRANGE").arg(&stream).arg("-").arg("+"))
+        .await?;
+    let entry = entries.ids[0].clone();
+    let field = |name: &str| -> Result<String> { entry.get(name).context(name.to_owned()) };
+    let damaged: String = env
+        .store
+        .db()
+        .query(
+            redis::cmd("XADD")
+                .arg(&stream)
+                .arg("*")
+                .arg("r")
+                .arg(field("r")?)
+                .arg("v")
+                .arg(field("v")?)
+                .arg("j")
+                .arg(field("j")?)
+                .arg("d")
+                .arg("{not a document")
+                .arg("c")
+                .arg(field("c")?),
+        )
+        .await?;
+    env.store
+        .db()
+        .query::<()>(redis::cmd("XDEL").arg(&stream).arg(&entry.id))
+        .await?;
+    assert_ne!(damaged, entry.id);
+
+    // An entry no version of Steward wrote.
+    let garbage_run = env.start_run(&plan, json!({})).await?;
+    let garbage_stream = keys.steps(keys.shard_of(garbage_run));
+    env.store
+        .db()
+        .query::<String>(
+            redis::cmd("XADD")
+                .arg(&garbage_stream)
+                .arg("*")
+                .arg("r")
+                .arg(garbage_run.to_string())
+                .arg("j")
+                .arg("{\"from\": \"the future\"}"),
+        )
+        .await?;
+
+    let _worker = env
+        .worker(WorkerOpts {
+            claim_idle: Duration::from_millis(200),
+            max_deliveries: 2,
+            ..WorkerOpts::default()
+        })
+        .await?;
+    assert!(matches!(
+        env.wait_end(run, T).await?,
+        RunStatus::Completed { .. }
+    ));
+    let dead = keys.dead(keys.shard_of(garbage_run));
+    wait_for("the unreadable entry to be dead-lettered", T, || async {
+        Ok((xlen(&env, &dead).await? == 1).then_some(()))
+    })
+    .await?;
+    let parked: redis::streams::StreamRangeReply = env
+        .store
+        .db()
+        .query(redis::cmd("XRANGE").arg(&dead).arg("-").arg("+"))
+        .await?;
+    let raw: String = parked.ids[0].get("raw").context("raw")?;
+    assert!(raw.contains("the future"), "kept as it was: {raw}");
+    // Nothing of it is left pending, and the other jobs ran.
+    let pending: Vec<(String, String, u64, u64)> = env
+        .store
+        .db()
+        .query(
+            redis::cmd("XPENDING")
+                .arg(&garbage_stream)
+                .arg(GROUP)
+                .arg("-")
+                .arg("+")
+                .arg(10),
+        )
+        .await?;
+    assert!(pending.is_empty(), "{pending:?}");
+    assert!(matches!(
+        env.wait_end(garbage_run, T).await?,
+        RunStatus::Completed { .. }
+    ));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timer_whose_run_is_broken_is_deferred_not_dropped() -> Result<()> {
+    let env = Env::start(Persistence::None).await?;
+    let keys = env.store.keys();
+    let plan = plan("name: s\nsteps:\n  - {id: a, op: noop}\n");
+    let now = env.store.clock().now();
+    let run = env
+        .store
+        .create_run(NewRun {
+            plan: plan.clone(),
+            company: "contoso".parse()?,
+            company_settings: Default::default(),
+            inputs: Default::default(),
+            requested_by: "t".into(),
+            start_at: Some(now.plus(Duration::from_millis(50))),
+            ticket: None,
+        })
+        .await?;
+    // The run's workflow definition is lost; a fresh process has no copy of it.
+    env.store
+        .db()
+        .query::<()>(redis::cmd("DEL").arg(keys.definition(plan.hash())))
+        .await?;
+    let store = env.store().await?;
+    let timers = keys.timers(keys.shard_of(run));
+    let config = SchedulerConfig {
+        tick: Duration::from_millis(20),
+        batch: 100,
+        concurrency: 4,
+    };
+    let round = wait_for("the timer to be due", T, || async {
+        let r = scheduler::round(&store, &config).await?;
+        Ok((r.due > 0).then_some(r))
+    })
+    .await?;
+    assert_eq!(round, Round { due: 1, fired: 1 });
+    let members: Vec<(String, f64)> = env
+        .store
+        .db()
+        .query(
+            redis::cmd("ZRANGE")
+                .arg(&timers)
+                .arg(0)
+                .arg(-1)
+                .arg("WITHSCORES"),
+        )
+        .await?;
+    assert_eq!(members.len(), 1, "the timer is kept: {members:?}");
+    let later = store.clock().now().as_millis() as f64 + 30_000.0;
+    assert!(members[0].1 > later, "and moved on: {members:?}");
+    // Nothing is due now: the scheduler does not spin on it.
+    assert_eq!(
+        scheduler::round(&store, &config).await?,
+        Round { due: 0, fired: 0 }
+    );
+    Ok(())
+}
