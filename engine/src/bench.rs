@@ -103,34 +103,8 @@ fn workflow(steps: usize) -> Plan {
 pub async fn run(store: Store, worker_db: Db, config: BenchConfig) -> Result<BenchReport, Error> {
     store.prepare().await?;
     let plan = Arc::new(workflow(config.steps.max(1)));
-    let worker_store = Store::new(
-        worker_db.clone(),
-        store.keys().clone(),
-        store.clock().clone(),
-    );
-    let companies = Companies::new(
-        worker_db.clone(),
-        store.keys().namespace(),
-        store.clock().clone(),
-    );
-    crate::companies::ensure(&companies, crate::companies::sample("bench", &[])).await?;
-    let runtime = Arc::new(Runtime {
-        store: worker_store,
-        companies,
-        registry: Registry::builtin(),
-        services: Services::default(),
-    });
-    let queue = QueueConfig {
-        consumer: worker::consumer_name(),
-        concurrency: config.concurrency.max(1),
-        block: Duration::from_secs(2),
-        claim_idle: Duration::from_secs(30),
-        max_deliveries: 5,
-    };
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let worker = tokio::spawn(worker::run(runtime, queue, async move {
-        let _ = stop_rx.await;
-    }));
+    let (stop_tx, worker) =
+        start_worker(&store, &worker_db, &[], config.concurrency.max(1)).await?;
 
     let new_run = || NewRun {
         plan: plan.clone(),
@@ -404,23 +378,20 @@ async fn open_gates(store: &Store) -> Result<u64, Error> {
     Ok(counts.iter().sum())
 }
 
-/// Starts `n` runs that park at a gate, with a worker opening the gates; returns when all are open.
-async fn park(
+/// Starts an in-process worker on its own connection (`worker_db`), for the company `bench`
+/// (created with `approvers` if missing); stops when the sender is used or dropped.
+async fn start_worker(
     store: &Store,
     worker_db: &Db,
-    n: usize,
-) -> Result<(Vec<RunId>, oneshot::Sender<()>, tokio::task::JoinHandle<()>), Error> {
-    store.prepare().await?;
+    approvers: &[&str],
+    concurrency: usize,
+) -> Result<(oneshot::Sender<()>, tokio::task::JoinHandle<()>), Error> {
     let companies = Companies::new(
         worker_db.clone(),
         store.keys().namespace(),
         store.clock().clone(),
     );
-    crate::companies::ensure(
-        &companies,
-        crate::companies::sample("bench", &["approver@bench.example"]),
-    )
-    .await?;
+    crate::companies::ensure(&companies, crate::companies::sample("bench", approvers)).await?;
     let runtime = Arc::new(Runtime {
         store: Store::new(
             worker_db.clone(),
@@ -433,18 +404,32 @@ async fn park(
     });
     let queue = QueueConfig {
         consumer: worker::consumer_name(),
-        concurrency: 64,
+        concurrency,
         block: Duration::from_secs(2),
-        claim_idle: Duration::from_secs(60),
+        claim_idle: Duration::from_secs(30),
         max_deliveries: 5,
     };
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(async move {
-        let _ = worker::run(runtime, queue, async move {
+        if let Err(e) = worker::run(runtime, queue, async move {
             let _ = stop_rx.await;
         })
-        .await;
+        .await
+        {
+            tracing::error!(error = %e, "bench: the worker stopped with an error");
+        }
     });
+    Ok((stop_tx, handle))
+}
+
+/// Starts `n` runs that park at a gate, with a worker opening the gates; returns when all are open.
+async fn park(
+    store: &Store,
+    worker_db: &Db,
+    n: usize,
+) -> Result<(Vec<RunId>, oneshot::Sender<()>, tokio::task::JoinHandle<()>), Error> {
+    store.prepare().await?;
+    let (stop_tx, handle) = start_worker(store, worker_db, &["approver@bench.example"], 64).await?;
     let plan = Arc::new(gate_workflow());
     let before = open_gates(store).await?;
     let mut runs = Vec::with_capacity(n);

@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,8 +14,6 @@ pub enum Persistence {
     None,
     /// AOF, fsync once a second (the default for Steward).
     AofEverySec,
-    /// AOF, fsync on every write.
-    AofAlways,
 }
 
 /// A server failure.
@@ -47,7 +45,7 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
-    _temp: Option<tempfile::TempDir>,
+    _temp: tempfile::TempDir,
     persistence: Persistence,
     binary: PathBuf,
 }
@@ -85,7 +83,7 @@ impl RedisServer {
             child: None,
             port: 0,
             dir,
-            _temp: Some(temp),
+            _temp: temp,
             persistence,
             binary: find_binary().ok_or(Error::NotInstalled)?,
         };
@@ -98,21 +96,6 @@ impl RedisServer {
             }
         }
         Err(last.expect("at least one attempt was made"))
-    }
-
-    /// Starts a server in `dir` (kept after the server stops).
-    pub fn start_in(dir: &Path, persistence: Persistence) -> Result<Self, Error> {
-        std::fs::create_dir_all(dir)?;
-        let mut server = Self {
-            child: None,
-            port: free_port()?,
-            dir: dir.to_path_buf(),
-            _temp: None,
-            persistence,
-            binary: find_binary().ok_or(Error::NotInstalled)?,
-        };
-        server.spawn()?;
-        Ok(server)
     }
 
     fn spawn(&mut self) -> Result<(), Error> {
@@ -140,16 +123,11 @@ impl RedisServer {
             Persistence::None => {
                 cmd.arg("--appendonly").arg("no");
             }
-            Persistence::AofEverySec | Persistence::AofAlways => {
-                let fsync = if self.persistence == Persistence::AofAlways {
-                    "always"
-                } else {
-                    "everysec"
-                };
+            Persistence::AofEverySec => {
                 cmd.arg("--appendonly")
                     .arg("yes")
                     .arg("--appendfsync")
-                    .arg(fsync);
+                    .arg("everysec");
             }
         }
         let child = cmd
@@ -206,16 +184,6 @@ impl RedisServer {
     /// Its URL.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    /// Its port.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// Its directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// Kills it with SIGKILL (no chance to flush anything).
