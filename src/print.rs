@@ -3,7 +3,6 @@
 use anyhow::{Result, anyhow};
 use serde_json::json;
 use steward_core::Plan;
-use steward_core::history::redact;
 use steward_engine::bench::BenchReport;
 use steward_engine::store::{RunSnapshot, Store};
 use steward_schemas::{CompState, HistoryEntry, RunId, RunStatus, StepState};
@@ -73,33 +72,19 @@ pub(crate) async fn run(store: &Store, run: RunId, json: bool) -> Result<RunSnap
         .ok_or_else(|| anyhow!("no run `{run}` in namespace `{}`", store.keys().namespace()))?;
     let history = store.history(run).await?;
     let plan = store.plan(&snap.doc.ctx.workflow.hash).await?;
+    // Secret inputs and secret-looking values are hidden before anything is printed.
+    let mut shown = snap.clone();
+    steward_core::history::redact_doc(&mut shown.doc, plan.def());
     if json {
-        status_json(&snap, &history, &plan)?;
+        status_json(&shown, &history)?;
     } else {
-        status(&snap, &history, &plan);
+        status(&shown, &history, &plan);
     }
     Ok(snap)
 }
 
-/// The secret inputs of the run's workflow, hidden before printing.
-fn visible_inputs(snap: &RunSnapshot, plan: &Plan) -> serde_json::Value {
-    let mut inputs = serde_json::Value::Object(snap.doc.ctx.inputs.clone());
-    if let Some(map) = inputs.as_object_mut() {
-        for (name, decl) in &plan.def().inputs {
-            if decl.secret && map.contains_key(name) {
-                map.insert(name.clone(), json!("[secret]"));
-            }
-        }
-    }
-    redact(&mut inputs);
-    inputs
-}
-
-fn status_json(snap: &RunSnapshot, history: &[HistoryEntry], plan: &Plan) -> Result<()> {
-    let mut doc = serde_json::to_value(&snap.doc)?;
-    doc["ctx"]["inputs"] = visible_inputs(snap, plan);
-    redact(&mut doc);
-    let out = json!({ "version": snap.version, "run": doc, "history": history });
+fn status_json(snap: &RunSnapshot, history: &[HistoryEntry]) -> Result<()> {
+    let out = json!({ "version": snap.version, "run": snap.doc, "history": history });
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
 }
@@ -120,9 +105,8 @@ fn status(snap: &RunSnapshot, history: &[HistoryEntry], plan: &Plan) {
         "started: {} by {}   updated: {}",
         ctx.created_at, ctx.requested_by, state.updated_at
     );
-    let inputs = visible_inputs(snap, plan);
-    if inputs.as_object().is_some_and(|m| !m.is_empty()) {
-        println!("inputs:  {inputs}");
+    if !ctx.inputs.is_empty() {
+        println!("inputs:  {}", serde_json::Value::Object(ctx.inputs.clone()));
     }
     println!("steps:");
     for step in plan.steps() {

@@ -167,6 +167,39 @@ async fn run_wait_and_status_work_against_a_worker_process() -> Result<()> {
     assert_eq!(json["run"]["state"]["status"]["status"], "completed");
     assert!(json["history"].as_array().is_some_and(|h| h.len() > 5));
 
+    // Secret inputs, and values under secret-looking keys in outputs, are never printed.
+    let secretive = dir.path().join("secretive.yaml");
+    std::fs::write(
+        &secretive,
+        "name: secretive\ninputs:\n  user: {type: string}\n  password: {type: string, secret: true}\nsteps:\n  - {id: a, op: noop, with: {output: {token: \"${{ inputs.password }}\", user: \"${{ inputs.user }}\"}}}\n",
+    )?;
+    let secret_args = owned(&[
+        "run",
+        secretive.to_str().unwrap(),
+        "--company",
+        "contoso",
+        "--input",
+        "user=jane",
+        "--input",
+        "password=Sesame-7731",
+        "--wait",
+    ]);
+    let out = tokio::task::spawn_blocking(move || Command::new(BIN).args(&secret_args).output())
+        .await??;
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("[secret]") && !t.contains("Sesame-7731"), "{t}");
+    let secret_run = t
+        .lines()
+        .find_map(|l| l.strip_prefix("run "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    let mut args = common.clone();
+    args.extend(["status", &secret_run, "--json"]);
+    let t = text(&steward(&args));
+    assert!(t.contains("jane") && !t.contains("Sesame-7731"), "{t}");
+
     // A failing run exits non-zero; a bad input is refused with its name.
     let fail_args = owned(&[
         "run",

@@ -368,18 +368,13 @@ pub(crate) async fn decide_as(
             view.state
         )));
     }
-    let by = by.trim().to_lowercase();
-    if !view.approvers.contains(&by) {
-        return Err(ApiError::forbidden(format!(
-            "{by} is not an approver of gate `{step}` (its approvers: {})",
-            view.approvers.join(", ")
-        )));
-    }
-    if by == snap.doc.ctx.requested_by.to_lowercase() {
-        return Err(ApiError::forbidden(format!(
-            "{by} asked for this run and cannot approve it; another approver must decide"
-        )));
-    }
+    let by = steward_core::machine::may_decide(
+        step.as_str(),
+        &view.approvers,
+        &snap.doc.ctx.requested_by,
+        by,
+    )
+    .map_err(ApiError::forbidden)?;
     let event = Event::ApprovalDecided {
         step: step.clone(),
         by,

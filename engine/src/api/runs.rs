@@ -4,7 +4,6 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use steward_core::Plan;
-use steward_core::history::redact;
 use steward_schemas::{
     CompanyId, Event, HistoryEntry, RunDoc, RunId, RunStatus, StepId, TicketRef, Timestamp,
 };
@@ -122,23 +121,7 @@ pub(crate) fn plan_view(plan: &Plan) -> Vec<PlanStepView> {
 /// Hides secret inputs and secret-looking values before a document leaves the server.
 pub(crate) fn redacted(doc: &RunDoc, plan: &Plan) -> RunDoc {
     let mut doc = doc.clone();
-    for (name, decl) in &plan.def().inputs {
-        if decl.secret && doc.ctx.inputs.contains_key(name) {
-            doc.ctx
-                .inputs
-                .insert(name.clone(), Value::String("[secret]".to_owned()));
-        }
-    }
-    let mut inputs = Value::Object(std::mem::take(&mut doc.ctx.inputs));
-    redact(&mut inputs);
-    if let Value::Object(m) = inputs {
-        doc.ctx.inputs = m;
-    }
-    for rec in doc.state.steps.values_mut() {
-        if let steward_schemas::StepState::Succeeded { output, .. } = &mut rec.state {
-            redact(output);
-        }
-    }
+    steward_core::history::redact_doc(&mut doc, plan.def());
     doc
 }
 
