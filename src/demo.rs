@@ -42,7 +42,7 @@ pub(crate) async fn run() -> Result<ExitCode> {
     let stopped = move |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let companies = Companies::new(db.clone(), "demo", Arc::new(SystemClock));
+    let companies = Companies::for_store(&store);
     companies::ensure(
         &companies,
         companies::sample("contoso", &["lead@msp.example"]),
@@ -173,11 +173,7 @@ async fn approval(store: &Store, planner: &Planner, plan: &Arc<Plan>) -> Result<
     };
     companies::ensure(&planner.companies, fabrikam).await?;
 
-    let auth = steward_engine::auth::Auth::new(
-        store.db().clone(),
-        store.keys().namespace(),
-        store.clock().clone(),
-    );
+    let auth = steward_engine::auth::Auth::for_store(store);
     let lead = match auth.technician_by_email(approver).await? {
         Some(t) => t,
         None => {

@@ -403,11 +403,7 @@ async fn connect(config: &Config) -> Result<Store> {
 }
 
 fn companies_for(store: &Store) -> Companies {
-    Companies::new(
-        store.db().clone(),
-        store.keys().namespace(),
-        store.clock().clone(),
-    )
+    Companies::for_store(store)
 }
 
 async fn shutdown_signal() {
@@ -707,11 +703,7 @@ fn token_lines(t: &Value, whose: &str) {
 /// what the API would answer.
 async fn technicians_local(config: &Config, json: bool, cmd: TechniciansCmd) -> Result<ExitCode> {
     let store = connect(config).await?;
-    let auth = steward_engine::auth::Auth::new(
-        store.db().clone(),
-        store.keys().namespace(),
-        store.clock().clone(),
-    );
+    let auth = steward_engine::auth::Auth::for_store(&store);
     match cmd {
         TechniciansCmd::List => {
             let list = serde_json::to_value(auth.technicians().await?)?;
@@ -982,11 +974,7 @@ impl BenchApi {
     /// Serves the API on a free local port, with a token for a bench approver (who may act on
     /// every company of the bench namespace).
     async fn start(store: &Store) -> Result<Self> {
-        let auth = steward_engine::auth::Auth::new(
-            store.db().clone(),
-            store.keys().namespace(),
-            store.clock().clone(),
-        );
+        let auth = steward_engine::auth::Auth::for_store(store);
         let mut approver = match auth.technician_by_email(Self::APPROVER).await? {
             Some(t) => t,
             None => {

@@ -84,7 +84,7 @@ impl Env {
         let shards = 4;
         let store = store_for(&redis.url(), &namespace, shards).await?;
         store.prepare().await?;
-        let companies = Companies::new(store.db().clone(), &namespace, store.clock().clone());
+        let companies = Companies::for_store(&store);
         steward_engine::companies::ensure(
             &companies,
             sample("contoso", &["alice@msp.example", "bob@msp.example"]),
@@ -100,11 +100,7 @@ impl Env {
 
     /// The companies of this namespace (the test's connection).
     pub fn companies(&self) -> Companies {
-        Companies::new(
-            self.store.db().clone(),
-            &self.namespace,
-            self.store.clock().clone(),
-        )
+        Companies::for_store(&self.store)
     }
 
     /// Another store (its own connection) on the same namespace.
