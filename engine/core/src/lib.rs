@@ -13,6 +13,7 @@ pub mod machine;
 pub mod plan;
 pub mod policy;
 pub mod retry;
+pub mod routing;
 pub mod text;
 
 pub use machine::{Cx, Transition, TransitionError, initial_state, may_decide, transition};
