@@ -7,6 +7,7 @@
 
 pub mod catalog;
 pub mod op;
+pub mod powershell;
 pub mod registry;
 pub mod testing;
 

@@ -1,0 +1,2 @@
+$recipient = Get-Recipient -Identity ([string]$p.identity)
+return (Out-StewardResult -Status 'unchanged' -Result (ConvertTo-StewardRecipient $recipient))
