@@ -6,6 +6,7 @@
 //! ("ensure member of group"), keyed by [`OpContext::idempotency_key`].
 
 pub mod catalog;
+pub mod diagnosis;
 pub mod op;
 pub mod powershell;
 pub mod registry;
