@@ -734,3 +734,71 @@ fn ops_match_the_sandbox_runner_where_it_knows_them() {
         assert_eq!(t.version, 1, "{op}");
     }
 }
+
+/// Routing and templates agree: every catalogue op is routed for every provider combination
+/// (or refused with a reason), and every RMM action routing produces has a template that takes
+/// the arguments routing adds.
+#[test]
+fn routing_covers_the_catalogue_and_every_rmm_action_has_a_template() {
+    use steward_core::routing::{Error as RouteError, route_spec};
+    use steward_schemas::{IdentityProvider, MailboxProvider};
+    let mut seen = std::collections::BTreeSet::new();
+    for idp in IdentityProvider::ALL {
+        for mbx in MailboxProvider::ALL {
+            let mut v = json!({
+                "id": "contoso", "name": "Contoso", "tenant_id": "8f1c0e2a-0b5e-4f7e-9a51-3c2d6a7b9e10",
+                "identity_provider": idp.name(), "mailbox_provider": mbx.name(),
+                "rmm": {"provider": "datto", "site": "s1"},
+            });
+            if idp != IdentityProvider::EntraId {
+                v["ad_runner"] = json!("RUNNER01");
+            }
+            if idp == IdentityProvider::Hybrid {
+                v["entra_connect_server"] = json!("AADC01");
+            }
+            if mbx != MailboxProvider::ExchangeOnline {
+                v["exchange_server"] = json!("EXCH01");
+                v["exchange_runner"] = json!("RUNNER02");
+            }
+            let c = company(v);
+            for spec in crate::catalog::CATALOG {
+                match route_spec(&c, spec.name, Some(spec)) {
+                    Ok(r) => {
+                        for a in &r.actions {
+                            if let Target::Rmm { .. } = a.target {
+                                let t = template(a.action).unwrap_or_else(|| {
+                                    panic!(
+                                        "{}: routing sends {} to the RMM, which has no template",
+                                        spec.name, a.action
+                                    )
+                                });
+                                assert_eq!(
+                                    steward_core::routing::placement(&c, a.action, t.role).as_ref(),
+                                    Ok(&a.target),
+                                    "{}: `steward script {}` places it where routing does",
+                                    spec.name,
+                                    a.action
+                                );
+                                for k in a.args.keys() {
+                                    assert!(
+                                        t.field(k).is_some(),
+                                        "{}: {} takes no `{k}`",
+                                        spec.name,
+                                        a.action
+                                    );
+                                }
+                                seen.insert(a.action);
+                            }
+                        }
+                    }
+                    Err(RouteError::NotAvailable { .. }) => {}
+                    Err(e) => panic!("{} for {idp:?}/{mbx:?}: {e}", spec.name),
+                }
+            }
+        }
+    }
+    assert!(
+        seen.contains("adsync.start_delta") && seen.contains("exchange_server.set_remote_mailbox"),
+        "{seen:?}"
+    );
+}
