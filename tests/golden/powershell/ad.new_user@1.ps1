@@ -1,6 +1,6 @@
 # steward-op: ad.new_user@1
-# Steward PowerShell template ad.new_user, version 1: create an AD user.
-# Cmdlets: Get-ADUser, New-ADUser.
+# Steward PowerShell template ad.new_user, version 1: create an AD user (a half-created account, e.g. after a refused password, is removed again).
+# Cmdlets: Get-ADUser, New-ADUser, Remove-ADUser.
 # Runs directly on the target machine.
 # Every value comes from $StewardPayload (base64 of UTF-8 JSON) decoded below; none is part of this text.
 #Requires -Version 5.1
@@ -150,7 +150,14 @@ $StewardOp = {
             if (Test-StewardValue $StewardField) { $params[$optional[$StewardField]] = [string](Get-StewardValue $StewardField) }
         }
         if (Test-StewardValue 'manager') { $params['Manager'] = [string](Get-StewardAdUser -Identity ([string]$p.manager)).DistinguishedName }
-        New-ADUser @StewardAd @params -Confirm:$false
+        try {
+            New-ADUser @StewardAd @params -Confirm:$false
+        } catch {
+            $StewardError = $_
+            $half = Find-StewardAdUser -Identity $sam
+            if ($null -ne $half) { Remove-ADUser @StewardAd -Identity ([string]$half.DistinguishedName) -Confirm:$false }
+            throw $StewardError
+        }
         $created = Get-StewardAdUser -Identity $sam
         return (Out-StewardResult -Status 'changed' -Result (ConvertTo-StewardAdUser $created) -Prior $StewardPrior)
     } catch {

@@ -158,8 +158,8 @@ pub static TEMPLATES: &[Template] = &[
     ),
     t!(
         "ad.new_user",
-        "create an AD user",
-        ["Get-ADUser", "New-ADUser"],
+        "create an AD user (a half-created account, e.g. after a refused password, is removed again)",
+        ["Get-ADUser", "New-ADUser", "Remove-ADUser"],
         ActiveDirectory,
         [
             req("sam_account_name", Text),

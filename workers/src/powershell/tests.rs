@@ -773,7 +773,7 @@ fn routing_covers_the_catalogue_and_every_rmm_action_has_a_template() {
                                     )
                                 });
                                 assert_eq!(
-                                    steward_core::routing::placement(&c, a.action, t.role).as_ref(),
+                                    routing::placement(&c, a.action, t.role).as_ref(),
                                     Ok(&a.target),
                                     "{}: `steward script {}` places it where routing does",
                                     spec.name,

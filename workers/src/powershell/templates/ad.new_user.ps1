@@ -36,6 +36,13 @@ foreach ($StewardField in $optional.Keys) {
     if (Test-StewardValue $StewardField) { $params[$optional[$StewardField]] = [string](Get-StewardValue $StewardField) }
 }
 if (Test-StewardValue 'manager') { $params['Manager'] = [string](Get-StewardAdUser -Identity ([string]$p.manager)).DistinguishedName }
-New-ADUser @StewardAd @params -Confirm:$false
+try {
+    New-ADUser @StewardAd @params -Confirm:$false
+} catch {
+    $StewardError = $_
+    $half = Find-StewardAdUser -Identity $sam
+    if ($null -ne $half) { Remove-ADUser @StewardAd -Identity ([string]$half.DistinguishedName) -Confirm:$false }
+    throw $StewardError
+}
 $created = Get-StewardAdUser -Identity $sam
 return (Out-StewardResult -Status 'changed' -Result (ConvertTo-StewardAdUser $created) -Prior $StewardPrior)
