@@ -1,6 +1,6 @@
 # steward-op: ad.copy_groups@1
-# Steward PowerShell template ad.copy_groups, version 1: add an AD user to every group of a template user.
-# Cmdlets: Get-ADUser, Add-ADGroupMember.
+# Steward PowerShell template ad.copy_groups, version 1: add an AD user to every group of a template user, except privileged (adminCount) groups.
+# Cmdlets: Get-ADUser, Get-ADGroup, Add-ADGroupMember.
 # Runs directly on the target machine.
 # Every value comes from $StewardPayload (base64 of UTF-8 JSON) decoded below; none is part of this text.
 #Requires -Version 5.1
@@ -117,10 +117,17 @@ $StewardOp = {
         $has = @($user.MemberOf | ForEach-Object { [string]$_ })
         $added = New-Object System.Collections.ArrayList
         $already = New-Object System.Collections.ArrayList
+        $protected = New-Object System.Collections.ArrayList
         $StewardPrior = [ordered]@{ added = $added }
         foreach ($groupDn in @($template.MemberOf | ForEach-Object { [string]$_ })) {
             if ($has -contains $groupDn) {
                 $null = $already.Add($groupDn)
+                continue
+            }
+            # Never copy privileged groups (adminCount = 1: Domain Admins, Account Operators, ...).
+            $group = Get-ADGroup @StewardAd -Identity $groupDn -Properties adminCount
+            if ($group.adminCount -eq 1) {
+                $null = $protected.Add($groupDn)
                 continue
             }
             Add-ADGroupMember @StewardAd -Identity $groupDn -Members ([string]$user.DistinguishedName) -Confirm:$false
@@ -128,7 +135,7 @@ $StewardOp = {
         }
         $status = 'unchanged'
         if ($added.Count -gt 0) { $status = 'changed' }
-        return (Out-StewardResult -Status $status -Result ([ordered]@{ member = [string]$user.DistinguishedName; added = $added; already_member = $already }) -Prior $StewardPrior)
+        return (Out-StewardResult -Status $status -Result ([ordered]@{ member = [string]$user.DistinguishedName; added = $added; already_member = $already; skipped_privileged = $protected }) -Prior $StewardPrior)
     } catch {
         return (Out-StewardResult -Status 'failed' -Prior $StewardPrior -Reason ([string]$_.Exception.Message) -Category (Get-StewardCategory $_))
     }

@@ -1,6 +1,6 @@
 # steward-op: ad.remove_user@1
-# Steward PowerShell template ad.remove_user, version 1: delete an AD user.
-# Cmdlets: Get-ADUser, Get-ADOptionalFeature, Remove-ADUser.
+# Steward PowerShell template ad.remove_user, version 1: delete an AD user (with its child objects, such as ActiveSync device containers).
+# Cmdlets: Get-ADUser, Get-ADOptionalFeature, Remove-ADUser, Remove-ADObject.
 # Runs directly on the target machine.
 # Every value comes from $StewardPayload (base64 of UTF-8 JSON) decoded below; none is part of this text.
 #Requires -Version 5.1
@@ -120,7 +120,13 @@ $StewardOp = {
         $feature = @(Get-ADOptionalFeature @StewardAd -Filter 'Name -eq "Recycle Bin Feature"')
         if ($feature.Count -gt 0 -and @($feature[0].EnabledScopes).Count -gt 0) { $recycleBin = $true }
         $StewardPrior = [ordered]@{ existed = $true; recycle_bin = $recycleBin; user = (ConvertTo-StewardAdUser $user); member_of = @($user.MemberOf | ForEach-Object { [string]$_ }) }
-        Remove-ADUser @StewardAd -Identity ([string]$user.DistinguishedName) -Confirm:$false
+        try {
+            Remove-ADUser @StewardAd -Identity ([string]$user.DistinguishedName) -Confirm:$false
+        } catch {
+            # A user with child objects (Exchange ActiveSync device containers) is not a leaf object.
+            if ([string]$_.Exception.Message -notmatch 'leaf object') { throw }
+            Remove-ADObject @StewardAd -Identity ([string]$user.DistinguishedName) -Recursive -Confirm:$false
+        }
         return (Out-StewardResult -Status 'changed' -Result ([ordered]@{ removed = $true; distinguished_name = [string]$user.DistinguishedName }) -Prior $StewardPrior)
     } catch {
         return (Out-StewardResult -Status 'failed' -Prior $StewardPrior -Reason ([string]$_.Exception.Message) -Category (Get-StewardCategory $_))

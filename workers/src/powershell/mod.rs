@@ -182,8 +182,13 @@ pub static TEMPLATES: &[Template] = &[
     ),
     t!(
         "ad.remove_user",
-        "delete an AD user",
-        ["Get-ADUser", "Get-ADOptionalFeature", "Remove-ADUser"],
+        "delete an AD user (with its child objects, such as ActiveSync device containers)",
+        [
+            "Get-ADUser",
+            "Get-ADOptionalFeature",
+            "Remove-ADUser",
+            "Remove-ADObject"
+        ],
         ActiveDirectory,
         [IDENTITY, SERVER],
         Undo::By("ad.restore_user")
@@ -280,8 +285,8 @@ pub static TEMPLATES: &[Template] = &[
     ),
     t!(
         "ad.copy_groups",
-        "add an AD user to every group of a template user",
-        ["Get-ADUser", "Add-ADGroupMember"],
+        "add an AD user to every group of a template user, except privileged (adminCount) groups",
+        ["Get-ADUser", "Get-ADGroup", "Add-ADGroupMember"],
         ActiveDirectory,
         [req("template", Text), req("member", Text), SERVER],
         Undo::By("ad.remove_groups")
