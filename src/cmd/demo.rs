@@ -26,7 +26,7 @@ use steward_workers::testing::ledger_keys;
 use steward_workers::{Registry, Services};
 use tokio::sync::watch;
 
-const DEMO: &str = include_str!("../workflows/demo.yaml");
+const DEMO: &str = include_str!("../../workflows/demo.yaml");
 
 pub(crate) async fn run() -> Result<ExitCode> {
     println!("Starting a private Redis (AOF, appendfsync everysec)…");

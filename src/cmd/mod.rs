@@ -1,0 +1,86 @@
+//! One module per command group. The clap tree in `main.rs` lists the commands; each module holds
+//! its group's arguments and what the commands do, and this one what they share.
+
+pub(crate) mod approvals;
+pub(crate) mod bench;
+pub(crate) mod companies;
+pub(crate) mod demo;
+pub(crate) mod runs;
+pub(crate) mod sandbox;
+pub(crate) mod schema;
+pub(crate) mod serve;
+pub(crate) mod technicians;
+pub(crate) mod validate;
+pub(crate) mod worker;
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+use steward_engine::config::{Config, redacted_url};
+use steward_engine::store::Store;
+use steward_engine::{Db, Keys, SystemClock};
+
+use crate::Global;
+
+/// The configuration: defaults, the file, STEWARD_ variables, then the global flags; validated.
+pub(crate) fn load_config(global: &Global) -> Result<Config> {
+    let mut config = Config::load(global.config.as_deref(), std::env::vars())?;
+    if let Some(url) = &global.redis {
+        config.redis.url.clone_from(url);
+    }
+    if let Some(ns) = &global.namespace {
+        config.redis.namespace.clone_from(ns);
+    }
+    if let Some(shards) = global.shards {
+        config.redis.shards = shards;
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+/// A store on the configured Redis and namespace, prepared (scripts loaded).
+pub(crate) async fn connect(config: &Config) -> Result<Store> {
+    let keys = Keys::new(&config.redis.namespace, config.redis.shards)?;
+    let db = Db::connect(&config.redis.url, config.redis.response_timeout.get())
+        .await
+        .with_context(|| {
+            format!(
+                "cannot connect to Redis at {}",
+                redacted_url(&config.redis.url)
+            )
+        })?;
+    let store = Store::new(db, keys, Arc::new(SystemClock));
+    store.prepare().await?;
+    Ok(store)
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            let _ = ctrl_c.await;
+            return;
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Prints `v` as JSON, or else runs `human`.
+pub(crate) fn output(json: bool, v: &Value, human: impl FnOnce()) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(v)?);
+    } else {
+        human();
+    }
+    Ok(())
+}
