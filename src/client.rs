@@ -63,17 +63,24 @@ impl Client {
         })
     }
 
+    /// The API's URL.
+    pub(crate) fn base(&self) -> &str {
+        &self.base
+    }
+
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<Value> {
         let req = req
             .bearer_auth(&self.token)
             .build()
             .with_context(|| format!("cannot make a request to the API at {}", self.base))?;
         let what = format!("{} {}", req.method(), req.url());
-        let res = self
-            .http
-            .execute(req)
-            .await
-            .with_context(|| format!("{what}: cannot reach the API at {}", self.base))?;
+        let res = self.http.execute(req).await.map_err(|e| {
+            anyhow!(
+                "cannot reach the API at {} ({what}): {}; is `steward serve` running there? (the URL is STEWARD_API_URL or --api)",
+                self.base,
+                cause(&e)
+            )
+        })?;
         let status = res.status();
         let text = if status == reqwest::StatusCode::NO_CONTENT {
             String::new()
@@ -108,12 +115,17 @@ impl Client {
         if let Some(f) = e["field"].as_str() {
             msg.push_str(&format!("\n  field: {f}"));
         }
-        if let Some(f) = e["fix"].as_str() {
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            // The API's fix speaks of headers; here the token comes from the environment.
+            msg.push_str(&format!(
+                "\n  fix: set {TOKEN_VAR} to a token of yours that works; an admin makes one (steward technicians token --email YOU)"
+            ));
+        } else if let Some(f) = e["fix"].as_str() {
             msg.push_str(&format!("\n  fix: {f}"));
         }
         if let Some(details) = e["details"].as_array() {
             for d in details.iter().take(50) {
-                msg.push_str(&format!("\n  - {d}"));
+                msg.push_str(&format!("\n  - {}", detail(d)));
             }
         }
         bail!(msg)
@@ -161,6 +173,55 @@ impl Client {
 /// A JSON string, or `""`.
 pub(crate) fn s(v: &Value) -> &str {
     v.as_str().unwrap_or("")
+}
+
+/// One detail of an API error in words: `row 2, column tenant_id: … (fix: …)`,
+/// `inputs.user: is required (fix: …)`.
+fn detail(d: &Value) -> String {
+    let Some(map) = d.as_object() else {
+        return d.as_str().map_or_else(|| d.to_string(), str::to_owned);
+    };
+    let text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+    let place: Vec<String> = map
+        .iter()
+        .filter(|(k, v)| !matches!(k.as_str(), "message" | "reason" | "fix") && !v.is_null())
+        .map(|(k, v)| match k.as_str() {
+            "field" => text(v),
+            other => format!("{} {}", other.replace('_', " "), text(v)),
+        })
+        .filter(|p| !p.trim().is_empty())
+        .collect();
+    let what = map
+        .get("message")
+        .or_else(|| map.get("reason"))
+        .map(text)
+        .unwrap_or_default();
+    let mut out = match (place.is_empty(), what.is_empty()) {
+        (true, _) => what,
+        (false, true) => place.join(", "),
+        (false, false) => format!("{}: {what}", place.join(", ")),
+    };
+    if let Some(fix) = map
+        .get("fix")
+        .and_then(Value::as_str)
+        .filter(|f| !f.is_empty())
+    {
+        out.push_str(&format!(" (fix: {fix})"));
+    }
+    out
+}
+
+/// Why a request failed, said once: the innermost cause (`Connection refused (os error 111)`),
+/// not every layer's wrapping of it.
+fn cause(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        return format!("no answer within {} s", TIMEOUT.as_secs());
+    }
+    let mut inner: &dyn std::error::Error = e;
+    while let Some(next) = inner.source() {
+        inner = next;
+    }
+    inner.to_string()
 }
 
 /// The start of a response body, for an error message: at most 200 characters, on one line.

@@ -8,9 +8,9 @@ mod print;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
-use steward_schemas::{Event, RunId, StepId};
+use steward_schemas::{RunId, StepId};
 use steward_workers::Registry;
 
 #[derive(Parser, Debug)]
@@ -38,8 +38,8 @@ struct Global {
     /// Key namespace (overrides redis.namespace).
     #[arg(long, global = true)]
     namespace: Option<String>,
-    /// Shard count (overrides redis.shards).
-    #[arg(long, global = true)]
+    /// Shard count, 1 to 1000 (overrides redis.shards).
+    #[arg(long, global = true, allow_hyphen_values = true, value_parser = parse_shards)]
     shards: Option<u16>,
     /// Log filter, e.g. `info` or `steward_engine=debug` (also STEWARD_LOG).
     #[arg(long, global = true, env = "STEWARD_LOG")]
@@ -52,15 +52,14 @@ enum Command {
     Worker(cmd::worker::WorkerArgs),
     /// Serve the HTTP API and run the scheduler (durable timers).
     Serve(cmd::serve::ServeArgs),
-    /// Start a run of a workflow.
+    /// Start a run of a workflow (through the API).
     Run(cmd::runs::RunArgs),
-    /// Show a run: its status, each step's state and attempts, and its timeline.
+    /// Show a run: its status, each step's state, its timeline and what you can do now.
     Status {
         /// The run's id.
         run: RunId,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        api: client::ApiArgs,
     },
     /// Check workflow files; exits non-zero and lists every problem if any is bad.
     Validate {
@@ -75,9 +74,11 @@ enum Command {
         /// Undo what the run changed.
         #[arg(long)]
         rollback: bool,
-        /// Why.
+        /// Why (shown with the run's status and in its timeline).
         #[arg(long)]
         reason: Option<String>,
+        #[command(flatten)]
+        api: client::ApiArgs,
     },
     /// Pause a run: nothing new is dispatched until it is resumed.
     Pause {
@@ -86,11 +87,15 @@ enum Command {
         /// Why.
         #[arg(long)]
         reason: Option<String>,
+        #[command(flatten)]
+        api: client::ApiArgs,
     },
     /// Resume a paused run.
     Resume {
         /// The run's id.
         run: RunId,
+        #[command(flatten)]
+        api: client::ApiArgs,
     },
     /// Try a failed, retrying or polling step again now.
     RetryStep {
@@ -98,6 +103,8 @@ enum Command {
         run: RunId,
         /// The step's id.
         step: StepId,
+        #[command(flatten)]
+        api: client::ApiArgs,
     },
     /// Skip a step that has not run, is waiting, or failed.
     SkipStep {
@@ -108,6 +115,8 @@ enum Command {
         /// Why.
         #[arg(long)]
         reason: Option<String>,
+        #[command(flatten)]
+        api: client::ApiArgs,
     },
     /// List the ops workflows can use.
     Ops {
@@ -198,9 +207,11 @@ fn main() -> ExitCode {
             }
         },
     };
+    // Colours only for a person at a terminal: a log file or a pipe gets plain text.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -216,16 +227,43 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(cmd::exit::ERROR)
         }
     }
+}
+
+/// `--shards`: the rule the config file uses, in its words.
+fn parse_shards(text: &str) -> Result<u16, String> {
+    steward_engine::keys::parse_shards(text).map_err(|e| e.to_string())
+}
+
+/// Commands that go through the HTTP API refuse the flags that point at Redis: they would be
+/// ignored, and a technician who passes them expects them to count.
+fn through_api(global: &Global, command: &str) -> Result<()> {
+    let given: Vec<&str> = [
+        ("--redis", global.redis.is_some()),
+        ("--namespace", global.namespace.is_some()),
+        ("--shards", global.shards.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(flag, set)| set.then_some(flag))
+    .collect();
+    if given.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "`steward {command}` goes through the HTTP API (STEWARD_API_URL, as the technician of STEWARD_TOKEN), so {} would not be used; drop {}. Only server-side commands (serve, worker, bench, technicians without a token) use Redis",
+        given.join(", "),
+        if given.len() == 1 { "it" } else { "them" }
+    )
 }
 
 async fn dispatch(cli: Cli) -> Result<ExitCode> {
     let Cli { global, command } = cli;
     // Commands that use Redis load the config; the others do not need one.
     let config = || cmd::load_config(&global);
-    let who = cmd::runs::who;
+    let api_only = |name: &str| through_api(&global, name);
+    use cmd::runs::Control;
     match command {
         Command::Validate { files } => cmd::validate::run(&files),
         Command::Ops { json } => {
@@ -234,53 +272,68 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Schema { dir } => cmd::schema::run(&dir),
         Command::Demo => cmd::demo::run().await,
-        Command::Runs { api, args } => cmd::runs::list(&api, args).await,
-        Command::Approvals { api } => cmd::approvals::inbox(&api).await,
+        Command::Runs { api, args } => {
+            api_only("runs")?;
+            cmd::runs::list(&api, args).await
+        }
+        Command::Approvals { api } => {
+            api_only("approvals")?;
+            cmd::approvals::inbox(&api).await
+        }
         Command::Approve { gate, comment, api } => {
+            api_only("approve")?;
             cmd::approvals::decide(&api, &gate, true, comment).await
         }
         Command::Reject { gate, comment, api } => {
+            api_only("reject")?;
             cmd::approvals::decide(&api, &gate, false, comment).await
         }
-        Command::Companies { api, cmd } => cmd::companies::run(&api, cmd).await,
+        Command::Companies { api, cmd } => {
+            api_only("companies")?;
+            cmd::companies::run(&api, cmd).await
+        }
         Command::Technicians { api, cmd } => cmd::technicians::run(&api, config, cmd).await,
         Command::Sandbox(args) => cmd::sandbox::run(args).await,
         Command::Bench(args) => cmd::bench::run(&global, args).await,
         Command::Worker(args) => cmd::worker::run(config()?, args).await,
         Command::Serve(args) => cmd::serve::run(config()?, args).await,
-        Command::Run(args) => cmd::runs::run(&config()?, args).await,
-        Command::Status { run, json } => cmd::runs::status(&config()?, run, json).await,
+        Command::Run(args) => {
+            api_only("run")?;
+            cmd::runs::run(args).await
+        }
+        Command::Status { run, api } => {
+            api_only("status")?;
+            cmd::runs::status(&api, run).await
+        }
         Command::Cancel {
             run,
             rollback,
             reason,
+            api,
         } => {
-            let event = Event::CancelRequested {
-                by: who(),
-                rollback,
-                reason,
-            };
-            cmd::runs::command_event(&config()?, run, event).await
+            api_only("cancel")?;
+            cmd::runs::control(&api, run, Control::Cancel { rollback, reason }).await
         }
-        Command::Pause { run, reason } => {
-            let event = Event::PauseRequested { by: who(), reason };
-            cmd::runs::command_event(&config()?, run, event).await
+        Command::Pause { run, reason, api } => {
+            api_only("pause")?;
+            cmd::runs::control(&api, run, Control::Pause { reason }).await
         }
-        Command::Resume { run } => {
-            let event = Event::ResumeRequested { by: who() };
-            cmd::runs::command_event(&config()?, run, event).await
+        Command::Resume { run, api } => {
+            api_only("resume")?;
+            cmd::runs::control(&api, run, Control::Resume).await
         }
-        Command::RetryStep { run, step } => {
-            let event = Event::RetryStepRequested { step, by: who() };
-            cmd::runs::command_event(&config()?, run, event).await
+        Command::RetryStep { run, step, api } => {
+            api_only("retry-step")?;
+            cmd::runs::control(&api, run, Control::RetryStep { step }).await
         }
-        Command::SkipStep { run, step, reason } => {
-            let event = Event::SkipStepRequested {
-                step,
-                by: who(),
-                reason,
-            };
-            cmd::runs::command_event(&config()?, run, event).await
+        Command::SkipStep {
+            run,
+            step,
+            reason,
+            api,
+        } => {
+            api_only("skip-step")?;
+            cmd::runs::control(&api, run, Control::SkipStep { step, reason }).await
         }
     }
 }

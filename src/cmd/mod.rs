@@ -15,13 +15,33 @@ pub(crate) mod worker;
 
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{Result, anyhow};
 use serde_json::Value;
 use steward_engine::config::{Config, redacted_url};
 use steward_engine::store::Store;
 use steward_engine::{Db, Keys, SystemClock};
 
 use crate::Global;
+
+/// What `steward` exits with. Every command: 0 done, 1 failed (2: clap's usage error).
+/// `run --wait` says how the run stands, so scripts can tell.
+pub(crate) mod exit {
+    /// The run completed.
+    pub(crate) const COMPLETED: u8 = 0;
+    /// The command failed (bad input, refused, the API unreachable).
+    pub(crate) const ERROR: u8 = 1;
+    /// The run waits at an approval gate for its approvers.
+    pub(crate) const AT_GATE: u8 = 3;
+    /// The run is paused and waits for a technician.
+    pub(crate) const PAUSED: u8 = 4;
+    /// The run was rolled back (a step failed, a gate was rejected or expired, or it was
+    /// cancelled with rollback).
+    pub(crate) const ROLLED_BACK: u8 = 5;
+    /// The rollback failed: a technician must finish it.
+    pub(crate) const ROLLBACK_FAILED: u8 = 6;
+    /// The run was cancelled.
+    pub(crate) const CANCELLED: u8 = 7;
+}
 
 /// The configuration: defaults, the file, STEWARD_ variables, then the global flags; validated.
 pub(crate) fn load_config(global: &Global) -> Result<Config> {
@@ -44,10 +64,11 @@ pub(crate) async fn connect(config: &Config) -> Result<Store> {
     let keys = Keys::new(&config.redis.namespace, config.redis.shards)?;
     let db = Db::connect(&config.redis.url, config.redis.response_timeout.get())
         .await
-        .with_context(|| {
-            format!(
-                "cannot connect to Redis at {}",
-                redacted_url(&config.redis.url)
+        .map_err(|e| {
+            anyhow!(
+                "cannot connect to Redis at {}: {}",
+                redacted_url(&config.redis.url),
+                steward_engine::db::connect_failure(&e)
             )
         })?;
     let store = Store::new(db, keys, Arc::new(SystemClock));

@@ -1,66 +1,58 @@
-//! Runs: `run`, `status`, `runs`, and a technician's controls (`cancel`, `pause`, `resume`,
-//! `retry-step`, `skip-step`).
+//! Runs, through the HTTP API as the technician whose token is in STEWARD_TOKEN: `run`,
+//! `status`, `runs`, and the controls `cancel`, `pause`, `resume`, `retry-step`, `skip-step`.
+//! Who asks is always the token's technician; the API checks they may act on the run's company.
 
-use std::path::PathBuf;
+use std::collections::BTreeSet;
+use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 use steward_core::Plan;
-use steward_engine::bench::Waiter;
-use steward_engine::companies::Companies;
-use steward_engine::config::Config;
-use steward_engine::planner::{Planner, StartRun};
-use steward_engine::store::Outcome;
-use steward_schemas::{Event, InputType, RunId, Timestamp};
+use steward_engine::api::runs::{RunSummary, RunView, WorkflowInfo};
+use steward_schemas::{CompanyId, InputType, RunId, StepId, Timestamp};
 use steward_workers::Registry;
 
-use super::connect;
-use super::validate::load_plan;
+use super::exit;
 use crate::client::{self, ApiArgs, Client, urlencode};
 use crate::print;
 
+/// `run --help`'s list of exit codes.
+pub(crate) const EXIT_CODES: &str = "Exit codes with --wait: 0 completed; 3 waiting at an approval gate; 4 paused (waiting for a technician); 5 rolled back; 6 rollback failed (a technician must finish); 7 cancelled; 1 the command failed (2 for a usage error). Without --wait: 0 once the run is started.";
+
 #[derive(Args, Debug)]
+#[command(after_help = EXIT_CODES)]
 pub(crate) struct RunArgs {
-    /// The workflow file.
-    workflow: PathBuf,
+    /// The workflow: its name on the server (`demo`), or a workflow file, whose `name:` is
+    /// used. The server's copy of that workflow is the one that runs.
+    workflow: String,
     /// The company to act on.
     #[arg(long)]
     company: String,
     /// An input, `name=value` (repeatable). Non-text inputs take JSON (`shared=true`).
     #[arg(long = "input", value_name = "NAME=VALUE")]
     inputs: Vec<String>,
-    /// Who asks for the run (default: `cli:$USER`, as other commands record).
-    #[arg(long)]
-    requested_by: Option<String>,
     /// Start at this time (RFC 3339) instead of now.
     #[arg(long)]
     at: Option<Timestamp>,
-    /// Wait for the run to end and print it; exit 1 unless it completed.
+    /// Wait until the run ends or needs someone (a gate's approvers, a technician), saying
+    /// what it waits for meanwhile; then print it and exit with a code that says how it stands.
     #[arg(long)]
     wait: bool,
-    /// Print JSON.
-    #[arg(long)]
-    json: bool,
-}
-
-pub(crate) fn who() -> String {
-    std::env::var("USER")
-        .map(|u| format!("cli:{u}"))
-        .unwrap_or_else(|_| "cli".to_owned())
+    #[command(flatten)]
+    api: ApiArgs,
 }
 
 /// Parses `--input name=value` pairs, typed by the workflow's declarations.
-fn parse_inputs(plan: &Plan, pairs: &[String]) -> Result<Map<String, Value>> {
+fn parse_inputs(workflow: &WorkflowInfo, pairs: &[String]) -> Result<Map<String, Value>> {
     let mut out = Map::new();
     for pair in pairs {
         let (name, raw) = pair.split_once('=').ok_or_else(|| {
             anyhow!("--input `{pair}`: write NAME=VALUE, e.g. --input upn=jane@contoso.com")
         })?;
-        let kind = plan
-            .def()
+        let kind = workflow
             .inputs
             .get(name)
             .map_or(InputType::String, |d| d.kind);
@@ -73,78 +65,207 @@ fn parse_inputs(plan: &Plan, pairs: &[String]) -> Result<Map<String, Value>> {
     Ok(out)
 }
 
-pub(crate) async fn run(config: &Config, args: RunArgs) -> Result<ExitCode> {
-    let registry = Registry::builtin();
-    let plan = Arc::new(load_plan(&args.workflow, &registry)?);
-    let inputs = parse_inputs(&plan, &args.inputs)?;
-    let company = args
-        .company
-        .parse()
-        .map_err(|e| anyhow!("--company: {e}"))?;
-    let store = connect(config).await?;
-    let mut waiter = if args.wait {
-        Some(Waiter::new(&store).await?)
+/// The server's workflow that `arg` names: a name, or a file whose `name:` is used (with a note
+/// when the file differs from the server's copy).
+async fn workflow(c: &Client, arg: &str) -> Result<WorkflowInfo> {
+    let path = Path::new(arg);
+    let local = if path.is_file() || arg.ends_with(".yaml") || arg.ends_with(".yml") {
+        let text = std::fs::read_to_string(path).with_context(|| format!("{arg}: cannot read"))?;
+        Some(Plan::load(arg, &text, Some(&Registry::builtin()))?)
     } else {
         None
     };
-    let planner = Planner {
-        store: store.clone(),
-        companies: Companies::for_store(&store),
-        registry: Arc::new(registry),
+    let name = local.as_ref().map_or(arg, |p| p.def().name.as_str());
+    let mut offered: Vec<WorkflowInfo> = serde_json::from_value(c.get("/v1/workflows").await?)
+        .context("the API's list of workflows is not what this steward expects")?;
+    let names: Vec<&str> = offered.iter().map(|w| w.name.as_str()).collect();
+    let Some(found) = offered.iter().position(|w| w.name == name) else {
+        bail!(
+            "the server at {} offers no workflow `{name}`{}; it offers: {}. A workflow runs once its file is in the server's workflows folder (http.workflows, `steward serve --workflows DIR`)",
+            c.base(),
+            if local.is_some() {
+                format!(" (the `name:` of {arg})")
+            } else {
+                String::new()
+            },
+            if names.is_empty() {
+                "none".to_owned()
+            } else {
+                names.join(", ")
+            }
+        );
     };
-    let run = planner
-        .start(StartRun {
-            plan,
-            company,
-            inputs,
-            requested_by: args.requested_by.unwrap_or_else(who),
-            ticket: None,
-            start_at: args.at,
-        })
-        .await?;
-    if let Some(waiter) = waiter.as_mut() {
-        eprintln!("started {run}; waiting for it to end");
-        waiter
-            .wait_all(
-                &store,
-                &[run].into(),
-                std::time::Duration::from_secs(86_400),
-            )
-            .await?;
-        let snap = print::run(&store, run, args.json).await?;
-        return Ok(if snap.doc.state.status.name() == "completed" {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        });
+    let found = offered.swap_remove(found);
+    if let Some(plan) = &local
+        && plan.hash() != found.hash
+    {
+        eprintln!(
+            "note: {arg} differs from the server's workflow `{name}` (v{}); the server's copy is the one that runs",
+            found.version
+        );
     }
-    if args.json {
-        println!("{}", serde_json::json!({ "run": run }));
-    } else {
-        println!("{run}");
+    Ok(found)
+}
+
+pub(crate) async fn run(args: RunArgs) -> Result<ExitCode> {
+    let company: CompanyId = args
+        .company
+        .parse()
+        .map_err(|e| anyhow!("--company: {e}"))?;
+    let c = Client::new(&args.api)?;
+    let flow = workflow(&c, &args.workflow).await?;
+    let inputs = parse_inputs(&flow, &args.inputs)?;
+    let started: RunSummary = serde_json::from_value(
+        c.post(
+            "/v1/runs",
+            json!({"workflow": flow.name, "company": company, "inputs": inputs, "start_at": args.at}),
+        )
+        .await?,
+    )
+    .context("the API's answer is not a run")?;
+    let run = started.run;
+    if !args.wait {
+        c.print(&serde_json::to_value(&started)?, |_| println!("{run}"));
+        return Ok(ExitCode::SUCCESS);
     }
+    eprintln!("started {run}; waiting for it");
+    let (view, code) = wait(&c, run).await?;
+    print::run(&view, args.api.json)?;
+    Ok(ExitCode::from(code))
+}
+
+/// How a run stands for `--wait`: `None` while it moves by itself.
+fn settled(view: &RunView) -> Option<u8> {
+    use steward_schemas::RunStatus as S;
+    match &view.run.state.status {
+        S::Completed { .. } => Some(exit::COMPLETED),
+        S::Cancelled { .. } => Some(exit::CANCELLED),
+        S::RolledBack { .. } => Some(exit::ROLLED_BACK),
+        S::RollbackFailed { .. } => Some(exit::ROLLBACK_FAILED),
+        S::Paused { .. } => Some(exit::PAUSED),
+        S::Running => {
+            // Parked: a gate waits, and nothing else will move without someone.
+            let gate = view.steps.iter().any(|s| s.state == "awaiting_approval");
+            let moving = view.steps.iter().any(|s| {
+                matches!(
+                    s.state.as_str(),
+                    "ready" | "queued" | "retrying" | "polling"
+                )
+            });
+            (gate && !moving).then_some(exit::AT_GATE)
+        }
+        S::Created | S::Scheduled { .. } | S::Cancelling { .. } | S::RollingBack { .. } => None,
+    }
+}
+
+/// What the run waits for now, a line each: its scheduled start, gates and their approvers,
+/// timers (retries) and polls.
+fn waiting_for(view: &RunView) -> Vec<String> {
+    let mut out = Vec::new();
+    if let steward_schemas::RunStatus::Scheduled { .. } = view.run.state.status {
+        out.push(format!("the run: {}", view.summary.status_text));
+    }
+    for s in &view.steps {
+        match s.state.as_str() {
+            "awaiting_approval" => out.push(format!("gate `{}`: {}", s.step, s.text)),
+            "retrying" | "polling" => out.push(format!("step `{}`: {}", s.step, s.text)),
+            _ => {}
+        }
+        if s.undo.as_deref() == Some("retrying") {
+            out.push(format!(
+                "undo of `{}`: {}",
+                s.step,
+                s.undo_text.as_deref().unwrap_or_default()
+            ));
+        }
+    }
+    out
+}
+
+/// Follows the run until [`settled`]: prints each new thing it waits for (to stderr).
+async fn wait(c: &Client, run: RunId) -> Result<(RunView, u8)> {
+    let mut said: BTreeSet<String> = BTreeSet::new();
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let view: RunView = serde_json::from_value(c.get(&format!("/v1/runs/{run}")).await?)
+            .context("the API's answer is not a run")?;
+        if let Some(code) = settled(&view) {
+            match code {
+                exit::AT_GATE => {
+                    for line in waiting_for(&view) {
+                        eprintln!("waiting for {line}");
+                    }
+                    eprintln!(
+                        "{run} waits at an approval gate (exit {code}); an approver decides with `steward approve {run}/GATE` or `steward reject {run}/GATE`"
+                    );
+                }
+                exit::PAUSED => eprintln!(
+                    "{run} is {} (exit {code}); see what you can do below",
+                    view.summary.status_text
+                ),
+                _ => {}
+            }
+            return Ok((view, code));
+        }
+        for line in waiting_for(&view) {
+            if said.insert(line.clone()) {
+                eprintln!("waiting for {line}");
+            }
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
+    }
+}
+
+pub(crate) async fn status(api: &ApiArgs, run: RunId) -> Result<ExitCode> {
+    let c = Client::new(api)?;
+    let view: RunView = serde_json::from_value(c.get(&format!("/v1/runs/{run}")).await?)
+        .context("the API's answer is not a run")?;
+    print::run(&view, api.json)?;
     Ok(ExitCode::SUCCESS)
 }
 
-pub(crate) async fn status(config: &Config, run: RunId, json: bool) -> Result<ExitCode> {
-    let store = connect(config).await?;
-    print::run(&store, run, json).await?;
-    Ok(ExitCode::SUCCESS)
+/// A technician's request about a run.
+#[derive(Debug)]
+pub(crate) enum Control {
+    Cancel {
+        rollback: bool,
+        reason: Option<String>,
+    },
+    Pause {
+        reason: Option<String>,
+    },
+    Resume,
+    RetryStep {
+        step: StepId,
+    },
+    SkipStep {
+        step: StepId,
+        reason: Option<String>,
+    },
 }
 
-pub(crate) async fn command_event(config: &Config, run: RunId, event: Event) -> Result<ExitCode> {
-    let store = connect(config).await?;
-    match store.apply(run, &event, None, None, None).await? {
-        Outcome::Applied { state, .. } => {
-            println!("{run}: {}", state.status.name());
-            Ok(ExitCode::SUCCESS)
-        }
-        Outcome::Ignored { reason } => {
-            println!("{run}: nothing to do ({reason})");
-            Ok(ExitCode::SUCCESS)
-        }
-        Outcome::Refused(e) => bail!("{run}: {e}"),
-    }
+/// Sends a technician's request; prints the run's status after it.
+pub(crate) async fn control(api: &ApiArgs, run: RunId, control: Control) -> Result<ExitCode> {
+    let c = Client::new(api)?;
+    let (path, body) = match control {
+        Control::Cancel { rollback, reason } => (
+            format!("/v1/runs/{run}/cancel"),
+            json!({"rollback": rollback, "reason": reason}),
+        ),
+        Control::Pause { reason } => (format!("/v1/runs/{run}/pause"), json!({"reason": reason})),
+        Control::Resume => (format!("/v1/runs/{run}/resume"), json!({})),
+        Control::RetryStep { step } => (format!("/v1/runs/{run}/steps/{step}/retry"), json!({})),
+        Control::SkipStep { step, reason } => (
+            format!("/v1/runs/{run}/steps/{step}/skip"),
+            json!({"reason": reason}),
+        ),
+    };
+    let summary = c.post(&path, body).await?;
+    c.print(&summary, |s| {
+        println!("{run}: {}", client::s(&s["status_text"]));
+    });
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `steward runs`.
@@ -200,6 +321,7 @@ pub(crate) async fn list(api: &ApiArgs, args: RunsArgs) -> Result<ExitCode> {
                 client::s(&r["created_at"]),
                 client::s(&r["requested_by"])
             );
+            println!("    {}", client::s(&r["status_text"]));
         }
         if let Some(next) = p["next_cursor"].as_str() {
             println!("(more: --cursor {next})");
