@@ -636,7 +636,7 @@ async fn run_wait_says_what_it_waits_for_and_exits_by_how_the_run_stands() -> Re
             && t.contains(
                 " for 2 approvals from alice@msp.example or bob@msp.example; expires at "
             )
-            && t.contains("waits at an approval gate (exit 3)")
+            && t.contains("waits at approval gate `approval` (exit 3)")
             && t.contains("steward approve|reject"),
         "{t}"
     );
@@ -1002,10 +1002,20 @@ async fn technicians_companies_runs_and_approvals_from_the_command_line() -> Res
         text(&out)
     );
     let out = as_user(&alice, &["approve", &gate, "--comment", "looks right"]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        out.status.success()
+            && text(&out).contains(&format!(
+                "{gate}: your approval is recorded (1 of 2); the gate waits for more; the run is running"
+            )),
+        "{}",
+        text(&out)
+    );
     let out = as_user(&bob, &["approve", &gate]);
     assert!(
-        out.status.success() && text(&out).contains("succeeded"),
+        out.status.success()
+            && text(&out).contains(&format!(
+                "{gate}: approved; the gate is passed; the run is "
+            )),
         "{}",
         text(&out)
     );

@@ -32,7 +32,8 @@ pub(crate) async fn inbox(api: &ApiArgs) -> Result<ExitCode> {
                 g["quorum"],
                 g["expires_at"]
                     .as_str()
-                    .map(|e| format!(", expires {e}"))
+                    .and_then(|e| e.parse::<steward_schemas::Timestamp>().ok())
+                    .map(|e| format!("; expires at {}", steward_core::words::time(e)))
                     .unwrap_or_default()
             );
             if !s(&g["custom_instructions"]).is_empty() {
@@ -67,13 +68,21 @@ pub(crate) async fn decide(
     let body = json!({"decision": if approve { "approve" } else { "reject" }, "comment": comment});
     let res = c.post(&format!("/v1/approvals/{run}/{step}"), body).await?;
     c.print(&res, |r| {
+        let g = &r["gate"];
+        let approvals = g["approvals"].as_array().map_or(0, Vec::len);
+        let gate_now = match (approve, s(&g["state"])) {
+            (false, _) => "rejected".to_owned(),
+            (true, "awaiting_approval") => format!(
+                "your approval is recorded ({approvals} of {}); the gate waits for more",
+                g["quorum"]
+            ),
+            (true, "succeeded") => "approved; the gate is passed".to_owned(),
+            (true, other) => format!("approved; the gate is {}", other.replace('_', " ")),
+        };
         println!(
-            "{}: gate {} is {}; the run is {}",
-            gate,
-            s(&r["gate"]["gate"]),
-            s(&r["gate"]["state"]),
-            s(&r["run"]["status"])
-        )
+            "{gate}: {gate_now}; the run is {}",
+            s(&r["run"]["status_text"])
+        );
     });
     Ok(ExitCode::SUCCESS)
 }

@@ -193,11 +193,16 @@ async fn wait(c: &Client, run: RunId) -> Result<(RunView, u8)> {
             match code {
                 exit::AT_GATE => {
                     for line in waiting_for(&view) {
-                        eprintln!("waiting for {line}");
+                        if said.insert(line.clone()) {
+                            eprintln!("waiting for {line}");
+                        }
                     }
-                    eprintln!(
-                        "{run} waits at an approval gate (exit {code}); an approver decides with `steward approve {run}/GATE` or `steward reject {run}/GATE`"
-                    );
+                    for s in view.steps.iter().filter(|s| s.state == "awaiting_approval") {
+                        eprintln!(
+                            "{run} waits at approval gate `{}` (exit {code}); an approver decides with `steward approve {run}/{}` or `steward reject {run}/{}`",
+                            s.step, s.step, s.step
+                        );
+                    }
                 }
                 exit::PAUSED => eprintln!(
                     "{run} is {} (exit {code}); see what you can do below",
@@ -321,7 +326,10 @@ pub(crate) async fn list(api: &ApiArgs, args: RunsArgs) -> Result<ExitCode> {
                 client::s(&r["created_at"]),
                 client::s(&r["requested_by"])
             );
-            println!("    {}", client::s(&r["status_text"]));
+            let text = client::s(&r["status_text"]);
+            if text != client::s(&r["status"]).replace('_', " ") {
+                println!("    {text}");
+            }
         }
         if let Some(next) = p["next_cursor"].as_str() {
             println!("(more: --cursor {next})");

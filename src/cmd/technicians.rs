@@ -81,7 +81,14 @@ fn technician_line(t: &Value) {
         t["id"].as_str().unwrap_or(""),
         t["email"].as_str().unwrap_or(""),
         t["role"].as_str().unwrap_or(""),
-        t["companies"],
+        match &t["companies"] {
+            Value::Array(list) => list
+                .iter()
+                .map(|c| c.as_str().unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join(", "),
+            _ => "all companies".to_owned(),
+        },
         if t["disabled"].as_bool() == Some(true) {
             "  (disabled)"
         } else {
