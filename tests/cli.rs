@@ -1538,3 +1538,202 @@ fn shard_counts_are_bounded_alike_by_flag_environment_and_file() {
         text(&out)
     );
 }
+
+/// Splits a README command line into arguments: words, and "double-quoted" phrases.
+fn words_of(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut word = String::new();
+    let mut quoted = false;
+    let mut any = false;
+    for c in line.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                any = true;
+            }
+            ' ' if !quoted => {
+                if any {
+                    out.push(std::mem::take(&mut word));
+                    any = false;
+                }
+            }
+            c => {
+                word.push(c);
+                any = true;
+            }
+        }
+    }
+    if any {
+        out.push(word);
+    }
+    out
+}
+
+/// The README's "Using it", as written, with the sample data in `deploy/examples/`: every
+/// command below is in the README word for word (`run_01J…` stands for the run), and does what
+/// the README says, run as a new technician would (a server-side first admin, then tokens).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_s_walkthrough_works_with_the_sample_data() -> Result<()> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))?;
+    let using = readme
+        .split("## Using it")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .context("the README has a `Using it` section")?
+        .to_owned();
+    let env = Env::start(Persistence::None).await?;
+    // A namespace of its own: the harness's sample companies are not the README's.
+    let namespace = format!("{}readme", env.namespace);
+    let dir = tempfile::tempdir()?;
+    let port = dead_port();
+    let api = format!("http://127.0.0.1:{port}");
+    let server_env = [
+        ("STEWARD_REDIS__URL", env.redis.url()),
+        ("STEWARD_REDIS__NAMESPACE", namespace),
+    ];
+    // `steward worker &` and `steward serve --listen 127.0.0.1:8080 &`, on a free port.
+    for line in [
+        "steward worker &",
+        "steward serve --listen 127.0.0.1:8080 &",
+    ] {
+        assert!(using.contains(line), "the README no longer says `{line}`");
+    }
+    let mut procs = Vec::new();
+    for (name, args) in [
+        ("worker", vec!["worker".to_owned()]),
+        (
+            "serve",
+            vec![
+                "serve".to_owned(),
+                "--listen".to_owned(),
+                format!("127.0.0.1:{port}"),
+            ],
+        ),
+    ] {
+        let log = std::fs::File::create(dir.path().join(format!("{name}.log")))?;
+        let child = Command::new(BIN)
+            .args(&args)
+            .envs(server_env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        procs.push(KillOnDrop(child));
+    }
+    let http = reqwest::Client::new();
+    steward_tests::wait_for("the API", std::time::Duration::from_secs(30), || {
+        let (http, url) = (http.clone(), format!("{api}/readyz"));
+        async move {
+            Ok(http
+                .get(url)
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+                .map(|_| ()))
+        }
+    })
+    .await?;
+
+    // Runs `line` (as the README writes it; `run_01J…` replaced by `run`) with `token`.
+    let sh = |line: &str, token: Option<&str>, run: &str| -> Output {
+        assert!(using.contains(line), "the README no longer says `{line}`");
+        let line = line.replace("run_01J…", run);
+        let mut c = Command::new(BIN);
+        c.args(&words_of(&line)[1..])
+            .envs(server_env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("STEWARD_API_URL", &api)
+            .env_remove("STEWARD_TOKEN");
+        if let Some(t) = token {
+            c.env("STEWARD_TOKEN", t);
+        }
+        c.output().expect("steward runs")
+    };
+    let token_in = |out: &Output| -> String {
+        let t = text(out);
+        assert!(out.status.success(), "{t}");
+        t.lines()
+            .find(|l| l.starts_with("stw_"))
+            .unwrap_or_else(|| panic!("no token in {t}"))
+            .trim()
+            .to_owned()
+    };
+    let lead = token_in(&sh(
+        "steward technicians add --admin --email lead@msp.example --name \"Team lead\" --token-name laptop",
+        None,
+        "",
+    ));
+    let ok = |line: &str, token: &str, run: &str| -> String {
+        let out = sh(line, Some(token), run);
+        let t = text(&out);
+        assert!(out.status.success(), "`{line}`: {t}");
+        t
+    };
+    let t = ok(
+        "steward companies import deploy/examples/companies.csv",
+        &lead,
+        "",
+    );
+    assert!(t.contains("2 created, 0 updated, 0 unchanged"), "{t}");
+    ok(
+        "steward companies add deploy/examples/fabrikam.json",
+        &lead,
+        "",
+    );
+    let t = ok("steward companies list", &lead, "");
+    for company in ["contoso", "northwind", "fabrikam"] {
+        assert!(t.contains(company), "{t}");
+    }
+    let tech = token_in(&sh(
+        "steward technicians add --email tech@msp.example --name Tech --companies contoso,fabrikam --token-name cli",
+        Some(&lead),
+        "",
+    ));
+    let out = sh(
+        "steward run demo --company contoso --input user=jane.doe --wait",
+        Some(&tech),
+        "",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = sh(
+        "steward run demo --company fabrikam --input user=ann.lee --wait",
+        Some(&tech),
+        "",
+    );
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{t}");
+    let run = run_of(&t);
+    assert!(ok("steward runs --company fabrikam", &tech, "").contains(&run));
+    let t = ok("steward status run_01J…", &tech, &run);
+    assert!(t.contains("what you can do now:"), "{t}");
+    let t = ok("steward approvals", &lead, "");
+    assert!(t.contains(&format!("{run}/policy_approval")), "{t}");
+    ok(
+        "steward approve run_01J…/policy_approval --comment \"start date confirmed\"",
+        &lead,
+        &run,
+    );
+    steward_tests::wait_for(
+        "the approved run to complete",
+        std::time::Duration::from_secs(30),
+        || async {
+            let t = ok("steward status run_01J…", &lead, &run);
+            Ok((t.contains("status:  completed")
+                && t.contains("approved at gate `policy_approval` by lead@msp.example (via api) \u{2014} \u{201c}start date confirmed\u{201d}"))
+            .then_some(()))
+        },
+    )
+    .await?;
+    drop(procs);
+    Ok(())
+}
+
+/// A child process killed when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
