@@ -226,10 +226,27 @@ fn main() -> ExitCode {
     match runtime.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", said_once(&e));
             ExitCode::from(cmd::exit::ERROR)
         }
     }
+}
+
+/// An error and its causes on one line, each said once: a layer whose message already contains
+/// its cause's (`redis: Connection refused` over `Connection refused`) does not repeat it.
+fn said_once(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        if msg.is_empty() || out.contains(&msg) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&msg);
+    }
+    out
 }
 
 /// `--shards`: the rule the config file uses, in its words.
@@ -292,7 +309,12 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             api_only("companies")?;
             cmd::companies::run(&api, cmd).await
         }
-        Command::Technicians { api, cmd } => cmd::technicians::run(&api, config, cmd).await,
+        Command::Technicians { api, cmd } => {
+            if client::token().is_some() {
+                api_only("technicians (with STEWARD_TOKEN set)")?;
+            }
+            cmd::technicians::run(&api, config, cmd).await
+        }
         Command::Sandbox(args) => cmd::sandbox::run(args).await,
         Command::Bench(args) => cmd::bench::run(&global, args).await,
         Command::Worker(args) => cmd::worker::run(config()?, args).await,
@@ -335,5 +357,37 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             api_only("skip-step")?;
             cmd::runs::control(&api, run, Control::SkipStep { step, reason }).await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A layer that repeats its cause in its message, as `redis: {0}` errors do.
+    #[derive(Debug)]
+    struct Wrapper(std::io::Error);
+
+    impl std::fmt::Display for Wrapper {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "redis: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Wrapper {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn an_error_chain_says_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
+        let e = anyhow::Error::new(Wrapper(io)).context("cannot list technicians");
+        assert_eq!(
+            said_once(&e),
+            "cannot list technicians: redis: Connection refused"
+        );
+        assert_eq!(format!("{e:#}").matches("Connection refused").count(), 2);
     }
 }

@@ -602,6 +602,12 @@ async fn the_authorization_matrix_holds_through_the_cli() -> Result<()> {
         "{}",
         text(&out)
     );
+    let out = stack.cli("admin", &["--namespace", "other", "technicians", "list"]);
+    assert!(
+        !out.status.success() && text(&out).contains("--namespace would not be used"),
+        "{}",
+        text(&out)
+    );
     Ok(())
 }
 
