@@ -12,7 +12,7 @@ use clap::Args;
 use serde_json::{Map, Value, json};
 use steward_core::Plan;
 use steward_engine::api::runs::{RunSummary, RunView, WorkflowInfo};
-use steward_schemas::{CompanyId, InputType, RunId, StepId, Timestamp};
+use steward_schemas::{CompState, CompanyId, InputType, RunId, StepId, StepState, Timestamp};
 use steward_workers::Registry;
 
 use super::exit;
@@ -145,38 +145,56 @@ fn settled(view: &RunView) -> Option<u8> {
         S::Paused { .. } => Some(exit::PAUSED),
         S::Running => {
             // Parked: a gate waits, and nothing else will move without someone.
-            let gate = view.steps.iter().any(|s| s.state == "awaiting_approval");
-            let moving = view.steps.iter().any(|s| {
-                matches!(
-                    s.state.as_str(),
-                    "ready" | "queued" | "retrying" | "polling"
-                )
-            });
+            let mut gate = false;
+            let mut moving = false;
+            for rec in view.run.state.steps.values() {
+                match rec.state {
+                    StepState::AwaitingApproval { .. } => gate = true,
+                    StepState::Ready { .. }
+                    | StepState::Queued { .. }
+                    | StepState::Retrying { .. }
+                    | StepState::Polling { .. } => moving = true,
+                    StepState::Pending
+                    | StepState::Succeeded { .. }
+                    | StepState::Failed { .. }
+                    | StepState::Skipped { .. }
+                    | StepState::Cancelled { .. } => {}
+                }
+            }
             (gate && !moving).then_some(exit::AT_GATE)
         }
         S::Created | S::Scheduled { .. } | S::Cancelling { .. } | S::RollingBack { .. } => None,
     }
 }
 
-/// What the run waits for now, a line each: its scheduled start, gates and their approvers,
-/// timers (retries) and polls.
+/// What the run waits for now, a line each, in plan order: its scheduled start, gates and their
+/// approvers, timers (retries of steps and of undos) and polls.
 fn waiting_for(view: &RunView) -> Vec<String> {
     let mut out = Vec::new();
     if let steward_schemas::RunStatus::Scheduled { .. } = view.run.state.status {
         out.push(format!("the run: {}", view.summary.status_text));
     }
     for s in &view.steps {
-        match s.state.as_str() {
-            "awaiting_approval" => out.push(format!("gate `{}`: {}", s.step, s.text)),
-            "retrying" | "polling" => out.push(format!("step `{}`: {}", s.step, s.text)),
-            _ => {}
+        let Some(rec) = view.run.state.steps.get(&s.step) else {
+            continue;
+        };
+        match rec.state {
+            StepState::AwaitingApproval { .. } => {
+                out.push(format!("gate `{}`: {}", s.step, s.text));
+            }
+            StepState::Retrying { .. } | StepState::Polling { .. } => {
+                out.push(format!("step `{}`: {}", s.step, s.text));
+            }
+            StepState::Pending
+            | StepState::Ready { .. }
+            | StepState::Queued { .. }
+            | StepState::Succeeded { .. }
+            | StepState::Failed { .. }
+            | StepState::Skipped { .. }
+            | StepState::Cancelled { .. } => {}
         }
-        if s.undo.as_deref() == Some("retrying") {
-            out.push(format!(
-                "undo of `{}`: {}",
-                s.step,
-                s.undo_text.as_deref().unwrap_or_default()
-            ));
+        if let (Some(CompState::Retrying { .. }), Some(text)) = (&rec.undo, &s.undo_text) {
+            out.push(format!("the undo of `{}`: {text}", s.step));
         }
     }
     out
@@ -197,7 +215,13 @@ async fn wait(c: &Client, run: RunId) -> Result<(RunView, u8)> {
                             eprintln!("waiting for {line}");
                         }
                     }
-                    for s in view.steps.iter().filter(|s| s.state == "awaiting_approval") {
+                    let gates = view.steps.iter().filter(|s| {
+                        matches!(
+                            view.run.state.steps.get(&s.step).map(|r| &r.state),
+                            Some(StepState::AwaitingApproval { .. })
+                        )
+                    });
+                    for s in gates {
                         eprintln!(
                             "{run} waits at approval gate `{}` (exit {code}); an approver decides with `steward approve {run}/{}` or `steward reject {run}/{}`",
                             s.step, s.step, s.step
