@@ -8,7 +8,7 @@ mod print;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use steward_schemas::{RunId, StepId};
 use steward_workers::Registry;
@@ -226,27 +226,10 @@ fn main() -> ExitCode {
     match runtime.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", said_once(&e));
+            eprintln!("error: {}", cmd::said_once(&e));
             ExitCode::from(cmd::exit::ERROR)
         }
     }
-}
-
-/// An error and its causes on one line, each said once: a layer whose message already contains
-/// its cause's (`redis: Connection refused` over `Connection refused`) does not repeat it.
-fn said_once(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let msg = cause.to_string();
-        if msg.is_empty() || out.contains(&msg) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&msg);
-    }
-    out
 }
 
 /// `--shards`: the rule the config file uses, in its words.
@@ -254,32 +237,11 @@ fn parse_shards(text: &str) -> Result<u16, String> {
     steward_engine::keys::parse_shards(text).map_err(|e| e.to_string())
 }
 
-/// Commands that go through the HTTP API refuse the flags that point at Redis: they would be
-/// ignored, and a technician who passes them expects them to count.
-fn through_api(global: &Global, command: &str) -> Result<()> {
-    let given: Vec<&str> = [
-        ("--redis", global.redis.is_some()),
-        ("--namespace", global.namespace.is_some()),
-        ("--shards", global.shards.is_some()),
-    ]
-    .into_iter()
-    .filter_map(|(flag, set)| set.then_some(flag))
-    .collect();
-    if given.is_empty() {
-        return Ok(());
-    }
-    bail!(
-        "`steward {command}` goes through the HTTP API (STEWARD_API_URL, as the technician of STEWARD_TOKEN), so {} would not be used; drop {}. Only server-side commands (serve, worker, bench, technicians without a token) use Redis",
-        given.join(", "),
-        if given.len() == 1 { "it" } else { "them" }
-    )
-}
-
 async fn dispatch(cli: Cli) -> Result<ExitCode> {
     let Cli { global, command } = cli;
     // Commands that use Redis load the config; the others do not need one.
     let config = || cmd::load_config(&global);
-    let api_only = |name: &str| through_api(&global, name);
+    let api_only = |name: &str| cmd::through_api(&global, name);
     use cmd::runs::Control;
     match command {
         Command::Validate { files } => cmd::validate::run(&files),
@@ -357,37 +319,5 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             api_only("skip-step")?;
             cmd::runs::control(&api, run, Control::SkipStep { step, reason }).await
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A layer that repeats its cause in its message, as `redis: {0}` errors do.
-    #[derive(Debug)]
-    struct Wrapper(std::io::Error);
-
-    impl std::fmt::Display for Wrapper {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            write!(f, "redis: {}", self.0)
-        }
-    }
-
-    impl std::error::Error for Wrapper {
-        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-            Some(&self.0)
-        }
-    }
-
-    #[test]
-    fn an_error_chain_says_each_cause_once() {
-        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
-        let e = anyhow::Error::new(Wrapper(io)).context("cannot list technicians");
-        assert_eq!(
-            said_once(&e),
-            "cannot list technicians: redis: Connection refused"
-        );
-        assert_eq!(format!("{e:#}").matches("Connection refused").count(), 2);
     }
 }

@@ -15,7 +15,7 @@ pub(crate) mod worker;
 
 use std::sync::Arc;
 
-use anyhow::{Result, anyhow};
+use anyhow::{Result, anyhow, bail};
 use serde_json::Value;
 use steward_engine::config::{Config, redacted_url};
 use steward_engine::store::Store;
@@ -104,4 +104,74 @@ pub(crate) fn output(json: bool, v: &Value, human: impl FnOnce()) -> Result<()> 
         human();
     }
     Ok(())
+}
+
+/// An error and its causes on one line, each said once: a layer whose message already contains
+/// its cause's (`redis: Connection refused` over `Connection refused`) does not repeat it.
+pub(crate) fn said_once(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        if msg.is_empty() || out.contains(&msg) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&msg);
+    }
+    out
+}
+
+/// Commands that go through the HTTP API refuse the flags that point at Redis: they would be
+/// ignored, and a technician who passes them expects them to count.
+pub(crate) fn through_api(global: &Global, command: &str) -> Result<()> {
+    let given: Vec<&str> = [
+        ("--redis", global.redis.is_some()),
+        ("--namespace", global.namespace.is_some()),
+        ("--shards", global.shards.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(flag, set)| set.then_some(flag))
+    .collect();
+    if given.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "`steward {command}` goes through the HTTP API (STEWARD_API_URL, as the technician of STEWARD_TOKEN), so {} would not be used; drop {}. Only server-side commands (serve, worker, bench, technicians without a token) use Redis",
+        given.join(", "),
+        if given.len() == 1 { "it" } else { "them" }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A layer that repeats its cause in its message, as `redis: {0}` errors do.
+    #[derive(Debug)]
+    struct Wrapper(std::io::Error);
+
+    impl std::fmt::Display for Wrapper {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "redis: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Wrapper {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn an_error_chain_says_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
+        let e = anyhow::Error::new(Wrapper(io)).context("cannot list technicians");
+        assert_eq!(
+            said_once(&e),
+            "cannot list technicians: redis: Connection refused"
+        );
+        assert_eq!(format!("{e:#}").matches("Connection refused").count(), 2);
+    }
 }
