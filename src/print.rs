@@ -1,17 +1,17 @@
 //! How the CLI prints runs, ops and benchmark figures.
 
-use anyhow::{Result, anyhow};
-use serde_json::json;
-use steward_core::Plan;
+use anyhow::Result;
+use serde_json::Value;
+use steward_core::words;
+use steward_engine::api::runs::{ActionView, RunView};
 use steward_engine::bench::BenchReport;
-use steward_engine::store::{RunSnapshot, Store};
-use steward_schemas::{CompState, HistoryEntry, RunId, RunStatus, StepState};
+use steward_schemas::{RunId, StepId};
 use steward_workers::Registry;
 
 /// A spec field (group, access, approval rule) as its JSON name, e.g. `passwords_security`.
 fn label(v: impl serde::Serialize) -> String {
     match serde_json::to_value(v) {
-        Ok(serde_json::Value::String(s)) => s,
+        Ok(Value::String(s)) => s,
         Ok(other) => other.to_string(),
         Err(_) => String::new(),
     }
@@ -63,35 +63,14 @@ pub(crate) fn ops(registry: &Registry, json: bool) {
     }
 }
 
-/// Loads a run, its history and its workflow, and prints them (as JSON with `json`); the
-/// snapshot it printed.
-pub(crate) async fn run(store: &Store, run: RunId, json: bool) -> Result<RunSnapshot> {
-    let snap = store
-        .load(run)
-        .await?
-        .ok_or_else(|| anyhow!("no run `{run}` in namespace `{}`", store.keys().namespace()))?;
-    let history = store.history(run).await?;
-    let plan = store.plan(&snap.doc.ctx.workflow.hash).await?;
-    // Secret inputs and secret-looking values are hidden before anything is printed.
-    let mut shown = snap.clone();
-    steward_core::history::redact_doc(&mut shown.doc, plan.def());
+/// Prints a run as `steward status` shows it (as JSON with `json`): its status, each step's
+/// state and undo, its timeline, and what a technician can do now, all in words.
+pub(crate) fn run(view: &RunView, json: bool) -> Result<()> {
     if json {
-        status_json(&shown, &history)?;
-    } else {
-        status(&shown, &history, &plan);
+        println!("{}", serde_json::to_string_pretty(view)?);
+        return Ok(());
     }
-    Ok(snap)
-}
-
-fn status_json(snap: &RunSnapshot, history: &[HistoryEntry]) -> Result<()> {
-    let out = json!({ "version": snap.version, "run": snap.doc, "history": history });
-    println!("{}", serde_json::to_string_pretty(&out)?);
-    Ok(())
-}
-
-fn status(snap: &RunSnapshot, history: &[HistoryEntry], plan: &Plan) {
-    let ctx = &snap.doc.ctx;
-    let state = &snap.doc.state;
+    let ctx = &view.run.ctx;
     println!(
         "run {}  {} v{} ({})  company {}",
         ctx.run_id,
@@ -100,173 +79,93 @@ fn status(snap: &RunSnapshot, history: &[HistoryEntry], plan: &Plan) {
         &ctx.workflow.hash[..12.min(ctx.workflow.hash.len())],
         ctx.company
     );
-    println!("status:  {}", describe_status(&state.status));
+    println!("status:  {}", view.summary.status_text);
     println!(
         "started: {} by {}   updated: {}",
-        ctx.created_at, ctx.requested_by, state.updated_at
+        words::time(ctx.created_at),
+        ctx.requested_by,
+        words::time(view.run.state.updated_at)
     );
+    if let Some(t) = &ctx.ticket {
+        println!("ticket:  {} {} {}", t.psa, t.id, t.title);
+    }
     if !ctx.inputs.is_empty() {
-        println!("inputs:  {}", serde_json::Value::Object(ctx.inputs.clone()));
+        let inputs: Vec<String> = ctx
+            .inputs
+            .iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => format!("{k}={s}"),
+                other => format!("{k}={other}"),
+            })
+            .collect();
+        println!("inputs:  {}", inputs.join(", "));
     }
     println!("steps:");
-    for step in plan.steps() {
-        let Some(rec) = state.steps.get(&step.id) else {
-            continue;
-        };
-        let detail = match &rec.state {
-            StepState::Pending => "waiting for its needs".to_owned(),
-            StepState::Ready { next } => format!("ready (attempt {})", next.attempt),
-            StepState::AwaitingApproval {
-                approvers,
-                quorum,
-                approvals,
-                expires_at,
-                stage,
-                ..
-            } => format!(
-                "{} of {quorum} approvals from {}{}{}",
-                approvals.len(),
-                approvers.join(", "),
-                if *stage > 0 { " (escalated)" } else { "" },
-                expires_at
-                    .map(|e| format!("; expires {e}"))
-                    .unwrap_or_default()
-            ),
-            StepState::Queued { job, at } => {
-                if job.polls > 0 {
-                    format!(
-                        "attempt {}, check {} since {at}",
-                        job.attempt,
-                        job.polls + 1
-                    )
-                } else {
-                    format!("attempt {} since {at}", job.attempt)
-                }
-            }
-            StepState::Polling {
-                job,
-                next_check,
-                note,
-            } => format!(
-                "attempt {}, {} checks so far, next at {next_check}{}",
-                job.attempt,
-                job.polls,
-                note.as_ref().map(|n| format!(" ({n})")).unwrap_or_default()
-            ),
-            StepState::Retrying {
-                next,
-                not_before,
-                error,
-            } => {
-                format!(
-                    "attempt {next} at {not_before}; last error: {}",
-                    error.message
-                )
-            }
-            StepState::Succeeded { attempt, at, .. } => format!("attempt {attempt} at {at}"),
-            StepState::Failed { attempt, error, .. } => {
-                format!("attempt {attempt}: {}", error.message)
-            }
-            StepState::Skipped { reason, .. } => format!("{reason:?}"),
-            StepState::Cancelled { at } => format!("at {at}"),
-        };
-        let undo = rec.undo.as_ref().map(|u| match u {
-            CompState::Failed { error, .. } => format!("  [undo failed: {}]", error.message),
-            CompState::Irreversible { reason } => format!("  [irreversible: {reason}]"),
-            CompState::Blocked { by } => format!("  [undo blocked by {by}]"),
-            other => format!("  [undo {}]", other.name()),
-        });
+    let id_w = view
+        .steps
+        .iter()
+        .map(|s| s.step.as_str().len())
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    let op_w = view.steps.iter().map(|s| s.op.len()).max().unwrap_or(0);
+    for step in &view.steps {
         println!(
-            "  {:<20} {:<10} {:<24} {detail}{}",
-            step.id.as_str(),
-            rec.state.name(),
+            "  {:<id_w$}  {:<17}  {:<op_w$}  {}",
+            step.step.as_str(),
+            step.state.replace('_', " "),
             step.op,
-            undo.unwrap_or_default()
+            step.text
         );
+        if let Some(undo) = &step.undo_text {
+            println!("  {:<id_w$}  {:<17}  {:<op_w$}  {undo}", "", "", "");
+        }
     }
     println!("timeline:");
-    for entry in history {
-        let time = entry.at.to_string();
-        let clock = time.get(11..26).unwrap_or(&time);
-        let who = match &entry.event {
-            steward_schemas::Event::ApprovalDecided {
-                by, approve, via, ..
-            } => format!(
-                "{} by {by} (via {via}): ",
-                if *approve { "approved" } else { "rejected" }
-            ),
-            _ => String::new(),
-        };
-        println!(
-            "  {clock}  {:<22} {who}{}",
-            entry.event.name(),
-            entry.changes.join("; ")
-        );
+    for h in &view.history {
+        let time = h.entry.at.to_string();
+        let clock = time.get(11..23).unwrap_or(&time);
+        let changes: Vec<&str> = h
+            .entry
+            .changes
+            .iter()
+            .map(String::as_str)
+            .filter(|c| !c.starts_with("run: "))
+            .collect();
+        if changes.is_empty() {
+            println!("  {clock}  {}", h.text);
+        } else {
+            println!("  {clock}  {}  ({})", h.text, changes.join("; "));
+        }
     }
+    if !view.actions.is_empty() {
+        println!("what you can do now:");
+        let run = ctx.run_id;
+        let lines: Vec<(String, &str)> = view
+            .actions
+            .iter()
+            .map(|a| (command(run, a), a.text.as_str()))
+            .collect();
+        let w = lines.iter().map(|(c, _)| c.len()).max().unwrap_or(0);
+        for (cmd, text) in lines {
+            println!("  {cmd:<w$}  {text}");
+        }
+    }
+    Ok(())
 }
 
-fn describe_status(status: &RunStatus) -> String {
-    match status {
-        RunStatus::Scheduled { start_at } => format!("scheduled for {start_at}"),
-        RunStatus::Paused { reason } => format!("paused ({reason:?})"),
-        RunStatus::Cancelling { by, rollback } => {
-            format!(
-                "cancelling (by {by}{}; waiting for running steps)",
-                if *rollback { ", with rollback" } else { "" }
-            )
-        }
-        RunStatus::RollingBack { cause } => format!("rolling back ({cause:?})"),
-        RunStatus::Completed { failed, .. } if !failed.is_empty() => format!(
-            "completed, with failed steps that were allowed to fail: {}",
-            failed
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        RunStatus::Cancelled { by, .. } => format!("cancelled by {by}"),
-        RunStatus::RolledBack {
-            cause,
-            irreversible,
-            ..
-        } => {
-            let mut s = format!("rolled back ({cause:?})");
-            if !irreversible.is_empty() {
-                s.push_str(&format!(
-                    "; NOT undone (irreversible): {}",
-                    irreversible
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
-            }
-            s
-        }
-        RunStatus::RollbackFailed {
-            cause,
-            failed,
-            left,
-            irreversible,
-            ..
-        } => format!(
-            "ROLLBACK FAILED ({cause:?}); undo failed: [{}]; left undone: [{}]; irreversible: [{}] — a technician must finish",
-            failed
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", "),
-            left.iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", "),
-            irreversible
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        other => other.name().to_owned(),
+/// The command that carries out an action the API offers.
+fn command(run: RunId, a: &ActionView) -> String {
+    let step = a.step.as_ref().map(StepId::as_str).unwrap_or_default();
+    match a.action.as_str() {
+        "resume" => format!("steward resume {run}"),
+        "pause" => format!("steward pause {run}"),
+        "cancel" => format!("steward cancel {run}"),
+        "cancel_and_roll_back" => format!("steward cancel {run} --rollback"),
+        "retry_step" => format!("steward retry-step {run} {step}"),
+        "skip_step" => format!("steward skip-step {run} {step}"),
+        "decide" => format!("steward approve|reject {run}/{step}"),
+        other => format!("({other})"),
     }
 }
 

@@ -1232,3 +1232,119 @@ async fn a_concurrent_change_never_undoes_a_disable() -> Result<()> {
     );
     Ok(())
 }
+
+/// Every status, step state and history entry of a run view has its sentence; the cancel reason
+/// and decision comments are in them; the actions offered are the ones the run can take.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_run_view_speaks_in_sentences() -> Result<()> {
+    let api = ApiEnv::start(workflows()).await?;
+    let no_rust = |v: &Value| {
+        let t = v.as_str().unwrap_or_default().to_owned();
+        assert!(
+            !t.is_empty() && !t.contains('{') && !t.contains("Some(") && !t.contains("None"),
+            "{t}"
+        );
+        t
+    };
+    // At the gate: the approvers other than the requester may decide; the run can be paused
+    // or cancelled; nothing is offered that the machine would refuse.
+    let rejected = start(&api, "tech", "gated", json!({"user": "jane"})).await?;
+    wait_gate(&api, &rejected, "approval").await?;
+    let view = status_of(&api, &rejected).await?;
+    let actions: Vec<(&str, &str)> = view["actions"]
+        .as_array()
+        .context("actions")?
+        .iter()
+        .map(|a| {
+            (
+                a["action"].as_str().unwrap_or(""),
+                a["step"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("pause", ""),
+            ("cancel", ""),
+            ("cancel_and_roll_back", ""),
+            ("decide", "approval")
+        ],
+        "{view}"
+    );
+    assert_eq!(
+        view["actions"][3]["approvers"],
+        json!(["alice@msp.example", "bob@msp.example"])
+    );
+    let gate = view["steps"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["step"] == "approval"))
+        .context("the gate's step")?;
+    let text = no_rust(&gate["text"]);
+    assert!(
+        text.contains("for 2 approvals from alice@msp.example or bob@msp.example"),
+        "{text}"
+    );
+
+    let (s, body) = api
+        .post(
+            "alice",
+            &format!("/v1/approvals/{rejected}/approval"),
+            json!({"decision": "reject", "comment": "wrong department"}),
+        )
+        .await?;
+    assert_eq!(s, 200, "{body}");
+    let view = wait_status(&api, &rejected, "rolled_back").await?;
+    let status = no_rust(&view["summary"]["status_text"]);
+    assert_eq!(
+        status,
+        "rolled back: rejected by alice@msp.example at gate `approval` \u{2014} \u{201c}wrong department\u{201d}"
+    );
+    let history = view["history"].as_array().context("history")?;
+    for h in history {
+        no_rust(&h["text"]);
+    }
+    assert!(
+        history.iter().any(|h| h["text"]
+            == "rejected at gate `approval` by alice@msp.example (via api) \u{2014} \u{201c}wrong department\u{201d}; the run is now rolling back"),
+        "{history:?}"
+    );
+    for s in view["steps"].as_array().context("steps")? {
+        no_rust(&s["text"]);
+    }
+    assert_eq!(
+        view["actions"],
+        json!([]),
+        "an ended run is offered nothing"
+    );
+
+    // The cancel reason shows with the status and in the timeline.
+    let cancelled = start(&api, "tech", "gated", json!({"user": "joe"})).await?;
+    wait_gate(&api, &cancelled, "approval").await?;
+    let (s, body) = api
+        .post(
+            "tech",
+            &format!("/v1/runs/{cancelled}/cancel"),
+            json!({"reason": "duplicate ticket"}),
+        )
+        .await?;
+    assert_eq!(s, 200, "{body}");
+    let view = wait_status(&api, &cancelled, "cancelled").await?;
+    let status = no_rust(&view["summary"]["status_text"]);
+    assert!(
+        status.starts_with("cancelled by tech@msp.example at ")
+            && status.ends_with(" \u{2014} \u{201c}duplicate ticket\u{201d}"),
+        "{status}"
+    );
+    assert!(
+        view["history"]
+            .as_array()
+            .context("history")?
+            .iter()
+            .any(|h| h["text"].as_str().is_some_and(|t| t.starts_with(
+                "cancelled by tech@msp.example \u{2014} \u{201c}duplicate ticket\u{201d}"
+            ))),
+        "{view}"
+    );
+    Ok(())
+}

@@ -3,8 +3,9 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use steward_engine::embedded::Persistence;
+use steward_schemas::{CompanyScope, Role};
 use steward_tests::{Env, Proc};
 
 const BIN: &str = env!("CARGO_BIN_EXE_steward");
@@ -119,133 +120,610 @@ fn validate_names_the_file_the_step_and_the_fix() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn run_wait_and_status_work_against_a_worker_process() -> Result<()> {
-    let env = Env::start(Persistence::None).await?;
-    let dir = tempfile::tempdir()?;
-    let mut args = env.cli_args();
-    args.extend(["worker", "--with-scheduler"].map(str::to_owned));
-    let worker = Proc::spawn(Path::new(BIN), dir.path(), "worker", &args)?;
-    let common = env.cli_args();
-    let common: Vec<&str> = common.iter().map(String::as_str).collect();
+const DEMO: &str = include_str!("../workflows/demo.yaml");
+const GATED: &str = include_str!("fixtures/workflows/gated.yaml");
 
-    let owned = |extra: &[&str]| -> Vec<String> {
-        common
-            .iter()
-            .chain(extra)
-            .map(|s| (*s).to_owned())
-            .collect()
-    };
-    let run_args = owned(&[
-        "run",
-        "workflows/demo.yaml",
-        "--company",
-        "contoso",
-        "--input",
-        "user=jane",
-        "--wait",
-    ]);
-    let out =
-        tokio::task::spawn_blocking(move || Command::new(BIN).args(&run_args).output()).await??;
-    let t = text(&out);
-    assert!(out.status.success(), "{t}\n{}", worker.log_text());
-    assert!(
-        t.contains("status:  completed") && t.contains("timeline:"),
-        "{t}"
-    );
-    let run = t
-        .lines()
+/// A Redis URL where nothing listens: technicians' commands get it in STEWARD_REDIS__URL, so a
+/// command that touched Redis would fail.
+const NO_REDIS: &str = "redis://127.0.0.1:9/";
+
+/// An installation as a technician meets it: a private Redis, `steward serve` (the API and the
+/// timers) and `steward worker` as processes, offering the workflows given; companies `contoso`
+/// (approvers alice and bob) and `fabrikam` (approvers lead and carol); technicians and their tokens.
+struct Stack {
+    env: Env,
+    api: String,
+    dir: tempfile::TempDir,
+    serve: Proc,
+    worker: Proc,
+    /// Tokens by name: `admin` (every company), `tech`, `alice`, `bob` (contoso), `outsider`
+    /// (fabrikam).
+    tokens: std::collections::HashMap<&'static str, String>,
+}
+
+impl Stack {
+    async fn start(workflows: &[(&str, &str)]) -> Result<Self> {
+        let env = Env::start(Persistence::None).await?;
+        steward_engine::companies::ensure(
+            &env.companies(),
+            steward_engine::companies::sample(
+                "fabrikam",
+                &["lead@msp.example", "carol@msp.example"],
+            ),
+        )
+        .await?;
+        let dir = tempfile::tempdir()?;
+        let flows = dir.path().join("workflows");
+        std::fs::create_dir(&flows)?;
+        for (name, yaml) in workflows {
+            std::fs::write(flows.join(format!("{name}.yaml")), yaml)?;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let api = format!("http://127.0.0.1:{port}");
+        let mut args = env.cli_args();
+        args.extend([
+            "serve".to_owned(),
+            "--listen".to_owned(),
+            format!("127.0.0.1:{port}"),
+            "--tick".to_owned(),
+            "20ms".to_owned(),
+            "--workflows".to_owned(),
+            flows.display().to_string(),
+        ]);
+        let serve = Proc::spawn(Path::new(BIN), dir.path(), "serve", &args)?;
+        let mut args = env.cli_args();
+        args.push("worker".to_owned());
+        let worker = Proc::spawn(Path::new(BIN), dir.path(), "worker", &args)?;
+        let http = reqwest::Client::new();
+        steward_tests::wait_for("the API", std::time::Duration::from_secs(30), || {
+            let (http, url) = (http.clone(), format!("{api}/readyz"));
+            async move {
+                Ok(http
+                    .get(url)
+                    .send()
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+                    .map(|_| ()))
+            }
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", serve.log_text()))?;
+        let auth = steward_engine::auth::Auth::for_store(&env.store);
+        let mut tokens = std::collections::HashMap::new();
+        let only = |c: &str| -> Result<CompanyScope> { Ok(CompanyScope::Only(vec![c.parse()?])) };
+        for (key, role, scope) in [
+            ("admin", Role::Admin, CompanyScope::ALL),
+            ("tech", Role::Technician, only("contoso")?),
+            ("alice", Role::Technician, only("contoso")?),
+            ("bob", Role::Technician, only("contoso")?),
+            ("outsider", Role::Technician, only("fabrikam")?),
+        ] {
+            let t = auth
+                .add_technician(&format!("{key}@msp.example"), key, role, scope)
+                .await?;
+            let (_, token) = auth.create_token(t.id, "test").await?;
+            tokens.insert(key, token);
+        }
+        Ok(Self {
+            env,
+            api,
+            dir,
+            serve,
+            worker,
+            tokens,
+        })
+    }
+
+    /// `steward ARGS` as `who` (a key of `tokens`; anything else: no token), with the API's URL
+    /// in STEWARD_API_URL and no Redis reachable.
+    fn command(&self, who: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .env("STEWARD_API_URL", &self.api)
+            .env("STEWARD_REDIS__URL", NO_REDIS)
+            .env_remove("STEWARD_LOG")
+            .env_remove("STEWARD_TOKEN");
+        if let Some(t) = self.tokens.get(who) {
+            c.env("STEWARD_TOKEN", t);
+        }
+        c
+    }
+
+    fn cli(&self, who: &str, args: &[&str]) -> Output {
+        self.command(who, args).output().expect("steward runs")
+    }
+
+    /// Like [`Stack::cli`], failing with the output and the servers' logs unless it succeeded.
+    fn ok(&self, who: &str, args: &[&str]) -> String {
+        let out = self.cli(who, args);
+        let t = text(&out);
+        assert!(
+            out.status.success(),
+            "steward {args:?} as {who}: {t}\n{}",
+            self.logs()
+        );
+        t
+    }
+
+    fn logs(&self) -> String {
+        format!("{}\n{}", self.serve.log_text(), self.worker.log_text())
+    }
+
+    /// Starts `workflow` for `company` as `who` (without waiting); the run's id.
+    fn start_run(&self, who: &str, workflow: &str, company: &str, inputs: &[&str]) -> String {
+        let mut args = vec!["run", workflow, "--company", company];
+        for i in inputs {
+            args.extend(["--input", i]);
+        }
+        let out = self.ok(who, &args);
+        let run = out.trim().to_owned();
+        assert!(run.starts_with("run_"), "{out}");
+        run
+    }
+
+    /// Waits until `run`'s status (as the admin sees it) is `want`; its view.
+    async fn wait_status(&self, run: &str, want: &str) -> Result<serde_json::Value> {
+        steward_tests::wait_for(
+            &format!("{run} to be {want}"),
+            std::time::Duration::from_secs(30),
+            || async {
+                let out = self.cli("admin", &["status", run, "--json"]);
+                let view: serde_json::Value =
+                    serde_json::from_slice(&out.stdout).unwrap_or_default();
+                Ok((view["summary"]["status"] == want).then_some(view))
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", self.logs()))
+    }
+
+    /// Waits until gate `gate` of `run` waits for its approvers.
+    async fn wait_gate(&self, run: &str, gate: &str) -> Result<()> {
+        steward_tests::wait_for(
+            &format!("{run}/{gate} to open"),
+            std::time::Duration::from_secs(30),
+            || async {
+                let out = self.cli("admin", &["status", run, "--json"]);
+                let view: serde_json::Value =
+                    serde_json::from_slice(&out.stdout).unwrap_or_default();
+                Ok(view["steps"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|s| s["step"] == gate && s["state"] == "awaiting_approval")
+                    .then_some(()))
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", self.logs()))
+    }
+}
+
+/// The run id in `steward status`'s first line (`run run_… demo v1 …`).
+fn run_of(t: &str) -> String {
+    t.lines()
         .find_map(|l| l.strip_prefix("run "))
         .and_then(|l| l.split_whitespace().next())
-        .unwrap()
-        .to_owned();
+        .unwrap_or_else(|| panic!("no run line in {t}"))
+        .to_owned()
+}
 
-    let mut status_args = common.clone();
-    status_args.extend(["status", &run, "--json"]);
-    let out = steward(&status_args);
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_wait_and_status_work_through_the_api() -> Result<()> {
+    let secretive = "name: secretive\ninputs:\n  user: {type: string}\n  password: {type: string, secret: true}\nsteps:\n  - {id: a, op: noop, with: {output: {token: \"${{ inputs.password }}\", user: \"${{ inputs.user }}\"}}}\n";
+    let stack = Stack::start(&[("demo", DEMO), ("secretive", secretive)]).await?;
+    // By file (its `name:` is the server's workflow) and by name; who asks is the token's
+    // technician.
+    let out = stack.cli(
+        "tech",
+        &[
+            "run",
+            "workflows/demo.yaml",
+            "--company",
+            "contoso",
+            "--input",
+            "user=jane",
+            "--wait",
+        ],
+    );
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}\n{}", stack.logs());
+    assert!(
+        t.contains("status:  completed at ")
+            && t.contains("by tech@msp.example")
+            && t.contains("timeline:")
+            && t.contains("run created")
+            && t.contains("step `create_account` succeeded"),
+        "{t}"
+    );
+    assert!(
+        !t.contains("what you can do now"),
+        "an ended run offers nothing: {t}"
+    );
+    let run = run_of(&t);
+    let out = stack.cli("tech", &["status", &run, "--json"]);
+    let json: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| anyhow::anyhow!("{e}: {}", text(&out)))?;
     assert_eq!(json["run"]["state"]["status"]["status"], "completed");
+    assert_eq!(
+        json["history"][0]["text"],
+        "run created; the run is now running"
+    );
     assert!(json["history"].as_array().is_some_and(|h| h.len() > 5));
 
     // Secret inputs, and values under secret-looking keys in outputs, are never printed.
-    let secretive = dir.path().join("secretive.yaml");
-    std::fs::write(
-        &secretive,
-        "name: secretive\ninputs:\n  user: {type: string}\n  password: {type: string, secret: true}\nsteps:\n  - {id: a, op: noop, with: {output: {token: \"${{ inputs.password }}\", user: \"${{ inputs.user }}\"}}}\n",
-    )?;
-    let secret_args = owned(&[
-        "run",
-        secretive.to_str().unwrap(),
-        "--company",
-        "contoso",
-        "--input",
-        "user=jane",
-        "--input",
-        "password=Sesame-7731",
-        "--wait",
-    ]);
-    let out = tokio::task::spawn_blocking(move || Command::new(BIN).args(&secret_args).output())
-        .await??;
+    let out = stack.cli(
+        "tech",
+        &[
+            "run",
+            "secretive",
+            "--company",
+            "contoso",
+            "--input",
+            "user=jane",
+            "--input",
+            "password=Sesame-7731",
+            "--wait",
+        ],
+    );
     let t = text(&out);
     assert!(out.status.success(), "{t}");
     assert!(t.contains("[secret]") && !t.contains("Sesame-7731"), "{t}");
-    let secret_run = t
-        .lines()
-        .find_map(|l| l.strip_prefix("run "))
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap()
-        .to_owned();
-    let mut args = common.clone();
-    args.extend(["status", &secret_run, "--json"]);
-    let t = text(&steward(&args));
+    let out = stack.cli("tech", &["status", &run_of(&t), "--json"]);
+    let t = text(&out);
     assert!(t.contains("jane") && !t.contains("Sesame-7731"), "{t}");
 
-    // A failing run exits non-zero; a bad input is refused with its name.
-    let fail_args = owned(&[
-        "run",
-        "workflows/demo.yaml",
-        "--company",
-        "contoso",
-        "--input",
-        "user=x",
-        "--input",
-        "fail_at_end=true",
-        "--wait",
-    ]);
-    let out =
-        tokio::task::spawn_blocking(move || Command::new(BIN).args(&fail_args).output()).await??;
-    assert!(!out.status.success());
-    assert!(text(&out).contains("rolled back"), "{}", text(&out));
-    let mut bad = common.clone();
-    bad.extend([
-        "run",
-        "workflows/demo.yaml",
-        "--company",
-        "contoso",
-        "--input",
-        "usr=x",
-    ]);
-    let out = steward(&bad);
-    assert!(!out.status.success());
-    let t = text(&out);
+    // A local copy that differs from the server's: the server's runs, and the CLI says so.
+    let copy = stack.dir.path().join("secretive.yaml");
+    std::fs::write(
+        &copy,
+        secretive.replace("name: secretive", "name: secretive\ndescription: mine"),
+    )?;
+    let out = stack.cli(
+        "tech",
+        &[
+            "run",
+            copy.to_str().unwrap_or_default(),
+            "--company",
+            "contoso",
+            "--input",
+            "user=x",
+            "--input",
+            "password=y",
+        ],
+    );
     assert!(
-        t.contains("input `usr`: workflow `demo` has no such input")
-            && t.contains("input `user`: is required"),
+        out.status.success() && text(&out).contains("differs from the server's workflow `secretive` (v1); the server's copy is the one that runs"),
+        "{}",
+        text(&out)
+    );
+
+    // A run that rolls back exits 5 and says why, in words.
+    let out = stack.cli(
+        "tech",
+        &[
+            "run",
+            "demo",
+            "--company",
+            "contoso",
+            "--input",
+            "user=x",
+            "--input",
+            "fail_at_end=true",
+            "--wait",
+        ],
+    );
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(5), "{t}");
+    assert!(
+        t.contains("status:  rolled back: step `final_check` failed: the final check failed (as the demo asked); NOT undone (irreversible): reset_password"),
         "{t}"
     );
-    let mut bad_company = common;
-    bad_company.extend([
-        "run",
-        "workflows/demo.yaml",
-        "--company",
-        "Contoso Ltd",
-        "--input",
-        "user=x",
-    ]);
-    assert!(
-        text(&steward(&bad_company)).contains("--company: `Contoso Ltd` is not a valid company id")
+
+    // Bad input is refused with its name; nothing is started.
+    let out = stack.cli(
+        "tech",
+        &["run", "demo", "--company", "contoso", "--input", "usr=x"],
     );
-    drop(worker);
+    let t = text(&out);
+    assert!(
+        !out.status.success()
+            && t.contains("inputs.usr: workflow `demo` has no such input")
+            && t.contains("inputs.user: is required"),
+        "{t}"
+    );
+    let out = stack.cli(
+        "tech",
+        &[
+            "run",
+            "demo",
+            "--company",
+            "Contoso Ltd",
+            "--input",
+            "user=x",
+        ],
+    );
+    assert!(
+        text(&out).contains("--company: `Contoso Ltd` is not a valid company id"),
+        "{}",
+        text(&out)
+    );
+    let out = stack.cli("tech", &["run", "onboard", "--company", "contoso"]);
+    assert!(
+        text(&out).contains("offers no workflow `onboard`; it offers: demo, secretive")
+            || text(&out).contains("offers no workflow `onboard`; it offers: secretive, demo"),
+        "{}",
+        text(&out)
+    );
+    Ok(())
+}
+
+/// Who may do what, driven through the `steward` command a technician uses: a technician of
+/// contoso cannot start, list, read or control fabrikam's runs, nobody approves their own run,
+/// and a missing or revoked token is refused in words that say what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_authorization_matrix_holds_through_the_cli() -> Result<()> {
+    let one = GATED
+        .replace("name: gated", "name: one")
+        .replace("quorum: 2", "quorum: 1");
+    let stack = Stack::start(&[("gated", GATED), ("one", &one)]).await?;
+    // A fabrikam run, parked at its gate; and one of contoso's.
+    let theirs = stack.start_run("outsider", "gated", "fabrikam", &["user=ann"]);
+    let ours = stack.start_run("tech", "gated", "contoso", &["user=jane"]);
+    stack.wait_gate(&theirs, "approval").await?;
+    stack.wait_gate(&ours, "approval").await?;
+    let forbidden = |out: &Output| {
+        let t = text(out);
+        assert!(
+            !out.status.success()
+                && t.contains("403 (forbidden): tech@msp.example ")
+                && t.contains("may not act on company `fabrikam`")
+                && !t.contains("lead@msp.example"),
+            "{t}"
+        );
+    };
+    forbidden(&stack.cli(
+        "tech",
+        &["run", "gated", "--company", "fabrikam", "--input", "user=x"],
+    ));
+    forbidden(&stack.cli("tech", &["runs", "--company", "fabrikam"]));
+    let listed = stack.ok("tech", &["runs"]);
+    assert!(
+        listed.contains(&ours) && !listed.contains(&theirs),
+        "{listed}"
+    );
+    let gate = format!("{theirs}/approval");
+    for args in [
+        vec!["status", &theirs],
+        vec!["cancel", &theirs, "--rollback", "--reason", "mine now"],
+        vec!["pause", &theirs],
+        vec!["resume", &theirs],
+        vec!["retry-step", &theirs, "prepare"],
+        vec!["skip-step", &theirs, "approval"],
+        vec!["approve", &gate],
+        vec!["reject", &gate],
+    ] {
+        let args: Vec<&str> = args.iter().map(|a| a.as_ref()).collect();
+        forbidden(&stack.cli("tech", &args));
+    }
+    // Nothing of theirs changed.
+    let view = stack.wait_status(&theirs, "running").await?;
+    assert_eq!(
+        (
+            view["version"].as_u64(),
+            view["history"].as_array().map(Vec::len)
+        ),
+        (Some(3), Some(3)),
+        "created, prepared, gate opened: {view}"
+    );
+
+    // The same requests on their own company's run work.
+    stack.ok("tech", &["status", &ours]);
+    let t = stack.ok("tech", &["pause", &ours, "--reason", "checking"]);
+    assert!(
+        t.contains(&format!(
+            "{ours}: paused: paused by tech@msp.example \u{2014} \u{201c}checking\u{201d}"
+        )),
+        "{t}"
+    );
+    let t = stack.ok("tech", &["resume", &ours]);
+    assert!(t.contains(&format!("{ours}: running")), "{t}");
+
+    // Nobody approves their own run: alice asks, alice may not approve; `--requested-by` is gone.
+    let hers = stack.start_run("alice", "one", "contoso", &["user=joe"]);
+    stack.wait_gate(&hers, "approval").await?;
+    let out = stack.cli("alice", &["approve", &format!("{hers}/approval")]);
+    assert!(
+        !out.status.success()
+            && text(&out).contains("alice@msp.example asked for this run and cannot approve it"),
+        "{}",
+        text(&out)
+    );
+    let out = stack.cli(
+        "alice",
+        &[
+            "run",
+            "gated",
+            "--company",
+            "contoso",
+            "--input",
+            "user=x",
+            "--requested-by",
+            "bob@msp.example",
+        ],
+    );
+    assert!(
+        !out.status.success() && text(&out).contains("unexpected argument '--requested-by'"),
+        "{}",
+        text(&out)
+    );
+    let view = stack.wait_status(&hers, "running").await?;
+    assert_eq!(view["run"]["ctx"]["requested_by"], "alice@msp.example");
+
+    // No token, a revoked token: refused, saying what to do.
+    let out = stack.cli("nobody", &["status", &ours]);
+    assert!(
+        !out.status.success() && text(&out).contains("no API token: set STEWARD_TOKEN"),
+        "{}",
+        text(&out)
+    );
+    let tokens = stack.ok("admin", &["technicians", "list", "--json"]);
+    let techs: serde_json::Value = serde_json::from_str(tokens.trim())?;
+    let tech_id = techs
+        .as_array()
+        .and_then(|l| l.iter().find(|t| t["email"] == "tech@msp.example"))
+        .and_then(|t| t["id"].as_str())
+        .context("tech's id")?
+        .to_owned();
+    let auth = steward_engine::auth::Auth::for_store(&stack.env.store);
+    for token in auth.tokens(tech_id.parse()?).await? {
+        stack.ok("admin", &["technicians", "revoke", &token.id.to_string()]);
+    }
+    let out = stack.cli("tech", &["runs"]);
+    let t = text(&out);
+    assert!(
+        !out.status.success()
+            && t.contains("401 (unauthorized): this token was revoked")
+            && t.contains("fix: set STEWARD_TOKEN to a token of yours that works"),
+        "{t}"
+    );
+    // Technicians' commands never use Redis: flags that point at it are refused, not ignored.
+    let out = stack.cli(
+        "admin",
+        &["--redis", &stack.env.redis.url(), "status", &ours],
+    );
+    assert!(
+        !out.status.success()
+            && text(&out).contains("`steward status` goes through the HTTP API")
+            && text(&out).contains("--redis would not be used"),
+        "{}",
+        text(&out)
+    );
+    let out = stack.cli("admin", &["--namespace", "other", "technicians", "list"]);
+    assert!(
+        !out.status.success() && text(&out).contains("--namespace would not be used"),
+        "{}",
+        text(&out)
+    );
+    Ok(())
+}
+
+/// `run --wait` says what the run waits for (a gate and its approvers, a retry's time, a poll)
+/// and exits with a code that says how the run stands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_wait_says_what_it_waits_for_and_exits_by_how_the_run_stands() -> Result<()> {
+    let waits = "name: waits\nsteps:\n  - {id: flaky, op: flaky, with: {times: 1}, retry: {attempts: 3, initial: 400ms}}\n  - {id: sync, op: poll, needs: [flaky], with: {times: 2, check_after_ms: 400}}\n";
+    let stuck = "name: stuck\nsteps:\n  - {id: check, op: fail, on_failure: pause, with: {message: the manager is unknown}}\n";
+    let undo = "name: undo\ndefaults: {on_failure: rollback, retry: {attempts: 1}}\nsteps:\n  - {id: create, op: ledger, with: {key: k, undo_fails: true}}\n  - {id: boom, op: fail, needs: [create], with: {message: boom}}\n";
+    let stack = Stack::start(&[
+        ("gated", GATED),
+        ("waits", waits),
+        ("stuck", stuck),
+        ("undo", undo),
+    ])
+    .await?;
+    let wait = |workflow: &str, inputs: &[&str]| -> Output {
+        let mut args = vec!["run", workflow, "--company", "contoso", "--wait"];
+        for i in inputs {
+            args.extend(["--input", i]);
+        }
+        stack.cli("tech", &args)
+    };
+
+    // A gate: exit 3, naming the gate, its approvers and how many approvals it needs.
+    let out = wait("gated", &["user=jane"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{t}\n{}", stack.logs());
+    assert!(
+        t.contains("waiting for gate `approval`: waiting since ")
+            && t.contains(
+                " for 2 approvals from alice@msp.example or bob@msp.example; expires at "
+            )
+            && t.contains("waits at approval gate `approval` (exit 3)")
+            && t.contains("steward approve|reject"),
+        "{t}"
+    );
+
+    // A retry's time and a poll: said while waiting; then the run completes (exit 0).
+    let out = wait("waits", &[]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}\n{}", stack.logs());
+    assert!(
+        t.contains("waiting for step `flaky`: attempt 2 at ")
+            && t.contains("the last one failed: ")
+            && t.contains("waiting for step `sync`: waiting for check 1 of 3; checked again at "),
+        "{t}"
+    );
+
+    // Paused for a technician: exit 4, with only the fixes the run can take.
+    let out = wait("stuck", &[]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(4), "{t}\n{}", stack.logs());
+    assert!(
+        t.contains("status:  paused: step `check` failed and its workflow says to pause")
+            && t.contains("what you can do now:")
+            && t.contains("steward retry-step ")
+            && t.contains("steward skip-step ")
+            && !t.contains("steward resume "),
+        "{t}"
+    );
+
+    // The undo fails: exit 6, and a technician is told to finish by hand, not to retry.
+    let out = wait("undo", &[]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(6), "{t}\n{}", stack.logs());
+    assert!(
+        t.contains("ROLLBACK FAILED: step `boom` failed: boom; could not undo: create")
+            && !t.contains("what you can do now")
+            && !t.contains("retry-step"),
+        "{t}"
+    );
+
+    // Cancelled while waiting for its start: exit 7, with the reason.
+    let waiting = stack
+        .command(
+            "tech",
+            &[
+                "run",
+                "gated",
+                "--company",
+                "contoso",
+                "--input",
+                "user=x",
+                "--at",
+                "2999-01-01T00:00:00Z",
+                "--wait",
+            ],
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let run = steward_tests::wait_for(
+        "the scheduled run",
+        std::time::Duration::from_secs(30),
+        || async {
+            let list = text(&stack.cli("tech", &["runs", "--status", "scheduled", "--json"]));
+            let page: serde_json::Value = serde_json::from_str(list.trim()).unwrap_or_default();
+            Ok(page["runs"][0]["run"].as_str().map(str::to_owned))
+        },
+    )
+    .await?;
+    stack.ok(
+        "tech",
+        &["cancel", &run, "--reason", "the start date moved"],
+    );
+    let out = tokio::task::spawn_blocking(move || waiting.wait_with_output()).await??;
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(7), "{t}");
+    assert!(
+        t.contains("waiting for the run: scheduled to start at 2999-01-01 00:00:00 UTC")
+            && t.contains("status:  cancelled by tech@msp.example at ")
+            && t.contains("\u{201c}the start date moved\u{201d}"),
+        "{t}"
+    );
     Ok(())
 }
 
@@ -263,7 +741,7 @@ fn the_demo_runs() {
     assert!(
         t.contains("Approving through the link: HTTP 200")
             && t.contains("Using it again: HTTP 410")
-            && t.contains("approved by lead@msp.example (via link)"),
+            && t.contains("approved at gate `policy_approval` by lead@msp.example (via link)"),
         "{t}"
     );
     assert_eq!(t.matches("status:  completed").count(), 2, "{t}");
@@ -458,7 +936,7 @@ async fn technicians_companies_runs_and_approvals_from_the_command_line() -> Res
     let out = as_user(&admin, &["companies", "import", bad.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(
-        text(&out).contains("\"row\":2") && text(&out).contains("identity_provider"),
+        text(&out).contains("row 2, column identity_provider: "),
         "{}",
         text(&out)
     );
@@ -530,10 +1008,20 @@ async fn technicians_companies_runs_and_approvals_from_the_command_line() -> Res
         text(&out)
     );
     let out = as_user(&alice, &["approve", &gate, "--comment", "looks right"]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        out.status.success()
+            && text(&out).contains(&format!(
+                "{gate}: your approval is recorded (1 of 2); the gate waits for more; the run is running"
+            )),
+        "{}",
+        text(&out)
+    );
     let out = as_user(&bob, &["approve", &gate]);
     assert!(
-        out.status.success() && text(&out).contains("succeeded"),
+        out.status.success()
+            && text(&out).contains(&format!(
+                "{gate}: approved; the gate is passed; the run is "
+            )),
         "{}",
         text(&out)
     );
@@ -633,45 +1121,6 @@ async fn technicians_companies_runs_and_approvals_from_the_command_line() -> Res
     Ok(())
 }
 
-/// The README's setup exports STEWARD_TOKEN and STEWARD_API_URL; commands that read the config
-/// must still work with them (and other non-config STEWARD_ variables) set.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn run_and_status_work_with_the_api_variables_exported() -> Result<()> {
-    let env = Env::start(Persistence::None).await?;
-    let with_env = |extra: &[&str]| -> Output {
-        Command::new(BIN)
-            .args(env.cli_args())
-            .args(extra)
-            .env("STEWARD_TOKEN", "stw_not_a_real_token")
-            .env("STEWARD_API_URL", "http://127.0.0.1:9")
-            .env("STEWARD_TEST_LOG", "debug")
-            .env("USER", "tester")
-            .output()
-            .expect("steward runs")
-    };
-    let out = with_env(&[
-        "run",
-        "workflows/demo.yaml",
-        "--company",
-        "contoso",
-        "--input",
-        "user=jane",
-    ]);
-    let t = text(&out);
-    assert!(out.status.success(), "{t}");
-    let run = t.trim().to_owned();
-    assert!(run.starts_with("run_"), "{t}");
-    let out = with_env(&["status", &run]);
-    let t = text(&out);
-    assert!(
-        out.status.success() && t.contains(&format!("run {run}")),
-        "{t}"
-    );
-    // Who asked is recorded as the other commands record the caller.
-    assert!(t.contains("by cli:tester"), "{t}");
-    Ok(())
-}
-
 /// A Redis URL's password never reaches an error message.
 #[test]
 fn a_redis_password_stays_out_of_errors() {
@@ -697,7 +1146,7 @@ fn a_redis_password_stays_out_of_errors() {
         "{t}"
     );
     let out = Command::new(BIN)
-        .args(["status", "run_01JD0000000000000000000000"])
+        .args(["worker"])
         .env("STEWARD_REDIS__URL", "http://:hunter2@db.example/")
         .output()
         .expect("steward runs");
@@ -952,4 +1401,345 @@ fn the_sandbox_takes_its_webhook_secret_from_the_environment_only() {
     );
     let help = text(&steward(&["sandbox", "--help"]));
     assert!(help.contains("STEWARD_SANDBOX_WEBHOOK_SECRET"), "{help}");
+}
+
+/// Logs and messages written to a file or a pipe carry no ANSI colour codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_that_is_not_a_terminal_has_no_colours() -> Result<()> {
+    let env = Env::start(Persistence::None).await?;
+    let dir = tempfile::tempdir()?;
+    let mut args = env.cli_args();
+    args.push("worker".to_owned());
+    let worker = Proc::spawn(Path::new(BIN), dir.path(), "worker", &args)?;
+    let log = steward_tests::wait_for(
+        "the worker's first log lines",
+        std::time::Duration::from_secs(20),
+        || async {
+            let log = std::fs::read_to_string(&worker.log).unwrap_or_default();
+            Ok(log.contains("worker starting").then_some(log))
+        },
+    )
+    .await?;
+    assert!(!log.contains('\u{1b}'), "{log:?}");
+    let out = steward(&["--shards", "0", "worker"]);
+    assert!(!text(&out).contains('\u{1b}'), "{:?}", text(&out));
+    Ok(())
+}
+
+/// A port where nothing listens.
+fn dead_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A refused connection is said once, not once per layer that passed it on.
+#[test]
+fn a_connection_error_is_said_once() {
+    let port = dead_port();
+    let out = Command::new(BIN)
+        .args(["--redis", &format!("redis://127.0.0.1:{port}/"), "worker"])
+        .output()
+        .expect("steward runs");
+    let t = text(&out);
+    assert!(
+        !out.status.success()
+            && t.contains(&format!(
+                "cannot connect to Redis at redis://127.0.0.1:{port}/: "
+            ))
+            && t.matches("refused").count() == 1,
+        "{t}"
+    );
+    let out = Command::new(BIN)
+        .args(["runs"])
+        .env("STEWARD_API_URL", format!("http://127.0.0.1:{port}"))
+        .env("STEWARD_TOKEN", "stw_whatever")
+        .output()
+        .expect("steward runs");
+    let t = text(&out);
+    assert!(
+        !out.status.success()
+            && t.contains(&format!("cannot reach the API at http://127.0.0.1:{port} "))
+            && t.matches("refused").count() == 1
+            && t.lines().count() == 1,
+        "{t}"
+    );
+}
+
+/// A Redis URL that points at something else (here an HTTP server) is named as not a Redis
+/// server, not reported as a protocol parse error.
+#[test]
+fn a_url_that_is_not_a_redis_server_says_so() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let addr = listener.local_addr().expect("an address");
+    // Answers every connection as a web server would, until the test process ends.
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut buf = [0u8; 1024];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(
+                b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            );
+        }
+    });
+    let out = Command::new(BIN)
+        .args([
+            "--redis",
+            &format!("redis://{addr}/"),
+            "technicians",
+            "list",
+        ])
+        .env_remove("STEWARD_TOKEN")
+        .output()
+        .expect("steward runs");
+    let t = text(&out);
+    assert!(
+        !out.status.success()
+            && t.contains(&format!(
+                "cannot connect to Redis at redis://{addr}/: that is not a Redis server"
+            ))
+            && !t.contains("Parse error")
+            && !t.contains("Incompatible type"),
+        "{t}"
+    );
+}
+
+/// `--shards`, STEWARD_REDIS__SHARDS and the config file take the same shard counts and refuse
+/// the others in the same words.
+#[test]
+fn shard_counts_are_bounded_alike_by_flag_environment_and_file() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let file = dir.path().join("steward.toml");
+    for bad in ["0", "1001", "70000", "-1"] {
+        let want = format!("redis.shards = {bad}: use 1 to 1000");
+        let flag = Command::new(BIN)
+            .args(["--shards", bad, "worker"])
+            .output()
+            .expect("steward runs");
+        let env = Command::new(BIN)
+            .args(["worker"])
+            .env("STEWARD_REDIS__SHARDS", bad)
+            .output()
+            .expect("steward runs");
+        std::fs::write(&file, format!("[redis]\nshards = {bad}\n")).expect("written");
+        let config = Command::new(BIN)
+            .args(["--config", file.to_str().unwrap_or_default(), "worker"])
+            .output()
+            .expect("steward runs");
+        for (how, out) in [("flag", flag), ("environment", env), ("file", config)] {
+            let t = text(&out);
+            assert!(
+                !out.status.success() && t.contains(&want),
+                "{how} {bad}: {t}"
+            );
+        }
+    }
+    let out = steward(&["--shards", "four", "worker"]);
+    assert!(
+        text(&out).contains("redis.shards = `four`: use a whole number from 1 to 1000"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// Splits a README command line into arguments: words, and "double-quoted" phrases.
+fn words_of(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut word = String::new();
+    let mut quoted = false;
+    let mut any = false;
+    for c in line.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                any = true;
+            }
+            ' ' if !quoted => {
+                if any {
+                    out.push(std::mem::take(&mut word));
+                    any = false;
+                }
+            }
+            c => {
+                word.push(c);
+                any = true;
+            }
+        }
+    }
+    if any {
+        out.push(word);
+    }
+    out
+}
+
+/// The README's "Using it", as written, with the sample data in `deploy/examples/`: every
+/// command below is in the README word for word (`run_01J…` stands for the run), and does what
+/// the README says, run as a new technician would (a server-side first admin, then tokens).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_s_walkthrough_works_with_the_sample_data() -> Result<()> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))?;
+    let using = readme
+        .split("## Using it")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .context("the README has a `Using it` section")?
+        .to_owned();
+    let env = Env::start(Persistence::None).await?;
+    // A namespace of its own: the harness's sample companies are not the README's.
+    let namespace = format!("{}readme", env.namespace);
+    let dir = tempfile::tempdir()?;
+    let port = dead_port();
+    let api = format!("http://127.0.0.1:{port}");
+    let server_env = [
+        ("STEWARD_REDIS__URL", env.redis.url()),
+        ("STEWARD_REDIS__NAMESPACE", namespace),
+    ];
+    // `steward worker &` and `steward serve --listen 127.0.0.1:8080 &`, on a free port.
+    for line in [
+        "steward worker &",
+        "steward serve --listen 127.0.0.1:8080 &",
+    ] {
+        assert!(using.contains(line), "the README no longer says `{line}`");
+    }
+    let mut procs = Vec::new();
+    for (name, args) in [
+        ("worker", vec!["worker".to_owned()]),
+        (
+            "serve",
+            vec![
+                "serve".to_owned(),
+                "--listen".to_owned(),
+                format!("127.0.0.1:{port}"),
+            ],
+        ),
+    ] {
+        let log = std::fs::File::create(dir.path().join(format!("{name}.log")))?;
+        let child = Command::new(BIN)
+            .args(&args)
+            .envs(server_env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        procs.push(KillOnDrop(child));
+    }
+    let http = reqwest::Client::new();
+    steward_tests::wait_for("the API", std::time::Duration::from_secs(30), || {
+        let (http, url) = (http.clone(), format!("{api}/readyz"));
+        async move {
+            Ok(http
+                .get(url)
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+                .map(|_| ()))
+        }
+    })
+    .await?;
+
+    // Runs `line` (as the README writes it; `run_01J…` replaced by `run`) with `token`.
+    let sh = |line: &str, token: Option<&str>, run: &str| -> Output {
+        assert!(using.contains(line), "the README no longer says `{line}`");
+        let line = line.replace("run_01J…", run);
+        let mut c = Command::new(BIN);
+        c.args(&words_of(&line)[1..])
+            .envs(server_env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("STEWARD_API_URL", &api)
+            .env_remove("STEWARD_TOKEN");
+        if let Some(t) = token {
+            c.env("STEWARD_TOKEN", t);
+        }
+        c.output().expect("steward runs")
+    };
+    let token_in = |out: &Output| -> String {
+        let t = text(out);
+        assert!(out.status.success(), "{t}");
+        t.lines()
+            .find(|l| l.starts_with("stw_"))
+            .unwrap_or_else(|| panic!("no token in {t}"))
+            .trim()
+            .to_owned()
+    };
+    let lead = token_in(&sh(
+        "steward technicians add --admin --email lead@msp.example --name \"Team lead\" --token-name laptop",
+        None,
+        "",
+    ));
+    let ok = |line: &str, token: &str, run: &str| -> String {
+        let out = sh(line, Some(token), run);
+        let t = text(&out);
+        assert!(out.status.success(), "`{line}`: {t}");
+        t
+    };
+    let t = ok(
+        "steward companies import deploy/examples/companies.csv",
+        &lead,
+        "",
+    );
+    assert!(t.contains("2 created, 0 updated, 0 unchanged"), "{t}");
+    ok(
+        "steward companies add deploy/examples/fabrikam.json",
+        &lead,
+        "",
+    );
+    let t = ok("steward companies list", &lead, "");
+    for company in ["contoso", "northwind", "fabrikam"] {
+        assert!(t.contains(company), "{t}");
+    }
+    let tech = token_in(&sh(
+        "steward technicians add --email tech@msp.example --name Tech --companies contoso,fabrikam --token-name cli",
+        Some(&lead),
+        "",
+    ));
+    let out = sh(
+        "steward run demo --company contoso --input user=jane.doe --wait",
+        Some(&tech),
+        "",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = sh(
+        "steward run demo --company fabrikam --input user=ann.lee --wait",
+        Some(&tech),
+        "",
+    );
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{t}");
+    let run = run_of(&t);
+    assert!(ok("steward runs --company fabrikam", &tech, "").contains(&run));
+    let t = ok("steward status run_01J…", &tech, &run);
+    assert!(t.contains("what you can do now:"), "{t}");
+    let t = ok("steward approvals", &lead, "");
+    assert!(t.contains(&format!("{run}/policy_approval")), "{t}");
+    ok(
+        "steward approve run_01J…/policy_approval --comment \"start date confirmed\"",
+        &lead,
+        &run,
+    );
+    steward_tests::wait_for(
+        "the approved run to complete",
+        std::time::Duration::from_secs(30),
+        || async {
+            let t = ok("steward status run_01J…", &lead, &run);
+            Ok((t.contains("status:  completed")
+                && t.contains("approved at gate `policy_approval` by lead@msp.example (via api) \u{2014} \u{201c}start date confirmed\u{201d}"))
+            .then_some(()))
+        },
+    )
+    .await?;
+    drop(procs);
+    Ok(())
+}
+
+/// A child process killed when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -32,7 +32,8 @@ pub struct RedisConfig {
     /// The prefix of every key, so several installations can share a server.
     pub namespace: String,
     /// How many shards runs are spread over (each has its own step stream and timer index).
-    /// Fixed for an installation: every process must use the same number.
+    /// Fixed for an installation: every process must use the same number. 1 to 1000.
+    #[serde(deserialize_with = "shards")]
     pub shards: u16,
     /// How long a request may take before it counts as failed.
     pub response_timeout: Dur,
@@ -78,6 +79,32 @@ pub fn redacted_url(url: &str) -> String {
             _ => url.to_owned(),
         },
     }
+}
+
+/// Reads `redis.shards` with the rule `--shards` uses ([`crate::keys::check_shards`]), so an
+/// out-of-range count is refused with the same words wherever it is written.
+fn shards<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+    struct Shards;
+    impl serde::de::Visitor<'_> for Shards {
+        type Value = u16;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "a shard count from 1 to {}", crate::keys::MAX_SHARDS)
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<u16, E> {
+            crate::keys::check_shards(n).map_err(E::custom)
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<u16, E> {
+            crate::keys::check_shards(i64::try_from(n).unwrap_or(i64::MAX)).map_err(E::custom)
+        }
+
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<u16, E> {
+            crate::keys::parse_shards(text).map_err(E::custom)
+        }
+    }
+    d.deserialize_any(Shards)
 }
 
 impl Default for RedisConfig {

@@ -32,6 +32,27 @@ fn manager_config(response_timeout: Option<Duration>) -> ConnectionManagerConfig
         .set_max_delay(Duration::from_millis(500))
 }
 
+/// Why a connection to Redis failed, said once (the innermost cause, not each layer's wrapping
+/// of it), and in words when the server at the URL is not a Redis server at all (it answered
+/// something that is not the Redis protocol, e.g. an HTTP server).
+pub fn connect_failure(e: &redis::RedisError) -> String {
+    match e.kind() {
+        redis::ErrorKind::Parse | redis::ErrorKind::UnexpectedReturnType => {
+            "that is not a Redis server (it did not answer in the Redis protocol); check the URL (redis.url, STEWARD_REDIS__URL or --redis)".to_owned()
+        }
+        redis::ErrorKind::AuthenticationFailed => {
+            "Redis refused the credentials; check the user and password in the URL".to_owned()
+        }
+        _ => {
+            let mut inner: &dyn std::error::Error = e;
+            while let Some(next) = inner.source() {
+                inner = next;
+            }
+            inner.to_string()
+        }
+    }
+}
+
 impl Db {
     /// Connects. `response_timeout` bounds every request (blocking reads use their own
     /// connection, see [`Db::blocking`]).

@@ -25,8 +25,31 @@ pub enum KeysError {
     )]
     Namespace(String),
     /// The shard count is out of range.
-    #[error("redis shards = {0}: use 1 to 1000")]
-    Shards(u16),
+    #[error("redis.shards = {0}: use 1 to {MAX_SHARDS}")]
+    Shards(i64),
+    /// The shard count is not a whole number.
+    #[error("redis.shards = `{0}`: use a whole number from 1 to {MAX_SHARDS}")]
+    ShardsText(String),
+}
+
+/// The most shards an installation may spread runs over.
+pub const MAX_SHARDS: u16 = 1000;
+
+/// Checks a shard count: the one rule the config file, `STEWARD_REDIS__SHARDS` and `--shards`
+/// share, so they agree on the limits and say the same thing.
+pub fn check_shards(n: i64) -> Result<u16, KeysError> {
+    u16::try_from(n)
+        .ok()
+        .filter(|s| (1..=MAX_SHARDS).contains(s))
+        .ok_or(KeysError::Shards(n))
+}
+
+/// A shard count written as text (a flag, an environment variable).
+pub fn parse_shards(text: &str) -> Result<u16, KeysError> {
+    match text.trim().parse::<i64>() {
+        Ok(n) => check_shards(n),
+        Err(_) => Err(KeysError::ShardsText(text.chars().take(40).collect())),
+    }
 }
 
 impl Keys {
@@ -40,9 +63,7 @@ impl Keys {
         if !ok {
             return Err(KeysError::Namespace(namespace.to_owned()));
         }
-        if shards == 0 || shards > 1000 {
-            return Err(KeysError::Shards(shards));
-        }
+        check_shards(i64::from(shards))?;
         Ok(Self {
             ns: namespace.to_owned(),
             shards,

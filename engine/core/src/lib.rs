@@ -4,6 +4,7 @@
 //! reqwest, axum or apalis.
 #![warn(missing_docs)]
 
+pub mod actions;
 pub mod company;
 pub mod expr;
 pub mod history;
@@ -15,6 +16,7 @@ pub mod policy;
 pub mod retry;
 pub mod routing;
 pub mod text;
+pub mod words;
 
 pub use machine::{Cx, Transition, TransitionError, initial_state, may_decide, transition};
 pub use plan::{Catalog, Plan, PlanStep, Problem, ValidationError};

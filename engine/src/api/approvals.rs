@@ -254,7 +254,13 @@ pub(super) struct GatePath {
 
 /// May the caller see this gate: an approver of it, or someone with the company.
 fn may_view(caller: &Caller, doc: &RunDoc, view: &GateView) -> ApiResult<()> {
-    if view.approvers.contains(&caller.tech.email) || caller.may_access(&doc.ctx.company) {
+    may_see(caller, doc, &view.approvers)
+}
+
+/// An approver of the gate, or someone who may act on the run's company; anyone else learns
+/// nothing about the gate (not even who its approvers are).
+fn may_see(caller: &Caller, doc: &RunDoc, approvers: &[String]) -> ApiResult<()> {
+    if approvers.contains(&caller.tech.email) || caller.may_access(&doc.ctx.company) {
         Ok(())
     } else {
         Err(ApiError::forbidden(format!(
@@ -410,6 +416,11 @@ pub(super) async fn decide(
     ApiJson(b): ApiJson<DecisionBody>,
 ) -> ApiResult<axum::Json<DecisionResult>> {
     let (snap, plan) = load_run(&state, p.run).await?;
+    let approvers = match snap.doc.state.steps.get(&p.step).map(|r| &r.state) {
+        Some(StepState::AwaitingApproval { approvers, .. }) => approvers.clone(),
+        _ => Vec::new(),
+    };
+    may_see(&caller, &snap.doc, &approvers)?;
     let doc = decide_as(
         &state,
         snap,

@@ -4,6 +4,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use steward_core::Plan;
+use steward_core::actions::{self, Action};
+use steward_core::words;
 use steward_schemas::{
     CompanyId, Event, HistoryEntry, RunDoc, RunId, RunStatus, StepId, TicketRef, Timestamp,
 };
@@ -35,7 +37,7 @@ pub struct StartRunRequest {
 }
 
 /// A run, in a line.
-#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct RunSummary {
     /// The run.
     pub run: RunId,
@@ -49,6 +51,9 @@ pub struct RunSummary {
     pub status: String,
     /// The status, in full.
     pub status_detail: RunStatus,
+    /// The status in a sentence (`rolled back: rejected by lead@msp.example at gate
+    /// `approval` — “wrong department”`).
+    pub status_text: String,
     /// Who asked for it.
     pub requested_by: String,
     /// The ticket.
@@ -69,6 +74,7 @@ impl RunSummary {
             company: doc.ctx.company.clone(),
             status: doc.state.status.name().to_owned(),
             status_detail: doc.state.status.clone(),
+            status_text: words::status(&doc.state.status),
             requested_by: doc.ctx.requested_by.clone(),
             ticket: doc.ctx.ticket.clone(),
             created_at: doc.ctx.created_at,
@@ -77,10 +83,11 @@ impl RunSummary {
     }
 }
 
-/// A run in full: the document (secrets hidden), the plan, and the history.
-#[derive(Debug, Serialize, JsonSchema)]
+/// A run in full: the document (secrets hidden), the plan, each step's state and the history,
+/// in words too, and what a technician can do now.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct RunView {
-    /// The run in a line.
+    /// The run in a line (its `status_text` with the cancel reason, when it was cancelled).
     pub summary: RunSummary,
     /// The document's version.
     pub version: u64,
@@ -88,12 +95,138 @@ pub struct RunView {
     pub run: RunDoc,
     /// The steps in dependency order.
     pub plan: Vec<PlanStepView>,
+    /// Each step's state, in plan order.
+    pub steps: Vec<StepView>,
     /// Every committed transition, oldest first.
-    pub history: Vec<HistoryEntry>,
+    pub history: Vec<HistoryView>,
+    /// What a technician can do now: only requests the run's state machine would accept (an
+    /// ended run has none).
+    pub actions: Vec<ActionView>,
+}
+
+/// Where one step of a run is.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct StepView {
+    /// The step.
+    pub step: StepId,
+    /// Its op (`gate` for approval gates).
+    pub op: String,
+    /// Its state's name (`queued`, `failed`, …).
+    pub state: String,
+    /// Its state in a sentence.
+    pub text: String,
+    /// Its undo's state's name, once the run rolls back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undo: Option<String>,
+    /// Its undo's state in a sentence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undo_text: Option<String>,
+}
+
+/// One entry of a run's history, with a sentence.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct HistoryView {
+    /// The entry.
+    #[serde(flatten)]
+    pub entry: HistoryEntry,
+    /// What happened, in a sentence.
+    pub text: String,
+}
+
+/// A request a technician can make now.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct ActionView {
+    /// `resume`, `pause`, `cancel`, `cancel_and_roll_back`, `retry_step`, `skip_step` or
+    /// `decide` (approve or reject a gate).
+    pub action: String,
+    /// The step it is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<StepId>,
+    /// Who may decide, for `decide`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvers: Vec<String>,
+    /// What it does, in a sentence.
+    pub text: String,
+}
+
+impl ActionView {
+    fn of(a: &Action) -> Self {
+        Self {
+            action: a.name().to_owned(),
+            step: a.step().cloned(),
+            approvers: match a {
+                Action::Decide { approvers, .. } => approvers.clone(),
+                Action::Cancel
+                | Action::CancelAndRollBack
+                | Action::Pause
+                | Action::Resume
+                | Action::RetryStep(_)
+                | Action::SkipStep(_) => Vec::new(),
+            },
+            text: a.text(),
+        }
+    }
+}
+
+impl RunView {
+    /// The view of a run: its snapshot, its plan and its history.
+    pub fn of(snap: &RunSnapshot, plan: &Plan, history: Vec<HistoryEntry>) -> Self {
+        let doc = &snap.doc;
+        let mut summary = RunSummary::of(doc);
+        summary.status_text = words::run_status(&doc.state.status, &history);
+        let steps = plan
+            .steps()
+            .iter()
+            .filter_map(|s| {
+                let rec = doc.state.steps.get(&s.id)?;
+                Some(StepView {
+                    step: s.id.clone(),
+                    op: s.op.clone(),
+                    state: rec.state.name().to_owned(),
+                    text: words::step_state(&rec.state),
+                    undo: rec.undo.as_ref().map(|u| u.name().to_owned()),
+                    undo_text: rec.undo.as_ref().map(words::undo_state),
+                })
+            })
+            .collect();
+        Self {
+            summary,
+            version: snap.version,
+            run: redacted(doc, plan),
+            plan: plan_view(plan),
+            steps,
+            actions: actions::available(plan, &doc.ctx, &doc.state)
+                .iter()
+                .map(ActionView::of)
+                .collect(),
+            history: history
+                .into_iter()
+                .map(|entry| HistoryView {
+                    text: words::entry(&entry),
+                    entry,
+                })
+                .collect(),
+        }
+    }
+
+    /// Loads a run's view from the store (for in-process callers: the demo); `None` if there is
+    /// no such run. Callers of the API get it through `GET /v1/runs/{run}`, which checks the
+    /// caller's companies first.
+    pub async fn load(
+        store: &crate::store::Store,
+        run: RunId,
+    ) -> crate::store::Result<Option<Self>> {
+        let Some(snap) = store.load(run).await? else {
+            return Ok(None);
+        };
+        let plan = store.plan(&snap.doc.ctx.workflow.hash).await?;
+        let history = store.history(run).await?;
+        Ok(Some(Self::of(&snap, &plan, history)))
+    }
 }
 
 /// One step of a run's plan.
-#[derive(Debug, Serialize, JsonSchema)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct PlanStepView {
     /// The step.
     pub step: StepId,
@@ -487,13 +620,7 @@ pub(super) async fn get(
 ) -> ApiResult<axum::Json<RunView>> {
     let (snap, plan) = load(&state, p.run, &caller).await?;
     let history = state.store.history(p.run).await?;
-    Ok(axum::Json(RunView {
-        summary: RunSummary::of(&snap.doc),
-        version: snap.version,
-        run: redacted(&snap.doc, &plan),
-        plan: plan_view(&plan),
-        history,
-    }))
+    Ok(axum::Json(RunView::of(&snap, &plan, history)))
 }
 
 /// A technician's reason, optional.
@@ -674,12 +801,15 @@ pub(super) async fn skip_step(
 }
 
 /// Which workflows a server offers.
-#[derive(Debug, Serialize, JsonSchema)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct WorkflowInfo {
     /// The name to start it by.
     pub name: String,
     /// Its version.
     pub version: u32,
+    /// The SHA-256 of its definition (as runs pin it): a client can tell whether its copy of
+    /// the file is the one the server runs.
+    pub hash: String,
     /// What it does.
     pub description: String,
     /// Its inputs.
@@ -700,6 +830,7 @@ pub(super) async fn workflows(
             .map(|p| WorkflowInfo {
                 name: p.def().name.clone(),
                 version: p.def().version,
+                hash: p.hash().to_owned(),
                 description: p.def().description.clone(),
                 inputs: p.def().inputs.clone(),
                 steps: plan_view(p),

@@ -26,7 +26,7 @@ use steward_workers::testing::ledger_keys;
 use steward_workers::{Registry, Services};
 use tokio::sync::watch;
 
-const DEMO: &str = include_str!("../workflows/demo.yaml");
+const DEMO: &str = include_str!("../../workflows/demo.yaml");
 
 pub(crate) async fn run() -> Result<ExitCode> {
     println!("Starting a private Redis (AOF, appendfsync everysec)…");
@@ -148,8 +148,10 @@ pub(crate) async fn run() -> Result<ExitCode> {
 }
 
 async fn show(store: &Store, run: RunId) -> Result<()> {
-    crate::print::run(store, run, false).await?;
-    Ok(())
+    let view = steward_engine::api::runs::RunView::load(store, run)
+        .await?
+        .context("run vanished")?;
+    crate::print::run(&view, false)
 }
 
 /// The third run: a company whose policy wants an approver's yes before user changes; the

@@ -1,0 +1,106 @@
+//! `steward serve`: the HTTP API and the scheduler (durable timers).
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::Args;
+use steward_engine::config::Config;
+use steward_engine::planner::Workflows;
+use steward_engine::scheduler::{self, SchedulerConfig};
+use steward_workers::Registry;
+
+use super::{connect, shutdown_signal};
+
+#[derive(Args, Debug)]
+pub(crate) struct ServeArgs {
+    /// Where the HTTP API listens (http.listen).
+    #[arg(long)]
+    listen: Option<String>,
+    /// The folder of workflow files the API offers (http.workflows).
+    #[arg(long)]
+    workflows: Option<String>,
+    /// How long the scheduler waits between looks for due timers when none were due, e.g.
+    /// `100ms` (scheduler.tick).
+    #[arg(long)]
+    tick: Option<steward_schemas::Dur>,
+}
+
+/// Approval links start with `http.public-url`, or else with the listen address: refuses a
+/// listen address on every interface (0.0.0.0, ::) without a public URL, which would make links
+/// that lead nowhere.
+fn check_public_url(config: &Config) -> Result<()> {
+    if config.http.public_url.is_none()
+        && let Ok(addr) = config.http.listen.parse::<std::net::SocketAddr>()
+        && addr.ip().is_unspecified()
+    {
+        bail!(
+            "http.public-url is not set and the API listens on {addr} (every interface), so approval links would start with http://{addr}; set http.public-url to the URL technicians reach the API at (STEWARD_HTTP__PUBLIC_URL=https://steward.msp.example, or public-url under [http] in the config file)"
+        );
+    }
+    Ok(())
+}
+
+pub(crate) fn scheduler_config(config: &Config) -> SchedulerConfig {
+    SchedulerConfig {
+        tick: config.scheduler.tick.get(),
+        batch: config.scheduler.batch,
+        concurrency: 64,
+    }
+}
+
+pub(crate) async fn run(mut config: Config, args: ServeArgs) -> Result<ExitCode> {
+    if let Some(t) = args.tick {
+        config.scheduler.tick = t;
+    }
+    if let Some(l) = args.listen {
+        config.http.listen = l;
+    }
+    if let Some(w) = args.workflows {
+        config.http.workflows = w;
+    }
+    config.validate()?;
+    check_public_url(&config)?;
+    let store = connect(&config).await?;
+    let registry = Arc::new(Registry::builtin());
+    let workflows = Workflows::load_dir(Path::new(&config.http.workflows), &registry)?;
+    let listener = tokio::net::TcpListener::bind(&config.http.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.http.listen))?;
+    let addr = listener.local_addr()?;
+    let public_url = config
+        .http
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    let state = steward_engine::api::state(
+        store.clone(),
+        registry,
+        workflows,
+        config.http.link_key.as_ref().map(|k| k.0.as_str()),
+        public_url,
+    )
+    .await
+    .map_err(|e| anyhow!(e))?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let sched = tokio::spawn(scheduler::run(
+        store,
+        scheduler_config(&config),
+        stopped(stop_rx.clone()),
+    ));
+    tracing::info!(%addr, "API and scheduler starting");
+    println!("steward serve: API on http://{addr}, scheduler running");
+    let app = steward_engine::api::app(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        })
+        .await?;
+    let _ = sched.await;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,81 @@
+//! `steward worker`: a queue worker running steps (and, with `--with-scheduler`, the timers).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Result, anyhow};
+use clap::Args;
+use steward_engine::companies::Companies;
+use steward_engine::config::Config;
+use steward_engine::queue::QueueConfig;
+use steward_engine::scheduler;
+use steward_engine::worker::{self, Runtime};
+use steward_workers::{Registry, Services};
+
+use super::{connect, serve::scheduler_config, shutdown_signal};
+
+#[derive(Args, Debug)]
+pub(crate) struct WorkerArgs {
+    /// Steps run at once.
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Take over a dead worker's job after this long, e.g. `30s`.
+    #[arg(long)]
+    claim_idle: Option<steward_schemas::Dur>,
+    /// Deliveries without an outcome after which a job is parked.
+    #[arg(long)]
+    max_deliveries: Option<u32>,
+    /// Also run the scheduler in this process.
+    #[arg(long)]
+    with_scheduler: bool,
+}
+
+fn queue_config(config: &Config) -> QueueConfig {
+    QueueConfig {
+        consumer: worker::consumer_name(),
+        concurrency: config.worker.concurrency,
+        block: config.worker.block.get(),
+        claim_idle: config.worker.claim_idle.get(),
+        max_deliveries: u64::from(config.worker.max_deliveries),
+    }
+}
+
+pub(crate) async fn run(mut config: Config, args: WorkerArgs) -> Result<ExitCode> {
+    if let Some(c) = args.concurrency {
+        config.worker.concurrency = c;
+    }
+    if let Some(d) = args.claim_idle {
+        config.worker.claim_idle = d;
+    }
+    if let Some(m) = args.max_deliveries {
+        config.worker.max_deliveries = m;
+    }
+    config.validate()?;
+    let store = connect(&config).await?;
+    let services = Services {
+        redis: Some(store.db().manager()),
+        namespace: config.redis.namespace.clone(),
+    };
+    let runtime = Arc::new(Runtime {
+        store: store.clone(),
+        companies: Companies::for_store(&store),
+        registry: Registry::builtin(),
+        services,
+    });
+    let queue = queue_config(&config);
+    tracing::info!(consumer = %queue.consumer, "worker starting");
+    let sched = args.with_scheduler.then(|| {
+        tokio::spawn(scheduler::run(
+            store.clone(),
+            scheduler_config(&config),
+            shutdown_signal(),
+        ))
+    });
+    worker::run(runtime, queue, shutdown_signal())
+        .await
+        .map_err(|e| anyhow!("worker stopped: {e}"))?;
+    if let Some(s) = sched {
+        let _ = s.await;
+    }
+    Ok(ExitCode::SUCCESS)
+}
