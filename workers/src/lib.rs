@@ -6,6 +6,7 @@
 //! ("ensure member of group"), keyed by [`OpContext::idempotency_key`].
 
 pub mod catalog;
+pub mod m365;
 pub mod op;
 pub mod registry;
 pub mod testing;
