@@ -2,6 +2,9 @@
 //! the sandbox's admin routes (faults, ledger, clock, token counters).
 #![allow(dead_code, unreachable_pub)]
 
+pub mod csdl;
+pub mod proxy;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -103,6 +106,25 @@ pub fn m365_with(
         config,
         Arc::new(creds.clone()),
         Arc::new(MemorySink::new()),
+        shared,
+        Arc::new(Plain),
+    )
+    .expect("clients build")
+}
+
+/// Connectors at `base_url` (the sandbox or a proxy in front of it) handing secrets to `sink`.
+pub fn m365_at(
+    base_url: &str,
+    creds: &MemoryCredentials,
+    shared: Option<SharedCache>,
+    sink: &MemorySink,
+) -> M365 {
+    let mut config = Config::sandbox(base_url).expect("sandbox URL");
+    config.request_timeout = Duration::from_secs(20);
+    M365::new(
+        config,
+        Arc::new(creds.clone()),
+        Arc::new(sink.clone()),
         shared,
         Arc::new(Plain),
     )

@@ -66,6 +66,12 @@ impl MemorySink {
         m.get(key).map(|(label, s, _)| (label.clone(), s.clone()))
     }
 
+    /// The keys secrets are kept under.
+    pub fn keys(&self) -> Vec<String> {
+        let m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        m.keys().cloned().collect()
+    }
+
     /// How many secrets are kept.
     pub fn len(&self) -> usize {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).len()

@@ -34,6 +34,28 @@ impl PriorStore {
         }
     }
 
+    /// What is recorded under `key`, if anything.
+    pub async fn get(&self, key: &str) -> Result<Option<Value>, Error> {
+        match &self.shared {
+            None => Ok(self
+                .local
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(key)
+                .cloned()),
+            Some(shared) => {
+                let k = format!("{}:m365:prior:{key}", shared.namespace);
+                let mut conn = shared.redis.clone();
+                let stored: Option<String> = redis::cmd("GET")
+                    .arg(&k)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| Error::Redis(e.to_string()))?;
+                Ok(stored.and_then(|s| serde_json::from_str(&s).ok()))
+            }
+        }
+    }
+
     /// Records `observed` under `key` unless something is recorded there already; returns what
     /// is recorded (the first observation).
     pub async fn first(&self, key: &str, observed: Value) -> Result<Value, Error> {
