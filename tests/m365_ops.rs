@@ -522,6 +522,25 @@ async fn security_and_device_ops_round_trip() -> Result<()> {
         ),
         other => bail!("{other:?}"),
     }
+    let (out, rb) = w
+        .round_trip(
+            "contoso",
+            "role",
+            "role.assign",
+            json!({"user": "adele.vance@contoso.com", "role": "User Administrator"}),
+            1,
+        )
+        .await?;
+    assert_eq!(out["role"], "User Administrator");
+    assert_eq!(inverse_of(&rb).0, "role.remove");
+    w.round_trip(
+        "contoso",
+        "unrole",
+        "role.remove",
+        json!({"user": "megan.bowen@contoso.com", "role": "User Administrator"}),
+        1,
+    )
+    .await?;
     let (devices, _) = w
         .ok(
             "device.list",

@@ -175,6 +175,9 @@ impl Csdl {
                 }
                 Ok(())
             }
+            ("POST", ["roleManagement", "directory", "roleAssignments"]) => {
+                self.check_object(&what, &self.props("unifiedRoleAssignment")?, body)
+            }
             ("POST", ["users"]) | ("PATCH", ["users", _]) => {
                 self.check_object(&what, &self.props("user")?, body)
             }

@@ -23,6 +23,7 @@ mod devices;
 mod groups;
 mod licences;
 mod mailbox;
+mod roles;
 mod security;
 mod users;
 
@@ -199,6 +200,7 @@ fn all() -> Vec<(&'static OpSpec, Body)> {
     security::ops(&mut v);
     mailbox::ops(&mut v);
     devices::ops(&mut v);
+    roles::ops(&mut v);
     v
 }
 
