@@ -8,7 +8,7 @@ mod m365_support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use reqwest::Method;
 use serde_json::{Value, json};
 use steward_workers::m365::credentials::RefreshReport;
@@ -48,6 +48,7 @@ async fn fifty_concurrent_steps_of_one_tenant_make_one_token_request() -> Result
     for t in tasks {
         values.push(t.await??);
     }
+    values.sort();
     values.dedup();
     assert_eq!(values.len(), 1, "every step got the same token");
     let requests = matched(&sb, &counter).await?;
@@ -554,22 +555,35 @@ async fn a_throttled_tenant_slows_itself_not_the_fleet() -> Result<()> {
     )
     .await?;
 
-    let baseline = fleet_run(&sb, &creds, false, false).await?;
-    let with_gate = fleet_run(&sb, &creds, true, false).await?;
-    let inline = fleet_run(&sb, &creds, true, true).await?;
+    let far = Duration::from_secs(120);
+    // The first run warms connections and caches; the figure is the second.
+    fleet_run(&sb, &creds, false, false, far).await?;
+    let baseline = fleet_run(&sb, &creds, false, false, far)
+        .await?
+        .context("the nine did not finish alone")?;
+    let with_gate = fleet_run(&sb, &creds, true, false, far)
+        .await?
+        .context("the nine did not finish beside the throttled tenant")?;
+    // Waiting inline is given three times as long as the gate needed; it is not expected to
+    // finish in that time (this is what the gate avoids, and shows the figure can fail).
+    let limit = with_gate * 3;
+    let inline = fleet_run(&sb, &creds, true, true, limit).await?;
     println!(
-        "nine tenants x 100 calls, 16 places: alone {:.2} s; with a tenant answering 429 to everything: {:.2} s (per-tenant gate), {:.2} s (waiting inline instead)",
+        "nine tenants x 100 calls, 16 places: alone {:.2} s; with a tenant answering 429 to everything: {:.2} s (per-tenant gate), {} (waiting inline instead)",
         baseline.as_secs_f64(),
         with_gate.as_secs_f64(),
-        inline.as_secs_f64()
+        inline.map_or(
+            format!("more than {:.2} s", limit.as_secs_f64()),
+            |d| format!("{:.2} s", d.as_secs_f64())
+        )
     );
     assert!(
-        with_gate <= baseline * 2 + Duration::from_millis(500),
+        with_gate <= baseline * 2 + Duration::from_secs(1),
         "the nine took {with_gate:?} beside the throttled tenant, {baseline:?} alone"
     );
-    assert!(
-        inline > with_gate * 2,
-        "waiting inline ({inline:?}) should hold the fleet back compared with the gate ({with_gate:?})"
+    assert_eq!(
+        inline, None,
+        "waiting inline should hold the fleet back compared with the gate ({with_gate:?})"
     );
     Ok(())
 }
@@ -577,14 +591,15 @@ async fn a_throttled_tenant_slows_itself_not_the_fleet() -> Result<()> {
 /// Runs nine tenants' 100 calls each (and, with `throttled`, tenant t0's 100 calls, all
 /// answered 429) over 16 places; a retryable failure goes back on the queue once, after its
 /// wait (the engine's timer). With `inline`, requests wait for their tenant's closed gate while
-/// holding their place (what a client without per-tenant gates does). Returns when the nine are
-/// done.
+/// holding their place (what a client without per-tenant gates does). Returns how long the nine
+/// took, or `None` when they were not done within `deadline`.
 async fn fleet_run(
     sb: &steward_sandbox::RunningSandbox,
     creds: &steward_workers::m365::MemoryCredentials,
     throttled: bool,
     inline: bool,
-) -> Result<Duration> {
+    deadline: Duration,
+) -> Result<Option<Duration>> {
     use tokio::sync::mpsc;
     let m = m365_with(sb, creds, None, |c| {
         if inline {
@@ -646,10 +661,12 @@ async fn fleet_run(
             }
         }));
     }
-    tokio::time::timeout(Duration::from_secs(120), done.notified()).await?;
+    let finished = tokio::time::timeout(deadline, done.notified())
+        .await
+        .is_ok();
     let elapsed = start.elapsed();
     for p in places {
         p.abort();
     }
-    Ok(elapsed)
+    Ok(finished.then_some(elapsed))
 }
