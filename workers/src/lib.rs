@@ -7,6 +7,7 @@
 
 pub mod catalog;
 pub mod diagnosis;
+pub mod m365;
 pub mod op;
 pub mod powershell;
 pub mod registry;

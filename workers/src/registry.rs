@@ -31,14 +31,31 @@ impl Registry {
         Self::default()
     }
 
-    /// The catalog and every built-in implementation.
+    /// The catalog and every built-in implementation. The Microsoft 365 ops are registered
+    /// without connectors: listed as implemented, they fail with a clear message if run; a
+    /// worker that talks to Microsoft uses [`Registry::with_m365`].
     pub fn builtin() -> Self {
+        Self::build(None)
+    }
+
+    /// [`Registry::builtin`], with the Microsoft 365 ops connected through `m365`.
+    pub fn with_m365(m365: crate::m365::M365) -> Self {
+        Self::build(Some(m365))
+    }
+
+    fn build(m365: Option<crate::m365::M365>) -> Self {
         let mut r = Self::new();
         for spec in crate::catalog::CATALOG {
             r.catalog.insert(spec.name, spec);
         }
         crate::testing::register(&mut r);
+        crate::m365::ops::register(&mut r, m365);
         r
+    }
+
+    /// Whether this registry can run the op called `name` (not only validate it).
+    pub fn is_implemented(&self, name: &str) -> bool {
+        self.ops.contains_key(name)
     }
 
     /// Adds an implementation under the name its spec gives.

@@ -1,0 +1,206 @@
+//! Cloud ops through the engine: a real Redis, an in-process worker whose registry has the
+//! Microsoft 365 connectors, and the sandbox. An onboarding run completes; the same run with a
+//! failing last step rolls back every cloud change through the ops' inverses.
+
+mod m365_support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use serde_json::{Value, json};
+use steward_engine::embedded::Persistence;
+use steward_engine::queue::QueueConfig;
+use steward_engine::scheduler::{self, SchedulerConfig};
+use steward_engine::worker::{self, Runtime};
+use steward_schemas::{RunStatus, StepState};
+use steward_tests::Env;
+use steward_workers::m365::MemorySink;
+use steward_workers::{Registry, Services};
+use tokio::sync::watch;
+
+use m365_support::*;
+
+const T: Duration = Duration::from_secs(60);
+
+const ONBOARD: &str = r#"
+name: onboard_cloud
+inputs: {upn: {type: string}, fail: {type: boolean, default: false}}
+defaults: {on_failure: rollback, retry: {attempts: 3, initial: 50ms, max_delay: 200ms}}
+steps:
+  - {id: create, op: user.create, with: {user_principal_name: "${{ inputs.upn }}", display_name: "Engine Test", usage_location: GB}}
+  - {id: licence, op: license.assign, needs: [create], with: {user: "${{ steps.create.output.id }}", sku: SPB}}
+  - {id: team, op: group.add_member, needs: [create], with: {user: "${{ steps.create.output.id }}", group: "Retail Team"}}
+  - {id: manager, op: user.set_manager, needs: [create], with: {user: "${{ steps.create.output.id }}", manager: megan.bowen@contoso.com}}
+  - {id: check, op: fail, needs: [licence, team, manager], when: "${{ inputs.fail }}", with: {message: "HR cancelled the start"}}
+"#;
+
+struct Worker {
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+async fn start_worker(env: &Env, registry: Registry) -> Result<Worker> {
+    let store = env.store().await?;
+    let runtime = Arc::new(Runtime {
+        store: store.clone(),
+        companies: env.companies(),
+        registry,
+        services: Services {
+            redis: Some(store.db().manager()),
+            namespace: env.namespace.clone(),
+        },
+    });
+    let (stop, rx) = watch::channel(false);
+    let until = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let queue = QueueConfig {
+        consumer: worker::consumer_name(),
+        concurrency: 8,
+        block: Duration::from_millis(500),
+        claim_idle: Duration::from_secs(30),
+        max_deliveries: 5,
+    };
+    let config = SchedulerConfig {
+        tick: Duration::from_millis(20),
+        batch: 200,
+        concurrency: 16,
+    };
+    let tasks = vec![
+        tokio::spawn({
+            let rx = rx.clone();
+            async move {
+                if let Err(e) = worker::run(runtime, queue, until(rx)).await {
+                    eprintln!("the worker stopped: {e}");
+                }
+            }
+        }),
+        tokio::spawn(scheduler::run(store, config, until(rx))),
+    ];
+    Ok(Worker { stop, tasks })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_onboarding_run_completes_and_a_cancelled_one_rolls_back() -> Result<()> {
+    let env = Env::start(Persistence::None).await?;
+    let sb = sandbox().await?;
+    let creds = credentials();
+    let sink = MemorySink::new();
+    let shared = steward_workers::m365::SharedCache {
+        redis: env.store.db().manager(),
+        namespace: env.namespace.clone(),
+    };
+    let m = m365_at(&sb.base_url, &creds, Some(shared), &sink);
+    let registry = Registry::with_m365(m);
+    let plan = Arc::new(steward_core::Plan::load(
+        "onboard.yaml",
+        ONBOARD,
+        Some(&registry),
+    )?);
+    let _worker = start_worker(&env, registry).await?;
+
+    let run = env
+        .start_run(&plan, json!({"upn": "engine.one@contoso.com"}))
+        .await?;
+    let status = env.wait_end(run, T).await?;
+    assert!(
+        matches!(status, RunStatus::Completed { ref failed, .. } if failed.is_empty()),
+        "{status:?}"
+    );
+    let snap = env.store.load(run).await?.context("run")?;
+    let StepState::Succeeded { output, .. } = &snap.doc.state.steps["create"].state else {
+        panic!("create did not succeed");
+    };
+    let id = output["id"].as_str().context("id")?.to_owned();
+    assert_eq!(output["delivery"]["kind"], "one_time_secret");
+    let doc = serde_json::to_string(&snap.doc)?;
+    let (_, password) = sink
+        .read(&format!("{run}/create"))
+        .context("kept password")?;
+    assert!(
+        !doc.contains(password.expose()),
+        "the password reached the run document"
+    );
+    let world = admin(&sb, "GET", "/world/contoso", None).await?;
+    let user = find(&world, &id)?;
+    assert_eq!(user["licenses"].as_array().map(Vec::len), Some(1), "{user}");
+
+    // The same onboarding, cancelled by its last step: every cloud change is undone.
+    let run = env
+        .start_run(
+            &plan,
+            json!({"upn": "engine.two@contoso.com", "fail": true}),
+        )
+        .await?;
+    let status = env.wait_end(run, T).await?;
+    assert!(matches!(status, RunStatus::RolledBack { .. }), "{status:?}");
+    let snap = env.store.load(run).await?.context("run")?;
+    let StepState::Succeeded { output, .. } = &snap.doc.state.steps["create"].state else {
+        panic!("create did not succeed");
+    };
+    let id = output["id"].as_str().context("id")?.to_owned();
+    let ledger = admin(&sb, "GET", &format!("/ledger?run={run}"), None).await?;
+    let actions: Vec<(String, String)> = ledger["entries"]
+        .as_array()
+        .context("entries")?
+        .iter()
+        .map(|e| {
+            (
+                e["step"].as_str().unwrap_or("").to_owned(),
+                e["action"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    println!("ledger of the rolled-back run: {actions:?}");
+    assert_eq!(ledger["duplicates"], json!(0));
+    for step in ["create", "licence", "team", "manager"] {
+        assert!(
+            actions.iter().any(|(s, _)| s == step),
+            "{step} changed nothing: {actions:?}"
+        );
+        assert!(
+            actions.iter().any(|(s, _)| s == &format!("{step}/undo")),
+            "{step} was not undone: {actions:?}"
+        );
+    }
+    let world = admin(&sb, "GET", "/world/contoso", None).await?;
+    let user = find(&world, &id)?;
+    assert!(
+        !user["deleted_at"].is_null(),
+        "the rollback did not delete the user: {user}"
+    );
+    assert_eq!(
+        user["licenses"],
+        json!([]),
+        "the rollback did not free the seat: {user}"
+    );
+    assert!(user["manager"].is_null(), "{user}");
+    Ok(())
+}
+
+/// The user `id` in a company snapshot.
+fn find(world: &Value, id: &str) -> Result<Value> {
+    fn walk(v: &Value, id: &str) -> Option<Value> {
+        match v {
+            Value::Object(m) => {
+                if m.get("id").and_then(Value::as_str) == Some(id) && m.contains_key("licenses") {
+                    return Some(v.clone());
+                }
+                m.values().find_map(|x| walk(x, id))
+            }
+            Value::Array(a) => a.iter().find_map(|x| walk(x, id)),
+            _ => None,
+        }
+    }
+    walk(world, id).with_context(|| format!("no user {id} in the snapshot"))
+}
