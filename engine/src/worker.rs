@@ -275,6 +275,8 @@ fn open_gate(job: &steward_schemas::Job, company: Option<&CompanyRecord>) -> Eve
         seq: job.seq,
         approvers: resolve(&gate.approvers),
         escalation: gate.escalate_to.as_ref().map(resolve).unwrap_or_default(),
+        unavailable: Vec::new(),
+        admins: Vec::new(),
     }
 }
 

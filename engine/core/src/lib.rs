@@ -15,6 +15,8 @@ pub mod policy;
 pub mod retry;
 pub mod text;
 
-pub use machine::{Cx, Transition, TransitionError, initial_state, may_decide, transition};
+pub use machine::{
+    Cx, Transition, TransitionError, actions, initial_state, may_decide, transition,
+};
 pub use plan::{Catalog, Plan, PlanStep, Problem, ValidationError};
 pub use retry::RetryPolicy;
