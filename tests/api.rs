@@ -1232,3 +1232,187 @@ async fn a_concurrent_change_never_undoes_a_disable() -> Result<()> {
     );
     Ok(())
 }
+
+/// Holds (`on`) or releases the cause that makes the `undoable` workflow's undo of `second`
+/// fail.
+async fn hold_undo(api: &ApiEnv, on: bool) -> Result<()> {
+    let key = steward_workers::testing::ledger_blocks_key(&api.env.namespace);
+    let cmd = if on { "SADD" } else { "SREM" };
+    api.env
+        .store
+        .db()
+        .query::<i64>(redis::cmd(cmd).arg(key).arg("hold"))
+        .await?;
+    Ok(())
+}
+
+fn actions_of(view: &Value) -> Vec<String> {
+    view["actions"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|x| match x["step"].as_str() {
+                    Some(step) => format!("{} {step}", x["action"].as_str().unwrap_or("?")),
+                    None => x["action"].as_str().unwrap_or("?").to_owned(),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_rollback_is_finished_by_retrying_its_undo() -> Result<()> {
+    let api = ApiEnv::start(workflows()).await?;
+    hold_undo(&api, true).await?;
+    let run = start(&api, "tech", "undoable", json!({})).await?;
+    let ended = wait_status(&api, &run, "rollback_failed").await?;
+    assert_eq!(
+        ended["summary"]["status_detail"]["failed"],
+        json!(["second"])
+    );
+    assert_eq!(ended["summary"]["status_detail"]["left"], json!(["first"]));
+    // The fixes offered are the ones that can be carried out: no "retry this step".
+    assert_eq!(
+        actions_of(&ended),
+        ["retry_undo second", "resolve_undo second"]
+    );
+    let retry = |who: &'static str, step: &'static str| {
+        let path = format!("/v1/runs/{run}/steps/{step}/retry-undo");
+        let api = &api;
+        async move { api.post(who, &path, json!({})).await }
+    };
+    let (s, body) = api
+        .post(
+            "tech",
+            &format!("/v1/runs/{run}/steps/last/retry"),
+            json!({}),
+        )
+        .await?;
+    assert_eq!((s, code(&body)), (409, "conflict"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("retry-undo"),
+        "{body}"
+    );
+    let (s, body) = retry("outsider", "second").await?;
+    assert_eq!((s, code(&body)), (403, "forbidden"), "{body}");
+    let (s, body) = retry("tech", "first").await?;
+    assert_eq!((s, code(&body)), (409, "conflict"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("waits for the undo of `second`"),
+        "{body}"
+    );
+
+    // Retried while its cause is still there: it fails again, and the run ends the same way.
+    let before = status_of(&api, &run).await?;
+    let (s, body) = retry("tech", "second").await?;
+    assert_eq!(
+        (s, body["status"].as_str()),
+        (200, Some("rolling_back")),
+        "{body}"
+    );
+    wait_for("the retried undo to fail again", T, || async {
+        let view = status_of(&api, &run).await?;
+        Ok((view["summary"]["status"] == "rollback_failed"
+            && view["history"].as_array().map(Vec::len)
+                > before["history"].as_array().map(Vec::len).map(|n| n + 1))
+        .then_some(()))
+    })
+    .await?;
+
+    // The technician clears the cause and retries: both undos run, newest first.
+    hold_undo(&api, false).await?;
+    let (s, body) = retry("tech", "second").await?;
+    assert_eq!(s, 200, "{body}");
+    let done = wait_status(&api, &run, "rolled_back").await?;
+    assert!(actions_of(&done).is_empty(), "{done}");
+    let ledger = api.env.ledger().await?;
+    assert_eq!(ledger.undone.len(), 2, "{ledger:?}");
+    assert_eq!(ledger.in_place, 0, "{ledger:?}");
+    let retries: Vec<&Value> = done["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"]["type"] == "retry_undo_requested")
+        .collect();
+    assert_eq!(retries.len(), 2);
+    assert_eq!(retries[1]["event"]["by"], "tech@msp.example");
+    let (s, body) = retry("tech", "second").await?;
+    assert_eq!((s, code(&body)), (409, "conflict"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nothing is left to undo"),
+        "{body}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_undo_is_resolved_by_hand_with_a_comment() -> Result<()> {
+    let api = ApiEnv::start(workflows()).await?;
+    hold_undo(&api, true).await?;
+    let run = start(&api, "tech", "undoable", json!({})).await?;
+    wait_status(&api, &run, "rollback_failed").await?;
+    let path = format!("/v1/runs/{run}/steps/second/resolve-undo");
+    for (body, why) in [
+        (json!({}), "no comment"),
+        (json!({"comment": "   "}), "an empty comment"),
+        (json!({"comment": "x".repeat(2001)}), "a long comment"),
+    ] {
+        let (s, b) = api.post("tech", &path, body).await?;
+        assert_eq!(
+            (s, b["error"]["field"].as_str()),
+            (422, Some("comment")),
+            "{why}: {b}"
+        );
+    }
+    let (s, b) = api
+        .post("outsider", &path, json!({"comment": "done"}))
+        .await?;
+    assert_eq!(s, 403, "{b}");
+    let (s, b) = api
+        .post(
+            "alice",
+            &path,
+            json!({"comment": "removed entry `second` by hand in the ledger"}),
+        )
+        .await?;
+    assert_eq!(s, 200, "{b}");
+    // The undo behind it (of `first`) runs through the workers, and the run ends rolled back.
+    let done = wait_status(&api, &run, "rolled_back").await?;
+    assert_eq!(
+        done["summary"]["status_detail"]["resolved"],
+        json!(["second"])
+    );
+    let undo = &done["run"]["state"]["steps"]["second"]["undo"];
+    assert_eq!(undo["state"], "resolved");
+    assert_eq!(undo["by"], "alice@msp.example");
+    assert_eq!(undo["via"], "api");
+    assert_eq!(
+        undo["comment"],
+        "removed entry `second` by hand in the ledger"
+    );
+    assert!(undo["at"].is_string(), "{undo}");
+    let entry = done["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event"]["type"] == "undo_resolved")
+        .context("the resolution in the history")?;
+    assert_eq!(entry["event"]["by"], "alice@msp.example");
+    assert_eq!(entry["status"], "rolling_back");
+    let ledger = api.env.ledger().await?;
+    assert_eq!(
+        ledger.undone.len(),
+        1,
+        "only `first` was undone by Steward: {ledger:?}"
+    );
+    Ok(())
+}

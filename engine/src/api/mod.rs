@@ -208,6 +208,26 @@ fn routes() -> ApiRouter<ApiState> {
             post_with(runs::skip_step, op!("skip a step", "runs")),
         )
         .api_route(
+            "/v1/runs/{run}/steps/{step}/retry-undo",
+            post_with(
+                runs::retry_undo,
+                op!(
+                    "retry a step's failed undo (also after rollback_failed)",
+                    "runs"
+                ),
+            ),
+        )
+        .api_route(
+            "/v1/runs/{run}/steps/{step}/resolve-undo",
+            post_with(
+                runs::resolve_undo,
+                op!(
+                    "mark a step's failed undo done by hand, with a comment",
+                    "runs"
+                ),
+            ),
+        )
+        .api_route(
             "/v1/approvals",
             get_with(
                 approvals::inbox,

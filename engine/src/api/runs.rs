@@ -5,7 +5,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use steward_core::Plan;
 use steward_schemas::{
-    CompanyId, Event, HistoryEntry, RunDoc, RunId, RunStatus, StepId, TicketRef, Timestamp,
+    CompanyId, Event, HistoryEntry, RunAction, RunDoc, RunId, RunStatus, StepId, TicketRef,
+    Timestamp,
 };
 
 use super::error::{ApiError, ApiResult};
@@ -90,6 +91,9 @@ pub struct RunView {
     pub plan: Vec<PlanStepView>,
     /// Every committed transition, oldest first.
     pub history: Vec<HistoryEntry>,
+    /// What a technician can do to the run now (the state machine accepts each of these, and
+    /// refuses what is not listed): offer only these fixes.
+    pub actions: Vec<RunAction>,
 }
 
 /// One step of a run's plan.
@@ -487,12 +491,19 @@ pub(super) async fn get(
 ) -> ApiResult<axum::Json<RunView>> {
     let (snap, plan) = load(&state, p.run, &caller).await?;
     let history = state.store.history(p.run).await?;
+    let actions = steward_core::actions(
+        &plan,
+        &snap.doc.ctx,
+        &snap.doc.state,
+        state.store.clock().now(),
+    );
     Ok(axum::Json(RunView {
         summary: RunSummary::of(&snap.doc),
         version: snap.version,
         run: redacted(&snap.doc, &plan),
         plan: plan_view(&plan),
         history,
+        actions,
     }))
 }
 
@@ -668,6 +679,71 @@ pub(super) async fn skip_step(
             step: p.step,
             by,
             reason: b.reason,
+        },
+    )
+    .await
+}
+
+/// Tries a step's undo again: one that failed (its attempts start over; a run that ended
+/// `rollback_failed` rolls back again), or one waiting to retry (now).
+pub(super) async fn retry_undo(
+    state: axum::extract::State<ApiState>,
+    caller: Caller,
+    ApiPath(p): ApiPath<StepPath>,
+) -> ApiResult<axum::Json<RunSummary>> {
+    let by = caller.tech.email.clone();
+    apply_command(
+        &state,
+        &caller,
+        p.run,
+        Event::RetryUndoRequested { step: p.step, by },
+    )
+    .await
+}
+
+/// What a technician did by hand instead of a failed undo.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveUndoBody {
+    /// What was done by hand, in a sentence (required; recorded in the run's history with who
+    /// and when).
+    #[schemars(length(min = 1, max = 2000))]
+    pub comment: String,
+}
+
+/// Marks a step's failed undo as done by hand. The undos that waited for it run; the run ends
+/// `rolled_back` once no undo is left failed.
+pub(super) async fn resolve_undo(
+    state: axum::extract::State<ApiState>,
+    caller: Caller,
+    ApiPath(p): ApiPath<StepPath>,
+    ApiJson(b): ApiJson<ResolveUndoBody>,
+) -> ApiResult<axum::Json<RunSummary>> {
+    let comment = b.comment.trim().to_owned();
+    if comment.is_empty() {
+        return Err(ApiError::invalid(
+            "comment",
+            "empty",
+            "say what was done by hand to undo the step, e.g. \"removed the licence in the admin center\"",
+        ));
+    }
+    if comment.chars().count() > 2000 {
+        return Err(ApiError::invalid(
+            "comment",
+            "longer than 2000 characters",
+            "shorten it",
+        ));
+    }
+    let by = caller.tech.email.clone();
+    apply_command(
+        &state,
+        &caller,
+        p.run,
+        Event::UndoResolved {
+            step: p.step,
+            by,
+            comment,
+            via: "api".to_owned(),
         },
     )
     .await
