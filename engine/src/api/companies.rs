@@ -1,4 +1,7 @@
 //! Companies: CRUD and bulk CSV import.
+//!
+//! A company's approvers must be enabled technicians when it is saved (added, replaced or
+//! imported).
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request, State};
@@ -10,7 +13,23 @@ use steward_schemas::{Company, CompanyId};
 use super::error::{ApiError, ApiResult};
 use super::extract::{Admin, ApiJson, ApiPath, ApiQuery, Caller};
 use super::{ApiState, Created, NoContent};
-use crate::companies::{CompanyRecord, ImportReport};
+use crate::companies::{self as store, CompanyRecord, ImportReport};
+
+/// Refuses a company whose settings or approvers are wrong, naming every problem at once (its
+/// settings as [`crate::companies::Companies`] checks them, and approvers who are not enabled
+/// technicians).
+async fn check(state: &ApiState, company: &Company) -> ApiResult<()> {
+    let mut c = company.clone();
+    steward_core::company::normalize(&mut c);
+    let mut problems = steward_core::company::validate(&c);
+    let directory = state.auth.directory().await?;
+    problems.extend(steward_core::company::approver_problems(&c, &directory));
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(store::Error::Invalid(problems).into())
+    }
+}
 
 /// The companies the caller may act on.
 pub(super) async fn list(
@@ -31,6 +50,7 @@ pub(super) async fn create(
     _admin: Admin,
     ApiJson(company): ApiJson<Company>,
 ) -> ApiResult<Created<CompanyRecord>> {
+    check(&state, &company).await?;
     Ok(Created(state.companies.create(company).await?))
 }
 
@@ -81,6 +101,7 @@ pub(super) async fn update(
             "send the same id in both",
         ));
     }
+    check(&state, &company).await?;
     Ok(axum::Json(
         state.companies.update(company, q.if_version).await?,
     ))
@@ -161,7 +182,7 @@ pub(super) async fn import(
     _admin: Admin,
     CsvBody(body): CsvBody,
 ) -> ApiResult<axum::Json<ImportReport>> {
-    let companies = steward_core::import::parse_companies_csv(&body).map_err(|errors| {
+    let refuse = |errors: Vec<steward_core::import::CellError>| {
         ApiError::invalid_many(
             format!(
                 "the file has {} problems; nothing was imported",
@@ -169,6 +190,25 @@ pub(super) async fn import(
             ),
             serde_json::to_value(&errors).unwrap_or_default(),
         )
-    })?;
+    };
+    let rows = steward_core::import::parse_companies_csv_rows(&body).map_err(refuse)?;
+    let directory = state.auth.directory().await?;
+    let errors: Vec<steward_core::import::CellError> = rows
+        .iter()
+        .flat_map(|(row, company)| {
+            steward_core::company::approver_problems(company, &directory)
+                .into_iter()
+                .map(|p| steward_core::import::CellError {
+                    row: *row,
+                    column: p.field,
+                    message: p.message,
+                    fix: p.fix,
+                })
+        })
+        .collect();
+    if !errors.is_empty() {
+        return Err(refuse(errors));
+    }
+    let companies = rows.into_iter().map(|(_, c)| c).collect();
     Ok(axum::Json(state.companies.import(companies).await?))
 }

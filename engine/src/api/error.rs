@@ -229,7 +229,13 @@ impl From<crate::companies::Error> for ApiError {
         match e {
             E::Redis(e) => e.into(),
             E::Invalid(problems) => Self::invalid_many(
-                format!("the company's settings have {} problems", problems.len()),
+                match problems.as_slice() {
+                    [one] => format!(
+                        "the company's settings have a problem: {}: {}",
+                        one.field, one.message
+                    ),
+                    many => format!("the company's settings have {} problems", many.len()),
+                },
                 serde_json::to_value(&problems).unwrap_or_default(),
             ),
             E::Exists(_) => Self::conflict(e.to_string()),

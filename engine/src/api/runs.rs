@@ -198,6 +198,21 @@ pub(super) async fn start(
             planner::Error::Store(e) => e.into(),
             planner::Error::Companies(e) => e.into(),
             planner::Error::Plan(m) => ApiError::internal(m),
+            planner::Error::Approvers(problems) => ApiError::invalid_many(
+                match problems.as_slice() {
+                    [one] => one.message.clone(),
+                    many => format!("{} gates of this run would have nobody able to decide them; nothing was started", many.len()),
+                },
+                serde_json::to_value(&problems).unwrap_or_default(),
+            )
+            .with_fix(
+                problems
+                    .iter()
+                    .map(|p| p.fix.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+            planner::Error::Auth(e) => e.into(),
         })?;
     state.metrics.count("steward_runs_started_total", &[]);
     let snap = state
