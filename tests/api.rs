@@ -1667,3 +1667,93 @@ async fn a_gate_whose_approvers_went_away_goes_to_the_admins() -> Result<()> {
     wait_status(&api, &run, "completed").await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_company_with_runs_in_flight_is_deleted_only_when_forced() -> Result<()> {
+    let api = ApiEnv::start(workflows()).await?;
+    let delete = |path: String| send(api.req("admin", reqwest::Method::DELETE, &path));
+    let run = start(&api, "tech", "gated", json!({"user": "jane"})).await?;
+    wait_gate(&api, &run, "approval").await?;
+    let ended = start(&api, "tech", "simple", json!({})).await?;
+    wait_status(&api, &ended, "completed").await?;
+
+    let (s, body) = delete("/v1/companies/contoso".to_owned()).await?;
+    assert_eq!((s, code(&body)), (409, "conflict"), "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("1 run in flight and 1 gate open")
+            && message.contains(&format!("{run} (running, gate approval open)"))
+            && !message.contains(&ended),
+        "{message}"
+    );
+    assert!(
+        body["error"]["fix"]
+            .as_str()
+            .unwrap()
+            .contains("force=true"),
+        "{body}"
+    );
+    assert_eq!(body["error"]["details"][0]["run"], json!(run));
+    assert_eq!(
+        body["error"]["details"][0]["open_gates"],
+        json!(["approval"])
+    );
+    let (s, _) = api.get("admin", "/v1/companies/contoso").await?;
+    assert_eq!(s, 200, "still there");
+    let (s, body) = delete("/v1/companies/contoso?force=maybe".to_owned()).await?;
+    assert!(
+        s == 400 && body["error"]["message"].as_str().unwrap().contains("force"),
+        "{s} {body}"
+    );
+    let (s, body) = send(api.req(
+        "tech",
+        reqwest::Method::DELETE,
+        "/v1/companies/contoso?force=true",
+    ))
+    .await?;
+    assert_eq!(s, 403, "admins only: {body}");
+
+    let (s, body) = delete("/v1/companies/contoso?force=true".to_owned()).await?;
+    assert_eq!(s, 204, "{body}");
+    let (s, _) = api.get("admin", "/v1/companies/contoso").await?;
+    assert_eq!(s, 404);
+    // Recorded: who, when, what was in flight.
+    let log = steward_engine::companies::Companies::for_store(&api.env.store).log_key();
+    let entries: Vec<(String, std::collections::HashMap<String, String>)> = api
+        .env
+        .store
+        .db()
+        .query(redis::cmd("XRANGE").arg(&log).arg("-").arg("+"))
+        .await?;
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let entry = &entries[0].1;
+    assert_eq!(entry["company"], "contoso");
+    assert_eq!(entry["by"], "admin@msp.example");
+    assert_eq!(entry["forced"], "true");
+    assert!(!entry["at"].is_empty());
+    let in_flight: Value = serde_json::from_str(&entry["in_flight"])?;
+    assert_eq!(in_flight[0]["run"], json!(run), "{in_flight}");
+
+    // A company without runs in flight goes without force, and without a record.
+    let (s, body) = api
+        .post(
+            "admin",
+            "/v1/companies",
+            json!({"id": "northwind", "name": "Northwind", "tenant_id": "3c9d8e7f-6a5b-4c3d-8e2f-1a0b9c8d7e6f",
+                   "identity_provider": "entra_id", "mailbox_provider": "exchange_online"}),
+        )
+        .await?;
+    assert_eq!(s, 201, "{body}");
+    let (s, body) = delete("/v1/companies/northwind".to_owned()).await?;
+    assert_eq!(s, 204, "{body}");
+    let (s, _) = delete("/v1/companies/northwind".to_owned()).await?;
+    assert_eq!(s, 404);
+    let n: u64 = api
+        .env
+        .store
+        .db()
+        .query(redis::cmd("XLEN").arg(&log))
+        .await?;
+    assert_eq!(n, 1);
+    Ok(())
+}

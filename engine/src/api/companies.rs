@@ -1,7 +1,7 @@
 //! Companies: CRUD and bulk CSV import.
 //!
 //! A company's approvers must be enabled technicians when it is saved (added, replaced or
-//! imported).
+//! imported); a company with runs in flight or gates open is deleted only when forced.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request, State};
@@ -107,13 +107,76 @@ pub(super) async fn update(
     ))
 }
 
-/// Deletes a company (admins).
+/// Whether to delete a company that has runs in flight.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DeleteQuery {
+    /// Delete it even though runs of it are in flight or its gates are open (they will fail
+    /// when they next need the company); recorded in the companies' log with who, when and what
+    /// was in flight.
+    #[serde(default)]
+    force: bool,
+}
+
+/// Deletes a company (admins). Refused (409, naming them) while it has runs in flight or gates
+/// open, unless `force=true`.
 pub(super) async fn delete(
     State(state): State<ApiState>,
-    _admin: Admin,
+    Admin(caller): Admin,
     ApiPath(p): ApiPath<CompanyPath>,
+    ApiQuery(q): ApiQuery<DeleteQuery>,
 ) -> ApiResult<NoContent> {
-    if state.companies.delete(&p.id).await? {
+    if state.companies.get(&p.id).await?.is_none() {
+        return Err(ApiError::not_found(format!("no company `{}`", p.id)));
+    }
+    let in_flight = store::in_flight(&state.store, &p.id).await?;
+    if !in_flight.is_empty() && !q.force {
+        let gates: usize = in_flight.iter().map(|r| r.open_gates.len()).sum();
+        let runs: Vec<String> = in_flight
+            .iter()
+            .map(|r| {
+                if r.open_gates.is_empty() {
+                    format!("{} ({})", r.run, r.status)
+                } else {
+                    format!(
+                        "{} ({}, gate{} {} open)",
+                        r.run,
+                        r.status,
+                        if r.open_gates.len() == 1 { "" } else { "s" },
+                        r.open_gates.join(", ")
+                    )
+                }
+            })
+            .collect();
+        let mut e = ApiError::conflict(format!(
+            "company `{}` has {} run{} in flight and {gates} gate{} open: {}",
+            p.id,
+            in_flight.len(),
+            if in_flight.len() == 1 { "" } else { "s" },
+            if gates == 1 { "" } else { "s" },
+            runs.join("; ")
+        ))
+        .with_fix(format!(
+            "wait for them to end, or cancel them (POST /v1/runs/RUN/cancel); or delete anyway with DELETE /v1/companies/{}?force=true (steward companies delete {} --force), which leaves them to fail",
+            p.id, p.id
+        ));
+        e = e.with_details(serde_json::to_value(&in_flight).unwrap_or_default());
+        return Err(e);
+    }
+    let existed = state.companies.delete(&p.id).await?;
+    if !in_flight.is_empty() {
+        tracing::warn!(
+            company = %p.id,
+            by = %caller.tech.email,
+            runs = in_flight.len(),
+            "company deleted with runs in flight (forced)"
+        );
+        state
+            .companies
+            .record_deletion(&p.id, &caller.tech.email, true, &in_flight)
+            .await?;
+    }
+    if existed {
         Ok(NoContent)
     } else {
         Err(ApiError::not_found(format!("no company `{}`", p.id)))

@@ -173,6 +173,12 @@ impl ApiError {
         self
     }
 
+    /// Adds every detail (the runs in flight that stop a deletion, …).
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.detail.details = Some(details);
+        self
+    }
+
     /// Adds the fix.
     pub fn with_fix(mut self, fix: impl Into<String>) -> Self {
         self.detail.fix = Some(fix.into());
