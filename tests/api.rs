@@ -1628,6 +1628,34 @@ async fn a_gate_whose_approvers_went_away_goes_to_the_admins() -> Result<()> {
     // The gate opens with nobody named able to decide: the admins decide, not nobody.
     let gate = wait_gate(&api, &run, "approval").await?;
     assert_eq!(gate["approvers"], json!(["admin@msp.example"]), "{gate}");
+    assert_eq!(gate["to_admins"], "approvers", "{gate}");
+    assert_eq!(
+        gate["unavailable"].as_array().map(Vec::len),
+        Some(2),
+        "{gate}"
+    );
+    // The approval page says why the admin is asked.
+    let (s, links) = api
+        .post(
+            "admin",
+            &format!("/v1/approvals/{run}/approval/links"),
+            json!({}),
+        )
+        .await?;
+    assert_eq!(s, 200, "{links}");
+    let page = api
+        .http
+        .get(links["approve_url"].as_str().context("approve_url")?)
+        .header("accept", "text/html")
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        page.contains("This gate came to the admins")
+            && page.contains("alice@msp.example is disabled"),
+        "{page}"
+    );
     let view = status_of(&api, &run).await?;
     let opened = view["history"]
         .as_array()
