@@ -118,6 +118,27 @@ enum Command {
         #[command(flatten)]
         api: client::ApiArgs,
     },
+    /// Try the failed undo of a step again (a run that ended `rollback_failed`, or is rolling back).
+    RetryUndo {
+        /// The run's id.
+        run: RunId,
+        /// The step whose undo failed.
+        step: StepId,
+        #[command(flatten)]
+        api: client::ApiArgs,
+    },
+    /// Mark the failed undo of a step as done by hand, saying what you did (recorded with your name).
+    ResolveUndo {
+        /// The run's id.
+        run: RunId,
+        /// The step whose undo failed.
+        step: StepId,
+        /// What you did by hand (required).
+        #[arg(long)]
+        comment: String,
+        #[command(flatten)]
+        api: client::ApiArgs,
+    },
     /// List the ops workflows can use.
     Ops {
         /// Print JSON.
@@ -318,6 +339,19 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         } => {
             api_only("skip-step")?;
             cmd::runs::control(&api, run, Control::SkipStep { step, reason }).await
+        }
+        Command::RetryUndo { run, step, api } => {
+            api_only("retry-undo")?;
+            cmd::runs::control(&api, run, Control::RetryUndo { step }).await
+        }
+        Command::ResolveUndo {
+            run,
+            step,
+            comment,
+            api,
+        } => {
+            api_only("resolve-undo")?;
+            cmd::runs::control(&api, run, Control::ResolveUndo { step, comment }).await
         }
     }
 }

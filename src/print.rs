@@ -5,7 +5,7 @@ use serde_json::Value;
 use steward_core::words;
 use steward_engine::api::runs::{ActionView, RunView};
 use steward_engine::bench::BenchReport;
-use steward_schemas::{RunId, StepId};
+use steward_schemas::{RunAction, RunId};
 use steward_workers::Registry;
 
 /// A spec field (group, access, approval rule) as its JSON name, e.g. `passwords_security`.
@@ -156,16 +156,19 @@ pub(crate) fn run(view: &RunView, json: bool) -> Result<()> {
 
 /// The command that carries out an action the API offers.
 fn command(run: RunId, a: &ActionView) -> String {
-    let step = a.step.as_ref().map(StepId::as_str).unwrap_or_default();
-    match a.action.as_str() {
-        "resume" => format!("steward resume {run}"),
-        "pause" => format!("steward pause {run}"),
-        "cancel" => format!("steward cancel {run}"),
-        "cancel_and_roll_back" => format!("steward cancel {run} --rollback"),
-        "retry_step" => format!("steward retry-step {run} {step}"),
-        "skip_step" => format!("steward skip-step {run} {step}"),
-        "decide" => format!("steward approve|reject {run}/{step}"),
-        other => format!("({other})"),
+    match &a.action {
+        RunAction::Resume => format!("steward resume {run}"),
+        RunAction::Pause => format!("steward pause {run}"),
+        RunAction::Cancel => format!("steward cancel {run}"),
+        RunAction::CancelWithRollback => format!("steward cancel {run} --rollback"),
+        RunAction::RetryStep { step } => format!("steward retry-step {run} {step}"),
+        RunAction::SkipStep { step } => format!("steward skip-step {run} {step}"),
+        RunAction::RetryUndo { step } => format!("steward retry-undo {run} {step}"),
+        RunAction::ResolveUndo { step } => {
+            format!("steward resolve-undo {run} {step} --comment \"what you did\"")
+        }
+        RunAction::Approve { step, .. } => format!("steward approve {run}/{step}"),
+        RunAction::Reject { step, .. } => format!("steward reject {run}/{step}"),
     }
 }
 

@@ -65,6 +65,39 @@ fn code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("")
 }
 
+/// Adds a technician of contoso (approvers must be technicians).
+async fn add_technician(api: &ApiEnv, email: &str) -> Result<String> {
+    let (s, body) = api
+        .post(
+            "admin",
+            "/v1/technicians",
+            json!({"email": email, "name": email, "role": "technician", "companies": ["contoso"]}),
+        )
+        .await?;
+    anyhow::ensure!(s == 201, "{s} {body}");
+    Ok(body["id"].as_str().context("id")?.to_owned())
+}
+
+/// Disables (or enables) the technician with this email.
+async fn set_disabled(api: &ApiEnv, email: &str, disabled: bool) -> Result<()> {
+    let auth = steward_engine::auth::Auth::for_store(&api.env.store);
+    let tech = auth
+        .technician_by_email(email)
+        .await?
+        .context("no such technician")?;
+    let (s, body) = send(
+        api.req(
+            "admin",
+            reqwest::Method::PATCH,
+            &format!("/v1/technicians/{}", tech.id),
+        )
+        .json(&json!({ "disabled": disabled })),
+    )
+    .await?;
+    anyhow::ensure!(s == 200, "{s} {body}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn who_may_do_what() -> Result<()> {
     let api = ApiEnv::start(workflows()).await?;
@@ -190,6 +223,7 @@ async fn who_may_do_what() -> Result<()> {
 async fn a_gate_needs_two_other_approvers() -> Result<()> {
     let api = ApiEnv::start(workflows()).await?;
     // alice asks; alice cannot approve her own request, so the quorum of 2 needs bob and carol.
+    add_technician(&api, "carol@msp.example").await?;
     set_approvers(
         &api,
         &["alice@msp.example", "bob@msp.example", "carol@msp.example"],
@@ -626,6 +660,27 @@ async fn companies_import_all_or_nothing() -> Result<()> {
     let good = "id,name,tenant_id,identity_provider,mailbox_provider,approvers,permission_profile\n\
                 fabrikam,Fabrikam,2c9d8e7f-6a5b-4c3d-8e2f-1a0b9c8d7e6f,entra_id,exchange_online,lead@msp.example,helpdesk\n\
                 northwind,Northwind,3c9d8e7f-6a5b-4c3d-8e2f-1a0b9c8d7e6f,entra_id,exchange_online,,it_admin\n";
+    // lead is not a technician yet: the row and the column say so, and nothing is imported.
+    let (s, body) = send(csv(good)).await?;
+    assert_eq!((s, code(&body)), (422, "validation_failed"), "{body}");
+    assert_eq!(
+        (
+            &body["error"]["details"][0]["row"],
+            &body["error"]["details"][0]["column"]
+        ),
+        (&json!(2), &json!("approvers")),
+        "{body}"
+    );
+    assert!(
+        body["error"]["details"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`lead@msp.example` is not a technician"),
+        "{body}"
+    );
+    let (s, list) = api.get("admin", "/v1/companies").await?;
+    assert_eq!((s, list.as_array().map(Vec::len)), (200, Some(1)), "{list}");
+    add_technician(&api, "lead@msp.example").await?;
     let (s, report) = send(csv(good)).await?;
     assert_eq!(s, 200, "{report}");
     assert_eq!(report["created"], json!(["fabrikam", "northwind"]));
@@ -1066,6 +1121,7 @@ async fn links_answer_to_who_may_decide() -> Result<()> {
 
     // alice asked for this run: her own link is refused when used, and stays unused (nothing
     // was recorded), so opening it again does not claim it was used.
+    add_technician(&api, "carol@msp.example").await?;
     set_approvers(
         &api,
         &["alice@msp.example", "bob@msp.example", "carol@msp.example"],
@@ -1265,17 +1321,22 @@ async fn the_run_view_speaks_in_sentences() -> Result<()> {
     assert_eq!(
         actions,
         [
-            ("pause", ""),
             ("cancel", ""),
-            ("cancel_and_roll_back", ""),
-            ("decide", "approval")
+            ("cancel_with_rollback", ""),
+            ("pause", ""),
+            ("approve", "approval"),
+            ("reject", "approval"),
+            ("skip_step", "apply")
         ],
         "{view}"
     );
-    assert_eq!(
-        view["actions"][3]["approvers"],
-        json!(["alice@msp.example", "bob@msp.example"])
-    );
+    for i in [3, 4] {
+        assert_eq!(
+            view["actions"][i]["by"],
+            json!(["alice@msp.example", "bob@msp.example"]),
+            "{view}"
+        );
+    }
     let gate = view["steps"]
         .as_array()
         .and_then(|s| s.iter().find(|s| s["step"] == "approval"))
@@ -1346,5 +1407,502 @@ async fn the_run_view_speaks_in_sentences() -> Result<()> {
             ))),
         "{view}"
     );
+    Ok(())
+}
+
+/// Holds (`on`) or releases the cause that makes the `undoable` workflow's undo of `second`
+/// fail.
+async fn hold_undo(api: &ApiEnv, on: bool) -> Result<()> {
+    let key = steward_workers::testing::ledger_blocks_key(&api.env.namespace);
+    let cmd = if on { "SADD" } else { "SREM" };
+    api.env
+        .store
+        .db()
+        .query::<i64>(redis::cmd(cmd).arg(key).arg("hold"))
+        .await?;
+    Ok(())
+}
+
+fn actions_of(view: &Value) -> Vec<String> {
+    view["actions"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|x| match x["step"].as_str() {
+                    Some(step) => format!("{} {step}", x["action"].as_str().unwrap_or("?")),
+                    None => x["action"].as_str().unwrap_or("?").to_owned(),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_rollback_is_finished_by_retrying_its_undo() -> Result<()> {
+    let api = ApiEnv::start(workflows()).await?;
+    hold_undo(&api, true).await?;
+    let run = start(&api, "tech", "undoable", json!({})).await?;
+    let ended = wait_status(&api, &run, "rollback_failed").await?;
+    assert_eq!(
+        ended["summary"]["status_detail"]["failed"],
+        json!(["second"])
+    );
+    assert_eq!(ended["summary"]["status_detail"]["left"], json!(["first"]));
+    // The fixes offered are the ones that can be carried out: no "retry this step".
+    assert_eq!(
+        actions_of(&ended),
+        ["retry_undo second", "resolve_undo second"]
+    );
+    let retry = |who: &'static str, step: &'static str| {
+        let path = format!("/v1/runs/{run}/steps/{step}/retry-undo");
+        let api = &api;
+        async move { api.post(who, &path, json!({})).await }
+    };
+    let (s, body) = api
+        .post(
+            "tech",
+            &format!("/v1/runs/{run}/steps/last/retry"),
+            json!({}),
+        )
+        .await?;
+    assert_eq!((s, code(&body)), (409, "conflict"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("retry-undo"),
+        "{body}"
+    );
+    let (s, body) = retry("outsider", "second").await?;
+    assert_eq!((s, code(&body)), (403, "forbidden"), "{body}");
+    let (s, body) = retry("tech", "first").await?;
+    assert_eq!((s, code(&body)), (409, "conflict"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("waits for the undo of `second`"),
+        "{body}"
+    );
+
+    // Retried while its cause is still there: it fails again, and the run ends the same way.
+    let before = status_of(&api, &run).await?;
+    let (s, body) = retry("tech", "second").await?;
+    assert_eq!(
+        (s, body["status"].as_str()),
+        (200, Some("rolling_back")),
+        "{body}"
+    );
+    wait_for("the retried undo to fail again", T, || async {
+        let view = status_of(&api, &run).await?;
+        Ok((view["summary"]["status"] == "rollback_failed"
+            && view["history"].as_array().map(Vec::len)
+                > before["history"].as_array().map(Vec::len).map(|n| n + 1))
+        .then_some(()))
+    })
+    .await?;
+
+    // The technician clears the cause and retries: both undos run, newest first.
+    hold_undo(&api, false).await?;
+    let (s, body) = retry("tech", "second").await?;
+    assert_eq!(s, 200, "{body}");
+    let done = wait_status(&api, &run, "rolled_back").await?;
+    assert!(actions_of(&done).is_empty(), "{done}");
+    let ledger = api.env.ledger().await?;
+    assert_eq!(ledger.undone.len(), 2, "{ledger:?}");
+    assert_eq!(ledger.in_place, 0, "{ledger:?}");
+    let retries: Vec<&Value> = done["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"]["type"] == "retry_undo_requested")
+        .collect();
+    assert_eq!(retries.len(), 2);
+    assert_eq!(retries[1]["event"]["by"], "tech@msp.example");
+    let (s, body) = retry("tech", "second").await?;
+    assert_eq!((s, code(&body)), (409, "conflict"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nothing is left to undo"),
+        "{body}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_undo_is_resolved_by_hand_with_a_comment() -> Result<()> {
+    let api = ApiEnv::start(workflows()).await?;
+    hold_undo(&api, true).await?;
+    let run = start(&api, "tech", "undoable", json!({})).await?;
+    wait_status(&api, &run, "rollback_failed").await?;
+    let path = format!("/v1/runs/{run}/steps/second/resolve-undo");
+    for (body, why) in [
+        (json!({}), "no comment"),
+        (json!({"comment": "   "}), "an empty comment"),
+        (json!({"comment": "x".repeat(2001)}), "a long comment"),
+    ] {
+        let (s, b) = api.post("tech", &path, body).await?;
+        assert_eq!(
+            (s, b["error"]["field"].as_str()),
+            (422, Some("comment")),
+            "{why}: {b}"
+        );
+    }
+    let (s, b) = api
+        .post("outsider", &path, json!({"comment": "done"}))
+        .await?;
+    assert_eq!(s, 403, "{b}");
+    let (s, b) = api
+        .post(
+            "alice",
+            &path,
+            json!({"comment": "removed entry `second` by hand in the ledger"}),
+        )
+        .await?;
+    assert_eq!(s, 200, "{b}");
+    // The undo behind it (of `first`) runs through the workers, and the run ends rolled back.
+    let done = wait_status(&api, &run, "rolled_back").await?;
+    assert_eq!(
+        done["summary"]["status_detail"]["resolved"],
+        json!(["second"])
+    );
+    let undo = &done["run"]["state"]["steps"]["second"]["undo"];
+    assert_eq!(undo["state"], "resolved");
+    assert_eq!(undo["by"], "alice@msp.example");
+    assert_eq!(undo["via"], "api");
+    assert_eq!(
+        undo["comment"],
+        "removed entry `second` by hand in the ledger"
+    );
+    assert!(undo["at"].is_string(), "{undo}");
+    let entry = done["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event"]["type"] == "undo_resolved")
+        .context("the resolution in the history")?;
+    assert_eq!(entry["event"]["by"], "alice@msp.example");
+    assert_eq!(entry["status"], "rolling_back");
+    let ledger = api.env.ledger().await?;
+    assert_eq!(
+        ledger.undone.len(),
+        1,
+        "only `first` was undone by Steward: {ledger:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvers_are_enabled_technicians_when_a_company_is_saved() -> Result<()> {
+    let api = ApiEnv::start(workflows()).await?;
+    let company = |approvers: Value| {
+        json!({"id": "northwind", "name": "Northwind", "tenant_id": "3c9d8e7f-6a5b-4c3d-8e2f-1a0b9c8d7e6f",
+               "identity_provider": "entra_id", "mailbox_provider": "exchange_online", "approvers": approvers})
+    };
+    // Every problem at once: a bad setting, an approver nobody knows.
+    let mut bad = company(json!(["alice@msp.example", " Ghost@MSP.example "]));
+    bad["tenant_id"] = json!("nope");
+    let (s, body) = api.post("admin", "/v1/companies", bad).await?;
+    assert_eq!((s, code(&body)), (422, "validation_failed"), "{body}");
+    let details = serde_json::to_string(&body["error"]["details"])?;
+    assert!(
+        details.contains("tenant_id")
+            && details.contains("`ghost@msp.example` is not a technician")
+            && details.contains("steward technicians add --email ghost@msp.example"),
+        "{details}"
+    );
+    let (s, body) = api.get("admin", "/v1/companies/northwind").await?;
+    assert_eq!(s, 404, "nothing was saved: {body}");
+
+    // A disabled technician is no approver either, when a company is replaced.
+    set_disabled(&api, "bob@msp.example", true).await?;
+    let (s, mut record) = api.get("admin", "/v1/companies/contoso").await?;
+    assert_eq!(s, 200);
+    record["company"]["name"] = json!("Contoso (renamed)");
+    let (s, body) = send(
+        api.req("admin", reqwest::Method::PUT, "/v1/companies/contoso")
+            .json(&record["company"]),
+    )
+    .await?;
+    assert_eq!((s, code(&body)), (422, "validation_failed"), "{body}");
+    assert_eq!(body["error"]["details"][0]["field"], "approvers");
+    assert!(
+        body["error"]["details"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`bob@msp.example` is disabled"),
+        "{body}"
+    );
+    set_disabled(&api, "bob@msp.example", false).await?;
+    let (s, body) = send(
+        api.req("admin", reqwest::Method::PUT, "/v1/companies/contoso")
+            .json(&record["company"]),
+    )
+    .await?;
+    assert_eq!(s, 200, "enabled again, bob approves: {body}");
+    let (s, body) = api
+        .post(
+            "admin",
+            "/v1/companies",
+            company(json!(["alice@msp.example"])),
+        )
+        .await?;
+    assert_eq!(s, 201, "{body}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_gate_nobody_could_decide_is_refused_when_planned() -> Result<()> {
+    let api = ApiEnv::start(workflows()).await?;
+    // gated needs two approvals from contoso's approvers (alice, bob): alice asked, so only bob
+    // could give one.
+    let (s, body) = api
+        .post(
+            "alice",
+            "/v1/runs",
+            json!({"workflow": "gated", "company": "contoso", "inputs": {"user": "jane"}}),
+        )
+        .await?;
+    assert_eq!((s, code(&body)), (422, "validation_failed"), "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("gate `approval` would have nobody able to decide")
+            && message.contains("needs 2 approvals and only 1")
+            && message.contains("alice@msp.example asked for this run"),
+        "{message}"
+    );
+    assert!(
+        body["error"]["fix"]
+            .as_str()
+            .unwrap()
+            .contains("have another technician start the run"),
+        "{body}"
+    );
+    assert_eq!(body["error"]["details"][0]["step"], "approval");
+    assert_eq!(body["error"]["details"][0]["field"], "gate.approvers");
+    // bob disabled: nobody but alice is left, whoever asks.
+    set_disabled(&api, "bob@msp.example", true).await?;
+    let (s, body) = api
+        .post(
+            "tech",
+            "/v1/runs",
+            json!({"workflow": "gated", "company": "contoso", "inputs": {"user": "jane"}}),
+        )
+        .await?;
+    assert_eq!(s, 422, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("bob@msp.example is disabled"),
+        "{body}"
+    );
+    // A workflow's named approver who is not a technician.
+    let (s, body) = api
+        .post(
+            "tech",
+            "/v1/runs",
+            json!({"workflow": "named", "company": "contoso"}),
+        )
+        .await?;
+    assert_eq!(s, 422, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("ghost@msp.example is not a technician")
+            && body["error"]["fix"]
+                .as_str()
+                .unwrap()
+                .contains("name enabled technicians in the workflow's gate `approval`"),
+        "{body}"
+    );
+    let (s, page) = api.get("admin", "/v1/runs").await?;
+    assert_eq!(
+        (s, page["runs"].as_array().map(Vec::len)),
+        (200, Some(0)),
+        "nothing started: {page}"
+    );
+    set_disabled(&api, "bob@msp.example", false).await?;
+    start(&api, "tech", "gated", json!({"user": "jane"})).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_whose_approvers_went_away_goes_to_the_admins() -> Result<()> {
+    let api = ApiEnv::start(workflows()).await?;
+    // Planned while alice and bob approve; the run then waits (its first step failed).
+    let run = start(&api, "tech", "held", json!({})).await?;
+    wait_status(&api, &run, "paused").await?;
+    set_disabled(&api, "alice@msp.example", true).await?;
+    set_disabled(&api, "bob@msp.example", true).await?;
+    let (s, body) = api
+        .post(
+            "tech",
+            &format!("/v1/runs/{run}/steps/prepare/skip"),
+            json!({}),
+        )
+        .await?;
+    assert_eq!(s, 200, "{body}");
+    // The gate opens with nobody named able to decide: the admins decide, not nobody.
+    let gate = wait_gate(&api, &run, "approval").await?;
+    assert_eq!(gate["approvers"], json!(["admin@msp.example"]), "{gate}");
+    assert_eq!(gate["to_admins"], "approvers", "{gate}");
+    assert_eq!(
+        gate["unavailable"].as_array().map(Vec::len),
+        Some(2),
+        "{gate}"
+    );
+    // The approval page says why the admin is asked.
+    let (s, links) = api
+        .post(
+            "admin",
+            &format!("/v1/approvals/{run}/approval/links"),
+            json!({}),
+        )
+        .await?;
+    assert_eq!(s, 200, "{links}");
+    let page = api
+        .http
+        .get(links["approve_url"].as_str().context("approve_url")?)
+        .header("accept", "text/html")
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        page.contains("This gate came to the admins")
+            && page.contains("alice@msp.example is disabled"),
+        "{page}"
+    );
+    let view = status_of(&api, &run).await?;
+    let opened = view["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event"]["type"] == "gate_opened")
+        .context("the gate's opening in the history")?;
+    assert_eq!(
+        opened["event"]["unavailable"],
+        json!([
+            {"email": "alice@msp.example", "reason": "disabled"},
+            {"email": "bob@msp.example", "reason": "disabled"}
+        ]),
+        "{opened}"
+    );
+    assert_eq!(opened["event"]["admins"], json!(["admin@msp.example"]));
+    let step = &view["run"]["state"]["steps"]["approval"];
+    assert_eq!(step["to_admins"], "approvers", "{step}");
+    assert!(
+        actions_of(&view).contains(&"approve approval".to_owned()),
+        "{view}"
+    );
+    let (s, inbox) = api.get("admin", "/v1/approvals").await?;
+    assert_eq!(
+        (s, &inbox["approvals"][0]["reference"]),
+        (200, &json!(format!("{run}/approval"))),
+        "{inbox}"
+    );
+    let (s, body) = api
+        .post(
+            "admin",
+            &format!("/v1/approvals/{run}/approval"),
+            json!({"decision": "approve"}),
+        )
+        .await?;
+    assert_eq!(s, 200, "{body}");
+    wait_status(&api, &run, "completed").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_company_with_runs_in_flight_is_deleted_only_when_forced() -> Result<()> {
+    let api = ApiEnv::start(workflows()).await?;
+    let delete = |path: String| send(api.req("admin", reqwest::Method::DELETE, &path));
+    let run = start(&api, "tech", "gated", json!({"user": "jane"})).await?;
+    wait_gate(&api, &run, "approval").await?;
+    let ended = start(&api, "tech", "simple", json!({})).await?;
+    wait_status(&api, &ended, "completed").await?;
+
+    let (s, body) = delete("/v1/companies/contoso".to_owned()).await?;
+    assert_eq!((s, code(&body)), (409, "conflict"), "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("1 run in flight and 1 gate open")
+            && message.contains(&format!("{run} (running, gate approval open)"))
+            && !message.contains(&ended),
+        "{message}"
+    );
+    assert!(
+        body["error"]["fix"]
+            .as_str()
+            .unwrap()
+            .contains("force=true"),
+        "{body}"
+    );
+    assert_eq!(body["error"]["details"][0]["run"], json!(run));
+    assert_eq!(
+        body["error"]["details"][0]["open_gates"],
+        json!(["approval"])
+    );
+    let (s, _) = api.get("admin", "/v1/companies/contoso").await?;
+    assert_eq!(s, 200, "still there");
+    let (s, body) = delete("/v1/companies/contoso?force=maybe".to_owned()).await?;
+    assert!(
+        s == 400 && body["error"]["message"].as_str().unwrap().contains("force"),
+        "{s} {body}"
+    );
+    let (s, body) = send(api.req(
+        "tech",
+        reqwest::Method::DELETE,
+        "/v1/companies/contoso?force=true",
+    ))
+    .await?;
+    assert_eq!(s, 403, "admins only: {body}");
+
+    let (s, body) = delete("/v1/companies/contoso?force=true".to_owned()).await?;
+    assert_eq!(s, 204, "{body}");
+    let (s, _) = api.get("admin", "/v1/companies/contoso").await?;
+    assert_eq!(s, 404);
+    // Recorded: who, when, what was in flight.
+    let log = steward_engine::companies::Companies::for_store(&api.env.store).log_key();
+    let entries: Vec<(String, std::collections::HashMap<String, String>)> = api
+        .env
+        .store
+        .db()
+        .query(redis::cmd("XRANGE").arg(&log).arg("-").arg("+"))
+        .await?;
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let entry = &entries[0].1;
+    assert_eq!(entry["company"], "contoso");
+    assert_eq!(entry["by"], "admin@msp.example");
+    assert_eq!(entry["forced"], "true");
+    assert!(!entry["at"].is_empty());
+    let in_flight: Value = serde_json::from_str(&entry["in_flight"])?;
+    assert_eq!(in_flight[0]["run"], json!(run), "{in_flight}");
+
+    // A company without runs in flight goes without force, and without a record.
+    let (s, body) = api
+        .post(
+            "admin",
+            "/v1/companies",
+            json!({"id": "northwind", "name": "Northwind", "tenant_id": "3c9d8e7f-6a5b-4c3d-8e2f-1a0b9c8d7e6f",
+                   "identity_provider": "entra_id", "mailbox_provider": "exchange_online"}),
+        )
+        .await?;
+    assert_eq!(s, 201, "{body}");
+    let (s, body) = delete("/v1/companies/northwind".to_owned()).await?;
+    assert_eq!(s, 204, "{body}");
+    let (s, _) = delete("/v1/companies/northwind".to_owned()).await?;
+    assert_eq!(s, 404);
+    let n: u64 = api
+        .env
+        .store
+        .db()
+        .query(redis::cmd("XLEN").arg(&log))
+        .await?;
+    assert_eq!(n, 1);
     Ok(())
 }

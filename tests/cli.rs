@@ -136,8 +136,8 @@ struct Stack {
     dir: tempfile::TempDir,
     serve: Proc,
     worker: Proc,
-    /// Tokens by name: `admin` (every company), `tech`, `alice`, `bob` (contoso), `outsider`
-    /// (fabrikam).
+    /// Tokens by name: `admin` (every company), `tech`, `alice`, `bob` (contoso), `outsider`,
+    /// `lead`, `carol` (fabrikam).
     tokens: std::collections::HashMap<&'static str, String>,
 }
 
@@ -200,6 +200,9 @@ impl Stack {
             ("alice", Role::Technician, only("contoso")?),
             ("bob", Role::Technician, only("contoso")?),
             ("outsider", Role::Technician, only("fabrikam")?),
+            // fabrikam's approvers must be enabled technicians for its gates to open.
+            ("lead", Role::Technician, only("fabrikam")?),
+            ("carol", Role::Technician, only("fabrikam")?),
         ] {
             let t = auth
                 .add_technician(&format!("{key}@msp.example"), key, role, scope)
@@ -643,7 +646,8 @@ async fn run_wait_says_what_it_waits_for_and_exits_by_how_the_run_stands() -> Re
                 " for 2 approvals from alice@msp.example or bob@msp.example; expires at "
             )
             && t.contains("waits at approval gate `approval` (exit 3)")
-            && t.contains("steward approve|reject"),
+            && t.contains("steward approve ")
+            && t.contains("steward reject "),
         "{t}"
     );
 
@@ -671,13 +675,16 @@ async fn run_wait_says_what_it_waits_for_and_exits_by_how_the_run_stands() -> Re
         "{t}"
     );
 
-    // The undo fails: exit 6, and a technician is told to finish by hand, not to retry.
+    // The undo fails: exit 6, and a technician is offered the fixes of a failed undo (retry it,
+    // or resolve it by hand), never to retry the step itself.
     let out = wait("undo", &[]);
     let t = text(&out);
     assert_eq!(out.status.code(), Some(6), "{t}\n{}", stack.logs());
     assert!(
         t.contains("ROLLBACK FAILED: step `boom` failed: boom; could not undo: create")
-            && !t.contains("what you can do now")
+            && t.contains("what you can do now:")
+            && t.contains("steward retry-undo ")
+            && t.contains("steward resolve-undo ")
             && !t.contains("retry-step"),
         "{t}"
     );

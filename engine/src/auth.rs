@@ -237,6 +237,14 @@ impl Auth {
         Ok(techs)
     }
 
+    /// The technicians as approver checks see them (who exists, who is enabled, who is an
+    /// admin), in two round trips.
+    pub async fn directory(&self) -> Result<steward_core::company::Directory> {
+        Ok(steward_core::company::Directory::new(
+            &self.technicians().await?,
+        ))
+    }
+
     /// Changes a technician (role, scope, name, disabled; not the email) without losing a
     /// concurrent change: `edit` is applied to the record as stored, and the result is written
     /// only if the record is still as read; otherwise it is read and edited again. After a few

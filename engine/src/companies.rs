@@ -1,5 +1,9 @@
 //! Companies on Redis. Every company key shares the `{co}` hash slot, so a bulk import is one
 //! atomic script: all of it is written, or none.
+//!
+//! A company with runs in flight is not deleted unless forced ([`in_flight`] says which runs and
+//! gates stop it); a forced deletion is recorded in the companies' log, with who, when and what
+//! was in flight.
 
 use std::sync::Arc;
 
@@ -7,7 +11,7 @@ use redis::Script;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use steward_core::company::{FieldProblem, normalize, validate};
-use steward_schemas::{Company, CompanyId, Timestamp};
+use steward_schemas::{Company, CompanyId, RunId, StepState, Timestamp};
 
 use crate::clock::Clock;
 use crate::db::Db;
@@ -135,6 +139,45 @@ impl Companies {
 
     fn ids_key(&self) -> String {
         format!("{}:{{co}}:companies", self.ns)
+    }
+
+    /// The companies' log (a stream): forced deletions, with who, when and what was in flight.
+    pub fn log_key(&self) -> String {
+        format!("{}:{{co}}:log", self.ns)
+    }
+
+    /// Records the deletion of company `id` by `by`, and the runs that were in flight then.
+    pub async fn record_deletion(
+        &self,
+        id: &CompanyId,
+        by: &str,
+        forced: bool,
+        in_flight: &[RunInFlight],
+    ) -> Result<()> {
+        let runs = serde_json::to_string(in_flight).map_err(|e| Error::Corrupt(e.to_string()))?;
+        self.db
+            .query::<String>(
+                redis::cmd("XADD")
+                    .arg(self.log_key())
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(10_000)
+                    .arg("*")
+                    .arg("action")
+                    .arg("deleted")
+                    .arg("company")
+                    .arg(id.as_str())
+                    .arg("by")
+                    .arg(by)
+                    .arg("at")
+                    .arg(self.clock.now().to_string())
+                    .arg("forced")
+                    .arg(if forced { "true" } else { "false" })
+                    .arg("in_flight")
+                    .arg(runs),
+            )
+            .await?;
+        Ok(())
     }
 
     /// A company.
@@ -345,6 +388,79 @@ pub fn sample(id: &str, approvers: &[&str]) -> Company {
         "defaults": {"usage_location": "GB", "upn_domain": "example.com"},
     }))
     .expect("the sample company is well formed")
+}
+
+/// A run of a company that has not ended, and the gates it has open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct RunInFlight {
+    /// The run.
+    pub run: RunId,
+    /// Its status (`running`, `paused`, …).
+    pub status: String,
+    /// Its gates waiting for a decision.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub open_gates: Vec<String>,
+}
+
+/// The statuses of a run that has not ended.
+const IN_FLIGHT: [&str; 5] = [
+    "scheduled",
+    "running",
+    "paused",
+    "cancelling",
+    "rolling_back",
+];
+
+/// The runs of `company` that have not ended, oldest first, with their open gates: from the
+/// intersection of the company's and each status's run index in every shard, in one round trip,
+/// then their documents in another.
+pub async fn in_flight(store: &Store, company: &CompanyId) -> Result<Vec<RunInFlight>> {
+    let keys = store.keys();
+    let mut pipe = redis::pipe();
+    for shard in keys.all_shards() {
+        for status in IN_FLIGHT {
+            pipe.cmd("ZINTER")
+                .arg(2)
+                .arg(keys.runs_of_company(shard, company))
+                .arg(keys.runs_in_status(shard, status))
+                .arg("WITHSCORES");
+        }
+    }
+    let replies: Vec<Vec<(String, i64)>> = store.db().pipe(&pipe).await?;
+    let mut found: Vec<(i64, RunId)> = replies
+        .into_iter()
+        .flatten()
+        .filter_map(|(id, score)| id.parse().ok().map(|run| (score, run)))
+        .collect();
+    found.sort();
+    found.dedup();
+    if found.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pipe = redis::pipe();
+    for (_, run) in &found {
+        pipe.cmd("HGET").arg(keys.run(*run)).arg("d");
+    }
+    let docs: Vec<Option<String>> = store.db().pipe(&pipe).await?;
+    Ok(found
+        .into_iter()
+        .zip(docs)
+        .filter_map(|((_, run), doc)| {
+            // A run that ended between the two reads, or vanished, is not in flight.
+            let doc = crate::store::parse_doc(&doc?).ok()?;
+            (!doc.state.status.is_terminal()).then(|| RunInFlight {
+                run,
+                status: doc.state.status.name().to_owned(),
+                open_gates: doc
+                    .state
+                    .steps
+                    .iter()
+                    .filter(|(_, r)| matches!(r.state, StepState::AwaitingApproval { .. }))
+                    .map(|(id, _)| id.to_string())
+                    .collect(),
+            })
+        })
+        .collect())
 }
 
 /// Creates the company if it does not exist yet.

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
+use steward_core::company::{GateProblem, gate_problems};
 use steward_core::policy::{PolicyRefusal, apply_policy};
 use steward_core::{Plan, ValidationError};
 use steward_schemas::{CompanyId, RunId, TicketRef, Timestamp};
@@ -109,6 +110,12 @@ pub enum Error {
     /// The company store failed.
     #[error(transparent)]
     Companies(#[from] companies::Error),
+    /// A gate of the run would have nobody able to decide it.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Approvers(Vec<GateProblem>),
+    /// The technicians could not be read (to check the gates' approvers).
+    #[error(transparent)]
+    Auth(#[from] crate::auth::Error),
 }
 
 /// Plans and starts runs. Cheap to clone.
@@ -131,6 +138,14 @@ impl Planner {
             .await?
             .ok_or_else(|| Error::NoSuchCompany(req.company.clone()))?;
         let effective = apply_policy(req.plan.def(), &record.company, self.registry.as_ref())?;
+        // A gate nobody could decide is refused now rather than found out when it opens.
+        let directory = crate::auth::Auth::for_store(&self.store)
+            .directory()
+            .await?;
+        let problems = gate_problems(&effective, &record.company, &directory, &req.requested_by);
+        if !problems.is_empty() {
+            return Err(Error::Approvers(problems));
+        }
         let plan = if &effective == req.plan.def() {
             req.plan.clone()
         } else {

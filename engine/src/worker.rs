@@ -117,6 +117,18 @@ impl Runtime {
                 }
             },
         };
+        // A gate's approvers are checked against the technicians as they are when it opens.
+        let directory = if job.phase == Phase::Run && job.op == GATE_OP {
+            match crate::auth::Auth::for_store(&self.store).directory().await {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    warn!(error = %e, "cannot read the technicians; the job will be retried");
+                    return;
+                }
+            }
+        } else {
+            None
+        };
         let event = if job.phase == Phase::Run {
             match self
                 .check_policy(
@@ -135,7 +147,10 @@ impl Runtime {
                         reason,
                     }
                 }
-                None if job.op == GATE_OP => open_gate(job, company.as_deref()),
+                None if job.op == GATE_OP => {
+                    let directory = directory.as_ref().expect("read above for a gate's job");
+                    open_gate(job, company.as_deref(), directory)
+                }
                 None => self.run_op(&delivery, &doc.ctx.company).await,
             }
         } else {
@@ -253,8 +268,14 @@ fn behind_gate(plan: &Plan, step: &str) -> bool {
         .any(|s| s.gate.is_some() && s.descendants.contains(&i))
 }
 
-/// Resolves a gate's approvers: its own list, or the company's approvers as they are now.
-fn open_gate(job: &steward_schemas::Job, company: Option<&CompanyRecord>) -> Event {
+/// Resolves a gate's approvers: its own list, or the company's approvers as they are now; and
+/// says which of them cannot decide (not enabled technicians) and who the enabled admins are,
+/// for the machine to leave them out or hand the gate to the admins.
+fn open_gate(
+    job: &steward_schemas::Job,
+    company: Option<&CompanyRecord>,
+    directory: &steward_core::company::Directory,
+) -> Event {
     let Ok(gate) = serde_json::from_value::<GateSpec>(job.input.clone()) else {
         return Event::StepFailed {
             step: job.step.clone(),
@@ -270,11 +291,15 @@ fn open_gate(job: &steward_schemas::Job, company: Option<&CompanyRecord>) -> Eve
                 .unwrap_or_default(),
         }
     };
+    let approvers = resolve(&gate.approvers);
+    let escalation = gate.escalate_to.as_ref().map(resolve).unwrap_or_default();
     Event::GateOpened {
         step: job.step.clone(),
         seq: job.seq,
-        approvers: resolve(&gate.approvers),
-        escalation: gate.escalate_to.as_ref().map(resolve).unwrap_or_default(),
+        unavailable: directory.unavailable(approvers.iter().chain(&escalation)),
+        admins: directory.enabled_admins(),
+        approvers,
+        escalation,
     }
 }
 

@@ -68,17 +68,26 @@ pub enum Event {
         /// Why.
         error: StepFailure,
     },
-    /// A gate's approvers were resolved: it is open.
+    /// A gate's approvers were resolved: it opens, with the approvers and escalation targets
+    /// who can decide. The machine drops the ones listed `unavailable`; if too few are left to
+    /// reach the quorum, the gate goes to `admins` instead (never to nobody).
     GateOpened {
         /// The gate.
         step: StepId,
         /// The job's sequence number.
         seq: u32,
-        /// Who may decide (emails).
+        /// Who the gate names to decide (emails), as resolved when it opened.
         approvers: Vec<String>,
-        /// Who decides after escalation.
+        /// Who it names to decide after escalation.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         escalation: Vec<String>,
+        /// Named approvers and escalation targets who cannot decide: not a technician, or
+        /// disabled (looked up when the gate opened).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        unavailable: Vec<UnavailableApprover>,
+        /// The enabled admins when the gate opened: who decides when nobody named can.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        admins: Vec<String>,
     },
     /// An approver decided a gate.
     ApprovalDecided {
@@ -146,6 +155,27 @@ pub enum Event {
         /// Who.
         by: String,
     },
+    /// A technician asked for a step's failed undo to be tried again (its attempts start over),
+    /// or for an undo waiting to retry to run now. A run that ended `rollback_failed` rolls back
+    /// again and ends once more when its undos have settled.
+    RetryUndoRequested {
+        /// The step whose undo to retry.
+        step: StepId,
+        /// Who.
+        by: String,
+    },
+    /// A technician declared a step's failed undo done by hand. The undos that waited for it
+    /// go ahead; the run ends `rolled_back` once nothing is left failed.
+    UndoResolved {
+        /// The step.
+        step: StepId,
+        /// Who.
+        by: String,
+        /// What they did, in their words (required).
+        comment: String,
+        /// How it came (`api`, `cli`).
+        via: String,
+    },
     /// A technician asked for a step to be skipped.
     SkipStepRequested {
         /// The step.
@@ -178,6 +208,37 @@ impl Event {
             Self::ResumeRequested { .. } => "resume_requested",
             Self::RetryStepRequested { .. } => "retry_step_requested",
             Self::SkipStepRequested { .. } => "skip_step_requested",
+            Self::RetryUndoRequested { .. } => "retry_undo_requested",
+            Self::UndoResolved { .. } => "undo_resolved",
+        }
+    }
+}
+
+/// A named approver who cannot decide a gate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct UnavailableApprover {
+    /// Their email, as the gate or the company names them.
+    pub email: String,
+    /// Why they cannot decide.
+    pub reason: Unavailability,
+}
+
+/// Why a named approver cannot decide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Unavailability {
+    /// No technician has this email.
+    NotATechnician,
+    /// Their technician is disabled.
+    Disabled,
+}
+
+impl Unavailability {
+    /// In words: `is not a technician`, `is disabled`.
+    pub fn words(self) -> &'static str {
+        match self {
+            Self::NotATechnician => "is not a technician",
+            Self::Disabled => "is disabled",
         }
     }
 }

@@ -19,13 +19,14 @@ pub mod workflow;
 pub use auth::{CompanyScope, Role, Technician, TokenInfo};
 pub use company::{Company, CompanyDefaults, IdentityProvider, MailboxProvider, PsaLink, RmmLink};
 pub use effect::{Effect, Job, JobRef, Phase, TimerKey, TimerKind};
-pub use event::{Event, FailureKind, StepFailure};
+pub use event::{Event, FailureKind, StepFailure, Unavailability, UnavailableApprover};
 pub use id::{Attempt, CompanyId, RunId, StepId, TechnicianId, TokenId};
 pub use op::{ApprovalRule, OpAccess, OpField, OpSpec, Reversibility, System};
 pub use policy::{GroupSetting, Level, PermissionGroup, Permissions, Profile};
 pub use run::{
-    CompState, Decision, Dispatch, HistoryEntry, PauseReason, Rollback, RollbackCause, RunContext,
-    RunDoc, RunState, RunStatus, SkipReason, StepRecord, StepState, TicketRef, WorkflowRef,
+    AdminFallback, CompState, Decision, Dispatch, HistoryEntry, PauseReason, Rollback,
+    RollbackCause, RunAction, RunContext, RunDoc, RunState, RunStatus, SkipReason, StepRecord,
+    StepState, TicketRef, WorkflowRef,
 };
 pub use time::{Dur, Timestamp};
 

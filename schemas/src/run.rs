@@ -6,7 +6,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::event::{Event, StepFailure};
+use crate::event::{Event, StepFailure, UnavailableApprover};
 use crate::id::{Attempt, CompanyId, RunId, StepId};
 use crate::time::Timestamp;
 
@@ -88,7 +88,8 @@ pub struct RunState {
 }
 
 /// A run's status. Terminal statuses (`completed`, `cancelled`, `rolled_back`,
-/// `rollback_failed`) absorb every later event.
+/// `rollback_failed`) absorb every later report; the one request an ended run takes is a
+/// technician's fix of a `rollback_failed` run (retry a failed undo, or mark it resolved).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum RunStatus {
@@ -142,6 +143,9 @@ pub enum RunStatus {
         /// Steps whose changes cannot be undone.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         irreversible: Vec<StepId>,
+        /// Steps whose undo failed and a technician finished by hand (marked resolved).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        resolved: Vec<StepId>,
     },
     /// Some changes could not be undone; a technician must finish the job.
     RollbackFailed {
@@ -157,6 +161,9 @@ pub enum RunStatus {
         /// Steps whose changes cannot be undone.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         irreversible: Vec<StepId>,
+        /// Steps whose undo failed and a technician finished by hand (marked resolved).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        resolved: Vec<StepId>,
     },
 }
 
@@ -339,6 +346,13 @@ pub enum StepState {
         /// The yes votes so far.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         approvals: Vec<Decision>,
+        /// Named approvers and escalation targets who could not decide when it opened (not a
+        /// technician, or disabled); they were left out.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        unavailable: Vec<UnavailableApprover>,
+        /// Which of its lists went to the MSP's admins because nobody named could decide.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to_admins: Option<AdminFallback>,
     },
     /// A job for it is in the step queue or running on a worker.
     Queued {
@@ -438,6 +452,16 @@ impl StepState {
     }
 }
 
+/// Which list of a gate went to the admins because nobody it named could decide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminFallback {
+    /// The approvers: the admins decide from the start.
+    Approvers,
+    /// The escalation targets: the gate escalates to the admins.
+    Escalation,
+}
+
 /// An approver's decision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Decision {
@@ -535,6 +559,17 @@ pub enum CompState {
         /// Why.
         error: StepFailure,
     },
+    /// The undo failed, and a technician finished it by hand.
+    Resolved {
+        /// Who.
+        by: String,
+        /// When.
+        at: Timestamp,
+        /// What they did, in their words.
+        comment: String,
+        /// How it came (`api`, `cli`).
+        via: String,
+    },
     /// Cannot be undone; listed for a technician.
     Irreversible {
         /// Why.
@@ -556,6 +591,7 @@ impl CompState {
             Self::Retrying { .. } => "retrying",
             Self::Done { .. } => "done",
             Self::Failed { .. } => "failed",
+            Self::Resolved { .. } => "resolved",
             Self::Irreversible { .. } => "irreversible",
             Self::Blocked { .. } => "blocked",
         }
@@ -567,6 +603,87 @@ impl CompState {
             self,
             Self::Waiting | Self::Queued { .. } | Self::Retrying { .. }
         )
+    }
+}
+
+/// Something a technician can do to a run now: the machine accepts it in the run's current state.
+/// Listed in the run's view so a CLI or dashboard offers only fixes that can be carried out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum RunAction {
+    /// Cancel the run, leaving what it changed (`POST /v1/runs/{run}/cancel`).
+    Cancel,
+    /// Cancel the run and undo what it changed (`cancel` with `rollback: true`).
+    CancelWithRollback,
+    /// Pause the run (`POST /v1/runs/{run}/pause`).
+    Pause,
+    /// Resume the paused run (`POST /v1/runs/{run}/resume`).
+    Resume,
+    /// Try a step again now (`POST /v1/runs/{run}/steps/{step}/retry`).
+    RetryStep {
+        /// The step.
+        step: StepId,
+    },
+    /// Skip a step (`POST /v1/runs/{run}/steps/{step}/skip`).
+    SkipStep {
+        /// The step.
+        step: StepId,
+    },
+    /// Try a step's undo again (`POST /v1/runs/{run}/steps/{step}/retry-undo`).
+    RetryUndo {
+        /// The step.
+        step: StepId,
+    },
+    /// Mark a step's failed undo as done by hand, with a comment
+    /// (`POST /v1/runs/{run}/steps/{step}/resolve-undo`).
+    ResolveUndo {
+        /// The step.
+        step: StepId,
+    },
+    /// Approve an open gate (`POST /v1/approvals/{run}/{step}`), as one of `by`.
+    Approve {
+        /// The gate.
+        step: StepId,
+        /// Who may approve it now, and whose yes would count.
+        by: Vec<String>,
+    },
+    /// Reject an open gate, as one of `by`.
+    Reject {
+        /// The gate.
+        step: StepId,
+        /// Who may reject it now.
+        by: Vec<String>,
+    },
+}
+
+impl RunAction {
+    /// The action's name (`retry_undo`, …).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Cancel => "cancel",
+            Self::CancelWithRollback => "cancel_with_rollback",
+            Self::Pause => "pause",
+            Self::Resume => "resume",
+            Self::RetryStep { .. } => "retry_step",
+            Self::SkipStep { .. } => "skip_step",
+            Self::RetryUndo { .. } => "retry_undo",
+            Self::ResolveUndo { .. } => "resolve_undo",
+            Self::Approve { .. } => "approve",
+            Self::Reject { .. } => "reject",
+        }
+    }
+
+    /// The step it acts on, if any.
+    pub fn step(&self) -> Option<&StepId> {
+        match self {
+            Self::Cancel | Self::CancelWithRollback | Self::Pause | Self::Resume => None,
+            Self::RetryStep { step }
+            | Self::SkipStep { step }
+            | Self::RetryUndo { step }
+            | Self::ResolveUndo { step }
+            | Self::Approve { step, .. }
+            | Self::Reject { step, .. } => Some(step),
+        }
     }
 }
 

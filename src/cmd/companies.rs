@@ -31,10 +31,13 @@ pub(crate) enum CompaniesCmd {
         #[arg(long)]
         if_version: Option<u64>,
     },
-    /// Delete a company.
+    /// Delete a company. Refused while it has runs in flight or gates open, unless --force.
     Delete {
         /// Its id.
         id: String,
+        /// Delete even with runs in flight or gates open (recorded: who, when, what was in flight).
+        #[arg(long)]
+        force: bool,
     },
     /// Import companies from a CSV file: all rows are checked first; nothing is written unless
     /// every row is valid. Columns: id, name, tenant_id, identity_provider, mailbox_provider,
@@ -96,8 +99,9 @@ pub(crate) async fn run(api: &ApiArgs, cmd: CompaniesCmd) -> Result<ExitCode> {
                 .await?;
             c.print(&v, show);
         }
-        CompaniesCmd::Delete { id } => {
-            c.delete(&format!("/v1/companies/{}", urlencode(&id)))
+        CompaniesCmd::Delete { id, force } => {
+            let q = if force { "?force=true" } else { "" };
+            c.delete(&format!("/v1/companies/{}{q}", urlencode(&id)))
                 .await?;
             c.print(&json!({ "deleted": id }), |_| println!("deleted {id}"));
         }

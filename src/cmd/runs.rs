@@ -272,6 +272,13 @@ pub(crate) enum Control {
         step: StepId,
         reason: Option<String>,
     },
+    RetryUndo {
+        step: StepId,
+    },
+    ResolveUndo {
+        step: StepId,
+        comment: String,
+    },
 }
 
 /// Sends a technician's request; prints the run's status after it.
@@ -288,6 +295,13 @@ pub(crate) async fn control(api: &ApiArgs, run: RunId, control: Control) -> Resu
         Control::SkipStep { step, reason } => (
             format!("/v1/runs/{run}/steps/{step}/skip"),
             json!({"reason": reason}),
+        ),
+        Control::RetryUndo { step } => {
+            (format!("/v1/runs/{run}/steps/{step}/retry-undo"), json!({}))
+        }
+        Control::ResolveUndo { step, comment } => (
+            format!("/v1/runs/{run}/steps/{step}/resolve-undo"),
+            json!({"comment": comment}),
         ),
     };
     let summary = c.post(&path, body).await?;

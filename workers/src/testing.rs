@@ -269,6 +269,10 @@ static LEDGER: OpSpec = spec(
         ),
         OpField::optional("irreversible", "record the change as irreversible"),
         OpField::optional("undo_fails", "make the undo fail"),
+        OpField::optional(
+            "undo_blocked_by",
+            "make the undo fail while this flag is in the ledger's blocks set (a cause a technician can fix)",
+        ),
     ],
     Some(&[
         OpField::required("key", "the key"),
@@ -297,6 +301,11 @@ return gone
 /// The ledger's Redis keys under `namespace`.
 pub fn ledger_keys(namespace: &str) -> [String; 4] {
     ["exec", "state", "applied", "undone"].map(|k| format!("{namespace}:{{ledger}}:{k}"))
+}
+
+/// The ledger's set of flags that make undos with `undo_blocked_by` fail while present.
+pub fn ledger_blocks_key(namespace: &str) -> String {
+    format!("{namespace}:{{ledger}}:blocks")
 }
 
 fn ledger_conn(cx: &OpContext) -> Result<redis::aio::ConnectionManager, OpError> {
@@ -354,6 +363,7 @@ impl Op for Ledger {
                     input: json!({
                         "field": field,
                         "fail": opt_bool(&input, "undo_fails")?.unwrap_or(false),
+                        "blocked_by": input.get("undo_blocked_by").cloned().unwrap_or(Value::Null),
                     }),
                     prior,
                 }
@@ -381,6 +391,10 @@ static LEDGER_UNDO_SPEC: OpSpec = OpSpec {
     inputs: &[
         OpField::required("field", "the entry to remove"),
         OpField::optional("fail", "fail instead"),
+        OpField::optional(
+            "blocked_by",
+            "fail while this flag is in the ledger's blocks set",
+        ),
     ],
     outputs: Some(&[OpField::required(
         "removed",
@@ -410,6 +424,19 @@ impl Op for LedgerUndo {
                 .ok_or_else(|| OpError::bad_input("field", "must be text"))?
                 .to_owned();
             let mut conn = ledger_conn(cx)?;
+            if let Some(flag) = input.get("blocked_by").and_then(Value::as_str) {
+                let blocked: bool = redis::cmd("SISMEMBER")
+                    .arg(ledger_blocks_key(&cx.services.namespace))
+                    .arg(flag)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| OpError::retryable(format!("ledger unavailable: {e}")))?;
+                if blocked {
+                    return Err(OpError::terminal(format!(
+                        "the ledger refused the undo: `{flag}` blocks it"
+                    )));
+                }
+            }
             let [_, state, _, undone] = ledger_keys(&cx.services.namespace);
             let gone: i64 = redis::Script::new(LEDGER_UNDO)
                 .key(&state)

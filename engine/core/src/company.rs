@@ -1,8 +1,19 @@
 //! Checking a company's settings: every problem names the field and the fix.
+//!
+//! Approvers are real: a company's approvers, and the approvers and escalation targets of the
+//! gates its runs go through, must be enabled technicians. [`Directory`] is the technicians as
+//! these checks see them (read by the caller); [`approver_problems`] checks a company when it is
+//! saved, [`gate_problems`] a run's gates when it is planned (a gate nobody could decide is
+//! refused then), and [`named_approver_problems`] a workflow's named lists when it is loaded.
 
-use steward_schemas::{Company, IdentityProvider, MailboxProvider};
+use std::collections::BTreeMap;
 
-use crate::text::{is_domain, is_email, is_hostname, normalize_emails};
+use steward_schemas::{
+    Approvers, Company, IdentityProvider, MailboxProvider, OnExpiry, Role, Technician,
+    Unavailability, UnavailableApprover, WorkflowDef,
+};
+
+use crate::text::{is_domain, is_email, is_hostname, normalize_email, normalize_emails};
 
 /// One problem with a company's settings.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -260,6 +271,245 @@ pub fn validate(c: &Company) -> Vec<FieldProblem> {
     out
 }
 
+/// The technicians, as approver checks see them: who exists, who is enabled, who is an admin.
+#[derive(Debug, Clone, Default)]
+pub struct Directory {
+    /// By normalised email: (enabled, admin).
+    by_email: BTreeMap<String, (bool, bool)>,
+}
+
+impl Directory {
+    /// The directory of these technicians.
+    pub fn new<'a>(technicians: impl IntoIterator<Item = &'a Technician>) -> Self {
+        Self {
+            by_email: technicians
+                .into_iter()
+                .map(|t| {
+                    (
+                        normalize_email(&t.email),
+                        (!t.disabled, t.role == Role::Admin),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// Why `email` cannot decide a gate, or `None` when they are an enabled technician.
+    pub fn unavailability(&self, email: &str) -> Option<Unavailability> {
+        match self.by_email.get(&normalize_email(email)) {
+            None => Some(Unavailability::NotATechnician),
+            Some((false, _)) => Some(Unavailability::Disabled),
+            Some((true, _)) => None,
+        }
+    }
+
+    /// Those of `emails` who cannot decide, and why (normalised, each once).
+    pub fn unavailable<S: AsRef<str>>(
+        &self,
+        emails: impl IntoIterator<Item = S>,
+    ) -> Vec<UnavailableApprover> {
+        normalize_emails(emails)
+            .into_iter()
+            .filter_map(|email| {
+                self.unavailability(&email)
+                    .map(|reason| UnavailableApprover { email, reason })
+            })
+            .collect()
+    }
+
+    /// The enabled admins, by email: who decides a gate nobody it names can.
+    pub fn enabled_admins(&self) -> Vec<String> {
+        self.by_email
+            .iter()
+            .filter(|(_, (enabled, admin))| *enabled && *admin)
+            .map(|(email, _)| email.clone())
+            .collect()
+    }
+}
+
+/// The fix for an approver who cannot decide.
+fn approver_fix(u: &UnavailableApprover, remove_from: &str) -> String {
+    match u.reason {
+        Unavailability::NotATechnician => format!(
+            "add {} as a technician (steward technicians add --email {}), or remove them from {remove_from}",
+            u.email, u.email
+        ),
+        Unavailability::Disabled => format!(
+            "enable {} again (PATCH /v1/technicians/ID with {{\"disabled\": false}}), or remove them from {remove_from}",
+            u.email
+        ),
+    }
+}
+
+/// Every approver of a company (after [`normalize`]) who is not an enabled technician.
+pub fn approver_problems(c: &Company, directory: &Directory) -> Vec<FieldProblem> {
+    directory
+        .unavailable(&c.approvers)
+        .iter()
+        .map(|u| {
+            problem(
+                "approvers",
+                format!("`{}` {}, so they cannot approve", u.email, u.reason.words()),
+                approver_fix(u, "the company's approvers"),
+            )
+        })
+        .collect()
+}
+
+/// A gate of a run that nobody could decide, or escalate to.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GateProblem {
+    /// The gate.
+    pub step: String,
+    /// `gate.approvers` or `gate.escalate_to`.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+    /// How to fix it.
+    pub fix: String,
+}
+
+impl std::fmt::Display for GateProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}; {}", self.message, self.fix)
+    }
+}
+
+/// Who a gate's list names, resolved for `company`, and the words for where it comes from.
+fn resolve<'a>(list: &'a Approvers, company: &'a Company) -> (Vec<String>, String) {
+    match list {
+        Approvers::List(names) => (normalize_emails(names), "the gate's list".to_owned()),
+        Approvers::Source(_) => (
+            normalize_emails(&company.approvers),
+            format!("company `{}`'s approvers", company.id),
+        ),
+    }
+}
+
+/// The gates of a run of `def` (the workflow with the company's policy applied) for `company`,
+/// asked for by `requester`, that nobody could decide: too few of their approvers (or, for a
+/// gate that escalates, of its escalation targets) are enabled technicians other than the
+/// requester to reach the quorum. A run with such a gate is refused when it is planned.
+pub fn gate_problems(
+    def: &WorkflowDef,
+    company: &Company,
+    directory: &Directory,
+    requester: &str,
+) -> Vec<GateProblem> {
+    let requester = normalize_email(requester);
+    let mut out = Vec::new();
+    for step in &def.steps {
+        let Some(gate) = &step.gate else { continue };
+        let mut lists = vec![("gate.approvers", "approvers", &gate.approvers)];
+        if gate.on_expiry == OnExpiry::Escalate
+            && let Some(to) = &gate.escalate_to
+        {
+            lists.push(("gate.escalate_to", "escalation targets", to));
+        }
+        for (field, what, list) in lists {
+            let (named, source) = resolve(list, company);
+            let unavailable = directory.unavailable(&named);
+            let eligible = named
+                .iter()
+                .filter(|a| **a != requester && !unavailable.iter().any(|u| &u.email == *a))
+                .count();
+            if eligible as u64 >= u64::from(gate.quorum) {
+                continue;
+            }
+            let mut why: Vec<String> = unavailable
+                .iter()
+                .map(|u| format!("{} {}", u.email, u.reason.words()))
+                .collect();
+            if named.contains(&requester) {
+                why.push(format!(
+                    "{requester} asked for this run and cannot approve it"
+                ));
+            }
+            let message = if named.is_empty() {
+                format!(
+                    "gate `{}` would have nobody able to decide: {}",
+                    step.id,
+                    match list {
+                        Approvers::List(_) => format!("the gate names no {what}"),
+                        Approvers::Source(_) =>
+                            format!("company `{}` has no approvers", company.id),
+                    }
+                )
+            } else {
+                format!(
+                    "gate `{}` would have nobody able to decide: it needs {} approval{} and only {eligible} of its {what} ({source}: {}) can give one{}",
+                    step.id,
+                    gate.quorum,
+                    if gate.quorum == 1 { "" } else { "s" },
+                    named.join(", "),
+                    if why.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", why.join("; "))
+                    }
+                )
+            };
+            let mut fixes: Vec<String> = unavailable
+                .iter()
+                .map(|u| approver_fix(u, &source))
+                .collect();
+            fixes.push(match list {
+                Approvers::List(_) => format!(
+                    "or name enabled technicians in the workflow's gate `{}` ({field})",
+                    step.id
+                ),
+                Approvers::Source(_) => format!(
+                    "or add enabled technicians to company `{}`'s approvers",
+                    company.id
+                ),
+            });
+            if named.contains(&requester) {
+                fixes.push("or have another technician start the run".to_owned());
+            }
+            out.push(GateProblem {
+                step: step.id.clone(),
+                field: field.to_owned(),
+                message,
+                fix: fixes.join("; "),
+            });
+        }
+    }
+    out
+}
+
+/// The people a workflow's gates name by email (not `company`) who are not enabled technicians:
+/// reported when the workflow is loaded, before any run is refused for them.
+pub fn named_approver_problems(def: &WorkflowDef, directory: &Directory) -> Vec<GateProblem> {
+    let mut out = Vec::new();
+    for step in &def.steps {
+        let Some(gate) = &step.gate else { continue };
+        let lists = [
+            ("gate.approvers", Some(&gate.approvers)),
+            ("gate.escalate_to", gate.escalate_to.as_ref()),
+        ];
+        for (field, list) in lists {
+            let Some(Approvers::List(names)) = list else {
+                continue;
+            };
+            for u in directory.unavailable(names) {
+                out.push(GateProblem {
+                    step: step.id.clone(),
+                    field: field.to_owned(),
+                    message: format!(
+                        "workflow `{}`, gate `{}`: {} {}, so they cannot decide it",
+                        def.name,
+                        step.id,
+                        u.email,
+                        u.reason.words()
+                    ),
+                    fix: approver_fix(&u, &format!("the gate's {field}")),
+                });
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -361,5 +611,131 @@ mod tests {
                 "{expect} missing from {f:?}"
             );
         }
+    }
+
+    fn tech(email: &str, role: Role, disabled: bool) -> Technician {
+        serde_json::from_value(json!({
+            "id": "tech_01ARZ3NDEKTSV4RRFFQ69G5FAV", "email": email, "name": email,
+            "role": role, "companies": "all", "disabled": disabled,
+            "created_at": "2026-01-01T00:00:00Z",
+        }))
+        .unwrap()
+    }
+
+    fn directory() -> Directory {
+        let techs = [
+            tech("alice@msp", Role::Technician, false),
+            tech("bob@msp", Role::Technician, true),
+            tech("root@msp", Role::Admin, false),
+            tech("old@msp", Role::Admin, true),
+        ];
+        Directory::new(&techs)
+    }
+
+    fn workflow(gate: serde_json::Value) -> WorkflowDef {
+        serde_json::from_value(json!({
+            "name": "w",
+            "steps": [{"id": "approval", "gate": gate}, {"id": "go", "op": "x", "needs": ["approval"]}],
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_directory_knows_who_can_decide() {
+        let d = directory();
+        assert_eq!(d.unavailability(" Alice@MSP "), None);
+        assert_eq!(d.unavailability("bob@msp"), Some(Unavailability::Disabled));
+        assert_eq!(
+            d.unavailability("ghost@msp"),
+            Some(Unavailability::NotATechnician)
+        );
+        assert_eq!(
+            d.enabled_admins(),
+            ["root@msp"],
+            "disabled admins take nothing over"
+        );
+        let c = company(
+            json!({"id": "x", "name": "X", "tenant_id": "8f1c0e2a-0b5e-4f7e-9a51-3c2d6a7b9e10",
+            "identity_provider": "entra_id", "mailbox_provider": "exchange_online",
+            "approvers": ["alice@msp", "BOB@msp", "ghost@msp"]}),
+        );
+        let problems = approver_problems(&c, &d);
+        let messages: Vec<&str> = problems.iter().map(|p| p.message.as_str()).collect();
+        assert_eq!(
+            messages,
+            [
+                "`bob@msp` is disabled, so they cannot approve",
+                "`ghost@msp` is not a technician, so they cannot approve"
+            ]
+        );
+        assert!(problems.iter().all(|p| p.field == "approvers"));
+        assert!(
+            problems[1]
+                .fix
+                .contains("steward technicians add --email ghost@msp")
+        );
+    }
+
+    #[test]
+    fn a_gate_nobody_could_decide_is_found_when_planned() {
+        let d = directory();
+        let c = company(
+            json!({"id": "contoso", "name": "C", "tenant_id": "8f1c0e2a-0b5e-4f7e-9a51-3c2d6a7b9e10",
+            "identity_provider": "entra_id", "mailbox_provider": "exchange_online",
+            "approvers": ["alice@msp", "bob@msp"]}),
+        );
+        // The company's approvers: bob is disabled, so alice alone decides, unless she asked.
+        let def = workflow(json!({"approvers": "company", "quorum": 1}));
+        assert!(gate_problems(&def, &c, &d, "tech@msp").is_empty());
+        let p = gate_problems(&def, &c, &d, "Alice@msp");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(
+            (p[0].step.as_str(), p[0].field.as_str()),
+            ("approval", "gate.approvers")
+        );
+        assert!(
+            p[0].message.contains("needs 1 approval and only 0 of its approvers (company `contoso`'s approvers: alice@msp, bob@msp)")
+                && p[0].message.contains("bob@msp is disabled; alice@msp asked for this run"),
+            "{}",
+            p[0].message
+        );
+        assert!(
+            p[0].fix.contains("enable bob@msp again")
+                && p[0].fix.contains("have another technician start the run"),
+            "{}",
+            p[0].fix
+        );
+        // A named list and an escalation to nobody who can decide.
+        let def = workflow(
+            json!({"approvers": ["alice@msp"], "quorum": 1, "expires_in": "1h",
+            "on_expiry": "escalate", "escalate_to": ["ghost@msp"]}),
+        );
+        let p = gate_problems(&def, &c, &d, "tech@msp");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].field, "gate.escalate_to");
+        assert!(
+            p[0].fix
+                .contains("name enabled technicians in the workflow's gate `approval`"),
+            "{}",
+            p[0].fix
+        );
+        // The same named people are reported when the workflow is loaded.
+        let named = named_approver_problems(&def, &d);
+        assert_eq!(named.len(), 1, "{named:?}");
+        assert!(
+            named[0].message.contains("ghost@msp is not a technician"),
+            "{}",
+            named[0].message
+        );
+        // Without approvers at all.
+        let mut empty = c;
+        empty.approvers.clear();
+        let def = workflow(json!({"approvers": "company", "quorum": 1}));
+        let p = gate_problems(&def, &empty, &d, "tech@msp");
+        assert!(
+            p[0].message.contains("company `contoso` has no approvers"),
+            "{}",
+            p[0].message
+        );
     }
 }

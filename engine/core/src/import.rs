@@ -179,6 +179,12 @@ const FORMULA_FIX: &str = "start the text differently";
 /// they are left empty here; the store keeps a known company's existing values for those rather
 /// than wiping them.
 pub fn parse_companies_csv(input: &[u8]) -> Result<Vec<Company>, Vec<CellError>> {
+    parse_companies_csv_rows(input).map(|rows| rows.into_iter().map(|(_, c)| c).collect())
+}
+
+/// [`parse_companies_csv`], with each company's spreadsheet row: for checks made afterwards
+/// (approvers against the technicians) to name the row too.
+pub fn parse_companies_csv_rows(input: &[u8]) -> Result<Vec<(usize, Company)>, Vec<CellError>> {
     let input = input.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(input);
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
@@ -237,7 +243,7 @@ pub fn parse_companies_csv(input: &[u8]) -> Result<Vec<Company>, Vec<CellError>>
             }]);
         }
         if let Some(company) = read_row(&cells, row, layout, &mut seen_ids, &mut errors) {
-            companies.push(company);
+            companies.push((row, company));
         }
     }
     if layout.is_none() && errors.is_empty() {

@@ -4,7 +4,6 @@
 //! reqwest, axum or apalis.
 #![warn(missing_docs)]
 
-pub mod actions;
 pub mod company;
 pub mod expr;
 pub mod history;
@@ -18,6 +17,8 @@ pub mod routing;
 pub mod text;
 pub mod words;
 
-pub use machine::{Cx, Transition, TransitionError, initial_state, may_decide, transition};
+pub use machine::{
+    Cx, Transition, TransitionError, actions, initial_state, may_decide, transition,
+};
 pub use plan::{Catalog, Plan, PlanStep, Problem, ValidationError};
 pub use retry::RetryPolicy;

@@ -7,12 +7,20 @@
 //! Fences: every job and timer carries the step's dispatch sequence number (`seq`). An outcome or
 //! timer whose `seq` is not the step's current one, or that finds the step in another state, is
 //! stale: the transition ignores it and nothing changes.
+//!
+//! Ended runs absorb every later report and refuse requests, with one exception: a run that
+//! ended `rollback_failed` takes a technician's fix of a failed undo (retry it, or mark it done
+//! by hand). It then rolls back again, through the same fenced undo jobs, and ends once more.
+//!
+//! What a technician can do in a state is [`actions`]: it asks the same checks the transitions
+//! apply, so a CLI or dashboard offers only fixes that the machine will accept.
 
 use serde_json::{Map, Value};
 use steward_schemas::{
-    Attempt, CompState, Decision, Dispatch, Effect, Event, FailureKind, Job, JobRef, OnExpiry,
-    OnFailure, PauseReason, Phase, Rollback, RollbackCause, RunContext, RunState, RunStatus,
-    SkipReason, StepFailure, StepId, StepRecord, StepState, TimerKey, TimerKind, Timestamp,
+    AdminFallback, Attempt, CompState, Decision, Dispatch, Effect, Event, FailureKind, Job, JobRef,
+    OnExpiry, OnFailure, PauseReason, Phase, Rollback, RollbackCause, RunAction, RunContext,
+    RunState, RunStatus, SkipReason, StepFailure, StepId, StepRecord, StepState, TimerKey,
+    TimerKind, Timestamp, UnavailableApprover,
 };
 
 use crate::expr::{Path, Root, RunField, Scope, walk};
@@ -198,7 +206,9 @@ pub fn transition(
             | Event::PauseRequested { .. }
             | Event::ResumeRequested { .. }
             | Event::RetryStepRequested { .. }
-            | Event::SkipStepRequested { .. },
+            | Event::SkipStepRequested { .. }
+            | Event::RetryUndoRequested { .. }
+            | Event::UndoResolved { .. },
         ) => return Err(invalid()),
 
         // An ended run absorbs late reports; requests get a reason.
@@ -228,11 +238,11 @@ pub fn transition(
             | Event::RetryStepRequested { .. }
             | Event::SkipStepRequested { .. }
             | Event::ApprovalDecided { .. },
-        ) => {
-            return Err(TransitionError::Rejected {
-                reason: format!("the run has already ended ({})", state.status.name()),
-            });
-        }
+        ) => return Err(ended(&state.status)),
+        (
+            S::Completed { .. } | S::Cancelled { .. } | S::RolledBack { .. },
+            Event::RetryUndoRequested { .. } | Event::UndoResolved { .. },
+        ) => return Err(ended(&state.status)),
 
         // Reports from workers and timers. Fences inside ignore stale ones.
         (
@@ -312,8 +322,19 @@ pub fn transition(
                 seq,
                 approvers,
                 escalation,
+                unavailable,
+                admins,
             },
-        ) => m.on_gate_opened(step, *seq, approvers, escalation)?,
+        ) => m.on_gate_opened(
+            step,
+            *seq,
+            GateNames {
+                approvers,
+                escalation,
+                unavailable,
+                admins,
+            },
+        )?,
         (
             S::Scheduled { .. }
             | S::Running
@@ -430,6 +451,33 @@ pub fn transition(
                 state.status.name()
             )));
         }
+
+        // A technician's fixes of undos that failed, while the run rolls back or after its
+        // rollback failed.
+        (
+            S::RollingBack { .. } | S::RollbackFailed { .. },
+            Event::RetryUndoRequested { step, .. },
+        ) => {
+            m.on_retry_undo(step)?;
+        }
+        (
+            S::RollingBack { .. } | S::RollbackFailed { .. },
+            Event::UndoResolved {
+                step,
+                by,
+                comment,
+                via,
+            },
+        ) => m.on_undo_resolved(step, by, comment, via)?,
+        (
+            S::Scheduled { .. } | S::Running | S::Paused { .. } | S::Cancelling { .. },
+            Event::RetryUndoRequested { .. } | Event::UndoResolved { .. },
+        ) => {
+            return Err(rejected(&format!(
+                "only an undo that failed can be retried or resolved, and nothing of this run has been undone (it is {})",
+                state.status.name()
+            )));
+        }
     }
     if m.ignored.is_none() {
         m.st.updated_at = cx.now;
@@ -445,6 +493,312 @@ fn rejected(reason: &str) -> TransitionError {
     TransitionError::Rejected {
         reason: reason.to_owned(),
     }
+}
+
+/// The refusal of a request to an ended run, saying what can still be done.
+fn ended(status: &RunStatus) -> TransitionError {
+    let name = status.name();
+    rejected(&match status {
+        RunStatus::RollbackFailed { .. } => format!(
+            "the run has already ended ({name}); what is left: retry a failed undo (retry-undo), or mark it done by hand (resolve-undo)"
+        ),
+        RunStatus::RolledBack { .. } => {
+            format!("the run has already ended ({name}); nothing is left to undo")
+        }
+        RunStatus::Created
+        | RunStatus::Scheduled { .. }
+        | RunStatus::Running
+        | RunStatus::Paused { .. }
+        | RunStatus::Cancelling { .. }
+        | RunStatus::RollingBack { .. }
+        | RunStatus::Completed { .. }
+        | RunStatus::Cancelled { .. } => format!("the run has already ended ({name})"),
+    })
+}
+
+fn reject_with(reason: String) -> TransitionError {
+    TransitionError::Rejected { reason }
+}
+
+/// What a technician can do to a run now, run-wide actions first, then each step's in plan
+/// order. Every action listed is accepted by [`transition`] in this state (a repeated approval
+/// aside: the approver is left out of `approve`, and the machine would ignore it), and every one
+/// left out is refused: both ask the same checks. `now` matters for a gate past its expiry, which
+/// takes no more decisions.
+pub fn actions(plan: &Plan, ctx: &RunContext, state: &RunState, now: Timestamp) -> Vec<RunAction> {
+    let mut out = Vec::new();
+    let consistent = state.steps.len() == plan.steps().len()
+        && plan.steps().iter().all(|s| state.steps.contains_key(&s.id));
+    if !consistent {
+        // The machine refuses every event to a state that does not fit its plan.
+        return out;
+    }
+    use RunStatus as S;
+    // Which step requests the status takes: forward ones (retry, skip, decide), undo ones.
+    let (forward, undo) = match &state.status {
+        S::Created => (false, false),
+        S::Scheduled { .. } => {
+            out.extend([RunAction::Cancel, RunAction::CancelWithRollback]);
+            (false, false)
+        }
+        S::Running => {
+            out.extend([
+                RunAction::Cancel,
+                RunAction::CancelWithRollback,
+                RunAction::Pause,
+            ]);
+            (true, false)
+        }
+        S::Paused { .. } => {
+            out.extend([RunAction::Cancel, RunAction::CancelWithRollback]);
+            if blocking_failure(plan, state).is_none() {
+                out.push(RunAction::Resume);
+            }
+            (true, false)
+        }
+        S::Cancelling {
+            rollback: false, ..
+        } => {
+            out.push(RunAction::CancelWithRollback);
+            (false, false)
+        }
+        S::Cancelling { rollback: true, .. } => (false, false),
+        S::RollingBack { .. } | S::RollbackFailed { .. } => (false, true),
+        S::Completed { .. } | S::Cancelled { .. } | S::RolledBack { .. } => (false, false),
+    };
+    for (i, s) in plan.steps().iter().enumerate() {
+        let rec = &state.steps[&s.id];
+        let step = || s.id.clone();
+        if forward {
+            if retry_step_check(plan, rec, i).is_ok() {
+                out.push(RunAction::RetryStep { step: step() });
+            }
+            if skip_step_check(plan, rec, i).is_ok() {
+                out.push(RunAction::SkipStep { step: step() });
+            }
+            if let StepState::AwaitingApproval { approvers, .. } = &rec.state {
+                let mut approve = Vec::new();
+                let mut reject = Vec::new();
+                for a in approvers {
+                    if let Ok((_, approved)) = decision_check(ctx, rec, &s.id, a, now) {
+                        if !approved {
+                            approve.push(a.clone());
+                        }
+                        reject.push(a.clone());
+                    }
+                }
+                if !approve.is_empty() {
+                    out.push(RunAction::Approve {
+                        step: step(),
+                        by: approve,
+                    });
+                }
+                if !reject.is_empty() {
+                    out.push(RunAction::Reject {
+                        step: step(),
+                        by: reject,
+                    });
+                }
+            }
+        }
+        if undo {
+            if retry_undo_check(plan, rec, i).is_ok() {
+                out.push(RunAction::RetryUndo { step: step() });
+            }
+            if resolve_undo_check(plan, rec, i).is_ok() {
+                out.push(RunAction::ResolveUndo { step: step() });
+            }
+        }
+    }
+    out
+}
+
+/// The first step whose failure holds the run (`on_failure: pause`).
+fn blocking_failure(plan: &Plan, state: &RunState) -> Option<usize> {
+    plan.steps().iter().position(|s| {
+        s.on_failure == OnFailure::Pause
+            && matches!(
+                state.steps.get(&s.id).map(|r| &r.state),
+                Some(StepState::Failed { .. })
+            )
+    })
+}
+
+/// How a step that is retried starts again.
+enum RetryFrom {
+    /// It failed (`on_failure: pause`): a fresh attempt budget.
+    Failed,
+    /// It waits to retry: this attempt, now.
+    Retrying(Attempt),
+    /// It waits to be asked again: now.
+    Polling(Dispatch),
+}
+
+/// Whether step `i` (its record `rec`) can be retried while the run is running or paused: how,
+/// or why not.
+fn retry_step_check(plan: &Plan, rec: &StepRecord, i: usize) -> Result<RetryFrom, String> {
+    let def = plan.step(i);
+    let step = &def.id;
+    match &rec.state {
+        StepState::Failed { .. } if def.on_failure == OnFailure::Pause => Ok(RetryFrom::Failed),
+        StepState::Failed { .. } => Err(format!(
+            "step `{step}` failed with on_failure: {} and the run went on without it; start a new run instead",
+            def.on_failure.name()
+        )),
+        StepState::Retrying { next, .. } => Ok(RetryFrom::Retrying(*next)),
+        StepState::Polling { job, .. } => Ok(RetryFrom::Polling(*job)),
+        StepState::Queued { .. } => Err(format!("step `{step}` is running now")),
+        StepState::Pending
+        | StepState::Ready { .. }
+        | StepState::AwaitingApproval { .. }
+        | StepState::Succeeded { .. }
+        | StepState::Skipped { .. }
+        | StepState::Cancelled { .. } => Err(format!(
+            "only a failed, retrying or polling step can be retried; `{step}` is {}",
+            rec.state.name()
+        )),
+    }
+}
+
+/// Whether step `i` can be skipped while the run is running or paused: the timer to disarm, or
+/// why not.
+fn skip_step_check(plan: &Plan, rec: &StepRecord, i: usize) -> Result<Option<TimerKind>, String> {
+    let def = plan.step(i);
+    let step = &def.id;
+    if def.gate.is_some() {
+        return Err(format!(
+            "step `{step}` is an approval gate; gates are decided (approve or reject), not skipped"
+        ));
+    }
+    match &rec.state {
+        StepState::Pending | StepState::Ready { .. } => Ok(None),
+        StepState::Failed { .. } if def.on_failure == OnFailure::Pause => Ok(None),
+        StepState::Retrying { .. } => Ok(Some(TimerKind::Retry)),
+        StepState::Polling { .. } => Ok(Some(TimerKind::Poll)),
+        StepState::Queued { .. } => Err(format!(
+            "step `{step}` is running now; wait for it, or cancel the run"
+        )),
+        StepState::Failed { .. }
+        | StepState::AwaitingApproval { .. }
+        | StepState::Succeeded { .. }
+        | StepState::Skipped { .. }
+        | StepState::Cancelled { .. } => Err(format!(
+            "step `{step}` is {} and cannot be skipped",
+            rec.state.name()
+        )),
+    }
+}
+
+/// How a step's undo that is retried starts again.
+enum UndoRetryFrom {
+    /// It failed for good: a fresh attempt budget.
+    Failed,
+    /// It waits to retry: this attempt, now.
+    Retrying(Attempt),
+}
+
+/// Whether step `i`'s undo can be retried while the run rolls back or after its rollback
+/// failed: how, or why not.
+fn retry_undo_check(plan: &Plan, rec: &StepRecord, i: usize) -> Result<UndoRetryFrom, String> {
+    match &rec.undo {
+        Some(CompState::Failed { .. }) => Ok(UndoRetryFrom::Failed),
+        Some(CompState::Retrying { next, .. }) => Ok(UndoRetryFrom::Retrying(*next)),
+        other => Err(no_undo_fix(plan, rec, i, other, "retried")),
+    }
+}
+
+/// Whether step `i`'s undo can be marked done by hand, or why not.
+fn resolve_undo_check(plan: &Plan, rec: &StepRecord, i: usize) -> Result<(), String> {
+    let step = &plan.step(i).id;
+    match &rec.undo {
+        Some(CompState::Failed { .. }) => Ok(()),
+        Some(CompState::Retrying { not_before, .. }) => Err(format!(
+            "the undo of `{step}` failed and is tried again at {not_before}; retry it now (retry-undo), or mark it resolved once it has failed for good"
+        )),
+        other => Err(no_undo_fix(plan, rec, i, other, "resolved")),
+    }
+}
+
+/// Why step `i`'s undo, in state `undo`, cannot be retried or resolved (`what`).
+fn no_undo_fix(
+    plan: &Plan,
+    rec: &StepRecord,
+    i: usize,
+    undo: &Option<CompState>,
+    what: &str,
+) -> String {
+    let step = &plan.step(i).id;
+    match undo {
+        None => match &rec.state {
+            StepState::Succeeded {
+                rollback: Rollback::Inverse { .. },
+                ..
+            } => format!("the undo of `{step}` has not started, so it cannot be {what}"),
+            other => format!(
+                "step `{step}` is {} and changed nothing, so it has no undo to be {what}",
+                other.name()
+            ),
+        },
+        Some(CompState::Waiting) => format!(
+            "the undo of `{step}` has not started (it waits for the undos of the steps that need `{step}`), so it cannot be {what}"
+        ),
+        Some(CompState::Queued { .. }) => format!("the undo of `{step}` is running now"),
+        Some(CompState::Retrying { .. }) => {
+            format!("the undo of `{step}` waits to be tried again")
+        }
+        Some(CompState::Failed { .. }) => format!("the undo of `{step}` failed"),
+        Some(CompState::Done { .. }) => format!("`{step}` is already undone"),
+        Some(CompState::Resolved { by, .. }) => {
+            format!("the undo of `{step}` was already marked done by hand by {by}")
+        }
+        Some(CompState::Irreversible { reason }) => format!(
+            "`{step}` cannot be undone ({reason}); it has no undo to be {what}: put it right by hand"
+        ),
+        Some(CompState::Blocked { by }) => format!(
+            "the undo of `{step}` has not run: it waits for the undo of `{by}`, which failed; retry or resolve `{by}` first, and `{step}`'s undo follows"
+        ),
+    }
+}
+
+/// Whether `by` may decide gate `step` (its record `rec`) at `now`: `by` normalised and whether
+/// they have already approved it, or why not.
+fn decision_check(
+    ctx: &RunContext,
+    rec: &StepRecord,
+    step: &StepId,
+    by: &str,
+    now: Timestamp,
+) -> Result<(String, bool), String> {
+    let StepState::AwaitingApproval {
+        approvers,
+        expires_at,
+        approvals,
+        ..
+    } = &rec.state
+    else {
+        return Err(format!(
+            "step `{step}` is not waiting for approval (it is {})",
+            rec.state.name()
+        ));
+    };
+    if let Some(at) = expires_at
+        && *at <= now
+    {
+        return Err(format!(
+            "gate `{step}` expired at {at} and takes no more decisions; its expiry is being applied (it escalates or rejects the gate)"
+        ));
+    }
+    let by = may_decide(step.as_str(), approvers, &ctx.requested_by, by)?;
+    let approved = approvals.iter().any(|d| d.by == by);
+    Ok((by, approved))
+}
+
+/// Who a gate that opens names, and who of them cannot decide (from [`Event::GateOpened`]).
+struct GateNames<'e> {
+    approvers: &'e [String],
+    escalation: &'e [String],
+    unavailable: &'e [UnavailableApprover],
+    admins: &'e [String],
 }
 
 struct Machine<'a> {
@@ -838,8 +1192,7 @@ impl Machine<'_> {
         &mut self,
         step: &StepId,
         seq: u32,
-        approvers: &[String],
-        escalation: &[String],
+        named: GateNames<'_>,
     ) -> Result<(), TransitionError> {
         let i = self.index(step)?;
         let Some(job) = self.current(i, seq) else {
@@ -851,57 +1204,122 @@ impl Machine<'_> {
         };
         if self.winding_down() {
             self.set(i, StepState::Cancelled { at: self.now });
-        } else {
-            let approvers = normalize_emails(approvers);
-            let escalation = normalize_emails(escalation);
-            let requester = normalize_email(&self.ctx.requested_by);
-            let eligible = eligible_count(&approvers, &requester);
-            if (eligible as u64) < u64::from(gate.quorum) {
-                let message = if approvers.is_empty() {
-                    "nobody can approve this gate: it resolved to no approvers; add approvers to the company (or the gate), then retry this step".to_owned()
-                } else if eligible < approvers.len() {
-                    format!(
-                        "this gate needs {} approvals but only {eligible} of its approvers ({}) may decide: {requester} asked for this run and cannot approve it; add approvers, then retry this step",
-                        gate.quorum,
-                        approvers.join(", ")
-                    )
-                } else {
-                    format!(
-                        "this gate needs {} approvals but has only {} approvers ({}); add approvers, then retry this step",
-                        gate.quorum,
-                        approvers.len(),
-                        approvers.join(", ")
-                    )
-                };
-                self.fail_final(i, job.attempt, StepFailure::terminal(message));
-            } else {
-                let expires_at = gate.expires_in.map(|d| self.now.plus(d.get()));
-                let seq = self.rec(i).seq;
-                self.effects.push(Effect::IndexGate {
-                    step: step.clone(),
-                    approvers: approvers.clone(),
-                    since: self.now,
-                });
-                if let Some(at) = expires_at {
-                    self.effects.push(Effect::ScheduleTimer {
-                        key: TimerKey::step(TimerKind::GateExpiry, step.clone(), seq),
-                        at,
-                    });
-                }
-                self.set(
-                    i,
-                    StepState::AwaitingApproval {
-                        attempt: job.attempt,
-                        since: self.now,
-                        stage: 0,
-                        approvers,
-                        escalation,
-                        quorum: gate.quorum,
-                        expires_at,
-                        approvals: Vec::new(),
-                    },
-                );
+            self.settle();
+            return Ok(());
+        }
+        let unavailable: Vec<UnavailableApprover> = named
+            .unavailable
+            .iter()
+            .map(|u| UnavailableApprover {
+                email: normalize_email(&u.email),
+                reason: u.reason,
+            })
+            .collect();
+        let usable = |list: &[String]| -> Vec<String> {
+            normalize_emails(list)
+                .into_iter()
+                .filter(|a| !unavailable.iter().any(|u| &u.email == a))
+                .collect()
+        };
+        let mut approvers = usable(named.approvers);
+        let mut escalation = usable(named.escalation);
+        let admins = normalize_emails(named.admins);
+        let requester = normalize_email(&self.ctx.requested_by);
+        let enough =
+            |list: &[String]| eligible_count(list, &requester) as u64 >= u64::from(gate.quorum);
+        let mut to_admins = None;
+        if !enough(&approvers) && enough(&admins) {
+            // Nobody named can decide: the admins do, rather than nobody.
+            approvers = admins.clone();
+            to_admins = Some(AdminFallback::Approvers);
+            if !enough(&escalation) {
+                escalation = Vec::new();
             }
+        } else if enough(&approvers)
+            && gate.on_expiry == OnExpiry::Escalate
+            && !enough(&escalation)
+            && enough(&admins)
+        {
+            // It would escalate to nobody: it escalates to the admins.
+            escalation = admins.clone();
+            to_admins = Some(AdminFallback::Escalation);
+        }
+        let eligible = eligible_count(&approvers, &requester);
+        if !enough(&approvers) {
+            let mut message = if approvers.is_empty() {
+                "nobody can approve this gate: it resolved to no approvers".to_owned()
+            } else if eligible < approvers.len() {
+                format!(
+                    "this gate needs {} approvals but only {eligible} of its approvers ({}) may decide: {requester} asked for this run and cannot approve it",
+                    gate.quorum,
+                    approvers.join(", ")
+                )
+            } else {
+                format!(
+                    "this gate needs {} approvals but has only {} approvers ({})",
+                    gate.quorum,
+                    approvers.len(),
+                    approvers.join(", ")
+                )
+            };
+            if !unavailable.is_empty() {
+                message.push_str(&format!(
+                    "; left out: {}",
+                    unavailable
+                        .iter()
+                        .map(|u| format!("{} {}", u.email, u.reason.words()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+                if admins.is_empty() {
+                    message.push_str("; and no enabled admin can take it over");
+                }
+            }
+            if !admins.is_empty() {
+                message.push_str(&format!(
+                    "; nor can the admins ({}) take it over",
+                    admins.join(", ")
+                ));
+            }
+            message.push_str(match (unavailable.is_empty(), approvers.is_empty()) {
+                (true, true) => {
+                    "; add approvers to the company (or the gate), then retry this step"
+                }
+                (true, false) => "; add approvers, then retry this step",
+                (false, _) => {
+                    "; enable them or name enabled technicians as approvers, then retry this step"
+                }
+            });
+            self.fail_final(i, job.attempt, StepFailure::terminal(message));
+        } else {
+            let expires_at = gate.expires_in.map(|d| self.now.plus(d.get()));
+            let seq = self.rec(i).seq;
+            self.effects.push(Effect::IndexGate {
+                step: step.clone(),
+                approvers: approvers.clone(),
+                since: self.now,
+            });
+            if let Some(at) = expires_at {
+                self.effects.push(Effect::ScheduleTimer {
+                    key: TimerKey::step(TimerKind::GateExpiry, step.clone(), seq),
+                    at,
+                });
+            }
+            self.set(
+                i,
+                StepState::AwaitingApproval {
+                    attempt: job.attempt,
+                    since: self.now,
+                    stage: 0,
+                    approvers,
+                    escalation,
+                    quorum: gate.quorum,
+                    expires_at,
+                    approvals: Vec::new(),
+                    unavailable,
+                    to_admins,
+                },
+            );
         }
         self.settle();
         Ok(())
@@ -916,33 +1334,21 @@ impl Machine<'_> {
         via: &str,
     ) -> Result<(), TransitionError> {
         let i = self.index(step)?;
+        let (by, approved) =
+            decision_check(self.ctx, self.rec(i), step, by, self.now).map_err(reject_with)?;
+        if approve && approved {
+            self.ignore(format!("{by} has already approved gate `{step}`"));
+            return Ok(());
+        }
         let StepState::AwaitingApproval {
             attempt,
-            approvers,
             quorum,
-            expires_at,
             approvals,
             ..
         } = &self.rec(i).state
         else {
-            return Err(rejected(&format!(
-                "step `{step}` is not waiting for approval (it is {})",
-                self.rec(i).state.name()
-            )));
+            unreachable!("decision_check accepts only an open gate");
         };
-        if let Some(at) = expires_at
-            && *at <= self.now
-        {
-            return Err(rejected(&format!(
-                "gate `{step}` expired at {at} and takes no more decisions; its expiry is being applied (it escalates or rejects the gate)"
-            )));
-        }
-        let by = may_decide(step.as_str(), approvers, &self.ctx.requested_by, by)
-            .map_err(|reason| TransitionError::Rejected { reason })?;
-        if approve && approvals.iter().any(|d| d.by == by) {
-            self.ignore(format!("{by} has already approved gate `{step}`"));
-            return Ok(());
-        }
         let (attempt, quorum) = (*attempt, *quorum);
         let mut approvals = approvals.clone();
         if !approve {
@@ -1053,6 +1459,8 @@ impl Machine<'_> {
             approvers,
             escalation,
             quorum,
+            unavailable,
+            to_admins,
             ..
         } = &self.rec(i).state
         else {
@@ -1060,6 +1468,7 @@ impl Machine<'_> {
         };
         let attempt = *attempt;
         let since = *since;
+        let (unavailable, to_admins) = (unavailable.clone(), *to_admins);
         let requester = normalize_email(&self.ctx.requested_by);
         if *stage == 0
             && gate.on_expiry == OnExpiry::Escalate
@@ -1098,6 +1507,8 @@ impl Machine<'_> {
                     quorum,
                     expires_at: Some(at),
                     approvals: Vec::new(),
+                    unavailable,
+                    to_admins,
                 },
             );
         } else {
@@ -1159,37 +1570,19 @@ impl Machine<'_> {
     fn on_retry_step(&mut self, step: &StepId) -> Result<(), TransitionError> {
         let i = self.index(step)?;
         let seq = self.rec(i).seq;
-        let state = self.rec(i).state.clone();
-        let d = match &state {
-            StepState::Failed { .. } if self.plan.step(i).on_failure == OnFailure::Pause => {
-                Dispatch::first()
-            }
-            StepState::Failed { .. } => {
-                return Err(rejected(&format!(
-                    "step `{step}` failed with on_failure: {} and the run went on without it; start a new run instead",
-                    self.plan.step(i).on_failure.name()
-                )));
-            }
-            StepState::Retrying { next, .. } => {
+        let d = match retry_step_check(self.plan, self.rec(i), i).map_err(reject_with)? {
+            RetryFrom::Failed => Dispatch::first(),
+            RetryFrom::Retrying(next) => {
                 self.effects.push(Effect::CancelTimer {
                     key: TimerKey::step(TimerKind::Retry, step.clone(), seq),
                 });
-                Dispatch::attempt(*next)
+                Dispatch::attempt(next)
             }
-            StepState::Polling { job, .. } => {
+            RetryFrom::Polling(job) => {
                 self.effects.push(Effect::CancelTimer {
                     key: TimerKey::step(TimerKind::Poll, step.clone(), seq),
                 });
-                *job
-            }
-            StepState::Queued { .. } => {
-                return Err(rejected(&format!("step `{step}` is running now")));
-            }
-            other => {
-                return Err(rejected(&format!(
-                    "only a failed, retrying or polling step can be retried; `{step}` is {}",
-                    other.name()
-                )));
+                job
             }
         };
         // Ready first, so the run can leave its failure pause before anything is dispatched.
@@ -1206,32 +1599,11 @@ impl Machine<'_> {
         note: Option<&str>,
     ) -> Result<(), TransitionError> {
         let i = self.index(step)?;
-        if self.plan.step(i).gate.is_some() {
-            return Err(rejected(&format!(
-                "step `{step}` is an approval gate; gates are decided (approve or reject), not skipped"
-            )));
-        }
         let seq = self.rec(i).seq;
-        match &self.rec(i).state {
-            StepState::Pending | StepState::Ready { .. } => {}
-            StepState::Failed { .. } if self.plan.step(i).on_failure == OnFailure::Pause => {}
-            StepState::Retrying { .. } => self.effects.push(Effect::CancelTimer {
-                key: TimerKey::step(TimerKind::Retry, step.clone(), seq),
-            }),
-            StepState::Polling { .. } => self.effects.push(Effect::CancelTimer {
-                key: TimerKey::step(TimerKind::Poll, step.clone(), seq),
-            }),
-            StepState::Queued { .. } => {
-                return Err(rejected(&format!(
-                    "step `{step}` is running now; wait for it, or cancel the run"
-                )));
-            }
-            other => {
-                return Err(rejected(&format!(
-                    "step `{step}` is {} and cannot be skipped",
-                    other.name()
-                )));
-            }
+        if let Some(kind) = skip_step_check(self.plan, self.rec(i), i).map_err(reject_with)? {
+            self.effects.push(Effect::CancelTimer {
+                key: TimerKey::step(kind, step.clone(), seq),
+            });
         }
         self.set(
             i,
@@ -1246,6 +1618,66 @@ impl Machine<'_> {
         self.unpause_if_clear();
         self.settle();
         Ok(())
+    }
+
+    fn on_retry_undo(&mut self, step: &StepId) -> Result<(), TransitionError> {
+        let i = self.index(step)?;
+        let seq = self.rec(i).seq;
+        let attempt = match retry_undo_check(self.plan, self.rec(i), i).map_err(reject_with)? {
+            // A fresh budget: the technician fixed what made it fail.
+            UndoRetryFrom::Failed => Attempt::FIRST,
+            UndoRetryFrom::Retrying(next) => {
+                self.effects.push(Effect::CancelTimer {
+                    key: TimerKey::step(TimerKind::UndoRetry, step.clone(), seq),
+                });
+                next
+            }
+        };
+        self.reopen_rollback();
+        self.dispatch_undo(i, attempt);
+        self.settle();
+        Ok(())
+    }
+
+    fn on_undo_resolved(
+        &mut self,
+        step: &StepId,
+        by: &str,
+        comment: &str,
+        via: &str,
+    ) -> Result<(), TransitionError> {
+        let i = self.index(step)?;
+        resolve_undo_check(self.plan, self.rec(i), i).map_err(reject_with)?;
+        let comment = comment.trim();
+        if comment.is_empty() {
+            return Err(rejected(&format!(
+                "say what was done by hand to undo `{step}`: a comment is required"
+            )));
+        }
+        self.rec_mut(i).undo = Some(CompState::Resolved {
+            by: by.to_owned(),
+            at: self.now,
+            comment: comment.to_owned(),
+            via: via.to_owned(),
+        });
+        self.reopen_rollback();
+        self.settle();
+        Ok(())
+    }
+
+    /// Goes back to rolling back (from `rollback_failed`), and lets the undos that waited for a
+    /// failed one be reconsidered: [`Self::undo_progress`] blocks again those that still must.
+    fn reopen_rollback(&mut self) {
+        if let RunStatus::RollbackFailed { cause, .. } = &self.st.status {
+            self.st.status = RunStatus::RollingBack {
+                cause: cause.clone(),
+            };
+        }
+        for i in 0..self.n() {
+            if matches!(self.rec(i).undo, Some(CompState::Blocked { .. })) {
+                self.rec_mut(i).undo = Some(CompState::Waiting);
+            }
+        }
     }
 
     // ---- progress -----------------------------------------------------------------------
@@ -1523,10 +1955,7 @@ impl Machine<'_> {
 
     /// The first step whose failure holds the run (`on_failure: pause`).
     fn blocking_failure(&self) -> Option<usize> {
-        (0..self.n()).find(|&i| {
-            matches!(self.rec(i).state, StepState::Failed { .. })
-                && self.plan.step(i).on_failure == OnFailure::Pause
-        })
+        blocking_failure(self.plan, &self.st)
     }
 
     fn unpause_if_clear(&mut self) {
@@ -1578,7 +2007,12 @@ impl Machine<'_> {
                     Some(CompState::Failed { .. } | CompState::Blocked { .. }) => {
                         blocker = blocker.or(Some(d))
                     }
-                    Some(CompState::Done { .. } | CompState::Irreversible { .. }) | None => {}
+                    Some(
+                        CompState::Done { .. }
+                        | CompState::Resolved { .. }
+                        | CompState::Irreversible { .. },
+                    )
+                    | None => {}
                 }
             }
             if let Some(d) = blocker {
@@ -1606,11 +2040,13 @@ impl Machine<'_> {
         let failed = pick(self, |u| matches!(u, CompState::Failed { .. }));
         let left = pick(self, |u| matches!(u, CompState::Blocked { .. }));
         let irreversible = pick(self, |u| matches!(u, CompState::Irreversible { .. }));
+        let resolved = pick(self, |u| matches!(u, CompState::Resolved { .. }));
         let status = if failed.is_empty() && left.is_empty() {
             RunStatus::RolledBack {
                 at: self.now,
                 cause,
                 irreversible,
+                resolved,
             }
         } else {
             RunStatus::RollbackFailed {
@@ -1619,6 +2055,7 @@ impl Machine<'_> {
                 failed,
                 left,
                 irreversible,
+                resolved,
             }
         };
         self.finish(status);

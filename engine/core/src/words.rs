@@ -7,9 +7,9 @@
 //! until it has its words. Nothing here prints a `Debug` form.
 
 use steward_schemas::{
-    CompState, Decision, Event, FailureKind, HistoryEntry, JobRef, PauseReason, Phase,
-    RollbackCause, RunStatus, SkipReason, StepFailure, StepId, StepState, TimerKey, TimerKind,
-    Timestamp,
+    AdminFallback, CompState, Decision, Event, FailureKind, HistoryEntry, JobRef, PauseReason,
+    Phase, RollbackCause, RunAction, RunStatus, SkipReason, StepFailure, StepId, StepState,
+    TimerKey, TimerKind, Timestamp, UnavailableApprover,
 };
 
 /// A time as a technician reads it: `2026-11-03 14:05:09 UTC` (whole seconds).
@@ -54,6 +54,13 @@ fn anyone(people: &[String]) -> String {
         [one] => one.clone(),
         [rest @ .., last] => format!("{} or {last}", rest.join(", ")),
     }
+}
+
+fn unavailable_list(list: &[UnavailableApprover]) -> String {
+    list.iter()
+        .map(|u| format!("{} {}", u.email, u.reason.words()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn plural(n: u32, one: &str, many: &str) -> String {
@@ -160,8 +167,15 @@ pub fn status(s: &RunStatus) -> String {
             at: _,
             cause,
             irreversible,
+            resolved,
         } => {
             let mut out = format!("rolled back: {}", rollback_cause(cause));
+            if !resolved.is_empty() {
+                out.push_str(&format!(
+                    "; undone by hand by a technician: {}",
+                    steps(resolved)
+                ));
+            }
             if !irreversible.is_empty() {
                 out.push_str(&format!(
                     "; NOT undone (irreversible): {}",
@@ -176,12 +190,19 @@ pub fn status(s: &RunStatus) -> String {
             failed,
             left,
             irreversible,
+            resolved,
         } => {
             let mut out = format!(
                 "ROLLBACK FAILED: {}; could not undo: {}",
                 rollback_cause(cause),
                 steps(failed)
             );
+            if !resolved.is_empty() {
+                out.push_str(&format!(
+                    "; undone by hand by a technician: {}",
+                    steps(resolved)
+                ));
+            }
             if !left.is_empty() {
                 out.push_str(&format!(
                     "; not undone because an undo they must follow failed: {}",
@@ -191,7 +212,9 @@ pub fn status(s: &RunStatus) -> String {
             if !irreversible.is_empty() {
                 out.push_str(&format!("; irreversible: {}", steps(irreversible)));
             }
-            out.push_str(" \u{2014} a technician must finish by hand");
+            out.push_str(
+                " \u{2014} retry the failed undo once its cause is fixed, or undo it by hand and mark it resolved",
+            );
             out
         }
     }
@@ -248,6 +271,8 @@ pub fn step_state(s: &StepState) -> String {
             quorum,
             expires_at,
             approvals,
+            unavailable,
+            to_admins,
         } => {
             let mut out = format!(
                 "waiting since {} for {} from {}",
@@ -255,6 +280,18 @@ pub fn step_state(s: &StepState) -> String {
                 plural(*quorum, "approval", "approvals"),
                 anyone(approvers)
             );
+            match to_admins {
+                Some(AdminFallback::Approvers) => {
+                    out.push_str(" (the MSP's admins: nobody named could decide)");
+                }
+                Some(AdminFallback::Escalation) => {
+                    out.push_str(" (it escalates to the MSP's admins: nobody named could take it)");
+                }
+                None => {}
+            }
+            if !unavailable.is_empty() {
+                out.push_str(&format!("; left out: {}", unavailable_list(unavailable)));
+            }
             if *stage > 0 {
                 out.push_str(" (escalated)");
             }
@@ -350,6 +387,16 @@ pub fn undo_state(c: &CompState) -> String {
             plural(attempt.get(), "attempt", "attempts"),
             failure(error)
         ),
+        CompState::Resolved {
+            by,
+            at,
+            comment,
+            via,
+        } => format!(
+            "undone by hand: {by} marked it resolved at {} (via {via}){}",
+            time(*at),
+            because(Some(comment))
+        ),
         CompState::Irreversible { reason } => format!("cannot be undone: {}", reason.trim()),
         CompState::Blocked { by } => {
             format!("not undone: the undo of `{by}`, which must come first, failed")
@@ -409,11 +456,18 @@ pub fn event(e: &Event) -> String {
             step,
             approvers,
             escalation,
+            unavailable,
             ..
         } => {
             let mut out = format!("gate `{step}` opened for {}", anyone(approvers));
             if !escalation.is_empty() {
                 out.push_str(&format!("; it escalates to {}", anyone(escalation)));
+            }
+            if !unavailable.is_empty() {
+                out.push_str(&format!(
+                    "; left out (they cannot decide): {}",
+                    unavailable_list(unavailable)
+                ));
             }
             out
         }
@@ -452,11 +506,45 @@ pub fn event(e: &Event) -> String {
         Event::RetryStepRequested { step, by } => {
             format!("{by} asked for step `{step}` to be tried again now")
         }
+        Event::RetryUndoRequested { step, by } => {
+            format!("{by} asked for the undo of step `{step}` to be tried again")
+        }
+        Event::UndoResolved {
+            step,
+            by,
+            comment,
+            via,
+        } => format!(
+            "{by} marked the undo of step `{step}` as done by hand (via {via}){}",
+            because(Some(comment))
+        ),
         Event::SkipStepRequested { step, by, reason } => {
             format!(
                 "step `{step}` skipped by {by}{}",
                 because(reason.as_deref())
             )
+        }
+    }
+}
+
+/// What a technician's request does, in a sentence (for the fixes offered with a run).
+pub fn action(a: &RunAction) -> String {
+    match a {
+        RunAction::Cancel => "cancel the run; what it changed stays as it is".to_owned(),
+        RunAction::CancelWithRollback => "cancel the run and undo what it changed".to_owned(),
+        RunAction::Pause => "pause the run: nothing new starts until it is resumed".to_owned(),
+        RunAction::Resume => "resume the run".to_owned(),
+        RunAction::RetryStep { step } => format!("try step `{step}` again now"),
+        RunAction::SkipStep { step } => format!("skip step `{step}` and go on without it"),
+        RunAction::RetryUndo { step } => format!("try undoing step `{step}` again"),
+        RunAction::ResolveUndo { step } => format!(
+            "mark the undo of step `{step}` as done by hand (say what you did in a comment)"
+        ),
+        RunAction::Approve { step, by } => {
+            format!("approve gate `{step}` (it is up to {})", anyone(by))
+        }
+        RunAction::Reject { step, by } => {
+            format!("reject gate `{step}` (it is up to {})", anyone(by))
         }
     }
 }
@@ -480,7 +568,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     use serde_json::json;
-    use steward_schemas::{Attempt, Dispatch, Dur, Rollback};
+    use steward_schemas::{Attempt, Dispatch, Dur, Rollback, Unavailability};
 
     use super::*;
 
@@ -549,12 +637,32 @@ mod tests {
                 seq: 1,
                 approvers: vec!["alice@msp.example".to_owned(), "bob@msp.example".to_owned()],
                 escalation: vec!["lead@msp.example".to_owned()],
+                unavailable: vec![UnavailableApprover {
+                    email: "gone@msp.example".to_owned(),
+                    reason: Unavailability::Disabled,
+                }],
+                admins: vec!["lead@msp.example".to_owned()],
             },
             Event::GateOpened {
                 step: id("approval"),
                 seq: 1,
                 approvers: vec![],
                 escalation: vec![],
+                unavailable: vec![UnavailableApprover {
+                    email: "who@msp.example".to_owned(),
+                    reason: Unavailability::NotATechnician,
+                }],
+                admins: vec![],
+            },
+            Event::RetryUndoRequested {
+                step: id("create_user"),
+                by: "tech@msp.example".to_owned(),
+            },
+            Event::UndoResolved {
+                step: id("create_user"),
+                by: "tech@msp.example".to_owned(),
+                comment: "deleted the account by hand".to_owned(),
+                via: "api".to_owned(),
             },
             Event::ApprovalDecided {
                 step: id("approval"),
@@ -724,11 +832,13 @@ mod tests {
                 at: at(),
                 cause: cause.clone(),
                 irreversible: vec![id("reset_password")],
+                resolved: vec![id("create_user")],
             });
             out.push(RunStatus::RolledBack {
                 at: at(),
                 cause: cause.clone(),
                 irreversible: vec![],
+                resolved: vec![],
             });
             out.push(RunStatus::RollbackFailed {
                 at: at(),
@@ -736,6 +846,7 @@ mod tests {
                 failed: vec![id("create_user")],
                 left: vec![id("add_group")],
                 irreversible: vec![id("reset_password")],
+                resolved: vec![id("mailbox")],
             });
             out.push(RunStatus::RollbackFailed {
                 at: at(),
@@ -743,6 +854,7 @@ mod tests {
                 failed: vec![id("create_user")],
                 left: vec![],
                 irreversible: vec![],
+                resolved: vec![],
             });
         }
         out
@@ -772,6 +884,11 @@ mod tests {
                     comment: Some("fine".to_owned()),
                     via: "api".to_owned(),
                 }],
+                unavailable: vec![UnavailableApprover {
+                    email: "gone@msp.example".to_owned(),
+                    reason: Unavailability::Disabled,
+                }],
+                to_admins: Some(AdminFallback::Escalation),
             },
             StepState::AwaitingApproval {
                 attempt: two(),
@@ -782,6 +899,20 @@ mod tests {
                 quorum: 1,
                 expires_at: None,
                 approvals: vec![],
+                unavailable: vec![],
+                to_admins: Some(AdminFallback::Approvers),
+            },
+            StepState::AwaitingApproval {
+                attempt: two(),
+                since: at(),
+                stage: 0,
+                approvers: vec!["lead@msp.example".to_owned()],
+                escalation: vec![],
+                quorum: 1,
+                expires_at: None,
+                approvals: vec![],
+                unavailable: vec![],
+                to_admins: None,
             },
             StepState::Queued { job: d, at: at() },
             StepState::Queued {
@@ -857,6 +988,12 @@ mod tests {
                 attempt: two(),
                 at: at(),
                 error: err(FailureKind::GaveUpWaiting),
+            },
+            CompState::Resolved {
+                by: "tech@msp.example".to_owned(),
+                at: at(),
+                comment: "removed the licence by hand".to_owned(),
+                via: "api".to_owned(),
             },
             CompState::Irreversible {
                 reason: "a reset password cannot be restored".to_owned(),
@@ -991,6 +1128,7 @@ mod tests {
                 comment: Some("wrong department".to_owned()),
             },
             irreversible: vec![],
+            resolved: vec![],
         };
         assert_eq!(
             status(&s),

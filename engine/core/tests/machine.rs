@@ -2,11 +2,11 @@
 
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use steward_core::{Cx, Plan, Transition, TransitionError, initial_state, transition};
+use steward_core::{Cx, Plan, Transition, TransitionError, actions, initial_state, transition};
 use steward_schemas::{
-    CompState, Dur, Effect, Event, FailureKind, Job, JobRef, Phase, Rollback, RunContext, RunId,
-    RunState, RunStatus, SkipReason, StepFailure, StepId, StepState, TimerKey, TimerKind,
-    Timestamp, WorkflowRef,
+    AdminFallback, CompState, Dur, Effect, Event, FailureKind, Job, JobRef, Phase, Rollback,
+    RunAction, RunContext, RunId, RunState, RunStatus, SkipReason, StepFailure, StepId, StepState,
+    TimerKey, TimerKind, Timestamp, Unavailability, UnavailableApprover, WorkflowRef,
 };
 
 const T0: i64 = 1_790_000_000_000_000;
@@ -388,6 +388,305 @@ fn a_failed_undo_leaves_its_ancestors_for_a_technician() {
     assert!(matches!(env.undo("a"), Some(CompState::Blocked { by }) if by.as_str() == "b"));
 }
 
+/// A chain a → b → c whose c fails: a and b are undone, newest first.
+const UNDO_CHAIN: &str = "name: r\ndefaults: {on_failure: rollback, retry: {attempts: 2, initial: 1s, jitter: 0}}\nsteps:\n  - {id: a, op: x}\n  - {id: b, op: x, needs: [a]}\n  - {id: c, op: x, needs: [b]}\n";
+
+/// [`UNDO_CHAIN`] ended `rollback_failed`: b's undo failed for good, so a's never ran.
+fn rollback_failed_chain() -> Env {
+    let mut env = Env::new(UNDO_CHAIN);
+    env.start();
+    env.succeed_with("a", json!({}), inverse("a"));
+    env.succeed_with("b", json!({}), inverse("b"));
+    env.fail("c", StepFailure::terminal("nope"));
+    undo_fails(
+        &mut env,
+        "b",
+        StepFailure::terminal("the mailbox is on hold"),
+    );
+    assert_eq!(env.status(), "rollback_failed");
+    env
+}
+
+fn undo_fails(env: &mut Env, id: &str, error: StepFailure) -> Transition {
+    let seq = env.seq(id);
+    env.apply(Event::UndoFailed {
+        step: sid(id),
+        seq,
+        error,
+    })
+}
+
+fn undo_succeeds(env: &mut Env, id: &str) -> Transition {
+    let seq = env.seq(id);
+    env.apply(Event::UndoSucceeded { step: sid(id), seq })
+}
+
+fn retry_undo(id: &str) -> Event {
+    Event::RetryUndoRequested {
+        step: sid(id),
+        by: "tech@msp".into(),
+    }
+}
+
+fn resolve_undo(id: &str, comment: &str) -> Event {
+    Event::UndoResolved {
+        step: sid(id),
+        by: "tech@msp".into(),
+        comment: comment.into(),
+        via: "api".into(),
+    }
+}
+
+fn refusal(env: &mut Env, event: Event) -> String {
+    let before = env.state.clone();
+    let err = env.try_apply(event).unwrap_err();
+    assert!(matches!(err, TransitionError::Rejected { .. }), "{err:?}");
+    assert_eq!(env.state, before, "a refused request changes nothing");
+    err.to_string()
+}
+
+#[test]
+fn a_failed_undo_can_be_retried_after_the_rollback_failed() {
+    let mut env = rollback_failed_chain();
+    // What a technician is offered: b's undo, retried or resolved; nothing else.
+    assert_eq!(
+        actions(&env.plan, &env.ctx, &env.state, env.now),
+        [
+            RunAction::RetryUndo { step: sid("b") },
+            RunAction::ResolveUndo { step: sid("b") },
+        ]
+    );
+    // An ended run is not told to retry a step; it is told what is left.
+    let why = refusal(
+        &mut env,
+        Event::RetryStepRequested {
+            step: sid("c"),
+            by: "t".into(),
+        },
+    );
+    assert!(
+        why.contains("retry-undo") && why.contains("resolve-undo"),
+        "{why}"
+    );
+    let why = refusal(&mut env, retry_undo("a"));
+    assert!(
+        why.contains("waits for the undo of `b`, which failed"),
+        "{why}"
+    );
+    let why = refusal(&mut env, retry_undo("c"));
+    assert!(why.contains("has no undo"), "{why}");
+
+    let old_seq = env.seq("b");
+    let t = env.apply(retry_undo("b"));
+    assert_eq!(env.status(), "rolling_back", "the run rolls back again");
+    let job = env.job("b");
+    assert_eq!(
+        (job.phase, job.attempt.get(), job.seq),
+        (Phase::Undo, 1, old_seq + 1),
+        "a fenced undo job with a fresh attempt budget"
+    );
+    assert!(matches!(env.undo("a"), Some(CompState::Waiting)));
+    assert!(
+        !t.effects
+            .iter()
+            .any(|e| matches!(e, Effect::RunEnded { .. }))
+    );
+    assert!(actions(&env.plan, &env.ctx, &env.state, env.now).is_empty());
+    // The report of the old undo job is stale.
+    let t = env.apply(Event::UndoFailed {
+        step: sid("b"),
+        seq: old_seq,
+        error: StepFailure::terminal("late"),
+    });
+    assert!(t.ignored.is_some(), "{t:?}");
+
+    undo_succeeds(&mut env, "b");
+    assert_eq!(
+        env.enqueued().last().unwrap(),
+        "undo:a",
+        "a's undo follows b's"
+    );
+    let t = undo_succeeds(&mut env, "a");
+    let RunStatus::RolledBack {
+        resolved,
+        irreversible,
+        ..
+    } = &env.state.status
+    else {
+        panic!("{:?}", env.state.status)
+    };
+    assert!(resolved.is_empty() && irreversible.is_empty());
+    assert_eq!(
+        t.effects
+            .iter()
+            .filter(|e| matches!(e, Effect::RunEnded { status } if status == "rolled_back"))
+            .count(),
+        1
+    );
+    assert_absorbs_late_events(&mut env);
+    let why = refusal(&mut env, retry_undo("b"));
+    assert!(why.contains("nothing is left to undo"), "{why}");
+}
+
+#[test]
+fn a_failed_undo_resolved_by_hand_lets_the_undos_behind_it_run() {
+    let mut env = rollback_failed_chain();
+    let why = refusal(&mut env, resolve_undo("b", "  "));
+    assert!(why.contains("a comment is required"), "{why}");
+    let why = refusal(&mut env, resolve_undo("a", "done"));
+    assert!(why.contains("retry or resolve `b` first"), "{why}");
+
+    env.advance(std::time::Duration::from_secs(60));
+    env.apply(resolve_undo(
+        "b",
+        " released the hold and removed the licence by hand ",
+    ));
+    assert_eq!(
+        env.undo("b"),
+        Some(&CompState::Resolved {
+            by: "tech@msp".into(),
+            at: env.now,
+            comment: "released the hold and removed the licence by hand".into(),
+            via: "api".into(),
+        })
+    );
+    assert_eq!(env.status(), "rolling_back");
+    assert_eq!(env.enqueued().last().unwrap(), "undo:a");
+    let why = refusal(&mut env, resolve_undo("b", "again"));
+    assert!(
+        why.contains("already marked done by hand by tech@msp"),
+        "{why}"
+    );
+    undo_succeeds(&mut env, "a");
+    let RunStatus::RolledBack { resolved, .. } = &env.state.status else {
+        panic!("{:?}", env.state.status)
+    };
+    assert_eq!(resolved, &[sid("b")]);
+}
+
+#[test]
+fn a_run_stays_rollback_failed_while_other_undos_are_unresolved() {
+    let yaml = "name: two\ndefaults: {on_failure: rollback, retry: {attempts: 1}}\nsteps:\n  - {id: a, op: x}\n  - {id: b, op: x}\n  - {id: c, op: x, needs: [a, b]}\n";
+    let mut env = Env::new(yaml);
+    env.start();
+    env.succeed_with("a", json!({}), inverse("a"));
+    env.succeed_with("b", json!({}), inverse("b"));
+    env.fail("c", StepFailure::terminal("no"));
+    undo_fails(&mut env, "a", StepFailure::terminal("locked"));
+    undo_fails(&mut env, "b", StepFailure::terminal("locked"));
+    assert_eq!(env.status(), "rollback_failed");
+
+    let t = env.apply(resolve_undo("a", "unlocked and removed by hand"));
+    let RunStatus::RollbackFailed {
+        failed, resolved, ..
+    } = &env.state.status
+    else {
+        panic!("{:?}", env.state.status)
+    };
+    assert_eq!(
+        (failed.as_slice(), resolved.as_slice()),
+        (&[sid("b")][..], &[sid("a")][..])
+    );
+    assert!(
+        t.effects
+            .iter()
+            .all(|e| matches!(e, Effect::RunEnded { .. })),
+        "nothing to run: {:?}",
+        t.effects
+    );
+    assert_eq!(
+        actions(&env.plan, &env.ctx, &env.state, env.now),
+        [
+            RunAction::RetryUndo { step: sid("b") },
+            RunAction::ResolveUndo { step: sid("b") },
+        ]
+    );
+    env.apply(retry_undo("b"));
+    undo_succeeds(&mut env, "b");
+    let RunStatus::RolledBack { resolved, .. } = &env.state.status else {
+        panic!("{:?}", env.state.status)
+    };
+    assert_eq!(resolved, &[sid("a")]);
+}
+
+#[test]
+fn an_undo_waiting_to_retry_runs_now_when_asked_and_undos_are_for_rollbacks_only() {
+    let mut env = Env::new(UNDO_CHAIN);
+    env.start();
+    // Nothing has been undone yet: the undo requests are refused.
+    let why = refusal(&mut env, retry_undo("a"));
+    assert!(
+        why.contains("nothing of this run has been undone (it is running)"),
+        "{why}"
+    );
+    env.succeed_with("a", json!({}), inverse("a"));
+    env.succeed_with("b", json!({}), inverse("b"));
+    env.fail("c", StepFailure::terminal("nope"));
+    undo_fails(&mut env, "b", StepFailure::retryable("throttled"));
+    let seq = env.seq("b");
+    assert!(matches!(env.undo("b"), Some(CompState::Retrying { .. })));
+    let why = refusal(&mut env, resolve_undo("b", "done"));
+    assert!(why.contains("retry it now (retry-undo)"), "{why}");
+    assert_eq!(
+        actions(&env.plan, &env.ctx, &env.state, env.now),
+        [RunAction::RetryUndo { step: sid("b") }]
+    );
+    let t = env.apply(retry_undo("b"));
+    assert!(t.effects.contains(&Effect::CancelTimer {
+        key: TimerKey::step(TimerKind::UndoRetry, sid("b"), seq)
+    }));
+    assert_eq!(
+        env.job("b").attempt.get(),
+        2,
+        "the attempt that was waiting, now"
+    );
+    assert!(env.timers.is_empty());
+    undo_succeeds(&mut env, "b");
+    undo_succeeds(&mut env, "a");
+    assert_eq!(env.status(), "rolled_back");
+}
+
+#[test]
+fn actions_offer_what_each_state_accepts() {
+    let yaml = "name: f\ndefaults: {on_failure: pause, retry: {attempts: 2, initial: 1s}}\nsteps:\n  - {id: a, op: x}\n  - {id: b, op: x, needs: [a]}\n";
+    let mut env = Env::new(yaml);
+    let offered = |env: &Env| actions(&env.plan, &env.ctx, &env.state, env.now);
+    assert!(
+        offered(&env).is_empty(),
+        "a run being created takes nothing"
+    );
+    env.start();
+    assert_eq!(
+        offered(&env),
+        [
+            RunAction::Cancel,
+            RunAction::CancelWithRollback,
+            RunAction::Pause,
+            RunAction::SkipStep { step: sid("b") },
+        ]
+    );
+    env.fail("a", StepFailure::retryable("busy"));
+    assert!(offered(&env).contains(&RunAction::RetryStep { step: sid("a") }));
+    env.advance(std::time::Duration::from_secs(5));
+    env.fire_due();
+    env.fail("a", StepFailure::retryable("busy"));
+    assert_eq!(env.status(), "paused");
+    let now = offered(&env);
+    assert!(
+        !now.contains(&RunAction::Resume),
+        "a run paused by a failure resumes by retrying or skipping it: {now:?}"
+    );
+    assert!(now.contains(&RunAction::RetryStep { step: sid("a") }));
+    env.apply(Event::SkipStepRequested {
+        step: sid("a"),
+        by: "t".into(),
+        reason: None,
+    });
+    env.succeed("b");
+    assert_eq!(env.status(), "completed");
+    assert!(offered(&env).is_empty(), "an ended run is offered nothing");
+}
+
 #[test]
 fn pause_revokes_queued_jobs_and_resume_dispatches_them_again() {
     let mut env = Env::new(
@@ -749,6 +1048,8 @@ fn open_gate(env: &mut Env, approvers: &[&str], escalation: &[&str]) -> Transiti
         seq,
         approvers: approvers.iter().map(|s| (*s).to_owned()).collect(),
         escalation: escalation.iter().map(|s| (*s).to_owned()).collect(),
+        unavailable: Vec::new(),
+        admins: Vec::new(),
     })
 }
 
@@ -1166,6 +1467,162 @@ fn a_gate_does_not_escalate_to_a_list_only_the_requester_could_complete() {
     );
 }
 
+fn open_gate_checked(
+    env: &mut Env,
+    approvers: &[&str],
+    escalation: &[&str],
+    unavailable: &[(&str, Unavailability)],
+    admins: &[&str],
+) -> Transition {
+    let seq = env.seq("approval");
+    let list = |l: &[&str]| l.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    env.apply(Event::GateOpened {
+        step: sid("approval"),
+        seq,
+        approvers: list(approvers),
+        escalation: list(escalation),
+        unavailable: unavailable
+            .iter()
+            .map(|(email, reason)| UnavailableApprover {
+                email: (*email).to_owned(),
+                reason: *reason,
+            })
+            .collect(),
+        admins: list(admins),
+    })
+}
+
+#[test]
+fn a_gate_leaves_out_approvers_who_cannot_decide() {
+    let mut env = Env::new(GATED);
+    env.start();
+    env.succeed("prep");
+    // carol is disabled; the three others reach the quorum of two. The escalation target is
+    // not a technician, so the gate would escalate to nobody: it escalates to the admins.
+    let t = open_gate_checked(
+        &mut env,
+        &["alice@msp", "Carol@MSP", "bob@msp"],
+        &["lead@msp.example"],
+        &[
+            ("carol@msp", Unavailability::Disabled),
+            ("lead@msp.example", Unavailability::NotATechnician),
+        ],
+        &["root@msp", "ops@msp"],
+    );
+    let StepState::AwaitingApproval {
+        approvers,
+        escalation,
+        unavailable,
+        to_admins,
+        ..
+    } = env.step("approval")
+    else {
+        panic!("{:?}", env.step("approval"))
+    };
+    assert_eq!(approvers, &["alice@msp", "bob@msp"]);
+    assert_eq!(escalation, &["root@msp", "ops@msp"]);
+    assert_eq!(unavailable.len(), 2);
+    assert_eq!(to_admins, &Some(AdminFallback::Escalation));
+    assert!(t.effects.contains(&Effect::IndexGate {
+        step: sid("approval"),
+        approvers: vec!["alice@msp".into(), "bob@msp".into()],
+        since: env.now,
+    }));
+    assert!(
+        decide(&mut env, "carol@msp", true).is_err(),
+        "a disabled approver cannot decide"
+    );
+    // Nobody decides in time: the gate escalates to the admins.
+    env.advance(std::time::Duration::from_secs(3600));
+    env.fire_due();
+    let StepState::AwaitingApproval {
+        approvers, stage, ..
+    } = env.step("approval")
+    else {
+        panic!("{:?}", env.step("approval"))
+    };
+    assert_eq!(
+        (approvers.as_slice(), *stage),
+        (&["root@msp".to_owned(), "ops@msp".to_owned()][..], 1)
+    );
+    decide(&mut env, "root@msp", true).unwrap();
+    decide(&mut env, "ops@msp", true).unwrap();
+    assert!(matches!(env.step("approval"), StepState::Succeeded { .. }));
+}
+
+#[test]
+fn a_gate_nobody_named_can_decide_goes_to_the_admins() {
+    let mut env = Env::new(GATED);
+    env.start();
+    env.succeed("prep");
+    // alice is disabled, bob is gone; tech asked for the run and is an admin too.
+    open_gate_checked(
+        &mut env,
+        &["alice@msp", "bob@msp"],
+        &[],
+        &[
+            ("alice@msp", Unavailability::Disabled),
+            ("bob@msp", Unavailability::NotATechnician),
+        ],
+        &["root@msp", "tech@msp", "ops@msp"],
+    );
+    let StepState::AwaitingApproval {
+        approvers,
+        escalation,
+        to_admins,
+        ..
+    } = env.step("approval")
+    else {
+        panic!("{:?}", env.step("approval"))
+    };
+    assert_eq!(approvers, &["root@msp", "tech@msp", "ops@msp"]);
+    assert!(escalation.is_empty());
+    assert_eq!(to_admins, &Some(AdminFallback::Approvers));
+    let err = decide(&mut env, "tech@msp", true).unwrap_err();
+    assert!(err.to_string().contains("asked for this run"), "{err}");
+    let offered = actions(&env.plan, &env.ctx, &env.state, env.now);
+    assert!(
+        offered.contains(&RunAction::Approve {
+            step: sid("approval"),
+            by: vec!["root@msp".into(), "ops@msp".into()],
+        }),
+        "{offered:?}"
+    );
+}
+
+#[test]
+fn a_gate_nobody_can_decide_fails_and_says_who_is_missing() {
+    let mut env = Env::new(&GATED.replace("on_failure: rollback", "on_failure: pause"));
+    env.start();
+    env.succeed("prep");
+    // The only admin is the requester: nobody can take the gate over.
+    open_gate_checked(
+        &mut env,
+        &["alice@msp", "bob@msp"],
+        &[],
+        &[("alice@msp", Unavailability::Disabled)],
+        &["tech@msp"],
+    );
+    let StepState::Failed { error, .. } = env.step("approval") else {
+        panic!("{:?}", env.step("approval"))
+    };
+    for part in [
+        "needs 2 approvals but has only 1 approvers (bob@msp)",
+        "left out: alice@msp is disabled",
+        "nor can the admins (tech@msp) take it over",
+        "enable them or name enabled technicians as approvers, then retry this step",
+    ] {
+        assert!(error.message.contains(part), "{part}: {}", error.message);
+    }
+    assert_eq!(env.status(), "paused");
+    assert!(
+        !env.log
+            .iter()
+            .any(|e| matches!(e, Effect::IndexGate { .. })),
+        "never in nobody's inbox"
+    );
+}
+
 #[test]
 fn a_step_the_policy_now_refuses_pauses_the_run() {
     let mut env = Env::new("name: p\nsteps:\n  - {id: a, op: x}\n  - {id: b, op: x, needs: [a]}\n");
@@ -1250,8 +1707,19 @@ struct Move {
 
 fn moves() -> impl Strategy<Value = Vec<Move>> {
     prop::collection::vec(
-        (0u8..24, any::<u8>(), any::<u8>()).prop_map(|(kind, pick, arg)| Move { kind, pick, arg }),
+        (0u8..27, any::<u8>(), any::<u8>()).prop_map(|(kind, pick, arg)| Move { kind, pick, arg }),
         0..80,
+    )
+}
+
+/// Moves that mostly succeed steps, cancel with rollback, fail undos and fix them: rollbacks
+/// that fail, and technicians' fixes of them, while other undos run.
+fn rollback_moves() -> impl Strategy<Value = Vec<Move>> {
+    let kinds = vec![0u8, 1, 2, 3, 7, 8, 9, 12, 24, 24, 25, 25, 26, 26];
+    prop::collection::vec(
+        (prop::sample::select(kinds), any::<u8>(), any::<u8>())
+            .prop_map(|(kind, pick, arg)| Move { kind, pick, arg }),
+        0..60,
     )
 }
 
@@ -1419,15 +1887,43 @@ fn event_for(env: &mut Env, mv: Move) -> Option<Event> {
                 .take(usize::from(mv.pick % 3))
                 .map(|s| (*s).to_owned())
                 .collect();
+            // Some of them cannot decide (not technicians, or disabled); some admins stand by.
+            let unavailable = pool
+                .iter()
+                .enumerate()
+                .filter(|(k, _)| (mv.arg >> (3 + k)) & 1 == 1)
+                .map(|(k, s)| UnavailableApprover {
+                    email: (*s).to_owned(),
+                    reason: if k % 2 == 0 {
+                        Unavailability::Disabled
+                    } else {
+                        Unavailability::NotATechnician
+                    },
+                })
+                .collect();
+            let admins = ["root@msp", "tech@msp", "ops@msp"]
+                .iter()
+                .take(usize::from(mv.pick >> 5))
+                .map(|s| (*s).to_owned())
+                .collect();
             Event::GateOpened {
                 step: g,
                 seq,
                 approvers,
                 escalation,
+                unavailable,
+                admins,
             }
         }
         22 => {
-            let pool = ["tech@msp", "alice@msp", "bob@msp", "carol@msp", "eve@x"];
+            let pool = [
+                "tech@msp",
+                "alice@msp",
+                "bob@msp",
+                "carol@msp",
+                "eve@x",
+                "root@msp",
+            ];
             Event::ApprovalDecided {
                 step,
                 by: pool[usize::from(mv.pick) % pool.len()].to_owned(),
@@ -1446,6 +1942,32 @@ fn event_for(env: &mut Env, mv: Move) -> Option<Event> {
                 reason: "policy".into(),
             }
         }
+        24 => Event::RetryUndoRequested {
+            step,
+            by: "t".into(),
+        },
+        25 => Event::UndoResolved {
+            step,
+            by: "t".into(),
+            comment: if mv.arg.is_multiple_of(5) {
+                " ".into()
+            } else {
+                "done by hand".into()
+            },
+            via: "api".into(),
+        },
+        26 => {
+            // An undo fails for good.
+            let s = undo_queued
+                .get(mv.pick as usize % undo_queued.len().max(1))?
+                .clone();
+            let seq = env.state.steps[&s].seq;
+            Event::UndoFailed {
+                step: s,
+                seq,
+                error: StepFailure::terminal("undo refused"),
+            }
+        }
         _ => {
             env.now = env
                 .now
@@ -1461,12 +1983,187 @@ fn apply_checked(env: &mut Env, trace: &mut Trace, event: Event) {
     let now = env.now;
     let result = env.try_apply(event.clone());
     check_invariants(env, &before, &event, &result);
+    check_actions(env);
     trace.push((event, now, result));
 }
 
+/// What an action stands for: its name, its step, and who (for a gate decision).
+type ActionKey = (&'static str, Option<StepId>, Option<String>);
+
+/// Checks that `actions` lists exactly the requests the machine takes now: each candidate
+/// request is applied to a copy of the state, and counts as accepted when it is neither refused
+/// nor ignored.
+fn check_actions(env: &Env) {
+    let mut candidates: Vec<(ActionKey, Event)> = vec![
+        (
+            ("cancel", None, None),
+            Event::CancelRequested {
+                by: "t".into(),
+                rollback: false,
+                reason: None,
+            },
+        ),
+        (
+            ("cancel_with_rollback", None, None),
+            Event::CancelRequested {
+                by: "t".into(),
+                rollback: true,
+                reason: None,
+            },
+        ),
+        (
+            ("pause", None, None),
+            Event::PauseRequested {
+                by: "t".into(),
+                reason: None,
+            },
+        ),
+        (
+            ("resume", None, None),
+            Event::ResumeRequested { by: "t".into() },
+        ),
+    ];
+    for s in env.plan.steps() {
+        let step = s.id.clone();
+        candidates.extend([
+            (
+                ("retry_step", Some(step.clone()), None),
+                Event::RetryStepRequested {
+                    step: step.clone(),
+                    by: "t".into(),
+                },
+            ),
+            (
+                ("skip_step", Some(step.clone()), None),
+                Event::SkipStepRequested {
+                    step: step.clone(),
+                    by: "t".into(),
+                    reason: None,
+                },
+            ),
+            (
+                ("retry_undo", Some(step.clone()), None),
+                Event::RetryUndoRequested {
+                    step: step.clone(),
+                    by: "t".into(),
+                },
+            ),
+            (
+                ("resolve_undo", Some(step.clone()), None),
+                Event::UndoResolved {
+                    step: step.clone(),
+                    by: "t".into(),
+                    comment: "fixed by hand".into(),
+                    via: "api".into(),
+                },
+            ),
+        ]);
+        if s.gate.is_some() {
+            for by in [
+                "tech@msp",
+                "alice@msp",
+                "bob@msp",
+                "carol@msp",
+                "root@msp",
+                "ops@msp",
+            ] {
+                for approve in [true, false] {
+                    let name = if approve { "approve" } else { "reject" };
+                    candidates.push((
+                        (name, Some(step.clone()), Some(by.to_owned())),
+                        Event::ApprovalDecided {
+                            step: step.clone(),
+                            by: by.to_owned(),
+                            approve,
+                            comment: None,
+                            via: "api".into(),
+                        },
+                    ));
+                }
+            }
+        }
+    }
+    let accepted: std::collections::BTreeSet<ActionKey> = candidates
+        .into_iter()
+        .filter(|(_, event)| {
+            transition(&env.plan, &env.ctx, &env.state, event, &Cx { now: env.now })
+                .is_ok_and(|t| t.ignored.is_none())
+        })
+        .map(|(key, _)| key)
+        .collect();
+    let mut offered = std::collections::BTreeSet::new();
+    for a in actions(&env.plan, &env.ctx, &env.state, env.now) {
+        let step = a.step().cloned();
+        match &a {
+            RunAction::Approve { by, .. } | RunAction::Reject { by, .. } => {
+                for who in by {
+                    offered.insert((a.name(), step.clone(), Some(who.clone())));
+                }
+            }
+            _ => {
+                offered.insert((a.name(), step, None));
+            }
+        }
+    }
+    assert_eq!(
+        offered, accepted,
+        "actions offered (left) differ from what the machine accepts (right) in {:?}",
+        env.state
+    );
+}
+
+/// Brings a run that ended `rollback_failed` to `rolled_back` the way a technician would:
+/// retrying or resolving each failed undo, and letting the undos that follow succeed.
+fn recover_run(env: &mut Env, trace: &mut Trace) {
+    for n in 0..500 {
+        let failed = env
+            .state
+            .steps
+            .iter()
+            .find(|(_, r)| matches!(r.undo, Some(CompState::Failed { .. })))
+            .map(|(id, _)| id.clone());
+        let queued = env
+            .state
+            .steps
+            .iter()
+            .find(|(_, r)| matches!(r.undo, Some(CompState::Queued { .. })))
+            .map(|(id, r)| (id.clone(), r.seq));
+        let event = match (&env.state.status, failed, queued) {
+            (RunStatus::RolledBack { .. }, ..) => return,
+            (_, _, Some((step, seq))) => Event::UndoSucceeded { step, seq },
+            (_, Some(step), None) if n % 2 == 0 => Event::RetryUndoRequested {
+                step,
+                by: "t".into(),
+            },
+            (_, Some(step), None) => Event::UndoResolved {
+                step,
+                by: "t".into(),
+                comment: "done by hand".into(),
+                via: "cli".into(),
+            },
+            (_, None, None) => {
+                let (key, at) = env
+                    .timers
+                    .iter()
+                    .min_by_key(|(_, at)| *at)
+                    .cloned()
+                    .unwrap_or_else(|| panic!("a stuck rollback: {:?}", env.state));
+                env.now = env.now.max(at);
+                env.timers.retain(|(k, _)| k != &key);
+                Event::TimerFired { timer: key }
+            }
+        };
+        apply_checked(env, trace, event);
+        let (event, _, result) = trace.last().unwrap();
+        assert!(result.is_ok(), "{event:?} -> {result:?}");
+    }
+    panic!("the rollback was not recovered: {:?}", env.state);
+}
+
 /// Ends the run whatever state the random moves left it in: cancels it (with or without
-/// rollback), then lets every outstanding job report success and every timer fire.
-fn finish_run(env: &mut Env, trace: &mut Trace, rollback: bool) {
+/// rollback), then lets every outstanding job report success (but the first undo, with
+/// `fail_an_undo`, which fails for good) and every timer fire.
+fn finish_run(env: &mut Env, trace: &mut Trace, rollback: bool, mut fail_an_undo: bool) {
     for _ in 0..500 {
         let queued_run = env
             .state
@@ -1495,6 +2192,14 @@ fn finish_run(env: &mut Env, trace: &mut Trace, rollback: bool) {
                 seq,
                 output: json!({}),
             },
+            (_, None, Some((step, seq))) if fail_an_undo => {
+                fail_an_undo = false;
+                Event::UndoFailed {
+                    step,
+                    seq,
+                    error: StepFailure::terminal("the undo was refused"),
+                }
+            }
             (_, None, Some((step, seq))) => Event::UndoSucceeded { step, seq },
             (_, None, None) => {
                 let (key, at) = env
@@ -1568,6 +2273,8 @@ fn late_events(env: &Env) -> Vec<Event> {
                 seq,
                 approvers: vec!["alice@msp".into(), "bob@msp".into()],
                 escalation: Vec::new(),
+                unavailable: Vec::new(),
+                admins: vec!["root@msp".into()],
             },
             Event::StepBlocked {
                 step: step.clone(),
@@ -1610,6 +2317,7 @@ fn late_events(env: &Env) -> Vec<Event> {
 /// Checks that an ended run ignores every late report and refuses every request, unchanged.
 fn assert_absorbs_late_events(env: &mut Env) {
     assert!(env.state.status.is_terminal(), "{:?}", env.state.status);
+    check_actions(env);
     let ended = env.state.clone();
     for event in late_events(env) {
         match env.try_apply(event.clone()) {
@@ -1735,6 +2443,8 @@ fn check_invariants(
                     | Event::RetryStepRequested { .. }
                     | Event::SkipStepRequested { .. }
                     | Event::ApprovalDecided { .. }
+                    | Event::RetryUndoRequested { .. }
+                    | Event::UndoResolved { .. }
             );
             assert!(request, "a report was refused: {event:?} -> {e}");
             assert!(
@@ -1744,12 +2454,33 @@ fn check_invariants(
             return;
         }
     };
-    if before.status.is_terminal() || t.ignored.is_some() {
+    // The one request an ended run takes: a fix of a failed undo, after its rollback failed.
+    let reopened = matches!(before.status, RunStatus::RollbackFailed { .. })
+        && matches!(
+            event,
+            Event::RetryUndoRequested { .. } | Event::UndoResolved { .. }
+        );
+    if (before.status.is_terminal() && !reopened) || t.ignored.is_some() {
         assert_eq!(
             &t.next, before,
             "an ended run or an ignored event must not change: {event:?}"
         );
         assert!(t.effects.is_empty(), "{event:?} -> {:?}", t.effects);
+    }
+    if reopened {
+        let (
+            RunStatus::RollbackFailed { cause, .. },
+            RunStatus::RollingBack { cause: now }
+            | RunStatus::RolledBack { cause: now, .. }
+            | RunStatus::RollbackFailed { cause: now, .. },
+        ) = (&before.status, &t.next.status)
+        else {
+            panic!(
+                "{event:?} took a rollback_failed run to {:?}",
+                t.next.status
+            )
+        };
+        assert_eq!(cause, now, "the rollback keeps its cause");
     }
     for effect in &t.effects {
         if let Effect::EnqueueStep { job } = effect {
@@ -1804,7 +2535,7 @@ fn check_invariants(
         }
     }
     // Ended runs have nothing in flight.
-    if t.next.status.is_terminal() && !before.status.is_terminal() {
+    if t.next.status.is_terminal() && (!before.status.is_terminal() || reopened) {
         for (id, rec) in &t.next.steps {
             assert!(
                 rec.state.is_settled(),
@@ -1834,13 +2565,18 @@ proptest! {
     })]
 
     #[test]
-    fn random_event_sequences_keep_the_invariants(shape in 0usize..SHAPES.len(), moves in moves(), rollback in any::<bool>()) {
+    fn random_event_sequences_keep_the_invariants(shape in 0usize..SHAPES.len(), moves in moves(), rollback in any::<bool>(), fail_an_undo in any::<bool>()) {
         let (mut env, mut trace) = run_moves(SHAPES[shape], &moves);
         // Whatever the moves left, the run can be brought to an end (invariants checked on the
         // way), and then it absorbs every later event: every case reaches this check.
-        finish_run(&mut env, &mut trace, rollback);
+        finish_run(&mut env, &mut trace, rollback, fail_an_undo);
         prop_assert!(env.state.status.is_terminal());
         assert_absorbs_late_events(&mut env);
+        // A rollback that failed can be finished by a technician.
+        if matches!(env.state.status, RunStatus::RollbackFailed { .. }) {
+            recover_run(&mut env, &mut trace);
+            assert_absorbs_late_events(&mut env);
+        }
         // Replay gives the same states and effects.
         let mut replay = Env::new(SHAPES[shape]);
         for (event, now, result) in &trace {
@@ -1854,6 +2590,23 @@ proptest! {
         for (event, _, _) in &trace {
             let json = serde_json::to_string(event).unwrap();
             prop_assert_eq!(&serde_json::from_str::<Event>(&json).unwrap(), event);
+        }
+    }
+
+    #[test]
+    fn failed_rollbacks_can_be_finished_by_a_technician(shape in 0usize..SHAPES.len(), moves in rollback_moves()) {
+        let (mut env, mut trace) = run_moves(SHAPES[shape], &moves);
+        finish_run(&mut env, &mut trace, true, true);
+        if matches!(env.state.status, RunStatus::RollbackFailed { .. }) {
+            recover_run(&mut env, &mut trace);
+            prop_assert_eq!(env.status(), "rolled_back");
+        }
+        assert_absorbs_late_events(&mut env);
+        let mut replay = Env::new(SHAPES[shape]);
+        for (event, now, result) in &trace {
+            replay.now = *now;
+            let again = replay.try_apply(event.clone());
+            prop_assert_eq!(&again, result);
         }
     }
 

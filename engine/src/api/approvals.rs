@@ -15,7 +15,8 @@ use steward_core::history::{is_secret_key, redact};
 use steward_core::machine::RunScope;
 use steward_core::policy::route;
 use steward_schemas::{
-    Company, Decision, Event, RunDoc, RunId, StepId, StepState, TicketRef, Timestamp,
+    AdminFallback, Company, Decision, Event, RunDoc, RunId, StepId, StepState, TicketRef,
+    Timestamp, UnavailableApprover,
 };
 use tracing::warn;
 
@@ -63,6 +64,13 @@ pub struct GateView {
     pub approvals: Vec<Decision>,
     /// 0: first approvers; 1: escalated.
     pub stage: u8,
+    /// Whether the gate went to the MSP's admins because nobody it named could decide (its
+    /// `approvers`, or its escalation targets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_admins: Option<AdminFallback>,
+    /// The people it named who could not decide when it opened (not technicians, or disabled).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unavailable: Vec<UnavailableApprover>,
     /// When it expires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<Timestamp>,
@@ -107,6 +115,7 @@ pub(crate) fn gate_view(
         .clone()
         .ok_or_else(|| ApiError::not_found(format!("step `{step}` is not an approval gate")))?;
     let rec = &doc.state.steps[step];
+    let (mut to_admins, mut unavailable) = (None, Vec::new());
     let (approvers, quorum, approvals, stage, expires_at) = match &rec.state {
         StepState::AwaitingApproval {
             approvers,
@@ -114,14 +123,19 @@ pub(crate) fn gate_view(
             approvals,
             stage,
             expires_at,
+            to_admins: fallback,
+            unavailable: missing,
             ..
-        } => (
-            approvers.clone(),
-            *quorum,
-            approvals.clone(),
-            *stage,
-            *expires_at,
-        ),
+        } => {
+            (to_admins, unavailable) = (*fallback, missing.clone());
+            (
+                approvers.clone(),
+                *quorum,
+                approvals.clone(),
+                *stage,
+                *expires_at,
+            )
+        }
         StepState::Succeeded { output, .. } => (
             Vec::new(),
             gate.quorum,
@@ -190,6 +204,8 @@ pub(crate) fn gate_view(
         quorum,
         approvals,
         stage,
+        to_admins,
+        unavailable,
         expires_at,
         unlocks,
     })

@@ -1,4 +1,7 @@
 //! Companies: CRUD and bulk CSV import.
+//!
+//! A company's approvers must be enabled technicians when it is saved (added, replaced or
+//! imported); a company with runs in flight or gates open is deleted only when forced.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request, State};
@@ -10,7 +13,23 @@ use steward_schemas::{Company, CompanyId};
 use super::error::{ApiError, ApiResult};
 use super::extract::{Admin, ApiJson, ApiPath, ApiQuery, Caller};
 use super::{ApiState, Created, NoContent};
-use crate::companies::{CompanyRecord, ImportReport};
+use crate::companies::{self as store, CompanyRecord, ImportReport};
+
+/// Refuses a company whose settings or approvers are wrong, naming every problem at once (its
+/// settings as [`crate::companies::Companies`] checks them, and approvers who are not enabled
+/// technicians).
+async fn check(state: &ApiState, company: &Company) -> ApiResult<()> {
+    let mut c = company.clone();
+    steward_core::company::normalize(&mut c);
+    let mut problems = steward_core::company::validate(&c);
+    let directory = state.auth.directory().await?;
+    problems.extend(steward_core::company::approver_problems(&c, &directory));
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(store::Error::Invalid(problems).into())
+    }
+}
 
 /// The companies the caller may act on.
 pub(super) async fn list(
@@ -31,6 +50,7 @@ pub(super) async fn create(
     _admin: Admin,
     ApiJson(company): ApiJson<Company>,
 ) -> ApiResult<Created<CompanyRecord>> {
+    check(&state, &company).await?;
     Ok(Created(state.companies.create(company).await?))
 }
 
@@ -81,18 +101,82 @@ pub(super) async fn update(
             "send the same id in both",
         ));
     }
+    check(&state, &company).await?;
     Ok(axum::Json(
         state.companies.update(company, q.if_version).await?,
     ))
 }
 
-/// Deletes a company (admins).
+/// Whether to delete a company that has runs in flight.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DeleteQuery {
+    /// Delete it even though runs of it are in flight or its gates are open (they will fail
+    /// when they next need the company); recorded in the companies' log with who, when and what
+    /// was in flight.
+    #[serde(default)]
+    force: bool,
+}
+
+/// Deletes a company (admins). Refused (409, naming them) while it has runs in flight or gates
+/// open, unless `force=true`.
 pub(super) async fn delete(
     State(state): State<ApiState>,
-    _admin: Admin,
+    Admin(caller): Admin,
     ApiPath(p): ApiPath<CompanyPath>,
+    ApiQuery(q): ApiQuery<DeleteQuery>,
 ) -> ApiResult<NoContent> {
-    if state.companies.delete(&p.id).await? {
+    if state.companies.get(&p.id).await?.is_none() {
+        return Err(ApiError::not_found(format!("no company `{}`", p.id)));
+    }
+    let in_flight = store::in_flight(&state.store, &p.id).await?;
+    if !in_flight.is_empty() && !q.force {
+        let gates: usize = in_flight.iter().map(|r| r.open_gates.len()).sum();
+        let runs: Vec<String> = in_flight
+            .iter()
+            .map(|r| {
+                if r.open_gates.is_empty() {
+                    format!("{} ({})", r.run, r.status)
+                } else {
+                    format!(
+                        "{} ({}, gate{} {} open)",
+                        r.run,
+                        r.status,
+                        if r.open_gates.len() == 1 { "" } else { "s" },
+                        r.open_gates.join(", ")
+                    )
+                }
+            })
+            .collect();
+        let mut e = ApiError::conflict(format!(
+            "company `{}` has {} run{} in flight and {gates} gate{} open: {}",
+            p.id,
+            in_flight.len(),
+            if in_flight.len() == 1 { "" } else { "s" },
+            if gates == 1 { "" } else { "s" },
+            runs.join("; ")
+        ))
+        .with_fix(format!(
+            "wait for them to end, or cancel them (POST /v1/runs/RUN/cancel); or delete anyway with DELETE /v1/companies/{}?force=true (steward companies delete {} --force), which leaves them to fail",
+            p.id, p.id
+        ));
+        e = e.with_details(serde_json::to_value(&in_flight).unwrap_or_default());
+        return Err(e);
+    }
+    let existed = state.companies.delete(&p.id).await?;
+    if !in_flight.is_empty() {
+        tracing::warn!(
+            company = %p.id,
+            by = %caller.tech.email,
+            runs = in_flight.len(),
+            "company deleted with runs in flight (forced)"
+        );
+        state
+            .companies
+            .record_deletion(&p.id, &caller.tech.email, true, &in_flight)
+            .await?;
+    }
+    if existed {
         Ok(NoContent)
     } else {
         Err(ApiError::not_found(format!("no company `{}`", p.id)))
@@ -161,7 +245,7 @@ pub(super) async fn import(
     _admin: Admin,
     CsvBody(body): CsvBody,
 ) -> ApiResult<axum::Json<ImportReport>> {
-    let companies = steward_core::import::parse_companies_csv(&body).map_err(|errors| {
+    let refuse = |errors: Vec<steward_core::import::CellError>| {
         ApiError::invalid_many(
             format!(
                 "the file has {} problems; nothing was imported",
@@ -169,6 +253,25 @@ pub(super) async fn import(
             ),
             serde_json::to_value(&errors).unwrap_or_default(),
         )
-    })?;
+    };
+    let rows = steward_core::import::parse_companies_csv_rows(&body).map_err(refuse)?;
+    let directory = state.auth.directory().await?;
+    let errors: Vec<steward_core::import::CellError> = rows
+        .iter()
+        .flat_map(|(row, company)| {
+            steward_core::company::approver_problems(company, &directory)
+                .into_iter()
+                .map(|p| steward_core::import::CellError {
+                    row: *row,
+                    column: p.field,
+                    message: p.message,
+                    fix: p.fix,
+                })
+        })
+        .collect();
+    if !errors.is_empty() {
+        return Err(refuse(errors));
+    }
+    let companies = rows.into_iter().map(|(_, c)| c).collect();
     Ok(axum::Json(state.companies.import(companies).await?))
 }

@@ -173,6 +173,12 @@ impl ApiError {
         self
     }
 
+    /// Adds every detail (the runs in flight that stop a deletion, …).
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.detail.details = Some(details);
+        self
+    }
+
     /// Adds the fix.
     pub fn with_fix(mut self, fix: impl Into<String>) -> Self {
         self.detail.fix = Some(fix.into());
@@ -229,7 +235,13 @@ impl From<crate::companies::Error> for ApiError {
         match e {
             E::Redis(e) => e.into(),
             E::Invalid(problems) => Self::invalid_many(
-                format!("the company's settings have {} problems", problems.len()),
+                match problems.as_slice() {
+                    [one] => format!(
+                        "the company's settings have a problem: {}: {}",
+                        one.field, one.message
+                    ),
+                    many => format!("the company's settings have {} problems", many.len()),
+                },
                 serde_json::to_value(&problems).unwrap_or_default(),
             ),
             E::Exists(_) => Self::conflict(e.to_string()),

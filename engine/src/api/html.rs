@@ -58,6 +58,29 @@ pub(crate) fn link_page(view: &LinkView) -> String {
         let _ = write!(h, " · expires {}", escape(&exp.to_string()));
     }
     h.push_str("</p>");
+    if g.to_admins.is_some() || !g.unavailable.is_empty() {
+        let missing: Vec<String> = g
+            .unavailable
+            .iter()
+            .map(|u| format!("{} {}", u.email, u.reason.words()))
+            .collect();
+        let _ = write!(
+            h,
+            "<p>{}{}</p>",
+            match g.to_admins {
+                Some(steward_schemas::AdminFallback::Approvers) =>
+                    "This gate came to the admins: nobody it names can decide. ",
+                Some(steward_schemas::AdminFallback::Escalation) =>
+                    "If nobody decides in time, this gate goes to the admins. ",
+                None => "",
+            },
+            escape(&if missing.is_empty() {
+                String::new()
+            } else {
+                format!("Left out: {}.", missing.join(", "))
+            })
+        );
+    }
     if let Some(t) = &g.ticket {
         let _ = write!(
             h,

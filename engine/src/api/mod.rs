@@ -208,6 +208,26 @@ fn routes() -> ApiRouter<ApiState> {
             post_with(runs::skip_step, op!("skip a step", "runs")),
         )
         .api_route(
+            "/v1/runs/{run}/steps/{step}/retry-undo",
+            post_with(
+                runs::retry_undo,
+                op!(
+                    "retry a step's failed undo (also after rollback_failed)",
+                    "runs"
+                ),
+            ),
+        )
+        .api_route(
+            "/v1/runs/{run}/steps/{step}/resolve-undo",
+            post_with(
+                runs::resolve_undo,
+                op!(
+                    "mark a step's failed undo done by hand, with a comment",
+                    "runs"
+                ),
+            ),
+        )
+        .api_route(
             "/v1/approvals",
             get_with(
                 approvals::inbox,
@@ -351,6 +371,7 @@ pub async fn state(
     let signer = LinkSigner::new(LinkSigner::decode_key(&key_text)?)?;
     let companies = Companies::for_store(&store);
     let auth = Auth::for_store(&store);
+    report_named_approvers(&auth, &workflows).await;
     let planner = Planner {
         store: store.clone(),
         companies: companies.clone(),
@@ -367,6 +388,23 @@ pub async fn state(
         public_url,
         metrics: Arc::default(),
     })
+}
+
+/// Warns about the people the workflows' gates name who are not enabled technicians: runs that
+/// need them are refused when planned, or their gates go to the admins when they open.
+async fn report_named_approvers(auth: &Auth, workflows: &Workflows) {
+    let directory = match auth.directory().await {
+        Ok(d) => d,
+        Err(e) => {
+            warn!(error = %e, "cannot read the technicians to check the workflows' approvers");
+            return;
+        }
+    };
+    for plan in workflows.all() {
+        for problem in steward_core::company::named_approver_problems(plan.def(), &directory) {
+            warn!(workflow = %plan.def().name, step = %problem.step, "{problem}");
+        }
+    }
 }
 
 /// The documented routes and the OpenAPI document generated from them.

@@ -4,10 +4,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use steward_core::Plan;
-use steward_core::actions::{self, Action};
 use steward_core::words;
 use steward_schemas::{
-    CompanyId, Event, HistoryEntry, RunDoc, RunId, RunStatus, StepId, TicketRef, Timestamp,
+    CompanyId, Event, HistoryEntry, RunAction, RunDoc, RunId, RunStatus, StepId, TicketRef,
+    Timestamp,
 };
 
 use super::error::{ApiError, ApiResult};
@@ -133,44 +133,20 @@ pub struct HistoryView {
     pub text: String,
 }
 
-/// A request a technician can make now.
+/// A request a technician can make now: the run's state machine accepts it (and refuses what
+/// is not listed), so a CLI or dashboard offers only these fixes.
 #[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct ActionView {
-    /// `resume`, `pause`, `cancel`, `cancel_and_roll_back`, `retry_step`, `skip_step` or
-    /// `decide` (approve or reject a gate).
-    pub action: String,
-    /// The step it is about.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub step: Option<StepId>,
-    /// Who may decide, for `decide`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub approvers: Vec<String>,
+    /// The request.
+    #[serde(flatten)]
+    pub action: RunAction,
     /// What it does, in a sentence.
     pub text: String,
 }
 
-impl ActionView {
-    fn of(a: &Action) -> Self {
-        Self {
-            action: a.name().to_owned(),
-            step: a.step().cloned(),
-            approvers: match a {
-                Action::Decide { approvers, .. } => approvers.clone(),
-                Action::Cancel
-                | Action::CancelAndRollBack
-                | Action::Pause
-                | Action::Resume
-                | Action::RetryStep(_)
-                | Action::SkipStep(_) => Vec::new(),
-            },
-            text: a.text(),
-        }
-    }
-}
-
 impl RunView {
-    /// The view of a run: its snapshot, its plan and its history.
-    pub fn of(snap: &RunSnapshot, plan: &Plan, history: Vec<HistoryEntry>) -> Self {
+    /// The view of a run: its snapshot, its plan and its history, as of `now`.
+    pub fn of(snap: &RunSnapshot, plan: &Plan, history: Vec<HistoryEntry>, now: Timestamp) -> Self {
         let doc = &snap.doc;
         let mut summary = RunSummary::of(doc);
         summary.status_text = words::run_status(&doc.state.status, &history);
@@ -195,9 +171,12 @@ impl RunView {
             run: redacted(doc, plan),
             plan: plan_view(plan),
             steps,
-            actions: actions::available(plan, &doc.ctx, &doc.state)
-                .iter()
-                .map(ActionView::of)
+            actions: steward_core::actions(plan, &doc.ctx, &doc.state, now)
+                .into_iter()
+                .map(|action| ActionView {
+                    text: words::action(&action),
+                    action,
+                })
                 .collect(),
             history: history
                 .into_iter()
@@ -221,7 +200,7 @@ impl RunView {
         };
         let plan = store.plan(&snap.doc.ctx.workflow.hash).await?;
         let history = store.history(run).await?;
-        Ok(Some(Self::of(&snap, &plan, history)))
+        Ok(Some(Self::of(&snap, &plan, history, store.clock().now())))
     }
 }
 
@@ -327,6 +306,21 @@ pub(super) async fn start(
             planner::Error::Store(e) => e.into(),
             planner::Error::Companies(e) => e.into(),
             planner::Error::Plan(m) => ApiError::internal(m),
+            planner::Error::Approvers(problems) => ApiError::invalid_many(
+                match problems.as_slice() {
+                    [one] => one.message.clone(),
+                    many => format!("{} gates of this run would have nobody able to decide them; nothing was started", many.len()),
+                },
+                serde_json::to_value(&problems).unwrap_or_default(),
+            )
+            .with_fix(
+                problems
+                    .iter()
+                    .map(|p| p.fix.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+            planner::Error::Auth(e) => e.into(),
         })?;
     state.metrics.count("steward_runs_started_total", &[]);
     let snap = state
@@ -620,7 +614,12 @@ pub(super) async fn get(
 ) -> ApiResult<axum::Json<RunView>> {
     let (snap, plan) = load(&state, p.run, &caller).await?;
     let history = state.store.history(p.run).await?;
-    Ok(axum::Json(RunView::of(&snap, &plan, history)))
+    Ok(axum::Json(RunView::of(
+        &snap,
+        &plan,
+        history,
+        state.store.clock().now(),
+    )))
 }
 
 /// A technician's reason, optional.
@@ -795,6 +794,71 @@ pub(super) async fn skip_step(
             step: p.step,
             by,
             reason: b.reason,
+        },
+    )
+    .await
+}
+
+/// Tries a step's undo again: one that failed (its attempts start over; a run that ended
+/// `rollback_failed` rolls back again), or one waiting to retry (now).
+pub(super) async fn retry_undo(
+    state: axum::extract::State<ApiState>,
+    caller: Caller,
+    ApiPath(p): ApiPath<StepPath>,
+) -> ApiResult<axum::Json<RunSummary>> {
+    let by = caller.tech.email.clone();
+    apply_command(
+        &state,
+        &caller,
+        p.run,
+        Event::RetryUndoRequested { step: p.step, by },
+    )
+    .await
+}
+
+/// What a technician did by hand instead of a failed undo.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveUndoBody {
+    /// What was done by hand, in a sentence (required; recorded in the run's history with who
+    /// and when).
+    #[schemars(length(min = 1, max = 2000))]
+    pub comment: String,
+}
+
+/// Marks a step's failed undo as done by hand. The undos that waited for it run; the run ends
+/// `rolled_back` once no undo is left failed.
+pub(super) async fn resolve_undo(
+    state: axum::extract::State<ApiState>,
+    caller: Caller,
+    ApiPath(p): ApiPath<StepPath>,
+    ApiJson(b): ApiJson<ResolveUndoBody>,
+) -> ApiResult<axum::Json<RunSummary>> {
+    let comment = b.comment.trim().to_owned();
+    if comment.is_empty() {
+        return Err(ApiError::invalid(
+            "comment",
+            "empty",
+            "say what was done by hand to undo the step, e.g. \"removed the licence in the admin center\"",
+        ));
+    }
+    if comment.chars().count() > 2000 {
+        return Err(ApiError::invalid(
+            "comment",
+            "longer than 2000 characters",
+            "shorten it",
+        ));
+    }
+    let by = caller.tech.email.clone();
+    apply_command(
+        &state,
+        &caller,
+        p.run,
+        Event::UndoResolved {
+            step: p.step,
+            by,
+            comment,
+            via: "api".to_owned(),
         },
     )
     .await
