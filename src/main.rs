@@ -16,7 +16,7 @@ use steward_engine::bench::{self, BenchConfig, Waiter};
 use steward_engine::companies::Companies;
 use steward_engine::config::{Config, redacted_url};
 use steward_engine::embedded::{Persistence, RedisServer};
-use steward_engine::planner::{Planner, StartRun, Workflows};
+use steward_engine::planner::{Library, Planner, StartRun, Workflows};
 use steward_engine::queue::QueueConfig;
 use steward_engine::scheduler::{self, SchedulerConfig};
 use steward_engine::store::{Outcome, Store};
@@ -76,7 +76,7 @@ enum Command {
     },
     /// Check workflow files; exits non-zero and lists every problem if any is bad.
     Validate {
-        /// The files.
+        /// The files, or folders of `*.yaml` files (subfolders included).
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -612,7 +612,9 @@ async fn serve_cmd(mut config: Config, args: ServeArgs) -> Result<ExitCode> {
     check_public_url(&config)?;
     let store = connect(&config).await?;
     let registry = Arc::new(Registry::builtin());
-    let workflows = Workflows::load_dir(Path::new(&config.http.workflows), &registry)?;
+    // Bad files are skipped and reported (log, GET /v1/workflows/files); only an unreadable
+    // folder stops serve.
+    let workflows = Library::open(Path::new(&config.http.workflows), registry.clone())?;
     let listener = tokio::net::TcpListener::bind(&config.http.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.http.listen))?;
@@ -625,7 +627,7 @@ async fn serve_cmd(mut config: Config, args: ServeArgs) -> Result<ExitCode> {
     let state = steward_engine::api::state(
         store.clone(),
         registry,
-        workflows,
+        workflows.clone(),
         config.http.link_key.as_ref().map(|k| k.0.as_str()),
         public_url,
     )
@@ -640,6 +642,7 @@ async fn serve_cmd(mut config: Config, args: ServeArgs) -> Result<ExitCode> {
         scheduler_config(&config),
         stopped(stop_rx.clone()),
     ));
+    let watcher = tokio::spawn(workflows.watch(stopped(stop_rx.clone())));
     tracing::info!(%addr, "API and scheduler starting");
     println!("steward serve: API on http://{addr}, scheduler running");
     let app = steward_engine::api::app(state);
@@ -650,6 +653,7 @@ async fn serve_cmd(mut config: Config, args: ServeArgs) -> Result<ExitCode> {
         })
         .await?;
     let _ = sched.await;
+    let _ = watcher.await;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -842,18 +846,16 @@ fn who() -> String {
 
 fn validate(files: &[PathBuf]) -> Result<ExitCode> {
     let registry = Registry::builtin();
-    let mut bad = 0;
-    for file in files {
-        match load_plan(file, &registry) {
-            Ok(plan) => println!("{}: ok ({} steps)", file.display(), plan.steps().len()),
-            Err(e) => {
-                bad += 1;
-                eprintln!("{e:#}");
-            }
+    let checked = steward_engine::planner::validate_paths(files, &registry);
+    let bad = checked.iter().filter(|c| c.result.is_err()).count();
+    for c in &checked {
+        match &c.result {
+            Ok(plan) => println!("{}: ok ({} steps)", c.file.display(), plan.steps().len()),
+            Err(e) => eprintln!("{e:#}"),
         }
     }
     if bad > 0 {
-        eprintln!("{bad} of {} files have problems", files.len());
+        eprintln!("{bad} of {} files have problems", checked.len());
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)

@@ -14,6 +14,7 @@ pub mod plan;
 pub mod policy;
 pub mod retry;
 pub mod text;
+pub mod yaml;
 
 pub use machine::{Cx, Transition, TransitionError, initial_state, may_decide, transition};
 pub use plan::{Catalog, Plan, PlanStep, Problem, ValidationError};

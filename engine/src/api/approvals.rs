@@ -144,10 +144,8 @@ pub(crate) fn gate_view(
         state: &doc.state,
     };
     let unlocks = plan
-        .step(i)
-        .descendants
-        .iter()
-        .map(|&d| {
+        .descendants(i)
+        .map(|d| {
             let s = plan.step(d);
             let spec = state.registry.op(&s.op);
             let target = company.as_ref().map_or_else(

@@ -148,12 +148,9 @@ pub(super) async fn start(
     ApiJson(req): ApiJson<StartRunRequest>,
 ) -> ApiResult<Created<RunSummary>> {
     caller.require_company(&req.company)?;
-    let plan = state.workflows.get(&req.workflow).cloned().ok_or_else(|| {
-        let known: Vec<&str> = state
-            .workflows
-            .all()
-            .map(|p| p.def().name.as_str())
-            .collect();
+    let workflows = state.workflows.current();
+    let plan = workflows.get(&req.workflow).cloned().ok_or_else(|| {
+        let known: Vec<&str> = workflows.all().map(|p| p.def().name.as_str()).collect();
         ApiError::invalid(
             "workflow",
             format!("no workflow `{}`", req.workflow),
@@ -696,6 +693,7 @@ pub(super) async fn workflows(
     axum::Json(
         state
             .workflows
+            .current()
             .all()
             .map(|p| WorkflowInfo {
                 name: p.def().name.clone(),
