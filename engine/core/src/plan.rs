@@ -1578,6 +1578,19 @@ mod tests {
             OpField::optional("ou", "the OU"),
         ];
         const CREATE_OUT: &[OpField] = &[OpField::required("id", "the new user's id")];
+        const COUNT_IN: &[OpField] = &[
+            OpField::required("times", "how many").integer(0, 100),
+            OpField::optional("note", "a note"),
+            OpField::optional("flag", "a flag").boolean(),
+            OpField::optional("rights", "rights").of(FieldType::OneOf {
+                values: &["full_access", "send_as"],
+            }),
+            OpField::optional("items", "items").of(FieldType::List),
+        ];
+        const COUNT_OUT: &[OpField] = &[
+            OpField::required("total", "the total").integer(0, 100),
+            OpField::required("label", "a label"),
+        ];
         Cat(vec![
             OpSpec {
                 name: "noop",
@@ -1601,6 +1614,18 @@ mod tests {
                 reversibility: Reversibility::Reversible,
                 inputs: CREATE_IN,
                 outputs: Some(CREATE_OUT),
+                internal: false,
+            },
+            OpSpec {
+                name: "count",
+                summary: "counts",
+                access: OpAccess::Read,
+                group: PermissionGroup::Users,
+                approval: ApprovalRule::Policy,
+                system: System::Steward,
+                reversibility: Reversibility::NotNeeded,
+                inputs: COUNT_IN,
+                outputs: Some(COUNT_OUT),
                 internal: false,
             },
             OpSpec {
@@ -1840,6 +1865,260 @@ steps:
         let err = problems("name: w\ndefaults: {max_wait: 0s}\nsteps:\n  - {id: a, op: noop}\n");
         assert!(
             err.contains("defaults.max_wait: a max_wait of zero\n  fix: write a positive duration such as `1h`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn op_inputs_are_checked_against_their_types_and_every_problem_is_listed() {
+        let yaml = r#"name: w
+inputs:
+  n: {type: number}
+  s: {type: string}
+steps:
+  - id: a
+    op: count
+    with:
+      times: "three"
+  - id: b
+    op: count
+    with:
+      times: -5
+  - id: c
+    op: count
+    with:
+      note: x
+  - id: d
+    op: count
+    with:
+      times: 1
+      bogus: 2
+  - id: e
+    op: count
+    with:
+      times: "${{ inputs.s }}"
+  - id: f
+    op: count
+    with:
+      times: "${{ inputs.n }}"
+      flag: "x ${{ inputs.n }}"
+  - id: g
+    op: count
+    needs: [f]
+    max_wait: 999999999d
+    with:
+      times: "${{ steps.f.output.label }}"
+      rights: owner
+      items: {a: 1}
+"#;
+        let err = load(yaml).unwrap_err();
+        let text = err.to_string();
+        for want in [
+            "workflows/test.yaml:9: step `a`: with.times: `times`: expected a whole number from 0 to 100, got text `three`\n  fix: write a whole number from 0 to 100 (`times`: how many)",
+            "workflows/test.yaml:13: step `b`: with.times: `times`: -5 is below the smallest allowed, 0",
+            "workflows/test.yaml:16: step `c`: with: `count` needs input `times` (how many; a whole number from 0 to 100)",
+            "workflows/test.yaml:22: step `d`: with.bogus: `count` has no input `bogus`",
+            "workflows/test.yaml:26: step `e`: with.times: `inputs.s` is declared `type: string`, but `times` takes a whole number from 0 to 100",
+            "workflows/test.yaml:31: step `f`: with.flag: text with references written into it is always text, but `flag` takes true or false",
+            "workflows/test.yaml:35: step `g`: max_wait: a max_wait of 999999999d is longer than the most allowed, 30d\n  fix: write at most `30d`",
+            "workflows/test.yaml:37: step `g`: with.times: `steps.f.output.label` (an output of `count`) is text, but `times` takes a whole number from 0 to 100",
+            "workflows/test.yaml:38: step `g`: with.rights: `rights`: `owner` is not one of full_access, send_as",
+            "workflows/test.yaml:39: step `g`: with.items: `items`: expected a list, got a map",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+        assert_eq!(err.problems.len(), 10, "{text}");
+        assert!(
+            !text.contains("step `f`: with.times"),
+            "a number input fits a whole-number field: {text}"
+        );
+    }
+
+    #[test]
+    fn durations_are_bounded_with_the_limit_named() {
+        let err = problems(
+            "name: w\ndefaults: {timeout: 2d}\nsteps:\n  - id: a\n    op: noop\n    retry: {attempts: 3, initial: 1s, max_delay: 7d}\n  - id: g\n    gate: {expires_in: 365d, on_expiry: escalate, escalate_to: [a@b.co], escalate_expires_in: 91d}\n",
+        );
+        for want in [
+            "defaults.timeout: a timeout of 2d is longer than the most allowed, 1d",
+            "step `a`: retry.max_delay: 7d is longer than the most allowed, 1d",
+            "step `g`: gate.expires_in: 365d is longer than the most allowed, 90d",
+            "step `g`: gate.escalate_expires_in: 91d is longer than the most allowed, 90d",
+        ] {
+            assert!(err.contains(want), "missing {want:?} in\n{err}");
+        }
+    }
+
+    struct Run(Value);
+
+    impl Scope for Run {
+        fn lookup(&self, path: &Path) -> Value {
+            let base = match &path.root {
+                Root::Input(n) => self.0["inputs"][n].clone(),
+                Root::StepOutput(s) => self.0["steps"][s].clone(),
+                Root::Company(f) => self.0["company"][f].clone(),
+                Root::Run(_) => Value::String("run_1".to_owned()),
+            };
+            crate::expr::walk(&base, &path.segs)
+        }
+    }
+
+    #[test]
+    fn text_fields_are_templates_checked_and_filled_in() {
+        let plan = load(
+            r#"
+name: w
+description: "onboard ${{ inputs.upn }} at ${{ company.name }}"
+inputs:
+  upn: {type: string, description: "the user's UPN"}
+  note: {type: string, required: false}
+steps:
+  - id: create
+    op: user.create
+    description: "create ${{ inputs.upn }}${{ inputs.note }}"
+    with: {upn: "${{ inputs.upn }}"}
+  - id: ok
+    needs: [create]
+    description: "approve ${{ steps.create.output.id }}"
+    gate: {message: "Create ${{ inputs.upn }} (id ${{ steps.create.output.id }}) for ${{ run.requested_by }}?"}
+"#,
+        )
+        .unwrap();
+        let run = Run(serde_json::json!({
+            "inputs": {"upn": "jane@contoso.com"},
+            "company": {"name": "Contoso"},
+            "steps": {}
+        }));
+        assert_eq!(
+            plan.description(Some(&run)),
+            "onboard jane@contoso.com at Contoso"
+        );
+        assert_eq!(
+            plan.step_description(0, Some(&run)),
+            "create jane@contoso.com",
+            "an optional input left out is written as nothing"
+        );
+        assert_eq!(
+            plan.gate_message(1, Some(&run)),
+            "Create jane@contoso.com (id ${{ steps.create.output.id }}) for run_1?",
+            "an output not known yet is shown as written"
+        );
+        let done = Run(serde_json::json!({
+            "inputs": {"upn": "jane@contoso.com"},
+            "steps": {"create": {"id": "u-7"}}
+        }));
+        assert_eq!(
+            plan.gate_message(1, Some(&done)),
+            "Create jane@contoso.com (id u-7) for run_1?"
+        );
+        assert_eq!(
+            plan.gate_message(1, None),
+            "Create ${{ inputs.upn }} (id ${{ steps.create.output.id }}) for ${{ run.requested_by }}?"
+        );
+        assert_eq!(plan.gate_message(0, Some(&done)), "", "not a gate");
+
+        let err = problems(
+            r#"name: w
+description: "for ${{ steps.a.output.id }}"
+inputs:
+  upn: {type: string, description: "like ${{ company.name }}"}
+  password: {type: string, secret: true}
+steps:
+  - id: a
+    op: user.create
+    description: "create ${{ inputs.upm }}"
+    with: {upn: x}
+  - id: g
+    gate:
+      message: "reset to ${{ inputs.password }} for ${{ steps.b.output.id }} at ${{ company.nmae }}"
+  - id: b
+    op: user.create
+    with: {upn: x}
+"#,
+        );
+        for want in [
+            "workflows/test.yaml:2: description: `steps.a.output.id`: the workflow's description is shown before any step has run",
+            "workflows/test.yaml:4: inputs.upn.description: `company.name`: an input's description is shown before a run exists",
+            "workflows/test.yaml:9: step `a`: description: `inputs.upm` refers to an input the workflow does not declare; did you mean `upn`?",
+            "workflows/test.yaml:13: step `g`: gate.message: `inputs.password` is a secret input",
+            "workflows/test.yaml:13: step `g`: gate.message: `steps.b.output.id` reads the output of `b`, which may not have run when this text is shown",
+            "workflows/test.yaml:13: step `g`: gate.message: companies have no field `nmae`; did you mean `name`?",
+        ] {
+            assert!(err.contains(want), "missing {want:?} in\n{err}");
+        }
+    }
+
+    #[test]
+    fn secrets_in_text_are_written_as_secret() {
+        let t = Template::parse(&Value::String(
+            "pw ${{ inputs.password }} key ${{ company.settings.client_secret }} u ${{ inputs.user }}".to_owned(),
+        ))
+        .unwrap();
+        let run = Run(serde_json::json!({
+            "inputs": {"password": "hunter2", "user": "jane"},
+            "company": {"settings": {"client_secret": "s3cr3t"}}
+        }));
+        let def: WorkflowDef = serde_yaml_ng::from_str(
+            "name: w\ninputs: {password: {type: string, secret: true}, user: {}}\nsteps: []\n",
+        )
+        .unwrap();
+        let shown = render_text(&t, Some(&run), &|p: &Path| is_secret_ref(&def, p));
+        assert_eq!(shown, "pw [secret] key [secret] u jane");
+    }
+
+    #[test]
+    fn deep_conditions_and_values_are_refused_with_their_line() {
+        let deep = format!("{}inputs.a{}", "(".repeat(5000), ")".repeat(5000));
+        let err = problems(&format!(
+            "name: w\ninputs: {{a: {{type: boolean}}}}\nsteps:\n  - id: a\n    op: noop\n    when: \"{}\"\n",
+            &deep[..4000.min(deep.len())]
+        ));
+        assert!(
+            err.contains("workflows/test.yaml:6: step `a`: when: ")
+                && err.contains("nested more than 32 deep"),
+            "{err}"
+        );
+        let nots = format!("{}inputs.a", "!".repeat(3000));
+        let err = problems(&format!(
+            "name: w\ninputs: {{a: {{type: boolean}}}}\nsteps:\n  - id: a\n    op: noop\n    when: \"{nots}\"\n"
+        ));
+        assert!(err.contains("nested more than 32 deep"), "{err}");
+        let long = format!("{}inputs.a", "inputs.a && ".repeat(500));
+        let err = problems(&format!(
+            "name: w\ninputs: {{a: {{type: boolean}}}}\nsteps:\n  - id: a\n    op: noop\n    when: \"{long}\"\n"
+        ));
+        assert!(err.contains("the most is 4096"), "{err}");
+        // A long flat chain is one node: fine.
+        let chain = format!("{}inputs.a", "inputs.a && ".repeat(300));
+        let plan = load(&format!(
+            "name: w\ninputs: {{a: {{type: boolean}}}}\nsteps:\n  - id: a\n    op: noop\n    when: \"{chain}\"\n"
+        ))
+        .unwrap();
+        assert!(matches!(plan.step(0).when, Some(Expr::And(ref all)) if all.len() == 301));
+        // Lists nested in a `with:` value, within YAML's limit but past ours.
+        let value = format!("{}1{}", "[".repeat(40), "]".repeat(40));
+        let err = problems(&format!(
+            "name: w\nsteps:\n  - id: a\n    op: noop\n    with:\n      output: {value}\n"
+        ));
+        assert!(
+            err.contains("workflows/test.yaml:6: step `a`: with.output: the value nests lists and maps more than 32 deep"),
+            "{err}"
+        );
+        // Past YAML's own limit: refused before it is read, with the line.
+        let value = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
+        let err = problems(&format!(
+            "name: w\nsteps:\n  - id: a\n    op: noop\n    with:\n      output: {value}\n"
+        ));
+        assert!(
+            err.contains(
+                "workflows/test.yaml:6: (file): the YAML is nested more than 128 levels deep"
+            ),
+            "{err}"
+        );
+        let dashes = format!("name: w\nsteps:\n  - {}x\n", "- ".repeat(50_000));
+        let err = problems(&dashes);
+        assert!(
+            err.contains("workflows/test.yaml:3: (file): the YAML is nested"),
             "{err}"
         );
     }

@@ -843,6 +843,8 @@ pub struct Locator<'a> {
     text: Vec<&'a str>,
     /// The start lines of list items under a line, by that line (memoised).
     items: HashMap<usize, Vec<usize>>,
+    /// Where the block a line owns ends, by line and whether it is a list item (memoised).
+    ends: HashMap<(usize, bool), usize>,
 }
 
 impl<'a> Locator<'a> {
@@ -853,6 +855,7 @@ impl<'a> Locator<'a> {
             lines: text.iter().map(|l| LineInfo::of(l)).collect(),
             text,
             items: HashMap::new(),
+            ends: HashMap::new(),
         }
     }
 
@@ -877,8 +880,7 @@ impl<'a> Locator<'a> {
                     let Some(o) = owner else {
                         break;
                     };
-                    let items = self.items_of(o, start, end);
-                    let Some(&item) = items.get(*i) else {
+                    let Some(item) = self.item(o, start, end, *i) else {
                         break;
                     };
                     end = self.block_end(item, true);
@@ -926,11 +928,18 @@ impl<'a> Locator<'a> {
         })
     }
 
-    /// The start lines of the list items of the value owned by line `owner`.
-    fn items_of(&mut self, owner: usize, start: usize, end: usize) -> Vec<usize> {
-        if let Some(found) = self.items.get(&owner) {
-            return found.clone();
+    /// The start line of the `i`-th list item of the value owned by line `owner`.
+    fn item(&mut self, owner: usize, start: usize, end: usize, i: usize) -> Option<usize> {
+        if !self.items.contains_key(&owner) {
+            let found = self.scan_items(owner, start, end);
+            self.items.insert(owner, found);
         }
+        self.items
+            .get(&owner)
+            .and_then(|items| items.get(i).copied())
+    }
+
+    fn scan_items(&self, owner: usize, start: usize, end: usize) -> Vec<usize> {
         let mut out = Vec::new();
         let mut dash_col = None;
         let from = if self.lines[owner].dash && start == owner {
@@ -953,12 +962,20 @@ impl<'a> Locator<'a> {
                 Some(_) => {}
             }
         }
-        self.items.insert(owner, out.clone());
         out
     }
 
     /// The end (exclusive) of the block owned by line `i`: a key's value, or a list item.
-    fn block_end(&self, i: usize, item: bool) -> usize {
+    fn block_end(&mut self, i: usize, item: bool) -> usize {
+        if let Some(&end) = self.ends.get(&(i, item)) {
+            return end;
+        }
+        let end = self.scan_block_end(i, item);
+        self.ends.insert((i, item), end);
+        end
+    }
+
+    fn scan_block_end(&self, i: usize, item: bool) -> usize {
         let own = &self.lines[i];
         let (col, same_col_dash_belongs) = if item {
             (own.indent, false)

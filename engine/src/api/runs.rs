@@ -4,6 +4,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use steward_core::Plan;
+use steward_core::expr::Scope;
+use steward_core::machine::RunScope;
 use steward_schemas::{
     CompanyId, Event, HistoryEntry, RunDoc, RunId, RunStatus, StepId, TicketRef, Timestamp,
 };
@@ -106,13 +108,15 @@ pub struct PlanStepView {
     pub needs: Vec<StepId>,
 }
 
-pub(crate) fn plan_view(plan: &Plan) -> Vec<PlanStepView> {
+/// The plan's steps; descriptions filled in from `scope` (a run's), or as written without one.
+pub(crate) fn plan_view(plan: &Plan, scope: Option<&dyn Scope>) -> Vec<PlanStepView> {
     plan.steps()
         .iter()
-        .map(|s| PlanStepView {
+        .enumerate()
+        .map(|(i, s)| PlanStepView {
             step: s.id.clone(),
             op: s.op.clone(),
-            description: s.description.clone(),
+            description: plan.step_description(i, scope),
             needs: s.needs.iter().map(|&n| plan.step(n).id.clone()).collect(),
         })
         .collect()
@@ -488,7 +492,13 @@ pub(super) async fn get(
         summary: RunSummary::of(&snap.doc),
         version: snap.version,
         run: redacted(&snap.doc, &plan),
-        plan: plan_view(&plan),
+        plan: plan_view(
+            &plan,
+            Some(&RunScope {
+                ctx: &snap.doc.ctx,
+                state: &snap.doc.state,
+            }),
+        ),
         history,
     }))
 }
@@ -700,7 +710,7 @@ pub(super) async fn workflows(
                 version: p.def().version,
                 description: p.def().description.clone(),
                 inputs: p.def().inputs.clone(),
-                steps: plan_view(p),
+                steps: plan_view(p, None),
             })
             .collect(),
     )
