@@ -63,7 +63,7 @@ enum Command {
     },
     /// Check workflow files; exits non-zero and lists every problem if any is bad.
     Validate {
-        /// The files.
+        /// The files, or folders of `*.yaml` files (subfolders included).
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },

@@ -58,7 +58,11 @@ pub(crate) fn ops(registry: &Registry, json: bool) {
             } else {
                 "optional"
             };
-            println!("    {:<24} {req:<9} {}", input.name, input.description);
+            let secret = if input.secret { ", secret" } else { "" };
+            println!(
+                "    {:<24} {req:<9} {}{secret}: {}",
+                input.name, input.kind, input.description
+            );
         }
     }
 }

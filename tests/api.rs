@@ -244,8 +244,8 @@ async fn a_gate_needs_two_other_approvers() -> Result<()> {
     );
     assert_eq!(gate["ticket"]["id"], "T1001");
     assert_eq!(
-        gate["message"], "Delete ${{ inputs.user }}'s mailbox?",
-        "the message is shown as written"
+        gate["message"], "Delete jane's mailbox?",
+        "the gate's message is a template, filled in from the run"
     );
     let unlocked = &gate["unlocks"][0];
     assert_eq!(unlocked["step"], "apply");
@@ -260,6 +260,23 @@ async fn a_gate_needs_two_other_approvers() -> Result<()> {
     assert_eq!(
         inbox["approvals"][0]["reference"],
         format!("{run}/approval")
+    );
+    assert_eq!(inbox["approvals"][0]["message"], "Delete jane's mailbox?");
+    let (s, view) = api.get("alice", &format!("/v1/runs/{run}")).await?;
+    assert_eq!(s, 200);
+    assert_eq!(
+        view["plan"][2]["description"], "apply the change for jane",
+        "step descriptions are filled in from the run: {view}"
+    );
+    let (_, offered) = api.get("alice", "/v1/workflows").await?;
+    let gated = offered
+        .as_array()
+        .and_then(|all| all.iter().find(|w| w["name"] == "gated"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        gated["steps"][2]["description"], "apply the change for ${{ inputs.user }}",
+        "without a run, as written"
     );
     let (s, empty) = api.get("tech", "/v1/approvals").await?;
     assert_eq!((s, &empty["approvals"]), (200, &json!([])));
@@ -437,6 +454,10 @@ async fn signed_links_work_once_and_only_as_issued() -> Result<()> {
     assert!(
         html.contains("&lt;script&gt;alert(1)&lt;/script&gt;") && !html.contains("<script>"),
         "{html}"
+    );
+    assert!(
+        html.contains("<p>Delete jane&#39;s mailbox?</p>"),
+        "the gate's message is filled in on the link page: {html}"
     );
     let (s, used) = send(api.http.post(&approve).header("accept", "application/json")).await?;
     assert_eq!((s, &used["recorded"]), (200, &json!(true)), "{used}");

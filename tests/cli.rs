@@ -1390,6 +1390,17 @@ fn ops_lists_group_access_and_approval() {
         ["conditional_access", "write", "always"]
     );
     assert_eq!(line("user.get")[1..4], ["users", "read", "policy"]);
+    // Each input with its type and bounds.
+    assert!(
+        t.contains("times                    required  a whole number from 0 to 100: how many attempts fail"),
+        "{t}"
+    );
+    assert!(
+        t.contains(
+            "rights                   required  one of full_access, send_as, send_on_behalf"
+        ),
+        "{t}"
+    );
     assert_eq!(line("device.delete")[1..4], ["devices", "write", "blocked"]);
     // The longest name still leaves a space before its group.
     assert_eq!(
@@ -1749,4 +1760,37 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// `validate` takes folders, and lists every problem of every file with its line and fix.
+#[test]
+fn validate_checks_folders_and_lists_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let nested = dir.path().join("more");
+    std::fs::create_dir(&nested).unwrap();
+    std::fs::write(
+        dir.path().join("good.yaml"),
+        "name: good\nsteps:\n  - {id: a, op: noop}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        nested.join("bad.yml"),
+        "name: bad\nsteps:\n  - id: a\n    op: flaky\n    with: {times: \"three\"}\n  - id: b\n    op: sleep\n    max_wait: 999999999d\n    with:\n      ms: -5\n      speed: 2\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "not a workflow").unwrap();
+    let out = steward(&["validate", dir.path().to_str().unwrap()]);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains("good.yaml: ok (1 steps)"), "{t}");
+    for want in [
+        "bad.yml:5: step `a`: with.times: `times`: expected a whole number from 0 to 100, got text `three`",
+        "bad.yml:8: step `b`: max_wait: a max_wait of 999999999d is longer than the most allowed, 30d",
+        "bad.yml:10: step `b`: with.ms: `ms`: -5 is below the smallest allowed, 0",
+        "bad.yml:11: step `b`: with.speed: `sleep` has no input `speed`",
+        "1 of 2 files have problems",
+    ] {
+        assert!(t.contains(want), "missing {want:?} in\n{t}");
+    }
+    assert!(!t.contains("notes.txt"), "{t}");
 }

@@ -263,9 +263,7 @@ fn behind_gate(plan: &Plan, step: &str) -> bool {
     let Some(i) = plan.index_of(step) else {
         return false;
     };
-    plan.steps()
-        .iter()
-        .any(|s| s.gate.is_some() && s.descendants.contains(&i))
+    plan.behind_gate(i)
 }
 
 /// Resolves a gate's approvers: its own list, or the company's approvers as they are now; and

@@ -21,7 +21,7 @@ pub use company::{Company, CompanyDefaults, IdentityProvider, MailboxProvider, P
 pub use effect::{Effect, Job, JobRef, Phase, TimerKey, TimerKind};
 pub use event::{Event, FailureKind, StepFailure, Unavailability, UnavailableApprover};
 pub use id::{Attempt, CompanyId, RunId, StepId, TechnicianId, TokenId};
-pub use op::{ApprovalRule, OpAccess, OpField, OpSpec, Reversibility, System};
+pub use op::{ApprovalRule, FieldType, OpAccess, OpField, OpSpec, Reversibility, System};
 pub use policy::{GroupSetting, Level, PermissionGroup, Permissions, Profile};
 pub use run::{
     AdminFallback, CompState, Decision, Dispatch, HistoryEntry, PauseReason, Rollback,

@@ -24,7 +24,8 @@ pub struct WorkflowDef {
     /// The definition's version; runs pin the exact content by hash as well.
     #[serde(default = "one")]
     pub version: u32,
-    /// What the workflow does, for technicians.
+    /// What the workflow does, for technicians. A template: may refer to `${{ inputs.NAME }}`,
+    /// `${{ company.FIELD }}` and `${{ run.… }}` (filled in where a run is shown).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
     /// The inputs a run takes (`steward run … --input name=value`).
@@ -54,7 +55,7 @@ pub struct InputDef {
     /// The value used when a run does not supply one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default: Option<Value>,
-    /// What the input means, for technicians.
+    /// What the input means, for technicians: plain text (it is shown before a run exists).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
     /// A secret (a password): never shown in run status or history.
@@ -144,7 +145,9 @@ pub struct StepDef {
     /// Makes the step an approval gate: the steps that need it wait for the approvers' yes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gate: Option<GateSpec>,
-    /// What the step does, for technicians and approvers.
+    /// What the step does, for technicians and approvers. A template with the same references
+    /// as `with:` (a step output only from a step it needs; never a secret input), filled in
+    /// wherever the run is shown.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
     /// Steps that must succeed (or be skipped) before this one runs.
@@ -201,7 +204,9 @@ pub struct GateSpec {
     /// How long the escalated gate waits (default: `expires_in`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub escalate_expires_in: Option<Dur>,
-    /// What approvers are asked, in a sentence.
+    /// What approvers are asked, in a sentence. A template with the same references as `with:`
+    /// (e.g. `Delete ${{ inputs.user }}'s mailbox?`; never a secret input), filled in in the
+    /// inbox, on the link page and in notes.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
 }

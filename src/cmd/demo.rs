@@ -189,7 +189,7 @@ async fn approval(store: &Store, planner: &Planner, plan: &Arc<Plan>) -> Result<
     let state = steward_engine::api::state(
         store.clone(),
         planner.registry.clone(),
-        Default::default(),
+        steward_engine::planner::Workflows::default(),
         None,
         base.clone(),
     )

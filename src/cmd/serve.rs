@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use steward_engine::config::Config;
-use steward_engine::planner::Workflows;
+use steward_engine::planner::Library;
 use steward_engine::scheduler::{self, SchedulerConfig};
 use steward_workers::Registry;
 
@@ -64,7 +64,9 @@ pub(crate) async fn run(mut config: Config, args: ServeArgs) -> Result<ExitCode>
     check_public_url(&config)?;
     let store = connect(&config).await?;
     let registry = Arc::new(Registry::builtin());
-    let workflows = Workflows::load_dir(Path::new(&config.http.workflows), &registry)?;
+    // Bad files are skipped and reported (log, GET /v1/workflows/files); only an unreadable
+    // folder stops serve.
+    let workflows = Library::open(Path::new(&config.http.workflows), registry.clone())?;
     let listener = tokio::net::TcpListener::bind(&config.http.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.http.listen))?;
@@ -77,7 +79,7 @@ pub(crate) async fn run(mut config: Config, args: ServeArgs) -> Result<ExitCode>
     let state = steward_engine::api::state(
         store.clone(),
         registry,
-        workflows,
+        workflows.clone(),
         config.http.link_key.as_ref().map(|k| k.0.as_str()),
         public_url,
     )
@@ -92,6 +94,7 @@ pub(crate) async fn run(mut config: Config, args: ServeArgs) -> Result<ExitCode>
         scheduler_config(&config),
         stopped(stop_rx.clone()),
     ));
+    let watcher = tokio::spawn(workflows.watch(stopped(stop_rx.clone())));
     tracing::info!(%addr, "API and scheduler starting");
     println!("steward serve: API on http://{addr}, scheduler running");
     let app = steward_engine::api::app(state);
@@ -102,5 +105,6 @@ pub(crate) async fn run(mut config: Config, args: ServeArgs) -> Result<ExitCode>
         })
         .await?;
     let _ = sched.await;
+    let _ = watcher.await;
     Ok(ExitCode::SUCCESS)
 }

@@ -7,7 +7,7 @@
 //! message rather than guessing.
 
 use steward_schemas::{
-    ApprovalRule, OpAccess, OpField, OpSpec, PermissionGroup as G, Reversibility, System,
+    ApprovalRule, FieldType, OpAccess, OpField, OpSpec, PermissionGroup as G, Reversibility, System,
 };
 
 #[allow(clippy::too_many_arguments)]
@@ -93,7 +93,7 @@ pub static CATALOG: &[OpSpec] = &[
         Reversible,
         &[
             USER,
-            OpField::required("attributes", "the attributes to set"),
+            OpField::required("attributes", "the attributes to set").of(FieldType::Map),
         ],
         Some(&[]),
     ),
@@ -182,7 +182,7 @@ pub static CATALOG: &[OpSpec] = &[
         System::EntraId,
         Irreversible,
         &[USER],
-        Some(&[OpField::required("removed", "the methods removed")]),
+        Some(&[OpField::required("removed", "the methods removed").of(FieldType::List)]),
     ),
     op(
         "license.assign",
@@ -237,7 +237,7 @@ pub static CATALOG: &[OpSpec] = &[
         System::Directory,
         NotNeeded,
         &[USER],
-        Some(&[OpField::required("groups", "the groups")]),
+        Some(&[OpField::required("groups", "the groups").of(FieldType::List)]),
     ),
     op(
         "role.assign",
@@ -289,7 +289,7 @@ pub static CATALOG: &[OpSpec] = &[
         &[
             USER,
             OpField::required("to", "where to forward"),
-            OpField::optional("keep_copy", "keep a copy"),
+            OpField::optional("keep_copy", "keep a copy").boolean(),
         ],
         Some(&[]),
     ),
@@ -304,7 +304,9 @@ pub static CATALOG: &[OpSpec] = &[
         &[
             OpField::required("mailbox", "the mailbox"),
             OpField::required("trustee", "who gets access"),
-            OpField::required("rights", "full_access, send_as or send_on_behalf"),
+            OpField::required("rights", "the access to grant").of(FieldType::OneOf {
+                values: &["full_access", "send_as", "send_on_behalf"],
+            }),
         ],
         Some(&[]),
     ),
@@ -350,7 +352,7 @@ pub static CATALOG: &[OpSpec] = &[
         System::Intune,
         NotNeeded,
         &[USER],
-        Some(&[OpField::required("devices", "the devices")]),
+        Some(&[OpField::required("devices", "the devices").of(FieldType::List)]),
     ),
     op(
         "device.wipe",

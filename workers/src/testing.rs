@@ -55,10 +55,7 @@ static NOOP: OpSpec = spec(
     "does nothing (returns `output` when given)",
     OpAccess::Read,
     Reversibility::NotNeeded,
-    &[OpField::optional(
-        "output",
-        "a value to return as the step's output",
-    )],
+    &[OpField::optional("output", "a value to return as the step's output").any()],
     None,
 );
 
@@ -89,11 +86,8 @@ static SLEEP: OpSpec = spec(
     "waits `ms` milliseconds, then succeeds",
     OpAccess::Read,
     Reversibility::NotNeeded,
-    &[OpField::required(
-        "ms",
-        "how long to sleep, in milliseconds",
-    )],
-    Some(&[OpField::required("slept_ms", "how long it slept")]),
+    &[OpField::required("ms", "how long to sleep, in milliseconds").integer(0, 3_600_000)],
+    Some(&[OpField::required("slept_ms", "how long it slept").integer(0, 3_600_000)]),
 );
 
 impl Op for Sleep {
@@ -129,7 +123,8 @@ static FAIL: OpSpec = spec(
         OpField::optional(
             "retryable",
             "whether the failure is retryable (default false)",
-        ),
+        )
+        .boolean(),
     ],
     Some(&[]),
 );
@@ -168,8 +163,8 @@ static FLAKY: OpSpec = spec(
     "fails (retryably) while the attempt number is at most `times`, then succeeds",
     OpAccess::Read,
     Reversibility::NotNeeded,
-    &[OpField::required("times", "how many attempts fail")],
-    Some(&[OpField::required("attempt", "the attempt that succeeded")]),
+    &[OpField::required("times", "how many attempts fail").integer(0, 100)],
+    Some(&[OpField::required("attempt", "the attempt that succeeded").integer(1, 101)]),
 );
 
 impl Op for Flaky {
@@ -206,16 +201,14 @@ static POLL: OpSpec = spec(
     OpAccess::Read,
     Reversibility::NotNeeded,
     &[
-        OpField::required("times", "how many checks answer \"not yet\""),
+        OpField::required("times", "how many checks answer \"not yet\"").integer(0, 10_000),
         OpField::optional(
             "check_after_ms",
             "when to check again, in milliseconds (default 1000)",
-        ),
+        )
+        .integer(1, 86_400_000),
     ],
-    Some(&[OpField::required(
-        "polls",
-        "how many checks answered \"not yet\"",
-    )]),
+    Some(&[OpField::required("polls", "how many checks answered \"not yet\"").integer(0, 10_000)]),
 );
 
 impl Op for Poll {
@@ -258,17 +251,19 @@ static LEDGER: OpSpec = spec(
     Reversibility::Reversible,
     &[
         OpField::required("key", "what to record it under"),
-        OpField::optional("value", "what to record (default true)"),
+        OpField::optional("value", "what to record (default true)").any(),
         OpField::optional(
             "sleep_ms",
             "wait this long before applying (to crash before the change)",
-        ),
+        )
+        .integer(0, 3_600_000),
         OpField::optional(
             "hold_ms",
             "wait this long after applying, before reporting (to crash between the change and its report)",
-        ),
-        OpField::optional("irreversible", "record the change as irreversible"),
-        OpField::optional("undo_fails", "make the undo fail"),
+        )
+        .integer(0, 3_600_000),
+        OpField::optional("irreversible", "record the change as irreversible").boolean(),
+        OpField::optional("undo_fails", "make the undo fail").boolean(),
         OpField::optional(
             "undo_blocked_by",
             "make the undo fail while this flag is in the ledger's blocks set (a cause a technician can fix)",
@@ -279,7 +274,8 @@ static LEDGER: OpSpec = spec(
         OpField::required(
             "applied",
             "whether this execution made the change (false: already made)",
-        ),
+        )
+        .boolean(),
     ]),
 );
 
@@ -390,16 +386,13 @@ static LEDGER_UNDO_SPEC: OpSpec = OpSpec {
     reversibility: Reversibility::NotNeeded,
     inputs: &[
         OpField::required("field", "the entry to remove"),
-        OpField::optional("fail", "fail instead"),
+        OpField::optional("fail", "fail instead").boolean(),
         OpField::optional(
             "blocked_by",
             "fail while this flag is in the ledger's blocks set",
         ),
     ],
-    outputs: Some(&[OpField::required(
-        "removed",
-        "whether this execution removed it",
-    )]),
+    outputs: Some(&[OpField::required("removed", "whether this execution removed it").boolean()]),
     internal: true,
 };
 

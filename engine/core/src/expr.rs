@@ -385,19 +385,43 @@ pub enum Expr {
     Ref(Path),
     /// `!e`
     Not(Box<Expr>),
-    /// `a && b`
-    And(Box<Expr>, Box<Expr>),
-    /// `a || b`
-    Or(Box<Expr>, Box<Expr>),
+    /// `a && b && …`: true when every operand is (a chain is one node, however long, so that
+    /// evaluating and dropping it never recurses once per operand).
+    And(Vec<Expr>),
+    /// `a || b || …`: true when any operand is.
+    Or(Vec<Expr>),
     /// `a == b`
     Eq(Box<Expr>, Box<Expr>),
     /// `a != b`
     Ne(Box<Expr>, Box<Expr>),
 }
 
+/// The deepest a condition may nest parentheses and `!` (a condition is parsed, evaluated and
+/// dropped recursively; a bound keeps a condition nested thousands deep from overflowing the
+/// stack of `validate`, `serve` or a worker).
+pub const MAX_DEPTH: usize = 32;
+
+/// The longest a condition may be, in characters.
+pub const MAX_CONDITION_LEN: usize = 4096;
+
+/// At most 60 characters of `text`, for messages about it.
+fn quote(text: &str) -> String {
+    let mut out: String = text.chars().take(60).collect();
+    if out.len() < text.len() {
+        out.push('…');
+    }
+    out
+}
+
 impl Expr {
     /// Parses a condition; a surrounding `${{ … }}` is allowed.
     pub fn parse(text: &str) -> Result<Self, ParseError> {
+        let chars = text.chars().count();
+        if chars > MAX_CONDITION_LEN {
+            return Err(perr(format!(
+                "the condition is {chars} characters long; the most is {MAX_CONDITION_LEN}"
+            )));
+        }
         let mut inner = text.trim();
         if let Some(rest) = inner.strip_prefix("${{") {
             inner = rest
@@ -414,10 +438,15 @@ impl Expr {
             tokens,
             pos: 0,
             text,
+            depth: 0,
         };
         let e = p.or()?;
         if p.pos != p.tokens.len() {
-            return Err(perr(format!("`{text}`: unexpected `{}`", p.tokens[p.pos])));
+            return Err(perr(format!(
+                "`{}`: unexpected `{}`",
+                quote(text),
+                p.tokens[p.pos]
+            )));
         }
         Ok(e)
     }
@@ -434,7 +463,8 @@ impl Expr {
             Self::Lit(_) => {}
             Self::Ref(p) => out.push(p),
             Self::Not(e) => e.collect(out),
-            Self::And(a, b) | Self::Or(a, b) | Self::Eq(a, b) | Self::Ne(a, b) => {
+            Self::And(all) | Self::Or(all) => all.iter().for_each(|e| e.collect(out)),
+            Self::Eq(a, b) | Self::Ne(a, b) => {
                 a.collect(out);
                 b.collect(out);
             }
@@ -451,8 +481,8 @@ impl Expr {
             Self::Lit(v) => v.clone(),
             Self::Ref(p) => scope.lookup(p),
             Self::Not(e) => Value::Bool(!e.eval(scope)),
-            Self::And(a, b) => Value::Bool(a.eval(scope) && b.eval(scope)),
-            Self::Or(a, b) => Value::Bool(a.eval(scope) || b.eval(scope)),
+            Self::And(all) => Value::Bool(all.iter().all(|e| e.eval(scope))),
+            Self::Or(all) => Value::Bool(all.iter().any(|e| e.eval(scope))),
             Self::Eq(a, b) => Value::Bool(loose_eq(&a.value(scope), &b.value(scope))),
             Self::Ne(a, b) => Value::Bool(!loose_eq(&a.value(scope), &b.value(scope))),
         }
@@ -596,6 +626,8 @@ struct Parser<'a> {
     tokens: Vec<Tok>,
     pos: usize,
     text: &'a str,
+    /// Parentheses and `!` open around the current position.
+    depth: usize,
 }
 
 impl Parser<'_> {
@@ -604,27 +636,50 @@ impl Parser<'_> {
     }
 
     fn or(&mut self) -> Result<Expr, ParseError> {
-        let mut left = self.and()?;
+        let mut all = vec![self.and()?];
         while self.peek() == Some(&Tok::Or) {
             self.pos += 1;
-            left = Expr::Or(Box::new(left), Box::new(self.and()?));
+            all.push(self.and()?);
         }
-        Ok(left)
+        Ok(if all.len() == 1 {
+            all.remove(0)
+        } else {
+            Expr::Or(all)
+        })
     }
 
     fn and(&mut self) -> Result<Expr, ParseError> {
-        let mut left = self.unary()?;
+        let mut all = vec![self.unary()?];
         while self.peek() == Some(&Tok::And) {
             self.pos += 1;
-            left = Expr::And(Box::new(left), Box::new(self.unary()?));
+            all.push(self.unary()?);
         }
-        Ok(left)
+        Ok(if all.len() == 1 {
+            all.remove(0)
+        } else {
+            Expr::And(all)
+        })
+    }
+
+    /// One level deeper (a `(` or a `!`), refused past [`MAX_DEPTH`].
+    fn descend(&mut self) -> Result<(), ParseError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(perr(format!(
+                "`{}`: nested more than {MAX_DEPTH} deep (parentheses and `!`)",
+                quote(self.text)
+            )));
+        }
+        Ok(())
     }
 
     fn unary(&mut self) -> Result<Expr, ParseError> {
         if self.peek() == Some(&Tok::Not) {
             self.pos += 1;
-            return Ok(Expr::Not(Box::new(self.unary()?)));
+            self.descend()?;
+            let inner = self.unary()?;
+            self.depth -= 1;
+            return Ok(Expr::Not(Box::new(inner)));
         }
         let left = self.primary()?;
         match self.peek() {
@@ -650,11 +705,13 @@ impl Parser<'_> {
         self.pos += 1;
         match tok {
             Tok::Open => {
+                self.descend()?;
                 let e = self.or()?;
                 if self.peek() != Some(&Tok::Close) {
-                    return Err(perr(format!("`{text}`: `(` without `)`")));
+                    return Err(perr(format!("`{}`: `(` without `)`", quote(text))));
                 }
                 self.pos += 1;
+                self.depth -= 1;
                 Ok(e)
             }
             Tok::Lit(v) => Ok(Expr::Lit(v)),

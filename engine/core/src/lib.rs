@@ -16,6 +16,7 @@ pub mod retry;
 pub mod routing;
 pub mod text;
 pub mod words;
+pub mod yaml;
 
 pub use machine::{
     Cx, Transition, TransitionError, actions, initial_state, may_decide, transition,

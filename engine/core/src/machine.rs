@@ -1999,7 +1999,7 @@ impl Machine<'_> {
             }
             let mut wait = false;
             let mut blocker = None;
-            for &d in &self.plan.step(i).descendants {
+            for d in self.plan.descendants(i) {
                 match &self.rec(d).undo {
                     Some(
                         CompState::Waiting | CompState::Queued { .. } | CompState::Retrying { .. },

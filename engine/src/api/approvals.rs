@@ -158,10 +158,8 @@ pub(crate) fn gate_view(
         state: &doc.state,
     };
     let unlocks = plan
-        .step(i)
-        .descendants
-        .iter()
-        .map(|&d| {
+        .descendants(i)
+        .map(|d| {
             let s = plan.step(d);
             let spec = state.registry.op(&s.op);
             let target = company.as_ref().map_or_else(
@@ -179,7 +177,7 @@ pub(crate) fn gate_view(
             UnlockedStep {
                 step: s.id.clone(),
                 op: s.op.clone(),
-                summary: spec.map_or_else(|| s.description.clone(), |sp| sp.summary.to_owned()),
+                summary: spec.map_or_else(|| plan.step_description(d, Some(&scope)), |sp| sp.summary.to_owned()),
                 system: target.system,
                 host: target.host,
                 params,
@@ -198,7 +196,7 @@ pub(crate) fn gate_view(
         custom_instructions: company.map(|c| c.custom_instructions).unwrap_or_default(),
         ticket: doc.ctx.ticket.clone(),
         requested_by: doc.ctx.requested_by.clone(),
-        message: gate.message,
+        message: plan.gate_message(i, Some(&scope)),
         state: rec.state.name().to_owned(),
         approvers,
         quorum,

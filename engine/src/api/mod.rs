@@ -11,6 +11,7 @@ pub mod extract;
 mod html;
 pub mod runs;
 pub mod technicians;
+mod workflows;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -34,7 +35,7 @@ use error::ApiError;
 use crate::auth::Auth;
 use crate::companies::Companies;
 use crate::links::LinkSigner;
-use crate::planner::{Planner, Workflows};
+use crate::planner::{Library, Planner};
 use crate::store::Store;
 
 /// The most a JSON body may weigh.
@@ -51,8 +52,8 @@ pub struct ApiState {
     pub auth: Auth,
     /// Starts runs under policy.
     pub planner: Planner,
-    /// The workflows offered.
-    pub workflows: Arc<Workflows>,
+    /// The workflows offered (read again when their files change).
+    pub workflows: Library,
     /// The op catalog.
     pub registry: Arc<Registry>,
     /// Signs approval links.
@@ -170,6 +171,16 @@ fn routes() -> ApiRouter<ApiState> {
             get_with(
                 runs::workflows,
                 op!("the workflows this server offers", "runs"),
+            ),
+        )
+        .api_route(
+            "/v1/workflows/files",
+            get_with(
+                workflows::files,
+                op!(
+                    "every workflow file the server read: on offer, or skipped with each problem's line and fix",
+                    "runs"
+                ),
             ),
         )
         .api_route(
@@ -348,7 +359,7 @@ fn describe(api: TransformOpenApi<'_>) -> TransformOpenApi<'_> {
 pub async fn state(
     store: Store,
     registry: Arc<Registry>,
-    workflows: Workflows,
+    workflows: impl Into<Library>,
     link_key: Option<&str>,
     public_url: String,
 ) -> Result<ApiState, String> {
@@ -371,7 +382,8 @@ pub async fn state(
     let signer = LinkSigner::new(LinkSigner::decode_key(&key_text)?)?;
     let companies = Companies::for_store(&store);
     let auth = Auth::for_store(&store);
-    report_named_approvers(&auth, &workflows).await;
+    let workflows: Library = workflows.into();
+    report_named_approvers(&auth, &workflows.current()).await;
     let planner = Planner {
         store: store.clone(),
         companies: companies.clone(),
@@ -382,7 +394,7 @@ pub async fn state(
         companies,
         auth,
         planner,
-        workflows: Arc::new(workflows),
+        workflows,
         registry,
         signer,
         public_url,
@@ -392,7 +404,7 @@ pub async fn state(
 
 /// Warns about the people the workflows' gates name who are not enabled technicians: runs that
 /// need them are refused when planned, or their gates go to the admins when they open.
-async fn report_named_approvers(auth: &Auth, workflows: &Workflows) {
+async fn report_named_approvers(auth: &Auth, workflows: &crate::planner::Workflows) {
     let directory = match auth.directory().await {
         Ok(d) => d,
         Err(e) => {

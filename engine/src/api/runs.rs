@@ -4,6 +4,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use steward_core::Plan;
+use steward_core::expr::Scope;
+use steward_core::machine::RunScope;
 use steward_core::words;
 use steward_schemas::{
     CompanyId, Event, HistoryEntry, RunAction, RunDoc, RunId, RunStatus, StepId, TicketRef,
@@ -169,7 +171,13 @@ impl RunView {
             summary,
             version: snap.version,
             run: redacted(doc, plan),
-            plan: plan_view(plan),
+            plan: plan_view(
+                plan,
+                Some(&RunScope {
+                    ctx: &doc.ctx,
+                    state: &doc.state,
+                }),
+            ),
             steps,
             actions: steward_core::actions(plan, &doc.ctx, &doc.state, now)
                 .into_iter()
@@ -218,13 +226,15 @@ pub struct PlanStepView {
     pub needs: Vec<StepId>,
 }
 
-pub(crate) fn plan_view(plan: &Plan) -> Vec<PlanStepView> {
+/// The plan's steps; descriptions filled in from `scope` (a run's), or as written without one.
+pub(crate) fn plan_view(plan: &Plan, scope: Option<&dyn Scope>) -> Vec<PlanStepView> {
     plan.steps()
         .iter()
-        .map(|s| PlanStepView {
+        .enumerate()
+        .map(|(i, s)| PlanStepView {
             step: s.id.clone(),
             op: s.op.clone(),
-            description: s.description.clone(),
+            description: plan.step_description(i, scope),
             needs: s.needs.iter().map(|&n| plan.step(n).id.clone()).collect(),
         })
         .collect()
@@ -260,12 +270,9 @@ pub(super) async fn start(
     ApiJson(req): ApiJson<StartRunRequest>,
 ) -> ApiResult<Created<RunSummary>> {
     caller.require_company(&req.company)?;
-    let plan = state.workflows.get(&req.workflow).cloned().ok_or_else(|| {
-        let known: Vec<&str> = state
-            .workflows
-            .all()
-            .map(|p| p.def().name.as_str())
-            .collect();
+    let workflows = state.workflows.current();
+    let plan = workflows.get(&req.workflow).cloned().ok_or_else(|| {
+        let known: Vec<&str> = workflows.all().map(|p| p.def().name.as_str()).collect();
         ApiError::invalid(
             "workflow",
             format!("no workflow `{}`", req.workflow),
@@ -890,6 +897,7 @@ pub(super) async fn workflows(
     axum::Json(
         state
             .workflows
+            .current()
             .all()
             .map(|p| WorkflowInfo {
                 name: p.def().name.clone(),
@@ -897,7 +905,7 @@ pub(super) async fn workflows(
                 hash: p.hash().to_owned(),
                 description: p.def().description.clone(),
                 inputs: p.def().inputs.clone(),
-                steps: plan_view(p),
+                steps: plan_view(p, None),
             })
             .collect(),
     )
