@@ -397,7 +397,8 @@ async fn connect(config: &Config) -> Result<Store> {
                 redacted_url(&config.redis.url)
             )
         })?;
-    let store = Store::new(db, keys, Arc::new(SystemClock));
+    let ring = steward_engine::secrets::keyring(&config.secrets, &db, &keys).await?;
+    let store = Store::new(db, keys, Arc::new(SystemClock)).with_secrets(ring);
     store.prepare().await?;
     Ok(store)
 }
@@ -569,6 +570,7 @@ async fn worker_cmd(mut config: Config, args: WorkerArgs) -> Result<ExitCode> {
         config.worker.max_deliveries = m;
     }
     config.validate()?;
+    steward_engine::secrets::require(&config.secrets, "worker")?;
     let store = connect(&config).await?;
     let services = Services {
         redis: Some(store.db().manager()),
@@ -610,6 +612,7 @@ async fn serve_cmd(mut config: Config, args: ServeArgs) -> Result<ExitCode> {
     }
     config.validate()?;
     check_public_url(&config)?;
+    steward_engine::secrets::require(&config.secrets, "serve")?;
     let store = connect(&config).await?;
     let registry = Arc::new(Registry::builtin());
     let workflows = Workflows::load_dir(Path::new(&config.http.workflows), &registry)?;

@@ -99,7 +99,7 @@ impl NamedKey {
         material: Zeroizing<[u8; KEY_BYTES]>,
         origin: impl Into<String>,
     ) -> Result<Self, KeyError> {
-        check_id(id)?;
+        check_key_id(id)?;
         Ok(Self {
             id: id.to_owned(),
             material,
@@ -118,7 +118,8 @@ impl NamedKey {
     }
 }
 
-fn check_id(id: &str) -> Result<(), KeyError> {
+/// Checks that `id` can be a key id.
+pub fn check_key_id(id: &str) -> Result<(), KeyError> {
     if id.is_empty() || id.len() > MAX_KID || !id.bytes().all(kid_char) {
         return Err(KeyError::BadId(id.to_owned()));
     }
@@ -227,7 +228,7 @@ impl std::fmt::Debug for Keyring {
 impl Keyring {
     /// A keyring of `keys` sealing with `active`.
     pub fn new(active: &str, keys: Vec<NamedKey>) -> Result<Self, KeyError> {
-        check_id(active)?;
+        check_key_id(active)?;
         let mut map: BTreeMap<String, (Aes256Gcm, String)> = BTreeMap::new();
         for key in keys {
             if let Some((_, first)) = map.get(&key.id) {
@@ -282,8 +283,9 @@ impl Keyring {
             .expect("the active key is in the keyring, checked when it was made")
     }
 
-    /// Seals `plaintext` for `cx` with the key `kid`.
-    fn seal_with(&self, kid: &str, plaintext: &[u8], cx: &Context) -> Option<String> {
+    /// Seals `plaintext` for `cx` with the key `kid` (not the active one: for a key's check
+    /// value); `None` if the ring has no such key.
+    pub fn seal_with(&self, kid: &str, plaintext: &[u8], cx: &Context) -> Option<String> {
         let (cipher, _) = self.keys.get(kid)?;
         let mut nonce = [0u8; NONCE_BYTES];
         rand::rng().fill_bytes(&mut nonce);

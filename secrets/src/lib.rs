@@ -20,7 +20,8 @@ mod secret;
 mod text;
 
 pub use keyring::{
-    KEY_BYTES, KeyError, Keyring, NamedKey, generate_key, parse_key, parse_key_list, read_key_dir,
+    KEY_BYTES, KeyError, Keyring, NamedKey, check_key_id, generate_key, parse_key, parse_key_list,
+    read_key_dir,
 };
 pub use secret::Secret;
 pub use text::{MIN_DATA_CHARS, PREFIX, Sealed, contains_sealed, find_sealed, key_id_of};

@@ -62,13 +62,15 @@ pub struct RunSummary {
 
 impl RunSummary {
     pub(crate) fn of(doc: &RunDoc) -> Self {
+        let mut status_detail = doc.state.status.clone();
+        steward_core::history::redact_status(&mut status_detail);
         Self {
             run: doc.ctx.run_id,
             workflow: doc.ctx.workflow.name.clone(),
             workflow_version: doc.ctx.workflow.version,
             company: doc.ctx.company.clone(),
             status: doc.state.status.name().to_owned(),
-            status_detail: doc.state.status.clone(),
+            status_detail,
             requested_by: doc.ctx.requested_by.clone(),
             ticket: doc.ctx.ticket.clone(),
             created_at: doc.ctx.created_at,
