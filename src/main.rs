@@ -3,6 +3,7 @@
 mod client;
 mod demo;
 mod print;
+mod secrets;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -186,6 +187,11 @@ enum Command {
         api: client::ApiArgs,
         #[command(subcommand)]
         cmd: TechniciansCmd,
+    },
+    /// Secrets at rest (server-side): what is sealed under which key, and key rotation.
+    Secrets {
+        #[command(subcommand)]
+        cmd: secrets::SecretsCmd,
     },
     /// Serve the sandbox: a simulated MSP world (Graph, token endpoint, Exchange Online admin API,
     /// Datto RMM, Autotask) with fault injection and an effect ledger. See sandbox/README.md.
@@ -484,6 +490,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Sandbox(args) => sandbox(args).await,
+        Command::Secrets { cmd } => secrets::run(&config()?, cmd).await,
         Command::Bench(args) => bench_cmd(&global, args).await,
         Command::Worker(args) => worker_cmd(config()?, args).await,
         Command::Serve(args) => serve_cmd(config()?, args).await,

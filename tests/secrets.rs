@@ -465,3 +465,368 @@ async fn serve_and_worker_refuse_to_start_without_the_right_key() -> Result<()> 
     assert_eq!(b.open(&a.seal_str("x", &cx), &cx)?.expose(), "x");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_time_secret_links_show_once_then_burn() -> Result<()> {
+    use steward_engine::secrets::Secret;
+    use steward_engine::secrets::links::SecretLinks;
+    let api = steward_tests::api::ApiEnv::start(Path::new("tests/fixtures/workflows")).await?;
+    let links = SecretLinks::for_store(&api.env.store).context("the store has a keyring")?;
+    let value = format!("Init-{}-<b>&'\"", ulid::Ulid::new());
+    let label = "Initial password for jane@contoso.com";
+    let link = links
+        .create(
+            &Secret::from(value.as_str()),
+            label,
+            Duration::from_secs(600),
+        )
+        .await?;
+    let url = link.url(&api.base);
+    let http = &api.http;
+    let escaped = value
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;");
+
+    // A mail scanner or a link preview opens it, any number of times: nothing is used up.
+    for _ in 0..3 {
+        let res = http.get(url.expose()).send().await?;
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.headers()["cache-control"], "no-store");
+        assert_eq!(res.headers()["referrer-policy"], "no-referrer");
+        let page = res.text().await?;
+        assert!(
+            page.contains(label)
+                && page.contains("Show the secret")
+                && page.contains("<form method=\"post\">"),
+            "{page}"
+        );
+        assert!(!page.contains(&value) && !page.contains(&escaped), "{page}");
+    }
+    assert_eq!(http.head(url.expose()).send().await?.status(), 200);
+    // Stored sealed: the value is in no key.
+    for (what, bytes) in redis_contents(&api.env).await? {
+        assert!(find_in(&what, &bytes, &needles(&value)).is_none(), "{what}");
+    }
+
+    // The button reveals it, escaped, once.
+    let res = http.post(url.expose()).send().await?;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["cache-control"], "no-store");
+    let page = res.text().await?;
+    assert!(
+        page.contains(&escaped) && page.contains("only time it is shown"),
+        "{page}"
+    );
+    for res in [
+        http.post(url.expose()).send().await?,
+        http.get(url.expose()).send().await?,
+    ] {
+        assert_eq!(res.status(), 410);
+        let page = res.text().await?;
+        assert!(
+            page.contains("This secret was already shown")
+                && page.contains("tell whoever sent you the link")
+                && !page.contains(&escaped),
+            "{page}"
+        );
+    }
+
+    // Two reveals racing: one shows it.
+    let link = links
+        .create(
+            &Secret::from("race-value-1234"),
+            "race",
+            Duration::from_secs(600),
+        )
+        .await?;
+    let url = link.url(&api.base);
+    let tries = (0..8).map(|_| {
+        let (http, url) = (http.clone(), url.expose().to_owned());
+        tokio::spawn(async move { http.post(url).send().await.map(|r| r.status().as_u16()) })
+    });
+    let mut statuses = Vec::new();
+    for t in tries {
+        statuses.push(t.await??);
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 410, 410, 410, 410, 410, 410, 410]);
+
+    // Unread until it expires: burnt, with a page that says so.
+    let link = links
+        .create(
+            &Secret::from("expiring-value-99"),
+            "short-lived",
+            Duration::from_millis(300),
+        )
+        .await?;
+    let url = link.url(&api.base);
+    let page = wait_for("the link to expire", T, || {
+        let (http, url) = (http.clone(), url.expose().to_owned());
+        async move {
+            let res = http.get(url).send().await?;
+            Ok((res.status() == 410).then_some(res.text().await?))
+        }
+    })
+    .await?;
+    assert!(
+        page.contains("This link has expired") && page.contains("short-lived"),
+        "{page}"
+    );
+    assert_eq!(http.post(url.expose()).send().await?.status(), 410);
+    let db = api.env.store.db();
+    let (_, values): (u64, Vec<String>) = db
+        .query(
+            redis::cmd("SCAN")
+                .arg(0)
+                .arg("MATCH")
+                .arg(api.env.store.keys().secret_link_pattern())
+                .arg("COUNT")
+                .arg(1000),
+        )
+        .await?;
+    assert!(values.is_empty(), "no value is left: {values:?}");
+
+    // Not a link at all, or one never made: 404, and the page says what to do.
+    for token in ["nonsense", "sl_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"] {
+        let res = http.get(format!("{}/s/{token}", api.base)).send().await?;
+        assert_eq!(res.status(), 404);
+        assert!(res.text().await?.contains("This link is not valid"));
+        assert_eq!(
+            http.post(format!("{}/s/{token}", api.base))
+                .send()
+                .await?
+                .status(),
+            404
+        );
+    }
+    // Ops issue links through the seam the workers crate sees.
+    let issuer: std::sync::Arc<dyn steward_engine::secrets::LinkIssuer> =
+        std::sync::Arc::new(links.issuer(&api.base, Duration::from_secs(60)));
+    let issued = issuer
+        .issue(&Secret::from("issued-value-77"), "issued")
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    assert!(
+        issued
+            .url
+            .expose()
+            .starts_with(&format!("{}/s/sl_", api.base))
+    );
+    let res = http.post(issued.url.expose()).send().await?;
+    assert!(res.text().await?.contains("issued-value-77"));
+    // A label that is not one line is refused, without storing anything.
+    let err = links
+        .create(&Secret::from("x"), "two\nlines", Duration::from_secs(60))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("one line"), "{err}");
+    Ok(())
+}
+
+const GATED: &str = r#"name: gated-secret
+inputs:
+  password: {type: string, secret: true}
+steps:
+  - id: copy
+    op: noop
+    with: {output: {kept: "${{ inputs.password }}"}}
+  - id: approval
+    needs: [copy]
+    gate: {approvers: company, expires_in: 24h}
+  - id: after
+    op: noop
+    needs: [approval]
+    with: {output: {again: "${{ steps.copy.output.kept }}", direct: "${{ inputs.password }}"}}
+"#;
+
+fn json_cli(env: &Env, vars: &[(&str, &str)], extra: &[&str]) -> Result<Value> {
+    let out = Command::new(BIN)
+        .args(env.cli_args())
+        .args(extra)
+        .envs(vars.iter().copied())
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "steward {extra:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_reseals_every_stored_secret_under_the_new_key_while_workers_run() -> Result<()> {
+    use steward_engine::secrets::links::{Revealed, SecretLinks};
+    use steward_engine::secrets::{Keyring, Secret};
+    let env = Env::start(Persistence::None).await?;
+    let secret = format!("Rot-{}-pw", ulid::Ulid::new());
+    // Phase 1 of the procedure: every process gets the new key `k2`… (t1 still seals).
+    let key_dir = env.secrets_dir.path().join("keys");
+    let t2 = steward_engine::secrets::generate_key();
+    std::fs::write(key_dir.join("t2.key"), t2.as_str())?;
+    let dir = tempfile::tempdir()?;
+    let mut worker_args = env.cli_args();
+    worker_args.push("worker".to_owned());
+    let worker = Proc::spawn(Path::new(BIN), dir.path(), "worker-t1", &worker_args)?;
+
+    // Secrets stored under t1: a finished run, a run parked at a gate, a link, a dead letter.
+    let done = env
+        .start_run(
+            &steward_tests::plan(SECRETIVE),
+            json!({"user": "jane", "password": secret}),
+        )
+        .await?;
+    let parked = env
+        .start_run(&steward_tests::plan(GATED), json!({"password": secret}))
+        .await?;
+    let links = SecretLinks::for_store(&env.store).context("a keyring")?;
+    let link = links
+        .create(
+            &Secret::from(secret.as_str()),
+            "rotated link",
+            Duration::from_secs(600),
+        )
+        .await?;
+    let ring = env.store.secrets().context("a keyring")?;
+    let keys = env.store.keys();
+    let dead_job = json!({"step": "copy", "input": {"pw": ring.seal_str(&secret, &Context::run_secret(&done.to_string()))}});
+    env.store
+        .db()
+        .query::<String>(
+            redis::cmd("XADD")
+                .arg(keys.dead(keys.shard_of(done)))
+                .arg("*")
+                .arg("run")
+                .arg(done.to_string())
+                .arg("job")
+                .arg(dead_job.to_string()),
+        )
+        .await?;
+    env.wait_end(done, T)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", worker.log_text()))?;
+    wait_for("the gate to open", T, || async {
+        let snap = env.store.load(parked).await?.context("run")?;
+        Ok(matches!(
+            snap.doc.state.steps["approval"].state,
+            StepState::AwaitingApproval { .. }
+        )
+        .then_some(()))
+    })
+    .await?;
+
+    // Phase 2: t2 becomes the active key everywhere (the worker restarts with it).
+    drop(worker);
+    let active_t2 = [("STEWARD_SECRETS__ACTIVE_KEY", "t2")];
+    let mut worker = Command::new(BIN);
+    worker
+        .args(&worker_args)
+        .envs(active_t2)
+        .stdout(std::fs::File::create(dir.path().join("worker-t2.log"))?)
+        .stderr(std::fs::File::create(dir.path().join("worker-t2.err"))?);
+    let mut worker = KillOnDrop(worker.spawn()?);
+
+    let before = json_cli(&env, &active_t2, &["secrets", "status", "--json"])?;
+    assert_eq!(before["active"], "t2");
+    assert_eq!(
+        before["by_key"]["t1"],
+        json!({"runs": 2, "queued_jobs": 0, "dead_letters": 1, "links": 1}),
+        "{before}"
+    );
+    // Phase 3: rotate while the worker runs.
+    let rotated = json_cli(&env, &active_t2, &["secrets", "rotate", "--json"])?;
+    assert_eq!(
+        (
+            &rotated["runs"],
+            &rotated["dead_letters"],
+            &rotated["links"]
+        ),
+        (&json!(2), &json!(1), &json!(1)),
+        "{rotated}"
+    );
+    assert!(rotated["census"]["by_key"].get("t1").is_none(), "{rotated}");
+    let text = String::from_utf8(
+        Command::new(BIN)
+            .args(env.cli_args())
+            .args(["secrets", "status"])
+            .envs(active_t2)
+            .output()?
+            .stdout,
+    )?;
+    assert!(
+        text.contains("Nothing is left under older keys: they can be removed from the keyring."),
+        "{text}"
+    );
+
+    // The parked run goes on: its step after the gate gets the secret, sealed under t2 now.
+    env.apply_ok(
+        parked,
+        &steward_schemas::Event::ApprovalDecided {
+            step: "approval".parse()?,
+            by: "alice@msp.example".to_owned(),
+            approve: true,
+            comment: None,
+            via: "api".to_owned(),
+        },
+    )
+    .await?;
+    env.wait_end(parked, T).await?;
+    assert!(worker.0.try_wait()?.is_none(), "the worker ran throughout");
+
+    // Phase 4: t1 is removed. Everything opens with t2 alone.
+    std::fs::remove_file(key_dir.join("t1.key"))?;
+    let only_t2 = Keyring::new("t2", vec![steward_secrets_key("t2", t2.as_str())?])?;
+    for (run, step, field) in [
+        (done, "relay", "again"),
+        (parked, "after", "again"),
+        (parked, "after", "direct"),
+        (parked, "copy", "kept"),
+    ] {
+        let snap = env.store.load(run).await?.context("run")?;
+        let StepState::Succeeded { output, .. } = &snap.doc.state.steps[step].state else {
+            bail!("{step} did not succeed");
+        };
+        let sealed = output[field].as_str().context("sealed")?;
+        assert!(
+            sealed.starts_with("stw1:t2:"),
+            "{run} {step}.{field}: {sealed}"
+        );
+        assert_eq!(
+            only_t2
+                .open(sealed, &Context::run_secret(&run.to_string()))?
+                .expose(),
+            secret
+        );
+    }
+    let t2_store = env
+        .store
+        .clone()
+        .with_secrets(Some(std::sync::Arc::new(only_t2)));
+    let t2_links = SecretLinks::for_store(&t2_store).context("a keyring")?;
+    match t2_links.reveal(link.token.expose()).await? {
+        Revealed::Value { secret: s, .. } => assert_eq!(s.expose(), secret),
+        Revealed::Gone(state) => bail!("the link is gone: {state:?}"),
+    }
+    let after = json_cli(&env, &active_t2, &["secrets", "status", "--json"])?;
+    assert!(after["by_key"].get("t1").is_none(), "{after}");
+    let _ = worker.0.kill();
+    Ok(())
+}
+
+/// A child process killed when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn steward_secrets_key(id: &str, text: &str) -> Result<steward_engine::secrets::NamedKey> {
+    Ok(steward_engine::secrets::parse_key(id, text, "test")?)
+}

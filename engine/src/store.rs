@@ -263,6 +263,11 @@ impl Store {
         self.secrets.as_deref()
     }
 
+    /// [`Store::secrets`], shared.
+    pub fn secrets_arc(&self) -> Option<Arc<crate::secrets::Keyring>> {
+        self.secrets.clone()
+    }
+
     /// The connection.
     pub fn db(&self) -> &Db {
         &self.db

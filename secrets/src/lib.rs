@@ -15,10 +15,12 @@
 //! connections) and the workers' connectors open them; both use this one implementation. It does
 //! no I/O except reading key files.
 
+mod issue;
 mod keyring;
 mod secret;
 mod text;
 
+pub use issue::{IssuedLink, LinkIssuer};
 pub use keyring::{
     KEY_BYTES, KeyError, Keyring, NamedKey, check_key_id, generate_key, parse_key, parse_key_list,
     read_key_dir,

@@ -17,8 +17,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use steward_secrets::{
-    Context, Error as OpenError, KeyError, Keyring, NamedKey, Secret, contains_sealed, find_sealed,
-    generate_key, key_id_of,
+    Context, Error as OpenError, IssuedLink, KeyError, Keyring, LinkIssuer, NamedKey, Secret,
+    contains_sealed, find_sealed, generate_key, key_id_of, parse_key,
 };
 use tracing::warn;
 
@@ -48,6 +48,12 @@ pub enum Error {
     /// Redis failed.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// A stored sealed value does not open (its key is missing, or it was altered or moved).
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// A request the caller can fix (the message says how).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// How to make a key, for messages.
@@ -158,7 +164,7 @@ async fn dev_key(db: &Db, keys: &Keys) -> Result<NamedKey, Error> {
         .hget(&meta, DEV_KEY_FIELD);
     let (text,): (String,) = db.pipe(&pipe).await?;
     let text = zeroize::Zeroizing::new(text);
-    steward_secrets::parse_key(DEV_KEY_ID, &text, "the development key in Redis")
+    parse_key(DEV_KEY_ID, &text, "the development key in Redis")
         .map_err(|e| Error::Config(format!("secrets.dev-key: {e}")))
 }
 
@@ -213,7 +219,7 @@ mod tests {
     fn the_core_recognises_what_the_keyring_seals() {
         let ring = Keyring::new(
             "k-2026.01",
-            vec![steward_secrets::parse_key("k-2026.01", &generate_key(), "test").unwrap()],
+            vec![parse_key("k-2026.01", &generate_key(), "test").unwrap()],
         )
         .unwrap();
         for plain in ["", "x", "Sesame-7731", &"long".repeat(100)] {
