@@ -19,6 +19,9 @@ pub const KEY_BYTES: usize = 32;
 
 const NONCE_BYTES: usize = 12;
 
+/// The longest data a sealed value inside other text is tried at (see `open_found`).
+const MAX_DATA_CHARS: usize = 8192;
+
 /// A key that cannot be used; the message names the key, where it came from, and the fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -343,7 +346,9 @@ impl Keyring {
         cx: &Context,
     ) -> Result<(Zeroizing<Vec<u8>>, usize), Error> {
         let mut first_error = None;
-        for len in (MIN_DATA_CHARS..=found.data.len()).rev() {
+        // Past MAX_DATA_CHARS the text that runs on is not tried: it bounds the work one
+        // crafted value can cause (a sealed value that long holds ~6 KiB).
+        for len in (MIN_DATA_CHARS..=found.data.len().min(MAX_DATA_CHARS)).rev() {
             if len % 4 == 1 {
                 continue;
             }

@@ -169,42 +169,32 @@ async fn dev_key(db: &Db, keys: &Keys) -> Result<NamedKey, Error> {
 }
 
 /// Refuses a key whose id this installation already used for other key material: each key
-/// leaves a check value sealed under it in the meta hash the first time it is seen.
+/// leaves a check value sealed under it in the meta hash the first time it is seen (`HSETNX`,
+/// then read back: two processes starting with different material under a new id cannot both
+/// win).
 async fn check_keys(ring: &Keyring, db: &Db, keys: &Keys) -> Result<(), Error> {
     let meta = keys.meta();
     let cx = Context::key_check();
     let ids: Vec<&str> = ring.ids().collect();
     let mut pipe = redis::pipe();
     for id in &ids {
-        pipe.hget(&meta, format!("{CHECK_FIELD}{id}"));
+        let field = format!("{CHECK_FIELD}{id}");
+        let sealed = ring
+            .seal_with(id, CHECK_TEXT.as_bytes(), &cx)
+            .expect("the id comes from the ring");
+        pipe.hset_nx(&meta, &field, sealed)
+            .ignore()
+            .hget(&meta, &field);
     }
-    let stored: Vec<Option<String>> = db.pipe(&pipe).await?;
-    let mut fresh = redis::pipe();
-    let mut any = false;
-    for (id, check) in ids.iter().zip(stored) {
-        match check {
-            Some(sealed) => {
-                if ring.open(&sealed, &cx).is_err() {
-                    return Err(Error::Config(format!(
-                        "secrets key `{id}` ({}) is not the key this installation (namespace `{}`) sealed its secrets with under that id: restore the original key, or give a new key a new id",
-                        ring.origin(id).unwrap_or("?"),
-                        keys.namespace()
-                    )));
-                }
-            }
-            None => {
-                let sealed = ring
-                    .seal_with(id, CHECK_TEXT.as_bytes(), &cx)
-                    .expect("the id comes from the ring");
-                fresh
-                    .hset_nx(&meta, format!("{CHECK_FIELD}{id}"), sealed)
-                    .ignore();
-                any = true;
-            }
+    let stored: Vec<String> = db.pipe(&pipe).await?;
+    for (id, sealed) in ids.iter().zip(stored) {
+        if ring.open(&sealed, &cx).is_err() {
+            return Err(Error::Config(format!(
+                "secrets key `{id}` ({}) is not the key this installation (namespace `{}`) sealed its secrets with under that id: restore the original key, or give a new key a new id",
+                ring.origin(id).unwrap_or("?"),
+                keys.namespace()
+            )));
         }
-    }
-    if any {
-        db.pipe::<()>(&fresh).await?;
     }
     Ok(())
 }

@@ -25,36 +25,10 @@ use super::{Context, Error, Keyring, find_sealed};
 use crate::store::Store;
 
 /// The compare-and-set script for a hash field (a run's document).
-const RESEAL_FIELD: &str = "\
--- Replaces a hash field's value only if it is still the one the caller read.
--- KEYS: 1 the hash. ARGV: 1 field, 2 the value read, 3 the new value. Returns 1 if replaced.
-if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-return 1
-";
+const RESEAL_FIELD: &str = include_str!("../../lua/reseal_field.lua");
 
 /// The compare-and-set script for a dead letter (a stream entry, rewritten as a new entry).
-const RESEAL_ENTRY: &str = "\
--- Re-adds a stream entry with new field values and deletes the old one, only if the old one still
--- has exactly the fields and values the caller read (in any order).
--- KEYS: 1 the stream. ARGV: 1 entry id, 2 field count n, 3..2+2n the fields and values read,
--- then the new fields and values. Returns 1 if rewritten.
-local e = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
-if #e ~= 1 then return 0 end
-local n = tonumber(ARGV[2])
-local fields = e[1][2]
-if #fields ~= 2 * n then return 0 end
-local current = {}
-for i = 1, #fields, 2 do current[fields[i]] = fields[i + 1] end
-for i = 3, 2 + 2 * n, 2 do
-  if current[ARGV[i]] ~= ARGV[i + 1] then return 0 end
-end
-local new = {}
-for i = 1, 2 * n do new[i] = ARGV[2 + 2 * n + i] end
-redis.call('XADD', KEYS[1], '*', unpack(new))
-redis.call('XDEL', KEYS[1], ARGV[1])
-return 1
-";
+const RESEAL_ENTRY: &str = include_str!("../../lua/reseal_entry.lua");
 
 /// How many sealed values sit where, under one key.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
