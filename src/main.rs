@@ -205,6 +205,11 @@ enum Command {
         #[command(subcommand)]
         cmd: cmd::technicians::TechniciansCmd,
     },
+    /// Secrets at rest (server-side): what is sealed under which key, and key rotation.
+    Secrets {
+        #[command(subcommand)]
+        cmd: cmd::secrets::SecretsCmd,
+    },
     /// Serve the sandbox: a simulated MSP world (Graph, token endpoint, Exchange Online admin API,
     /// Datto RMM, Autotask) with fault injection and an effect ledger. See sandbox/README.md.
     Sandbox(cmd::sandbox::SandboxArgs),
@@ -299,6 +304,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             cmd::technicians::run(&api, config, cmd).await
         }
         Command::Sandbox(args) => cmd::sandbox::run(args).await,
+        Command::Secrets { cmd } => cmd::secrets::run(&config()?, cmd).await,
         Command::Bench(args) => cmd::bench::run(&global, args).await,
         Command::Worker(args) => cmd::worker::run(config()?, args).await,
         Command::Serve(args) => cmd::serve::run(config()?, args).await,

@@ -1458,6 +1458,8 @@ fn a_connection_error_is_said_once() {
     let port = dead_port();
     let out = Command::new(BIN)
         .args(["--redis", &format!("redis://127.0.0.1:{port}/"), "worker"])
+        // A key configured, so that what fails is the connection.
+        .env("STEWARD_SECRETS__DEV_KEY", "true")
         .output()
         .expect("steward runs");
     let t = text(&out);
@@ -1611,9 +1613,26 @@ async fn the_readme_s_walkthrough_works_with_the_sample_data() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let port = dead_port();
     let api = format!("http://127.0.0.1:{port}");
+    // The key, made as the README says (`openssl rand -base64 32` into `<dir>/k1.key`).
+    for line in [
+        "mkdir -p ~/.steward/keys && (umask 077; openssl rand -base64 32 > ~/.steward/keys/k1.key)",
+        "export STEWARD_SECRETS__KEY_DIR=~/.steward/keys STEWARD_SECRETS__ACTIVE_KEY=k1",
+    ] {
+        assert!(using.contains(line), "the README no longer says `{line}`");
+    }
+    let keys = dir.path().join("keys");
+    std::fs::create_dir(&keys)?;
+    let made = Command::new("sh")
+        .arg("-c")
+        .arg("umask 077; openssl rand -base64 32 > k1.key")
+        .current_dir(&keys)
+        .status()?;
+    assert!(made.success(), "openssl rand failed");
     let server_env = [
         ("STEWARD_REDIS__URL", env.redis.url()),
         ("STEWARD_REDIS__NAMESPACE", namespace),
+        ("STEWARD_SECRETS__KEY_DIR", keys.display().to_string()),
+        ("STEWARD_SECRETS__ACTIVE_KEY", "k1".to_owned()),
     ];
     // `steward worker &` and `steward serve --listen 127.0.0.1:8080 &`, on a free port.
     for line in [

@@ -21,6 +21,8 @@ pub struct Config {
     pub scheduler: SchedulerConfig,
     /// The HTTP API.
     pub http: HttpConfig,
+    /// The keys secrets are stored encrypted with. Since v0.2.
+    pub secrets: SecretsConfig,
 }
 
 /// Redis.
@@ -190,6 +192,46 @@ impl Default for HttpConfig {
     }
 }
 
+/// The keys secrets are stored encrypted with (secret run inputs, one-time secret links, tenant
+/// credentials): AES-256-GCM, see `engine/src/secrets`. Since v0.2.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct SecretsConfig {
+    /// The id of the key new secrets are sealed with. Older keys stay in the keyring so what they
+    /// sealed still opens until `steward secrets rotate` has sealed it again under this one.
+    pub active_key: Option<String>,
+    /// A folder of key files, one per key: `<id>.key` holding 32 random bytes in base64
+    /// (`openssl rand -base64 32`), readable by Steward only.
+    pub key_dir: Option<String>,
+    /// Keys as `ID:KEY,ID:KEY`, from the environment only (`STEWARD_SECRETS__KEYS`): refused
+    /// in a config file.
+    pub keys: Option<Secret>,
+    /// For demos and development only: generate a key (id `dev`) and keep it in Redis, beside
+    /// what it protects. Never in production.
+    pub dev_key: bool,
+    /// How long a one-time secret link works before it is burnt unread.
+    pub link_ttl: Dur,
+}
+
+impl Default for SecretsConfig {
+    fn default() -> Self {
+        Self {
+            active_key: None,
+            key_dir: None,
+            keys: None,
+            dev_key: false,
+            link_ttl: Dur::secs(7 * 86_400),
+        }
+    }
+}
+
+impl SecretsConfig {
+    /// Whether any key is configured (or the dev key asked for).
+    pub fn is_configured(&self) -> bool {
+        self.active_key.is_some() || self.key_dir.is_some() || self.keys.is_some() || self.dev_key
+    }
+}
+
 /// A secret setting: never printed.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -223,6 +265,12 @@ impl Config {
             })?;
             let overlay: toml::Value = toml::from_str(&text)
                 .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+            if overlay.get("secrets").and_then(|s| s.get("keys")).is_some() {
+                return Err(ConfigError(format!(
+                    "{}: secrets.keys: key material does not belong in the config file; put each key in its own file under secrets.key-dir (`<id>.key`, readable by Steward only), or set STEWARD_SECRETS__KEYS in the service's environment",
+                    path.display()
+                )));
+            }
             merge(&mut tree, overlay);
             // Check the file on its own so errors name it.
             tree.clone()
@@ -253,6 +301,9 @@ impl Config {
             let mut tries = Vec::with_capacity(2);
             if let Ok(n) = value.parse::<i64>() {
                 tries.push(toml::Value::Integer(n));
+            }
+            if let Ok(b) = value.parse::<bool>() {
+                tries.push(toml::Value::Boolean(b));
             }
             tries.push(toml::Value::String(value.clone()));
             let mut first_error = None;
@@ -334,6 +385,20 @@ impl Config {
         {
             return Err(ConfigError(format!(
                 "http.public-url `{u}`: write e.g. https://steward.msp.example"
+            )));
+        }
+        if let Some(id) = &self.secrets.active_key {
+            steward_secrets::check_key_id(id)
+                .map_err(|e| ConfigError(format!("secrets.active-key: {e}")))?;
+        }
+        if let Some(keys) = &self.secrets.keys {
+            steward_secrets::parse_key_list(&keys.0, "STEWARD_SECRETS__KEYS")
+                .map_err(|e| ConfigError(e.to_string()))?;
+        }
+        if self.secrets.link_ttl.get() < Duration::from_secs(60) {
+            return Err(ConfigError(format!(
+                "secrets.link-ttl = {}: use at least 1m",
+                self.secrets.link_ttl
             )));
         }
         if self.scheduler.tick.get().is_zero() || self.scheduler.batch == 0 {
@@ -544,6 +609,55 @@ mod tests {
         assert!(
             err.contains("redis.url `http://db.example/`") && !err.contains("hunter2"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn secrets_keys_come_from_files_or_the_environment_never_the_config_file() {
+        let env = [
+            ("STEWARD_SECRETS__DEV_KEY", "true"),
+            ("STEWARD_SECRETS__ACTIVE_KEY", "k2"),
+            (
+                "STEWARD_SECRETS__KEYS",
+                "k2:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+            ),
+            ("STEWARD_SECRETS__LINK_TTL", "2d"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let c = Config::load(None, env).unwrap();
+        assert!(c.secrets.dev_key && c.secrets.is_configured());
+        assert_eq!(c.secrets.active_key.as_deref(), Some("k2"));
+        assert_eq!(c.secrets.link_ttl, Dur::secs(2 * 86_400));
+        c.validate().unwrap();
+        assert!(!format!("{c:?}").contains("AAAAAAAA"), "keys never print");
+        assert!(!Config::default().secrets.is_configured());
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("steward.toml");
+        std::fs::write(&file, "[secrets]\nkeys = \"k1:c2VjcmV0\"\n").unwrap();
+        let err = Config::load(Some(&file), Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("secrets.keys: key material does not belong in the config file")
+                && err.contains("STEWARD_SECRETS__KEYS")
+                && !err.contains("c2VjcmV0"),
+            "{err}"
+        );
+        let mut bad = Config::default();
+        bad.secrets.keys = Some(Secret("k1:c2VjcmV0".to_owned()));
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("key `k1` (STEWARD_SECRETS__KEYS)") && !err.contains("c2VjcmV0"),
+            "{err}"
+        );
+        bad = Config::default();
+        bad.secrets.active_key = Some("k:1".to_owned());
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("secrets.active-key: key id `k:1`")
         );
     }
 }

@@ -164,6 +164,22 @@ impl Keys {
         format!("{}:def:{hash}", self.ns)
     }
 
+    /// A one-time secret link's sealed value, by the link's id (expires with the link). Each link
+    /// has its own slot (`{<id>}`), shared with its record.
+    pub fn secret_link(&self, id: &str) -> String {
+        format!("{}:sl:{{{id}}}:v", self.ns)
+    }
+
+    /// A one-time secret link's record (label, creation, expiry, when it was opened).
+    pub fn secret_link_record(&self, id: &str) -> String {
+        format!("{}:sl:{{{id}}}:r", self.ns)
+    }
+
+    /// The pattern that matches every one-time secret link's sealed value (for rotation).
+    pub fn secret_link_pattern(&self) -> String {
+        format!("{}:sl:*:v", self.ns)
+    }
+
     /// Installation facts (the shard count), checked at startup.
     pub fn meta(&self) -> String {
         format!("{}:meta", self.ns)

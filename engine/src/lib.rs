@@ -16,6 +16,7 @@ pub mod links;
 pub mod planner;
 pub mod queue;
 pub mod scheduler;
+pub mod secrets;
 pub mod store;
 pub mod worker;
 

@@ -139,6 +139,8 @@ pub struct Store {
     clock: Arc<dyn Clock>,
     commit: Arc<Script>,
     plans: Arc<RwLock<HashMap<String, Arc<Plan>>>>,
+    /// Seals secret inputs when a run is created (see `crate::secrets::runs`).
+    secrets: Option<Arc<crate::secrets::Keyring>>,
 }
 
 #[derive(Serialize, Default)]
@@ -245,7 +247,25 @@ impl Store {
             clock,
             commit: Arc::new(Script::new(COMMIT)),
             plans: Arc::default(),
+            secrets: None,
         }
+    }
+
+    /// This store, sealing secret inputs with `ring` (without one, a run with a secret input is
+    /// refused).
+    pub fn with_secrets(mut self, ring: Option<Arc<crate::secrets::Keyring>>) -> Self {
+        self.secrets = ring;
+        self
+    }
+
+    /// The keyring secrets are sealed and opened with, if this process has one.
+    pub fn secrets(&self) -> Option<&crate::secrets::Keyring> {
+        self.secrets.as_deref()
+    }
+
+    /// [`Store::secrets`], shared.
+    pub fn secrets_arc(&self) -> Option<Arc<crate::secrets::Keyring>> {
+        self.secrets.clone()
     }
 
     /// The connection.
@@ -363,6 +383,10 @@ impl Store {
         self.put_definition(&new.plan).await?;
         let now = self.clock.now();
         let run_id = RunId::from_ulid(ulid::Ulid::from_datetime(now.to_datetime().into()));
+        // Secret inputs are stored sealed for this run, everywhere the run goes.
+        let inputs =
+            crate::secrets::runs::seal_inputs(self.secrets(), new.plan.def(), run_id, inputs)
+                .map_err(Error::Inputs)?;
         let ctx = RunContext {
             run_id,
             workflow: WorkflowRef {

@@ -239,13 +239,21 @@ impl Runtime {
             seq: job.seq,
             services: self.services.clone(),
         };
-        let result = match self.registry.get(&job.op) {
-            None => Err(Failure::Op(OpError::terminal(format!(
+        // Sealed secrets in the input are opened only now, right before the op needs them.
+        let secrets = self.store.secrets();
+        let (input, opened) =
+            match crate::secrets::runs::open_input(secrets, delivery.run, &job.input) {
+                Ok(o) => (Ok(o.input), o.secrets),
+                Err(message) => (Err(message), Vec::new()),
+            };
+        let result = match (self.registry.get(&job.op), input) {
+            (_, Err(message)) => Err(Failure::Op(OpError::terminal(message))),
+            (None, Ok(_)) => Err(Failure::Op(OpError::terminal(format!(
                 "this worker has no implementation of op `{}`; deploy a worker that has it, then retry the step",
                 job.op
             )))),
-            Some(op) => {
-                let running = AssertUnwindSafe(op.run(&cx, job.input.clone())).catch_unwind();
+            (Some(op), Ok(input)) => {
+                let running = AssertUnwindSafe(op.run(&cx, input)).catch_unwind();
                 match tokio::time::timeout(job.timeout.get(), running).await {
                     Err(_) => Err(Failure::Timeout(job.timeout)),
                     Ok(Err(panic)) => Err(Failure::Panic(panic_message(&panic))),
@@ -254,7 +262,10 @@ impl Runtime {
                 }
             }
         };
-        outcome_event(job, result)
+        let mut event = outcome_event(job, result);
+        // Whatever the op copied out of a secret is sealed again (or hidden) before it is stored.
+        crate::secrets::runs::protect(secrets, delivery.run, &opened, &mut event);
+        event
     }
 }
 

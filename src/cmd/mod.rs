@@ -8,6 +8,7 @@ pub(crate) mod demo;
 pub(crate) mod runs;
 pub(crate) mod sandbox;
 pub(crate) mod schema;
+pub(crate) mod secrets;
 pub(crate) mod serve;
 pub(crate) mod technicians;
 pub(crate) mod validate;
@@ -71,7 +72,8 @@ pub(crate) async fn connect(config: &Config) -> Result<Store> {
                 steward_engine::db::connect_failure(&e)
             )
         })?;
-    let store = Store::new(db, keys, Arc::new(SystemClock));
+    let ring = steward_engine::secrets::keyring(&config.secrets, &db, &keys).await?;
+    let store = Store::new(db, keys, Arc::new(SystemClock)).with_secrets(ring);
     store.prepare().await?;
     Ok(store)
 }

@@ -62,6 +62,7 @@ pub(crate) async fn run(mut config: Config, args: ServeArgs) -> Result<ExitCode>
     }
     config.validate()?;
     check_public_url(&config)?;
+    steward_engine::secrets::require(&config.secrets, "serve")?;
     let store = connect(&config).await?;
     let registry = Arc::new(Registry::builtin());
     // Bad files are skipped and reported (log, GET /v1/workflows/files); only an unreadable

@@ -51,6 +51,7 @@ pub(crate) async fn run(mut config: Config, args: WorkerArgs) -> Result<ExitCode
         config.worker.max_deliveries = m;
     }
     config.validate()?;
+    steward_engine::secrets::require(&config.secrets, "worker")?;
     let store = connect(&config).await?;
     let services = Services {
         redis: Some(store.db().manager()),

@@ -13,6 +13,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Map, Value};
 use steward_core::Plan;
 use steward_engine::companies::{Companies, sample};
+use steward_engine::config::SecretsConfig;
 use steward_engine::embedded::{Persistence, RedisServer};
 use steward_engine::queue::QueueConfig;
 use steward_engine::scheduler::{self, SchedulerConfig};
@@ -54,6 +55,9 @@ pub struct Env {
     pub shards: u16,
     /// A store for the test's own use.
     pub store: Store,
+    /// The secrets key of this test (`keys/t1.key`) and a config file naming it
+    /// (`steward.toml`), which [`Env::cli_args`] passes to `steward` processes.
+    pub secrets_dir: tempfile::TempDir,
 }
 
 impl std::fmt::Debug for Env {
@@ -82,7 +86,8 @@ impl Env {
         let redis = RedisServer::start(persistence)?;
         let namespace = format!("t{}", ulid::Ulid::new().to_string().to_lowercase());
         let shards = 4;
-        let store = store_for(&redis.url(), &namespace, shards).await?;
+        let secrets_dir = secrets_dir()?;
+        let store = store_for(&redis.url(), &namespace, shards, secrets_dir.path()).await?;
         store.prepare().await?;
         let companies = Companies::for_store(&store);
         steward_engine::companies::ensure(
@@ -95,6 +100,7 @@ impl Env {
             namespace,
             shards,
             store,
+            secrets_dir,
         })
     }
 
@@ -105,7 +111,18 @@ impl Env {
 
     /// Another store (its own connection) on the same namespace.
     pub async fn store(&self) -> Result<Store> {
-        store_for(&self.redis.url(), &self.namespace, self.shards).await
+        store_for(
+            &self.redis.url(),
+            &self.namespace,
+            self.shards,
+            self.secrets_dir.path(),
+        )
+        .await
+    }
+
+    /// The config file `steward` processes of this test read (it names the secrets key).
+    pub fn config_file(&self) -> PathBuf {
+        self.secrets_dir.path().join("steward.toml")
     }
 
     /// Starts an in-process worker (and, with `scheduler`, a scheduler).
@@ -232,6 +249,8 @@ impl Env {
             self.namespace.clone(),
             "--shards".to_owned(),
             self.shards.to_string(),
+            "--config".to_owned(),
+            self.config_file().display().to_string(),
         ]
     }
 }
@@ -249,13 +268,44 @@ pub struct Ledger {
     pub in_place: usize,
 }
 
-async fn store_for(url: &str, namespace: &str, shards: u16) -> Result<Store> {
+async fn store_for(url: &str, namespace: &str, shards: u16, secrets: &Path) -> Result<Store> {
     let db = Db::connect(url, Duration::from_secs(5)).await?;
-    Ok(Store::new(
-        db,
-        Keys::new(namespace, shards)?,
-        Arc::new(SystemClock),
-    ))
+    let keys = Keys::new(namespace, shards)?;
+    let ring = steward_engine::secrets::keyring(&secrets_config(secrets), &db, &keys).await?;
+    Ok(Store::new(db, keys, Arc::new(SystemClock)).with_secrets(ring))
+}
+
+/// The secrets settings of a test: key `t1` in `<dir>/keys`.
+pub fn secrets_config(dir: &Path) -> SecretsConfig {
+    SecretsConfig {
+        active_key: Some("t1".to_owned()),
+        key_dir: Some(dir.join("keys").display().to_string()),
+        ..SecretsConfig::default()
+    }
+}
+
+/// A fresh secrets key in a new folder, and a config file that names it.
+fn secrets_dir() -> Result<tempfile::TempDir> {
+    let dir = tempfile::Builder::new().prefix("steward-keys-").tempdir()?;
+    let keys = dir.path().join("keys");
+    std::fs::create_dir(&keys)?;
+    std::fs::write(
+        keys.join("t1.key"),
+        steward_engine::secrets::generate_key().as_str(),
+    )?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(keys.join("t1.key"), std::fs::Permissions::from_mode(0o600))?;
+    }
+    std::fs::write(
+        dir.path().join("steward.toml"),
+        format!(
+            "[secrets]\nactive-key = \"t1\"\nkey-dir = \"{}\"\n",
+            keys.display()
+        ),
+    )?;
+    Ok(dir)
 }
 
 /// How an in-process worker runs.

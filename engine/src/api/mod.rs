@@ -10,6 +10,7 @@ pub mod error;
 pub mod extract;
 mod html;
 pub mod runs;
+mod secrets;
 pub mod technicians;
 mod workflows;
 
@@ -332,6 +333,7 @@ fn routes() -> ApiRouter<ApiState> {
             "/v1/tokens/{id}",
             delete_with(technicians::revoke, op!("revoke a token", "technicians")),
         )
+        .merge(secrets::routes())
 }
 
 fn describe(api: TransformOpenApi<'_>) -> TransformOpenApi<'_> {
@@ -351,6 +353,7 @@ fn describe(api: TransformOpenApi<'_>) -> TransformOpenApi<'_> {
         .tag(Tag { name: "approvals".to_owned(), ..Default::default() })
         .tag(Tag { name: "companies".to_owned(), ..Default::default() })
         .tag(Tag { name: "technicians".to_owned(), ..Default::default() })
+        .tag(Tag { name: "secrets".to_owned(), description: Some("one-time secret links (HTML pages for the people they are sent to)".to_owned()), ..Default::default() })
         .tag(Tag { name: "system".to_owned(), ..Default::default() })
 }
 

@@ -69,14 +69,16 @@ pub struct RunSummary {
 
 impl RunSummary {
     pub(crate) fn of(doc: &RunDoc) -> Self {
+        let mut status_detail = doc.state.status.clone();
+        steward_core::history::redact_status(&mut status_detail);
         Self {
             run: doc.ctx.run_id,
             workflow: doc.ctx.workflow.name.clone(),
             workflow_version: doc.ctx.workflow.version,
             company: doc.ctx.company.clone(),
             status: doc.state.status.name().to_owned(),
-            status_detail: doc.state.status.clone(),
-            status_text: words::status(&doc.state.status),
+            status_text: words::status(&status_detail),
+            status_detail,
             requested_by: doc.ctx.requested_by.clone(),
             ticket: doc.ctx.ticket.clone(),
             created_at: doc.ctx.created_at,
@@ -150,13 +152,15 @@ impl RunView {
     /// The view of a run: its snapshot, its plan and its history, as of `now`.
     pub fn of(snap: &RunSnapshot, plan: &Plan, history: Vec<HistoryEntry>, now: Timestamp) -> Self {
         let doc = &snap.doc;
+        // Everything shown is read from the redacted document: no text carries a secret.
+        let shown = redacted(doc, plan);
         let mut summary = RunSummary::of(doc);
-        summary.status_text = words::run_status(&doc.state.status, &history);
+        summary.status_text = words::run_status(&shown.state.status, &history);
         let steps = plan
             .steps()
             .iter()
             .filter_map(|s| {
-                let rec = doc.state.steps.get(&s.id)?;
+                let rec = shown.state.steps.get(&s.id)?;
                 Some(StepView {
                     step: s.id.clone(),
                     op: s.op.clone(),
@@ -170,7 +174,7 @@ impl RunView {
         Self {
             summary,
             version: snap.version,
-            run: redacted(doc, plan),
+            run: shown,
             plan: plan_view(
                 plan,
                 Some(&RunScope {
