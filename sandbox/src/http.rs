@@ -29,7 +29,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .fallback(root_fallback)
         .layer(middleware::from_fn_with_state(shared.clone(), fault_layer))
         .layer(middleware::from_fn(catch_panic))
-        .layer(middleware::from_fn(request_context))
+        .layer(middleware::from_fn_with_state(
+            shared.clone(),
+            request_context,
+        ))
         .with_state(shared)
 }
 
@@ -102,14 +105,99 @@ fn next_request_id() -> String {
     crate::ids::guid(0x5eed, &["request", &n.to_string()])
 }
 
-async fn request_context(req: Request, next: Next) -> Response {
+/// The origin (`scheme://host[:port][/prefix]`) clients use to reach the sandbox, for every
+/// absolute URL it writes. In order: the configured public URL; the first hop of a `Forwarded`
+/// header (RFC 7239 `proto=`, `host=`); `X-Forwarded-Proto` / `X-Forwarded-Host`; the `Host`
+/// header (HTTP/2's `:authority`, which arrives in the URI) with the listener's own scheme. Forwarding headers are trusted from anyone: the sandbox
+/// is a test double, not a security boundary.
+#[derive(Debug, Clone)]
+pub(crate) struct Origin(pub(crate) String);
+
+pub(crate) fn origin_of(
+    public_url: Option<&str>,
+    https: bool,
+    headers: &HeaderMap,
+    authority: Option<&str>,
+) -> String {
+    if let Some(u) = public_url {
+        return u.to_owned();
+    }
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    // `Forwarded: for=1.2.3.4;proto=https;host=example.com, for=…`: the first hop is the client's.
+    let mut fwd_proto = None;
+    let mut fwd_host = None;
+    if let Some(first) = header("forwarded").and_then(|f| f.split(',').next()) {
+        for pair in first.split(';') {
+            if let Some((k, v)) = pair.split_once('=') {
+                let v = v.trim().trim_matches('"').to_owned();
+                match k.trim().to_ascii_lowercase().as_str() {
+                    "proto" => fwd_proto = Some(v),
+                    "host" => fwd_host = Some(v),
+                    _ => {}
+                }
+            }
+        }
+    }
+    let first_of = |name: &str| {
+        header(name)
+            .and_then(|v| v.split(',').next())
+            .map(|v| v.trim().to_owned())
+    };
+    let proto = fwd_proto
+        .or_else(|| first_of("x-forwarded-proto"))
+        .filter(|p| p.eq_ignore_ascii_case("http") || p.eq_ignore_ascii_case("https"))
+        .map(|p| p.to_ascii_lowercase())
+        .unwrap_or_else(|| if https { "https" } else { "http" }.to_owned());
+    let valid_host =
+        |h: &String| !h.contains(['/', '?', '#', '@']) && h.chars().all(|c| c.is_ascii_graphic());
+    let host = [
+        fwd_host,
+        first_of("x-forwarded-host"),
+        header("host").map(str::to_owned),
+        authority.map(str::to_owned),
+    ]
+    .into_iter()
+    .flatten()
+    .find(valid_host)
+    .unwrap_or_else(|| "127.0.0.1".to_owned());
+    format!("{proto}://{host}")
+}
+
+async fn request_context(State(shared): State<AppState>, mut req: Request, next: Next) -> Response {
     let request_id = next_request_id();
+    // The identity platform also takes the correlation id as a query parameter (MSAL Node sends
+    // it there); the header wins when both are given.
+    let from_query = || {
+        (Service::of(req.uri().path()) == Service::Login)
+            .then(|| {
+                query_pairs(req.uri().query())
+                    .into_iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("client-request-id"))
+                    .map(|(_, v)| v)
+            })
+            .flatten()
+            .filter(|v| !v.is_empty())
+    };
     let client_request_id = req
         .headers()
         .get("client-request-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
+        .or_else(from_query)
         .unwrap_or_else(|| request_id.clone());
+    let origin = origin_of(
+        shared.public_url.as_deref(),
+        shared.https.load(Ordering::SeqCst),
+        req.headers(),
+        req.uri().authority().map(|a| a.as_str()),
+    );
+    req.extensions_mut().insert(Origin(origin));
     let info = RequestInfo {
         request_id: request_id.clone(),
         client_request_id: client_request_id.clone(),
@@ -258,7 +346,8 @@ pub(crate) struct Ctx {
     pub(crate) correlation: Option<Correlation>,
     pub(crate) method: String,
     pub(crate) path: String,
-    /// `http://host:port` as the client addressed us, for absolute links (`@odata.nextLink`).
+    /// The origin clients reach the sandbox at, for absolute links (`@odata.nextLink`): see
+    /// [`Origin`].
     pub(crate) origin: String,
     pub(crate) headers: HeaderMap,
 }
@@ -272,12 +361,16 @@ impl<S: Send + Sync> FromRequestParts<S> for Ctx {
             .get::<OriginalUri>()
             .map(|u| u.0.path().to_owned())
             .unwrap_or_else(|| parts.uri.path().to_owned());
-        let host = parts
-            .headers
-            .get("host")
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("127.0.0.1")
-            .to_owned();
+        let origin = match parts.extensions.get::<Origin>() {
+            Some(o) => o.0.clone(),
+            // A router mounted without `request_context` (unit tests): the Host header.
+            None => origin_of(
+                None,
+                false,
+                &parts.headers,
+                parts.uri.authority().map(|a| a.as_str()),
+            ),
+        };
         Ok(Self {
             correlation: parts
                 .headers
@@ -286,7 +379,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Ctx {
                 .and_then(Correlation::parse),
             method: parts.method.as_str().to_owned(),
             path,
-            origin: format!("http://{host}"),
+            origin,
             headers: parts.headers.clone(),
         })
     }
@@ -404,7 +497,12 @@ mod tests {
         let app = Router::new()
             .route("/{service}/boom", axum::routing::get(boom))
             .layer(middleware::from_fn(catch_panic))
-            .layer(middleware::from_fn(request_context));
+            .layer(middleware::from_fn_with_state(
+                crate::Sandbox::new(crate::Options::default())
+                    .unwrap()
+                    .shared,
+                request_context,
+            ));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
@@ -436,6 +534,41 @@ mod tests {
             );
             assert!(!body.to_string().contains("injected"), "{service}: {body}");
         }
+    }
+
+    #[test]
+    fn origin_from_public_url_forwarded_and_host() {
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("127.0.0.1:8090"));
+        assert_eq!(origin_of(None, false, &h, None), "http://127.0.0.1:8090");
+        assert_eq!(origin_of(None, true, &h, None), "https://127.0.0.1:8090");
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https, http"));
+        assert_eq!(origin_of(None, false, &h, None), "https://127.0.0.1:8090");
+        h.insert(
+            "x-forwarded-host",
+            HeaderValue::from_static("sb.example.com"),
+        );
+        assert_eq!(origin_of(None, false, &h, None), "https://sb.example.com");
+        h.insert(
+            "forwarded",
+            HeaderValue::from_static("for=10.0.0.1;proto=http;host=\"proxy.example:8443\", for=x"),
+        );
+        assert_eq!(origin_of(None, true, &h, None), "http://proxy.example:8443");
+        assert_eq!(
+            origin_of(Some("https://public.example/sb"), false, &h, None),
+            "https://public.example/sb"
+        );
+        // Nonsense in a forwarding header falls back instead of ending up in a link.
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("h:1"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("javascript"));
+        h.insert("x-forwarded-host", HeaderValue::from_static("evil/path"));
+        assert_eq!(origin_of(None, false, &h, None), "http://h:1");
+        // HTTP/2 carries the host in `:authority`, which arrives in the URI, not as `Host`.
+        assert_eq!(
+            origin_of(None, true, &HeaderMap::new(), Some("127.0.0.1:8443")),
+            "https://127.0.0.1:8443"
+        );
     }
 
     #[test]

@@ -1,9 +1,13 @@
-//! The Microsoft identity platform token endpoint (`/login/{tenant}/oauth2/v2.0/token`) and the
-//! bearer-token checks every Microsoft API in the sandbox applies.
+//! The Microsoft identity platform: the token endpoint (`/login/{tenant}/oauth2/v2.0/token`),
+//! the discovery documents Microsoft's auth libraries read before asking for a token (OpenID
+//! configuration, instance discovery, signing keys), and the bearer-token checks every Microsoft
+//! API in the sandbox applies.
 //!
 //! Grants: `client_credentials` (app-only) and `refresh_token` (delegated, the partner's
 //! technician). Refresh rotates: each redemption returns a new refresh token; the old one stays
-//! valid until it expires, as Microsoft documents. A refresh token older than 90 days on the
+//! valid until it expires, as Microsoft documents. A refresh asking for `openid` also gets an
+//! `id_token`, and `client_info=1` a `client_info`, which is what MSAL needs to build an account
+//! for its cache and silent flow. A refresh token older than 90 days on the
 //! sandbox clock fails with AADSTS700082, a revoked one with AADSTS50173. Errors use the real
 //! envelope (`error`, `error_description` starting `AADSTSnnnn:`, `error_codes`, `timestamp`,
 //! `trace_id`, `correlation_id`, `error_uri`).
@@ -18,7 +22,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use base64::Engine as _;
 use chrono::{DateTime, Duration, Utc};
 use hmac::{Hmac, Mac};
@@ -26,7 +30,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::fixture::Fixture;
-use crate::http::{AppState, Ctx, form_get, parse_form, request_info};
+use crate::http::{AppState, Ctx, form_get, parse_form, query_pairs, request_info};
 
 /// Refresh tokens expire after this much inactivity.
 pub(crate) const REFRESH_TOKEN_LIFETIME_DAYS: i64 = 90;
@@ -157,6 +161,12 @@ impl TokenStore {
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/{tenant}/oauth2/v2.0/token", post(token))
+        .route(
+            "/{tenant}/v2.0/.well-known/openid-configuration",
+            get(openid_configuration),
+        )
+        .route("/common/discovery/instance", get(instance_discovery))
+        .route("/{tenant}/discovery/v2.0/keys", get(signing_keys))
         .fallback(fallback)
         .method_not_allowed_fallback(fallback)
 }
@@ -169,6 +179,150 @@ async fn fallback() -> Response {
         "The endpoint only accepts POST requests at /{tenant}/oauth2/v2.0/token.",
         Utc::now(),
     )
+}
+
+fn unknown_tenant(tenant: &str, now: DateTime<Utc>) -> Response {
+    aad_error(
+        StatusCode::BAD_REQUEST,
+        "invalid_tenant",
+        90002,
+        &format!(
+            "Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud. Check with your subscription administrator, this may happen if there are no active subscriptions for the tenant."
+        ),
+        now,
+    )
+}
+
+/// The issuer of a tenant's v2.0 tokens: `{origin}/login/{tenant id}/v2.0`, as the real one is
+/// `https://login.microsoftonline.com/{tenant id}/v2.0` (always the id, even when the tenant was
+/// named by a domain).
+fn issuer(origin: &str, tenant_id: &str) -> String {
+    format!("{origin}/login/{tenant_id}/v2.0")
+}
+
+/// `GET /{tenant}/v2.0/.well-known/openid-configuration`: the tenant's OpenID Provider metadata,
+/// with Microsoft's fields and the sandbox's own URLs (from the request's origin), for a tenant id
+/// or a verified domain. MSAL and azure-identity read `token_endpoint`, `authorization_endpoint`
+/// and `issuer` from it before their first token request.
+async fn openid_configuration(
+    State(shared): State<AppState>,
+    Path(tenant): Path<String>,
+    ctx: Ctx,
+) -> Response {
+    let (st, now) = shared.lock();
+    let Some(company) = st.world.company_by_tenant(&tenant) else {
+        return unknown_tenant(&tenant, now);
+    };
+    let tid = &company.tenant.id;
+    let base = format!("{}/login/{tid}", ctx.origin);
+    axum::Json(json!({
+        "token_endpoint": format!("{base}/oauth2/v2.0/token"),
+        "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
+        "jwks_uri": format!("{base}/discovery/v2.0/keys"),
+        "response_modes_supported": ["query", "fragment", "form_post"],
+        "subject_types_supported": ["pairwise"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
+        "scopes_supported": ["openid", "profile", "email", "offline_access"],
+        "issuer": issuer(&ctx.origin, tid),
+        "request_uri_parameter_supported": false,
+        "userinfo_endpoint": format!("{}/graph/oidc/userinfo", ctx.origin),
+        "authorization_endpoint": format!("{base}/oauth2/v2.0/authorize"),
+        "device_authorization_endpoint": format!("{base}/oauth2/v2.0/devicecode"),
+        "http_logout_supported": true,
+        "frontchannel_logout_supported": true,
+        "end_session_endpoint": format!("{base}/oauth2/v2.0/logout"),
+        "claims_supported": ["sub", "iss", "cloud_instance_name", "cloud_instance_host_name", "cloud_graph_host_name", "msgraph_host", "aud", "exp", "iat", "auth_time", "acr", "nonce", "preferred_username", "name", "tid", "ver", "at_hash", "c_hash", "email"],
+        "kerberos_endpoint": format!("{base}/kerberos"),
+        "tenant_region_scope": "NA",
+        "cloud_instance_name": "microsoftonline.com",
+        "cloud_graph_host_name": "graph.windows.net",
+        "msgraph_host": "graph.microsoft.com",
+        "rbac_url": "https://pas.windows.net",
+    }))
+    .into_response()
+}
+
+/// `GET /common/discovery/instance?api-version=1.1&authorization_endpoint=…`: instance
+/// discovery, which MSAL calls to learn whether an authority's host is a trusted one and where
+/// its tenant's OpenID configuration is. The sandbox trusts only itself: an authorization
+/// endpoint on another host is `invalid_instance` (AADSTS50049), as the real service answers for
+/// a host it does not know.
+async fn instance_discovery(
+    ctx: Ctx,
+    axum::extract::RawQuery(q): axum::extract::RawQuery,
+) -> Response {
+    let now = Utc::now();
+    let pairs = query_pairs(q.as_deref());
+    let Some(endpoint) = pairs
+        .iter()
+        .find(|(k, _)| k == "authorization_endpoint")
+        .map(|(_, v)| v.as_str())
+    else {
+        return aad_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            90014,
+            "The required field 'authorization_endpoint' is missing from the credential. Ensure that you have all the necessary parameters for the login request.",
+            now,
+        );
+    };
+    let ours = url::Url::parse(&ctx.origin).ok();
+    let theirs = url::Url::parse(endpoint).ok();
+    let (Some(ours), Some(theirs)) = (ours, theirs) else {
+        return invalid_instance(now);
+    };
+    // Host names only: MSAL Python drops the authority's port from the endpoint it asks about.
+    if ours.host_str().is_none() || ours.host_str() != theirs.host_str() {
+        return invalid_instance(now);
+    }
+    let host = format!(
+        "{}{}",
+        ours.host_str().unwrap_or_default(),
+        ours.port().map(|p| format!(":{p}")).unwrap_or_default()
+    );
+    // `{origin}/login/{tenant}/oauth2/v2.0/authorize` names the tenant.
+    let prefix = ours.path().trim_end_matches('/');
+    let tenant = theirs
+        .path()
+        .strip_prefix(prefix)
+        .and_then(|p| p.strip_prefix("/login/"))
+        .and_then(|p| p.split('/').next())
+        .filter(|t| !t.is_empty());
+    let Some(tenant) = tenant else {
+        return invalid_instance(now);
+    };
+    axum::Json(json!({
+        "tenant_discovery_endpoint": format!("{}/login/{tenant}/v2.0/.well-known/openid-configuration", ctx.origin),
+        "api-version": "1.1",
+        "metadata": [{
+            "preferred_network": host,
+            "preferred_cache": host,
+            "aliases": [host],
+        }],
+    }))
+    .into_response()
+}
+
+fn invalid_instance(now: DateTime<Utc>) -> Response {
+    aad_error(
+        StatusCode::BAD_REQUEST,
+        "invalid_instance",
+        50049,
+        "Unknown or invalid instance.",
+        now,
+    )
+}
+
+/// `GET /{tenant}/discovery/v2.0/keys`, the `jwks_uri` of the OpenID configuration. The sandbox's
+/// tokens are HMAC-signed stand-ins that only it can check, so it publishes no keys: a client that
+/// tries to verify a signature finds none (none of Microsoft's client libraries does).
+async fn signing_keys(State(shared): State<AppState>, Path(tenant): Path<String>) -> Response {
+    let (st, now) = shared.lock();
+    if st.world.company_by_tenant(&tenant).is_none() {
+        return unknown_tenant(&tenant, now);
+    }
+    axum::Json(json!({ "keys": [] })).into_response()
 }
 
 /// The AAD error envelope.
@@ -241,7 +395,7 @@ fn resource_of(scope: &str) -> Option<&str> {
 async fn token(
     State(shared): State<AppState>,
     Path(tenant): Path<String>,
-    _ctx: Ctx,
+    ctx: Ctx,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -264,17 +418,21 @@ async fn token(
         return missing("grant_type", now);
     };
     let Some(company) = st.world.company_by_tenant(&tenant) else {
-        return aad_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_tenant",
-            90002,
-            &format!(
-                "Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud. Check with your subscription administrator, this may happen if there are no active subscriptions for the tenant."
-            ),
-            now,
-        );
+        return unknown_tenant(&tenant, now);
     };
     let company_id = company.id.clone();
+    // The refresh token's user, when it is a user of this tenant (else the partner's technician).
+    let tenant_user = |upn: &str| {
+        company
+            .tenant
+            .users
+            .iter()
+            .find(|u| u.upn().eq_ignore_ascii_case(upn))
+            .map(|u| (u.id.clone(), u.str_prop("displayName").map(str::to_owned)))
+    };
+    let refresh_user = form_get(&form, "refresh_token")
+        .and_then(|rt| st.tokens.refresh.get(&digest(rt)))
+        .and_then(|rt| tenant_user(&rt.user));
     let tenant_id = company.tenant.id.clone();
     let consented = company.tenant.consented_apps.clone();
     let Some(client_id) = form_get(&form, "client_id") else {
@@ -457,11 +615,13 @@ async fn token(
                 return consent_missing();
             }
             let exp = now + Duration::seconds(ACCESS_TOKEN_SECONDS);
+            let person = Person::of(&st.world.partner, &rt.user, &tenant_id, refresh_user);
+            let granted = delegated_permissions(audience);
             let claims = json!({
                 "aud": audience, "iss": format!("https://sts.windows.net/{tenant_id}/"),
                 "iat": now.timestamp(), "nbf": now.timestamp(), "exp": exp.timestamp(),
                 "appid": client_id, "app_displayname": app_name, "tid": tenant_id,
-                "upn": rt.user, "idtyp": "user", "scp": "Directory.AccessAsUser.All User.ReadWrite.All",
+                "oid": person.oid, "upn": rt.user, "idtyp": "user", "scp": granted.join(" "),
             });
             let token = st.tokens.mint(seed, &claims);
             st.tokens.access.insert(
@@ -473,15 +633,38 @@ async fn token(
                 },
             );
             let new_rt = st.tokens.new_refresh(seed, client_id, &rt.user, now);
-            axum::Json(json!({
+            // What was granted (the resource's permissions, not the `.default` asked for), and
+            // the OpenID scopes that were asked for.
+            let requested: Vec<&str> = scope.split_whitespace().collect();
+            let mut scopes: Vec<String> =
+                granted.iter().map(|p| format!("{audience}/{p}")).collect();
+            for oidc in ["openid", "profile", "email", "offline_access"] {
+                if requested.contains(&oidc) {
+                    scopes.push(oidc.to_owned());
+                }
+            }
+            let mut out = json!({
                 "token_type": "Bearer",
-                "scope": format!("{audience}/.default"),
+                "scope": scopes.join(" "),
                 "expires_in": ACCESS_TOKEN_SECONDS,
                 "ext_expires_in": ACCESS_TOKEN_SECONDS,
                 "access_token": token,
                 "refresh_token": new_rt,
-            }))
-            .into_response()
+            });
+            if requested.contains(&"openid") {
+                let claims = person.id_token_claims(
+                    &issuer(&ctx.origin, &tenant_id),
+                    client_id,
+                    &tenant_id,
+                    requested.contains(&"profile"),
+                    now,
+                );
+                out["id_token"] = json!(st.tokens.mint(seed, &claims));
+            }
+            if form_get(&form, "client_info") == Some("1") {
+                out["client_info"] = json!(person.client_info());
+            }
+            axum::Json(out).into_response()
         }
         other => aad_error(
             StatusCode::BAD_REQUEST,
@@ -490,6 +673,98 @@ async fn token(
             &format!("The app requested an unsupported grant type '{other}'."),
             now,
         ),
+    }
+}
+
+/// The delegated permissions the partner's app holds on each resource (what a refresh grants
+/// whatever was asked for).
+fn delegated_permissions(audience: &str) -> &'static [&'static str] {
+    if audience == OUTLOOK_AUDIENCE {
+        &["Exchange.Manage"]
+    } else {
+        &["Directory.AccessAsUser.All", "User.ReadWrite.All"]
+    }
+}
+
+/// The signed-in person of a delegated token, as ID tokens and `client_info` describe them.
+#[derive(Debug, Clone)]
+struct Person {
+    upn: String,
+    name: String,
+    /// Object id in the home tenant.
+    oid: String,
+    /// The home tenant: the tenant's own id for its users; for the partner's technician (a
+    /// delegated admin signing in from the MSP's tenant) the MSP's tenant.
+    home_tenant: String,
+}
+
+impl Person {
+    /// `in_tenant` is the user's (id, display name) when the UPN is a user of the tenant signed
+    /// into. The partner's technicians live in the MSP's own tenant, which the fixture does not
+    /// describe: their object ids and that tenant's id are derived from the UPN and the
+    /// partner's name, stable across runs and seeds.
+    fn of(
+        partner: &crate::world::Partner,
+        upn: &str,
+        tenant_id: &str,
+        in_tenant: Option<(String, Option<String>)>,
+    ) -> Self {
+        let local = upn.split('@').next().unwrap_or(upn).to_owned();
+        match in_tenant {
+            Some((id, name)) => Self {
+                upn: upn.to_owned(),
+                name: name.unwrap_or(local),
+                oid: id,
+                home_tenant: tenant_id.to_owned(),
+            },
+            None => Self {
+                upn: upn.to_owned(),
+                name: local,
+                oid: crate::ids::guid(0, &["partner-user", &upn.to_ascii_lowercase()]),
+                home_tenant: crate::ids::guid(
+                    0,
+                    &["partner-tenant", partner.name.as_deref().unwrap_or("")],
+                ),
+            },
+        }
+    }
+
+    /// A v2.0 ID token's claims (as the identity platform documents them) for `client_id`.
+    fn id_token_claims(
+        &self,
+        iss: &str,
+        client_id: &str,
+        tenant_id: &str,
+        profile: bool,
+        now: DateTime<Utc>,
+    ) -> Value {
+        // `sub` is pairwise: the same person has a different subject for each app.
+        let sub = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(&Sha256::digest(format!("{}|{client_id}", self.oid).as_bytes())[..24]);
+        let exp = now + Duration::seconds(ACCESS_TOKEN_SECONDS);
+        let mut claims = json!({
+            "aud": client_id.to_ascii_lowercase(),
+            "iss": iss,
+            "iat": now.timestamp(),
+            "nbf": now.timestamp(),
+            "exp": exp.timestamp(),
+            "sub": sub,
+            "tid": tenant_id,
+            "ver": "2.0",
+        });
+        if profile {
+            claims["name"] = json!(self.name);
+            claims["oid"] = json!(self.oid);
+            claims["preferred_username"] = json!(self.upn);
+        }
+        claims
+    }
+
+    /// `client_info`: base64url JSON naming the home account (`uid`.`utid`), which MSAL keys its
+    /// cache on.
+    fn client_info(&self) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(json!({"uid": self.oid, "utid": self.home_tenant}).to_string())
     }
 }
 

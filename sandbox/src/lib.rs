@@ -39,7 +39,10 @@ mod ledger;
 mod onprem;
 mod runner;
 mod secret;
+mod tls;
 mod world;
+
+pub use tls::{Tls, TlsError};
 
 /// How to build a sandbox.
 #[derive(Clone)]
@@ -52,6 +55,11 @@ pub struct Options {
     pub webhook_url: Option<String>,
     /// The webhook's secret key, used for `X-Hook-Signature`.
     pub webhook_secret: Option<String>,
+    /// Where clients reach the sandbox (`https://sandbox.example.com`, maybe behind a proxy):
+    /// the origin of every absolute URL it writes (`@odata.nextLink`, `@odata.context`, the
+    /// OpenID endpoints). Unset: the request's `Forwarded`/`X-Forwarded-*` headers, else its
+    /// `Host` and the listener's scheme.
+    pub public_url: Option<String>,
 }
 
 impl std::fmt::Debug for Options {
@@ -64,6 +72,7 @@ impl std::fmt::Debug for Options {
                 "webhook_secret",
                 &self.webhook_secret.as_ref().map(|_| secret::REDACTED),
             )
+            .field("public_url", &self.public_url)
             .finish()
     }
 }
@@ -75,6 +84,7 @@ impl Default for Options {
             seed: 1,
             webhook_url: None,
             webhook_secret: None,
+            public_url: None,
         }
     }
 }
@@ -88,6 +98,12 @@ pub enum Error {
     WebhookConfig,
     #[error("invalid webhook_url {url}: {reason}")]
     WebhookUrl { url: String, reason: String },
+    #[error(
+        "invalid public_url {url}: {reason}; fix: give the http(s) URL clients use to reach the sandbox, such as https://sandbox.example.com"
+    )]
+    PublicUrl { url: String, reason: String },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error("cannot bind 127.0.0.1:0: {0}")]
     Bind(#[source] std::io::Error),
     #[error("server failed: {0}")]
@@ -127,6 +143,10 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     pub(crate) http: reqwest::Client,
     pub(crate) webhook: Option<WebhookTarget>,
+    /// `Options::public_url` without its trailing slash.
+    pub(crate) public_url: Option<String>,
+    /// Set once the sandbox serves TLS: the scheme of URLs it writes when no header says.
+    pub(crate) https: AtomicBool,
     /// Wakes the simulated Datto agent (new job, release, device online, reset).
     pub(crate) jobs_changed: tokio::sync::Notify,
     /// Wakes the webhook sender.
@@ -142,6 +162,7 @@ impl std::fmt::Debug for Shared {
             .field("companies", &self.fixture.companies.len())
             .field("clock_offset_seconds", &self.clock.offset_seconds())
             .field("webhook", &self.webhook)
+            .field("public_url", &self.public_url)
             .finish_non_exhaustive()
     }
 }
@@ -240,6 +261,7 @@ impl Sandbox {
             (None, None) => None,
             _ => return Err(Error::WebhookConfig),
         };
+        let public_url = opts.public_url.map(|u| check_public_url(&u)).transpose()?;
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(30))
             .build()
@@ -260,6 +282,8 @@ impl Sandbox {
                 state: Mutex::new(state),
                 http,
                 webhook,
+                public_url,
+                https: AtomicBool::new(false),
                 jobs_changed: tokio::sync::Notify::new(),
                 webhooks_changed: tokio::sync::Notify::new(),
                 workers_started: AtomicBool::new(false),
@@ -273,54 +297,121 @@ impl Sandbox {
         http::router(self.shared.clone())
     }
 
-    /// Serves until `shutdown` resolves.
+    /// Serves plain HTTP until `shutdown` resolves.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
+        self.serve_on(listener, shutdown).await
+    }
+
+    /// Serves HTTPS with `tls` until `shutdown` resolves. URLs the sandbox writes say `https`
+    /// unless `public_url` or a forwarding header says otherwise.
+    pub async fn serve_tls(
+        self,
+        listener: tokio::net::TcpListener,
+        tls: &Tls,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        self.shared.https.store(true, Ordering::SeqCst);
+        let listener = tls::TlsListener::new(listener, tls).map_err(Error::Bind)?;
+        self.serve_on(listener, shutdown).await
+    }
+
+    async fn serve_on<L>(
+        self,
+        listener: L,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<()>
+    where
+        L: axum::serve::Listener<Addr = SocketAddr>,
+    {
         self.shared.ensure_workers();
         let app = self.router();
         let shared = self.shared.clone();
-        let result = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(Error::Serve);
+        let result = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(Error::Serve);
         shared.closed.store(true, Ordering::SeqCst);
         shared.jobs_changed.notify_waiters();
         shared.webhooks_changed.notify_waiters();
         result
     }
 
-    /// Binds 127.0.0.1:0 and serves in a background task.
+    /// Binds 127.0.0.1:0 and serves plain HTTP in a background task.
     pub async fn spawn(opts: Options) -> Result<RunningSandbox> {
+        Self::spawn_with(opts, None).await
+    }
+
+    /// Binds 127.0.0.1:0 and serves HTTPS in a background task, with `tls` or, when `None`, a
+    /// certificate made for the occasion; [`RunningSandbox::trust_pem`] is what clients trust.
+    pub async fn spawn_tls(opts: Options, tls: Option<Tls>) -> Result<RunningSandbox> {
+        let tls = match tls {
+            Some(t) => t,
+            None => Tls::self_signed(&[])?,
+        };
+        Self::spawn_with(opts, Some(tls)).await
+    }
+
+    async fn spawn_with(opts: Options, tls: Option<Tls>) -> Result<RunningSandbox> {
         let sandbox = Self::new(opts)?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(Error::Bind)?;
         let addr = listener.local_addr().map_err(Error::Bind)?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(sandbox.serve(listener, async {
+        let stop = async {
             let _ = rx.await;
-        }));
+        };
+        let (scheme, trust_pem, task) = match tls {
+            Some(tls) => {
+                let pem = tls.trust_pem().to_owned();
+                let task =
+                    tokio::spawn(async move { sandbox.serve_tls(listener, &tls, stop).await });
+                ("https", Some(pem), task)
+            }
+            None => ("http", None, tokio::spawn(sandbox.serve(listener, stop))),
+        };
         Ok(RunningSandbox {
             addr,
-            base_url: format!("http://{addr}"),
+            base_url: format!("{scheme}://{addr}"),
+            trust_pem,
             stop: Some(tx),
             task: Some(task),
         })
     }
 }
 
+/// Checks a public URL and drops its trailing slash.
+fn check_public_url(url: &str) -> Result<String> {
+    let bad = |reason: &str| Error::PublicUrl {
+        url: url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let parsed = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(bad("the scheme must be http or https"));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(bad("it has no host"));
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(bad("it may not have a query or a fragment"));
+    }
+    Ok(url.trim_end_matches('/').to_owned())
+}
+
 /// A sandbox serving on a loopback port; stops on drop or [`RunningSandbox::shutdown`].
 #[derive(Debug)]
 pub struct RunningSandbox {
     pub addr: SocketAddr,
-    /// `http://127.0.0.1:<port>`; append a prefix such as `/graph` for a connector's base URL.
+    /// `http://127.0.0.1:<port>` (`https://` from [`Sandbox::spawn_tls`]); append a prefix such
+    /// as `/graph` for a connector's base URL.
     pub base_url: String,
+    /// For HTTPS, the PEM certificate a client must trust to reach it.
+    pub trust_pem: Option<String>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<()>>>,
 }

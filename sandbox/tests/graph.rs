@@ -1221,3 +1221,221 @@ async fn user_keys_in_the_path_are_decoded_exactly_once() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn select_takes_every_property_of_the_schema() -> Result<()> {
+    let sb = sandbox().await?;
+    let g = Graph::new(&sb, CONTOSO_TENANT).await?;
+    // Properties of user (and of its bases directoryObject and entity) that the world does not
+    // model read as null, or [] for collections; modelled ones have their value.
+    let (s, b) = g
+        .call(
+            "GET",
+            "/users/adele.vance@contoso.com?$select=id,deletedDateTime,assignedPlans,identities,onPremisesExtensionAttributes,showInAddressList,ageGroup,imAddresses,manager",
+            None,
+        )
+        .await?;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["assignedPlans"], json!([]));
+    assert_eq!(b["imAddresses"], json!([]));
+    assert_eq!(b["showInAddressList"], Value::Null);
+    assert_eq!(b["ageGroup"], Value::Null);
+    assert_eq!(b["deletedDateTime"], Value::Null);
+    assert_eq!(
+        b["identities"],
+        json!([{"signInType": "userPrincipalName", "issuer": "contoso.onmicrosoft.com", "issuerAssignedId": "adele.vance@contoso.com"}])
+    );
+    assert_eq!(
+        b["onPremisesExtensionAttributes"]["extensionAttribute15"],
+        Value::Null
+    );
+    assert_eq!(
+        b["onPremisesExtensionAttributes"]
+            .as_object()
+            .map(serde_json::Map::len),
+        Some(15)
+    );
+    // A navigation property is selectable but adds nothing without $expand.
+    assert!(b.get("manager").is_none(), "{b}");
+    assert!(
+        b["@odata.context"]
+            .as_str()
+            .is_some_and(|c| c.contains("(id,deletedDateTime,assignedPlans,")),
+        "{b}"
+    );
+    for (path, prop) in [
+        ("/groups", "classification"),
+        ("/groups", "resourceProvisioningOptions"),
+        ("/deviceManagement/managedDevices", "isEncrypted"),
+        ("/subscribedSkus", "accountName"),
+        ("/roleManagement/directory/roleAssignments", "condition"),
+    ] {
+        let (s, b) = g
+            .call("GET", &format!("{path}?$select=id,{prop}"), None)
+            .await?;
+        assert_eq!(s, 200, "{path} {prop}: {b}");
+        assert!(
+            b["value"][0].get(prop).is_some(),
+            "{path}: {prop} missing from {b}"
+        );
+    }
+    // Only a name outside the schema is refused, with Graph's message.
+    let b = expect_error(
+        &g,
+        "GET",
+        "/users?$select=id,favouriteColour",
+        None,
+        400,
+        "BadRequest",
+    )
+    .await?;
+    assert_eq!(
+        b["error"]["message"],
+        "Could not find a property named 'favouriteColour' on type 'microsoft.graph.user'."
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn graph_cast_aliases_and_reference_reads() -> Result<()> {
+    let sb = sandbox().await?;
+    let g = Graph::new(&sb, CONTOSO_TENANT).await?;
+    let adele = user_id(&g, "adele.vance@contoso.com").await?;
+    let megan = user_id(&g, "megan.bowen@contoso.com").await?;
+    // The SDKs' `graph.` alias works wherever `microsoft.graph.` does, with the same answer.
+    let (s, full) = g
+        .call(
+            "GET",
+            &format!("/users/{adele}/memberOf/microsoft.graph.group"),
+            None,
+        )
+        .await?;
+    assert_eq!(s, 200, "{full}");
+    let (s, alias) = g
+        .call("GET", &format!("/users/{adele}/memberOf/graph.group"), None)
+        .await?;
+    assert_eq!(s, 200, "{alias}");
+    assert_eq!(alias["value"], full["value"]);
+    assert!(
+        alias["@odata.context"]
+            .as_str()
+            .is_some_and(|c| c.ends_with("$metadata#groups")),
+        "{alias}"
+    );
+    let (s, b) = g
+        .call("GET", "/directory/deletedItems/graph.user", None)
+        .await?;
+    assert_eq!((s, &b["value"]), (200, &json!([])), "{b}");
+    let (s, b) = g
+        .call(
+            "POST",
+            &format!("/users/{adele}/graph.assignLicense"),
+            Some(json!({"addLicenses": [], "removeLicenses": []})),
+        )
+        .await?;
+    assert_eq!(s, 200, "{b}");
+
+    // GET manager/$ref: a reference naming the manager; 404 without one.
+    let (s, b) = g
+        .call("GET", &format!("/users/{adele}/manager/$ref"), None)
+        .await?;
+    assert_eq!(s, 200, "{b}");
+    assert!(
+        b["@odata.id"]
+            .as_str()
+            .is_some_and(|r| r.contains(&format!("/directoryObjects/{megan}/"))),
+        "{b}"
+    );
+    assert!(
+        b.get("displayName").is_none(),
+        "a reference, not the object: {b}"
+    );
+    expect_error(
+        &g,
+        "GET",
+        &format!("/users/{megan}/manager/$ref"),
+        None,
+        404,
+        "Request_ResourceNotFound",
+    )
+    .await?;
+
+    // GET members/$ref: one reference per member, paged like any collection.
+    let (s, groups) = g.call("GET", "/groups", None).await?;
+    assert_eq!(s, 200);
+    let all_staff = groups["value"]
+        .as_array()
+        .and_then(|a| a.iter().find(|g| g["displayName"] == "All Staff"))
+        .and_then(|g| g["id"].as_str())
+        .unwrap()
+        .to_owned();
+    let (s, b) = g
+        .call(
+            "GET",
+            &format!("/groups/{all_staff}/members/$ref?$top=1"),
+            None,
+        )
+        .await?;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["value"].as_array().map(Vec::len), Some(1), "{b}");
+    let next = b["@odata.nextLink"].as_str().unwrap().to_owned();
+    let (s, b2) = g.call("GET", &next, None).await?;
+    assert_eq!(s, 200, "{b2}");
+    let refs: Vec<&str> = [&b, &b2]
+        .iter()
+        .filter_map(|p| p["value"][0]["@odata.id"].as_str())
+        .collect();
+    for id in [&adele, &megan] {
+        assert!(
+            refs.iter()
+                .any(|r| r.contains(&format!("/directoryObjects/{id}/"))),
+            "{id} not in {refs:?}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn filters_the_sandbox_does_not_evaluate_are_unsupported_not_malformed() -> Result<()> {
+    let sb = sandbox().await?;
+    let g = Graph::new(&sb, CONTOSO_TENANT).await?;
+    let b = expect_error(
+        &g,
+        "GET",
+        "/users?$filter=assignedLicenses/any(x:x/skuId eq cbdc14ab-d96c-4c30-b9f4-6ada7cdc1d46)",
+        None,
+        400,
+        "Request_UnsupportedQuery",
+    )
+    .await?;
+    assert_eq!(
+        b["error"]["message"],
+        "Unsupported or invalid query filter clause specified for property 'assignedLicenses' of resource 'User'."
+    );
+    expect_error(
+        &g,
+        "GET",
+        "/users?$filter=endswith(mail,'@contoso.com')",
+        None,
+        400,
+        "Request_UnsupportedQuery",
+    )
+    .await?;
+    // Still malformed: an unterminated string.
+    let b = expect_error(
+        &g,
+        "GET",
+        "/users?$filter=displayName eq 'x",
+        None,
+        400,
+        "BadRequest",
+    )
+    .await?;
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("Invalid filter clause")),
+        "{b}"
+    );
+    Ok(())
+}

@@ -292,3 +292,113 @@ fn the_checker_catches_invented_names() {
     let caught = std::panic::catch_unwind(|| csdl.assert_all("user", ["favouriteColour"]));
     assert!(caught.is_err());
 }
+
+/// The entity types whose properties `schema.rs` lists, with the constant naming each.
+const SCHEMA_TYPES: &[(&str, &str)] = &[
+    ("user", "USER"),
+    ("group", "GROUP"),
+    ("managedDevice", "MANAGED_DEVICE"),
+    ("subscribedSku", "SUBSCRIBED_SKU"),
+    ("unifiedRoleAssignment", "UNIFIED_ROLE_ASSIGNMENT"),
+];
+
+/// A type's base type and its own properties with their shapes.
+type TypeProps = (Option<String>, Vec<(String, &'static str)>);
+
+/// `schema.rs` as the CSDL makes it: every property of each type in [`SCHEMA_TYPES`], inherited
+/// ones included, with its shape.
+fn schema_source() -> String {
+    let text = std::fs::read_to_string(csdl_path()).expect("the Graph CSDL (see csdl_path)");
+    let doc = roxmltree::Document::parse(&text).expect("CSDL parses");
+    let schema = doc
+        .descendants()
+        .find(|n| n.has_tag_name("Schema") && n.attribute("Namespace") == Some("microsoft.graph"))
+        .expect("microsoft.graph schema");
+    let mut types: HashMap<String, TypeProps> = HashMap::new();
+    for n in schema
+        .children()
+        .filter(|n| n.has_tag_name("EntityType") || n.has_tag_name("ComplexType"))
+    {
+        let props = n
+            .children()
+            .filter_map(|c| {
+                let name = c.attribute("Name")?.to_owned();
+                let shape = if c.has_tag_name("NavigationProperty") {
+                    "Navigation"
+                } else if !c.has_tag_name("Property") {
+                    return None;
+                } else if c
+                    .attribute("Type")
+                    .is_some_and(|t| t.starts_with("Collection("))
+                {
+                    "Collection"
+                } else {
+                    "Single"
+                };
+                Some((name, shape))
+            })
+            .collect();
+        types.insert(
+            n.attribute("Name").unwrap_or_default().to_owned(),
+            (
+                n.attribute("BaseType")
+                    .map(|b| b.trim_start_matches("graph.").to_owned()),
+                props,
+            ),
+        );
+    }
+    let mut out = String::from(
+        "//! Microsoft Graph v1.0's properties of the entity types the sandbox serves, inherited ones\n\
+         //! included, generated from `shared/reference/graph-v1.0.csdl.xml`: what `$select` may name.\n\
+         //! Do not edit: `csdl_tests::schema_file_is_what_the_csdl_makes` checks it, and\n\
+         //! `STEWARD_WRITE_GRAPH_SCHEMA=1 cargo test -p steward-sandbox schema_file` rewrites it.\n\n\
+         /// What a property holds, which decides how one the sandbox does not model reads.\n\
+         #[derive(Debug, Clone, Copy, PartialEq, Eq)]\n\
+         pub(crate) enum Shape {\n    \
+             /// One value (or complex object): `null` when not modelled.\n    \
+             Single,\n    \
+             /// A collection: `[]` when not modelled.\n    \
+             Collection,\n    \
+             /// A navigation property: selectable, but without `$expand` it adds nothing to an\n    \
+             /// object in OData's minimal metadata.\n    \
+             Navigation,\n\
+         }\n",
+    );
+    for (ty, constant) in SCHEMA_TYPES {
+        let mut all: Vec<(String, &str)> = Vec::new();
+        let mut cur = Some((*ty).to_owned());
+        while let Some(t) = cur {
+            let (base, props) = types
+                .get(&t)
+                .unwrap_or_else(|| panic!("{t} not in the CSDL"));
+            all.extend(props.iter().cloned());
+            cur = base.clone();
+        }
+        all.sort();
+        all.dedup_by(|a, b| a.0 == b.0);
+        out.push_str(&format!(
+            "\n/// `microsoft.graph.{ty}`: {} properties.\npub(crate) const {constant}: &[(&str, Shape)] = &[\n",
+            all.len()
+        ));
+        for (name, shape) in all {
+            out.push_str(&format!("    (\"{name}\", Shape::{shape}),\n"));
+        }
+        out.push_str("];\n");
+    }
+    out
+}
+
+#[test]
+fn schema_file_is_what_the_csdl_makes() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/graph/schema.rs");
+    let want = schema_source();
+    if std::env::var_os("STEWARD_WRITE_GRAPH_SCHEMA").is_some() {
+        std::fs::write(&path, &want).expect("write schema.rs");
+    }
+    let have = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        have == want,
+        "{} is not what the CSDL makes; regenerate it with STEWARD_WRITE_GRAPH_SCHEMA=1 cargo test -p steward-sandbox schema_file",
+        path.display()
+    );
+}

@@ -82,6 +82,36 @@ pub(super) async fn members(
     ))
 }
 
+/// `GET /groups/{id}/members/$ref`: the members as references (`@odata.id` each), paged like
+/// any collection.
+pub(super) async fn member_refs(
+    State(shared): State<AppState>,
+    Path(id): Path<String>,
+    ctx: Ctx,
+    RawQuery(q): RawQuery,
+) -> GraphResult<Response> {
+    let (st, now) = shared.lock();
+    let caller = authenticate(&st, &ctx, now)?;
+    let query = Query::parse(q.as_deref(), &USERS)?;
+    if query.select.is_some() || query.filter.is_some() {
+        return Err(GraphError::odata(
+            "Query option '$select' or '$filter' is not allowed on a collection of references.",
+        ));
+    }
+    let c = company(&st, &caller)?;
+    let g = find(&c.tenant, &id).ok_or_else(|| GraphError::not_found(&id))?;
+    let refs: Vec<serde_json::Value> = g
+        .members
+        .iter()
+        .filter(|m| c.tenant.users.iter().any(|u| &u.id == *m))
+        .map(|m| json!({"@odata.id": super::directory_ref(&ctx.origin, &c.tenant.id, m, "User")}))
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        query.page(refs, &ctx.origin, &ctx.path, "Collection($ref)", 100),
+    ))
+}
+
 fn check_writable(g: &Group) -> GraphResult<()> {
     if g.on_prem.is_some() {
         return Err(GraphError::synced_object());

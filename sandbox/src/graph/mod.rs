@@ -8,6 +8,7 @@ pub(crate) mod error;
 mod groups;
 pub(crate) mod odata;
 mod other;
+pub(crate) mod schema;
 mod users;
 
 #[cfg(test)]
@@ -17,7 +18,7 @@ use axum::Router;
 use axum::extract::OriginalUri;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
+use axum::routing::{delete, get, post};
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 
@@ -28,8 +29,43 @@ use crate::world::{Company, Group, ManagedDevice, Sku, Tenant, User};
 use error::{GraphError, GraphResult};
 use odata::Query;
 
+/// Routes `path` and, when it names a cast or bound operation by its full name
+/// (`microsoft.graph.group`), the same path with the `graph.` alias Microsoft's SDKs send
+/// (`graph.group`): Graph takes both.
+fn route_with_alias(
+    router: Router<AppState>,
+    path: &str,
+    method: axum::routing::MethodRouter<AppState>,
+) -> Router<AppState> {
+    let alias = path.replace("/microsoft.graph.", "/graph.");
+    let router = router.route(path, method.clone());
+    if alias == path {
+        router
+    } else {
+        router.route(&alias, method)
+    }
+}
+
 pub(crate) fn router() -> Router<AppState> {
-    Router::new()
+    let casts: &[(&str, axum::routing::MethodRouter<AppState>)] = &[
+        (
+            "/v1.0/users/{id}/memberOf/microsoft.graph.group",
+            get(users::member_of),
+        ),
+        (
+            "/v1.0/users/{id}/microsoft.graph.assignLicense",
+            post(users::assign_license),
+        ),
+        (
+            "/v1.0/directory/deletedItems/microsoft.graph.user",
+            get(users::list_deleted),
+        ),
+    ];
+    let mut router = Router::new();
+    for (path, method) in casts {
+        router = route_with_alias(router, path, method.clone());
+    }
+    router
         .route("/v1.0/users", get(users::list).post(users::create))
         .route(
             "/v1.0/users/{id}",
@@ -40,19 +76,13 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/v1.0/users/{id}/manager", get(users::get_manager))
         .route(
             "/v1.0/users/{id}/manager/$ref",
-            put(users::set_manager).delete(users::remove_manager),
+            get(users::get_manager_ref)
+                .put(users::set_manager)
+                .delete(users::remove_manager),
         )
         .route("/v1.0/users/{id}/memberOf", get(users::member_of))
         .route(
-            "/v1.0/users/{id}/memberOf/microsoft.graph.group",
-            get(users::member_of),
-        )
-        .route(
             "/v1.0/users/{id}/assignLicense",
-            post(users::assign_license),
-        )
-        .route(
-            "/v1.0/users/{id}/microsoft.graph.assignLicense",
             post(users::assign_license),
         )
         .route(
@@ -77,10 +107,6 @@ pub(crate) fn router() -> Router<AppState> {
         )
         .route("/v1.0/users/{id}/managedDevices", get(other::user_devices))
         .route(
-            "/v1.0/directory/deletedItems/microsoft.graph.user",
-            get(users::list_deleted),
-        )
-        .route(
             "/v1.0/directory/deletedItems/{id}",
             get(users::get_deleted).delete(users::purge_deleted),
         )
@@ -91,7 +117,10 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/v1.0/groups", get(groups::list))
         .route("/v1.0/groups/{id}", get(groups::get_one))
         .route("/v1.0/groups/{id}/members", get(groups::members))
-        .route("/v1.0/groups/{id}/members/$ref", post(groups::add_member))
+        .route(
+            "/v1.0/groups/{id}/members/$ref",
+            get(groups::member_refs).post(groups::add_member),
+        )
         .route(
             "/v1.0/groups/{id}/members/{member_id}/$ref",
             delete(groups::remove_member),
@@ -240,7 +269,8 @@ pub(crate) enum Kind {
     PasswordProfile,
 }
 
-/// Every property a user read can return (the `$select` vocabulary).
+/// Every user property the sandbox models (`$select` takes any in [`schema::USER`]; the others
+/// read as null or empty).
 pub(crate) const USER_READABLE: &[&str] = &[
     "id",
     "accountEnabled",
@@ -258,6 +288,7 @@ pub(crate) const USER_READABLE: &[&str] = &[
     "employeeLeaveDateTime",
     "employeeType",
     "givenName",
+    "identities",
     "jobTitle",
     "lastPasswordChangeDateTime",
     "licenseAssignmentStates",
@@ -267,6 +298,7 @@ pub(crate) const USER_READABLE: &[&str] = &[
     "officeLocation",
     "onPremisesDistinguishedName",
     "onPremisesDomainName",
+    "onPremisesExtensionAttributes",
     "onPremisesImmutableId",
     "onPremisesLastSyncDateTime",
     "onPremisesSamAccountName",
@@ -323,7 +355,7 @@ pub(crate) const USERS: odata::EntitySet = odata::EntitySet {
     resource: "User",
     type_name: "microsoft.graph.user",
     filterable: USER_FILTERABLE,
-    selectable: USER_READABLE,
+    schema: schema::USER,
 };
 
 pub(crate) const GROUP_READABLE: &[&str] = &[
@@ -359,7 +391,7 @@ pub(crate) const GROUPS: odata::EntitySet = odata::EntitySet {
         "securityEnabled",
         "onPremisesSyncEnabled",
     ],
-    selectable: GROUP_READABLE,
+    schema: schema::GROUP,
 };
 
 pub(crate) const SKU_READABLE: &[&str] = &[
@@ -407,7 +439,7 @@ pub(crate) const DEVICES: odata::EntitySet = odata::EntitySet {
         "operatingSystem",
         "complianceState",
     ],
-    selectable: DEVICE_READABLE,
+    schema: schema::MANAGED_DEVICE,
 };
 
 pub(crate) fn ts(t: DateTime<Utc>) -> Value {
@@ -501,7 +533,25 @@ pub(crate) fn user_json(u: &User, tenant: &Tenant) -> Map<String, Value> {
             m.entry("onPremisesImmutableId").or_insert(Value::Null);
         }
     }
-    let _ = tenant;
+    // A member signs in with their UPN, issued by the tenant's initial domain.
+    m.insert(
+        "identities".into(),
+        json!([{
+            "signInType": "userPrincipalName",
+            "issuer": tenant.initial_domain,
+            "issuerAssignedId": u.upn(),
+        }]),
+    );
+    // Graph returns all fifteen, null until set (on-prem AD or Exchange sets them; the sandbox
+    // never does).
+    m.insert(
+        "onPremisesExtensionAttributes".into(),
+        Value::Object(
+            (1..=15)
+                .map(|i| (format!("extensionAttribute{i}"), Value::Null))
+                .collect(),
+        ),
+    );
     m
 }
 
@@ -674,6 +724,17 @@ pub(crate) fn ref_target(body: &Value) -> GraphResult<String> {
         )));
     }
     Ok(id.to_ascii_lowercase())
+}
+
+/// The `@odata.id` Graph writes for a directory object in a `$ref` answer. Graph names the
+/// object through its directory service's own URL,
+/// `https://graph.microsoft.com/v2/{tenant}/directoryObjects/{id}/Microsoft.DirectoryServices.User`;
+/// the sandbox writes the same shape under its own origin. **[unverified]** against a captured
+/// response; clients take the id from its `directoryObjects/{id}` segment.
+pub(crate) fn directory_ref(origin: &str, tenant_id: &str, id: &str, kind: &str) -> Value {
+    json!(format!(
+        "{origin}/graph/v2/{tenant_id}/directoryObjects/{id}/Microsoft.DirectoryServices.{kind}"
+    ))
 }
 
 /// Whether objects answered under `set` carry `@odata.type`. Graph answers with OData's

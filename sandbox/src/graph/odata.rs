@@ -1,17 +1,24 @@
 //! The OData query options the sandbox supports: `$select`, `$filter` (`eq` clauses joined with
 //! `and`, plus `startswith`), `$top` with `$skiptoken` paging, and `$count`.
 //!
-//! Unsupported filter properties get Graph's `Request_UnsupportedQuery` error, malformed filters
-//! `BadRequest`, unknown `$select` properties `BadRequest`, as Graph answers them.
+//! `$select` takes every property of the type in Graph v1.0's schema (`schema.rs`, generated from
+//! the CSDL), inherited ones included; one the sandbox does not model reads `null` (`[]` for a
+//! collection), and a navigation property adds nothing without `$expand`. Only a name outside
+//! the schema gets Graph's "Could not find a property" `BadRequest`.
+//!
+//! Filters the sandbox does not evaluate (other operators, lambdas such as
+//! `assignedLicenses/any(…)`, functions other than `startswith`, properties it does not index)
+//! get Graph's `Request_UnsupportedQuery`; malformed filters `BadRequest`.
 
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
 use super::error::GraphError;
+use super::schema::Shape;
 
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Query {
-    pub(crate) select: Option<Vec<String>>,
+    pub(crate) select: Option<Vec<(String, Shape)>>,
     pub(crate) filter: Option<Vec<Clause>>,
     pub(crate) top: Option<usize>,
     pub(crate) skip: usize,
@@ -32,7 +39,18 @@ pub(crate) struct EntitySet {
     pub(crate) resource: &'static str,
     pub(crate) type_name: &'static str,
     pub(crate) filterable: &'static [&'static str],
-    pub(crate) selectable: &'static [&'static str],
+    /// Every property of the type in Graph's schema (`schema.rs`).
+    pub(crate) schema: &'static [(&'static str, Shape)],
+}
+
+impl EntitySet {
+    /// The shape of `prop` when the type has it.
+    pub(crate) fn shape(&self, prop: &str) -> Option<Shape> {
+        self.schema
+            .iter()
+            .find(|(n, _)| *n == prop)
+            .map(|(_, s)| *s)
+    }
 }
 
 impl Query {
@@ -45,18 +63,15 @@ impl Query {
         for (k, v) in &raw {
             match k.as_str() {
                 "$select" => {
-                    let props: Vec<String> = v
-                        .split(',')
-                        .map(|s| s.trim().to_owned())
-                        .filter(|s| !s.is_empty())
-                        .collect();
-                    for p in &props {
-                        if !set.selectable.contains(&p.as_str()) {
+                    let mut props = Vec::new();
+                    for p in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                        let Some(shape) = set.shape(p) else {
                             return Err(GraphError::odata(format!(
                                 "Could not find a property named '{p}' on type '{}'.",
                                 set.type_name
                             )));
-                        }
+                        };
+                        props.push((p.to_owned(), shape));
                     }
                     q.select = Some(props);
                 }
@@ -128,8 +143,14 @@ impl Query {
     ) {
         match &self.select {
             Some(props) => {
-                for p in props {
-                    out.insert(p.clone(), obj.get(p).cloned().unwrap_or(Value::Null));
+                for (p, shape) in props {
+                    let value = match (obj.get(p), shape) {
+                        (_, Shape::Navigation) => continue,
+                        (Some(v), _) => v.clone(),
+                        (None, Shape::Single) => Value::Null,
+                        (None, Shape::Collection) => Value::Array(vec![]),
+                    };
+                    out.insert(p.clone(), value);
                 }
             }
             None => {
@@ -143,7 +164,13 @@ impl Query {
     /// The `(prop,…)` that `$select` adds to a context URL's entity set.
     pub(crate) fn context_select(&self) -> String {
         match &self.select {
-            Some(s) => format!("({})", s.join(",")),
+            Some(s) => format!(
+                "({})",
+                s.iter()
+                    .map(|(p, _)| p.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
             None => String::new(),
         }
     }
@@ -236,6 +263,24 @@ fn parse_filter(text: &str, set: &EntitySet) -> Result<Vec<Clause>, GraphError> 
                     _ => return Err(invalid()),
                 }
             }
+            // `assignedLicenses/any(x:x/skuId eq …)`, `manager/id eq …`: paths and lambdas.
+            Some(Tok::Word(w)) if w.contains('/') => {
+                let prop = w.split('/').next().unwrap_or_default();
+                check_prop(prop, set)?;
+                return Err(unsupported(prop, set));
+            }
+            // `endswith(mail,'…')`, `not(…)`: functions other than startswith.
+            Some(Tok::Word(_)) if tokens.get(i + 1) == Some(&Tok::Open) => {
+                let prop = tokens[i + 2..].iter().find_map(|t| match t {
+                    Tok::Word(w) => Some(w.split('/').next().unwrap_or_default()),
+                    _ => None,
+                });
+                return match prop {
+                    Some(p) if set.shape(p).is_some() => Err(unsupported(p, set)),
+                    Some(p) => Err(could_not_find(p, set)),
+                    None => Err(invalid()),
+                };
+            }
             Some(Tok::Word(p)) => {
                 let op = match tokens.get(i + 1) {
                     Some(Tok::Word(op)) => op.to_ascii_lowercase(),
@@ -279,16 +324,22 @@ fn unsupported(p: &str, set: &EntitySet) -> GraphError {
     )
 }
 
+fn could_not_find(p: &str, set: &EntitySet) -> GraphError {
+    GraphError::odata(format!(
+        "Could not find a property named '{p}' on type '{}'.",
+        set.type_name
+    ))
+}
+
+/// A property the sandbox filters on passes; one of the type that it does not index is
+/// unsupported; anything else does not exist.
 fn check_prop(p: &str, set: &EntitySet) -> Result<(), GraphError> {
     if set.filterable.contains(&p) {
         Ok(())
-    } else if set.selectable.contains(&p) {
+    } else if set.shape(p).is_some() {
         Err(unsupported(p, set))
     } else {
-        Err(GraphError::odata(format!(
-            "Could not find a property named '{p}' on type '{}'.",
-            set.type_name
-        )))
+        Err(could_not_find(p, set))
     }
 }
 
@@ -367,12 +418,15 @@ mod tests {
             "onPremisesSamAccountName",
             "accountEnabled",
         ],
-        selectable: &[
-            "id",
-            "userPrincipalName",
-            "onPremisesSamAccountName",
-            "accountEnabled",
-            "jobTitle",
+        schema: &[
+            ("id", Shape::Single),
+            ("userPrincipalName", Shape::Single),
+            ("onPremisesSamAccountName", Shape::Single),
+            ("accountEnabled", Shape::Single),
+            ("jobTitle", Shape::Single),
+            ("assignedLicenses", Shape::Collection),
+            ("identities", Shape::Collection),
+            ("manager", Shape::Navigation),
         ],
     };
 
@@ -407,7 +461,41 @@ mod tests {
         let e = Query::parse(Some("$top=0"), &SET).unwrap_err();
         assert!(e.message.contains("page size"));
         assert!(Query::parse(Some("$select=nope"), &SET).is_err());
+        // Lambdas and other functions are not evaluated: unsupported, not malformed.
+        for f in [
+            "assignedLicenses/any(x:x/skuId eq 8a6f1c2e-3b4d-4e5f-9a0b-1c2d3e4f5a6b)",
+            "endswith(userPrincipalName,'@x.com')",
+            "not(accountEnabled eq true)",
+        ] {
+            let e = Query::parse(Some(&format!("$filter={f}")), &SET).unwrap_err();
+            assert_eq!(e.code, "Request_UnsupportedQuery", "{f}: {}", e.message);
+        }
+        let e = Query::parse(Some("$filter=nope/any(x:x eq 'a')"), &SET).unwrap_err();
+        assert_eq!(e.code, "BadRequest");
+        assert!(e.message.contains("'nope'"), "{}", e.message);
         assert!(Query::parse(Some("$skiptoken=garbage!"), &SET).is_err());
+    }
+
+    #[test]
+    fn select_reads_unmodelled_properties_as_null_or_empty() {
+        let q = Query::parse(
+            Some("$select=id,jobTitle,identities,manager,assignedLicenses"),
+            &SET,
+        )
+        .unwrap();
+        let mut obj = Map::new();
+        obj.insert("id".into(), json!("1"));
+        obj.insert("assignedLicenses".into(), json!([{"skuId": "s"}]));
+        let mut out = Map::new();
+        q.project_into(&mut out, &obj, &[]);
+        assert_eq!(
+            Value::Object(out),
+            json!({"id": "1", "jobTitle": null, "identities": [], "assignedLicenses": [{"skuId": "s"}]})
+        );
+        assert_eq!(
+            q.context_select(),
+            "(id,jobTitle,identities,manager,assignedLicenses)"
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ const SKUS: EntitySet = EntitySet {
     resource: "SubscribedSku",
     type_name: "microsoft.graph.subscribedSku",
     filterable: &[],
-    selectable: SKU_READABLE,
+    schema: super::schema::SUBSCRIBED_SKU,
 };
 
 pub(super) async fn subscribed_skus(
@@ -223,14 +223,17 @@ const ROLE_ASSIGNMENTS: EntitySet = EntitySet {
     resource: "unifiedRoleAssignment",
     type_name: "microsoft.graph.unifiedRoleAssignment",
     filterable: &["principalId", "roleDefinitionId", "directoryScopeId", "id"],
-    selectable: &[
-        "id",
-        "principalId",
-        "roleDefinitionId",
-        "directoryScopeId",
-        "appScopeId",
-    ],
+    schema: super::schema::UNIFIED_ROLE_ASSIGNMENT,
 };
+
+/// The role assignment properties the sandbox models (and returns without `$select`).
+const ROLE_ASSIGNMENT_READABLE: &[&str] = &[
+    "id",
+    "principalId",
+    "roleDefinitionId",
+    "directoryScopeId",
+    "appScopeId",
+];
 
 fn assignment_json(r: &RoleAssignment) -> Map<String, Value> {
     let mut m = Map::new();
@@ -275,7 +278,7 @@ pub(super) async fn list_role_assignments(
         &ctx,
         &query,
         assignments,
-        ROLE_ASSIGNMENTS.selectable,
+        ROLE_ASSIGNMENT_READABLE,
         ROLE_ASSIGNMENTS_SET,
         100,
     ))
@@ -300,7 +303,7 @@ pub(super) async fn get_role_assignment(
         ROLE_ASSIGNMENTS_SET,
         &Query::default(),
         &assignment_json(r),
-        ROLE_ASSIGNMENTS.selectable,
+        ROLE_ASSIGNMENT_READABLE,
     );
     Ok(json_response(StatusCode::OK, obj))
 }
@@ -371,7 +374,7 @@ pub(super) async fn create_role_assignment(
         ROLE_ASSIGNMENTS_SET,
         &Query::default(),
         &obj,
-        ROLE_ASSIGNMENTS.selectable,
+        ROLE_ASSIGNMENT_READABLE,
     );
     Ok(json_response(StatusCode::CREATED, obj))
 }
@@ -489,7 +492,13 @@ pub(super) async fn batch(
         let uri = format!("/graph/v1.0/{}", url.trim_start_matches('/'));
         let mut builder = Request::builder().method(method.as_str()).uri(&uri);
         for (k, v) in ctx.headers.iter() {
-            if k == "authorization" || k == CORRELATION_HEADER || k == "host" {
+            if k == "authorization"
+                || k == CORRELATION_HEADER
+                || k == "host"
+                || k == "forwarded"
+                || k == "x-forwarded-proto"
+                || k == "x-forwarded-host"
+            {
                 builder = builder.header(k, v);
             }
         }

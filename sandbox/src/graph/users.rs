@@ -392,6 +392,30 @@ pub(super) async fn get_manager(
     Ok(json_response(StatusCode::OK, obj))
 }
 
+/// `GET /users/{id}/manager/$ref`: the manager as a reference (`@odata.id`), 404 when none.
+pub(super) async fn get_manager_ref(
+    State(shared): State<AppState>,
+    Path(id): Path<String>,
+    ctx: Ctx,
+) -> GraphResult<Response> {
+    let (st, now) = shared.lock();
+    let caller = authenticate(&st, &ctx, now)?;
+    let c = company(&st, &caller)?;
+    let u = find_user(&c.tenant, &id).ok_or_else(|| GraphError::not_found(&id))?;
+    let m = u
+        .manager
+        .as_ref()
+        .and_then(|mid| c.tenant.users.iter().find(|x| &x.id == mid))
+        .ok_or_else(|| GraphError::not_found("manager"))?;
+    Ok(json_response(
+        StatusCode::OK,
+        json!({
+            "@odata.context": format!("{}/graph/v1.0/$metadata#$ref", ctx.origin),
+            "@odata.id": super::directory_ref(&ctx.origin, &c.tenant.id, &m.id, "User"),
+        }),
+    ))
+}
+
 pub(super) async fn set_manager(
     State(shared): State<AppState>,
     Path(id): Path<String>,
@@ -480,12 +504,14 @@ pub(super) async fn member_of(
         .iter()
         .filter(|g| g.members.contains(&u.id))
         .map(group_json);
-    // The cast to microsoft.graph.group answers a collection of groups.
-    let context = if ctx.path.ends_with("microsoft.graph.group") {
-        "groups"
-    } else {
-        "directoryObjects"
-    };
+    // The cast to microsoft.graph.group (or its alias graph.group) answers a collection of
+    // groups.
+    let context =
+        if ctx.path.ends_with("/microsoft.graph.group") || ctx.path.ends_with("/graph.group") {
+            "groups"
+        } else {
+            "directoryObjects"
+        };
     Ok(collection(
         &ctx,
         &query,
