@@ -54,6 +54,12 @@ enum Command {
     Serve(cmd::serve::ServeArgs),
     /// Start a run of a workflow (through the API).
     Run(cmd::runs::RunArgs),
+    /// Show what a workflow would do for a company, without running it: each step's actions,
+    /// the system and machine each runs on, and its parameters (secrets hidden).
+    Plan(cmd::plan::PlanArgs),
+    /// Print the exact PowerShell an on-premises action would send for a company (its values in
+    /// one encoded payload; secret inputs redacted).
+    Script(cmd::plan::ScriptArgs),
     /// Show a run: its status, each step's state, its timeline and what you can do now.
     Status {
         /// The run's id.
@@ -277,6 +283,14 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Schema { dir } => cmd::schema::run(&dir),
         Command::Demo => cmd::demo::run().await,
+        Command::Plan(args) => {
+            api_only("plan")?;
+            cmd::plan::plan(args).await
+        }
+        Command::Script(args) => {
+            api_only("script")?;
+            cmd::plan::script(args).await
+        }
         Command::Runs { api, args } => {
             api_only("runs")?;
             cmd::runs::list(&api, args).await

@@ -584,7 +584,12 @@ async fn the_policy_refuses_gates_or_pauses() -> Result<()> {
             .contains("make_admin (`role.assign` always needs approval)"),
         "{gate}"
     );
-    assert_eq!(gate["unlocks"][0]["system"], "Entra ID");
+    // The approver sees the routed plan `steward plan` shows.
+    assert_eq!(gate["unlocks"][0]["system"], "graph");
+    assert_eq!(
+        gate["unlocks"][0]["actions"][0]["system"], "graph",
+        "{gate}"
+    );
     assert_eq!(
         gate["unlocks"][0]["params"]["user"], "${{ steps.create.output.id }}",
         "not known yet, shown as written"

@@ -1746,6 +1746,21 @@ async fn the_readme_s_walkthrough_works_with_the_sample_data() -> Result<()> {
     let t = text(&out);
     assert_eq!(out.status.code(), Some(3), "{t}");
     let run = run_of(&t);
+    let t = ok(
+        "steward plan demo --company fabrikam --input user=ann.lee",
+        &tech,
+        "",
+    );
+    assert!(t.contains("demo v") && t.contains("identity hybrid"), "{t}");
+    let t = ok(
+        "steward script ad.unlock --company fabrikam --input identity=ann.lee",
+        &tech,
+        "",
+    );
+    assert!(
+        t.contains("# steward-op: ad.unlock@") && !t.contains("ann.lee"),
+        "the value travels only in the payload: {t}"
+    );
     assert!(ok("steward runs --company fabrikam", &tech, "").contains(&run));
     let t = ok("steward status run_01J…", &tech, &run);
     assert!(t.contains("what you can do now:"), "{t}");
@@ -1812,4 +1827,169 @@ fn validate_checks_folders_and_lists_every_problem() {
         assert!(t.contains(want), "missing {want:?} in\n{t}");
     }
     assert!(!t.contains("notes.txt"), "{t}");
+}
+
+/// A new starter for a hybrid company: an identity op, a licence and a group, with a secret input.
+const NEW_STARTER: &str = r#"name: new_starter
+version: 1
+inputs:
+  upn: { type: string, required: true }
+  name: { type: string, required: true }
+  password: { type: string, required: true, secret: true }
+steps:
+  - id: create
+    op: user.create
+    with:
+      user_principal_name: ${{ inputs.upn }}
+      display_name: ${{ inputs.name }}
+      password_ref: ${{ inputs.password }}
+  - id: licence
+    op: license.assign
+    needs: [create]
+    with:
+      user: ${{ steps.create.output.id }}
+      sku: SPE_E3
+"#;
+
+#[tokio::test]
+async fn plan_and_script_show_the_routed_work_through_the_api() -> Result<()> {
+    let stack = Stack::start(&[("new_starter", NEW_STARTER)]).await?;
+    let mut hybrid: steward_schemas::Company =
+        serde_json::from_str(include_str!("../deploy/examples/fabrikam.json"))?;
+    hybrid.id = "hybridco".parse()?;
+    hybrid.approvers = vec!["lead@msp.example".to_owned()];
+    steward_engine::companies::ensure(&stack.env.companies(), hybrid).await?;
+
+    // The plan: the identity change on the AD runner, then the sync and the wait, then the
+    // licence in the cloud; the password never shown.
+    let args = [
+        "plan",
+        "new_starter",
+        "--company",
+        "hybridco",
+        "--input",
+        "upn=jane@fabrikam.com",
+        "--input",
+        "name=Jane Doe",
+        "--input",
+        "password=Sup3r-Secret-Value!",
+    ];
+    let t = stack.ok("admin", &args);
+    assert!(!t.contains("Sup3r-Secret-Value!"), "{t}");
+    assert!(
+        t.contains("identity hybrid, mailbox exchange_hybrid"),
+        "{t}"
+    );
+    assert!(t.contains("ad.") && t.contains("FAB-RUNNER01"), "{t}");
+    assert!(t.contains("jane@fabrikam.com"), "{t}");
+    let mut json_args = args.to_vec();
+    json_args.push("--json");
+    let plan: serde_json::Value = serde_json::from_str(&stack.ok("admin", &json_args))?;
+    assert_eq!(plan["routable"], true, "{plan}");
+    let create = &plan["steps"][0];
+    assert_eq!(create["params"]["password_ref"], "[secret]", "{plan}");
+    let systems: Vec<&str> = create["actions"]
+        .as_array()
+        .context("actions")?
+        .iter()
+        .filter_map(|a| a["system"].as_str())
+        .collect();
+    assert_eq!(systems.first(), Some(&"rmm"), "on-prem first: {plan}");
+    let licence = &plan["steps"][1];
+    assert!(
+        licence["actions"]
+            .as_array()
+            .is_some_and(|a| a.iter().all(|a| a["system"] == "graph")),
+        "the licence is a cloud change: {plan}"
+    );
+
+    // The same company is refused to someone who may not act on it, and names no host.
+    let out = stack.cli("tech", &args);
+    let t = text(&out);
+    assert!(
+        !out.status.success() && t.contains("403") && !t.contains("FAB-RUNNER01"),
+        "{t}"
+    );
+    // A missing input is named, with the fix.
+    let out = stack.cli(
+        "admin",
+        &[
+            "plan",
+            "new_starter",
+            "--company",
+            "hybridco",
+            "--input",
+            "upn=x@y",
+        ],
+    );
+    let t = text(&out);
+    assert!(!out.status.success() && t.contains("inputs.name"), "{t}");
+
+    // The script: fixed text, the values only in the encoded payload, the password redacted,
+    // sent to the runner that reaches the DC.
+    let hostile = "Jane'; Remove-ADUser -Identity Administrator #";
+    let script = |name: &str| {
+        stack.ok(
+            "admin",
+            &[
+                "script",
+                "ad.new_user",
+                "--company",
+                "hybridco",
+                "--input",
+                "sam_account_name=jdoe",
+                "--input",
+                "user_principal_name=jane@fabrikam.com",
+                "--input",
+                "path=OU=Staff,DC=fabrikam,DC=local",
+                "--input",
+                "password=Sup3r-Secret-Value!",
+                "--input",
+                &format!("name={name}"),
+            ],
+        )
+    };
+    let plain = script("Jane Doe");
+    let evil = script(hostile);
+    assert!(
+        !plain.contains("Sup3r-Secret-Value!")
+            && !evil.contains("Remove-ADUser -Identity Administrator"),
+        "{evil}"
+    );
+    // The AD runner (a machine with RSAT) runs AD cmdlets itself.
+    assert!(
+        plain.contains("# ad.new_user on FAB-RUNNER01, direct")
+            && plain.contains("# Runs directly on the target machine."),
+        "{plain}"
+    );
+    // Byte for byte the same text but for the payload literal.
+    let strip = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter(|l| !l.starts_with("$StewardPayload = '"))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_ne!(plain, evil);
+    assert_eq!(strip(&plain), strip(&evil));
+    // An abstract op is pointed at its actions; an unknown input is named.
+    let out = stack.cli("admin", &["script", "user.create", "--company", "hybridco"]);
+    let t = text(&out);
+    assert!(
+        !out.status.success() && t.contains("workflow op") && t.contains("ad.new_user"),
+        "{t}"
+    );
+    let out = stack.cli(
+        "admin",
+        &[
+            "script",
+            "ad.unlock",
+            "--company",
+            "hybridco",
+            "--input",
+            "colour=blue",
+        ],
+    );
+    let t = text(&out);
+    assert!(!out.status.success() && t.contains("inputs.colour"), "{t}");
+    Ok(())
 }

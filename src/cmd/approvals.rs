@@ -41,11 +41,10 @@ pub(crate) async fn inbox(api: &ApiArgs) -> Result<ExitCode> {
             }
             for u in g["unlocks"].as_array().into_iter().flatten() {
                 println!(
-                    "    unlocks {:<20} {:<34} {} · {}  {}",
+                    "    unlocks {:<20} {:<24} {}  {}",
                     s(&u["step"]),
                     s(&u["op"]),
-                    s(&u["system"]),
-                    s(&u["host"]),
+                    s(&u["route"]),
                     u["params"]
                 );
             }

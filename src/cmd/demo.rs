@@ -270,10 +270,10 @@ async fn approval(store: &Store, planner: &Planner, plan: &Arc<Plan>) -> Result<
     );
     for u in g["unlocks"].as_array().into_iter().flatten() {
         println!(
-            "  {:<16} {:<8} on {:<18} {}",
+            "  {:<16} {:<8} by {:<18} {}",
             u["step"].as_str().unwrap_or_default(),
             u["op"].as_str().unwrap_or_default(),
-            u["system"].as_str().unwrap_or_default(),
+            u["route"].as_str().unwrap_or_default(),
             u["params"]
         );
     }

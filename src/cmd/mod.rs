@@ -5,6 +5,7 @@ pub(crate) mod approvals;
 pub(crate) mod bench;
 pub(crate) mod companies;
 pub(crate) mod demo;
+pub(crate) mod plan;
 pub(crate) mod runs;
 pub(crate) mod sandbox;
 pub(crate) mod schema;

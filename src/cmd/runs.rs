@@ -46,7 +46,10 @@ pub(crate) struct RunArgs {
 }
 
 /// Parses `--input name=value` pairs, typed by the workflow's declarations.
-fn parse_inputs(workflow: &WorkflowInfo, pairs: &[String]) -> Result<Map<String, Value>> {
+pub(crate) fn parse_inputs(
+    workflow: &WorkflowInfo,
+    pairs: &[String],
+) -> Result<Map<String, Value>> {
     let mut out = Map::new();
     for pair in pairs {
         let (name, raw) = pair.split_once('=').ok_or_else(|| {
@@ -67,7 +70,7 @@ fn parse_inputs(workflow: &WorkflowInfo, pairs: &[String]) -> Result<Map<String,
 
 /// The server's workflow that `arg` names: a name, or a file whose `name:` is used (with a note
 /// when the file differs from the server's copy).
-async fn workflow(c: &Client, arg: &str) -> Result<WorkflowInfo> {
+pub(crate) async fn workflow(c: &Client, arg: &str) -> Result<WorkflowInfo> {
     let path = Path::new(arg);
     let local = if path.is_file() || arg.ends_with(".yaml") || arg.ends_with(".yml") {
         let text = std::fs::read_to_string(path).with_context(|| format!("{arg}: cannot read"))?;

@@ -9,11 +9,8 @@ use axum::response::{Html, IntoResponse, Response};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use steward_core::Catalog as _;
 use steward_core::Plan;
-use steward_core::history::{is_secret_key, redact};
 use steward_core::machine::RunScope;
-use steward_core::policy::route;
 use steward_schemas::{
     AdminFallback, Company, Decision, Event, RunDoc, RunId, StepId, StepState, TicketRef,
     Timestamp, UnavailableApprover,
@@ -87,16 +84,41 @@ pub struct UnlockedStep {
     pub op: String,
     /// What the op does.
     pub summary: String,
-    /// What it acts on.
+    /// What it acts on (`graph`, `exchange_online`, `rmm`, `steward`; several joined by `, `).
     pub system: String,
-    /// Where.
+    /// For the RMM, the machines it acts on (`-` when none).
     pub host: String,
+    /// Its routed actions in a sentence (`ad.new_user on FAB-RUNNER01 (direct), then …`).
+    pub route: String,
+    /// Its routed actions, in order: the same plan `steward plan` shows.
+    pub actions: Vec<super::plans::RoutedAction>,
+    /// Something the approver should know about the route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// Why it cannot be routed for this company (the run will fail at this step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
     /// Its key parameters (secrets hidden; references not yet known shown as written).
     pub params: Value,
 }
 
 fn company_of(doc: &RunDoc) -> Option<Company> {
     serde_json::from_value(Value::Object(doc.ctx.company_settings.clone())).ok()
+}
+
+/// The distinct values of `items` joined by `, `, or `none`.
+fn dedup_join(items: &[&str], none: &str) -> String {
+    let mut seen: Vec<&str> = Vec::new();
+    for i in items {
+        if !seen.contains(i) {
+            seen.push(i);
+        }
+    }
+    if seen.is_empty() {
+        none.to_owned()
+    } else {
+        seen.join(", ")
+    }
 }
 
 /// Builds what approvers see of gate `step` of a run.
@@ -146,41 +168,51 @@ pub(crate) fn gate_view(
         _ => (Vec::new(), gate.quorum, Vec::new(), 0, None),
     };
     let company = company_of(doc);
-    let secret_inputs: Vec<&String> = plan
-        .def()
-        .inputs
-        .iter()
-        .filter(|(_, d)| d.secret)
-        .map(|(n, _)| n)
-        .collect();
     let scope = RunScope {
         ctx: &doc.ctx,
         state: &doc.state,
     };
+    let catalog: &dyn steward_core::plan::Catalog = state.registry.as_ref();
     let unlocks = plan
         .descendants(i)
         .map(|d| {
             let s = plan.step(d);
-            let spec = state.registry.op(&s.op);
-            let target = company.as_ref().map_or_else(
-                || steward_core::policy::Target { system: "unknown".to_owned(), host: "(company settings unavailable)".to_owned() },
-                |c| route(&s.op, spec, c),
-            );
-            let mut params = serde_json::Map::new();
-            for (k, t) in &s.with {
-                let uses_secret = t.refs().iter().any(|r| matches!(&r.root, steward_core::expr::Root::Input(n) if secret_inputs.contains(&n)));
-                let v = if uses_secret || is_secret_key(k) { Value::String("[secret]".to_owned()) } else { t.describe(&scope) };
-                params.insert(k.clone(), v);
-            }
-            let mut params = Value::Object(params);
-            redact(&mut params);
+            let Some(company) = company.as_ref() else {
+                return UnlockedStep {
+                    step: s.id.clone(),
+                    op: s.op.clone(),
+                    summary: plan.step_description(d, Some(&scope)),
+                    system: "unknown".to_owned(),
+                    host: "(company settings unavailable)".to_owned(),
+                    route: String::new(),
+                    actions: Vec::new(),
+                    note: None,
+                    problem: Some("the run's company settings cannot be read".to_owned()),
+                    params: Value::Null,
+                };
+            };
+            let view = steward_core::routing::describe_step(plan, d, company, &scope, catalog);
+            let systems: Vec<&str> = view.actions.iter().map(|a| a.system.as_str()).collect();
+            let hosts: Vec<&str> = view
+                .actions
+                .iter()
+                .filter_map(|a| a.host.as_deref())
+                .collect();
             UnlockedStep {
                 step: s.id.clone(),
-                op: s.op.clone(),
-                summary: spec.map_or_else(|| plan.step_description(d, Some(&scope)), |sp| sp.summary.to_owned()),
-                system: target.system,
-                host: target.host,
-                params,
+                op: view.op.clone(),
+                summary: if view.summary.is_empty() {
+                    plan.step_description(d, Some(&scope))
+                } else {
+                    view.summary.clone()
+                },
+                system: dedup_join(&systems, "steward"),
+                host: dedup_join(&hosts, "-"),
+                route: super::plans::route_sentence(&view.actions),
+                actions: view.actions.into_iter().map(Into::into).collect(),
+                note: view.note,
+                problem: view.problem,
+                params: view.params,
             }
         })
         .collect();

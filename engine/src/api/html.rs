@@ -101,11 +101,10 @@ pub(crate) fn link_page(view: &LinkView) -> String {
     for u in &g.unlocks {
         let _ = write!(
             h,
-            "<tr><td><code>{}</code></td><td>{}</td><td>{} · {}</td><td><code>{}</code></td></tr>",
+            "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
             escape(u.step.as_str()),
             escape(&u.summary),
-            escape(&u.system),
-            escape(&u.host),
+            escape(&u.route),
             escape(&u.params.to_string())
         );
     }

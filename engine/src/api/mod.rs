@@ -9,6 +9,7 @@ pub mod companies;
 pub mod error;
 pub mod extract;
 mod html;
+pub mod plans;
 pub mod runs;
 mod secrets;
 pub mod technicians;
@@ -180,6 +181,26 @@ fn routes() -> ApiRouter<ApiState> {
                 workflows::files,
                 op!(
                     "every workflow file the server read: on offer, or skipped with each problem's line and fix",
+                    "runs"
+                ),
+            ),
+        )
+        .api_route(
+            "/v1/plans",
+            post_with(
+                plans::plan,
+                op!(
+                    "route a workflow for a company without running it: each step's actions, system, host and parameters (secrets hidden)",
+                    "runs"
+                ),
+            ),
+        )
+        .api_route(
+            "/v1/scripts",
+            post_with(
+                plans::script,
+                op!(
+                    "the exact PowerShell a script action would send for a company (secret inputs redacted)",
                     "runs"
                 ),
             ),
