@@ -11,6 +11,7 @@ pub mod companies;
 pub mod config;
 pub mod db;
 pub mod embedded;
+pub mod inbox;
 pub mod keys;
 pub mod links;
 pub mod planner;
@@ -18,6 +19,7 @@ pub mod queue;
 pub mod scheduler;
 pub mod secrets;
 pub mod store;
+pub mod tenants;
 pub mod worker;
 
 pub use clock::{Clock, SystemClock};

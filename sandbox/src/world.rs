@@ -79,6 +79,7 @@ pub(crate) struct App {
     pub(crate) client_id: String,
     pub(crate) client_secret: Secret,
     pub(crate) display_name: String,
+    pub(crate) redirect_uris: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -630,6 +631,7 @@ impl World {
                         client_id: a.client_id.clone(),
                         client_secret: a.client_secret.digest(),
                         display_name: a.display_name.clone(),
+                        redirect_uris: a.redirect_uris.clone(),
                     })
                     .collect(),
             },
