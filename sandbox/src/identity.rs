@@ -1012,9 +1012,8 @@ fn redirect_error(
 }
 
 fn redirect_to(base: &str, pairs: &[(&str, &str)]) -> Response {
-    let mut url = match url::Url::parse(base) {
-        Ok(u) => u,
-        Err(_) => return error_page(StatusCode::BAD_REQUEST, 50011, "Invalid redirect URI."),
+    let Ok(mut url) = url::Url::parse(base) else {
+        return error_page(StatusCode::BAD_REQUEST, 50011, "Invalid redirect URI.");
     };
     {
         let mut q = url.query_pairs_mut();

@@ -157,18 +157,15 @@ async fn connect(
         .get(&p.company)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no company `{}`", p.company)))?;
-    let tenant = match req.tenant.or(company.company.tenant_id) {
-        Some(t) => t,
-        None => {
-            return Err(ApiError::invalid(
-                "tenant",
-                format!(
-                    "company `{}` has no tenant_id and the request names no tenant",
-                    p.company
-                ),
-                "send {\"tenant\": \"contoso.onmicrosoft.com\"} (or the tenant's id), or set the company's tenant_id",
-            ));
-        }
+    let Some(tenant) = req.tenant.or(company.company.tenant_id) else {
+        return Err(ApiError::invalid(
+            "tenant",
+            format!(
+                "company `{}` has no tenant_id and the request names no tenant",
+                p.company
+            ),
+            "send {\"tenant\": \"contoso.onmicrosoft.com\"} (or the tenant's id), or set the company's tenant_id",
+        ));
     };
     let app = match (req.client_id, req.client_secret) {
         (Some(id), Some(secret)) if !id.trim().is_empty() && !secret.is_empty() => {
