@@ -213,6 +213,14 @@ enum Command {
         #[command(subcommand)]
         cmd: cmd::tenants::TenantsCmd,
     },
+    /// Durable cron schedules: the token refresh, or workflows per company (admins, through the
+    /// API).
+    Schedules {
+        #[command(flatten)]
+        api: client::ApiArgs,
+        #[command(subcommand)]
+        cmd: cmd::schedules::SchedulesCmd,
+    },
     /// The inbox: things to do that no run waits on, such as a tenant that needs consent again
     /// (through the API).
     Inbox {
@@ -322,6 +330,10 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Tenants { api, cmd } => {
             api_only("tenants")?;
             cmd::tenants::run(&api, cmd).await
+        }
+        Command::Schedules { api, cmd } => {
+            api_only("schedules")?;
+            cmd::schedules::run(&api, cmd).await
         }
         Command::Inbox { api, cmd } => {
             api_only("inbox")?;

@@ -17,6 +17,7 @@ pub mod links;
 pub mod planner;
 pub mod queue;
 pub mod scheduler;
+pub mod schedules;
 pub mod secrets;
 pub mod store;
 pub mod tenants;

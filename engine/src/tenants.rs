@@ -611,41 +611,6 @@ impl Tenants {
     }
 }
 
-/// The scheduled refresh: takes due tenants from the due index in rounds (each claimed by one
-/// replica only, for a lease) and refreshes them, until `shutdown`. A round that took a full
-/// batch is followed at once by the next; otherwise it waits `idle`.
-pub async fn run_refresh(
-    tenants: Tenants,
-    tokens: TokenClient,
-    idle: Duration,
-    shutdown: impl Future<Output = ()>,
-) {
-    const BATCH: usize = 500;
-    const CONCURRENCY: usize = 64;
-    tokio::pin!(shutdown);
-    loop {
-        let full = match tenants.refresh_round(&tokens, BATCH, CONCURRENCY).await {
-            Ok((ok, failed)) => {
-                if ok + failed > 0 {
-                    tracing::info!(refreshed = ok, failed, "scheduled tenant refresh round");
-                }
-                ok + failed == BATCH
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "the scheduled tenant refresh failed; trying again");
-                false
-            }
-        };
-        if full {
-            continue;
-        }
-        tokio::select! {
-            () = &mut shutdown => return,
-            () = tokio::time::sleep(idle) => {}
-        }
-    }
-}
-
 /// When a tenant refreshed at `now` is next due: within [`REFRESH_EVERY`], jittered.
 fn next_due(now: Timestamp) -> Timestamp {
     let jitter = rand::rng().random_range(0..JITTER.as_millis() as u64);

@@ -8,6 +8,7 @@ pub(crate) mod demo;
 pub(crate) mod inbox;
 pub(crate) mod runs;
 pub(crate) mod sandbox;
+pub(crate) mod schedules;
 pub(crate) mod schema;
 pub(crate) mod secrets;
 pub(crate) mod serve;

@@ -100,18 +100,28 @@ pub(crate) async fn run(mut config: Config, args: ServeArgs) -> Result<ExitCode>
     let stopped = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    // Schedules (the built-in token refresh among them) fire through the scheduler's timer
+    // index; their firings run here.
+    let schedules = steward_engine::schedules::Schedules::new(store.clone());
+    schedules.ensure_token_refresh().await?;
+    let runner = steward_engine::schedules::ServeRunner {
+        schedules: schedules.clone(),
+        tenants: Some((connectors.tenants.clone(), connectors.m365.tokens.clone())),
+        planner: state.planner.clone(),
+        workflows: workflows.clone(),
+    };
+    let firings = tokio::spawn(steward_engine::schedules::run_firings(
+        schedules,
+        Arc::new(runner),
+        steward_engine::worker::consumer_name(),
+        stopped(stop_rx.clone()),
+    ));
     let sched = tokio::spawn(scheduler::run(
         store,
         scheduler_config(&config),
         stopped(stop_rx.clone()),
     ));
     let watcher = tokio::spawn(workflows.watch(stopped(stop_rx.clone())));
-    let refresh = tokio::spawn(steward_engine::tenants::run_refresh(
-        connectors.tenants.clone(),
-        connectors.m365.tokens.clone(),
-        std::time::Duration::from_secs(1),
-        stopped(stop_rx.clone()),
-    ));
     tracing::info!(%addr, "API and scheduler starting");
     println!("steward serve: API on http://{addr}, scheduler running");
     let app = steward_engine::api::app(state);
@@ -123,6 +133,6 @@ pub(crate) async fn run(mut config: Config, args: ServeArgs) -> Result<ExitCode>
         .await?;
     let _ = sched.await;
     let _ = watcher.await;
-    let _ = refresh.await;
+    let _ = firings.await;
     Ok(ExitCode::SUCCESS)
 }

@@ -11,6 +11,7 @@ pub mod extract;
 mod html;
 mod inbox;
 pub mod runs;
+mod schedules;
 mod secrets;
 pub mod technicians;
 mod tenants;
@@ -341,6 +342,7 @@ fn routes() -> ApiRouter<ApiState> {
         .merge(secrets::routes())
         .merge(tenants::routes())
         .merge(inbox::routes())
+        .merge(schedules::routes())
 }
 
 fn describe(api: TransformOpenApi<'_>) -> TransformOpenApi<'_> {
@@ -363,6 +365,7 @@ fn describe(api: TransformOpenApi<'_>) -> TransformOpenApi<'_> {
         .tag(Tag { name: "secrets".to_owned(), description: Some("one-time secret links (HTML pages for the people they are sent to)".to_owned()), ..Default::default() })
         .tag(Tag { name: "tenants".to_owned(), description: Some("Microsoft 365 tenant connections: consent, status, refresh".to_owned()), ..Default::default() })
         .tag(Tag { name: "inbox".to_owned(), ..Default::default() })
+        .tag(Tag { name: "schedules".to_owned(), ..Default::default() })
         .tag(Tag { name: "system".to_owned(), ..Default::default() })
 }
 
