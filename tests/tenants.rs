@@ -665,3 +665,106 @@ async fn the_sandbox_s_authorization_code_grant_checks_pkce_reuse_redirects_and_
     assert!(res.text().await?.contains("AADSTS700016"));
     Ok(())
 }
+
+/// `steward sandbox seed` registers the sandbox world's companies and connects their tenants
+/// through the consent flow, as a technician would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandbox_seed_registers_the_world_s_companies_and_connects_their_tenants() -> Result<()> {
+    let env = Env::start(Persistence::None).await?;
+    let sb = sandbox().await?;
+    let dir = tempfile::tempdir()?;
+    let auth = steward_engine::auth::Auth::for_store(&env.store);
+    let admin = auth
+        .add_technician("admin@msp.example", "Admin", Role::Admin, CompanyScope::ALL)
+        .await?;
+    let (_, token) = auth.create_token(admin.id, "test").await?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let api_url = format!("http://127.0.0.1:{port}");
+    let mut args = env.cli_args();
+    args.extend(
+        [
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--workflows",
+            &dir.path().display().to_string(),
+        ]
+        .map(str::to_owned),
+    );
+    let serve = Proc::spawn_env(
+        Path::new(BIN),
+        dir.path(),
+        "serve",
+        &args,
+        &[
+            ("STEWARD_M365__CLIENT_ID", CLIENT_ID),
+            ("STEWARD_M365__CLIENT_SECRET", CLIENT_SECRET),
+            ("STEWARD_SANDBOX__URL", sb.base_url.as_str()),
+        ],
+    )?;
+    let api = Api {
+        url: api_url.clone(),
+        token: token.clone(),
+        http: reqwest::Client::new(),
+        seen: Default::default(),
+    };
+    wait_for("the API", T, || async {
+        Ok(api
+            .call("GET", "/readyz", None)
+            .await
+            .ok()
+            .filter(|(s, _)| *s == 200)
+            .map(|_| ()))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", serve.log_text()))?;
+    let out = std::process::Command::new(BIN)
+        .args(["sandbox", "seed", "--sandbox", &sb.base_url])
+        .env("STEWARD_API_URL", &api_url)
+        .env("STEWARD_TOKEN", &token)
+        .output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}\n{}", serve.log_text());
+    let (_, list) = api.call("GET", "/v1/tenants", None).await?;
+    let mut connected: Vec<(String, String)> = list
+        .as_array()
+        .context("list")?
+        .iter()
+        .map(|t| {
+            (
+                t["company"].as_str().unwrap_or("").to_owned(),
+                t["status"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    connected.sort();
+    assert_eq!(
+        connected,
+        [
+            ("contoso".to_owned(), "healthy".to_owned()),
+            ("fabrikam".to_owned(), "healthy".to_owned()),
+            ("northwind".to_owned(), "healthy".to_owned()),
+        ],
+        "{text}"
+    );
+    let (_, fabrikam) = api.call("GET", "/v1/companies/fabrikam", None).await?;
+    assert_eq!(fabrikam["company"]["tenant_id"], FABRIKAM, "{fabrikam}");
+    // Seeding again changes nothing but reconnects.
+    let again = std::process::Command::new(BIN)
+        .args(["sandbox", "seed", "--sandbox", &sb.base_url])
+        .env("STEWARD_API_URL", &api_url)
+        .env("STEWARD_TOKEN", &token)
+        .output()?;
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    Ok(())
+}

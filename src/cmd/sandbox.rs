@@ -143,6 +143,9 @@ fn company_of(c: &Value, approver: &str) -> Value {
             "on_prem_ad"
         });
         company["ad_runner"] = c["ad"]["domain_controller"].clone();
+        if let Some(site) = c["rmm_site"]["uid"].as_str() {
+            company["rmm"] = json!({"provider": "datto", "site": site});
+        }
         if let Some(server) = c["entra_connect"]["server"].as_str() {
             company["entra_connect_server"] = json!(server);
         }
