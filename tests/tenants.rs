@@ -8,6 +8,7 @@
 mod m365_support;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
@@ -766,5 +767,58 @@ async fn sandbox_seed_registers_the_world_s_companies_and_connects_their_tenants
         "{}",
         String::from_utf8_lossy(&again.stderr)
     );
+    Ok(())
+}
+
+/// Key rotation seals tenant credentials again under the active key; the tenant keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_seals_tenant_credentials_again() -> Result<()> {
+    use steward_engine::secrets::{Keyring, generate_key, parse_key};
+    let env = Env::start(Persistence::None).await?;
+    let sb = sandbox().await?;
+    let k1 = generate_key();
+    let k2 = generate_key();
+    let store_with = |active: &str, keys: Vec<(&str, &str)>| {
+        let ring = Keyring::new(
+            active,
+            keys.into_iter()
+                .map(|(id, k)| parse_key(id, k, "test").expect("key"))
+                .collect(),
+        )
+        .expect("keyring");
+        let url = env.redis.url();
+        let ns = env.namespace.clone();
+        let shards = env.shards;
+        async move {
+            let db = steward_engine::Db::connect(&url, Duration::from_secs(5)).await?;
+            let keys = steward_engine::Keys::new(&ns, shards)?;
+            let store = steward_engine::Store::new(db, keys, Arc::new(steward_engine::SystemClock))
+                .with_secrets(Some(Arc::new(ring)));
+            store.prepare().await?;
+            anyhow::Ok(store)
+        }
+    };
+    let old = store_with("k1", vec![("k1", k1.as_str())]).await?;
+    let c = tenants::build(&old, &config_for(&sb), "http://127.0.0.1:1")
+        .map_err(|e| anyhow::anyhow!(e))?;
+    connect(&c.connector, "contoso", CONTOSO).await?;
+    let new = store_with("k2", vec![("k1", k1.as_str()), ("k2", k2.as_str())]).await?;
+    let before = steward_engine::secrets::rotate::census(&new).await?;
+    assert_eq!(before.by_key["k1"].tenants, 1, "{before:?}");
+    let rotated = steward_engine::secrets::rotate::rotate(&new, |_| {}).await?;
+    assert_eq!(
+        rotated.tenants, 2,
+        "client secret and refresh token: {rotated:?}"
+    );
+    assert_eq!(rotated.census.left(), 0, "{:?}", rotated.census);
+    // Only the new key now: the tenant still refreshes.
+    let only_new = store_with("k2", vec![("k2", k2.as_str())]).await?;
+    let c = tenants::build(&only_new, &config_for(&sb), "http://127.0.0.1:1")
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let view = c
+        .tenants
+        .refresh(&c.m365.tokens, &"contoso".parse()?)
+        .await?;
+    assert_eq!(view.status, TenantStatus::Healthy, "{view:?}");
     Ok(())
 }
