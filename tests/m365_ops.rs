@@ -823,7 +823,7 @@ async fn faults_do_not_apply_changes_twice() -> Result<()> {
         )
         .await;
     match synced {
-        Ok(steward_workers::OpOutcome::Pending {
+        Ok(OpOutcome::Pending {
             note: Some(note), ..
         }) => {
             assert!(note.contains("AADSTS50173"), "{note}");
