@@ -406,6 +406,30 @@ async fn a_tenant_connected_by_consent_runs_a_cloud_workflow_and_secrets_stay_ou
     let again = reqwest::Client::new().post(&link).send().await?;
     assert_eq!(again.status().as_u16(), 410);
 
+    // The built-in token refresh is a schedule of serve's: fired now, it refreshes the due
+    // tenant.
+    let (_, schedules) = api.call("GET", "/v1/schedules", None).await?;
+    assert!(
+        schedules.to_string().contains("token-refresh"),
+        "{schedules}"
+    );
+    let (_, before) = api.call("GET", "/v1/tenants/contoso", None).await?;
+    let tenants_store = tenants::Tenants::for_store(&env.store).context("keyring")?;
+    assert_eq!(tenants_store.make_all_due().await?, 1);
+    let (status, fired) = api
+        .call("POST", "/v1/schedules/token-refresh/run", Some(json!(null)))
+        .await?;
+    assert_eq!(status, 200, "{fired}");
+    wait_for("the scheduled refresh", T, || async {
+        let (_, now) = api.call("GET", "/v1/tenants/contoso", None).await?;
+        Ok(
+            (now["last_refresh"] != before["last_refresh"] && now["status"] == "healthy")
+                .then_some(()),
+        )
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", logs()))?;
+
     // No secret in Redis, the logs or the API's answers.
     let _ = api.call("GET", "/v1/tenants", None).await?;
     let _ = api.call("GET", &format!("/v1/runs/{run}"), None).await?;
