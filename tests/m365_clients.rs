@@ -510,7 +510,7 @@ async fn exchange_cmdlets_and_their_errors() -> Result<()> {
         )
         .await
         .expect_err("unknown parameter");
-    assert_eq!(e.code().as_deref(), Some("ParameterBindingException"));
+    assert_eq!(e.code().as_deref(), Some("AmbiguousParameterSetException"));
     assert_eq!(e.class(), Class::Terminal);
 
     let set =
