@@ -465,7 +465,29 @@ async fn token(
         .and_then(|c| tenant_user(&c.user));
     let tenant_id = company.tenant.id.clone();
     let consented = company.tenant.consented_apps.clone();
-    let Some(client_id) = form_get(&form, "client_id") else {
+    // client_secret_basic: `Authorization: Basic base64(urlencode(id):urlencode(secret))`.
+    let basic = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+        })
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|pair| {
+            let (id, secret) = pair.split_once(':')?;
+            let dec = |s: &str| {
+                form_urlencoded::parse(format!("x={s}").as_bytes())
+                    .next()
+                    .map(|(_, v)| v.into_owned())
+            };
+            Some((dec(id)?, dec(secret)?))
+        });
+    let Some(client_id) =
+        form_get(&form, "client_id").or(basic.as_ref().map(|(id, _)| id.as_str()))
+    else {
         return missing("client_id", now);
     };
     let Some(app) = st
@@ -486,7 +508,9 @@ async fn token(
         );
     };
     let app_name = app.display_name.clone();
-    let Some(secret) = form_get(&form, "client_secret") else {
+    let Some(secret) =
+        form_get(&form, "client_secret").or(basic.as_ref().map(|(_, secret)| secret.as_str()))
+    else {
         return aad_error(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
@@ -562,8 +586,18 @@ async fn token(
     let seed = shared.seed;
     match grant_type {
         "client_credentials" => {
+            // An app never consented in the tenant has no service principal there: Microsoft
+            // answers client credentials with AADSTS700016 (unauthorized_client), not 65001.
             if !consented.iter().any(|c| c.eq_ignore_ascii_case(client_id)) {
-                return consent_missing();
+                return aad_error(
+                    StatusCode::BAD_REQUEST,
+                    "unauthorized_client",
+                    700016,
+                    &format!(
+                        "Application with identifier '{client_id}' was not found in the directory '{tenant}'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You may have sent your authentication request to the wrong tenant."
+                    ),
+                    now,
+                );
             }
             let exp = now + Duration::seconds(ACCESS_TOKEN_SECONDS);
             let claims = json!({
