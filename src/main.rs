@@ -211,6 +211,30 @@ enum Command {
         #[command(subcommand)]
         cmd: cmd::technicians::TechniciansCmd,
     },
+    /// Microsoft 365 tenant connections: connect (consent), list, show, refresh, disconnect
+    /// (through the API).
+    Tenants {
+        #[command(flatten)]
+        api: client::ApiArgs,
+        #[command(subcommand)]
+        cmd: cmd::tenants::TenantsCmd,
+    },
+    /// Durable cron schedules: the token refresh, or workflows per company (admins, through the
+    /// API).
+    Schedules {
+        #[command(flatten)]
+        api: client::ApiArgs,
+        #[command(subcommand)]
+        cmd: cmd::schedules::SchedulesCmd,
+    },
+    /// The inbox: things to do that no run waits on, such as a tenant that needs consent again
+    /// (through the API).
+    Inbox {
+        #[command(flatten)]
+        api: client::ApiArgs,
+        #[command(subcommand)]
+        cmd: Option<cmd::inbox::InboxCmd>,
+    },
     /// Secrets at rest (server-side): what is sealed under which key, and key rotation.
     Secrets {
         #[command(subcommand)]
@@ -316,6 +340,18 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 api_only("technicians (with STEWARD_TOKEN set)")?;
             }
             cmd::technicians::run(&api, config, cmd).await
+        }
+        Command::Tenants { api, cmd } => {
+            api_only("tenants")?;
+            cmd::tenants::run(&api, cmd).await
+        }
+        Command::Schedules { api, cmd } => {
+            api_only("schedules")?;
+            cmd::schedules::run(&api, cmd).await
+        }
+        Command::Inbox { api, cmd } => {
+            api_only("inbox")?;
+            cmd::inbox::run(&api, cmd).await
         }
         Command::Sandbox(args) => cmd::sandbox::run(args).await,
         Command::Secrets { cmd } => cmd::secrets::run(&config()?, cmd).await,

@@ -147,14 +147,14 @@ async fn token_failures_are_classified_by_aadsts_code() -> Result<()> {
     let creds = credentials();
     let m = m365(&sb, &creds, None);
 
-    // Not consented in the tenant: 65001.
+    // Not consented in the tenant (no service principal): 700016.
     let e = m
         .tokens
         .token(&connection(NORTHWIND), Resource::Graph, Grant::App)
         .await
         .expect_err("northwind has not consented");
     assert!(e.needs_reconsent(), "{e}");
-    assert_eq!(e.code().as_deref(), Some("AADSTS65001"));
+    assert_eq!(e.code().as_deref(), Some("AADSTS700016"));
 
     // Wrong secret: 7000215.
     let mut bad = connection(CONTOSO);
@@ -510,7 +510,7 @@ async fn exchange_cmdlets_and_their_errors() -> Result<()> {
         )
         .await
         .expect_err("unknown parameter");
-    assert_eq!(e.code().as_deref(), Some("ParameterBindingException"));
+    assert_eq!(e.code().as_deref(), Some("AmbiguousParameterSetException"));
     assert_eq!(e.class(), Class::Terminal);
 
     let set =

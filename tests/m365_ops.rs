@@ -812,7 +812,8 @@ async fn faults_do_not_apply_changes_twice() -> Result<()> {
     .await?;
     assert_eq!(w.changes("enable").await?.len(), 1);
 
-    // Revoked delegated token: a synced user's password reset needs it; terminal, with the code.
+    // Revoked delegated token: a synced user's password reset needs it; the step waits for the
+    // tenant's new consent, saying why (no attempt used up).
     admin(sb, "POST", "/tokens/revoke", Some(json!({}))).await?;
     let synced = w
         .op(
@@ -822,14 +823,13 @@ async fn faults_do_not_apply_changes_twice() -> Result<()> {
         )
         .await;
     match synced {
-        Err(OpError::Terminal {
-            code: Some(c),
-            message,
+        Ok(OpOutcome::Pending {
+            note: Some(note), ..
         }) => {
-            assert_eq!(c, "AADSTS50173", "{message}");
-            assert!(message.contains("reconnect the tenant"), "{message}");
+            assert!(note.contains("AADSTS50173"), "{note}");
+            assert!(note.contains("steward tenants connect fabrikam"), "{note}");
         }
-        other => bail!("expected a terminal token failure, got {other:?}"),
+        other => bail!("expected the step to wait for consent, got {other:?}"),
     }
     // A company without a connection.
     match w

@@ -23,6 +23,79 @@ pub struct Config {
     pub http: HttpConfig,
     /// The keys secrets are stored encrypted with. Since v0.2.
     pub secrets: SecretsConfig,
+    /// Microsoft 365: where Microsoft is, and Steward's app registration. Since v0.3.
+    pub m365: M365Config,
+    /// The simulated world (`steward sandbox`) every connector talks to instead of the real
+    /// services, for tests and dry runs. Since v0.3.
+    pub sandbox: SandboxConfig,
+}
+
+/// Microsoft 365: the services' base URLs and Steward's multi-tenant app registration (its
+/// client id, and its client secret from the environment only). Since v0.3.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct M365Config {
+    /// The identity platform (tokens, consent).
+    pub login_url: String,
+    /// Microsoft Graph v1.0.
+    pub graph_url: String,
+    /// Exchange Online (the admin API).
+    pub outlook_url: String,
+    /// The client id of Steward's app registration, used when a tenant is connected without
+    /// its own.
+    pub client_id: Option<String>,
+    /// The app's client secret: from the environment only (`STEWARD_M365__CLIENT_SECRET`),
+    /// refused in a config file. Stored sealed with each tenant connection made with it.
+    pub client_secret: Option<Secret>,
+    /// Where Microsoft sends the browser back after consent (the app registration must list
+    /// it); default `<http.public-url>/v1/tenants/callback`.
+    pub redirect_uri: Option<String>,
+    /// How long a consent URL can be used.
+    pub consent_ttl: Dur,
+}
+
+impl Default for M365Config {
+    fn default() -> Self {
+        Self {
+            login_url: "https://login.microsoftonline.com".to_owned(),
+            graph_url: "https://graph.microsoft.com/v1.0".to_owned(),
+            outlook_url: "https://outlook.office365.com".to_owned(),
+            client_id: None,
+            client_secret: None,
+            redirect_uri: None,
+            consent_ttl: Dur::secs(15 * 60),
+        }
+    }
+}
+
+/// The sandbox. Since v0.3.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct SandboxConfig {
+    /// The sandbox's URL (`http://127.0.0.1:8090`): when set, the Microsoft 365 connectors use
+    /// its `/login`, `/graph/v1.0` and `/outlook` instead of `m365.*-url`.
+    pub url: Option<String>,
+}
+
+impl Config {
+    /// The Microsoft 365 connectors' base URLs: the sandbox's when `sandbox.url` is set.
+    pub fn m365_bases(&self) -> (String, String, String) {
+        match &self.sandbox.url {
+            Some(u) => {
+                let u = u.trim_end_matches('/');
+                (
+                    format!("{u}/login"),
+                    format!("{u}/graph/v1.0"),
+                    format!("{u}/outlook"),
+                )
+            }
+            None => (
+                self.m365.login_url.clone(),
+                self.m365.graph_url.clone(),
+                self.m365.outlook_url.clone(),
+            ),
+        }
+    }
 }
 
 /// Redis.
@@ -271,6 +344,16 @@ impl Config {
                     path.display()
                 )));
             }
+            if overlay
+                .get("m365")
+                .and_then(|s| s.get("client-secret"))
+                .is_some()
+            {
+                return Err(ConfigError(format!(
+                    "{}: m365.client-secret: the app's client secret does not belong in the config file; set STEWARD_M365__CLIENT_SECRET in the service's environment",
+                    path.display()
+                )));
+            }
             merge(&mut tree, overlay);
             // Check the file on its own so errors name it.
             tree.clone()
@@ -399,6 +482,33 @@ impl Config {
             return Err(ConfigError(format!(
                 "secrets.link-ttl = {}: use at least 1m",
                 self.secrets.link_ttl
+            )));
+        }
+        let (login, graph, outlook) = self.m365_bases();
+        let what = if self.sandbox.url.is_some() {
+            "sandbox.url"
+        } else {
+            "m365.login-url, m365.graph-url and m365.outlook-url"
+        };
+        for u in [&login, &graph, &outlook] {
+            if url::Url::parse(u)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https"))
+                .is_none()
+            {
+                return Err(ConfigError(format!(
+                    "{what}: `{u}` is not an http(s) URL; write e.g. http://127.0.0.1:8090"
+                )));
+            }
+        }
+        if let Some(r) = &self.m365.redirect_uri
+            && url::Url::parse(r)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https"))
+                .is_none()
+        {
+            return Err(ConfigError(format!(
+                "m365.redirect-uri `{r}`: write e.g. https://steward.msp.example/v1/tenants/callback"
             )));
         }
         if self.scheduler.tick.get().is_zero() || self.scheduler.batch == 0 {

@@ -11,13 +11,16 @@ pub mod companies;
 pub mod config;
 pub mod db;
 pub mod embedded;
+pub mod inbox;
 pub mod keys;
 pub mod links;
 pub mod planner;
 pub mod queue;
 pub mod scheduler;
+pub mod schedules;
 pub mod secrets;
 pub mod store;
+pub mod tenants;
 pub mod worker;
 
 pub use clock::{Clock, SystemClock};

@@ -106,6 +106,15 @@ pub async fn round(store: &Store, config: &SchedulerConfig) -> store::Result<Rou
 
 /// Fires one timer; whether it is dealt with (false: it stays due, to be tried again).
 async fn fire(store: &Store, shard: u16, member: String) -> bool {
+    if let Some(id) = member.strip_prefix(crate::schedules::TIMER_PREFIX) {
+        return crate::schedules::Schedules::new(store.clone())
+            .fire_timer(id)
+            .await
+            .unwrap_or_else(|e| {
+                warn!(schedule = id, error = %e, "scheduler: cannot fire a schedule; will retry");
+                false
+            });
+    }
     let parsed = member.split_once('|').and_then(|(run, key)| {
         Some((
             run.parse::<RunId>().ok()?,

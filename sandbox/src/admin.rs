@@ -29,6 +29,7 @@ pub(crate) fn router() -> Router<AppState> {
         )
         .route("/faults/{id}", delete(remove_fault))
         .route("/tokens", get(tokens))
+        .route("/tenants", post(add_tenants))
         .route("/tokens/revoke", post(revoke_tokens))
         .route("/tickets", get(list_tickets).post(create_ticket))
         .route("/tickets/{id}", patch(update_ticket))
@@ -120,6 +121,52 @@ async fn reset(State(shared): State<AppState>) -> AdminResult {
 
 async fn clock(State(shared): State<AppState>) -> AdminResult {
     ok(json!({"now": shared.clock.now(), "offset_seconds": shared.clock.offset_seconds()}))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddTenants {
+    /// How many.
+    count: usize,
+    /// Their ids start with it (`<prefix>-00001`).
+    #[serde(default = "bench_prefix")]
+    prefix: String,
+}
+
+fn bench_prefix() -> String {
+    "bench".to_owned()
+}
+
+/// The most tenants one request adds.
+const MAX_ADDED_TENANTS: usize = 100_000;
+
+/// `POST /admin/tenants {count, prefix}`: adds `count` empty cloud-only companies whose tenants
+/// consented to every partner app (for load tests: `steward bench --tenants`). Answers their ids
+/// and tenant ids.
+async fn add_tenants(State(shared): State<AppState>, bytes: Bytes) -> AdminResult {
+    let a: AddTenants = body(&bytes)?;
+    if a.count == 0 || a.count > MAX_ADDED_TENANTS {
+        return Err(AdminError::bad(format!(
+            "count must be 1 to {MAX_ADDED_TENANTS}; got {}",
+            a.count
+        )));
+    }
+    if a.prefix.is_empty()
+        || !a
+            .prefix
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+    {
+        return Err(AdminError::bad(
+            "prefix: use lowercase letters, digits and `-`",
+        ));
+    }
+    let (mut st, now) = shared.lock();
+    let added = st
+        .world
+        .add_empty_companies(&a.prefix, a.count, now)
+        .map_err(AdminError::bad)?;
+    ok(json!({"companies": added}))
 }
 
 #[derive(Debug, Deserialize)]

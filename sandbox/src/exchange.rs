@@ -50,6 +50,7 @@ const MEMBER_NOT_FOUND_EX: &str = "Microsoft.Exchange.Management.Tasks.MemberNot
 const RECIPIENT_TASK_EX: &str = "Microsoft.Exchange.Management.Tasks.RecipientTaskException";
 const PARAM_EX: &str = "System.Management.Automation.ParameterBindingException";
 const COMMAND_EX: &str = "System.Management.Automation.CommandNotFoundException";
+const AMBIGUOUS_EX: &str = "System.Management.Automation.AmbiguousParameterSetException";
 const INVALID_OP_EX: &str = "Microsoft.Exchange.Configuration.Tasks.TaskInvalidOperationException";
 
 impl CmdletError {
@@ -97,9 +98,29 @@ impl CmdletError {
         ))
     }
 
+    /// The answer, shaped as the admin API's: a missing object is 404 `NotFound` "Error
+    /// executing cmdlet" with the exception type only in `details[0].message`; an unknown
+    /// parameter is 400 `BadRequest` "Invalid Operation" (`AmbiguousParameterSetException`);
+    /// other cmdlet errors 400 `BadRequest` with the type in the message and the inner error.
     fn response(&self) -> Response {
         let code = crate::ids::number(0, &[self.exception], 0xFFFFFF);
         let detail = format!("Ex{code:06X}|{}|{}", self.exception, self.message);
+        if self.exception == NOT_FOUND_EX {
+            let error = json!({
+                "code": "NotFound",
+                "message": "Error executing cmdlet",
+                "details": [{"code": "Context", "target": "", "message": detail}],
+            });
+            return (StatusCode::NOT_FOUND, axum::Json(json!({ "error": error }))).into_response();
+        }
+        if self.exception == AMBIGUOUS_EX {
+            return envelope(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                "Invalid Operation",
+                Some((detail, self.exception)),
+            );
+        }
         let msg = format!("|{}|{}", self.exception, self.message);
         envelope(
             StatusCode::BAD_REQUEST,
@@ -396,9 +417,10 @@ fn run_cmdlet(
         {
             continue;
         }
-        return Err(CmdletError::param(format!(
-            "A parameter cannot be found that matches parameter name '{k}'."
-        )));
+        return Err(CmdletError::new(
+            AMBIGUOUS_EX,
+            format!("A parameter cannot be found that matches parameter name '{k}'."),
+        ));
     }
     (cmdlet.run)(c, &Params(params), now, out)
 }

@@ -71,10 +71,22 @@ pub(crate) struct AppFx {
     pub(crate) client_secret: SecretText,
     #[serde(default = "default_app_name")]
     pub(crate) display_name: String,
+    /// The app registration's redirect URIs (reply URLs). Loopback ones (`localhost`,
+    /// `127.0.0.1`) match whatever port a request names, as Microsoft matches them.
+    #[serde(default = "default_redirect_uris")]
+    pub(crate) redirect_uris: Vec<String>,
 }
 
 fn default_app_name() -> String {
     "Steward".to_owned()
+}
+
+/// Steward's consent callback on a loopback address.
+fn default_redirect_uris() -> Vec<String> {
+    vec![
+        "http://localhost/v1/tenants/callback".to_owned(),
+        "http://127.0.0.1/v1/tenants/callback".to_owned(),
+    ]
 }
 
 #[derive(Debug, Clone, Deserialize)]

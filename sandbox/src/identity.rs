@@ -3,8 +3,14 @@
 //! configuration, instance discovery, signing keys), and the bearer-token checks every Microsoft
 //! API in the sandbox applies.
 //!
-//! Grants: `client_credentials` (app-only) and `refresh_token` (delegated, the partner's
-//! technician). Refresh rotates: each redemption returns a new refresh token; the old one stays
+//! Grants: `client_credentials` (app-only), `refresh_token` (delegated, the partner's
+//! technician) and `authorization_code` with PKCE (the consent flow: `GET
+//! /{tenant}/oauth2/v2.0/authorize` shows a consent page whose form posts back; accepting
+//! consents the app in the tenant and redirects with a single-use code valid ten minutes;
+//! cancelling redirects with `access_denied` and AADSTS65004; an unknown app (AADSTS700016) or a
+//! redirect URI the app does not have (AADSTS50011) is an error page, never a redirect; a code
+//! redeemed twice is AADSTS54005, expired AADSTS70008, with a wrong or missing PKCE verifier
+//! AADSTS50148 / 501481). Refresh rotates: each redemption returns a new refresh token; the old one stays
 //! valid until it expires, as Microsoft documents. A refresh asking for `openid` also gets an
 //! `id_token`, and `client_info=1` a `client_info`, which is what MSAL needs to build an account
 //! for its cache and silent flow. A refresh token older than 90 days on the
@@ -54,10 +60,27 @@ pub(crate) struct RefreshToken {
     pub(crate) revoked_at: Option<DateTime<Utc>>,
 }
 
+/// An authorization code handed out by the authorize endpoint, until it is redeemed.
+#[derive(Debug, Clone)]
+pub(crate) struct AuthCode {
+    client_id: String,
+    redirect_uri: String,
+    /// PKCE: the challenge and its method (`S256` or `plain`).
+    challenge: Option<(String, String)>,
+    user: String,
+    company: String,
+    issued_at: DateTime<Utc>,
+    redeemed: bool,
+}
+
+/// Authorization codes expire after this long (Microsoft: "typically about 10 minutes").
+pub(crate) const AUTH_CODE_SECONDS: i64 = 600;
+
 #[derive(Debug, Default)]
 pub(crate) struct TokenStore {
     access: HashMap<String, AccessToken>,
     refresh: HashMap<String, RefreshToken>,
+    codes: HashMap<String, AuthCode>,
     issued: u64,
 }
 
@@ -161,6 +184,10 @@ impl TokenStore {
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/{tenant}/oauth2/v2.0/token", post(token))
+        .route(
+            "/{tenant}/oauth2/v2.0/authorize",
+            get(authorize_page).post(authorize_decide),
+        )
         .route(
             "/{tenant}/v2.0/.well-known/openid-configuration",
             get(openid_configuration),
@@ -433,9 +460,34 @@ async fn token(
     let refresh_user = form_get(&form, "refresh_token")
         .and_then(|rt| st.tokens.refresh.get(&digest(rt)))
         .and_then(|rt| tenant_user(&rt.user));
+    let code_user = form_get(&form, "code")
+        .and_then(|c| st.tokens.codes.get(&digest(c)))
+        .and_then(|c| tenant_user(&c.user));
     let tenant_id = company.tenant.id.clone();
     let consented = company.tenant.consented_apps.clone();
-    let Some(client_id) = form_get(&form, "client_id") else {
+    // client_secret_basic: `Authorization: Basic base64(urlencode(id):urlencode(secret))`.
+    let basic = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+        })
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|pair| {
+            let (id, secret) = pair.split_once(':')?;
+            let dec = |s: &str| {
+                form_urlencoded::parse(format!("x={s}").as_bytes())
+                    .next()
+                    .map(|(_, v)| v.into_owned())
+            };
+            Some((dec(id)?, dec(secret)?))
+        });
+    let Some(client_id) =
+        form_get(&form, "client_id").or(basic.as_ref().map(|(id, _)| id.as_str()))
+    else {
         return missing("client_id", now);
     };
     let Some(app) = st
@@ -456,7 +508,9 @@ async fn token(
         );
     };
     let app_name = app.display_name.clone();
-    let Some(secret) = form_get(&form, "client_secret") else {
+    let Some(secret) =
+        form_get(&form, "client_secret").or(basic.as_ref().map(|(_, secret)| secret.as_str()))
+    else {
         return aad_error(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
@@ -532,8 +586,18 @@ async fn token(
     let seed = shared.seed;
     match grant_type {
         "client_credentials" => {
+            // An app never consented in the tenant has no service principal there: Microsoft
+            // answers client credentials with AADSTS700016 (unauthorized_client), not 65001.
             if !consented.iter().any(|c| c.eq_ignore_ascii_case(client_id)) {
-                return consent_missing();
+                return aad_error(
+                    StatusCode::BAD_REQUEST,
+                    "unauthorized_client",
+                    700016,
+                    &format!(
+                        "Application with identifier '{client_id}' was not found in the directory '{tenant}'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You may have sent your authentication request to the wrong tenant."
+                    ),
+                    now,
+                );
             }
             let exp = now + Duration::seconds(ACCESS_TOKEN_SECONDS);
             let claims = json!({
@@ -614,57 +678,114 @@ async fn token(
             if !consented.iter().any(|c| c.eq_ignore_ascii_case(client_id)) {
                 return consent_missing();
             }
-            let exp = now + Duration::seconds(ACCESS_TOKEN_SECONDS);
-            let person = Person::of(&st.world.partner, &rt.user, &tenant_id, refresh_user);
-            let granted = delegated_permissions(audience);
-            let claims = json!({
-                "aud": audience, "iss": format!("https://sts.windows.net/{tenant_id}/"),
-                "iat": now.timestamp(), "nbf": now.timestamp(), "exp": exp.timestamp(),
-                "appid": client_id, "app_displayname": app_name, "tid": tenant_id,
-                "oid": person.oid, "upn": rt.user, "idtyp": "user", "scp": granted.join(" "),
-            });
-            let token = st.tokens.mint(seed, &claims);
-            st.tokens.access.insert(
-                digest(&token),
-                AccessToken {
-                    company: company_id,
-                    audience,
-                    expires_at: exp,
-                },
-            );
-            let new_rt = st.tokens.new_refresh(seed, client_id, &rt.user, now);
-            // What was granted (the resource's permissions, not the `.default` asked for), and
-            // the OpenID scopes that were asked for.
-            let requested: Vec<&str> = scope.split_whitespace().collect();
-            let mut scopes: Vec<String> =
-                granted.iter().map(|p| format!("{audience}/{p}")).collect();
-            for oidc in ["openid", "profile", "email", "offline_access"] {
-                if requested.contains(&oidc) {
-                    scopes.push(oidc.to_owned());
-                }
-            }
-            let mut out = json!({
-                "token_type": "Bearer",
-                "scope": scopes.join(" "),
-                "expires_in": ACCESS_TOKEN_SECONDS,
-                "ext_expires_in": ACCESS_TOKEN_SECONDS,
-                "access_token": token,
-                "refresh_token": new_rt,
-            });
-            if requested.contains(&"openid") {
-                let claims = person.id_token_claims(
-                    &issuer(&ctx.origin, &tenant_id),
-                    client_id,
-                    &tenant_id,
-                    requested.contains(&"profile"),
+            let grant = Delegation {
+                origin: &ctx.origin,
+                company_id,
+                tenant_id: &tenant_id,
+                client_id,
+                app_name: &app_name,
+                audience,
+                user: &rt.user,
+                in_tenant: refresh_user,
+                scope,
+                client_info: form_get(&form, "client_info") == Some("1"),
+            };
+            delegated_answer(&mut st, seed, grant, now)
+        }
+        "authorization_code" => {
+            let Some(presented) = form_get(&form, "code") else {
+                return missing("code", now);
+            };
+            let Some(code) = st.tokens.codes.get(&digest(presented)).cloned() else {
+                return aad_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_grant",
+                    9002313,
+                    "Invalid request. Request is malformed or invalid.",
                     now,
                 );
-                out["id_token"] = json!(st.tokens.mint(seed, &claims));
+            };
+            if !code.client_id.eq_ignore_ascii_case(client_id) || code.company != company_id {
+                return aad_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_grant",
+                    70000,
+                    "Provided grant is invalid or malformed.",
+                    now,
+                );
             }
-            if form_get(&form, "client_info") == Some("1") {
-                out["client_info"] = json!(person.client_info());
+            if code.redeemed {
+                return aad_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_grant",
+                    54005,
+                    "OAuth2 Authorization code was already redeemed, please retry with a new valid code or use an existing refresh token.",
+                    now,
+                );
             }
-            axum::Json(out).into_response()
+            if now - code.issued_at > Duration::seconds(AUTH_CODE_SECONDS) {
+                return aad_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_grant",
+                    70008,
+                    "The provided authorization code or refresh token has expired due to inactivity. Send a new interactive authorization request for this user and resource.",
+                    now,
+                );
+            }
+            // [unverified] Microsoft's code for a redemption naming another redirect URI than
+            // the authorization request: 500112 is what its error pages show for it.
+            let redirect = form_get(&form, "redirect_uri").unwrap_or_default();
+            if redirect != code.redirect_uri {
+                return aad_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_grant",
+                    500112,
+                    &format!(
+                        "The reply address '{redirect}' does not match the reply address '{}' provided when requesting Authorization code.",
+                        code.redirect_uri
+                    ),
+                    now,
+                );
+            }
+            if let Some((challenge, method)) = &code.challenge {
+                let Some(verifier) = form_get(&form, "code_verifier") else {
+                    return aad_error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_grant",
+                        501481,
+                        "The Code_Verifier does not match the code_challenge supplied in the authorization request.",
+                        now,
+                    );
+                };
+                if !pkce_matches(challenge, method, verifier) {
+                    return aad_error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_grant",
+                        50148,
+                        "The code_verifier does not match the code_challenge supplied in the authorization request for PKCE.",
+                        now,
+                    );
+                }
+            }
+            if !consented.iter().any(|c| c.eq_ignore_ascii_case(client_id)) {
+                return consent_missing();
+            }
+            if let Some(c) = st.tokens.codes.get_mut(&digest(presented)) {
+                c.redeemed = true;
+            }
+            let grant = Delegation {
+                origin: &ctx.origin,
+                company_id,
+                tenant_id: &tenant_id,
+                client_id,
+                app_name: &app_name,
+                audience,
+                user: &code.user,
+                in_tenant: code_user,
+                scope,
+                client_info: form_get(&form, "client_info") == Some("1"),
+            };
+            delegated_answer(&mut st, seed, grant, now)
         }
         other => aad_error(
             StatusCode::BAD_REQUEST,
@@ -674,6 +795,420 @@ async fn token(
             now,
         ),
     }
+}
+
+/// What a delegated token answer is for.
+struct Delegation<'a> {
+    origin: &'a str,
+    company_id: String,
+    tenant_id: &'a str,
+    client_id: &'a str,
+    app_name: &'a str,
+    audience: &'static str,
+    user: &'a str,
+    /// The user's (id, display name) when they are a user of the tenant.
+    in_tenant: Option<(String, Option<String>)>,
+    scope: &'a str,
+    client_info: bool,
+}
+
+/// A delegated token answer (refresh or authorization code): an access token, a new refresh
+/// token, and the ID token and `client_info` when asked for.
+fn delegated_answer(
+    st: &mut crate::State,
+    seed: u64,
+    g: Delegation<'_>,
+    now: DateTime<Utc>,
+) -> Response {
+    let exp = now + Duration::seconds(ACCESS_TOKEN_SECONDS);
+    let person = Person::of(&st.world.partner, g.user, g.tenant_id, g.in_tenant);
+    let granted = delegated_permissions(g.audience);
+    let claims = json!({
+        "aud": g.audience, "iss": format!("https://sts.windows.net/{}/", g.tenant_id),
+        "iat": now.timestamp(), "nbf": now.timestamp(), "exp": exp.timestamp(),
+        "appid": g.client_id, "app_displayname": g.app_name, "tid": g.tenant_id,
+        "oid": person.oid, "upn": g.user, "idtyp": "user", "scp": granted.join(" "),
+    });
+    let token = st.tokens.mint(seed, &claims);
+    st.tokens.access.insert(
+        digest(&token),
+        AccessToken {
+            company: g.company_id,
+            audience: g.audience,
+            expires_at: exp,
+        },
+    );
+    let new_rt = st.tokens.new_refresh(seed, g.client_id, g.user, now);
+    // What was granted (the resource's permissions, not the `.default` asked for), and the
+    // OpenID scopes that were asked for.
+    let requested: Vec<&str> = g.scope.split_whitespace().collect();
+    let mut scopes: Vec<String> = granted
+        .iter()
+        .map(|p| format!("{}/{p}", g.audience))
+        .collect();
+    for oidc in ["openid", "profile", "email", "offline_access"] {
+        if requested.contains(&oidc) {
+            scopes.push(oidc.to_owned());
+        }
+    }
+    let mut out = json!({
+        "token_type": "Bearer",
+        "scope": scopes.join(" "),
+        "expires_in": ACCESS_TOKEN_SECONDS,
+        "ext_expires_in": ACCESS_TOKEN_SECONDS,
+        "access_token": token,
+        "refresh_token": new_rt,
+    });
+    if requested.contains(&"openid") {
+        let claims = person.id_token_claims(
+            &issuer(g.origin, g.tenant_id),
+            g.client_id,
+            g.tenant_id,
+            requested.contains(&"profile"),
+            now,
+        );
+        out["id_token"] = json!(st.tokens.mint(seed, &claims));
+    }
+    if g.client_info {
+        out["client_info"] = json!(person.client_info());
+    }
+    axum::Json(out).into_response()
+}
+
+/// Whether a PKCE verifier answers its challenge (RFC 7636 §4.6).
+fn pkce_matches(challenge: &str, method: &str, verifier: &str) -> bool {
+    if method.eq_ignore_ascii_case("S256") {
+        let hashed = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(Sha256::digest(verifier.as_bytes()));
+        hashed == challenge
+    } else {
+        verifier == challenge
+    }
+}
+
+/// Whether `asked` is one of the app's redirect URIs. Exact match, except that a loopback URI
+/// (`localhost`, `127.0.0.1`) matches whatever port is asked for, as Microsoft documents
+/// ("the port component is ignored for the purposes of matching a redirect URI").
+fn redirect_registered(registered: &[String], asked: &str) -> bool {
+    let Ok(asked_url) = url::Url::parse(asked) else {
+        return false;
+    };
+    registered.iter().any(|r| {
+        if r == asked {
+            return true;
+        }
+        let Ok(mut reg) = url::Url::parse(r) else {
+            return false;
+        };
+        let loopback = matches!(reg.host_str(), Some("localhost" | "127.0.0.1"));
+        if !loopback {
+            return false;
+        }
+        let _ = reg.set_port(asked_url.port());
+        reg == asked_url
+    })
+}
+
+/// The parameters of an authorization request, checked as far as they must be before anything
+/// is redirected: the tenant, the app and its redirect URI. Errors here are pages, never
+/// redirects (Microsoft does not send a browser to a redirect URI it cannot trust).
+struct AuthorizeRequest {
+    params: Vec<(String, String)>,
+    company: String,
+    tenant_domain: String,
+    client_id: String,
+    app_name: String,
+    redirect_uri: String,
+    state: Option<String>,
+}
+
+fn authorize_request(
+    st: &crate::State,
+    tenant: &str,
+    params: Vec<(String, String)>,
+) -> Result<AuthorizeRequest, Response> {
+    let page_error = |code: u32, message: &str| error_page(StatusCode::BAD_REQUEST, code, message);
+    let Some(company) = st.world.company_by_tenant(tenant) else {
+        return Err(page_error(
+            90002,
+            &format!(
+                "Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud."
+            ),
+        ));
+    };
+    let get = |k: &str| form_get(&params, k).map(str::to_owned);
+    let Some(client_id) = get("client_id") else {
+        return Err(page_error(
+            900144,
+            "The request body must contain the following parameter: 'client_id'.",
+        ));
+    };
+    let Some(app) = st
+        .world
+        .partner
+        .apps
+        .iter()
+        .find(|a| a.client_id.eq_ignore_ascii_case(&client_id))
+    else {
+        return Err(page_error(
+            700016,
+            &format!(
+                "Application with identifier '{client_id}' was not found in the directory '{tenant}'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You may have sent your authentication request to the wrong tenant."
+            ),
+        ));
+    };
+    let redirect_uri = get("redirect_uri").unwrap_or_default();
+    if !redirect_registered(&app.redirect_uris, &redirect_uri) {
+        return Err(page_error(
+            50011,
+            &format!(
+                "The redirect URI '{redirect_uri}' specified in the request does not match the redirect URIs configured for the application '{client_id}'. Make sure the redirect URI sent in the request matches one added to your application in the Azure portal."
+            ),
+        ));
+    }
+    Ok(AuthorizeRequest {
+        company: company.id.clone(),
+        tenant_domain: company.tenant.initial_domain.clone(),
+        client_id: app.client_id.clone(),
+        app_name: app.display_name.clone(),
+        redirect_uri,
+        state: get("state"),
+        params,
+    })
+}
+
+/// The checks whose failures Microsoft reports by redirecting back to the app.
+fn authorize_redirect_error(req: &AuthorizeRequest, now: DateTime<Utc>) -> Option<Response> {
+    let get = |k: &str| form_get(&req.params, k);
+    let fail = |error: &str, code: u32, message: &str| {
+        Some(redirect_error(req, error, None, code, message, now))
+    };
+    match get("response_type") {
+        None => {
+            return fail(
+                "invalid_request",
+                900144,
+                "The request body must contain the following parameter: 'response_type'.",
+            );
+        }
+        Some(t) if t.split_whitespace().any(|p| p == "code") => {}
+        Some(t) => {
+            return fail(
+                "unsupported_response_type",
+                700054,
+                &format!("response_type '{t}' is not enabled for the application."),
+            );
+        }
+    }
+    if get("scope").is_none_or(|s| s.trim().is_empty()) {
+        return fail(
+            "invalid_request",
+            900144,
+            "The request body must contain the following parameter: 'scope'.",
+        );
+    }
+    if let Some(m) = get("code_challenge_method")
+        && !(m == "S256" || m == "plain")
+    {
+        return fail(
+            "invalid_request",
+            501491,
+            "Invalid size of Code_Challenge parameter.",
+        );
+    }
+    None
+}
+
+fn redirect_error(
+    req: &AuthorizeRequest,
+    error: &str,
+    subcode: Option<&str>,
+    code: u32,
+    message: &str,
+    now: DateTime<Utc>,
+) -> Response {
+    let info = request_info();
+    let description = format!(
+        "AADSTS{code}: {message} Trace ID: {} Correlation ID: {} Timestamp: {}",
+        info.request_id,
+        info.client_request_id,
+        now.format("%Y-%m-%d %H:%M:%SZ")
+    );
+    let mut pairs: Vec<(&str, &str)> = vec![("error", error)];
+    if let Some(s) = subcode {
+        pairs.push(("error_subcode", s));
+    }
+    pairs.push(("error_description", &description));
+    if let Some(s) = &req.state {
+        pairs.push(("state", s));
+    }
+    redirect_to(&req.redirect_uri, &pairs)
+}
+
+fn redirect_to(base: &str, pairs: &[(&str, &str)]) -> Response {
+    let Ok(mut url) = url::Url::parse(base) else {
+        return error_page(StatusCode::BAD_REQUEST, 50011, "Invalid redirect URI.");
+    };
+    {
+        let mut q = url.query_pairs_mut();
+        for (k, v) in pairs {
+            q.append_pair(k, v);
+        }
+    }
+    (
+        StatusCode::FOUND,
+        [(axum::http::header::LOCATION, url.to_string())],
+    )
+        .into_response()
+}
+
+/// The identity platform's sign-in error page: shown, not redirected.
+fn error_page(status: StatusCode, code: u32, message: &str) -> Response {
+    let info = request_info();
+    let body = format!(
+        "<!DOCTYPE html><html><head><title>Sign in to your account</title></head><body><h1>Sorry, but we’re having trouble signing you in.</h1><p id=\"error\">AADSTS{code}: {}</p><p>Request Id: {}</p><p>Correlation Id: {}</p></body></html>",
+        html_escape(message),
+        info.request_id,
+        info.client_request_id
+    );
+    (
+        status,
+        [(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+/// `GET /{tenant}/oauth2/v2.0/authorize`: the sign-in and consent page. Its form posts the
+/// request back with the signed-in administrator (`login_hint`, default `admin@<initial
+/// domain>`) and `decision=accept` or `decision=cancel`.
+async fn authorize_page(
+    State(shared): State<AppState>,
+    Path(tenant): Path<String>,
+    axum::extract::RawQuery(q): axum::extract::RawQuery,
+) -> Response {
+    let (st, now) = shared.lock();
+    let req = match authorize_request(&st, &tenant, query_pairs(q.as_deref())) {
+        Ok(r) => r,
+        Err(page) => return page,
+    };
+    if let Some(redirect) = authorize_redirect_error(&req, now) {
+        return redirect;
+    }
+    let user = form_get(&req.params, "login_hint")
+        .map_or_else(|| format!("admin@{}", req.tenant_domain), str::to_owned);
+    let mut hidden = String::new();
+    for (k, v) in &req.params {
+        if k == "login_hint" {
+            continue;
+        }
+        hidden.push_str(&format!(
+            "<input type=\"hidden\" name=\"{}\" value=\"{}\">",
+            html_escape(k),
+            html_escape(v)
+        ));
+    }
+    let scope = form_get(&req.params, "scope").unwrap_or_default();
+    let body = format!(
+        "<!DOCTYPE html><html><head><title>Permissions requested</title></head><body><h1>Permissions requested</h1><p><b>{app}</b> wants to access resources in your organization ({domain}): {scope}</p><form method=\"post\">{hidden}<label>Signed in as <input name=\"login_hint\" value=\"{user}\"></label><button name=\"decision\" value=\"accept\">Accept</button><button name=\"decision\" value=\"cancel\">Cancel</button></form></body></html>",
+        app = html_escape(&req.app_name),
+        domain = html_escape(&req.tenant_domain),
+        scope = html_escape(scope),
+        user = html_escape(&user),
+    );
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+/// `POST /{tenant}/oauth2/v2.0/authorize`: the consent page's answer. Accept: the app is
+/// consented in the tenant (admin consent) and the browser goes back with a code; cancel: back
+/// with `error=access_denied` (AADSTS65004), as Microsoft answers a declined consent.
+async fn authorize_decide(
+    State(shared): State<AppState>,
+    Path(tenant): Path<String>,
+    body: Bytes,
+) -> Response {
+    let (mut st, now) = shared.lock();
+    let req = match authorize_request(&st, &tenant, parse_form(&body)) {
+        Ok(r) => r,
+        Err(page) => return page,
+    };
+    if let Some(redirect) = authorize_redirect_error(&req, now) {
+        return redirect;
+    }
+    if form_get(&req.params, "decision") != Some("accept") {
+        return redirect_error(
+            &req,
+            "access_denied",
+            Some("cancel"),
+            65004,
+            "User declined to consent to access the app.",
+            now,
+        );
+    }
+    let user = form_get(&req.params, "login_hint")
+        .map_or_else(|| format!("admin@{}", req.tenant_domain), str::to_owned);
+    let challenge = form_get(&req.params, "code_challenge").map(|c| {
+        (
+            c.to_owned(),
+            form_get(&req.params, "code_challenge_method")
+                .unwrap_or("plain")
+                .to_owned(),
+        )
+    });
+    if let Some(c) = st.world.companies.iter_mut().find(|c| c.id == req.company)
+        && !c
+            .tenant
+            .consented_apps
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(&req.client_id))
+    {
+        c.tenant.consented_apps.push(req.client_id.clone());
+    }
+    st.tokens.issued += 1;
+    let code = format!(
+        "1.SBXC{}",
+        crate::ids::guid(
+            shared.seed,
+            &[
+                "code",
+                &st.tokens.issued.to_string(),
+                &user,
+                &now.to_rfc3339()
+            ]
+        )
+        .replace('-', "")
+    );
+    st.tokens.codes.insert(
+        digest(&code),
+        AuthCode {
+            client_id: req.client_id.clone(),
+            redirect_uri: req.redirect_uri.clone(),
+            challenge,
+            user,
+            company: req.company.clone(),
+            issued_at: now,
+            redeemed: false,
+        },
+    );
+    let session = crate::ids::guid(shared.seed, &["session", &code]);
+    let mut pairs: Vec<(&str, &str)> = vec![("code", &code)];
+    if let Some(s) = &req.state {
+        pairs.push(("state", s));
+    }
+    pairs.push(("session_state", &session));
+    redirect_to(&req.redirect_uri, &pairs)
 }
 
 /// The delegated permissions the partner's app holds on each resource (what a refresh grants

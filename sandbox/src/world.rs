@@ -79,6 +79,7 @@ pub(crate) struct App {
     pub(crate) client_id: String,
     pub(crate) client_secret: Secret,
     pub(crate) display_name: String,
+    pub(crate) redirect_uris: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -630,6 +631,7 @@ impl World {
                         client_id: a.client_id.clone(),
                         client_secret: a.client_secret.digest(),
                         display_name: a.display_name.clone(),
+                        redirect_uris: a.redirect_uris.clone(),
                     })
                     .collect(),
             },
@@ -700,6 +702,44 @@ impl World {
             w.companies.push(company);
         }
         w
+    }
+
+    /// Adds `count` empty cloud-only companies `<prefix>-00001`…, their tenants consented to
+    /// every partner app; answers `{id, tenant}` of each. Refuses ids that exist.
+    pub(crate) fn add_empty_companies(
+        &mut self,
+        prefix: &str,
+        count: usize,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Value>, String> {
+        let apps: Vec<String> = self
+            .partner
+            .apps
+            .iter()
+            .map(|a| a.client_id.clone())
+            .collect();
+        let mut out = Vec::with_capacity(count);
+        for i in 1..=count {
+            let id = format!("{prefix}-{i:05}");
+            if self.companies.iter().any(|c| c.id == id) {
+                return Err(format!("company `{id}` exists; use another prefix"));
+            }
+            let tenant = ids::guid(self.seed, &["bench-tenant", &id]);
+            let fx: fixture::CompanyFx = serde_json::from_value(json!({
+                "id": id,
+                "name": id,
+                "tenant": {
+                    "id": tenant,
+                    "initial_domain": format!("{id}.onmicrosoft.com"),
+                    "consented_apps": apps,
+                },
+            }))
+            .map_err(|e| e.to_string())?;
+            let company = self.load_company(&fx, now);
+            self.companies.push(company);
+            out.push(json!({"id": id, "tenant": tenant}));
+        }
+        Ok(out)
     }
 
     fn load_company(&mut self, c: &fixture::CompanyFx, now: DateTime<Utc>) -> Company {

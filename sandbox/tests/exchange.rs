@@ -6,9 +6,13 @@ use anyhow::Result;
 use common::*;
 use serde_json::{Value, json};
 
+/// The exception type: from `details[0].message` (`ExNNNNNN|<type>|<text>`), as the real
+/// service gives it, else from the inner error.
 fn exception(b: &Value) -> String {
-    b["error"]["innererror"]["internalexception"]["type"]
+    b["error"]["details"][0]["message"]
         .as_str()
+        .and_then(|m| m.split('|').nth(1))
+        .or_else(|| b["error"]["innererror"]["internalexception"]["type"].as_str())
         .unwrap_or_default()
         .to_owned()
 }
@@ -185,7 +189,11 @@ async fn mobile_devices_and_distribution_groups() -> Result<()> {
     let (s, b) = exo
         .run("Remove-MobileDevice", json!({"Identity": dev}))
         .await?;
-    assert_eq!(s, 400);
+    // A missing object: 404 NotFound "Error executing cmdlet", the type only in the details.
+    assert_eq!(s, 404);
+    assert_eq!(b["error"]["code"], "NotFound");
+    assert_eq!(b["error"]["message"], "Error executing cmdlet");
+    assert!(b["error"].get("innererror").is_none(), "{b}");
     assert_eq!(
         exception(&b),
         "Microsoft.Exchange.Configuration.Tasks.ManagementObjectNotFoundException"
@@ -244,7 +252,7 @@ async fn mobile_devices_and_distribution_groups() -> Result<()> {
             json!({"Identity": "Retail Team", "Member": "megan.bowen"}),
         )
         .await?;
-    assert_eq!(s, 400);
+    assert_eq!(s, 404);
     assert_eq!(
         exception(&b),
         "Microsoft.Exchange.Configuration.Tasks.ManagementObjectNotFoundException"
@@ -282,7 +290,7 @@ async fn new_users_have_no_recipient_until_provisioned() -> Result<()> {
             json!({"Identity": "Sales DL", "Member": "new.hire@contoso.com"}),
         )
         .await?;
-    assert_eq!(s, 400);
+    assert_eq!(s, 404);
     assert_eq!(
         exception(&b),
         "Microsoft.Exchange.Configuration.Tasks.ManagementObjectNotFoundException"
@@ -290,7 +298,7 @@ async fn new_users_have_no_recipient_until_provisioned() -> Result<()> {
     let (s, _) = exo
         .run("Get-Mailbox", json!({"Identity": "new.hire@contoso.com"}))
         .await?;
-    assert_eq!(s, 400);
+    assert_eq!(s, 404);
     advance(&sb, 299).await?;
     let exo = Exo::new(&sb, CONTOSO_TENANT)
         .await?
@@ -298,7 +306,7 @@ async fn new_users_have_no_recipient_until_provisioned() -> Result<()> {
     let (s, _) = exo
         .run("Get-Mailbox", json!({"Identity": "new.hire"}))
         .await?;
-    assert_eq!(s, 400, "still provisioning at 299 s of 300");
+    assert_eq!(s, 404, "still provisioning at 299 s of 300");
     advance(&sb, 2).await?;
     let (s, _) = exo
         .run("Get-Mailbox", json!({"Identity": "new.hire"}))
@@ -332,8 +340,19 @@ async fn malformed_requests_get_exchange_errors() -> Result<()> {
             json!({"Identity": "adele.vance", "Colour": "blue"}),
         )
         .await?;
+    // An unknown parameter: 400 BadRequest "Invalid Operation".
     assert_eq!(s, 400);
-    assert!(b["error"]["message"].as_str().unwrap().contains("'Colour'"));
+    assert_eq!(b["error"]["message"], "Invalid Operation");
+    assert_eq!(
+        exception(&b),
+        "System.Management.Automation.AmbiguousParameterSetException"
+    );
+    assert!(
+        b["error"]["details"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("'Colour'")
+    );
     let (s, b) = exo.run("Set-Mailbox", json!({"Type": "Shared"})).await?;
     assert_eq!(s, 400);
     assert!(

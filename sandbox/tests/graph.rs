@@ -1007,9 +1007,35 @@ async fn password_reset_method_writes_back_for_synced_users() -> Result<()> {
             Some(json!({})),
         )
         .await?;
-    assert_eq!(s, 400);
+    // Cloud-only: without newPassword the service generates one and answers it.
+    assert_eq!(s, 202);
+    let (s, b) = g
+        .call(
+            "POST",
+            &format!(
+                "/users/adele.vance@contoso.com/authentication/methods/{pw_method}/resetPassword"
+            ),
+            Some(json!({})),
+        )
+        .await?;
+    assert_eq!(s, 202);
+    assert!(
+        b["newPassword"].as_str().is_some_and(|p| p.len() >= 12),
+        "{b}"
+    );
 
     let fg = Graph::new(&sb, FABRIKAM_TENANT).await?;
+    // A synced user's writeback needs newPassword.
+    let (s, _) = fg
+        .call(
+            "POST",
+            &format!(
+                "/users/chris.kim@fabrikam.com/authentication/methods/{pw_method}/resetPassword"
+            ),
+            Some(json!({})),
+        )
+        .await?;
+    assert_eq!(s, 400);
     let (s, _) = fg
         .call(
             "POST",
@@ -1025,9 +1051,9 @@ async fn password_reset_method_writes_back_for_synced_users() -> Result<()> {
         .iter()
         .filter(|e| e["action"] == "user.reset_password")
         .collect();
-    assert_eq!(resets.len(), 2);
+    assert_eq!(resets.len(), 4);
     assert_eq!(resets[0]["details"]["writeback"], false);
-    assert_eq!(resets[1]["details"]["writeback"], true);
+    assert_eq!(resets[3]["details"]["writeback"], true);
     assert!(!serde_json::to_string(&entries)?.contains("Res3t!Password"));
     let (_, w) = admin(&sb, "GET", "/world/fabrikam", None).await?;
     let ckim = w["ad"]["users"]

@@ -61,10 +61,10 @@ async fn client_credentials_and_its_errors() -> Result<()> {
     assert_eq!((s, b["error"].as_str()), (400, Some("unauthorized_client")));
     assert_eq!(codes(&b), vec![700016]);
 
-    // Northwind never consented to the partner app.
+    // Northwind never consented to the partner app: no service principal there, 700016.
     let (s, b) = token_request(&sb, NORTHWIND_TENANT, &ok).await?;
-    assert_eq!((s, b["error"].as_str()), (400, Some("invalid_grant")));
-    assert_eq!(codes(&b), vec![65001]);
+    assert_eq!((s, b["error"].as_str()), (400, Some("unauthorized_client")));
+    assert_eq!(codes(&b), vec![700016]);
 
     let (s, b) = token_request(&sb, CONTOSO_TENANT, &[("client_id", CLIENT_ID)]).await?;
     assert_eq!((s, codes(&b)), (400, vec![900144]));
@@ -224,5 +224,38 @@ async fn apis_check_bearer_audience_and_tenant() -> Result<()> {
     advance(&sb, 3600).await?;
     let (s, _) = g.call("GET", "/users", None).await?;
     assert_eq!(s, 401);
+    Ok(())
+}
+
+/// `client_secret_basic`: the client's id and secret in `Authorization: Basic`, as Microsoft
+/// accepts them besides `client_secret_post`.
+#[tokio::test]
+async fn client_secret_basic_is_accepted() -> Result<()> {
+    let sb = sandbox().await?;
+    let post = |auth: String| {
+        client()
+            .post(format!(
+                "{}/login/{CONTOSO_TENANT}/oauth2/v2.0/token",
+                sb.base_url
+            ))
+            .header("Authorization", auth)
+            .form(&[("grant_type", "client_credentials"), ("scope", GRAPH)])
+            .send()
+    };
+    let basic = |id: &str, secret: &str| {
+        use base64::Engine as _;
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
+        )
+    };
+    let r = post(basic(CLIENT_ID, CLIENT_SECRET)).await?;
+    assert_eq!(r.status().as_u16(), 200);
+    let b: serde_json::Value = r.json().await?;
+    assert!(b["access_token"].is_string(), "{b}");
+    let r = post(basic(CLIENT_ID, "wrong")).await?;
+    assert_eq!(r.status().as_u16(), 401);
+    let b: serde_json::Value = r.json().await?;
+    assert_eq!(codes(&b), vec![7000215]);
     Ok(())
 }

@@ -39,6 +39,14 @@ pub(crate) struct BenchArgs {
     /// Instead: park this many runs at an approval gate and report Redis memory per parked run.
     #[arg(long, conflicts_with = "serial")]
     parked: Option<usize>,
+    /// Instead: connect this many tenants of the sandbox (each through the consent flow), make
+    /// every one due, and time the scheduled refresh of all of them (one token request each).
+    #[arg(long, requires = "sandbox", conflicts_with_all = ["serial", "parked", "gates"])]
+    tenants: Option<usize>,
+    /// The sandbox (`steward sandbox`) whose tenants `--tenants` connects; it gets that many
+    /// companies added (`POST /admin/tenants`).
+    #[arg(long)]
+    sandbox: Option<String>,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -157,8 +165,19 @@ pub(crate) async fn run(global: &Global, args: BenchArgs) -> Result<ExitCode> {
     if own_namespace {
         config.redis.namespace = format!("bench-{}", ulid::Ulid::new().to_string().to_lowercase());
     }
+    if args.tenants.is_some() {
+        config.sandbox.url.clone_from(&args.sandbox);
+        // The tenants' credentials are sealed: a development key in the bench's own namespace
+        // unless a key is configured.
+        if !config.secrets.is_configured() {
+            config.secrets.dev_key = true;
+        }
+    }
     let store = connect(&config).await?;
-    let result = bench_in(&config, store.clone(), &args).await;
+    let result = match args.tenants {
+        Some(n) => tenants_bench(&config, &store, n, args.json).await,
+        None => bench_in(&config, store.clone(), &args).await,
+    };
     if private.is_none() {
         let ns = &config.redis.namespace;
         let at = redacted_url(&config.redis.url);
@@ -254,6 +273,153 @@ async fn bench_in(config: &Config, store: Store, args: &BenchArgs) -> Result<Exi
         println!("{}", serde_json::to_string(&report)?);
     } else {
         print::bench(&report);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The sandbox's well-known app (sandbox/fixtures/msp.yaml), used when m365.client-id is not set.
+const SANDBOX_APP: (&str, &str) = (
+    "5e7a9f3c-1b2d-4c8e-9f00-a1b2c3d4e5f6",
+    "sandbox-client-secret-steward",
+);
+
+/// `steward bench --tenants N --sandbox URL`: N tenants connected through the consent flow,
+/// then every one refreshed by the schedule's rounds; prints the refresh's duration and the
+/// token requests it made.
+async fn tenants_bench(config: &Config, store: &Store, n: usize, json: bool) -> Result<ExitCode> {
+    use futures::StreamExt as _;
+    let sandbox = config
+        .sandbox
+        .url
+        .clone()
+        .context("--tenants needs --sandbox URL")?;
+    let sandbox = sandbox.trim_end_matches('/').to_owned();
+    let mut config = config.clone();
+    if config.m365.client_id.is_none() {
+        config.m365.client_id = Some(SANDBOX_APP.0.to_owned());
+        config.m365.client_secret = Some(steward_engine::config::Secret(SANDBOX_APP.1.to_owned()));
+    }
+    let callback = "http://127.0.0.1:8080";
+    let c = steward_engine::tenants::build(store, &config, callback).map_err(|e| anyhow!(e))?;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(std::time::Duration::from_secs(60))
+        .pool_max_idle_per_host(64)
+        .build()?;
+    let prefix = format!("bench-{}", ulid::Ulid::new().to_string().to_lowercase());
+    let added: serde_json::Value = http
+        .post(format!("{sandbox}/admin/tenants"))
+        .json(&serde_json::json!({"count": n, "prefix": prefix}))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the sandbox at {sandbox}"))?
+        .error_for_status()?
+        .json()
+        .await?;
+    let companies: Vec<(String, String)> = added["companies"]
+        .as_array()
+        .context("the sandbox added no companies")?
+        .iter()
+        .filter_map(|c| {
+            Some((
+                c["id"].as_str()?.to_owned(),
+                c["tenant"].as_str()?.to_owned(),
+            ))
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let connector = &c.connector;
+    let connected = futures::stream::iter(companies.iter())
+        .map(|(company, tenant)| {
+            let http = http.clone();
+            async move {
+                let start = connector
+                    .start(&company.parse()?, "bench@steward", tenant, None)
+                    .await?;
+                let url = url::Url::parse(&start.consent_url)?;
+                let mut form: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+                form.push(("decision".to_owned(), "accept".to_owned()));
+                let mut action = url.clone();
+                action.set_query(None);
+                let res = http.post(action).form(&form).send().await?;
+                let back = res
+                    .headers()
+                    .get("location")
+                    .and_then(|l| l.to_str().ok())
+                    .context("the consent page did not redirect")?;
+                let back = url::Url::parse(back)?;
+                let get = |k: &str| {
+                    back.query_pairs()
+                        .find(|(n, _)| n == k)
+                        .map(|(_, v)| v.into_owned())
+                };
+                connector
+                    .finish(
+                        &get("state").context("no state")?,
+                        get("code").as_deref(),
+                        get("error").as_deref(),
+                        get("error_description").as_deref(),
+                    )
+                    .await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    let failed_connects = connected.iter().filter(|r| r.is_err()).count();
+    if let Some(Err(e)) = connected.iter().find(|r| r.is_err()) {
+        eprintln!("bench: a consent failed: {e}");
+    }
+    let connect_s = started.elapsed().as_secs_f64();
+    let tenants = &c.tenants;
+    let due = tenants.make_all_due().await?;
+    let before = c.m365.tokens.stats().requests;
+    let started = std::time::Instant::now();
+    let mut refreshed = 0;
+    let mut failed = 0;
+    loop {
+        let (ok, bad) = tenants.refresh_round(&c.m365.tokens, 500, 64).await?;
+        refreshed += ok;
+        failed += bad;
+        if ok + bad == 0 {
+            break;
+        }
+    }
+    let refresh_s = started.elapsed().as_secs_f64();
+    let requests = c.m365.tokens.stats().requests - before;
+    let healthy = tenants
+        .list()
+        .await?
+        .iter()
+        .filter(|t| t.company.as_str().starts_with(&prefix))
+        .filter(|t| t.status == steward_engine::tenants::TenantStatus::Healthy)
+        .count();
+    let report = serde_json::json!({
+        "tenants": n,
+        "connected": n - failed_connects,
+        "connect_seconds": connect_s,
+        "due": due,
+        "refreshed": refreshed,
+        "failed": failed,
+        "token_requests": requests,
+        "refresh_seconds": refresh_s,
+        "refreshes_per_second": refreshed as f64 / refresh_s.max(1e-9),
+        "healthy": healthy,
+    });
+    if json {
+        println!("{report}");
+    } else {
+        println!(
+            "{n} tenants connected through the consent flow in {connect_s:.1} s ({failed_connects} failed)"
+        );
+        println!(
+            "  scheduled refresh: {refreshed} refreshed, {failed} failed, {requests} token requests, in {refresh_s:.2} s ({:.0}/s); {healthy} healthy",
+            refreshed as f64 / refresh_s.max(1e-9)
+        );
+    }
+    if failed_connects > 0 || failed > 0 || requests != refreshed as u64 {
+        return Ok(ExitCode::from(super::exit::ERROR));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -5,13 +5,16 @@ pub(crate) mod approvals;
 pub(crate) mod bench;
 pub(crate) mod companies;
 pub(crate) mod demo;
+pub(crate) mod inbox;
 pub(crate) mod plan;
 pub(crate) mod runs;
 pub(crate) mod sandbox;
+pub(crate) mod schedules;
 pub(crate) mod schema;
 pub(crate) mod secrets;
 pub(crate) mod serve;
 pub(crate) mod technicians;
+pub(crate) mod tenants;
 pub(crate) mod validate;
 pub(crate) mod worker;
 

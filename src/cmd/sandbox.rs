@@ -3,13 +3,32 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
-use clap::Args;
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
 
 use super::shutdown_signal;
+use crate::client::{ApiArgs, Client, s, urlencode};
+
+/// What `steward sandbox` does besides serving the world.
+#[derive(Subcommand, Debug)]
+pub(crate) enum SandboxCmd {
+    /// Register the sandbox world's companies in Steward and connect their tenants, through the
+    /// API and the same consent flow a technician uses (STEWARD_TOKEN: an admin's token).
+    Seed {
+        /// The sandbox's URL.
+        #[arg(long, env = "STEWARD_SANDBOX__URL")]
+        sandbox: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
 
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 pub(crate) struct SandboxArgs {
+    #[command(subcommand)]
+    cmd: Option<SandboxCmd>,
     /// Where to listen.
     #[arg(long, default_value = "127.0.0.1:8090")]
     listen: String,
@@ -48,6 +67,9 @@ pub(crate) struct SandboxArgs {
 const WEBHOOK_SECRET_VAR: &str = "STEWARD_SANDBOX_WEBHOOK_SECRET";
 
 pub(crate) async fn run(args: SandboxArgs) -> Result<ExitCode> {
+    if let Some(SandboxCmd::Seed { sandbox, api }) = args.cmd {
+        return seed(&sandbox, &api).await;
+    }
     let public_host = args
         .public_url
         .as_deref()
@@ -95,4 +117,153 @@ pub(crate) async fn run(args: SandboxArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The Steward company for a company of the sandbox world.
+fn company_of(c: &Value, approver: &str) -> Value {
+    let tenant = &c["tenant"];
+    let domain = tenant["domains"][0]
+        .as_str()
+        .or_else(|| tenant["initial_domain"].as_str())
+        .unwrap_or("example.com");
+    let mut company = json!({
+        "id": c["id"],
+        "name": c["name"],
+        "tenant_id": tenant["id"],
+        "identity_provider": "entra_id",
+        "mailbox_provider": "exchange_online",
+        "approvers": [approver],
+        "permissions": {"profile": "full_automation"},
+        "defaults": {"usage_location": "GB", "upn_domain": domain},
+    });
+    if c["ad"].is_object() {
+        company["identity_provider"] = json!(if c["entra_connect"].is_object() {
+            "hybrid"
+        } else {
+            "on_prem_ad"
+        });
+        company["ad_runner"] = c["ad"]["domain_controller"].clone();
+        if let Some(site) = c["rmm_site"]["uid"].as_str() {
+            company["rmm"] = json!({"provider": "datto", "site": site});
+        }
+        if let Some(server) = c["entra_connect"]["server"].as_str() {
+            company["entra_connect_server"] = json!(server);
+        }
+        if let Some(server) = c["exchange_server"]["name"].as_str() {
+            company["exchange_server"] = json!(server);
+            company["mailbox_provider"] = json!(if c["entra_connect"].is_object() {
+                "exchange_hybrid"
+            } else {
+                "exchange_server"
+            });
+        }
+    }
+    company
+}
+
+/// `steward sandbox seed`: every company of the sandbox's world becomes a Steward company (if it
+/// is not one yet), and every tenant is connected through the consent flow: Steward's consent
+/// URL, the sandbox's consent page accepted, Microsoft's redirect to Steward's callback.
+async fn seed(sandbox: &str, api: &ApiArgs) -> Result<ExitCode> {
+    let c = Client::new(api)?;
+    let sandbox = sandbox.trim_end_matches('/');
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()?;
+    let world: Value = http
+        .get(format!("{sandbox}/admin/world"))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the sandbox at {sandbox}"))?
+        .error_for_status()?
+        .json()
+        .await?;
+    let me = c.get("/v1/technicians/me").await?;
+    let approver = s(&me["email"]).to_owned();
+    let companies = world["companies"]
+        .as_object()
+        .ok_or_else(|| anyhow!("the sandbox's /admin/world lists no companies"))?;
+    let mut failed = 0;
+    for (id, snapshot) in companies {
+        let exists = c
+            .get(&format!("/v1/companies/{}", urlencode(id)))
+            .await
+            .is_ok();
+        if !exists {
+            if let Err(e) = c
+                .post("/v1/companies", company_of(snapshot, &approver))
+                .await
+            {
+                eprintln!("{id}: not registered: {e}");
+                failed += 1;
+                continue;
+            }
+            println!("{id}: registered");
+        }
+        match connect(&c, &http, id, snapshot).await {
+            Ok(()) => println!("{id}: tenant connected through the consent flow"),
+            Err(e) => {
+                eprintln!("{id}: tenant not connected: {e}");
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        return Ok(ExitCode::from(super::exit::ERROR));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Connects one company's tenant as an administrator would: opens the consent URL, accepts.
+async fn connect(c: &Client, http: &reqwest::Client, id: &str, snapshot: &Value) -> Result<()> {
+    let tenant = snapshot["tenant"]["id"]
+        .as_str()
+        .ok_or_else(|| anyhow!("the sandbox company has no tenant id"))?;
+    let start = c
+        .post(
+            &format!("/v1/tenants/{}/connect", urlencode(id)),
+            json!({ "tenant": tenant }),
+        )
+        .await?;
+    let url = url::Url::parse(s(&start["consent_url"]))?;
+    let page = http.get(url.clone()).send().await?;
+    if !page.status().is_success() {
+        bail!(
+            "the consent page answered {}: {}",
+            page.status(),
+            page.text().await.unwrap_or_default()
+        );
+    }
+    let mut form: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+    form.push(("decision".to_owned(), "accept".to_owned()));
+    let mut action = url.clone();
+    action.set_query(None);
+    // The sandbox redirects to Steward's callback; the client follows it.
+    let done = http.post(action).form(&form).send().await?;
+    let status = done.status();
+    let text = done.text().await.unwrap_or_default();
+    if !status.is_success() {
+        bail!(
+            "Steward's consent callback answered {status}: {}",
+            strip_tags(&text)
+        );
+    }
+    Ok(())
+}
+
+fn strip_tags(html: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for ch in html.chars() {
+        match ch {
+            '<' => inside = true,
+            '>' => {
+                inside = false;
+                out.push(' ');
+            }
+            c if !inside => out.push(c),
+            _ => {}
+        }
+    }
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
 }

@@ -15,6 +15,10 @@ use super::{connect, shutdown_signal};
 
 #[derive(Args, Debug)]
 pub(crate) struct ServeArgs {
+    /// Point every Microsoft 365 connector at this sandbox (`steward sandbox`) instead of
+    /// Microsoft (sandbox.url, STEWARD_SANDBOX__URL).
+    #[arg(long)]
+    sandbox: Option<String>,
     /// Where the HTTP API listens (http.listen).
     #[arg(long)]
     listen: Option<String>,
@@ -60,14 +64,13 @@ pub(crate) async fn run(mut config: Config, args: ServeArgs) -> Result<ExitCode>
     if let Some(w) = args.workflows {
         config.http.workflows = w;
     }
+    if let Some(url) = args.sandbox {
+        config.sandbox.url = Some(url);
+    }
     config.validate()?;
     check_public_url(&config)?;
     steward_engine::secrets::require(&config.secrets, "serve")?;
     let store = connect(&config).await?;
-    let registry = Arc::new(Registry::builtin());
-    // Bad files are skipped and reported (log, GET /v1/workflows/files); only an unreadable
-    // folder stops serve.
-    let workflows = Library::open(Path::new(&config.http.workflows), registry.clone())?;
     let listener = tokio::net::TcpListener::bind(&config.http.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.http.listen))?;
@@ -77,7 +80,13 @@ pub(crate) async fn run(mut config: Config, args: ServeArgs) -> Result<ExitCode>
         .public_url
         .clone()
         .unwrap_or_else(|| format!("http://{addr}"));
-    let state = steward_engine::api::state(
+    let connectors =
+        steward_engine::tenants::build(&store, &config, &public_url).map_err(|e| anyhow!(e))?;
+    let registry = Arc::new(Registry::with_m365(connectors.m365.clone()));
+    // Bad files are skipped and reported (log, GET /v1/workflows/files); only an unreadable
+    // folder stops serve.
+    let workflows = Library::open(Path::new(&config.http.workflows), registry.clone())?;
+    let mut state = steward_engine::api::state(
         store.clone(),
         registry,
         workflows.clone(),
@@ -86,10 +95,27 @@ pub(crate) async fn run(mut config: Config, args: ServeArgs) -> Result<ExitCode>
     )
     .await
     .map_err(|e| anyhow!(e))?;
+    state.tenants = Some(connectors.connector.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    // Schedules (the built-in token refresh among them) fire through the scheduler's timer
+    // index; their firings run here.
+    let schedules = steward_engine::schedules::Schedules::new(store.clone());
+    schedules.ensure_token_refresh().await?;
+    let runner = steward_engine::schedules::ServeRunner {
+        schedules: schedules.clone(),
+        tenants: Some((connectors.tenants.clone(), connectors.m365.tokens.clone())),
+        planner: state.planner.clone(),
+        workflows: workflows.clone(),
+    };
+    let firings = tokio::spawn(steward_engine::schedules::run_firings(
+        schedules,
+        Arc::new(runner),
+        steward_engine::worker::consumer_name(),
+        stopped(stop_rx.clone()),
+    ));
     let sched = tokio::spawn(scheduler::run(
         store,
         scheduler_config(&config),
@@ -107,5 +133,6 @@ pub(crate) async fn run(mut config: Config, args: ServeArgs) -> Result<ExitCode>
         .await?;
     let _ = sched.await;
     let _ = watcher.await;
+    let _ = firings.await;
     Ok(ExitCode::SUCCESS)
 }

@@ -16,6 +16,10 @@ use super::{connect, serve::scheduler_config, shutdown_signal};
 
 #[derive(Args, Debug)]
 pub(crate) struct WorkerArgs {
+    /// Point every Microsoft 365 connector at this sandbox (`steward sandbox`) instead of
+    /// Microsoft (sandbox.url, STEWARD_SANDBOX__URL).
+    #[arg(long)]
+    sandbox: Option<String>,
     /// Steps run at once.
     #[arg(long)]
     concurrency: Option<usize>,
@@ -50,6 +54,9 @@ pub(crate) async fn run(mut config: Config, args: WorkerArgs) -> Result<ExitCode
     if let Some(m) = args.max_deliveries {
         config.worker.max_deliveries = m;
     }
+    if let Some(url) = args.sandbox {
+        config.sandbox.url = Some(url);
+    }
     config.validate()?;
     steward_engine::secrets::require(&config.secrets, "worker")?;
     let store = connect(&config).await?;
@@ -57,10 +64,18 @@ pub(crate) async fn run(mut config: Config, args: WorkerArgs) -> Result<ExitCode
         redis: Some(store.db().manager()),
         namespace: config.redis.namespace.clone(),
     };
+    // One-time links the ops issue start with the API's URL.
+    let public_url = config
+        .http
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", config.http.listen));
+    let connectors =
+        steward_engine::tenants::build(&store, &config, &public_url).map_err(|e| anyhow!(e))?;
     let runtime = Arc::new(Runtime {
         store: store.clone(),
         companies: Companies::for_store(&store),
-        registry: Registry::builtin(),
+        registry: Registry::with_m365(connectors.m365),
         services,
     });
     let queue = queue_config(&config);

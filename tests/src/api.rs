@@ -49,10 +49,19 @@ impl ApiEnv {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let base = format!("http://{addr}");
-        let state =
+        let mut state =
             steward_engine::api::state(env.store().await?, registry, flows, None, base.clone())
                 .await
                 .map_err(|e| anyhow::anyhow!(e))?;
+        // Tenant connections as `steward serve` has them (no app configured: connecting asks
+        // for one).
+        let connectors = steward_engine::tenants::build(
+            &state.store,
+            &steward_engine::config::Config::default(),
+            &base,
+        )
+        .map_err(|e| anyhow::anyhow!(e))?;
+        state.tenants = Some(connectors.connector);
         let server = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, steward_engine::api::app(state)).await {
                 eprintln!("the test API server stopped: {e}");

@@ -380,10 +380,22 @@ pub struct Proc {
 impl Proc {
     /// Spawns `binary` with `args`, logging to `dir/<name>.log`.
     pub fn spawn(binary: &Path, dir: &Path, name: &str, args: &[String]) -> Result<Self> {
+        Self::spawn_env(binary, dir, name, args, &[])
+    }
+
+    /// [`Proc::spawn`] with environment variables.
+    pub fn spawn_env(
+        binary: &Path,
+        dir: &Path,
+        name: &str,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let log = dir.join(format!("{name}.log"));
         let out = std::fs::File::create(&log)?;
         let child = Command::new(binary)
             .args(args)
+            .envs(env.iter().copied())
             .env("STEWARD_LOG", "info,steward_engine=debug")
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)

@@ -9,10 +9,13 @@ pub mod companies;
 pub mod error;
 pub mod extract;
 mod html;
+mod inbox;
 pub mod plans;
 pub mod runs;
+mod schedules;
 mod secrets;
 pub mod technicians;
+mod tenants;
 mod workflows;
 
 use std::collections::BTreeMap;
@@ -64,6 +67,9 @@ pub struct ApiState {
     pub public_url: String,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// Tenant connections and the consent flow (`steward serve` sets it; without it the
+    /// `/v1/tenants` routes answer 503).
+    pub tenants: Option<crate::tenants::Connector>,
 }
 
 /// `201 Created` with a JSON body.
@@ -355,6 +361,9 @@ fn routes() -> ApiRouter<ApiState> {
             delete_with(technicians::revoke, op!("revoke a token", "technicians")),
         )
         .merge(secrets::routes())
+        .merge(tenants::routes())
+        .merge(inbox::routes())
+        .merge(schedules::routes())
 }
 
 fn describe(api: TransformOpenApi<'_>) -> TransformOpenApi<'_> {
@@ -375,6 +384,9 @@ fn describe(api: TransformOpenApi<'_>) -> TransformOpenApi<'_> {
         .tag(Tag { name: "companies".to_owned(), ..Default::default() })
         .tag(Tag { name: "technicians".to_owned(), ..Default::default() })
         .tag(Tag { name: "secrets".to_owned(), description: Some("one-time secret links (HTML pages for the people they are sent to)".to_owned()), ..Default::default() })
+        .tag(Tag { name: "tenants".to_owned(), description: Some("Microsoft 365 tenant connections: consent, status, refresh".to_owned()), ..Default::default() })
+        .tag(Tag { name: "inbox".to_owned(), ..Default::default() })
+        .tag(Tag { name: "schedules".to_owned(), ..Default::default() })
         .tag(Tag { name: "system".to_owned(), ..Default::default() })
 }
 
@@ -423,6 +435,7 @@ pub async fn state(
         signer,
         public_url,
         metrics: Arc::default(),
+        tenants: None,
     })
 }
 

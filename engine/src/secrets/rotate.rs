@@ -11,8 +11,10 @@
 //! cannot be changed in place under a consumer group); they leave the queue as workers run them,
 //! and the census counts them until then. Dead letters are rewritten as new entries.
 //!
-//! Not covered yet: tenant connections (their store should add itself here), and Redis Cluster
-//! (`SCAN` would have to visit every master).
+//! Tenant connections (their client secret and refresh token, sealed for the tenant) and the
+//! passwords ops keep for one-time delivery are visited too. Not covered: values that expire
+//! within the hour on their own (the shared token cache, consents in progress), and Redis
+//! Cluster (`SCAN` would have to visit every master).
 
 use std::collections::BTreeMap;
 
@@ -41,11 +43,21 @@ pub struct Counts {
     pub dead_letters: u64,
     /// One-time secret links sealed under it.
     pub links: u64,
+    /// Tenant connections holding a credential sealed under it.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub tenants: u64,
+    /// Passwords kept for one-time delivery sealed under it.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub kept: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Counts {
     fn total(&self) -> u64 {
-        self.runs + self.queued_jobs + self.dead_letters + self.links
+        self.runs + self.queued_jobs + self.dead_letters + self.links + self.tenants + self.kept
     }
 }
 
@@ -91,6 +103,8 @@ impl Census {
                 (c.queued_jobs, "queued job"),
                 (c.dead_letters, "dead letter"),
                 (c.links, "secret link"),
+                (c.tenants, "tenant connection"),
+                (c.kept, "kept password"),
             ] {
                 if n > 0 {
                     parts.push(format!("{n} {what}{}", if n == 1 { "" } else { "s" }));
@@ -125,6 +139,12 @@ pub struct Rotated {
     pub dead_letters: u64,
     /// Secret links sealed again.
     pub links: u64,
+    /// Tenant credentials sealed again.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub tenants: u64,
+    /// Kept passwords sealed again.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub kept: u64,
     /// Items changed by someone else between the read and the write (visited again).
     pub retried: u64,
     /// Items that could not be opened (sealed under a key this process does not have, or
@@ -268,7 +288,40 @@ pub async fn census(store: &Store) -> Result<Census, Error> {
             count_into(&mut census, &sealed, |c| c.links += 1);
         }
     }
+    for key in scan(store, &tenant_pattern(store), "hash").await? {
+        let (a, b): (Option<String>, Option<String>) = store
+            .db()
+            .query(
+                redis::cmd("HMGET")
+                    .arg(&key)
+                    .arg("client_secret")
+                    .arg("refresh"),
+            )
+            .await?;
+        let text = format!("{} {}", a.unwrap_or_default(), b.unwrap_or_default());
+        count_into(&mut census, &text, |c| c.tenants += 1);
+    }
+    for key in scan(store, &kept_pattern(store), "string").await? {
+        let text: Option<String> = store.db().query(redis::cmd("GET").arg(&key)).await?;
+        if let Some(text) = text {
+            count_into(&mut census, &text, |c| c.kept += 1);
+        }
+    }
     Ok(census)
+}
+
+fn tenant_pattern(store: &Store) -> String {
+    format!("{}:{{tn}}:c:*", store.keys().namespace())
+}
+
+fn kept_pattern(store: &Store) -> String {
+    format!("{}:m365:kept:*", store.keys().namespace())
+}
+
+/// The key a kept secret's key names (`<ns>:m365:kept:{<key>}`).
+fn kept_key_of(key: &str) -> Option<&str> {
+    let start = key.find(":m365:kept:{")? + ":m365:kept:{".len();
+    key[start..].strip_suffix('}')
 }
 
 /// Seals everything stored under older keys again under the active key, in passes until one
@@ -363,6 +416,79 @@ pub async fn rotate(store: &Store, mut progress: impl FnMut(&str)) -> Result<Rot
                 Ok(false) => {}
                 Err(Error::Open(_)) => skipped += 1,
                 Err(e) => return Err(e),
+            }
+        }
+        for key in scan(store, &tenant_pattern(store), "hash").await? {
+            let tenant: Option<String> = store
+                .db()
+                .query(redis::cmd("HGET").arg(&key).arg("tenant"))
+                .await?;
+            let Some(tenant) = tenant else { continue };
+            for (field, kind) in [
+                ("client_secret", "client_secret"),
+                ("refresh", "refresh_token"),
+            ] {
+                let value: Option<String> = store
+                    .db()
+                    .query(redis::cmd("HGET").arg(&key).arg(field))
+                    .await?;
+                let Some(value) = value.filter(|v| has_old(ring, v)) else {
+                    continue;
+                };
+                let cx = Context::tenant_credential(&tenant, kind);
+                let fresh = match ring.reseal_within(&value, &cx) {
+                    Ok(Some(f)) => f,
+                    Ok(None) => continue,
+                    Err(_) => {
+                        skipped += 1;
+                        continue;
+                    }
+                };
+                let mut inv = field_script.prepare_invoke();
+                inv.key(&key).arg(field).arg(&value).arg(fresh);
+                if store.db().script::<i64>(&inv).await? == 1 {
+                    done.tenants += 1;
+                    changed += 1;
+                } else {
+                    retried += 1;
+                }
+            }
+        }
+        for key in scan(store, &kept_pattern(store), "string").await? {
+            let Some(kept) = kept_key_of(&key) else {
+                continue;
+            };
+            let text: Option<String> = store.db().query(redis::cmd("GET").arg(&key)).await?;
+            let Some(text) = text.filter(|t| has_old(ring, t)) else {
+                continue;
+            };
+            let fresh = match ring.reseal_within(&text, &Context::new("kept-secret", &[kept])) {
+                Ok(Some(f)) => f,
+                Ok(None) => continue,
+                Err(_) => {
+                    skipped += 1;
+                    continue;
+                }
+            };
+            // Compare and set, keeping the key's expiry.
+            let done_one: i64 = store
+                .db()
+                .script(
+                    Script::new(
+                        "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end \
+                         redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL') return 1",
+                    )
+                    .prepare_invoke()
+                    .key(&key)
+                    .arg(&text)
+                    .arg(fresh),
+                )
+                .await?;
+            if done_one == 1 {
+                done.kept += 1;
+                changed += 1;
+            } else {
+                retried += 1;
             }
         }
         done.retried += retried;

@@ -795,8 +795,9 @@ pub(super) async fn delete_method(
 
 /// `resetPassword` on the password method: an admin reset that, for a directory-synced user, is
 /// written back to on-prem AD (password writeback through Entra Connect). Answers 202 with the
-/// `Location` of a long-running operation, as Graph does. `newPassword` is required here (the
-/// sandbox does not generate passwords).
+/// `Location` of a long-running operation, as Graph does. `newPassword` is optional, as Microsoft
+/// documents: for a cloud-only user, leaving it out makes the service generate one and answer it
+/// in the body (`passwordResetResponse`); a synced user's writeback needs it.
 pub(super) async fn reset_password(
     State(shared): State<AppState>,
     Path((id, method_id)): Path<(String, String)>,
@@ -812,14 +813,25 @@ pub(super) async fn reset_password(
             "The parameter '{k}' in the request payload is not a valid parameter for the operation 'resetPassword'."
         )));
     }
-    let Some(pw) = params.get("newPassword").and_then(Value::as_str) else {
-        return Err(GraphError::invalid_value(
-            "newPassword",
-            "passwordAuthenticationMethod",
-        ));
+    let given = match params.get("newPassword") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(p)) => Some(p.clone()),
+        Some(_) => {
+            return Err(GraphError::invalid_value(
+                "newPassword",
+                "passwordAuthenticationMethod",
+            ));
+        }
     };
-    let pw = pw.to_owned();
+    let generated = given.is_none();
     let op_id = st.world.new_guid("operation");
+    // A system-generated password: from the sandbox's seeded ids, strong enough for any policy.
+    let pw = given.unwrap_or_else(|| {
+        format!(
+            "Sbx-{}!a9",
+            st.world.new_guid("generated-password").replace('-', "")
+        )
+    });
     let c = company_mut(st, &caller)?;
     let idx = user_index(&c.tenant, &id).ok_or_else(|| GraphError::not_found(&id))?;
     if !method_id.eq_ignore_ascii_case(PASSWORD_METHOD_ID) {
@@ -836,6 +848,11 @@ pub(super) async fn reset_password(
         set_at: now,
     };
     let writeback = c.tenant.users[idx].on_prem.clone();
+    if generated && writeback.is_some() {
+        return Err(GraphError::bad_request(
+            "newPassword is required to reset the password of a user whose password is written back to on-premises Active Directory.",
+        ));
+    }
     match &writeback {
         Some(link) => {
             if c.entra_connect.is_none() {
@@ -884,7 +901,18 @@ pub(super) async fn reset_password(
         "{}/graph/v1.0/users/{user_id}/authentication/operations/{op_id}",
         ctx.origin
     );
-    let mut resp = StatusCode::ACCEPTED.into_response();
+    let mut resp = if generated {
+        (
+            StatusCode::ACCEPTED,
+            axum::Json(json!({
+                "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#microsoft.graph.passwordResetResponse",
+                "newPassword": pw,
+            })),
+        )
+            .into_response()
+    } else {
+        StatusCode::ACCEPTED.into_response()
+    };
     if let Ok(v) = axum::http::HeaderValue::from_str(&location) {
         resp.headers_mut().insert("location", v);
     }

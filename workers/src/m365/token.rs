@@ -979,6 +979,127 @@ impl TokenClient {
     }
 }
 
+/// What redeeming an authorization code gave: the tenant's first delegated refresh token, and
+/// who consented (read from the access token's claims; not verified, only shown).
+#[derive(Debug, Clone)]
+pub struct Redeemed {
+    /// The delegated refresh token.
+    pub refresh_token: Secret,
+    /// The tenant's id (`tid`), when the access token names it.
+    pub tenant_id: Option<String>,
+    /// Who signed in and consented (`upn`), when the access token names them.
+    pub user: Option<String>,
+}
+
+/// The scope a consent asks for: delegated Graph rights and a refresh token (refresh tokens are
+/// not tied to a resource: the same one is redeemed for Exchange Online).
+pub const CONSENT_SCOPE: &str = "offline_access https://graph.microsoft.com/.default";
+
+impl TokenClient {
+    /// The authorization endpoint of `tenant`: `{login}/{tenant}/oauth2/v2.0/authorize`.
+    pub fn authorize_url(&self, tenant: &str) -> Result<url::Url, TokenError> {
+        self.endpoint(tenant, "authorize")
+    }
+
+    fn endpoint(&self, tenant: &str, last: &str) -> Result<url::Url, TokenError> {
+        let mut url = self.inner.config.login_base.clone();
+        url.path_segments_mut()
+            .map_err(|()| TokenError::Rejected {
+                tenant: tenant.to_owned(),
+                error: "configuration".to_owned(),
+                code: 0,
+                summary: "the login base URL cannot take a path".to_owned(),
+            })?
+            .pop_if_empty()
+            .extend([tenant, "oauth2", "v2.0", last]);
+        Ok(url)
+    }
+
+    /// Redeems an authorization code (the consent flow's last step) with its PKCE verifier:
+    /// one request, never retried (a code is single-use).
+    pub async fn redeem_code(
+        &self,
+        conn: &Connection,
+        code: &Secret,
+        redirect_uri: &str,
+        verifier: &Secret,
+    ) -> Result<Redeemed, TokenError> {
+        let tenant = conn.tenant.as_str();
+        let url = self.endpoint(tenant, "token")?;
+        let form: Vec<(&str, &str)> = vec![
+            ("client_id", conn.client_id.as_str()),
+            ("client_secret", conn.client_secret.expose()),
+            ("grant_type", "authorization_code"),
+            ("code", code.expose()),
+            ("redirect_uri", redirect_uri),
+            ("code_verifier", verifier.expose()),
+            ("scope", CONSENT_SCOPE),
+        ];
+        self.count(|s| s.requests += 1);
+        let resp = self
+            .inner
+            .http
+            .post(url)
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| TokenError::Transient {
+                tenant: tenant.to_owned(),
+                what: transport_reason(&e),
+                code: None,
+                retry_after: None,
+            })?;
+        let status = resp.status().as_u16();
+        let retry_after = retry_after(resp.headers());
+        let body = resp.bytes().await.map_err(|e| TokenError::Transient {
+            tenant: tenant.to_owned(),
+            what: transport_reason(&e),
+            code: None,
+            retry_after: None,
+        })?;
+        if !(200..300).contains(&status) {
+            return Err(classify(
+                tenant,
+                Grant::Delegated,
+                status,
+                &body,
+                retry_after,
+            ));
+        }
+        let ok: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let Some(rt) = ok.get("refresh_token").and_then(Value::as_str) else {
+            return Err(TokenError::Rejected {
+                tenant: tenant.to_owned(),
+                error: "no_refresh_token".to_owned(),
+                code: 0,
+                summary: "the answer holds no refresh token (was offline_access granted?)"
+                    .to_owned(),
+            });
+        };
+        let claims = ok
+            .get("access_token")
+            .and_then(Value::as_str)
+            .and_then(jwt_claims)
+            .unwrap_or(Value::Null);
+        let text = |k: &str| claims.get(k).and_then(Value::as_str).map(str::to_owned);
+        Ok(Redeemed {
+            refresh_token: Secret::new(rt),
+            tenant_id: text("tid"),
+            user: text("upn").or_else(|| text("preferred_username")),
+        })
+    }
+}
+
+/// The claims of a JWT, unverified (for display only).
+fn jwt_claims(token: &str) -> Option<Value> {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
 fn shared_failure(tenant: &str, grant: Grant, f: SharedFailure) -> TokenError {
     // The waiters report what the flight's holder met, in its words.
     if f.class == "terminal" {

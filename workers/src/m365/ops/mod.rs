@@ -151,9 +151,36 @@ impl Op for CloudOp {
 /// How long a step waits, at most, for a throttled tenant before checking again.
 const MAX_THROTTLE_WAIT: Duration = Duration::from_secs(300);
 
+/// How often a step waiting for a tenant's new consent checks again.
+const RECONSENT_CHECK: Duration = Duration::from_secs(15 * 60);
+
+/// A running step whose tenant Microsoft refused for good (consent withdrawn, refresh token
+/// expired or revoked) waits for a new consent, saying so, instead of failing or burning its
+/// retries: it checks again every [`RECONSENT_CHECK`] (its `max_wait` still applies) and goes on
+/// once the tenant is connected again.
+fn reconsent_wait(cx: &OpContext, e: &Error) -> Option<OpOutcome> {
+    let Error::Token(t) = e else { return None };
+    if !t.needs_reconsent() || cx.phase != Phase::Run {
+        return None;
+    }
+    Some(OpOutcome::Pending {
+        check_after: RECONSENT_CHECK,
+        note: Some(format!(
+            "waiting for company {}'s tenant to be connected again ({}): {t}; an administrator of the tenant must consent: steward tenants connect {}",
+            cx.company,
+            t.code().unwrap_or_else(|| "reconsent_needed".to_owned()),
+            cx.company
+        )),
+    })
+}
+
 /// A connector error as the step's outcome: a throttled request makes a running step pending
-/// (no attempt used up); everything else is a failure, retryable or terminal.
+/// (no attempt used up), as does a tenant that needs consent again; everything else is a
+/// failure, retryable or terminal.
 fn settle(cx: &OpContext, e: Error) -> Result<OpOutcome, OpError> {
+    if let Some(wait) = reconsent_wait(cx, &e) {
+        return Ok(wait);
+    }
     let throttled = match &e {
         Error::Throttled { .. } => true,
         Error::Service(s) => s.status == 429,
@@ -421,6 +448,43 @@ mod tests {
         r = Registry::new();
         register(&mut r, None);
         assert_eq!(r.specs().len(), n);
+    }
+
+    #[test]
+    fn a_tenant_that_needs_consent_again_makes_a_running_step_wait() {
+        let mut cx = OpContext {
+            run_id: steward_schemas::RunId::from_ulid(Default::default()),
+            company: "contoso".parse().unwrap(),
+            step: steward_schemas::StepId::parse("create").unwrap(),
+            phase: Phase::Run,
+            attempt: steward_schemas::Attempt::FIRST,
+            polls: 0,
+            seq: 1,
+            services: Default::default(),
+        };
+        let refused =
+            || Error::Token(crate::m365::token::TokenError::NoRefreshToken { tenant: "t".into() });
+        match settle(&cx, refused()) {
+            Ok(OpOutcome::Pending { check_after, note }) => {
+                assert_eq!(check_after, RECONSENT_CHECK);
+                let note = note.unwrap();
+                assert!(note.contains("steward tenants connect contoso"), "{note}");
+            }
+            other => panic!("{other:?}"),
+        }
+        cx.phase = Phase::Undo;
+        assert!(settle(&cx, refused()).is_err(), "an undo fails as before");
+        cx.phase = Phase::Run;
+        let transient = Error::Token(crate::m365::token::TokenError::Transient {
+            tenant: "t".into(),
+            what: "HTTP 503".into(),
+            code: None,
+            retry_after: None,
+        });
+        assert!(
+            settle(&cx, transient).is_err(),
+            "a transient failure is retried"
+        );
     }
 
     #[test]
