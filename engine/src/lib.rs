@@ -15,6 +15,7 @@ pub mod keys;
 pub mod links;
 pub mod planner;
 pub mod queue;
+pub mod runner;
 pub mod scheduler;
 pub mod secrets;
 pub mod store;

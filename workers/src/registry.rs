@@ -43,14 +43,24 @@ impl Registry {
         Self::build(Some(m365))
     }
 
-    fn build(m365: Option<crate::m365::M365>) -> Self {
+    /// The catalog and every built-in implementation, connected to Microsoft 365 and to the
+    /// RMM where given.
+    pub fn connected(
+        m365: Option<crate::m365::M365>,
+        onprem: Option<crate::onprem::OnPrem>,
+    ) -> Self {
         let mut r = Self::new();
         for spec in crate::catalog::CATALOG {
             r.catalog.insert(spec.name, spec);
         }
         crate::testing::register(&mut r);
         crate::m365::ops::register(&mut r, m365);
+        crate::onprem::register(&mut r, onprem);
         r
+    }
+
+    fn build(m365: Option<crate::m365::M365>) -> Self {
+        Self::connected(m365, None)
     }
 
     /// Whether this registry can run the op called `name` (not only validate it).

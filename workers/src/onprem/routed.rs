@@ -1,0 +1,1 @@
+//! The routed dispatcher (in progress).
