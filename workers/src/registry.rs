@@ -54,7 +54,32 @@ impl Registry {
             r.catalog.insert(spec.name, spec);
         }
         crate::testing::register(&mut r);
-        crate::m365::ops::register(&mut r, m365);
+        let secrets = m365.as_ref().map(|m| m.secrets.clone());
+        // The cloud ops, by their own names: the routed dispatcher's cloud executor.
+        let mut cloud = Self::new();
+        crate::m365::ops::register(&mut cloud, m365);
+        let cloud_ops = Arc::new(cloud.ops.clone());
+        for (name, op) in cloud.ops {
+            if !steward_core::routing::ROUTED_OPS.contains(&name) {
+                r.ops.insert(name, op);
+            }
+        }
+        // Every catalogue op that routing knows is the routed dispatcher.
+        for spec in crate::catalog::CATALOG {
+            if steward_core::routing::ROUTED_OPS.contains(&spec.name) {
+                r.register(crate::onprem::routed::Routed {
+                    spec,
+                    cloud: cloud_ops.clone(),
+                    onprem: onprem.clone(),
+                    secrets: secrets.clone(),
+                });
+            }
+        }
+        r.register(crate::onprem::routed::RoutedUndo {
+            spec: &crate::onprem::routed::UNDO_SPEC,
+            cloud: cloud_ops,
+            onprem: onprem.clone(),
+        });
         crate::onprem::register(&mut r, onprem);
         r
     }
