@@ -8,11 +8,87 @@
 //! quicker, or the step moved on) is simply stale. Nothing else changes: the step reads the
 //! result when it runs.
 
-use steward_schemas::{Event, RunId, StepId, StepState, TimerKey, TimerKind};
-use steward_workers::rmm::jobs::{Binding, Jobs};
-use tracing::debug;
+use std::sync::Arc;
 
+use steward_schemas::{Event, RunId, StepId, StepState, TimerKey, TimerKind};
+use steward_workers::onprem::{self, OnPrem};
+use steward_workers::rmm::datto::{self, Datto};
+use steward_workers::rmm::jobs::{Binding, Jobs};
+use tracing::{debug, info};
+
+use crate::config::Config;
 use crate::store::{self, Outcome, Store};
+
+/// The sandbox fixtures' Datto API key and secret (sandbox credentials only).
+pub const SANDBOX_DATTO_KEY: &str = "SANDBOXDATTOKEY";
+/// See [`SANDBOX_DATTO_KEY`].
+pub const SANDBOX_DATTO_SECRET: &str = "sandbox-datto-secret";
+/// The runner component's name in the sandbox and in `deploy/rmm`'s install steps.
+pub const RUNNER_COMPONENT: &str = "Steward Runner";
+
+/// Why the RMM settings cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SetupError(String);
+
+/// The on-prem executor from `config`: Datto RMM from `rmm.datto-*`, or the sandbox's Datto
+/// (`sandbox.url`) with the fixtures' credentials; `None` when neither is set (the worker then
+/// has no on-prem ops, and they fail with the fix).
+pub async fn onprem_from_config(
+    config: &Config,
+    store: &Store,
+) -> Result<Option<OnPrem>, SetupError> {
+    let r = &config.rmm;
+    let sandbox = config.sandbox.url.as_deref().map(|u| u.trim_end_matches('/'));
+    let api_url = match (&r.datto_api_url, sandbox) {
+        (Some(u), _) => u.clone(),
+        (None, Some(sb)) => format!("{sb}/datto"),
+        (None, None) => return Ok(None),
+    };
+    let key = r
+        .datto_api_key
+        .as_ref()
+        .map(|s| s.0.clone())
+        .or_else(|| sandbox.map(|_| SANDBOX_DATTO_KEY.to_owned()))
+        .ok_or_else(|| SetupError("rmm.datto-api-key is not set; fix: set STEWARD_RMM__DATTO_API_KEY (Setup → Users → Generate API Keys in Datto RMM)".to_owned()))?;
+    let secret = r
+        .datto_api_secret
+        .as_ref()
+        .map(|s| s.0.clone())
+        .or_else(|| sandbox.map(|_| SANDBOX_DATTO_SECRET.to_owned()))
+        .ok_or_else(|| SetupError("rmm.datto-api-secret is not set; fix: set STEWARD_RMM__DATTO_API_SECRET".to_owned()))?;
+    let component = r.datto_component_uid.clone().unwrap_or_else(|| "?".to_owned());
+    let mut dc = datto::Config::new(&api_url, &key, &secret, &component)
+        .map_err(|e| SetupError(e.to_string()))?;
+    dc.requests_per_minute = r.requests_per_minute;
+    let shared = datto::Shared {
+        redis: store.db().manager(),
+        namespace: store.keys().namespace().to_owned(),
+    };
+    let mut client = Datto::new(dc, Some(shared)).map_err(|e| SetupError(e.to_string()))?;
+    if r.datto_component_uid.is_none() {
+        let uid = client.find_component(RUNNER_COMPONENT).await.map_err(|e| {
+            SetupError(format!(
+                "cannot find the `{RUNNER_COMPONENT}` component in Datto RMM ({e}); fix: import it (deploy/rmm/README.md) or set rmm.datto-component-uid"
+            ))
+        })?;
+        client.set_component(uid);
+    }
+    let steward_url = r
+        .steward_url
+        .clone()
+        .or_else(|| config.http.public_url.clone())
+        .unwrap_or_else(|| format!("http://{}", config.http.listen));
+    let mut oc = onprem::Config::new(&steward_url);
+    oc.poll = r.poll.get();
+    info!(rmm = "datto", api = %api_url, steward_url = %oc.steward_url, "on-prem ops through the RMM");
+    Ok(Some(OnPrem::new(
+        Arc::new(client),
+        store.db().manager(),
+        store.keys().namespace(),
+        oc,
+    )))
+}
 
 /// The runner jobs kept under `store`'s namespace.
 pub fn jobs(store: &Store) -> Jobs {

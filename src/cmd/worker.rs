@@ -28,6 +28,10 @@ pub(crate) struct WorkerArgs {
     /// Also run the scheduler in this process.
     #[arg(long)]
     with_scheduler: bool,
+    /// Talk to the sandbox at URL instead of Datto RMM (sandbox.url;
+    /// STEWARD_SANDBOX__URL).
+    #[arg(long, value_name = "URL")]
+    sandbox: Option<String>,
 }
 
 fn queue_config(config: &Config) -> QueueConfig {
@@ -50,9 +54,13 @@ pub(crate) async fn run(mut config: Config, args: WorkerArgs) -> Result<ExitCode
     if let Some(m) = args.max_deliveries {
         config.worker.max_deliveries = m;
     }
+    if let Some(url) = args.sandbox {
+        config.sandbox.url = Some(url);
+    }
     config.validate()?;
     steward_engine::secrets::require(&config.secrets, "worker")?;
     let store = connect(&config).await?;
+    let onprem = steward_engine::runner::onprem_from_config(&config, &store).await?;
     let services = Services {
         redis: Some(store.db().manager()),
         namespace: config.redis.namespace.clone(),
@@ -60,7 +68,7 @@ pub(crate) async fn run(mut config: Config, args: WorkerArgs) -> Result<ExitCode
     let runtime = Arc::new(Runtime {
         store: store.clone(),
         companies: Companies::for_store(&store),
-        registry: Registry::builtin(),
+        registry: Registry::connected(None, onprem),
         services,
     });
     let queue = queue_config(&config);

@@ -475,6 +475,32 @@ impl Datto {
         ))
     }
 
+    /// The uid of the account's component called `name` (`GET /api/v2/account/components`):
+    /// for a worker told the component's name rather than its uid.
+    pub async fn find_component(&self, name: &str) -> Result<String, Error> {
+        let page = self
+            .call(reqwest::Method::GET, "/api/v2/account/components?max=250", None)
+            .await?;
+        page["components"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case(name)))
+            .and_then(|c| c["uid"].as_str())
+            .map(str::to_owned)
+            .ok_or_else(|| Error::Service {
+                status: 404,
+                message: format!(
+                    "no component named `{name}` in the Datto account; import deploy/rmm's Steward runner component, or set rmm.datto-component-uid"
+                ),
+            })
+    }
+
+    /// Sets the runner component's uid.
+    pub fn set_component(&mut self, uid: String) {
+        self.config.component_uid = uid;
+    }
+
     /// Forgets the cached devices (a device was renamed or re-enrolled).
     pub fn forget_devices(&self) {
         self.devices
