@@ -100,8 +100,31 @@ pub fn jobs(store: &Store) -> Jobs {
 pub enum Woken {
     /// The step's check was queued now.
     Queued,
+    /// The step is running right now (its job may be about to report *pending*): try again
+    /// shortly.
+    InFlight,
     /// The step was not waiting (it already checked, moved on, or the run ended).
     NotWaiting,
+}
+
+/// [`wake`], trying again while the step is still running (a result can arrive before the job
+/// that sent the quick job has reported *pending*): at most `patience`.
+pub async fn wake_soon(
+    store: &Store,
+    binding: &Binding,
+    patience: std::time::Duration,
+) -> store::Result<Woken> {
+    let start = std::time::Instant::now();
+    let mut wait = std::time::Duration::from_millis(5);
+    loop {
+        match wake(store, binding).await? {
+            Woken::InFlight if start.elapsed() < patience => {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_millis(200));
+            }
+            other => return Ok(other),
+        }
+    }
 }
 
 /// Wakes the step `binding` names, if it is waiting for a check.
@@ -115,8 +138,13 @@ pub async fn wake(store: &Store, binding: &Binding) -> store::Result<Woken> {
     let Some(rec) = snap.doc.state.steps.get(&step) else {
         return Ok(Woken::NotWaiting);
     };
-    if !matches!(rec.state, StepState::Polling { .. }) || binding.phase != "run" {
+    if binding.phase != "run" {
         return Ok(Woken::NotWaiting);
+    }
+    match rec.state {
+        StepState::Polling { .. } => {}
+        StepState::Queued { .. } => return Ok(Woken::InFlight),
+        _ => return Ok(Woken::NotWaiting),
     }
     let timer = TimerKey::step(TimerKind::Poll, step, rec.seq);
     let key = timer.to_string();

@@ -54,7 +54,10 @@ impl Registry {
             r.catalog.insert(spec.name, spec);
         }
         crate::testing::register(&mut r);
-        let secrets = m365.as_ref().map(|m| m.secrets.clone());
+        let secrets = m365
+            .as_ref()
+            .map(|m| m.secrets.clone())
+            .or_else(|| onprem.as_ref().and_then(|o| o.secrets.clone()));
         // The cloud ops, by their own names: the routed dispatcher's cloud executor.
         let mut cloud = Self::new();
         crate::m365::ops::register(&mut cloud, m365);

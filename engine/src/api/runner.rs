@@ -99,8 +99,26 @@ pub(crate) async fn result(
         .map_err(refused)?;
     st.metrics
         .count("steward_runner_calls_total", &[("call", "result")]);
-    let woken = match crate::runner::wake(&st.store, &binding).await {
-        Ok(w) => w == crate::runner::Woken::Queued,
+    // The step may still be reporting *pending* for the job that sent this runner: the wake
+    // is retried in the background for a while, so the runner is not kept waiting.
+    let store = st.store.clone();
+    let woken = match crate::runner::wake(&store, &binding).await {
+        Ok(crate::runner::Woken::Queued) => true,
+        Ok(crate::runner::Woken::InFlight) => {
+            tokio::spawn(async move {
+                if let Err(e) = crate::runner::wake_soon(
+                    &store,
+                    &binding,
+                    std::time::Duration::from_secs(30),
+                )
+                .await
+                {
+                    warn!(error = %e, "cannot wake the step after a runner result");
+                }
+            });
+            false
+        }
+        Ok(crate::runner::Woken::NotWaiting) => false,
         Err(e) => {
             // The result is stored; the step's own poll timer still finds it.
             warn!(error = %e, "cannot wake the step after a runner result");

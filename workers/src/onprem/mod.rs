@@ -91,6 +91,8 @@ pub struct OnPrem {
     pub jobs: Jobs,
     /// Settings.
     pub config: Config,
+    /// Where generated passwords are handed over (one-time links), when the worker has one.
+    pub secrets: Option<Arc<dyn crate::m365::SecretSink>>,
     redis: redis::aio::ConnectionManager,
     namespace: String,
 }
@@ -199,9 +201,16 @@ impl OnPrem {
             jobs: Jobs::new(redis.clone(), namespace),
             rmm,
             config,
+            secrets: None,
             redis,
             namespace: namespace.to_owned(),
         }
+    }
+
+    /// Hands generated passwords to `sink`.
+    pub fn with_secrets(mut self, sink: Arc<dyn crate::m365::SecretSink>) -> Self {
+        self.secrets = Some(sink);
+        self
     }
 
     fn sent_key(&self, cx: &OpContext, slot: &str) -> String {
