@@ -39,7 +39,11 @@ pub async fn onprem_from_config(
     store: &Store,
 ) -> Result<Option<OnPrem>, SetupError> {
     let r = &config.rmm;
-    let sandbox = config.sandbox.url.as_deref().map(|u| u.trim_end_matches('/'));
+    let sandbox = config
+        .sandbox
+        .url
+        .as_deref()
+        .map(|u| u.trim_end_matches('/'));
     let api_url = match (&r.datto_api_url, sandbox) {
         (Some(u), _) => u.clone(),
         (None, Some(sb)) => format!("{sb}/datto"),
@@ -56,8 +60,16 @@ pub async fn onprem_from_config(
         .as_ref()
         .map(|s| s.0.clone())
         .or_else(|| sandbox.map(|_| SANDBOX_DATTO_SECRET.to_owned()))
-        .ok_or_else(|| SetupError("rmm.datto-api-secret is not set; fix: set STEWARD_RMM__DATTO_API_SECRET".to_owned()))?;
-    let component = r.datto_component_uid.clone().unwrap_or_else(|| "?".to_owned());
+        .ok_or_else(|| {
+            SetupError(
+                "rmm.datto-api-secret is not set; fix: set STEWARD_RMM__DATTO_API_SECRET"
+                    .to_owned(),
+            )
+        })?;
+    let component = r
+        .datto_component_uid
+        .clone()
+        .unwrap_or_else(|| "?".to_owned());
     let mut dc = datto::Config::new(&api_url, &key, &secret, &component)
         .map_err(|e| SetupError(e.to_string()))?;
     dc.requests_per_minute = r.requests_per_minute;

@@ -268,7 +268,9 @@ impl World {
 
     /// The sandbox's AD user `sam` of `company` (deleted ones too), if any.
     pub async fn ad_user(&self, company: &str, sam: &str) -> Result<Option<Value>> {
-        let w = self.admin("GET", &format!("/world/{company}"), None).await?;
+        let w = self
+            .admin("GET", &format!("/world/{company}"), None)
+            .await?;
         let all: Vec<&Value> = w["ad"]["users"]
             .as_array()
             .context("ad users")?
@@ -285,7 +287,9 @@ impl World {
 
     /// The sandbox's group `name` of `company`.
     pub async fn ad_group(&self, company: &str, name: &str) -> Result<Value> {
-        let w = self.admin("GET", &format!("/world/{company}"), None).await?;
+        let w = self
+            .admin("GET", &format!("/world/{company}"), None)
+            .await?;
         w["ad"]["groups"]
             .as_array()
             .context("ad groups")?

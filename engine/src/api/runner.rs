@@ -106,12 +106,9 @@ pub(crate) async fn result(
         Ok(crate::runner::Woken::Queued) => true,
         Ok(crate::runner::Woken::InFlight) => {
             tokio::spawn(async move {
-                if let Err(e) = crate::runner::wake_soon(
-                    &store,
-                    &binding,
-                    std::time::Duration::from_secs(30),
-                )
-                .await
+                if let Err(e) =
+                    crate::runner::wake_soon(&store, &binding, std::time::Duration::from_secs(30))
+                        .await
                 {
                     warn!(error = %e, "cannot wake the step after a runner result");
                 }

@@ -117,12 +117,17 @@ pub(crate) struct Routed {
 
 impl std::fmt::Debug for Routed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Routed").field("op", &self.spec.name).finish()
+        f.debug_struct("Routed")
+            .field("op", &self.spec.name)
+            .finish()
     }
 }
 
 fn text<'a>(input: &'a Value, k: &str) -> Option<&'a str> {
-    input.get(k).and_then(Value::as_str).filter(|s| !s.trim().is_empty())
+    input
+        .get(k)
+        .and_then(Value::as_str)
+        .filter(|s| !s.trim().is_empty())
 }
 
 fn need<'a>(input: &'a Value, k: &str) -> Result<&'a str, OpError> {
@@ -340,7 +345,10 @@ impl Routed {
             }
             "ad.set_manager" => {
                 put("identity", json!(user()?));
-                put("manager", input.get("manager").cloned().unwrap_or(Value::Null));
+                put(
+                    "manager",
+                    input.get("manager").cloned().unwrap_or(Value::Null),
+                );
             }
             "ad.remove_user" | "ad.get_user" | "ad.unlock" | "ad.list_groups" => {
                 put("identity", json!(user()?));
@@ -380,7 +388,12 @@ impl Routed {
                 put("forwarding_smtp_address", json!(need(input, "to")?));
                 put(
                     "deliver_to_mailbox_and_forward",
-                    json!(input.get("keep_copy").and_then(Value::as_bool).unwrap_or(true)),
+                    json!(
+                        input
+                            .get("keep_copy")
+                            .and_then(Value::as_bool)
+                            .unwrap_or(true)
+                    ),
                 );
             }
             "exchange_server.set_auto_reply" => {
@@ -481,11 +494,19 @@ impl Routed {
                         return Err(no_settings(cx));
                     }
                     let inputs = self.onprem_inputs(cx, company, a, &input).await?;
-                    match onprem.step(cx, company, a.action, &inputs, &i.to_string()).await? {
+                    match onprem
+                        .step(cx, company, a.action, &inputs, &i.to_string())
+                        .await?
+                    {
                         Progress::Waiting { check_after, note } => {
                             return Ok(OpOutcome::Pending {
                                 check_after,
-                                note: Some(format!("{} ({} of {}): {note}", a.action, i + 1, route.actions.len())),
+                                note: Some(format!(
+                                    "{} ({} of {}): {note}",
+                                    a.action,
+                                    i + 1,
+                                    route.actions.len()
+                                )),
                             });
                         }
                         Progress::Done { outcome, prepared } => DoneAction {
@@ -651,7 +672,9 @@ impl Op for RoutedUndo {
                         return Err(no_settings(cx));
                     };
                     let Value::Object(m) = args else {
-                        return Err(OpError::terminal("a routed undo's input is not a map (a bug)"));
+                        return Err(OpError::terminal(
+                            "a routed undo's input is not a map (a bug)",
+                        ));
                     };
                     match onprem
                         .step_inline(cx, company, name, &m, &format!("u{i}"))

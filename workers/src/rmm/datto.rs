@@ -479,7 +479,11 @@ impl Datto {
     /// for a worker told the component's name rather than its uid.
     pub async fn find_component(&self, name: &str) -> Result<String, Error> {
         let page = self
-            .call(reqwest::Method::GET, "/api/v2/account/components?max=250", None)
+            .call(
+                reqwest::Method::GET,
+                "/api/v2/account/components?max=250",
+                None,
+            )
             .await?;
         page["components"]
             .as_array()
