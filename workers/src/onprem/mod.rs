@@ -261,12 +261,12 @@ impl OnPrem {
         let key = self.sent_key(cx, slot);
         let sent = match self.load_sent(&key).await? {
             Some(s) if s.rmm_job.is_some() => s,
-            earlier => match self.send(cx, &prepared, &key, earlier).await? {
+            _ => match self.send(cx, &prepared, &key).await? {
                 Ok(s) => s,
                 Err(p) => return Ok(p),
             },
         };
-        self.check(cx, &prepared, &sent).await
+        self.check(&prepared, &sent).await
     }
 
     /// Creates the runner job and sends the quick job; `Err(progress)` when the RMM asks to wait.
@@ -275,7 +275,6 @@ impl OnPrem {
         cx: &OpContext,
         prepared: &Prepared,
         key: &str,
-        earlier: Option<Sent>,
     ) -> Result<Result<Sent, Progress>, OpError> {
         let Some(host) = prepared.target.rmm_device() else {
             return Err(OpError::terminal(format!(
@@ -309,24 +308,22 @@ impl OnPrem {
                 "device_offline",
             ));
         }
-        let (job, token) = match &earlier {
-            // A job was created but the quick job may not have gone out: make a fresh one
-            // (the old token cannot be read back), the template makes the repeat harmless.
-            _ => self
-                .jobs
-                .create(
-                    &Binding {
-                        run: cx.run_id.to_string(),
-                        step: cx.step.to_string(),
-                        seq: cx.seq,
-                        phase: cx.phase.name().to_owned(),
-                    },
-                    &prepared.text(),
-                    self.config.token_ttl,
-                )
-                .await
-                .map_err(|e| OpError::retryable(e.to_string()))?,
-        };
+        // A job created earlier whose quick job may not have gone out is replaced by a fresh
+        // one (its token cannot be read back); the template makes the repeat harmless.
+        let (job, token) = self
+            .jobs
+            .create(
+                &Binding {
+                    run: cx.run_id.to_string(),
+                    step: cx.step.to_string(),
+                    seq: cx.seq,
+                    phase: cx.phase.name().to_owned(),
+                },
+                &prepared.text(),
+                self.config.token_ttl,
+            )
+            .await
+            .map_err(|e| OpError::retryable(e.to_string()))?;
         let mut sent = Sent {
             job: job.clone(),
             rmm_job: None,
@@ -357,12 +354,7 @@ impl OnPrem {
     }
 
     /// Reads the job's result: the runner's callback, else the RMM's status and stdout.
-    async fn check(
-        &self,
-        cx: &OpContext,
-        prepared: &Prepared,
-        sent: &Sent,
-    ) -> Result<Progress, OpError> {
+    async fn check(&self, prepared: &Prepared, sent: &Sent) -> Result<Progress, OpError> {
         let (runner, target) = match &prepared.target {
             Target::Rmm {
                 host,
@@ -371,12 +363,6 @@ impl OnPrem {
             Target::Rmm { host, .. } => (None, Some(host.clone())),
             _ => (None, None),
         };
-        let evidence = |text: &'static str| Evidence {
-            text,
-            system: Some("rmm"),
-            ..Evidence::default()
-        };
-        let _ = evidence;
         let posted = self
             .jobs
             .result(&sent.job)
@@ -437,29 +423,25 @@ impl OnPrem {
                 (out, String::new(), Some(status.deployment))
             }
         };
-        let _ = cx;
         match powershell::parse_result(prepared.template, &stdout, &prepared.payload) {
+            // What a failed script had already done (`prior`) is not undone yet: the templates
+            // clean up after themselves (New-ADUser's half-created account), except
+            // `ad.copy_groups`, whose partial additions stay (see the report).
             Ok(Outcome::Failed {
-                reason,
-                category,
-                prior,
-            }) => {
-                // Record what a failed script had already done, for the caller's undo.
-                let _ = prior;
-                Err(diagnosed(
-                    &Evidence {
-                        text: &reason,
-                        category: Some(&category),
-                        rmm_status: status.map(Deployment::name),
-                        system: Some("rmm"),
-                        runner: runner.as_deref(),
-                        target: target.as_deref(),
-                        ..Evidence::default()
-                    },
-                    &format!("{} on {}: {reason}", prepared.template.op, sent.device_host),
-                    &category,
-                ))
-            }
+                reason, category, ..
+            }) => Err(diagnosed(
+                &Evidence {
+                    text: &reason,
+                    category: Some(&category),
+                    rmm_status: status.map(Deployment::name),
+                    system: Some("rmm"),
+                    runner: runner.as_deref(),
+                    target: target.as_deref(),
+                    ..Evidence::default()
+                },
+                &format!("{} on {}: {reason}", prepared.template.op, sent.device_host),
+                &category,
+            )),
             Ok(outcome) => Ok(Progress::Done {
                 outcome,
                 prepared: Box::new(prepared.clone()),
@@ -508,7 +490,7 @@ impl OnPrem {
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(2));
                 }
-                done => return Ok(done),
+                done @ Progress::Done { .. } => return Ok(done),
             }
         }
     }

@@ -40,9 +40,7 @@ use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use steward_core::routing::{self, Action, Condition, Target};
-use steward_schemas::{
-    Company, CompanyId, IdentityProvider as Idp, MailboxProvider as Mbx, OpSpec, Phase, Rollback,
-};
+use steward_schemas::{Company, CompanyId, IdentityProvider as Idp, OpSpec, Phase, Rollback};
 
 use super::{OnPrem, Progress, no_settings, not_configured, output_of, rollback_of};
 use crate::m365::SecretSink;
@@ -523,10 +521,11 @@ impl Routed {
                             m.insert(k.clone(), v.clone());
                         }
                         // The wait after a sync looks the user up by UPN.
-                        if a.action == "graph.wait_for_user" && !m.contains_key("user") {
-                            if let Some(upn) = m.get("user_principal_name").cloned() {
-                                m.insert("user".to_owned(), upn);
-                            }
+                        if a.action == "graph.wait_for_user"
+                            && !m.contains_key("user")
+                            && let Some(upn) = m.get("user_principal_name").cloned()
+                        {
+                            m.insert("user".to_owned(), upn);
                         }
                     }
                     match self.run_cloud(cx, cloud_impl(op, a.action), cin).await? {
@@ -558,12 +557,12 @@ impl Routed {
             done.actions.insert(*i, finished);
             self.save(cx, &done).await?;
         }
-        Ok(finish(op, company, &done))
+        Ok(finish(op, &done))
     }
 }
 
 /// The step's output and rollback from its finished actions.
-fn finish(op: &str, company: &Company, done: &Done) -> OpOutcome {
+fn finish(op: &str, done: &Done) -> OpOutcome {
     let mut outputs = Vec::new();
     let mut undo = Vec::new();
     let mut irreversible = Vec::new();
@@ -606,7 +605,6 @@ fn finish(op: &str, company: &Company, done: &Done) -> OpOutcome {
             output["ad_object_guid"] = r["object_guid"].clone();
         }
     }
-    let _ = company;
     let rollback = match (undo.len(), irreversible.is_empty()) {
         (0, true) => Rollback::Nothing,
         (0, false) => Rollback::Irreversible {
@@ -712,9 +710,4 @@ impl Op for RoutedUndo {
             Ok(OpOutcome::done(json!({"undone": items.len()})))
         })
     }
-}
-
-/// Whether `mbx` keeps mailboxes on-prem (for tests' expectations).
-pub fn onprem_mailbox(mbx: Mbx) -> bool {
-    mbx != Mbx::ExchangeOnline
 }
