@@ -156,6 +156,22 @@ impl World {
         .with_secrets(Arc::new(self.sink.clone()))
     }
 
+    /// (Re)starts the in-process worker and scheduler with `registry`.
+    pub async fn start_worker_with(&mut self, registry: Registry) -> Result<()> {
+        if let Some(w) = self.worker.take() {
+            w.stop().await;
+        }
+        self.worker = Some(
+            self.env
+                .worker(WorkerOpts {
+                    registry: Some(registry),
+                    ..WorkerOpts::default()
+                })
+                .await?,
+        );
+        Ok(())
+    }
+
     /// (Re)starts the in-process worker and scheduler.
     pub async fn start_worker(&mut self, poll: Duration) -> Result<()> {
         if let Some(w) = self.worker.take() {

@@ -83,6 +83,7 @@ pub fn cloud_impl(op: &str, action: &str) -> &'static str {
     match action {
         "graph.wait_for_user" => "directory_sync.wait_for_user",
         "graph.copy_group_memberships" => "group.copy_memberships",
+        "graph.set_usage_location" => "user.set_usage_location",
         _ => match op {
             "mailbox.revoke_access" => "mailbox.revoke_access",
             other => routing::ROUTED_OPS
@@ -450,10 +451,24 @@ impl Routed {
                 &owned
             }
         };
-        let route = routing::route(company, op).map_err(|e| OpError::Terminal {
+        let mut route = routing::route(company, op).map_err(|e| OpError::Terminal {
             message: e.to_string(),
             code: Some("not_routable".to_owned()),
         })?;
+        // A synced user's cloud-only attributes are set once Entra ID has it: the usage
+        // location (licences need it), from the step or the company's default.
+        let usage = text(&input, "usage_location")
+            .map(str::to_owned)
+            .or_else(|| company.defaults.usage_location.clone());
+        if op == "user.create" && company.identity_provider == Idp::Hybrid && usage.is_some() {
+            route.actions.push(Action {
+                action: "graph.set_usage_location",
+                target: Target::Graph,
+                when: None,
+                args: Map::new(),
+                why: "a synced user's usage location is cloud-only; licences need it",
+            });
+        }
         let actions: Vec<(usize, &Action)> = route
             .actions
             .iter()
@@ -519,6 +534,15 @@ impl Routed {
                     if let Value::Object(m) = &mut cin {
                         for (k, v) in &a.args {
                             m.insert(k.clone(), v.clone());
+                        }
+                        if a.action == "graph.set_usage_location" {
+                            if let Some(upn) = m.get("user_principal_name").cloned() {
+                                m.insert("user".to_owned(), upn);
+                            }
+                            if let Some(u) = &usage {
+                                m.insert("usage_location".to_owned(), json!(u));
+                            }
+                            m.retain(|k, _| k == "user" || k == "usage_location");
                         }
                         // The wait after a sync looks the user up by UPN.
                         if a.action == "graph.wait_for_user"
