@@ -288,8 +288,7 @@ async fn a_double_hop_pauses_the_run_with_the_delegation_fix_and_burns_no_retrie
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_callback_wakes_the_step_long_before_its_poll_and_the_rmm_fallback_finds_a_lost_result()
--> Result<()> {
+async fn the_callback_wakes_the_step_long_before_its_poll() -> Result<()> {
     // A poll interval far longer than the test: only the callback can end the wait quickly.
     let w = World::start(
         vec![fab("fab-direct", "FAB-DC01", None)],
@@ -304,8 +303,10 @@ steps:
   - {id: leave, op: group.remove_member, needs: [join], with: {user: "${{ inputs.upn }}", group: "VPN Users"}}
 "#;
     let mut waits = Vec::new();
+    let mut runs = Vec::new();
     let calls_before = w.datto.requests();
-    for _ in 0..5 {
+    const RUNS: usize = 20;
+    for _ in 0..RUNS {
         let start = Instant::now();
         let run = w
             .run(one, "fab-direct", json!({"upn": "chris.kim@fabrikam.com"}))
@@ -313,16 +314,56 @@ steps:
         let status = w.end(run).await?;
         assert!(completed(&status), "{status:?}\n{}", w.history(run).await?);
         waits.push(start.elapsed());
+        runs.push(run);
     }
     let calls = w.datto.requests() - calls_before;
+    // Callback -> step queued: from the agent finishing the job (it posts right after) to the
+    // step's poll timer firing.
+    let jobs = w.admin("GET", "/jobs", None).await?;
+    let mut latencies = Vec::new();
+    let mut first_check = 0;
+    for run in &runs {
+        let history = w.env.store.history(*run).await?;
+        for step in ["join", "leave"] {
+            let tail = format!("({run} {step})");
+            let finished = jobs["jobs"]
+                .as_array()
+                .context("jobs")?
+                .iter()
+                .find(|j| j["name"].as_str().is_some_and(|n| n.ends_with(&tail)))
+                .and_then(|j| j["run"]["finished_at"].as_str())
+                .context("the job's end")?
+                .parse::<steward_schemas::Timestamp>()?;
+            // A result that was in before the step's first check needed no wake-up.
+            let Some(fired) = history.iter().find(|h| {
+                matches!(&h.event, steward_schemas::Event::TimerFired { timer }
+                    if timer.step.as_ref().is_some_and(|s| s.as_str() == step))
+            }) else {
+                first_check += 1;
+                continue;
+            };
+            latencies.push(fired.at.as_micros() - finished.as_micros());
+        }
+    }
+    latencies.sort_unstable();
+    let pct =
+        |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0;
+    println!(
+        "figure: callback -> step queued over {} steps: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({first_check} more found their result at the first check)",
+        latencies.len(),
+        pct(0.5),
+        pct(0.99),
+        pct(1.0)
+    );
     let slowest = waits.iter().max().copied().unwrap_or_default();
     assert!(
         slowest < Duration::from_secs(30),
         "runs waited for their poll, not the callback: {waits:?}"
     );
     println!(
-        "figure: RMM calls per on-prem step = {:.1} (over 10 steps; device lookups cached after the first), slowest two-step run {slowest:?}",
-        calls as f64 / 10.0
+        "figure: RMM calls per on-prem step = {:.2} (over {} steps; the device uid is cached after the first lookup), slowest two-step run {slowest:?}",
+        calls as f64 / (2 * RUNS) as f64,
+        2 * RUNS
     );
     Ok(())
 }
@@ -401,5 +442,86 @@ async fn runner_tokens_work_once_for_their_job_only() -> Result<()> {
     })
     .await?;
     let _ = b;
+    Ok(())
+}
+
+/// A front for Steward's API that lets script fetches through and loses every result post, as
+/// a runner whose callback cannot get out would.
+async fn lossy_front(api: String) -> Result<(String, tokio::task::JoinHandle<()>)> {
+    use axum::extract::Path;
+    use axum::http::{HeaderMap, StatusCode};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let app = axum::Router::new()
+        .route(
+            "/v1/runner/jobs/{id}",
+            axum::routing::get(move |Path(id): Path<String>, headers: HeaderMap| {
+                let api = api.clone();
+                async move {
+                    let mut req = onprem_support::http().get(format!("{api}/v1/runner/jobs/{id}"));
+                    if let Some(a) = headers.get("authorization").and_then(|v| v.to_str().ok()) {
+                        req = req.header("authorization", a);
+                    }
+                    match req.send().await {
+                        Ok(r) => {
+                            let status = StatusCode::from_u16(r.status().as_u16())
+                                .unwrap_or(StatusCode::BAD_GATEWAY);
+                            (status, r.text().await.unwrap_or_default())
+                        }
+                        Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()),
+                    }
+                }
+            }),
+        )
+        .route(
+            "/v1/runner/jobs/{id}/result",
+            axum::routing::post(|| async { StatusCode::SERVICE_UNAVAILABLE }),
+        );
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((base, task))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_callback_is_found_through_the_rmm_job_status_and_stdout() -> Result<()> {
+    let mut w = World::start(
+        vec![fab("fab-direct", "FAB-DC01", None)],
+        Duration::from_secs(3600),
+    )
+    .await?;
+    let (front, _task) = lossy_front(w.base.clone()).await?;
+    let mut oc = steward_workers::onprem::Config::new(&front);
+    oc.poll = Duration::from_millis(200);
+    let onprem = steward_workers::onprem::OnPrem::new(
+        w.datto.clone(),
+        w.env.store.db().manager(),
+        &w.env.namespace,
+        oc,
+    );
+    w.start_worker_with(steward_workers::Registry::connected(None, Some(onprem)))
+        .await?;
+    let one = r#"
+name: onprem_join_lossy
+inputs: {upn: {type: string}}
+steps:
+  - {id: join, op: group.add_member, with: {user: "${{ inputs.upn }}", group: "VPN Users"}}
+"#;
+    let run = w
+        .run(one, "fab-direct", json!({"upn": "chris.kim@fabrikam.com"}))
+        .await?;
+    let status = w.end(run).await?;
+    assert!(completed(&status), "{status:?}\n{}", w.history(run).await?);
+    let jobs = w.admin("GET", "/jobs", None).await?;
+    let job = &jobs["jobs"][0];
+    assert_eq!(job["callback"]["delivered"], false, "{job}");
+    let group = w.ad_group("fabrikam", "VPN Users").await?;
+    let ckim = w.ad_user("fabrikam", "ckim").await?.context("ckim")?;
+    assert!(
+        group["members"]
+            .as_array()
+            .is_some_and(|m| m.contains(&ckim["object_guid"])),
+        "{group}"
+    );
     Ok(())
 }

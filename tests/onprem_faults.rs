@@ -113,7 +113,7 @@ async fn an_offline_device_sends_no_job_and_the_history_says_why() -> Result<()>
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn winrm_unreachable_pauses_for_a_technician_and_held_jobs_wait_without_a_worker()
+async fn winrm_unreachable_pauses_for_a_technician_resume_runs_it_again_and_held_jobs_wait_without_a_worker()
 -> Result<()> {
     let w = World::start(vec![fab("fab", "on_prem_ad")], Duration::from_secs(3600)).await?;
     w.admin(
@@ -151,6 +151,22 @@ async fn winrm_unreachable_pauses_for_a_technician_and_held_jobs_wait_without_a_
         Some(json!({"winrm_unreachable": false})),
     )
     .await?;
+    // Fixed: the technician resumes, and the step runs again (a fresh job, not the old answer).
+    w.env
+        .apply_ok(
+            run,
+            &steward_schemas::Event::ResumeRequested {
+                by: "alice@msp.example".to_owned(),
+            },
+        )
+        .await?;
+    let status = w.end(run).await?;
+    assert!(
+        matches!(status, RunStatus::Completed { ref failed, .. } if failed.is_empty()),
+        "{status:?}\n{}",
+        w.history(run).await?
+    );
+    assert_eq!(jobs(&w).await?, 2);
 
     // Held quick jobs: the step waits (pending, its check an hour away), no worker is busy.
     w.admin("POST", "/jobs/hold", None).await?;

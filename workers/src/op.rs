@@ -173,8 +173,8 @@ pub struct OpContext {
     /// Shared clients.
     pub services: Services,
     /// The company's settings as they are now (where its users and mailboxes live, its
-    /// hostnames): routed and on-prem ops need them. `None` where the caller has none (a
-    /// cloud-only test), which routes as a cloud-only company.
+    /// hostnames): routed and on-prem ops need them. `None` where the caller has none: the
+    /// abstract op then runs its cloud implementation unrouted.
     pub settings: Option<std::sync::Arc<steward_schemas::Company>>,
 }
 

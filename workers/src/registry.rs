@@ -63,7 +63,9 @@ impl Registry {
         crate::m365::ops::register(&mut cloud, m365);
         let cloud_ops = Arc::new(cloud.ops.clone());
         for (name, op) in cloud.ops {
-            if !steward_core::routing::ROUTED_OPS.contains(&name) {
+            let routed = steward_core::routing::ROUTED_OPS.contains(&name)
+                && crate::catalog::CATALOG.iter().any(|s| s.name == name);
+            if !routed {
                 r.ops.insert(name, op);
             }
         }

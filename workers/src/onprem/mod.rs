@@ -259,14 +259,21 @@ impl OnPrem {
             code: Some("invalid_input".to_owned()),
         })?;
         let key = self.sent_key(cx, slot);
-        let sent = match self.load_sent(&key).await? {
-            Some(s) if s.rmm_job.is_some() => s,
+        let (sent, fresh) = match self.load_sent(&key).await? {
+            Some(s) if s.rmm_job.is_some() => (s, false),
             _ => match self.send(cx, &prepared, &key).await? {
-                Ok(s) => s,
+                Ok(s) => (s, true),
                 Err(p) => return Ok(p),
             },
         };
-        self.check(&prepared, &sent).await
+        let checked = self.check(&prepared, &sent, fresh).await;
+        if checked.is_err() {
+            // A failed job is not read again: the next delivery of this attempt (a resumed run
+            // after a technician's fix) sends a fresh job.
+            let mut conn = self.redis.clone();
+            let _: Result<(), _> = redis::cmd("DEL").arg(&key).query_async(&mut conn).await;
+        }
+        checked
     }
 
     /// Creates the runner job and sends the quick job; `Err(progress)` when the RMM asks to wait.
@@ -354,7 +361,12 @@ impl OnPrem {
     }
 
     /// Reads the job's result: the runner's callback, else the RMM's status and stdout.
-    async fn check(&self, prepared: &Prepared, sent: &Sent) -> Result<Progress, OpError> {
+    async fn check(
+        &self,
+        prepared: &Prepared,
+        sent: &Sent,
+        fresh: bool,
+    ) -> Result<Progress, OpError> {
         let (runner, target) = match &prepared.target {
             Target::Rmm {
                 host,
@@ -370,6 +382,18 @@ impl OnPrem {
             .map_err(|e| OpError::retryable(e.to_string()))?;
         let (stdout, stderr, status) = match posted {
             Some(r) => (r.stdout, r.stderr, None),
+            // Just sent: the RMM has nothing to say yet; the callback (or the poll) comes next.
+            None if fresh => {
+                return Ok(Progress::Waiting {
+                    check_after: self.config.poll,
+                    note: format!(
+                        "waiting for {} on {} (RMM job {})",
+                        prepared.template.op,
+                        sent.device_host,
+                        sent.rmm_job.as_deref().unwrap_or("?")
+                    ),
+                });
+            }
             None => {
                 let job = JobRef {
                     uid: sent.rmm_job.clone().unwrap_or_default(),

@@ -40,7 +40,7 @@ use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use steward_core::routing::{self, Action, Condition, Target};
-use steward_schemas::{Company, CompanyId, IdentityProvider as Idp, OpSpec, Phase, Rollback};
+use steward_schemas::{Company, IdentityProvider as Idp, OpSpec, Phase, Rollback};
 
 use super::{OnPrem, Progress, no_settings, not_configured, output_of, rollback_of};
 use crate::m365::SecretSink;
@@ -93,17 +93,6 @@ pub fn cloud_impl(op: &str, action: &str) -> &'static str {
                 .unwrap_or("unknown"),
         },
     }
-}
-
-/// A company for a job without settings: cloud only.
-fn cloud_company(id: &CompanyId) -> Company {
-    let mut c: Company = serde_json::from_value(json!({
-        "id": id.to_string(), "name": id.to_string(),
-        "identity_provider": "entra_id", "mailbox_provider": "exchange_online",
-    }))
-    .expect("a minimal company parses");
-    c.id = id.clone();
-    c
 }
 
 /// The dispatcher of one abstract op.
@@ -443,13 +432,10 @@ impl Routed {
             // Only cloud ops name a catalogue op as their inverse.
             return self.run_cloud(cx, op, input).await;
         }
-        let owned;
-        let company = match cx.settings.as_deref() {
-            Some(c) => c,
-            None => {
-                owned = cloud_company(&cx.company);
-                &owned
-            }
+        // Without the company's settings (a caller that has none), the cloud implementation
+        // runs as it is.
+        let Some(company) = cx.settings.as_deref() else {
+            return self.run_cloud(cx, op, input).await;
         };
         let mut route = routing::route(company, op).map_err(|e| OpError::Terminal {
             message: e.to_string(),
