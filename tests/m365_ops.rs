@@ -52,6 +52,7 @@ impl World {
             polls: 0,
             seq: attempt,
             services: Default::default(),
+            settings: None,
         }
     }
 

@@ -25,6 +25,8 @@ pub struct Config {
     pub secrets: SecretsConfig,
     /// Microsoft 365: where Microsoft is, and Steward's app registration. Since v0.3.
     pub m365: M365Config,
+    /// The RMM that runs on-prem scripts (Datto RMM). Since v0.3.
+    pub rmm: RmmConfig,
     /// The simulated world (`steward sandbox`) every connector talks to instead of the real
     /// services, for tests and dry runs. Since v0.3.
     pub sandbox: SandboxConfig,
@@ -64,6 +66,43 @@ impl Default for M365Config {
             client_secret: None,
             redirect_uri: None,
             consent_ttl: Dur::secs(15 * 60),
+        }
+    }
+}
+
+/// The RMM (Datto RMM): `STEWARD_RMM__DATTO_API_URL`, `…__DATTO_API_KEY`, `…__DATTO_API_SECRET`,
+/// `…__DATTO_COMPONENT_UID`. Without them a worker has no on-prem ops (they fail with the fix).
+/// Since v0.3.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct RmmConfig {
+    /// The Datto platform's API URL, e.g. `https://merlot-api.centrastage.net`.
+    pub datto_api_url: Option<String>,
+    /// The Datto API key (Setup → Users → Generate API Keys).
+    pub datto_api_key: Option<Secret>,
+    /// The Datto API secret.
+    pub datto_api_secret: Option<Secret>,
+    /// The uid of Steward's runner component in the Datto account (`deploy/rmm`).
+    pub datto_component_uid: Option<String>,
+    /// Steward's budget of Datto requests per rolling minute, all workers together (Datto's
+    /// account limit is 600).
+    pub requests_per_minute: u32,
+    /// The URL runners reach Steward's API at (default: `http.public-url`).
+    pub steward_url: Option<String>,
+    /// How often a waiting on-prem step asks the RMM for its job when no callback came.
+    pub poll: Dur,
+}
+
+impl Default for RmmConfig {
+    fn default() -> Self {
+        Self {
+            datto_api_url: None,
+            datto_api_key: None,
+            datto_api_secret: None,
+            datto_component_uid: None,
+            requests_per_minute: 500,
+            steward_url: None,
+            poll: Dur::secs(30),
         }
     }
 }
@@ -509,6 +548,12 @@ impl Config {
         {
             return Err(ConfigError(format!(
                 "m365.redirect-uri `{r}`: write e.g. https://steward.msp.example/v1/tenants/callback"
+            )));
+        }
+        if self.rmm.requests_per_minute == 0 || self.rmm.requests_per_minute > 590 {
+            return Err(ConfigError(format!(
+                "rmm.requests-per-minute = {}: use 1 to 590 (Datto allows 600 per minute for the whole account)",
+                self.rmm.requests_per_minute
             )));
         }
         if self.scheduler.tick.get().is_zero() || self.scheduler.batch == 0 {

@@ -16,6 +16,7 @@ pub mod keys;
 pub mod links;
 pub mod planner;
 pub mod queue;
+pub mod runner;
 pub mod scheduler;
 pub mod schedules;
 pub mod secrets;

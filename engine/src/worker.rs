@@ -151,10 +151,22 @@ impl Runtime {
                     let directory = directory.as_ref().expect("read above for a gate's job");
                     open_gate(job, company.as_deref(), directory)
                 }
-                None => self.run_op(&delivery, &doc.ctx.company).await,
+                None => {
+                    self.run_op(
+                        &delivery,
+                        &doc.ctx.company,
+                        company.as_deref().map(|c| &c.company),
+                    )
+                    .await
+                }
             }
         } else {
-            self.run_op(&delivery, &doc.ctx.company).await
+            self.run_op(
+                &delivery,
+                &doc.ctx.company,
+                company.as_deref().map(|c| &c.company),
+            )
+            .await
         };
         // After a failed commit the run is read again: another transition may have happened.
         let mut snapshot = Some(RunSnapshot { version, doc });
@@ -227,7 +239,12 @@ impl Runtime {
         }
     }
 
-    async fn run_op(&self, delivery: &Delivery, company: &steward_schemas::CompanyId) -> Event {
+    async fn run_op(
+        &self,
+        delivery: &Delivery,
+        company: &steward_schemas::CompanyId,
+        settings: Option<&steward_schemas::Company>,
+    ) -> Event {
         let job = &delivery.job;
         let cx = OpContext {
             run_id: delivery.run,
@@ -238,6 +255,7 @@ impl Runtime {
             polls: job.polls,
             seq: job.seq,
             services: self.services.clone(),
+            settings: settings.map(|c| Arc::new(c.clone())),
         };
         // Sealed secrets in the input are opened only now, right before the op needs them.
         let secrets = self.store.secrets();
@@ -356,6 +374,14 @@ fn outcome_event(job: &steward_schemas::Job, result: Result<OpOutcome, Failure>)
             check_after: Dur::new(check_after),
             note,
         },
+        // A diagnosed failure no retry mends pauses the run for a technician, with the fix.
+        (Phase::Run, Err(Failure::Op(OpError::NeedsTechnician { message, .. }))) => {
+            Event::StepBlocked {
+                step,
+                seq,
+                reason: message,
+            }
+        }
         (Phase::Run, Err(f)) => Event::StepFailed {
             step,
             seq,

@@ -785,14 +785,23 @@ async fn job_results(
                 &path,
             );
         }
+        // Datto's vocabulary: `jobDeploymentStatus` is Pending (not picked up: the device is
+        // offline, jobs are held, or it waits its start delay), Running, then Success or
+        // Failure; `componentStatus` is Success or Failure. A poller that waits for the
+        // sandbox's own words would hang on the real service.
         let (status, components) = match &j.run {
-            None => ("active", json!([])),
+            None if j.taken => ("Running", json!([])),
+            None => ("Pending", json!([])),
             Some(r) => (
-                r.status.as_str(),
+                if r.status == "success" {
+                    "Success"
+                } else {
+                    "Failure"
+                },
                 json!([{
                     "componentUid": j.component_uid,
                     "componentName": j.component_name,
-                    "componentStatus": r.status,
+                    "componentStatus": if r.status == "success" { "Success" } else { "Failure" },
                     "numberOfWarnings": 0,
                     "hasStdOut": !r.stdout.is_empty(),
                     "hasStdErr": !r.stderr.is_empty(),
@@ -885,8 +894,27 @@ struct Ticket {
     script_url: Option<String>,
     callback_url: Option<String>,
     token: Option<SecretText>,
+    /// The runner protocol (`steward_url` + `steward_job_id`): the script's own result line is
+    /// the output, and the callback posts `{stdout, stderr, exit_code, result}`.
+    protocol: bool,
     correlation: Option<Correlation>,
     epoch: u64,
+}
+
+/// `{steward_url}/v1/runner/jobs/{steward_job_id}{tail}` when the job speaks the runner protocol.
+fn protocol_url(j: &Job, tail: &str) -> Option<String> {
+    let base = j.var(runner::STEWARD_URL_VAR)?;
+    let id = j.var(runner::JOB_ID_VAR)?;
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return None;
+    }
+    Some(format!(
+        "{}/v1/runner/jobs/{id}{tail}",
+        base.trim_end_matches('/')
+    ))
 }
 
 fn take_next(shared: &crate::Shared) -> Option<Ticket> {
@@ -924,9 +952,12 @@ fn take_next(shared: &crate::Shared) -> Option<Ticket> {
         company: j.company.clone(),
         runner,
         component_name: j.component_name.clone(),
-        script_url: j.var(runner::SCRIPT_URL_VAR).map(str::to_owned),
-        callback_url: j.var(runner::CALLBACK_URL_VAR).map(str::to_owned),
+        script_url: protocol_url(j, "")
+            .or_else(|| j.var(runner::SCRIPT_URL_VAR).map(str::to_owned)),
+        callback_url: protocol_url(j, "/result")
+            .or_else(|| j.var(runner::CALLBACK_URL_VAR).map(str::to_owned)),
         token: j.var(runner::JOB_TOKEN_VAR).map(SecretText::new),
+        protocol: protocol_url(j, "").is_some(),
         correlation: j.correlation.clone(),
         epoch,
     })
@@ -956,6 +987,7 @@ pub(crate) async fn agent_loop(shared: Weak<crate::Shared>) {
 async fn run_job(s: &crate::Shared, t: Ticket) {
     let started_at = s.clock.now();
     let mut stdout = String::new();
+    let mut protocol_result: Option<Value> = None;
     let outcome: Result<Value, RunError> = if !t.runner {
         Err(RunError {
             category: "not_configured".to_owned(),
@@ -972,6 +1004,17 @@ async fn run_job(s: &crate::Shared, t: Ticket) {
                     category: e.category().to_owned(),
                     message: format!("Steward runner refused the script: {e}"),
                 }),
+                Ok(script) if t.protocol => {
+                    // The template prints its one result line; a failure is in that line.
+                    let line = apply_template(s, &t, &script);
+                    stdout.push_str(&line);
+                    stdout.push('\n');
+                    protocol_result = serde_json::from_str::<Value>(
+                        line.strip_prefix("STEWARD-RESULT ").unwrap_or(&line),
+                    )
+                    .ok();
+                    Ok(Value::Null)
+                }
                 Ok(script) => {
                     stdout.push_str(&format!(
                         "steward-op {}@{}\n",
@@ -985,6 +1028,13 @@ async fn run_job(s: &crate::Shared, t: Ticket) {
     };
     let finished_at = s.clock.now();
     let (status, exit_code, result, error, stderr) = match outcome {
+        Ok(_) if t.protocol => {
+            let failed = protocol_result
+                .as_ref()
+                .is_some_and(|r| r["status"] == "failed");
+            let status = if failed { "failure" } else { "success" };
+            (status, 0, protocol_result.clone(), None, String::new())
+        }
         Ok(v) => {
             stdout.push_str(&serde_json::to_string_pretty(&v).unwrap_or_default());
             stdout.push('\n');
@@ -1009,8 +1059,14 @@ async fn run_job(s: &crate::Shared, t: Ticket) {
         finished_at,
     };
     let callback = match &t.callback_url {
+        Some(url) if t.protocol => {
+            let body = json!({"stdout": run.stdout, "stderr": run.stderr,
+                              "exit_code": run.exit_code, "result": run.result});
+            Some(post_callback(s, url, t.token.as_ref().map(SecretText::expose), &body).await)
+        }
         Some(url) => {
-            Some(post_callback(s, url, t.token.as_ref().map(SecretText::expose), &run).await)
+            let body = serde_json::to_value(&run).unwrap_or(Value::Null);
+            Some(post_callback(s, url, t.token.as_ref().map(SecretText::expose), &body).await)
         }
         None => None,
     };
@@ -1107,14 +1163,59 @@ fn apply(s: &crate::Shared, t: &Ticket, script: &runner::Script) -> Result<Value
     value
 }
 
+/// Runs `script` as its template would, recording its changes; returns its result line.
+fn apply_template(s: &crate::Shared, t: &Ticket, script: &runner::Script) -> String {
+    let (mut guard, now) = s.lock();
+    let st = &mut *guard;
+    let template = format!("{}@{}", script.op.name(), script.version);
+    let failed = |reason: &str, category: &str| {
+        format!(
+            "STEWARD-RESULT {}",
+            json!({"template": template, "status": "failed", "result": null, "prior": null,
+                   "reason": reason, "category": category})
+        )
+    };
+    if st.epoch != t.epoch {
+        return failed(
+            "The sandbox was reset while this job was running.",
+            "invalid_operation",
+        );
+    }
+    let seed = st.world.seed;
+    let Some(company) = st.world.company_mut(&t.company) else {
+        return failed(
+            &format!("Company {} no longer exists.", t.company),
+            "not_configured",
+        );
+    };
+    let (line, applied) = crate::onprem::run_template(company, seed, &t.hostname, script, now);
+    for a in applied {
+        st.ledger.record(
+            Mutation {
+                service: "runner",
+                method: "RUN".to_owned(),
+                path: format!("/datto/api/v2/device/{}/quickjob#{}", t.device_uid, t.uid),
+                company: Some(t.company.clone()),
+                action: a.action,
+                target: Some(a.target),
+                details: a.details,
+                secret_fingerprint: a.secret_fingerprint,
+                correlation: t.correlation.clone(),
+            },
+            now,
+        );
+    }
+    line
+}
+
 async fn post_callback(
     s: &crate::Shared,
     url: &str,
     token: Option<&str>,
-    run: &RunResult,
+    body: &Value,
 ) -> PostOutcome {
     let out = post_with_retries(|| {
-        let req = s.http.post(url).json(run);
+        let req = s.http.post(url).json(body);
         match token {
             Some(t) => req.bearer_auth(t),
             None => req,
@@ -1123,7 +1224,6 @@ async fn post_callback(
     .await;
     if !out.delivered {
         tracing::warn!(
-            job = %run.job_uid,
             url,
             status = out.status,
             error = out.error.as_deref(),

@@ -73,6 +73,7 @@ pub(crate) fn execute(
     match script.op {
         Op::AdNewUser => ad_new_user(c, seed, params(script)?, now),
         Op::AdRemoveUser => ad_remove_user(c, params(script)?),
+        Op::AdRestoreUser => ad_restore_user(c, params(script)?),
         Op::AdSetEnabled => ad_set_enabled(c, params(script)?),
         Op::AdResetPassword => ad_reset_password(c, params(script)?, now),
         Op::AdAddGroupMember => ad_group_member(c, params(script)?, true),
@@ -988,6 +989,356 @@ fn ex_disable_mailbox(c: &mut Company, host: &str, p: IdentityOnly) -> OpResult 
         json!({"identity": u.sam_account_name}),
         vec![Applied {
             action: "exchange_server.disable_mailbox".into(),
+            target: u.object_guid.clone(),
+            details: json!({}),
+            secret_fingerprint: None,
+        }],
+    ))
+}
+
+// ---- the templates' result line ---------------------------------------------------------------
+
+/// What a template sees before it acts: it is already in the desired state (reported
+/// `unchanged`, nothing done), or it acts, having recorded `prior` for its inverse.
+enum Before {
+    Unchanged { result: Value, prior: Value },
+    Acts { prior: Value },
+}
+
+fn ad_user_result(f: &AdForest, u: &AdUser) -> Value {
+    let manager = u
+        .manager
+        .as_ref()
+        .and_then(|m| f.users.iter().find(|x| &x.object_guid == m))
+        .map(AdUser::dn);
+    json!({
+        "distinguished_name": u.dn(),
+        "parent": u.parent,
+        "object_guid": u.object_guid,
+        "sam_account_name": u.sam_account_name,
+        "user_principal_name": u.user_principal_name,
+        "enabled": u.enabled,
+        "locked_out": false,
+        "display_name": u.display_name,
+        "given_name": u.given_name,
+        "surname": u.surname,
+        "title": u.title,
+        "department": u.department,
+        "mail": u.mail,
+        "manager": manager,
+        "when_created": u.created_at,
+    })
+}
+
+fn text(script: &Script, k: &str) -> String {
+    script
+        .payload
+        .get(k)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Reads the state a template reads before acting (mirroring its checks, so a repeat reports
+/// `unchanged` and changes nothing).
+fn before(c: &Company, script: &Script) -> Before {
+    let acts = |prior: Value| Before::Acts { prior };
+    let Some(f) = c.ad.as_ref() else {
+        return acts(Value::Null);
+    };
+    let user = |k: &str| find_user(f, &text(script, k)).map(|i| &f.users[i]);
+    match script.op {
+        Op::AdNewUser => match user("sam_account_name") {
+            Some(u)
+                if u.user_principal_name
+                    .eq_ignore_ascii_case(&text(script, "user_principal_name"))
+                    && u.parent.eq_ignore_ascii_case(&text(script, "path")) =>
+            {
+                Before::Unchanged {
+                    result: ad_user_result(f, u),
+                    prior: json!({"existed": true}),
+                }
+            }
+            _ => acts(json!({"existed": false})),
+        },
+        Op::AdRemoveUser => match user("identity") {
+            None => Before::Unchanged {
+                result: json!({"removed": false}),
+                prior: json!({"existed": false}),
+            },
+            Some(u) => acts(json!({
+                "existed": true, "recycle_bin": true, "user": ad_user_result(f, u),
+                "member_of": f.groups.iter().filter(|g| g.members.contains(&u.object_guid)).map(|g| g.dn()).collect::<Vec<_>>(),
+            })),
+        },
+        Op::AdRestoreUser => {
+            let guid = text(script, "object_guid");
+            match f
+                .users
+                .iter()
+                .find(|u| u.object_guid.eq_ignore_ascii_case(&guid))
+            {
+                Some(u) if !u.deleted => Before::Unchanged {
+                    result: ad_user_result(f, u),
+                    prior: json!({"deleted": false}),
+                },
+                _ => acts(json!({"deleted": true})),
+            }
+        }
+        Op::AdSetEnabled => match user("identity") {
+            Some(u)
+                if Some(u.enabled) == script.payload.get("enabled").and_then(Value::as_bool) =>
+            {
+                Before::Unchanged {
+                    result: ad_user_result(f, u),
+                    prior: json!({"enabled": u.enabled}),
+                }
+            }
+            Some(u) => acts(json!({"enabled": u.enabled})),
+            None => acts(Value::Null),
+        },
+        Op::AdRemoveGroupMember | Op::AdAddGroupMember => {
+            let add = script.op == Op::AdAddGroupMember;
+            let member = find_group(f, &text(script, "group"))
+                .and_then(|g| user("member").map(|u| f.groups[g].members.contains(&u.object_guid)));
+            match member {
+                Some(m) if m == add => Before::Unchanged {
+                    result: json!({"group": text(script, "group"), "member": text(script, "member"), "changed": false}),
+                    prior: json!({"member": m}),
+                },
+                Some(m) => acts(json!({"member": m})),
+                None => acts(Value::Null),
+            }
+        }
+        Op::AdMoveObject => match user("identity") {
+            Some(u) if u.parent.eq_ignore_ascii_case(&text(script, "target_path")) => {
+                Before::Unchanged {
+                    result: ad_user_result(f, u),
+                    prior: json!({"previous_parent": u.parent}),
+                }
+            }
+            Some(u) => acts(json!({"previous_parent": u.parent})),
+            None => acts(Value::Null),
+        },
+        Op::AdSetManager => match user("identity") {
+            Some(u) => {
+                let current = u
+                    .manager
+                    .as_ref()
+                    .and_then(|m| f.users.iter().find(|x| &x.object_guid == m));
+                let wanted = script
+                    .payload
+                    .get("manager")
+                    .and_then(Value::as_str)
+                    .and_then(|m| find_user(f, m))
+                    .map(|i| &f.users[i]);
+                let prior = json!({"manager": current.map(AdUser::dn)});
+                let same = match (current, wanted, script.payload.get("manager")) {
+                    (None, _, None | Some(Value::Null)) => true,
+                    (Some(a), Some(b), _) => a.object_guid == b.object_guid,
+                    _ => false,
+                };
+                if same {
+                    Before::Unchanged {
+                        result: ad_user_result(f, u),
+                        prior,
+                    }
+                } else {
+                    acts(prior)
+                }
+            }
+            None => acts(Value::Null),
+        },
+        Op::ExEnableRemoteMailbox => match user("identity") {
+            Some(u) if u.remote_mailbox.is_some() => Before::Unchanged {
+                result: recipient_json(u),
+                prior: json!({"recipient_type_details": "RemoteUserMailbox"}),
+            },
+            _ => acts(json!({"recipient_type_details": "User"})),
+        },
+        Op::ExDisableRemoteMailbox => match user("identity") {
+            Some(u) if u.remote_mailbox.is_none() => Before::Unchanged {
+                result: json!({"identity": text(script, "identity")}),
+                prior: json!({"recipient_type_details": "User"}),
+            },
+            _ => acts(json!({"recipient_type_details": "RemoteUserMailbox"})),
+        },
+        Op::ExSetRemoteMailbox => match user("identity").and_then(|u| u.remote_mailbox.as_ref()) {
+            Some(r) => {
+                let mut prior = serde_json::Map::new();
+                let mut same = true;
+                if let Some(t) = script.payload.get("type").and_then(Value::as_str) {
+                    let now = if r.kind == MailboxKind::SharedMailbox {
+                        "Shared"
+                    } else {
+                        "Regular"
+                    };
+                    prior.insert("type".into(), json!(now));
+                    same &= t.eq_ignore_ascii_case(now);
+                }
+                if let Some(h) = script
+                    .payload
+                    .get("hidden_from_address_lists_enabled")
+                    .and_then(Value::as_bool)
+                {
+                    prior.insert(
+                        "hidden_from_address_lists_enabled".into(),
+                        json!(r.hidden_from_address_lists),
+                    );
+                    same &= h == r.hidden_from_address_lists;
+                }
+                if same {
+                    Before::Unchanged {
+                        result: json!({"identity": text(script, "identity")}),
+                        prior: Value::Object(prior),
+                    }
+                } else {
+                    acts(Value::Object(prior))
+                }
+            }
+            None => acts(Value::Null),
+        },
+        Op::ExEnableMailbox => match user("identity") {
+            Some(u) if u.mailbox.is_some() => Before::Unchanged {
+                result: recipient_json(u),
+                prior: json!({"recipient_type_details": "UserMailbox"}),
+            },
+            _ => acts(json!({"recipient_type_details": "User"})),
+        },
+        Op::ExDisableMailbox => match user("identity") {
+            Some(u) if u.mailbox.is_none() => Before::Unchanged {
+                result: json!({"identity": text(script, "identity")}),
+                prior: json!({"recipient_type_details": "User"}),
+            },
+            _ => acts(json!({"recipient_type_details": "UserMailbox"})),
+        },
+        Op::AdResetPassword | Op::AdGetUser | Op::AdsyncStartDelta | Op::AdsyncStatus => {
+            acts(Value::Null)
+        }
+    }
+}
+
+/// Runs `script` as its template would, returning the template's one result line
+/// (`STEWARD-RESULT {template, status, result, prior, reason, category}`) and the changes made.
+pub(crate) fn run_template(
+    c: &mut Company,
+    seed: u64,
+    hostname: &str,
+    script: &Script,
+    now: DateTime<Utc>,
+) -> (String, Vec<Applied>) {
+    let template = format!("{}@{}", script.op.name(), script.version);
+    let line = |status: &str, result: Value, prior: Value, reason: &str, category: &str| {
+        format!(
+            "STEWARD-RESULT {}",
+            json!({"template": template, "status": status, "result": result, "prior": prior,
+                   "reason": reason, "category": category})
+        )
+    };
+    // The connection checks come first, as in the templates (WinRM, the server named).
+    let prior = match before(c, script) {
+        Before::Unchanged { result, prior } => {
+            // Still fail where the template would fail before reading (an unreachable DC).
+            if let Err(e) = reachability(c, hostname, script) {
+                return (
+                    line("failed", Value::Null, Value::Null, &e.message, e.category),
+                    vec![],
+                );
+            }
+            return (line("unchanged", result, prior, "", ""), vec![]);
+        }
+        Before::Acts { prior } => prior,
+    };
+    match execute(c, seed, hostname, script, now) {
+        Ok((v, applied)) => {
+            let result = match script.op {
+                Op::AdNewUser
+                | Op::AdMoveObject
+                | Op::AdSetEnabled
+                | Op::AdSetManager
+                | Op::AdRestoreUser
+                | Op::AdGetUser => {
+                    let f = c.ad.as_ref().expect("the op found the forest");
+                    let key = match script.op {
+                        Op::AdNewUser => text(script, "sam_account_name"),
+                        Op::AdRestoreUser => text(script, "object_guid"),
+                        _ => text(script, "identity"),
+                    };
+                    find_user(f, &key).map_or(v, |i| ad_user_result(f, &f.users[i]))
+                }
+                _ => v,
+            };
+            let status = if applied.is_empty() {
+                "unchanged"
+            } else {
+                "changed"
+            };
+            (line(status, result, prior, "", ""), applied)
+        }
+        Err(e) => {
+            let applied = e.applied.clone();
+            (
+                line("failed", Value::Null, prior, &e.message, e.category),
+                applied,
+            )
+        }
+    }
+}
+
+/// The checks a template makes before reading anything: the machine it reaches answers.
+fn reachability(c: &mut Company, hostname: &str, script: &Script) -> Result<(), OpError> {
+    let server = script
+        .payload
+        .get("server")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    match script.op {
+        Op::AdsyncStartDelta | Op::AdsyncStatus => entra_connect_checks(c, &server),
+        Op::ExEnableRemoteMailbox
+        | Op::ExDisableRemoteMailbox
+        | Op::ExSetRemoteMailbox
+        | Op::ExEnableMailbox
+        | Op::ExDisableMailbox => {
+            let _ = hostname;
+            forest(c, &None).map(|_| ())
+        }
+        _ => forest(c, &server).map(|_| ()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestoreUser {
+    object_guid: String,
+    #[serde(default)]
+    server: Option<String>,
+}
+
+/// `Restore-ADObject` from the AD Recycle Bin.
+fn ad_restore_user(c: &mut Company, p: RestoreUser) -> OpResult {
+    let f = forest(c, &p.server)?;
+    let guid = p.object_guid.trim_matches(['{', '}']).to_owned();
+    let Some(i) = f
+        .users
+        .iter()
+        .position(|u| u.deleted && u.object_guid.eq_ignore_ascii_case(&guid))
+    else {
+        return Err(OpError::new(
+            "not_found",
+            format!(
+                "Restore-ADObject : Cannot find an object with identity: '{guid}' under: 'CN=Deleted Objects,{}'.",
+                f.base_dn()
+            ),
+        ));
+    };
+    let usn = f.bump();
+    let u = &mut f.users[i];
+    u.deleted = false;
+    u.usn_changed = usn;
+    Ok((
+        json!({"restored": true, "object_guid": u.object_guid}),
+        vec![Applied {
+            action: "ad.restore_user".into(),
             target: u.object_guid.clone(),
             details: json!({}),
             secret_fingerprint: None,

@@ -77,6 +77,9 @@ use serde_json::{Map, Value};
 pub(crate) const SCRIPT_URL_VAR: &str = "steward_script_url";
 pub(crate) const CALLBACK_URL_VAR: &str = "steward_callback_url";
 pub(crate) const JOB_TOKEN_VAR: &str = "steward_job_token";
+/// The runner protocol's variables: Steward's URL and the job's id (with the token above).
+pub(crate) const STEWARD_URL_VAR: &str = "steward_url";
+pub(crate) const JOB_ID_VAR: &str = "steward_job_id";
 
 /// How many leading lines may hold the op header.
 const HEADER_WINDOW: usize = 10;
@@ -86,6 +89,7 @@ const HEADER_WINDOW: usize = 10;
 pub(crate) enum Op {
     AdNewUser,
     AdRemoveUser,
+    AdRestoreUser,
     AdSetEnabled,
     AdResetPassword,
     AdAddGroupMember,
@@ -105,6 +109,7 @@ pub(crate) enum Op {
 pub(crate) const OPS: &[(Op, &str, u32)] = &[
     (Op::AdNewUser, "ad.new_user", 1),
     (Op::AdRemoveUser, "ad.remove_user", 1),
+    (Op::AdRestoreUser, "ad.restore_user", 1),
     (Op::AdSetEnabled, "ad.set_enabled", 1),
     (Op::AdResetPassword, "ad.reset_password", 1),
     (Op::AdAddGroupMember, "ad.add_group_member", 1),

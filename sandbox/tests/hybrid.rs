@@ -78,7 +78,7 @@ async fn quick_job_round_trip_and_sync_timing() -> Result<()> {
     let (_, r) = datto
         .call("GET", &format!("/job/{job}/results/{FAB_RUNNER}"), None)
         .await?;
-    assert_eq!(r["jobDeploymentStatus"], "active");
+    assert_eq!(r["jobDeploymentStatus"], "Pending");
     assert!(
         host.host.all("/callbacks/new-user").is_empty(),
         "held jobs must not run"
@@ -111,8 +111,8 @@ async fn quick_job_round_trip_and_sync_timing() -> Result<()> {
     let (_, r) = datto
         .call("GET", &format!("/job/{job}/results/{FAB_RUNNER}"), None)
         .await?;
-    assert_eq!(r["jobDeploymentStatus"], "success");
-    assert_eq!(r["componentResults"][0]["componentStatus"], "success");
+    assert_eq!(r["jobDeploymentStatus"], "Success");
+    assert_eq!(r["componentResults"][0]["componentStatus"], "Success");
     assert_eq!(r["componentResults"][0]["hasStdOut"], true);
     assert_eq!(r["componentResults"][0]["hasStdErr"], false);
     let (_, out) = datto

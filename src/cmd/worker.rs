@@ -16,9 +16,9 @@ use super::{connect, serve::scheduler_config, shutdown_signal};
 
 #[derive(Args, Debug)]
 pub(crate) struct WorkerArgs {
-    /// Point every Microsoft 365 connector at this sandbox (`steward sandbox`) instead of
-    /// Microsoft (sandbox.url, STEWARD_SANDBOX__URL).
-    #[arg(long)]
+    /// Point every connector (Microsoft 365 and Datto RMM) at this sandbox (`steward sandbox`)
+    /// instead of the real services (sandbox.url, STEWARD_SANDBOX__URL).
+    #[arg(long, value_name = "URL")]
     sandbox: Option<String>,
     /// Steps run at once.
     #[arg(long)]
@@ -60,6 +60,7 @@ pub(crate) async fn run(mut config: Config, args: WorkerArgs) -> Result<ExitCode
     config.validate()?;
     steward_engine::secrets::require(&config.secrets, "worker")?;
     let store = connect(&config).await?;
+    let onprem = steward_engine::runner::onprem_from_config(&config, &store).await?;
     let services = Services {
         redis: Some(store.db().manager()),
         namespace: config.redis.namespace.clone(),
@@ -75,7 +76,7 @@ pub(crate) async fn run(mut config: Config, args: WorkerArgs) -> Result<ExitCode
     let runtime = Arc::new(Runtime {
         store: store.clone(),
         companies: Companies::for_store(&store),
-        registry: Registry::with_m365(connectors.m365),
+        registry: Registry::connected(Some(connectors.m365), onprem),
         services,
     });
     let queue = queue_config(&config);

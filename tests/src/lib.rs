@@ -131,7 +131,7 @@ impl Env {
         let runtime = Arc::new(Runtime {
             store: store.clone(),
             companies: self.companies(),
-            registry: Registry::builtin(),
+            registry: opts.registry.clone().unwrap_or_else(Registry::builtin),
             services: Services {
                 redis: Some(store.db().manager()),
                 namespace: self.namespace.clone(),
@@ -321,6 +321,8 @@ pub struct WorkerOpts {
     pub scheduler: bool,
     /// A fixed consumer name.
     pub consumer: Option<String>,
+    /// The ops (default: the built-in ones, without connectors).
+    pub registry: Option<Registry>,
 }
 
 impl Default for WorkerOpts {
@@ -331,6 +333,7 @@ impl Default for WorkerOpts {
             max_deliveries: 5,
             scheduler: true,
             consumer: None,
+            registry: None,
         }
     }
 }

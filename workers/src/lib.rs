@@ -8,9 +8,11 @@
 pub mod catalog;
 pub mod diagnosis;
 pub mod m365;
+pub mod onprem;
 pub mod op;
 pub mod powershell;
 pub mod registry;
+pub mod rmm;
 pub mod testing;
 
 pub use op::{BoxFuture, Op, OpContext, OpError, OpOutcome, Services};

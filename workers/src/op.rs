@@ -75,6 +75,16 @@ pub enum OpError {
         /// The service's error code.
         code: Option<String>,
     },
+    /// No attempt will succeed until a technician fixes something outside Steward (a runner
+    /// without Kerberos delegation, WinRM off): the run pauses with the fix, rather than
+    /// burning retries. When the technician resumes, the step runs again.
+    #[error("{message}")]
+    NeedsTechnician {
+        /// The cause and the fix.
+        message: String,
+        /// The diagnosis's code (`double_hop`).
+        code: Option<String>,
+    },
 }
 
 impl OpError {
@@ -113,12 +123,14 @@ impl OpError {
                 code,
                 retry_after: retry_after.map(Dur::new),
             },
-            Self::Terminal { message, code } => StepFailure {
-                kind: FailureKind::Terminal,
-                message,
-                code,
-                retry_after: None,
-            },
+            Self::Terminal { message, code } | Self::NeedsTechnician { message, code } => {
+                StepFailure {
+                    kind: FailureKind::Terminal,
+                    message,
+                    code,
+                    retry_after: None,
+                }
+            }
         }
     }
 }
@@ -160,6 +172,10 @@ pub struct OpContext {
     pub seq: u32,
     /// Shared clients.
     pub services: Services,
+    /// The company's settings as they are now (where its users and mailboxes live, its
+    /// hostnames): routed and on-prem ops need them. `None` where the caller has none: the
+    /// abstract op then runs its cloud implementation unrouted.
+    pub settings: Option<std::sync::Arc<steward_schemas::Company>>,
 }
 
 impl OpContext {

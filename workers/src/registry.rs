@@ -43,14 +43,54 @@ impl Registry {
         Self::build(Some(m365))
     }
 
-    fn build(m365: Option<crate::m365::M365>) -> Self {
+    /// The catalog and every built-in implementation, connected to Microsoft 365 and to the
+    /// RMM where given.
+    pub fn connected(
+        m365: Option<crate::m365::M365>,
+        onprem: Option<crate::onprem::OnPrem>,
+    ) -> Self {
         let mut r = Self::new();
         for spec in crate::catalog::CATALOG {
             r.catalog.insert(spec.name, spec);
         }
         crate::testing::register(&mut r);
-        crate::m365::ops::register(&mut r, m365);
+        let secrets = m365
+            .as_ref()
+            .map(|m| m.secrets.clone())
+            .or_else(|| onprem.as_ref().and_then(|o| o.secrets.clone()));
+        // The cloud ops, by their own names: the routed dispatcher's cloud executor.
+        let mut cloud = Self::new();
+        crate::m365::ops::register(&mut cloud, m365);
+        let cloud_ops = Arc::new(cloud.ops.clone());
+        for (name, op) in cloud.ops {
+            let routed = steward_core::routing::ROUTED_OPS.contains(&name)
+                && crate::catalog::CATALOG.iter().any(|s| s.name == name);
+            if !routed {
+                r.ops.insert(name, op);
+            }
+        }
+        // Every catalogue op that routing knows is the routed dispatcher.
+        for spec in crate::catalog::CATALOG {
+            if steward_core::routing::ROUTED_OPS.contains(&spec.name) {
+                r.register(crate::onprem::routed::Routed {
+                    spec,
+                    cloud: cloud_ops.clone(),
+                    onprem: onprem.clone(),
+                    secrets: secrets.clone(),
+                });
+            }
+        }
+        r.register(crate::onprem::routed::RoutedUndo {
+            spec: &crate::onprem::routed::UNDO_SPEC,
+            cloud: cloud_ops,
+            onprem: onprem.clone(),
+        });
+        crate::onprem::register(&mut r, onprem);
         r
+    }
+
+    fn build(m365: Option<crate::m365::M365>) -> Self {
+        Self::connected(m365, None)
     }
 
     /// Whether this registry can run the op called `name` (not only validate it).

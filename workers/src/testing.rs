@@ -459,6 +459,7 @@ mod tests {
             polls,
             seq: 1,
             services: Default::default(),
+            settings: None,
         }
     }
 

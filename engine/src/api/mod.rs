@@ -11,6 +11,7 @@ pub mod extract;
 mod html;
 mod inbox;
 pub mod plans;
+pub mod runner;
 pub mod runs;
 mod schedules;
 mod secrets;
@@ -501,6 +502,12 @@ pub fn app(state: ApiState) -> axum::Router {
             }),
         )
         .route("/metrics", axum::routing::get(metrics))
+        // The runner protocol (machine to machine, token per job; not in the OpenAPI document).
+        .route("/v1/runner/jobs/{id}", axum::routing::get(runner::script))
+        .route(
+            "/v1/runner/jobs/{id}/result",
+            axum::routing::post(runner::result),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))

@@ -461,6 +461,7 @@ mod tests {
             polls: 0,
             seq: 1,
             services: Default::default(),
+            settings: None,
         };
         let refused =
             || Error::Token(crate::m365::token::TokenError::NoRefreshToken { tenant: "t".into() });
