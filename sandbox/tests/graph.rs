@@ -1009,7 +1009,22 @@ async fn unknown_routes_and_methods_answer_in_graphs_envelope() -> Result<()> {
 async fn password_reset_method_writes_back_for_synced_users() -> Result<()> {
     let sb = sandbox().await?;
     let pw_method = "28c10230-6103-485e-b985-444c60001490";
-    let g = Graph::new(&sb, CONTOSO_TENANT).await?;
+    // Not supported with application permissions, as Microsoft documents.
+    let app = Graph::new(&sb, CONTOSO_TENANT).await?;
+    let (s, b) = app
+        .call(
+            "POST",
+            &format!(
+                "/users/adele.vance@contoso.com/authentication/methods/{pw_method}/resetPassword"
+            ),
+            Some(json!({"newPassword": "Res3t!Password"})),
+        )
+        .await?;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (403, Some("Authorization_RequestDenied"))
+    );
+    let g = Graph::delegated(&sb, CONTOSO_TENANT).await?;
     let r = g
         .http
         .post(format!(
@@ -1060,7 +1075,7 @@ async fn password_reset_method_writes_back_for_synced_users() -> Result<()> {
         "{b}"
     );
 
-    let fg = Graph::new(&sb, FABRIKAM_TENANT).await?;
+    let fg = Graph::delegated(&sb, FABRIKAM_TENANT).await?;
     // A synced user's writeback needs newPassword.
     let (s, _) = fg
         .call(
