@@ -50,6 +50,8 @@ pub(crate) struct AccessToken {
     pub(crate) company: String,
     pub(crate) audience: &'static str,
     pub(crate) expires_at: DateTime<Utc>,
+    /// App-only (client credentials) rather than a user's delegated rights.
+    pub(crate) app_only: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -613,6 +615,7 @@ async fn token(
                     company: company_id,
                     audience,
                     expires_at: exp,
+                    app_only: true,
                 },
             );
             axum::Json(json!({
@@ -836,6 +839,7 @@ fn delegated_answer(
             company: g.company_id,
             audience: g.audience,
             expires_at: exp,
+            app_only: false,
         },
     );
     let new_rt = st.tokens.new_refresh(seed, g.client_id, g.user, now);
@@ -1360,6 +1364,7 @@ mod tests {
                 company: "c".into(),
                 audience: GRAPH_AUDIENCE,
                 expires_at: now + Duration::seconds(10),
+                app_only: true,
             },
         );
         assert!(authenticate(&s, Some(&tok), GRAPH_AUDIENCE, now).is_ok());

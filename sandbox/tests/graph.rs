@@ -934,13 +934,28 @@ async fn batch_runs_inner_requests_through_the_real_routes() -> Result<()> {
     assert_eq!(s, 400);
     let (s, _) = g.call("POST", "/$batch", Some(json!({"nope": []}))).await?;
     assert_eq!(s, 400);
-    let (s, b) = g
-        .call("POST", "/$batch", Some(json!({"requests": [{"id": "1", "method": "PATCH", "url": "/users/megan.bowen@contoso.com", "body": {"jobTitle": "x"}}]})))
-        .await?;
-    assert_eq!(s, 200);
+    // A write without its Content-Type, or without a body, fails the whole batch; so does an
+    // absolute URL.
+    for bad in [
+        json!({"id": "1", "method": "PATCH", "url": "/users/megan.bowen@contoso.com", "body": {"jobTitle": "x"}}),
+        json!({"id": "1", "method": "POST", "url": "/users/megan.bowen@contoso.com/revokeSignInSessions"}),
+        json!({"id": "1", "method": "GET", "url": "https://graph.microsoft.com/v1.0/users"}),
+    ] {
+        let (s, b) = g
+            .call(
+                "POST",
+                "/$batch",
+                Some(json!({"requests": [{"id": "0", "method": "GET", "url": "/users"}, bad]})),
+            )
+            .await?;
+        assert_eq!(s, 400, "{b}");
+        assert!(b.get("responses").is_none(), "{b}");
+    }
+    let entries_after = ledger(&sb).await?;
     assert_eq!(
-        b["responses"][0]["status"], 400,
-        "a body needs a Content-Type header: {b}"
+        entries_after.len(),
+        entries.len(),
+        "a refused batch changes nothing"
     );
 
     // A throttled inner request carries its own status and Retry-After.
@@ -949,10 +964,31 @@ async fn batch_runs_inner_requests_through_the_real_routes() -> Result<()> {
         .call("POST", "/$batch", Some(json!({"requests": [{"id": "a", "method": "GET", "url": "/subscribedSkus"}, {"id": "b", "method": "GET", "url": "/subscribedSkus"}]})))
         .await?;
     let r = b["responses"].as_array().unwrap();
-    assert_eq!(r[0]["status"], 429);
-    assert_eq!(r[0]["headers"]["retry-after"], "7");
-    assert_eq!(r[0]["body"]["error"]["code"], "TooManyRequests");
-    assert_eq!(r[1]["status"], 200);
+    let by_id = |i: &str| r.iter().find(|x| x["id"] == i).unwrap();
+    assert_eq!(by_id("a")["status"], 429);
+    assert_eq!(by_id("a")["headers"]["retry-after"], "7");
+    assert_eq!(by_id("a")["body"]["error"]["code"], "TooManyRequests");
+    assert_eq!(by_id("b")["status"], 200);
+
+    // Responses come back in any order: some batch of this size is answered out of order.
+    let many: Vec<Value> = (0..10)
+        .map(|i| json!({"id": i.to_string(), "method": "GET", "url": "/subscribedSkus"}))
+        .collect();
+    let (_, b) = g
+        .call("POST", "/$batch", Some(json!({"requests": many})))
+        .await?;
+    let order: Vec<&str> = b["responses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(order.len(), 10);
+    assert_ne!(
+        order,
+        ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"],
+        "answered in order"
+    );
     Ok(())
 }
 
@@ -973,7 +1009,22 @@ async fn unknown_routes_and_methods_answer_in_graphs_envelope() -> Result<()> {
 async fn password_reset_method_writes_back_for_synced_users() -> Result<()> {
     let sb = sandbox().await?;
     let pw_method = "28c10230-6103-485e-b985-444c60001490";
-    let g = Graph::new(&sb, CONTOSO_TENANT).await?;
+    // Not supported with application permissions, as Microsoft documents.
+    let app = Graph::new(&sb, CONTOSO_TENANT).await?;
+    let (s, b) = app
+        .call(
+            "POST",
+            &format!(
+                "/users/adele.vance@contoso.com/authentication/methods/{pw_method}/resetPassword"
+            ),
+            Some(json!({"newPassword": "Res3t!Password"})),
+        )
+        .await?;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (403, Some("Authorization_RequestDenied"))
+    );
+    let g = Graph::delegated(&sb, CONTOSO_TENANT).await?;
     let r = g
         .http
         .post(format!(
@@ -1024,7 +1075,7 @@ async fn password_reset_method_writes_back_for_synced_users() -> Result<()> {
         "{b}"
     );
 
-    let fg = Graph::new(&sb, FABRIKAM_TENANT).await?;
+    let fg = Graph::delegated(&sb, FABRIKAM_TENANT).await?;
     // A synced user's writeback needs newPassword.
     let (s, _) = fg
         .call(

@@ -188,6 +188,8 @@ async fn method_not_allowed() -> Response {
 #[derive(Debug, Clone)]
 pub(crate) struct Caller {
     pub(crate) company: String,
+    /// An app-only token (client credentials), not a user's.
+    pub(crate) app_only: bool,
 }
 
 pub(crate) fn authenticate(
@@ -196,7 +198,10 @@ pub(crate) fn authenticate(
     now: DateTime<Utc>,
 ) -> GraphResult<Caller> {
     match identity::authenticate(&st.tokens, ctx.bearer(), GRAPH_AUDIENCE, now) {
-        Ok(t) => Ok(Caller { company: t.company }),
+        Ok(t) => Ok(Caller {
+            company: t.company,
+            app_only: t.app_only,
+        }),
         Err(AuthFailure::Missing) => Err(GraphError::unauthenticated("Access token is empty.")),
         Err(AuthFailure::Unknown) => Err(GraphError::unauthenticated(
             "IDX14100: JWT is not well formed, there are no dots (.).",

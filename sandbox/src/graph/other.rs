@@ -457,6 +457,29 @@ pub(super) async fn batch(
             )));
         }
         seen.push(id);
+        // URLs are relative to the version (`/users/…`); [unverified] the exact message Graph
+        // gives for an absolute one.
+        let url = r["url"].as_str().unwrap_or_default();
+        if url.contains("://") {
+            return Err(GraphError::odata(format!(
+                "Invalid request: the url of request id {id} must be relative, e.g. /users/…"
+            )));
+        }
+        // A write without a body or without its Content-Type fails the whole batch.
+        let method = r["method"]
+            .as_str()
+            .unwrap_or_default()
+            .to_ascii_uppercase();
+        let has_body = r.get("body").is_some_and(|b| !b.is_null());
+        let has_content_type = r
+            .get("headers")
+            .and_then(Value::as_object)
+            .is_some_and(|h| h.keys().any(|k| k.eq_ignore_ascii_case("content-type")));
+        if matches!(method.as_str(), "POST" | "PATCH" | "PUT") && !(has_body && has_content_type) {
+            return Err(GraphError::odata(format!(
+                "Write request id : {id} does not contain Content-Type header or body."
+            )));
+        }
     }
     let app = crate::http::router(shared.clone());
     let mut statuses: Vec<(String, u16)> = Vec::new();
@@ -557,6 +580,16 @@ pub(super) async fn batch(
             entry["body"] = body;
         }
         responses.push(entry);
+    }
+    // Graph answers in any order, not the order asked: so does the sandbox (shuffled from its
+    // seed and the batch's ids, so a run is reproducible).
+    {
+        use rand::SeedableRng as _;
+        use rand::seq::SliceRandom as _;
+        let ids: String = seen.concat();
+        let mix = crate::ids::number(shared.seed, &["batch-order", &ids], u64::MAX);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(mix);
+        responses.shuffle(&mut rng);
     }
     Ok(json_response(
         StatusCode::OK,

@@ -807,6 +807,11 @@ pub(super) async fn reset_password(
     let (mut guard, now) = shared.lock();
     let st = &mut *guard;
     let caller = authenticate(st, &ctx, now)?;
+    // Microsoft documents resetPassword as not supported with application permissions: only a
+    // user's delegated rights may call it.
+    if caller.app_only {
+        return Err(GraphError::denied());
+    }
     let params = body_object(&body)?;
     if let Some(k) = params.keys().find(|k| k.as_str() != "newPassword") {
         return Err(GraphError::odata(format!(

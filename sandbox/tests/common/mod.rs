@@ -111,6 +111,33 @@ impl Graph {
         })
     }
 
+    /// Graph with the partner technician's delegated token (the fixture's refresh token).
+    pub async fn delegated(sb: &RunningSandbox, tenant: &str) -> Result<Self> {
+        let (status, body) = token_request(
+            sb,
+            tenant,
+            &[
+                ("grant_type", "refresh_token"),
+                ("client_id", CLIENT_ID),
+                ("client_secret", CLIENT_SECRET),
+                ("refresh_token", PARTNER_RT),
+                ("scope", GRAPH),
+            ],
+        )
+        .await?;
+        if status != 200 {
+            bail!("token request failed: {status} {body}");
+        }
+        Ok(Self {
+            base: format!("{}/graph/v1.0", sb.base_url),
+            token: body["access_token"]
+                .as_str()
+                .context("access_token")?
+                .to_owned(),
+            http: client(),
+        })
+    }
+
     pub async fn call(
         &self,
         method: &str,
