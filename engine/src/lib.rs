@@ -14,6 +14,7 @@ pub mod embedded;
 pub mod keys;
 pub mod links;
 pub mod planner;
+pub mod psa;
 pub mod queue;
 pub mod scheduler;
 pub mod secrets;

@@ -10,6 +10,7 @@ pub mod diagnosis;
 pub mod m365;
 pub mod op;
 pub mod powershell;
+pub mod psa;
 pub mod registry;
 pub mod testing;
 

@@ -8,8 +8,10 @@ pub mod approvals;
 pub mod companies;
 pub mod error;
 pub mod extract;
+pub(crate) mod hooks;
 mod html;
 pub mod plans;
+pub mod psa;
 pub mod runs;
 mod secrets;
 pub mod technicians;
@@ -355,6 +357,8 @@ fn routes() -> ApiRouter<ApiState> {
             delete_with(technicians::revoke, op!("revoke a token", "technicians")),
         )
         .merge(secrets::routes())
+        .merge(hooks::routes())
+        .merge(psa::routes())
 }
 
 fn describe(api: TransformOpenApi<'_>) -> TransformOpenApi<'_> {
@@ -375,6 +379,7 @@ fn describe(api: TransformOpenApi<'_>) -> TransformOpenApi<'_> {
         .tag(Tag { name: "companies".to_owned(), ..Default::default() })
         .tag(Tag { name: "technicians".to_owned(), ..Default::default() })
         .tag(Tag { name: "secrets".to_owned(), description: Some("one-time secret links (HTML pages for the people they are sent to)".to_owned()), ..Default::default() })
+        .tag(Tag { name: "psa".to_owned(), description: Some("PSA accounts, ticket-to-workflow rules, intakes and notes; the webhooks themselves are POST /v1/hooks/{autotask,connectwise,halo}".to_owned()), ..Default::default() })
         .tag(Tag { name: "system".to_owned(), ..Default::default() })
 }
 

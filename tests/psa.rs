@@ -1,0 +1,606 @@
+//! PSA triggers end to end: the sandbox's Autotask sends signed ticket webhooks to a real
+//! Steward API over HTTP, on a private Redis; runs start, wait for inputs, and notes come back
+//! to the sandbox's tickets. Also forged, stale, replayed and duplicated deliveries, unknown
+//! companies, a PSA that is down while notes are written, and one lifecycle run per person.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use serde_json::{Value, json};
+use steward_engine::links::LinkSigner;
+use steward_engine::planner::{Planner, Workflows};
+use steward_engine::psa::{self, Psa};
+use steward_sandbox::{Options, RunningSandbox, Sandbox};
+use steward_tests::api::{ApiEnv, send};
+use steward_tests::wait_for;
+use steward_workers::Registry;
+
+const SECRET: &str = "at-webhook-secret-7731";
+
+const ONBOARDING: &str = r#"
+name: psa-onboarding
+inputs:
+  name: {description: the new starter's full name}
+  start_date: {description: their first day}
+  manager: {required: false}
+steps:
+  - {id: create, op: ledger, with: {key: "create:${{ inputs.name }}"}}
+  - {id: mailbox, op: ledger, needs: [create], with: {key: "mailbox:${{ inputs.name }}"}}
+"#;
+
+const OFFBOARDING: &str = r#"
+name: psa-offboarding
+inputs:
+  name: {}
+steps:
+  - {id: disable, op: ledger, with: {key: "disable:${{ inputs.name }}"}}
+"#;
+
+const GATED: &str = r#"
+name: psa-gated
+inputs:
+  name: {}
+  start_date: {}
+defaults: {on_failure: rollback}
+steps:
+  - {id: create, op: ledger, with: {key: "gcreate:${{ inputs.name }}"}}
+  - id: approval
+    needs: [create]
+    gate: {approvers: company, quorum: 1, expires_in: 24h, message: "Create ${{ inputs.name }}?"}
+  - {id: licence, op: ledger, needs: [approval], with: {key: "glicence:${{ inputs.name }}"}}
+"#;
+
+struct World {
+    api: ApiEnv,
+    sb: RunningSandbox,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+impl World {
+    /// Steward with the test workflows, the sandbox sending Autotask webhooks to it, contoso
+    /// linked to the sandbox's Autotask company 174, an Autotask account and rules.
+    async fn start() -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join("onboarding.yaml"), ONBOARDING)?;
+        std::fs::write(dir.path().join("offboarding.yaml"), OFFBOARDING)?;
+        std::fs::write(dir.path().join("gated.yaml"), GATED)?;
+        let api = ApiEnv::start(dir.path()).await?;
+        let sb = Sandbox::spawn(Options {
+            webhook_url: Some(format!("{}/v1/hooks/autotask", api.base)),
+            webhook_secret: Some(SECRET.to_owned()),
+            ..Options::default()
+        })
+        .await?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(psa::notes::run(
+            service(&api, dir.path()).await?,
+            Some(linker(&api).await?),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let w = Self {
+            api,
+            sb,
+            http: reqwest::Client::new(),
+            _dir: dir,
+            stop: Some(stop),
+        };
+        let (s, mut contoso) = w.api.get("admin", "/v1/companies/contoso").await?;
+        assert_eq!(s, 200, "{contoso}");
+        let mut company = contoso["company"].take();
+        company["psa"] = json!({"provider": "autotask", "company_id": "174"});
+        let (s, b) = send(
+            w.api
+                .req("admin", reqwest::Method::PUT, "/v1/companies/contoso")
+                .json(&company),
+        )
+        .await?;
+        assert_eq!(s, 200, "{b}");
+        let (s, b) = send(
+            w.api
+                .req("admin", reqwest::Method::PUT, "/v1/psa/accounts/at")
+                .json(&json!({
+                    "provider": "autotask",
+                    "webhook_secret": SECRET,
+                    "api_url": format!("{}/autotask/atservicesrest/v1.0", w.sb.base_url),
+                    "api_username": "steward-api@examplemsp.com",
+                    "api_secret": "sandbox-autotask-secret",
+                    "api_integration_code": "SANDBOXINTEGRATIONCODE",
+                })),
+        )
+        .await?;
+        assert_eq!(s, 200, "{b}");
+        assert_eq!(b["webhook_secret_set"], true);
+        assert!(!b.to_string().contains(SECRET), "{b}");
+        let (s, b) = send(w.api.req("admin", reqwest::Method::PUT, "/v1/psa/rules").json(&json!({"rules": [
+            {"workflow": "psa-offboarding", "title_keywords": ["leaver"], "lifecycle": "offboarding"},
+            {"workflow": "psa-gated", "title_keywords": ["approval needed"], "lifecycle": "onboarding"},
+            {"workflow": "psa-onboarding", "provider": "autotask", "queue": ["8"], "title_keywords": ["new starter"], "lifecycle": "onboarding"},
+        ]})))
+        .await?;
+        assert_eq!(s, 200, "{b}");
+        Ok(w)
+    }
+
+    async fn ticket(&self, title: &str, description: &str) -> Result<i64> {
+        let res = self
+            .http
+            .post(format!("{}/admin/tickets", self.sb.base_url))
+            .json(&json!({"company": "contoso", "title": title, "description": description, "queue_id": 8, "issue_type": 10}))
+            .send()
+            .await?;
+        let v: Value = res.json().await?;
+        v["id"]
+            .as_i64()
+            .ok_or_else(|| anyhow::anyhow!("no ticket id in {v}"))
+    }
+
+    async fn intake(&self, ticket: i64) -> Result<Option<Value>> {
+        let (s, v) = self
+            .api
+            .get("admin", &format!("/v1/psa/intakes/autotask:at:{ticket}"))
+            .await?;
+        Ok((s == 200).then_some(v))
+    }
+
+    async fn wait_intake(&self, ticket: i64, status: &str) -> Result<Value> {
+        wait_for(
+            &format!("ticket {ticket}'s intake to be {status}"),
+            Duration::from_secs(20),
+            || async { Ok(self.intake(ticket).await?.filter(|v| v["status"] == status)) },
+        )
+        .await
+    }
+
+    async fn notes(&self, ticket: i64) -> Result<Vec<Value>> {
+        let v: Value = self
+            .http
+            .get(format!("{}/admin/tickets", self.sb.base_url))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let all = v["notes"].as_array().cloned().unwrap_or_default();
+        Ok(all
+            .into_iter()
+            .filter(|n| n["ticket_id"] == ticket)
+            .collect())
+    }
+
+    async fn wait_note(&self, ticket: i64, title: &str) -> Result<Value> {
+        wait_for(
+            &format!("a `{title}` note on ticket {ticket}"),
+            Duration::from_secs(30),
+            || async {
+                Ok(self
+                    .notes(ticket)
+                    .await?
+                    .into_iter()
+                    .find(|n| n["title"] == title))
+            },
+        )
+        .await
+    }
+
+    async fn wait_run(&self, run: &str, status: &str) -> Result<Value> {
+        wait_for(
+            &format!("run {run} to be {status}"),
+            Duration::from_secs(30),
+            || async {
+                let (_, v) = self.api.get("admin", &format!("/v1/runs/{run}")).await?;
+                Ok((v["summary"]["status"] == status).then_some(v))
+            },
+        )
+        .await
+    }
+
+    /// POSTs an Autotask delivery signed with `secret`.
+    async fn deliver(&self, body: &str, secret: &str) -> Result<(u16, Value)> {
+        let sig = psa::verify::autotask_signature(secret.as_bytes(), body);
+        send(
+            self.http
+                .post(format!("{}/v1/hooks/autotask", self.api.base))
+                .header("content-type", "application/json")
+                .header("x-hook-signature", sig)
+                .body(body.to_owned()),
+        )
+        .await
+    }
+}
+
+async fn service(api: &ApiEnv, workflows: &Path) -> Result<Psa> {
+    let store = api.env.store().await?;
+    let registry = std::sync::Arc::new(Registry::builtin());
+    let flows = Workflows::load_dir(workflows, &registry).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let planner = Planner {
+        store: store.clone(),
+        companies: steward_engine::companies::Companies::for_store(&store),
+        registry,
+    };
+    Ok(Psa::new(store, planner, flows.into()))
+}
+
+/// The API's link signer (its key is kept in Redis).
+async fn linker(api: &ApiEnv) -> Result<psa::notes::Linker> {
+    let store = api.env.store().await?;
+    let key: String = store
+        .db()
+        .query(redis::cmd("HGET").arg(store.keys().meta()).arg("link-key"))
+        .await?;
+    Ok(psa::notes::Linker {
+        signer: LinkSigner::new(LinkSigner::decode_key(&key).map_err(|e| anyhow::anyhow!(e))?)
+            .map_err(|e| anyhow::anyhow!(e))?,
+        public_url: api.base.clone(),
+    })
+}
+
+fn payload(
+    ticket: i64,
+    company: i64,
+    title: &str,
+    description: &str,
+    seq: i64,
+    at: chrono::DateTime<chrono::Utc>,
+) -> String {
+    json!({
+        "Action": "Create", "Guid": "6a1d2c3b-4e5f-4a6b-8c7d-9e0f1a2b3c4d", "EntityType": "Ticket", "Id": ticket,
+        "Fields": {"id": ticket, "ticketNumber": format!("T{ticket}"), "title": title, "description": description,
+                   "queueID": 8, "issueType": 10, "companyID": company, "status": 1},
+        "EventTime": at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(), "SequenceNumber": seq, "PersonID": null,
+    })
+    .to_string()
+}
+
+fn no_secrets(text: &str) -> Result<()> {
+    for s in [SECRET, "sandbox-autotask-secret", "SANDBOXINTEGRATIONCODE"] {
+        if text.contains(s) {
+            bail!("a secret leaked: {s} in {text}");
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_ticket_starts_one_run_and_its_notes_follow_it() -> Result<()> {
+    let w = World::start().await?;
+    let ticket = w
+        .ticket(
+            "New starter: Jane Doe",
+            "Hi,\nName: Jane Doe\nStart date: 2027-02-01\nManager: Bob Smith\nThanks & regards",
+        )
+        .await?;
+    let intake = w.wait_intake(ticket, "started").await?;
+    assert_eq!(intake["workflow"], "psa-onboarding");
+    assert_eq!(intake["inputs"]["start_date"], "2027-02-01");
+    assert_eq!(intake["inputs"]["manager"], "Bob Smith");
+    let run = intake["run"].as_str().unwrap().to_owned();
+    let view = w.wait_run(&run, "completed").await?;
+    assert_eq!(view["summary"]["ticket"]["id"], ticket.to_string());
+    w.wait_note(ticket, "Steward: started").await?;
+    let done = w.wait_note(ticket, "Steward: done").await?;
+    assert!(
+        done["description"].as_str().unwrap().contains(&run),
+        "{done}"
+    );
+    // Internal by default (Autotask Publish 2).
+    assert_eq!(done["publish"], 2);
+    // The sandbox delivered exactly one Create; nothing else started a run for the ticket.
+    let (_, runs) = w.api.get("admin", "/v1/runs").await?;
+    let for_ticket = runs
+        .as_array()
+        .or_else(|| runs["runs"].as_array())
+        .into_iter()
+        .flatten()
+        .filter(|r| r["ticket"]["id"].as_str() == Some(ticket.to_string().as_str()))
+        .count();
+    assert_eq!(for_ticket, 1, "{runs}");
+    // A delivery replayed byte for byte is a duplicate; the same ticket re-sent with another
+    // sequence number is the same run.
+    let now = chrono::Utc::now();
+    let body = payload(
+        ticket,
+        174,
+        "New starter: Jane Doe",
+        "Name: Jane Doe\nStart date: 2027-02-01",
+        900,
+        now,
+    );
+    let (s, first) = w.deliver(&body, SECRET).await?;
+    assert_eq!(
+        (s, first["outcome"].as_str()),
+        (200, Some("already_started")),
+        "{first}"
+    );
+    assert_eq!(first["run"], run.as_str());
+    let (s, again) = w.deliver(&body, SECRET).await?;
+    assert_eq!(
+        (s, again["outcome"].as_str()),
+        (200, Some("duplicate")),
+        "{again}"
+    );
+    // Every note and every PSA answer is free of secrets.
+    for n in w.notes(ticket).await? {
+        no_secrets(&n.to_string())?;
+    }
+    let (_, accounts) = w.api.get("admin", "/v1/psa/accounts").await?;
+    no_secrets(&accounts.to_string())?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_stale_and_unknown_deliveries_are_refused_or_recorded() -> Result<()> {
+    let w = World::start().await?;
+    let now = chrono::Utc::now();
+    let body = payload(
+        5001,
+        174,
+        "New starter: Eve",
+        "Name: Eve\nStart date: 2027-02-01",
+        1,
+        now,
+    );
+    // Forged: signed with another secret; altered after signing; unsigned.
+    let (s, b) = w.deliver(&body, "not-the-secret").await?;
+    assert_eq!(s, 401, "{b}");
+    assert_eq!(b["error"]["code"], "unauthorized");
+    let sig = psa::verify::autotask_signature(SECRET.as_bytes(), &body);
+    let altered = body.replace("Eve", "Mallory");
+    let (s, _) = send(
+        w.http
+            .post(format!("{}/v1/hooks/autotask", w.api.base))
+            .header("x-hook-signature", sig)
+            .body(altered),
+    )
+    .await?;
+    assert_eq!(s, 401);
+    let (s, _) = send(
+        w.http
+            .post(format!("{}/v1/hooks/autotask", w.api.base))
+            .body(body.clone()),
+    )
+    .await?;
+    assert_eq!(s, 401);
+    // Garbage, even signed, never 500s.
+    for junk in ["", "[]", "{\"Action\":", "\u{0}\u{1}"] {
+        let (s, b) = w.deliver(junk, SECRET).await?;
+        assert!(s == 202 || s == 401, "{junk:?}: {s} {b}");
+    }
+    // Stale: an event two hours old, correctly signed.
+    let old = payload(
+        5002,
+        174,
+        "New starter: Old",
+        "Name: Old\nStart date: 2027-02-01",
+        2,
+        now - chrono::Duration::hours(2),
+    );
+    let (s, b) = w.deliver(&old, SECRET).await?;
+    assert_eq!(s, 401, "{b}");
+    assert!(
+        b["error"]["message"].as_str().unwrap().contains("old"),
+        "{b}"
+    );
+    // None of these started anything or left an intake.
+    assert!(w.intake(5001).await?.is_none());
+    assert!(w.intake(5002).await?.is_none());
+    // An unknown company and a ticket no rule matches are recorded and answered 202.
+    let (s, b) = w
+        .deliver(
+            &payload(5003, 999, "New starter: Nobody", "Name: N", 3, now),
+            SECRET,
+        )
+        .await?;
+    assert_eq!((s, b["outcome"].as_str()), (202, Some("ignored")), "{b}");
+    let (s, b) = w
+        .deliver(&payload(5004, 174, "Printer jam", "", 4, now), SECRET)
+        .await?;
+    assert_eq!((s, b["outcome"].as_str()), (202, Some("ignored")), "{b}");
+    let (_, ignored) = w.api.get("admin", "/v1/psa/ignored").await?;
+    let reasons: Vec<String> = ignored
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["reason"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("company_id: 999")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("no rule matches")),
+        "{reasons:?}"
+    );
+    // Technicians may not read the ignored list; nobody reads it without a token.
+    assert_eq!(w.api.get("tech", "/v1/psa/ignored").await?.0, 403);
+    assert_eq!(w.api.get("", "/v1/psa/ignored").await?.0, 401);
+    // A hook for an account that does not exist is refused.
+    let (s, _) = send(
+        w.http
+            .post(format!("{}/v1/hooks/autotask?account=nope", w.api.base))
+            .header(
+                "x-hook-signature",
+                psa::verify::autotask_signature(SECRET.as_bytes(), &body),
+            )
+            .body(body.clone()),
+    )
+    .await?;
+    assert_eq!(s, 401);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_start_date_waits_asks_and_continues_when_the_ticket_is_updated() -> Result<()> {
+    let w = World::start().await?;
+    let ticket = w
+        .ticket(
+            "New starter: Sam Lee",
+            "Name: Sam Lee\nStart date: Monday\nManager: Bob Smith",
+        )
+        .await?;
+    let intake = w.wait_intake(ticket, "needs_input").await?;
+    assert_eq!(intake["missing"][0]["input"], "start_date");
+    assert!(intake["run"].is_null());
+    let ask = w.wait_note(ticket, "Steward: information needed").await?;
+    let text = ask["description"].as_str().unwrap();
+    assert!(text.contains("Start date"), "{text}");
+    assert!(
+        !text.contains("Name:"),
+        "asks for exactly what is missing: {text}"
+    );
+    // The ticket is updated in the PSA: its Update webhook carries the new description.
+    let res = w
+        .http
+        .patch(format!("{}/admin/tickets/{ticket}", w.sb.base_url))
+        .json(&json!({"description": "Name: Sam Lee\nStart date: 2027-03-01\nManager: Bob Smith"}))
+        .send()
+        .await?;
+    assert!(res.status().is_success());
+    let intake = w.wait_intake(ticket, "started").await?;
+    assert_eq!(intake["inputs"]["start_date"], "2027-03-01");
+    w.wait_run(intake["run"].as_str().unwrap(), "completed")
+        .await?;
+
+    // A technician supplies what another ticket lacks, through the API.
+    let ticket2 = w.ticket("New starter: Ana Diaz", "Name: Ana Diaz").await?;
+    w.wait_intake(ticket2, "needs_input").await?;
+    let path = format!("/v1/psa/intakes/autotask:at:{ticket2}/inputs");
+    let (s, b) = w
+        .api
+        .post(
+            "tech",
+            &path,
+            json!({"inputs": {"start_date": "2027-04-01"}}),
+        )
+        .await?;
+    assert_eq!((s, b["outcome"].as_str()), (200, Some("started")), "{b}");
+    let (s, b) = w
+        .api
+        .post(
+            "outsider",
+            &path,
+            json!({"inputs": {"start_date": "2027-04-01"}}),
+        )
+        .await?;
+    assert_eq!(s, 403, "{b}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_psa_that_is_down_delays_the_notes_never_the_run() -> Result<()> {
+    let w = World::start().await?;
+    let res = w
+        .http
+        .post(format!("{}/admin/faults", w.sb.base_url))
+        .json(&json!({"id": "notes-down", "method": "POST", "path": "/autotask/**", "rate": 1.0, "error": {"status": 503}}))
+        .send()
+        .await?;
+    assert!(res.status().is_success(), "{:?}", res.text().await);
+    let ticket = w
+        .ticket(
+            "New starter: Kim Park",
+            "Name: Kim Park\nStart date: 2027-02-01",
+        )
+        .await?;
+    let intake = w.wait_intake(ticket, "started").await?;
+    w.wait_run(intake["run"].as_str().unwrap(), "completed")
+        .await?;
+    assert!(w.notes(ticket).await?.is_empty());
+    // The outbox holds them, retrying.
+    wait_for("a retried note", Duration::from_secs(20), || async {
+        let (_, notes) = w.api.get("admin", "/v1/psa/notes").await?;
+        Ok(notes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["attempts"].as_u64() >= Some(2) && n["status"] == "pending")
+            .then_some(()))
+    })
+    .await?;
+    let res = w
+        .http
+        .delete(format!("{}/admin/faults", w.sb.base_url))
+        .send()
+        .await?;
+    assert!(res.status().is_success());
+    w.wait_note(ticket, "Steward: started").await?;
+    w.wait_note(ticket, "Steward: done").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_lifecycle_run_per_person_and_approval_links_in_notes() -> Result<()> {
+    let w = World::start().await?;
+    // A gated run: its note carries a signed approval link that decides the gate.
+    let ticket = w
+        .ticket(
+            "Approval needed: Lee Chan",
+            "Name: Lee Chan\nStart date: 2027-02-01",
+        )
+        .await?;
+    let intake = w.wait_intake(ticket, "started").await?;
+    let run = intake["run"].as_str().unwrap().to_owned();
+    let note = w.wait_note(ticket, "Steward: waiting for approval").await?;
+    let text = note["description"].as_str().unwrap();
+    let link = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Approve (as ")
+                .and_then(|r| r.split(": ").nth(1))
+        })
+        .expect("an approve link")
+        .to_owned();
+    assert!(link.starts_with(&w.api.base), "{link}");
+    let (s, b) = send(w.http.post(&link)).await?;
+    assert!(s == 200 || s == 201, "{s} {b}");
+    w.wait_run(&run, "completed").await?;
+
+    // Two onboarding tickets for the same person while the first waits at its gate: one run.
+    let a = w
+        .ticket(
+            "Approval needed: Jo Bloggs",
+            "Name: Jo Bloggs\nStart date: 2027-02-01",
+        )
+        .await?;
+    let first = w.wait_intake(a, "started").await?;
+    let onboarding = first["run"].as_str().unwrap().to_owned();
+    w.wait_note(a, "Steward: waiting for approval").await?;
+    let b = w
+        .ticket(
+            "Approval needed: jo  bloggs",
+            "Name: jo  bloggs\nStart date: 2027-02-01",
+        )
+        .await?;
+    let second = w.wait_intake(b, "joined").await?;
+    assert_eq!(second["run"], onboarding.as_str());
+    w.wait_note(b, "Steward: already in progress").await?;
+    // An offboarding of the same person cancels the pending onboarding, rolling back what it
+    // did, and proceeds.
+    let c = w.ticket("Leaver: Jo Bloggs", "Name: Jo Bloggs").await?;
+    let off = w.wait_intake(c, "started").await?;
+    assert_ne!(off["run"], onboarding.as_str());
+    let rolled = w.wait_run(&onboarding, "rolled_back").await?;
+    assert!(
+        rolled["summary"]["status_text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("offboarding"),
+        "{}",
+        rolled["summary"]
+    );
+    w.wait_run(off["run"].as_str().unwrap(), "completed")
+        .await?;
+    w.wait_note(a, "Steward: failed").await?;
+    Ok(())
+}
