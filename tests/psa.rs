@@ -604,3 +604,233 @@ async fn one_lifecycle_run_per_person_and_approval_links_in_notes() -> Result<()
     w.wait_note(a, "Steward: failed").await?;
     Ok(())
 }
+
+impl World {
+    /// Points contoso at `provider`'s company `id`, and puts `rule` first.
+    async fn relink(&self, provider: &str, id: &str, rule: Value) -> Result<()> {
+        let (_, mut rec) = self.api.get("admin", "/v1/companies/contoso").await?;
+        let mut company = rec["company"].take();
+        company["psa"] = json!({"provider": provider, "company_id": id});
+        let (s, b) = send(
+            self.api
+                .req("admin", reqwest::Method::PUT, "/v1/companies/contoso")
+                .json(&company),
+        )
+        .await?;
+        assert_eq!(s, 200, "{b}");
+        let (_, mut rules) = self.api.get("admin", "/v1/psa/rules").await?;
+        let mut list = rules["rules"]
+            .take()
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        list.insert(0, rule);
+        let (s, b) = send(
+            self.api
+                .req("admin", reqwest::Method::PUT, "/v1/psa/rules")
+                .json(&json!({"rules": list})),
+        )
+        .await?;
+        assert_eq!(s, 200, "{b}");
+        Ok(())
+    }
+
+    async fn put_account(&self, id: &str, body: Value) -> Result<()> {
+        let (s, b) = send(
+            self.api
+                .req(
+                    "admin",
+                    reqwest::Method::PUT,
+                    &format!("/v1/psa/accounts/{id}"),
+                )
+                .json(&body),
+        )
+        .await?;
+        assert_eq!(s, 200, "{b}");
+        no_secrets(&b.to_string())?;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connectwise_callbacks_start_runs_and_get_notes() -> Result<()> {
+    use steward_sandbox::connectwise::{COMPANY, PRIVATE_KEY, PUBLIC_KEY};
+    let w = World::start().await?;
+    let cw = format!("{}/connectwise/v4_6_release/apis/3.0", w.sb.base_url);
+    let auth = |r: reqwest::RequestBuilder| {
+        r.basic_auth(format!("{COMPANY}+{PUBLIC_KEY}"), Some(PRIVATE_KEY))
+            .header("clientId", "steward-test")
+    };
+    w.put_account("cw", json!({
+        "provider": "connectwise", "api_url": cw, "api_username": format!("{COMPANY}+{PUBLIC_KEY}"),
+        "api_secret": PRIVATE_KEY, "api_integration_code": "steward-test",
+    }))
+    .await?;
+    w.relink("connectwise", "250", json!({"workflow": "psa-onboarding", "provider": "connectwise", "ticket_type": ["Onboarding"], "lifecycle": "onboarding"})).await?;
+    let (s, b) = send(auth(w.http.post(format!("{cw}/system/callbacks"))).json(&json!({
+        "url": format!("{}/v1/hooks/connectwise?account=cw", w.api.base), "objectId": 1, "type": "Ticket", "level": "Owner", "description": "steward", "inactiveFlag": false,
+    })))
+    .await?;
+    assert_eq!(s, 201, "{b}");
+    let (s, t) = send(auth(w.http.post(format!("{cw}/service/tickets"))).json(&json!({
+        "summary": "New starter: Max Ray", "initialDescription": "Name: Max Ray\nStart date: 2027-02-01",
+        "company": {"id": 250}, "board": {"id": 1, "name": "Service"}, "type": {"id": 5, "name": "Onboarding"},
+    })))
+    .await?;
+    assert_eq!(s, 201, "{t}");
+    let id = t["id"].as_i64().unwrap();
+    let intake = wait_for(
+        "the ConnectWise intake",
+        Duration::from_secs(20),
+        || async {
+            let (s, v) = w
+                .api
+                .get("admin", &format!("/v1/psa/intakes/connectwise:cw:{id}"))
+                .await?;
+            Ok((s == 200 && v["status"] == "started").then_some(v))
+        },
+    )
+    .await?;
+    w.wait_run(intake["run"].as_str().unwrap(), "completed")
+        .await?;
+    let done = wait_for(
+        "the done note in ConnectWise",
+        Duration::from_secs(20),
+        || async {
+            let (_, notes) =
+                send(auth(w.http.get(format!("{cw}/service/tickets/{id}/notes")))).await?;
+            Ok(notes
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|n| {
+                    n["text"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .starts_with("Steward: done")
+                })
+                .cloned())
+        },
+    )
+    .await?;
+    assert_eq!(done["internalAnalysisFlag"], true);
+    // Forged: a body signed with another key, and a key_url on another host.
+    let entity = json!({"id": 9, "summary": "New starter: X", "company": {"id": 250}, "type": {"name": "Onboarding"}}).to_string();
+    let forged = json!({"Action": "added", "Type": "ticket", "ID": 9, "Entity": entity, "Metadata": {"key_url": format!("{cw}/system/callbacks/1/key")}}).to_string();
+    let (s, b) = send(
+        w.http
+            .post(format!("{}/v1/hooks/connectwise?account=cw", w.api.base))
+            .header(
+                "x-content-signature",
+                psa::verify::connectwise_signature("guess", forged.as_bytes()),
+            )
+            .body(forged),
+    )
+    .await?;
+    assert_eq!(s, 401, "{b}");
+    let elsewhere = json!({"Action": "added", "Type": "ticket", "ID": 9, "Entity": entity, "Metadata": {"key_url": "http://127.0.0.1:9/key"}}).to_string();
+    let (s, b) = send(
+        w.http
+            .post(format!("{}/v1/hooks/connectwise?account=cw", w.api.base))
+            .header(
+                "x-content-signature",
+                psa::verify::connectwise_signature("k", elsewhere.as_bytes()),
+            )
+            .body(elsewhere),
+    )
+    .await?;
+    assert_eq!(s, 401, "{b}");
+    assert!(
+        b["error"]["message"].as_str().unwrap().contains("key_url"),
+        "{b}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn halo_webhooks_start_runs_and_get_notes() -> Result<()> {
+    use steward_sandbox::halo::{CLIENT_ID, CLIENT_SECRET};
+    let w = World::start().await?;
+    let halo = format!("{}/halo", w.sb.base_url);
+    w.put_account("halo", json!({
+        "provider": "halopsa", "webhook_username": "steward", "webhook_secret": "halo-hook-pw-19",
+        "api_url": halo, "api_username": CLIENT_ID, "api_secret": CLIENT_SECRET,
+    }))
+    .await?;
+    w.relink("halopsa", "12", json!({"workflow": "psa-onboarding", "provider": "halopsa", "title_keywords": ["new starter"], "lifecycle": "onboarding"})).await?;
+    let token: Value = w
+        .http
+        .post(format!("{halo}/auth/token"))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", CLIENT_ID),
+            ("client_secret", CLIENT_SECRET),
+            ("scope", "all"),
+        ])
+        .send()
+        .await?
+        .json()
+        .await?;
+    let bearer = token["access_token"].as_str().unwrap().to_owned();
+    let (s, b) = send(w.http.post(format!("{halo}/api/Webhook")).bearer_auth(&bearer).json(&json!([{
+        "name": "steward", "url": format!("{}/v1/hooks/halo?account=halo", w.api.base),
+        "authentication_type": 1, "basic_username": "steward", "basic_password": "halo-hook-pw-19",
+    }])))
+    .await?;
+    assert_eq!(s, 200, "{b}");
+    let (s, t) = send(w.http.post(format!("{halo}/api/Tickets")).bearer_auth(&bearer).json(&json!([{
+        "summary": "New starter: Noor Ali", "details": "Name: Noor Ali\nStart date: 2027-02-01", "client_id": 12, "tickettype_id": 3,
+    }])))
+    .await?;
+    assert_eq!(s, 200, "{t}");
+    let id = t["id"].as_i64().unwrap();
+    let intake = wait_for("the Halo intake", Duration::from_secs(20), || async {
+        let (s, v) = w
+            .api
+            .get("admin", &format!("/v1/psa/intakes/halopsa:halo:{id}"))
+            .await?;
+        Ok((s == 200 && v["status"] == "started").then_some(v))
+    })
+    .await?;
+    w.wait_run(intake["run"].as_str().unwrap(), "completed")
+        .await?;
+    let done = wait_for("the done note in Halo", Duration::from_secs(20), || async {
+        let (_, v) = send(
+            w.http
+                .get(format!("{halo}/api/Actions?ticket_id={id}"))
+                .bearer_auth(&bearer),
+        )
+        .await?;
+        Ok(v["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| {
+                a["note_html"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("Steward: done")
+            })
+            .cloned())
+    })
+    .await?;
+    assert_eq!(done["hiddenfromuser"], true);
+    // A delivery with the wrong password, or none, is refused.
+    let body = json!({"event": "New Ticket Logged", "ticket": {"id": 77, "summary": "New starter: Z", "client_id": 12}}).to_string();
+    let (s, _) = send(
+        w.http
+            .post(format!("{}/v1/hooks/halo?account=halo", w.api.base))
+            .basic_auth("steward", Some("wrong"))
+            .body(body.clone()),
+    )
+    .await?;
+    assert_eq!(s, 401);
+    let (s, _) = send(
+        w.http
+            .post(format!("{}/v1/hooks/halo?account=halo", w.api.base))
+            .body(body),
+    )
+    .await?;
+    assert_eq!(s, 401);
+    Ok(())
+}

@@ -275,10 +275,7 @@ pub fn parse_date(text: &str, order: Option<DateOrder>) -> DateRead {
     }
     let parts: Vec<&str> = t.split(['/', '.', '-']).map(str::trim).collect();
     let nums: Option<Vec<u32>> = parts.iter().map(|p| p.parse().ok()).collect();
-    let Some([a, b, y]) = nums
-        .as_deref()
-        .and_then(|n| <[u32; 3]>::try_from(n).ok())
-    else {
+    let Some([a, b, y]) = nums.as_deref().and_then(|n| <[u32; 3]>::try_from(n).ok()) else {
         return DateRead::Unreadable;
     };
     let year = if y < 100 { 2000 + y } else { y } as i32;
