@@ -834,3 +834,48 @@ async fn halo_webhooks_start_runs_and_get_notes() -> Result<()> {
     assert_eq!(s, 401);
     Ok(())
 }
+
+/// Figures: a signed webhook received → its run created with the first step queued (the hook
+/// answers `started` only after the run's first transition, which enqueues the first step, is
+/// committed). Prints p50/p99 over sequential deliveries while a worker runs the runs.
+/// `cargo nextest run -E 'binary(psa) & test(bench_)' --no-capture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_webhook_to_first_step_queued() -> Result<()> {
+    let w = World::start().await?;
+    let n: usize = std::env::var("STEWARD_PSA_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let mut took = Vec::with_capacity(n);
+    for i in 0..n {
+        let ticket = 100_000 + i as i64;
+        let body = payload(
+            ticket,
+            174,
+            &format!("New starter: Person {i}"),
+            &format!("Name: Person {i}\nStart date: 2027-02-01"),
+            i as i64,
+            chrono::Utc::now(),
+        );
+        let t0 = std::time::Instant::now();
+        let (s, b) = w.deliver(&body, SECRET).await?;
+        took.push(t0.elapsed());
+        assert_eq!((s, b["outcome"].as_str()), (200, Some("started")), "{b}");
+    }
+    // Every run's first step was queued (the worker may already have run it).
+    let (_, runs) = w.api.get("admin", "/v1/runs?limit=500").await?;
+    let count = runs
+        .as_array()
+        .or_else(|| runs["runs"].as_array())
+        .map_or(0, Vec::len);
+    assert!(count >= n.min(100), "{count} runs listed");
+    took.sort();
+    let pct = |p: f64| took[((took.len() as f64 * p).ceil() as usize).clamp(1, took.len()) - 1];
+    println!(
+        "psa webhook received -> first step queued, {n} sequential signed Autotask deliveries: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        pct(0.50).as_secs_f64() * 1e3,
+        pct(0.99).as_secs_f64() * 1e3,
+        took[took.len() - 1].as_secs_f64() * 1e3
+    );
+    Ok(())
+}

@@ -241,6 +241,21 @@ pub async fn observe(psa: &Psa, linker: Option<&Linker>) -> Result<(), Error> {
         ) else {
             continue;
         };
+        // A cheap look first: the full view (plan, history) only when the stage changed.
+        let Some(snap) = psa.store.load(run).await? else {
+            continue;
+        };
+        let ended = snap.doc.state.status.is_terminal();
+        if stage_key(&snap.doc.state) == t.stage {
+            if ended {
+                let _: () = psa
+                    .store
+                    .db()
+                    .query(redis::cmd("HDEL").arg(psa.keys.tracked()).arg(&run_text))
+                    .await?;
+            }
+            continue;
+        }
         let Some(view) = RunView::load(&psa.store, run).await? else {
             continue;
         };
@@ -282,6 +297,19 @@ pub async fn observe(psa: &Psa, linker: Option<&Linker>) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// The stage a run is at, from its state alone (what [`stage_of`] names it).
+fn stage_key(state: &steward_schemas::RunState) -> String {
+    match &state.status {
+        RunStatus::Completed { .. } => "done".to_owned(),
+        s if s.is_terminal() => s.name().to_owned(),
+        _ => state
+            .steps
+            .iter()
+            .find(|(_, r)| matches!(r.state, StepState::AwaitingApproval { .. }))
+            .map_or_else(|| "started".to_owned(), |(id, _)| format!("gate:{id}")),
+    }
 }
 
 /// The stage a run is at, and its note.
