@@ -211,6 +211,14 @@ enum Command {
         #[command(subcommand)]
         cmd: cmd::technicians::TechniciansCmd,
     },
+    /// PSA triggers (through the API): accounts, ticket-to-workflow rules, ignored events,
+    /// intakes waiting for inputs, ticket notes.
+    Psa {
+        #[command(flatten)]
+        api: client::ApiArgs,
+        #[command(subcommand)]
+        cmd: cmd::psa::PsaCmd,
+    },
     /// Secrets at rest (server-side): what is sealed under which key, and key rotation.
     Secrets {
         #[command(subcommand)]
@@ -318,6 +326,10 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             cmd::technicians::run(&api, config, cmd).await
         }
         Command::Sandbox(args) => cmd::sandbox::run(args).await,
+        Command::Psa { api, cmd } => {
+            api_only("psa")?;
+            cmd::psa::run(&api, cmd).await
+        }
         Command::Secrets { cmd } => cmd::secrets::run(&config()?, cmd).await,
         Command::Bench(args) => cmd::bench::run(&global, args).await,
         Command::Worker(args) => cmd::worker::run(config()?, args).await,

@@ -879,3 +879,73 @@ async fn bench_webhook_to_first_step_queued() -> Result<()> {
     );
     Ok(())
 }
+
+/// `steward psa …` as a technician runs it, against the test's API.
+fn cli(w: &World, who: &str, args: &[&str], env: &[(&str, &str)]) -> Result<(bool, String)> {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_steward"));
+    cmd.arg("psa")
+        .args(args)
+        .env("STEWARD_API_URL", &w.api.base)
+        .env("STEWARD_TOKEN", &w.api.tokens[who])
+        .env_remove("STEWARD_CONFIG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output()?;
+    Ok((
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_psa_cli_lists_supplies_and_keeps_secrets_out_of_sight() -> Result<()> {
+    let w = World::start().await?;
+    let ticket = w
+        .ticket("New starter: Ivy Chen", "Name: Ivy Chen\nStart date: tbc")
+        .await?;
+    w.wait_intake(ticket, "needs_input").await?;
+    let (ok, out) = cli(&w, "tech", &["intakes"], &[])?;
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!("autotask:at:{ticket}")) && out.contains("needs Start date"),
+        "{out}"
+    );
+    let id = format!("autotask:at:{ticket}");
+    let (ok, out) = cli(
+        &w,
+        "tech",
+        &["supply", &id, "--input", "start_date=2027-05-03"],
+        &[],
+    )?;
+    assert!(ok && out.starts_with("started:"), "{out}");
+    let (ok, out) = cli(&w, "tech", &["supply", &id, "--input", "oops"], &[])?;
+    assert!(!ok && out.contains("NAME=VALUE"), "{out}");
+    let (ok, out) = cli(
+        &w,
+        "admin",
+        &[
+            "account",
+            "halo2",
+            "--provider",
+            "halopsa",
+            "--webhook-username",
+            "steward",
+        ],
+        &[("STEWARD_PSA_WEBHOOK_SECRET", "cli-secret-4417")],
+    )?;
+    assert!(ok && out.contains("/v1/hooks/halo?account=halo2"), "{out}");
+    let (ok, out) = cli(&w, "admin", &["accounts"], &[])?;
+    assert!(
+        ok && out.contains("halo2") && !out.contains("cli-secret-4417"),
+        "{out}"
+    );
+    // A technician cannot change accounts; the error names the fix.
+    let (ok, out) = cli(&w, "tech", &["account", "x", "--provider", "autotask"], &[])?;
+    assert!(!ok && out.contains("403"), "{out}");
+    Ok(())
+}

@@ -6,6 +6,7 @@ pub(crate) mod bench;
 pub(crate) mod companies;
 pub(crate) mod demo;
 pub(crate) mod plan;
+pub(crate) mod psa;
 pub(crate) mod runs;
 pub(crate) mod sandbox;
 pub(crate) mod schema;
