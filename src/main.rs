@@ -219,6 +219,13 @@ enum Command {
         #[command(subcommand)]
         cmd: cmd::psa::PsaCmd,
     },
+    /// Safety rails (through the API): protected accounts and the blast-radius brake.
+    Guard {
+        #[command(flatten)]
+        api: client::ApiArgs,
+        #[command(subcommand)]
+        cmd: cmd::psa::GuardCmd,
+    },
     /// Secrets at rest (server-side): what is sealed under which key, and key rotation.
     Secrets {
         #[command(subcommand)]
@@ -329,6 +336,10 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Psa { api, cmd } => {
             api_only("psa")?;
             cmd::psa::run(&api, cmd).await
+        }
+        Command::Guard { api, cmd } => {
+            api_only("guard")?;
+            cmd::psa::guard(&api, cmd).await
         }
         Command::Secrets { cmd } => cmd::secrets::run(&config()?, cmd).await,
         Command::Bench(args) => cmd::bench::run(&global, args).await,

@@ -51,6 +51,16 @@ steps:
   - {id: licence, op: ledger, needs: [approval], with: {key: "glicence:${{ inputs.name }}"}}
 "#;
 
+const DISABLE: &str = r#"
+name: psa-disable
+inputs:
+  user: {}
+steps:
+  - id: approval
+    gate: {approvers: company, quorum: 1}
+  - {id: disable, op: user.disable, needs: [approval], with: {user: "${{ inputs.user }}"}}
+"#;
+
 struct World {
     api: ApiEnv,
     sb: RunningSandbox,
@@ -75,6 +85,7 @@ impl World {
         std::fs::write(dir.path().join("onboarding.yaml"), ONBOARDING)?;
         std::fs::write(dir.path().join("offboarding.yaml"), OFFBOARDING)?;
         std::fs::write(dir.path().join("gated.yaml"), GATED)?;
+        std::fs::write(dir.path().join("disable.yaml"), DISABLE)?;
         let api = ApiEnv::start(dir.path()).await?;
         let sb = Sandbox::spawn(Options {
             webhook_url: Some(format!("{}/v1/hooks/autotask", api.base)),
@@ -948,4 +959,96 @@ async fn the_psa_cli_lists_supplies_and_keeps_secrets_out_of_sight() -> Result<(
     let (ok, out) = cli(&w, "tech", &["account", "x", "--provider", "autotask"], &[])?;
     assert!(!ok && out.contains("403"), "{out}");
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protected_accounts_and_the_blast_radius_brake() -> Result<()> {
+    let w = World::start().await?;
+    let put =
+        |path: &str, body: Value| send(w.api.req("admin", reqwest::Method::PUT, path).json(&body));
+    let (s, b) = put(
+        "/v1/guard/protected",
+        json!({"global": ["breakglass@contoso.com"], "companies": {"contoso": ["svc-admin"]}}),
+    )
+    .await?;
+    assert_eq!(s, 200, "{b}");
+    let start = |user: &str| {
+        w.api.post(
+            "tech",
+            "/v1/runs",
+            json!({"workflow": "psa-disable", "company": "contoso", "inputs": {"user": user}}),
+        )
+    };
+    for (user, named) in [
+        ("BreakGlass@Contoso.com", "breakglass@contoso.com"),
+        ("svc-admin@contoso.com", "svc-admin"),
+    ] {
+        let (s, b) = start(user).await?;
+        assert!((400..500).contains(&s), "{s} {b}");
+        let msg = b.to_string();
+        assert!(
+            msg.contains(named) && msg.contains("protected") && msg.contains("disable"),
+            "{msg}"
+        );
+    }
+    // A technician cannot change the rails.
+    let (s, _) = send(
+        w.api
+            .req("tech", reqwest::Method::PUT, "/v1/guard/brake")
+            .json(&json!({"max_runs": 0, "window_seconds": 1})),
+    )
+    .await?;
+    assert_eq!(s, 403);
+    let (s, b) = put(
+        "/v1/guard/brake",
+        json!({"max_runs": 2, "window_seconds": 3600}),
+    )
+    .await?;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(start("a@contoso.com").await?.0, 201);
+    assert_eq!(start("b@contoso.com").await?.0, 201);
+    let (s, b) = start("c@contoso.com").await?;
+    assert!(
+        (400..500).contains(&s) && b.to_string().contains("blast-radius brake"),
+        "{s} {b}"
+    );
+    let (s, b) = start("d@contoso.com").await?;
+    assert!((400..500).contains(&s), "still engaged: {s} {b}");
+    // Non-destructive runs are not braked.
+    let (s, b) = w.api.post("tech", "/v1/runs", json!({"workflow": "psa-onboarding", "company": "contoso", "inputs": {"name": "X", "start_date": "2027-01-01"}})).await?;
+    assert_eq!(s, 201, "{b}");
+    let (ok, out) = cli_guard(&w, &["show"])?;
+    assert!(ok && out.contains("ENGAGED for contoso"), "{out}");
+    let (s, _) = w
+        .api
+        .post("tech", "/v1/guard/brakes/contoso/release", json!({}))
+        .await?;
+    assert_eq!(s, 403);
+    let (ok, out) = cli_guard(&w, &["release", "contoso"])?;
+    assert!(ok, "{out}");
+    assert_eq!(start("e@contoso.com").await?.0, 201);
+    let (s, _) = w
+        .api
+        .post("admin", "/v1/guard/brakes/contoso/release", json!({}))
+        .await?;
+    assert_eq!(s, 404, "not engaged any more");
+    Ok(())
+}
+
+fn cli_guard(w: &World, args: &[&str]) -> Result<(bool, String)> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_steward"))
+        .arg("guard")
+        .args(args)
+        .env("STEWARD_API_URL", &w.api.base)
+        .env("STEWARD_TOKEN", &w.api.tokens["admin"])
+        .env_remove("STEWARD_CONFIG")
+        .output()?;
+    Ok((
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    ))
 }

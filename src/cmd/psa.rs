@@ -216,3 +216,121 @@ pub(crate) async fn run(api: &ApiArgs, cmd: PsaCmd) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum GuardCmd {
+    /// Protected accounts, the brake's limit, and companies whose brake is engaged.
+    Show,
+    /// Replace the protected accounts: `--global a@x.com,breakglass --company contoso=admin,svc-backup`.
+    Protect {
+        /// Accounts protected in every company (UPN or sAMAccountName), comma-separated.
+        #[arg(long, default_value = "")]
+        global: String,
+        /// COMPANY=ACCOUNT,ACCOUNT (repeatable).
+        #[arg(long = "company", value_name = "COMPANY=ACCOUNTS")]
+        companies: Vec<String>,
+    },
+    /// Set the blast-radius brake: at most MAX destructive runs per company per WINDOW seconds (0: off).
+    Brake {
+        /// Destructive runs allowed per window.
+        #[arg(long)]
+        max: u32,
+        /// The window, in seconds.
+        #[arg(long, default_value_t = 3600)]
+        window: u32,
+    },
+    /// Release a company's engaged brake.
+    Release {
+        /// The company.
+        company: String,
+    },
+}
+
+fn list(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+pub(crate) async fn guard(api: &ApiArgs, cmd: GuardCmd) -> Result<ExitCode> {
+    let c = Client::new(api)?;
+    let v = match cmd {
+        GuardCmd::Show => c.get("/v1/guard").await?,
+        GuardCmd::Protect { global, companies } => {
+            let mut per = Map::new();
+            for pair in companies {
+                let (company, accounts) = pair.split_once('=').ok_or_else(|| {
+                    anyhow!("--company `{pair}`: write COMPANY=ACCOUNT,ACCOUNT, e.g. --company contoso=breakglass@contoso.com")
+                })?;
+                per.insert(company.trim().to_owned(), json!(list(accounts)));
+            }
+            c.put(
+                "/v1/guard/protected",
+                json!({"global": list(&global), "companies": per}),
+            )
+            .await?
+        }
+        GuardCmd::Brake { max, window } => {
+            c.put(
+                "/v1/guard/brake",
+                json!({"max_runs": max, "window_seconds": window}),
+            )
+            .await?
+        }
+        GuardCmd::Release { company } => {
+            c.post(&format!("/v1/guard/brakes/{company}/release"), json!({}))
+                .await?
+        }
+    };
+    c.print(&v, |v| {
+        let global: Vec<&str> = v["protected"]["global"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        println!(
+            "protected everywhere: {}",
+            if global.is_empty() {
+                "(none)".to_owned()
+            } else {
+                global.join(", ")
+            }
+        );
+        for (company, accounts) in v["protected"]["companies"]
+            .as_object()
+            .into_iter()
+            .flatten()
+        {
+            println!(
+                "protected in {company}: {}",
+                accounts
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        if v["brake"]["max_runs"] == 0 {
+            println!("brake: off");
+        } else {
+            println!(
+                "brake: at most {} destructive runs per company in {} s",
+                v["brake"]["max_runs"], v["brake"]["window_seconds"]
+            );
+        }
+        for e in v["engaged"].as_array().into_iter().flatten() {
+            println!(
+                "ENGAGED for {} since {} (release: steward guard release {})",
+                s(&e["company"]),
+                s(&e["since"]),
+                s(&e["company"])
+            );
+        }
+    });
+    Ok(ExitCode::SUCCESS)
+}

@@ -14,6 +14,7 @@ use super::extract::{Admin, ApiJson, ApiPath, Caller};
 use super::hooks::service;
 use super::{ApiState, NoContent};
 use crate::psa::accounts::{AccountInput, AccountView};
+use crate::psa::guard::{Brake, Engaged, Guard, Protected};
 use crate::psa::rules::Rule;
 use crate::psa::{self, Ignored, Intake, Receipt};
 
@@ -68,6 +69,35 @@ pub(super) fn routes() -> ApiRouter<ApiState> {
             post_with(supply, |o| {
                 o.summary("supply inputs an intake waits for; starts its run when none are missing")
                     .tag("psa")
+            }),
+        )
+        .api_route(
+            "/v1/guard",
+            get_with(guard, |o| {
+                o.summary(
+                    "safety rails: protected accounts, the blast-radius brake and engaged brakes",
+                )
+                .tag("psa")
+            }),
+        )
+        .api_route(
+            "/v1/guard/protected",
+            put_with(put_protected, |o| {
+                o.summary("replace the protected accounts (global and per company)")
+                    .tag("psa")
+            }),
+        )
+        .api_route(
+            "/v1/guard/brake",
+            put_with(put_brake, |o| {
+                o.summary("set the blast-radius brake: destructive runs per company per window")
+                    .tag("psa")
+            }),
+        )
+        .api_route(
+            "/v1/guard/brakes/{id}/release",
+            post_with(release, |o| {
+                o.summary("release a company's engaged brake").tag("psa")
             }),
         )
         .api_route(
@@ -256,4 +286,84 @@ async fn notes(
     Ok(axum::Json(
         psa::notes::all(&service(&state)).await.map_err(internal)?,
     ))
+}
+
+/// The safety rails.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct GuardView {
+    /// Protected accounts.
+    pub protected: Protected,
+    /// The brake's limit.
+    pub brake: Brake,
+    /// Companies whose brake is engaged.
+    pub engaged: Vec<Engaged>,
+}
+
+async fn guard_view(state: &ApiState) -> ApiResult<GuardView> {
+    let g = Guard::for_store(&state.store);
+    Ok(GuardView {
+        protected: g.protected().await?,
+        brake: g.brake().await?,
+        engaged: g.engaged().await?,
+    })
+}
+
+async fn guard(State(state): State<ApiState>, _c: Caller) -> ApiResult<axum::Json<GuardView>> {
+    Ok(axum::Json(guard_view(&state).await?))
+}
+
+async fn put_protected(
+    State(state): State<ApiState>,
+    _a: Admin,
+    ApiJson(p): ApiJson<Protected>,
+) -> ApiResult<axum::Json<GuardView>> {
+    for (i, a) in p.global.iter().enumerate() {
+        if a.trim().is_empty() {
+            return Err(ApiError::invalid(
+                format!("global[{i}]"),
+                "an empty account",
+                "remove it, or name the account (UPN or sAMAccountName)",
+            ));
+        }
+    }
+    Guard::for_store(&state.store).set_protected(&p).await?;
+    Ok(axum::Json(guard_view(&state).await?))
+}
+
+async fn put_brake(
+    State(state): State<ApiState>,
+    _a: Admin,
+    ApiJson(b): ApiJson<Brake>,
+) -> ApiResult<axum::Json<GuardView>> {
+    if b.max_runs > 0 && b.window_seconds == 0 {
+        return Err(ApiError::invalid(
+            "window_seconds",
+            "zero",
+            "give the window in seconds, e.g. 3600",
+        ));
+    }
+    Guard::for_store(&state.store).set_brake(b).await?;
+    Ok(axum::Json(guard_view(&state).await?))
+}
+
+/// A company in a path.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub(super) struct CompanyPath {
+    /// The company.
+    id: steward_schemas::CompanyId,
+}
+
+async fn release(
+    State(state): State<ApiState>,
+    _a: Admin,
+    ApiPath(p): ApiPath<CompanyPath>,
+) -> ApiResult<axum::Json<GuardView>> {
+    if !Guard::for_store(&state.store).release(&p.id).await? {
+        return Err(ApiError::not_found(format!(
+            "company `{}`'s brake is not engaged",
+            p.id
+        )));
+    }
+    tracing::info!(company = %p.id, "blast-radius brake released");
+    Ok(axum::Json(guard_view(&state).await?))
 }

@@ -15,6 +15,7 @@
 
 pub mod accounts;
 pub mod event;
+pub mod guard;
 pub mod notes;
 pub mod parse;
 pub mod rules;
