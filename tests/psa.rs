@@ -347,6 +347,13 @@ async fn a_signed_ticket_starts_one_run_and_its_notes_follow_it() -> Result<()> 
     }
     let (_, accounts) = w.api.get("admin", "/v1/psa/accounts").await?;
     no_secrets(&accounts.to_string())?;
+    // Nor does anything Steward keeps in Redis hold them in clear.
+    let dump = redis_dump(&w).await?;
+    assert!(
+        dump.contains("Jane Doe"),
+        "the dump shows stored text as text"
+    );
+    no_secrets(&dump)?;
     Ok(())
 }
 
@@ -1051,4 +1058,42 @@ fn cli_guard(w: &World, args: &[&str]) -> Result<(bool, String)> {
             String::from_utf8_lossy(&out.stderr)
         ),
     ))
+}
+
+/// Every value under the test's namespace, as text (strings, hashes, lists, sets, sorted sets,
+/// streams).
+async fn redis_dump(w: &World) -> Result<String> {
+    let store = w.api.env.store().await?;
+    let db = store.db();
+    let keys: Vec<String> = db
+        .query(redis::cmd("KEYS").arg(format!("{}*", w.api.env.namespace)))
+        .await?;
+    let mut out = String::new();
+    for k in keys {
+        let kind: String = db.query(redis::cmd("TYPE").arg(&k)).await?;
+        let v: redis::Value = match kind.as_str() {
+            "string" => db.query(redis::cmd("GET").arg(&k)).await?,
+            "hash" => db.query(redis::cmd("HGETALL").arg(&k)).await?,
+            "list" => {
+                db.query(redis::cmd("LRANGE").arg(&k).arg(0).arg(-1))
+                    .await?
+            }
+            "set" => db.query(redis::cmd("SMEMBERS").arg(&k)).await?,
+            "zset" => {
+                db.query(redis::cmd("ZRANGE").arg(&k).arg(0).arg(-1))
+                    .await?
+            }
+            "stream" => {
+                db.query(redis::cmd("XRANGE").arg(&k).arg("-").arg("+"))
+                    .await?
+            }
+            _ => redis::Value::Nil,
+        };
+        out.push_str(&format!("{k} {v:?}\n"));
+    }
+    assert!(
+        out.contains(":psa:accounts"),
+        "the dump covers the PSA keys"
+    );
+    Ok(out)
 }

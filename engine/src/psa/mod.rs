@@ -793,6 +793,11 @@ impl Psa {
         }
         // One lifecycle run per (company, person).
         let person = person_key(&intake.inputs);
+        // Two tickets for one person are decided one at a time (the ticket lock is per ticket).
+        let _person_lock = match (&intake.lifecycle, &person) {
+            (Some(_), Some(p)) => Some(self.lock(&format!("person:{}:{p}", intake.company)).await?),
+            _ => None,
+        };
         if let (Some(kind), Some(person)) = (intake.lifecycle, &person) {
             let key = self.keys.person(&intake.company, person);
             let held: Option<String> = self.store.db().query(redis::cmd("GET").arg(&key)).await?;
