@@ -1097,3 +1097,38 @@ async fn redis_dump(w: &World) -> Result<String> {
     );
     Ok(out)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_autotask_update_for_an_unseen_ticket_is_read_in_full() -> Result<()> {
+    let w = World::start().await?;
+    // Fixture ticket 1001 (Autotask company 175) existed before Steward was told about it; its
+    // Update webhook carries only the changed description (plus id, number, company).
+    w.relink("autotask", "175", json!({"workflow": "psa-onboarding", "provider": "autotask", "queue": ["8"], "title_keywords": ["new starter"]}))
+        .await?;
+    let res = w
+        .http
+        .patch(format!("{}/admin/tickets/1001", w.sb.base_url))
+        .json(&json!({"description": "Name: Jane Doe\nStart date: 2027-02-01"}))
+        .send()
+        .await?;
+    assert!(res.status().is_success());
+    // The title came from Autotask's REST API: the rule matched, and the title's own
+    // "New starter: Jane Doe (Sales), starts Monday" disagrees with the description's name, so
+    // the name is asked for rather than guessed.
+    let intake = w.wait_intake(1001, "needs_input").await?;
+    assert_eq!(intake["workflow"], "psa-onboarding");
+    assert_eq!(
+        intake["ticket"]["title"],
+        "New starter: Jane Doe (Sales), starts Monday"
+    );
+    assert_eq!(intake["inputs"]["start_date"], "2027-02-01");
+    assert_eq!(intake["missing"][0]["input"], "name");
+    assert!(
+        intake["missing"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("different values"),
+        "{intake}"
+    );
+    Ok(())
+}

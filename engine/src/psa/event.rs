@@ -159,6 +159,15 @@ pub fn read(provider: PsaProvider, body: &[u8]) -> Result<TicketEvent, Unreadabl
     }
 }
 
+/// The fields of an Autotask ticket as its REST API gives it (`GET Tickets/{id}`'s `item`): the
+/// same names as a webhook's `Fields`.
+pub fn autotask_fields(item: &Value) -> TicketFields {
+    let wrapped = serde_json::json!({"Action": "Update", "EntityType": "Ticket", "Id": item.get("id").cloned().unwrap_or(Value::Null), "Fields": item});
+    autotask(wrapped.to_string().as_bytes())
+        .map(|e| e.fields)
+        .unwrap_or_default()
+}
+
 fn autotask(body: &[u8]) -> Result<TicketEvent, Unreadable> {
     let o = object(body)?;
     let entity = text(get(&o, "EntityType")).unwrap_or_default();

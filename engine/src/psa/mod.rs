@@ -636,6 +636,11 @@ impl Psa {
         }
         let fields = match &existing {
             Some(i) => i.ticket.clone().merged(&ev.fields),
+            // An Autotask update carries only what changed: read a ticket first seen this way.
+            None if provider == PsaProvider::Autotask && ev.action == Action::Updated => self
+                .autotask_ticket(acct, &ev.ticket_id)
+                .await
+                .merged(&ev.fields),
             None => ev.fields.clone(),
         };
         // The company.
@@ -700,6 +705,22 @@ impl Psa {
         });
         intake.ticket = fields;
         self.advance(&mut intake, acct).await
+    }
+
+    /// An Autotask ticket's fields read through its REST API (empty when the account has no API
+    /// access or the read fails: the event's own fields are used then).
+    async fn autotask_ticket(&self, acct: &Stored, id: &str) -> TicketFields {
+        let Some(api) = self.ring().ok().and_then(|r| notes::api_of(acct, r)) else {
+            return TicketFields::default();
+        };
+        match steward_workers::psa::autotask_ticket(http(), &api, id).await {
+            Ok(Some(item)) => event::autotask_fields(&item),
+            Ok(None) => TicketFields::default(),
+            Err(e) => {
+                tracing::warn!(ticket = id, error = %e, "cannot read the Autotask ticket; using the webhook's fields");
+                TicketFields::default()
+            }
+        }
     }
 
     /// Holds a short per-ticket lock (two deliveries of one ticket are handled one at a time).

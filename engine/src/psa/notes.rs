@@ -534,7 +534,7 @@ pub async fn deliver(psa: &Psa) -> Result<(), Error> {
     Ok(())
 }
 
-fn api_of(a: &Stored, ring: &steward_secrets::Keyring) -> Option<client::Api> {
+pub(crate) fn api_of(a: &Stored, ring: &steward_secrets::Keyring) -> Option<client::Api> {
     let kind = match a.provider {
         steward_schemas::company::PsaProvider::Autotask => client::Kind::Autotask,
         steward_schemas::company::PsaProvider::Connectwise => client::Kind::Connectwise,

@@ -207,6 +207,35 @@ pub async fn post_note(http: &reqwest::Client, api: &Api, note: &Note) -> Result
     Ok(())
 }
 
+/// Reads an Autotask ticket (`GET {base}/Tickets/{id}` → `{"item": …}`): an `Update` webhook
+/// carries only the changed fields, so a ticket first seen through one is read in full.
+pub async fn autotask_ticket(
+    http: &reqwest::Client,
+    api: &Api,
+    id: &str,
+) -> Result<Option<Value>, Error> {
+    if api.kind != Kind::Autotask {
+        return Err(Error::Terminal(
+            "only Autotask tickets are read this way".to_owned(),
+        ));
+    }
+    let id: i64 = id
+        .parse()
+        .map_err(|_| Error::Terminal(format!("ticket id `{id}` is not a number")))?;
+    let mut req = http
+        .get(format!(
+            "{}/Tickets/{id}",
+            api.base_url.trim_end_matches('/')
+        ))
+        .header("UserName", &api.username)
+        .header("Secret", api.secret.expose());
+    if let Some(code) = &api.code {
+        req = req.header("ApiIntegrationCode", code.expose());
+    }
+    let v = answer(req.send().await.map_err(|e| classify(&e))?).await?;
+    Ok(v.get("item").filter(|i| i.is_object()).cloned())
+}
+
 fn html(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
