@@ -606,9 +606,42 @@ async fn one_lifecycle_run_per_person_and_approval_links_in_notes() -> Result<()
     // An offboarding of the same person cancels the pending onboarding, rolling back what it
     // did, and proceeds.
     let c = w.ticket("Leaver: Jo Bloggs", "Name: Jo Bloggs").await?;
+    let (s, waiting) = w
+        .deliver(
+            &payload(
+                c,
+                174,
+                "Leaver: Jo Bloggs",
+                "Name: Jo Bloggs",
+                77,
+                chrono::Utc::now(),
+            ),
+            SECRET,
+        )
+        .await?;
+    assert_eq!(s, 202, "{waiting}");
+    assert!(
+        matches!(waiting["outcome"].as_str(), Some("waiting_for_rollback")),
+        "{waiting}"
+    );
     let off = w.wait_intake(c, "started").await?;
     assert_ne!(off["run"], onboarding.as_str());
     let rolled = w.wait_run(&onboarding, "rolled_back").await?;
+    // The offboarding started only after the onboarding had ended.
+    let (_, offview) = w
+        .api
+        .get(
+            "admin",
+            &format!("/v1/runs/{}", off["run"].as_str().unwrap()),
+        )
+        .await?;
+    assert!(
+        offview["summary"]["created_at"].as_str().unwrap()
+            >= rolled["summary"]["updated_at"].as_str().unwrap(),
+        "{} vs {}",
+        offview["summary"]["created_at"],
+        rolled["summary"]["updated_at"]
+    );
     assert!(
         rolled["summary"]["status_text"]
             .as_str()

@@ -96,6 +96,10 @@ impl PsaKeys {
     pub fn notes_due(&self) -> String {
         format!("{}:psa:notes:due", self.ns)
     }
+    /// Intakes waiting for a run to end.
+    pub fn waiting(&self, run: RunId) -> String {
+        format!("{}:psa:waiting:{run}", self.ns)
+    }
     /// Runs whose stages are written to tickets (run → last stage written).
     pub fn tracked(&self) -> String {
         format!("{}:psa:tracked", self.ns)
@@ -134,6 +138,9 @@ pub enum IntakeStatus {
     Joined,
     /// Refused at start (see `problem`); a ticket update or a technician can try again.
     Refused,
+    /// An offboarding waiting for the same person's onboarding (see `after`) to finish rolling
+    /// back; it starts when that run ends.
+    WaitingForRollback,
 }
 
 /// One ticket's way to a run.
@@ -172,6 +179,9 @@ pub struct Intake {
     /// Why the start was refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
+    /// The run it waits for (`waiting_for_rollback`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<RunId>,
     /// When it was last changed.
     pub updated_at: Timestamp,
 }
@@ -198,7 +208,8 @@ pub struct Ignored {
 /// What a delivery did.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct Receipt {
-    /// `started`, `joined`, `needs_input`, `already_started`, `duplicate`, `ignored`, `refused`.
+    /// `started`, `joined`, `needs_input`, `waiting_for_rollback`, `already_started`,
+    /// `duplicate`, `ignored`, `refused`.
     pub outcome: String,
     /// The intake.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -625,6 +636,17 @@ impl Psa {
                 .await;
         }
         if let Some(i) = &existing
+            && i.status == IntakeStatus::WaitingForRollback
+        {
+            return Ok(Receipt {
+                outcome: "waiting_for_rollback".to_owned(),
+                intake: Some(id),
+                run: None,
+                text: "this ticket starts when the same person's onboarding has been rolled back"
+                    .to_owned(),
+            });
+        }
+        if let Some(i) = &existing
             && matches!(i.status, IntakeStatus::Started | IntakeStatus::Joined)
         {
             return Ok(Receipt {
@@ -701,6 +723,7 @@ impl Psa {
             ticket: TicketFields::default(),
             run: None,
             problem: None,
+            after: None,
             updated_at: self.store.clock().now(),
         });
         intake.ticket = fields;
@@ -868,6 +891,29 @@ impl Psa {
                             )
                             .await?;
                         tracing::info!(run = %held.run, ?outcome, "pending onboarding cancelled for an offboarding");
+                        // The offboarding starts once the onboarding's rollback has ended (the
+                        // run observer resumes it), so the two never work on the person at once.
+                        intake.status = IntakeStatus::WaitingForRollback;
+                        intake.after = Some(held.run);
+                        self.save(intake).await?;
+                        let _: () = self
+                            .store
+                            .db()
+                            .query(
+                                redis::cmd("SADD")
+                                    .arg(self.keys.waiting(held.run))
+                                    .arg(&intake.id),
+                            )
+                            .await?;
+                        return Ok(Receipt {
+                            outcome: "waiting_for_rollback".to_owned(),
+                            intake: Some(intake.id.clone()),
+                            run: None,
+                            text: format!(
+                                "the same person's onboarding ({}) is being cancelled and rolled back; the offboarding starts when it has",
+                                held.run
+                            ),
+                        });
                     }
                     (Lifecycle::Offboarding, Lifecycle::Onboarding) => {
                         intake.status = IntakeStatus::Refused;
@@ -967,6 +1013,38 @@ impl Psa {
         })
     }
 
+    /// Resumes the intakes that waited for `run` to end.
+    pub async fn resume_after(&self, run: RunId) -> Result<(), Error> {
+        let ids: Vec<String> = self
+            .store
+            .db()
+            .query(redis::cmd("SMEMBERS").arg(self.keys.waiting(run)))
+            .await?;
+        for id in ids {
+            let lock = self.lock(&id).await?;
+            if let Some(mut intake) = self.intake(&id).await?
+                && intake.status == IntakeStatus::WaitingForRollback
+                && intake.after == Some(run)
+                && let Some(acct) = self
+                    .accounts()
+                    .await?
+                    .into_iter()
+                    .find(|a| a.id == intake.account)
+            {
+                intake.after = None;
+                let r = self.advance(&mut intake, &acct).await?;
+                tracing::info!(intake = %id, outcome = %r.outcome, "intake resumed after the run it waited for ended");
+            }
+            drop(lock);
+            let _: () = self
+                .store
+                .db()
+                .query(redis::cmd("SREM").arg(self.keys.waiting(run)).arg(&id))
+                .await?;
+        }
+        Ok(())
+    }
+
     /// A technician supplies inputs for an intake waiting on them; starts its run when nothing
     /// is missing any more.
     pub async fn supply(
@@ -978,6 +1056,17 @@ impl Psa {
         let Some(mut intake) = self.intake(id).await? else {
             return Ok(None);
         };
+        if intake.status == IntakeStatus::WaitingForRollback {
+            return Ok(Some(Receipt {
+                outcome: "waiting_for_rollback".to_owned(),
+                intake: Some(intake.id.clone()),
+                run: None,
+                text: format!(
+                    "this intake starts when run {} has ended",
+                    intake.after.map(|r| r.to_string()).unwrap_or_default()
+                ),
+            }));
+        }
         if matches!(intake.status, IntakeStatus::Started | IntakeStatus::Joined) {
             return Ok(Some(Receipt {
                 outcome: "already_started".to_owned(),

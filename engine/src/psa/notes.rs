@@ -248,6 +248,7 @@ pub async fn observe(psa: &Psa, linker: Option<&Linker>) -> Result<(), Error> {
         let ended = snap.doc.state.status.is_terminal();
         if stage_key(&snap.doc.state) == t.stage {
             if ended {
+                psa.resume_after(run).await?;
                 let _: () = psa
                     .store
                     .db()
@@ -289,6 +290,7 @@ pub async fn observe(psa: &Psa, linker: Option<&Linker>) -> Result<(), Error> {
                 .await?;
         }
         if ended {
+            psa.resume_after(run).await?;
             let _: () = psa
                 .store
                 .db()
