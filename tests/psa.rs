@@ -455,6 +455,20 @@ async fn forged_stale_and_unknown_deliveries_are_refused_or_recorded() -> Result
     )
     .await?;
     assert_eq!(s, 401);
+    let (s, _) = send(
+        w.http
+            .post(format!(
+                "{}/v1/hooks/autotask?account=%0Aforged%20log%20line",
+                w.api.base
+            ))
+            .header(
+                "x-hook-signature",
+                psa::verify::autotask_signature(SECRET.as_bytes(), &body),
+            )
+            .body(body.clone()),
+    )
+    .await?;
+    assert_eq!(s, 401, "a malformed account id names no account");
     Ok(())
 }
 

@@ -74,7 +74,14 @@ async fn hook(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Response {
-    let account = q.account;
+    // The account id is the sender's text: only a well-formed one is used or logged.
+    let account = q.account.map(|a| {
+        if crate::psa::accounts::valid_id(&a) {
+            a
+        } else {
+            "(not an account id)".to_owned()
+        }
+    });
     let psa = service(state);
     let provider_label = format!("{provider:?}").to_lowercase();
     match psa

@@ -850,7 +850,8 @@ impl Psa {
                 && !snap.doc.state.status.is_terminal()
             {
                 match (held.kind, kind) {
-                    (a, b) if a == b => {
+                    (Lifecycle::Onboarding, Lifecycle::Onboarding)
+                    | (Lifecycle::Offboarding, Lifecycle::Offboarding) => {
                         intake.status = IntakeStatus::Joined;
                         intake.run = Some(held.run);
                         self.save(intake).await?;
@@ -929,7 +930,6 @@ impl Psa {
                             text: intake.problem.clone().unwrap_or_default(),
                         });
                     }
-                    _ => unreachable!("equal kinds are handled above"),
                 }
             }
         }
