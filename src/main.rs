@@ -235,6 +235,21 @@ enum Command {
         #[command(subcommand)]
         cmd: Option<cmd::inbox::InboxCmd>,
     },
+    /// PSA triggers (through the API): accounts, ticket-to-workflow rules, ignored events,
+    /// intakes waiting for inputs, ticket notes.
+    Psa {
+        #[command(flatten)]
+        api: client::ApiArgs,
+        #[command(subcommand)]
+        cmd: cmd::psa::PsaCmd,
+    },
+    /// Safety rails (through the API): protected accounts and the blast-radius brake.
+    Guard {
+        #[command(flatten)]
+        api: client::ApiArgs,
+        #[command(subcommand)]
+        cmd: cmd::psa::GuardCmd,
+    },
     /// Secrets at rest (server-side): what is sealed under which key, and key rotation.
     Secrets {
         #[command(subcommand)]
@@ -354,6 +369,14 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             cmd::inbox::run(&api, cmd).await
         }
         Command::Sandbox(args) => cmd::sandbox::run(args).await,
+        Command::Psa { api, cmd } => {
+            api_only("psa")?;
+            cmd::psa::run(&api, cmd).await
+        }
+        Command::Guard { api, cmd } => {
+            api_only("guard")?;
+            cmd::psa::guard(&api, cmd).await
+        }
         Command::Secrets { cmd } => cmd::secrets::run(&config()?, cmd).await,
         Command::Bench(args) => cmd::bench::run(&global, args).await,
         Command::Worker(args) => cmd::worker::run(config()?, args).await,

@@ -15,6 +15,7 @@ pub mod inbox;
 pub mod keys;
 pub mod links;
 pub mod planner;
+pub mod psa;
 pub mod queue;
 pub mod runner;
 pub mod scheduler;

@@ -560,6 +560,14 @@ impl Planner {
             .await?
             .ok_or_else(|| Error::NoSuchCompany(req.company.clone()))?;
         let effective = apply_policy(req.plan.def(), &record.company, self.registry.as_ref())?;
+        // Protected accounts and the blast-radius brake (`psa::guard`), for every run.
+        crate::psa::guard::Guard::for_store(&self.store)
+            .check(&effective, &req.company, &req.inputs)
+            .await
+            .map_err(|e| match e {
+                crate::psa::guard::GuardError::Refused(r) => Error::Policy(r),
+                crate::psa::guard::GuardError::Redis(e) => Error::Store(store::Error::Redis(e)),
+            })?;
         // A gate nobody could decide is refused now rather than found out when it opens.
         let directory = crate::auth::Auth::for_store(&self.store)
             .directory()

@@ -25,6 +25,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .nest("/outlook", crate::exchange::router())
         .nest("/datto", crate::datto::router())
         .nest("/autotask", crate::autotask::router())
+        .nest("/connectwise", crate::connectwise::router())
+        .nest("/halo", crate::halo::router())
         .nest("/admin", crate::admin::router())
         .fallback(root_fallback)
         .layer(middleware::from_fn_with_state(shared.clone(), fault_layer))

@@ -27,11 +27,13 @@ use chrono::{DateTime, Utc};
 mod admin;
 mod autotask;
 mod clock;
+pub mod connectwise;
 mod datto;
 mod exchange;
 mod faults;
 mod fixture;
 mod graph;
+pub mod halo;
 mod http;
 mod identity;
 mod ids;
@@ -176,6 +178,8 @@ pub(crate) struct State {
     pub(crate) tokens: identity::TokenStore,
     pub(crate) datto: datto::Session,
     pub(crate) autotask: autotask::Outbox,
+    pub(crate) connectwise: connectwise::Cw,
+    pub(crate) halo: halo::Halo,
     pub(crate) jobs_held: bool,
     /// Bumped by every reset so background work started before it can tell it is stale.
     pub(crate) epoch: u64,
@@ -202,6 +206,8 @@ impl State {
             tokens,
             datto: datto::Session::default(),
             autotask,
+            connectwise: connectwise::Cw::default(),
+            halo: halo::Halo::default(),
             jobs_held: false,
             epoch,
         }

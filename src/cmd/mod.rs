@@ -7,6 +7,7 @@ pub(crate) mod companies;
 pub(crate) mod demo;
 pub(crate) mod inbox;
 pub(crate) mod plan;
+pub(crate) mod psa;
 pub(crate) mod runs;
 pub(crate) mod sandbox;
 pub(crate) mod schedules;

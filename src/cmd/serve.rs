@@ -122,6 +122,10 @@ pub(crate) async fn run(mut config: Config, args: ServeArgs) -> Result<ExitCode>
         stopped(stop_rx.clone()),
     ));
     let watcher = tokio::spawn(workflows.watch(stopped(stop_rx.clone())));
+    let notes = tokio::spawn(steward_engine::psa::notes::serve(
+        &state,
+        stopped(stop_rx.clone()),
+    ));
     tracing::info!(%addr, "API and scheduler starting");
     println!("steward serve: API on http://{addr}, scheduler running");
     let app = steward_engine::api::app(state);
@@ -134,5 +138,6 @@ pub(crate) async fn run(mut config: Config, args: ServeArgs) -> Result<ExitCode>
     let _ = sched.await;
     let _ = watcher.await;
     let _ = firings.await;
+    let _ = notes.await;
     Ok(ExitCode::SUCCESS)
 }

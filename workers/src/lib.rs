@@ -11,6 +11,7 @@ pub mod m365;
 pub mod onprem;
 pub mod op;
 pub mod powershell;
+pub mod psa;
 pub mod registry;
 pub mod rmm;
 pub mod testing;

@@ -8,9 +8,11 @@ pub mod approvals;
 pub mod companies;
 pub mod error;
 pub mod extract;
+pub(crate) mod hooks;
 mod html;
 mod inbox;
 pub mod plans;
+pub mod psa;
 pub mod runner;
 pub mod runs;
 mod schedules;
@@ -365,6 +367,8 @@ fn routes() -> ApiRouter<ApiState> {
         .merge(tenants::routes())
         .merge(inbox::routes())
         .merge(schedules::routes())
+        .merge(hooks::routes())
+        .merge(psa::routes())
 }
 
 fn describe(api: TransformOpenApi<'_>) -> TransformOpenApi<'_> {
@@ -388,6 +392,7 @@ fn describe(api: TransformOpenApi<'_>) -> TransformOpenApi<'_> {
         .tag(Tag { name: "tenants".to_owned(), description: Some("Microsoft 365 tenant connections: consent, status, refresh".to_owned()), ..Default::default() })
         .tag(Tag { name: "inbox".to_owned(), ..Default::default() })
         .tag(Tag { name: "schedules".to_owned(), ..Default::default() })
+        .tag(Tag { name: "psa".to_owned(), description: Some("PSA accounts, ticket-to-workflow rules, intakes and notes; the webhooks themselves are POST /v1/hooks/{autotask,connectwise,halo}".to_owned()), ..Default::default() })
         .tag(Tag { name: "system".to_owned(), ..Default::default() })
 }
 
