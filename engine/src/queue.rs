@@ -504,6 +504,7 @@ async fn read_new(shared: Arc<Shared>) {
                     client_id = None;
                     wait = backoff(wait);
                     warn!(error = %e, retry_in = ?wait, "step queue: read failed");
+                    regroup(&shared, &e).await;
                     if pause(&mut stop, wait).await { return; }
                     continue;
                 }
@@ -538,6 +539,22 @@ async fn read_new(shared: Arc<Shared>) {
             }
         }
         send_batch(&shared, batch).await;
+    }
+}
+
+/// After Redis lost its data (a restart without persistence, a restore, a failover to an empty
+/// replica) the streams and their consumer group are gone: creates them again so the worker
+/// reads new jobs. The jobs it held from before are checked against their runs before they run
+/// (see `Runtime::execute`).
+async fn regroup(shared: &Shared, e: &redis::RedisError) {
+    if e.code() != Some("NOGROUP") {
+        return;
+    }
+    match shared.store.prepare().await {
+        Ok(()) => warn!(
+            "step queue: the consumer group was missing (Redis lost its data?); created it again"
+        ),
+        Err(e) => warn!(error = %e, "step queue: cannot create the consumer group again"),
     }
 }
 
@@ -715,6 +732,7 @@ async fn reclaim(shared: Arc<Shared>) {
                         Ok(r) => r,
                         Err(e) => {
                             warn!(error = %e, shard, "step queue: reclaim failed");
+                            regroup(&shared, &e).await;
                             break;
                         }
                     };

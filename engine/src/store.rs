@@ -141,6 +141,40 @@ pub struct Store {
     plans: Arc<RwLock<HashMap<String, Arc<Plan>>>>,
     /// Seals secret inputs when a run is created (see `crate::secrets::runs`).
     secrets: Option<Arc<crate::secrets::Keyring>>,
+    /// Where a definition Redis lost can be found again (serve's workflow files).
+    fallback: Option<DefinitionSource>,
+}
+
+/// Finds a compiled workflow by content hash outside Redis (the workflow files a server
+/// offers), so that a definition Redis lost is written back as soon as a run needs it.
+#[derive(Clone)]
+pub struct DefinitionSource(Arc<FindPlan>);
+
+/// Looks a compiled workflow up by content hash.
+type FindPlan = dyn Fn(&str) -> Option<Arc<Plan>> + Send + Sync;
+
+impl DefinitionSource {
+    /// A source that looks plans up with `find`.
+    pub fn new(find: impl Fn(&str) -> Option<Arc<Plan>> + Send + Sync + 'static) -> Self {
+        Self(Arc::new(find))
+    }
+}
+
+impl std::fmt::Debug for DefinitionSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DefinitionSource")
+    }
+}
+
+/// Whether a job a worker received is still worth running (see [`Store::check_job`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobCheck {
+    /// The run exists and the job is its current attempt.
+    Current,
+    /// The run does not exist (it was never committed, or Redis lost it).
+    RunGone,
+    /// The run exists but no longer records this job (revoked, already reported, superseded).
+    Stale,
 }
 
 #[derive(Serialize, Default)]
@@ -248,7 +282,14 @@ impl Store {
             commit: Arc::new(Script::new(COMMIT)),
             plans: Arc::default(),
             secrets: None,
+            fallback: None,
         }
+    }
+
+    /// This store, finding definitions Redis lost in `source` and writing them back.
+    pub fn with_definitions(mut self, source: DefinitionSource) -> Self {
+        self.fallback = Some(source);
+        self
     }
 
     /// This store, sealing secret inputs with `ring` (without one, a run with a secret input is
@@ -320,31 +361,34 @@ impl Store {
         Ok(())
     }
 
-    /// Stores a definition (once per process per content hash) so workers can load it by hash.
+    /// Stores a definition so workers can load it by hash: one `SET NX`, every time a run is
+    /// created (even when this process has the plan cached), so a definition Redis lost (a
+    /// second of AOF, a failover to a lagging replica, a restore) is written back by the next
+    /// run of that workflow.
     pub async fn put_definition(&self, plan: &Plan) -> Result<()> {
         let hash = plan.hash().to_owned();
-        // A plan in the cache was stored by this process or read back from Redis.
-        if self
-            .plans
-            .read()
-            .expect("the plan cache lock is never poisoned")
-            .contains_key(&hash)
-        {
-            return Ok(());
-        }
         let json = serde_json::to_string(plan.def()).map_err(corrupt)?;
-        self.db
-            .query::<()>(
+        let written: Option<String> = self
+            .db
+            .query(
                 redis::cmd("SET")
                     .arg(self.keys.definition(&hash))
                     .arg(json)
                     .arg("NX"),
             )
             .await?;
+        let cached = self
+            .plans
+            .read()
+            .expect("the plan cache lock is never poisoned")
+            .contains_key(&hash);
+        if written.is_some() && cached {
+            warn!(workflow = %plan.def().name, version = plan.def().version, %hash, "the workflow definition was missing from Redis; wrote it back");
+        }
         self.plans
             .write()
             .expect("the plan cache lock is never poisoned")
-            .entry(hash.clone())
+            .entry(hash)
             .or_insert_with(|| Arc::new(plan.clone()));
         Ok(())
     }
@@ -363,7 +407,15 @@ impl Store {
             .db
             .query(redis::cmd("GET").arg(self.keys.definition(hash)))
             .await?;
-        let json = json.ok_or_else(|| Error::NoSuchDefinition(hash.to_owned()))?;
+        let Some(json) = json else {
+            // Lost by Redis: written back from the workflow files, if this process has them.
+            if let Some(plan) = self.fallback.as_ref().and_then(|f| (f.0)(hash)) {
+                self.put_definition(&plan).await?;
+                warn!(workflow = %plan.def().name, version = plan.def().version, %hash, "a run's workflow definition was missing from Redis; wrote it back from the workflow files");
+                return Ok(plan);
+            }
+            return Err(Error::NoSuchDefinition(hash.to_owned()));
+        };
         let def: WorkflowDef =
             serde_json::from_str(&json).map_err(|e| corrupt(format!("definition {hash}: {e}")))?;
         let plan = Plan::compile(def, None)
@@ -421,6 +473,33 @@ impl Store {
                 Err(corrupt(format!("run id {run_id} was already taken")))
             }
         }
+    }
+
+    /// Whether a job received from the queue is still the run's current attempt: one read of
+    /// the run hash (its version and the field that records where the job is queued). Workers
+    /// ask this right before running an op, so a job received before Redis lost writes (or
+    /// revoked since) is never run for a run that no longer exists or has moved on.
+    pub async fn check_job(&self, run: RunId, ack: &Ack) -> Result<JobCheck> {
+        let field = format!("j:{}:{}", ack.step, ack.seq);
+        let (v, at): (Option<String>, Option<String>) = self
+            .db
+            .query(
+                redis::cmd("HMGET")
+                    .arg(self.keys.run(run))
+                    .arg("v")
+                    .arg(field),
+            )
+            .await?;
+        Ok(match (v, at) {
+            (None, _) => JobCheck::RunGone,
+            (Some(_), Some(entry)) if entry == ack.entry => JobCheck::Current,
+            (Some(_), _) => JobCheck::Stale,
+        })
+    }
+
+    /// Acknowledges a job without changing its run (it was not run: see [`Store::check_job`]).
+    pub async fn drop_job(&self, run: RunId, ack: &Ack) -> Result<()> {
+        self.ack_only(run, Some((ack, None)), None).await
     }
 
     /// A run's document.

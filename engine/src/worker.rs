@@ -19,7 +19,7 @@ use tracing::{Instrument, debug, error, info_span, warn};
 
 use crate::companies::{Companies, CompanyRecord};
 use crate::queue::{Delivery, QueueConfig, StepQueue};
-use crate::store::{self, Outcome, RunSnapshot, Store, parse_doc};
+use crate::store::{self, JobCheck, Outcome, RunSnapshot, Store, parse_doc};
 
 /// What every job of a worker process shares.
 #[derive(Debug)]
@@ -106,6 +106,9 @@ impl Runtime {
                 }
             },
         };
+        if !self.still_current(&delivery, &doc).await {
+            return;
+        }
         let job = &delivery.job;
         let company = match &delivery.company {
             Some(c) => c.clone(),
@@ -191,6 +194,54 @@ impl Runtime {
                     error!(error = %e, "cannot commit the outcome");
                     return;
                 }
+            }
+        }
+    }
+
+    /// Whether the job is still worth running, asked right before its op runs (however long ago
+    /// it was received, and whether or not Redis restarted or lost writes since): its run exists,
+    /// the job is the run's current attempt, and the run's definition can be read. A job that is
+    /// not current is acknowledged and dropped; one whose definition is missing is left pending
+    /// (it runs once the definition is back) and its op is not run.
+    async fn still_current(&self, delivery: &Delivery, doc: &steward_schemas::RunDoc) -> bool {
+        let ack = delivery.ack();
+        let mut wait = Duration::from_millis(50);
+        let check = loop {
+            match self.store.check_job(delivery.run, &ack).await {
+                Ok(c) => break c,
+                Err(e) => {
+                    warn!(error = %e, retry_in = ?wait, "cannot check that the job is current; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        let why = match check {
+            JobCheck::Current => None,
+            JobCheck::RunGone => Some("its run does not exist (it was lost by Redis or deleted)"),
+            JobCheck::Stale => Some("it is no longer the run's current attempt"),
+        };
+        if let Some(why) = why {
+            warn!("not running the job: {why}; acknowledging it without running the op");
+            if let Err(e) = self.store.drop_job(delivery.run, &ack).await {
+                warn!(error = %e, "cannot acknowledge the dropped job; it will be delivered again and dropped again");
+            }
+            return false;
+        }
+        match self.store.plan(&doc.ctx.workflow.hash).await {
+            Ok(_) => true,
+            Err(store::Error::NoSuchDefinition(hash)) => {
+                error!(
+                    workflow = %doc.ctx.workflow.name,
+                    version = doc.ctx.workflow.version,
+                    %hash,
+                    "not running the job: the run's workflow definition is missing from Redis; the job stays queued until the definition is written back (serve does so from its workflow files, and so does starting a run of that workflow version)"
+                );
+                false
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot read the run's definition; the job will be delivered again");
+                false
             }
         }
     }

@@ -9,6 +9,7 @@ use clap::Args;
 use steward_engine::config::Config;
 use steward_engine::planner::Library;
 use steward_engine::scheduler::{self, SchedulerConfig};
+use steward_engine::store::DefinitionSource;
 use steward_workers::Registry;
 
 use super::{connect, shutdown_signal};
@@ -63,11 +64,23 @@ pub(crate) async fn run(mut config: Config, args: ServeArgs) -> Result<ExitCode>
     config.validate()?;
     check_public_url(&config)?;
     steward_engine::secrets::require(&config.secrets, "serve")?;
-    let store = connect(&config).await?;
     let registry = Arc::new(Registry::builtin());
     // Bad files are skipped and reported (log, GET /v1/workflows/files); only an unreadable
     // folder stops serve.
     let workflows = Library::open(Path::new(&config.http.workflows), registry.clone())?;
+    // A definition Redis lost is written back from the workflow files as soon as a run needs it.
+    let store = connect(&config)
+        .await?
+        .with_definitions(DefinitionSource::new({
+            let workflows = workflows.clone();
+            move |hash| {
+                workflows
+                    .current()
+                    .all()
+                    .find(|p| p.hash() == hash)
+                    .cloned()
+            }
+        }));
     let listener = tokio::net::TcpListener::bind(&config.http.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.http.listen))?;

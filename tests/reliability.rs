@@ -1,0 +1,375 @@
+//! Reliability under faults (issue 8): a lost definition is written back and never answers 500,
+//! no op runs for a run Redis lost, takeover is bounded under a backlog.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde_json::json;
+use steward_engine::auth::Auth;
+use steward_engine::embedded::Persistence;
+use steward_engine::keys::GROUP;
+use steward_engine::planner::Workflows;
+use steward_engine::queue::{QueueConfig, StepQueue};
+use steward_engine::store::{DefinitionSource, Store};
+use steward_engine::worker::Runtime;
+use steward_schemas::{CompanyScope, Role, RunId, RunStatus};
+use steward_tests::api::send;
+use steward_tests::{Env, WorkerOpts, plan, wait_for};
+use steward_workers::{Registry, Services};
+
+const LEDGER: &str = r#"
+name: writes
+inputs: {n: {type: number}}
+steps:
+  - {id: a, op: ledger, with: {key: a}}
+"#;
+
+/// Whether the definition with this hash is stored.
+async fn definition_stored(store: &Store, hash: &str) -> Result<bool> {
+    let n: u64 = store
+        .db()
+        .query(redis::cmd("EXISTS").arg(store.keys().definition(hash)))
+        .await?;
+    Ok(n == 1)
+}
+
+async fn forget_definition(store: &Store, hash: &str) -> Result<()> {
+    store
+        .db()
+        .query::<()>(redis::cmd("DEL").arg(store.keys().definition(hash)))
+        .await?;
+    Ok(())
+}
+
+/// How many times each pending job of the run's shard has been delivered.
+async fn deliveries(env: &Env, run: RunId) -> Result<Vec<u64>> {
+    let keys = env.store.keys();
+    let pending: Vec<(String, String, u64, u64)> = env
+        .store
+        .db()
+        .query(
+            redis::cmd("XPENDING")
+                .arg(keys.steps(keys.shard_of(run)))
+                .arg(GROUP)
+                .arg("-")
+                .arg("+")
+                .arg(100),
+        )
+        .await?;
+    Ok(pending.into_iter().map(|p| p.3).collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_definition_is_written_back_by_the_next_run_and_its_runs_then_finish() -> Result<()>
+{
+    let env = Env::start(Persistence::None).await?;
+    let plan = plan(LEDGER);
+    let first = env.start_run(&plan, json!({"n": 1})).await?;
+    assert!(definition_stored(&env.store, plan.hash()).await?);
+    // Redis loses the definition (a second of AOF, a failover to a lagging replica).
+    forget_definition(&env.store, plan.hash()).await?;
+
+    // A worker that has never seen the plan cannot read it: it must not run the op (before the
+    // fix, the op ran on every delivery and its outcome could never be committed).
+    let worker = env
+        .worker(WorkerOpts {
+            claim_idle: Duration::from_millis(300),
+            max_deliveries: 50,
+            ..WorkerOpts::default()
+        })
+        .await?;
+    wait_for(
+        "the job to be delivered three times",
+        Duration::from_secs(30),
+        || async {
+            Ok(deliveries(&env, first)
+                .await?
+                .first()
+                .is_some_and(|d| *d >= 3)
+                .then_some(()))
+        },
+    )
+    .await?;
+    assert!(
+        env.ledger().await?.executions.is_empty(),
+        "no op runs while the run's definition is missing"
+    );
+    let snap = env.store.load(first).await?.context("the run")?;
+    assert!(matches!(snap.doc.state.status, RunStatus::Running));
+
+    // The same process starts another run of the workflow: its plan is cached, and the
+    // definition is written back all the same; both runs then finish.
+    let second = env.start_run(&plan, json!({"n": 2})).await?;
+    assert!(
+        definition_stored(&env.store, plan.hash()).await?,
+        "creating a run writes its definition even when the plan is cached"
+    );
+    for run in [first, second] {
+        let status = env.wait_end(run, Duration::from_secs(30)).await?;
+        assert!(matches!(status, RunStatus::Completed { .. }), "{status:?}");
+    }
+    assert_eq!(env.ledger().await?.applied.len(), 2);
+    worker.stop().await;
+    Ok(())
+}
+
+/// Serves the API over `store` on a free port; returns its base URL and an admin token.
+async fn serve(env: &Env, store: Store, flows: Workflows) -> Result<(String, String)> {
+    let registry = Arc::new(Registry::builtin());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let state = steward_engine::api::state(store, registry, flows, None, base.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, steward_engine::api::app(state)).await;
+    });
+    let auth = Auth::for_store(&env.store);
+    let email = format!(
+        "admin-{}@msp.example",
+        ulid::Ulid::new().to_string().to_lowercase()
+    );
+    let tech = match auth
+        .add_technician(&email, "admin", Role::Admin, CompanyScope::ALL)
+        .await
+    {
+        Ok(t) => t,
+        Err(e) => return Err(anyhow::anyhow!("{e}")),
+    };
+    let (_, token) = auth.create_token(tech.id, "test").await?;
+    Ok((base, token))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_definition_is_missing_says_so_and_is_repaired_from_the_workflow_files()
+-> Result<()> {
+    let env = Env::start(Persistence::None).await?;
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("writes.yaml"), LEDGER)?;
+    let registry = Registry::builtin();
+    let load = || Workflows::load_dir(dir.path(), &registry).map_err(|e| anyhow::anyhow!("{e}"));
+    let flows = load()?;
+    let plan = flows.get("writes").context("the workflow")?.clone();
+    // No worker: the run stays `running` with its job queued.
+    let run = env.start_run(&plan, json!({"n": 1})).await?;
+    forget_definition(&env.store, plan.hash()).await?;
+
+    // A server whose workflow files no longer have that version: loud, never 500.
+    let (base, token) = serve(&env, env.store().await?, load()?).await?;
+    let http = reqwest::Client::new();
+    let (status, body) = send(
+        http.get(format!("{base}/v1/runs/{run}"))
+            .bearer_auth(&token),
+    )
+    .await?;
+    assert_eq!(status, 200, "{body}");
+    let problem = body["problem"].as_str().context("a problem")?;
+    assert!(
+        problem.contains(plan.hash())
+            && problem.contains("missing from Redis")
+            && problem.contains("http.workflows"),
+        "{problem}"
+    );
+    assert_eq!(body["summary"]["status"], "running");
+    assert_eq!(body["actions"], json!([]));
+    assert!(
+        body["run"]["ctx"]["inputs"]["n"]
+            .as_str()
+            .is_some_and(|s| s.contains("hidden")),
+        "{body}"
+    );
+    for action in ["cancel", "pause"] {
+        let (status, body) = send(
+            http.post(format!("{base}/v1/runs/{run}/{action}"))
+                .bearer_auth(&token)
+                .json(&json!({})),
+        )
+        .await?;
+        assert_eq!(status, 409, "{action}: {body}");
+        let error = &body["error"];
+        assert!(
+            error["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(plan.hash()))
+                && error["fix"]
+                    .as_str()
+                    .is_some_and(|f| f.contains("workflow file")),
+            "{action}: {body}"
+        );
+    }
+    assert!(!definition_stored(&env.store, plan.hash()).await?);
+
+    // A server that offers the workflow file writes the definition back when the run needs it.
+    let flows = load()?;
+    let source = {
+        let plans: Vec<_> = flows.all().cloned().collect();
+        DefinitionSource::new(move |hash| plans.iter().find(|p| p.hash() == hash).cloned())
+    };
+    let (base, token) = serve(&env, env.store().await?.with_definitions(source), flows).await?;
+    let (status, body) = send(
+        http.get(format!("{base}/v1/runs/{run}"))
+            .bearer_auth(&token),
+    )
+    .await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body.get("problem"), None, "{body}");
+    assert_eq!(body["plan"][0]["step"], "a");
+    assert!(definition_stored(&env.store, plan.hash()).await?);
+    let (status, body) = send(
+        http.post(format!("{base}/v1/runs/{run}/cancel"))
+            .bearer_auth(&token)
+            .json(&json!({"reason": "testing"})),
+    )
+    .await?;
+    assert_eq!(status, 200, "{body}");
+    Ok(())
+}
+
+/// A worker's runtime and a queue that hands its deliveries to the test.
+async fn runtime(env: &Env) -> Result<(Arc<Runtime>, StepQueue)> {
+    let store = env.store().await?;
+    let runtime = Arc::new(Runtime {
+        store: store.clone(),
+        companies: env.companies(),
+        registry: Registry::builtin(),
+        services: Services {
+            redis: Some(store.db().manager()),
+            namespace: env.namespace.clone(),
+        },
+    });
+    let queue = StepQueue::start(
+        store,
+        env.companies(),
+        QueueConfig {
+            consumer: steward_engine::worker::consumer_name(),
+            concurrency: 8,
+            block: Duration::from_millis(200),
+            claim_idle: Duration::from_secs(30),
+            max_deliveries: 5,
+        },
+    );
+    Ok((runtime, queue))
+}
+
+async fn receive(queue: &mut StepQueue, n: usize) -> Result<Vec<steward_engine::queue::Delivery>> {
+    let mut held = Vec::new();
+    while held.len() < n {
+        let d = tokio::time::timeout(Duration::from_secs(20), queue.next())
+            .await
+            .context("a delivery")?
+            .context("the queue stopped")?;
+        held.push(d);
+    }
+    Ok(held)
+}
+
+async fn run_count(store: &Store) -> Result<usize> {
+    let keys: Vec<String> = store
+        .db()
+        .query(redis::cmd("KEYS").arg(format!("{}:*:run:*", store.keys().namespace())))
+        .await?;
+    Ok(keys.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_held_when_redis_loses_its_data_are_not_run_and_the_worker_carries_on() -> Result<()> {
+    let mut env = Env::start(Persistence::None).await?;
+    let plan = plan(LEDGER);
+    for (i, how) in ["FLUSHALL", "restart"].into_iter().enumerate() {
+        let (runtime, mut queue) = runtime(&env).await?;
+        for n in 0..3 {
+            env.start_run(&plan, json!({"n": n})).await?;
+        }
+        // The worker holds three jobs, received before Redis loses everything.
+        let held = receive(&mut queue, 3).await?;
+        match how {
+            "FLUSHALL" => {
+                env.store.db().query::<()>(&redis::cmd("FLUSHALL")).await?;
+            }
+            _ => {
+                // No persistence: a restart comes back empty.
+                env.redis.restart()?;
+                wait_for("redis to answer", Duration::from_secs(10), || async {
+                    Ok(env
+                        .store
+                        .db()
+                        .query::<String>(&redis::cmd("PING"))
+                        .await
+                        .is_ok()
+                        .then_some(()))
+                })
+                .await?;
+            }
+        }
+        for d in held {
+            runtime.execute(d).await;
+        }
+        let ledger = env.ledger().await?;
+        assert!(
+            ledger.executions.is_empty(),
+            "{how}: no op ran for a run that no longer exists: {:?}",
+            ledger.executions
+        );
+        assert_eq!(
+            run_count(&env.store).await?,
+            0,
+            "{how}: nothing was written for the lost runs"
+        );
+
+        // The worker carries on: its consumer group is made again, and new runs finish.
+        steward_engine::companies::ensure(
+            &env.companies(),
+            steward_engine::companies::sample("contoso", &["alice@msp.example"]),
+        )
+        .await?;
+        let run = env.start_run(&plan, json!({"n": 10 + i})).await?;
+        let d = receive(&mut queue, 1).await?.remove(0);
+        assert_eq!(d.run, run);
+        runtime.execute(d).await;
+        let status = env.wait_end(run, Duration::from_secs(10)).await?;
+        assert!(
+            matches!(status, RunStatus::Completed { .. }),
+            "{how}: {status:?}"
+        );
+        env.store.db().query::<()>(&redis::cmd("FLUSHALL")).await?;
+        env.store.prepare().await?;
+        steward_engine::companies::ensure(
+            &env.companies(),
+            steward_engine::companies::sample("contoso", &["alice@msp.example"]),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_or_reported_job_is_dropped_unrun() -> Result<()> {
+    let env = Env::start(Persistence::None).await?;
+    let plan = plan(LEDGER);
+    let (runtime, mut queue) = runtime(&env).await?;
+    let run = env.start_run(&plan, json!({"n": 1})).await?;
+    let first = receive(&mut queue, 1).await?.remove(0);
+    let stale = steward_engine::store::Ack {
+        entry: "0-1".to_owned(),
+        ..first.ack()
+    };
+    assert_eq!(
+        env.store.check_job(run, &stale).await?,
+        steward_engine::store::JobCheck::Stale
+    );
+    assert_eq!(
+        env.store.check_job(run, &first.ack()).await?,
+        steward_engine::store::JobCheck::Current
+    );
+    let ack = first.ack();
+    runtime.execute(first).await;
+    env.wait_end(run, Duration::from_secs(10)).await?;
+    // The same job again (a redelivery after its outcome was committed) is not current.
+    assert_eq!(
+        env.store.check_job(run, &ack).await?,
+        steward_engine::store::JobCheck::Stale
+    );
+    assert_eq!(env.ledger().await?.executions.len(), 1);
+    Ok(())
+}
