@@ -15,7 +15,7 @@ use steward_engine::store::{DefinitionSource, Store};
 use steward_engine::worker::Runtime;
 use steward_schemas::{CompanyScope, Role, RunId, RunStatus};
 use steward_tests::api::send;
-use steward_tests::{Env, WorkerOpts, plan, wait_for};
+use steward_tests::{Env, Proc, WorkerOpts, plan, wait_for};
 use steward_workers::{Registry, Services};
 
 const LEDGER: &str = r#"
@@ -371,5 +371,187 @@ async fn a_revoked_or_reported_job_is_dropped_unrun() -> Result<()> {
         steward_engine::store::JobCheck::Stale
     );
     assert_eq!(env.ledger().await?.executions.len(), 1);
+    Ok(())
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_steward");
+
+fn worker_process(env: &Env, dir: &std::path::Path, name: &str, concurrency: &str) -> Result<Proc> {
+    let mut args = env.cli_args();
+    args.extend(["worker", "--concurrency", concurrency, "--claim-idle", "2s"].map(str::to_owned));
+    Proc::spawn(std::path::Path::new(BIN), dir, name, &args)
+}
+
+/// The consumer names of the process with this pid (see `worker::consumer_name`).
+fn consumer_prefix(pid: u32) -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    format!("{}-{pid}-", if host.is_empty() { "host" } else { &host })
+}
+
+/// The entries a consumer whose name starts with `prefix` holds: (shard, entry id).
+async fn held_by(env: &Env, prefix: &str) -> Result<Vec<(u16, String)>> {
+    let keys = env.store.keys();
+    let mut held = Vec::new();
+    for shard in keys.all_shards() {
+        let pending: Vec<(String, String, u64, u64)> = env
+            .store
+            .db()
+            .query(
+                redis::cmd("XPENDING")
+                    .arg(keys.steps(shard))
+                    .arg(GROUP)
+                    .arg("-")
+                    .arg("+")
+                    .arg(10_000),
+            )
+            .await?;
+        held.extend(
+            pending
+                .into_iter()
+                .filter(|p| p.1.starts_with(prefix))
+                .map(|p| (shard, p.0)),
+        );
+    }
+    Ok(held)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Issue 8 item 2: a worker killed while the survivors are saturated by a backlog has its jobs
+/// taken over within claim-idle (2 s) and one reclaim interval (1 s), not when the backlog
+/// drains. Prints the takeover times (`cargo nextest run -E 'test(takeover)' --no-capture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeover_under_a_backlog_is_bounded_by_claim_idle() -> Result<()> {
+    let env = Env::start(Persistence::None).await?;
+    let dir = tempfile::tempdir()?;
+    let napping = plan(
+        r#"
+name: napping
+inputs: {n: {type: number}}
+steps:
+  - {id: nap, op: sleep, with: {ms: 250}}
+"#,
+    );
+    let mut runs = Vec::new();
+    for n in 0..300 {
+        runs.push(env.start_run(&napping, json!({ "n": n })).await?);
+    }
+    let mut doomed = worker_process(&env, dir.path(), "worker-a", "16")?;
+    let survivor = worker_process(&env, dir.path(), "worker-b", "4")?;
+    let prefix = consumer_prefix(doomed.pid());
+    let survivor_prefix = consumer_prefix(survivor.pid());
+    // Kill A while it holds jobs and B is busy too.
+    let held = wait_for(
+        "both workers to be busy",
+        Duration::from_secs(30),
+        || async {
+            let a = held_by(&env, &prefix).await?;
+            let b = held_by(&env, &survivor_prefix).await?;
+            Ok((a.len() >= 16 && b.len() >= 4).then_some(a))
+        },
+    )
+    .await
+    .with_context(|| doomed.log_text())?;
+    doomed.kill9();
+    let killed = std::time::Instant::now();
+    let held = {
+        // What it held when it died (it may have taken more between the look and the kill).
+        let now = held_by(&env, &prefix).await?;
+        if now.is_empty() { held } else { now }
+    };
+    let taken = std::sync::Mutex::new(vec![None::<Duration>; held.len()]);
+    let taken = &taken;
+    let keys = env.store.keys().clone();
+    let keys = &keys;
+    let (held, prefix) = (&held, &prefix);
+    wait_for(
+        "every job of the killed worker to be taken over",
+        Duration::from_secs(60),
+        || async {
+            for (i, (shard, id)) in held.iter().enumerate() {
+                if taken.lock().expect("not poisoned")[i].is_some() {
+                    continue;
+                }
+                let pending: Vec<(String, String, u64, u64)> = env
+                    .store
+                    .db()
+                    .query(
+                        redis::cmd("XPENDING")
+                            .arg(keys.steps(*shard))
+                            .arg(GROUP)
+                            .arg(id)
+                            .arg(id)
+                            .arg(1),
+                    )
+                    .await?;
+                if pending
+                    .first()
+                    .is_none_or(|p| !p.1.starts_with(prefix.as_str()))
+                {
+                    taken.lock().expect("not poisoned")[i] = Some(killed.elapsed());
+                }
+            }
+            Ok(taken
+                .lock()
+                .expect("not poisoned")
+                .iter()
+                .all(Option::is_some)
+                .then_some(()))
+        },
+    )
+    .await
+    .with_context(|| survivor.log_text())?;
+    let mut times: Vec<Duration> = taken
+        .lock()
+        .expect("not poisoned")
+        .iter()
+        .flatten()
+        .copied()
+        .collect();
+    times.sort();
+    // How much backlog was left when the last job was taken over (the survivor was saturated).
+    let mut completed = 0;
+    for shard in keys.all_shards() {
+        completed += env
+            .store
+            .db()
+            .query::<usize>(redis::cmd("ZCARD").arg(keys.runs_in_status(shard, "completed")))
+            .await?;
+    }
+    let left = runs.len().saturating_sub(completed);
+    println!(
+        "takeover under a backlog (claim-idle 2s, reclaim every 1s, survivor concurrency 4 + reserve 1, ~{left} runs left): jobs={} p50={:?} p99={:?} max={:?}",
+        times.len(),
+        percentile(&times, 0.5),
+        percentile(&times, 0.99),
+        times.last().copied().unwrap_or_default()
+    );
+    let bound = Duration::from_secs(3) + Duration::from_millis(1500);
+    assert!(
+        times.iter().all(|t| *t <= bound),
+        "takeover took {times:?}; the bound is claim-idle + one reclaim interval (3 s) plus slack for a loaded machine"
+    );
+    // And nothing is lost: every run completes.
+    let store = &env.store;
+    wait_for(
+        "every run to complete",
+        Duration::from_secs(120),
+        || async {
+            for run in &runs {
+                let snap = store.load(*run).await?.context("the run")?;
+                if !matches!(snap.doc.state.status, RunStatus::Completed { .. }) {
+                    return Ok(None);
+                }
+            }
+            Ok(Some(()))
+        },
+    )
+    .await
+    .with_context(|| survivor.log_text())?;
     Ok(())
 }

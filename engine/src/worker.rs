@@ -42,7 +42,8 @@ pub async fn run(
 ) -> Result<(), apalis_core::error::WorkerError> {
     use apalis::layers::WorkerBuilderExt as _;
     let name = queue.consumer.clone();
-    let concurrency = queue.concurrency;
+    // New jobs, plus the places kept for jobs taken over from dead workers.
+    let concurrency = queue.capacity();
     let backend = StepQueue::start(runtime.store.clone(), runtime.companies.clone(), queue);
     let drain = backend.drain();
     // No `catch_panic` layer: `execute` catches a panicking op itself and reports it as a
