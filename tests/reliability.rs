@@ -555,3 +555,272 @@ steps:
     .with_context(|| survivor.log_text())?;
     Ok(())
 }
+
+/// The value of the sample `name{labels}` (labels exactly as rendered), if present.
+fn sample(page: &str, series: &str) -> Option<f64> {
+    page.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// The sum of every sample of a family (over shards).
+fn total(page: &str, name: &str) -> f64 {
+    page.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// Waits for a process to print `marker` followed by a URL; returns the URL.
+async fn printed_url(p: &Proc, marker: &str) -> Result<String> {
+    wait_for(marker, Duration::from_secs(30), || async {
+        Ok(p.log_text().lines().find_map(|l| {
+            let rest = &l[l.find(marker)? + marker.len()..];
+            Some(
+                rest.split_whitespace()
+                    .next()?
+                    .trim_end_matches(',')
+                    .to_owned(),
+            )
+        }))
+    })
+    .await
+    .with_context(|| p.log_text())
+}
+
+const METERED: &str = r#"
+name: metered
+inputs: {n: {type: number}}
+defaults: {retry: {attempts: 3, initial: 100ms, max_delay: 200ms}}
+steps:
+  - {id: a, op: ledger, with: {key: a}}
+  - {id: b, op: flaky, needs: [a], with: {times: 1}}
+"#;
+
+const GATED: &str = r#"
+name: waiting
+inputs: {n: {type: number}}
+steps:
+  - id: approval
+    gate: {approvers: [alice@msp.example], expires_in: 24h, message: "go?"}
+  - {id: after, op: ledger, needs: [approval], with: {key: after}}
+"#;
+
+/// Issue 7 item 9: `/metrics` on serve and on a worker (`--metrics`), after real runs, with
+/// values that match what happened; both require the configured token (`Bearer` in any case).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_and_worker_metrics_count_what_really_happened() -> Result<()> {
+    let env = Env::start(Persistence::None).await?;
+    let dir = tempfile::tempdir()?;
+    let flows_dir = dir.path().join("workflows");
+    std::fs::create_dir(&flows_dir)?;
+    std::fs::write(flows_dir.join("metered.yaml"), METERED)?;
+    std::fs::write(flows_dir.join("waiting.yaml"), GATED)?;
+    let token = "metrics-token-0123456789abcdef";
+    let config = dir.path().join("steward.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}\n[metrics]\ntoken = \"{token}\"\n",
+            std::fs::read_to_string(env.config_file())?
+        ),
+    )?;
+    let mut args = env.cli_args();
+    let at = args
+        .iter()
+        .position(|a| a == "--config")
+        .context("--config")?
+        + 1;
+    args[at] = config.display().to_string();
+    Auth::for_store(&env.store)
+        .add_technician(
+            "alice@msp.example",
+            "alice",
+            Role::Technician,
+            CompanyScope::Only(vec!["contoso".parse()?]),
+        )
+        .await?;
+
+    let mut serve_args = args.clone();
+    serve_args.extend(
+        [
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--tick",
+            "20ms",
+            "--workflows",
+            &flows_dir.display().to_string(),
+        ]
+        .map(str::to_owned),
+    );
+    let serve = Proc::spawn(std::path::Path::new(BIN), dir.path(), "serve", &serve_args)?;
+    let mut worker_args = args.clone();
+    worker_args
+        .extend(["worker", "--concurrency", "4", "--metrics", "127.0.0.1:0"].map(str::to_owned));
+    let worker = Proc::spawn(
+        std::path::Path::new(BIN),
+        dir.path(),
+        "worker",
+        &worker_args,
+    )?;
+    let api = printed_url(&serve, "API on ").await?;
+    let worker_metrics = printed_url(&worker, "metrics on ").await?;
+
+    let registry = Registry::builtin();
+    let flows = Workflows::load_dir(&flows_dir, &registry).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut done = Vec::new();
+    for n in 0..3 {
+        done.push(
+            env.start_run(flows.get("metered").context("metered")?, json!({ "n": n }))
+                .await?,
+        );
+    }
+    let gated = env
+        .start_run(flows.get("waiting").context("waiting")?, json!({"n": 0}))
+        .await?;
+    for run in &done {
+        let status = env
+            .wait_end(*run, Duration::from_secs(30))
+            .await
+            .with_context(|| format!("{}\n{}", serve.log_text(), worker.log_text()))?;
+        assert!(matches!(status, RunStatus::Completed { .. }), "{status:?}");
+    }
+    let store = &env.store;
+    wait_for("the gate to open", Duration::from_secs(30), || async {
+        let snap = store.load(gated).await?.context("the run")?;
+        Ok(matches!(
+            snap.doc.state.steps["approval"].state,
+            steward_schemas::StepState::AwaitingApproval { .. }
+        )
+        .then_some(()))
+    })
+    .await?;
+
+    let http = reqwest::Client::new();
+    for base in [format!("{api}/metrics"), worker_metrics.clone()] {
+        let res = http.get(&base).send().await?;
+        assert_eq!(res.status().as_u16(), 401, "{base} without the token");
+        let res = http
+            .get(&base)
+            .header("authorization", "Bearer wrong-token-0123456789")
+            .send()
+            .await?;
+        assert_eq!(res.status().as_u16(), 401, "{base} with a wrong token");
+    }
+    let scrape = |url: String, scheme: &'static str| {
+        let http = http.clone();
+        async move {
+            let res = http
+                .get(&url)
+                .header("authorization", format!("{scheme} {token}"))
+                .send()
+                .await?;
+            anyhow::ensure!(res.status().as_u16() == 200, "{url}: {}", res.status());
+            anyhow::Ok(res.text().await?)
+        }
+    };
+    let page = scrape(worker_metrics.clone(), "bearer").await?;
+    let steps = |op: &str, result: &str| {
+        sample(
+            &page,
+            &format!("steward_steps_total{{op=\"{op}\",phase=\"run\",result=\"{result}\"}}"),
+        )
+    };
+    assert_eq!(steps("ledger", "succeeded"), Some(3.0), "{page}");
+    assert_eq!(steps("flaky", "retryable"), Some(3.0), "{page}");
+    assert_eq!(steps("flaky", "succeeded"), Some(3.0), "{page}");
+    assert_eq!(steps("gate", "gate_opened"), Some(1.0), "{page}");
+    assert_eq!(
+        sample(&page, "steward_step_retries_total{op=\"flaky\"}"),
+        Some(3.0),
+        "{page}"
+    );
+    assert_eq!(
+        sample(
+            &page,
+            "steward_step_duration_seconds_count{op=\"ledger\",phase=\"run\"}"
+        ),
+        Some(3.0),
+        "{page}"
+    );
+    assert!(
+        page.contains("# TYPE steward_step_duration_seconds histogram"),
+        "{page}"
+    );
+
+    let serve_page = scrape(format!("{api}/metrics"), "BEARER").await?;
+    for page in [&page, &serve_page] {
+        assert_eq!(sample(page, "steward_redis_up"), Some(1.0), "{page}");
+        assert_eq!(
+            sample(page, "steward_runs{status=\"completed\"}"),
+            Some(3.0),
+            "{page}"
+        );
+        assert_eq!(
+            sample(page, "steward_runs{status=\"running\"}"),
+            Some(1.0),
+            "{page}"
+        );
+        assert_eq!(
+            sample(page, "steward_runs{status=\"rollback_failed\"}"),
+            Some(0.0),
+            "{page}"
+        );
+        assert_eq!(total(page, "steward_gates_open"), 1.0, "{page}");
+        assert_eq!(total(page, "steward_queue_depth"), 0.0, "{page}");
+        assert_eq!(total(page, "steward_dead_letters"), 0.0, "{page}");
+        // The gate's expiry timer is armed, not due.
+        assert_eq!(total(page, "steward_timers"), 1.0, "{page}");
+        assert_eq!(total(page, "steward_timers_due"), 0.0, "{page}");
+        let shards = env.shards as usize;
+        assert_eq!(
+            page.lines()
+                .filter(|l| l.starts_with("steward_queue_oldest_job_age_seconds{shard="))
+                .count(),
+            shards,
+            "{page}"
+        );
+    }
+    assert!(
+        sample(&serve_page, "steward_timers_fired_total").is_some_and(|n| n >= 3.0),
+        "the serve scheduler fired the three retry timers: {serve_page}"
+    );
+
+    // A queued job shows in the depth and its age; an old gate in the gate's age.
+    let mut stopped = worker;
+    stopped.kill9();
+    env.start_run(flows.get("metered").context("metered")?, json!({"n": 9}))
+        .await?;
+    let page = wait_for(
+        "the age of the queued job",
+        Duration::from_secs(10),
+        || async {
+            let page = scrape(format!("{api}/metrics"), "Bearer").await?;
+            let oldest = page
+                .lines()
+                .filter(|l| l.starts_with("steward_queue_oldest_job_age_seconds{"))
+                .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+                .fold(0.0, f64::max);
+            Ok((oldest >= 0.2).then_some(page))
+        },
+    )
+    .await?;
+    assert_eq!(total(&page, "steward_queue_depth"), 1.0, "{page}");
+    assert_eq!(total(&page, "steward_queue_waiting"), 1.0, "{page}");
+    assert!(
+        page.lines()
+            .filter(|l| l.starts_with("steward_gate_oldest_age_seconds{"))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .any(|age| age > 0.0),
+        "{page}"
+    );
+    Ok(())
+}

@@ -23,6 +23,21 @@ pub struct Config {
     pub http: HttpConfig,
     /// The keys secrets are stored encrypted with. Since v0.2.
     pub secrets: SecretsConfig,
+    /// `/metrics` on serve and workers. Since v0.3.
+    pub metrics: MetricsConfig,
+}
+
+/// `/metrics`: served by `steward serve` beside the API, and by each `steward worker` on its own
+/// listener. Since v0.3.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Where a worker serves `/metrics` (`--metrics`), e.g. `127.0.0.1:9185`; none by default.
+    pub listen: Option<String>,
+    /// A token `/metrics` requires (`Authorization: Bearer <token>`), on serve and workers;
+    /// none by default (anyone who reaches the port may read it). Prefer
+    /// `STEWARD_METRICS__TOKEN` to writing it in the file.
+    pub token: Option<Secret>,
 }
 
 /// Redis.
@@ -400,6 +415,20 @@ impl Config {
                 "secrets.link-ttl = {}: use at least 1m",
                 self.secrets.link_ttl
             )));
+        }
+        if let Some(l) = &self.metrics.listen
+            && l.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(ConfigError(format!(
+                "metrics.listen `{l}`: write an address and port, e.g. 127.0.0.1:9185"
+            )));
+        }
+        if let Some(t) = &self.metrics.token
+            && (t.0.len() < 16 || t.0.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(ConfigError(
+                "metrics.token: use at least 16 characters without spaces (e.g. `openssl rand -hex 24`)".to_owned(),
+            ));
         }
         if self.scheduler.tick.get().is_zero() || self.scheduler.batch == 0 {
             return Err(ConfigError(

@@ -13,6 +13,7 @@ pub mod db;
 pub mod embedded;
 pub mod keys;
 pub mod links;
+pub mod metrics;
 pub mod planner;
 pub mod queue;
 pub mod scheduler;

@@ -884,6 +884,10 @@ async fn take_over(
     for (entry, count) in claimed.into_iter().zip(counts) {
         let deliveries = count.first().map_or(1, |c| c.3);
         info!(entry = %entry.id, shard, deliveries, "step queue: took over a job from a consumer that stopped renewing it");
+        shared
+            .store
+            .metrics()
+            .count("steward_jobs_taken_over_total", &[]);
         if deliveries > shared.config.max_deliveries {
             park(shared, shard, &entry, deliveries).await;
             continue;
@@ -955,8 +959,12 @@ async fn park(shared: &Shared, shard: u16, entry: &StreamId, deliveries: u64) {
         seq: job.seq,
     };
     error!(run.id = %run, step.name = %job.step, deliveries, shard, "step queue: parking a poison job");
-    if let Err(e) = shared.store.park(run, &event, &ack, &job_json).await {
-        warn!(error = %e, "step queue: parking failed; will retry");
+    match shared.store.park(run, &event, &ack, &job_json).await {
+        Ok(_) => shared
+            .store
+            .metrics()
+            .count("steward_jobs_dead_lettered_total", &[]),
+        Err(e) => warn!(error = %e, "step queue: parking failed; will retry"),
     }
 }
 

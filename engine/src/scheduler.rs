@@ -119,6 +119,10 @@ async fn fire(store: &Store, shard: u16, member: String) -> bool {
     };
     let event = Event::TimerFired { timer };
     match store.apply(run, &event, None, None, Some(key)).await {
+        Ok(store::Outcome::Applied { .. }) => {
+            store.metrics().count("steward_timers_fired_total", &[]);
+            true
+        }
         Ok(_) | Err(store::Error::NoSuchRun(_)) => true,
         Err(e @ (store::Error::Redis(_) | store::Error::Contention(_))) => {
             warn!(run.id = %run, error = %e, "scheduler: cannot fire a timer; will retry");

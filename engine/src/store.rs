@@ -143,6 +143,8 @@ pub struct Store {
     secrets: Option<Arc<crate::secrets::Keyring>>,
     /// Where a definition Redis lost can be found again (serve's workflow files).
     fallback: Option<DefinitionSource>,
+    /// This process's counters (see [`crate::metrics`]), shared by every clone.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Finds a compiled workflow by content hash outside Redis (the workflow files a server
@@ -283,7 +285,14 @@ impl Store {
             plans: Arc::default(),
             secrets: None,
             fallback: None,
+            metrics: Arc::default(),
         }
+    }
+
+    /// This process's counters and histograms (one registry shared by every clone of the store,
+    /// so the queue, the worker, the scheduler and the API count into the same page).
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
     }
 
     /// This store, finding definitions Redis lost in `source` and writing them back.
@@ -754,12 +763,18 @@ impl Store {
                         plan.inbox_add
                             .push((since.as_millis().to_string(), k, step.to_string()));
                     }
+                    // The shard's index of open gates, for their age in `/metrics`.
+                    let k = plan.key(self.keys.gates(shard));
+                    plan.inbox_add
+                        .push((since.as_millis().to_string(), k, step.to_string()));
                 }
                 Effect::UnindexGate { step, approvers } => {
                     for a in approvers {
                         let k = plan.key(self.keys.inbox(shard, a));
                         plan.inbox_rem.push((k, step.to_string()));
                     }
+                    let k = plan.key(self.keys.gates(shard));
+                    plan.inbox_rem.push((k, step.to_string()));
                 }
             }
         }

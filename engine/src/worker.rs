@@ -160,6 +160,19 @@ impl Runtime {
         } else {
             self.run_op(&delivery, &doc.ctx.company).await
         };
+        let metrics = self.store.metrics();
+        let (op, phase) = (job.op.as_str(), job.phase.name());
+        metrics.count(
+            "steward_steps_total",
+            &[
+                ("op", op),
+                ("phase", phase),
+                ("result", &result_label(&event)),
+            ],
+        );
+        if job.attempt.get() > 1 && job.phase == Phase::Run {
+            metrics.count("steward_step_retries_total", &[("op", op)]);
+        }
         // After a failed commit the run is read again: another transition may have happened.
         let mut snapshot = Some(RunSnapshot { version, doc });
         let ack = delivery.ack();
@@ -223,6 +236,14 @@ impl Runtime {
             JobCheck::Stale => Some("it is no longer the run's current attempt"),
         };
         if let Some(why) = why {
+            let reason = if check == JobCheck::RunGone {
+                "run_gone"
+            } else {
+                "not_current"
+            };
+            self.store
+                .metrics()
+                .count("steward_jobs_dropped_total", &[("reason", reason)]);
             warn!("not running the job: {why}; acknowledging it without running the op");
             if let Err(e) = self.store.drop_job(delivery.run, &ack).await {
                 warn!(error = %e, "cannot acknowledge the dropped job; it will be delivered again and dropped again");
@@ -232,6 +253,10 @@ impl Runtime {
         match self.store.plan(&doc.ctx.workflow.hash).await {
             Ok(_) => true,
             Err(store::Error::NoSuchDefinition(hash)) => {
+                self.store.metrics().count(
+                    "steward_jobs_dropped_total",
+                    &[("reason", "definition_missing")],
+                );
                 error!(
                     workflow = %doc.ctx.workflow.name,
                     version = doc.ctx.workflow.version,
@@ -306,7 +331,14 @@ impl Runtime {
             )))),
             (Some(op), Ok(input)) => {
                 let running = AssertUnwindSafe(op.run(&cx, input)).catch_unwind();
-                match tokio::time::timeout(job.timeout.get(), running).await {
+                let started = std::time::Instant::now();
+                let result = tokio::time::timeout(job.timeout.get(), running).await;
+                self.store.metrics().observe(
+                    "steward_step_duration_seconds",
+                    &[("op", job.op.as_str()), ("phase", job.phase.name())],
+                    started.elapsed(),
+                );
+                match result {
                     Err(_) => Err(Failure::Timeout(job.timeout)),
                     Ok(Err(panic)) => Err(Failure::Panic(panic_message(&panic))),
                     Ok(Ok(Err(e))) => Err(Failure::Op(e)),
@@ -361,6 +393,23 @@ fn open_gate(
         admins: directory.enabled_admins(),
         approvers,
         escalation,
+    }
+}
+
+/// An outcome's name for the `result` label of `steward_steps_total`.
+fn result_label(event: &Event) -> String {
+    match event {
+        Event::StepSucceeded { .. } | Event::UndoSucceeded { .. } => "succeeded".to_owned(),
+        Event::StepPending { .. } => "pending".to_owned(),
+        Event::StepBlocked { .. } => "blocked".to_owned(),
+        Event::GateOpened { .. } => "gate_opened".to_owned(),
+        Event::StepFailed { error, .. } | Event::UndoFailed { error, .. } => {
+            serde_json::to_value(error.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_else(|| "failed".to_owned())
+        }
+        other => other.name().to_owned(),
     }
 }
 

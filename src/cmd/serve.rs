@@ -98,7 +98,8 @@ pub(crate) async fn run(mut config: Config, args: ServeArgs) -> Result<ExitCode>
         public_url,
     )
     .await
-    .map_err(|e| anyhow!(e))?;
+    .map_err(|e| anyhow!(e))?
+    .with_metrics_token(config.metrics.token.as_ref().map(|t| t.0.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{Result, anyhow};
+use anyhow::{Context, Result, anyhow};
 use clap::Args;
 use steward_engine::companies::Companies;
 use steward_engine::config::Config;
@@ -28,6 +28,10 @@ pub(crate) struct WorkerArgs {
     /// Also run the scheduler in this process.
     #[arg(long)]
     with_scheduler: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. `127.0.0.1:9185` (metrics.listen;
+    /// port 0 picks a free one, printed at start).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
 }
 
 fn queue_config(config: &Config) -> QueueConfig {
@@ -50,6 +54,9 @@ pub(crate) async fn run(mut config: Config, args: WorkerArgs) -> Result<ExitCode
     if let Some(m) = args.max_deliveries {
         config.worker.max_deliveries = m;
     }
+    if let Some(m) = args.metrics {
+        config.metrics.listen = Some(m);
+    }
     config.validate()?;
     steward_engine::secrets::require(&config.secrets, "worker")?;
     let store = connect(&config).await?;
@@ -63,6 +70,25 @@ pub(crate) async fn run(mut config: Config, args: WorkerArgs) -> Result<ExitCode
         registry: Registry::builtin(),
         services,
     });
+    let metrics = match &config.metrics.listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("metrics.listen: cannot listen on {addr}"))?;
+            let local = listener.local_addr()?;
+            let app = steward_engine::metrics::router(
+                store.clone(),
+                config.metrics.token.as_ref().map(|t| t.0.clone()),
+            );
+            println!("steward worker: metrics on http://{local}/metrics");
+            Some(tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!(error = %e, "the metrics listener stopped");
+                }
+            }))
+        }
+        None => None,
+    };
     let queue = queue_config(&config);
     tracing::info!(consumer = %queue.consumer, "worker starting");
     let sched = args.with_scheduler.then(|| {
@@ -77,6 +103,9 @@ pub(crate) async fn run(mut config: Config, args: WorkerArgs) -> Result<ExitCode
         .map_err(|e| anyhow!("worker stopped: {e}"))?;
     if let Some(s) = sched {
         let _ = s.await;
+    }
+    if let Some(m) = metrics {
+        m.abort();
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -14,8 +14,7 @@ mod secrets;
 pub mod technicians;
 mod workflows;
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use aide::axum::ApiRouter;
 use aide::axum::routing::{delete_with, get_with, patch_with, post_with};
@@ -36,6 +35,7 @@ use error::ApiError;
 use crate::auth::Auth;
 use crate::companies::Companies;
 use crate::links::LinkSigner;
+use crate::metrics::Metrics;
 use crate::planner::{Library, Planner};
 use crate::store::Store;
 
@@ -61,8 +61,18 @@ pub struct ApiState {
     pub signer: LinkSigner,
     /// The URL approval links start with (`https://steward.msp.example`).
     pub public_url: String,
-    /// Counters for `/metrics`.
+    /// This process's counters for `/metrics` (the store's).
     pub metrics: Arc<Metrics>,
+    /// The token `/metrics` requires, if any (`metrics.token`).
+    pub metrics_token: Option<String>,
+}
+
+impl ApiState {
+    /// This state, with `/metrics` requiring `token` (`Authorization: Bearer <token>`).
+    pub fn with_metrics_token(mut self, token: Option<String>) -> Self {
+        self.metrics_token = token;
+        self
+    }
 }
 
 /// `201 Created` with a JSON body.
@@ -92,61 +102,6 @@ impl<T: JsonSchema> aide::OperationOutput for Created<T> {
         Self::operation_response(ctx, operation)
             .map(|r| vec![(Some(aide::openapi::StatusCode::Code(201)), r)])
             .unwrap_or_default()
-    }
-}
-
-/// A counter's name and labels.
-type CounterKey = (String, Vec<(String, String)>);
-
-/// Prometheus counters.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    counters: Mutex<BTreeMap<CounterKey, u64>>,
-}
-
-impl Metrics {
-    /// Adds one to a counter.
-    pub fn count(&self, name: &str, labels: &[(&str, &str)]) {
-        let key = (
-            name.to_owned(),
-            labels
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-        );
-        *self
-            .counters
-            .lock()
-            .expect("the metrics lock is never poisoned")
-            .entry(key)
-            .or_default() += 1;
-    }
-
-    fn render(&self, redis_up: bool) -> String {
-        let mut out = String::new();
-        out.push_str("# TYPE steward_redis_up gauge\n");
-        out.push_str(&format!("steward_redis_up {}\n", u8::from(redis_up)));
-        let counters = self
-            .counters
-            .lock()
-            .expect("the metrics lock is never poisoned");
-        let mut last = "";
-        for ((name, labels), v) in counters.iter() {
-            if name != last {
-                out.push_str(&format!("# TYPE {name} counter\n"));
-                last = name;
-            }
-            let labels: Vec<String> = labels
-                .iter()
-                .map(|(k, v)| format!("{k}=\"{}\"", v.replace(['"', '\\', '\n'], "_")))
-                .collect();
-            if labels.is_empty() {
-                out.push_str(&format!("{name} {v}\n"));
-            } else {
-                out.push_str(&format!("{name}{{{}}} {v}\n", labels.join(",")));
-            }
-        }
-        out
     }
 }
 
@@ -383,6 +338,7 @@ pub async fn state(
         }
     };
     let signer = LinkSigner::new(LinkSigner::decode_key(&key_text)?)?;
+    let store_metrics = store.metrics().clone();
     let companies = Companies::for_store(&store);
     let auth = Auth::for_store(&store);
     let workflows: Library = workflows.into();
@@ -401,7 +357,8 @@ pub async fn state(
         registry,
         signer,
         public_url,
-        metrics: Arc::default(),
+        metrics: store_metrics,
+        metrics_token: None,
     })
 }
 
@@ -558,19 +515,6 @@ async fn readyz(State(state): State<ApiState>) -> Result<axum::Json<Health>, Api
     Ok(axum::Json(Health { status: "ready" }))
 }
 
-async fn metrics(State(state): State<ApiState>) -> Response {
-    let up = state
-        .store
-        .db()
-        .query::<String>(&redis::cmd("PING"))
-        .await
-        .is_ok();
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
-        state.metrics.render(up),
-    )
-        .into_response()
+async fn metrics(State(state): State<ApiState>, headers: axum::http::HeaderMap) -> Response {
+    crate::metrics::respond(&state.store, state.metrics_token.as_deref(), &headers).await
 }

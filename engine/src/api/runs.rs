@@ -399,7 +399,8 @@ pub struct RunPage {
     pub next_cursor: Option<String>,
 }
 
-const STATUSES: &[&str] = &[
+/// Every status a run is listed under (`RunStatus::name`, but `created`).
+pub const STATUSES: &[&str] = &[
     "scheduled",
     "running",
     "paused",
