@@ -824,3 +824,194 @@ async fn serve_and_worker_metrics_count_what_really_happened() -> Result<()> {
     );
     Ok(())
 }
+
+/// Removes a run's queued job from the stream and the run's record of it (a job lost without
+/// its transition).
+async fn lose_job(env: &Env, run: RunId) -> Result<()> {
+    let keys = env.store.keys();
+    let fields: std::collections::HashMap<String, String> = env
+        .store
+        .db()
+        .query(redis::cmd("HGETALL").arg(keys.run(run)))
+        .await?;
+    let (field, id) = fields
+        .iter()
+        .find(|(k, _)| k.starts_with("j:"))
+        .context("a queued job")?;
+    let mut pipe = redis::pipe();
+    pipe.cmd("XDEL")
+        .arg(keys.steps(keys.shard_of(run)))
+        .arg(id)
+        .ignore()
+        .cmd("HDEL")
+        .arg(keys.run(run))
+        .arg(field)
+        .ignore();
+    env.store.db().pipe::<()>(&pipe).await?;
+    Ok(())
+}
+
+/// Issue 8 item 5: running runs that nothing would move are found, repaired through the fenced
+/// path (a lost job dispatched again, a lost timer fired) or paused with a reason; runs parked
+/// at a gate are left alone; `/metrics` counts what was done. Prints the detection time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watchdog_repairs_lost_jobs_and_timers_and_pauses_what_it_cannot() -> Result<()> {
+    let env = Env::start(Persistence::None).await?;
+    Auth::for_store(&env.store)
+        .add_technician(
+            "alice@msp.example",
+            "alice",
+            Role::Technician,
+            CompanyScope::Only(vec!["contoso".parse()?]),
+        )
+        .await?;
+    let ledger = plan(LEDGER);
+    let slow_retry = plan(
+        r#"
+name: slow-retry
+inputs: {n: {type: number}}
+defaults: {retry: {attempts: 3, initial: 1h, max_delay: 1h}}
+steps:
+  - {id: b, op: flaky, with: {times: 1}}
+"#,
+    );
+    let gated = plan(GATED);
+
+    // A: its job is lost before any worker saw it.
+    let lost_job = env.start_run(&ledger, json!({"n": 1})).await?;
+    lose_job(&env, lost_job).await?;
+    // C: nothing in flight at all (its only step is back to `pending`, its job gone).
+    let nothing = env.start_run(&ledger, json!({"n": 2})).await?;
+    lose_job(&env, nothing).await?;
+    let mut snap = env.store.load(nothing).await?.context("run C")?;
+    snap.doc.state.steps.get_mut("a").context("step a")?.state =
+        steward_schemas::StepState::Pending;
+    env.store
+        .db()
+        .query::<()>(
+            redis::cmd("HSET")
+                .arg(env.store.keys().run(nothing))
+                .arg("d")
+                .arg(serde_json::to_string(&snap.doc)?),
+        )
+        .await?;
+
+    // B: its first attempt fails and a retry is due in an hour; then the timer is lost.
+    let worker = env.worker(WorkerOpts::default()).await?;
+    let lost_timer = env.start_run(&slow_retry, json!({"n": 3})).await?;
+    // D: parked at a gate; nothing is wrong with it.
+    let parked = env.start_run(&gated, json!({"n": 4})).await?;
+    let store = &env.store;
+    let state_of = |run: RunId, step: &'static str| async move {
+        let snap = store.load(run).await?.context("the run")?;
+        anyhow::Ok(snap.doc.state.steps[step].state.name().to_owned())
+    };
+    wait_for(
+        "B to wait for its retry and D at its gate",
+        Duration::from_secs(20),
+        || async {
+            Ok((state_of(lost_timer, "b").await? == "retrying"
+                && state_of(parked, "approval").await? == "awaiting_approval")
+                .then_some(()))
+        },
+    )
+    .await?;
+    let keys = env.store.keys();
+    let timers: Vec<String> = env
+        .store
+        .db()
+        .query(
+            redis::cmd("ZRANGE")
+                .arg(keys.timers(keys.shard_of(lost_timer)))
+                .arg(0)
+                .arg(-1),
+        )
+        .await?;
+    let member = timers
+        .iter()
+        .find(|m| m.starts_with(&format!("{lost_timer}|retry:")))
+        .context("B's retry timer")?;
+    env.store
+        .db()
+        .query::<()>(
+            redis::cmd("ZREM")
+                .arg(keys.timers(keys.shard_of(lost_timer)))
+                .arg(member),
+        )
+        .await?;
+
+    // The watchdog, as `serve` runs it but quicker; a small batch so it pages through shards.
+    let dog_store = env.store().await?;
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let started = std::time::Instant::now();
+    let dog = tokio::spawn(steward_engine::watchdog::run(
+        dog_store.clone(),
+        steward_engine::watchdog::WatchdogConfig {
+            every: Duration::from_millis(50),
+            stuck_after: Duration::from_millis(300),
+            batch: 1,
+        },
+        async move {
+            let mut rx = rx;
+            let _ = rx.wait_for(|s| *s).await;
+        },
+    ));
+    for run in [lost_job, lost_timer] {
+        let status = env.wait_end(run, Duration::from_secs(30)).await?;
+        assert!(
+            matches!(status, RunStatus::Completed { .. }),
+            "{run}: {status:?}"
+        );
+    }
+    let detected = started.elapsed();
+    let paused = wait_for("C to be paused", Duration::from_secs(30), || async {
+        let snap = store.load(nothing).await?.context("run C")?;
+        Ok(match snap.doc.state.status {
+            RunStatus::Paused { reason, .. } => Some(reason),
+            _ => None,
+        })
+    })
+    .await?;
+    assert!(
+        matches!(
+            &paused,
+            steward_schemas::PauseReason::Operator { by, note: Some(note) }
+                if by == "steward watchdog" && note.contains("resume")
+        ),
+        "{paused:?}"
+    );
+    println!(
+        "watchdog detection and repair (every 50ms, stuck-after 300ms, batch 1 per shard): {detected:?}"
+    );
+    // Repaired once each, and the healthy parked run untouched after many more rounds.
+    let metrics = dog_store.metrics();
+    let counted = |action: &str| metrics.counter("steward_stuck_runs_total", &[("action", action)]);
+    wait_for("more watchdog rounds", Duration::from_secs(10), || async {
+        Ok((started.elapsed() > Duration::from_secs(2)).then_some(()))
+    })
+    .await?;
+    assert_eq!(counted("requeued"), 1);
+    assert_eq!(counted("timer_fired"), 1);
+    assert_eq!(counted("paused"), 1);
+    assert_eq!(state_of(parked, "approval").await?, "awaiting_approval");
+    let page = steward_engine::metrics::page(&dog_store).await;
+    assert_eq!(
+        sample(&page, "steward_stuck_runs_total{action=\"paused\"}"),
+        Some(1.0),
+        "{page}"
+    );
+    let ledger = env.ledger().await?;
+    assert_eq!(
+        ledger
+            .executions
+            .iter()
+            .filter(|e| e.starts_with(&lost_job.to_string()))
+            .count(),
+        1,
+        "the lost job ran once, when dispatched again"
+    );
+    let _ = stop.send(true);
+    let _ = dog.await;
+    worker.stop().await;
+    Ok(())
+}

@@ -169,6 +169,11 @@ pub struct SchedulerConfig {
     pub tick: Dur,
     /// How many due timers it takes per shard per round.
     pub batch: usize,
+    /// How often the watchdog looks for running runs that nothing would move. Since v0.3.
+    pub watchdog_every: Dur,
+    /// How long such a run must stay unchanged before the watchdog repairs or pauses it.
+    /// Since v0.3.
+    pub stuck_after: Dur,
 }
 
 impl Default for SchedulerConfig {
@@ -176,6 +181,8 @@ impl Default for SchedulerConfig {
         Self {
             tick: Dur::millis(100),
             batch: 500,
+            watchdog_every: Dur::secs(10),
+            stuck_after: Dur::secs(60),
         }
     }
 }
@@ -429,6 +436,14 @@ impl Config {
             return Err(ConfigError(
                 "metrics.token: use at least 16 characters without spaces (e.g. `openssl rand -hex 24`)".to_owned(),
             ));
+        }
+        if self.scheduler.watchdog_every.get() < Duration::from_millis(100)
+            || self.scheduler.stuck_after.get() < Duration::from_secs(1)
+        {
+            return Err(ConfigError(format!(
+                "scheduler.watchdog-every = {}, scheduler.stuck-after = {}: use at least 100ms and 1s",
+                self.scheduler.watchdog_every, self.scheduler.stuck_after
+            )));
         }
         if self.scheduler.tick.get().is_zero() || self.scheduler.batch == 0 {
             return Err(ConfigError(

@@ -19,6 +19,7 @@ pub mod queue;
 pub mod scheduler;
 pub mod secrets;
 pub mod store;
+pub mod watchdog;
 pub mod worker;
 
 pub use clock::{Clock, SystemClock};

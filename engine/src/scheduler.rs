@@ -3,6 +3,9 @@
 //! One pipelined read per tick covers every shard, however many runs are parked: nothing polls
 //! per run. Several schedulers may run; a timer fires once because the transition script disarms
 //! it atomically (`ZREM` must succeed) when it commits the `timer_fired` event.
+//!
+//! Wherever a scheduler runs (`steward serve`, `steward worker --with-scheduler`), the watchdog
+//! ([`crate::watchdog`]) runs beside it.
 
 use std::time::Duration;
 

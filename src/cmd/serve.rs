@@ -10,6 +10,7 @@ use steward_engine::config::Config;
 use steward_engine::planner::Library;
 use steward_engine::scheduler::{self, SchedulerConfig};
 use steward_engine::store::DefinitionSource;
+use steward_engine::watchdog::{self, WatchdogConfig};
 use steward_workers::Registry;
 
 use super::{connect, shutdown_signal};
@@ -48,6 +49,15 @@ pub(crate) fn scheduler_config(config: &Config) -> SchedulerConfig {
         tick: config.scheduler.tick.get(),
         batch: config.scheduler.batch,
         concurrency: 64,
+    }
+}
+
+/// The watchdog that runs beside every scheduler.
+pub(crate) fn watchdog_config(config: &Config) -> WatchdogConfig {
+    WatchdogConfig {
+        every: config.scheduler.watchdog_every.get(),
+        stuck_after: config.scheduler.stuck_after.get(),
+        batch: 200,
     }
 }
 
@@ -105,8 +115,13 @@ pub(crate) async fn run(mut config: Config, args: ServeArgs) -> Result<ExitCode>
         let _ = rx.wait_for(|s| *s).await;
     };
     let sched = tokio::spawn(scheduler::run(
-        store,
+        store.clone(),
         scheduler_config(&config),
+        stopped(stop_rx.clone()),
+    ));
+    let dog = tokio::spawn(watchdog::run(
+        store,
+        watchdog_config(&config),
         stopped(stop_rx.clone()),
     ));
     let watcher = tokio::spawn(workflows.watch(stopped(stop_rx.clone())));
@@ -120,6 +135,7 @@ pub(crate) async fn run(mut config: Config, args: ServeArgs) -> Result<ExitCode>
         })
         .await?;
     let _ = sched.await;
+    let _ = dog.await;
     let _ = watcher.await;
     Ok(ExitCode::SUCCESS)
 }

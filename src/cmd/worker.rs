@@ -12,7 +12,8 @@ use steward_engine::scheduler;
 use steward_engine::worker::{self, Runtime};
 use steward_workers::{Registry, Services};
 
-use super::{connect, serve::scheduler_config, shutdown_signal};
+use super::serve::{scheduler_config, watchdog_config};
+use super::{connect, shutdown_signal};
 
 #[derive(Args, Debug)]
 pub(crate) struct WorkerArgs {
@@ -92,11 +93,13 @@ pub(crate) async fn run(mut config: Config, args: WorkerArgs) -> Result<ExitCode
     let queue = queue_config(&config);
     tracing::info!(consumer = %queue.consumer, "worker starting");
     let sched = args.with_scheduler.then(|| {
-        tokio::spawn(scheduler::run(
-            store.clone(),
-            scheduler_config(&config),
-            shutdown_signal(),
-        ))
+        let (store, config) = (store.clone(), config.clone());
+        tokio::spawn(async move {
+            tokio::join!(
+                scheduler::run(store.clone(), scheduler_config(&config), shutdown_signal()),
+                steward_engine::watchdog::run(store, watchdog_config(&config), shutdown_signal()),
+            );
+        })
     });
     worker::run(runtime, queue, shutdown_signal())
         .await
