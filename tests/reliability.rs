@@ -1015,3 +1015,131 @@ steps:
     worker.stop().await;
     Ok(())
 }
+
+/// Reads what the server sends until it closes the connection (or `within` passes: `None`).
+async fn until_closed(stream: &mut tokio::net::TcpStream, within: Duration) -> Option<String> {
+    use tokio::io::AsyncReadExt as _;
+    let mut got = Vec::new();
+    match tokio::time::timeout(within, stream.read_to_end(&mut got)).await {
+        Ok(_) => Some(String::from_utf8_lossy(&got).into_owned()),
+        Err(_) => None,
+    }
+}
+
+/// Issue 8 item 8: half-open and slow connections against a real `steward serve`: those beyond
+/// `http.max-connections` are answered 503 at once, the rest are closed after
+/// `http.header-timeout`, a body that does not arrive gets 408 after `http.body-timeout`, and
+/// `/healthz` answers throughout (503 at the limit, 200 as soon as slow connections are cut).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_half_open_clients_do_not_starve_healthz() -> Result<()> {
+    use tokio::io::AsyncWriteExt as _;
+    let env = Env::start(Persistence::None).await?;
+    let dir = tempfile::tempdir()?;
+    let flows = dir.path().join("workflows");
+    std::fs::create_dir(&flows)?;
+    std::fs::write(flows.join("writes.yaml"), LEDGER)?;
+    let config = dir.path().join("steward.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}\n[http]\nheader-timeout = \"1s\"\nbody-timeout = \"1s\"\nmax-connections = 32\n",
+            std::fs::read_to_string(env.config_file())?
+        ),
+    )?;
+    let mut args = env.cli_args();
+    let at = args
+        .iter()
+        .position(|a| a == "--config")
+        .context("--config")?
+        + 1;
+    args[at] = config.display().to_string();
+    args.extend(
+        [
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--workflows",
+            &flows.display().to_string(),
+        ]
+        .map(str::to_owned),
+    );
+    let serve = Proc::spawn(std::path::Path::new(BIN), dir.path(), "serve", &args)?;
+    let api = printed_url(&serve, "API on ").await?;
+    let addr = api.trim_start_matches("http://").to_owned();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let healthz = |http: reqwest::Client| {
+        let url = format!("{api}/healthz");
+        async move { anyhow::Ok(http.get(url).send().await?.status().as_u16()) }
+    };
+    assert_eq!(healthz(http.clone()).await?, 200);
+
+    // 64 connections: half say nothing, half send part of a request head and stop.
+    let mut held = Vec::new();
+    for i in 0..64 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await?;
+        if i % 2 == 1 {
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: steward\r\nX-Slow: ")
+                .await?;
+        }
+        held.push(s);
+    }
+    let opened = std::time::Instant::now();
+    // Never a hang: at the limit the answer is an immediate 503.
+    let status = healthz(http.clone()).await?;
+    assert!(status == 200 || status == 503, "{status}");
+    // A body that never arrives.
+    // (Until a place is free, a new connection is refused with 503: try again.)
+    let mut slow_body = wait_for("a place for a slow body", Duration::from_secs(10), || {
+        let addr = addr.clone();
+        async move {
+            let mut s = tokio::net::TcpStream::connect(&addr).await?;
+            s.write_all(
+                b"POST /v1/runs HTTP/1.1\r\nHost: steward\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"work",
+            )
+            .await?;
+            let mut peek = [0u8; 12];
+            Ok(
+                match tokio::time::timeout(Duration::from_millis(300), s.peek(&mut peek)).await {
+                    Ok(Ok(n)) if peek[..n].starts_with(b"HTTP/1.1 503") => None,
+                    _ => Some(s),
+                },
+            )
+        }
+    })
+    .await?;
+    let back = wait_for(
+        "/healthz to answer 200 again",
+        Duration::from_secs(10),
+        || {
+            let http = http.clone();
+            async move { Ok((healthz(http).await? == 200).then_some(())) }
+        },
+    )
+    .await;
+    let back_after = opened.elapsed();
+    back.with_context(|| serve.log_text())?;
+    let answer = until_closed(&mut slow_body, Duration::from_secs(5))
+        .await
+        .context("the slow body's connection was not closed")?;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("http.body-timeout"), "{answer}");
+    // Every held connection was closed by the server: 503 at once beyond the limit, closed
+    // after the header timeout within it.
+    let mut refused = 0;
+    for s in &mut held {
+        let got = until_closed(s, Duration::from_secs(5))
+            .await
+            .context("a half-open connection was still open")?;
+        if got.starts_with("HTTP/1.1 503") {
+            refused += 1;
+        }
+    }
+    assert!(refused >= 32, "{refused} of 64 refused at the limit of 32");
+    println!(
+        "/healthz answered 200 again {back_after:?} after 64 half-open connections (limit 32, header timeout 1s)"
+    );
+    assert!(back_after < Duration::from_secs(4), "{back_after:?}");
+    Ok(())
+}

@@ -201,6 +201,14 @@ pub struct HttpConfig {
     pub link_key: Option<Secret>,
     /// The folder of workflow files the API offers.
     pub workflows: String,
+    /// How long a client has to send a request's head, from opening the connection or from
+    /// the last response on it; slower or idle connections are closed. Since v0.3.
+    pub header_timeout: Dur,
+    /// How long a client has to send a request's whole body (408 after). Since v0.3.
+    pub body_timeout: Dur,
+    /// How many connections are served at once; one more is answered 503 and closed. Keep it
+    /// below the process's file limit (`LimitNOFILE` in the systemd unit). Since v0.3.
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
@@ -210,6 +218,20 @@ impl Default for HttpConfig {
             public_url: None,
             link_key: None,
             workflows: "workflows".to_owned(),
+            header_timeout: Dur::secs(10),
+            body_timeout: Dur::secs(30),
+            max_connections: 1024,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The server loop's limits.
+    pub fn limits(&self) -> crate::api::server::Limits {
+        crate::api::server::Limits {
+            header_timeout: self.header_timeout.get(),
+            body_timeout: self.body_timeout.get(),
+            max_connections: self.max_connections,
         }
     }
 }
@@ -421,6 +443,20 @@ impl Config {
             return Err(ConfigError(format!(
                 "secrets.link-ttl = {}: use at least 1m",
                 self.secrets.link_ttl
+            )));
+        }
+        if self.http.header_timeout.get() < Duration::from_millis(100)
+            || self.http.body_timeout.get() < Duration::from_millis(100)
+        {
+            return Err(ConfigError(format!(
+                "http.header-timeout = {}, http.body-timeout = {}: use at least 100ms each",
+                self.http.header_timeout, self.http.body_timeout
+            )));
+        }
+        if self.http.max_connections == 0 || self.http.max_connections > 1_000_000 {
+            return Err(ConfigError(format!(
+                "http.max-connections = {}: use 1 to 1000000 (and raise LimitNOFILE to match)",
+                self.http.max_connections
             )));
         }
         if let Some(l) = &self.metrics.listen

@@ -128,12 +128,11 @@ pub(crate) async fn run(mut config: Config, args: ServeArgs) -> Result<ExitCode>
     tracing::info!(%addr, "API and scheduler starting");
     println!("steward serve: API on http://{addr}, scheduler running");
     let app = steward_engine::api::app(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            let _ = stop_tx.send(true);
-        })
-        .await?;
+    steward_engine::api::server::serve(listener, app, config.http.limits(), async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    })
+    .await;
     let _ = sched.await;
     let _ = dog.await;
     let _ = watcher.await;

@@ -82,11 +82,13 @@ pub(crate) async fn run(mut config: Config, args: WorkerArgs) -> Result<ExitCode
                 config.metrics.token.as_ref().map(|t| t.0.clone()),
             );
             println!("steward worker: metrics on http://{local}/metrics");
-            Some(tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, app).await {
-                    tracing::error!(error = %e, "the metrics listener stopped");
-                }
-            }))
+            let limits = config.http.limits();
+            Some(tokio::spawn(steward_engine::api::server::serve(
+                listener,
+                app,
+                limits,
+                std::future::pending(),
+            )))
         }
         None => None,
     };

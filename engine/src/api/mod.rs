@@ -11,6 +11,7 @@ pub mod extract;
 mod html;
 pub mod runs;
 mod secrets;
+pub mod server;
 pub mod technicians;
 mod workflows;
 
