@@ -1143,3 +1143,164 @@ async fn slow_and_half_open_clients_do_not_starve_healthz() -> Result<()> {
     assert!(back_after < Duration::from_secs(4), "{back_after:?}");
     Ok(())
 }
+
+/// The consumers of a shard's group: (name, pending).
+async fn consumers(env: &Env, shard: u16) -> Result<Vec<(String, u64)>> {
+    let raw: Vec<std::collections::HashMap<String, redis::Value>> = env
+        .store
+        .db()
+        .query(
+            redis::cmd("XINFO")
+                .arg("CONSUMERS")
+                .arg(env.store.keys().steps(shard))
+                .arg(GROUP),
+        )
+        .await?;
+    Ok(raw
+        .into_iter()
+        .map(|c| {
+            let name: String = c
+                .get("name")
+                .and_then(|v| redis::from_redis_value_ref(v).ok())
+                .unwrap_or_default();
+            let pending: u64 = c
+                .get("pending")
+                .and_then(|v| redis::from_redis_value_ref(v).ok())
+                .unwrap_or_default();
+            (name, pending)
+        })
+        .collect())
+}
+
+/// Issue 8 item 9: consumers of stopped workers are removed once they hold no job (one that
+/// still holds a job is kept), and runs that ended past the retention period are deleted with
+/// their history and index entries, while running runs are kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn housekeeping_removes_dead_consumers_and_ended_runs_past_retention() -> Result<()> {
+    use steward_engine::housekeeping::{HousekeepingConfig, Swept, round};
+    let env = Env::start(Persistence::None).await?;
+    Auth::for_store(&env.store)
+        .add_technician(
+            "alice@msp.example",
+            "alice",
+            Role::Technician,
+            CompanyScope::Only(vec!["contoso".parse()?]),
+        )
+        .await?;
+    let ledger = plan(LEDGER);
+    let gated = plan(GATED);
+    let keys = env.store.keys().clone();
+    let count_all = || async {
+        let mut n = 0;
+        for s in keys.all_shards() {
+            n += consumers(&env, s).await?.len();
+        }
+        anyhow::Ok(n)
+    };
+
+    // Three worker starts: each leaves a consumer in the shards it received jobs from.
+    let mut done = Vec::new();
+    let mut parked = None;
+    for i in 0..3 {
+        let w = env.worker(WorkerOpts::default()).await?;
+        let before = count_all().await?;
+        let mut runs = Vec::new();
+        for n in 0..3 {
+            runs.push(env.start_run(&ledger, json!({ "n": 10 * i + n })).await?);
+        }
+        for run in &runs {
+            env.wait_end(*run, Duration::from_secs(20)).await?;
+        }
+        done.extend(runs);
+        if i == 0 {
+            let run = env.start_run(&gated, json!({"n": 99})).await?;
+            let store = &env.store;
+            wait_for("the gate to open", Duration::from_secs(20), || async {
+                let snap = store.load(run).await?.context("the run")?;
+                Ok(
+                    (snap.doc.state.steps["approval"].state.name() == "awaiting_approval")
+                        .then_some(()),
+                )
+            })
+            .await?;
+            parked = Some(run);
+        }
+        w.stop().await;
+        assert!(count_all().await? > before, "worker {i} left consumers");
+    }
+    let stopped = count_all().await?;
+    let parked = parked.context("the parked run")?;
+    // A consumer that still holds a job (its worker died with it).
+    let held = env.start_run(&ledger, json!({"n": 100})).await?;
+    let held_shard = keys.shard_of(held);
+    let _: redis::Value = env
+        .store
+        .db()
+        .query(
+            redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(GROUP)
+                .arg("dead-holder")
+                .arg("COUNT")
+                .arg(1)
+                .arg("STREAMS")
+                .arg(keys.steps(held_shard))
+                .arg(">"),
+        )
+        .await?;
+    assert_eq!(count_all().await?, stopped + 1);
+
+    // With the defaults nothing is old enough yet.
+    assert_eq!(
+        round(&env.store, &HousekeepingConfig::default()).await?,
+        Swept::default()
+    );
+
+    let now = HousekeepingConfig {
+        retention: Some(Duration::ZERO),
+        consumer_idle: Duration::ZERO,
+        ..HousekeepingConfig::default()
+    };
+    let swept = round(&env.store, &now).await?;
+    assert_eq!(
+        swept,
+        Swept {
+            consumers: stopped,
+            runs: 9
+        }
+    );
+    assert_eq!(
+        consumers(&env, held_shard).await?,
+        vec![("dead-holder".to_owned(), 1)],
+        "the consumer that holds a job is kept"
+    );
+    for run in &done {
+        let shard = keys.shard_of(*run);
+        let mut pipe = redis::pipe();
+        pipe.cmd("EXISTS")
+            .arg(keys.run(*run))
+            .arg(keys.history(*run))
+            .cmd("ZSCORE")
+            .arg(keys.runs(shard))
+            .arg(run.to_string())
+            .cmd("ZSCORE")
+            .arg(keys.runs_in_status(shard, "completed"))
+            .arg(run.to_string())
+            .cmd("ZSCORE")
+            .arg(keys.runs_of_company(shard, &"contoso".parse()?))
+            .arg(run.to_string());
+        let (exists, a, b, c): (u64, Option<f64>, Option<f64>, Option<f64>) =
+            env.store.db().pipe(&pipe).await?;
+        assert_eq!((exists, a, b, c), (0, None, None, None), "{run} is gone");
+    }
+    for run in [parked, held] {
+        assert!(env.store.load(run).await?.is_some(), "{run} is kept");
+        assert!(!env.store.history(run).await?.is_empty());
+    }
+    assert_eq!(
+        round(&env.store, &now).await?,
+        Swept::default(),
+        "nothing left to do"
+    );
+    Ok(())
+}

@@ -25,6 +25,44 @@ pub struct Config {
     pub secrets: SecretsConfig,
     /// `/metrics` on serve and workers. Since v0.3.
     pub metrics: MetricsConfig,
+    /// What is removed as it grows: dead stream consumers, ended runs. Since v0.3.
+    pub housekeeping: HousekeepingConfig,
+}
+
+/// Housekeeping beside every scheduler (see `crate::housekeeping`). Since v0.3.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct HousekeepingConfig {
+    /// How often it runs.
+    pub every: Dur,
+    /// How long after they ended runs that completed, were cancelled or rolled back are kept
+    /// (with their history); `0s`: forever. Runs that ended `rollback_failed` are always kept.
+    pub retention: Dur,
+    /// How long a step-stream consumer that holds no job (a stopped worker's) must have been
+    /// idle before it is removed.
+    pub consumer_idle: Dur,
+}
+
+impl Default for HousekeepingConfig {
+    fn default() -> Self {
+        Self {
+            every: Dur::secs(600),
+            retention: Dur::secs(90 * 86_400),
+            consumer_idle: Dur::secs(3600),
+        }
+    }
+}
+
+impl HousekeepingConfig {
+    /// The housekeeping task's settings.
+    pub fn settings(&self) -> crate::housekeeping::HousekeepingConfig {
+        crate::housekeeping::HousekeepingConfig {
+            every: self.every.get(),
+            retention: Some(self.retention.get()).filter(|d| !d.is_zero()),
+            consumer_idle: self.consumer_idle.get(),
+            batch: 500,
+        }
+    }
 }
 
 /// `/metrics`: served by `steward serve` beside the API, and by each `steward worker` on its own
@@ -457,6 +495,14 @@ impl Config {
             return Err(ConfigError(format!(
                 "http.max-connections = {}: use 1 to 1000000 (and raise LimitNOFILE to match)",
                 self.http.max_connections
+            )));
+        }
+        if self.housekeeping.every.get() < Duration::from_secs(1)
+            || self.housekeeping.consumer_idle.get() < Duration::from_secs(60)
+        {
+            return Err(ConfigError(format!(
+                "housekeeping.every = {}, housekeeping.consumer-idle = {}: use at least 1s and 1m",
+                self.housekeeping.every, self.housekeeping.consumer_idle
             )));
         }
         if let Some(l) = &self.metrics.listen

@@ -11,6 +11,7 @@ pub mod companies;
 pub mod config;
 pub mod db;
 pub mod embedded;
+pub mod housekeeping;
 pub mod keys;
 pub mod links;
 pub mod metrics;

@@ -120,8 +120,13 @@ pub(crate) async fn run(mut config: Config, args: ServeArgs) -> Result<ExitCode>
         stopped(stop_rx.clone()),
     ));
     let dog = tokio::spawn(watchdog::run(
-        store,
+        store.clone(),
         watchdog_config(&config),
+        stopped(stop_rx.clone()),
+    ));
+    let sweep = tokio::spawn(steward_engine::housekeeping::run(
+        store,
+        config.housekeeping.settings(),
         stopped(stop_rx.clone()),
     ));
     let watcher = tokio::spawn(workflows.watch(stopped(stop_rx.clone())));
@@ -135,6 +140,7 @@ pub(crate) async fn run(mut config: Config, args: ServeArgs) -> Result<ExitCode>
     .await;
     let _ = sched.await;
     let _ = dog.await;
+    let _ = sweep.await;
     let _ = watcher.await;
     Ok(ExitCode::SUCCESS)
 }

@@ -99,7 +99,16 @@ pub(crate) async fn run(mut config: Config, args: WorkerArgs) -> Result<ExitCode
         tokio::spawn(async move {
             tokio::join!(
                 scheduler::run(store.clone(), scheduler_config(&config), shutdown_signal()),
-                steward_engine::watchdog::run(store, watchdog_config(&config), shutdown_signal()),
+                steward_engine::watchdog::run(
+                    store.clone(),
+                    watchdog_config(&config),
+                    shutdown_signal()
+                ),
+                steward_engine::housekeeping::run(
+                    store,
+                    config.housekeeping.settings(),
+                    shutdown_signal()
+                ),
             );
         })
     });
