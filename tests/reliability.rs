@@ -1304,3 +1304,102 @@ async fn housekeeping_removes_dead_consumers_and_ended_runs_past_retention() -> 
     );
     Ok(())
 }
+
+/// Issue 8 item 7: what one run may store is capped: inputs and the created document answer
+/// 413 naming the setting; a step's output beyond its cap is replaced by a note naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_one_run_may_store_is_capped_and_the_errors_name_the_limit() -> Result<()> {
+    use steward_engine::store::Limits;
+    let env = Env::start(Persistence::None).await?;
+    let dir = tempfile::tempdir()?;
+    std::fs::write(
+        dir.path().join("sized.yaml"),
+        r#"
+name: sized
+inputs: {blob: {type: string}}
+steps:
+  - {id: big, op: noop, with: {output: "${{ inputs.blob }}"}}
+"#,
+    )?;
+    let registry = Registry::builtin();
+    let load = || Workflows::load_dir(dir.path(), &registry).map_err(|e| anyhow::anyhow!("{e}"));
+    let limits = Limits {
+        max_input_bytes: 4096,
+        max_output_bytes: 1024,
+        max_document_bytes: 65_536,
+    };
+    let http = reqwest::Client::new();
+    let start = |base: String, token: String, blob: usize| {
+        let http = http.clone();
+        async move {
+            send(
+                http.post(format!("{base}/v1/runs"))
+                    .bearer_auth(token)
+                    .json(&json!({"workflow": "sized", "company": "contoso", "inputs": {"blob": "x".repeat(blob)}})),
+            )
+            .await
+        }
+    };
+    let (base, token) = serve(&env, env.store().await?.with_limits(limits), load()?).await?;
+    let (status, body) = start(base.clone(), token.clone(), 5000).await?;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(body["error"]["field"], "inputs", "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("limits.max-input-bytes") && message.contains("4096"),
+        "{body}"
+    );
+    let (status, body) = start(base.clone(), token.clone(), 2000).await?;
+    assert_eq!(status, 201, "{body}");
+    let run: RunId = body["run"].as_str().context("the run id")?.parse()?;
+
+    // The worker stores a note instead of the 2 KB output, and the run completes.
+    let store = env.store().await?.with_limits(limits);
+    let runtime = Runtime {
+        store: store.clone(),
+        companies: env.companies(),
+        registry: Registry::builtin(),
+        services: Services {
+            redis: Some(store.db().manager()),
+            namespace: env.namespace.clone(),
+        },
+    };
+    let mut queue = StepQueue::start(
+        store,
+        env.companies(),
+        QueueConfig {
+            consumer: steward_engine::worker::consumer_name(),
+            concurrency: 2,
+            block: Duration::from_millis(200),
+            claim_idle: Duration::from_secs(30),
+            max_deliveries: 5,
+        },
+    );
+    let d = receive(&mut queue, 1).await?.remove(0);
+    runtime.execute(d).await;
+    let status = env.wait_end(run, Duration::from_secs(10)).await?;
+    assert!(matches!(status, RunStatus::Completed { .. }), "{status:?}");
+    let snap = env.store.load(run).await?.context("the run")?;
+    let steward_schemas::StepState::Succeeded { output, .. } = &snap.doc.state.steps["big"].state
+    else {
+        anyhow::bail!("{:?}", snap.doc.state.steps["big"]);
+    };
+    let note = output["output_too_large"].as_str().unwrap_or_default();
+    assert!(note.contains("limits.max-output-bytes"), "{output}");
+
+    // The document as a whole.
+    let small_doc = Limits {
+        max_document_bytes: 2048,
+        ..limits
+    };
+    let (base, token) = serve(&env, env.store().await?.with_limits(small_doc), load()?).await?;
+    let (status, body) = start(base, token, 3000).await?;
+    assert_eq!(status, 413, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("limits.max-document-bytes")),
+        "{body}"
+    );
+    Ok(())
+}

@@ -27,6 +27,42 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// What is removed as it grows: dead stream consumers, ended runs. Since v0.3.
     pub housekeeping: HousekeepingConfig,
+    /// How much one run may store. Since v0.3.
+    pub limits: LimitsConfig,
+}
+
+/// How much one run may store (bytes of JSON). Since v0.3.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// A run's inputs: a larger start is refused with 413 naming this setting.
+    pub max_input_bytes: usize,
+    /// One step's output: a larger one is replaced by a note naming this setting.
+    pub max_output_bytes: usize,
+    /// A run's document when it is created (inputs, company settings, steps): 413 beyond.
+    pub max_document_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let d = crate::store::Limits::default();
+        Self {
+            max_input_bytes: d.max_input_bytes,
+            max_output_bytes: d.max_output_bytes,
+            max_document_bytes: d.max_document_bytes,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The store's limits.
+    pub fn store_limits(&self) -> crate::store::Limits {
+        crate::store::Limits {
+            max_input_bytes: self.max_input_bytes,
+            max_output_bytes: self.max_output_bytes,
+            max_document_bytes: self.max_document_bytes,
+        }
+    }
 }
 
 /// Housekeeping beside every scheduler (see `crate::housekeeping`). Since v0.3.
@@ -504,6 +540,15 @@ impl Config {
                 "housekeeping.every = {}, housekeeping.consumer-idle = {}: use at least 1s and 1m",
                 self.housekeeping.every, self.housekeeping.consumer_idle
             )));
+        }
+        let l = &self.limits;
+        if [l.max_input_bytes, l.max_output_bytes, l.max_document_bytes]
+            .iter()
+            .any(|n| *n < 1024 || *n > 64 * 1024 * 1024)
+        {
+            return Err(ConfigError(
+                "limits.max-input-bytes, max-output-bytes and max-document-bytes: use 1024 to 67108864 each".to_owned(),
+            ));
         }
         if let Some(l) = &self.metrics.listen
             && l.parse::<std::net::SocketAddr>().is_err()

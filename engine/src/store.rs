@@ -50,6 +50,20 @@ pub enum Error {
     /// The run's inputs are wrong.
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Inputs(Vec<InputProblem>),
+    /// Something a request would store is larger than its configured limit.
+    #[error("{what} would be {size} bytes, more than {setting} ({limit} bytes)")]
+    TooLarge {
+        /// What (`the run's inputs`).
+        what: &'static str,
+        /// The field at fault in the request (`inputs`).
+        field: &'static str,
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+        /// The setting that holds the limit.
+        setting: &'static str,
+    },
     /// The run could not be created.
     #[error("the run could not start: {0}")]
     Start(TransitionError),
@@ -131,6 +145,27 @@ pub struct NewRun {
     pub ticket: Option<TicketRef>,
 }
 
+/// How much one run may store (`[limits]` in the configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// A run's inputs, as JSON.
+    pub max_input_bytes: usize,
+    /// One step's output, as JSON; a larger output is replaced by a note naming the limit.
+    pub max_output_bytes: usize,
+    /// A run's document when it is created, as JSON (inputs, company settings, steps).
+    pub max_document_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_input_bytes: 64 * 1024,
+            max_output_bytes: 256 * 1024,
+            max_document_bytes: 1024 * 1024,
+        }
+    }
+}
+
 /// Runs on Redis. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -145,6 +180,8 @@ pub struct Store {
     fallback: Option<DefinitionSource>,
     /// This process's counters (see [`crate::metrics`]), shared by every clone.
     metrics: Arc<crate::metrics::Metrics>,
+    /// How much one run may store.
+    limits: Limits,
 }
 
 /// Finds a compiled workflow by content hash outside Redis (the workflow files a server
@@ -286,7 +323,19 @@ impl Store {
             secrets: None,
             fallback: None,
             metrics: Arc::default(),
+            limits: Limits::default(),
         }
+    }
+
+    /// This store, with `limits` on what one run may store.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The limits on what one run may store.
+    pub fn limits(&self) -> Limits {
+        self.limits
     }
 
     /// This process's counters and histograms (one registry shared by every clone of the store,
@@ -441,6 +490,16 @@ impl Store {
     /// is stored.
     pub async fn create_run(&self, new: NewRun) -> Result<RunId> {
         let inputs = prepare_inputs(new.plan.def(), &new.inputs).map_err(Error::Inputs)?;
+        let size = serde_json::to_string(&inputs).map_err(corrupt)?.len();
+        if size > self.limits.max_input_bytes {
+            return Err(Error::TooLarge {
+                what: "the run's inputs",
+                field: "inputs",
+                size,
+                limit: self.limits.max_input_bytes,
+                setting: "limits.max-input-bytes",
+            });
+        }
         self.put_definition(&new.plan).await?;
         let now = self.clock.now();
         let run_id = RunId::from_ulid(ulid::Ulid::from_datetime(now.to_datetime().into()));
@@ -790,6 +849,17 @@ impl Store {
     ) -> Result<Reply> {
         let keys = self.keys.commit_keys(run);
         let doc_json = serde_json::to_string(doc).map_err(corrupt)?;
+        // Checked when a run is created; later growth comes from step outputs, each capped by
+        // the worker (refusing a worker's outcome here would leave its job to be run again).
+        if expected == 0 && doc_json.len() > self.limits.max_document_bytes {
+            return Err(Error::TooLarge {
+                what: "the run's document",
+                field: "inputs",
+                size: doc_json.len(),
+                limit: self.limits.max_document_bytes,
+                setting: "limits.max-document-bytes",
+            });
+        }
         let extra = std::mem::take(&mut plan.extra_keys);
         let plan = serde_json::to_string(&plan).map_err(corrupt)?;
         let mut inv = self.commit.prepare_invoke();

@@ -347,6 +347,7 @@ impl Runtime {
             }
         };
         let mut event = outcome_event(job, result);
+        cap_output(&mut event, self.store.limits().max_output_bytes);
         // Whatever the op copied out of a secret is sealed again (or hidden) before it is stored.
         crate::secrets::runs::protect(secrets, delivery.run, &opened, &mut event);
         event
@@ -393,6 +394,23 @@ fn open_gate(
         admins: directory.enabled_admins(),
         approvers,
         escalation,
+    }
+}
+
+/// Replaces a succeeded step's output larger than `limit` bytes (as JSON) by a note naming the
+/// limit: the step's change and its rollback record are kept (failing the step would lose the
+/// record of a change that was made), and a later step that needs the output fails loudly.
+fn cap_output(event: &mut Event, limit: usize) {
+    if let Event::StepSucceeded { step, output, .. } = event {
+        let size = serde_json::to_string(output).map_or(0, |s| s.len());
+        if size > limit {
+            warn!(step.name = %step, size, limit, "the op's output is larger than limits.max-output-bytes; stored a note instead");
+            *output = serde_json::json!({
+                "output_too_large": format!(
+                    "the op's output was {size} bytes, more than limits.max-output-bytes ({limit} bytes); it was not stored"
+                )
+            });
+        }
     }
 }
 

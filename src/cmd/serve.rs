@@ -81,6 +81,7 @@ pub(crate) async fn run(mut config: Config, args: ServeArgs) -> Result<ExitCode>
     // A definition Redis lost is written back from the workflow files as soon as a run needs it.
     let store = connect(&config)
         .await?
+        .with_limits(config.limits.store_limits())
         .with_definitions(DefinitionSource::new({
             let workflows = workflows.clone();
             move |hash| {

@@ -60,7 +60,9 @@ pub(crate) async fn run(mut config: Config, args: WorkerArgs) -> Result<ExitCode
     }
     config.validate()?;
     steward_engine::secrets::require(&config.secrets, "worker")?;
-    let store = connect(&config).await?;
+    let store = connect(&config)
+        .await?
+        .with_limits(config.limits.store_limits());
     let services = Services {
         redis: Some(store.db().manager()),
         namespace: config.redis.namespace.clone(),

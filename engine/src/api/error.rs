@@ -234,6 +234,17 @@ impl From<crate::store::Error> for ApiError {
                 .unwrap_or_default(),
             ),
             E::Contention(_) => Self::conflict(e.to_string()),
+            E::TooLarge {
+                field, setting, ..
+            } => Self::status_code(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                e.to_string(),
+            )
+            .with_field(field)
+            .with_fix(format!(
+                "send less (large data belongs in the systems the ops reach, not in the run), or ask an operator to raise {setting}"
+            )),
             E::NoSuchDefinition(hash) => {
                 Self::conflict(missing_definition(&hash)).with_fix(MISSING_DEFINITION_FIX)
             }
