@@ -1403,3 +1403,99 @@ steps:
     );
     Ok(())
 }
+
+/// Issue 8 item 4: `redis.durability` is checked against the server at start: `always` needs
+/// `appendfsync always`, `waitaof` needs WAITAOF (Redis 7.2+); `serve` refuses to start
+/// otherwise, naming the setting and the fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_durability_mode_is_checked_against_the_server() -> Result<()> {
+    use steward_engine::store::{Durability, NewRun};
+    let env = Env::start(Persistence::None).await?;
+    let store = env.store().await?;
+    store
+        .clone()
+        .with_durability(Durability::Everysec)
+        .check_durability()
+        .await?;
+    let err = store
+        .clone()
+        .with_durability(Durability::Always)
+        .check_durability()
+        .await
+        .expect_err("no AOF: always is refused")
+        .to_string();
+    assert!(
+        err.contains("appendfsync always") && err.contains("appendonly no"),
+        "{err}"
+    );
+    let err = store
+        .clone()
+        .with_durability(Durability::Waitaof)
+        .check_durability()
+        .await
+        .expect_err("waitaof is refused here (no WAITAOF before Redis 7.2, or no AOF)")
+        .to_string();
+    assert!(err.contains("redis.durability = waitaof"), "{err}");
+
+    // `serve` refuses to start with a mode the server does not offer.
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("steward.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}\n[redis]\ndurability = \"always\"\n",
+            std::fs::read_to_string(env.config_file())?
+        ),
+    )?;
+    let mut args = env.cli_args();
+    let at = args
+        .iter()
+        .position(|a| a == "--config")
+        .context("--config")?
+        + 1;
+    args[at] = config.display().to_string();
+    args.extend(
+        [
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--workflows",
+            &dir.path().display().to_string(),
+        ]
+        .map(str::to_owned),
+    );
+    let mut serve = Proc::spawn(std::path::Path::new(BIN), dir.path(), "serve", &args)?;
+    wait_for("serve to refuse to start", Duration::from_secs(20), || {
+        let alive = serve.alive();
+        async move { Ok((!alive).then_some(())) }
+    })
+    .await?;
+    assert!(
+        serve.log_text().contains("redis.durability = always needs"),
+        "{}",
+        serve.log_text()
+    );
+
+    // With the server fsyncing every write, `always` is accepted and runs start.
+    for (k, v) in [("appendonly", "yes"), ("appendfsync", "always")] {
+        env.store
+            .db()
+            .query::<()>(redis::cmd("CONFIG").arg("SET").arg(k).arg(v))
+            .await?;
+    }
+    let always = store.with_durability(Durability::Always);
+    always.check_durability().await?;
+    let run = always
+        .create_run(NewRun {
+            plan: plan(LEDGER),
+            company: "contoso".parse()?,
+            company_settings: serde_json::Map::new(),
+            inputs: json!({"n": 1}).as_object().cloned().unwrap_or_default(),
+            requested_by: "test".to_owned(),
+            start_at: None,
+            ticket: None,
+        })
+        .await?;
+    assert!(env.store.load(run).await?.is_some());
+    Ok(())
+}

@@ -128,6 +128,11 @@ pub struct RedisConfig {
     pub shards: u16,
     /// How long a request may take before it counts as failed.
     pub response_timeout: Dur,
+    /// When a new run counts as started, i.e. what a power loss may lose: `everysec` (up to a
+    /// second of runs, with the AOF's default fsync), `always` (none; the server must have
+    /// `appendfsync always`), `waitaof` (none; `WAITAOF` after each new run, Redis 7.2+).
+    /// Checked against the server at start. Since v0.3.
+    pub durability: crate::store::Durability,
 }
 
 impl std::fmt::Debug for RedisConfig {
@@ -137,6 +142,7 @@ impl std::fmt::Debug for RedisConfig {
             .field("namespace", &self.namespace)
             .field("shards", &self.shards)
             .field("response_timeout", &self.response_timeout)
+            .field("durability", &self.durability)
             .finish()
     }
 }
@@ -205,6 +211,7 @@ impl Default for RedisConfig {
             namespace: "steward".to_owned(),
             shards: 8,
             response_timeout: Dur::secs(5),
+            durability: crate::store::Durability::default(),
         }
     }
 }

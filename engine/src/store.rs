@@ -50,6 +50,14 @@ pub enum Error {
     /// The run's inputs are wrong.
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Inputs(Vec<InputProblem>),
+    /// A new run was committed but Redis did not confirm it durable in the chosen mode.
+    #[error(
+        "run {0} was created, but Redis did not confirm it written to its AOF within 5 s (redis.durability = waitaof); check the Redis server's disk, then look the run up before starting it again"
+    )]
+    NotDurable(RunId),
+    /// The Redis server does not offer the durability configured.
+    #[error("{0}")]
+    Durability(String),
     /// Something a request would store is larger than its configured limit.
     #[error("{what} would be {size} bytes, more than {setting} ({limit} bytes)")]
     TooLarge {
@@ -145,6 +153,25 @@ pub struct NewRun {
     pub ticket: Option<TicketRef>,
 }
 
+/// When a new run counts as started (`redis.durability`): what a power loss right after the
+/// API answered may lose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Redis's AOF with `appendfsync everysec`: up to a second of accepted runs.
+    #[default]
+    Everysec,
+    /// The server fsyncs its AOF before every reply (`appendfsync always`, checked at start):
+    /// nothing acknowledged.
+    Always,
+    /// After creating a run, `WAITAOF 1 0` until the local AOF has it (Redis 7.2 or later,
+    /// checked at start): nothing acknowledged, without paying an fsync per write elsewhere.
+    Waitaof,
+}
+
+/// How long a new run waits for `WAITAOF`.
+const WAITAOF_TIMEOUT_MS: u64 = 5000;
+
 /// How much one run may store (`[limits]` in the configuration).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -182,6 +209,8 @@ pub struct Store {
     metrics: Arc<crate::metrics::Metrics>,
     /// How much one run may store.
     limits: Limits,
+    /// When a new run counts as started.
+    durability: Durability,
 }
 
 /// Finds a compiled workflow by content hash outside Redis (the workflow files a server
@@ -324,6 +353,70 @@ impl Store {
             fallback: None,
             metrics: Arc::default(),
             limits: Limits::default(),
+            durability: Durability::default(),
+        }
+    }
+
+    /// This store, confirming new runs durable in mode `durability`.
+    pub fn with_durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// Checks that the Redis server offers the configured durability; call at start. A server
+    /// whose `CONFIG` command is disabled (managed Redis) is trusted for `always`.
+    pub async fn check_durability(&self) -> Result<()> {
+        let config = |name: &'static str| async move {
+            self.db
+                .query::<Vec<String>>(redis::cmd("CONFIG").arg("GET").arg(name))
+                .await
+                .ok()
+                .and_then(|v| v.get(1).cloned())
+        };
+        let aof = config("appendonly").await;
+        let fsync = config("appendfsync").await;
+        match self.durability {
+            Durability::Everysec => {
+                if aof.as_deref() == Some("no") {
+                    warn!(
+                        "redis.durability = everysec, but the Redis server has appendonly no: every run since its last snapshot is lost if it stops; set appendonly yes (deploy/redis.conf)"
+                    );
+                }
+                Ok(())
+            }
+            Durability::Always => match (aof.as_deref(), fsync.as_deref()) {
+                (Some("yes"), Some("always")) | (None, _) => Ok(()),
+                (aof, fsync) => Err(Error::Durability(format!(
+                    "redis.durability = always needs the Redis server to fsync its AOF before every reply, but it has appendonly {} and appendfsync {}; set `appendonly yes` and `appendfsync always` in its redis.conf (or CONFIG SET), or choose redis.durability = everysec",
+                    aof.unwrap_or("?"),
+                    fsync.unwrap_or("?")
+                ))),
+            },
+            Durability::Waitaof => {
+                let probe = self
+                    .db
+                    .query::<redis::Value>(redis::cmd("WAITAOF").arg(0).arg(0).arg(1))
+                    .await;
+                if let Err(e) = probe {
+                    let version = self
+                        .db
+                        .query::<String>(redis::cmd("INFO").arg("server"))
+                        .await
+                        .ok()
+                        .and_then(|i| {
+                            i.lines()
+                                .find_map(|l| l.strip_prefix("redis_version:").map(str::to_owned))
+                        })
+                        .unwrap_or_else(|| "unknown".to_owned());
+                    return Err(Error::Durability(format!(
+                        "redis.durability = waitaof needs WAITAOF (Redis 7.2 or later); this server (version {version}) answered: {e}; upgrade Redis, or choose redis.durability = always (appendfsync always) or everysec"
+                    )));
+                }
+                if aof.as_deref() == Some("no") {
+                    return Err(Error::Durability("redis.durability = waitaof needs the Redis server's AOF: set appendonly yes (deploy/redis.conf)".to_owned()));
+                }
+                Ok(())
+            }
         }
     }
 
@@ -536,7 +629,18 @@ impl Store {
         )?;
         plan.created = Some(now.as_micros().to_string());
         match self.commit(run_id, 0, &doc, plan).await? {
-            Reply::Ok { .. } => Ok(run_id),
+            Reply::Ok { .. } => {
+                if self.durability == Durability::Waitaof {
+                    let (local, _replicas): (u64, u64) = self
+                        .db
+                        .query(redis::cmd("WAITAOF").arg(1).arg(0).arg(WAITAOF_TIMEOUT_MS))
+                        .await?;
+                    if local < 1 {
+                        return Err(Error::NotDurable(run_id));
+                    }
+                }
+                Ok(run_id)
+            }
             Reply::Conflict(_) | Reply::StaleTimer => {
                 Err(corrupt(format!("run id {run_id} was already taken")))
             }

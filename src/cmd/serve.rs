@@ -82,6 +82,7 @@ pub(crate) async fn run(mut config: Config, args: ServeArgs) -> Result<ExitCode>
     let store = connect(&config)
         .await?
         .with_limits(config.limits.store_limits())
+        .with_durability(config.redis.durability)
         .with_definitions(DefinitionSource::new({
             let workflows = workflows.clone();
             move |hash| {
@@ -92,6 +93,7 @@ pub(crate) async fn run(mut config: Config, args: ServeArgs) -> Result<ExitCode>
                     .cloned()
             }
         }));
+    store.check_durability().await?;
     let listener = tokio::net::TcpListener::bind(&config.http.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.http.listen))?;

@@ -245,6 +245,7 @@ impl From<crate::store::Error> for ApiError {
             .with_fix(format!(
                 "send less (large data belongs in the systems the ops reach, not in the run), or ask an operator to raise {setting}"
             )),
+            E::NotDurable(_) => Self::unavailable(e.to_string()),
             E::NoSuchDefinition(hash) => {
                 Self::conflict(missing_definition(&hash)).with_fix(MISSING_DEFINITION_FIX)
             }
