@@ -181,6 +181,20 @@ async fn unreadable_entries_are_left_to_others_then_dead_lettered_and_bad_copies
         .query::<()>(redis::cmd("XDEL").arg(&stream).arg(&entry.id))
         .await?;
     assert_ne!(damaged, entry.id);
+    // The run records where its job is queued (workers check it before running the op).
+    let fields: std::collections::HashMap<String, String> = env
+        .store
+        .db()
+        .query(redis::cmd("HGETALL").arg(keys.run(run)))
+        .await?;
+    let (at, _) = fields
+        .iter()
+        .find(|(_, v)| **v == entry.id)
+        .context("the run's record of its queued job")?;
+    env.store
+        .db()
+        .query::<()>(redis::cmd("HSET").arg(keys.run(run)).arg(at).arg(&damaged))
+        .await?;
 
     // An entry no version of Steward wrote.
     let garbage_run = env.start_run(&plan, json!({})).await?;

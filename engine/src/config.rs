@@ -23,6 +23,12 @@ pub struct Config {
     pub http: HttpConfig,
     /// The keys secrets are stored encrypted with. Since v0.2.
     pub secrets: SecretsConfig,
+    /// `/metrics` on serve and workers. Since v0.3.
+    pub metrics: MetricsConfig,
+    /// What is removed as it grows: dead stream consumers, ended runs. Since v0.3.
+    pub housekeeping: HousekeepingConfig,
+    /// How much one run may store. Since v0.3.
+    pub limits: LimitsConfig,
     /// Microsoft 365: where Microsoft is, and Steward's app registration. Since v0.3.
     pub m365: M365Config,
     /// The RMM that runs on-prem scripts (Datto RMM). Since v0.3.
@@ -137,6 +143,89 @@ impl Config {
     }
 }
 
+/// How much one run may store (bytes of JSON). Since v0.3.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// A run's inputs: a larger start is refused with 413 naming this setting.
+    pub max_input_bytes: usize,
+    /// One step's output: a larger one is replaced by a note naming this setting.
+    pub max_output_bytes: usize,
+    /// A run's document when it is created (inputs, company settings, steps): 413 beyond.
+    pub max_document_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let d = crate::store::Limits::default();
+        Self {
+            max_input_bytes: d.max_input_bytes,
+            max_output_bytes: d.max_output_bytes,
+            max_document_bytes: d.max_document_bytes,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The store's limits.
+    pub fn store_limits(&self) -> crate::store::Limits {
+        crate::store::Limits {
+            max_input_bytes: self.max_input_bytes,
+            max_output_bytes: self.max_output_bytes,
+            max_document_bytes: self.max_document_bytes,
+        }
+    }
+}
+
+/// Housekeeping beside every scheduler (see `crate::housekeeping`). Since v0.3.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct HousekeepingConfig {
+    /// How often it runs.
+    pub every: Dur,
+    /// How long after they ended runs that completed, were cancelled or rolled back are kept
+    /// (with their history); `0s`: forever. Runs that ended `rollback_failed` are always kept.
+    pub retention: Dur,
+    /// How long a step-stream consumer that holds no job (a stopped worker's) must have been
+    /// idle before it is removed.
+    pub consumer_idle: Dur,
+}
+
+impl Default for HousekeepingConfig {
+    fn default() -> Self {
+        Self {
+            every: Dur::secs(600),
+            retention: Dur::secs(90 * 86_400),
+            consumer_idle: Dur::secs(3600),
+        }
+    }
+}
+
+impl HousekeepingConfig {
+    /// The housekeeping task's settings.
+    pub fn settings(&self) -> crate::housekeeping::HousekeepingConfig {
+        crate::housekeeping::HousekeepingConfig {
+            every: self.every.get(),
+            retention: Some(self.retention.get()).filter(|d| !d.is_zero()),
+            consumer_idle: self.consumer_idle.get(),
+            batch: 500,
+        }
+    }
+}
+
+/// `/metrics`: served by `steward serve` beside the API, and by each `steward worker` on its own
+/// listener. Since v0.3.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Where a worker serves `/metrics` (`--metrics`), e.g. `127.0.0.1:9185`; none by default.
+    pub listen: Option<String>,
+    /// A token `/metrics` requires (`Authorization: Bearer <token>`), on serve and workers;
+    /// none by default (anyone who reaches the port may read it). Prefer
+    /// `STEWARD_METRICS__TOKEN` to writing it in the file.
+    pub token: Option<Secret>,
+}
+
 /// Redis.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
@@ -151,6 +240,11 @@ pub struct RedisConfig {
     pub shards: u16,
     /// How long a request may take before it counts as failed.
     pub response_timeout: Dur,
+    /// When a new run counts as started, i.e. what a power loss may lose: `everysec` (up to a
+    /// second of runs, with the AOF's default fsync), `always` (none; the server must have
+    /// `appendfsync always`), `waitaof` (none; `WAITAOF` after each new run, Redis 7.2+).
+    /// Checked against the server at start. Since v0.3.
+    pub durability: crate::store::Durability,
 }
 
 impl std::fmt::Debug for RedisConfig {
@@ -160,6 +254,7 @@ impl std::fmt::Debug for RedisConfig {
             .field("namespace", &self.namespace)
             .field("shards", &self.shards)
             .field("response_timeout", &self.response_timeout)
+            .field("durability", &self.durability)
             .finish()
     }
 }
@@ -228,6 +323,7 @@ impl Default for RedisConfig {
             namespace: "steward".to_owned(),
             shards: 8,
             response_timeout: Dur::secs(5),
+            durability: crate::store::Durability::default(),
         }
     }
 }
@@ -266,6 +362,11 @@ pub struct SchedulerConfig {
     pub tick: Dur,
     /// How many due timers it takes per shard per round.
     pub batch: usize,
+    /// How often the watchdog looks for running runs that nothing would move. Since v0.3.
+    pub watchdog_every: Dur,
+    /// How long such a run must stay unchanged before the watchdog repairs or pauses it.
+    /// Since v0.3.
+    pub stuck_after: Dur,
 }
 
 impl Default for SchedulerConfig {
@@ -273,6 +374,8 @@ impl Default for SchedulerConfig {
         Self {
             tick: Dur::millis(100),
             batch: 500,
+            watchdog_every: Dur::secs(10),
+            stuck_after: Dur::secs(60),
         }
     }
 }
@@ -291,6 +394,14 @@ pub struct HttpConfig {
     pub link_key: Option<Secret>,
     /// The folder of workflow files the API offers.
     pub workflows: String,
+    /// How long a client has to send a request's head, from opening the connection or from
+    /// the last response on it; slower or idle connections are closed. Since v0.3.
+    pub header_timeout: Dur,
+    /// How long a client has to send a request's whole body (408 after). Since v0.3.
+    pub body_timeout: Dur,
+    /// How many connections are served at once; one more is answered 503 and closed. Keep it
+    /// below the process's file limit (`LimitNOFILE` in the systemd unit). Since v0.3.
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
@@ -300,6 +411,20 @@ impl Default for HttpConfig {
             public_url: None,
             link_key: None,
             workflows: "workflows".to_owned(),
+            header_timeout: Dur::secs(10),
+            body_timeout: Dur::secs(30),
+            max_connections: 1024,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The server loop's limits.
+    pub fn limits(&self) -> crate::api::server::Limits {
+        crate::api::server::Limits {
+            header_timeout: self.header_timeout.get(),
+            body_timeout: self.body_timeout.get(),
+            max_connections: self.max_connections,
         }
     }
 }
@@ -521,6 +646,59 @@ impl Config {
             return Err(ConfigError(format!(
                 "secrets.link-ttl = {}: use at least 1m",
                 self.secrets.link_ttl
+            )));
+        }
+        if self.http.header_timeout.get() < Duration::from_millis(100)
+            || self.http.body_timeout.get() < Duration::from_millis(100)
+        {
+            return Err(ConfigError(format!(
+                "http.header-timeout = {}, http.body-timeout = {}: use at least 100ms each",
+                self.http.header_timeout, self.http.body_timeout
+            )));
+        }
+        if self.http.max_connections == 0 || self.http.max_connections > 1_000_000 {
+            return Err(ConfigError(format!(
+                "http.max-connections = {}: use 1 to 1000000 (and raise LimitNOFILE to match)",
+                self.http.max_connections
+            )));
+        }
+        if self.housekeeping.every.get() < Duration::from_secs(1)
+            || self.housekeeping.consumer_idle.get() < Duration::from_secs(60)
+        {
+            return Err(ConfigError(format!(
+                "housekeeping.every = {}, housekeeping.consumer-idle = {}: use at least 1s and 1m",
+                self.housekeeping.every, self.housekeeping.consumer_idle
+            )));
+        }
+        let l = &self.limits;
+        if [l.max_input_bytes, l.max_output_bytes, l.max_document_bytes]
+            .iter()
+            .any(|n| *n < 1024 || *n > 64 * 1024 * 1024)
+        {
+            return Err(ConfigError(
+                "limits.max-input-bytes, max-output-bytes and max-document-bytes: use 1024 to 67108864 each".to_owned(),
+            ));
+        }
+        if let Some(l) = &self.metrics.listen
+            && l.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(ConfigError(format!(
+                "metrics.listen `{l}`: write an address and port, e.g. 127.0.0.1:9185"
+            )));
+        }
+        if let Some(t) = &self.metrics.token
+            && (t.0.len() < 16 || t.0.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(ConfigError(
+                "metrics.token: use at least 16 characters without spaces (e.g. `openssl rand -hex 24`)".to_owned(),
+            ));
+        }
+        if self.scheduler.watchdog_every.get() < Duration::from_millis(100)
+            || self.scheduler.stuck_after.get() < Duration::from_secs(1)
+        {
+            return Err(ConfigError(format!(
+                "scheduler.watchdog-every = {}, scheduler.stuck-after = {}: use at least 100ms and 1s",
+                self.scheduler.watchdog_every, self.scheduler.stuck_after
             )));
         }
         let (login, graph, outlook) = self.m365_bases();

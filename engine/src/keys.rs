@@ -135,6 +135,11 @@ impl Keys {
         format!("{}:inbox:{}", self.tag(shard), approver.to_lowercase())
     }
 
+    /// A shard's open approval gates (`<run>|<step>`) by opening time (ms), for `/metrics`.
+    pub fn gates(&self, shard: u16) -> String {
+        format!("{}:gates", self.tag(shard))
+    }
+
     /// A shard's runs of a company, by creation time (µs).
     pub fn runs_of_company(&self, shard: u16, company: &steward_schemas::CompanyId) -> String {
         format!("{}:runs:company:{company}", self.tag(shard))

@@ -6,7 +6,11 @@
 //!   room for, so an idle worker picks a job up as soon as it is added;
 //! - the reclaimer takes over jobs that another consumer has held for longer than `claim_idle`
 //!   (`XAUTOCLAIM`: that consumer died), and parks a job delivered more than `max_deliveries` times
-//!   (a job that kills its worker) in the dead-letter stream, failing its step;
+//!   (a job that kills its worker) in the dead-letter stream, failing its step. It has places of
+//!   its own ([`QueueConfig::reserve`]) that the reader never takes, and jobs claimed beyond
+//!   the free places wait in a bounded side queue, leased, for the next place that frees up
+//!   (ahead of new jobs); so a takeover happens within `claim_idle` and one reclaim interval
+//!   however long the backlog of new jobs is;
 //! - the lease keeper re-claims (`XCLAIM … JUSTID`) the jobs this process holds, every quarter of
 //!   `claim_idle`, so that a long step is not taken over while its worker is alive.
 //!
@@ -54,6 +58,26 @@ pub struct QueueConfig {
     pub claim_idle: Duration,
     /// How many deliveries without an outcome make a job poison.
     pub max_deliveries: u64,
+}
+
+impl QueueConfig {
+    /// Places kept for jobs taken over from a consumer that stopped renewing them: new jobs
+    /// never use them, so a takeover waits for no freed place however long the backlog is
+    /// (a quarter of `concurrency`, at least one).
+    pub fn reserve(&self) -> usize {
+        (self.concurrency / 4).max(1)
+    }
+
+    /// How many jobs taken over may wait for a place (leased) in the side queue: enough for
+    /// every job of several dead workers of this size, bounded so memory is.
+    pub fn side_limit(&self) -> usize {
+        (self.capacity() * 4).max(64)
+    }
+
+    /// How many jobs the worker may run at once: `concurrency` new jobs plus the reserve.
+    pub fn capacity(&self) -> usize {
+        self.concurrency.max(1) + self.reserve()
+    }
 }
 
 /// One delivery of a job to this worker.
@@ -291,7 +315,14 @@ struct Shared {
     inflight: Arc<Inflight>,
     unstarted: Arc<Unstarted>,
     release: Script,
+    /// Places for new jobs (`concurrency`).
     permits: Arc<Semaphore>,
+    /// Places only jobs taken over use (see [`QueueConfig::reserve`]).
+    reserve: Arc<Semaphore>,
+    /// Jobs taken over that wait for a place (at most [`QueueConfig::side_limit`]), leased.
+    side: Mutex<VecDeque<(u16, StreamId, u64)>>,
+    /// Wakes [`drain_side`].
+    side_ready: tokio::sync::Notify,
     tx: mpsc::Sender<Delivery>,
     stop: watch::Receiver<bool>,
     shard_of_key: HashMap<String, u16>,
@@ -301,7 +332,8 @@ impl StepQueue {
     /// Starts reading. Call [`Store::prepare`] first (it creates the consumer groups).
     pub fn start(store: Store, companies: Companies, config: QueueConfig) -> Self {
         let capacity = config.concurrency.max(1);
-        let (tx, rx) = mpsc::channel(capacity);
+        // Every delivery in the channel holds a place, so it never holds more than all places.
+        let (tx, rx) = mpsc::channel(config.capacity());
         let (stop_tx, stop) = watch::channel(false);
         let keys = store.keys().clone();
         let shared = Arc::new(Shared {
@@ -313,15 +345,19 @@ impl StepQueue {
             unstarted: Arc::default(),
             release: Script::new(RELEASE),
             permits: Arc::new(Semaphore::new(capacity)),
+            reserve: Arc::new(Semaphore::new(config.reserve())),
+            side: Mutex::default(),
+            side_ready: tokio::sync::Notify::new(),
             tx,
             stop,
         });
         let tasks = vec![
             tokio::spawn(read_new(shared.clone())),
             tokio::spawn(reclaim(shared.clone())),
+            tokio::spawn(drain_side(shared.clone())),
             tokio::spawn(keep_leases(shared.clone())),
         ];
-        info!(consumer = %config.consumer, concurrency = capacity, "step queue started");
+        info!(consumer = %config.consumer, concurrency = capacity, reserve = config.reserve(), "step queue started");
         Self {
             rx,
             control: Arc::new(Control {
@@ -504,6 +540,7 @@ async fn read_new(shared: Arc<Shared>) {
                     client_id = None;
                     wait = backoff(wait);
                     warn!(error = %e, retry_in = ?wait, "step queue: read failed");
+                    regroup(&shared, &e).await;
                     if pause(&mut stop, wait).await { return; }
                     continue;
                 }
@@ -538,6 +575,22 @@ async fn read_new(shared: Arc<Shared>) {
             }
         }
         send_batch(&shared, batch).await;
+    }
+}
+
+/// After Redis lost its data (a restart without persistence, a restore, a failover to an empty
+/// replica) the streams and their consumer group are gone: creates them again so the worker
+/// reads new jobs. The jobs it held from before are checked against their runs before they run
+/// (see `Runtime::execute`).
+async fn regroup(shared: &Shared, e: &redis::RedisError) {
+    if e.code() != Some("NOGROUP") {
+        return;
+    }
+    match shared.store.prepare().await {
+        Ok(()) => warn!(
+            "step queue: the consumer group was missing (Redis lost its data?); created it again"
+        ),
+        Err(e) => warn!(error = %e, "step queue: cannot create the consumer group again"),
     }
 }
 
@@ -688,17 +741,16 @@ async fn reclaim(shared: Arc<Shared>) {
         for shard in keys.all_shards() {
             let mut cursor = "0-0".to_owned();
             loop {
-                // Places are taken before claiming, so every job claimed can start (a job
-                // claimed without a place would sit unrenewed and be claimed again, counting a
-                // delivery towards the poison limit each time).
-                let room = shared.permits.available_permits().min(100);
-                let Some(places) = u32::try_from(room)
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .and_then(|n| shared.permits.clone().try_acquire_many_owned(n).ok())
-                else {
+                // Places are taken before claiming (the reserve's first: new jobs never take
+                // it), so a job claimed starts at once; claimed beyond them, jobs wait in the
+                // side queue, leased (renewed like every job this process holds, so not claimed
+                // again), and take the next place that frees up, before any new job. Either
+                // way a takeover does not wait for the backlog.
+                let places = take_places(&shared, 100);
+                let room = places.len() + shared.side_room();
+                if room == 0 {
                     break;
-                };
+                }
                 let cmd = {
                     let mut c = redis::cmd("XAUTOCLAIM");
                     c.arg(keys.steps(shard))
@@ -715,6 +767,7 @@ async fn reclaim(shared: Arc<Shared>) {
                         Ok(r) => r,
                         Err(e) => {
                             warn!(error = %e, shard, "step queue: reclaim failed");
+                            regroup(&shared, &e).await;
                             break;
                         }
                     };
@@ -731,13 +784,84 @@ async fn reclaim(shared: Arc<Shared>) {
     }
 }
 
+impl Shared {
+    /// How many more jobs the side queue takes.
+    fn side_room(&self) -> usize {
+        let len = self
+            .side
+            .lock()
+            .expect("the side queue lock is never poisoned")
+            .len();
+        self.config.side_limit().saturating_sub(len)
+    }
+}
+
+/// Starts the jobs taken over that found no free place, each on the next place that frees up
+/// (ahead of new jobs: the reader asks for places after this task does, and a semaphore serves
+/// waiters in order).
+async fn drain_side(shared: Arc<Shared>) {
+    let mut stop = shared.stop.clone();
+    loop {
+        let next = shared
+            .side
+            .lock()
+            .expect("the side queue lock is never poisoned")
+            .pop_front();
+        let Some((shard, entry, deliveries)) = next else {
+            tokio::select! {
+                () = shared.side_ready.notified() => continue,
+                _ = stop.changed() => break,
+            }
+        };
+        let permit = tokio::select! {
+            p = shared.reserve.clone().acquire_owned() => p.ok(),
+            p = shared.permits.clone().acquire_owned() => p.ok(),
+            _ = stop.changed() => None,
+        };
+        let Some(permit) = permit else {
+            shared.inflight.remove(shard, &entry.id);
+            break;
+        };
+        let batch: Vec<Delivery> = prepare(&shared, shard, &entry, deliveries, permit)
+            .into_iter()
+            .collect();
+        send_batch(&shared, batch).await;
+    }
+    // Stopping: these were taken over from another consumer; they are left to be taken over
+    // again (their delivery count keeps counting towards the poison limit).
+    for (shard, entry, _) in std::mem::take(
+        &mut *shared
+            .side
+            .lock()
+            .expect("the side queue lock is never poisoned"),
+    ) {
+        shared.inflight.remove(shard, &entry.id);
+    }
+}
+
+/// Up to `max` free places for jobs taken over: the reserve's, then the worker's own.
+fn take_places(shared: &Shared, max: usize) -> Vec<OwnedSemaphorePermit> {
+    let mut places = Vec::new();
+    for pool in [&shared.reserve, &shared.permits] {
+        while places.len() < max {
+            match pool.clone().try_acquire_owned() {
+                Ok(p) => places.push(p),
+                Err(_) => break,
+            }
+        }
+    }
+    // `take_over` pops places from the end: the reserve's first.
+    places.reverse();
+    places
+}
+
 /// Starts jobs claimed from other consumers, one place of `places` each (the rest are given
-/// back), or parks those delivered too often.
+/// back; jobs beyond them go to the side queue), or parks those delivered too often.
 async fn take_over(
     shared: &Shared,
     shard: u16,
     claimed: Vec<StreamId>,
-    mut places: OwnedSemaphorePermit,
+    mut places: Vec<OwnedSemaphorePermit>,
 ) {
     let keys = shared.store.keys();
     let mut pipe = redis::pipe();
@@ -760,16 +884,26 @@ async fn take_over(
     for (entry, count) in claimed.into_iter().zip(counts) {
         let deliveries = count.first().map_or(1, |c| c.3);
         info!(entry = %entry.id, shard, deliveries, "step queue: took over a job from a consumer that stopped renewing it");
+        shared
+            .store
+            .metrics()
+            .count("steward_jobs_taken_over_total", &[]);
         if deliveries > shared.config.max_deliveries {
             park(shared, shard, &entry, deliveries).await;
             continue;
         }
-        let Some(permit) = places.split(1) else {
-            // Not reachable: XAUTOCLAIM returns at most as many entries as places were taken.
-            warn!(entry = %entry.id, "step queue: claimed more jobs than places; leaving it");
-            continue;
-        };
-        batch.extend(prepare(shared, shard, &entry, deliveries, permit));
+        match places.pop() {
+            Some(permit) => batch.extend(prepare(shared, shard, &entry, deliveries, permit)),
+            None => {
+                shared.inflight.insert(shard, &entry.id);
+                shared
+                    .side
+                    .lock()
+                    .expect("the side queue lock is never poisoned")
+                    .push_back((shard, entry, deliveries));
+                shared.side_ready.notify_one();
+            }
+        }
     }
     drop(places);
     send_batch(shared, batch).await;
@@ -825,8 +959,12 @@ async fn park(shared: &Shared, shard: u16, entry: &StreamId, deliveries: u64) {
         seq: job.seq,
     };
     error!(run.id = %run, step.name = %job.step, deliveries, shard, "step queue: parking a poison job");
-    if let Err(e) = shared.store.park(run, &event, &ack, &job_json).await {
-        warn!(error = %e, "step queue: parking failed; will retry");
+    match shared.store.park(run, &event, &ack, &job_json).await {
+        Ok(_) => shared
+            .store
+            .metrics()
+            .count("steward_jobs_dead_lettered_total", &[]),
+        Err(e) => warn!(error = %e, "step queue: parking failed; will retry"),
     }
 }
 

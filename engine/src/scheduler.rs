@@ -3,6 +3,9 @@
 //! One pipelined read per tick covers every shard, however many runs are parked: nothing polls
 //! per run. Several schedulers may run; a timer fires once because the transition script disarms
 //! it atomically (`ZREM` must succeed) when it commits the `timer_fired` event.
+//!
+//! Wherever a scheduler runs (`steward serve`, `steward worker --with-scheduler`), the watchdog
+//! ([`crate::watchdog`]) runs beside it.
 
 use std::time::Duration;
 
@@ -128,6 +131,10 @@ async fn fire(store: &Store, shard: u16, member: String) -> bool {
     };
     let event = Event::TimerFired { timer };
     match store.apply(run, &event, None, None, Some(key)).await {
+        Ok(store::Outcome::Applied { .. }) => {
+            store.metrics().count("steward_timers_fired_total", &[]);
+            true
+        }
         Ok(_) | Err(store::Error::NoSuchRun(_)) => true,
         Err(e @ (store::Error::Redis(_) | store::Error::Contention(_))) => {
             warn!(run.id = %run, error = %e, "scheduler: cannot fire a timer; will retry");

@@ -50,6 +50,28 @@ pub enum Error {
     /// The run's inputs are wrong.
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Inputs(Vec<InputProblem>),
+    /// A new run was committed but Redis did not confirm it durable in the chosen mode.
+    #[error(
+        "run {0} was created, but Redis did not confirm it written to its AOF within 5 s (redis.durability = waitaof); check the Redis server's disk, then look the run up before starting it again"
+    )]
+    NotDurable(RunId),
+    /// The Redis server does not offer the durability configured.
+    #[error("{0}")]
+    Durability(String),
+    /// Something a request would store is larger than its configured limit.
+    #[error("{what} would be {size} bytes, more than {setting} ({limit} bytes)")]
+    TooLarge {
+        /// What (`the run's inputs`).
+        what: &'static str,
+        /// The field at fault in the request (`inputs`).
+        field: &'static str,
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+        /// The setting that holds the limit.
+        setting: &'static str,
+    },
     /// The run could not be created.
     #[error("the run could not start: {0}")]
     Start(TransitionError),
@@ -131,6 +153,46 @@ pub struct NewRun {
     pub ticket: Option<TicketRef>,
 }
 
+/// When a new run counts as started (`redis.durability`): what a power loss right after the
+/// API answered may lose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Redis's AOF with `appendfsync everysec`: up to a second of accepted runs.
+    #[default]
+    Everysec,
+    /// The server fsyncs its AOF before every reply (`appendfsync always`, checked at start):
+    /// nothing acknowledged.
+    Always,
+    /// After creating a run, `WAITAOF 1 0` until the local AOF has it (Redis 7.2 or later,
+    /// checked at start): nothing acknowledged, without paying an fsync per write elsewhere.
+    Waitaof,
+}
+
+/// How long a new run waits for `WAITAOF`.
+const WAITAOF_TIMEOUT_MS: u64 = 5000;
+
+/// How much one run may store (`[limits]` in the configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// A run's inputs, as JSON.
+    pub max_input_bytes: usize,
+    /// One step's output, as JSON; a larger output is replaced by a note naming the limit.
+    pub max_output_bytes: usize,
+    /// A run's document when it is created, as JSON (inputs, company settings, steps).
+    pub max_document_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_input_bytes: 64 * 1024,
+            max_output_bytes: 256 * 1024,
+            max_document_bytes: 1024 * 1024,
+        }
+    }
+}
+
 /// Runs on Redis. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -141,6 +203,46 @@ pub struct Store {
     plans: Arc<RwLock<HashMap<String, Arc<Plan>>>>,
     /// Seals secret inputs when a run is created (see `crate::secrets::runs`).
     secrets: Option<Arc<crate::secrets::Keyring>>,
+    /// Where a definition Redis lost can be found again (serve's workflow files).
+    fallback: Option<DefinitionSource>,
+    /// This process's counters (see [`crate::metrics`]), shared by every clone.
+    metrics: Arc<crate::metrics::Metrics>,
+    /// How much one run may store.
+    limits: Limits,
+    /// When a new run counts as started.
+    durability: Durability,
+}
+
+/// Finds a compiled workflow by content hash outside Redis (the workflow files a server
+/// offers), so that a definition Redis lost is written back as soon as a run needs it.
+#[derive(Clone)]
+pub struct DefinitionSource(Arc<FindPlan>);
+
+/// Looks a compiled workflow up by content hash.
+type FindPlan = dyn Fn(&str) -> Option<Arc<Plan>> + Send + Sync;
+
+impl DefinitionSource {
+    /// A source that looks plans up with `find`.
+    pub fn new(find: impl Fn(&str) -> Option<Arc<Plan>> + Send + Sync + 'static) -> Self {
+        Self(Arc::new(find))
+    }
+}
+
+impl std::fmt::Debug for DefinitionSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DefinitionSource")
+    }
+}
+
+/// Whether a job a worker received is still worth running (see [`Store::check_job`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobCheck {
+    /// The run exists and the job is its current attempt.
+    Current,
+    /// The run does not exist (it was never committed, or Redis lost it).
+    RunGone,
+    /// The run exists but no longer records this job (revoked, already reported, superseded).
+    Stale,
 }
 
 #[derive(Serialize, Default)]
@@ -248,7 +350,97 @@ impl Store {
             commit: Arc::new(Script::new(COMMIT)),
             plans: Arc::default(),
             secrets: None,
+            fallback: None,
+            metrics: Arc::default(),
+            limits: Limits::default(),
+            durability: Durability::default(),
         }
+    }
+
+    /// This store, confirming new runs durable in mode `durability`.
+    pub fn with_durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// Checks that the Redis server offers the configured durability; call at start. A server
+    /// whose `CONFIG` command is disabled (managed Redis) is trusted for `always`.
+    pub async fn check_durability(&self) -> Result<()> {
+        let config = |name: &'static str| async move {
+            self.db
+                .query::<Vec<String>>(redis::cmd("CONFIG").arg("GET").arg(name))
+                .await
+                .ok()
+                .and_then(|v| v.get(1).cloned())
+        };
+        let aof = config("appendonly").await;
+        let fsync = config("appendfsync").await;
+        match self.durability {
+            Durability::Everysec => {
+                if aof.as_deref() == Some("no") {
+                    warn!(
+                        "redis.durability = everysec, but the Redis server has appendonly no: every run since its last snapshot is lost if it stops; set appendonly yes (deploy/redis.conf)"
+                    );
+                }
+                Ok(())
+            }
+            Durability::Always => match (aof.as_deref(), fsync.as_deref()) {
+                (Some("yes"), Some("always")) | (None, _) => Ok(()),
+                (aof, fsync) => Err(Error::Durability(format!(
+                    "redis.durability = always needs the Redis server to fsync its AOF before every reply, but it has appendonly {} and appendfsync {}; set `appendonly yes` and `appendfsync always` in its redis.conf (or CONFIG SET), or choose redis.durability = everysec",
+                    aof.unwrap_or("?"),
+                    fsync.unwrap_or("?")
+                ))),
+            },
+            Durability::Waitaof => {
+                let probe = self
+                    .db
+                    .query::<redis::Value>(redis::cmd("WAITAOF").arg(0).arg(0).arg(1))
+                    .await;
+                if let Err(e) = probe {
+                    let version = self
+                        .db
+                        .query::<String>(redis::cmd("INFO").arg("server"))
+                        .await
+                        .ok()
+                        .and_then(|i| {
+                            i.lines()
+                                .find_map(|l| l.strip_prefix("redis_version:").map(str::to_owned))
+                        })
+                        .unwrap_or_else(|| "unknown".to_owned());
+                    return Err(Error::Durability(format!(
+                        "redis.durability = waitaof needs WAITAOF (Redis 7.2 or later); this server (version {version}) answered: {e}; upgrade Redis, or choose redis.durability = always (appendfsync always) or everysec"
+                    )));
+                }
+                if aof.as_deref() == Some("no") {
+                    return Err(Error::Durability("redis.durability = waitaof needs the Redis server's AOF: set appendonly yes (deploy/redis.conf)".to_owned()));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// This store, with `limits` on what one run may store.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The limits on what one run may store.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// This process's counters and histograms (one registry shared by every clone of the store,
+    /// so the queue, the worker, the scheduler and the API count into the same page).
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
+    }
+
+    /// This store, finding definitions Redis lost in `source` and writing them back.
+    pub fn with_definitions(mut self, source: DefinitionSource) -> Self {
+        self.fallback = Some(source);
+        self
     }
 
     /// This store, sealing secret inputs with `ring` (without one, a run with a secret input is
@@ -320,31 +512,34 @@ impl Store {
         Ok(())
     }
 
-    /// Stores a definition (once per process per content hash) so workers can load it by hash.
+    /// Stores a definition so workers can load it by hash: one `SET NX`, every time a run is
+    /// created (even when this process has the plan cached), so a definition Redis lost (a
+    /// second of AOF, a failover to a lagging replica, a restore) is written back by the next
+    /// run of that workflow.
     pub async fn put_definition(&self, plan: &Plan) -> Result<()> {
         let hash = plan.hash().to_owned();
-        // A plan in the cache was stored by this process or read back from Redis.
-        if self
-            .plans
-            .read()
-            .expect("the plan cache lock is never poisoned")
-            .contains_key(&hash)
-        {
-            return Ok(());
-        }
         let json = serde_json::to_string(plan.def()).map_err(corrupt)?;
-        self.db
-            .query::<()>(
+        let written: Option<String> = self
+            .db
+            .query(
                 redis::cmd("SET")
                     .arg(self.keys.definition(&hash))
                     .arg(json)
                     .arg("NX"),
             )
             .await?;
+        let cached = self
+            .plans
+            .read()
+            .expect("the plan cache lock is never poisoned")
+            .contains_key(&hash);
+        if written.is_some() && cached {
+            warn!(workflow = %plan.def().name, version = plan.def().version, %hash, "the workflow definition was missing from Redis; wrote it back");
+        }
         self.plans
             .write()
             .expect("the plan cache lock is never poisoned")
-            .entry(hash.clone())
+            .entry(hash)
             .or_insert_with(|| Arc::new(plan.clone()));
         Ok(())
     }
@@ -363,7 +558,15 @@ impl Store {
             .db
             .query(redis::cmd("GET").arg(self.keys.definition(hash)))
             .await?;
-        let json = json.ok_or_else(|| Error::NoSuchDefinition(hash.to_owned()))?;
+        let Some(json) = json else {
+            // Lost by Redis: written back from the workflow files, if this process has them.
+            if let Some(plan) = self.fallback.as_ref().and_then(|f| (f.0)(hash)) {
+                self.put_definition(&plan).await?;
+                warn!(workflow = %plan.def().name, version = plan.def().version, %hash, "a run's workflow definition was missing from Redis; wrote it back from the workflow files");
+                return Ok(plan);
+            }
+            return Err(Error::NoSuchDefinition(hash.to_owned()));
+        };
         let def: WorkflowDef =
             serde_json::from_str(&json).map_err(|e| corrupt(format!("definition {hash}: {e}")))?;
         let plan = Plan::compile(def, None)
@@ -380,6 +583,16 @@ impl Store {
     /// is stored.
     pub async fn create_run(&self, new: NewRun) -> Result<RunId> {
         let inputs = prepare_inputs(new.plan.def(), &new.inputs).map_err(Error::Inputs)?;
+        let size = serde_json::to_string(&inputs).map_err(corrupt)?.len();
+        if size > self.limits.max_input_bytes {
+            return Err(Error::TooLarge {
+                what: "the run's inputs",
+                field: "inputs",
+                size,
+                limit: self.limits.max_input_bytes,
+                setting: "limits.max-input-bytes",
+            });
+        }
         self.put_definition(&new.plan).await?;
         let now = self.clock.now();
         let run_id = RunId::from_ulid(ulid::Ulid::from_datetime(now.to_datetime().into()));
@@ -416,11 +629,49 @@ impl Store {
         )?;
         plan.created = Some(now.as_micros().to_string());
         match self.commit(run_id, 0, &doc, plan).await? {
-            Reply::Ok { .. } => Ok(run_id),
+            Reply::Ok { .. } => {
+                if self.durability == Durability::Waitaof {
+                    let (local, _replicas): (u64, u64) = self
+                        .db
+                        .query(redis::cmd("WAITAOF").arg(1).arg(0).arg(WAITAOF_TIMEOUT_MS))
+                        .await?;
+                    if local < 1 {
+                        return Err(Error::NotDurable(run_id));
+                    }
+                }
+                Ok(run_id)
+            }
             Reply::Conflict(_) | Reply::StaleTimer => {
                 Err(corrupt(format!("run id {run_id} was already taken")))
             }
         }
+    }
+
+    /// Whether a job received from the queue is still the run's current attempt: one read of
+    /// the run hash (its version and the field that records where the job is queued). Workers
+    /// ask this right before running an op, so a job received before Redis lost writes (or
+    /// revoked since) is never run for a run that no longer exists or has moved on.
+    pub async fn check_job(&self, run: RunId, ack: &Ack) -> Result<JobCheck> {
+        let field = format!("j:{}:{}", ack.step, ack.seq);
+        let (v, at): (Option<String>, Option<String>) = self
+            .db
+            .query(
+                redis::cmd("HMGET")
+                    .arg(self.keys.run(run))
+                    .arg("v")
+                    .arg(field),
+            )
+            .await?;
+        Ok(match (v, at) {
+            (None, _) => JobCheck::RunGone,
+            (Some(_), Some(entry)) if entry == ack.entry => JobCheck::Current,
+            (Some(_), _) => JobCheck::Stale,
+        })
+    }
+
+    /// Acknowledges a job without changing its run (it was not run: see [`Store::check_job`]).
+    pub async fn drop_job(&self, run: RunId, ack: &Ack) -> Result<()> {
+        self.ack_only(run, Some((ack, None)), None).await
     }
 
     /// A run's document.
@@ -675,12 +926,18 @@ impl Store {
                         plan.inbox_add
                             .push((since.as_millis().to_string(), k, step.to_string()));
                     }
+                    // The shard's index of open gates, for their age in `/metrics`.
+                    let k = plan.key(self.keys.gates(shard));
+                    plan.inbox_add
+                        .push((since.as_millis().to_string(), k, step.to_string()));
                 }
                 Effect::UnindexGate { step, approvers } => {
                     for a in approvers {
                         let k = plan.key(self.keys.inbox(shard, a));
                         plan.inbox_rem.push((k, step.to_string()));
                     }
+                    let k = plan.key(self.keys.gates(shard));
+                    plan.inbox_rem.push((k, step.to_string()));
                 }
             }
         }
@@ -696,6 +953,17 @@ impl Store {
     ) -> Result<Reply> {
         let keys = self.keys.commit_keys(run);
         let doc_json = serde_json::to_string(doc).map_err(corrupt)?;
+        // Checked when a run is created; later growth comes from step outputs, each capped by
+        // the worker (refusing a worker's outcome here would leave its job to be run again).
+        if expected == 0 && doc_json.len() > self.limits.max_document_bytes {
+            return Err(Error::TooLarge {
+                what: "the run's document",
+                field: "inputs",
+                size: doc_json.len(),
+                limit: self.limits.max_document_bytes,
+                setting: "limits.max-document-bytes",
+            });
+        }
         let extra = std::mem::take(&mut plan.extra_keys);
         let plan = serde_json::to_string(&plan).map_err(corrupt)?;
         let mut inv = self.commit.prepare_invoke();

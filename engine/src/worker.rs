@@ -19,7 +19,7 @@ use tracing::{Instrument, debug, error, info_span, warn};
 
 use crate::companies::{Companies, CompanyRecord};
 use crate::queue::{Delivery, QueueConfig, StepQueue};
-use crate::store::{self, Outcome, RunSnapshot, Store, parse_doc};
+use crate::store::{self, JobCheck, Outcome, RunSnapshot, Store, parse_doc};
 
 /// What every job of a worker process shares.
 #[derive(Debug)]
@@ -42,7 +42,8 @@ pub async fn run(
 ) -> Result<(), apalis_core::error::WorkerError> {
     use apalis::layers::WorkerBuilderExt as _;
     let name = queue.consumer.clone();
-    let concurrency = queue.concurrency;
+    // New jobs, plus the places kept for jobs taken over from dead workers.
+    let concurrency = queue.capacity();
     let backend = StepQueue::start(runtime.store.clone(), runtime.companies.clone(), queue);
     let drain = backend.drain();
     // No `catch_panic` layer: `execute` catches a panicking op itself and reports it as a
@@ -106,6 +107,9 @@ impl Runtime {
                 }
             },
         };
+        if !self.still_current(&delivery, &doc).await {
+            return;
+        }
         let job = &delivery.job;
         let company = match &delivery.company {
             Some(c) => c.clone(),
@@ -168,6 +172,19 @@ impl Runtime {
             )
             .await
         };
+        let metrics = self.store.metrics();
+        let (op, phase) = (job.op.as_str(), job.phase.name());
+        metrics.count(
+            "steward_steps_total",
+            &[
+                ("op", op),
+                ("phase", phase),
+                ("result", &result_label(&event)),
+            ],
+        );
+        if job.attempt.get() > 1 && job.phase == Phase::Run {
+            metrics.count("steward_step_retries_total", &[("op", op)]);
+        }
         // After a failed commit the run is read again: another transition may have happened.
         let mut snapshot = Some(RunSnapshot { version, doc });
         let ack = delivery.ack();
@@ -203,6 +220,66 @@ impl Runtime {
                     error!(error = %e, "cannot commit the outcome");
                     return;
                 }
+            }
+        }
+    }
+
+    /// Whether the job is still worth running, asked right before its op runs (however long ago
+    /// it was received, and whether or not Redis restarted or lost writes since): its run exists,
+    /// the job is the run's current attempt, and the run's definition can be read. A job that is
+    /// not current is acknowledged and dropped; one whose definition is missing is left pending
+    /// (it runs once the definition is back) and its op is not run.
+    async fn still_current(&self, delivery: &Delivery, doc: &steward_schemas::RunDoc) -> bool {
+        let ack = delivery.ack();
+        let mut wait = Duration::from_millis(50);
+        let check = loop {
+            match self.store.check_job(delivery.run, &ack).await {
+                Ok(c) => break c,
+                Err(e) => {
+                    warn!(error = %e, retry_in = ?wait, "cannot check that the job is current; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        let why = match check {
+            JobCheck::Current => None,
+            JobCheck::RunGone => Some("its run does not exist (it was lost by Redis or deleted)"),
+            JobCheck::Stale => Some("it is no longer the run's current attempt"),
+        };
+        if let Some(why) = why {
+            let reason = if check == JobCheck::RunGone {
+                "run_gone"
+            } else {
+                "not_current"
+            };
+            self.store
+                .metrics()
+                .count("steward_jobs_dropped_total", &[("reason", reason)]);
+            warn!("not running the job: {why}; acknowledging it without running the op");
+            if let Err(e) = self.store.drop_job(delivery.run, &ack).await {
+                warn!(error = %e, "cannot acknowledge the dropped job; it will be delivered again and dropped again");
+            }
+            return false;
+        }
+        match self.store.plan(&doc.ctx.workflow.hash).await {
+            Ok(_) => true,
+            Err(store::Error::NoSuchDefinition(hash)) => {
+                self.store.metrics().count(
+                    "steward_jobs_dropped_total",
+                    &[("reason", "definition_missing")],
+                );
+                error!(
+                    workflow = %doc.ctx.workflow.name,
+                    version = doc.ctx.workflow.version,
+                    %hash,
+                    "not running the job: the run's workflow definition is missing from Redis; the job stays queued until the definition is written back (serve does so from its workflow files, and so does starting a run of that workflow version)"
+                );
+                false
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot read the run's definition; the job will be delivered again");
+                false
             }
         }
     }
@@ -272,7 +349,14 @@ impl Runtime {
             )))),
             (Some(op), Ok(input)) => {
                 let running = AssertUnwindSafe(op.run(&cx, input)).catch_unwind();
-                match tokio::time::timeout(job.timeout.get(), running).await {
+                let started = std::time::Instant::now();
+                let result = tokio::time::timeout(job.timeout.get(), running).await;
+                self.store.metrics().observe(
+                    "steward_step_duration_seconds",
+                    &[("op", job.op.as_str()), ("phase", job.phase.name())],
+                    started.elapsed(),
+                );
+                match result {
                     Err(_) => Err(Failure::Timeout(job.timeout)),
                     Ok(Err(panic)) => Err(Failure::Panic(panic_message(&panic))),
                     Ok(Ok(Err(e))) => Err(Failure::Op(e)),
@@ -281,6 +365,7 @@ impl Runtime {
             }
         };
         let mut event = outcome_event(job, result);
+        cap_output(&mut event, self.store.limits().max_output_bytes);
         // Whatever the op copied out of a secret is sealed again (or hidden) before it is stored.
         crate::secrets::runs::protect(secrets, delivery.run, &opened, &mut event);
         event
@@ -327,6 +412,40 @@ fn open_gate(
         admins: directory.enabled_admins(),
         approvers,
         escalation,
+    }
+}
+
+/// Replaces a succeeded step's output larger than `limit` bytes (as JSON) by a note naming the
+/// limit: the step's change and its rollback record are kept (failing the step would lose the
+/// record of a change that was made), and a later step that needs the output fails loudly.
+fn cap_output(event: &mut Event, limit: usize) {
+    if let Event::StepSucceeded { step, output, .. } = event {
+        let size = serde_json::to_string(output).map_or(0, |s| s.len());
+        if size > limit {
+            warn!(step.name = %step, size, limit, "the op's output is larger than limits.max-output-bytes; stored a note instead");
+            *output = serde_json::json!({
+                "output_too_large": format!(
+                    "the op's output was {size} bytes, more than limits.max-output-bytes ({limit} bytes); it was not stored"
+                )
+            });
+        }
+    }
+}
+
+/// An outcome's name for the `result` label of `steward_steps_total`.
+fn result_label(event: &Event) -> String {
+    match event {
+        Event::StepSucceeded { .. } | Event::UndoSucceeded { .. } => "succeeded".to_owned(),
+        Event::StepPending { .. } => "pending".to_owned(),
+        Event::StepBlocked { .. } => "blocked".to_owned(),
+        Event::GateOpened { .. } => "gate_opened".to_owned(),
+        Event::StepFailed { error, .. } | Event::UndoFailed { error, .. } => {
+            serde_json::to_value(error.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_else(|| "failed".to_owned())
+        }
+        other => other.name().to_owned(),
     }
 }
 

@@ -9,6 +9,8 @@ use clap::Args;
 use steward_engine::config::Config;
 use steward_engine::planner::Library;
 use steward_engine::scheduler::{self, SchedulerConfig};
+use steward_engine::store::DefinitionSource;
+use steward_engine::watchdog::{self, WatchdogConfig};
 use steward_workers::Registry;
 
 use super::{connect, shutdown_signal};
@@ -54,6 +56,15 @@ pub(crate) fn scheduler_config(config: &Config) -> SchedulerConfig {
     }
 }
 
+/// The watchdog that runs beside every scheduler.
+pub(crate) fn watchdog_config(config: &Config) -> WatchdogConfig {
+    WatchdogConfig {
+        every: config.scheduler.watchdog_every.get(),
+        stuck_after: config.scheduler.stuck_after.get(),
+        batch: 200,
+    }
+}
+
 pub(crate) async fn run(mut config: Config, args: ServeArgs) -> Result<ExitCode> {
     if let Some(t) = args.tick {
         config.scheduler.tick = t;
@@ -70,7 +81,11 @@ pub(crate) async fn run(mut config: Config, args: ServeArgs) -> Result<ExitCode>
     config.validate()?;
     check_public_url(&config)?;
     steward_engine::secrets::require(&config.secrets, "serve")?;
-    let store = connect(&config).await?;
+    let store = connect(&config)
+        .await?
+        .with_limits(config.limits.store_limits())
+        .with_durability(config.redis.durability);
+    store.check_durability().await?;
     let listener = tokio::net::TcpListener::bind(&config.http.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.http.listen))?;
@@ -86,6 +101,17 @@ pub(crate) async fn run(mut config: Config, args: ServeArgs) -> Result<ExitCode>
     // Bad files are skipped and reported (log, GET /v1/workflows/files); only an unreadable
     // folder stops serve.
     let workflows = Library::open(Path::new(&config.http.workflows), registry.clone())?;
+    // A definition Redis lost is written back from the workflow files as soon as a run needs it.
+    let store = store.with_definitions(DefinitionSource::new({
+        let workflows = workflows.clone();
+        move |hash| {
+            workflows
+                .current()
+                .all()
+                .find(|p| p.hash() == hash)
+                .cloned()
+        }
+    }));
     let mut state = steward_engine::api::state(
         store.clone(),
         registry,
@@ -94,7 +120,8 @@ pub(crate) async fn run(mut config: Config, args: ServeArgs) -> Result<ExitCode>
         public_url,
     )
     .await
-    .map_err(|e| anyhow!(e))?;
+    .map_err(|e| anyhow!(e))?
+    .with_metrics_token(config.metrics.token.as_ref().map(|t| t.0.clone()));
     state.tenants = Some(connectors.connector.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -117,8 +144,18 @@ pub(crate) async fn run(mut config: Config, args: ServeArgs) -> Result<ExitCode>
         stopped(stop_rx.clone()),
     ));
     let sched = tokio::spawn(scheduler::run(
-        store,
+        store.clone(),
         scheduler_config(&config),
+        stopped(stop_rx.clone()),
+    ));
+    let dog = tokio::spawn(watchdog::run(
+        store.clone(),
+        watchdog_config(&config),
+        stopped(stop_rx.clone()),
+    ));
+    let sweep = tokio::spawn(steward_engine::housekeeping::run(
+        store,
+        config.housekeeping.settings(),
         stopped(stop_rx.clone()),
     ));
     let watcher = tokio::spawn(workflows.watch(stopped(stop_rx.clone())));
@@ -129,13 +166,14 @@ pub(crate) async fn run(mut config: Config, args: ServeArgs) -> Result<ExitCode>
     tracing::info!(%addr, "API and scheduler starting");
     println!("steward serve: API on http://{addr}, scheduler running");
     let app = steward_engine::api::app(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            let _ = stop_tx.send(true);
-        })
-        .await?;
+    steward_engine::api::server::serve(listener, app, config.http.limits(), async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    })
+    .await;
     let _ = sched.await;
+    let _ = dog.await;
+    let _ = sweep.await;
     let _ = watcher.await;
     let _ = firings.await;
     let _ = notes.await;

@@ -279,7 +279,13 @@ pub(super) async fn inbox(
         let Some(doc) = doc else {
             continue;
         };
-        let plan = state.store.plan(&doc.ctx.workflow.hash).await?;
+        // A run whose definition Redis lost is left out of the inbox (its own page says why)
+        // rather than failing everyone's inbox.
+        let plan = match state.store.plan(&doc.ctx.workflow.hash).await {
+            Ok(plan) => plan,
+            Err(crate::store::Error::NoSuchDefinition(_)) => continue,
+            Err(e) => return Err(e.into()),
+        };
         let Ok(view) = gate_view(&state, &doc, &plan, step) else {
             continue;
         };

@@ -207,6 +207,16 @@ impl From<redis::RedisError> for ApiError {
     }
 }
 
+/// Why nothing can change a run whose workflow definition Redis lost.
+pub fn missing_definition(hash: &str) -> String {
+    format!(
+        "the workflow definition this run was started with (hash {hash}) is missing from Redis (writes lost in a crash, a failover or a restore), so the run cannot change until it is back"
+    )
+}
+
+/// How a lost definition comes back.
+pub const MISSING_DEFINITION_FIX: &str = "put the workflow file of that version back in the folder `steward serve` offers (http.workflows): the server writes a missing definition back as soon as a run needs it; starting a run of that workflow version writes it back too";
+
 impl From<crate::store::Error> for ApiError {
     fn from(e: crate::store::Error) -> Self {
         use crate::store::Error as E;
@@ -224,6 +234,21 @@ impl From<crate::store::Error> for ApiError {
                 .unwrap_or_default(),
             ),
             E::Contention(_) => Self::conflict(e.to_string()),
+            E::TooLarge {
+                field, setting, ..
+            } => Self::status_code(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                e.to_string(),
+            )
+            .with_field(field)
+            .with_fix(format!(
+                "send less (large data belongs in the systems the ops reach, not in the run), or ask an operator to raise {setting}"
+            )),
+            E::NotDurable(_) => Self::unavailable(e.to_string()),
+            E::NoSuchDefinition(hash) => {
+                Self::conflict(missing_definition(&hash)).with_fix(MISSING_DEFINITION_FIX)
+            }
             other => Self::internal(other.to_string()),
         }
     }

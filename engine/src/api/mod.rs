@@ -17,12 +17,12 @@ pub mod runner;
 pub mod runs;
 mod schedules;
 mod secrets;
+pub mod server;
 pub mod technicians;
 mod tenants;
 mod workflows;
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use aide::axum::ApiRouter;
 use aide::axum::routing::{delete_with, get_with, patch_with, post_with};
@@ -43,6 +43,7 @@ use error::ApiError;
 use crate::auth::Auth;
 use crate::companies::Companies;
 use crate::links::LinkSigner;
+use crate::metrics::Metrics;
 use crate::planner::{Library, Planner};
 use crate::store::Store;
 
@@ -68,11 +69,21 @@ pub struct ApiState {
     pub signer: LinkSigner,
     /// The URL approval links start with (`https://steward.msp.example`).
     pub public_url: String,
-    /// Counters for `/metrics`.
+    /// This process's counters for `/metrics` (the store's).
     pub metrics: Arc<Metrics>,
     /// Tenant connections and the consent flow (`steward serve` sets it; without it the
     /// `/v1/tenants` routes answer 503).
     pub tenants: Option<crate::tenants::Connector>,
+    /// The token `/metrics` requires, if any (`metrics.token`).
+    pub metrics_token: Option<String>,
+}
+
+impl ApiState {
+    /// This state, with `/metrics` requiring `token` (`Authorization: Bearer <token>`).
+    pub fn with_metrics_token(mut self, token: Option<String>) -> Self {
+        self.metrics_token = token;
+        self
+    }
 }
 
 /// `201 Created` with a JSON body.
@@ -102,61 +113,6 @@ impl<T: JsonSchema> aide::OperationOutput for Created<T> {
         Self::operation_response(ctx, operation)
             .map(|r| vec![(Some(aide::openapi::StatusCode::Code(201)), r)])
             .unwrap_or_default()
-    }
-}
-
-/// A counter's name and labels.
-type CounterKey = (String, Vec<(String, String)>);
-
-/// Prometheus counters.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    counters: Mutex<BTreeMap<CounterKey, u64>>,
-}
-
-impl Metrics {
-    /// Adds one to a counter.
-    pub fn count(&self, name: &str, labels: &[(&str, &str)]) {
-        let key = (
-            name.to_owned(),
-            labels
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-        );
-        *self
-            .counters
-            .lock()
-            .expect("the metrics lock is never poisoned")
-            .entry(key)
-            .or_default() += 1;
-    }
-
-    fn render(&self, redis_up: bool) -> String {
-        let mut out = String::new();
-        out.push_str("# TYPE steward_redis_up gauge\n");
-        out.push_str(&format!("steward_redis_up {}\n", u8::from(redis_up)));
-        let counters = self
-            .counters
-            .lock()
-            .expect("the metrics lock is never poisoned");
-        let mut last = "";
-        for ((name, labels), v) in counters.iter() {
-            if name != last {
-                out.push_str(&format!("# TYPE {name} counter\n"));
-                last = name;
-            }
-            let labels: Vec<String> = labels
-                .iter()
-                .map(|(k, v)| format!("{k}=\"{}\"", v.replace(['"', '\\', '\n'], "_")))
-                .collect();
-            if labels.is_empty() {
-                out.push_str(&format!("{name} {v}\n"));
-            } else {
-                out.push_str(&format!("{name}{{{}}} {v}\n", labels.join(",")));
-            }
-        }
-        out
     }
 }
 
@@ -422,6 +378,7 @@ pub async fn state(
         }
     };
     let signer = LinkSigner::new(LinkSigner::decode_key(&key_text)?)?;
+    let store_metrics = store.metrics().clone();
     let companies = Companies::for_store(&store);
     let auth = Auth::for_store(&store);
     let workflows: Library = workflows.into();
@@ -440,7 +397,8 @@ pub async fn state(
         registry,
         signer,
         public_url,
-        metrics: Arc::default(),
+        metrics: store_metrics,
+        metrics_token: None,
         tenants: None,
     })
 }
@@ -604,19 +562,6 @@ async fn readyz(State(state): State<ApiState>) -> Result<axum::Json<Health>, Api
     Ok(axum::Json(Health { status: "ready" }))
 }
 
-async fn metrics(State(state): State<ApiState>) -> Response {
-    let up = state
-        .store
-        .db()
-        .query::<String>(&redis::cmd("PING"))
-        .await
-        .is_ok();
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
-        state.metrics.render(up),
-    )
-        .into_response()
+async fn metrics(State(state): State<ApiState>, headers: axum::http::HeaderMap) -> Response {
+    crate::metrics::respond(&state.store, state.metrics_token.as_deref(), &headers).await
 }

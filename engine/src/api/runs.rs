@@ -106,6 +106,10 @@ pub struct RunView {
     /// What a technician can do now: only requests the run's state machine would accept (an
     /// ended run has none).
     pub actions: Vec<ActionView>,
+    /// Why the run cannot be shown or changed in full, and what to do (its workflow definition
+    /// is missing from Redis); absent when all is well.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 /// Where one step of a run is.
@@ -197,6 +201,42 @@ impl RunView {
                     entry,
                 })
                 .collect(),
+            problem: None,
+        }
+    }
+
+    /// The view of a run whose workflow definition is missing: its status and history, no plan,
+    /// no actions, its inputs and step records hidden (without the definition nothing says which
+    /// of them are secret), and `problem` saying what happened and the fix.
+    pub fn without_definition(snap: &RunSnapshot, history: Vec<HistoryEntry>, hash: &str) -> Self {
+        let mut shown = snap.doc.clone();
+        for v in shown.ctx.inputs.values_mut() {
+            *v = Value::String("(hidden: the workflow definition is missing)".to_owned());
+        }
+        shown.ctx.company_settings.clear();
+        shown.state.steps.clear();
+        steward_core::history::redact_status(&mut shown.state.status);
+        let mut summary = RunSummary::of(&snap.doc);
+        summary.status_text = words::run_status(&shown.state.status, &history);
+        Self {
+            summary,
+            version: snap.version,
+            run: shown,
+            plan: Vec::new(),
+            steps: Vec::new(),
+            history: history
+                .into_iter()
+                .map(|entry| HistoryView {
+                    text: words::entry(&entry),
+                    entry,
+                })
+                .collect(),
+            actions: Vec::new(),
+            problem: Some(format!(
+                "{}; to fix: {}",
+                super::error::missing_definition(hash),
+                super::error::MISSING_DEFINITION_FIX
+            )),
         }
     }
 
@@ -249,21 +289,6 @@ pub(crate) fn redacted(doc: &RunDoc, plan: &Plan) -> RunDoc {
     let mut doc = doc.clone();
     steward_core::history::redact_doc(&mut doc, plan.def());
     doc
-}
-
-pub(crate) async fn load(
-    state: &ApiState,
-    run: RunId,
-    caller: &Caller,
-) -> ApiResult<(RunSnapshot, std::sync::Arc<Plan>)> {
-    let snap = state
-        .store
-        .load(run)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no run `{run}`")))?;
-    caller.require_company(&snap.doc.ctx.company)?;
-    let plan = state.store.plan(&snap.doc.ctx.workflow.hash).await?;
-    Ok((snap, plan))
 }
 
 /// Starts a run of a workflow for a company, under the company's permission policy (which may
@@ -374,7 +399,8 @@ pub struct RunPage {
     pub next_cursor: Option<String>,
 }
 
-const STATUSES: &[&str] = &[
+/// Every status a run is listed under (`RunStatus::name`, but `created`).
+pub const STATUSES: &[&str] = &[
     "scheduled",
     "running",
     "paused",
@@ -623,14 +649,25 @@ pub(super) async fn get(
     caller: Caller,
     ApiPath(p): ApiPath<RunPath>,
 ) -> ApiResult<axum::Json<RunView>> {
-    let (snap, plan) = load(&state, p.run, &caller).await?;
+    let snap = state
+        .store
+        .load(p.run)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no run `{}`", p.run)))?;
+    caller.require_company(&snap.doc.ctx.company)?;
     let history = state.store.history(p.run).await?;
-    Ok(axum::Json(RunView::of(
-        &snap,
-        &plan,
-        history,
-        state.store.clock().now(),
-    )))
+    match state.store.plan(&snap.doc.ctx.workflow.hash).await {
+        Ok(plan) => Ok(axum::Json(RunView::of(
+            &snap,
+            &plan,
+            history,
+            state.store.clock().now(),
+        ))),
+        Err(crate::store::Error::NoSuchDefinition(hash)) => Ok(axum::Json(
+            RunView::without_definition(&snap, history, &hash),
+        )),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// A technician's reason, optional.
