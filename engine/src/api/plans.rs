@@ -194,43 +194,9 @@ pub(super) async fn plan(
     ApiJson(req): ApiJson<PlanRequest>,
 ) -> ApiResult<axum::Json<RoutedPlanView>> {
     let company = company(&state, &caller, &req.company).await?;
-    let workflows = state.workflows.current();
-    let plan = workflows.get(&req.workflow).cloned().ok_or_else(|| {
-        let known: Vec<&str> = workflows.all().map(|p| p.def().name.as_str()).collect();
-        ApiError::invalid(
-            "workflow",
-            format!("no workflow `{}`", req.workflow),
-            format!(
-                "use one of: {}",
-                if known.is_empty() {
-                    "(none loaded)".to_owned()
-                } else {
-                    known.join(", ")
-                }
-            ),
-        )
-    })?;
+    let plan = super::runs::offered(&state, &req.workflow)?;
     let routed = routing::render_plan(&plan, &company, &req.inputs, state.registry.as_ref())
-        .map_err(|problems| {
-            ApiError::invalid_many(
-                match problems.as_slice() {
-                    [one] => format!("input `{}`: {}", one.name, one.message),
-                    many => format!("the inputs have {} problems", many.len()),
-                },
-                Value::Array(
-                    problems
-                        .iter()
-                        .map(|p| {
-                            serde_json::json!({
-                                "field": format!("inputs.{}", p.name),
-                                "message": p.message,
-                                "fix": p.fix,
-                            })
-                        })
-                        .collect(),
-                ),
-            )
-        })?;
+        .map_err(|problems| ApiError::from(crate::store::Error::Inputs(problems)))?;
     Ok(axum::Json(routed.into()))
 }
 

@@ -291,20 +291,14 @@ pub(crate) fn redacted(doc: &RunDoc, plan: &Plan) -> RunDoc {
     doc
 }
 
-/// Starts a run of a workflow for a company, under the company's permission policy (which may
-/// refuse it, or add an approval gate).
-pub(super) async fn start(
-    state: axum::extract::State<ApiState>,
-    caller: Caller,
-    ApiJson(req): ApiJson<StartRunRequest>,
-) -> ApiResult<Created<RunSummary>> {
-    caller.require_company(&req.company)?;
+/// The workflow the server offers under `name`; 422 naming those it offers otherwise.
+pub(super) fn offered(state: &ApiState, name: &str) -> ApiResult<std::sync::Arc<Plan>> {
     let workflows = state.workflows.current();
-    let plan = workflows.get(&req.workflow).cloned().ok_or_else(|| {
+    workflows.get(name).cloned().ok_or_else(|| {
         let known: Vec<&str> = workflows.all().map(|p| p.def().name.as_str()).collect();
         ApiError::invalid(
             "workflow",
-            format!("no workflow `{}`", req.workflow),
+            format!("no workflow `{name}`"),
             format!(
                 "use one of: {}",
                 if known.is_empty() {
@@ -314,7 +308,18 @@ pub(super) async fn start(
                 }
             ),
         )
-    })?;
+    })
+}
+
+/// Starts a run of a workflow for a company, under the company's permission policy (which may
+/// refuse it, or add an approval gate).
+pub(super) async fn start(
+    state: axum::extract::State<ApiState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<StartRunRequest>,
+) -> ApiResult<Created<RunSummary>> {
+    caller.require_company(&req.company)?;
+    let plan = offered(&state, &req.workflow)?;
     let run = state
         .planner
         .start(StartRun {
