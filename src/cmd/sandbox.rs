@@ -19,6 +19,12 @@ pub(crate) enum SandboxCmd {
         /// The sandbox's URL.
         #[arg(long, env = "STEWARD_SANDBOX__URL")]
         sandbox: String,
+        /// The workflow the rule for onboarding tickets ("new starter", "onboard") starts.
+        #[arg(long, default_value = "onboarding")]
+        onboarding_workflow: String,
+        /// The workflow the rule for offboarding tickets ("leaver", "offboard") starts.
+        #[arg(long, default_value = "offboarding")]
+        offboarding_workflow: String,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -63,12 +69,48 @@ pub(crate) struct SandboxArgs {
     public_url: Option<String>,
 }
 
-/// The environment variable the sandbox's webhook signing key is read from.
-const WEBHOOK_SECRET_VAR: &str = "STEWARD_SANDBOX_WEBHOOK_SECRET";
+/// The environment variable the sandbox's webhook signing key is read from (by `steward
+/// sandbox` to sign, by `steward sandbox seed` to register the same key with Steward).
+pub(crate) const WEBHOOK_SECRET_VAR: &str = "STEWARD_SANDBOX_WEBHOOK_SECRET";
+
+/// The sandbox's Autotask API user's secret and integration code: the built-in fixture's
+/// (sandbox/fixtures/msp.yaml), which mean nothing anywhere else. The sandbox never serves them
+/// back (its world snapshot redacts them), so a technician types them, as here.
+const SANDBOX_AUTOTASK_SECRET: &str = "sandbox-autotask-secret";
+const SANDBOX_AUTOTASK_CODE: &str = "SANDBOXINTEGRATIONCODE";
+
+/// The Steward PSA account ids `steward sandbox seed` registers.
+pub(crate) const AUTOTASK_ACCOUNT: &str = "sandbox-autotask";
+pub(crate) const CONNECTWISE_ACCOUNT: &str = "sandbox-connectwise";
+
+/// The workflows the seeded rules start.
+pub(crate) struct Lifecycles<'a> {
+    pub(crate) onboarding: &'a str,
+    pub(crate) offboarding: &'a str,
+}
 
 pub(crate) async fn run(args: SandboxArgs) -> Result<ExitCode> {
-    if let Some(SandboxCmd::Seed { sandbox, api }) = args.cmd {
-        return seed(&sandbox, &api).await;
+    if let Some(SandboxCmd::Seed {
+        sandbox,
+        onboarding_workflow,
+        offboarding_workflow,
+        api,
+    }) = args.cmd
+    {
+        let c = Client::new(&api)?;
+        let secret = std::env::var(WEBHOOK_SECRET_VAR)
+            .ok()
+            .filter(|s| !s.is_empty());
+        let flows = Lifecycles {
+            onboarding: &onboarding_workflow,
+            offboarding: &offboarding_workflow,
+        };
+        let failed = seed(&c, &sandbox, secret.as_deref(), &flows).await?;
+        return Ok(if failed > 0 {
+            ExitCode::from(super::exit::ERROR)
+        } else {
+            ExitCode::SUCCESS
+        });
     }
     let public_host = args
         .public_url
@@ -136,6 +178,9 @@ fn company_of(c: &Value, approver: &str) -> Value {
         "permissions": {"profile": "full_automation"},
         "defaults": {"usage_location": "GB", "upn_domain": domain},
     });
+    if let Some(id) = c["autotask_company_id"].as_i64() {
+        company["psa"] = json!({"provider": "autotask", "company_id": id.to_string()});
+    }
     if c["ad"].is_object() {
         company["identity_provider"] = json!(if c["entra_connect"].is_object() {
             "hybrid"
@@ -163,9 +208,16 @@ fn company_of(c: &Value, approver: &str) -> Value {
 
 /// `steward sandbox seed`: every company of the sandbox's world becomes a Steward company (if it
 /// is not one yet), and every tenant is connected through the consent flow: Steward's consent
-/// URL, the sandbox's consent page accepted, Microsoft's redirect to Steward's callback.
-async fn seed(sandbox: &str, api: &ApiArgs) -> Result<ExitCode> {
-    let c = Client::new(api)?;
+/// URL, the sandbox's consent page accepted, Microsoft's redirect to Steward's callback. Then the
+/// sandbox's PSA accounts (Autotask with the webhook key the sandbox signs with; ConnectWise, with
+/// a ticket callback to Steward) and the rules mapping onboarding and offboarding tickets to
+/// `flows`. Returns how many things failed (each is said on stderr).
+pub(crate) async fn seed(
+    c: &Client,
+    sandbox: &str,
+    webhook_secret: Option<&str>,
+    flows: &Lifecycles<'_>,
+) -> Result<usize> {
     let sandbox = sandbox.trim_end_matches('/');
     let http = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(30))
@@ -200,7 +252,7 @@ async fn seed(sandbox: &str, api: &ApiArgs) -> Result<ExitCode> {
             }
             println!("{id}: registered");
         }
-        match connect(&c, &http, id, snapshot).await {
+        match connect(c, &http, id, snapshot).await {
             Ok(()) => println!("{id}: tenant connected through the consent flow"),
             Err(e) => {
                 eprintln!("{id}: tenant not connected: {e}");
@@ -208,10 +260,130 @@ async fn seed(sandbox: &str, api: &ApiArgs) -> Result<ExitCode> {
             }
         }
     }
-    if failed > 0 {
-        return Ok(ExitCode::from(super::exit::ERROR));
+    if let Some(at) = world["autotask"].as_object() {
+        match webhook_secret {
+            Some(secret) => {
+                let account = json!({
+                    "provider": "autotask",
+                    "webhook_secret": secret,
+                    "api_url": format!("{sandbox}/autotask/atservicesrest/v1.0"),
+                    "api_username": at.get("username").cloned().unwrap_or_default(),
+                    "api_secret": SANDBOX_AUTOTASK_SECRET,
+                    "api_integration_code": SANDBOX_AUTOTASK_CODE,
+                });
+                match c
+                    .put(&format!("/v1/psa/accounts/{AUTOTASK_ACCOUNT}"), account)
+                    .await
+                {
+                    Ok(_) => println!(
+                        "PSA account {AUTOTASK_ACCOUNT}: registered (webhooks checked with the key the sandbox signs with)"
+                    ),
+                    Err(e) => {
+                        eprintln!("PSA account {AUTOTASK_ACCOUNT}: not registered: {e}");
+                        failed += 1;
+                    }
+                }
+            }
+            None => eprintln!(
+                "PSA account {AUTOTASK_ACCOUNT}: skipped: {WEBHOOK_SECRET_VAR} is not set (set it to the key `steward sandbox` signs its Autotask webhooks with)"
+            ),
+        }
     }
-    Ok(ExitCode::SUCCESS)
+    match connectwise(c, &http, sandbox).await {
+        Ok(()) => println!(
+            "PSA account {CONNECTWISE_ACCOUNT}: registered, with a ticket callback to {}/v1/hooks/connectwise",
+            c.base()
+        ),
+        Err(e) => {
+            eprintln!("PSA account {CONNECTWISE_ACCOUNT}: not registered: {e}");
+            failed += 1;
+        }
+    }
+    let offered = c.get("/v1/workflows").await?;
+    let offered: Vec<&str> = offered
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|w| w["name"].as_str())
+        .collect();
+    let missing: Vec<&str> = [flows.onboarding, flows.offboarding]
+        .into_iter()
+        .filter(|w| !offered.contains(w))
+        .collect();
+    if !missing.is_empty() {
+        eprintln!(
+            "PSA rules: skipped: the API offers no workflow {} (it offers: {}); fix: add the workflow files, or name others with --onboarding-workflow/--offboarding-workflow",
+            missing.join(", "),
+            offered.join(", ")
+        );
+        return Ok(failed);
+    }
+    let rules = json!({"rules": [
+        {"workflow": flows.offboarding, "title_keywords": ["leaver", "offboard"], "lifecycle": "offboarding"},
+        {"workflow": flows.onboarding, "title_keywords": ["new starter", "onboard"], "lifecycle": "onboarding"},
+    ]});
+    match c.put("/v1/psa/rules", rules).await {
+        Ok(_) => println!(
+            "PSA rules: tickets titled \"leaver\"/\"offboard\" start `{}`, \"new starter\"/\"onboard\" start `{}`",
+            flows.offboarding, flows.onboarding
+        ),
+        Err(e) => {
+            eprintln!("PSA rules: not set: {e}");
+            failed += 1;
+        }
+    }
+    Ok(failed)
+}
+
+/// The sandbox's ConnectWise: a Steward account for its API member, and (once) a ticket
+/// callback to Steward's hook, made through ConnectWise's own API as an administrator would.
+async fn connectwise(c: &Client, http: &reqwest::Client, sandbox: &str) -> Result<()> {
+    use steward_sandbox::connectwise::{COMPANY, PRIVATE_KEY, PUBLIC_KEY};
+    let api_url = format!("{sandbox}/connectwise/v4_6_release/apis/3.0");
+    let client_id = "steward";
+    c.put(
+        &format!("/v1/psa/accounts/{CONNECTWISE_ACCOUNT}"),
+        json!({
+            "provider": "connectwise",
+            "api_url": api_url,
+            "api_username": format!("{COMPANY}+{PUBLIC_KEY}"),
+            "api_secret": PRIVATE_KEY,
+            "api_integration_code": client_id,
+        }),
+    )
+    .await?;
+    let hook = format!(
+        "{}/v1/hooks/connectwise?account={CONNECTWISE_ACCOUNT}",
+        c.base()
+    );
+    let cw = |req: reqwest::RequestBuilder| {
+        req.basic_auth(format!("{COMPANY}+{PUBLIC_KEY}"), Some(PRIVATE_KEY))
+            .header("clientId", client_id)
+    };
+    let existing: Value = cw(http.get(format!("{api_url}/system/callbacks")))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    if existing
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|cb| cb["url"] == hook.as_str())
+    {
+        return Ok(());
+    }
+    cw(http.post(format!("{api_url}/system/callbacks")))
+        .json(&json!({
+            "url": hook, "objectId": 0, "type": "Ticket", "level": "Owner",
+            "description": "Steward", "inactiveFlag": false,
+        }))
+        .send()
+        .await?
+        .error_for_status()
+        .context("ConnectWise refused the callback")?;
+    Ok(())
 }
 
 /// Connects one company's tenant as an administrator would: opens the consent URL, accepts.
