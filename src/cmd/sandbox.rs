@@ -105,7 +105,11 @@ pub(crate) async fn run(args: SandboxArgs) -> Result<ExitCode> {
             onboarding: &onboarding_workflow,
             offboarding: &offboarding_workflow,
         };
-        let failed = seed(&c, &sandbox, secret.as_deref(), &flows).await?;
+        let mut out = Vec::new();
+        let failed = seed(&c, &sandbox, secret.as_deref(), &flows, &mut out).await?;
+        for line in out {
+            println!("{line}");
+        }
         return Ok(if failed > 0 {
             ExitCode::from(super::exit::ERROR)
         } else {
@@ -211,13 +215,17 @@ fn company_of(c: &Value, approver: &str) -> Value {
 /// URL, the sandbox's consent page accepted, Microsoft's redirect to Steward's callback. Then the
 /// sandbox's PSA accounts (Autotask with the webhook key the sandbox signs with; ConnectWise, with
 /// a ticket callback to Steward) and the rules mapping onboarding and offboarding tickets to
-/// `flows`. Returns how many things failed (each is said on stderr).
+/// `flows`. Says what it did in `out`; returns how many things failed (each said on stderr).
 pub(crate) async fn seed(
     c: &Client,
     sandbox: &str,
     webhook_secret: Option<&str>,
     flows: &Lifecycles<'_>,
+    out: &mut Vec<String>,
 ) -> Result<usize> {
+    macro_rules! say {
+        ($($t:tt)*) => { out.push(format!($($t)*)) };
+    }
     let sandbox = sandbox.trim_end_matches('/');
     let http = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(30))
@@ -250,10 +258,10 @@ pub(crate) async fn seed(
                 failed += 1;
                 continue;
             }
-            println!("{id}: registered");
+            say!("{id}: registered");
         }
         match connect(c, &http, id, snapshot).await {
-            Ok(()) => println!("{id}: tenant connected through the consent flow"),
+            Ok(()) => say!("{id}: tenant connected through the consent flow"),
             Err(e) => {
                 eprintln!("{id}: tenant not connected: {e}");
                 failed += 1;
@@ -275,7 +283,7 @@ pub(crate) async fn seed(
                     .put(&format!("/v1/psa/accounts/{AUTOTASK_ACCOUNT}"), account)
                     .await
                 {
-                    Ok(_) => println!(
+                    Ok(_) => say!(
                         "PSA account {AUTOTASK_ACCOUNT}: registered (webhooks checked with the key the sandbox signs with)"
                     ),
                     Err(e) => {
@@ -290,7 +298,7 @@ pub(crate) async fn seed(
         }
     }
     match connectwise(c, &http, sandbox).await {
-        Ok(()) => println!(
+        Ok(()) => say!(
             "PSA account {CONNECTWISE_ACCOUNT}: registered, with a ticket callback to {}/v1/hooks/connectwise",
             c.base()
         ),
@@ -323,7 +331,7 @@ pub(crate) async fn seed(
         {"workflow": flows.onboarding, "title_keywords": ["new starter", "onboard"], "lifecycle": "onboarding"},
     ]});
     match c.put("/v1/psa/rules", rules).await {
-        Ok(_) => println!(
+        Ok(_) => say!(
             "PSA rules: tickets titled \"leaver\"/\"offboard\" start `{}`, \"new starter\"/\"onboard\" start `{}`",
             flows.offboarding, flows.onboarding
         ),
