@@ -130,15 +130,10 @@ pub(crate) async fn run(json_out: bool) -> Result<ExitCode> {
         steward_engine::tenants::build(&store, &config, &base).map_err(|e| anyhow!(e))?;
     let api_registry = Arc::new(Registry::with_m365(connectors.m365.clone()));
     let workflows = Library::open(&flows_dir, api_registry.clone())?;
-    let mut state = steward_engine::api::state(
-        store.clone(),
-        api_registry,
-        workflows,
-        None,
-        base.clone(),
-    )
-    .await
-    .map_err(|e| anyhow!(e))?;
+    let mut state =
+        steward_engine::api::state(store.clone(), api_registry, workflows, None, base.clone())
+            .await
+            .map_err(|e| anyhow!(e))?;
     state.tenants = Some(connectors.connector.clone());
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -184,7 +179,15 @@ pub(crate) async fn run(json_out: bool) -> Result<ExitCode> {
         sb.base_url
     ));
 
-    let result = demo(&store, &base, &sb.base_url, &webhook_secret, deadline, json_out).await;
+    let result = demo(
+        &store,
+        &base,
+        &sb.base_url,
+        &webhook_secret,
+        deadline,
+        json_out,
+    )
+    .await;
 
     let _ = stop_tx.send(true);
     let _ = worker.await;
@@ -199,10 +202,7 @@ pub(crate) async fn run(json_out: bool) -> Result<ExitCode> {
     if json_out {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!(
-            "\nDone in {:.1} s.",
-            started.elapsed().as_secs_f64()
-        );
+        println!("\nDone in {:.1} s.", started.elapsed().as_secs_f64());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -259,7 +259,10 @@ async fn demo(
         "  {GATED}: its policy now wants an approver's yes before any change to users"
     ));
 
-    say("\n== New-starter tickets in the sandbox's Autotask; its webhooks start the runs".to_owned());
+    say(
+        "\n== New-starter tickets in the sandbox's Autotask; its webhooks start the runs"
+            .to_owned(),
+    );
     let mut tickets: Vec<(i64, &Starter)> = Vec::new();
     for s in STARTERS {
         let (first, last) = s.name.split_once(' ').unwrap_or((s.name, ""));
@@ -267,7 +270,14 @@ async fn demo(
             "Please set up a new starter.\nName: {}\nFirst name: {first}\nLast name: {last}\nEmail: {}\nStart date: 2027-03-01\n",
             s.name, s.email
         );
-        let id = ticket(&http, sandbox, s.company, &format!("New starter: {}", s.name), &description).await?;
+        let id = ticket(
+            &http,
+            sandbox,
+            s.company,
+            &format!("New starter: {}", s.name),
+            &description,
+        )
+        .await?;
         say(format!(
             "  ticket {id} at {} ({}): New starter: {}",
             s.company, s.kind, s.name
@@ -277,7 +287,10 @@ async fn demo(
     let mut runs: Vec<(String, i64, RunId)> = Vec::new();
     for (id, s) in &tickets {
         let run = intake_run(&c, *id, deadline).await?;
-        say(format!("  ticket {id} → run {run} ({ONBOARDING} at {})", s.company));
+        say(format!(
+            "  ticket {id} → run {run} ({ONBOARDING} at {})",
+            s.company
+        ));
         runs.push((s.company.to_owned(), *id, run));
     }
 
@@ -296,8 +309,11 @@ async fn demo(
             for (step, st) in &snap.doc.state.steps {
                 match &st.state {
                     StepState::AwaitingApproval { .. } if approval.is_null() => {
-                        if let Some(a) = approve_from_note(&http, sandbox, *ticket_id, &say).await? {
-                            say(format!("  {company}: approved through the link in ticket {ticket_id}'s note"));
+                        if let Some(a) = approve_from_note(&http, sandbox, *ticket_id, &say).await?
+                        {
+                            say(format!(
+                                "  {company}: approved through the link in ticket {ticket_id}'s note"
+                            ));
                             approval = a;
                         }
                     }
@@ -368,9 +384,12 @@ async fn demo(
     loop {
         notes = all_notes(&http, sandbox).await?;
         let done = want.iter().all(|t| {
-            notes
-                .iter()
-                .any(|n| n["ticket_id"] == *t && n["title"].as_str().is_some_and(|s| s.to_lowercase().contains("done") || s.to_lowercase().contains("complete")))
+            notes.iter().any(|n| {
+                n["ticket_id"] == *t
+                    && n["title"].as_str().is_some_and(|s| {
+                        s.to_lowercase().contains("done") || s.to_lowercase().contains("complete")
+                    })
+            })
         });
         if done || tokio::time::Instant::now() > notes_deadline {
             break;
@@ -381,14 +400,18 @@ async fn demo(
     let mut out_runs = Vec::new();
     let mut all_completed = true;
     for (company, ticket_id, run) in &runs {
-        let view = RunView::load(store, *run).await?.context("a run vanished")?;
+        let view = RunView::load(store, *run)
+            .await?
+            .context("a run vanished")?;
         let completed = matches!(view.run.state.status, RunStatus::Completed { ref failed, .. } if failed.is_empty());
         all_completed &= completed;
         say(format!("\n== {company}, ticket {ticket_id}"));
         if !quiet {
             crate::print::run(&view, false)?;
         }
-        out_runs.push(json!({"company": company, "ticket": ticket_id, "completed": completed, "run": view}));
+        out_runs.push(
+            json!({"company": company, "ticket": ticket_id, "completed": completed, "run": view}),
+        );
     }
 
     let ledger: Value = http
@@ -399,7 +422,10 @@ async fn demo(
         .json()
         .await?;
     let changes = changes_by_company(&ledger, &notes);
-    say("\n== What changed, from the sandbox's ledger (each directory, mailbox and ticket)".to_owned());
+    say(
+        "\n== What changed, from the sandbox's ledger (each directory, mailbox and ticket)"
+            .to_owned(),
+    );
     for (company, systems) in &changes {
         say(format!("{company}:"));
         for (system, lines) in systems {
@@ -438,7 +464,9 @@ async fn ticket(
         .error_for_status()?
         .json()
         .await?;
-    v["id"].as_i64().ok_or_else(|| anyhow!("no ticket id in {v}"))
+    v["id"]
+        .as_i64()
+        .ok_or_else(|| anyhow!("no ticket id in {v}"))
 }
 
 /// Waits for the webhook of `ticket` to have started a run.
@@ -447,7 +475,9 @@ async fn intake_run(c: &Client, ticket: i64, deadline: tokio::time::Instant) -> 
     loop {
         if let Ok(v) = c.get(&format!("/v1/psa/intakes/{id}")).await {
             if let Some(run) = v["run"].as_str() {
-                return run.parse().map_err(|e| anyhow!("intake {id}: run {run}: {e}"));
+                return run
+                    .parse()
+                    .map_err(|e| anyhow!("intake {id}: run {run}: {e}"));
             }
             if !v["missing"].as_array().is_none_or(Vec::is_empty) {
                 bail!("ticket {ticket} is missing inputs: {}", v["missing"]);
@@ -493,7 +523,9 @@ async fn approve_from_note(
     else {
         return Ok(None);
     };
-    say(format!("  ticket {ticket}'s note carries the approver's one-time link: {link}"));
+    say(format!(
+        "  ticket {ticket}'s note carries the approver's one-time link: {link}"
+    ));
     let first = http.post(&link).send().await?.status();
     say(format!("  approving through the link: HTTP {first}"));
     let again = http.post(&link).send().await?.status();
@@ -501,7 +533,9 @@ async fn approve_from_note(
     if !first.is_success() {
         bail!("the approve link answered {first}");
     }
-    Ok(Some(json!({"ticket": ticket, "first_use": first.as_u16(), "second_use": again.as_u16()})))
+    Ok(Some(
+        json!({"ticket": ticket, "first_use": first.as_u16(), "second_use": again.as_u16()}),
+    ))
 }
 
 /// The ledger's changes (duplicates left out) and the ticket notes, by company and system.
@@ -524,7 +558,11 @@ fn changes_by_company(
         if let (Some(run), Some(step)) = (e["run"].as_str(), e["step"].as_str()) {
             line.push_str(&format!(" (run {run}, step {step})"));
         }
-        out.entry(company).or_default().entry(system).or_default().push(line);
+        out.entry(company)
+            .or_default()
+            .entry(system)
+            .or_default()
+            .push(line);
     }
     for n in notes {
         let line = format!(

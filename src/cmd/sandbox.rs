@@ -191,15 +191,48 @@ fn company_of(c: &Value, approver: &str) -> Value {
         } else {
             "on_prem_ad"
         });
-        company["ad_runner"] = c["ad"]["domain_controller"].clone();
+        // The runner is the site's device described as Steward's runner; other servers are
+        // named as the RMM shows them (FAB-AADC01 for the forest's AADC01).
+        let devices: Vec<&Value> = c["rmm_site"]["devices"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .collect();
+        let device = |name: &str| -> String {
+            devices
+                .iter()
+                .filter_map(|d| d["hostname"].as_str())
+                .find(|h| {
+                    h.eq_ignore_ascii_case(name)
+                        || h.to_uppercase()
+                            .ends_with(&format!("-{}", name.to_uppercase()))
+                })
+                .unwrap_or(name)
+                .to_owned()
+        };
+        let runner = devices
+            .iter()
+            .find(|d| {
+                d["description"]
+                    .as_str()
+                    .is_some_and(|t| t.to_lowercase().contains("steward runner"))
+            })
+            .and_then(|d| d["hostname"].as_str())
+            .map(str::to_owned)
+            .or_else(|| c["ad"]["domain_controller"].as_str().map(&device));
+        company["ad_runner"] = json!(runner);
+        // New users go to the forest's first OU (the fixture lists the staff OU first).
+        if let Some(ou) = c["ad"]["ous"][0].as_str() {
+            company["defaults"]["ou"] = json!(ou);
+        }
         if let Some(site) = c["rmm_site"]["uid"].as_str() {
             company["rmm"] = json!({"provider": "datto", "site": site});
         }
         if let Some(server) = c["entra_connect"]["server"].as_str() {
-            company["entra_connect_server"] = json!(server);
+            company["entra_connect_server"] = json!(device(server));
         }
         if let Some(server) = c["exchange_server"]["name"].as_str() {
-            company["exchange_server"] = json!(server);
+            company["exchange_server"] = json!(device(server));
             company["mailbox_provider"] = json!(if c["entra_connect"].is_object() {
                 "exchange_hybrid"
             } else {
@@ -333,7 +366,8 @@ pub(crate) async fn seed(
     match c.put("/v1/psa/rules", rules).await {
         Ok(_) => say!(
             "PSA rules: tickets titled \"leaver\"/\"offboard\" start `{}`, \"new starter\"/\"onboard\" start `{}`",
-            flows.offboarding, flows.onboarding
+            flows.offboarding,
+            flows.onboarding
         ),
         Err(e) => {
             eprintln!("PSA rules: not set: {e}");
