@@ -42,6 +42,8 @@ const WORKFLOWS: &[(&str, &str)] = &[
         include_str!("../../workflows/demo-offboarding.yaml"),
     ),
 ];
+const MSP_WORLD: &str = include_str!("../../sandbox/fixtures/msp.yaml");
+const DEMO_COMPANY: &str = include_str!("../../sandbox/fixtures/demo-company.yaml.part");
 const ONBOARDING: &str = "demo-onboarding";
 const OFFBOARDING: &str = "demo-offboarding";
 const APPROVER: &str = "lead@msp.example";
@@ -78,6 +80,12 @@ const STARTERS: &[Starter] = &[
         name: "Alan Turing",
         email: "alan.turing@northwindtraders.com",
     },
+    Starter {
+        company: "adatum",
+        kind: "hybrid without sync (AD and Entra ID side by side)",
+        name: "Ada Lovelace",
+        email: "ada.lovelace@adatum.com",
+    },
 ];
 
 /// The company whose policy wants an approver's yes.
@@ -94,7 +102,8 @@ pub(crate) async fn run(json_out: bool) -> Result<ExitCode> {
     say("Starting a private Redis, the sandbox and Steward (API, scheduler, worker) in this process…".to_owned());
     let redis = RedisServer::start(Persistence::AofEverySec)?;
     // The embedded workflows, written where the API's workflow library reads them.
-    let flows_dir = std::env::temp_dir().join(format!("steward-demo-{}", std::process::id()));
+    let root = std::env::temp_dir().join(format!("steward-demo-{}", std::process::id()));
+    let flows_dir = root.join("workflows");
     std::fs::create_dir_all(&flows_dir)?;
     for (file, text) in WORKFLOWS {
         std::fs::write(flows_dir.join(file), text)?;
@@ -104,7 +113,11 @@ pub(crate) async fn run(json_out: bool) -> Result<ExitCode> {
     // The sandbox signs its Autotask webhooks with this key; the seed gives Steward the same.
     let webhook_secret = steward_engine::links::LinkSigner::generate_key();
     let webhook_secret: String = webhook_secret.chars().take(40).collect();
+    // The sandbox's built-in world and a fourth company, hybrid without sync.
+    let fixture = root.join("world.yaml");
+    std::fs::write(&fixture, format!("{MSP_WORLD}\n{DEMO_COMPANY}"))?;
     let sb = steward_sandbox::Sandbox::spawn(steward_sandbox::Options {
+        fixture: Some(fixture),
         webhook_url: Some(format!(
             "{base}/v1/hooks/autotask?account={AUTOTASK_ACCOUNT}"
         )),
@@ -196,7 +209,7 @@ pub(crate) async fn run(json_out: bool) -> Result<ExitCode> {
     api.abort();
     drop(sb);
     drop(redis);
-    let _ = std::fs::remove_dir_all(&flows_dir);
+    let _ = std::fs::remove_dir_all(&root);
     let mut report = result?;
     report["elapsed_ms"] = json!(started.elapsed().as_millis() as u64);
     if json_out {
@@ -421,7 +434,8 @@ async fn demo(
         .error_for_status()?
         .json()
         .await?;
-    let changes = changes_by_company(&ledger, &notes);
+    let by_ticket: BTreeMap<i64, String> = runs.iter().map(|(c, t, _)| (*t, c.clone())).collect();
+    let changes = changes_by_company(&ledger, &notes, &by_ticket);
     say(
         "\n== What changed, from the sandbox's ledger (each directory, mailbox and ticket)"
             .to_owned(),
@@ -542,14 +556,23 @@ async fn approve_from_note(
 fn changes_by_company(
     ledger: &Value,
     notes: &[Value],
+    tickets: &BTreeMap<i64, String>,
 ) -> BTreeMap<String, BTreeMap<String, Vec<String>>> {
     let mut out: BTreeMap<String, BTreeMap<String, Vec<String>>> = BTreeMap::new();
     for e in ledger["entries"].as_array().into_iter().flatten() {
-        if e["duplicate"] == true {
+        // Ticket notes are listed from the tickets themselves, below, with their titles.
+        if e["duplicate"] == true || e["service"] == "autotask" {
             continue;
         }
         let company = e["company"].as_str().unwrap_or("(msp)").to_owned();
-        let system = e["service"].as_str().unwrap_or("?").to_owned();
+        let system = match e["service"].as_str().unwrap_or("?") {
+            "graph" => "Entra ID (Microsoft Graph)",
+            "exchange" | "outlook" => "Exchange Online",
+            "runner" => "Active Directory / Exchange Server (through the runner)",
+            "datto" => "RMM jobs (Datto)",
+            other => other,
+        }
+        .to_owned();
         let mut line = e["action"].as_str().unwrap_or("?").to_owned();
         if let Some(t) = e["target"].as_str() {
             line.push(' ');
@@ -565,15 +588,18 @@ fn changes_by_company(
             .push(line);
     }
     for n in notes {
+        let Some(company) = n["ticket_id"].as_i64().and_then(|t| tickets.get(&t)) else {
+            continue;
+        };
         let line = format!(
             "note on ticket {}: {}",
             n["ticket_id"],
             n["title"].as_str().unwrap_or_default()
         );
-        let company = n["company"].as_str().unwrap_or("(tickets)").to_owned();
+        let company = company.clone();
         out.entry(company)
             .or_default()
-            .entry("autotask tickets".to_owned())
+            .entry("Autotask tickets".to_owned())
             .or_default()
             .push(line);
     }

@@ -186,10 +186,14 @@ fn company_of(c: &Value, approver: &str) -> Value {
         company["psa"] = json!({"provider": "autotask", "company_id": id.to_string()});
     }
     if c["ad"].is_object() {
+        // AD with Entra Connect: hybrid. AD without it: on-premises when Exchange Server holds
+        // the mailboxes, else AD and Entra ID side by side (hybrid without sync).
         company["identity_provider"] = json!(if c["entra_connect"].is_object() {
             "hybrid"
-        } else {
+        } else if c["exchange_server"].is_object() {
             "on_prem_ad"
+        } else {
+            "hybrid_no_sync"
         });
         // The runner is the site's device described as Steward's runner; other servers are
         // named as the RMM shows them (FAB-AADC01 for the forest's AADC01).
