@@ -412,7 +412,12 @@ async fn demo(
 
     let mut out_runs = Vec::new();
     let mut all_completed = true;
-    for (company, ticket_id, run) in &runs {
+    for (i, (company, ticket_id, run)) in runs.iter().enumerate() {
+        let workflow = if i < STARTERS.len() {
+            ONBOARDING
+        } else {
+            OFFBOARDING
+        };
         let view = RunView::load(store, *run)
             .await?
             .context("a run vanished")?;
@@ -423,7 +428,7 @@ async fn demo(
             crate::print::run(&view, false)?;
         }
         out_runs.push(
-            json!({"company": company, "ticket": ticket_id, "completed": completed, "run": view}),
+            json!({"company": company, "ticket": ticket_id, "workflow": workflow, "completed": completed, "run": view}),
         );
     }
 
