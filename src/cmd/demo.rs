@@ -330,13 +330,17 @@ async fn demo(
                             approval = a;
                         }
                     }
-                    StepState::Polling { .. } => {
-                        // The hybrid's wait for Entra Connect: the sandbox's time moves on, and
-                        // the step is woken to look again (as the runner's callback would).
-                        http.post(format!("{sandbox}/admin/clock/advance"))
-                            .json(&json!({"seconds": 150}))
-                            .send()
-                            .await?;
+                    StepState::Polling { note, .. } => {
+                        // The hybrid's wait for Entra Connect's sync cycle: the sandbox's time
+                        // moves on (two minutes a cycle), rather than the demo's. Any waiting
+                        // step is woken to look again now, as the runner's callback would.
+                        if note.as_deref().is_some_and(|n| n.contains("wait_for_user")) {
+                            http.post(format!("{sandbox}/admin/clock/advance"))
+                                .json(&json!({"seconds": 150}))
+                                .send()
+                                .await?
+                                .error_for_status()?;
+                        }
                         steward_engine::runner::wake(
                             store,
                             &Binding {
