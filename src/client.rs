@@ -52,6 +52,11 @@ impl Client {
                 "no API token: set {TOKEN_VAR} (an admin makes tokens: steward technicians token)"
             )
         })?;
+        Self::with_token(args, token)
+    }
+
+    /// A client with a token from elsewhere (`steward demo` makes its own technician).
+    pub(crate) fn with_token(args: &ApiArgs, token: String) -> Result<Self> {
         Ok(Self {
             http: reqwest::Client::builder()
                 .timeout(TIMEOUT)

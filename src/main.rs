@@ -162,8 +162,15 @@ enum Command {
     /// Redis unless `--redis` names one (STEWARD_REDIS__URL and the config file are not used);
     /// on a named Redis its keys are removed at the end unless `--namespace` is given.
     Bench(cmd::bench::BenchArgs),
-    /// Show what Steward does, on a private Redis: runs sample workflows and prints them.
-    Demo,
+    /// Show what Steward does, all in this process: a private Redis, the sandbox and Steward;
+    /// PSA tickets start onboardings in a cloud-only, a hybrid and an on-premises company, one
+    /// approved through its ticket's signed link, then an offboarding; prints each run and what
+    /// changed in the sandbox.
+    Demo {
+        /// Print one JSON object instead.
+        #[arg(long)]
+        json: bool,
+    },
     /// List runs (through the API).
     Runs {
         #[command(flatten)]
@@ -321,7 +328,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Schema { dir } => cmd::schema::run(&dir),
-        Command::Demo => cmd::demo::run().await,
+        Command::Demo { json } => cmd::demo::run(json).await,
         Command::Plan(args) => {
             api_only("plan")?;
             cmd::plan::plan(args).await

@@ -739,19 +739,66 @@ fn the_demo_runs() {
     let out = steward(&["demo"]);
     let t = text(&out);
     assert!(out.status.success(), "{t}");
-    assert!(t.contains("status:  completed"), "{t}");
+    // Seeded through the API: four companies, the PSA account and the rules.
+    for company in ["contoso", "fabrikam", "northwind", "adatum"] {
+        assert!(t.contains(&format!("{company}: registered")), "{t}");
+        assert!(t.contains(&format!("== {company}, ticket ")), "{t}");
+    }
     assert!(
-        t.contains("rolled back") && t.contains("NOT undone (irreversible): reset_password"),
+        t.contains("PSA account sandbox-autotask: registered")
+            && t.contains("start `demo-onboarding`"),
         "{t}"
     );
-    // The third run waits at the policy's gate until approved through a signed link.
+    // Four onboardings from tickets and one offboarding, all completed.
+    assert_eq!(t.matches("by psa:autotask").count(), 5, "{t}");
+    assert_eq!(t.matches("status:  completed").count(), 5, "{t}");
+    // Northwind's run waited at its policy's gate until approved through its ticket's link.
     assert!(
-        t.contains("Approving through the link: HTTP 200")
-            && t.contains("Using it again: HTTP 410")
-            && t.contains("approved at gate `policy_approval` by lead@msp.example (via link)"),
+        t.contains("approving through the link: HTTP 200")
+            && t.contains("using it again: HTTP 410")
+            && t.contains("approved at gate `policy_approval` by lead@msp.example (via link"),
         "{t}"
     );
-    assert_eq!(t.matches("status:  completed").count(), 2, "{t}");
+    assert!(
+        t.contains("Leaver: Jane Doe") && t.contains("demo-offboarding v1"),
+        "{t}"
+    );
+    // What changed, from the sandbox's ledger: each directory and the tickets.
+    for line in [
+        "user.create ",
+        "user.assign_license ",
+        "user.revoke_sessions ",
+        "ad.new_user ",
+        "adsync.start_delta ",
+        "Steward: waiting for approval",
+        "Steward: done",
+    ] {
+        assert!(t.contains(line), "no `{line}` in:\n{t}");
+    }
+
+    let out = steward(&["demo", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let runs = v["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 5, "{v}");
+    assert!(runs.iter().all(|r| r["completed"] == true), "{v}");
+    assert_eq!(
+        runs.iter()
+            .filter(|r| r["workflow"] == "demo-offboarding")
+            .count(),
+        1,
+        "{v}"
+    );
+    assert_eq!(v["approval"]["first_use"], 200, "{v}");
+    assert_eq!(v["approval"]["second_use"], 410, "{v}");
+    assert!(
+        v["changes"]["contoso"]["Entra ID (Microsoft Graph)"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|x| x
+                .as_str()
+                .is_some_and(|x| x.starts_with("user.revoke_sessions")))),
+        "{v}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

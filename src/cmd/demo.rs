@@ -1,308 +1,616 @@
-//! `steward demo`: a private Redis, an in-process worker, scheduler and HTTP API, and three runs
-//! of the sample workflow — one that completes, one that fails at the end and rolls back, and one
-//! for a company whose policy wants an approver's yes first, approved through a signed link.
+//! `steward demo`: the real thing in one process. A private Redis, the sandbox (Microsoft 365,
+//! Active Directory and Exchange through a Datto agent, Autotask) and Steward (API, scheduler,
+//! worker, ticket notes). The sandbox's companies are registered and their tenants connected
+//! through the API as a technician would (`steward sandbox seed`); new-starter tickets created in
+//! the sandbox's Autotask reach Steward as signed webhooks and start the onboardings; one company's
+//! policy wants an approver's yes, given through the signed link in its ticket note; then a leaver
+//! ticket offboards one of the new starters. Prints each run's timeline and, from the sandbox's
+//! ledger, what changed in each directory, mailbox and ticket (`--json`: one object).
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use serde_json::{Map, json};
-use steward_core::Plan;
-use steward_engine::bench::Waiter;
-use steward_engine::companies::{self, Companies};
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::{Value, json};
+use steward_engine::api::runs::RunView;
+use steward_engine::companies::Companies;
+use steward_engine::config::Config;
 use steward_engine::embedded::{Persistence, RedisServer};
-use steward_engine::planner::{Planner, StartRun};
+use steward_engine::planner::Library;
 use steward_engine::queue::QueueConfig;
 use steward_engine::scheduler::{self, SchedulerConfig};
 use steward_engine::store::Store;
 use steward_engine::worker::{self, Runtime};
-use steward_engine::{Db, Keys, SystemClock};
-use steward_schemas::{
-    CompanyScope, GroupSetting, Level, PermissionGroup, Permissions, Profile, Role, RunId,
-    RunStatus, StepState,
-};
-use steward_workers::testing::ledger_keys;
+use steward_schemas::{CompanyScope, Role, RunId, RunStatus, StepState};
+use steward_workers::rmm::jobs::Binding;
 use steward_workers::{Registry, Services};
 use tokio::sync::watch;
 
-const DEMO: &str = include_str!("../../workflows/demo.yaml");
+use super::sandbox::{AUTOTASK_ACCOUNT, Lifecycles};
+use crate::client::{ApiArgs, Client};
 
-pub(crate) async fn run() -> Result<ExitCode> {
-    println!("Starting a private Redis (AOF, appendfsync everysec)…");
-    let server = RedisServer::start(Persistence::AofEverySec)?;
-    let keys = Keys::new("demo", 4)?;
-    let db = Db::connect(&server.url(), Duration::from_secs(5)).await?;
-    let store = Store::new(db.clone(), keys, Arc::new(SystemClock));
+/// The demo's workflows, embedded so `steward demo` works from any directory.
+const WORKFLOWS: &[(&str, &str)] = &[
+    (
+        "demo-onboarding.yaml",
+        include_str!("../../workflows/demo-onboarding.yaml"),
+    ),
+    (
+        "demo-offboarding.yaml",
+        include_str!("../../workflows/demo-offboarding.yaml"),
+    ),
+];
+const MSP_WORLD: &str = include_str!("../../sandbox/fixtures/msp.yaml");
+const DEMO_COMPANY: &str = include_str!("../../sandbox/fixtures/demo-company.yaml.part");
+const ONBOARDING: &str = "demo-onboarding";
+const OFFBOARDING: &str = "demo-offboarding";
+const APPROVER: &str = "lead@msp.example";
+/// The sandbox's registration of Steward's app (sandbox credentials, meaningless elsewhere).
+const SANDBOX_APP_ID: &str = "5e7a9f3c-1b2d-4c8e-9f00-a1b2c3d4e5f6";
+const SANDBOX_APP_SECRET: &str = "sandbox-client-secret-steward";
+/// The whole demo's budget.
+const BUDGET: Duration = Duration::from_secs(50);
+
+/// One new starter: the company, what its systems are, the ticket's text.
+struct Starter {
+    company: &'static str,
+    kind: &'static str,
+    name: &'static str,
+    email: &'static str,
+}
+
+const STARTERS: &[Starter] = &[
+    Starter {
+        company: "contoso",
+        kind: "cloud only (Entra ID, Exchange Online)",
+        name: "Jane Doe",
+        email: "jane.doe@contoso.com",
+    },
+    Starter {
+        company: "fabrikam",
+        kind: "hybrid (AD + Entra Connect + Exchange hybrid)",
+        name: "Grace Hopper",
+        email: "grace.hopper@fabrikam.com",
+    },
+    Starter {
+        company: "northwind",
+        kind: "on-premises (AD + Exchange Server through the RMM)",
+        name: "Alan Turing",
+        email: "alan.turing@northwindtraders.com",
+    },
+    Starter {
+        company: "adatum",
+        kind: "hybrid without sync (AD and Entra ID side by side)",
+        name: "Ada Lovelace",
+        email: "ada.lovelace@adatum.com",
+    },
+];
+
+/// The company whose policy wants an approver's yes.
+const GATED: &str = "northwind";
+
+pub(crate) async fn run(json_out: bool) -> Result<ExitCode> {
+    let started = tokio::time::Instant::now();
+    let deadline = started + BUDGET;
+    let say = |line: String| {
+        if !json_out {
+            println!("{line}");
+        }
+    };
+    say("Starting a private Redis, the sandbox and Steward (API, scheduler, worker) in this process…".to_owned());
+    let redis = RedisServer::start(Persistence::AofEverySec)?;
+    // The embedded workflows, written where the API's workflow library reads them.
+    let root = std::env::temp_dir().join(format!("steward-demo-{}", std::process::id()));
+    let flows_dir = root.join("workflows");
+    std::fs::create_dir_all(&flows_dir)?;
+    for (file, text) in WORKFLOWS {
+        std::fs::write(flows_dir.join(file), text)?;
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    // The sandbox signs its Autotask webhooks with this key; the seed gives Steward the same.
+    let webhook_secret = steward_engine::links::LinkSigner::generate_key();
+    let webhook_secret: String = webhook_secret.chars().take(40).collect();
+    // The sandbox's built-in world and a fourth company, hybrid without sync.
+    let fixture = root.join("world.yaml");
+    std::fs::write(&fixture, format!("{MSP_WORLD}\n{DEMO_COMPANY}"))?;
+    let sb = steward_sandbox::Sandbox::spawn(steward_sandbox::Options {
+        fixture: Some(fixture),
+        webhook_url: Some(format!(
+            "{base}/v1/hooks/autotask?account={AUTOTASK_ACCOUNT}"
+        )),
+        webhook_secret: Some(webhook_secret.clone()),
+        ..steward_sandbox::Options::default()
+    })
+    .await?;
+
+    let mut config = Config::default();
+    config.redis.url = redis.url();
+    config.redis.namespace = "demo".to_owned();
+    config.sandbox.url = Some(sb.base_url.clone());
+    config.http.public_url = Some(base.clone());
+    config.secrets.dev_key = true;
+    // Steward's multi-tenant app as the sandbox's partner knows it (sandbox/fixtures/msp.yaml).
+    config.m365.client_id = Some(SANDBOX_APP_ID.to_owned());
+    config.m365.client_secret = Some(steward_engine::config::Secret(
+        SANDBOX_APP_SECRET.to_owned(),
+    ));
+    let store = super::connect(&config).await?;
     store.prepare().await?;
-    let registry = Registry::builtin();
-    let plan = Arc::new(Plan::load("workflows/demo.yaml", DEMO, Some(&registry))?);
+    let connectors =
+        steward_engine::tenants::build(&store, &config, &base).map_err(|e| anyhow!(e))?;
+    let api_registry = Arc::new(Registry::with_m365(connectors.m365.clone()));
+    let workflows = Library::open(&flows_dir, api_registry.clone())?;
+    let mut state =
+        steward_engine::api::state(store.clone(), api_registry, workflows, None, base.clone())
+            .await
+            .map_err(|e| anyhow!(e))?;
+    state.tenants = Some(connectors.connector.clone());
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let companies = Companies::for_store(&store);
-    companies::ensure(
-        &companies,
-        companies::sample("contoso", &["lead@msp.example"]),
-    )
-    .await?;
-    let planner = Planner {
-        store: store.clone(),
-        companies: companies.clone(),
-        registry: Arc::new(Registry::builtin()),
-    };
+    let notes = tokio::spawn(steward_engine::psa::notes::serve(
+        &state,
+        stopped(stop_rx.clone()),
+    ));
+    let api = tokio::spawn(async move {
+        let _ = axum::serve(listener, steward_engine::api::app(state)).await;
+    });
+    let onprem = steward_engine::runner::onprem_from_config(&config, &store).await?;
     let runtime = Arc::new(Runtime {
         store: store.clone(),
-        companies,
-        registry,
+        companies: Companies::for_store(&store),
+        registry: Registry::connected(Some(connectors.m365), onprem),
         services: Services {
-            redis: Some(db.manager()),
+            redis: Some(store.db().manager()),
             namespace: "demo".to_owned(),
         },
     });
     let queue = QueueConfig {
         consumer: worker::consumer_name(),
         concurrency: 16,
-        block: Duration::from_secs(1),
+        block: Duration::from_millis(500),
         claim_idle: Duration::from_secs(10),
         max_deliveries: 5,
     };
     let worker = tokio::spawn(worker::run(runtime, queue, stopped(stop_rx.clone())));
-    let sched_config = SchedulerConfig {
-        tick: Duration::from_millis(50),
-        batch: 100,
-        concurrency: 16,
-    };
-    let scheduler = tokio::spawn(scheduler::run(
+    let sched = tokio::spawn(scheduler::run(
         store.clone(),
-        sched_config,
+        SchedulerConfig {
+            tick: Duration::from_millis(50),
+            batch: 100,
+            concurrency: 16,
+        },
         stopped(stop_rx),
     ));
+    say(format!(
+        "Steward's API is at {base}; the sandbox at {}.",
+        sb.base_url
+    ));
 
-    let mut waiter = Waiter::new(&store).await?;
-    let mut runs = Vec::new();
-    for (user, fail) in [("jane.doe", false), ("john.roe", true)] {
-        let inputs: Map<_, _> = json!({ "user": user, "fail_at_end": fail })
-            .as_object()
-            .cloned()
-            .unwrap_or_default();
-        let run = planner
-            .start(StartRun {
-                plan: plan.clone(),
-                company: "contoso".parse()?,
-                inputs,
-                requested_by: "demo".to_owned(),
-                ticket: None,
-                start_at: None,
-            })
-            .await?;
-        println!(
-            "Started {run} for {user}{}",
-            if fail {
-                " (its last step will fail)"
-            } else {
-                ""
-            }
-        );
-        runs.push(run);
-    }
-    waiter
-        .wait_all(
-            &store,
-            &runs.iter().copied().collect(),
-            Duration::from_secs(60),
-        )
-        .await
-        .context("the demo runs did not finish")?;
-    for run in &runs {
-        println!();
-        show(&store, *run).await?;
-    }
-    let [_, state, applied, undone] = ledger_keys("demo");
-    let applied: Vec<String> = db
-        .query(redis::cmd("LRANGE").arg(&applied).arg(0).arg(-1))
-        .await?;
-    let undone: Vec<String> = db
-        .query(redis::cmd("LRANGE").arg(&undone).arg(0).arg(-1))
-        .await?;
-    let left: usize = db.query(redis::cmd("HLEN").arg(&state)).await?;
-    println!();
-    println!(
-        "The ledger (the demo's stand-in for a directory): {} changes applied, {} undone, {left} in place.",
-        applied.len(),
-        undone.len()
-    );
-    println!(
-        "The failed run's changes were undone newest first; its password reset is listed as irreversible."
-    );
-
-    approval(&store, &planner, &plan).await?;
+    let result = demo(
+        &store,
+        &base,
+        &sb.base_url,
+        &webhook_secret,
+        deadline,
+        json_out,
+    )
+    .await;
 
     let _ = stop_tx.send(true);
     let _ = worker.await;
-    let _ = scheduler.await;
-    drop(server);
+    let _ = sched.await;
+    let _ = notes.await;
+    api.abort();
+    drop(sb);
+    drop(redis);
+    let _ = std::fs::remove_dir_all(&root);
+    let mut report = result?;
+    report["elapsed_ms"] = json!(started.elapsed().as_millis() as u64);
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("\nDone in {:.1} s.", started.elapsed().as_secs_f64());
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-async fn show(store: &Store, run: RunId) -> Result<()> {
-    let view = steward_engine::api::runs::RunView::load(store, run)
-        .await?
-        .context("run vanished")?;
-    crate::print::run(&view, false)
-}
-
-/// The third run: a company whose policy wants an approver's yes before user changes; the
-/// approver decides through a signed one-time link served by the HTTP API.
-async fn approval(store: &Store, planner: &Planner, plan: &Arc<Plan>) -> Result<()> {
-    let approver = "lead@msp.example";
-    let mut fabrikam = companies::sample("fabrikam", &[approver]);
-    fabrikam.name = "Fabrikam Ltd".to_owned();
-    fabrikam.custom_instructions =
-        "Confirm the start date with Fabrikam's office manager before approving.".to_owned();
-    fabrikam.permissions = Permissions {
-        profile: Profile::ItAdmin,
-        groups: [(
-            PermissionGroup::Users,
-            GroupSetting {
-                level: Level::ReadWrite,
-                requires_approval: true,
-            },
-        )]
-        .into(),
-    };
-    companies::ensure(&planner.companies, fabrikam).await?;
-
-    let auth = steward_engine::auth::Auth::for_store(store);
-    let lead = match auth.technician_by_email(approver).await? {
-        Some(t) => t,
-        None => {
-            auth.add_technician(approver, "Team lead", Role::Technician, CompanyScope::ALL)
-                .await?
+/// Everything after start-up; returns the `--json` object.
+async fn demo(
+    store: &Store,
+    base: &str,
+    sandbox: &str,
+    webhook_secret: &str,
+    deadline: tokio::time::Instant,
+    quiet: bool,
+) -> Result<Value> {
+    let say = |line: String| {
+        if !quiet {
+            println!("{line}");
         }
     };
-    let (_, token) = auth.create_token(lead.id, "demo").await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let state = steward_engine::api::state(
-        store.clone(),
-        planner.registry.clone(),
-        steward_engine::planner::Workflows::default(),
-        None,
-        base.clone(),
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!(e))?;
-    let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, steward_engine::api::app(state)).await;
-    });
-
-    println!();
-    println!(
-        "Fabrikam's policy wants an approver's yes before any change to users; the HTTP API is at {base}."
-    );
-    let inputs: Map<_, _> = json!({ "user": "ann.lee" })
-        .as_object()
-        .cloned()
-        .unwrap_or_default();
-    let run = planner
-        .start(StartRun {
-            plan: plan.clone(),
-            company: "fabrikam".parse()?,
-            inputs,
-            requested_by: "tech@msp.example".to_owned(),
-            ticket: None,
-            start_at: None,
-        })
+    let auth = steward_engine::auth::Auth::for_store(store);
+    let lead = auth
+        .add_technician(APPROVER, "Team lead", Role::Admin, CompanyScope::ALL)
         .await?;
-    println!("Started {run} for ann.lee at Fabrikam; the policy put a gate before its first step.");
-    let gate = steward_core::policy::POLICY_GATE;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let (_, token) = auth.create_token(lead.id, "demo").await?;
+    let c = Client::with_token(
+        &ApiArgs {
+            api: base.to_owned(),
+            json: false,
+        },
+        token,
+    )?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()?;
+
+    say("\n== Seeding, as `steward sandbox seed` does (companies, tenants by consent, PSA accounts, rules)".to_owned());
+    let mut seeded = Vec::new();
+    let flows = Lifecycles {
+        onboarding: ONBOARDING,
+        offboarding: OFFBOARDING,
+    };
+    let failed =
+        super::sandbox::seed(&c, sandbox, Some(webhook_secret), &flows, &mut seeded).await?;
+    for line in &seeded {
+        say(format!("  {line}"));
+    }
+    if failed > 0 {
+        bail!("seeding failed ({failed} problems, said above)");
+    }
+    // One company's policy wants an approver's yes before changes to users.
+    let mut gated = c.get(&format!("/v1/companies/{GATED}")).await?["company"].take();
+    gated["permissions"] = json!({"profile": "full_automation", "groups": {"users": {"level": "read_write", "requires_approval": true}}});
+    c.put(&format!("/v1/companies/{GATED}"), gated).await?;
+    say(format!(
+        "  {GATED}: its policy now wants an approver's yes before any change to users"
+    ));
+
+    say(
+        "\n== New-starter tickets in the sandbox's Autotask; its webhooks start the runs"
+            .to_owned(),
+    );
+    let mut tickets: Vec<(i64, &Starter)> = Vec::new();
+    for s in STARTERS {
+        let (first, last) = s.name.split_once(' ').unwrap_or((s.name, ""));
+        let description = format!(
+            "Please set up a new starter.\nName: {}\nFirst name: {first}\nLast name: {last}\nEmail: {}\nStart date: 2027-03-01\n",
+            s.name, s.email
+        );
+        let id = ticket(
+            &http,
+            sandbox,
+            s.company,
+            &format!("New starter: {}", s.name),
+            &description,
+        )
+        .await?;
+        say(format!(
+            "  ticket {id} at {} ({}): New starter: {}",
+            s.company, s.kind, s.name
+        ));
+        tickets.push((id, s));
+    }
+    let mut runs: Vec<(String, i64, RunId)> = Vec::new();
+    for (id, s) in &tickets {
+        let run = intake_run(&c, *id, deadline).await?;
+        say(format!(
+            "  ticket {id} → run {run} ({ONBOARDING} at {})",
+            s.company
+        ));
+        runs.push((s.company.to_owned(), *id, run));
+    }
+
+    // Drive the runs to their ends: approve the gated one through its ticket's link, and let the
+    // sandbox's clock run through Entra Connect's sync cycle for the hybrid one.
+    let mut approval = Value::Null;
+    let ids: Vec<RunId> = runs.iter().map(|(_, _, r)| *r).collect();
     loop {
-        let snap = store.load(run).await?.context("run vanished")?;
-        if matches!(
-            snap.doc.state.steps.get(gate).map(|s| &s.state),
-            Some(StepState::AwaitingApproval { .. })
-        ) {
+        let mut open = 0;
+        for (company, ticket_id, run) in &runs {
+            let snap = store.load(*run).await?.context("a run vanished")?;
+            if snap.doc.state.status.is_terminal() {
+                continue;
+            }
+            open += 1;
+            for (step, st) in &snap.doc.state.steps {
+                match &st.state {
+                    StepState::AwaitingApproval { .. } if approval.is_null() => {
+                        if let Some(a) = approve_from_note(&http, sandbox, *ticket_id, &say).await?
+                        {
+                            say(format!(
+                                "  {company}: approved through the link in ticket {ticket_id}'s note"
+                            ));
+                            approval = a;
+                        }
+                    }
+                    StepState::Polling { note, .. } => {
+                        // The hybrid's wait for Entra Connect's sync cycle: the sandbox's time
+                        // moves on (two minutes a cycle), rather than the demo's. Any waiting
+                        // step is woken to look again now, as the runner's callback would.
+                        if note.as_deref().is_some_and(|n| n.contains("wait_for_user")) {
+                            http.post(format!("{sandbox}/admin/clock/advance"))
+                                .json(&json!({"seconds": 150}))
+                                .send()
+                                .await?
+                                .error_for_status()?;
+                        }
+                        steward_engine::runner::wake(
+                            store,
+                            &Binding {
+                                run: run.to_string(),
+                                step: step.to_string(),
+                                seq: st.seq,
+                                phase: "run".to_owned(),
+                            },
+                        )
+                        .await?;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if open == 0 {
             break;
         }
         if tokio::time::Instant::now() > deadline {
-            anyhow::bail!("the gate did not open within 30 s");
+            bail!("the onboardings did not finish in time: {ids:?}");
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let http = reqwest::Client::new();
-    let links: serde_json::Value = http
-        .post(format!("{base}/v1/approvals/{run}/{gate}/links"))
-        .bearer_auth(&token)
-        .json(&json!({}))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let approve_url = links["approve_url"]
-        .as_str()
-        .context("no approve link")?
-        .to_owned();
-    println!("The approver's one-time links (for an email, a Teams message or a ticket note):");
-    println!("  approve  {approve_url}");
-    println!(
-        "  reject   {}",
-        links["reject_url"].as_str().unwrap_or_default()
-    );
-    let view: serde_json::Value = http
-        .get(&approve_url)
-        .header("accept", "application/json")
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let g = &view["gate"];
-    println!(
-        "Opening the link shows what the gate unlocks at {} ({}):",
-        g["company_name"].as_str().unwrap_or_default(),
-        g["company"].as_str().unwrap_or_default()
-    );
-    for u in g["unlocks"].as_array().into_iter().flatten() {
-        println!(
-            "  {:<16} {:<8} by {:<18} {}",
-            u["step"].as_str().unwrap_or_default(),
-            u["op"].as_str().unwrap_or_default(),
-            u["route"].as_str().unwrap_or_default(),
-            u["params"]
+    say("\n== A leaver ticket: one of the new starters is offboarded".to_owned());
+    let leaver = &STARTERS[0];
+    let id = ticket(
+        &http,
+        sandbox,
+        leaver.company,
+        &format!("Leaver: {}", leaver.name),
+        &format!(
+            "{} is leaving us.\nName: {}\nEmail: {}\nLast day: 2027-06-30\n",
+            leaver.name, leaver.name, leaver.email
+        ),
+    )
+    .await?;
+    let run = intake_run(&c, id, deadline).await?;
+    say(format!(
+        "  ticket {id} at {} → run {run} ({OFFBOARDING})",
+        leaver.company
+    ));
+    runs.push((leaver.company.to_owned(), id, run));
+    loop {
+        let snap = store.load(run).await?.context("a run vanished")?;
+        if snap.doc.state.status.is_terminal() {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("the offboarding did not finish in time");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The notes outbox writes "done" on each ticket; give it a moment within the budget.
+    let want: Vec<i64> = runs.iter().map(|(_, t, _)| *t).collect();
+    let notes_deadline = (tokio::time::Instant::now() + Duration::from_secs(5)).min(deadline);
+    let mut notes;
+    loop {
+        notes = all_notes(&http, sandbox).await?;
+        let done = want.iter().all(|t| {
+            notes.iter().any(|n| {
+                n["ticket_id"] == *t
+                    && n["title"].as_str().is_some_and(|s| {
+                        s.to_lowercase().contains("done") || s.to_lowercase().contains("complete")
+                    })
+            })
+        });
+        if done || tokio::time::Instant::now() > notes_deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let mut out_runs = Vec::new();
+    let mut all_completed = true;
+    for (i, (company, ticket_id, run)) in runs.iter().enumerate() {
+        let workflow = if i < STARTERS.len() {
+            ONBOARDING
+        } else {
+            OFFBOARDING
+        };
+        let view = RunView::load(store, *run)
+            .await?
+            .context("a run vanished")?;
+        let completed = matches!(view.run.state.status, RunStatus::Completed { ref failed, .. } if failed.is_empty());
+        all_completed &= completed;
+        say(format!("\n== {company}, ticket {ticket_id}"));
+        if !quiet {
+            crate::print::run(&view, false)?;
+        }
+        out_runs.push(
+            json!({"company": company, "ticket": ticket_id, "workflow": workflow, "completed": completed, "run": view}),
         );
     }
-    println!(
-        "  instructions: {}",
-        g["custom_instructions"].as_str().unwrap_or_default()
-    );
-    let mut waiter = Waiter::new(store).await?;
-    let used = http.post(&approve_url).send().await?;
-    println!("Approving through the link: HTTP {}", used.status());
-    let again = http.post(&approve_url).send().await?;
-    let again_status = again.status();
-    let again_body: serde_json::Value = again.json().await.unwrap_or_default();
-    println!(
-        "Using it again: HTTP {again_status} ({})",
-        again_body["error"]["message"].as_str().unwrap_or_default()
-    );
 
-    waiter
-        .wait_all(store, &[run].into_iter().collect(), Duration::from_secs(60))
-        .await
-        .context("the approved run did not finish")?;
-    println!();
-    show(store, run).await?;
-    let snap = store.load(run).await?.context("run vanished")?;
-    server.abort();
-    anyhow::ensure!(
-        matches!(snap.doc.state.status, RunStatus::Completed { .. }),
-        "the approved run did not complete"
+    let ledger: Value = http
+        .get(format!("{sandbox}/admin/ledger"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let by_ticket: BTreeMap<i64, String> = runs.iter().map(|(c, t, _)| (*t, c.clone())).collect();
+    let changes = changes_by_company(&ledger, &notes, &by_ticket);
+    say(
+        "\n== What changed, from the sandbox's ledger (each directory, mailbox and ticket)"
+            .to_owned(),
     );
-    Ok(())
+    for (company, systems) in &changes {
+        say(format!("{company}:"));
+        for (system, lines) in systems {
+            say(format!("  {system}:"));
+            for l in lines {
+                say(format!("    {l}"));
+            }
+        }
+    }
+    if !all_completed {
+        bail!("not every run completed (see above)");
+    }
+    Ok(json!({
+        "api": base,
+        "sandbox": sandbox,
+        "seed": seeded,
+        "runs": out_runs,
+        "approval": approval,
+        "changes": changes,
+    }))
+}
+
+/// Creates a ticket in the sandbox's Autotask (as the customer's email to the helpdesk would).
+async fn ticket(
+    http: &reqwest::Client,
+    sandbox: &str,
+    company: &str,
+    title: &str,
+    description: &str,
+) -> Result<i64> {
+    let v: Value = http
+        .post(format!("{sandbox}/admin/tickets"))
+        .json(&json!({"company": company, "title": title, "description": description, "queue_id": 8, "issue_type": 10}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    v["id"]
+        .as_i64()
+        .ok_or_else(|| anyhow!("no ticket id in {v}"))
+}
+
+/// Waits for the webhook of `ticket` to have started a run.
+async fn intake_run(c: &Client, ticket: i64, deadline: tokio::time::Instant) -> Result<RunId> {
+    let id = format!("autotask:{AUTOTASK_ACCOUNT}:{ticket}");
+    loop {
+        if let Ok(v) = c.get(&format!("/v1/psa/intakes/{id}")).await {
+            if let Some(run) = v["run"].as_str() {
+                return run
+                    .parse()
+                    .map_err(|e| anyhow!("intake {id}: run {run}: {e}"));
+            }
+            if !v["missing"].as_array().is_none_or(Vec::is_empty) {
+                bail!("ticket {ticket} is missing inputs: {}", v["missing"]);
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("ticket {ticket}'s webhook started no run in time");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn all_notes(http: &reqwest::Client, sandbox: &str) -> Result<Vec<Value>> {
+    let v: Value = http
+        .get(format!("{sandbox}/admin/tickets"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok(v["notes"].as_array().cloned().unwrap_or_default())
+}
+
+/// Finds the approve link in the ticket's "waiting for approval" note and uses it (then tries it
+/// again, which a one-time link refuses). `None` while the note has not been written yet.
+async fn approve_from_note(
+    http: &reqwest::Client,
+    sandbox: &str,
+    ticket: i64,
+    say: &impl Fn(String),
+) -> Result<Option<Value>> {
+    let notes = all_notes(http, sandbox).await?;
+    let Some(link) = notes
+        .iter()
+        .filter(|n| n["ticket_id"] == ticket)
+        .filter_map(|n| n["description"].as_str())
+        .flat_map(str::lines)
+        .find_map(|l| {
+            l.strip_prefix("Approve (as ")
+                .and_then(|rest| rest.split_once("): "))
+                .map(|(_, url)| url.trim().to_owned())
+        })
+    else {
+        return Ok(None);
+    };
+    say(format!(
+        "  ticket {ticket}'s note carries the approver's one-time link: {link}"
+    ));
+    let first = http.post(&link).send().await?.status();
+    say(format!("  approving through the link: HTTP {first}"));
+    let again = http.post(&link).send().await?.status();
+    say(format!("  using it again: HTTP {again}"));
+    if !first.is_success() {
+        bail!("the approve link answered {first}");
+    }
+    Ok(Some(
+        json!({"ticket": ticket, "first_use": first.as_u16(), "second_use": again.as_u16()}),
+    ))
+}
+
+/// The ledger's changes (duplicates left out) and the ticket notes, by company and system.
+fn changes_by_company(
+    ledger: &Value,
+    notes: &[Value],
+    tickets: &BTreeMap<i64, String>,
+) -> BTreeMap<String, BTreeMap<String, Vec<String>>> {
+    let mut out: BTreeMap<String, BTreeMap<String, Vec<String>>> = BTreeMap::new();
+    for e in ledger["entries"].as_array().into_iter().flatten() {
+        // Ticket notes are listed from the tickets themselves, below, with their titles.
+        if e["duplicate"] == true || e["service"] == "autotask" {
+            continue;
+        }
+        let company = e["company"].as_str().unwrap_or("(msp)").to_owned();
+        let system = match e["service"].as_str().unwrap_or("?") {
+            "graph" => "Entra ID (Microsoft Graph)",
+            "exchange" | "outlook" => "Exchange Online",
+            "runner" => "Active Directory / Exchange Server (through the runner)",
+            "datto" => "RMM jobs (Datto)",
+            other => other,
+        }
+        .to_owned();
+        let mut line = e["action"].as_str().unwrap_or("?").to_owned();
+        if let Some(t) = e["target"].as_str() {
+            line.push(' ');
+            line.push_str(t);
+        }
+        if let (Some(run), Some(step)) = (e["run"].as_str(), e["step"].as_str()) {
+            line.push_str(&format!(" (run {run}, step {step})"));
+        }
+        out.entry(company)
+            .or_default()
+            .entry(system)
+            .or_default()
+            .push(line);
+    }
+    for n in notes {
+        let Some(company) = n["ticket_id"].as_i64().and_then(|t| tickets.get(&t)) else {
+            continue;
+        };
+        let line = format!(
+            "note on ticket {}: {}",
+            n["ticket_id"],
+            n["title"].as_str().unwrap_or_default()
+        );
+        let company = company.clone();
+        out.entry(company)
+            .or_default()
+            .entry("Autotask tickets".to_owned())
+            .or_default()
+            .push(line);
+    }
+    out
 }

@@ -19,6 +19,12 @@ pub(crate) enum SandboxCmd {
         /// The sandbox's URL.
         #[arg(long, env = "STEWARD_SANDBOX__URL")]
         sandbox: String,
+        /// The workflow the rule for onboarding tickets ("new starter", "onboard") starts.
+        #[arg(long, default_value = "onboarding")]
+        onboarding_workflow: String,
+        /// The workflow the rule for offboarding tickets ("leaver", "offboard") starts.
+        #[arg(long, default_value = "offboarding")]
+        offboarding_workflow: String,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -63,12 +69,52 @@ pub(crate) struct SandboxArgs {
     public_url: Option<String>,
 }
 
-/// The environment variable the sandbox's webhook signing key is read from.
-const WEBHOOK_SECRET_VAR: &str = "STEWARD_SANDBOX_WEBHOOK_SECRET";
+/// The environment variable the sandbox's webhook signing key is read from (by `steward
+/// sandbox` to sign, by `steward sandbox seed` to register the same key with Steward).
+pub(crate) const WEBHOOK_SECRET_VAR: &str = "STEWARD_SANDBOX_WEBHOOK_SECRET";
+
+/// The sandbox's Autotask API user's secret and integration code: the built-in fixture's
+/// (sandbox/fixtures/msp.yaml), which mean nothing anywhere else. The sandbox never serves them
+/// back (its world snapshot redacts them), so a technician types them, as here.
+const SANDBOX_AUTOTASK_SECRET: &str = "sandbox-autotask-secret";
+const SANDBOX_AUTOTASK_CODE: &str = "SANDBOXINTEGRATIONCODE";
+
+/// The Steward PSA account ids `steward sandbox seed` registers.
+pub(crate) const AUTOTASK_ACCOUNT: &str = "sandbox-autotask";
+pub(crate) const CONNECTWISE_ACCOUNT: &str = "sandbox-connectwise";
+
+/// The workflows the seeded rules start.
+pub(crate) struct Lifecycles<'a> {
+    pub(crate) onboarding: &'a str,
+    pub(crate) offboarding: &'a str,
+}
 
 pub(crate) async fn run(args: SandboxArgs) -> Result<ExitCode> {
-    if let Some(SandboxCmd::Seed { sandbox, api }) = args.cmd {
-        return seed(&sandbox, &api).await;
+    if let Some(SandboxCmd::Seed {
+        sandbox,
+        onboarding_workflow,
+        offboarding_workflow,
+        api,
+    }) = args.cmd
+    {
+        let c = Client::new(&api)?;
+        let secret = std::env::var(WEBHOOK_SECRET_VAR)
+            .ok()
+            .filter(|s| !s.is_empty());
+        let flows = Lifecycles {
+            onboarding: &onboarding_workflow,
+            offboarding: &offboarding_workflow,
+        };
+        let mut out = Vec::new();
+        let failed = seed(&c, &sandbox, secret.as_deref(), &flows, &mut out).await?;
+        for line in out {
+            println!("{line}");
+        }
+        return Ok(if failed > 0 {
+            ExitCode::from(super::exit::ERROR)
+        } else {
+            ExitCode::SUCCESS
+        });
     }
     let public_host = args
         .public_url
@@ -136,21 +182,61 @@ fn company_of(c: &Value, approver: &str) -> Value {
         "permissions": {"profile": "full_automation"},
         "defaults": {"usage_location": "GB", "upn_domain": domain},
     });
+    if let Some(id) = c["autotask_company_id"].as_i64() {
+        company["psa"] = json!({"provider": "autotask", "company_id": id.to_string()});
+    }
     if c["ad"].is_object() {
+        // AD with Entra Connect: hybrid. AD without it: on-premises when Exchange Server holds
+        // the mailboxes, else AD and Entra ID side by side (hybrid without sync).
         company["identity_provider"] = json!(if c["entra_connect"].is_object() {
             "hybrid"
-        } else {
+        } else if c["exchange_server"].is_object() {
             "on_prem_ad"
+        } else {
+            "hybrid_no_sync"
         });
-        company["ad_runner"] = c["ad"]["domain_controller"].clone();
+        // The runner is the site's device described as Steward's runner; other servers are
+        // named as the RMM shows them (FAB-AADC01 for the forest's AADC01).
+        let devices: Vec<&Value> = c["rmm_site"]["devices"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .collect();
+        let device = |name: &str| -> String {
+            devices
+                .iter()
+                .filter_map(|d| d["hostname"].as_str())
+                .find(|h| {
+                    h.eq_ignore_ascii_case(name)
+                        || h.to_uppercase()
+                            .ends_with(&format!("-{}", name.to_uppercase()))
+                })
+                .unwrap_or(name)
+                .to_owned()
+        };
+        let runner = devices
+            .iter()
+            .find(|d| {
+                d["description"]
+                    .as_str()
+                    .is_some_and(|t| t.to_lowercase().contains("steward runner"))
+            })
+            .and_then(|d| d["hostname"].as_str())
+            .map(str::to_owned)
+            .or_else(|| c["ad"]["domain_controller"].as_str().map(&device));
+        company["ad_runner"] = json!(runner);
+        // New users go to the forest's first OU (the fixture lists the staff OU first).
+        if let Some(ou) = c["ad"]["ous"][0].as_str() {
+            company["defaults"]["ou"] = json!(ou);
+        }
         if let Some(site) = c["rmm_site"]["uid"].as_str() {
             company["rmm"] = json!({"provider": "datto", "site": site});
         }
         if let Some(server) = c["entra_connect"]["server"].as_str() {
-            company["entra_connect_server"] = json!(server);
+            company["entra_connect_server"] = json!(device(server));
         }
         if let Some(server) = c["exchange_server"]["name"].as_str() {
-            company["exchange_server"] = json!(server);
+            company["exchange_server"] = json!(device(server));
             company["mailbox_provider"] = json!(if c["entra_connect"].is_object() {
                 "exchange_hybrid"
             } else {
@@ -163,9 +249,20 @@ fn company_of(c: &Value, approver: &str) -> Value {
 
 /// `steward sandbox seed`: every company of the sandbox's world becomes a Steward company (if it
 /// is not one yet), and every tenant is connected through the consent flow: Steward's consent
-/// URL, the sandbox's consent page accepted, Microsoft's redirect to Steward's callback.
-async fn seed(sandbox: &str, api: &ApiArgs) -> Result<ExitCode> {
-    let c = Client::new(api)?;
+/// URL, the sandbox's consent page accepted, Microsoft's redirect to Steward's callback. Then the
+/// sandbox's PSA accounts (Autotask with the webhook key the sandbox signs with; ConnectWise, with
+/// a ticket callback to Steward) and the rules mapping onboarding and offboarding tickets to
+/// `flows`. Says what it did in `out`; returns how many things failed (each said on stderr).
+pub(crate) async fn seed(
+    c: &Client,
+    sandbox: &str,
+    webhook_secret: Option<&str>,
+    flows: &Lifecycles<'_>,
+    out: &mut Vec<String>,
+) -> Result<usize> {
+    macro_rules! say {
+        ($($t:tt)*) => { out.push(format!($($t)*)) };
+    }
     let sandbox = sandbox.trim_end_matches('/');
     let http = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(30))
@@ -198,20 +295,141 @@ async fn seed(sandbox: &str, api: &ApiArgs) -> Result<ExitCode> {
                 failed += 1;
                 continue;
             }
-            println!("{id}: registered");
+            say!("{id}: registered");
         }
-        match connect(&c, &http, id, snapshot).await {
-            Ok(()) => println!("{id}: tenant connected through the consent flow"),
+        match connect(c, &http, id, snapshot).await {
+            Ok(()) => say!("{id}: tenant connected through the consent flow"),
             Err(e) => {
                 eprintln!("{id}: tenant not connected: {e}");
                 failed += 1;
             }
         }
     }
-    if failed > 0 {
-        return Ok(ExitCode::from(super::exit::ERROR));
+    if let Some(at) = world["autotask"].as_object() {
+        match webhook_secret {
+            Some(secret) => {
+                let account = json!({
+                    "provider": "autotask",
+                    "webhook_secret": secret,
+                    "api_url": format!("{sandbox}/autotask/atservicesrest/v1.0"),
+                    "api_username": at.get("username").cloned().unwrap_or_default(),
+                    "api_secret": SANDBOX_AUTOTASK_SECRET,
+                    "api_integration_code": SANDBOX_AUTOTASK_CODE,
+                });
+                match c
+                    .put(&format!("/v1/psa/accounts/{AUTOTASK_ACCOUNT}"), account)
+                    .await
+                {
+                    Ok(_) => say!(
+                        "PSA account {AUTOTASK_ACCOUNT}: registered (webhooks checked with the key the sandbox signs with)"
+                    ),
+                    Err(e) => {
+                        eprintln!("PSA account {AUTOTASK_ACCOUNT}: not registered: {e}");
+                        failed += 1;
+                    }
+                }
+            }
+            None => eprintln!(
+                "PSA account {AUTOTASK_ACCOUNT}: skipped: {WEBHOOK_SECRET_VAR} is not set (set it to the key `steward sandbox` signs its Autotask webhooks with)"
+            ),
+        }
     }
-    Ok(ExitCode::SUCCESS)
+    match connectwise(c, &http, sandbox).await {
+        Ok(()) => say!(
+            "PSA account {CONNECTWISE_ACCOUNT}: registered, with a ticket callback to {}/v1/hooks/connectwise",
+            c.base()
+        ),
+        Err(e) => {
+            eprintln!("PSA account {CONNECTWISE_ACCOUNT}: not registered: {e}");
+            failed += 1;
+        }
+    }
+    let offered = c.get("/v1/workflows").await?;
+    let offered: Vec<&str> = offered
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|w| w["name"].as_str())
+        .collect();
+    let missing: Vec<&str> = [flows.onboarding, flows.offboarding]
+        .into_iter()
+        .filter(|w| !offered.contains(w))
+        .collect();
+    if !missing.is_empty() {
+        eprintln!(
+            "PSA rules: skipped: the API offers no workflow {} (it offers: {}); fix: add the workflow files, or name others with --onboarding-workflow/--offboarding-workflow",
+            missing.join(", "),
+            offered.join(", ")
+        );
+        return Ok(failed);
+    }
+    let rules = json!({"rules": [
+        {"workflow": flows.offboarding, "title_keywords": ["leaver", "offboard"], "lifecycle": "offboarding"},
+        {"workflow": flows.onboarding, "title_keywords": ["new starter", "onboard"], "lifecycle": "onboarding"},
+    ]});
+    match c.put("/v1/psa/rules", rules).await {
+        Ok(_) => say!(
+            "PSA rules: tickets titled \"leaver\"/\"offboard\" start `{}`, \"new starter\"/\"onboard\" start `{}`",
+            flows.offboarding,
+            flows.onboarding
+        ),
+        Err(e) => {
+            eprintln!("PSA rules: not set: {e}");
+            failed += 1;
+        }
+    }
+    Ok(failed)
+}
+
+/// The sandbox's ConnectWise: a Steward account for its API member, and (once) a ticket
+/// callback to Steward's hook, made through ConnectWise's own API as an administrator would.
+async fn connectwise(c: &Client, http: &reqwest::Client, sandbox: &str) -> Result<()> {
+    use steward_sandbox::connectwise::{COMPANY, PRIVATE_KEY, PUBLIC_KEY};
+    let api_url = format!("{sandbox}/connectwise/v4_6_release/apis/3.0");
+    let client_id = "steward";
+    c.put(
+        &format!("/v1/psa/accounts/{CONNECTWISE_ACCOUNT}"),
+        json!({
+            "provider": "connectwise",
+            "api_url": api_url,
+            "api_username": format!("{COMPANY}+{PUBLIC_KEY}"),
+            "api_secret": PRIVATE_KEY,
+            "api_integration_code": client_id,
+        }),
+    )
+    .await?;
+    let hook = format!(
+        "{}/v1/hooks/connectwise?account={CONNECTWISE_ACCOUNT}",
+        c.base()
+    );
+    let cw = |req: reqwest::RequestBuilder| {
+        req.basic_auth(format!("{COMPANY}+{PUBLIC_KEY}"), Some(PRIVATE_KEY))
+            .header("clientId", client_id)
+    };
+    let existing: Value = cw(http.get(format!("{api_url}/system/callbacks")))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    if existing
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|cb| cb["url"] == hook.as_str())
+    {
+        return Ok(());
+    }
+    cw(http.post(format!("{api_url}/system/callbacks")))
+        .json(&json!({
+            "url": hook, "objectId": 0, "type": "Ticket", "level": "Owner",
+            "description": "Steward", "inactiveFlag": false,
+        }))
+        .send()
+        .await?
+        .error_for_status()
+        .context("ConnectWise refused the callback")?;
+    Ok(())
 }
 
 /// Connects one company's tenant as an administrator would: opens the consent URL, accepts.
