@@ -800,3 +800,60 @@ pub async fn ensure(companies: &Companies, company: Company) -> Result<()> {
 fn parse(json: &str) -> Result<CompanyRecord> {
     serde_json::from_str(json).map_err(|e| Error::Corrupt(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(c: &Company) -> Vec<String> {
+        data_problems(c).into_iter().map(|p| p.field).collect()
+    }
+
+    #[test]
+    fn skeletons_make_look_alikes_equal() {
+        assert_eq!(skeleton("\u{430}lice@msp.example"), "alice@msp.example");
+        assert_eq!(skeleton("b\u{3BF}b@MSP.example"), "bob@msp.example");
+        assert_eq!(skeleton("alice@msp.example"), "alice@msp.example");
+    }
+
+    #[test]
+    fn text_rules_catch_controls_formulas_and_look_alikes() {
+        let ok = sample("acme", &["alice@msp.example"]);
+        assert!(data_problems(&ok).is_empty());
+        let mut c = ok.clone();
+        c.name = "Acme\u{202E}".to_owned();
+        c.custom_instructions = "@SUM(A1)".to_owned();
+        assert_eq!(fields(&c), ["name", "custom_instructions"]);
+        let mut c = ok.clone();
+        c.custom_instructions = "line one\nline two".to_owned();
+        assert!(data_problems(&c).is_empty(), "line breaks are fine there");
+        let mut c = ok.clone();
+        c.approvers = vec!["\u{430}lice@msp.example".to_owned()];
+        assert_eq!(fields(&c), ["approvers"]);
+        // An address wholly in another script is not an imitation of a Latin one.
+        let mut c = ok;
+        c.approvers = vec!["\u{43F}\u{440}\u{438}\u{43C}\u{435}\u{440}@\u{43F}\u{440}\u{438}\u{43C}\u{435}\u{440}.\u{440}\u{444}".to_owned()];
+        assert!(data_problems(&c).is_empty());
+    }
+
+    #[test]
+    fn a_merge_takes_only_the_columns_given() {
+        let mut old = sample("acme", &["alice@msp.example"]);
+        old.custom_instructions = "keep me".to_owned();
+        let mut new = sample("acme", &[]);
+        new.name = "Acme Ltd".to_owned();
+        let columns = ["id".to_owned(), "Name".to_owned()];
+        let (merged, changes) = merge(&old, &new, &fields_of(&columns)).unwrap();
+        assert_eq!(merged.name, "Acme Ltd");
+        assert_eq!(merged.approvers, old.approvers);
+        assert_eq!(merged.custom_instructions, "keep me");
+        assert_eq!(
+            changes,
+            [FieldChange {
+                field: "name".to_owned(),
+                old: "acme (sample)".to_owned(),
+                new: "Acme Ltd".to_owned()
+            }]
+        );
+    }
+}
