@@ -485,7 +485,9 @@ async fn the_authorization_matrix_holds_through_the_cli() -> Result<()> {
                 && t.contains("403 (forbidden): tech@msp.example ")
                 && (t.contains("may not act on this company")
                     || t.contains("may not see or decide this gate"))
-                && !t.contains("fabrikam")
+                && !t
+                    .split_once("403 (forbidden):")
+                    .is_some_and(|(_, m)| m.contains("fabrikam"))
                 && !t.contains("lead@msp.example"),
             "{t}"
         );
