@@ -127,7 +127,7 @@ async fn who_may_do_what() -> Result<()> {
         body["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("may not act on company `contoso`")
+            .contains("may not act on this company")
     );
     let (s, body) = api.get("outsider", "/v1/runs").await?;
     assert_eq!(s, 200);

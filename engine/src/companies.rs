@@ -39,6 +39,144 @@ pub struct ImportReport {
     pub updated: Vec<CompanyId>,
     /// Companies already exactly as in the file.
     pub unchanged: Vec<CompanyId>,
+    /// For each company updated, what changed (field: old → new).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<CompanyChanges>,
+}
+
+/// What an import changed in one existing company.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct CompanyChanges {
+    /// The company.
+    pub id: CompanyId,
+    /// Its fields that changed, in column order.
+    pub fields: Vec<FieldChange>,
+}
+
+/// One field an import changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct FieldChange {
+    /// The field (`defaults.usage_location`, `rmm`).
+    pub field: String,
+    /// Its value before (`(none)` when it had none).
+    pub old: String,
+    /// Its value now (`(none)` when it has none).
+    pub new: String,
+}
+
+/// The company field (a JSON path) each CSV column sets. `rmm_provider`/`rmm_site` set `rmm`
+/// together, as do `psa_provider`/`psa_company_id`.
+const COLUMN_FIELDS: &[(&str, &[&str])] = &[
+    ("name", &["name"]),
+    ("tenant_id", &["tenant_id"]),
+    ("identity_provider", &["identity_provider"]),
+    ("mailbox_provider", &["mailbox_provider"]),
+    ("ad_runner", &["ad_runner"]),
+    ("entra_connect_server", &["entra_connect_server"]),
+    ("exchange_server", &["exchange_server"]),
+    ("exchange_runner", &["exchange_runner"]),
+    ("rmm_provider", &["rmm"]),
+    ("rmm_site", &["rmm"]),
+    ("psa_provider", &["psa"]),
+    ("psa_company_id", &["psa"]),
+    ("upn_domain", &["defaults", "upn_domain"]),
+    ("usage_location", &["defaults", "usage_location"]),
+    ("ou", &["defaults", "ou"]),
+    ("username_format", &["defaults", "username_format"]),
+    ("approvers", &["approvers"]),
+    ("permission_profile", &["permissions", "profile"]),
+    ("custom_instructions", &["custom_instructions"]),
+];
+
+/// The company fields the CSV columns `columns` (header names, any case) set, in column order,
+/// without repeats.
+fn fields_of(columns: &[String]) -> Vec<&'static [&'static str]> {
+    let mut out: Vec<&'static [&'static str]> = Vec::new();
+    for (column, path) in COLUMN_FIELDS {
+        if columns
+            .iter()
+            .any(|c| c.trim().eq_ignore_ascii_case(column))
+            && !out.contains(path)
+        {
+            out.push(path);
+        }
+    }
+    out
+}
+
+fn at<'a>(v: &'a serde_json::Value, path: &[&str]) -> Option<&'a serde_json::Value> {
+    path.iter()
+        .try_fold(v, |v, k| v.get(*k))
+        .filter(|v| !v.is_null())
+}
+
+fn set(v: &mut serde_json::Value, path: &[&str], value: Option<serde_json::Value>) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut cur = v;
+    for k in parents {
+        let Some(obj) = cur.as_object_mut() else {
+            return;
+        };
+        cur = obj
+            .entry((*k).to_owned())
+            .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
+    }
+    if let Some(obj) = cur.as_object_mut() {
+        match value {
+            Some(x) => obj.insert((*last).to_owned(), x),
+            None => obj.remove(*last),
+        };
+    }
+}
+
+/// A field's value as a technician reads it in the report.
+fn shown(v: Option<&serde_json::Value>) -> String {
+    match v {
+        None => "(none)".to_owned(),
+        Some(serde_json::Value::String(s)) if s.is_empty() => "(none)".to_owned(),
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Array(a)) if a.is_empty() => "(none)".to_owned(),
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_owned))
+            .collect::<Vec<_>>()
+            .join("; "),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// `old` with the fields at `paths` taken from `new` (what the file's columns say); every other
+/// field (approvers, instructions, defaults, permission groups, settings the file has no column
+/// for) is kept. Also what changed.
+fn merge(
+    old: &Company,
+    new: &Company,
+    paths: &[&'static [&'static str]],
+) -> Result<(Company, Vec<FieldChange>)> {
+    let corrupt = |e: serde_json::Error| Error::Corrupt(e.to_string());
+    let old_json = serde_json::to_value(old).map_err(corrupt)?;
+    let new_json = serde_json::to_value(new).map_err(corrupt)?;
+    let mut merged = old_json.clone();
+    for path in paths {
+        set(&mut merged, path, at(&new_json, path).cloned());
+    }
+    let mut company: Company = serde_json::from_value(merged).map_err(corrupt)?;
+    normalize(&mut company);
+    let merged = serde_json::to_value(&company).map_err(corrupt)?;
+    let changes = paths
+        .iter()
+        .filter_map(|path| {
+            let (before, after) = (at(&old_json, path), at(&merged, path));
+            (shown(before) != shown(after) || before != after).then(|| FieldChange {
+                field: path.join("."),
+                old: shown(before),
+                new: shown(after),
+            })
+        })
+        .collect();
+    Ok((company, changes))
 }
 
 /// A company store failure.
@@ -286,17 +424,32 @@ impl Companies {
         Ok(deleted > 0)
     }
 
-    /// Imports checked companies (from a CSV file): all are written or none. A company already
-    /// exactly as in the file is left alone (so importing the same file twice changes nothing);
-    /// what the file cannot express (per-group permission overrides, free-form settings) is kept
-    /// from the stored company.
+    /// Imports checked companies as the API takes them whole: every CSV column is taken as
+    /// present. See [`Companies::import_columns`].
     pub async fn import(&self, companies: Vec<Company>) -> Result<ImportReport> {
+        let all: Vec<String> = COLUMN_FIELDS.iter().map(|(c, _)| (*c).to_owned()).collect();
+        self.import_columns(companies, &all).await
+    }
+
+    /// Imports checked companies from a CSV file whose header names `columns`: all are written
+    /// or none. A new company is created as the file says. A known one gets the values of the
+    /// columns the file has and keeps everything else (approvers, instructions, defaults,
+    /// permission groups, settings the file has no column for), and the report lists what
+    /// changed, field by field. A company already as the file says is left alone (so importing
+    /// the same file twice changes nothing). A merged company is checked again as a whole.
+    pub async fn import_columns(
+        &self,
+        companies: Vec<Company>,
+        columns: &[String],
+    ) -> Result<ImportReport> {
+        let paths = fields_of(columns);
         for _ in 0..IMPORT_ATTEMPTS {
             let ids: Vec<CompanyId> = companies.iter().map(|c| c.id.clone()).collect();
             let current = self.get_many(&ids).await?;
             let now = self.clock.now();
             let mut report = ImportReport::default();
             let mut writes: Vec<(u64, CompanyRecord)> = Vec::new();
+            let mut problems = Vec::new();
             for (mut company, existing) in companies.iter().cloned().zip(current) {
                 normalize(&mut company);
                 match existing {
@@ -313,24 +466,35 @@ impl Companies {
                         ));
                     }
                     Some(old) => {
-                        company.permissions.groups = old.company.permissions.groups.clone();
-                        company.settings = old.company.settings.clone();
-                        if company == old.company {
+                        let (company, fields) = merge(&old.company, &company, &paths)?;
+                        if fields.is_empty() {
                             report.unchanged.push(company.id.clone());
-                        } else {
-                            report.updated.push(company.id.clone());
-                            writes.push((
-                                old.version,
-                                CompanyRecord {
-                                    company,
-                                    version: old.version + 1,
-                                    created_at: old.created_at,
-                                    updated_at: now,
-                                },
-                            ));
+                            continue;
                         }
+                        problems.extend(validate(&company).into_iter().map(|p| FieldProblem {
+                            field: p.field,
+                            message: format!("company `{}`: {}", company.id, p.message),
+                            fix: p.fix,
+                        }));
+                        report.updated.push(company.id.clone());
+                        report.changes.push(CompanyChanges {
+                            id: company.id.clone(),
+                            fields,
+                        });
+                        writes.push((
+                            old.version,
+                            CompanyRecord {
+                                company,
+                                version: old.version + 1,
+                                created_at: old.created_at,
+                                updated_at: now,
+                            },
+                        ));
                     }
                 }
+            }
+            if !problems.is_empty() {
+                return Err(Error::Invalid(problems));
             }
             let refs: Vec<(u64, &CompanyRecord)> = writes.iter().map(|(v, r)| (*v, r)).collect();
             if refs.is_empty() || self.write(&refs).await?.is_none() {
@@ -372,6 +536,168 @@ impl Companies {
             .unwrap_or(0);
         Ok(Some(version))
     }
+}
+
+/// Letters of other scripts that look like a Latin letter, and that letter: a small subset of
+/// the Unicode confusables table (UTS #39 `confusables.txt`) for Cyrillic, Greek and a few Latin
+/// variants, lowercase only (emails are compared lowercased). Not the whole table, and no NFD
+/// step: enough to catch an email made to look like another.
+const CONFUSABLES: &[(char, char)] = &[
+    // Cyrillic.
+    ('а', 'a'),
+    ('ԁ', 'd'),
+    ('е', 'e'),
+    ('һ', 'h'),
+    ('і', 'i'),
+    ('ј', 'j'),
+    ('ӏ', 'l'),
+    ('о', 'o'),
+    ('р', 'p'),
+    ('ԛ', 'q'),
+    ('ѕ', 's'),
+    ('с', 'c'),
+    ('у', 'y'),
+    ('ү', 'y'),
+    ('ѵ', 'v'),
+    ('ԝ', 'w'),
+    ('х', 'x'),
+    ('ь', 'b'),
+    // Greek.
+    ('α', 'a'),
+    ('ι', 'i'),
+    ('κ', 'k'),
+    ('ν', 'v'),
+    ('ο', 'o'),
+    ('ρ', 'p'),
+    ('τ', 't'),
+    ('υ', 'u'),
+    ('χ', 'x'),
+    ('γ', 'y'),
+    ('ϲ', 'c'),
+    ('ϳ', 'j'),
+    // Latin variants.
+    ('ı', 'i'),
+    ('ɑ', 'a'),
+    ('ɡ', 'g'),
+    ('ℓ', 'l'),
+    ('ⅰ', 'i'),
+];
+
+/// The skeleton of `s` (UTS #39, with the small table above): each look-alike replaced by the
+/// Latin letter it imitates, after lowercasing. Two strings that look the same have the same
+/// skeleton.
+pub fn skeleton(s: &str) -> String {
+    s.chars()
+        .flat_map(char::to_lowercase)
+        .map(|c| {
+            CONFUSABLES
+                .iter()
+                .find(|(from, _)| *from == c)
+                .map_or(c, |(_, to)| *to)
+        })
+        .collect()
+}
+
+/// Bidirectional-text controls: invisible, and able to make text read differently from what it
+/// is (the CSV import refuses them in every cell too).
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// The fields (JSON paths) whose text a technician types, checked by [`data_problems`].
+const TEXT_FIELDS: &[&[&str]] = &[
+    &["name"],
+    &["tenant_id"],
+    &["ad_runner"],
+    &["entra_connect_server"],
+    &["exchange_server"],
+    &["exchange_runner"],
+    &["rmm", "site"],
+    &["psa", "company_id"],
+    &["defaults", "upn_domain"],
+    &["defaults", "usage_location"],
+    &["defaults", "ou"],
+    &["custom_instructions"],
+];
+
+/// The rules on a company's text that hold however it arrives (the API's JSON or a CSV row):
+/// no bidirectional or other control characters (line breaks only in `custom_instructions`), no
+/// text a spreadsheet would run as a formula (starting with `=`, `+`, `-` or `@`), and no
+/// approver email that imitates another: one mixing Latin letters with look-alikes from another
+/// script (`аlice@contoso.com` with a Cyrillic `а`), or two approvers that look the same.
+///
+/// The API's create and update and the CSV import both call this, so they refuse the same things.
+pub fn data_problems(c: &Company) -> Vec<FieldProblem> {
+    let mut out = Vec::new();
+    let json = serde_json::to_value(c).unwrap_or_default();
+    for path in TEXT_FIELDS {
+        let Some(text) = at(&json, path).and_then(|v| v.as_str()) else {
+            continue;
+        };
+        let field = path.join(".");
+        let multiline = field == "custom_instructions";
+        if let Some(bad) = text.chars().find(|ch| {
+            is_bidi_control(*ch)
+                || (ch.is_control() && !(multiline && matches!(ch, '\n' | '\r')))
+                || (!multiline && matches!(ch, '\u{2028}' | '\u{2029}'))
+        }) {
+            out.push(FieldProblem {
+                field: field.clone(),
+                message: format!(
+                    "contains the invisible control character U+{:04X}",
+                    u32::from(bad)
+                ),
+                fix: "delete it (retype the text if you cannot see it)".to_owned(),
+            });
+        }
+        if let Some(sign) = text
+            .trim_start()
+            .chars()
+            .next()
+            .filter(|ch| matches!(ch, '=' | '+' | '-' | '@'))
+        {
+            out.push(FieldProblem {
+                field,
+                message: format!(
+                    "starts with `{sign}`: text starting with = + - @ is refused, as spreadsheets run it as a formula"
+                ),
+                fix: "start the text differently".to_owned(),
+            });
+        }
+    }
+    let mut seen: Vec<(String, &str)> = Vec::new();
+    for email in &c.approvers {
+        let skel = skeleton(email);
+        let lookalikes: Vec<char> = email
+            .chars()
+            .flat_map(char::to_lowercase)
+            .filter(|ch| CONFUSABLES.iter().any(|(from, _)| from == ch))
+            .collect();
+        if !lookalikes.is_empty() && email.chars().any(|ch| ch.is_ascii_alphabetic()) {
+            let shown: Vec<String> = lookalikes
+                .iter()
+                .map(|ch| format!("`{ch}` (U+{:04X})", u32::from(*ch)))
+                .collect();
+            out.push(FieldProblem {
+                field: "approvers".to_owned(),
+                message: format!(
+                    "`{email}` mixes Latin letters with {}, which look like Latin letters: it reads as `{skel}` but is another address",
+                    shown.join(", ")
+                ),
+                fix: format!("type the address again on a Latin keyboard (`{skel}`?)"),
+            });
+        } else if let Some((_, other)) = seen.iter().find(|(s, o)| *s == skel && *o != email) {
+            out.push(FieldProblem {
+                field: "approvers".to_owned(),
+                message: format!(
+                    "`{email}` and `{other}` look the same but are different addresses"
+                ),
+                fix: "keep the one that is the technician's real address".to_owned(),
+            });
+        }
+        seen.push((skel, email));
+    }
+    out
 }
 
 /// A cloud-only company whose policy allows everything (`full_automation`), approved by
@@ -473,4 +799,61 @@ pub async fn ensure(companies: &Companies, company: Company) -> Result<()> {
 
 fn parse(json: &str) -> Result<CompanyRecord> {
     serde_json::from_str(json).map_err(|e| Error::Corrupt(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(c: &Company) -> Vec<String> {
+        data_problems(c).into_iter().map(|p| p.field).collect()
+    }
+
+    #[test]
+    fn skeletons_make_look_alikes_equal() {
+        assert_eq!(skeleton("\u{430}lice@msp.example"), "alice@msp.example");
+        assert_eq!(skeleton("b\u{3BF}b@MSP.example"), "bob@msp.example");
+        assert_eq!(skeleton("alice@msp.example"), "alice@msp.example");
+    }
+
+    #[test]
+    fn text_rules_catch_controls_formulas_and_look_alikes() {
+        let ok = sample("acme", &["alice@msp.example"]);
+        assert!(data_problems(&ok).is_empty());
+        let mut c = ok.clone();
+        c.name = "Acme\u{202E}".to_owned();
+        c.custom_instructions = "@SUM(A1)".to_owned();
+        assert_eq!(fields(&c), ["name", "custom_instructions"]);
+        let mut c = ok.clone();
+        c.custom_instructions = "line one\nline two".to_owned();
+        assert!(data_problems(&c).is_empty(), "line breaks are fine there");
+        let mut c = ok.clone();
+        c.approvers = vec!["\u{430}lice@msp.example".to_owned()];
+        assert_eq!(fields(&c), ["approvers"]);
+        // An address wholly in another script is not an imitation of a Latin one.
+        let mut c = ok;
+        c.approvers = vec!["\u{43F}\u{440}\u{438}\u{43C}\u{435}\u{440}@\u{43F}\u{440}\u{438}\u{43C}\u{435}\u{440}.\u{440}\u{444}".to_owned()];
+        assert!(data_problems(&c).is_empty());
+    }
+
+    #[test]
+    fn a_merge_takes_only_the_columns_given() {
+        let mut old = sample("acme", &["alice@msp.example"]);
+        old.custom_instructions = "keep me".to_owned();
+        let mut new = sample("acme", &[]);
+        new.name = "Acme Ltd".to_owned();
+        let columns = ["id".to_owned(), "Name".to_owned()];
+        let (merged, changes) = merge(&old, &new, &fields_of(&columns)).unwrap();
+        assert_eq!(merged.name, "Acme Ltd");
+        assert_eq!(merged.approvers, old.approvers);
+        assert_eq!(merged.custom_instructions, "keep me");
+        assert_eq!(
+            changes,
+            [FieldChange {
+                field: "name".to_owned(),
+                old: "acme (sample)".to_owned(),
+                new: "Acme Ltd".to_owned()
+            }]
+        );
+    }
 }

@@ -389,9 +389,7 @@ pub fn authorized(headers: &HeaderMap, token: Option<&str>) -> bool {
     let Some(given) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim())
+        .and_then(crate::api::extract::bearer_token)
     else {
         return false;
     };

@@ -310,15 +310,23 @@ fn may_view(caller: &Caller, doc: &RunDoc, view: &GateView) -> ApiResult<()> {
 }
 
 /// An approver of the gate, or someone who may act on the run's company; anyone else learns
-/// nothing about the gate (not even who its approvers are).
+/// nothing about the gate: not who its approvers are, nor the run's company (its id or name).
 fn may_see(caller: &Caller, doc: &RunDoc, approvers: &[String]) -> ApiResult<()> {
     if approvers.contains(&caller.tech.email) || caller.may_access(&doc.ctx.company) {
         Ok(())
     } else {
         Err(ApiError::forbidden(format!(
-            "{} is not an approver of this gate and may not act on company `{}`",
-            caller.tech.email, doc.ctx.company
+            "{} may not see or decide this gate: they are not one of its approvers and may not act on the run's company",
+            caller.tech.email
         )))
+    }
+}
+
+/// Who may decide gate `step` now, from the run's state (nobody when it is not waiting).
+fn current_approvers(doc: &RunDoc, step: &StepId) -> Vec<String> {
+    match doc.state.steps.get(step).map(|r| &r.state) {
+        Some(StepState::AwaitingApproval { approvers, .. }) => approvers.clone(),
+        _ => Vec::new(),
     }
 }
 
@@ -340,6 +348,10 @@ pub(super) async fn get_gate(
     ApiPath(p): ApiPath<GatePath>,
 ) -> ApiResult<axum::Json<GateView>> {
     let (snap, plan) = load_run(&state, p.run).await?;
+    // Access first: someone who may not see the gate learns nothing of the run's steps either.
+    if !caller.may_access(&snap.doc.ctx.company) {
+        may_see(&caller, &snap.doc, &current_approvers(&snap.doc, &p.step))?;
+    }
     let view = gate_view(&state, &snap.doc, &plan, &p.step)?;
     may_view(&caller, &snap.doc, &view)?;
     Ok(axum::Json(view))
@@ -468,11 +480,7 @@ pub(super) async fn decide(
     ApiJson(b): ApiJson<DecisionBody>,
 ) -> ApiResult<axum::Json<DecisionResult>> {
     let (snap, plan) = load_run(&state, p.run).await?;
-    let approvers = match snap.doc.state.steps.get(&p.step).map(|r| &r.state) {
-        Some(StepState::AwaitingApproval { approvers, .. }) => approvers.clone(),
-        _ => Vec::new(),
-    };
-    may_see(&caller, &snap.doc, &approvers)?;
+    may_see(&caller, &snap.doc, &current_approvers(&snap.doc, &p.step))?;
     let doc = decide_as(
         &state,
         snap,
@@ -530,6 +538,9 @@ pub(super) async fn make_links(
         caller.require_admin()?;
     }
     let (snap, plan) = load_run(&state, p.run).await?;
+    if !caller.may_access(&snap.doc.ctx.company) {
+        may_see(&caller, &snap.doc, &current_approvers(&snap.doc, &p.step))?;
+    }
     let view = gate_view(&state, &snap.doc, &plan, &p.step)?;
     may_view(&caller, &snap.doc, &view)?;
     // Whoever asked for the run cannot approve it, nor hand someone else's vote to themself.

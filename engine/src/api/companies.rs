@@ -22,6 +22,7 @@ async fn check(state: &ApiState, company: &Company) -> ApiResult<()> {
     let mut c = company.clone();
     steward_core::company::normalize(&mut c);
     let mut problems = steward_core::company::validate(&c);
+    problems.extend(store::data_problems(&c));
     let directory = state.auth.directory().await?;
     problems.extend(steward_core::company::approver_problems(&c, &directory));
     if problems.is_empty() {
@@ -259,11 +260,14 @@ pub(super) async fn import(
     let errors: Vec<steward_core::import::CellError> = rows
         .iter()
         .flat_map(|(row, company)| {
-            steward_core::company::approver_problems(company, &directory)
+            store::data_problems(company)
                 .into_iter()
+                .chain(steward_core::company::approver_problems(
+                    company, &directory,
+                ))
                 .map(|p| steward_core::import::CellError {
                     row: *row,
-                    column: p.field,
+                    column: column_of(&p.field).to_owned(),
                     message: p.message,
                     fix: p.fix,
                 })
@@ -272,6 +276,52 @@ pub(super) async fn import(
     if !errors.is_empty() {
         return Err(refuse(errors));
     }
+    let columns = header_columns(&body);
     let companies = rows.into_iter().map(|(_, c)| c).collect();
-    Ok(axum::Json(state.companies.import(companies).await?))
+    Ok(axum::Json(
+        state.companies.import_columns(companies, &columns).await?,
+    ))
+}
+
+/// The CSV column a company field comes from (`defaults.ou` → `ou`).
+fn column_of(field: &str) -> &str {
+    match field {
+        "rmm" => "rmm_provider",
+        "rmm.site" => "rmm_site",
+        "psa" => "psa_provider",
+        "psa.company_id" => "psa_company_id",
+        "permissions" | "permissions.profile" => "permission_profile",
+        f => f.strip_prefix("defaults.").unwrap_or(f),
+    }
+}
+
+/// The column names of a CSV file's header (its first row that is not blank), lowercased:
+/// which columns a re-import may change. The parser has already accepted the header.
+fn header_columns(body: &[u8]) -> Vec<String> {
+    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
+    let text = String::from_utf8_lossy(body);
+    text.lines()
+        .find(|l| !l.chars().all(|c| c == ',' || c.is_whitespace()))
+        .map(|l| {
+            l.split(',')
+                .map(|c| c.trim().trim_matches('"').trim().to_lowercase())
+                .filter(|c| !c.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::header_columns;
+
+    #[test]
+    fn the_header_names_the_columns_a_reimport_changes() {
+        assert_eq!(
+            header_columns(
+                b"\xEF\xBB\xBF\r\n,,\r\n\"ID\", Name ,usage_location\r\nacme,Acme,GB\r\n"
+            ),
+            ["id", "name", "usage_location"]
+        );
+    }
 }

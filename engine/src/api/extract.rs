@@ -185,13 +185,14 @@ impl Caller {
         self.tech.role == Role::Admin || self.tech.may_access(company)
     }
 
-    /// Refuses unless they may act on `company`.
+    /// Refuses unless they may act on `company`. The refusal names neither the company nor
+    /// whether it exists (the same answer for one that does not).
     pub fn require_company(&self, company: &CompanyId) -> Result<(), ApiError> {
         if self.may_access(company) {
             Ok(())
         } else {
             Err(ApiError::forbidden(format!(
-                "{} may not act on company `{company}`; an admin can add it to their companies",
+                "{} may not act on this company, or it does not exist; an admin can add it to their companies",
                 self.tech.email
             )))
         }
@@ -221,20 +222,20 @@ impl FromRequestParts<ApiState> for Caller {
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .ok_or_else(|| ApiError::unauthorized("no credentials"))?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|h| {
-                h.strip_prefix("Bearer ")
-                    .or_else(|| h.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .ok_or_else(|| {
-                ApiError::unauthorized("the Authorization header must be `Bearer <token>`")
-            })?;
+        let token = header.to_str().ok().and_then(bearer_token).ok_or_else(|| {
+            ApiError::unauthorized("the Authorization header must be `Bearer <token>`")
+        })?;
         let (tech, token) = state.auth.authenticate(token).await?;
         Ok(Self { tech, token })
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` header value. The scheme is matched in any
+/// case (RFC 9110 §11.1: auth schemes are case-insensitive); `None` for another scheme or no token.
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(char::is_whitespace)?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 /// The authenticated technician, who must be an admin (checked before the body is read, so a
@@ -266,6 +267,27 @@ impl OperationInput for Caller {
         let requirement = indexmap::IndexMap::from_iter([("bearer".to_owned(), Vec::new())]);
         if !operation.security.contains(&requirement) {
             operation.security.push(requirement);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_bearer_scheme_is_matched_in_any_case() {
+        for (header, want) in [
+            ("Bearer stw_x", Some("stw_x")),
+            ("bearer stw_x", Some("stw_x")),
+            ("BEARER stw_x", Some("stw_x")),
+            ("bEaReR  stw_x ", Some("stw_x")),
+            ("Basic stw_x", None),
+            ("Bearer", None),
+            ("Bearer   ", None),
+            ("stw_x", None),
+        ] {
+            assert_eq!(bearer_token(header), want, "{header:?}");
         }
     }
 }
