@@ -117,6 +117,16 @@ pub(crate) async fn run(api: &ApiArgs, cmd: CompaniesCmd) -> Result<ExitCode> {
                     n("updated"),
                     n("unchanged")
                 );
+                for c in r["changes"].as_array().into_iter().flatten() {
+                    println!("{}:", s(&c["id"]));
+                    for f in c["fields"].as_array().into_iter().flatten() {
+                        let v = |k: &str| match &f[k] {
+                            Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        };
+                        println!("  {}: {} → {}", v("field"), v("old"), v("new"));
+                    }
+                }
             });
         }
     }
