@@ -293,8 +293,8 @@ pub fn placement(company: &Company, op: &str, role: OnPrem) -> Result<Target, Er
 }
 
 /// Every abstract op [`route`] knows. The catalogue's identity and mailbox ops are all here
-/// (a test in `steward-workers` checks it); `user.unlock`, `group.copy_from_user`,
-/// `mailbox.create` and `mailbox.revoke_access` are routed ahead of their catalogue entries.
+/// (a test in `steward-workers` checks it); `user.unlock` and `mailbox.revoke_access` are
+/// routed ahead of their catalogue entries.
 pub const ROUTED_OPS: &[&str] = &[
     "user.create",
     "user.get",
@@ -312,7 +312,7 @@ pub const ROUTED_OPS: &[&str] = &[
     "group.add_member",
     "group.remove_member",
     "group.list_memberships",
-    "group.copy_from_user",
+    "group.copy_memberships",
     "role.assign",
     "role.remove",
     "mailbox.create",
@@ -601,7 +601,7 @@ impl Router<'_> {
                 "graph.remove_group_member",
                 "exchange_online.remove_distribution_group_member",
             )?,
-            "group.copy_from_user" => match self.c.identity_provider {
+            "group.copy_memberships" => match self.c.identity_provider {
                 Idp::EntraId => vec![self.graph(
                     "graph.copy_group_memberships",
                     "groups live in Entra ID",

@@ -350,7 +350,13 @@ impl Routed {
                 put("member", json!(user()?));
             }
             "ad.copy_groups" => {
-                put("template", json!(need(input, "template_user")?));
+                // The catalogue's name is `template`; `template_user` is accepted too.
+                let template = text(input, "template")
+                    .or_else(|| text(input, "template_user"))
+                    .ok_or_else(|| {
+                        OpError::bad_input("template", "is missing; set it under `with:`")
+                    })?;
+                put("template", json!(template));
                 put("member", json!(user()?));
             }
             "ad.move_object" => {
