@@ -1065,13 +1065,30 @@ pub fn describe_step(
     let mut params = Value::Object(params);
     redact(&mut params);
     let def_step = plan.def().steps.iter().find(|d| d.id == s.id.as_str());
-    let (actions, note, problem) = match route_spec(company, &s.op, spec) {
-        Ok(r) => (
-            r.actions.iter().map(ActionView::from).collect(),
-            r.note,
+    // A `when:` that reads only inputs and company fields is decided now: a step it leaves out
+    // for this company (a licence for a company with no tenant) is not routed, and is no
+    // problem. One that reads step outputs is decided when the run gets there.
+    let skipped = s.when.as_ref().is_some_and(|w| {
+        w.refs()
+            .iter()
+            .all(|r| matches!(r.root, Root::Input(_) | Root::Company(_)))
+            && !w.eval(scope)
+    });
+    let (actions, note, problem) = if skipped {
+        (
+            Vec::new(),
+            Some("skipped for this company: its `when:` condition is false".to_owned()),
             None,
-        ),
-        Err(e) => (Vec::new(), None, Some(e.to_string())),
+        )
+    } else {
+        match route_spec(company, &s.op, spec) {
+            Ok(r) => (
+                r.actions.iter().map(ActionView::from).collect(),
+                r.note,
+                None,
+            ),
+            Err(e) => (Vec::new(), None, Some(e.to_string())),
+        }
     };
     StepView {
         step: s.id.to_string(),

@@ -1,0 +1,167 @@
+//! The lifecycle workflows (`workflows/onboarding.yaml`, `workflows/offboarding.yaml`) for every
+//! provider combination: each is planned through the API (`POST /v1/plans`, what `steward plan`
+//! calls) for one company of each of the 12 identity × mailbox combinations, and every step routes
+//! (or is left out by its `when:` for that company), with the mailbox made in the right system.
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result};
+use serde_json::{Value, json};
+use steward_schemas::{Company, IdentityProvider, MailboxProvider};
+use steward_tests::api::ApiEnv;
+
+/// A company of the given providers, with what routing needs for them (runners, servers, OU).
+fn company(idp: IdentityProvider, mbx: MailboxProvider) -> Result<Company> {
+    let id = format!("{}-{}", idp.name(), mbx.name()).replace('_', "-");
+    let mut v = json!({
+        "id": id, "name": id,
+        "tenant_id": "2c9d8e7f-6a5b-4c3d-8e2f-1a0b9c8d7e6f",
+        "identity_provider": idp.name(), "mailbox_provider": mbx.name(),
+        "rmm": {"provider": "datto", "site": "s1"},
+        "defaults": {"usage_location": "GB", "ou": "OU=Staff,DC=example,DC=local", "upn_domain": "example.com"},
+        "approvers": ["alice@msp.example"],
+        "permissions": {"profile": "full_automation"},
+    });
+    if idp == IdentityProvider::EntraId {
+        v["defaults"]
+            .as_object_mut()
+            .context("defaults")?
+            .remove("ou");
+    } else {
+        v["ad_runner"] = json!("RUNNER01");
+    }
+    if idp == IdentityProvider::Hybrid {
+        v["entra_connect_server"] = json!("AADC01");
+    }
+    if mbx != MailboxProvider::ExchangeOnline {
+        v["exchange_server"] = json!("EXCH01");
+        v["exchange_runner"] = json!("RUNNER01");
+    }
+    Ok(serde_json::from_value(v)?)
+}
+
+fn has_cloud(idp: IdentityProvider, mbx: MailboxProvider) -> bool {
+    idp != IdentityProvider::OnPremAd || mbx != MailboxProvider::ExchangeServer
+}
+
+fn step<'a>(plan: &'a Value, id: &str) -> Result<&'a Value> {
+    plan["steps"]
+        .as_array()
+        .context("steps")?
+        .iter()
+        .find(|s| s["step"] == id)
+        .with_context(|| format!("no step {id} in {plan}"))
+}
+
+fn actions(step: &Value) -> Vec<String> {
+    step["actions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| {
+            format!(
+                "{}@{}",
+                a["action"].as_str().unwrap_or(""),
+                a["system"].as_str().unwrap_or("")
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_lifecycle_workflows_plan_for_all_twelve_provider_combinations() -> Result<()> {
+    let flows = Path::new(env!("CARGO_MANIFEST_DIR")).join("workflows");
+    let api = ApiEnv::start(&flows).await?;
+    let onboarding = json!({
+        "given_name": "Jane", "surname": "Doe", "display_name": "Jane Doe",
+        "user_principal_name": "jane.doe@example.com", "job_title": "Account manager",
+        "department": "Sales", "manager": "bob@example.com", "template_user": "bob@example.com",
+        "groups": ["Sales", "All staff"], "start_date": "2027-01-04",
+    });
+    let offboarding = json!({
+        "user": "jane.doe@example.com", "manager": "bob@example.com",
+        "forward_to": "bob@example.com", "auto_reply": "Jane has left; please write to Bob.",
+        "license_sku": "SPE_E3", "groups": ["Sales"], "disabled_ou": "OU=Disabled,DC=example,DC=local",
+    });
+    let mut combos = 0;
+    for idp in IdentityProvider::ALL {
+        for mbx in MailboxProvider::ALL {
+            let c = company(idp, mbx)?;
+            let id = c.id.to_string();
+            steward_engine::companies::ensure(&api.env.companies(), c)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let cloud = has_cloud(idp, mbx);
+            for (flow, inputs) in [("onboarding", &onboarding), ("offboarding", &offboarding)] {
+                let (status, plan) = api
+                    .post(
+                        "admin",
+                        "/v1/plans",
+                        json!({"workflow": flow, "company": id, "inputs": inputs}),
+                    )
+                    .await?;
+                assert_eq!(status, 200, "{flow} for {id}: {plan}");
+                let problems: Vec<String> = plan["steps"]
+                    .as_array()
+                    .context("steps")?
+                    .iter()
+                    .filter(|s| !s["problem"].is_null())
+                    .map(|s| format!("{}: {}", s["step"], s["problem"]))
+                    .collect();
+                assert!(
+                    problems.is_empty() && plan["routable"] == true,
+                    "{flow} for {id} has routing problems: {problems:#?}"
+                );
+                // A company without a tenant leaves the cloud-only steps out; the others route them.
+                let licence = step(
+                    &plan,
+                    if flow == "onboarding" {
+                        "license"
+                    } else {
+                        "remove_license"
+                    },
+                )?;
+                assert_eq!(
+                    actions(licence).is_empty(),
+                    !cloud,
+                    "{flow} for {id}: {licence}"
+                );
+            }
+            // The mailbox is made in the right system.
+            let (_, plan) = api
+                .post(
+                    "admin",
+                    "/v1/plans",
+                    json!({"workflow": "onboarding", "company": id, "inputs": onboarding}),
+                )
+                .await?;
+            let mailbox = actions(step(&plan, "mailbox")?);
+            let want: Vec<&str> = match mbx {
+                MailboxProvider::ExchangeOnline => {
+                    vec!["exchange_online.wait_for_mailbox@exchange_online"]
+                }
+                MailboxProvider::ExchangeServer => vec!["exchange_server.enable_mailbox@rmm"],
+                MailboxProvider::ExchangeHybrid if idp == IdentityProvider::Hybrid => vec![
+                    "exchange_server.enable_remote_mailbox@rmm",
+                    "adsync.start_delta@rmm",
+                    "exchange_online.wait_for_mailbox@exchange_online",
+                ],
+                MailboxProvider::ExchangeHybrid => vec![
+                    "exchange_server.enable_remote_mailbox@rmm",
+                    "exchange_online.wait_for_mailbox@exchange_online",
+                ],
+            };
+            assert_eq!(mailbox, want, "the mailbox for {id}");
+            // The user is created where the identity lives.
+            let create = actions(step(&plan, "create_user")?);
+            let first = create.first().cloned().unwrap_or_default();
+            match idp {
+                IdentityProvider::EntraId => assert_eq!(first, "graph.create_user@graph", "{id}"),
+                _ => assert_eq!(first, "ad.new_user@rmm", "{id}"),
+            }
+            combos += 1;
+        }
+    }
+    assert_eq!(combos, 12);
+    Ok(())
+}
