@@ -165,3 +165,171 @@ async fn both_lifecycle_workflows_plan_for_all_twelve_provider_combinations() ->
     assert_eq!(combos, 12);
     Ok(())
 }
+
+mod m365_support;
+mod onprem_support;
+
+use std::time::Duration;
+
+use onprem_support::{World, company as world_company};
+use steward_schemas::RunStatus;
+
+const ONBOARDING: &str = include_str!("../workflows/onboarding.yaml");
+const OFFBOARDING: &str = include_str!("../workflows/offboarding.yaml");
+
+/// Runs `yaml` for `company` with `inputs` (the run carrying the company's settings, as a run
+/// started through the API does), approves its gate, and waits for it to complete.
+async fn run_approved(w: &World, yaml: &str, company: &str, inputs: Value) -> Result<()> {
+    let record = w
+        .env
+        .companies()
+        .get(&company.parse()?)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?
+        .context("the company")?;
+    let settings = match serde_json::to_value(&record.company)? {
+        Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    };
+    let plan = std::sync::Arc::new(steward_core::Plan::load(
+        "lifecycle.yaml",
+        yaml,
+        Some(&steward_workers::Registry::builtin()),
+    )?);
+    let run = w
+        .env
+        .store
+        .create_run(steward_engine::store::NewRun {
+            plan,
+            company: company.parse()?,
+            company_settings: settings,
+            inputs: inputs.as_object().cloned().unwrap_or_default(),
+            requested_by: "test".to_owned(),
+            start_at: None,
+            ticket: None,
+        })
+        .await?;
+    w.approve(run).await?;
+    let status = w.end(run).await?;
+    assert!(
+        matches!(status, RunStatus::Completed { ref failed, .. } if failed.is_empty()),
+        "{status:?}\n{}",
+        w.history(run).await?
+    );
+    Ok(())
+}
+
+/// On premises only (identity `on_prem_ad`, mailbox `exchange_server`): the user is made in AD
+/// and given a mailbox on the Exchange server through the RMM, with the template user's groups;
+/// offboarding disables the account, makes the mailbox shared before anything else touches it,
+/// grants the manager access, hides it, and moves the account to the leavers' OU last. The
+/// cloud-only items are left out (the company has no tenant).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_premises_only_onboarding_and_offboarding_through_the_rmm() -> Result<()> {
+    let w = World::start(
+        vec![world_company(
+            "northwind",
+            json!({
+                "identity_provider": "on_prem_ad",
+                "mailbox_provider": "exchange_server",
+                "ad_runner": "NW-RUNNER01",
+                "exchange_server": "NW-EXCH01",
+                "exchange_runner": "NW-RUNNER01",
+                "rmm": {"provider": "datto", "site": "northwind"},
+                "defaults": {"ou": "OU=Users,OU=Northwind,DC=northwind,DC=local"},
+            }),
+        )],
+        Duration::from_secs(5),
+    )
+    .await?;
+    // Northwind's runner reaches the Exchange server by PowerShell remoting; its Kerberos
+    // delegation is set up (the fixture starts without it, for the double-hop test).
+    w.admin(
+        "POST",
+        "/companies/northwind/faults",
+        Some(json!({"double_hop_misconfigured": false})),
+    )
+    .await?;
+    let upn = "janet.leverling@northwindtraders.com";
+    run_approved(
+        &w,
+        ONBOARDING,
+        "northwind",
+        json!({
+            "given_name": "Janet", "surname": "Leverling", "display_name": "Janet Leverling",
+            "user_principal_name": upn, "job_title": "Sales Representative",
+            "department": "Sales", "manager": "nancy.davolio@northwindtraders.com",
+            "groups": ["NW-Staff"],
+        }),
+    )
+    .await?;
+    let user = w
+        .ad_user("northwind", "janet.leverling")
+        .await?
+        .context("Janet is in AD")?;
+    assert_eq!(user["deleted"], false, "{user}");
+    assert_eq!(user["enabled"], true, "{user}");
+    assert_eq!(
+        user["mailbox"]["database"], "MDB01",
+        "a mailbox on the server: {user}"
+    );
+    assert!(user["remote_mailbox"].is_null(), "{user}");
+    assert!(!user["manager"].is_null(), "the manager is set: {user}");
+    let guid = user["object_guid"].clone();
+    let staff = w.ad_group("northwind", "NW-Staff").await?;
+    assert!(
+        staff["members"]
+            .as_array()
+            .is_some_and(|m| m.contains(&guid)),
+        "{staff}"
+    );
+    let changes = w.changes("northwind").await?;
+    assert_eq!(
+        changes
+            .last()
+            .map(|c| c.split(' ').next().unwrap_or_default()),
+        Some("exchange_server.enable_mailbox"),
+        "the mailbox comes last: {changes:#?}"
+    );
+    let before = changes.len();
+
+    // Offboarding with the items the sandbox's Exchange server carries out chosen.
+    run_approved(
+        &w,
+        OFFBOARDING,
+        "northwind",
+        json!({
+            "user": upn, "groups": ["NW-Staff"],
+            "convert_to_shared": false, "hide_from_gal": false, "remove_mobile_devices": false,
+            "disabled_ou": "OU=Leavers,OU=Northwind,DC=northwind,DC=local",
+        }),
+    )
+    .await?;
+    let user = w
+        .ad_user("northwind", "janet.leverling")
+        .await?
+        .context("Janet is still in AD")?;
+    assert_eq!(user["enabled"], false, "{user}");
+    assert_eq!(
+        user["parent"], "OU=Leavers,OU=Northwind,DC=northwind,DC=local",
+        "{user}"
+    );
+    let staff = w.ad_group("northwind", "NW-Staff").await?;
+    assert!(
+        staff["members"]
+            .as_array()
+            .is_some_and(|m| !m.contains(&guid)),
+        "{staff}"
+    );
+    let changes = w.changes("northwind").await?;
+    let done: Vec<&str> = changes[before..]
+        .iter()
+        .map(|c| c.split(' ').next().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        done,
+        ["ad.set_enabled", "ad.remove_group_member", "ad.move_object"],
+        "{changes:#?}"
+    );
+    Ok(())
+}
