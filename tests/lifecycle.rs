@@ -177,9 +177,14 @@ use steward_schemas::RunStatus;
 const ONBOARDING: &str = include_str!("../workflows/onboarding.yaml");
 const OFFBOARDING: &str = include_str!("../workflows/offboarding.yaml");
 
-/// Runs `yaml` for `company` with `inputs` (the run carrying the company's settings, as a run
-/// started through the API does), approves its gate, and waits for it to complete.
-async fn run_approved(w: &World, yaml: &str, company: &str, inputs: Value) -> Result<()> {
+/// Starts `yaml` for `company` with `inputs` (the run carrying the company's settings, as a run
+/// started through the API does) and approves its gate.
+async fn start_approved(
+    w: &World,
+    yaml: &str,
+    company: &str,
+    inputs: Value,
+) -> Result<steward_schemas::RunId> {
     let record = w
         .env
         .companies()
@@ -210,6 +215,11 @@ async fn run_approved(w: &World, yaml: &str, company: &str, inputs: Value) -> Re
         })
         .await?;
     w.approve(run).await?;
+    Ok(run)
+}
+
+/// Waits for `run` to complete with nothing failed.
+async fn completed(w: &World, run: steward_schemas::RunId) -> Result<()> {
     let status = w.end(run).await?;
     assert!(
         matches!(status, RunStatus::Completed { ref failed, .. } if failed.is_empty()),
@@ -217,6 +227,12 @@ async fn run_approved(w: &World, yaml: &str, company: &str, inputs: Value) -> Re
         w.history(run).await?
     );
     Ok(())
+}
+
+/// Runs `yaml` for `company` with `inputs`, approves its gate, and waits for it to complete.
+async fn run_approved(w: &World, yaml: &str, company: &str, inputs: Value) -> Result<()> {
+    let run = start_approved(w, yaml, company, inputs).await?;
+    completed(w, run).await
 }
 
 /// On premises only (identity `on_prem_ad`, mailbox `exchange_server`): the user is made in AD
@@ -331,5 +347,141 @@ async fn on_premises_only_onboarding_and_offboarding_through_the_rmm() -> Result
         ["ad.set_enabled", "ad.remove_group_member", "ad.move_object"],
         "{changes:#?}"
     );
+    Ok(())
+}
+
+/// A world whose worker has the Microsoft 365 ops (against the sandbox) and the RMM.
+async fn cloud_world(companies: Vec<Company>) -> Result<World> {
+    let mut w = World::start(companies, Duration::from_secs(5)).await?;
+    let creds = m365_support::credentials();
+    let m = m365_support::m365_at(
+        &w.sb.base_url,
+        &creds,
+        Some(steward_workers::m365::SharedCache {
+            redis: w.env.store.db().manager(),
+            namespace: w.env.namespace.clone(),
+        }),
+        &w.sink,
+    );
+    let registry =
+        steward_workers::Registry::connected(Some(m), Some(w.onprem(Duration::from_secs(5))));
+    w.start_worker_with(registry).await?;
+    Ok(w)
+}
+
+/// The steps of `run` that changed something in the sandbox, in the order of their first change.
+async fn changed_steps(w: &World, run: steward_schemas::RunId) -> Result<Vec<String>> {
+    let ledger = w.admin("GET", &format!("/ledger?run={run}"), None).await?;
+    let mut steps: Vec<String> = Vec::new();
+    for e in ledger["entries"].as_array().context("entries")? {
+        let s = e["step"].as_str().unwrap_or_default().to_owned();
+        if !s.is_empty() && !steps.contains(&s) {
+            steps.push(s);
+        }
+    }
+    Ok(steps)
+}
+
+/// Cloud only (identity `entra_id`, mailbox `exchange_online`): the user is created in Entra ID,
+/// licensed, and the mailbox step waits (durably) until Exchange Online has provisioned the
+/// mailbox the licence gives; offboarding then does every item, in the order that avoids the
+/// known failures (sign-in blocked first, the mailbox shared before the licence goes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloud_only_onboarding_waits_for_the_mailbox_and_offboarding_keeps_the_order() -> Result<()>
+{
+    let w = cloud_world(vec![world_company(
+        "contoso",
+        json!({
+            "identity_provider": "entra_id",
+            "mailbox_provider": "exchange_online",
+            "tenant_id": "8a6f1c2e-3b4d-4e5f-9a0b-1c2d3e4f5a6b",
+            "defaults": {"usage_location": "GB"},
+        }),
+    )])
+    .await?;
+    let upn = "jane.doe@contoso.com";
+    let run = start_approved(
+        &w,
+        ONBOARDING,
+        "contoso",
+        json!({
+            "given_name": "Jane", "surname": "Doe", "display_name": "Jane Doe",
+            "user_principal_name": upn, "manager": "megan.bowen@contoso.com",
+            "license_sku": "SPB",
+        }),
+    )
+    .await?;
+    // The mailbox step waits for Exchange Online, holding no worker.
+    let store = &w.env.store;
+    let seq = steward_tests::wait_for(
+        "the wait for the mailbox",
+        onprem_support::T,
+        || async move {
+            let snap = store.load(run).await?.context("run")?;
+            Ok(match &snap.doc.state.steps["mailbox"].state {
+                steward_schemas::StepState::Polling { .. } => {
+                    Some(snap.doc.state.steps["mailbox"].seq)
+                }
+                _ => None,
+            })
+        },
+    )
+    .await?;
+    // Exchange Online provisions it (sandbox time); the next check finds it.
+    w.admin("POST", "/clock/advance", Some(json!({"seconds": 900})))
+        .await?;
+    steward_engine::runner::wake(
+        store,
+        &steward_workers::rmm::jobs::Binding {
+            run: run.to_string(),
+            step: "mailbox".to_owned(),
+            seq,
+            phase: "run".to_owned(),
+        },
+    )
+    .await?;
+    completed(&w, run).await?;
+    let world = w.admin("GET", "/world/contoso", None).await?;
+    let text = world.to_string();
+    assert!(text.contains(upn), "Jane is in Entra ID");
+    let snap = store.load(run).await?.context("run")?;
+    let steward_schemas::StepState::Succeeded { output, .. } =
+        &snap.doc.state.steps["mailbox"].state
+    else {
+        panic!("the mailbox step did not succeed");
+    };
+    assert_eq!(output["mailbox"], upn, "{output}");
+
+    // Offboarding with every item chosen.
+    let run = start_approved(
+        &w,
+        OFFBOARDING,
+        "contoso",
+        json!({
+            "user": upn, "manager": "megan.bowen@contoso.com",
+            "forward_to": "megan.bowen@contoso.com", "auto_reply": "Jane has left; please write to Megan.",
+            "license_sku": "SPB",
+        }),
+    )
+    .await?;
+    completed(&w, run).await?;
+    let steps = changed_steps(&w, run).await?;
+    let at = |s: &str| {
+        steps
+            .iter()
+            .position(|x| x == s)
+            .unwrap_or_else(|| panic!("{s} changed nothing: {steps:?}"))
+    };
+    assert_eq!(at("block_sign_in"), 0, "{steps:?}");
+    assert!(at("revoke_sessions") < at("convert_to_shared"), "{steps:?}");
+    for later in [
+        "manager_access",
+        "forwarding",
+        "auto_reply",
+        "hide_from_gal",
+    ] {
+        assert!(at("convert_to_shared") < at(later), "{steps:?}");
+        assert!(at(later) < at("remove_license"), "{steps:?}");
+    }
     Ok(())
 }
