@@ -485,3 +485,172 @@ async fn cloud_only_onboarding_waits_for_the_mailbox_and_offboarding_keeps_the_o
     }
     Ok(())
 }
+
+/// Lets `run` go to its end: whenever a step waits (for Entra Connect, for Exchange Online to
+/// provision a mailbox), the sandbox's clock moves on and the step is checked again at once.
+async fn drive(w: &World, run: steward_schemas::RunId) -> Result<()> {
+    let store = &w.env.store;
+    steward_tests::wait_for("the run to end", Duration::from_secs(120), || async move {
+        let snap = store.load(run).await?.context("run")?;
+        if snap.doc.state.status.is_terminal() {
+            return Ok(Some(()));
+        }
+        for (step, s) in &snap.doc.state.steps {
+            if let steward_schemas::StepState::Polling { .. } = &s.state {
+                w.admin("POST", "/clock/advance", Some(json!({"seconds": 900})))
+                    .await?;
+                steward_engine::runner::wake(
+                    store,
+                    &steward_workers::rmm::jobs::Binding {
+                        run: run.to_string(),
+                        step: step.to_string(),
+                        seq: s.seq,
+                        phase: "run".to_owned(),
+                    },
+                )
+                .await?;
+            }
+        }
+        Ok(None)
+    })
+    .await
+}
+
+/// Onboards one person for a company of providers `idp` × `mbx` in the sandbox world that has
+/// the systems it needs (contoso: cloud only; northwind: AD and Exchange Server; fabrikam: AD,
+/// Entra Connect, an Exchange hybrid server and a tenant), and checks the user, the licence and
+/// the mailbox in the right systems.
+async fn onboard(idp: IdentityProvider, mbx: MailboxProvider) -> Result<()> {
+    let (world, tenant, domain) = match (idp, mbx) {
+        (IdentityProvider::EntraId, MailboxProvider::ExchangeOnline) => (
+            "contoso",
+            "8a6f1c2e-3b4d-4e5f-9a0b-1c2d3e4f5a6b",
+            "contoso.com",
+        ),
+        (IdentityProvider::OnPremAd, MailboxProvider::ExchangeServer) => (
+            "northwind",
+            "7e6d5c4b-3a29-4817-9f6e-5d4c3b2a1908",
+            "northwindtraders.com",
+        ),
+        _ => (
+            "fabrikam",
+            "2c9d8e7f-6a5b-4c3d-8e2f-1a0b9c8d7e6f",
+            "fabrikam.com",
+        ),
+    };
+    let nw = world == "northwind";
+    let mut settings = json!({
+        "identity_provider": idp.name(), "mailbox_provider": mbx.name(), "tenant_id": tenant,
+        "rmm": {"provider": "datto", "site": world},
+        "defaults": {"usage_location": "US"},
+    });
+    if idp != IdentityProvider::EntraId {
+        settings["ad_runner"] = json!(if nw { "NW-RUNNER01" } else { "FAB-RUNNER01" });
+        settings["defaults"]["ou"] = json!(if nw {
+            "OU=Users,OU=Northwind,DC=northwind,DC=local"
+        } else {
+            "OU=Staff,DC=fabrikam,DC=local"
+        });
+    }
+    if idp == IdentityProvider::Hybrid {
+        settings["entra_connect_server"] = json!("FAB-AADC01");
+    }
+    if mbx != MailboxProvider::ExchangeOnline {
+        settings["exchange_server"] = json!(if nw { "NW-EXCH01" } else { "FAB-EXCH01" });
+        settings["exchange_runner"] = json!(if nw { "NW-RUNNER01" } else { "FAB-RUNNER01" });
+    }
+    let w = cloud_world(vec![world_company(world, settings)]).await?;
+    if nw {
+        w.admin(
+            "POST",
+            "/companies/northwind/faults",
+            Some(json!({"double_hop_misconfigured": false})),
+        )
+        .await?;
+    }
+    let upn = format!("ann.lee@{domain}");
+    let run = start_approved(
+        &w,
+        ONBOARDING,
+        world,
+        json!({
+            "given_name": "Ann", "surname": "Lee", "display_name": "Ann Lee",
+            "user_principal_name": upn, "license_sku": "SPB",
+        }),
+    )
+    .await?;
+    drive(&w, run).await?;
+    completed(&w, run).await?;
+    let snap = w.admin("GET", &format!("/world/{world}"), None).await?;
+    let ad = if world == "contoso" {
+        None
+    } else {
+        w.ad_user(world, "ann.lee").await?
+    };
+    if idp != IdentityProvider::EntraId {
+        let ad = ad.as_ref().context("Ann is in AD")?;
+        assert_eq!(ad["deleted"], false, "{ad}");
+    }
+    let cloud_user = snap["tenant"]["users"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|u| u.to_string().contains(&upn))
+        .cloned();
+    if has_cloud(idp, mbx) {
+        let u = cloud_user.as_ref().context("Ann is in Entra ID")?;
+        assert!(
+            u.to_string()
+                .contains("cbdc14ab-d96c-4c30-b9f4-6ada7cdc1d46"),
+            "licensed: {u}"
+        );
+    }
+    match mbx {
+        MailboxProvider::ExchangeServer => {
+            let ad = ad.context("in AD")?;
+            assert!(!ad["mailbox"].is_null(), "a mailbox on the server: {ad}");
+        }
+        MailboxProvider::ExchangeOnline | MailboxProvider::ExchangeHybrid => {
+            let id = cloud_user.as_ref().context("in Entra ID")?["id"].clone();
+            assert!(
+                snap["provisioned_mailboxes"]
+                    .as_array()
+                    .is_some_and(|m| m.contains(&id)),
+                "a mailbox in Exchange Online: {}",
+                snap["provisioned_mailboxes"]
+            );
+            if mbx == MailboxProvider::ExchangeHybrid {
+                let ad = ad.context("in AD")?;
+                assert!(
+                    !ad["remote_mailbox"].is_null(),
+                    "a remote mailbox on premises: {ad}"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+macro_rules! combos {
+    ($($name:ident: $idp:ident, $mbx:ident;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() -> Result<()> {
+            onboard(IdentityProvider::$idp, MailboxProvider::$mbx).await
+        }
+    )*};
+}
+
+combos! {
+    onboard_entra_id_exchange_online: EntraId, ExchangeOnline;
+    onboard_entra_id_exchange_server: EntraId, ExchangeServer;
+    onboard_entra_id_exchange_hybrid: EntraId, ExchangeHybrid;
+    onboard_on_prem_ad_exchange_online: OnPremAd, ExchangeOnline;
+    onboard_on_prem_ad_exchange_server: OnPremAd, ExchangeServer;
+    onboard_on_prem_ad_exchange_hybrid: OnPremAd, ExchangeHybrid;
+    onboard_hybrid_exchange_online: Hybrid, ExchangeOnline;
+    onboard_hybrid_exchange_server: Hybrid, ExchangeServer;
+    onboard_hybrid_exchange_hybrid: Hybrid, ExchangeHybrid;
+    onboard_hybrid_no_sync_exchange_online: HybridNoSync, ExchangeOnline;
+    onboard_hybrid_no_sync_exchange_server: HybridNoSync, ExchangeServer;
+    onboard_hybrid_no_sync_exchange_hybrid: HybridNoSync, ExchangeHybrid;
+}

@@ -527,6 +527,11 @@ impl Routed {
                         for (k, v) in &a.args {
                             m.insert(k.clone(), v.clone());
                         }
+                        // The AD-only inputs of a user created in both directories.
+                        if a.action == "graph.create_user" {
+                            m.remove("ou");
+                            m.remove("sam_account_name");
+                        }
                         if a.action == "graph.set_usage_location" {
                             if let Some(upn) = m.get("user_principal_name").cloned() {
                                 m.insert("user".to_owned(), upn);
