@@ -240,6 +240,21 @@ pub static CATALOG: &[OpSpec] = &[
         Some(&[OpField::required("groups", "the groups").of(FieldType::List)]),
     ),
     op(
+        "group.copy_memberships",
+        "give a user the group memberships of a template user (\"same access as Bob\"; dynamic \
+         groups are skipped, and in hybrid the AD groups are copied on premises)",
+        G::Groups,
+        Write,
+        Policy,
+        System::Directory,
+        Reversible,
+        &[
+            USER,
+            OpField::required("template", "the template user: UPN, or object id"),
+        ],
+        Some(&[]),
+    ),
+    op(
         "role.assign",
         "assign a directory role",
         G::DirectoryRoles,
@@ -264,6 +279,24 @@ pub static CATALOG: &[OpSpec] = &[
         &[
             USER,
             OpField::required("role", "the role: name or template id"),
+        ],
+        Some(&[]),
+    ),
+    op(
+        "mailbox.create",
+        "give a user a mailbox (Exchange Online: the licence creates it and this waits until it \
+         exists; Exchange Server: Enable-Mailbox; hybrid: Enable-RemoteMailbox)",
+        G::Mailboxes,
+        Write,
+        Policy,
+        System::Mail,
+        Reversible,
+        &[
+            USER,
+            OpField::optional(
+                "remote_routing_address",
+                "hybrid: user@tenant.mail.onmicrosoft.com (default: Exchange's address policy)",
+            ),
         ],
         Some(&[]),
     ),

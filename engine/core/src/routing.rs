@@ -293,8 +293,8 @@ pub fn placement(company: &Company, op: &str, role: OnPrem) -> Result<Target, Er
 }
 
 /// Every abstract op [`route`] knows. The catalogue's identity and mailbox ops are all here
-/// (a test in `steward-workers` checks it); `user.unlock`, `group.copy_from_user`,
-/// `mailbox.create` and `mailbox.revoke_access` are routed ahead of their catalogue entries.
+/// (a test in `steward-workers` checks it); `user.unlock` and `mailbox.revoke_access` are
+/// routed ahead of their catalogue entries.
 pub const ROUTED_OPS: &[&str] = &[
     "user.create",
     "user.get",
@@ -312,7 +312,7 @@ pub const ROUTED_OPS: &[&str] = &[
     "group.add_member",
     "group.remove_member",
     "group.list_memberships",
-    "group.copy_from_user",
+    "group.copy_memberships",
     "role.assign",
     "role.remove",
     "mailbox.create",
@@ -601,7 +601,7 @@ impl Router<'_> {
                 "graph.remove_group_member",
                 "exchange_online.remove_distribution_group_member",
             )?,
-            "group.copy_from_user" => match self.c.identity_provider {
+            "group.copy_memberships" => match self.c.identity_provider {
                 Idp::EntraId => vec![self.graph(
                     "graph.copy_group_memberships",
                     "groups live in Entra ID",
@@ -1065,13 +1065,30 @@ pub fn describe_step(
     let mut params = Value::Object(params);
     redact(&mut params);
     let def_step = plan.def().steps.iter().find(|d| d.id == s.id.as_str());
-    let (actions, note, problem) = match route_spec(company, &s.op, spec) {
-        Ok(r) => (
-            r.actions.iter().map(ActionView::from).collect(),
-            r.note,
+    // A `when:` that reads only inputs and company fields is decided now: a step it leaves out
+    // for this company (a licence for a company with no tenant) is not routed, and is no
+    // problem. One that reads step outputs is decided when the run gets there.
+    let skipped = s.when.as_ref().is_some_and(|w| {
+        w.refs()
+            .iter()
+            .all(|r| matches!(r.root, Root::Input(_) | Root::Company(_)))
+            && !w.eval(scope)
+    });
+    let (actions, note, problem) = if skipped {
+        (
+            Vec::new(),
+            Some("skipped for this company: its `when:` condition is false".to_owned()),
             None,
-        ),
-        Err(e) => (Vec::new(), None, Some(e.to_string())),
+        )
+    } else {
+        match route_spec(company, &s.op, spec) {
+            Ok(r) => (
+                r.actions.iter().map(ActionView::from).collect(),
+                r.note,
+                None,
+            ),
+            Err(e) => (Vec::new(), None, Some(e.to_string())),
+        }
     };
     StepView {
         step: s.id.to_string(),

@@ -350,7 +350,13 @@ impl Routed {
                 put("member", json!(user()?));
             }
             "ad.copy_groups" => {
-                put("template", json!(need(input, "template_user")?));
+                // The catalogue's name is `template`; `template_user` is accepted too.
+                let template = text(input, "template")
+                    .or_else(|| text(input, "template_user"))
+                    .ok_or_else(|| {
+                        OpError::bad_input("template", "is missing; set it under `with:`")
+                    })?;
+                put("template", json!(template));
                 put("member", json!(user()?));
             }
             "ad.move_object" => {
@@ -520,6 +526,11 @@ impl Routed {
                     if let Value::Object(m) = &mut cin {
                         for (k, v) in &a.args {
                             m.insert(k.clone(), v.clone());
+                        }
+                        // The AD-only inputs of a user created in both directories.
+                        if a.action == "graph.create_user" {
+                            m.remove("ou");
+                            m.remove("sam_account_name");
                         }
                         if a.action == "graph.set_usage_location" {
                             if let Some(upn) = m.get("user_principal_name").cloned() {

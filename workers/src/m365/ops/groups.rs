@@ -32,22 +32,11 @@ pub(super) fn ops(v: &mut Vec<(&'static OpSpec, Body)>) {
     v.push((catalog("group.list_memberships"), |c, i| {
         Box::pin(list(c, i))
     }));
-    v.push((&COPY, |c, i| Box::pin(copy(c, i))));
+    v.push((catalog("group.copy_memberships"), |c, i| {
+        Box::pin(copy(c, i))
+    }));
     v.push((&REMOVE_MANY, |c, i| Box::pin(remove_many(c, i))));
 }
-
-static COPY: OpSpec = own(
-    "group.copy_memberships",
-    "add a user to every group a template user is a member of (dynamic and synced groups are skipped)",
-    PermissionGroup::Groups,
-    System::EntraId,
-    Reversibility::Reversible,
-    &[
-        OpField::required("user", "the user: UPN, or object id"),
-        OpField::required("template", "the template user: UPN, or object id"),
-    ],
-    false,
-);
 
 static REMOVE_MANY: OpSpec = own(
     "group.remove_memberships",

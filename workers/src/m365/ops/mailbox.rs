@@ -16,6 +16,9 @@ use crate::m365::error::Error;
 use crate::op::{OpError, opt_bool};
 
 pub(super) fn ops(v: &mut Vec<(&'static OpSpec, Body)>) {
+    v.push((catalog("mailbox.create"), |c, i| {
+        Box::pin(wait_for_mailbox(c, i))
+    }));
     v.push((catalog("mailbox.convert_to_shared"), |c, i| {
         Box::pin(convert_to_shared(c, i))
     }));
@@ -239,6 +242,23 @@ async fn ensure_settings(
         )
     };
     Ok((prior, rollback))
+}
+
+/// `mailbox.create` in Exchange Online (routing's `exchange_online.wait_for_mailbox`): Exchange
+/// Online makes the mailbox itself once the user has a licence with Exchange (and, in hybrid,
+/// once the remote mailbox has synced), so this creates nothing: it waits, durably (the step
+/// pending, no worker held), until `Get-Mailbox` finds it. Nothing to undo here: removing the
+/// licence (the licence step's undo) is what removes the mailbox.
+async fn wait_for_mailbox(c: &Ctx<'_>, input: &Value) -> OpResult {
+    let who = text(input, "user")?;
+    let m = mailbox_or_wait!(c, who);
+    done(
+        json!({
+            "mailbox": s(&m, "PrimarySmtpAddress"),
+            "type": s(&m, "RecipientTypeDetails"),
+        }),
+        Rollback::Nothing,
+    )
 }
 
 async fn convert_to_shared(c: &Ctx<'_>, input: &Value) -> OpResult {
