@@ -250,7 +250,18 @@ async fn graph_honours_retry_after_and_classifies_by_code() -> Result<()> {
     assert_eq!(e.code().as_deref(), Some("serviceNotAvailable"));
     assert_eq!(e.retry_after(), Some(Duration::from_secs(1)));
     assert_eq!(matched(&sb, &rule).await?, 4);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The second 503's Retry-After closed contoso's gate; wait until it has opened again.
+    steward_tests::wait_for(
+        "contoso's Graph gate to open",
+        Duration::from_secs(10),
+        || async {
+            Ok(m.throttle
+                .closed_for(steward_workers::m365::error::Service::Graph, CONTOSO)
+                .is_zero()
+                .then_some(()))
+        },
+    )
+    .await?;
 
     // Long Retry-After: retryable with the wait, and the tenant's gate stays closed.
     let rule = fault(
