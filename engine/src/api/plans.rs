@@ -263,12 +263,11 @@ pub(super) async fn script(
         routing::Target::Rmm { host, via } => (host.clone(), via.to_string()),
         other => (String::new(), other.system().to_owned()),
     };
-    let text = powershell::script_redacted(&req.action, &company, &req.inputs).map_err(bad)?;
     Ok(axum::Json(ScriptView {
         action: req.action,
         host,
         via,
         template: prepared.template.id(),
-        text,
+        text: prepared.redacted_text(),
     }))
 }

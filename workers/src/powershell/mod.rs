@@ -973,6 +973,18 @@ impl Prepared {
     pub fn text(&self) -> String {
         render(self.template, self.mode, &self.payload.encode())
     }
+
+    /// [`Prepared::text`] with every secret input replaced by `[redacted]` before encoding: the
+    /// text a terminal may show. Apart from the payload literal it is the same text.
+    pub fn redacted_text(&self) -> String {
+        let mut payload = self.payload.clone();
+        for f in self.template.fields.iter().filter(|f| f.kind == Secret) {
+            if let Some(v) = payload.0.get_mut(f.name) {
+                *v = Value::String(steward_core::history::REDACTED.to_owned());
+            }
+        }
+        render(self.template, self.mode, &payload.encode())
+    }
 }
 
 /// Checks `inputs` for template `op` and places it for `company`: when routing says the target
@@ -1052,13 +1064,7 @@ pub fn script_redacted(
     company: &Company,
     inputs: &Map<String, Value>,
 ) -> Result<String, Error> {
-    let mut p = prepare(op, company, inputs)?;
-    for f in p.template.fields.iter().filter(|f| f.kind == Secret) {
-        if let Some(v) = p.payload.0.get_mut(f.name) {
-            *v = Value::String(steward_core::history::REDACTED.to_owned());
-        }
-    }
-    Ok(p.text())
+    Ok(prepare(op, company, inputs)?.redacted_text())
 }
 
 /// What a script reported.
