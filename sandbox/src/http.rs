@@ -44,7 +44,7 @@ async fn root_fallback(OriginalUri(uri): OriginalUri) -> Response {
         axum::Json(json!({
             "error": "not_found",
             "message": format!(
-                "no sandbox service at {}; prefixes are /graph /login /outlook /datto /autotask /admin",
+                "no sandbox service at {}; prefixes are /graph /login /outlook /datto /autotask /connectwise /halo /admin",
                 uri.path()
             )
         })),

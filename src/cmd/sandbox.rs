@@ -141,7 +141,7 @@ pub(crate) async fn run(args: SandboxArgs) -> Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
-    let services = "(/graph /login /outlook /datto /autotask /admin)";
+    let services = "(/graph /login /outlook /datto /autotask /connectwise /halo /admin)";
     match tls {
         Some(tls) => {
             if args.tls {
