@@ -177,14 +177,22 @@ fn command(run: RunId, a: &ActionView) -> String {
 }
 
 pub(crate) fn bench(r: &BenchReport) {
-    println!(
-        "{} workflows × {} steps, {} mode, worker concurrency {} (redis: {})",
-        r.workflows, r.steps, r.mode, r.concurrency, r.redis_persistence
-    );
+    match r.target_rate {
+        Some(rate) => println!(
+            "{} workflows × {} steps, {} at {rate} workflows/s, worker concurrency {} (redis: {})",
+            r.workflows, r.steps, r.mode, r.concurrency, r.redis_persistence
+        ),
+        None => println!(
+            "{} workflows × {} steps, {} mode, worker concurrency {} (redis: {})",
+            r.workflows, r.steps, r.mode, r.concurrency, r.redis_persistence
+        ),
+    }
     println!("  workflows/s          {:>10.1}", r.workflows_per_s);
     println!("  steps/s              {:>10.1}", r.steps_per_s);
     println!("  workflow p50         {:>10.3} ms", r.p50_ms);
+    println!("  workflow p90         {:>10.3} ms", r.p90_ms);
     println!("  workflow p99         {:>10.3} ms", r.p99_ms);
+    println!("  workflow max         {:>10.3} ms", r.max_ms);
     println!("  step p50             {:>10.3} ms", r.step_p50_ms);
     println!(
         "  round trips / step   {:>10.2}  (worker)",
@@ -197,6 +205,14 @@ pub(crate) fn bench(r: &BenchReport) {
     println!(
         "  redis commands / step{:>10.2}  (incl. inside scripts)",
         r.redis_commands_per_step
+    );
+    println!(
+        "  redis CPU / step     {:>10.1} µs  (server, user + system)",
+        r.redis_cpu_us_per_step
+    );
+    println!(
+        "  redis bytes / step   {:>10.0} in  {:>6.0} out  (every client)",
+        r.redis_bytes_in_per_step, r.redis_bytes_out_per_step
     );
     println!("  elapsed              {:>10.3} s", r.elapsed_s);
 }

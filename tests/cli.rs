@@ -1224,6 +1224,59 @@ async fn keys_of(env: &Env, pattern: &str) -> Result<Vec<String>> {
         .await?)
 }
 
+/// `steward bench --rate R --duration D` is an open loop: it starts R×D workflows at their own
+/// times and reports their end-to-end percentiles with Redis's CPU and bytes per step; a rate or
+/// a duration it cannot use is refused with the form to write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_open_loop_reports_percentiles_and_redis_cost() -> Result<()> {
+    let env = Env::start(Persistence::None).await?;
+    let url = env.redis.url();
+    let run = |args: Vec<String>| async move {
+        tokio::task::spawn_blocking(move || {
+            Command::new(BIN)
+                .arg("bench")
+                .args(args)
+                .output()
+                .expect("steward runs")
+        })
+        .await
+        .expect("joined")
+    };
+    let owned = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let out = run(owned(&[
+        "--redis", &url, "--rate", "40", "--duration", "1s", "--steps", "2", "--json",
+    ]))
+    .await;
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| anyhow::anyhow!("{e}: {t}"))?;
+    assert_eq!(json["mode"], "open loop", "{t}");
+    assert_eq!(json["workflows"], 40, "{t}");
+    assert_eq!(json["target_rate"], 40.0, "{t}");
+    let f = |k: &str| json[k].as_f64().unwrap_or(-1.0);
+    assert!(f("p50_ms") > 0.0 && f("p50_ms") <= f("p90_ms"), "{t}");
+    assert!(f("p90_ms") <= f("p99_ms") && f("p99_ms") <= f("max_ms"), "{t}");
+    assert!(f("redis_cpu_us_per_step") > 0.0, "{t}");
+    assert!(f("redis_bytes_in_per_step") > 0.0 && f("redis_bytes_out_per_step") > 0.0, "{t}");
+    // The arrivals were spread over the second, not sent at once.
+    assert!(f("elapsed_s") >= 0.9, "{t}");
+
+    for (flag, value, says) in [
+        ("--rate", "0", "workflows per second"),
+        ("--rate", "fast", "workflows per second"),
+    ] {
+        let out = run(owned(&["--redis", &url, flag, value])).await;
+        let t = text(&out);
+        assert!(!out.status.success(), "{t}");
+        assert!(t.contains(says), "{flag} {value}: {t}");
+    }
+    let out = run(owned(&["--redis", &url, "--rate", "5", "--duration", "forever"])).await;
+    let t = text(&out);
+    assert!(!out.status.success() && t.contains("write it like 10s"), "{t}");
+    Ok(())
+}
+
 /// `steward bench` touches an installation's Redis only when --redis names it, cleans up what it
 /// made there, and leaves no usable bench token behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -30,6 +30,11 @@ pub struct BenchConfig {
     pub concurrency: usize,
     /// One workflow at a time instead of all at once.
     pub serial: bool,
+    /// Open loop instead: start this many workflows per second, whatever the engine's pace, for
+    /// `duration`; `workflows` is ignored.
+    pub rate: Option<f64>,
+    /// How long the open loop runs.
+    pub duration: Duration,
 }
 
 /// What was measured.
@@ -41,16 +46,28 @@ pub struct BenchReport {
     pub steps_per_s: f64,
     /// Median end-to-end latency of a workflow (creation to completion), ms.
     pub p50_ms: f64,
+    /// 90th percentile of the same, ms.
+    pub p90_ms: f64,
     /// 99th percentile of the same, ms.
     pub p99_ms: f64,
+    /// The slowest workflow, ms.
+    pub max_ms: f64,
     /// Median latency of one step (from the previous transition's commit to its own), ms.
     pub step_p50_ms: f64,
     /// Redis round trips the worker made per step.
     pub round_trips_per_step: f64,
     /// Redis round trips the client made per workflow (creating it and waiting for it).
     pub client_round_trips_per_workflow: f64,
-    /// Commands Redis executed per step, scripts' inner calls included (`INFO commandstats`).
+    /// Commands Redis executed per step, scripts' inner calls included (`INFO stats`).
     pub redis_commands_per_step: f64,
+    /// CPU time the Redis server spent per step, user + system, all its threads (`INFO cpu`), µs.
+    pub redis_cpu_us_per_step: f64,
+    /// Bytes Redis received per step, from every client (`INFO stats` total_net_input_bytes).
+    pub redis_bytes_in_per_step: f64,
+    /// Bytes Redis sent per step, to every client (`INFO stats` total_net_output_bytes).
+    pub redis_bytes_out_per_step: f64,
+    /// The open loop's target rate (workflows/s), when it ran one.
+    pub target_rate: Option<f64>,
     /// Workflows measured.
     pub workflows: usize,
     /// Steps per workflow.
@@ -127,13 +144,19 @@ pub async fn run(store: Store, worker_db: Db, config: BenchConfig) -> Result<Ben
         .wait_all(&store, &ids, Duration::from_secs(60))
         .await?;
 
-    let commands_before = commands_processed(&store).await?;
+    let redis_before = RedisCounters::read(&store).await?;
     let worker_rt_before = worker_db.round_trips();
     let client_rt_before = store.db().round_trips();
     let started = Instant::now();
     let mut latencies_ms = Vec::with_capacity(config.workflows);
     let mut runs = Vec::with_capacity(config.workflows);
-    if config.serial {
+    if let Some(rate) = config.rate {
+        runs = open_loop(&store, rate, config.duration, &new_run).await?;
+        let set: HashSet<RunId> = runs.iter().copied().collect();
+        waiter
+            .wait_all(&store, &set, Duration::from_secs(600))
+            .await?;
+    } else if config.serial {
         for _ in 0..config.workflows {
             let t0 = Instant::now();
             let id = store.create_run(new_run()).await?;
@@ -158,7 +181,7 @@ pub async fn run(store: Store, worker_db: Db, config: BenchConfig) -> Result<Ben
     let elapsed = started.elapsed();
     let worker_rt = worker_db.round_trips() - worker_rt_before;
     let client_rt = store.db().round_trips() - client_rt_before;
-    let commands = commands_processed(&store).await? - commands_before;
+    let redis = RedisCounters::read(&store).await?.since(&redis_before);
     let _ = stop_tx.send(());
     let _ = worker.await;
 
@@ -209,15 +232,27 @@ pub async fn run(store: Store, worker_db: Db, config: BenchConfig) -> Result<Ben
         workflows_per_s: runs.len() as f64 / elapsed.as_secs_f64(),
         steps_per_s: total_steps / elapsed.as_secs_f64(),
         p50_ms: percentile(&mut e2e_ms, 0.50),
+        p90_ms: percentile(&mut e2e_ms, 0.90),
         p99_ms: percentile(&mut e2e_ms, 0.99),
+        max_ms: percentile(&mut e2e_ms, 1.0),
         step_p50_ms: percentile(&mut step_ms, 0.50),
         round_trips_per_step: worker_rt as f64 / total_steps,
         client_round_trips_per_workflow: client_rt as f64 / runs.len() as f64,
-        redis_commands_per_step: commands as f64 / total_steps,
+        redis_commands_per_step: redis.commands as f64 / total_steps,
+        redis_cpu_us_per_step: redis.cpu_s * 1e6 / total_steps,
+        redis_bytes_in_per_step: redis.bytes_in as f64 / total_steps,
+        redis_bytes_out_per_step: redis.bytes_out as f64 / total_steps,
+        target_rate: config.rate,
         workflows: runs.len(),
         steps: config.steps,
         concurrency: config.concurrency,
-        mode: if config.serial { "serial" } else { "burst" },
+        mode: if config.rate.is_some() {
+            "open loop"
+        } else if config.serial {
+            "serial"
+        } else {
+            "burst"
+        },
         elapsed_s: elapsed.as_secs_f64(),
         redis_persistence: persistence,
     })
@@ -236,13 +271,67 @@ fn percentile(v: &mut [f64], q: f64) -> f64 {
     v[i.min(v.len() - 1)]
 }
 
-async fn commands_processed(store: &Store) -> Result<u64, Error> {
-    let info: String = store.db().query(redis::cmd("INFO").arg("stats")).await?;
-    Ok(info
-        .lines()
-        .find_map(|l| l.strip_prefix("total_commands_processed:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0))
+/// Starts `rate` workflows per second for `duration`, each at its own due time (an open loop:
+/// a slow engine does not slow the arrivals), and returns them once all are created. Each run's
+/// latency is measured from its own creation, so a late start is not hidden.
+async fn open_loop(
+    store: &Store,
+    rate: f64,
+    duration: Duration,
+    new_run: &(impl Fn() -> NewRun + Sync),
+) -> Result<Vec<RunId>, Error> {
+    let total = (rate * duration.as_secs_f64()).round().max(1.0) as usize;
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let start = tokio::time::Instant::now();
+    let created: Vec<store::Result<RunId>> = futures::stream::iter(0..total)
+        .map(|i| async move {
+            tokio::time::sleep_until(start + interval.mul_f64(i as f64)).await;
+            store.create_run(new_run()).await
+        })
+        .buffer_unordered(4096)
+        .collect()
+        .await;
+    Ok(created.into_iter().collect::<store::Result<_>>()?)
+}
+
+/// Redis's own counters: commands, CPU and network bytes, from `INFO`.
+#[derive(Debug, Clone, Copy, Default)]
+struct RedisCounters {
+    commands: u64,
+    cpu_s: f64,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+impl RedisCounters {
+    async fn read(store: &Store) -> Result<Self, Error> {
+        let info: String = store.db().query(&redis::cmd("INFO")).await?;
+        Ok(Self::parse(&info))
+    }
+
+    fn parse(info: &str) -> Self {
+        let field = |name: &str| -> f64 {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0.0)
+        };
+        Self {
+            commands: field("total_commands_processed") as u64,
+            cpu_s: field("used_cpu_user") + field("used_cpu_sys"),
+            bytes_in: field("total_net_input_bytes") as u64,
+            bytes_out: field("total_net_output_bytes") as u64,
+        }
+    }
+
+    fn since(&self, before: &Self) -> Self {
+        Self {
+            commands: self.commands.saturating_sub(before.commands),
+            cpu_s: (self.cpu_s - before.cpu_s).max(0.0),
+            bytes_in: self.bytes_in.saturating_sub(before.bytes_in),
+            bytes_out: self.bytes_out.saturating_sub(before.bytes_out),
+        }
+    }
 }
 
 async fn persistence(store: &Store) -> Result<String, Error> {
@@ -540,10 +629,10 @@ pub async fn parked(store: Store, worker_db: Db, n: usize) -> Result<ParkedRepor
     let sched = tokio::spawn(crate::scheduler::run(sched_store, config, async move {
         let _ = rx.await;
     }));
-    let c0 = commands_processed(&store).await?;
+    let c0 = RedisCounters::read(&store).await?.commands;
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let c1 = commands_processed(&store).await?;
+    let c1 = RedisCounters::read(&store).await?.commands;
     let idle = (c1 - c0).saturating_sub(2) as f64 / t0.elapsed().as_secs_f64();
     let _ = tx.send(());
     let _ = sched.await;

@@ -32,6 +32,13 @@ pub(crate) struct BenchArgs {
     /// One workflow at a time.
     #[arg(long)]
     serial: bool,
+    /// Open loop instead: start this many workflows per second, at their own times whatever
+    /// the engine's pace, for `--duration`; prints p50/p90/p99/max end to end.
+    #[arg(long, conflicts_with = "serial", value_parser = parse_rate)]
+    rate: Option<f64>,
+    /// How long the open loop (`--rate`) runs, e.g. `10s`, `1m`.
+    #[arg(long, default_value = "10s", requires = "rate", value_parser = parse_duration)]
+    duration: std::time::Duration,
     /// Instead: decide this many approval gates one after another and report decision → next
     /// step dispatched (in-process and through the HTTP API).
     #[arg(long, conflicts_with_all = ["serial", "parked"])]
@@ -266,6 +273,8 @@ async fn bench_in(config: &Config, store: Store, args: &BenchArgs) -> Result<Exi
             steps: args.steps,
             concurrency: args.concurrency,
             serial: args.serial,
+            rate: args.rate,
+            duration: args.duration,
         },
     )
     .await?;
@@ -275,6 +284,36 @@ async fn bench_in(config: &Config, store: Store, args: &BenchArgs) -> Result<Exi
         print::bench(&report);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(r) if r.is_finite() && (0.1..=100_000.0).contains(&r) => Ok(r),
+        _ => Err(format!(
+            "`{text}` is not a rate: give workflows per second, from 0.1 to 100000 (e.g. --rate 200)"
+        )),
+    }
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim();
+    let (num, unit) = t.split_at(
+        t.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(t.len()),
+    );
+    let secs = match (num.parse::<f64>(), unit) {
+        (Ok(n), "s" | "") => n,
+        (Ok(n), "m") => n * 60.0,
+        (Ok(n), "ms") => n / 1000.0,
+        _ => -1.0,
+    };
+    if secs > 0.0 && secs <= 3600.0 {
+        Ok(std::time::Duration::from_secs_f64(secs))
+    } else {
+        Err(format!(
+            "`{text}` is not a duration: write it like 10s, 500ms or 2m (at most an hour)"
+        ))
+    }
 }
 
 /// The sandbox's well-known app (sandbox/fixtures/msp.yaml), used when m365.client-id is not set.
