@@ -11,7 +11,9 @@
 //! The figures are printed (`cargo nextest run --test powerloss
 //! --no-capture`); the assertions are the guarantees: `always` loses nothing acknowledged, and
 //! `everysec` does lose acknowledged runs under the same model (so the model is not vacuous).
-//! `waitaof` needs Redis 7.2 or later; on an older server its test says so and checks nothing.
+//! `waitaof` needs Redis 7.2 or later; on an older server its test says so and checks nothing,
+//! and on 7.4.0 to 7.4.2, whose `WAITAOF` answers before the fsync (this test found it), it checks
+//! that `serve` refuses the mode. Put another `redis-server` first on `PATH` to check yours.
 
 use std::collections::HashMap;
 use std::net::TcpListener;
@@ -159,6 +161,8 @@ struct Cut {
     lost: usize,
     bytes_cut: u64,
     runs_per_s: f64,
+    /// `WAITAOF` batches sent (the durability lane's marker), just before the cut.
+    waitaof_batches: u64,
 }
 
 /// Creates runs from `CREATORS` tasks for `LOAD_FOR` (and at least `ACKED_BEFORE_CUT` runs), cuts
@@ -228,6 +232,10 @@ async fn power_cut(fsync: &str, durability: Durability) -> Result<Cut> {
         },
     )
     .await?;
+    let waitaof_batches: Option<u64> = store
+        .db()
+        .query(redis::cmd("GET").arg(keys.durability_marker()))
+        .await?;
     // The cut: SIGKILL, then what no fsync reached is gone.
     server.kill9();
     let elapsed = started.elapsed();
@@ -250,6 +258,7 @@ async fn power_cut(fsync: &str, durability: Durability) -> Result<Cut> {
         lost,
         bytes_cut,
         runs_per_s: acked.len() as f64 / elapsed.as_secs_f64(),
+        waitaof_batches: waitaof_batches.unwrap_or(0),
     };
     println!(
         "power cut, appendfsync {fsync}, redis.durability = {durability:?}: {} runs acknowledged ({:.0}/s), {} lost ({:.1}%), {} bytes of AOF never fsynced",
@@ -300,15 +309,44 @@ async fn with_waitaof_a_power_cut_loses_no_acknowledged_run() -> Result<()> {
         bail!("cannot read the redis-server version from {text:?}");
     };
     let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    let (major, minor, patch) = (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    );
     if (major, minor) < (7, 2) {
         println!(
             "redis-server {v} has no WAITAOF (Redis 7.2 or later): redis.durability = waitaof cannot be used with it, and this test checks nothing here"
         );
         return Ok(());
     }
+    if (major, minor) == (7, 4) && patch <= 2 {
+        // Its WAITAOF answers before the fsync (redis/redis#13793): serve must refuse it.
+        let work = tempfile::tempdir()?;
+        let server = Server::start(work.path(), free_port()?, "everysec", None)?;
+        let store = Store::new(
+            connect(&server.url()).await?,
+            Keys::new("pl", 4)?,
+            Arc::new(SystemClock),
+        )
+        .with_durability(Durability::Waitaof);
+        let refused = store.check_durability().await;
+        let message = refused.err().map(|e| e.to_string()).unwrap_or_default();
+        ensure!(
+            message.contains("redis/redis#13793") && message.contains("durability = always"),
+            "redis-server {v} has the early WAITAOF, but the check said: {message:?}"
+        );
+        return Ok(());
+    }
     let cut = power_cut("everysec", Durability::Waitaof).await?;
     ensure!(cut.acked >= ACKED_BEFORE_CUT, "{cut:?}");
     ensure!(cut.lost == 0, "waitaof lost acknowledged runs: {cut:?}");
+    // One WAITAOF confirms a batch of new runs: it is not one fsync wait per run.
+    ensure!(
+        cut.waitaof_batches > 0 && (cut.waitaof_batches as usize) * 4 <= cut.acked,
+        "{} WAITAOF batches for {} runs: the waits are not grouped",
+        cut.waitaof_batches,
+        cut.acked
+    );
     Ok(())
 }

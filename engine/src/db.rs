@@ -140,4 +140,10 @@ impl Blocking {
         self.round_trips.fetch_add(1, Ordering::Relaxed);
         cmd.query_async(&mut self.conn).await
     }
+
+    /// Sends a pipeline that may end in a blocking command.
+    pub async fn pipe<T: FromRedisValue>(&mut self, pipe: &Pipeline) -> RedisResult<T> {
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        pipe.query_async(&mut self.conn).await
+    }
 }

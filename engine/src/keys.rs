@@ -185,6 +185,12 @@ impl Keys {
         format!("{}:sl:*:v", self.ns)
     }
 
+    /// The counter `redis.durability = waitaof` increments before each `WAITAOF` (see
+    /// `crate::durable`).
+    pub fn durability_marker(&self) -> String {
+        format!("{}:durable", self.ns)
+    }
+
     /// Installation facts (the shard count), checked at startup.
     pub fn meta(&self) -> String {
         format!("{}:meta", self.ns)

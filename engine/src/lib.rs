@@ -10,6 +10,7 @@ pub mod clock;
 pub mod companies;
 pub mod config;
 pub mod db;
+mod durable;
 pub mod embedded;
 pub mod housekeeping;
 pub mod inbox;

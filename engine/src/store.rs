@@ -169,9 +169,6 @@ pub enum Durability {
     Waitaof,
 }
 
-/// How long a new run waits for `WAITAOF`.
-const WAITAOF_TIMEOUT_MS: u64 = 5000;
-
 /// How much one run may store (`[limits]` in the configuration).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -211,6 +208,8 @@ pub struct Store {
     limits: Limits,
     /// When a new run counts as started.
     durability: Durability,
+    /// The group commit of `WAITAOF` waits, opened on the first new run in `waitaof` mode.
+    lane: Arc<tokio::sync::OnceCell<crate::durable::Lane>>,
 }
 
 /// Finds a compiled workflow by content hash outside Redis (the workflow files a server
@@ -354,6 +353,7 @@ impl Store {
             metrics: Arc::default(),
             limits: Limits::default(),
             durability: Durability::default(),
+            lane: Arc::default(),
         }
     }
 
@@ -398,16 +398,7 @@ impl Store {
                     .query::<redis::Value>(redis::cmd("WAITAOF").arg(0).arg(0).arg(1))
                     .await;
                 if let Err(e) = probe {
-                    let version = self
-                        .db
-                        .query::<String>(redis::cmd("INFO").arg("server"))
-                        .await
-                        .ok()
-                        .and_then(|i| {
-                            i.lines()
-                                .find_map(|l| l.strip_prefix("redis_version:").map(str::to_owned))
-                        })
-                        .unwrap_or_else(|| "unknown".to_owned());
+                    let version = self.server_version().await;
                     return Err(Error::Durability(format!(
                         "redis.durability = waitaof needs WAITAOF (Redis 7.2 or later); this server (version {version}) answered: {e}; upgrade Redis, or choose redis.durability = always (appendfsync always) or everysec"
                     )));
@@ -415,9 +406,32 @@ impl Store {
                 if aof.as_deref() == Some("no") {
                     return Err(Error::Durability("redis.durability = waitaof needs the Redis server's AOF: set appendonly yes (deploy/redis.conf)".to_owned()));
                 }
+                let version = self.server_version().await;
+                if crate::durable::waitaof_is_broken(&version) && fsync.as_deref() != Some("always")
+                {
+                    return Err(Error::Durability(format!(
+                        "redis.durability = waitaof cannot be trusted on Redis {version}: its WAITAOF can answer before the AOF is fsynced under appendfsync {} (redis/redis#13793, fixed in 2025), so a power cut loses runs it confirmed; use a Redis release with that fix (or 7.2), or choose redis.durability = always",
+                        fsync.as_deref().unwrap_or("everysec")
+                    )));
+                }
                 Ok(())
             }
         }
+    }
+
+    /// The Redis server's `redis_version`, or `unknown`.
+    async fn server_version(&self) -> String {
+        self.db
+            .query::<String>(redis::cmd("INFO").arg("server"))
+            .await
+            .ok()
+            .and_then(|i| {
+                i.lines().find_map(|l| {
+                    l.strip_prefix("redis_version:")
+                        .map(|v| v.trim().to_owned())
+                })
+            })
+            .unwrap_or_else(|| "unknown".to_owned())
     }
 
     /// This store, with `limits` on what one run may store.
@@ -631,12 +645,19 @@ impl Store {
         match self.commit(run_id, 0, &doc, plan).await? {
             Reply::Ok { .. } => {
                 if self.durability == Durability::Waitaof {
-                    let (local, _replicas): (u64, u64) = self
-                        .db
-                        .query(redis::cmd("WAITAOF").arg(1).arg(0).arg(WAITAOF_TIMEOUT_MS))
+                    let lane = self
+                        .lane
+                        .get_or_try_init(|| {
+                            crate::durable::Lane::start(&self.db, self.keys.durability_marker())
+                        })
                         .await?;
-                    if local < 1 {
-                        return Err(Error::NotDurable(run_id));
+                    match lane.wait().await {
+                        Ok(local) if local >= 1 => {}
+                        Ok(_) => return Err(Error::NotDurable(run_id)),
+                        Err(e) => {
+                            warn!(run = %run_id, error = %e, "no WAITAOF answer for a new run");
+                            return Err(Error::NotDurable(run_id));
+                        }
                     }
                 }
                 Ok(run_id)
