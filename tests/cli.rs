@@ -1244,7 +1244,15 @@ async fn bench_open_loop_reports_percentiles_and_redis_cost() -> Result<()> {
     };
     let owned = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
     let out = run(owned(&[
-        "--redis", &url, "--rate", "40", "--duration", "1s", "--steps", "2", "--json",
+        "--redis",
+        &url,
+        "--rate",
+        "40",
+        "--duration",
+        "1s",
+        "--steps",
+        "2",
+        "--json",
     ]))
     .await;
     let t = text(&out);
@@ -1256,9 +1264,15 @@ async fn bench_open_loop_reports_percentiles_and_redis_cost() -> Result<()> {
     assert_eq!(json["target_rate"], 40.0, "{t}");
     let f = |k: &str| json[k].as_f64().unwrap_or(-1.0);
     assert!(f("p50_ms") > 0.0 && f("p50_ms") <= f("p90_ms"), "{t}");
-    assert!(f("p90_ms") <= f("p99_ms") && f("p99_ms") <= f("max_ms"), "{t}");
+    assert!(
+        f("p90_ms") <= f("p99_ms") && f("p99_ms") <= f("max_ms"),
+        "{t}"
+    );
     assert!(f("redis_cpu_us_per_step") > 0.0, "{t}");
-    assert!(f("redis_bytes_in_per_step") > 0.0 && f("redis_bytes_out_per_step") > 0.0, "{t}");
+    assert!(
+        f("redis_bytes_in_per_step") > 0.0 && f("redis_bytes_out_per_step") > 0.0,
+        "{t}"
+    );
     // The arrivals were spread over the second, not sent at once.
     assert!(f("elapsed_s") >= 0.9, "{t}");
 
@@ -1271,9 +1285,20 @@ async fn bench_open_loop_reports_percentiles_and_redis_cost() -> Result<()> {
         assert!(!out.status.success(), "{t}");
         assert!(t.contains(says), "{flag} {value}: {t}");
     }
-    let out = run(owned(&["--redis", &url, "--rate", "5", "--duration", "forever"])).await;
+    let out = run(owned(&[
+        "--redis",
+        &url,
+        "--rate",
+        "5",
+        "--duration",
+        "forever",
+    ]))
+    .await;
     let t = text(&out);
-    assert!(!out.status.success() && t.contains("write it like 10s"), "{t}");
+    assert!(
+        !out.status.success() && t.contains("write it like 10s"),
+        "{t}"
+    );
     Ok(())
 }
 
