@@ -267,16 +267,24 @@ async fn persistence(store: &Store) -> Result<String, Error> {
 pub struct Waiter {
     cursor: Vec<String>,
     ended: HashSet<RunId>,
-    conn: crate::db::Blocking,
+    /// One server: a blocking read over every shard's stream. A cluster refuses a read over
+    /// several slots, so there the streams are read without blocking (one pipeline, split per
+    /// slot) every few milliseconds.
+    conn: Option<crate::db::Blocking>,
 }
 
 impl Waiter {
     /// Starts from the current end of every ended-runs stream.
     pub async fn new(store: &Store) -> Result<Self, Error> {
+        let conn = if store.db().is_cluster() {
+            None
+        } else {
+            Some(store.db().blocking(Duration::from_secs(1), None).await?)
+        };
         Ok(Self {
             cursor: store.ended_cursor().await?,
             ended: HashSet::new(),
-            conn: store.db().blocking(Duration::from_secs(1)).await?,
+            conn,
         })
     }
 
@@ -297,16 +305,39 @@ impl Waiter {
                     "{left} runs had not ended after {timeout:?}"
                 )));
             }
-            let mut cmd = redis::cmd("XREAD");
-            cmd.arg("COUNT")
-                .arg(10_000)
-                .arg("BLOCK")
-                .arg(1000)
-                .arg("STREAMS")
-                .arg(&streams)
-                .arg(&self.cursor);
-            let reply: Option<redis::streams::StreamReadReply> = self.conn.query(&cmd).await?;
-            for stream in reply.map(|r| r.keys).unwrap_or_default() {
+            let replies: Vec<redis::streams::StreamKey> = match &mut self.conn {
+                Some(conn) => {
+                    let mut cmd = redis::cmd("XREAD");
+                    cmd.arg("COUNT")
+                        .arg(10_000)
+                        .arg("BLOCK")
+                        .arg(1000)
+                        .arg("STREAMS")
+                        .arg(&streams)
+                        .arg(&self.cursor);
+                    let reply: Option<redis::streams::StreamReadReply> = conn.query(&cmd).await?;
+                    reply.map(|r| r.keys).unwrap_or_default()
+                }
+                None => {
+                    let mut pipe = redis::pipe();
+                    for (stream, cursor) in streams.iter().zip(&self.cursor) {
+                        pipe.cmd("XREAD")
+                            .arg("COUNT")
+                            .arg(10_000)
+                            .arg("STREAMS")
+                            .arg(stream)
+                            .arg(cursor);
+                    }
+                    let replies: Vec<Option<redis::streams::StreamReadReply>> =
+                        store.db().pipe(&pipe).await?;
+                    let keys: Vec<_> = replies.into_iter().flatten().flat_map(|r| r.keys).collect();
+                    if keys.iter().all(|k| k.ids.is_empty()) {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    keys
+                }
+            };
+            for stream in replies {
                 let Some(i) = streams.iter().position(|s| s == &stream.key) else {
                     continue;
                 };
