@@ -331,7 +331,7 @@ async fn runs_with_a_gate_and_timers_complete_through_steward_processes_on_a_clu
         .await?;
     }
     let dir = tempfile::tempdir()?;
-    let first = worker(&env, dir.path(), "worker-a", "5s")?;
+    let mut first = worker(&env, dir.path(), "worker-a", "5s")?;
     let second = worker(&env, dir.path(), "worker-b", "5s")?;
     let sched = scheduler(&env, dir.path(), "serve")?;
     let procs = [&first, &second, &sched];
@@ -399,6 +399,18 @@ async fn runs_with_a_gate_and_timers_complete_through_steward_processes_on_a_clu
             .count();
         assert_eq!(fired, 3, "{run}: 2 polls + 1 retry");
     }
+
+    // A graceful stop wakes every shard's blocked read on its own master (`CLIENT UNBLOCK` there):
+    // the worker exits well before its reads (`worker.block`, 5 s) would have ended by themselves.
+    first.signal("TERM")?;
+    let stopping = std::time::Instant::now();
+    wait_for("worker A to exit", Duration::from_secs(4), || {
+        let alive = first.alive();
+        async move { Ok((!alive).then_some(())) }
+    })
+    .await
+    .with_context(|| logs(&env, &[&first]))?;
+    eprintln!("worker stopped in {:?}", stopping.elapsed());
     Ok(())
 }
 

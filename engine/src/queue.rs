@@ -3,7 +3,9 @@
 //! Each shard has a stream; every worker process reads all of them in one consumer group under a
 //! name unique to the process start. Three background tasks feed the worker:
 //! - the reader blocks on `XREADGROUP … >` for new jobs, fetching only as many as the worker has
-//!   room for, so an idle worker picks a job up as soon as it is added;
+//!   room for, so an idle worker picks a job up as soon as it is added (one reader over every
+//!   shard on one server; on a Redis Cluster, which refuses a read over several slots, one per
+//!   shard, each on a connection to the master that owns it);
 //! - the reclaimer takes over jobs that another consumer has held for longer than `claim_idle`
 //!   (`XAUTOCLAIM`: that consumer died), and parks a job delivered more than `max_deliveries` times
 //!   (a job that kills its worker) in the dead-letter stream, failing its step. It has places of
