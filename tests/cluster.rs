@@ -478,3 +478,44 @@ steps:
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_durability_check_asks_every_master() -> Result<()> {
+    use steward_engine::store::Durability;
+    let env = Env::start_cluster(SHARDS).await?;
+    let store = env.store.clone().with_durability(Durability::Always);
+    let ports = env.redis.cluster().context("a cluster")?.ports();
+    let set = async |port: u16, name: &str, value: &str| -> Result<()> {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(name)
+            .arg(value)
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    };
+    // Every master but the last fsyncs before each reply: the last one's runs could be lost.
+    for &port in &ports[..ports.len() - 1] {
+        set(port, "appendonly", "yes").await?;
+        set(port, "appendfsync", "always").await?;
+    }
+    let err = store
+        .check_durability()
+        .await
+        .expect_err("one master without AOF: always is refused")
+        .to_string();
+    assert!(err.contains("appendonly no"), "{err}");
+    let last = ports[ports.len() - 1];
+    set(last, "appendonly", "yes").await?;
+    let err = store
+        .check_durability()
+        .await
+        .expect_err("one master with appendfsync everysec: always is refused")
+        .to_string();
+    assert!(err.contains("appendfsync everysec"), "{err}");
+    set(last, "appendfsync", "always").await?;
+    store.check_durability().await?;
+    Ok(())
+}

@@ -264,6 +264,26 @@ impl Db {
         }
     }
 
+    /// Sends a keyless command (`WAITAOF`) to the node that holds `key`: the server, or the
+    /// master owning `key`'s slot on a cluster (where the write it waits for went).
+    pub async fn query_beside<T: FromRedisValue>(&self, key: &str, cmd: &Cmd) -> RedisResult<T> {
+        match &self.conn {
+            RedisConn::Cluster(conn) => {
+                self.round_trips.fetch_add(1, Ordering::Relaxed);
+                let slot = steward_workers::conn::slot_of(key.as_bytes());
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
+                    redis::cluster_routing::Route::new(
+                        slot,
+                        redis::cluster_routing::SlotAddr::Master,
+                    ),
+                ));
+                let value = conn.clone().route_command(cmd.clone(), routing).await?;
+                T::from_redis_value(value).map_err(Into::into)
+            }
+            RedisConn::Single(_) => self.query(cmd).await,
+        }
+    }
+
     /// Wakes a blocked read (`CLIENT UNBLOCK` on the node that holds it).
     pub async fn unblock(&self, blocked: &Blocked) -> RedisResult<i64> {
         let mut cmd = redis::cmd("CLIENT");

@@ -22,7 +22,7 @@ use steward_schemas::{
 use tracing::{debug, trace, warn};
 
 use crate::clock::Clock;
-use crate::db::Db;
+use crate::db::{Db, Node};
 use crate::keys::{GROUP, Keys};
 
 /// The transition commit script.
@@ -366,15 +366,31 @@ impl Store {
     /// Checks that the Redis server offers the configured durability; call at start. A server
     /// whose `CONFIG` command is disabled (managed Redis) is trusted for `always`.
     pub async fn check_durability(&self) -> Result<()> {
-        let config = |name: &'static str| async move {
-            self.db
-                .query::<Vec<String>>(redis::cmd("CONFIG").arg("GET").arg(name))
-                .await
-                .ok()
-                .and_then(|v| v.get(1).cloned())
+        // Every master of a cluster holds runs: the weakest setting among them is the one that
+        // counts (`weak` says whether a value is the weaker kind).
+        let masters = self.db.masters().await.unwrap_or_else(|_| vec![Node::Any]);
+        let config = |name: &'static str, weak: fn(&str) -> bool| {
+            let masters = &masters;
+            async move {
+                let mut found: Option<String> = None;
+                for node in masters {
+                    let value = self
+                        .db
+                        .query_on::<Vec<String>>(node, redis::cmd("CONFIG").arg("GET").arg(name))
+                        .await
+                        .ok()
+                        .and_then(|v| v.get(1).cloned());
+                    if let Some(v) = value
+                        && (found.is_none() || weak(&v))
+                    {
+                        found = Some(v);
+                    }
+                }
+                found
+            }
         };
-        let aof = config("appendonly").await;
-        let fsync = config("appendfsync").await;
+        let aof = config("appendonly", |v| v == "no").await;
+        let fsync = config("appendfsync", |v| v != "always").await;
         match self.durability {
             Durability::Everysec => {
                 if aof.as_deref() == Some("no") {
@@ -393,14 +409,22 @@ impl Store {
                 ))),
             },
             Durability::Waitaof => {
-                let probe = self
-                    .db
-                    .query::<redis::Value>(redis::cmd("WAITAOF").arg(0).arg(0).arg(1))
-                    .await;
+                let mut probe = Ok(redis::Value::Nil);
+                let mut at = Node::Any;
+                for node in &masters {
+                    probe = self
+                        .db
+                        .query_on::<redis::Value>(node, redis::cmd("WAITAOF").arg(0).arg(0).arg(1))
+                        .await;
+                    at = node.clone();
+                    if probe.is_err() {
+                        break;
+                    }
+                }
                 if let Err(e) = probe {
                     let version = self
                         .db
-                        .query::<String>(redis::cmd("INFO").arg("server"))
+                        .query_on::<String>(&at, redis::cmd("INFO").arg("server"))
                         .await
                         .ok()
                         .and_then(|i| {
@@ -633,7 +657,10 @@ impl Store {
                 if self.durability == Durability::Waitaof {
                     let (local, _replicas): (u64, u64) = self
                         .db
-                        .query(redis::cmd("WAITAOF").arg(1).arg(0).arg(WAITAOF_TIMEOUT_MS))
+                        .query_beside(
+                            &self.keys.run(run_id),
+                            redis::cmd("WAITAOF").arg(1).arg(0).arg(WAITAOF_TIMEOUT_MS),
+                        )
                         .await?;
                     if local < 1 {
                         return Err(Error::NotDurable(run_id));
