@@ -236,23 +236,39 @@ fn percentile(v: &mut [f64], q: f64) -> f64 {
     v[i.min(v.len() - 1)]
 }
 
+/// Commands the server (every master of a cluster) has processed.
 async fn commands_processed(store: &Store) -> Result<u64, Error> {
-    let info: String = store.db().query(redis::cmd("INFO").arg("stats")).await?;
-    Ok(info
-        .lines()
-        .find_map(|l| l.strip_prefix("total_commands_processed:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0))
+    let mut total = 0;
+    for node in store.db().masters().await? {
+        let info: String = store
+            .db()
+            .query_on(&node, redis::cmd("INFO").arg("stats"))
+            .await?;
+        total += info
+            .lines()
+            .find_map(|l| l.strip_prefix("total_commands_processed:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(total)
 }
 
+/// The server's persistence (a cluster's first master's).
 async fn persistence(store: &Store) -> Result<String, Error> {
+    let node = store
+        .db()
+        .masters()
+        .await?
+        .into_iter()
+        .next()
+        .unwrap_or(crate::db::Node::Any);
     let aof: Vec<String> = store
         .db()
-        .query(redis::cmd("CONFIG").arg("GET").arg("appendonly"))
+        .query_on(&node, redis::cmd("CONFIG").arg("GET").arg("appendonly"))
         .await?;
     let fsync: Vec<String> = store
         .db()
-        .query(redis::cmd("CONFIG").arg("GET").arg("appendfsync"))
+        .query_on(&node, redis::cmd("CONFIG").arg("GET").arg("appendfsync"))
         .await?;
     Ok(format!(
         "appendonly {} appendfsync {}",
@@ -389,13 +405,21 @@ fn gate_workflow() -> Plan {
         .expect("the gate benchmark workflow is valid")
 }
 
+/// Memory the server (every master of a cluster) uses.
 async fn used_memory(store: &Store) -> Result<u64, Error> {
-    let info: String = store.db().query(redis::cmd("INFO").arg("memory")).await?;
-    Ok(info
-        .lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0))
+    let mut total = 0;
+    for node in store.db().masters().await? {
+        let info: String = store
+            .db()
+            .query_on(&node, redis::cmd("INFO").arg("memory"))
+            .await?;
+        total += info
+            .lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(total)
 }
 
 async fn open_gates(store: &Store) -> Result<u64, Error> {
