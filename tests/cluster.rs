@@ -13,7 +13,7 @@ use steward_core::Plan;
 use steward_engine::db::Node;
 use steward_engine::keys::GROUP;
 use steward_schemas::{Event, RunId, RunStatus, StepState};
-use steward_tests::{Env, Proc, plan, wait_for};
+use steward_tests::{Env, Proc, WorkerOpts, plan, wait_for};
 use steward_workers::conn::slot_of;
 
 const BIN: &str = env!("CARGO_BIN_EXE_steward");
@@ -517,5 +517,71 @@ async fn the_durability_check_asks_every_master() -> Result<()> {
     assert!(err.contains("appendfsync everysec"), "{err}");
     set(last, "appendfsync", "always").await?;
     store.check_durability().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_moved_to_another_master_are_followed() -> Result<()> {
+    let env = Env::start_cluster(SHARDS).await?;
+    let owners = shard_owners(&env).await?;
+    let _worker = env.worker(WorkerOpts::default()).await?;
+    let flow = plan(
+        r#"
+name: moving
+inputs: {n: {type: number}}
+steps:
+  - {id: a, op: ledger, with: {key: a}}
+  - {id: wait, op: poll, needs: [a], with: {times: 1, check_after_ms: 50}}
+  - {id: c, op: ledger, needs: [wait], with: {key: c}}
+"#,
+    );
+    let before = start_all(&env, &flow, 8).await?;
+    wait_all(&env, &before, &[]).await?;
+
+    // Every shard of the first master moves to the second (keys, streams and consumer groups
+    // included), while the worker's readers are blocked on the first.
+    let cluster = env.redis.cluster().context("a cluster")?;
+    let (from, to) = (cluster.ports()[0], cluster.ports()[1]);
+    let moved: HashSet<u16> = owners
+        .iter()
+        .filter(|(_, port)| **port == from)
+        .map(|(shard, _)| *shard)
+        .collect();
+    assert!(!moved.is_empty(), "{owners:?}");
+    for shard in &moved {
+        cluster
+            .move_slot(slot_of(env.store.keys().steps(*shard).as_bytes()), to)
+            .await?;
+    }
+    let slots = env.store.db().slots().await?;
+    for shard in &moved {
+        let slot = slot_of(env.store.keys().steps(*shard).as_bytes());
+        assert!(
+            slots
+                .iter()
+                .any(|(start, end, _, port)| (*start..=*end).contains(&slot) && *port == to),
+            "shard {shard} is on {to} now: {slots:?}"
+        );
+    }
+
+    // New runs, until at least four are in the moved shards, all complete.
+    let mut after = Vec::new();
+    let mut in_moved = 0;
+    while in_moved < 4 {
+        let run = env.start_run(&flow, json!({"n": after.len()})).await?;
+        if moved.contains(&env.store.keys().shard_of(run)) {
+            in_moved += 1;
+        }
+        after.push(run);
+        assert!(after.len() < 500, "runs land in every shard");
+    }
+    let ended = wait_all(&env, &after, &[]).await?;
+    assert!(
+        ended
+            .values()
+            .all(|s| matches!(s, RunStatus::Completed { failed, .. } if failed.is_empty())),
+        "{ended:?}"
+    );
+    assert_applied_once(&env, 2 * (before.len() + after.len())).await?;
     Ok(())
 }

@@ -157,6 +157,86 @@ impl RedisCluster {
         self.nodes.iter().map(|n| n.port).collect()
     }
 
+    /// Moves `slot` (with its keys) to the master on `to`, the way `redis-cli --cluster reshard`
+    /// does: `IMPORTING`/`MIGRATING`, `MIGRATE` of its keys in batches, then `SETSLOT … NODE`
+    /// on every node.
+    pub async fn move_slot(&self, slot: u16, to: u16) -> Result<()> {
+        let mut conns = Vec::new();
+        let mut ids = Vec::new();
+        for node in &self.nodes {
+            let client = redis::Client::open(format!("redis://127.0.0.1:{}/", node.port))?;
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            let id: String = redis::cmd("CLUSTER")
+                .arg("MYID")
+                .query_async(&mut conn)
+                .await?;
+            conns.push((node.port, conn));
+            ids.push(id);
+        }
+        let index = |port: u16| self.nodes.iter().position(|n| n.port == port);
+        let target = index(to).context("no node on that port")?;
+        let mut source = None;
+        let slots: Vec<redis::Value> = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut conns[0].1)
+            .await?;
+        for range in slots {
+            let parts: Vec<redis::Value> = redis::from_redis_value(range)?;
+            let start: u16 = redis::from_redis_value_ref(&parts[0])?;
+            let end: u16 = redis::from_redis_value_ref(&parts[1])?;
+            let master: Vec<redis::Value> = redis::from_redis_value_ref(&parts[2])?;
+            let port: u16 = redis::from_redis_value_ref(&master[1])?;
+            if (start..=end).contains(&slot) {
+                source = index(port);
+            }
+        }
+        let source = source.context("nobody owns the slot")?;
+        if source == target {
+            return Ok(());
+        }
+        let setslot = |state: &str, id: &str| {
+            let mut cmd = redis::cmd("CLUSTER");
+            cmd.arg("SETSLOT").arg(slot).arg(state).arg(id);
+            cmd
+        };
+        let () = setslot("IMPORTING", &ids[source])
+            .query_async(&mut conns[target].1)
+            .await?;
+        let () = setslot("MIGRATING", &ids[target])
+            .query_async(&mut conns[source].1)
+            .await?;
+        loop {
+            let keys: Vec<String> = redis::cmd("CLUSTER")
+                .arg("GETKEYSINSLOT")
+                .arg(slot)
+                .arg(100)
+                .query_async(&mut conns[source].1)
+                .await?;
+            if keys.is_empty() {
+                break;
+            }
+            let () = redis::cmd("MIGRATE")
+                .arg("127.0.0.1")
+                .arg(to)
+                .arg("")
+                .arg(0)
+                .arg(5000)
+                .arg("KEYS")
+                .arg(&keys)
+                .query_async(&mut conns[source].1)
+                .await?;
+        }
+        for i in [target, source]
+            .into_iter()
+            .chain((0..conns.len()).filter(|&i| i != target && i != source))
+        {
+            let () = setslot("NODE", &ids[target])
+                .query_async(&mut conns[i].1)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Kills every node (SIGKILL).
     pub fn kill_all(&mut self) {
         for node in &mut self.nodes {
