@@ -234,7 +234,7 @@ async fn power_cut(fsync: &str, durability: Durability) -> Result<Cut> {
     .await?;
     let waitaof_batches: Option<u64> = store
         .db()
-        .query(redis::cmd("GET").arg(keys.durability_marker()))
+        .query(redis::cmd("GET").arg(keys.durability_marker(0)))
         .await?;
     // The cut: SIGKILL, then what no fsync reached is gone.
     server.kill9();

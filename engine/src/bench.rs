@@ -304,9 +304,18 @@ struct RedisCounters {
 }
 
 impl RedisCounters {
+    /// Summed over the server, or every master of a cluster.
     async fn read(store: &Store) -> Result<Self, Error> {
-        let info: String = store.db().query(&redis::cmd("INFO")).await?;
-        Ok(Self::parse(&info))
+        let mut total = Self::default();
+        for node in store.db().masters().await? {
+            let info: String = store.db().query_on(&node, &redis::cmd("INFO")).await?;
+            let one = Self::parse(&info);
+            total.commands += one.commands;
+            total.cpu_s += one.cpu_s;
+            total.bytes_in += one.bytes_in;
+            total.bytes_out += one.bytes_out;
+        }
+        Ok(total)
     }
 
     fn parse(info: &str) -> Self {
@@ -334,14 +343,22 @@ impl RedisCounters {
     }
 }
 
+/// The server's persistence (a cluster's first master's).
 async fn persistence(store: &Store) -> Result<String, Error> {
+    let node = store
+        .db()
+        .masters()
+        .await?
+        .into_iter()
+        .next()
+        .unwrap_or(crate::db::Node::Any);
     let aof: Vec<String> = store
         .db()
-        .query(redis::cmd("CONFIG").arg("GET").arg("appendonly"))
+        .query_on(&node, redis::cmd("CONFIG").arg("GET").arg("appendonly"))
         .await?;
     let fsync: Vec<String> = store
         .db()
-        .query(redis::cmd("CONFIG").arg("GET").arg("appendfsync"))
+        .query_on(&node, redis::cmd("CONFIG").arg("GET").arg("appendfsync"))
         .await?;
     Ok(format!(
         "appendonly {} appendfsync {}",
@@ -356,16 +373,24 @@ async fn persistence(store: &Store) -> Result<String, Error> {
 pub struct Waiter {
     cursor: Vec<String>,
     ended: HashSet<RunId>,
-    conn: crate::db::Blocking,
+    /// One server: a blocking read over every shard's stream. A cluster refuses a read over
+    /// several slots, so there the streams are read without blocking (one pipeline, split per
+    /// slot) every few milliseconds.
+    conn: Option<crate::db::Blocking>,
 }
 
 impl Waiter {
     /// Starts from the current end of every ended-runs stream.
     pub async fn new(store: &Store) -> Result<Self, Error> {
+        let conn = if store.db().is_cluster() {
+            None
+        } else {
+            Some(store.db().blocking(Duration::from_secs(1), None).await?)
+        };
         Ok(Self {
             cursor: store.ended_cursor().await?,
             ended: HashSet::new(),
-            conn: store.db().blocking(Duration::from_secs(1)).await?,
+            conn,
         })
     }
 
@@ -386,16 +411,39 @@ impl Waiter {
                     "{left} runs had not ended after {timeout:?}"
                 )));
             }
-            let mut cmd = redis::cmd("XREAD");
-            cmd.arg("COUNT")
-                .arg(10_000)
-                .arg("BLOCK")
-                .arg(1000)
-                .arg("STREAMS")
-                .arg(&streams)
-                .arg(&self.cursor);
-            let reply: Option<redis::streams::StreamReadReply> = self.conn.query(&cmd).await?;
-            for stream in reply.map(|r| r.keys).unwrap_or_default() {
+            let replies: Vec<redis::streams::StreamKey> = match &mut self.conn {
+                Some(conn) => {
+                    let mut cmd = redis::cmd("XREAD");
+                    cmd.arg("COUNT")
+                        .arg(10_000)
+                        .arg("BLOCK")
+                        .arg(1000)
+                        .arg("STREAMS")
+                        .arg(&streams)
+                        .arg(&self.cursor);
+                    let reply: Option<redis::streams::StreamReadReply> = conn.query(&cmd).await?;
+                    reply.map(|r| r.keys).unwrap_or_default()
+                }
+                None => {
+                    let mut pipe = redis::pipe();
+                    for (stream, cursor) in streams.iter().zip(&self.cursor) {
+                        pipe.cmd("XREAD")
+                            .arg("COUNT")
+                            .arg(10_000)
+                            .arg("STREAMS")
+                            .arg(stream)
+                            .arg(cursor);
+                    }
+                    let replies: Vec<Option<redis::streams::StreamReadReply>> =
+                        store.db().pipe(&pipe).await?;
+                    let keys: Vec<_> = replies.into_iter().flatten().flat_map(|r| r.keys).collect();
+                    if keys.iter().all(|k| k.ids.is_empty()) {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    keys
+                }
+            };
+            for stream in replies {
                 let Some(i) = streams.iter().position(|s| s == &stream.key) else {
                     continue;
                 };
@@ -447,13 +495,21 @@ fn gate_workflow() -> Plan {
         .expect("the gate benchmark workflow is valid")
 }
 
+/// Memory the server (every master of a cluster) uses.
 async fn used_memory(store: &Store) -> Result<u64, Error> {
-    let info: String = store.db().query(redis::cmd("INFO").arg("memory")).await?;
-    Ok(info
-        .lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0))
+    let mut total = 0;
+    for node in store.db().masters().await? {
+        let info: String = store
+            .db()
+            .query_on(&node, redis::cmd("INFO").arg("memory"))
+            .await?;
+        total += info
+            .lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(total)
 }
 
 async fn open_gates(store: &Store) -> Result<u64, Error> {

@@ -587,15 +587,24 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         Keys::new(&self.redis.namespace, self.redis.shards)
             .map_err(|e| ConfigError(e.to_string()))?;
-        url::Url::parse(&self.redis.url)
-            .ok()
-            .filter(|u| matches!(u.scheme(), "redis" | "rediss" | "redis+unix" | "unix"))
-            .ok_or_else(|| {
+        if let Some(seeds) = crate::db::cluster_seeds(&self.redis.url) {
+            seeds.map_err(|e| {
                 ConfigError(format!(
-                    "redis.url `{}`: write e.g. redis://127.0.0.1:6379/ (rediss:// for TLS)",
+                    "redis.url `{}`: {e}",
                     redacted_url(&self.redis.url)
                 ))
             })?;
+        } else {
+            url::Url::parse(&self.redis.url)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "redis" | "rediss" | "redis+unix" | "unix"))
+                .ok_or_else(|| {
+                    ConfigError(format!(
+                        "redis.url `{}`: write e.g. redis://127.0.0.1:6379/ (rediss:// for TLS, redis+cluster://HOST:PORT,HOST:PORT/ for a Redis Cluster)",
+                        redacted_url(&self.redis.url)
+                    ))
+                })?;
+        }
         if self.worker.concurrency == 0 || self.worker.concurrency > 10_000 {
             return Err(ConfigError(format!(
                 "worker.concurrency = {}: use 1 to 10000",
@@ -907,6 +916,43 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_url_names_its_seed_nodes() {
+        let mut c = Config::default();
+        for ok in [
+            "redis+cluster://127.0.0.1:7000/",
+            "redis+cluster://127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002",
+            "rediss+cluster://steward:pw@db1.example:6380,db2.example:6380/",
+        ] {
+            c.redis.url = ok.to_owned();
+            assert!(c.validate().is_ok(), "{ok}: {:?}", c.validate());
+        }
+        assert_eq!(
+            crate::db::cluster_seeds("redis+cluster://u:pw@a:7000,b:7001/?protocol=resp3")
+                .unwrap()
+                .unwrap(),
+            vec![
+                "redis://u:pw@a:7000/?protocol=resp3".to_owned(),
+                "redis://u:pw@b:7001/?protocol=resp3".to_owned(),
+            ]
+        );
+        assert!(crate::db::cluster_seeds("redis://a:7000/").is_none());
+        for bad in [
+            "redis+cluster://",
+            "redis+cluster://:hunter2@,/",
+            "redis+cluster://a:7000,b:notaport/",
+        ] {
+            c.redis.url = bad.to_owned();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(
+                err.starts_with("redis.url")
+                    && err.contains("redis+cluster://")
+                    && !err.contains("hunter2"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn redis_passwords_stay_out_of_messages_and_debug_output() {
         for (url, shown) in [
             (
@@ -927,6 +973,14 @@ mod tests {
             ),
             ("redis://127.0.0.1:6379/", "redis://127.0.0.1:6379/"),
             ("not a url://user:hunter2@x", "not a url://[redacted]@x"),
+            (
+                "redis+cluster://:hunter2@10.0.0.1:7000,10.0.0.2:7000/",
+                "redis+cluster://[redacted]@10.0.0.1:7000,10.0.0.2:7000/",
+            ),
+            (
+                "redis+cluster://steward:hunter2@10.0.0.1:7000/",
+                "redis+cluster://steward@10.0.0.1:7000/",
+            ),
         ] {
             assert_eq!(redacted_url(url), shown, "{url}");
         }

@@ -31,7 +31,7 @@ impl Lane {
     /// Opens the lane's connection and starts its task; `marker` is the key it increments.
     pub(crate) async fn start(db: &Db, marker: String) -> redis::RedisResult<Self> {
         let mut conn = db
-            .blocking(Duration::from_millis(WAITAOF_TIMEOUT_MS))
+            .blocking(Duration::from_millis(WAITAOF_TIMEOUT_MS), Some(&marker))
             .await?;
         let (tx, mut rx) = mpsc::unbounded_channel::<Reply>();
         tokio::spawn(async move {

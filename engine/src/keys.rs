@@ -186,9 +186,10 @@ impl Keys {
     }
 
     /// The counter `redis.durability = waitaof` increments before each `WAITAOF` (see
-    /// `crate::durable`).
-    pub fn durability_marker(&self) -> String {
-        format!("{}:durable", self.ns)
+    /// `crate::durable`), in a shard's slot so that on a cluster it is written on the master
+    /// that holds the shard's runs.
+    pub fn durability_marker(&self, shard: u16) -> String {
+        format!("{}:durable", self.tag(shard))
     }
 
     /// Installation facts (the shard count), checked at startup.

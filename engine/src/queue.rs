@@ -3,7 +3,9 @@
 //! Each shard has a stream; every worker process reads all of them in one consumer group under a
 //! name unique to the process start. Three background tasks feed the worker:
 //! - the reader blocks on `XREADGROUP … >` for new jobs, fetching only as many as the worker has
-//!   room for, so an idle worker picks a job up as soon as it is added;
+//!   room for, so an idle worker picks a job up as soon as it is added (one reader over every
+//!   shard on one server; on a Redis Cluster, which refuses a read over several slots, one per
+//!   shard, each on a connection to the master that owns it);
 //! - the reclaimer takes over jobs that another consumer has held for longer than `claim_idle`
 //!   (`XAUTOCLAIM`: that consumer died), and parks a job delivered more than `max_deliveries` times
 //!   (a job that kills its worker) in the dead-letter stream, failing its step. It has places of
@@ -351,12 +353,23 @@ impl StepQueue {
             tx,
             stop,
         });
-        let tasks = vec![
-            tokio::spawn(read_new(shared.clone())),
+        // One server: one reader over every shard's stream. A cluster refuses a read over
+        // streams in different slots, so there each shard has its own reader (and connection to
+        // the master that owns the shard).
+        let readers: Vec<Vec<u16>> = if shared.store.db().is_cluster() {
+            keys.all_shards().map(|s| vec![s]).collect()
+        } else {
+            vec![keys.all_shards().collect()]
+        };
+        let mut tasks: Vec<JoinHandle<()>> = readers
+            .into_iter()
+            .map(|shards| tokio::spawn(read_new(shared.clone(), shards)))
+            .collect();
+        tasks.extend([
             tokio::spawn(reclaim(shared.clone())),
             tokio::spawn(drain_side(shared.clone())),
             tokio::spawn(keep_leases(shared.clone())),
-        ];
+        ]);
         info!(consumer = %config.consumer, concurrency = capacity, reserve = config.reserve(), "step queue started");
         Self {
             rx,
@@ -453,11 +466,19 @@ fn backoff(prev: Duration) -> Duration {
     (prev * 2).clamp(Duration::from_millis(50), Duration::from_secs(5))
 }
 
-async fn read_new(shared: Arc<Shared>) {
+/// Reads new jobs from the streams of `shards` (every shard on one server; one on a cluster).
+async fn read_new(shared: Arc<Shared>, shards: Vec<u16>) {
     let mut stop = shared.stop.clone();
     let mut wait = Duration::ZERO;
+    let keys = shared.store.keys().clone();
+    let streams: Vec<String> = shards.iter().map(|&s| keys.steps(s)).collect();
     let mut conn = loop {
-        match shared.store.db().blocking(shared.config.block).await {
+        match shared
+            .store
+            .db()
+            .blocking(shared.config.block, streams.first().map(String::as_str))
+            .await
+        {
             Ok(c) => break c,
             Err(e) => {
                 wait = backoff(wait);
@@ -468,11 +489,9 @@ async fn read_new(shared: Arc<Shared>) {
             }
         }
     };
-    let keys = shared.store.keys().clone();
-    let streams: Vec<String> = keys.all_shards().map(|s| keys.steps(s)).collect();
     let block_ms = u64::try_from(shared.config.block.as_millis()).unwrap_or(u64::MAX);
     let max_batch = shared.config.concurrency.clamp(1, 512);
-    let mut client_id: Option<i64> = None;
+    let mut blocked: Option<crate::db::Blocked> = None;
     // COUNT applies per stream, so a read can return more entries than there are free places
     // (at most one per shard too many). Those wait here, leased (the lease keeper renews them),
     // and go to the worker before anything new is read.
@@ -512,8 +531,9 @@ async fn read_new(shared: Arc<Shared>) {
             _ = stop.changed() => return,
         }
         let room = shared.permits.available_permits().clamp(1, max_batch);
-        // Each shard's share of the free places, rounded down (but at least one).
-        let count = (room / streams.len()).max(1);
+        // Each shard's share of the free places, rounded down (but at least one); the same
+        // whether one reader reads every shard or each shard has its own.
+        let count = (room / usize::from(keys.shards())).max(1);
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(GROUP)
@@ -527,8 +547,8 @@ async fn read_new(shared: Arc<Shared>) {
         for _ in &streams {
             cmd.arg(">");
         }
-        if client_id.is_none() {
-            client_id = conn.client_id().await.ok();
+        if blocked.is_none() {
+            blocked = conn.blocked().await.ok();
         }
         let read = conn.query::<Option<redis::streams::StreamReadReply>>(&cmd);
         tokio::pin!(read);
@@ -537,7 +557,7 @@ async fn read_new(shared: Arc<Shared>) {
                 Ok(r) => { wait = Duration::ZERO; r }
                 Err(e) => {
                     // The connection may be a new one now.
-                    client_id = None;
+                    blocked = None;
                     wait = backoff(wait);
                     warn!(error = %e, retry_in = ?wait, "step queue: read failed");
                     regroup(&shared, &e).await;
@@ -548,12 +568,10 @@ async fn read_new(shared: Arc<Shared>) {
             _ = stop.changed() => {
                 // Wake the read rather than abandon it: Redis may already have delivered
                 // entries to it, and those are handed back when the worker has stopped.
-                if let Some(id) = client_id {
-                    let mut unblock = redis::cmd("CLIENT");
-                    unblock.arg("UNBLOCK").arg(id);
-                    if let Err(e) = shared.store.db().query::<i64>(&unblock).await {
-                        debug!(error = %e, "step queue: cannot wake the blocked read");
-                    }
+                if let Some(blocked) = &blocked
+                    && let Err(e) = shared.store.db().unblock(blocked).await
+                {
+                    debug!(error = %e, "step queue: cannot wake the blocked read");
                 }
                 let last = tokio::time::timeout(shared.config.block + Duration::from_secs(1), read).await;
                 if let Ok(Ok(Some(reply))) = last {

@@ -22,7 +22,7 @@ use steward_schemas::{
 use tracing::{debug, trace, warn};
 
 use crate::clock::Clock;
-use crate::db::Db;
+use crate::db::{Db, Node};
 use crate::keys::{GROUP, Keys};
 
 /// The transition commit script.
@@ -208,8 +208,10 @@ pub struct Store {
     limits: Limits,
     /// When a new run counts as started.
     durability: Durability,
-    /// The group commit of `WAITAOF` waits, opened on the first new run in `waitaof` mode.
-    lane: Arc<tokio::sync::OnceCell<crate::durable::Lane>>,
+    /// The group commits of `WAITAOF` waits (see `crate::durable`), opened on the first new
+    /// run in `waitaof` mode: one for a server, one per shard on a cluster (a shard's marker
+    /// lives on the master that holds the shard's runs).
+    lanes: Arc<tokio::sync::Mutex<HashMap<u16, Arc<crate::durable::Lane>>>>,
 }
 
 /// Finds a compiled workflow by content hash outside Redis (the workflow files a server
@@ -353,7 +355,7 @@ impl Store {
             metrics: Arc::default(),
             limits: Limits::default(),
             durability: Durability::default(),
-            lane: Arc::default(),
+            lanes: Arc::default(),
         }
     }
 
@@ -366,15 +368,31 @@ impl Store {
     /// Checks that the Redis server offers the configured durability; call at start. A server
     /// whose `CONFIG` command is disabled (managed Redis) is trusted for `always`.
     pub async fn check_durability(&self) -> Result<()> {
-        let config = |name: &'static str| async move {
-            self.db
-                .query::<Vec<String>>(redis::cmd("CONFIG").arg("GET").arg(name))
-                .await
-                .ok()
-                .and_then(|v| v.get(1).cloned())
+        // Every master of a cluster holds runs: the weakest setting among them is the one that
+        // counts (`weak` says whether a value is the weaker kind).
+        let masters = self.db.masters().await.unwrap_or_else(|_| vec![Node::Any]);
+        let config = |name: &'static str, weak: fn(&str) -> bool| {
+            let masters = &masters;
+            async move {
+                let mut found: Option<String> = None;
+                for node in masters {
+                    let value = self
+                        .db
+                        .query_on::<Vec<String>>(node, redis::cmd("CONFIG").arg("GET").arg(name))
+                        .await
+                        .ok()
+                        .and_then(|v| v.get(1).cloned());
+                    if let Some(v) = value
+                        && (found.is_none() || weak(&v))
+                    {
+                        found = Some(v);
+                    }
+                }
+                found
+            }
         };
-        let aof = config("appendonly").await;
-        let fsync = config("appendfsync").await;
+        let aof = config("appendonly", |v| v == "no").await;
+        let fsync = config("appendfsync", |v| v != "always").await;
         match self.durability {
             Durability::Everysec => {
                 if aof.as_deref() == Some("no") {
@@ -393,12 +411,20 @@ impl Store {
                 ))),
             },
             Durability::Waitaof => {
-                let probe = self
-                    .db
-                    .query::<redis::Value>(redis::cmd("WAITAOF").arg(0).arg(0).arg(1))
-                    .await;
+                let mut probe = Ok(redis::Value::Nil);
+                let mut at = Node::Any;
+                for node in &masters {
+                    probe = self
+                        .db
+                        .query_on::<redis::Value>(node, redis::cmd("WAITAOF").arg(0).arg(0).arg(1))
+                        .await;
+                    at = node.clone();
+                    if probe.is_err() {
+                        break;
+                    }
+                }
                 if let Err(e) = probe {
-                    let version = self.server_version().await;
+                    let version = self.server_version(&at).await;
                     return Err(Error::Durability(format!(
                         "redis.durability = waitaof needs WAITAOF (Redis 7.2 or later); this server (version {version}) answered: {e}; upgrade Redis, or choose redis.durability = always (appendfsync always) or everysec"
                     )));
@@ -406,23 +432,26 @@ impl Store {
                 if aof.as_deref() == Some("no") {
                     return Err(Error::Durability("redis.durability = waitaof needs the Redis server's AOF: set appendonly yes (deploy/redis.conf)".to_owned()));
                 }
-                let version = self.server_version().await;
-                if crate::durable::waitaof_is_broken(&version) && fsync.as_deref() != Some("always")
-                {
-                    return Err(Error::Durability(format!(
-                        "redis.durability = waitaof cannot be trusted on Redis {version}: its WAITAOF can answer before the AOF is fsynced under appendfsync {} (redis/redis#13793, fixed in 2025), so a power cut loses runs it confirmed; use a Redis release with that fix (or 7.2), or choose redis.durability = always",
-                        fsync.as_deref().unwrap_or("everysec")
-                    )));
+                if fsync.as_deref() != Some("always") {
+                    for node in &masters {
+                        let version = self.server_version(node).await;
+                        if crate::durable::waitaof_is_broken(&version) {
+                            return Err(Error::Durability(format!(
+                                "redis.durability = waitaof cannot be trusted on Redis {version}: its WAITAOF can answer before the AOF is fsynced under appendfsync {} (redis/redis#13793, fixed in 2025), so a power cut loses runs it confirmed; use a Redis release with that fix (or 7.2), or choose redis.durability = always",
+                                fsync.as_deref().unwrap_or("everysec")
+                            )));
+                        }
+                    }
                 }
                 Ok(())
             }
         }
     }
 
-    /// The Redis server's `redis_version`, or `unknown`.
-    async fn server_version(&self) -> String {
+    /// The `redis_version` of the server (or the cluster's master `node`), or `unknown`.
+    async fn server_version(&self, node: &Node) -> String {
         self.db
-            .query::<String>(redis::cmd("INFO").arg("server"))
+            .query_on::<String>(node, redis::cmd("INFO").arg("server"))
             .await
             .ok()
             .and_then(|i| {
@@ -432,6 +461,24 @@ impl Store {
                 })
             })
             .unwrap_or_else(|| "unknown".to_owned())
+    }
+
+    /// The durability lane for a new run (started on first use).
+    async fn lane(&self, run: RunId) -> Result<Arc<crate::durable::Lane>> {
+        let shard = if self.db.is_cluster() {
+            self.keys.shard_of(run)
+        } else {
+            0
+        };
+        let mut lanes = self.lanes.lock().await;
+        if let Some(lane) = lanes.get(&shard) {
+            return Ok(lane.clone());
+        }
+        let lane = Arc::new(
+            crate::durable::Lane::start(&self.db, self.keys.durability_marker(shard)).await?,
+        );
+        lanes.insert(shard, lane.clone());
+        Ok(lane)
     }
 
     /// This store, with `limits` on what one run may store.
@@ -645,12 +692,7 @@ impl Store {
         match self.commit(run_id, 0, &doc, plan).await? {
             Reply::Ok { .. } => {
                 if self.durability == Durability::Waitaof {
-                    let lane = self
-                        .lane
-                        .get_or_try_init(|| {
-                            crate::durable::Lane::start(&self.db, self.keys.durability_marker())
-                        })
-                        .await?;
+                    let lane = self.lane(run_id).await?;
                     match lane.wait().await {
                         Ok(local) if local >= 1 => {}
                         Ok(_) => return Err(Error::NotDurable(run_id)),

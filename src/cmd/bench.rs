@@ -129,30 +129,36 @@ impl BenchApi {
     }
 }
 
-/// Deletes every key of namespace `ns` (SCAN MATCH `ns:*`, UNLINK in batches); how many.
+/// Deletes every key of namespace `ns` (SCAN MATCH `ns:*` on every master, UNLINK in
+/// batches); how many.
 async fn delete_namespace(db: &Db, ns: &str) -> Result<u64> {
     let pattern = format!("{ns}:*");
-    let mut cursor = 0_u64;
     let mut removed = 0;
-    loop {
-        let (next, keys): (u64, Vec<String>) = db
-            .query(
-                redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(1000),
-            )
-            .await?;
-        if !keys.is_empty() {
-            removed += db.query::<u64>(redis::cmd("UNLINK").arg(&keys)).await?;
+    for node in db.masters().await? {
+        let mut cursor = 0_u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = db
+                .query_on(
+                    &node,
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1000),
+                )
+                .await?;
+            if !keys.is_empty() {
+                // On a cluster the connection splits a multi-key UNLINK by slot.
+                removed += db.query::<u64>(redis::cmd("UNLINK").arg(&keys)).await?;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
         }
-        if next == 0 {
-            return Ok(removed);
-        }
-        cursor = next;
     }
+    Ok(removed)
 }
 
 pub(crate) async fn run(global: &Global, args: BenchArgs) -> Result<ExitCode> {

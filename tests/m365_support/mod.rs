@@ -57,7 +57,7 @@ pub async fn redis() -> Result<(RedisServer, SharedCache)> {
     Ok((
         server,
         SharedCache {
-            redis: conn,
+            redis: conn.into(),
             namespace: ns,
         },
     ))

@@ -2,6 +2,7 @@
 //! workers, and waiting on conditions with deadlines (never sleeping for a fixed time).
 
 pub mod api;
+pub mod cluster;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -45,10 +46,53 @@ where
     }
 }
 
+/// The private Redis a test runs against: one server, or a cluster.
+#[derive(Debug)]
+pub enum Redis {
+    /// One server.
+    Single(RedisServer),
+    /// A cluster of masters.
+    Cluster(cluster::RedisCluster),
+}
+
+impl Redis {
+    /// The URL Steward connects with.
+    pub fn url(&self) -> String {
+        match self {
+            Self::Single(s) => s.url(),
+            Self::Cluster(c) => c.url(),
+        }
+    }
+
+    /// Shuts the server down cleanly (a cluster: kills every node).
+    pub fn shutdown(&mut self) {
+        match self {
+            Self::Single(s) => s.shutdown(),
+            Self::Cluster(c) => c.kill_all(),
+        }
+    }
+
+    /// Starts the server again on the same port and directory (one server only).
+    pub fn restart(&mut self) -> Result<()> {
+        match self {
+            Self::Single(s) => Ok(s.restart()?),
+            Self::Cluster(_) => bail!("restarting a test cluster is not supported"),
+        }
+    }
+
+    /// The cluster, if this is one.
+    pub fn cluster(&self) -> Option<&cluster::RedisCluster> {
+        match self {
+            Self::Single(_) => None,
+            Self::Cluster(c) => Some(c),
+        }
+    }
+}
+
 /// A private Redis and a store on a fresh namespace.
 pub struct Env {
-    /// The server.
-    pub redis: RedisServer,
+    /// The server (or cluster).
+    pub redis: Redis,
     /// The namespace.
     pub namespace: String,
     /// The shard count.
@@ -83,9 +127,18 @@ impl Env {
     /// A private Redis with `persistence`, and a fresh namespace over 4 shards.
     pub async fn start(persistence: Persistence) -> Result<Self> {
         init_logs();
-        let redis = RedisServer::start(persistence)?;
+        Self::on(Redis::Single(RedisServer::start(persistence)?), 4).await
+    }
+
+    /// A private cluster of three masters, and a fresh namespace over `shards` shards.
+    pub async fn start_cluster(shards: u16) -> Result<Self> {
+        init_logs();
+        let cluster = cluster::RedisCluster::start(3).await?;
+        Self::on(Redis::Cluster(cluster), shards).await
+    }
+
+    async fn on(redis: Redis, shards: u16) -> Result<Self> {
         let namespace = format!("t{}", ulid::Ulid::new().to_string().to_lowercase());
-        let shards = 4;
         let secrets_dir = secrets_dir()?;
         let store = store_for(&redis.url(), &namespace, shards, secrets_dir.path()).await?;
         store.prepare().await?;

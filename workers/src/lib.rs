@@ -6,6 +6,7 @@
 //! ("ensure member of group"), keyed by [`OpContext::idempotency_key`].
 
 pub mod catalog;
+pub mod conn;
 pub mod diagnosis;
 pub mod m365;
 pub mod onprem;
@@ -16,5 +17,6 @@ pub mod registry;
 pub mod rmm;
 pub mod testing;
 
+pub use conn::RedisConn;
 pub use op::{BoxFuture, Op, OpContext, OpError, OpOutcome, Services};
 pub use registry::Registry;

@@ -139,7 +139,7 @@ impl OpError {
 #[derive(Clone, Default)]
 pub struct Services {
     /// Redis, for ops whose "system" lives there (the test ledger).
-    pub redis: Option<redis::aio::ConnectionManager>,
+    pub redis: Option<crate::RedisConn>,
     /// The key namespace.
     pub namespace: String,
 }

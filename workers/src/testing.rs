@@ -304,7 +304,7 @@ pub fn ledger_blocks_key(namespace: &str) -> String {
     format!("{namespace}:{{ledger}}:blocks")
 }
 
-fn ledger_conn(cx: &OpContext) -> Result<redis::aio::ConnectionManager, OpError> {
+fn ledger_conn(cx: &OpContext) -> Result<crate::RedisConn, OpError> {
     cx.services
         .redis
         .clone()

@@ -13,8 +13,8 @@
 //!
 //! Tenant connections (their client secret and refresh token, sealed for the tenant) and the
 //! passwords ops keep for one-time delivery are visited too. Not covered: values that expire
-//! within the hour on their own (the shared token cache, consents in progress), and Redis
-//! Cluster (`SCAN` would have to visit every master).
+//! within the hour on their own (the shared token cache, consents in progress). On a Redis
+//! Cluster `SCAN` visits every master.
 
 use std::collections::BTreeMap;
 
@@ -175,29 +175,35 @@ fn ring(store: &Store) -> Result<&Keyring, Error> {
     })
 }
 
+/// Every key matching `pattern` of type `kind`: `SCAN` on the server, or on every master of a
+/// cluster (each holds only its own slots' keys).
 async fn scan(store: &Store, pattern: &str, kind: &str) -> Result<Vec<String>, Error> {
     let mut out = Vec::new();
-    let mut cursor = 0_u64;
-    loop {
-        let (next, keys): (u64, Vec<String>) = store
-            .db()
-            .query(
-                redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(pattern)
-                    .arg("COUNT")
-                    .arg(500)
-                    .arg("TYPE")
-                    .arg(kind),
-            )
-            .await?;
-        out.extend(keys);
-        if next == 0 {
-            return Ok(out);
+    for node in store.db().masters().await? {
+        let mut cursor = 0_u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = store
+                .db()
+                .query_on(
+                    &node,
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(pattern)
+                        .arg("COUNT")
+                        .arg(500)
+                        .arg("TYPE")
+                        .arg(kind),
+                )
+                .await?;
+            out.extend(keys);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
         }
-        cursor = next;
     }
+    Ok(out)
 }
 
 /// Every entry of a stream, in batches.

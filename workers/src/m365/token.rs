@@ -376,7 +376,7 @@ impl Seal for Plain {
 #[derive(Clone)]
 pub struct SharedCache {
     /// The connection.
-    pub redis: redis::aio::ConnectionManager,
+    pub redis: crate::RedisConn,
     /// The namespace (`steward` by default).
     pub namespace: String,
 }

@@ -93,7 +93,7 @@ pub struct OnPrem {
     pub config: Config,
     /// Where generated passwords are handed over (one-time links), when the worker has one.
     pub secrets: Option<Arc<dyn crate::m365::SecretSink>>,
-    redis: redis::aio::ConnectionManager,
+    redis: crate::RedisConn,
     namespace: String,
 }
 
@@ -193,7 +193,7 @@ impl OnPrem {
     /// The executor, with Redis for its per-step records and the runner jobs.
     pub fn new(
         rmm: Arc<dyn Rmm>,
-        redis: redis::aio::ConnectionManager,
+        redis: crate::RedisConn,
         namespace: &str,
         config: Config,
     ) -> Self {

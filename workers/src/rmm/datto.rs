@@ -138,7 +138,7 @@ impl Config {
 #[derive(Clone)]
 pub struct Shared {
     /// Redis.
-    pub redis: redis::aio::ConnectionManager,
+    pub redis: crate::RedisConn,
     /// The key namespace.
     pub namespace: String,
 }
@@ -222,7 +222,7 @@ impl Datto {
     fn key(&self, name: &str) -> Option<String> {
         self.shared
             .as_ref()
-            .map(|s| format!("{}:rmm:datto:{name}", s.namespace))
+            .map(|s| format!("{}:rmm:{{datto}}:{name}", s.namespace))
     }
 
     fn url(&self, path: &str) -> String {

@@ -97,7 +97,7 @@ return {'ok', redis.call('HGET', KEYS[1], 'binding')}
 /// The runner jobs of one Redis namespace.
 #[derive(Clone)]
 pub struct Jobs {
-    redis: redis::aio::ConnectionManager,
+    redis: crate::RedisConn,
     namespace: String,
 }
 
@@ -129,7 +129,7 @@ pub fn valid_id(id: &str) -> bool {
 
 impl Jobs {
     /// The jobs kept under `namespace`.
-    pub fn new(redis: redis::aio::ConnectionManager, namespace: &str) -> Self {
+    pub fn new(redis: crate::RedisConn, namespace: &str) -> Self {
         Self {
             redis,
             namespace: namespace.to_owned(),
