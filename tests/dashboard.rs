@@ -641,3 +641,72 @@ async fn technicians_follow_and_steer_runs_in_chromium() -> Result<()> {
     stack.wait_status(parked, "paused").await?;
     Ok(())
 }
+
+/// `steward demo --stay` prints the dashboard's address and a login link; with it, a technician
+/// signs in and sees every run the demo started, and the demo stops cleanly on Ctrl-C.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_prints_a_dashboard_link_that_shows_its_runs() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut demo = Proc::spawn(
+        Path::new(BIN),
+        dir.path(),
+        "demo",
+        &["demo".to_owned(), "--stay".to_owned()],
+    )?;
+    let text = wait_for(
+        "the demo to finish and stay",
+        Duration::from_secs(90),
+        || {
+            let text = std::fs::read_to_string(&demo.log).unwrap_or_default();
+            async move { Ok(text.contains("Still running").then_some(text)) }
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", demo.log_text()))?;
+    let link = text
+        .lines()
+        .rev()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("http://")
+                .filter(|l| l.contains("/login/"))
+        })
+        .map(|l| format!("http://{l}"))
+        .context("no login link after `Still running`")?;
+    let base = link.split("/login/").next().unwrap_or_default().to_owned();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let opened = http.get(&link).send().await?;
+    assert_eq!(opened.status().as_u16(), 200);
+    let pre = set_cookie(&opened, "stw_login").context("cookie")?;
+    let used = http
+        .post(&link)
+        .header("cookie", format!("stw_login={pre}"))
+        .form(&[("_csrf", pre.as_str())])
+        .send()
+        .await?;
+    assert_eq!(used.status().as_u16(), 303);
+    let session = set_cookie(&used, "stw_session").context("session")?;
+    let html = http
+        .get(format!("{base}/"))
+        .header("cookie", format!("stw_session={session}"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert_eq!(html.matches("<tr data-run=").count(), 5, "{html}");
+    assert_eq!(
+        html.matches("data-status=\"completed\"").count(),
+        5,
+        "{html}"
+    );
+    assert!(html.contains("lead@msp.example (admin)"));
+    demo.signal("INT")?;
+    wait_for("the demo to stop", Duration::from_secs(30), || {
+        let alive = demo.alive();
+        async move { Ok((!alive).then_some(())) }
+    })
+    .await?;
+    Ok(())
+}
