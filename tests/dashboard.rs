@@ -299,6 +299,11 @@ async fn pages_enforce_sessions_csrf_scoping_and_escaping() -> Result<()> {
         html.contains("Why is this waiting") && html.contains("alice@msp.example, bob@msp.example")
     );
     assert!(html.contains("data-action=\"cancel_with_rollback\""));
+    // Each step's own history (its attempts, errors, undo) beside it.
+    assert!(
+        html.contains("class=\"step-history\""),
+        "no step history in the page"
+    );
     let csrf = hidden(&html, "_csrf").context("the page's CSRF token")?;
 
     // Another company's technician: not in their list, their page and actions refused.
@@ -376,6 +381,31 @@ async fn pages_enforce_sessions_csrf_scoping_and_escaping() -> Result<()> {
     assert_eq!(status, 303);
     assert_eq!(stack.status(&run).await?, "paused");
 
+    // `steward technicians login-link` goes through the API with the admin's token.
+    let out = Command::new(BIN)
+        .args(["technicians", "login-link", "carol@msp.example"])
+        .env("STEWARD_API_URL", &stack.base)
+        .env("STEWARD_TOKEN", &stack.tokens["admin"])
+        .env("STEWARD_REDIS__URL", "redis://127.0.0.1:9/")
+        .output()?;
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        printed.contains("login link for carol@msp.example")
+            && printed.contains(&format!("{}/login/", stack.base)),
+        "{printed}"
+    );
+    let out = Command::new(BIN)
+        .args(["technicians", "login-link", "carol@msp.example"])
+        .env("STEWARD_API_URL", &stack.base)
+        .env("STEWARD_TOKEN", &stack.tokens["tech"])
+        .env("STEWARD_REDIS__URL", "redis://127.0.0.1:9/")
+        .output()?;
+    assert!(!out.status.success(), "a technician made a login link");
     // A login link made through the API works once.
     let me: Value = stack
         .http

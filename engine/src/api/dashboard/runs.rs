@@ -726,17 +726,32 @@ pub(super) fn run_fragment(view: &RunView, viewer: &Viewer, keys: &crate::keys::
         "<section aria-labelledby=\"h-actions\"><h2 id=\"h-actions\">Actions</h2><div class=\"actions\">{}</div></section>",
         actions(view, viewer)
     );
-    // The steps.
+    // The steps, each with its attempts, errors and undo in its own part of the history.
     h.push_str("<section aria-labelledby=\"h-steps\"><h2 id=\"h-steps\">Steps</h2><div class=\"scroll\"><table class=\"steps\"><thead><tr>\
-        <th scope=\"col\">Step</th><th scope=\"col\">Does</th><th scope=\"col\">State</th><th scope=\"col\">Attempt</th><th scope=\"col\">Undo</th></tr></thead><tbody>");
-    for (p, sv) in view.plan.iter().zip(&view.steps) {
+        <th scope=\"col\">Step</th><th scope=\"col\">Does</th><th scope=\"col\">State</th><th scope=\"col\">Attempt</th><th scope=\"col\">Undo</th><th scope=\"col\">Its history</th></tr></thead><tbody>");
+    for p in &view.plan {
+        let Some(sv) = view.steps.iter().find(|s| s.step == p.step) else {
+            continue;
+        };
         let rec = view.run.state.steps.get(&p.step);
+        let id = p.step.as_str();
+        let own: Vec<String> = view
+            .history
+            .iter()
+            .filter(|e| {
+                e.entry.changes.iter().any(|c| {
+                    c.strip_prefix(id)
+                        .is_some_and(|rest| rest.starts_with(':') || rest.starts_with(' '))
+                })
+            })
+            .map(|e| format!("<li>{} — {}</li>", time(e.entry.at), E(&e.text)))
+            .collect();
         let _ = write!(
             h,
             "<tr id=\"step-{anchor}\" data-step=\"{id}\" data-state=\"{st}\"><th scope=\"row\"><code>{id}</code><span class=\"sub\">{op}</span></th>\
-             <td>{desc}</td><td>{badge}<span class=\"sub\">{text}</span></td><td>{attempt}</td><td>{undo}</td></tr>",
-            anchor = class_token(p.step.as_str()),
-            id = E(p.step.as_str()),
+             <td>{desc}</td><td>{badge}<span class=\"sub\">{text}</span></td><td>{attempt}</td><td>{undo}</td><td>{own}</td></tr>",
+            anchor = class_token(id),
+            id = E(id),
             st = E(&sv.state),
             op = E(&p.op),
             desc = E(&p.description),
@@ -744,6 +759,16 @@ pub(super) fn run_fragment(view: &RunView, viewer: &Viewer, keys: &crate::keys::
             text = E(&sv.text),
             attempt = E(&rec.and_then(|r| attempt_of(&r.state)).unwrap_or_default()),
             undo = E(sv.undo_text.as_deref().unwrap_or("")),
+            own = if own.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "<details><summary>{} event{}</summary><ol class=\"step-history\">{}</ol></details>",
+                    own.len(),
+                    if own.len() == 1 { "" } else { "s" },
+                    own.join("")
+                )
+            },
         );
     }
     h.push_str("</tbody></table></div></section>");
