@@ -96,6 +96,11 @@ const shoot = async (page, name) => {
     const file = join(cfg.shots_dir, `${name}-${width}.png`);
     await page.screenshot({ path: file, fullPage: true });
     out.shots.push(file);
+    if (width === 390) {
+      // On a phone the page itself never scrolls sideways (wide tables scroll in their box).
+      const wide = await page.evaluate(() => document.documentElement.scrollWidth);
+      check(`${name} fits a 390 px screen`, wide <= 390, `${wide} px wide`);
+    }
   }
   await page.setViewportSize({ width: 1280, height: 900 });
 };

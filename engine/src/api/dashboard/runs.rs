@@ -107,12 +107,13 @@ impl Filters {
     }
 }
 
-/// The runs matching the filters, as the API lists them for the viewer.
+/// The newest runs matching the filters, as the API lists them for the viewer, and whether
+/// there are older ones.
 async fn matching(
     state: &ApiState,
     viewer: &Viewer,
     f: &Filters,
-) -> Result<Vec<RunSummary>, ApiError> {
+) -> Result<(Vec<RunSummary>, bool), ApiError> {
     let page = api_runs::list(
         State(state.clone()),
         viewer.caller.clone(),
@@ -121,15 +122,18 @@ async fn matching(
     .await?
     .0;
     let person = blank(&f.person).map(str::to_lowercase);
-    Ok(page
-        .runs
-        .into_iter()
-        .filter(|r| {
-            person
-                .as_ref()
-                .is_none_or(|p| r.requested_by.to_lowercase().contains(p))
-        })
-        .collect())
+    let more = page.next_cursor.is_some();
+    Ok((
+        page.runs
+            .into_iter()
+            .filter(|r| {
+                person
+                    .as_ref()
+                    .is_none_or(|p| r.requested_by.to_lowercase().contains(p))
+            })
+            .collect(),
+        more,
+    ))
 }
 
 /// A run's status as a badge: its name in words, coloured.
@@ -143,7 +147,7 @@ pub(super) fn badge(status: &str) -> String {
 
 /// The live part of the list: the table, or the API's refusal.
 async fn list_fragment(state: &ApiState, viewer: &Viewer, f: &Filters) -> String {
-    let runs = match matching(state, viewer, f).await {
+    let (runs, more) = match matching(state, viewer, f).await {
         Ok(r) => r,
         Err(err) => return error_note(&err),
     };
@@ -178,6 +182,9 @@ async fn list_fragment(state: &ApiState, viewer: &Viewer, f: &Filters) -> String
         );
     }
     h.push_str("</tbody></table></div>");
+    if more {
+        h.push_str("<p class=\"hint\">These are the newest matching runs; narrow the filters (the time ones) to see older ones.</p>");
+    }
     h
 }
 
@@ -319,7 +326,9 @@ where
             }
         }
     });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    // A comment every 5 s: a closed page is noticed (the write fails) within that, so its
+    // stream stops rendering.
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(5)))
 }
 
 /// The list's live stream.
