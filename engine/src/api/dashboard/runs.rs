@@ -976,3 +976,30 @@ pub(super) async fn resolve_undo(
     };
     done(api_runs::resolve_undo(State(state), posted.viewer.caller, path, ApiJson(body)).await)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_time_filters_read_the_date_pickers_value_as_utc() {
+        assert_eq!(
+            parse_time("since", "2026-12-06T09:30")
+                .ok()
+                .flatten()
+                .map(|t| t.to_string()),
+            Some("2026-12-06T09:30:00.000000Z".to_owned())
+        );
+        assert_eq!(parse_time("since", "  ").ok(), Some(None));
+        let err = parse_time("until", "yesterday").expect_err("refused");
+        assert_eq!(err.status(), axum::http::StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(err.detail().field.as_deref(), Some("until"));
+        let f = Filters {
+            company: "contoso".to_owned(),
+            person: "a b&c".to_owned(),
+            ..Filters::default()
+        };
+        assert_eq!(f.query(), "company=contoso&person=a%20b%26c");
+        assert_eq!(f.api().ok().and_then(|q| q.limit), Some(500));
+    }
+}
