@@ -21,7 +21,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_steward");
 const CHROMIUM: &str = "/usr/bin/chromium";
 
 /// A step that takes long enough to be seen queued, then one that records a change.
-const SLOW: &str = "name: slow\ninputs:\n  user: {type: string}\nsteps:\n  - {id: nap, op: sleep, description: \"wait a moment for ${{ inputs.user }}\", with: {ms: 2500}}\n  - {id: record, op: ledger, needs: [nap], with: {key: \"slow:${{ inputs.user }}\"}}\n";
+const SLOW: &str = "name: slow\ninputs:\n  user: {type: string}\nsteps:\n  - {id: nap, op: sleep, description: \"wait a moment for ${{ inputs.user }}\", with: {ms: 4000}}\n  - {id: record, op: ledger, needs: [nap], with: {key: \"slow:${{ inputs.user }}\"}}\n";
 /// A change, a gate any one of the company's approvers decides, and a change it unlocks.
 const GATED: &str = "name: gated\ninputs:\n  user: {type: string}\ndefaults: {on_failure: rollback, retry: {attempts: 2, initial: 50ms}}\nsteps:\n  - {id: prepare, op: ledger, with: {key: \"prepare:${{ inputs.user }}\"}}\n  - id: approval\n    needs: [prepare]\n    gate: {approvers: company, quorum: 1, expires_in: 24h, message: \"Create ${{ inputs.user }}?\"}\n  - {id: apply, op: ledger, description: \"apply the change for ${{ inputs.user }}\", needs: [approval], with: {key: \"apply:${{ inputs.user }}\"}}\n";
 
