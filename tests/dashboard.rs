@@ -380,6 +380,20 @@ async fn pages_enforce_sessions_csrf_scoping_and_escaping() -> Result<()> {
         .await?;
     assert_eq!(status, 303);
     assert_eq!(stack.status(&run).await?, "paused");
+    let (_, html, _) = stack.page(&tech, &format!("/runs/{run}")).await?;
+    assert!(
+        html.contains("data-action=\"resume\""),
+        "a paused run offers resume"
+    );
+    let (status, _) = stack
+        .post(&tech, &format!("/runs/{run}/resume"), &[("_csrf", &csrf)])
+        .await?;
+    assert_eq!(status, 303);
+    assert_eq!(stack.status(&run).await?, "running");
+    let (status, _) = stack
+        .post(&tech, &format!("/runs/{run}/pause"), &[("_csrf", &csrf)])
+        .await?;
+    assert_eq!(status, 303);
 
     // `steward technicians login-link` goes through the API with the admin's token.
     let out = Command::new(BIN)
