@@ -170,6 +170,10 @@ enum Command {
         /// Print one JSON object instead.
         #[arg(long)]
         json: bool,
+        /// Keep everything running when the demo is done (until Ctrl-C), to follow and steer
+        /// the runs in the dashboard with the login link it prints.
+        #[arg(long)]
+        stay: bool,
     },
     /// List runs (through the API).
     Runs {
@@ -328,7 +332,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Schema { dir } => cmd::schema::run(&dir),
-        Command::Demo { json } => cmd::demo::run(json).await,
+        Command::Demo { json, stay } => cmd::demo::run(json, stay).await,
         Command::Plan(args) => {
             api_only("plan")?;
             cmd::plan::plan(args).await

@@ -91,7 +91,7 @@ const STARTERS: &[Starter] = &[
 /// The company whose policy wants an approver's yes.
 const GATED: &str = "northwind";
 
-pub(crate) async fn run(json_out: bool) -> Result<ExitCode> {
+pub(crate) async fn run(json_out: bool, stay: bool) -> Result<ExitCode> {
     let started = tokio::time::Instant::now();
     let deadline = started + BUDGET;
     let say = |line: String| {
@@ -201,6 +201,14 @@ pub(crate) async fn run(json_out: bool) -> Result<ExitCode> {
         json_out,
     )
     .await;
+    if stay && result.is_ok() {
+        // A fresh link: the first one may have been used already.
+        let link = login_link(&store, &base).await?;
+        say(format!(
+            "\nStill running (Ctrl-C to stop). The dashboard: {base}/ — sign in as {APPROVER} with this one-time link (15 minutes):\n  {link}"
+        ));
+        tokio::signal::ctrl_c().await?;
+    }
 
     let _ = stop_tx.send(true);
     let _ = worker.await;
@@ -218,6 +226,19 @@ pub(crate) async fn run(json_out: bool) -> Result<ExitCode> {
         println!("\nDone in {:.1} s.", started.elapsed().as_secs_f64());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A one-time dashboard login link for the demo's team lead.
+async fn login_link(store: &Store, base: &str) -> Result<String> {
+    let auth = steward_engine::auth::Auth::for_store(store);
+    let lead = auth
+        .technician_by_email(APPROVER)
+        .await?
+        .context("the demo's team lead")?;
+    let (code, _) = steward_engine::api::dashboard::Sessions::for_store(store)
+        .login_code(lead.id)
+        .await?;
+    Ok(format!("{}/login/{code}", base.trim_end_matches('/')))
 }
 
 /// Everything after start-up; returns the `--json` object.
@@ -239,6 +260,10 @@ async fn demo(
         .add_technician(APPROVER, "Team lead", Role::Admin, CompanyScope::ALL)
         .await?;
     let (_, token) = auth.create_token(lead.id, "demo").await?;
+    say(format!(
+        "The dashboard: {base}/ — sign in as {APPROVER} with this one-time link (15 minutes; `--stay` keeps the demo up to follow its runs there):\n  {}",
+        login_link(store, base).await?
+    ));
     let c = Client::with_token(
         &ApiArgs {
             api: base.to_owned(),

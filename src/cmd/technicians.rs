@@ -48,6 +48,12 @@ pub(crate) enum TechniciansCmd {
         /// The token's id (`tok_…`).
         id: steward_schemas::TokenId,
     },
+    /// Make a one-time link that signs a technician in to the dashboard (valid 15 minutes;
+    /// give it to them only).
+    LoginLink {
+        /// Their email.
+        email: String,
+    },
 }
 
 /// With a token, through the API; without, on the server's Redis.
@@ -172,8 +178,39 @@ async fn local(config: &Config, json: bool, cmd: TechniciansCmd) -> Result<ExitC
             let v = serde_json::json!({"revoked": info.id});
             output(json, &v, || println!("revoked {}", info.id))?;
         }
+        TechniciansCmd::LoginLink { email } => {
+            let tech = auth
+                .technician_by_email(&email)
+                .await?
+                .filter(|t| !t.disabled)
+                .ok_or_else(|| anyhow!("no enabled technician with email `{email}`"))?;
+            let (code, expires_at) = steward_engine::api::dashboard::Sessions::for_store(&store)
+                .login_code(tech.id)
+                .await?;
+            let base = config
+                .http
+                .public_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{}", config.http.listen));
+            let v = serde_json::json!({
+                "email": tech.email,
+                "url": format!("{}/login/{code}", base.trim_end_matches('/')),
+                "expires_at": expires_at,
+            });
+            output(json, &v, || login_link_lines(&v))?;
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A login link (`{"email", "url", "expires_at"}`), shown once.
+fn login_link_lines(v: &Value) {
+    println!(
+        "login link for {} (one use, until {}; give it to them only):\n{}",
+        v["email"].as_str().unwrap_or(""),
+        v["expires_at"].as_str().unwrap_or(""),
+        v["url"].as_str().unwrap_or("")
+    );
 }
 
 /// Technicians through the API.
@@ -236,6 +273,23 @@ async fn through_api(api: &client::ApiArgs, cmd: TechniciansCmd) -> Result<ExitC
             c.print(&serde_json::json!({ "revoked": id }), |_| {
                 println!("revoked {id}");
             });
+        }
+        TechniciansCmd::LoginLink { email } => {
+            let list = c.get("/v1/technicians").await?;
+            let id = list
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|t| t["email"].as_str() == Some(email.trim().to_lowercase().as_str()))
+                .and_then(|t| t["id"].as_str().map(str::to_owned))
+                .ok_or_else(|| anyhow!("no technician with email `{email}`"))?;
+            let v = c
+                .post(
+                    &format!("/v1/technicians/{}/login-link", client::urlencode(&id)),
+                    serde_json::json!({}),
+                )
+                .await?;
+            c.print(&v, login_link_lines);
         }
     }
     Ok(ExitCode::SUCCESS)

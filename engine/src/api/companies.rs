@@ -189,7 +189,7 @@ pub const CSV_LIMIT: usize = 2 * 1024 * 1024;
 
 /// A CSV body (`text/csv`), at most [`CSV_LIMIT`] bytes.
 #[derive(Debug)]
-pub(super) struct CsvBody(Bytes);
+pub(super) struct CsvBody(pub(super) Bytes);
 
 impl<S: Send + Sync> FromRequest<S> for CsvBody {
     type Rejection = ApiError;

@@ -184,6 +184,16 @@ impl ApiError {
         self.detail.fix = Some(fix.into());
         self
     }
+
+    /// The HTTP status it answers with.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// What went wrong (the dashboard shows it as a page).
+    pub fn detail(&self) -> &ErrorDetail {
+        &self.detail
+    }
 }
 
 impl IntoResponse for ApiError {

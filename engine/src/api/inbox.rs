@@ -31,7 +31,7 @@ pub(super) fn routes() -> ApiRouter<ApiState> {
 }
 
 /// The inbox items the caller may see.
-async fn list(
+pub(super) async fn list(
     State(state): State<ApiState>,
     caller: Caller,
 ) -> ApiResult<axum::Json<Vec<InboxItem>>> {

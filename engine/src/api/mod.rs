@@ -6,6 +6,7 @@
 
 pub mod approvals;
 pub mod companies;
+pub mod dashboard;
 pub mod error;
 pub mod extract;
 pub(crate) mod hooks;
@@ -325,6 +326,7 @@ fn routes() -> ApiRouter<ApiState> {
         .merge(schedules::routes())
         .merge(hooks::routes())
         .merge(psa::routes())
+        .merge(dashboard::api_routes())
 }
 
 fn describe(api: TransformOpenApi<'_>) -> TransformOpenApi<'_> {
@@ -471,6 +473,8 @@ pub fn app(state: ApiState) -> axum::Router {
             "/v1/runner/jobs/{id}/result",
             axum::routing::post(runner::result),
         )
+        // The technicians' dashboard (HTML pages at `/`).
+        .merge(dashboard::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))

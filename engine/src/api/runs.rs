@@ -642,7 +642,7 @@ pub(super) async fn load_many(
         .collect())
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 pub(super) struct RunPath {
     /// The run.
     run: RunId,

@@ -87,7 +87,7 @@ pub(super) struct Firing {
     firing: String,
 }
 
-async fn list(
+pub(super) async fn list(
     State(state): State<ApiState>,
     _admin: Admin,
 ) -> ApiResult<axum::Json<Vec<ScheduleView>>> {

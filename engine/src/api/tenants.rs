@@ -99,7 +99,7 @@ pub(super) struct CompanyPath {
 }
 
 /// The tenant connections the caller may see.
-async fn list(
+pub(super) async fn list(
     State(state): State<ApiState>,
     caller: Caller,
 ) -> ApiResult<axum::Json<Vec<TenantView>>> {
