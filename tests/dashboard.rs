@@ -2,7 +2,9 @@
 //! a private Redis: over plain HTTP (sessions, CSRF, scoping, escaping; always runs), and in
 //! Debian's Chromium driven by Playwright (`tests/dashboard/e2e.mjs`: sign-in, live updates,
 //! approving from the inbox, cancel with rollback, scoping, CSRF, an expired session, axe on
-//! every page, screenshots into `docs/screenshots/`). `scripts/setup` installs Chromium and the
+//! every page, screenshots of every page into `target/screenshots/`, or the folder
+//! `STEWARD_SCREENSHOTS` names: `STEWARD_SCREENSHOTS=docs/screenshots` refreshes the two the
+//! README shows). `scripts/setup` installs Chromium and the
 //! Node packages; without them the browser test says so loudly and passes, unless `CI` is set.
 
 use std::collections::HashMap;
@@ -593,7 +595,10 @@ async fn technicians_follow_and_steer_runs_in_chromium() -> Result<()> {
         "base": stack.base,
         "tokens": stack.tokens,
         "chromium": CHROMIUM,
-        "shots_dir": root.join("docs/screenshots").display().to_string(),
+        "shots_dir": std::env::var("STEWARD_SCREENSHOTS")
+            .map_or_else(|_| root.join("target/screenshots"), |d| root.join(d))
+            .display()
+            .to_string(),
     });
     let main = tokio::task::block_in_place(|| run_browser(&script, &config, dir.path(), "main"))?;
     let failed = failed_checks(&main);
