@@ -146,6 +146,18 @@ pub static CATALOG: &[OpSpec] = &[
         Some(&[]),
     ),
     op(
+        "user.unlock",
+        "unlock an account locked out by bad passwords (Active Directory; Entra ID's smart \
+         lockout releases itself)",
+        G::PasswordsSecurity,
+        Write,
+        Policy,
+        System::Directory,
+        NotNeeded,
+        &[USER],
+        Some(&[]),
+    ),
+    op(
         "user.reset_password",
         "reset a user's password",
         G::PasswordsSecurity,

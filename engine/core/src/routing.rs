@@ -307,8 +307,8 @@ pub fn placement(company: &Company, op: &str, role: OnPrem) -> Result<Target, Er
 }
 
 /// Every abstract op [`route`] knows. The catalogue's identity and mailbox ops are all here
-/// (a test in `steward-workers` checks it); `user.unlock` and `mailbox.revoke_access` are
-/// routed ahead of their catalogue entries.
+/// (a test in `steward-workers` checks it); `mailbox.revoke_access` is routed ahead of its
+/// catalogue entry.
 pub const ROUTED_OPS: &[&str] = &[
     "user.create",
     "user.get",
