@@ -822,3 +822,45 @@ impl Op for RoutedUndo {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use steward_schemas::{Attempt, Phase, RunId, StepId};
+
+    fn cx(attempt: u32, polls: u32) -> OpContext {
+        OpContext {
+            run_id: RunId::from_ulid(Default::default()),
+            company: "fabrikam".parse().unwrap(),
+            step: StepId::parse("mailbox").unwrap(),
+            phase: Phase::Run,
+            attempt: Attempt::new(attempt).unwrap(),
+            polls,
+            seq: 1,
+            services: Default::default(),
+            settings: None,
+        }
+    }
+
+    /// The hybrid mailbox: Enable-RemoteMailbox and the delta sync (RMM jobs) took 23 polls of
+    /// the step; the cloud wait after them still has all its checks, counted from its first try.
+    #[test]
+    fn a_later_action_counts_its_own_polls() {
+        let mut done = Done::default();
+        let (first, changed) = done.context_for(2, &cx(1, 23));
+        assert_eq!((first.polls, changed), (0, true));
+        let (again, changed) = done.context_for(2, &cx(1, 30));
+        assert_eq!((again.polls, changed), (7, false));
+        // A new attempt (polls start again from 0) starts the count again.
+        let (retry, changed) = done.context_for(2, &cx(2, 0));
+        assert_eq!((retry.polls, changed), (0, true));
+        let (retry, _) = done.context_for(2, &cx(2, 4));
+        assert_eq!(retry.polls, 4);
+        // The record survives a save and load (old records without it read as empty).
+        let text = serde_json::to_string(&done).unwrap();
+        let back: Done = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.began.get(&2), Some(&(2, 0)));
+        let old: Done = serde_json::from_str(r#"{"actions":{}}"#).unwrap();
+        assert!(old.began.is_empty());
+    }
+}
