@@ -255,10 +255,9 @@ async fn run_approved(w: &World, yaml: &str, company: &str, inputs: Value) -> Re
 }
 
 /// On premises only (identity `on_prem_ad`, mailbox `exchange_server`): the user is made in AD
-/// and given a mailbox on the Exchange server through the RMM, with the template user's groups;
-/// offboarding disables the account, makes the mailbox shared before anything else touches it,
-/// grants the manager access, hides it, and moves the account to the leavers' OU last. The
-/// cloud-only items are left out (the company has no tenant).
+/// and given a mailbox on the Exchange server through the RMM, with a listed group and a
+/// manager; offboarding disables the account, removes the group and moves the account to the
+/// leavers' OU last. The cloud-only items are left out (the company has no tenant).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_premises_only_onboarding_and_offboarding_through_the_rmm() -> Result<()> {
     let w = World::start(
@@ -327,7 +326,8 @@ async fn on_premises_only_onboarding_and_offboarding_through_the_rmm() -> Result
     );
     let before = changes.len();
 
-    // Offboarding with the items the sandbox's Exchange server carries out chosen.
+    // Offboarding with the account items chosen (`lifecycle_on_prem_ad_exchange_server` below
+    // chooses the mailbox items too).
     run_approved(
         &w,
         OFFBOARDING,
@@ -767,6 +767,24 @@ async fn lifecycle(idp: IdentityProvider, mbx: MailboxProvider) -> Result<()> {
                 );
                 let id = cloud_user.as_ref().context("in Entra ID")?["id"].clone();
                 assert!(!provisioned(&id), "no second mailbox in Exchange Online");
+                // The mailbox account's password was kept for the technician's one-time link,
+                // and reached neither the ledger nor the run's history.
+                let (_, secret) = w
+                    .sink
+                    .read(&format!("{run}/mailbox"))
+                    .context("the mailbox account's password was kept")?;
+                let ledger = w
+                    .admin("GET", &format!("/ledger?company={world}"), None)
+                    .await?
+                    .to_string();
+                assert!(
+                    !ledger.contains(secret.expose()),
+                    "a password in the ledger"
+                );
+                assert!(
+                    !w.history(run).await?.contains(secret.expose()),
+                    "a password in the history"
+                );
             }
         }
         MailboxProvider::ExchangeOnline | MailboxProvider::ExchangeHybrid => {
