@@ -538,6 +538,10 @@ pub enum Error {
     /// The technicians could not be read (to check the gates' approvers).
     #[error(transparent)]
     Auth(#[from] crate::auth::Error),
+    /// Steps of the workflow need what the company's identity × mailbox combination cannot
+    /// give (`steward_core::routing::Error::Combination`): refused before anything changes.
+    #[error("{}", .0.iter().map(|(step, e)| format!("step `{step}`: {e}")).collect::<Vec<_>>().join("; "))]
+    Combination(Vec<(String, steward_core::routing::Error)>),
 }
 
 /// Plans and starts runs. Cheap to clone.
@@ -568,6 +572,17 @@ impl Planner {
                 crate::psa::guard::GuardError::Refused(r) => Error::Policy(r),
                 crate::psa::guard::GuardError::Redis(e) => Error::Store(store::Error::Redis(e)),
             })?;
+        // A provider combination that cannot carry a step out is refused now: such a run
+        // would wait at that step for something that never happens.
+        let refused = steward_core::routing::combination_refusals(
+            &req.plan,
+            &record.company,
+            &req.inputs,
+            self.registry.as_ref(),
+        );
+        if !refused.is_empty() {
+            return Err(Error::Combination(refused));
+        }
         // A gate nobody could decide is refused now rather than found out when it opens.
         let directory = crate::auth::Auth::for_store(&self.store)
             .directory()

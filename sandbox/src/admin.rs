@@ -487,6 +487,12 @@ struct CompanyFaults {
     double_hop_misconfigured: Option<bool>,
     #[serde(default)]
     winrm_unreachable: Option<bool>,
+    /// Locks this AD user (sAMAccountName) out, as too many bad passwords would.
+    #[serde(default)]
+    lock_out: Option<String>,
+    /// Gives this AD user's on-prem mailbox (sAMAccountName) an ActiveSync phone partnership.
+    #[serde(default)]
+    add_mobile_device: Option<String>,
 }
 
 async fn company_faults(
@@ -495,6 +501,7 @@ async fn company_faults(
     bytes: Bytes,
 ) -> AdminResult {
     let b: CompanyFaults = body(&bytes)?;
+    let now = shared.clock.now();
     let (mut st, _) = shared.lock();
     let c = st
         .world
@@ -512,6 +519,33 @@ async fn company_faults(
             c.ad.as_mut()
                 .ok_or_else(|| AdminError::bad(format!("company '{id}' has no AD forest")))?;
         f.winrm_reachable = !u;
+    }
+    for (sam, lock) in [(&b.lock_out, true), (&b.add_mobile_device, false)] {
+        let Some(sam) = sam else { continue };
+        let f =
+            c.ad.as_mut()
+                .ok_or_else(|| AdminError::bad(format!("company '{id}' has no AD forest")))?;
+        let u = f
+            .users
+            .iter_mut()
+            .find(|u| !u.deleted && u.sam_account_name.eq_ignore_ascii_case(sam))
+            .ok_or_else(|| AdminError::not_found(format!("no AD user '{sam}' in '{id}'")))?;
+        if lock {
+            u.locked_out = true;
+            continue;
+        }
+        let n = u.mailbox.as_ref().map_or(0, |m| m.mobile_devices.len());
+        let guid = crate::ids::guid(0, &["onprem-device", &u.object_guid, &n.to_string()]);
+        let m = u.mailbox.as_mut().ok_or_else(|| {
+            AdminError::bad(format!("'{sam}' has no mailbox on the Exchange server"))
+        })?;
+        m.mobile_devices.push(crate::world::MobileDevice {
+            guid,
+            friendly_name: format!("iPhone {}", n + 1),
+            device_model: "iPhone".to_owned(),
+            device_os: "iOS 17.4".to_owned(),
+            first_sync_time: now,
+        });
     }
     ok(json!({
         "company": id,

@@ -9,6 +9,8 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::runner::{Op, Script};
+
+mod extra;
 use crate::secret::{REDACTED, SecretText};
 use crate::world::{
     AdForest, AdUser, Company, ExchangeMode, MailboxKind, OnPremMailbox, Password, RemoteMailbox,
@@ -88,6 +90,13 @@ pub(crate) fn execute(
         Op::ExSetRemoteMailbox => ex_set_remote(c, hostname, params(script)?),
         Op::ExEnableMailbox => ex_enable_mailbox(c, hostname, params(script)?),
         Op::ExDisableMailbox => ex_disable_mailbox(c, hostname, params(script)?),
+        _ => match extra::run(c, seed, hostname, script, now) {
+            Some(r) => r.map(|(v, _, applied)| (v, applied)),
+            None => Err(OpError::new(
+                "script_refused",
+                format!("{} has no implementation in the sandbox", script.op.name()),
+            )),
+        },
     }
 }
 
@@ -343,6 +352,8 @@ fn ad_new_user(c: &mut Company, seed: u64, p: NewUser, now: DateTime<Utc>) -> Op
         remote_mailbox: None,
         mailbox: None,
         deleted: false,
+        locked_out: false,
+        attributes: Default::default(),
         usage_location: None,
         created_at: now,
     };
@@ -955,10 +966,7 @@ fn ex_enable_mailbox(c: &mut Company, host: &str, p: EnableMailbox) -> OpResult 
     }
     let usn = f.bump();
     let u = &mut f.users[i];
-    u.mailbox = Some(OnPremMailbox {
-        database: database.clone(),
-        hidden_from_address_lists: false,
-    });
+    u.mailbox = Some(OnPremMailbox::new(database.clone()));
     if u.mail.is_none() {
         u.mail = Some(u.user_principal_name.clone());
     }
@@ -1212,9 +1220,8 @@ fn before(c: &Company, script: &Script) -> Before {
             },
             _ => acts(json!({"recipient_type_details": "UserMailbox"})),
         },
-        Op::AdResetPassword | Op::AdGetUser | Op::AdsyncStartDelta | Op::AdsyncStatus => {
-            acts(Value::Null)
-        }
+        // The rest read their prior state as they act (`extra`).
+        _ => acts(Value::Null),
     }
 }
 
@@ -1235,6 +1242,23 @@ pub(crate) fn run_template(
                    "reason": reason, "category": category})
         )
     };
+    // The ops of `extra` read their prior state and check their connection as they act.
+    if let Some(ran) = extra::run(c, seed, hostname, script, now) {
+        return match ran {
+            Ok((result, prior, applied)) => {
+                let status = if applied.is_empty() {
+                    "unchanged"
+                } else {
+                    "changed"
+                };
+                (line(status, result, prior, "", ""), applied)
+            }
+            Err(e) => (
+                line("failed", Value::Null, Value::Null, &e.message, e.category),
+                e.applied,
+            ),
+        };
+    }
     // The connection checks come first, as in the templates (WinRM, the server named).
     let prior = match before(c, script) {
         Before::Unchanged { result, prior } => {

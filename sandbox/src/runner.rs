@@ -48,6 +48,22 @@
 //! | `exchange_server.set_remote_mailbox` | `identity`, optional `type` (`Regular`/`Shared`), `hidden_from_address_lists_enabled` | the recipient |
 //! | `exchange_server.enable_mailbox` | `identity`, optional `database` | the recipient |
 //! | `exchange_server.disable_mailbox` | `identity` | `{identity}` |
+//! | `ad.set_user` | `identity`, `attributes` (named: `given_name`, `title`, `company`, …), `replace` (raw: `msExchHideFromAddressLists`, `extensionAttribute1`…) | the user; prior: the values before, per section |
+//! | `ad.unlock` | `identity` | the user; prior `{locked_out}` |
+//! | `ad.list_groups` | `identity` | `{distinguished_name, groups}` |
+//! | `ad.copy_groups` | `template`, `member` | `{member, added, already_member, skipped_privileged}`; prior `{added}` |
+//! | `ad.remove_groups` | `member`, `groups` | `{member, removed}` |
+//! | `exchange_server.get_recipient` | `identity` | the recipient |
+//! | `exchange_server.new_mailbox` | `name`, `user_principal_name`, `password` (not for `shared`), optional `shared`, `alias`, `display_name`, `first_name`, `last_name`, `organizational_unit`, `database` | the recipient (AD account and mailbox made together) |
+//! | `exchange_server.remove_mailbox` | `identity` | `{removed}` (the AD account goes too) |
+//! | `exchange_server.set_mailbox_type` | `identity`, `type` (`Regular`/`Shared`) | the recipient; prior `{type}` |
+//! | `exchange_server.add_mailbox_permission`, `remove_mailbox_permission` | `identity`, `user`, optional `auto_mapping` | `{mailbox, user}`; prior `{full_access}` |
+//! | `exchange_server.add_send_as`, `remove_send_as` | `identity`, `user` | `{mailbox, user}`; prior `{send_as}` |
+//! | `exchange_server.set_send_on_behalf` | `identity`, `user`, `change` (`add`/`remove`) | `{mailbox, user}`; prior `{send_on_behalf}` |
+//! | `exchange_server.set_hidden_from_gal` | `identity`, `hidden` | the recipient; prior `{hidden}` |
+//! | `exchange_server.set_forwarding` | `identity`, optional `forwarding_address`, `forwarding_smtp_address`, `deliver_to_mailbox_and_forward` (what is not given is cleared) | the forwarding; prior the same fields |
+//! | `exchange_server.set_auto_reply` | `identity`, `state`, optional `internal_message`, `external_message`, `external_audience`, `start_time`, `end_time` | `{state}`; prior the whole configuration |
+//! | `exchange_server.remove_mobile_devices` | `identity` | `{removed}` |
 //!
 //! # Runner contract
 //!
@@ -104,6 +120,24 @@ pub(crate) enum Op {
     ExSetRemoteMailbox,
     ExEnableMailbox,
     ExDisableMailbox,
+    AdSetUser,
+    AdUnlock,
+    AdListGroups,
+    AdCopyGroups,
+    AdRemoveGroups,
+    ExGetRecipient,
+    ExNewMailbox,
+    ExRemoveMailbox,
+    ExSetMailboxType,
+    ExAddMailboxPermission,
+    ExRemoveMailboxPermission,
+    ExAddSendAs,
+    ExRemoveSendAs,
+    ExSetSendOnBehalf,
+    ExSetHiddenFromGal,
+    ExSetForwarding,
+    ExSetAutoReply,
+    ExRemoveMobileDevices,
 }
 
 pub(crate) const OPS: &[(Op, &str, u32)] = &[
@@ -136,6 +170,44 @@ pub(crate) const OPS: &[(Op, &str, u32)] = &[
     ),
     (Op::ExEnableMailbox, "exchange_server.enable_mailbox", 1),
     (Op::ExDisableMailbox, "exchange_server.disable_mailbox", 1),
+    (Op::AdSetUser, "ad.set_user", 1),
+    (Op::AdUnlock, "ad.unlock", 1),
+    (Op::AdListGroups, "ad.list_groups", 1),
+    (Op::AdCopyGroups, "ad.copy_groups", 1),
+    (Op::AdRemoveGroups, "ad.remove_groups", 1),
+    (Op::ExGetRecipient, "exchange_server.get_recipient", 1),
+    (Op::ExNewMailbox, "exchange_server.new_mailbox", 1),
+    (Op::ExRemoveMailbox, "exchange_server.remove_mailbox", 1),
+    (Op::ExSetMailboxType, "exchange_server.set_mailbox_type", 1),
+    (
+        Op::ExAddMailboxPermission,
+        "exchange_server.add_mailbox_permission",
+        1,
+    ),
+    (
+        Op::ExRemoveMailboxPermission,
+        "exchange_server.remove_mailbox_permission",
+        1,
+    ),
+    (Op::ExAddSendAs, "exchange_server.add_send_as", 1),
+    (Op::ExRemoveSendAs, "exchange_server.remove_send_as", 1),
+    (
+        Op::ExSetSendOnBehalf,
+        "exchange_server.set_send_on_behalf",
+        1,
+    ),
+    (
+        Op::ExSetHiddenFromGal,
+        "exchange_server.set_hidden_from_gal",
+        1,
+    ),
+    (Op::ExSetForwarding, "exchange_server.set_forwarding", 1),
+    (Op::ExSetAutoReply, "exchange_server.set_auto_reply", 1),
+    (
+        Op::ExRemoveMobileDevices,
+        "exchange_server.remove_mobile_devices",
+        1,
+    ),
 ];
 
 impl Op {

@@ -9,6 +9,8 @@
 //! invisible for a while after it becomes due. [`World::settle`] applies whatever the clock has
 //! made due, and every request calls it before looking at the world, so there are no timers.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -401,6 +403,39 @@ pub(crate) struct RemoteMailbox {
 pub(crate) struct OnPremMailbox {
     pub(crate) database: String,
     pub(crate) hidden_from_address_lists: bool,
+    /// `Set-Mailbox -Type`: a user or a shared mailbox.
+    pub(crate) kind: MailboxKind,
+    /// Full Access holders (objectGUIDs), `Add-MailboxPermission`.
+    pub(crate) full_access: Vec<String>,
+    /// Send As holders (objectGUIDs), an AD extended right: `Add-ADPermission`.
+    pub(crate) send_as: Vec<String>,
+    /// `GrantSendOnBehalfTo` (objectGUIDs).
+    pub(crate) send_on_behalf: Vec<String>,
+    /// `ForwardingAddress`: a recipient's objectGUID.
+    pub(crate) forwarding_address: Option<String>,
+    pub(crate) forwarding_smtp_address: Option<String>,
+    pub(crate) deliver_to_mailbox_and_forward: bool,
+    pub(crate) auto_reply: AutoReply,
+    pub(crate) mobile_devices: Vec<MobileDevice>,
+}
+
+impl OnPremMailbox {
+    /// A new user mailbox in `database`, as `Enable-Mailbox`/`New-Mailbox` leave it.
+    pub(crate) fn new(database: String) -> Self {
+        Self {
+            database,
+            hidden_from_address_lists: false,
+            kind: MailboxKind::UserMailbox,
+            full_access: vec![],
+            send_as: vec![],
+            send_on_behalf: vec![],
+            forwarding_address: None,
+            forwarding_smtp_address: None,
+            deliver_to_mailbox_and_forward: false,
+            auto_reply: AutoReply::default(),
+            mobile_devices: vec![],
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -425,6 +460,10 @@ pub(crate) struct AdUser {
     pub(crate) remote_mailbox: Option<RemoteMailbox>,
     pub(crate) mailbox: Option<OnPremMailbox>,
     pub(crate) deleted: bool,
+    /// Locked out by bad passwords (`Unlock-ADAccount` clears it; the admin API sets it).
+    pub(crate) locked_out: bool,
+    /// Other LDAP attributes `Set-ADUser` changes (company, l, msExchHideFromAddressLists, …).
+    pub(crate) attributes: BTreeMap<String, Value>,
     pub(crate) usage_location: Option<String>,
     pub(crate) created_at: DateTime<Utc>,
 }
@@ -915,11 +954,13 @@ impl World {
                         remote_routing_address: routing,
                         hidden_from_address_lists: false,
                     }),
-                    mailbox: u.mailbox_database.as_ref().map(|db| OnPremMailbox {
-                        database: db.clone(),
-                        hidden_from_address_lists: false,
-                    }),
+                    mailbox: u
+                        .mailbox_database
+                        .as_ref()
+                        .map(|db| OnPremMailbox::new(db.clone())),
                     deleted: false,
+                    locked_out: false,
+                    attributes: BTreeMap::new(),
                     usage_location: u.usage_location.clone(),
                     created_at: now - Duration::days(400),
                 });
@@ -1326,8 +1367,14 @@ pub(crate) fn ensure_mailbox(
         .licenses
         .iter()
         .any(|l| tenant_sku_has_exchange(&c.tenant.skus, &l.sku_id));
-    // A synced user's recipient type is mastered on-prem: only a remote mailbox moves to
-    // Exchange Online. An on-prem mailbox user stays on-prem even when licensed.
+    // A synced user's recipient type is mastered on-prem. An on-prem mailbox (its
+    // ExchangeGuid synced) keeps Exchange Online from making a second one, licensed or not; a
+    // remote mailbox is provisioned in the cloud; and a user with neither (no Exchange
+    // attributes on-prem) gets a cloud mailbox from a licence with Exchange, as Exchange
+    // Online's provisioning does whether or not the organisation still has an Exchange
+    // server (c7solutions.com "mailbox on-premises and in the cloud": only an ExchangeGuid
+    // stops it). The on-prem organisation then does not know that mailbox: the reason
+    // Exchange hybrid creates mailboxes with Enable-RemoteMailbox instead.
     let wanted = if let Some(link) = &user.on_prem {
         let ad_user = c.ad.as_ref().and_then(|f| {
             f.users.iter().find(|u| {
@@ -1340,9 +1387,7 @@ pub(crate) fn ensure_mailbox(
                 (Some(r), _) if r.kind == MailboxKind::SharedMailbox || licensed => Some(r.kind),
                 (Some(_), _) => None,
                 (None, Some(_)) => None,
-                (None, None) if licensed && c.exchange_server.is_none() => {
-                    Some(MailboxKind::UserMailbox)
-                }
+                (None, None) if licensed => Some(MailboxKind::UserMailbox),
                 (None, None) => None,
             },
             None => None,

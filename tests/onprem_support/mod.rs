@@ -79,8 +79,17 @@ pub fn company(id: &str, v: Value) -> Company {
 impl World {
     /// Starts it, with `companies` in Steward and the sandbox's fixture `fixture` (default msp).
     pub async fn start(companies: Vec<Company>, poll: Duration) -> Result<Self> {
+        Self::start_with(companies, poll, Options::default()).await
+    }
+
+    /// [`World::start`] with the sandbox started with `options` (another fixture).
+    pub async fn start_with(
+        companies: Vec<Company>,
+        poll: Duration,
+        options: Options,
+    ) -> Result<Self> {
         let env = Env::start(Persistence::None).await?;
-        let sb = Sandbox::spawn(Options::default()).await?;
+        let sb = Sandbox::spawn(options).await?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);
         let state = steward_engine::api::state(

@@ -146,6 +146,18 @@ pub static CATALOG: &[OpSpec] = &[
         Some(&[]),
     ),
     op(
+        "user.unlock",
+        "unlock an account locked out by bad passwords (Active Directory; Entra ID's smart \
+         lockout releases itself)",
+        G::PasswordsSecurity,
+        Write,
+        Policy,
+        System::Directory,
+        NotNeeded,
+        &[USER],
+        Some(&[]),
+    ),
+    op(
         "user.reset_password",
         "reset a user's password",
         G::PasswordsSecurity,
@@ -285,7 +297,8 @@ pub static CATALOG: &[OpSpec] = &[
     op(
         "mailbox.create",
         "give a user a mailbox (Exchange Online: the licence creates it and this waits until it \
-         exists; Exchange Server: Enable-Mailbox; hybrid: Enable-RemoteMailbox)",
+         exists; Exchange Server: Enable-Mailbox, or New-Mailbox with its own AD account for a \
+         cloud-only user; hybrid: Enable-RemoteMailbox)",
         G::Mailboxes,
         Write,
         Policy,
@@ -296,6 +309,16 @@ pub static CATALOG: &[OpSpec] = &[
             OpField::optional(
                 "remote_routing_address",
                 "hybrid: user@tenant.mail.onmicrosoft.com (default: Exchange's address policy)",
+            ),
+            OpField::optional(
+                "display_name",
+                "New-Mailbox (a cloud-only user on Exchange Server): the account's name",
+            ),
+            OpField::optional("given_name", "New-Mailbox: the first name"),
+            OpField::optional("surname", "New-Mailbox: the last name"),
+            OpField::optional(
+                "ou",
+                "New-Mailbox: the OU of the mailbox's AD account (default: the company's defaults.ou, else Users)",
             ),
         ],
         Some(&[]),

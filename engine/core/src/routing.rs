@@ -201,6 +201,20 @@ pub enum Error {
         /// How to fix it.
         fix: &'static str,
     },
+    /// The company's identity and mailbox providers, together, cannot give the op what it
+    /// needs (a cloud user where nothing synchronises AD, an AD account for a cloud-only user).
+    /// Planning refuses a run that would reach such a step, before anything changes.
+    #[error("company `{company}`: op `{op}` cannot run with {reason}; fix: {fix}")]
+    Combination {
+        /// The company.
+        company: String,
+        /// The op.
+        op: String,
+        /// Why, starting with the providers (`identity entra_id, mailbox exchange_hybrid: …`).
+        reason: String,
+        /// How to fix it.
+        fix: String,
+    },
     /// The op makes no sense for the company's providers.
     #[error("company `{company}`: op `{op}` cannot run: {reason}; fix: {fix}")]
     NotAvailable {
@@ -293,8 +307,8 @@ pub fn placement(company: &Company, op: &str, role: OnPrem) -> Result<Target, Er
 }
 
 /// Every abstract op [`route`] knows. The catalogue's identity and mailbox ops are all here
-/// (a test in `steward-workers` checks it); `user.unlock` and `mailbox.revoke_access` are
-/// routed ahead of their catalogue entries.
+/// (a test in `steward-workers` checks it); `mailbox.revoke_access` is routed ahead of its
+/// catalogue entry.
 pub const ROUTED_OPS: &[&str] = &[
     "user.create",
     "user.get",
@@ -399,6 +413,37 @@ impl Router<'_> {
         self.c.identity_provider != Idp::OnPremAd || self.c.mailbox_provider != Mbx::ExchangeServer
     }
 
+    fn combination(&self, reason: impl Into<String>, fix: impl Into<String>) -> Error {
+        Error::Combination {
+            company: self.c.id.to_string(),
+            op: self.op.to_owned(),
+            reason: format!(
+                "identity {}, mailbox {}: {}",
+                self.c.identity_provider.name(),
+                self.c.mailbox_provider.name(),
+                reason.into()
+            ),
+            fix: fix.into(),
+        }
+    }
+
+    /// A cloud action needs the user in Entra ID. With identity `on_prem_ad` the users are in
+    /// AD only and nothing synchronises them, so a tenant (for Exchange Online or Exchange
+    /// hybrid mailboxes) has no user to act on: that combination is refused, naming the
+    /// providers that give the tenant its users.
+    fn cloud_user(&self, system: &str) -> Result<(), Error> {
+        if self.c.identity_provider == Idp::OnPremAd {
+            return Err(self.combination(
+                format!(
+                    "the users exist only in Active Directory and nothing synchronises them to Entra ID, so {system} has no user to act on (a {} mailbox belongs to a cloud user)",
+                    self.c.mailbox_provider.name()
+                ),
+                "set identity_provider to hybrid (Entra Connect synchronises AD to Entra ID; also set entra_connect_server) or to hybrid_no_sync (Steward creates and changes each user in AD and in Entra ID alike)",
+            ));
+        }
+        Ok(())
+    }
+
     fn graph(&self, action: &'static str, why: &'static str) -> Result<Action, Error> {
         if !self.has_cloud() {
             return Err(self.unavailable(
@@ -406,11 +451,34 @@ impl Router<'_> {
                 "leave the step out for this company (e.g. `when: company.identity_provider != 'on_prem_ad'`), or change its providers",
             ));
         }
+        self.cloud_user("Entra ID")?;
         Ok(act(action, Target::Graph, why))
     }
 
-    fn exo(&self, action: &'static str, why: &'static str) -> Action {
-        act(action, Target::ExchangeOnline, why)
+    fn exo(&self, action: &'static str, why: &'static str) -> Result<Action, Error> {
+        self.cloud_user("Exchange Online")?;
+        Ok(act(action, Target::ExchangeOnline, why))
+    }
+
+    /// Exchange hybrid manages the mailboxes of users that have an AD account (the on-prem
+    /// object is the mailbox's master); a cloud-only user has none.
+    fn hybrid_mail(&self) -> Result<(), Error> {
+        if self.c.identity_provider == Idp::EntraId {
+            return Err(self.combination(
+                "Exchange hybrid manages the mailboxes of users who have an Active Directory account (Enable-RemoteMailbox, Set-RemoteMailbox act on it), and a cloud-only user (identity entra_id) has none",
+                "set mailbox_provider to exchange_online (a cloud user's licence gives it its mailbox), or identity_provider to hybrid (the user is made in AD and synchronised)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// An on-prem Exchange cmdlet that acts on the user's existing AD account
+    /// (`Enable-RemoteMailbox`, `Set-RemoteMailbox`, `Enable-Mailbox`). A cloud-only user
+    /// (identity `entra_id`) has none; on Exchange Server `New-Mailbox` makes the account with
+    /// the mailbox instead, and Exchange hybrid (which manages synchronised users) is refused.
+    fn exch_user(&self, action: &'static str, why: &'static str) -> Result<Action, Error> {
+        self.hybrid_mail()?;
+        self.exch(action, why)
     }
 
     fn ad(&self, action: &'static str, why: &'static str) -> Result<Action, Error> {
@@ -497,7 +565,7 @@ impl Router<'_> {
     fn group_member(&self, ad: &'static str, graph: &'static str, exo: &'static str) -> Actions {
         let cloud = |r: &Self| -> Actions {
             Ok(vec![
-                r.exo(exo, "Graph cannot change a mail-enabled group's members")
+                r.exo(exo, "Graph cannot change a mail-enabled group's members")?
                     .when(Condition::GroupCloudMailEnabled),
                 r.graph(graph, "a cloud security or Microsoft 365 group")?
                     .when(Condition::GroupCloudNotMailEnabled),
@@ -528,11 +596,14 @@ impl Router<'_> {
 
     fn mailbox(&self, exo: &'static str, exch: &'static str) -> Actions {
         Ok(match self.c.mailbox_provider {
-            Mbx::ExchangeOnline => vec![self.exo(exo, "the mailbox is in Exchange Online")],
-            Mbx::ExchangeHybrid => vec![self.exo(
-                exo,
-                "Exchange hybrid: standard mailbox ops go to the cloud mailbox",
-            )],
+            Mbx::ExchangeOnline => vec![self.exo(exo, "the mailbox is in Exchange Online")?],
+            Mbx::ExchangeHybrid => {
+                self.hybrid_mail()?;
+                vec![self.exo(
+                    exo,
+                    "Exchange hybrid: standard mailbox ops go to the cloud mailbox",
+                )?]
+            }
             Mbx::ExchangeServer => vec![self.exch(exch, "the mailbox is on the Exchange server")?],
         })
     }
@@ -668,14 +739,21 @@ impl Router<'_> {
                     vec![self.exo(
                         "exchange_online.wait_for_mailbox",
                         "the licence creates the mailbox",
-                    )]
+                    )?]
+                }
+                Mbx::ExchangeServer if self.c.identity_provider == Idp::EntraId => {
+                    note = Some("the mailbox's AD account (in the Exchange organisation's forest) is another account than the Entra ID user, with its own password, handed over through a one-time link; assign a licence without Exchange Online, or Exchange Online makes a second mailbox".to_owned());
+                    vec![self.exch(
+                        "exchange_server.new_mailbox",
+                        "Exchange Server needs an AD account for every mailbox and a cloud-only user has none: New-Mailbox creates the account with the mailbox",
+                    )?]
                 }
                 Mbx::ExchangeServer => vec![self.exch(
                     "exchange_server.enable_mailbox",
                     "the mailbox is created on the Exchange server for the AD user",
                 )?],
                 Mbx::ExchangeHybrid => {
-                    let mut v = vec![self.exch(
+                    let mut v = vec![self.exch_user(
                         "exchange_server.enable_remote_mailbox",
                         "hybrid: the on-prem Exchange mail-enables the user; Exchange Online makes the mailbox",
                     )?];
@@ -685,13 +763,13 @@ impl Router<'_> {
                     v.push(self.exo(
                         "exchange_online.wait_for_mailbox",
                         "the cloud mailbox appears after the sync and a licence",
-                    ));
+                    )?);
                     v
                 }
             },
             "exchange_server.enable_remote_mailbox" => match self.c.mailbox_provider {
                 Mbx::ExchangeHybrid => {
-                    let mut v = vec![self.exch(
+                    let mut v = vec![self.exch_user(
                         "exchange_server.enable_remote_mailbox",
                         "an on-prem Exchange cmdlet",
                     )?];
@@ -712,7 +790,7 @@ impl Router<'_> {
             },
             "mailbox.convert_to_shared" => match self.c.mailbox_provider {
                 Mbx::ExchangeOnline => vec![self
-                    .exo("exchange_online.set_mailbox_type", "the mailbox is in Exchange Online")
+                    .exo("exchange_online.set_mailbox_type", "the mailbox is in Exchange Online")?
                     .arg("type", json!("Shared"))],
                 Mbx::ExchangeServer => vec![self
                     .exch("exchange_server.set_mailbox_type", "the mailbox is on the Exchange server")?
@@ -720,7 +798,7 @@ impl Router<'_> {
                 Mbx::ExchangeHybrid => {
                     note = Some("converting only in the cloud is undone by the on-prem attributes (msExchRemoteRecipientType) at the next sync, so both sides change".to_owned());
                     let mut v = vec![self
-                        .exch(
+                        .exch_user(
                             "exchange_server.set_remote_mailbox",
                             "the on-prem remote mailbox object must say Shared too",
                         )?
@@ -729,7 +807,7 @@ impl Router<'_> {
                         v.push(self.sync()?);
                     }
                     v.push(
-                        self.exo("exchange_online.set_mailbox_type", "the mailbox itself is in the cloud")
+                        self.exo("exchange_online.set_mailbox_type", "the mailbox itself is in the cloud")?
                             .arg("type", json!("Shared")),
                     );
                     v
@@ -815,9 +893,14 @@ impl Router<'_> {
                         self.sync()?,
                     ]
                 }
-                (Mbx::ExchangeOnline | Mbx::ExchangeHybrid, false) => vec![self
-                    .exo("exchange_online.set_hidden_from_gal", "the mailbox is in Exchange Online")
-                    .arg("hidden", Value::Bool(true))],
+                (Mbx::ExchangeOnline | Mbx::ExchangeHybrid, false) => {
+                    if self.c.mailbox_provider == Mbx::ExchangeHybrid {
+                        self.hybrid_mail()?;
+                    }
+                    vec![self
+                    .exo("exchange_online.set_hidden_from_gal", "the mailbox is in Exchange Online")?
+                    .arg("hidden", Value::Bool(true))]
+                }
             },
             "ad.move_user" => {
                 let mut v = vec![self.ad("ad.move_object", "an AD operation")?];
@@ -1037,6 +1120,47 @@ pub fn render_plan(
     })
 }
 
+/// Whether step `index`'s `when:` reads only inputs and company fields and is false for them:
+/// the step is left out for this company and these inputs, whatever happens in the run.
+fn left_out(plan: &Plan, index: usize, scope: &dyn Scope) -> bool {
+    plan.step(index).when.as_ref().is_some_and(|w| {
+        w.refs()
+            .iter()
+            .all(|r| matches!(r.root, Root::Input(_) | Root::Company(_)))
+            && !w.eval(scope)
+    })
+}
+
+/// The steps of `plan` that would reach a route `company`'s identity × mailbox combination
+/// cannot carry out ([`Error::Combination`]), with that error: what planning refuses before a
+/// run starts, so that no run waits for something that cannot happen. A step its `when:`
+/// leaves out for this company and these inputs does not count. Inputs that do not prepare
+/// are left to the run's own input checks (nothing is refused here for them).
+pub fn combination_refusals(
+    plan: &Plan,
+    company: &Company,
+    inputs: &Map<String, Value>,
+    catalog: &dyn Catalog,
+) -> Vec<(String, Error)> {
+    let Ok(inputs) = prepare_inputs(plan.def(), inputs) else {
+        return Vec::new();
+    };
+    let scope = PlanScope {
+        inputs: &inputs,
+        company: serde_json::to_value(company).unwrap_or(Value::Null),
+    };
+    (0..plan.steps().len())
+        .filter(|i| !left_out(plan, *i, &scope))
+        .filter_map(|i| {
+            let s = plan.step(i);
+            match route_spec(company, &s.op, catalog.op(&s.op)) {
+                Err(e @ Error::Combination { .. }) => Some((s.id.to_string(), e)),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
 /// One step of `plan` routed for `company`, its parameters described in `scope` (a run's scope
 /// for the approver's view). Secret inputs and secret-looking keys are hidden.
 pub fn describe_step(
@@ -1068,12 +1192,7 @@ pub fn describe_step(
     // A `when:` that reads only inputs and company fields is decided now: a step it leaves out
     // for this company (a licence for a company with no tenant) is not routed, and is no
     // problem. One that reads step outputs is decided when the run gets there.
-    let skipped = s.when.as_ref().is_some_and(|w| {
-        w.refs()
-            .iter()
-            .all(|r| matches!(r.root, Root::Input(_) | Root::Company(_)))
-            && !w.eval(scope)
-    });
+    let skipped = left_out(plan, index, scope);
     let (actions, note, problem) = if skipped {
         (
             Vec::new(),
@@ -1262,6 +1381,7 @@ mod tests {
     #[test]
     fn every_provider_combination_routes_where_the_seed_says() {
         let mut combos = 0;
+        let mut refused = 0;
         for idp in Idp::ALL {
             for mbx in Mbx::ALL {
                 for ad in [Runner::Same, Runner::Other] {
@@ -1333,6 +1453,35 @@ mod tests {
                             }
                         }
 
+                        // The combinations that cannot work are refused, naming the fix: a
+                        // tenant's mailbox for users only AD has (nothing syncs them), and
+                        // Exchange hybrid for cloud-only users (no AD account).
+                        let impossible = (idp == Idp::OnPremAd && mbx != Mbx::ExchangeServer)
+                            || (idp == Idp::EntraId && mbx == Mbx::ExchangeHybrid);
+                        if impossible {
+                            for op in ["mailbox.create", "mailbox.set_forwarding"] {
+                                let e = route(&c, op).expect_err(&ctx);
+                                assert!(matches!(e, Error::Combination { .. }), "{ctx}: {e}");
+                                let text = e.to_string();
+                                assert!(
+                                    text.contains("fix: set ")
+                                        && (text.contains("identity_provider to hybrid")),
+                                    "{ctx}: {text}"
+                                );
+                            }
+                            if idp == Idp::OnPremAd {
+                                assert!(
+                                    matches!(
+                                        route(&c, "license.assign"),
+                                        Err(Error::Combination { .. })
+                                    ),
+                                    "{ctx}"
+                                );
+                            }
+                            refused += 1;
+                            continue;
+                        }
+
                         // Mailbox: standard ops.
                         let fwd = got("mailbox.set_forwarding");
                         assert_eq!(
@@ -1351,6 +1500,10 @@ mod tests {
                         let want_mbx: Vec<String> = match mbx {
                             Mbx::ExchangeOnline => {
                                 vec!["exchange_online.wait_for_mailbox@exchange_online".into()]
+                            }
+                            // A cloud-only user has no AD account: New-Mailbox makes one.
+                            Mbx::ExchangeServer if idp == Idp::EntraId => {
+                                vec![exch_at("exchange_server.new_mailbox")]
                             }
                             Mbx::ExchangeServer => vec![exch_at("exchange_server.enable_mailbox")],
                             Mbx::ExchangeHybrid => {
@@ -1427,6 +1580,10 @@ mod tests {
             }
         }
         assert_eq!(combos, 72);
+        assert_eq!(
+            refused, 18,
+            "3 of the 12 combinations, 6 runner set-ups each"
+        );
     }
 
     #[test]

@@ -362,6 +362,21 @@ pub(super) async fn start(
                     .join("; "),
             ),
             planner::Error::Auth(e) => e.into(),
+            planner::Error::Combination(refused) => {
+                let fix = match refused.first() {
+                    Some((_, steward_core::routing::Error::Combination { fix, .. })) => fix.clone(),
+                    _ => String::new(),
+                };
+                let details = refused
+                    .iter()
+                    .map(|(step, e)| serde_json::json!({"field": "company", "step": step, "message": e.to_string()}))
+                    .collect::<Vec<_>>();
+                ApiError::invalid_many(
+                    format!("nothing was started: {}", planner::Error::Combination(refused)),
+                    details.into(),
+                )
+                .with_fix(fix)
+            }
         })?;
     state.metrics.count("steward_runs_started_total", &[]);
     let snap = state

@@ -350,7 +350,12 @@ impl OnPrem {
             cx.run_id,
             cx.step
         );
-        match self.rmm.quick_job(&device, &name, &vars).await {
+        let correlation = crate::m365::call::Correlation::of(cx).header();
+        match self
+            .rmm
+            .quick_job_for(&device, &name, &vars, &correlation)
+            .await
+        {
             Ok(r) => {
                 sent.rmm_job = Some(r.uid);
                 self.save_sent(key, &sent).await?;

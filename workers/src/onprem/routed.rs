@@ -69,6 +69,29 @@ pub static UNDO_SPEC: OpSpec = OpSpec {
 struct Done {
     /// Per action index: its output and rollback.
     actions: BTreeMap<usize, DoneAction>,
+    /// Per action index: the attempt and the step's poll count when the action was first
+    /// tried, so a cloud action that waits (Exchange Online provisioning a mailbox) counts its
+    /// own checks, not the RMM polls of the actions before it.
+    #[serde(default)]
+    began: BTreeMap<usize, (u32, u32)>,
+}
+
+impl Done {
+    /// `cx` as action `i` should see it: its polls counted from its own first try. Records
+    /// that first try; returns whether the record changed (to be saved).
+    fn context_for(&mut self, i: usize, cx: &OpContext) -> (OpContext, bool) {
+        let attempt = cx.attempt.get();
+        let (changed, start) = match self.began.get(&i) {
+            Some((a, p)) if *a == attempt && *p <= cx.polls => (false, *p),
+            _ => {
+                self.began.insert(i, (attempt, cx.polls));
+                (true, cx.polls)
+            }
+        };
+        let mut acx = cx.clone();
+        acx.polls = cx.polls - start;
+        (acx, changed)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -370,6 +393,50 @@ impl Routed {
                     put("remote_routing_address", json!(r));
                 }
             }
+            "exchange_server.new_mailbox" => {
+                // A cloud-only user's mailbox on Exchange Server: New-Mailbox makes its AD
+                // account (another account than the Entra ID user, with its own password,
+                // handed over through a one-time link like the user's).
+                let upn = user()?;
+                let display = text(input, "display_name").unwrap_or(upn);
+                let password = match text(input, "password") {
+                    Some(p) => p.to_owned(),
+                    None => {
+                        let Some(sink) = &self.secrets else {
+                            return Err(OpError::bad_input(
+                                "password",
+                                "is needed for the mailbox's AD account (this worker cannot deliver a generated one); pass it as a secret input",
+                            ));
+                        };
+                        sink.keep(
+                            &cx.idempotency_key(),
+                            &format!("initial password of the mailbox account {upn}"),
+                            crate::m365::Secret::new(generate_password()),
+                        )
+                        .await
+                        .map_err(|e| OpError::retryable(e.to_string()))?
+                        .secret
+                        .expose()
+                        .to_owned()
+                    }
+                };
+                put("name", json!(display));
+                put("display_name", json!(display));
+                put("user_principal_name", json!(upn));
+                put("alias", json!(sam_from_upn(upn)));
+                put("password", json!(password));
+                for (from, to) in [("given_name", "first_name"), ("surname", "last_name")] {
+                    if let Some(v) = text(input, from) {
+                        put(to, json!(v));
+                    }
+                }
+                if let Some(ou) = text(input, "ou")
+                    .map(str::to_owned)
+                    .or_else(|| company.defaults.ou.clone())
+                {
+                    put("organizational_unit", json!(ou));
+                }
+            }
             "exchange_server.enable_mailbox"
             | "exchange_server.remove_mobile_devices"
             | "exchange_server.set_remote_mailbox"
@@ -499,10 +566,29 @@ impl Routed {
                         return Err(no_settings(cx));
                     }
                     let inputs = self.onprem_inputs(cx, company, a, &input).await?;
-                    match onprem
+                    let progress = match onprem
                         .step(cx, company, a.action, &inputs, &i.to_string())
-                        .await?
+                        .await
                     {
+                        // "AAD is busy": a sync cycle is running. Not a failure, and not an
+                        // attempt used up: the step waits (no worker held) and starts its own
+                        // cycle when checked again. Several steps of one run that each sync
+                        // (offboarding's groups, address list, OU) would otherwise burn their
+                        // retries on each other's cycles.
+                        Err(OpError::Retryable {
+                            message,
+                            code: Some(code),
+                            retry_after,
+                        }) if code == "sync_busy" && a.action == "adsync.start_delta" => {
+                            Progress::Waiting {
+                                check_after: retry_after
+                                    .unwrap_or(std::time::Duration::from_secs(60)),
+                                note: message,
+                            }
+                        }
+                        other => other?,
+                    };
+                    match progress {
                         Progress::Waiting { check_after, note } => {
                             return Ok(OpOutcome::Pending {
                                 check_after,
@@ -549,7 +635,11 @@ impl Routed {
                             m.insert("user".to_owned(), upn);
                         }
                     }
-                    match self.run_cloud(cx, cloud_impl(op, a.action), cin).await? {
+                    let (acx, first) = done.context_for(*i, cx);
+                    if first {
+                        self.save(cx, &done).await?;
+                    }
+                    match self.run_cloud(&acx, cloud_impl(op, a.action), cin).await? {
                         OpOutcome::Pending { check_after, note } => {
                             return Ok(OpOutcome::Pending {
                                 check_after,
@@ -730,5 +820,47 @@ impl Op for RoutedUndo {
             }
             Ok(OpOutcome::done(json!({"undone": items.len()})))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use steward_schemas::{Attempt, Phase, RunId, StepId};
+
+    fn cx(attempt: u32, polls: u32) -> OpContext {
+        OpContext {
+            run_id: RunId::from_ulid(Default::default()),
+            company: "fabrikam".parse().unwrap(),
+            step: StepId::parse("mailbox").unwrap(),
+            phase: Phase::Run,
+            attempt: Attempt::new(attempt).unwrap(),
+            polls,
+            seq: 1,
+            services: Default::default(),
+            settings: None,
+        }
+    }
+
+    /// The hybrid mailbox: Enable-RemoteMailbox and the delta sync (RMM jobs) took 23 polls of
+    /// the step; the cloud wait after them still has all its checks, counted from its first try.
+    #[test]
+    fn a_later_action_counts_its_own_polls() {
+        let mut done = Done::default();
+        let (first, changed) = done.context_for(2, &cx(1, 23));
+        assert_eq!((first.polls, changed), (0, true));
+        let (again, changed) = done.context_for(2, &cx(1, 30));
+        assert_eq!((again.polls, changed), (7, false));
+        // A new attempt (polls start again from 0) starts the count again.
+        let (retry, changed) = done.context_for(2, &cx(2, 0));
+        assert_eq!((retry.polls, changed), (0, true));
+        let (retry, _) = done.context_for(2, &cx(2, 4));
+        assert_eq!(retry.polls, 4);
+        // The record survives a save and load (old records without it read as empty).
+        let text = serde_json::to_string(&done).unwrap();
+        let back: Done = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.began.get(&2), Some(&(2, 0)));
+        let old: Done = serde_json::from_str(r#"{"actions":{}}"#).unwrap();
+        assert!(old.began.is_empty());
     }
 }

@@ -419,6 +419,17 @@ impl Datto {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Value, Error> {
+        self.call_as(method, path, body, None).await
+    }
+
+    /// [`Datto::call`], marked with a step's correlation (`X-Steward-Correlation`).
+    async fn call_as(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        correlation: Option<&str>,
+    ) -> Result<Value, Error> {
         let mut stale: Option<String> = None;
         for _ in 0..2 {
             let token = self.token(stale.as_deref()).await?;
@@ -430,6 +441,9 @@ impl Datto {
                 .bearer_auth(&token);
             if let Some(b) = body {
                 req = req.json(b);
+            }
+            if let Some(c) = correlation {
+                req = req.header(crate::m365::call::CORRELATION_HEADER, c);
             }
             let resp = req
                 .send()
@@ -619,29 +633,17 @@ impl Rmm for Datto {
         job_name: &'a str,
         variables: &'a Variables,
     ) -> BoxFuture<'a, Result<JobRef, Error>> {
-        Box::pin(async move {
-            let body = json!({
-                "jobName": job_name,
-                "jobComponent": {
-                    "componentUid": self.config.component_uid,
-                    "variables": variables.0.iter().map(|(k, v)| json!({"name": k, "value": v})).collect::<Vec<_>>(),
-                },
-            });
-            let r = self
-                .call(
-                    reqwest::Method::PUT,
-                    &format!("/api/v2/device/{}/quickjob", device.uid),
-                    Some(&body),
-                )
-                .await?;
-            let uid = r["job"]["uid"].as_str().ok_or_else(|| Error::Service {
-                status: 200,
-                message: "the quick job answer has no job.uid".to_owned(),
-            })?;
-            Ok(JobRef {
-                uid: uid.to_owned(),
-            })
-        })
+        Box::pin(self.send_quick_job(device, job_name, variables, None))
+    }
+
+    fn quick_job_for<'a>(
+        &'a self,
+        device: &'a Device,
+        job_name: &'a str,
+        variables: &'a Variables,
+        correlation: &'a str,
+    ) -> BoxFuture<'a, Result<JobRef, Error>> {
+        Box::pin(self.send_quick_job(device, job_name, variables, Some(correlation)))
     }
 
     fn job_status<'a>(
@@ -698,5 +700,39 @@ impl Rmm for Datto {
 
     fn requests(&self) -> u64 {
         self.sent.load(Ordering::Relaxed)
+    }
+}
+
+impl Datto {
+    /// `PUT /api/v2/device/{uid}/quickjob` with Steward's runner component.
+    async fn send_quick_job(
+        &self,
+        device: &Device,
+        job_name: &str,
+        variables: &Variables,
+        correlation: Option<&str>,
+    ) -> Result<JobRef, Error> {
+        let body = json!({
+            "jobName": job_name,
+            "jobComponent": {
+                "componentUid": self.config.component_uid,
+                "variables": variables.0.iter().map(|(k, v)| json!({"name": k, "value": v})).collect::<Vec<_>>(),
+            },
+        });
+        let r = self
+            .call_as(
+                reqwest::Method::PUT,
+                &format!("/api/v2/device/{}/quickjob", device.uid),
+                Some(&body),
+                correlation,
+            )
+            .await?;
+        let uid = r["job"]["uid"].as_str().ok_or_else(|| Error::Service {
+            status: 200,
+            message: "the quick job answer has no job.uid".to_owned(),
+        })?;
+        Ok(JobRef {
+            uid: uid.to_owned(),
+        })
     }
 }

@@ -238,6 +238,21 @@ pub trait Rmm: Send + Sync + std::fmt::Debug + 'static {
         variables: &'a Variables,
     ) -> BoxFuture<'a, Result<JobRef, Error>>;
 
+    /// [`Rmm::quick_job`] for one attempt of a step, `correlation` being
+    /// `<run>/<step>/<attempt>`: a platform that can carry it sends it along (Datto: the
+    /// `X-Steward-Correlation` request header, which the sandbox's effect ledger reads and a
+    /// real Datto ignores); by default the correlation is dropped.
+    fn quick_job_for<'a>(
+        &'a self,
+        device: &'a Device,
+        job_name: &'a str,
+        variables: &'a Variables,
+        correlation: &'a str,
+    ) -> BoxFuture<'a, Result<JobRef, Error>> {
+        let _ = correlation;
+        self.quick_job(device, job_name, variables)
+    }
+
     /// Where `job` is on `device`.
     fn job_status<'a>(
         &'a self,
