@@ -20,7 +20,7 @@ pub(crate) type AppState = Arc<Shared>;
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
-        .nest("/graph", crate::graph::router())
+        .nest("/graph", crate::graph::router(shared.clone()))
         .nest("/login", crate::identity::router())
         .nest("/outlook", crate::exchange::router())
         .nest("/datto", crate::datto::router())
