@@ -19,6 +19,7 @@ pub mod error;
 pub mod exo;
 pub mod graph;
 pub mod ops;
+pub mod permissions;
 pub mod secret_out;
 pub mod throttle;
 pub mod token;

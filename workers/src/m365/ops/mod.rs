@@ -204,7 +204,33 @@ fn settle(cx: &OpContext, e: Error) -> Result<OpOutcome, OpError> {
             )),
         });
     }
+    if let Some(diagnosed) = permission_missing(cx, &e) {
+        return Err(diagnosed);
+    }
     Err(e.into())
+}
+
+/// Graph's 403 `Authorization_RequestDenied`: no attempt succeeds until the tenant grants the
+/// permission, so the run pauses with the fix (which permission, and re-consent) instead of
+/// failing as an unexplained 403.
+fn permission_missing(cx: &OpContext, e: &Error) -> Option<OpError> {
+    let s = e.service_error()?;
+    if s.service != Service::Graph || s.status != 403 {
+        return None;
+    }
+    let company = cx.company.to_string();
+    let d = crate::diagnosis::diagnose(&crate::diagnosis::Evidence {
+        text: &s.message,
+        category: Some(&s.code),
+        system: Some(crate::diagnosis::GRAPH),
+        target: Some(&s.request),
+        company: Some(&company),
+        ..Default::default()
+    })?;
+    Some(OpError::NeedsTechnician {
+        message: format!("{e}. {d}"),
+        code: Some(d.code.to_owned()),
+    })
 }
 
 /// The catalog's spec for `name`.
