@@ -358,3 +358,74 @@ fn the_registrations_permissions_match_what_graph_enforces() {
         );
     }
 }
+
+/// A tenant connection with a certificate credential: the token requests carry a client
+/// assertion signed with the certificate's key (the secret on record is wrong, so a secret
+/// would be refused), and a Graph op runs end to end through the engine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_with_a_certificate_runs_a_graph_op() -> Result<()> {
+    use steward_workers::m365::assertion::{Algorithm, ClientCertificate};
+    let env = Env::start(Persistence::None).await?;
+    let sb = sandbox().await?;
+    let creds = credentials();
+    for alg in [Algorithm::Ps256, Algorithm::Rs256] {
+        let cert = ClientCertificate::from_pem(
+            include_str!("../sandbox/fixtures/certs/steward.cert.pem"),
+            steward_workers::m365::Secret::new(include_str!(
+                "../sandbox/fixtures/certs/steward.key.pem"
+            )),
+            alg,
+            None,
+        )?;
+        let mut conn = connection(CONTOSO);
+        conn.client_secret = steward_workers::m365::Secret::new("not-the-secret");
+        conn.certificate = Some(cert);
+        creds.connect("contoso", conn);
+        let sink = MemorySink::new();
+        let registry = Registry::with_m365(m365_at(&sb.base_url, &creds, None, &sink));
+        let plan = Arc::new(steward_core::Plan::load(
+            "licence.yaml",
+            LICENCE,
+            Some(&registry),
+        )?);
+        let worker = start_worker(&env, registry).await?;
+        let before = tokens_issued(&sb).await?;
+        let run = env
+            .start_run(&plan, json!({"user": "megan.bowen@contoso.com"}))
+            .await?;
+        let status = env.wait_end(run, T).await?;
+        assert!(
+            matches!(status, RunStatus::Completed { ref failed, .. } if failed.is_empty()),
+            "{alg}: {status:?}\n{:?}",
+            env.store.history(run).await?
+        );
+        assert!(
+            tokens_issued(&sb).await? > before,
+            "{alg}: no token was issued"
+        );
+        drop(worker);
+    }
+    // With a certificate the app registration does not hold, Microsoft's refusal is kept:
+    // AADSTS700027, terminal.
+    let other = ClientCertificate::from_pem(
+        include_str!("../sandbox/fixtures/certs/other.cert.pem"),
+        steward_workers::m365::Secret::new(include_str!("../sandbox/fixtures/certs/other.key.pem")),
+        Algorithm::Rs256,
+        None,
+    )?;
+    let mut conn = connection(CONTOSO);
+    conn.certificate = Some(other);
+    let m = m365_at(&sb.base_url, &credentials(), None, &MemorySink::new());
+    let err = m
+        .tokens
+        .token(
+            &conn,
+            steward_workers::m365::Resource::Graph,
+            steward_workers::m365::Grant::App,
+        )
+        .await
+        .err()
+        .context("refused")?;
+    assert!(err.to_string().contains("700027"), "{err}");
+    Ok(())
+}

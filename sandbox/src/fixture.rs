@@ -84,6 +84,10 @@ pub(crate) struct AppFx {
     /// [`crate::graph::permissions::STEWARD_DELEGATED`].
     #[serde(default = "default_delegated_permissions")]
     pub(crate) delegated_permissions: Vec<String>,
+    /// Certificates uploaded to the registration (PEM, RSA): client assertions signed with
+    /// their keys are accepted instead of the secret.
+    #[serde(default)]
+    pub(crate) certificates: Vec<String>,
 }
 
 fn default_application_permissions() -> Vec<String> {
@@ -613,6 +617,17 @@ impl Fixture {
             .iter()
             .map(|a| a.client_id.as_str())
             .collect();
+        for (ai, a) in self.partner.apps.iter().enumerate() {
+            for (ci, c) in a.certificates.iter().enumerate() {
+                if let Err(e) = crate::assertion::AppCertificate::from_pem(c) {
+                    return Err(bad(
+                        format!("partner.apps[{ai}].certificates[{ci}]"),
+                        e,
+                        "give a PEM certificate (-----BEGIN CERTIFICATE-----) with an RSA key",
+                    ));
+                }
+            }
+        }
         for (i, t) in self.partner.refresh_tokens.iter().enumerate() {
             if !app_ids.contains(t.client_id.as_str()) {
                 return Err(bad(

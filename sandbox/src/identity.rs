@@ -516,27 +516,55 @@ async fn token(
         .iter()
         .find(|c| c.client_id.eq_ignore_ascii_case(client_id))
         .cloned();
-    let Some(secret) =
-        form_get(&form, "client_secret").or(basic.as_ref().map(|(_, secret)| secret.as_str()))
-    else {
-        return aad_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            7000218,
-            "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
-            now,
-        );
-    };
-    if !app.client_secret.matches(secret) {
-        return aad_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            7000215,
-            &format!(
-                "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."
-            ),
-            now,
-        );
+    if let Some(assertion) = form_get(&form, "client_assertion") {
+        // Certificate credentials: a client assertion instead of the secret.
+        if form_get(&form, "client_assertion_type") != Some(crate::assertion::ASSERTION_TYPE) {
+            return aad_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                900144,
+                &format!(
+                    "The request body must contain the following parameter: 'client_assertion_type' with the value '{}'.",
+                    crate::assertion::ASSERTION_TYPE
+                ),
+                now,
+            );
+        }
+        let endpoint = |t: &str| format!("{}/login/{t}/oauth2/v2.0/token", ctx.origin);
+        let audiences = [endpoint(&tenant), endpoint(&tenant_id)];
+        if let Err(r) =
+            crate::assertion::check(assertion, client_id, &app.certificates, &audiences, now)
+        {
+            let status = if r.error == "invalid_client" {
+                StatusCode::UNAUTHORIZED
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            return aad_error(status, r.error, r.code, &r.description, now);
+        }
+    } else {
+        let Some(secret) =
+            form_get(&form, "client_secret").or(basic.as_ref().map(|(_, secret)| secret.as_str()))
+        else {
+            return aad_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                7000218,
+                "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
+                now,
+            );
+        };
+        if !app.client_secret.matches(secret) {
+            return aad_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                7000215,
+                &format!(
+                    "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."
+                ),
+                now,
+            );
+        }
     }
     let Some(scope) = form_get(&form, "scope") else {
         return missing("scope", now);

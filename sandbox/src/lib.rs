@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use chrono::{DateTime, Utc};
 
 mod admin;
+mod assertion;
 mod autotask;
 mod clock;
 pub mod connectwise;

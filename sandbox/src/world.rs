@@ -84,6 +84,8 @@ pub(crate) struct App {
     pub(crate) application_permissions: Vec<String>,
     /// The Graph delegated permissions the registration asks for.
     pub(crate) delegated_permissions: Vec<String>,
+    /// Certificates uploaded to the registration.
+    pub(crate) certificates: Vec<crate::assertion::AppCertificate>,
 }
 
 /// An app's consent in a tenant: what the tenant's administrator granted it on Graph.
@@ -648,6 +650,11 @@ impl World {
                         redirect_uris: a.redirect_uris.clone(),
                         application_permissions: a.application_permissions.clone(),
                         delegated_permissions: a.delegated_permissions.clone(),
+                        certificates: a
+                            .certificates
+                            .iter()
+                            .filter_map(|c| crate::assertion::AppCertificate::from_pem(c).ok())
+                            .collect(),
                     })
                     .collect(),
             },

@@ -13,6 +13,7 @@
 //!
 //! Base URLs come from [`Config`], so the same code talks to Microsoft or to the sandbox.
 
+pub mod assertion;
 pub mod call;
 pub mod credentials;
 pub mod error;

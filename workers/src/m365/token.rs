@@ -858,10 +858,9 @@ impl TokenClient {
             })?
             .pop_if_empty()
             .extend([tenant, "oauth2", "v2.0", "token"]);
-        let mut form: Vec<(&str, &str)> = vec![
-            ("client_id", conn.client_id.as_str()),
-            ("client_secret", conn.client_secret.expose()),
-        ];
+        let auth = client_auth(conn, &url)?;
+        let mut form: Vec<(&str, &str)> = vec![("client_id", conn.client_id.as_str())];
+        form.extend(auth.iter().map(|(k, v)| (*k, v.expose())));
         match &refresh {
             None => {
                 form.push(("grant_type", "client_credentials"));
@@ -1026,15 +1025,16 @@ impl TokenClient {
     ) -> Result<Redeemed, TokenError> {
         let tenant = conn.tenant.as_str();
         let url = self.endpoint(tenant, "token")?;
-        let form: Vec<(&str, &str)> = vec![
-            ("client_id", conn.client_id.as_str()),
-            ("client_secret", conn.client_secret.expose()),
+        let auth = client_auth(conn, &url)?;
+        let mut form: Vec<(&str, &str)> = vec![("client_id", conn.client_id.as_str())];
+        form.extend(auth.iter().map(|(k, v)| (*k, v.expose())));
+        form.extend([
             ("grant_type", "authorization_code"),
             ("code", code.expose()),
             ("redirect_uri", redirect_uri),
             ("code_verifier", verifier.expose()),
             ("scope", CONSENT_SCOPE),
-        ];
+        ]);
         self.count(|s| s.requests += 1);
         let resp = self
             .inner
@@ -1144,6 +1144,34 @@ pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Durati
         .and_then(|v| v.to_str().ok())
         .and_then(|s| s.trim().parse::<u64>().ok())
         .map(Duration::from_secs)
+}
+
+/// How the app proves itself at the token endpoint `url`: its client secret, or a client
+/// assertion signed with its certificate (then no secret is sent).
+fn client_auth(
+    conn: &Connection,
+    url: &url::Url,
+) -> Result<Vec<(&'static str, Secret)>, TokenError> {
+    match &conn.certificate {
+        None => Ok(vec![("client_secret", conn.client_secret.clone())]),
+        Some(cert) => {
+            let assertion = cert.assertion(&conn.client_id, url.as_str()).map_err(|e| {
+                TokenError::Rejected {
+                    tenant: conn.tenant.clone(),
+                    error: "certificate".to_owned(),
+                    code: 0,
+                    summary: e.to_string(),
+                }
+            })?;
+            Ok(vec![
+                (
+                    "client_assertion_type",
+                    Secret::new(crate::m365::assertion::ASSERTION_TYPE),
+                ),
+                ("client_assertion", assertion),
+            ])
+        }
+    }
 }
 
 #[cfg(test)]
