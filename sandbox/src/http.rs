@@ -354,6 +354,16 @@ pub(crate) struct Ctx {
     pub(crate) headers: HeaderMap,
 }
 
+impl Ctx {
+    /// Whether the request asked for Graph's advanced queries (`ConsistencyLevel: eventual`).
+    pub(crate) fn eventual(&self) -> bool {
+        self.headers
+            .get("consistencylevel")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("eventual"))
+    }
+}
+
 impl<S: Send + Sync> FromRequestParts<S> for Ctx {
     type Rejection = std::convert::Infallible;
 
