@@ -427,5 +427,29 @@ async fn a_tenant_with_a_certificate_runs_a_graph_op() -> Result<()> {
         .err()
         .context("refused")?;
     assert!(err.to_string().contains("700027"), "{err}");
+    // Through the engine, the run pauses with the fix rather than waiting for a consent.
+    let creds = credentials();
+    creds.connect("contoso", conn);
+    let registry = Registry::with_m365(m365_at(&sb.base_url, &creds, None, &MemorySink::new()));
+    let plan = Arc::new(steward_core::Plan::load(
+        "licence.yaml",
+        LICENCE,
+        Some(&registry),
+    )?);
+    let _worker = start_worker(&env, registry).await?;
+    let run = env
+        .start_run(&plan, json!({"user": "megan.bowen@contoso.com"}))
+        .await?;
+    let store = &env.store;
+    let paused = steward_tests::wait_for("the run to pause", T, || async move {
+        let snap = store.load(run).await?.context("run")?;
+        Ok(matches!(snap.doc.state.status, RunStatus::Paused { .. }).then_some(snap))
+    })
+    .await?;
+    let text = serde_json::to_string(&paused.doc.state)?;
+    assert!(
+        text.contains("AADSTS700027") && text.contains("steward tenants certificate"),
+        "{text}"
+    );
     Ok(())
 }

@@ -178,6 +178,19 @@ fn reconsent_wait(cx: &OpContext, e: &Error) -> Option<OpOutcome> {
 /// (no attempt used up), as does a tenant that needs consent again; everything else is a
 /// failure, retryable or terminal.
 fn settle(cx: &OpContext, e: Error) -> Result<OpOutcome, OpError> {
+    // A refused certificate credential is not a consent problem: the run pauses with the fix
+    // (upload or set a current certificate, or mend the clock), and resumes once it is done.
+    if let Error::Token(t) = &e
+        && matches!(
+            t.code().as_deref(),
+            Some("AADSTS700027" | "AADSTS700021" | "AADSTS700023" | "AADSTS700024")
+        )
+    {
+        return Err(OpError::NeedsTechnician {
+            message: e.to_string(),
+            code: t.code(),
+        });
+    }
     if let Some(wait) = reconsent_wait(cx, &e) {
         return Ok(wait);
     }
