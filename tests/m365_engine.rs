@@ -204,3 +204,252 @@ fn find(world: &Value, id: &str) -> Result<Value> {
     }
     walk(world, id).with_context(|| format!("no user {id} in the snapshot"))
 }
+
+const LICENCE: &str = r#"
+name: licence_only
+inputs: {user: {type: string}}
+defaults: {retry: {attempts: 3, initial: 50ms, max_delay: 200ms}}
+steps:
+  - {id: licence, op: license.assign, with: {user: "${{ inputs.user }}", sku: O365_BUSINESS_ESSENTIALS}}
+"#;
+
+/// A tenant whose consent lacks the permission an op needs: Graph answers 403, the step is not
+/// retried, and the run pauses with the diagnosis (which permission, and the re-consent); once
+/// the tenant grants it, resuming the run completes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_missing_a_permission_pauses_the_run_with_the_fix() -> Result<()> {
+    let env = Env::start(Persistence::None).await?;
+    let sb = sandbox().await?;
+    let creds = credentials();
+    let sink = MemorySink::new();
+    let shared = steward_workers::m365::SharedCache {
+        redis: env.store.db().manager(),
+        namespace: env.namespace.clone(),
+    };
+    // Enough to read the user and the SKUs, nothing that assigns licences (User.ReadWrite.All
+    // would: Graph accepts it for assignLicense too).
+    let without = ["User.Read.All", "Organization.Read.All"];
+    let consent = format!("/companies/contoso/consents/{CLIENT_ID}");
+    admin(
+        &sb,
+        "PUT",
+        &consent,
+        Some(json!({"application_permissions": without})),
+    )
+    .await?;
+    let registry = Registry::with_m365(m365_at(&sb.base_url, &creds, Some(shared), &sink));
+    let plan = Arc::new(steward_core::Plan::load(
+        "licence.yaml",
+        LICENCE,
+        Some(&registry),
+    )?);
+    let _worker = start_worker(&env, registry).await?;
+    let run = env
+        .start_run(&plan, json!({"user": "megan.bowen@contoso.com"}))
+        .await?;
+    let store = &env.store;
+    let paused = steward_tests::wait_for("the run to stop", T, || async move {
+        let snap = store.load(run).await?.context("run")?;
+        Ok((!matches!(snap.doc.state.status, RunStatus::Running)).then_some(snap))
+    })
+    .await?;
+    assert!(
+        matches!(paused.doc.state.status, RunStatus::Paused { .. }),
+        "{:?}\n{:?}",
+        paused.doc.state.status,
+        env.store.history(run).await?
+    );
+    let text = serde_json::to_string(&paused.doc.state)?;
+    for want in [
+        "Authorization_RequestDenied",
+        "Grant LicenseAssignment.ReadWrite.All (application permission of Microsoft Graph)",
+        "steward tenants connect contoso",
+    ] {
+        assert!(text.contains(want), "the pause lacks {want:?}: {text}");
+    }
+    // One attempt, blocked rather than failed: a missing permission burns no retries.
+    let refused = admin(&sb, "GET", "/ledger", None).await?;
+    assert!(
+        !refused.to_string().contains("assignLicense"),
+        "nothing was changed: {refused}"
+    );
+    let history = env.store.history(run).await?;
+    let blocked = history
+        .iter()
+        .filter(|e| matches!(e.event, steward_schemas::Event::StepBlocked { .. }))
+        .count();
+    let failed = history
+        .iter()
+        .filter(|e| matches!(e.event, steward_schemas::Event::StepFailed { .. }))
+        .count();
+    assert_eq!((blocked, failed), (1, 0), "{history:?}");
+
+    // The administrator grants it (a re-consent); the technician resumes; the run completes.
+    admin(
+        &sb,
+        "PUT",
+        &consent,
+        Some(json!({"application_permissions": steward_workers::m365::permissions::APPLICATION})),
+    )
+    .await?;
+    env.apply_ok(
+        run,
+        &steward_schemas::Event::ResumeRequested { by: "t".into() },
+    )
+    .await?;
+    let status = env.wait_end(run, T).await?;
+    assert!(
+        matches!(status, RunStatus::Completed { ref failed, .. } if failed.is_empty()),
+        "{status:?}"
+    );
+    Ok(())
+}
+
+/// Steward's list of the permissions its registration needs is the sandbox's default grant, and
+/// every permission the diagnosis names is one the sandbox's Graph accepts for that request.
+#[test]
+fn the_registrations_permissions_match_what_graph_enforces() {
+    use steward_workers::m365::permissions::{self, Kind};
+    assert_eq!(
+        permissions::APPLICATION,
+        steward_sandbox::GRAPH_APPLICATION_PERMISSIONS
+    );
+    assert_eq!(
+        permissions::DELEGATED,
+        steward_sandbox::GRAPH_DELEGATED_PERMISSIONS
+    );
+    for (method, path) in [
+        ("GET", "/users/u"),
+        ("POST", "/users"),
+        ("PATCH", "/users/u"),
+        ("DELETE", "/users/u"),
+        ("PUT", "/users/u/manager/$ref"),
+        ("GET", "/users/u/memberOf/microsoft.graph.group"),
+        ("POST", "/users/u/assignLicense"),
+        ("POST", "/users/u/revokeSignInSessions"),
+        ("GET", "/users/u/authentication/methods"),
+        ("DELETE", "/users/u/authentication/phoneMethods/m"),
+        ("POST", "/users/u/authentication/methods/m/resetPassword"),
+        ("GET", "/users/u/managedDevices"),
+        ("GET", "/groups/g"),
+        ("POST", "/groups/g/members/$ref"),
+        ("DELETE", "/groups/g/members/u/$ref"),
+        ("GET", "/subscribedSkus"),
+        ("POST", "/deviceManagement/managedDevices/d/wipe"),
+        ("POST", "/deviceManagement/managedDevices/d/retire"),
+        ("GET", "/directory/deletedItems/d"),
+        ("POST", "/directory/deletedItems/d/restore"),
+        ("GET", "/roleManagement/directory/roleAssignments"),
+        ("POST", "/roleManagement/directory/roleAssignments"),
+        ("DELETE", "/roleManagement/directory/roleAssignments/r"),
+    ] {
+        let (kind, p) = permissions::needed(&format!("{method} /graph/v1.0{path}"))
+            .unwrap_or_else(|| panic!("{method} {path}: no permission named"));
+        let req = steward_sandbox::graph_requirement(&method.parse().unwrap(), path)
+            .unwrap_or_else(|| panic!("{method} {path}: the sandbox has no requirement"));
+        let accepted = match kind {
+            Kind::Application => req.application,
+            Kind::Delegated => req.delegated,
+        }
+        .unwrap_or_default();
+        assert!(
+            accepted.contains(&p),
+            "{method} {path}: Graph does not accept {kind} {p} (accepts {accepted:?})"
+        );
+    }
+}
+
+/// A tenant connection with a certificate credential: the token requests carry a client
+/// assertion signed with the certificate's key (the secret on record is wrong, so a secret
+/// would be refused), and a Graph op runs end to end through the engine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_with_a_certificate_runs_a_graph_op() -> Result<()> {
+    use steward_workers::m365::assertion::{Algorithm, ClientCertificate};
+    let env = Env::start(Persistence::None).await?;
+    let sb = sandbox().await?;
+    let creds = credentials();
+    for alg in [Algorithm::Ps256, Algorithm::Rs256] {
+        let cert = ClientCertificate::from_pem(
+            include_str!("../sandbox/fixtures/certs/steward.cert.pem"),
+            steward_workers::m365::Secret::new(include_str!(
+                "../sandbox/fixtures/certs/steward.key.pem"
+            )),
+            alg,
+            None,
+        )?;
+        let mut conn = connection(CONTOSO);
+        conn.client_secret = steward_workers::m365::Secret::new("not-the-secret");
+        conn.certificate = Some(cert);
+        creds.connect("contoso", conn);
+        let sink = MemorySink::new();
+        let registry = Registry::with_m365(m365_at(&sb.base_url, &creds, None, &sink));
+        let plan = Arc::new(steward_core::Plan::load(
+            "licence.yaml",
+            LICENCE,
+            Some(&registry),
+        )?);
+        let worker = start_worker(&env, registry).await?;
+        let before = tokens_issued(&sb).await?;
+        let run = env
+            .start_run(&plan, json!({"user": "megan.bowen@contoso.com"}))
+            .await?;
+        let status = env.wait_end(run, T).await?;
+        assert!(
+            matches!(status, RunStatus::Completed { ref failed, .. } if failed.is_empty()),
+            "{alg}: {status:?}\n{:?}",
+            env.store.history(run).await?
+        );
+        assert!(
+            tokens_issued(&sb).await? > before,
+            "{alg}: no token was issued"
+        );
+        drop(worker);
+    }
+    // With a certificate the app registration does not hold, Microsoft's refusal is kept:
+    // AADSTS700027, terminal.
+    let other = ClientCertificate::from_pem(
+        include_str!("../sandbox/fixtures/certs/other.cert.pem"),
+        steward_workers::m365::Secret::new(include_str!("../sandbox/fixtures/certs/other.key.pem")),
+        Algorithm::Rs256,
+        None,
+    )?;
+    let mut conn = connection(CONTOSO);
+    conn.certificate = Some(other);
+    let m = m365_at(&sb.base_url, &credentials(), None, &MemorySink::new());
+    let err = m
+        .tokens
+        .token(
+            &conn,
+            steward_workers::m365::Resource::Graph,
+            steward_workers::m365::Grant::App,
+        )
+        .await
+        .err()
+        .context("refused")?;
+    assert!(err.to_string().contains("700027"), "{err}");
+    // Through the engine, the run pauses with the fix rather than waiting for a consent.
+    let creds = credentials();
+    creds.connect("contoso", conn);
+    let registry = Registry::with_m365(m365_at(&sb.base_url, &creds, None, &MemorySink::new()));
+    let plan = Arc::new(steward_core::Plan::load(
+        "licence.yaml",
+        LICENCE,
+        Some(&registry),
+    )?);
+    let _worker = start_worker(&env, registry).await?;
+    let run = env
+        .start_run(&plan, json!({"user": "megan.bowen@contoso.com"}))
+        .await?;
+    let store = &env.store;
+    let paused = steward_tests::wait_for("the run to pause", T, || async move {
+        let snap = store.load(run).await?.context("run")?;
+        Ok(matches!(snap.doc.state.status, RunStatus::Paused { .. }).then_some(snap))
+    })
+    .await?;
+    let text = serde_json::to_string(&paused.doc.state)?;
+    assert!(
+        text.contains("AADSTS700027") && text.contains("steward tenants certificate"),
+        "{text}"
+    );
+    Ok(())
+}

@@ -430,6 +430,74 @@ async fn a_tenant_connected_by_consent_runs_a_cloud_workflow_and_secrets_stay_ou
     .await
     .map_err(|e| anyhow::anyhow!("{e}\n{}", logs()))?;
 
+    // A certificate credential instead of the secret (admins): bad input is a 422 naming the
+    // field and its fix, a good one is stored sealed and shown by its thumbprint only; refreshes sign
+    // client assertions with it; removing it goes back to the secret.
+    let cert_pem = include_str!("../sandbox/fixtures/certs/steward.cert.pem");
+    let key_pem = include_str!("../sandbox/fixtures/certs/steward.key.pem");
+    let other_key = include_str!("../sandbox/fixtures/certs/other.key.pem");
+    for (body, field) in [
+        (
+            json!({"certificate": "nonsense", "private_key": key_pem}),
+            "certificate",
+        ),
+        (
+            json!({"certificate": cert_pem, "private_key": other_key}),
+            "private_key",
+        ),
+        (
+            json!({"certificate": cert_pem, "private_key": "nonsense"}),
+            "private_key",
+        ),
+        (
+            json!({"certificate": cert_pem, "private_key": key_pem, "algorithm": "HS256"}),
+            "algorithm",
+        ),
+    ] {
+        let (status, b) = api
+            .call("PUT", "/v1/tenants/contoso/certificate", Some(body))
+            .await?;
+        assert_eq!(status, 422, "{b}");
+        assert_eq!(b["error"]["field"], field, "{b}");
+        assert!(
+            b["error"]["fix"].as_str().is_some_and(|f| !f.is_empty()),
+            "{b}"
+        );
+    }
+    let (status, view) = api
+        .call(
+            "PUT",
+            "/v1/tenants/contoso/certificate",
+            Some(json!({"certificate": cert_pem, "private_key": key_pem, "algorithm": "PS256"})),
+        )
+        .await?;
+    assert_eq!(status, 200, "{view}\n{}", logs());
+    assert_eq!(view["certificate"]["algorithm"], "PS256", "{view}");
+    assert_eq!(
+        view["certificate"]["thumbprint"].as_str().map(str::len),
+        Some(40),
+        "{view}"
+    );
+    let (status, refreshed) = api
+        .call("POST", "/v1/tenants/contoso/refresh", Some(json!(null)))
+        .await?;
+    assert_eq!(
+        (status, &refreshed["status"]),
+        (200, &json!("healthy")),
+        "{refreshed}\n{}",
+        logs()
+    );
+    assert!(refreshed["certificate"].is_object(), "{refreshed}");
+    let (status, _) = api
+        .call("DELETE", "/v1/tenants/contoso/certificate", None)
+        .await?;
+    assert_eq!(status, 204);
+    let (status, _) = api
+        .call("DELETE", "/v1/tenants/contoso/certificate", None)
+        .await?;
+    assert_eq!(status, 404);
+    let key_line = key_pem.lines().nth(3).context("a key line")?.to_owned();
+
     // No secret in Redis, the logs or the API's answers.
     let _ = api.call("GET", "/v1/tenants", None).await?;
     let _ = api.call("GET", &format!("/v1/runs/{run}"), None).await?;
@@ -447,6 +515,7 @@ async fn a_tenant_connected_by_consent_runs_a_cloud_workflow_and_secrets_stay_ou
             ("password", password.as_str()),
             ("a refresh token", "0.SBX"),
             ("an authorization code", "1.SBXC"),
+            ("the certificate's private key", key_line.as_str()),
         ] {
             // The consent URL (with its state) is the connect request's answer, by design.
             if name == "state" && *what == "answers" {

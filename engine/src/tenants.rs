@@ -99,6 +99,9 @@ pub enum Error {
     /// A record in Redis is damaged.
     #[error("the tenant connection of `{0}` is damaged: {1}")]
     Corrupt(String, String),
+    /// The stored certificate credential cannot be used (expired, or its key does not open).
+    #[error("the certificate of company `{0}`'s tenant connection cannot be used: {1}")]
+    Certificate(String, String),
 }
 
 /// `Result` of this module.
@@ -180,7 +183,31 @@ pub struct TenantView {
     /// The tenant's administrator who consented, as Microsoft named them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub consented_by: Option<String>,
+    /// The certificate credential app-only calls sign their client assertions with, when one
+    /// is set (else the client secret is used).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<CertificateView>,
 }
+
+/// A tenant connection's certificate credential (its public facts; the key is never shown).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CertificateView {
+    /// The certificate's SHA-1 thumbprint (hex), as the Azure portal shows it.
+    pub thumbprint: String,
+    /// `RS256` or `PS256`.
+    pub algorithm: String,
+    /// When the certificate expires.
+    pub not_after: Timestamp,
+}
+
+/// The hash fields of a certificate credential.
+const CERT_FIELDS: [&str; 5] = [
+    "cert_pem",
+    "cert_key",
+    "cert_alg",
+    "cert_thumbprint",
+    "cert_not_after",
+];
 
 /// Tenant connections on Redis. Cheap to clone.
 #[derive(Clone)]
@@ -277,6 +304,22 @@ impl Tenants {
             .db
             .query(redis::cmd("HGET").arg(&key).arg("tenant"))
             .await?;
+        // A certificate credential outlives a re-consent of the same app in the same tenant.
+        let mut kept_cert: Vec<(&str, String)> = Vec::new();
+        if previous.as_deref() == Some(tenant.as_str()) {
+            let mut q = redis::cmd("HMGET");
+            q.arg(&key).arg("client_id").arg(&CERT_FIELDS[..]);
+            let vals: Vec<Option<String>> = self.db.query(&q).await?;
+            if vals.first().cloned().flatten().as_deref() == Some(client_id)
+                && vals[1..].iter().all(Option::is_some)
+            {
+                kept_cert = CERT_FIELDS
+                    .iter()
+                    .zip(vals[1..].iter().flatten())
+                    .map(|(k, v)| (*k, v.clone()))
+                    .collect();
+            }
+        }
         let mut pipe = redis::pipe();
         pipe.atomic();
         if let Some(prev) = previous.filter(|p| *p != tenant) {
@@ -305,6 +348,9 @@ impl Tenants {
                 ("consented_by", consented_by.unwrap_or_default().to_owned()),
             ],
         );
+        if !kept_cert.is_empty() {
+            pipe.ignore().hset_multiple(&key, &kept_cert);
+        }
         pipe.ignore()
             .hset(self.by_tenant_key(), &tenant, company.as_str())
             .ignore()
@@ -317,6 +363,55 @@ impl Tenants {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Sets (or replaces) the certificate credential of a company's connection: app-only
+    /// token requests then send a client assertion signed with it instead of the secret. The
+    /// private key is sealed for the tenant like the client secret.
+    pub async fn set_certificate(
+        &self,
+        company: &CompanyId,
+        cert: &steward_workers::m365::assertion::ClientCertificate,
+    ) -> Result<TenantView> {
+        let key = self.conn_key(company.as_str());
+        let tenant: Option<String> = self
+            .db
+            .query(redis::cmd("HGET").arg(&key).arg("tenant"))
+            .await?;
+        let Some(tenant) = tenant else {
+            return Err(Error::NotConnected(company.to_string()));
+        };
+        let sealed = self.ring.seal(
+            &Secret::from(cert.private_key.expose().to_owned()),
+            &Self::cx(&tenant, "certificate_key"),
+        );
+        let fields = [
+            ("cert_pem", cert.certificate_pem.clone()),
+            ("cert_key", sealed),
+            ("cert_alg", cert.algorithm.as_str().to_owned()),
+            ("cert_thumbprint", cert.thumbprint_sha1_hex.clone()),
+            ("cert_not_after", (cert.not_after * 1000).to_string()),
+        ];
+        let _: () = self
+            .db
+            .query(redis::cmd("HSET").arg(&key).arg(&fields[..]))
+            .await?;
+        self.view(company)
+            .await?
+            .ok_or_else(|| Error::NotConnected(company.to_string()))
+    }
+
+    /// Removes the certificate credential (back to the client secret); whether there was one.
+    pub async fn remove_certificate(&self, company: &CompanyId) -> Result<bool> {
+        let removed: i64 = self
+            .db
+            .query(
+                redis::cmd("HDEL")
+                    .arg(self.conn_key(company.as_str()))
+                    .arg(&CERT_FIELDS[..]),
+            )
+            .await?;
+        Ok(removed > 0)
     }
 
     /// Removes a company's connection; whether there was one.
@@ -426,10 +521,42 @@ impl Tenants {
         let opened = self
             .ring
             .open(&secret, &Self::cx(&tenant, "client_secret"))?;
+        let (pem, key, alg): (Option<String>, Option<String>, Option<String>) = self
+            .db
+            .query(
+                redis::cmd("HMGET")
+                    .arg(self.conn_key(company))
+                    .arg("cert_pem")
+                    .arg("cert_key")
+                    .arg("cert_alg"),
+            )
+            .await?;
+        let certificate = match (pem, key) {
+            (Some(pem), Some(key)) => {
+                let key = self
+                    .ring
+                    .open(&key, &Self::cx(&tenant, "certificate_key"))?;
+                let algorithm = alg
+                    .as_deref()
+                    .and_then(steward_workers::m365::assertion::Algorithm::parse)
+                    .unwrap_or_default();
+                Some(
+                    steward_workers::m365::assertion::ClientCertificate::from_pem(
+                        &pem,
+                        steward_workers::m365::Secret::new(key.expose()),
+                        algorithm,
+                        None,
+                    )
+                    .map_err(|e| Error::Certificate(company.to_owned(), e.to_string()))?,
+                )
+            }
+            _ => None,
+        };
         Ok(Some(Connection {
             tenant,
             client_id,
             client_secret: steward_workers::m365::Secret::new(opened.expose()),
+            certificate,
         }))
     }
 
@@ -679,11 +806,29 @@ fn view_of(
         connected_at: time("connected_at").unwrap_or_default(),
         connected_by: get("connected_by").unwrap_or_default(),
         consented_by: get("consented_by"),
+        certificate: match (
+            get("cert_thumbprint"),
+            get("cert_alg"),
+            time("cert_not_after"),
+        ) {
+            (Some(thumbprint), Some(algorithm), Some(not_after)) => Some(CertificateView {
+                thumbprint,
+                algorithm,
+                not_after,
+            }),
+            _ => None,
+        },
     })
 }
 
 fn unavailable(e: &Error) -> creds::Error {
     match e {
+        Error::Certificate(..) => creds::Error::Unusable {
+            tenant: String::new(),
+            reason: format!(
+                "{e}; fix: set a current certificate (steward tenants certificate COMPANY --cert FILE --key FILE) or remove it to use the client secret"
+            ),
+        },
         Error::Open(o) => creds::Error::Unusable {
             tenant: String::new(),
             reason: o.to_string(),
@@ -1103,6 +1248,7 @@ impl Connector {
             tenant: pending.tenant.clone(),
             client_id: pending.client_id.clone(),
             client_secret: steward_workers::m365::Secret::new(secret.expose()),
+            certificate: None,
         };
         let redeemed = self
             .tokens

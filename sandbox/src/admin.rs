@@ -41,6 +41,10 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/jobs/release", post(release_jobs))
         .route("/companies/{id}/sync/start", post(start_sync))
         .route("/companies/{id}/faults", post(company_faults))
+        .route(
+            "/companies/{id}/consents/{client_id}",
+            axum::routing::put(set_consent).delete(withdraw_consent),
+        )
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
 }
@@ -552,4 +556,87 @@ async fn company_faults(
         "double_hop_misconfigured": c.exchange_server.as_ref().map(|x| !x.double_hop_configured),
         "winrm_unreachable": c.ad.as_ref().map(|f| !f.winrm_reachable),
     }))
+}
+
+/// What a tenant's administrator granted an app (`PUT /admin/companies/{id}/consents/{client}`);
+/// an omitted list keeps what is granted now (or, for a new consent, the registration's).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsentBody {
+    #[serde(default)]
+    application_permissions: Option<Vec<String>>,
+    #[serde(default)]
+    delegated_permissions: Option<Vec<String>>,
+}
+
+/// Sets an app's grant in a tenant, as an administrator editing the enterprise app's
+/// permissions would. Tokens already issued keep the permissions they carry until they expire,
+/// as Microsoft's do.
+async fn set_consent(
+    State(shared): State<AppState>,
+    Path((id, client_id)): Path<(String, String)>,
+    bytes: Bytes,
+) -> AdminResult {
+    let b: ConsentBody = body(&bytes)?;
+    let (mut st, _) = shared.lock();
+    let app = st
+        .world
+        .app(&client_id)
+        .map(|a| {
+            (
+                a.application_permissions.clone(),
+                a.delegated_permissions.clone(),
+            )
+        })
+        .ok_or_else(|| AdminError::not_found(format!("no partner app '{client_id}'")))?;
+    let c = st
+        .world
+        .company_mut(&id)
+        .ok_or_else(|| AdminError::not_found(format!("no company '{id}'")))?;
+    let current = c
+        .tenant
+        .consented_apps
+        .iter()
+        .position(|a| a.client_id.eq_ignore_ascii_case(&client_id));
+    let (roles, scopes) = match current {
+        Some(i) => (
+            c.tenant.consented_apps[i].roles.clone(),
+            c.tenant.consented_apps[i].scopes.clone(),
+        ),
+        None => app,
+    };
+    let consent = crate::world::Consent {
+        client_id: client_id.clone(),
+        roles: b.application_permissions.unwrap_or(roles),
+        scopes: b.delegated_permissions.unwrap_or(scopes),
+    };
+    if let Some(i) = current {
+        c.tenant.consented_apps.remove(i);
+    }
+    c.tenant.consented_apps.push(consent.clone());
+    ok(json!({
+        "company": id,
+        "client_id": client_id,
+        "application_permissions": consent.roles,
+        "delegated_permissions": consent.scopes,
+    }))
+}
+
+/// Withdraws an app's consent in a tenant (its service principal deleted).
+async fn withdraw_consent(
+    State(shared): State<AppState>,
+    Path((id, client_id)): Path<(String, String)>,
+) -> AdminResult {
+    let (mut st, _) = shared.lock();
+    let c = st
+        .world
+        .company_mut(&id)
+        .ok_or_else(|| AdminError::not_found(format!("no company '{id}'")))?;
+    let before = c.tenant.consented_apps.len();
+    c.tenant
+        .consented_apps
+        .retain(|a| !a.client_id.eq_ignore_ascii_case(&client_id));
+    ok(
+        json!({"company": id, "client_id": client_id, "withdrawn": before != c.tenant.consented_apps.len()}),
+    )
 }

@@ -75,6 +75,61 @@ pub(crate) struct AppFx {
     /// `127.0.0.1`) match whatever port a request names, as Microsoft matches them.
     #[serde(default = "default_redirect_uris")]
     pub(crate) redirect_uris: Vec<String>,
+    /// The Microsoft Graph application permissions (app roles) the registration asks for; an
+    /// admin's consent grants them in the tenant. Default: what Steward's ops need
+    /// ([`crate::graph::permissions::STEWARD_APPLICATION`]).
+    #[serde(default = "default_application_permissions")]
+    pub(crate) application_permissions: Vec<String>,
+    /// The Microsoft Graph delegated permissions the registration asks for. Default:
+    /// [`crate::graph::permissions::STEWARD_DELEGATED`].
+    #[serde(default = "default_delegated_permissions")]
+    pub(crate) delegated_permissions: Vec<String>,
+    /// Certificates uploaded to the registration (PEM, RSA): client assertions signed with
+    /// their keys are accepted instead of the secret.
+    #[serde(default)]
+    pub(crate) certificates: Vec<String>,
+}
+
+fn default_application_permissions() -> Vec<String> {
+    crate::graph::permissions::STEWARD_APPLICATION
+        .iter()
+        .map(|p| (*p).to_owned())
+        .collect()
+}
+
+fn default_delegated_permissions() -> Vec<String> {
+    crate::graph::permissions::STEWARD_DELEGATED
+        .iter()
+        .map(|p| (*p).to_owned())
+        .collect()
+}
+
+/// An app consented in a tenant: its client id alone (the tenant granted everything the app
+/// registration asks for), or the client id with what the tenant granted (a consent given
+/// before the registration asked for more).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum ConsentFx {
+    /// Everything the registration asks for.
+    Full(String),
+    /// An explicit grant.
+    Partial {
+        client_id: String,
+        /// Granted application permissions (default: the registration's).
+        #[serde(default)]
+        application_permissions: Option<Vec<String>>,
+        /// Granted delegated permissions (default: the registration's).
+        #[serde(default)]
+        delegated_permissions: Option<Vec<String>>,
+    },
+}
+
+impl ConsentFx {
+    pub(crate) fn client_id(&self) -> &str {
+        match self {
+            Self::Full(id) | Self::Partial { client_id: id, .. } => id,
+        }
+    }
 }
 
 fn default_app_name() -> String {
@@ -195,7 +250,7 @@ pub(crate) struct TenantFx {
     #[serde(default)]
     pub(crate) domains: Vec<String>,
     #[serde(default)]
-    pub(crate) consented_apps: Vec<String>,
+    pub(crate) consented_apps: Vec<ConsentFx>,
     /// How long after a mailbox becomes due (licence assigned, remote mailbox synced) Exchange
     /// Online takes to create the recipient.
     #[serde(default = "default_mailbox_delay")]
@@ -562,6 +617,17 @@ impl Fixture {
             .iter()
             .map(|a| a.client_id.as_str())
             .collect();
+        for (ai, a) in self.partner.apps.iter().enumerate() {
+            for (ci, c) in a.certificates.iter().enumerate() {
+                if let Err(e) = crate::assertion::AppCertificate::from_pem(c) {
+                    return Err(bad(
+                        format!("partner.apps[{ai}].certificates[{ci}]"),
+                        e,
+                        "give a PEM certificate (-----BEGIN CERTIFICATE-----) with an RSA key",
+                    ));
+                }
+            }
+        }
         for (i, t) in self.partner.refresh_tokens.iter().enumerate() {
             if !app_ids.contains(t.client_id.as_str()) {
                 return Err(bad(
@@ -626,7 +692,8 @@ impl Fixture {
                 ));
             }
             for (ai, a) in t.consented_apps.iter().enumerate() {
-                if !app_ids.contains(a.as_str()) {
+                let a = a.client_id();
+                if !app_ids.contains(a) {
                     return Err(bad(
                         format!("{p}.tenant.consented_apps[{ai}]"),
                         format!("no partner app has client_id '{a}'"),

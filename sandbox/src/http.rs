@@ -20,7 +20,7 @@ pub(crate) type AppState = Arc<Shared>;
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
-        .nest("/graph", crate::graph::router())
+        .nest("/graph", crate::graph::router(shared.clone()))
         .nest("/login", crate::identity::router())
         .nest("/outlook", crate::exchange::router())
         .nest("/datto", crate::datto::router())
@@ -352,6 +352,16 @@ pub(crate) struct Ctx {
     /// [`Origin`].
     pub(crate) origin: String,
     pub(crate) headers: HeaderMap,
+}
+
+impl Ctx {
+    /// Whether the request asked for Graph's advanced queries (`ConsistencyLevel: eventual`).
+    pub(crate) fn eventual(&self) -> bool {
+        self.headers
+            .get("consistencylevel")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("eventual"))
+    }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Ctx {

@@ -52,6 +52,8 @@ pub(crate) struct AccessToken {
     pub(crate) expires_at: DateTime<Utc>,
     /// App-only (client credentials) rather than a user's delegated rights.
     pub(crate) app_only: bool,
+    /// What the token carries: its `roles` (app-only) or `scp` (delegated).
+    pub(crate) permissions: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -466,7 +468,7 @@ async fn token(
         .and_then(|c| st.tokens.codes.get(&digest(c)))
         .and_then(|c| tenant_user(&c.user));
     let tenant_id = company.tenant.id.clone();
-    let consented = company.tenant.consented_apps.clone();
+    let consents = company.tenant.consented_apps.clone();
     // client_secret_basic: `Authorization: Basic base64(urlencode(id):urlencode(secret))`.
     let basic = headers
         .get("authorization")
@@ -510,27 +512,59 @@ async fn token(
         );
     };
     let app_name = app.display_name.clone();
-    let Some(secret) =
-        form_get(&form, "client_secret").or(basic.as_ref().map(|(_, secret)| secret.as_str()))
-    else {
-        return aad_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            7000218,
-            "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
-            now,
-        );
-    };
-    if !app.client_secret.matches(secret) {
-        return aad_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            7000215,
-            &format!(
-                "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."
-            ),
-            now,
-        );
+    let consent = consents
+        .iter()
+        .find(|c| c.client_id.eq_ignore_ascii_case(client_id))
+        .cloned();
+    if let Some(assertion) = form_get(&form, "client_assertion") {
+        // Certificate credentials: a client assertion instead of the secret.
+        if form_get(&form, "client_assertion_type") != Some(crate::assertion::ASSERTION_TYPE) {
+            return aad_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                900144,
+                &format!(
+                    "The request body must contain the following parameter: 'client_assertion_type' with the value '{}'.",
+                    crate::assertion::ASSERTION_TYPE
+                ),
+                now,
+            );
+        }
+        let endpoint = |t: &str| format!("{}/login/{t}/oauth2/v2.0/token", ctx.origin);
+        let audiences = [endpoint(&tenant), endpoint(&tenant_id)];
+        if let Err(r) =
+            crate::assertion::check(assertion, client_id, &app.certificates, &audiences, now)
+        {
+            let status = if r.error == "invalid_client" {
+                StatusCode::UNAUTHORIZED
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            return aad_error(status, r.error, r.code, &r.description, now);
+        }
+    } else {
+        let Some(secret) =
+            form_get(&form, "client_secret").or(basic.as_ref().map(|(_, secret)| secret.as_str()))
+        else {
+            return aad_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                7000218,
+                "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
+                now,
+            );
+        };
+        if !app.client_secret.matches(secret) {
+            return aad_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                7000215,
+                &format!(
+                    "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."
+                ),
+                now,
+            );
+        }
     }
     let Some(scope) = form_get(&form, "scope") else {
         return missing("scope", now);
@@ -590,7 +624,7 @@ async fn token(
         "client_credentials" => {
             // An app never consented in the tenant has no service principal there: Microsoft
             // answers client credentials with AADSTS700016 (unauthorized_client), not 65001.
-            if !consented.iter().any(|c| c.eq_ignore_ascii_case(client_id)) {
+            let Some(consent) = consent else {
                 return aad_error(
                     StatusCode::BAD_REQUEST,
                     "unauthorized_client",
@@ -600,13 +634,19 @@ async fn token(
                     ),
                     now,
                 );
-            }
+            };
+            // The roles the tenant granted the app on that resource.
+            let roles = if audience == OUTLOOK_AUDIENCE {
+                vec!["Exchange.ManageAsApp".to_owned()]
+            } else {
+                consent.roles
+            };
             let exp = now + Duration::seconds(ACCESS_TOKEN_SECONDS);
             let claims = json!({
                 "aud": audience, "iss": format!("https://sts.windows.net/{tenant_id}/"),
                 "iat": now.timestamp(), "nbf": now.timestamp(), "exp": exp.timestamp(),
                 "appid": client_id, "app_displayname": app_name, "tid": tenant_id,
-                "idtyp": "app", "roles": ["User.ReadWrite.All", "Directory.ReadWrite.All"],
+                "idtyp": "app", "roles": roles,
             });
             let token = st.tokens.mint(seed, &claims);
             st.tokens.access.insert(
@@ -616,6 +656,7 @@ async fn token(
                     audience,
                     expires_at: exp,
                     app_only: true,
+                    permissions: roles,
                 },
             );
             axum::Json(json!({
@@ -678,9 +719,9 @@ async fn token(
                     now,
                 );
             }
-            if !consented.iter().any(|c| c.eq_ignore_ascii_case(client_id)) {
+            let Some(consent) = consent else {
                 return consent_missing();
-            }
+            };
             let grant = Delegation {
                 origin: &ctx.origin,
                 company_id,
@@ -691,6 +732,7 @@ async fn token(
                 user: &rt.user,
                 in_tenant: refresh_user,
                 scope,
+                granted: consent.scopes,
                 client_info: form_get(&form, "client_info") == Some("1"),
             };
             delegated_answer(&mut st, seed, grant, now)
@@ -770,9 +812,9 @@ async fn token(
                     );
                 }
             }
-            if !consented.iter().any(|c| c.eq_ignore_ascii_case(client_id)) {
+            let Some(consent) = consent else {
                 return consent_missing();
-            }
+            };
             if let Some(c) = st.tokens.codes.get_mut(&digest(presented)) {
                 c.redeemed = true;
             }
@@ -786,6 +828,7 @@ async fn token(
                 user: &code.user,
                 in_tenant: code_user,
                 scope,
+                granted: consent.scopes,
                 client_info: form_get(&form, "client_info") == Some("1"),
             };
             delegated_answer(&mut st, seed, grant, now)
@@ -812,6 +855,8 @@ struct Delegation<'a> {
     /// The user's (id, display name) when they are a user of the tenant.
     in_tenant: Option<(String, Option<String>)>,
     scope: &'a str,
+    /// The delegated permissions the tenant granted the app on Graph.
+    granted: Vec<String>,
     client_info: bool,
 }
 
@@ -825,7 +870,11 @@ fn delegated_answer(
 ) -> Response {
     let exp = now + Duration::seconds(ACCESS_TOKEN_SECONDS);
     let person = Person::of(&st.world.partner, g.user, g.tenant_id, g.in_tenant);
-    let granted = delegated_permissions(g.audience);
+    let granted: Vec<String> = if g.audience == OUTLOOK_AUDIENCE {
+        vec!["Exchange.Manage".to_owned()]
+    } else {
+        g.granted.clone()
+    };
     let claims = json!({
         "aud": g.audience, "iss": format!("https://sts.windows.net/{}/", g.tenant_id),
         "iat": now.timestamp(), "nbf": now.timestamp(), "exp": exp.timestamp(),
@@ -840,6 +889,7 @@ fn delegated_answer(
             audience: g.audience,
             expires_at: exp,
             app_only: false,
+            permissions: granted.clone(),
         },
     );
     let new_rt = st.tokens.new_refresh(seed, g.client_id, g.user, now);
@@ -1171,14 +1221,21 @@ async fn authorize_decide(
                 .to_owned(),
         )
     });
-    if let Some(c) = st.world.companies.iter_mut().find(|c| c.id == req.company)
-        && !c
-            .tenant
+    // Admin consent grants what the app registration asks for now (a re-consent after the
+    // registration asked for more grants the new permissions too).
+    let grant = st.world.app(&req.client_id).map(|a| crate::world::Consent {
+        client_id: a.client_id.clone(),
+        roles: a.application_permissions.clone(),
+        scopes: a.delegated_permissions.clone(),
+    });
+    if let (Some(c), Some(grant)) = (
+        st.world.companies.iter_mut().find(|c| c.id == req.company),
+        grant,
+    ) {
+        c.tenant
             .consented_apps
-            .iter()
-            .any(|a| a.eq_ignore_ascii_case(&req.client_id))
-    {
-        c.tenant.consented_apps.push(req.client_id.clone());
+            .retain(|a| !a.client_id.eq_ignore_ascii_case(&req.client_id));
+        c.tenant.consented_apps.push(grant);
     }
     st.tokens.issued += 1;
     let code = format!(
@@ -1213,16 +1270,6 @@ async fn authorize_decide(
     }
     pairs.push(("session_state", &session));
     redirect_to(&req.redirect_uri, &pairs)
-}
-
-/// The delegated permissions the partner's app holds on each resource (what a refresh grants
-/// whatever was asked for).
-fn delegated_permissions(audience: &str) -> &'static [&'static str] {
-    if audience == OUTLOOK_AUDIENCE {
-        &["Exchange.Manage"]
-    } else {
-        &["Directory.AccessAsUser.All", "User.ReadWrite.All"]
-    }
 }
 
 /// The signed-in person of a delegated token, as ID tokens and `client_info` describe them.
@@ -1364,6 +1411,7 @@ mod tests {
                 company: "c".into(),
                 audience: GRAPH_AUDIENCE,
                 expires_at: now + Duration::seconds(10),
+                permissions: vec![],
                 app_only: true,
             },
         );

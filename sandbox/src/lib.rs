@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use chrono::{DateTime, Utc};
 
 mod admin;
+mod assertion;
 mod autotask;
 mod clock;
 pub mod connectwise;
@@ -44,6 +45,10 @@ mod secret;
 mod tls;
 mod world;
 
+pub use graph::permissions::{
+    Requirement as GraphRequirement, STEWARD_APPLICATION as GRAPH_APPLICATION_PERMISSIONS,
+    STEWARD_DELEGATED as GRAPH_DELEGATED_PERMISSIONS, requirement_for_path as graph_requirement,
+};
 pub use tls::{Tls, TlsError};
 
 /// How to build a sandbox.

@@ -82,6 +82,22 @@ pub(crate) struct App {
     pub(crate) client_secret: Secret,
     pub(crate) display_name: String,
     pub(crate) redirect_uris: Vec<String>,
+    /// The Graph application permissions the registration asks for.
+    pub(crate) application_permissions: Vec<String>,
+    /// The Graph delegated permissions the registration asks for.
+    pub(crate) delegated_permissions: Vec<String>,
+    /// Certificates uploaded to the registration.
+    pub(crate) certificates: Vec<crate::assertion::AppCertificate>,
+}
+
+/// An app's consent in a tenant: what the tenant's administrator granted it on Graph.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Consent {
+    pub(crate) client_id: String,
+    /// Application permissions (the `roles` of app-only tokens).
+    pub(crate) roles: Vec<String>,
+    /// Delegated permissions (the `scp` of delegated tokens).
+    pub(crate) scopes: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -102,7 +118,7 @@ pub(crate) struct Tenant {
     pub(crate) id: String,
     pub(crate) initial_domain: String,
     pub(crate) domains: Vec<String>,
-    pub(crate) consented_apps: Vec<String>,
+    pub(crate) consented_apps: Vec<Consent>,
     pub(crate) mailbox_provisioning_delay_seconds: i64,
     pub(crate) skus: Vec<Sku>,
     pub(crate) users: Vec<User>,
@@ -671,6 +687,13 @@ impl World {
                         client_secret: a.client_secret.digest(),
                         display_name: a.display_name.clone(),
                         redirect_uris: a.redirect_uris.clone(),
+                        application_permissions: a.application_permissions.clone(),
+                        delegated_permissions: a.delegated_permissions.clone(),
+                        certificates: a
+                            .certificates
+                            .iter()
+                            .filter_map(|c| crate::assertion::AppCertificate::from_pem(c).ok())
+                            .collect(),
                     })
                     .collect(),
             },
@@ -781,6 +804,35 @@ impl World {
         Ok(out)
     }
 
+    /// What a fixture's consent grants: its explicit lists, else the app registration's.
+    fn consent_of(&self, c: &fixture::ConsentFx) -> Consent {
+        let app = self
+            .partner
+            .apps
+            .iter()
+            .find(|a| a.client_id.eq_ignore_ascii_case(c.client_id()));
+        let (roles, scopes) = match c {
+            fixture::ConsentFx::Full(_) => (None, None),
+            fixture::ConsentFx::Partial {
+                application_permissions,
+                delegated_permissions,
+                ..
+            } => (
+                application_permissions.clone(),
+                delegated_permissions.clone(),
+            ),
+        };
+        Consent {
+            client_id: c.client_id().to_owned(),
+            roles: roles
+                .or_else(|| app.map(|a| a.application_permissions.clone()))
+                .unwrap_or_default(),
+            scopes: scopes
+                .or_else(|| app.map(|a| a.delegated_permissions.clone()))
+                .unwrap_or_default(),
+        }
+    }
+
     fn load_company(&mut self, c: &fixture::CompanyFx, now: DateTime<Utc>) -> Company {
         let seed = self.seed;
         let t = &c.tenant;
@@ -790,7 +842,11 @@ impl World {
             id: t.id.to_ascii_lowercase(),
             initial_domain: t.initial_domain.clone(),
             domains,
-            consented_apps: t.consented_apps.clone(),
+            consented_apps: t
+                .consented_apps
+                .iter()
+                .map(|c| self.consent_of(c))
+                .collect(),
             mailbox_provisioning_delay_seconds: t.mailbox_provisioning_delay_seconds as i64,
             skus: t
                 .skus
@@ -1256,6 +1312,14 @@ impl World {
 
     pub(crate) fn company_mut(&mut self, id: &str) -> Option<&mut Company> {
         self.companies.iter_mut().find(|c| c.id == id)
+    }
+
+    /// The partner app `client_id`.
+    pub(crate) fn app(&self, client_id: &str) -> Option<&App> {
+        self.partner
+            .apps
+            .iter()
+            .find(|a| a.client_id.eq_ignore_ascii_case(client_id))
     }
 
     pub(crate) fn company_by_tenant(&self, tenant: &str) -> Option<&Company> {

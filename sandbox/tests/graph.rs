@@ -1498,6 +1498,43 @@ async fn filters_the_sandbox_does_not_evaluate_are_unsupported_not_malformed() -
         "Request_UnsupportedQuery",
     )
     .await?;
+    // With Graph's advanced queries (ConsistencyLevel: eventual and $count=true) `endswith`
+    // and `ne` are served.
+    let r = g
+        .http
+        .get(format!(
+            "{}/users?$count=true&$filter=endswith(userPrincipalName,'@contoso.com') and userPrincipalName ne 'megan.bowen@contoso.com'&$select=userPrincipalName",
+            g.base
+        ))
+        .bearer_auth(&g.token)
+        .header("ConsistencyLevel", "eventual")
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 200);
+    let b: Value = r.json().await?;
+    let upns: Vec<&str> = b["value"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .filter_map(|u| u["userPrincipalName"].as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(upns.contains(&"adele.vance@contoso.com"), "{b}");
+    assert!(!upns.contains(&"megan.bowen@contoso.com"), "{b}");
+    assert!(upns.iter().all(|u| u.ends_with("@contoso.com")), "{b}");
+    // The header without $count is not enough.
+    let r = g
+        .http
+        .get(format!(
+            "{}/users?$filter=userPrincipalName ne 'megan.bowen@contoso.com'",
+            g.base
+        ))
+        .bearer_auth(&g.token)
+        .header("ConsistencyLevel", "eventual")
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 400);
     // Still malformed: an unterminated string.
     let b = expect_error(
         &g,

@@ -41,6 +41,25 @@ pub(crate) enum TenantsCmd {
         /// The company.
         company: String,
     },
+    /// Use a certificate instead of the client secret for a company's app-only calls (admins):
+    /// the certificate uploaded to the app registration and its private key, both PEM files.
+    /// The key is stored sealed and never shown again. `--remove` goes back to the secret.
+    Certificate {
+        /// The company.
+        company: String,
+        /// The certificate (PEM).
+        #[arg(long, required_unless_present = "remove")]
+        cert: Option<std::path::PathBuf>,
+        /// Its private key (unencrypted PEM, PKCS#8 or PKCS#1).
+        #[arg(long, required_unless_present = "remove")]
+        key: Option<std::path::PathBuf>,
+        /// RS256 (default) or PS256.
+        #[arg(long)]
+        algorithm: Option<String>,
+        /// Remove the certificate: back to the client secret.
+        #[arg(long, conflicts_with_all = ["cert", "key", "algorithm"])]
+        remove: bool,
+    },
     /// Forget a company's tenant connection (admins).
     Disconnect {
         /// The company.
@@ -86,6 +105,15 @@ fn detail(v: &Value) {
     println!("connected by   {}", s(&v["connected_by"]));
     if let Some(who) = v["consented_by"].as_str() {
         println!("consented by   {who}");
+    }
+    if let Some(c) = v["certificate"].as_object() {
+        let f = |k: &str| c.get(k).and_then(Value::as_str).unwrap_or("");
+        println!(
+            "certificate    {} ({}), expires {}",
+            f("thumbprint"),
+            f("algorithm"),
+            f("not_after")
+        );
     }
 }
 
@@ -148,6 +176,38 @@ pub(crate) async fn run(api: &ApiArgs, cmd: TenantsCmd) -> Result<ExitCode> {
             if v["status"] != "healthy" {
                 return Ok(ExitCode::from(super::exit::ERROR));
             }
+        }
+        TenantsCmd::Certificate {
+            company,
+            cert,
+            key,
+            algorithm,
+            remove,
+        } => {
+            let path = format!("/v1/tenants/{}/certificate", urlencode(&company));
+            if remove {
+                c.delete(&path).await?;
+                c.print(&json!({ "certificate_removed": company }), |_| {
+                    println!("{company}'s app-only calls use the client secret again");
+                });
+                return Ok(ExitCode::SUCCESS);
+            }
+            let read = |p: Option<std::path::PathBuf>, what: &str| -> Result<String> {
+                let Some(p) = p else {
+                    bail!("--{what} FILE is required (or --remove)");
+                };
+                std::fs::read_to_string(&p)
+                    .map_err(|e| anyhow::anyhow!("cannot read --{what} {}: {e}", p.display()))
+            };
+            let mut body = json!({
+                "certificate": read(cert, "cert")?,
+                "private_key": read(key, "key")?,
+            });
+            if let Some(a) = algorithm {
+                body["algorithm"] = json!(a);
+            }
+            let v = c.put(&path, body).await?;
+            c.print(&v, detail);
         }
         TenantsCmd::Disconnect { company } => {
             c.delete(&format!("/v1/tenants/{}", urlencode(&company)))

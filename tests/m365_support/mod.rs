@@ -68,6 +68,7 @@ pub fn connection(tenant: &str) -> Connection {
         tenant: tenant.to_owned(),
         client_id: CLIENT_ID.to_owned(),
         client_secret: Secret::new(CLIENT_SECRET),
+        certificate: None,
     }
 }
 

@@ -30,8 +30,11 @@ pub struct Evidence<'a> {
     pub system: Option<&'a str>,
     /// The runner, when the script reached its target by PowerShell remoting.
     pub runner: Option<&'a str>,
-    /// The machine the script acted on.
+    /// The machine the script acted on; for a cloud service's refusal, the request
+    /// (`POST /v1.0/users/…/assignLicense`).
     pub target: Option<&'a str>,
+    /// The company the step acts for.
+    pub company: Option<&'a str>,
 }
 
 /// What to do next.
@@ -99,8 +102,41 @@ fn or<'a>(v: Option<&'a str>, default: &'a str) -> &'a str {
 
 const PAUSE: Disposition = Disposition::Pause;
 
+/// [`Evidence::system`] of a Microsoft Graph answer.
+pub const GRAPH: &str = "Microsoft Graph";
+
 /// The table, in the order it is tried (specific before general).
 pub static SIGNATURES: &[Signature] = &[
+    Signature {
+        code: "graph_permission_missing",
+        source: "Microsoft Graph error code Authorization_RequestDenied (\"Insufficient privileges to complete the operation.\"); permissions from the Graph v1.0 reference's Permissions tables",
+        matches: |e, _| {
+            e.system == Some(GRAPH) && e.category == Some("Authorization_RequestDenied")
+        },
+        explain: |e| {
+            let request = or(e.target, "the request");
+            let company = or(e.company, "COMPANY");
+            match e.target.and_then(crate::m365::permissions::needed) {
+                Some((kind, permission)) => (
+                    format!(
+                        "Microsoft Graph refused {request} for lack of privileges: the tenant's consent to Steward's app does not include the {kind} permission {permission} (or, if it does, the user is an administrator whom only a privileged role may change)."
+                    ),
+                    format!(
+                        "Grant {permission} ({kind} permission of Microsoft Graph) to Steward's app registration, then have an administrator of the tenant re-consent (steward tenants connect {company}) and resume the run."
+                    ),
+                ),
+                None => (
+                    format!(
+                        "Microsoft Graph refused {request} for lack of privileges: the tenant's consent to Steward's app lacks a permission this request needs."
+                    ),
+                    format!(
+                        "Check the Microsoft Graph permissions of Steward's app registration against the documented list, then have an administrator of the tenant re-consent (steward tenants connect {company}) and resume the run."
+                    ),
+                ),
+            }
+        },
+        disposition: PAUSE,
+    },
     Signature {
         code: "double_hop",
         source: "product seed 000 (Troubleshooting: \"The supplied credential is invalid\" on Exchange Runner)",
@@ -665,6 +701,29 @@ mod tests {
                 "The Exchange Management Shell is not installed on this machine: run Exchange scripts on the Exchange server"
             )),
             Some("exchange_shell_missing")
+        );
+        let graph = Evidence {
+            text: "Insufficient privileges to complete the operation.",
+            category: Some("Authorization_RequestDenied"),
+            system: Some(GRAPH),
+            target: Some("POST /graph/v1.0/users/u-1/assignLicense"),
+            company: Some("contoso"),
+            ..Evidence::default()
+        };
+        let d = diagnose(&graph).expect("graph");
+        assert_eq!(d.code, "graph_permission_missing");
+        assert_eq!(d.disposition, Disposition::Pause);
+        assert!(
+            d.fix
+                .starts_with("Grant LicenseAssignment.ReadWrite.All (application permission")
+                && d.fix.contains("steward tenants connect contoso"),
+            "{}",
+            d.fix
+        );
+        // The same words from elsewhere (an AD script) are not Graph's refusal.
+        assert_ne!(
+            code(text("Insufficient privileges to complete the operation.")),
+            Some("graph_permission_missing")
         );
         // Unknown failures are left to the step's retry policy.
         assert_eq!(code(text("The server returned 502 Bad Gateway")), None);

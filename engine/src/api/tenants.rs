@@ -5,7 +5,7 @@
 //! code, the PKCE verifier or the state (the callback's page says what happened in words).
 
 use aide::axum::ApiRouter;
-use aide::axum::routing::{get_with, post_with};
+use aide::axum::routing::{get_with, post_with, put_with as axum_put_with};
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
@@ -34,6 +34,9 @@ impl From<tenants::Error> for ApiError {
             E::Consent(m) => Self::status_code(StatusCode::BAD_REQUEST, "consent_failed", m),
             E::Token(t) => {
                 Self::status_code(StatusCode::BAD_GATEWAY, "microsoft_refused", t.to_string())
+            }
+            E::Certificate(..) => {
+                Self::status_code(StatusCode::CONFLICT, "certificate_unusable", e.to_string())
             }
             E::Open(_) | E::Corrupt(..) => Self::internal(e.to_string()),
         }
@@ -72,6 +75,17 @@ pub(super) fn routes() -> ApiRouter<ApiState> {
             "/v1/tenants/{company}/connect",
             post_with(connect, |o| {
                 o.summary("start connecting a tenant: the consent URL for its administrator")
+                    .tag("tenants")
+            }),
+        )
+        .api_route(
+            "/v1/tenants/{company}/certificate",
+            axum_put_with(set_certificate, |o| {
+                o.summary("use a certificate instead of the client secret for the tenant's app-only calls (admins)")
+                    .tag("tenants")
+            })
+            .delete_with(remove_certificate, |o| {
+                o.summary("stop using the certificate: back to the client secret (admins)")
                     .tag("tenants")
             }),
         )
@@ -184,6 +198,86 @@ async fn connect(
         c.start(&p.company, &caller.tech.email, &tenant, app)
             .await?,
     ))
+}
+
+/// A certificate credential.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CertificateRequest {
+    /// The certificate uploaded to the app registration, PEM (`-----BEGIN CERTIFICATE-----`),
+    /// RSA.
+    certificate: String,
+    /// Its private key, unencrypted PEM (PKCS#8 or PKCS#1). Stored sealed; never shown again.
+    private_key: String,
+    /// `RS256` (default) or `PS256`.
+    #[serde(default)]
+    algorithm: Option<String>,
+}
+
+/// Sets the certificate credential of a company's connection (admins): checked (PEM, RSA,
+/// key matches, valid now) before it is stored.
+async fn set_certificate(
+    State(state): State<ApiState>,
+    _admin: Admin,
+    ApiPath(p): ApiPath<CompanyPath>,
+    ApiJson(req): ApiJson<CertificateRequest>,
+) -> ApiResult<axum::Json<TenantView>> {
+    use steward_workers::m365::assertion::{Algorithm, CertificateError, ClientCertificate};
+    let algorithm = match req.algorithm.as_deref() {
+        None => Algorithm::default(),
+        Some(a) => Algorithm::parse(a).ok_or_else(|| {
+            ApiError::invalid(
+                "algorithm",
+                format!("`{a}` is not a signing algorithm Microsoft accepts for client assertions"),
+                "send RS256 or PS256",
+            )
+        })?,
+    };
+    let cert = ClientCertificate::from_pem(
+        &req.certificate,
+        steward_workers::m365::Secret::new(req.private_key),
+        algorithm,
+        None,
+    )
+    .map_err(|e| {
+        let field = match e {
+            CertificateError::Key | CertificateError::Mismatch => "private_key",
+            _ => "certificate",
+        };
+        let text = e.to_string();
+        let (message, fix) = text
+            .split_once("; fix: ")
+            .map_or((text.clone(), String::new()), |(m, f)| {
+                (m.to_owned(), f.to_owned())
+            });
+        ApiError::invalid(field, message, fix)
+    })?;
+    Ok(axum::Json(
+        connector(&state)?
+            .tenants
+            .set_certificate(&p.company, &cert)
+            .await?,
+    ))
+}
+
+/// Removes the certificate credential (admins): app-only calls use the client secret again.
+async fn remove_certificate(
+    State(state): State<ApiState>,
+    _admin: Admin,
+    ApiPath(p): ApiPath<CompanyPath>,
+) -> ApiResult<NoContent> {
+    if connector(&state)?
+        .tenants
+        .remove_certificate(&p.company)
+        .await?
+    {
+        Ok(NoContent)
+    } else {
+        Err(ApiError::not_found(format!(
+            "company `{}`'s tenant connection has no certificate",
+            p.company
+        )))
+    }
 }
 
 /// Refreshes the tenant's delegated token now; the answer is the status after it.

@@ -28,7 +28,7 @@ pub(super) async fn list(
 ) -> GraphResult<Response> {
     let (st, now) = shared.lock();
     let caller = authenticate(&st, &ctx, now)?;
-    let query = Query::parse(q.as_deref(), &GROUPS)?;
+    let query = Query::parse_advanced(q.as_deref(), &GROUPS, ctx.eventual())?;
     let c = company(&st, &caller)?;
     let groups = c.tenant.groups.iter().map(group_json);
     Ok(collection(

@@ -8,6 +8,7 @@ pub(crate) mod error;
 mod groups;
 pub(crate) mod odata;
 mod other;
+pub(crate) mod permissions;
 pub(crate) mod schema;
 mod users;
 
@@ -46,7 +47,7 @@ fn route_with_alias(
     }
 }
 
-pub(crate) fn router() -> Router<AppState> {
+pub(crate) fn router(shared: AppState) -> Router<AppState> {
     let casts: &[(&str, axum::routing::MethodRouter<AppState>)] = &[
         (
             "/v1.0/users/{id}/memberOf/microsoft.graph.group",
@@ -154,6 +155,10 @@ pub(crate) fn router() -> Router<AppState> {
             "/v1.0/roleManagement/directory/roleAssignments/{id}",
             get(other::get_role_assignment).delete(other::delete_role_assignment),
         )
+        .route_layer(axum::middleware::from_fn_with_state(
+            shared,
+            permissions::enforce,
+        ))
         .route("/v1.0/$batch", post(other::batch))
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)

@@ -1,5 +1,7 @@
-//! The OData query options the sandbox supports: `$select`, `$filter` (`eq` clauses joined with
-//! `and`, plus `startswith`), `$top` with `$skiptoken` paging, and `$count`.
+//! The OData query options the sandbox supports: `$select`, `$filter` (`eq`, `in`, `startswith`,
+//! joined by `and` and `or`; on `/users` and `/groups` with Graph's advanced queries —
+//! `ConsistencyLevel: eventual` and `$count=true` — also `ne` and `endswith`), `$top` with
+//! `$skiptoken` paging, and `$count`.
 //!
 //! `$select` takes every property of the type in Graph v1.0's schema (`schema.rs`, generated from
 //! the CSDL), inherited ones included; one the sandbox does not model reads `null` (`[]` for a
@@ -35,6 +37,10 @@ pub(crate) enum Clause {
     In(String, Vec<Value>),
     /// `a or b …`: any of the groups, each an `and` of clauses.
     Or(Vec<Vec<Clause>>),
+    /// `prop ne v` (an advanced query).
+    Ne(String, Value),
+    /// `endswith(prop,'x')` (an advanced query).
+    EndsWith(String, String),
 }
 
 fn value_eq(have: &Value, want: &Value) -> bool {
@@ -58,6 +64,11 @@ fn clause_matches(c: &Clause, obj: &Map<String, Value>) -> bool {
         Clause::Or(groups) => groups
             .iter()
             .any(|g| g.iter().all(|c| clause_matches(c, obj))),
+        Clause::Ne(p, v) => !value_eq(obj.get(p).unwrap_or(&Value::Null), v),
+        Clause::EndsWith(p, suffix) => obj.get(p).and_then(Value::as_str).is_some_and(|s| {
+            s.to_ascii_lowercase()
+                .ends_with(&suffix.to_ascii_lowercase())
+        }),
     }
 }
 
@@ -83,6 +94,29 @@ impl EntitySet {
 
 impl Query {
     pub(crate) fn parse(query: Option<&str>, set: &EntitySet) -> Result<Self, GraphError> {
+        Self::parse_with(query, set, false)
+    }
+
+    /// Like [`Query::parse`], for a collection that takes Graph's advanced queries: with the
+    /// request header `ConsistencyLevel: eventual` (`eventual`) and `$count=true`, `$filter`
+    /// also takes `ne` and `endswith`; without them those get `Request_UnsupportedQuery`, as
+    /// Graph answers.
+    pub(crate) fn parse_advanced(
+        query: Option<&str>,
+        set: &EntitySet,
+        eventual: bool,
+    ) -> Result<Self, GraphError> {
+        let count = crate::http::query_pairs(query)
+            .iter()
+            .any(|(k, v)| k == "$count" && v == "true");
+        Self::parse_with(query, set, eventual && count)
+    }
+
+    fn parse_with(
+        query: Option<&str>,
+        set: &EntitySet,
+        advanced: bool,
+    ) -> Result<Self, GraphError> {
         let raw = crate::http::query_pairs(query);
         let mut q = Query {
             raw: raw.clone(),
@@ -103,7 +137,7 @@ impl Query {
                     }
                     q.select = Some(props);
                 }
-                "$filter" => q.filter = Some(parse_filter(v, set)?),
+                "$filter" => q.filter = Some(parse_filter(v, set, advanced)?),
                 "$top" => {
                     let n: i64 = v.parse().map_err(|_| {
                         GraphError::odata(format!(
@@ -249,7 +283,7 @@ fn decode_skiptoken(token: &str) -> Option<usize> {
         .ok()
 }
 
-fn parse_filter(text: &str, set: &EntitySet) -> Result<Vec<Clause>, GraphError> {
+fn parse_filter(text: &str, set: &EntitySet, advanced: bool) -> Result<Vec<Clause>, GraphError> {
     let invalid = || GraphError::odata(format!("Invalid filter clause: {text}"));
     let tokens = tokenize(text).ok_or_else(invalid)?;
     let mut clauses = Vec::new();
@@ -276,6 +310,28 @@ fn parse_filter(text: &str, set: &EntitySet) -> Result<Vec<Clause>, GraphError> 
                         i += 6;
                         check_prop(p, set)?;
                         Clause::StartsWith(p.clone(), s.clone())
+                    }
+                    _ => return Err(invalid()),
+                }
+            }
+            Some(Tok::Word(w)) if advanced && w.eq_ignore_ascii_case("endswith") => {
+                match (
+                    tokens.get(i + 1),
+                    tokens.get(i + 2),
+                    tokens.get(i + 3),
+                    tokens.get(i + 4),
+                    tokens.get(i + 5),
+                ) {
+                    (
+                        Some(Tok::Open),
+                        Some(Tok::Word(p)),
+                        Some(Tok::Comma),
+                        Some(Tok::Str(s)),
+                        Some(Tok::Close),
+                    ) => {
+                        i += 6;
+                        check_prop(p, set)?;
+                        Clause::EndsWith(p.clone(), s.clone())
                     }
                     _ => return Err(invalid()),
                 }
@@ -324,14 +380,15 @@ fn parse_filter(text: &str, set: &EntitySet) -> Result<Vec<Clause>, GraphError> 
                 } else {
                     let value = literal(tokens.get(i + 2)).ok_or_else(invalid)?;
                     check_prop(p, set)?;
-                    // `ne` (and `endswith`, `not`) need Graph's advanced queries
-                    // (`ConsistencyLevel: eventual` with `$count=true`), which the sandbox does
-                    // not model: unsupported, as Graph answers them without.
-                    if op != "eq" {
-                        return Err(unsupported(p, set));
-                    }
+                    // `ne` (like `endswith`) needs Graph's advanced queries
+                    // (`ConsistencyLevel: eventual` with `$count=true`): unsupported without,
+                    // as Graph answers.
                     i += 3;
-                    Clause::Eq(p.clone(), value)
+                    match op.as_str() {
+                        "eq" => Clause::Eq(p.clone(), value),
+                        "ne" if advanced => Clause::Ne(p.clone(), value),
+                        _ => return Err(unsupported(p, set)),
+                    }
                 }
             }
             _ => return Err(invalid()),
@@ -515,6 +572,20 @@ mod tests {
         obj.insert("accountEnabled".into(), json!(false));
         assert!(!q.matches(&obj));
         assert!(Query::parse(Some("$filter=userPrincipalName in ('a'"), &SET).is_err());
+        // Advanced queries: `ne` and `endswith` with ConsistencyLevel: eventual and $count.
+        let adv = "$count=true&$filter=endswith(userPrincipalName,'@X.com') and userPrincipalName ne 'b@x.com'";
+        assert!(Query::parse(Some(adv), &SET).is_err());
+        assert!(Query::parse_advanced(Some(adv), &SET, false).is_err());
+        assert!(Query::parse_advanced(Some(&adv.replace("$count=true&", "")), &SET, true).is_err());
+        let q = Query::parse_advanced(Some(adv), &SET, true).unwrap();
+        let obj = |upn: &str| {
+            let mut m = Map::new();
+            m.insert("userPrincipalName".into(), json!(upn));
+            m
+        };
+        assert!(q.matches(&obj("a@x.com")));
+        assert!(!q.matches(&obj("b@x.com")));
+        assert!(!q.matches(&obj("a@y.com")));
         assert!(Query::parse(Some("$filter=userPrincipalName in ()"), &SET).is_err());
         assert!(Query::parse(Some("$filter=userPrincipalName eq 'a' or"), &SET).is_err());
     }

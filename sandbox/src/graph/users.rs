@@ -152,7 +152,7 @@ pub(super) async fn list(
 ) -> GraphResult<Response> {
     let (st, now) = shared.lock();
     let caller = authenticate(&st, &ctx, now)?;
-    let query = Query::parse(q.as_deref(), &USERS)?;
+    let query = Query::parse_advanced(q.as_deref(), &USERS, ctx.eventual())?;
     let c = company(&st, &caller)?;
     let users = c.tenant.users.iter().map(|u| user_json(u, &c.tenant));
     Ok(collection(&ctx, &query, users, USER_DEFAULT, "users", 100))

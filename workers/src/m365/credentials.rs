@@ -50,8 +50,11 @@ pub struct Connection {
     pub tenant: String,
     /// The app registration's client id (Steward's multi-tenant app, consented in the tenant).
     pub client_id: String,
-    /// The app's client secret.
+    /// The app's client secret (unused, and may be empty, when `certificate` is set).
     pub client_secret: Secret,
+    /// A certificate credential: when set, token requests carry a client assertion signed with
+    /// it instead of the client secret.
+    pub certificate: Option<crate::m365::assertion::ClientCertificate>,
 }
 
 /// Why credentials could not be read or written.
@@ -253,6 +256,7 @@ mod tests {
             tenant: "t".into(),
             client_id: "c".into(),
             client_secret: s.clone(),
+            certificate: None,
         };
         assert!(!format!("{conn:?}").contains("hunter2"));
 

@@ -13,12 +13,14 @@
 //!
 //! Base URLs come from [`Config`], so the same code talks to Microsoft or to the sandbox.
 
+pub mod assertion;
 pub mod call;
 pub mod credentials;
 pub mod error;
 pub mod exo;
 pub mod graph;
 pub mod ops;
+pub mod permissions;
 pub mod secret_out;
 pub mod throttle;
 pub mod token;

@@ -23,7 +23,7 @@
 //! 70008, 50173 (revoked), 700084, 70043, 50076/50079/50072 (MFA), 65001 and 90094 (consent),
 //! 53003/530032/530034 (Conditional Access), 50020/50177, 50034, 50057, 50053, 50126, 500011
 //! (resource not in the tenant), 700016 (app not in the tenant), 7000215/7000222/7000218 (bad or
-//! expired secret), 9002313 and 70000 (malformed or foreign refresh token), 90002 and 5000224
+//! expired secret), 700027/700021/700023/700024 (a refused certificate assertion), 9002313 and 70000 (malformed or foreign refresh token), 90002 and 5000224
 //! (tenant gone), 90099, and `invalid_grant` or `invalid_client` with any other code;
 //! transient: HTTP 5xx, 429, `temporarily_unavailable`, AADSTS 50033, 50087, 90006, 90033,
 //! 90090, 90024, 90055, 50196, timeouts and refused connections. Any other 4xx is a request
@@ -231,7 +231,7 @@ impl TokenError {
 const TERMINAL_CODES: &[u32] = &[
     700082, 70008, 50173, 700084, 70043, 50076, 50079, 50072, 65001, 90094, 53003, 530032, 530034,
     50020, 50177, 50034, 50057, 50053, 50126, 500011, 700016, 7000215, 7000222, 7000218, 9002313,
-    70000, 90002, 5000224, 90099,
+    70000, 90002, 5000224, 90099, 700027, 700021, 700023, 700024,
 ];
 
 /// AADSTS codes that are worth another try.
@@ -248,6 +248,12 @@ fn fix_for(code: u32, grant: Grant) -> &'static str {
         }
         7000215 | 7000222 | 7000218 => {
             "the app's client secret is wrong or expired: store a current secret for the tenant connection"
+        }
+        700027 | 700021 | 700023 => {
+            "the app's certificate credential was refused (not uploaded to the app registration, expired, or signed with another key): upload the certificate to the app registration, or set a current one (`steward tenants certificate`)"
+        }
+        700024 => {
+            "the client assertion was outside its valid time range: this machine's clock is off; synchronise it (NTP)"
         }
         90002 | 5000224 => "the tenant does not exist (any more): check the company's tenant id",
         50076 | 50079 | 50072 | 53003 | 530032 | 530034 | 50020 | 50177 | 50034 | 50057 | 50053
@@ -858,10 +864,9 @@ impl TokenClient {
             })?
             .pop_if_empty()
             .extend([tenant, "oauth2", "v2.0", "token"]);
-        let mut form: Vec<(&str, &str)> = vec![
-            ("client_id", conn.client_id.as_str()),
-            ("client_secret", conn.client_secret.expose()),
-        ];
+        let auth = client_auth(conn, &url)?;
+        let mut form: Vec<(&str, &str)> = vec![("client_id", conn.client_id.as_str())];
+        form.extend(auth.iter().map(|(k, v)| (*k, v.expose())));
         match &refresh {
             None => {
                 form.push(("grant_type", "client_credentials"));
@@ -1026,15 +1031,16 @@ impl TokenClient {
     ) -> Result<Redeemed, TokenError> {
         let tenant = conn.tenant.as_str();
         let url = self.endpoint(tenant, "token")?;
-        let form: Vec<(&str, &str)> = vec![
-            ("client_id", conn.client_id.as_str()),
-            ("client_secret", conn.client_secret.expose()),
+        let auth = client_auth(conn, &url)?;
+        let mut form: Vec<(&str, &str)> = vec![("client_id", conn.client_id.as_str())];
+        form.extend(auth.iter().map(|(k, v)| (*k, v.expose())));
+        form.extend([
             ("grant_type", "authorization_code"),
             ("code", code.expose()),
             ("redirect_uri", redirect_uri),
             ("code_verifier", verifier.expose()),
             ("scope", CONSENT_SCOPE),
-        ];
+        ]);
         self.count(|s| s.requests += 1);
         let resp = self
             .inner
@@ -1146,6 +1152,34 @@ pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Durati
         .map(Duration::from_secs)
 }
 
+/// How the app proves itself at the token endpoint `url`: its client secret, or a client
+/// assertion signed with its certificate (then no secret is sent).
+fn client_auth(
+    conn: &Connection,
+    url: &url::Url,
+) -> Result<Vec<(&'static str, Secret)>, TokenError> {
+    match &conn.certificate {
+        None => Ok(vec![("client_secret", conn.client_secret.clone())]),
+        Some(cert) => {
+            let assertion = cert.assertion(&conn.client_id, url.as_str()).map_err(|e| {
+                TokenError::Rejected {
+                    tenant: conn.tenant.clone(),
+                    error: "certificate".to_owned(),
+                    code: 0,
+                    summary: e.to_string(),
+                }
+            })?;
+            Ok(vec![
+                (
+                    "client_assertion_type",
+                    Secret::new(crate::m365::assertion::ASSERTION_TYPE),
+                ),
+                ("client_assertion", assertion),
+            ])
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1178,6 +1212,11 @@ mod tests {
         }
         let e = classify("t", Grant::App, 401, &body("invalid_client", 7000215), None);
         assert!(e.to_string().contains("client secret"), "{e}");
+        let e = classify("t", Grant::App, 401, &body("invalid_client", 700027), None);
+        assert_eq!(e.class(), Class::Terminal);
+        assert!(e.to_string().contains("steward tenants certificate"), "{e}");
+        let e = classify("t", Grant::App, 401, &body("invalid_client", 700024), None);
+        assert!(e.to_string().contains("clock"), "{e}");
         // An unknown code under invalid_grant is still terminal.
         assert!(
             classify("t", Grant::Delegated, 400, &body("invalid_grant", 1), None).needs_reconsent()

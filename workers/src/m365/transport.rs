@@ -155,6 +155,13 @@ impl Transport {
                 continue;
             }
             let mut err = parse(out.service, &out.label, &raw);
+            if raw.status == 403 && err.code == "Authorization_RequestDenied" {
+                // The token carries the permissions of its day: once the tenant grants more (a
+                // re-consent), the next attempt must not reuse it.
+                self.tokens
+                    .invalidate(tenant, out.resource, call.grant, &token.value)
+                    .await;
+            }
             if matches!(raw.status, 429 | 503 | 504) {
                 let wait = raw.retry_after.unwrap_or_else(|| backoff(tries));
                 err.retry_after = Some(wait);

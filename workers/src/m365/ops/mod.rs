@@ -178,6 +178,19 @@ fn reconsent_wait(cx: &OpContext, e: &Error) -> Option<OpOutcome> {
 /// (no attempt used up), as does a tenant that needs consent again; everything else is a
 /// failure, retryable or terminal.
 fn settle(cx: &OpContext, e: Error) -> Result<OpOutcome, OpError> {
+    // A refused certificate credential is not a consent problem: the run pauses with the fix
+    // (upload or set a current certificate, or mend the clock), and resumes once it is done.
+    if let Error::Token(t) = &e
+        && matches!(
+            t.code().as_deref(),
+            Some("AADSTS700027" | "AADSTS700021" | "AADSTS700023" | "AADSTS700024")
+        )
+    {
+        return Err(OpError::NeedsTechnician {
+            message: e.to_string(),
+            code: t.code(),
+        });
+    }
     if let Some(wait) = reconsent_wait(cx, &e) {
         return Ok(wait);
     }
@@ -204,7 +217,33 @@ fn settle(cx: &OpContext, e: Error) -> Result<OpOutcome, OpError> {
             )),
         });
     }
+    if let Some(diagnosed) = permission_missing(cx, &e) {
+        return Err(diagnosed);
+    }
     Err(e.into())
+}
+
+/// Graph's 403 `Authorization_RequestDenied`: no attempt succeeds until the tenant grants the
+/// permission, so the run pauses with the fix (which permission, and re-consent) instead of
+/// failing as an unexplained 403.
+fn permission_missing(cx: &OpContext, e: &Error) -> Option<OpError> {
+    let s = e.service_error()?;
+    if s.service != Service::Graph || s.status != 403 {
+        return None;
+    }
+    let company = cx.company.to_string();
+    let d = crate::diagnosis::diagnose(&crate::diagnosis::Evidence {
+        text: &s.message,
+        category: Some(&s.code),
+        system: Some(crate::diagnosis::GRAPH),
+        target: Some(&s.request),
+        company: Some(&company),
+        ..Default::default()
+    })?;
+    Some(OpError::NeedsTechnician {
+        message: format!("{e}. {d}"),
+        code: Some(d.code.to_owned()),
+    })
 }
 
 /// The catalog's spec for `name`.
