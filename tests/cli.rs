@@ -749,22 +749,23 @@ fn the_demo_runs() {
         assert!(t.contains(&format!("== {company}, ticket ")), "{t}");
     }
     assert!(
-        t.contains("PSA account sandbox-autotask: registered")
-            && t.contains("start `demo-onboarding`"),
+        t.contains("PSA account sandbox-autotask: registered") && t.contains("start `onboarding`"),
         "{t}"
     );
     // Four onboardings from tickets and one offboarding, all completed.
     assert_eq!(t.matches("by psa:autotask").count(), 5, "{t}");
     assert_eq!(t.matches("status:  completed").count(), 5, "{t}");
-    // Northwind's run waited at its policy's gate until approved through its ticket's link.
+    // Every run waited at its gate: northwind's was approved through its ticket's link, the
+    // others in the inbox.
     assert!(
         t.contains("approving through the link: HTTP 200")
             && t.contains("using it again: HTTP 410")
-            && t.contains("approved at gate `policy_approval` by lead@msp.example (via link"),
+            && t.contains("approved at gate `approval` by lead@msp.example (via link"),
         "{t}"
     );
+    assert_eq!(t.matches("(via api)").count(), 4, "{t}");
     assert!(
-        t.contains("Leaver: Jane Doe") && t.contains("demo-offboarding v1"),
+        t.contains("Leaver: Jane Doe") && t.contains("offboarding v1"),
         "{t}"
     );
     // What changed, from the sandbox's ledger: each directory and the tickets.
@@ -774,6 +775,9 @@ fn the_demo_runs() {
         "user.revoke_sessions ",
         "ad.new_user ",
         "adsync.start_delta ",
+        "exchange_server.enable_remote_mailbox ",
+        "exchange_server.enable_mailbox ",
+        "exo.set_mailbox ",
         "Steward: waiting for approval",
         "Steward: done",
     ] {
@@ -788,7 +792,7 @@ fn the_demo_runs() {
     assert!(runs.iter().all(|r| r["completed"] == true), "{v}");
     assert_eq!(
         runs.iter()
-            .filter(|r| r["workflow"] == "demo-offboarding")
+            .filter(|r| r["workflow"] == "offboarding")
             .count(),
         1,
         "{v}"

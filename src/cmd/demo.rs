@@ -34,19 +34,21 @@ use crate::client::{ApiArgs, Client};
 /// The demo's workflows, embedded so `steward demo` works from any directory.
 const WORKFLOWS: &[(&str, &str)] = &[
     (
-        "demo-onboarding.yaml",
-        include_str!("../../workflows/demo-onboarding.yaml"),
+        "onboarding.yaml",
+        include_str!("../../workflows/onboarding.yaml"),
     ),
     (
-        "demo-offboarding.yaml",
-        include_str!("../../workflows/demo-offboarding.yaml"),
+        "offboarding.yaml",
+        include_str!("../../workflows/offboarding.yaml"),
     ),
 ];
 const MSP_WORLD: &str = include_str!("../../sandbox/fixtures/msp.yaml");
 const DEMO_COMPANY: &str = include_str!("../../sandbox/fixtures/demo-company.yaml.part");
-const ONBOARDING: &str = "demo-onboarding";
-const OFFBOARDING: &str = "demo-offboarding";
+const ONBOARDING: &str = "onboarding";
+const OFFBOARDING: &str = "offboarding";
 const APPROVER: &str = "lead@msp.example";
+/// Who gets the leaver's mailbox (an existing user of the leaver's company in the sandbox).
+const LEAVER_MANAGER: &str = "megan.bowen@contoso.com";
 /// The sandbox's registration of Steward's app (sandbox credentials, meaningless elsewhere).
 const SANDBOX_APP_ID: &str = "5e7a9f3c-1b2d-4c8e-9f00-a1b2c3d4e5f6";
 const SANDBOX_APP_SECRET: &str = "sandbox-client-secret-steward";
@@ -88,7 +90,11 @@ const STARTERS: &[Starter] = &[
     },
 ];
 
-/// The company whose policy wants an approver's yes.
+/// The on-premises company (its Exchange server reached from the runner by remoting).
+const ON_PREM: &str = "northwind";
+
+/// The company whose onboarding is approved through the signed link in its ticket's note (the
+/// others are approved in the approver's inbox, through the API).
 const GATED: &str = "northwind";
 
 pub(crate) async fn run(json_out: bool) -> Result<ExitCode> {
@@ -137,7 +143,11 @@ pub(crate) async fn run(json_out: bool) -> Result<ExitCode> {
     config.m365.client_secret = Some(steward_engine::config::Secret(
         SANDBOX_APP_SECRET.to_owned(),
     ));
-    let store = super::connect(&config).await?;
+    // Steward's clock follows the sandbox's: when the demo moves the sandbox's time on (through
+    // an Entra Connect sync cycle, Exchange Online's provisioning delay), Steward's moves with it,
+    // as both would in the world; so timers fall due, and the PSA's event times stay fresh.
+    let clock = Arc::new(SandboxTime::default());
+    let store = super::connect_with_clock(&config, clock.clone()).await?;
     store.prepare().await?;
     let connectors =
         steward_engine::tenants::build(&store, &config, &base).map_err(|e| anyhow!(e))?;
@@ -188,11 +198,12 @@ pub(crate) async fn run(json_out: bool) -> Result<ExitCode> {
         stopped(stop_rx),
     ));
     say(format!(
-        "Steward's API is at {base}; the sandbox at {}.",
+        "Steward's API is at {base} (dashboard: {base}/); the sandbox at {}.",
         sb.base_url
     ));
 
     let result = demo(
+        &clock,
         &store,
         &base,
         &sb.base_url,
@@ -222,6 +233,7 @@ pub(crate) async fn run(json_out: bool) -> Result<ExitCode> {
 
 /// Everything after start-up; returns the `--json` object.
 async fn demo(
+    clock: &SandboxTime,
     store: &Store,
     base: &str,
     sandbox: &str,
@@ -264,12 +276,16 @@ async fn demo(
     if failed > 0 {
         bail!("seeding failed ({failed} problems, said above)");
     }
-    // One company's policy wants an approver's yes before changes to users.
-    let mut gated = c.get(&format!("/v1/companies/{GATED}")).await?["company"].take();
-    gated["permissions"] = json!({"profile": "full_automation", "groups": {"users": {"level": "read_write", "requires_approval": true}}});
-    c.put(&format!("/v1/companies/{GATED}"), gated).await?;
+
+    // Northwind's Exchange server has no RMM agent: the runner reaches it by PowerShell
+    // remoting, which needs its double hop configured (the sandbox starts it misconfigured).
+    http.post(format!("{sandbox}/admin/companies/{ON_PREM}/faults"))
+        .json(&json!({"double_hop_misconfigured": false}))
+        .send()
+        .await?
+        .error_for_status()?;
     say(format!(
-        "  {GATED}: its policy now wants an approver's yes before any change to users"
+        "  {ON_PREM}: the runner's PowerShell remoting to its Exchange server is configured (double hop)"
     ));
 
     say(
@@ -280,7 +296,7 @@ async fn demo(
     for s in STARTERS {
         let (first, last) = s.name.split_once(' ').unwrap_or((s.name, ""));
         let description = format!(
-            "Please set up a new starter.\nName: {}\nFirst name: {first}\nLast name: {last}\nEmail: {}\nStart date: 2027-03-01\n",
+            "Please set up a new starter.\nName: {}\nFirst name: {first}\nLast name: {last}\nEmail: {}\nDepartment: Sales\nJob title: Account manager\nLicence: SPB\nStart date: 2027-03-01\n",
             s.name, s.email
         );
         let id = ticket(
@@ -307,62 +323,38 @@ async fn demo(
         runs.push((s.company.to_owned(), *id, run));
     }
 
-    // Drive the runs to their ends: approve the gated one through its ticket's link, and let the
-    // sandbox's clock run through Entra Connect's sync cycle for the hybrid one.
+    // Drive the runs to their ends: the gated company's approval through its ticket's link, the
+    // others in the approver's inbox; the sandbox's clock runs through Entra Connect's sync cycle
+    // for the hybrid one.
     let mut approval = Value::Null;
-    let ids: Vec<RunId> = runs.iter().map(|(_, _, r)| *r).collect();
-    loop {
-        let mut open = 0;
-        for (company, ticket_id, run) in &runs {
-            let snap = store.load(*run).await?.context("a run vanished")?;
-            if snap.doc.state.status.is_terminal() {
-                continue;
-            }
-            open += 1;
-            for (step, st) in &snap.doc.state.steps {
-                match &st.state {
-                    StepState::AwaitingApproval { .. } if approval.is_null() => {
-                        if let Some(a) = approve_from_note(&http, sandbox, *ticket_id, &say).await?
-                        {
-                            say(format!(
-                                "  {company}: approved through the link in ticket {ticket_id}'s note"
-                            ));
-                            approval = a;
-                        }
-                    }
-                    StepState::Polling { note, .. } => {
-                        // The hybrid's wait for Entra Connect's sync cycle: the sandbox's time
-                        // moves on (two minutes a cycle), rather than the demo's. Any waiting
-                        // step is woken to look again now, as the runner's callback would.
-                        if note.as_deref().is_some_and(|n| n.contains("wait_for_user")) {
-                            http.post(format!("{sandbox}/admin/clock/advance"))
-                                .json(&json!({"seconds": 150}))
-                                .send()
-                                .await?
-                                .error_for_status()?;
-                        }
-                        steward_engine::runner::wake(
-                            store,
-                            &Binding {
-                                run: run.to_string(),
-                                step: step.to_string(),
-                                seq: st.seq,
-                                phase: "run".to_owned(),
-                            },
-                        )
-                        .await?;
-                    }
-                    _ => {}
-                }
-            }
+    let mut decided = Vec::new();
+    drive(
+        &Drive {
+            store,
+            c: &c,
+            http: &http,
+            sandbox,
+            deadline,
+            clock,
+            woken: Default::default(),
+        },
+        &runs,
+        &mut approval,
+        &mut decided,
+        &say,
+    )
+    .await?;
+
+    for (company, _, run) in &runs {
+        let view = RunView::load(store, *run)
+            .await?
+            .context("a run vanished")?;
+        if !matches!(view.run.state.status, RunStatus::Completed { ref failed, .. } if failed.is_empty())
+        {
+            eprintln!("\n{company}: did not complete:");
+            crate::print::run(&view, false)?;
+            bail!("{company}'s onboarding {run} did not complete (see above)");
         }
-        if open == 0 {
-            break;
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("the onboardings did not finish in time: {ids:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     say("\n== A leaver ticket: one of the new starters is offboarded".to_owned());
@@ -373,8 +365,8 @@ async fn demo(
         leaver.company,
         &format!("Leaver: {}", leaver.name),
         &format!(
-            "{} is leaving us.\nName: {}\nEmail: {}\nLast day: 2027-06-30\n",
-            leaver.name, leaver.name, leaver.email
+            "{} is leaving us.\nName: {}\nEmail: {}\nManager: {}\nLicence: SPB\nLast day: 2027-06-30\n",
+            leaver.name, leaver.name, leaver.email, LEAVER_MANAGER
         ),
     )
     .await?;
@@ -384,16 +376,22 @@ async fn demo(
         leaver.company
     ));
     runs.push((leaver.company.to_owned(), id, run));
-    loop {
-        let snap = store.load(run).await?.context("a run vanished")?;
-        if snap.doc.state.status.is_terminal() {
-            break;
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("the offboarding did not finish in time");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    drive(
+        &Drive {
+            store,
+            c: &c,
+            http: &http,
+            sandbox,
+            deadline,
+            clock,
+            woken: Default::default(),
+        },
+        &runs[runs.len() - 1..],
+        &mut approval,
+        &mut decided,
+        &say,
+    )
+    .await?;
     // The notes outbox writes "done" on each ticket; give it a moment within the budget.
     let want: Vec<i64> = runs.iter().map(|(_, t, _)| *t).collect();
     let notes_deadline = (tokio::time::Instant::now() + Duration::from_secs(5)).min(deadline);
@@ -463,12 +461,164 @@ async fn demo(
     }
     Ok(json!({
         "api": base,
+        "dashboard": format!("{base}/"),
         "sandbox": sandbox,
         "seed": seeded,
         "runs": out_runs,
         "approval": approval,
+        "approved_in_inbox": decided,
         "changes": changes,
     }))
+}
+
+/// The sandbox's time: the system clock plus how far the demo has moved the sandbox's clock on.
+#[derive(Debug, Default)]
+struct SandboxTime {
+    offset_seconds: std::sync::atomic::AtomicI64,
+}
+
+impl SandboxTime {
+    fn set_offset(&self, seconds: i64) {
+        self.offset_seconds
+            .store(seconds, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl steward_engine::clock::Clock for SandboxTime {
+    fn now(&self) -> steward_schemas::Timestamp {
+        let offset = self
+            .offset_seconds
+            .load(std::sync::atomic::Ordering::SeqCst);
+        let now = steward_engine::clock::SystemClock.now();
+        steward_schemas::Timestamp::from_micros(now.as_micros() + offset * 1_000_000)
+    }
+}
+
+/// What [`drive`] works with.
+struct Drive<'a> {
+    store: &'a Store,
+    c: &'a Client,
+    http: &'a reqwest::Client,
+    sandbox: &'a str,
+    deadline: tokio::time::Instant,
+    clock: &'a SandboxTime,
+    /// The waits already fast-forwarded: (run, step, its next check).
+    woken:
+        tokio::sync::Mutex<std::collections::HashSet<(RunId, String, steward_schemas::Timestamp)>>,
+}
+
+/// Drives `runs` to their ends: each gate is approved, the [`GATED`] company's through the signed
+/// link in its ticket's note (recorded in `approval`), the others by the approver through the API
+/// as from their inbox (listed in `decided`); a step waiting on the runner or on Entra Connect's
+/// sync is woken to look again, with the sandbox's clock moved through a sync cycle.
+async fn drive(
+    d: &Drive<'_>,
+    runs: &[(String, i64, RunId)],
+    approval: &mut Value,
+    decided: &mut Vec<Value>,
+    say: &impl Fn(String),
+) -> Result<()> {
+    let ids: Vec<RunId> = runs.iter().map(|(_, _, r)| *r).collect();
+    loop {
+        let mut open = 0;
+        for (company, ticket_id, run) in runs {
+            let snap = d.store.load(*run).await?.context("a run vanished")?;
+            if snap.doc.state.status.is_terminal() {
+                continue;
+            }
+            if matches!(snap.doc.state.status, RunStatus::Paused { .. }) {
+                // A paused run waits for a technician: the demo has failed; say why.
+                if let Some(view) = RunView::load(d.store, *run).await? {
+                    eprintln!("\n{company}: paused:");
+                    crate::print::run(&view, false)?;
+                }
+                bail!("{company}'s run {run} paused (see above)");
+            }
+            open += 1;
+            for (step, st) in &snap.doc.state.steps {
+                match &st.state {
+                    StepState::AwaitingApproval { .. } if company == GATED => {
+                        if !approval.is_null() {
+                            continue;
+                        }
+                        if let Some(a) =
+                            approve_from_note(d.http, d.sandbox, *ticket_id, say).await?
+                        {
+                            say(format!(
+                                "  {company}: approved through the link in ticket {ticket_id}'s note"
+                            ));
+                            *approval = a;
+                        }
+                    }
+                    StepState::AwaitingApproval { .. } => {
+                        d.c.post(
+                            &format!("/v1/approvals/{run}/{step}"),
+                            json!({"decision": "approve", "comment": "approved in the inbox (steward demo)"}),
+                        )
+                        .await?;
+                        say(format!(
+                            "  {company}: {APPROVER} approved run {run} (step `{step}`) in the inbox"
+                        ));
+                        decided.push(
+                            json!({"company": company, "run": run, "step": step.to_string()}),
+                        );
+                    }
+                    StepState::Polling { next_check, .. } => {
+                        // A step waiting on the world (Entra Connect's sync cycle, Exchange
+                        // Online provisioning a mailbox, a runner's job): the sandbox's time moves
+                        // on past the wait, rather than the demo's, and the step is woken to look
+                        // again now, as the runner's callback would. Once per wait.
+                        if !d
+                            .woken
+                            .lock()
+                            .await
+                            .insert((*run, step.to_string(), *next_check))
+                        {
+                            continue;
+                        }
+                        let moved: Value = d
+                            .http
+                            .post(format!("{}/admin/clock/advance", d.sandbox))
+                            .json(&json!({"seconds": 150}))
+                            .send()
+                            .await?
+                            .error_for_status()?
+                            .json()
+                            .await?;
+                        d.clock
+                            .set_offset(moved["offset_seconds"].as_i64().unwrap_or(0));
+                        steward_engine::runner::wake(
+                            d.store,
+                            &Binding {
+                                run: run.to_string(),
+                                step: step.to_string(),
+                                seq: st.seq,
+                                phase: "run".to_owned(),
+                            },
+                        )
+                        .await?;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if open == 0 {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > d.deadline {
+            // Show where each unfinished run stands, so the failure says why.
+            for (company, _, run) in runs {
+                if let Some(view) = RunView::load(d.store, *run).await?
+                    && !view.run.state.status.is_terminal()
+                {
+                    eprintln!("\n{company}: unfinished:");
+                    crate::print::run(&view, false)?;
+                }
+            }
+            bail!("the runs did not finish in time: {ids:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Creates a ticket in the sandbox's Autotask (as the customer's email to the helpdesk would).
@@ -495,8 +645,13 @@ async fn ticket(
 /// Waits for the webhook of `ticket` to have started a run.
 async fn intake_run(c: &Client, ticket: i64, deadline: tokio::time::Instant) -> Result<RunId> {
     let id = format!("autotask:{AUTOTASK_ACCOUNT}:{ticket}");
+    let mut last = Value::Null;
     loop {
         if let Ok(v) = c.get(&format!("/v1/psa/intakes/{id}")).await {
+            if v["status"] == "refused" {
+                bail!("ticket {ticket}'s run was refused: {}", v["problem"]);
+            }
+            last = v.clone();
             if let Some(run) = v["run"].as_str() {
                 return run
                     .parse()
@@ -507,7 +662,7 @@ async fn intake_run(c: &Client, ticket: i64, deadline: tokio::time::Instant) -> 
             }
         }
         if tokio::time::Instant::now() > deadline {
-            bail!("ticket {ticket}'s webhook started no run in time");
+            bail!("ticket {ticket}'s webhook started no run in time (its intake: {last})");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -576,7 +731,7 @@ fn changes_by_company(
         let company = e["company"].as_str().unwrap_or("(msp)").to_owned();
         let system = match e["service"].as_str().unwrap_or("?") {
             "graph" => "Entra ID (Microsoft Graph)",
-            "exchange" | "outlook" => "Exchange Online",
+            "exchange" | "exchange_online" | "outlook" => "Exchange Online",
             "runner" => "Active Directory / Exchange Server (through the runner)",
             "datto" => "RMM jobs (Datto)",
             other => other,

@@ -235,8 +235,24 @@ fn company_of(c: &Value, approver: &str) -> Value {
         if let Some(server) = c["entra_connect"]["server"].as_str() {
             company["entra_connect_server"] = json!(device(server));
         }
-        if let Some(server) = c["exchange_server"]["name"].as_str() {
+        // The world's snapshot names the server `server` (the fixture's key).
+        if let Some(server) = c["exchange_server"]["server"]
+            .as_str()
+            .or_else(|| c["exchange_server"]["name"].as_str())
+        {
             company["exchange_server"] = json!(device(server));
+            // An Exchange server with no RMM agent is reached from the runner by remoting.
+            let has_agent = devices
+                .iter()
+                .filter_map(|d| d["hostname"].as_str())
+                .any(|h| {
+                    h.eq_ignore_ascii_case(server)
+                        || h.to_uppercase()
+                            .ends_with(&format!("-{}", server.to_uppercase()))
+                });
+            if !has_agent {
+                company["exchange_runner"] = json!(runner);
+            }
             company["mailbox_provider"] = json!(if c["entra_connect"].is_object() {
                 "exchange_hybrid"
             } else {
