@@ -15,6 +15,7 @@ pub mod psa;
 pub mod registry;
 pub mod rmm;
 pub mod testing;
+pub mod timer;
 
 pub use op::{BoxFuture, Op, OpContext, OpError, OpOutcome, Services};
 pub use registry::Registry;
