@@ -251,6 +251,7 @@ async fn demo(
         .add_technician(APPROVER, "Team lead", Role::Admin, CompanyScope::ALL)
         .await?;
     let (_, token) = auth.create_token(lead.id, "demo").await?;
+    let api_token = token.clone();
     let c = Client::with_token(
         &ApiArgs {
             api: base.to_owned(),
@@ -434,6 +435,40 @@ async fn demo(
         );
     }
 
+    // No secret anywhere it must not be: the new starters' initial passwords (revealed through
+    // their one-time links, as each new starter would) and the tokens and secrets in play,
+    // looked for in every Redis key and value, every ticket note, and this report.
+    let mut report_runs = serde_json::to_string(&out_runs)?;
+    report_runs.push_str(&serde_json::to_string(&seeded)?);
+    let secrets_check = secrets_check(
+        store,
+        &http,
+        &api_token,
+        webhook_secret,
+        &runs,
+        &notes,
+        &report_runs,
+    )
+    .await?;
+    say(format!(
+        "\n== Secrets check: {} initial passwords (each revealed once through its one-time link, as its new starter would) and {} tokens and secrets looked for in {} Redis keys, {} ticket notes and this report: {}",
+        secrets_check["passwords"],
+        secrets_check["tokens"],
+        secrets_check["redis_keys"],
+        secrets_check["notes"],
+        if secrets_check["found"].as_array().is_some_and(Vec::is_empty) {
+            "none found".to_owned()
+        } else {
+            format!("FOUND {}", secrets_check["found"])
+        }
+    ));
+    if !secrets_check["found"].as_array().is_some_and(Vec::is_empty) {
+        bail!(
+            "a secret was found where it must not be: {}",
+            secrets_check["found"]
+        );
+    }
+
     let ledger: Value = http
         .get(format!("{sandbox}/admin/ledger"))
         .send()
@@ -467,6 +502,7 @@ async fn demo(
         "runs": out_runs,
         "approval": approval,
         "approved_in_inbox": decided,
+        "secrets_check": secrets_check,
         "changes": changes,
     }))
 }
@@ -492,6 +528,185 @@ impl steward_engine::clock::Clock for SandboxTime {
         let now = steward_engine::clock::SystemClock.now();
         steward_schemas::Timestamp::from_micros(now.as_micros() + offset * 1_000_000)
     }
+}
+
+/// Every `delivery.reference` (a one-time secret link) in `v`.
+fn deliveries(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            if let Some(r) = m
+                .get("delivery")
+                .and_then(|d| d["reference"].as_str())
+                .filter(|r| r.starts_with("http"))
+            {
+                out.push(r.to_owned());
+            }
+            m.values().for_each(|x| deliveries(x, out));
+        }
+        Value::Array(a) => a.iter().for_each(|x| deliveries(x, out)),
+        _ => {}
+    }
+}
+
+/// The secret on a revealed secret link's page (the text of its `<pre>`).
+fn revealed(html: &str) -> Option<String> {
+    let start = html.find("<pre")?;
+    let after = start + html[start..].find('>')? + 1;
+    let end = after + html[after..].find("</pre>")?;
+    Some(
+        html[after..end]
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&quot;", "\"")
+            .replace("&#39;", "'")
+            .replace("&#x27;", "'")
+            .replace("&amp;", "&"),
+    )
+}
+
+/// Looks for the initial passwords and the secrets in play in every Redis key and value, every
+/// ticket note and `report`. Returns counts, what was found where (by label, never the value),
+/// and each secret's length and SHA-256, so a caller holding the process's logs can look for
+/// them there too without being told them.
+async fn secrets_check(
+    store: &Store,
+    http: &reqwest::Client,
+    api_token: &str,
+    webhook_secret: &str,
+    runs: &[(String, i64, RunId)],
+    notes: &[Value],
+    report: &str,
+) -> Result<Value> {
+    use sha2::Digest as _;
+    let mut secrets: Vec<(String, String)> = Vec::new();
+    let mut passwords = 0;
+    for (company, _, run) in runs {
+        let view = RunView::load(store, *run)
+            .await?
+            .context("a run vanished")?;
+        let mut links = Vec::new();
+        deliveries(&serde_json::to_value(&view)?, &mut links);
+        // The run shows a link more than once (the step's output, its history).
+        links.sort();
+        links.dedup();
+        for link in links {
+            let page = http.post(&link).send().await?;
+            let status = page.status();
+            let html = page.text().await?;
+            let password = revealed(&html)
+                .filter(|_| status.is_success())
+                .ok_or_else(|| {
+                    anyhow!(
+                        "{company}: the one-time link of run {run} revealed nothing (HTTP {status})"
+                    )
+                })?;
+            secrets.push((
+                format!("{company}'s new starter's initial password"),
+                password,
+            ));
+            passwords += 1;
+        }
+    }
+    let fixed = [
+        ("the technician's API token", api_token),
+        ("the Autotask webhook secret", webhook_secret),
+        ("Steward's Microsoft 365 app secret", SANDBOX_APP_SECRET),
+        (
+            "the Autotask API secret",
+            super::sandbox::SANDBOX_AUTOTASK_SECRET,
+        ),
+        (
+            "the ConnectWise private key",
+            steward_sandbox::connectwise::PRIVATE_KEY,
+        ),
+        (
+            "the HaloPSA API secret",
+            steward_sandbox::halo::CLIENT_SECRET,
+        ),
+    ];
+    let tokens = fixed.len();
+    secrets.extend(
+        fixed
+            .iter()
+            .map(|(l, v)| ((*l).to_owned(), (*v).to_owned())),
+    );
+
+    // Every key and value in Redis, as bytes.
+    let db = store.db();
+    let mut haystack: Vec<u8> = Vec::new();
+    let mut keys = 0usize;
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<Vec<u8>>) = db
+            .query(redis::cmd("SCAN").arg(cursor).arg("COUNT").arg(1000))
+            .await?;
+        for key in batch {
+            keys += 1;
+            haystack.extend_from_slice(&key);
+            haystack.push(b'\n');
+            let kind: String = db.query(redis::cmd("TYPE").arg(&key)).await?;
+            let parts: Vec<Vec<u8>> = match kind.as_str() {
+                "string" => vec![db.query(redis::cmd("GET").arg(&key)).await?],
+                "hash" => db.query(redis::cmd("HGETALL").arg(&key)).await?,
+                "list" => {
+                    db.query(redis::cmd("LRANGE").arg(&key).arg(0).arg(-1))
+                        .await?
+                }
+                "set" => db.query(redis::cmd("SMEMBERS").arg(&key)).await?,
+                "zset" => {
+                    db.query(redis::cmd("ZRANGE").arg(&key).arg(0).arg(-1))
+                        .await?
+                }
+                "stream" => {
+                    let v: redis::Value = db
+                        .query(redis::cmd("XRANGE").arg(&key).arg("-").arg("+"))
+                        .await?;
+                    vec![format!("{v:?}").into_bytes()]
+                }
+                _ => Vec::new(),
+            };
+            for p in parts {
+                haystack.extend_from_slice(&p);
+                haystack.push(b'\n');
+            }
+        }
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    let notes_text = serde_json::to_string(notes)?;
+    let contains = |hay: &[u8], needle: &str| {
+        !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+    };
+    let mut found = Vec::new();
+    for (label, value) in &secrets {
+        for (place, hay) in [
+            ("Redis", haystack.as_slice()),
+            ("a ticket note", notes_text.as_bytes()),
+            ("the report", report.as_bytes()),
+        ] {
+            if contains(hay, value) {
+                found.push(json!({"secret": label, "in": place}));
+            }
+        }
+    }
+    let digests: Vec<Value> = secrets
+        .iter()
+        .map(|(label, value)| {
+            let digest = sha2::Sha256::digest(value.as_bytes());
+            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+            json!({"secret": label, "len": value.len(), "sha256": hex})
+        })
+        .collect();
+    Ok(json!({
+        "passwords": passwords,
+        "tokens": tokens,
+        "redis_keys": keys,
+        "notes": notes.len(),
+        "found": found,
+        "digests": digests,
+    }))
 }
 
 /// What [`drive`] works with.

@@ -76,7 +76,7 @@ pub(crate) const WEBHOOK_SECRET_VAR: &str = "STEWARD_SANDBOX_WEBHOOK_SECRET";
 /// The sandbox's Autotask API user's secret and integration code: the built-in fixture's
 /// (sandbox/fixtures/msp.yaml), which mean nothing anywhere else. The sandbox never serves them
 /// back (its world snapshot redacts them), so a technician types them, as here.
-const SANDBOX_AUTOTASK_SECRET: &str = "sandbox-autotask-secret";
+pub(crate) const SANDBOX_AUTOTASK_SECRET: &str = "sandbox-autotask-secret";
 const SANDBOX_AUTOTASK_CODE: &str = "SANDBOXINTEGRATIONCODE";
 
 /// The Steward PSA account ids `steward sandbox seed` registers.
@@ -466,9 +466,12 @@ async fn connectwise(c: &Client, http: &reqwest::Client, sandbox: &str) -> Resul
 /// as it is (its credential cannot be read back), and `false` is returned.
 async fn halo(c: &Client, http: &reqwest::Client, sandbox: &str) -> Result<bool> {
     use steward_sandbox::halo::{CLIENT_ID, CLIENT_SECRET};
-    if c.get(&format!("/v1/psa/accounts/{HALO_ACCOUNT}"))
-        .await
-        .is_ok()
+    let accounts = c.get("/v1/psa/accounts").await?;
+    if accounts
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|a| a["id"] == HALO_ACCOUNT)
     {
         return Ok(false);
     }
