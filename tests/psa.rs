@@ -1179,3 +1179,53 @@ async fn an_autotask_update_for_an_unseen_ticket_is_read_in_full() -> Result<()>
     );
     Ok(())
 }
+
+/// Figures (ignored by default; prints): a signed Autotask webhook received → its run created
+/// with the first step queued (the hook answers `started` only after the run's creation, which
+/// enqueues the first step in the same Redis script), p50/p99 over 300 new-starter tickets, one
+/// delivery at a time, against a private Redis on this machine. Each answer is checked: started,
+/// with a run whose first step was queued.
+///
+/// `cargo nextest run -p steward --test psa --run-ignored only webhook_to_first_step_queued_figures --no-capture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a figure, not a check: prints the latency"]
+async fn webhook_to_first_step_queued_figures() -> Result<()> {
+    let w = World::start().await?;
+    const N: i64 = 300;
+    let mut took = Vec::new();
+    for i in 0..N {
+        let ticket = 700_000 + i;
+        let body = payload(
+            ticket,
+            174,
+            &format!("New starter: Person {i}"),
+            &format!("Name: Person {i}\nStart date: 2027-02-01"),
+            1,
+            chrono::Utc::now(),
+        );
+        let started = std::time::Instant::now();
+        let (s, receipt) = w.deliver(&body, SECRET).await?;
+        took.push(started.elapsed());
+        assert_eq!(
+            (s, receipt["outcome"].as_str()),
+            (200, Some("started")),
+            "{receipt}"
+        );
+        // Checked after the clock stopped: the run exists and its first step was queued.
+        if i % 50 == 0 {
+            let run = receipt["run"].as_str().expect("a run").to_owned();
+            let (_, v) = w.api.get("admin", &format!("/v1/runs/{run}")).await?;
+            let history = v.to_string();
+            assert!(history.contains("queued"), "{v}");
+        }
+    }
+    took.sort();
+    let pct = |p: f64| took[((took.len() as f64 * p).ceil() as usize).saturating_sub(1)];
+    println!(
+        "webhook received → run created, first step queued: n={N} p50={:.2?} p99={:.2?} max={:.2?}",
+        pct(0.50),
+        pct(0.99),
+        took[took.len() - 1]
+    );
+    Ok(())
+}
