@@ -1229,3 +1229,86 @@ async fn webhook_to_first_step_queued_figures() -> Result<()> {
     );
     Ok(())
 }
+
+/// "Delete after N days": `timer.wait` parks the step on the engine's timer index (the run stays
+/// running, the step polling with its deadline N days after the run started, no worker busy);
+/// cancelling the run ends the wait, and the step after it never runs. Zero days passes at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_after_n_days_wait_is_durable_and_cancellable() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(
+        dir.path().join("later.yaml"),
+        r#"
+name: later
+inputs:
+  days: {type: number}
+steps:
+  - {id: wait, op: timer.wait, max_wait: 30d, with: {days: "${{ inputs.days }}"}}
+  - {id: delete, op: ledger, needs: [wait], with: {key: "delete"}}
+"#,
+    )?;
+    let api = ApiEnv::start(dir.path()).await?;
+    let start = |days: u64| {
+        let api = &api;
+        async move {
+            let (s, v) = send(api.req("admin", reqwest::Method::POST, "/v1/runs").json(
+                &json!({"workflow": "later", "company": "contoso", "inputs": {"days": days}}),
+            ))
+            .await?;
+            anyhow::ensure!(s == 201 || s == 200, "{s} {v}");
+            anyhow::Ok(v["run"].as_str().unwrap_or_default().to_owned())
+        }
+    };
+    let run = start(14).await?;
+    let polling = wait_for("the wait to park", Duration::from_secs(20), || async {
+        let (_, v) = api.get("admin", &format!("/v1/runs/{run}")).await?;
+        let text = v.to_string();
+        Ok((v["summary"]["status"] == "running" && text.contains("polling")).then_some(v))
+    })
+    .await?;
+    let text = polling.to_string();
+    assert!(
+        text.contains("14 days after the run started") && text.contains("cancel the run"),
+        "{polling}"
+    );
+    let (s, v) = send(
+        api.req(
+            "admin",
+            reqwest::Method::POST,
+            &format!("/v1/runs/{run}/cancel"),
+        )
+        .json(&json!({"reason": "the leaver is coming back"})),
+    )
+    .await?;
+    assert_eq!(s, 200, "{v}");
+    wait_for(
+        "the run to be cancelled",
+        Duration::from_secs(20),
+        || async {
+            let (_, v) = api.get("admin", &format!("/v1/runs/{run}")).await?;
+            Ok((v["summary"]["status"] == "cancelled").then_some(()))
+        },
+    )
+    .await?;
+    // Zero days: the wait passes at once and the next step runs.
+    let now = start(0).await?;
+    wait_for(
+        "the zero-day run to complete",
+        Duration::from_secs(20),
+        || async {
+            let (_, v) = api.get("admin", &format!("/v1/runs/{now}")).await?;
+            Ok((v["summary"]["status"] == "completed").then_some(()))
+        },
+    )
+    .await?;
+    let ledger = api.env.ledger().await?;
+    assert!(
+        ledger.applied.iter().all(|e| !e.starts_with(&run)),
+        "the cancelled run's delete ran: {ledger:?}"
+    );
+    assert!(
+        ledger.applied.iter().any(|e| e.starts_with(&now)),
+        "the zero-day run's delete did not run: {ledger:?}"
+    );
+    Ok(())
+}
