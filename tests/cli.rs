@@ -809,7 +809,8 @@ fn the_demo_runs() {
     // and SHA-256, so the test never holds them.
     let check = &v["secrets_check"];
     assert_eq!(check["found"], serde_json::json!([]), "{check}");
-    assert!(check["passwords"].as_u64() >= Some(2), "{check}");
+    // All four new starters: cloud, hybrid, on premises and hybrid without sync.
+    assert_eq!(check["passwords"].as_u64(), Some(4), "{check}");
     assert!(check["redis_keys"].as_u64() > Some(50), "{check}");
     assert!(check["notes"].as_u64() >= Some(10), "{check}");
     let digests = check["digests"].as_array().expect("digests");
