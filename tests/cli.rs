@@ -749,7 +749,9 @@ fn the_demo_runs() {
         assert!(t.contains(&format!("== {company}, ticket ")), "{t}");
     }
     assert!(
-        t.contains("PSA account sandbox-autotask: registered") && t.contains("start `onboarding`"),
+        t.contains("PSA account sandbox-autotask: registered")
+            && t.contains("PSA account sandbox-halo: registered, with a webhook to")
+            && t.contains("start `onboarding`"),
         "{t}"
     );
     // Four onboardings from tickets and one offboarding, all completed.
@@ -2250,6 +2252,30 @@ async fn a_dry_run_shows_what_would_change_and_changes_nothing() -> Result<()> {
         t.contains("delete_after_days") && t.contains("number"),
         "{t}"
     );
+    // The PSA webhooks are in the API's OpenAPI document, with their authentication and answers.
+    let doc: Value = http
+        .get(format!("{}/v1/openapi.json", stack.api))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    for (path, auth) in [
+        ("/v1/hooks/autotask", "X-Hook-Signature"),
+        ("/v1/hooks/connectwise", "x-content-signature"),
+        ("/v1/hooks/halo", "Authorization"),
+    ] {
+        let post = &doc["paths"][path]["post"];
+        assert!(
+            post["description"]
+                .as_str()
+                .is_some_and(|d| d.contains(auth))
+                && post["responses"]["200"].is_object()
+                && post["responses"]["202"].is_object()
+                && post["responses"]["401"].is_object(),
+            "{path}: {post}"
+        );
+    }
     // Nothing was started by any of it.
     let runs: Value = serde_json::from_str(stack.ok("tech", &["runs", "--json"]).trim())?;
     assert_eq!(runs["runs"].as_array().map(Vec::len), Some(0), "{runs}");
