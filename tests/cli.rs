@@ -750,21 +750,35 @@ fn the_demo_runs() {
     }
     assert!(
         t.contains("PSA account sandbox-autotask: registered")
-            && t.contains("start `demo-onboarding`"),
+            && t.contains("PSA account sandbox-halo: registered, with a webhook to")
+            && t.contains("start `onboarding`"),
         "{t}"
     );
     // Four onboardings from tickets and one offboarding, all completed.
     assert_eq!(t.matches("by psa:autotask").count(), 5, "{t}");
     assert_eq!(t.matches("status:  completed").count(), 5, "{t}");
-    // Northwind's run waited at its policy's gate until approved through its ticket's link.
+    // Every run waited at its gate: northwind's was approved through its ticket's link, the
+    // others in the inbox.
     assert!(
         t.contains("approving through the link: HTTP 200")
             && t.contains("using it again: HTTP 410")
-            && t.contains("approved at gate `policy_approval` by lead@msp.example (via link"),
+            && t.contains("approved at gate `approval` by lead@msp.example (via link"),
+        "{t}"
+    );
+    // Three onboardings, and the offboarding's two gates (its own and the one the policy adds
+    // before retiring devices).
+    assert_eq!(t.matches("(via api)").count(), 5, "{t}");
+    assert!(
+        t.contains("approved at gate `policy_approval` by lead@msp.example (via api)"),
         "{t}"
     );
     assert!(
-        t.contains("Leaver: Jane Doe") && t.contains("demo-offboarding v1"),
+        t.lines()
+            .any(|l| l.trim_start().starts_with("retire_devices") && l.contains("succeeded")),
+        "{t}"
+    );
+    assert!(
+        t.contains("Leaver: Jane Doe") && t.contains("offboarding v1"),
         "{t}"
     );
     // What changed, from the sandbox's ledger: each directory and the tickets.
@@ -774,21 +788,83 @@ fn the_demo_runs() {
         "user.revoke_sessions ",
         "ad.new_user ",
         "adsync.start_delta ",
+        "exchange_server.enable_remote_mailbox ",
+        "exchange_server.enable_mailbox ",
+        "exo.set_mailbox ",
         "Steward: waiting for approval",
         "Steward: done",
     ] {
         assert!(t.contains(line), "no `{line}` in:\n{t}");
     }
 
-    let out = steward(&["demo", "--json"]);
+    // Debug logs on: the process's own logs are scanned for every secret below.
+    let out = Command::new(BIN)
+        .args(["demo", "--json"])
+        .env("STEWARD_LOG", "debug")
+        .output()
+        .expect("steward runs");
     assert!(out.status.success(), "{}", text(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    // The secrets check: the demo revealed the new starters' initial passwords through their
+    // one-time links and found no password or token in Redis, the ticket notes or its report;
+    // here the process's logs (stderr, debug) and output are searched for each by its length
+    // and SHA-256, so the test never holds them.
+    let check = &v["secrets_check"];
+    assert_eq!(check["found"], serde_json::json!([]), "{check}");
+    // All four new starters: cloud, hybrid, on premises and hybrid without sync.
+    assert_eq!(check["passwords"].as_u64(), Some(4), "{check}");
+    assert!(check["redis_keys"].as_u64() > Some(50), "{check}");
+    assert!(check["notes"].as_u64() >= Some(10), "{check}");
+    let digests = check["digests"].as_array().expect("digests");
+    assert_eq!(
+        digests.len() as u64,
+        check["passwords"].as_u64().unwrap() + check["tokens"].as_u64().unwrap(),
+        "{check}"
+    );
+    let logs = [out.stderr.as_slice(), out.stdout.as_slice()].concat();
+    assert!(logs.len() > 10_000, "debug logs: {} bytes", logs.len());
+    let mut by_len: std::collections::BTreeMap<usize, Vec<(String, String)>> = Default::default();
+    for d in digests {
+        by_len
+            .entry(d["len"].as_u64().expect("len") as usize)
+            .or_default()
+            .push((
+                d["sha256"].as_str().expect("sha256").to_owned(),
+                d["secret"].to_string(),
+            ));
+    }
+    // A control: a piece of the logs themselves must be found by the same search.
+    let hex = |bytes: &[u8]| -> String {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    by_len
+        .entry(24)
+        .or_default()
+        .push((hex(&logs[500..524]), "control".to_owned()));
+    let mut hits = std::collections::BTreeSet::new();
+    for (len, wanted) in &by_len {
+        for w in logs.windows(*len) {
+            let h = hex(w);
+            if let Some((_, label)) = wanted.iter().find(|(d, _)| *d == h) {
+                hits.insert(label.clone());
+            }
+        }
+    }
+    assert_eq!(
+        hits.into_iter().collect::<Vec<_>>(),
+        vec!["control".to_owned()],
+        "secrets in the demo's logs or output"
+    );
     let runs = v["runs"].as_array().expect("runs");
     assert_eq!(runs.len(), 5, "{v}");
     assert!(runs.iter().all(|r| r["completed"] == true), "{v}");
     assert_eq!(
         runs.iter()
-            .filter(|r| r["workflow"] == "demo-offboarding")
+            .filter(|r| r["workflow"] == "offboarding")
             .count(),
         1,
         "{v}"
@@ -2015,7 +2091,16 @@ async fn plan_and_script_show_the_routed_work_through_the_api() -> Result<()> {
     json_args.push("--json");
     let plan: serde_json::Value = serde_json::from_str(&stack.ok("admin", &json_args))?;
     assert_eq!(plan["routable"], true, "{plan}");
-    let create = &plan["steps"][0];
+    // The plan a run would have: the gate the company's policy adds comes first.
+    assert_eq!(plan["steps"][0]["step"], "policy_approval", "{plan}");
+    let step = |id: &str| {
+        plan["steps"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["step"] == id))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let create = &step("create");
     assert_eq!(create["params"]["password_ref"], "[secret]", "{plan}");
     let systems: Vec<&str> = create["actions"]
         .as_array()
@@ -2024,7 +2109,7 @@ async fn plan_and_script_show_the_routed_work_through_the_api() -> Result<()> {
         .filter_map(|a| a["system"].as_str())
         .collect();
     assert_eq!(systems.first(), Some(&"rmm"), "on-prem first: {plan}");
-    let licence = &plan["steps"][1];
+    let licence = &step("licence");
     assert!(
         licence["actions"]
             .as_array()
@@ -2120,5 +2205,157 @@ async fn plan_and_script_show_the_routed_work_through_the_api() -> Result<()> {
     );
     let t = text(&out);
     assert!(!out.status.success() && t.contains("inputs.colour"), "{t}");
+    Ok(())
+}
+
+/// `steward run … --dry-run`: what the real offboarding would change, system by system, with the
+/// values a run would use (the company's own input defaults applied) and the gates it waits at;
+/// nothing is created or changed; a bad input is a clear error naming it.
+#[tokio::test]
+async fn a_dry_run_shows_what_would_change_and_changes_nothing() -> Result<()> {
+    use serde_json::{Value, json};
+    let stack = Stack::start(&[
+        ("offboarding", include_str!("../workflows/offboarding.yaml")),
+        ("onboarding", include_str!("../workflows/onboarding.yaml")),
+    ])
+    .await?;
+    let base = [
+        "run",
+        "offboarding",
+        "--company",
+        "contoso",
+        "--input",
+        "user=jane.doe@contoso.com",
+        "--input",
+        "license_sku=SPB",
+        "--dry-run",
+    ];
+    let t = stack.ok("tech", &base);
+    assert!(
+        t.contains("Dry run of offboarding v1") && t.contains("Nothing was changed"),
+        "{t}"
+    );
+    // The workflow's defaults: devices retired, not wiped, the account kept.
+    assert!(
+        t.contains("retire_devices=true")
+            && t.contains("wipe_devices=false")
+            && t.contains("delete_after_days=0"),
+        "{t}"
+    );
+    assert!(
+        t.contains("retire_devices: graph.retire_managed_devices with user=jane.doe@contoso.com"),
+        "{t}"
+    );
+    assert!(
+        t.contains("remove_license: graph.remove_license with user=jane.doe@contoso.com, sku=SPB"),
+        "{t}"
+    );
+    // Gates first; steps the inputs leave out are listed apart.
+    let gates = t.find("waits for approval:").expect("the gates");
+    // The workflow's gate, its message filled in with the options chosen; and the gate the
+    // company's policy adds before the steps that always need approval.
+    assert!(
+        t[gates..].contains("approval: Offboard jane.doe@contoso.com")
+            && t[gates..].contains("devices: retire true, wipe false")
+            && t[gates..].contains("policy_approval: Company policy asks for approval before:"),
+        "{t}"
+    );
+    let not_run = t
+        .find("not run for these inputs")
+        .expect("the steps left out");
+    for step in [
+        "wipe_devices (device.wipe_all)",
+        "wait_before_delete (timer.wait)",
+        "delete_user (user.delete)",
+    ] {
+        assert!(t[not_run..].contains(step), "{step} in:\n{t}");
+    }
+
+    // The company's defaults decide when the ticket does not: wipe, and delete after 14 days.
+    let http = reqwest::Client::new();
+    let mut contoso: Value = http
+        .get(format!("{}/v1/companies/contoso", stack.api))
+        .bearer_auth(&stack.tokens["admin"])
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let mut company = contoso["company"].take();
+    company["defaults"]["inputs"] = json!({"wipe_devices": true, "delete_after_days": 14});
+    let res = http
+        .put(format!("{}/v1/companies/contoso", stack.api))
+        .bearer_auth(&stack.tokens["admin"])
+        .json(&company)
+        .send()
+        .await?;
+    assert!(res.status().is_success(), "{}", res.text().await?);
+    let t = stack.ok("tech", &base);
+    assert!(
+        t.contains("wipe_devices=true") && t.contains("delete_after_days=14"),
+        "{t}"
+    );
+    assert!(
+        t.contains("wipe_devices: graph.wipe_managed_devices with user=jane.doe@contoso.com")
+            && t.contains("wait_before_delete: ")
+            && t.contains("days=14")
+            && t.contains("delete_user: "),
+        "{t}"
+    );
+    let not_run = t.find("not run for these inputs").map_or("", |i| &t[i..]);
+    assert!(
+        !not_run.contains("wipe_devices (") && not_run.contains("retire_devices ("),
+        "{t}"
+    );
+    // The ticket's own value beats the company's default.
+    let mut keep = base.to_vec();
+    keep.extend(["--input", "delete_after_days=0"]);
+    let t = stack.ok("tech", &keep);
+    assert!(t.contains("delete_after_days=0"), "{t}");
+
+    // --json: the routed plan as the API gives it.
+    let mut json_args = base.to_vec();
+    json_args.push("--json");
+    let v: Value = serde_json::from_str(stack.ok("tech", &json_args).trim())?;
+    assert_eq!(v["workflow"], "offboarding", "{v}");
+    assert_eq!(v["inputs"]["user"], "jane.doe@contoso.com", "{v}");
+
+    // A bad value: a clear error naming the input, and no run.
+    let mut bad = base.to_vec();
+    bad.extend(["--input", "delete_after_days=soon"]);
+    let out = stack.cli("tech", &bad);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(
+        t.contains("delete_after_days") && t.contains("number"),
+        "{t}"
+    );
+    // The PSA webhooks are in the API's OpenAPI document, with their authentication and answers.
+    let doc: Value = http
+        .get(format!("{}/v1/openapi.json", stack.api))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    for (path, auth) in [
+        ("/v1/hooks/autotask", "X-Hook-Signature"),
+        ("/v1/hooks/connectwise", "x-content-signature"),
+        ("/v1/hooks/halo", "Authorization"),
+    ] {
+        let post = &doc["paths"][path]["post"];
+        assert!(
+            post["description"]
+                .as_str()
+                .is_some_and(|d| d.contains(auth))
+                && post["responses"]["200"].is_object()
+                && post["responses"]["202"].is_object()
+                && post["responses"]["401"].is_object(),
+            "{path}: {post}"
+        );
+    }
+    // Nothing was started by any of it.
+    let runs: Value = serde_json::from_str(stack.ok("tech", &["runs", "--json"]).trim())?;
+    assert_eq!(runs["runs"].as_array().map(Vec::len), Some(0), "{runs}");
     Ok(())
 }

@@ -903,3 +903,78 @@ fn the_csdl_checker_catches_what_graph_would_refuse() -> Result<()> {
     );
     Ok(())
 }
+
+/// Offboarding's device options: every Intune device of the leaver retired, or wiped, in one
+/// step (`GET /users/{id}/managedDevices`, then `POST …/managedDevices/{id}/retire` or `/wipe`
+/// for each), once however often the step runs; a user with no device: nothing sent.
+#[tokio::test]
+async fn a_leavers_devices_are_retired_or_wiped_all_at_once() -> Result<()> {
+    let w = World::new().await?;
+    let adele = "adele.vance@contoso.com";
+    let list = |step: &'static str| {
+        let w = &w;
+        async move {
+            let (v, _) = w
+                .ok(
+                    "device.list",
+                    &w.cx("contoso", step, Phase::Run, 1),
+                    &json!({"user": adele}),
+                )
+                .await?;
+            anyhow::Ok(v["devices"].as_array().cloned().unwrap_or_default())
+        }
+    };
+    let before = list("list1").await?;
+    assert!(
+        !before.is_empty() && before.iter().all(|d| d["management_state"] == "managed"),
+        "{before:?}"
+    );
+    let (out, rb) = w
+        .round_trip(
+            "contoso",
+            "retire_all",
+            "device.retire_all",
+            json!({"user": adele}),
+            before.len(),
+        )
+        .await?;
+    assert_eq!(
+        out["devices"].as_array().map(Vec::len),
+        Some(before.len()),
+        "{out}"
+    );
+    assert!(matches!(rb, Rollback::Irreversible { .. }), "{rb:?}");
+    let after = list("list2").await?;
+    assert!(
+        after
+            .iter()
+            .all(|d| d["management_state"] == "retirePending"),
+        "{after:?}"
+    );
+    admin(&w.sb, "POST", "/reset", None).await?;
+    w.round_trip(
+        "contoso",
+        "wipe_all",
+        "device.wipe_all",
+        json!({"user": adele}),
+        before.len(),
+    )
+    .await?;
+    let wiped = list("list3").await?;
+    assert!(
+        wiped.iter().all(|d| d["management_state"] == "wipePending"),
+        "{wiped:?}"
+    );
+    // Megan has no managed device: nothing to send, and the step succeeds.
+    let (out, _) = w
+        .round_trip(
+            "contoso",
+            "none",
+            "device.retire_all",
+            json!({"user": "megan.bowen@contoso.com"}),
+            0,
+        )
+        .await?;
+    assert_eq!(out["devices"], json!([]), "{out}");
+    w.check(true).await
+}

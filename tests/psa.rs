@@ -1179,3 +1179,136 @@ async fn an_autotask_update_for_an_unseen_ticket_is_read_in_full() -> Result<()>
     );
     Ok(())
 }
+
+/// Figures (ignored by default; prints): a signed Autotask webhook received → its run created
+/// with the first step queued (the hook answers `started` only after the run's creation, which
+/// enqueues the first step in the same Redis script), p50/p99 over 300 new-starter tickets, one
+/// delivery at a time, against a private Redis on this machine. Each answer is checked: started,
+/// with a run whose first step was queued.
+///
+/// `cargo nextest run -p steward --test psa --run-ignored only webhook_to_first_step_queued_figures --no-capture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a figure, not a check: prints the latency"]
+async fn webhook_to_first_step_queued_figures() -> Result<()> {
+    let w = World::start().await?;
+    const N: i64 = 300;
+    let mut took = Vec::new();
+    for i in 0..N {
+        let ticket = 700_000 + i;
+        let body = payload(
+            ticket,
+            174,
+            &format!("New starter: Person {i}"),
+            &format!("Name: Person {i}\nStart date: 2027-02-01"),
+            1,
+            chrono::Utc::now(),
+        );
+        let started = std::time::Instant::now();
+        let (s, receipt) = w.deliver(&body, SECRET).await?;
+        took.push(started.elapsed());
+        assert_eq!(
+            (s, receipt["outcome"].as_str()),
+            (200, Some("started")),
+            "{receipt}"
+        );
+        // Checked after the clock stopped: the run exists and its first step was queued.
+        if i % 50 == 0 {
+            let run = receipt["run"].as_str().expect("a run").to_owned();
+            let (_, v) = w.api.get("admin", &format!("/v1/runs/{run}")).await?;
+            let history = v.to_string();
+            assert!(history.contains("queued"), "{v}");
+        }
+    }
+    took.sort();
+    let pct = |p: f64| took[((took.len() as f64 * p).ceil() as usize).saturating_sub(1)];
+    println!(
+        "webhook received → run created, first step queued: n={N} p50={:.2?} p99={:.2?} max={:.2?}",
+        pct(0.50),
+        pct(0.99),
+        took[took.len() - 1]
+    );
+    Ok(())
+}
+
+/// "Delete after N days": `timer.wait` parks the step on the engine's timer index (the run stays
+/// running, the step polling with its deadline N days after the run started, no worker busy);
+/// cancelling the run ends the wait, and the step after it never runs. Zero days passes at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_after_n_days_wait_is_durable_and_cancellable() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(
+        dir.path().join("later.yaml"),
+        r#"
+name: later
+inputs:
+  days: {type: number}
+steps:
+  - {id: wait, op: timer.wait, max_wait: 30d, with: {days: "${{ inputs.days }}"}}
+  - {id: delete, op: ledger, needs: [wait], with: {key: "delete"}}
+"#,
+    )?;
+    let api = ApiEnv::start(dir.path()).await?;
+    let start = |days: u64| {
+        let api = &api;
+        async move {
+            let (s, v) = send(api.req("admin", reqwest::Method::POST, "/v1/runs").json(
+                &json!({"workflow": "later", "company": "contoso", "inputs": {"days": days}}),
+            ))
+            .await?;
+            anyhow::ensure!(s == 201 || s == 200, "{s} {v}");
+            anyhow::Ok(v["run"].as_str().unwrap_or_default().to_owned())
+        }
+    };
+    let run = start(14).await?;
+    let polling = wait_for("the wait to park", Duration::from_secs(20), || async {
+        let (_, v) = api.get("admin", &format!("/v1/runs/{run}")).await?;
+        let text = v.to_string();
+        Ok((v["summary"]["status"] == "running" && text.contains("polling")).then_some(v))
+    })
+    .await?;
+    let text = polling.to_string();
+    assert!(
+        text.contains("14 days after the run started") && text.contains("cancel the run"),
+        "{polling}"
+    );
+    let (s, v) = send(
+        api.req(
+            "admin",
+            reqwest::Method::POST,
+            &format!("/v1/runs/{run}/cancel"),
+        )
+        .json(&json!({"reason": "the leaver is coming back"})),
+    )
+    .await?;
+    assert_eq!(s, 200, "{v}");
+    wait_for(
+        "the run to be cancelled",
+        Duration::from_secs(20),
+        || async {
+            let (_, v) = api.get("admin", &format!("/v1/runs/{run}")).await?;
+            Ok((v["summary"]["status"] == "cancelled").then_some(()))
+        },
+    )
+    .await?;
+    // Zero days: the wait passes at once and the next step runs.
+    let now = start(0).await?;
+    wait_for(
+        "the zero-day run to complete",
+        Duration::from_secs(20),
+        || async {
+            let (_, v) = api.get("admin", &format!("/v1/runs/{now}")).await?;
+            Ok((v["summary"]["status"] == "completed").then_some(()))
+        },
+    )
+    .await?;
+    let ledger = api.env.ledger().await?;
+    assert!(
+        ledger.applied.iter().all(|e| !e.starts_with(&run)),
+        "the cancelled run's delete ran: {ledger:?}"
+    );
+    assert!(
+        ledger.applied.iter().any(|e| e.starts_with(&now)),
+        "the zero-day run's delete did not run: {ledger:?}"
+    );
+    Ok(())
+}

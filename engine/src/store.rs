@@ -643,7 +643,17 @@ impl Store {
     /// Creates a run and starts it (or schedules its start): one round trip once the definition
     /// is stored.
     pub async fn create_run(&self, new: NewRun) -> Result<RunId> {
-        let inputs = prepare_inputs(new.plan.def(), &new.inputs).map_err(Error::Inputs)?;
+        let company_inputs = new
+            .company_settings
+            .get("defaults")
+            .and_then(|d| d.get("inputs"))
+            .and_then(Value::as_object);
+        let given = steward_core::inputs::with_company_defaults(
+            new.plan.def(),
+            &new.inputs,
+            company_inputs,
+        );
+        let inputs = prepare_inputs(new.plan.def(), &given).map_err(Error::Inputs)?;
         let size = serde_json::to_string(&inputs).map_err(corrupt)?.len();
         if size > self.limits.max_input_bytes {
             return Err(Error::TooLarge {

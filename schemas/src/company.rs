@@ -1,6 +1,8 @@
 //! Companies: the MSP's clients, and how Steward reaches their systems.
 
 use schemars::JsonSchema;
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -211,6 +213,11 @@ pub struct CompanyDefaults {
     /// How usernames are made from names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username_format: Option<UsernameFormat>,
+    /// Workflow inputs this company uses when a run does not give them, by input name (e.g.
+    /// `wipe_devices: true`, `delete_after_days: 30`): they replace the workflow's own default,
+    /// and are shown in the plan approvers see.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub inputs: BTreeMap<String, Value>,
 }
 
 /// How a username is made from a first and last name.

@@ -34,19 +34,21 @@ use crate::client::{ApiArgs, Client};
 /// The demo's workflows, embedded so `steward demo` works from any directory.
 const WORKFLOWS: &[(&str, &str)] = &[
     (
-        "demo-onboarding.yaml",
-        include_str!("../../workflows/demo-onboarding.yaml"),
+        "onboarding.yaml",
+        include_str!("../../workflows/onboarding.yaml"),
     ),
     (
-        "demo-offboarding.yaml",
-        include_str!("../../workflows/demo-offboarding.yaml"),
+        "offboarding.yaml",
+        include_str!("../../workflows/offboarding.yaml"),
     ),
 ];
 const MSP_WORLD: &str = include_str!("../../sandbox/fixtures/msp.yaml");
 const DEMO_COMPANY: &str = include_str!("../../sandbox/fixtures/demo-company.yaml.part");
-const ONBOARDING: &str = "demo-onboarding";
-const OFFBOARDING: &str = "demo-offboarding";
+const ONBOARDING: &str = "onboarding";
+const OFFBOARDING: &str = "offboarding";
 const APPROVER: &str = "lead@msp.example";
+/// Who gets the leaver's mailbox (an existing user of the leaver's company in the sandbox).
+const LEAVER_MANAGER: &str = "megan.bowen@contoso.com";
 /// The sandbox's registration of Steward's app (sandbox credentials, meaningless elsewhere).
 const SANDBOX_APP_ID: &str = "5e7a9f3c-1b2d-4c8e-9f00-a1b2c3d4e5f6";
 const SANDBOX_APP_SECRET: &str = "sandbox-client-secret-steward";
@@ -88,7 +90,11 @@ const STARTERS: &[Starter] = &[
     },
 ];
 
-/// The company whose policy wants an approver's yes.
+/// The on-premises company (its Exchange server reached from the runner by remoting).
+const ON_PREM: &str = "northwind";
+
+/// The company whose onboarding is approved through the signed link in its ticket's note (the
+/// others are approved in the approver's inbox, through the API).
 const GATED: &str = "northwind";
 
 pub(crate) async fn run(json_out: bool, stay: bool) -> Result<ExitCode> {
@@ -137,7 +143,11 @@ pub(crate) async fn run(json_out: bool, stay: bool) -> Result<ExitCode> {
     config.m365.client_secret = Some(steward_engine::config::Secret(
         SANDBOX_APP_SECRET.to_owned(),
     ));
-    let store = super::connect(&config).await?;
+    // Steward's clock follows the sandbox's: when the demo moves the sandbox's time on (through
+    // an Entra Connect sync cycle, Exchange Online's provisioning delay), Steward's moves with it,
+    // as both would in the world; so timers fall due, and the PSA's event times stay fresh.
+    let clock = Arc::new(SandboxTime::default());
+    let store = super::connect_with_clock(&config, clock.clone()).await?;
     store.prepare().await?;
     let connectors =
         steward_engine::tenants::build(&store, &config, &base).map_err(|e| anyhow!(e))?;
@@ -188,11 +198,12 @@ pub(crate) async fn run(json_out: bool, stay: bool) -> Result<ExitCode> {
         stopped(stop_rx),
     ));
     say(format!(
-        "Steward's API is at {base}; the sandbox at {}.",
+        "Steward's API is at {base} (dashboard: {base}/); the sandbox at {}.",
         sb.base_url
     ));
 
     let result = demo(
+        &clock,
         &store,
         &base,
         &sb.base_url,
@@ -243,6 +254,7 @@ async fn login_link(store: &Store, base: &str) -> Result<String> {
 
 /// Everything after start-up; returns the `--json` object.
 async fn demo(
+    clock: &SandboxTime,
     store: &Store,
     base: &str,
     sandbox: &str,
@@ -264,6 +276,7 @@ async fn demo(
         "The dashboard: {base}/ — sign in as {APPROVER} with this one-time link (15 minutes; `--stay` keeps the demo up to follow its runs there):\n  {}",
         login_link(store, base).await?
     ));
+    let api_token = token.clone();
     let c = Client::with_token(
         &ApiArgs {
             api: base.to_owned(),
@@ -289,12 +302,16 @@ async fn demo(
     if failed > 0 {
         bail!("seeding failed ({failed} problems, said above)");
     }
-    // One company's policy wants an approver's yes before changes to users.
-    let mut gated = c.get(&format!("/v1/companies/{GATED}")).await?["company"].take();
-    gated["permissions"] = json!({"profile": "full_automation", "groups": {"users": {"level": "read_write", "requires_approval": true}}});
-    c.put(&format!("/v1/companies/{GATED}"), gated).await?;
+
+    // Northwind's Exchange server has no RMM agent: the runner reaches it by PowerShell
+    // remoting, which needs its double hop configured (the sandbox starts it misconfigured).
+    http.post(format!("{sandbox}/admin/companies/{ON_PREM}/faults"))
+        .json(&json!({"double_hop_misconfigured": false}))
+        .send()
+        .await?
+        .error_for_status()?;
     say(format!(
-        "  {GATED}: its policy now wants an approver's yes before any change to users"
+        "  {ON_PREM}: the runner's PowerShell remoting to its Exchange server is configured (double hop)"
     ));
 
     say(
@@ -302,10 +319,12 @@ async fn demo(
             .to_owned(),
     );
     let mut tickets: Vec<(i64, &Starter)> = Vec::new();
+    // When each ticket was created (real time), for the figures.
+    let mut created: std::collections::HashMap<i64, std::time::Instant> = Default::default();
     for s in STARTERS {
         let (first, last) = s.name.split_once(' ').unwrap_or((s.name, ""));
         let description = format!(
-            "Please set up a new starter.\nName: {}\nFirst name: {first}\nLast name: {last}\nEmail: {}\nStart date: 2027-03-01\n",
+            "Please set up a new starter.\nName: {}\nFirst name: {first}\nLast name: {last}\nEmail: {}\nDepartment: Sales\nJob title: Account manager\nLicence: SPB\nStart date: 2027-03-01\n",
             s.name, s.email
         );
         let id = ticket(
@@ -321,6 +340,7 @@ async fn demo(
             s.company, s.kind, s.name
         ));
         tickets.push((id, s));
+        created.insert(id, std::time::Instant::now());
     }
     let mut runs: Vec<(String, i64, RunId)> = Vec::new();
     for (id, s) in &tickets {
@@ -332,62 +352,33 @@ async fn demo(
         runs.push((s.company.to_owned(), *id, run));
     }
 
-    // Drive the runs to their ends: approve the gated one through its ticket's link, and let the
-    // sandbox's clock run through Entra Connect's sync cycle for the hybrid one.
+    // Drive the runs to their ends: the gated company's approval through its ticket's link, the
+    // others in the approver's inbox; the sandbox's clock runs through Entra Connect's sync cycle
+    // for the hybrid one.
     let mut approval = Value::Null;
-    let ids: Vec<RunId> = runs.iter().map(|(_, _, r)| *r).collect();
-    loop {
-        let mut open = 0;
-        for (company, ticket_id, run) in &runs {
-            let snap = store.load(*run).await?.context("a run vanished")?;
-            if snap.doc.state.status.is_terminal() {
-                continue;
-            }
-            open += 1;
-            for (step, st) in &snap.doc.state.steps {
-                match &st.state {
-                    StepState::AwaitingApproval { .. } if approval.is_null() => {
-                        if let Some(a) = approve_from_note(&http, sandbox, *ticket_id, &say).await?
-                        {
-                            say(format!(
-                                "  {company}: approved through the link in ticket {ticket_id}'s note"
-                            ));
-                            approval = a;
-                        }
-                    }
-                    StepState::Polling { note, .. } => {
-                        // The hybrid's wait for Entra Connect's sync cycle: the sandbox's time
-                        // moves on (two minutes a cycle), rather than the demo's. Any waiting
-                        // step is woken to look again now, as the runner's callback would.
-                        if note.as_deref().is_some_and(|n| n.contains("wait_for_user")) {
-                            http.post(format!("{sandbox}/admin/clock/advance"))
-                                .json(&json!({"seconds": 150}))
-                                .send()
-                                .await?
-                                .error_for_status()?;
-                        }
-                        steward_engine::runner::wake(
-                            store,
-                            &Binding {
-                                run: run.to_string(),
-                                step: step.to_string(),
-                                seq: st.seq,
-                                phase: "run".to_owned(),
-                            },
-                        )
-                        .await?;
-                    }
-                    _ => {}
-                }
-            }
+    let mut decided = Vec::new();
+    let driver = Drive {
+        store,
+        c: &c,
+        http: &http,
+        sandbox,
+        deadline,
+        clock,
+        woken: Default::default(),
+        finished: Default::default(),
+    };
+    drive(&driver, &runs, &mut approval, &mut decided, &say).await?;
+
+    for (company, _, run) in &runs {
+        let view = RunView::load(store, *run)
+            .await?
+            .context("a run vanished")?;
+        if !matches!(view.run.state.status, RunStatus::Completed { ref failed, .. } if failed.is_empty())
+        {
+            eprintln!("\n{company}: did not complete:");
+            crate::print::run(&view, false)?;
+            bail!("{company}'s onboarding {run} did not complete (see above)");
         }
-        if open == 0 {
-            break;
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("the onboardings did not finish in time: {ids:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     say("\n== A leaver ticket: one of the new starters is offboarded".to_owned());
@@ -398,27 +389,26 @@ async fn demo(
         leaver.company,
         &format!("Leaver: {}", leaver.name),
         &format!(
-            "{} is leaving us.\nName: {}\nEmail: {}\nLast day: 2027-06-30\n",
-            leaver.name, leaver.name, leaver.email
+            "{} is leaving us.\nName: {}\nEmail: {}\nManager: {}\nLicence: SPB\nLast day: 2027-06-30\n",
+            leaver.name, leaver.name, leaver.email, LEAVER_MANAGER
         ),
     )
     .await?;
+    created.insert(id, std::time::Instant::now());
     let run = intake_run(&c, id, deadline).await?;
     say(format!(
         "  ticket {id} at {} → run {run} ({OFFBOARDING})",
         leaver.company
     ));
     runs.push((leaver.company.to_owned(), id, run));
-    loop {
-        let snap = store.load(run).await?.context("a run vanished")?;
-        if snap.doc.state.status.is_terminal() {
-            break;
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("the offboarding did not finish in time");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    drive(
+        &driver,
+        &runs[runs.len() - 1..],
+        &mut approval,
+        &mut decided,
+        &say,
+    )
+    .await?;
     // The notes outbox writes "done" on each ticket; give it a moment within the budget.
     let want: Vec<i64> = runs.iter().map(|(_, t, _)| *t).collect();
     let notes_deadline = (tokio::time::Instant::now() + Duration::from_secs(5)).min(deadline);
@@ -456,8 +446,62 @@ async fn demo(
         if !quiet {
             crate::print::run(&view, false)?;
         }
+        // How long it took: in the world's time (Steward's clock follows the sandbox's, so the
+        // sync cycles and provisioning delays the demo moved through are in it), and in real time
+        // from its ticket's creation.
+        let world_s = (view.summary.updated_at.as_millis() - view.summary.created_at.as_millis())
+            as f64
+            / 1000.0;
+        let real_s = match (
+            created.get(ticket_id),
+            driver
+                .finished
+                .lock()
+                .ok()
+                .and_then(|f| f.get(run).copied()),
+        ) {
+            (Some(a), Some(b)) => b.saturating_duration_since(*a).as_secs_f64(),
+            _ => f64::NAN,
+        };
+        say(format!(
+            "took {world_s:.0} s in the world's time (the one clock moves 150 s at a time through every run's waits: sync cycles, provisioning), {real_s:.2} s of real time from its ticket"
+        ));
         out_runs.push(
-            json!({"company": company, "ticket": ticket_id, "workflow": workflow, "completed": completed, "run": view}),
+            json!({"company": company, "ticket": ticket_id, "workflow": workflow, "completed": completed, "world_seconds": world_s, "real_seconds": real_s, "run": view}),
+        );
+    }
+
+    // No secret anywhere it must not be: the new starters' initial passwords (revealed through
+    // their one-time links, as each new starter would) and the tokens and secrets in play,
+    // looked for in every Redis key and value, every ticket note, and this report.
+    let mut report_runs = serde_json::to_string(&out_runs)?;
+    report_runs.push_str(&serde_json::to_string(&seeded)?);
+    let secrets_check = secrets_check(
+        store,
+        &http,
+        &api_token,
+        webhook_secret,
+        &runs,
+        &notes,
+        &report_runs,
+    )
+    .await?;
+    say(format!(
+        "\n== Secrets check: {} initial passwords (each revealed once through its one-time link, as its new starter would) and {} tokens and secrets looked for in {} Redis keys, {} ticket notes and this report: {}",
+        secrets_check["passwords"],
+        secrets_check["tokens"],
+        secrets_check["redis_keys"],
+        secrets_check["notes"],
+        if secrets_check["found"].as_array().is_some_and(Vec::is_empty) {
+            "none found".to_owned()
+        } else {
+            format!("FOUND {}", secrets_check["found"])
+        }
+    ));
+    if !secrets_check["found"].as_array().is_some_and(Vec::is_empty) {
+        bail!(
+            "a secret was found where it must not be: {}",
+            secrets_check["found"]
         );
     }
 
@@ -488,12 +532,349 @@ async fn demo(
     }
     Ok(json!({
         "api": base,
+        "dashboard": format!("{base}/"),
         "sandbox": sandbox,
         "seed": seeded,
         "runs": out_runs,
         "approval": approval,
+        "approved_in_inbox": decided,
+        "secrets_check": secrets_check,
         "changes": changes,
     }))
+}
+
+/// The sandbox's time: the system clock plus how far the demo has moved the sandbox's clock on.
+#[derive(Debug, Default)]
+struct SandboxTime {
+    offset_seconds: std::sync::atomic::AtomicI64,
+}
+
+impl SandboxTime {
+    fn set_offset(&self, seconds: i64) {
+        self.offset_seconds
+            .store(seconds, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl steward_engine::clock::Clock for SandboxTime {
+    fn now(&self) -> steward_schemas::Timestamp {
+        let offset = self
+            .offset_seconds
+            .load(std::sync::atomic::Ordering::SeqCst);
+        let now = steward_engine::clock::SystemClock.now();
+        steward_schemas::Timestamp::from_micros(now.as_micros() + offset * 1_000_000)
+    }
+}
+
+/// Every `delivery.reference` (a one-time secret link) in `v`.
+fn deliveries(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            if let Some(r) = m
+                .get("delivery")
+                .and_then(|d| d["reference"].as_str())
+                .filter(|r| r.starts_with("http"))
+            {
+                out.push(r.to_owned());
+            }
+            m.values().for_each(|x| deliveries(x, out));
+        }
+        Value::Array(a) => a.iter().for_each(|x| deliveries(x, out)),
+        _ => {}
+    }
+}
+
+/// The secret on a revealed secret link's page (the text of its `<pre>`).
+fn revealed(html: &str) -> Option<String> {
+    let start = html.find("<pre")?;
+    let after = start + html[start..].find('>')? + 1;
+    let end = after + html[after..].find("</pre>")?;
+    Some(
+        html[after..end]
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&quot;", "\"")
+            .replace("&#39;", "'")
+            .replace("&#x27;", "'")
+            .replace("&amp;", "&"),
+    )
+}
+
+/// Looks for the initial passwords and the secrets in play in every Redis key and value, every
+/// ticket note and `report`. Returns counts, what was found where (by label, never the value),
+/// and each secret's length and SHA-256, so a caller holding the process's logs can look for
+/// them there too without being told them.
+async fn secrets_check(
+    store: &Store,
+    http: &reqwest::Client,
+    api_token: &str,
+    webhook_secret: &str,
+    runs: &[(String, i64, RunId)],
+    notes: &[Value],
+    report: &str,
+) -> Result<Value> {
+    use sha2::Digest as _;
+    let mut secrets: Vec<(String, String)> = Vec::new();
+    let mut passwords = 0;
+    for (company, _, run) in runs {
+        let view = RunView::load(store, *run)
+            .await?
+            .context("a run vanished")?;
+        let mut links = Vec::new();
+        deliveries(&serde_json::to_value(&view)?, &mut links);
+        // The run shows a link more than once (the step's output, its history).
+        links.sort();
+        links.dedup();
+        for link in links {
+            let page = http.post(&link).send().await?;
+            let status = page.status();
+            let html = page.text().await?;
+            let password = revealed(&html)
+                .filter(|_| status.is_success())
+                .ok_or_else(|| {
+                    anyhow!(
+                        "{company}: the one-time link of run {run} revealed nothing (HTTP {status})"
+                    )
+                })?;
+            secrets.push((
+                format!("{company}'s new starter's initial password"),
+                password,
+            ));
+            passwords += 1;
+        }
+    }
+    let fixed = [
+        ("the technician's API token", api_token),
+        ("the Autotask webhook secret", webhook_secret),
+        ("Steward's Microsoft 365 app secret", SANDBOX_APP_SECRET),
+        (
+            "the Autotask API secret",
+            super::sandbox::SANDBOX_AUTOTASK_SECRET,
+        ),
+        (
+            "the ConnectWise private key",
+            steward_sandbox::connectwise::PRIVATE_KEY,
+        ),
+        (
+            "the HaloPSA API secret",
+            steward_sandbox::halo::CLIENT_SECRET,
+        ),
+    ];
+    let tokens = fixed.len();
+    secrets.extend(
+        fixed
+            .iter()
+            .map(|(l, v)| ((*l).to_owned(), (*v).to_owned())),
+    );
+
+    // Every key and value in Redis, as bytes.
+    let db = store.db();
+    let mut haystack: Vec<u8> = Vec::new();
+    let mut keys = 0usize;
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<Vec<u8>>) = db
+            .query(redis::cmd("SCAN").arg(cursor).arg("COUNT").arg(1000))
+            .await?;
+        for key in batch {
+            keys += 1;
+            haystack.extend_from_slice(&key);
+            haystack.push(b'\n');
+            let kind: String = db.query(redis::cmd("TYPE").arg(&key)).await?;
+            let parts: Vec<Vec<u8>> = match kind.as_str() {
+                "string" => vec![db.query(redis::cmd("GET").arg(&key)).await?],
+                "hash" => db.query(redis::cmd("HGETALL").arg(&key)).await?,
+                "list" => {
+                    db.query(redis::cmd("LRANGE").arg(&key).arg(0).arg(-1))
+                        .await?
+                }
+                "set" => db.query(redis::cmd("SMEMBERS").arg(&key)).await?,
+                "zset" => {
+                    db.query(redis::cmd("ZRANGE").arg(&key).arg(0).arg(-1))
+                        .await?
+                }
+                "stream" => {
+                    let v: redis::Value = db
+                        .query(redis::cmd("XRANGE").arg(&key).arg("-").arg("+"))
+                        .await?;
+                    vec![format!("{v:?}").into_bytes()]
+                }
+                _ => Vec::new(),
+            };
+            for p in parts {
+                haystack.extend_from_slice(&p);
+                haystack.push(b'\n');
+            }
+        }
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    let notes_text = serde_json::to_string(notes)?;
+    let contains = |hay: &[u8], needle: &str| {
+        !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+    };
+    let mut found = Vec::new();
+    for (label, value) in &secrets {
+        for (place, hay) in [
+            ("Redis", haystack.as_slice()),
+            ("a ticket note", notes_text.as_bytes()),
+            ("the report", report.as_bytes()),
+        ] {
+            if contains(hay, value) {
+                found.push(json!({"secret": label, "in": place}));
+            }
+        }
+    }
+    let digests: Vec<Value> = secrets
+        .iter()
+        .map(|(label, value)| {
+            let digest = sha2::Sha256::digest(value.as_bytes());
+            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+            json!({"secret": label, "len": value.len(), "sha256": hex})
+        })
+        .collect();
+    Ok(json!({
+        "passwords": passwords,
+        "tokens": tokens,
+        "redis_keys": keys,
+        "notes": notes.len(),
+        "found": found,
+        "digests": digests,
+    }))
+}
+
+/// What [`drive`] works with.
+struct Drive<'a> {
+    store: &'a Store,
+    c: &'a Client,
+    http: &'a reqwest::Client,
+    sandbox: &'a str,
+    deadline: tokio::time::Instant,
+    clock: &'a SandboxTime,
+    /// When each run was first seen ended (real time).
+    finished: std::sync::Mutex<std::collections::HashMap<RunId, std::time::Instant>>,
+    /// The waits already fast-forwarded: (run, step, its next check).
+    woken:
+        tokio::sync::Mutex<std::collections::HashSet<(RunId, String, steward_schemas::Timestamp)>>,
+}
+
+/// Drives `runs` to their ends: each gate is approved, the [`GATED`] company's through the signed
+/// link in its ticket's note (recorded in `approval`), the others by the approver through the API
+/// as from their inbox (listed in `decided`); a step waiting on the runner or on Entra Connect's
+/// sync is woken to look again, with the sandbox's clock moved through a sync cycle.
+async fn drive(
+    d: &Drive<'_>,
+    runs: &[(String, i64, RunId)],
+    approval: &mut Value,
+    decided: &mut Vec<Value>,
+    say: &impl Fn(String),
+) -> Result<()> {
+    let ids: Vec<RunId> = runs.iter().map(|(_, _, r)| *r).collect();
+    loop {
+        let mut open = 0;
+        for (company, ticket_id, run) in runs {
+            let snap = d.store.load(*run).await?.context("a run vanished")?;
+            if snap.doc.state.status.is_terminal() {
+                if let Ok(mut f) = d.finished.lock() {
+                    f.entry(*run).or_insert_with(std::time::Instant::now);
+                }
+                continue;
+            }
+            if matches!(snap.doc.state.status, RunStatus::Paused { .. }) {
+                // A paused run waits for a technician: the demo has failed; say why.
+                if let Some(view) = RunView::load(d.store, *run).await? {
+                    eprintln!("\n{company}: paused:");
+                    crate::print::run(&view, false)?;
+                }
+                bail!("{company}'s run {run} paused (see above)");
+            }
+            open += 1;
+            for (step, st) in &snap.doc.state.steps {
+                match &st.state {
+                    StepState::AwaitingApproval { .. } if company == GATED => {
+                        if !approval.is_null() {
+                            continue;
+                        }
+                        if let Some(a) =
+                            approve_from_note(d.http, d.sandbox, *ticket_id, say).await?
+                        {
+                            say(format!(
+                                "  {company}: approved through the link in ticket {ticket_id}'s note"
+                            ));
+                            *approval = a;
+                        }
+                    }
+                    StepState::AwaitingApproval { .. } => {
+                        d.c.post(
+                            &format!("/v1/approvals/{run}/{step}"),
+                            json!({"decision": "approve", "comment": "approved in the inbox (steward demo)"}),
+                        )
+                        .await?;
+                        say(format!(
+                            "  {company}: {APPROVER} approved run {run} (step `{step}`) in the inbox"
+                        ));
+                        decided.push(
+                            json!({"company": company, "run": run, "step": step.to_string()}),
+                        );
+                    }
+                    StepState::Polling { next_check, .. } => {
+                        // A step waiting on the world (Entra Connect's sync cycle, Exchange
+                        // Online provisioning a mailbox, a runner's job): the sandbox's time moves
+                        // on past the wait, rather than the demo's, and the step is woken to look
+                        // again now, as the runner's callback would. Once per wait.
+                        if !d
+                            .woken
+                            .lock()
+                            .await
+                            .insert((*run, step.to_string(), *next_check))
+                        {
+                            continue;
+                        }
+                        let moved: Value = d
+                            .http
+                            .post(format!("{}/admin/clock/advance", d.sandbox))
+                            .json(&json!({"seconds": 150}))
+                            .send()
+                            .await?
+                            .error_for_status()?
+                            .json()
+                            .await?;
+                        d.clock
+                            .set_offset(moved["offset_seconds"].as_i64().unwrap_or(0));
+                        steward_engine::runner::wake(
+                            d.store,
+                            &Binding {
+                                run: run.to_string(),
+                                step: step.to_string(),
+                                seq: st.seq,
+                                phase: "run".to_owned(),
+                            },
+                        )
+                        .await?;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if open == 0 {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > d.deadline {
+            // Show where each unfinished run stands, so the failure says why.
+            for (company, _, run) in runs {
+                if let Some(view) = RunView::load(d.store, *run).await?
+                    && !view.run.state.status.is_terminal()
+                {
+                    eprintln!("\n{company}: unfinished:");
+                    crate::print::run(&view, false)?;
+                }
+            }
+            bail!("the runs did not finish in time: {ids:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Creates a ticket in the sandbox's Autotask (as the customer's email to the helpdesk would).
@@ -520,8 +901,13 @@ async fn ticket(
 /// Waits for the webhook of `ticket` to have started a run.
 async fn intake_run(c: &Client, ticket: i64, deadline: tokio::time::Instant) -> Result<RunId> {
     let id = format!("autotask:{AUTOTASK_ACCOUNT}:{ticket}");
+    let mut last = Value::Null;
     loop {
         if let Ok(v) = c.get(&format!("/v1/psa/intakes/{id}")).await {
+            if v["status"] == "refused" {
+                bail!("ticket {ticket}'s run was refused: {}", v["problem"]);
+            }
+            last = v.clone();
             if let Some(run) = v["run"].as_str() {
                 return run
                     .parse()
@@ -532,7 +918,7 @@ async fn intake_run(c: &Client, ticket: i64, deadline: tokio::time::Instant) -> 
             }
         }
         if tokio::time::Instant::now() > deadline {
-            bail!("ticket {ticket}'s webhook started no run in time");
+            bail!("ticket {ticket}'s webhook started no run in time (its intake: {last})");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -601,7 +987,7 @@ fn changes_by_company(
         let company = e["company"].as_str().unwrap_or("(msp)").to_owned();
         let system = match e["service"].as_str().unwrap_or("?") {
             "graph" => "Entra ID (Microsoft Graph)",
-            "exchange" | "outlook" => "Exchange Online",
+            "exchange" | "exchange_online" | "outlook" => "Exchange Online",
             "runner" => "Active Directory / Exchange Server (through the runner)",
             "datto" => "RMM jobs (Datto)",
             other => other,

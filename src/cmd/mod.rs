@@ -67,6 +67,14 @@ pub(crate) fn load_config(global: &Global) -> Result<Config> {
 
 /// A store on the configured Redis and namespace, prepared (scripts loaded).
 pub(crate) async fn connect(config: &Config) -> Result<Store> {
+    connect_with_clock(config, Arc::new(SystemClock)).await
+}
+
+/// [`connect`] with the time taken from `clock` (`steward demo` follows the sandbox's clock).
+pub(crate) async fn connect_with_clock(
+    config: &Config,
+    clock: Arc<dyn steward_engine::clock::Clock>,
+) -> Result<Store> {
     let keys = Keys::new(&config.redis.namespace, config.redis.shards)?;
     let db = Db::connect(&config.redis.url, config.redis.response_timeout.get())
         .await
@@ -78,7 +86,7 @@ pub(crate) async fn connect(config: &Config) -> Result<Store> {
             )
         })?;
     let ring = steward_engine::secrets::keyring(&config.secrets, &db, &keys).await?;
-    let store = Store::new(db, keys, Arc::new(SystemClock)).with_secrets(ring);
+    let store = Store::new(db, keys, clock).with_secrets(ring);
     store.prepare().await?;
     Ok(store)
 }

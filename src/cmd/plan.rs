@@ -70,6 +70,128 @@ pub(crate) async fn plan(args: PlanArgs) -> Result<ExitCode> {
     })
 }
 
+/// `steward run … --dry-run`: the routed plan (`POST /v1/plans`: nothing is created or changed),
+/// printed as what would change in each system, with the values a run would use.
+pub(crate) async fn dry_run(
+    c: &Client,
+    workflow: &str,
+    company: &CompanyId,
+    inputs: Map<String, Value>,
+) -> Result<ExitCode> {
+    let answer = c
+        .post(
+            "/v1/plans",
+            json!({"workflow": workflow, "company": company, "inputs": inputs}),
+        )
+        .await?;
+    let view: RoutedPlanView =
+        serde_json::from_value(answer.clone()).context("the API's answer is not a plan")?;
+    c.print(&answer, |_| print_dry_run(&view));
+    Ok(if view.routable {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(super::exit::ERROR)
+    })
+}
+
+fn shown(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn print_dry_run(p: &RoutedPlanView) {
+    println!(
+        "Dry run of {} v{} for {} ({}): identity {}, mailbox {}. Nothing was changed.",
+        p.workflow, p.version, p.company_name, p.company, p.identity_provider, p.mailbox_provider
+    );
+    if !p.inputs.is_empty() {
+        let inputs: Vec<String> = p
+            .inputs
+            .iter()
+            .map(|(k, v)| format!("{k}={}", shown(v)))
+            .collect();
+        println!("inputs: {}", inputs.join(", "));
+    }
+    // What would change, by system (and host): each action with the step and its values.
+    let mut by_system: Vec<(String, Vec<String>)> = Vec::new();
+    let mut approvals = Vec::new();
+    let mut skipped = Vec::new();
+    let mut problems = Vec::new();
+    for s in &p.steps {
+        if let Some(problem) = &s.problem {
+            problems.push(format!("{} ({}): {problem}", s.step, s.op));
+            continue;
+        }
+        if s.op == "gate" {
+            approvals.push(format!("{}: {}", s.step, s.summary));
+            continue;
+        }
+        if s.actions.is_empty() {
+            skipped.push(format!(
+                "{} ({}){}",
+                s.step,
+                s.op,
+                s.note
+                    .as_deref()
+                    .map_or_else(String::new, |n| format!(": {n}"))
+            ));
+            continue;
+        }
+        let params = match &s.params {
+            Value::Object(m) if !m.is_empty() => format!(
+                " with {}",
+                m.iter()
+                    .map(|(k, v)| format!("{k}={}", shown(v)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            _ => String::new(),
+        };
+        for a in &s.actions {
+            let place = match (&a.host, &a.via) {
+                (Some(host), Some(via)) => format!("{} on {host} ({via})", a.system),
+                (Some(host), None) => format!("{} on {host}", a.system),
+                _ => a.system.clone(),
+            };
+            let when = a
+                .when
+                .as_ref()
+                .map_or_else(String::new, |w| format!(" (if {w})"));
+            let line = format!("{}: {}{params}{when}", s.step, a.action);
+            match by_system.iter_mut().find(|(p, _)| *p == place) {
+                Some((_, lines)) => lines.push(line),
+                None => by_system.push((place, vec![line])),
+            }
+        }
+    }
+    if !approvals.is_empty() {
+        println!("\nwaits for approval:");
+        for a in &approvals {
+            println!("  {a}");
+        }
+    }
+    for (system, lines) in &by_system {
+        println!("\n{system}:");
+        for l in lines {
+            println!("  {l}");
+        }
+    }
+    if !skipped.is_empty() {
+        println!("\nnot run for these inputs and this company:");
+        for s in &skipped {
+            println!("  {s}");
+        }
+    }
+    if !problems.is_empty() {
+        println!("\ncannot run for this company (a run would fail here):");
+        for s in &problems {
+            println!("  {s}");
+        }
+    }
+}
+
 fn print_plan(p: &RoutedPlanView) {
     println!(
         "{} v{} for {} ({}): identity {}, mailbox {}",

@@ -41,6 +41,10 @@ pub(crate) struct RunArgs {
     /// what it waits for meanwhile; then print it and exit with a code that says how it stands.
     #[arg(long)]
     wait: bool,
+    /// Change nothing: show exactly what the run would change, system by system (the routed
+    /// plan for the company, with the values it would use and secrets hidden), and exit.
+    #[arg(long, conflicts_with_all = ["at", "wait"])]
+    dry_run: bool,
     #[command(flatten)]
     api: ApiArgs,
 }
@@ -118,6 +122,9 @@ pub(crate) async fn run(args: RunArgs) -> Result<ExitCode> {
     let c = Client::new(&args.api)?;
     let flow = workflow(&c, &args.workflow).await?;
     let inputs = parse_inputs(&flow, &args.inputs)?;
+    if args.dry_run {
+        return super::plan::dry_run(&c, &flow.name, &company, inputs).await;
+    }
     let started: RunSummary = serde_json::from_value(
         c.post(
             "/v1/runs",

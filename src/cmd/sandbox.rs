@@ -76,12 +76,13 @@ pub(crate) const WEBHOOK_SECRET_VAR: &str = "STEWARD_SANDBOX_WEBHOOK_SECRET";
 /// The sandbox's Autotask API user's secret and integration code: the built-in fixture's
 /// (sandbox/fixtures/msp.yaml), which mean nothing anywhere else. The sandbox never serves them
 /// back (its world snapshot redacts them), so a technician types them, as here.
-const SANDBOX_AUTOTASK_SECRET: &str = "sandbox-autotask-secret";
+pub(crate) const SANDBOX_AUTOTASK_SECRET: &str = "sandbox-autotask-secret";
 const SANDBOX_AUTOTASK_CODE: &str = "SANDBOXINTEGRATIONCODE";
 
 /// The Steward PSA account ids `steward sandbox seed` registers.
 pub(crate) const AUTOTASK_ACCOUNT: &str = "sandbox-autotask";
 pub(crate) const CONNECTWISE_ACCOUNT: &str = "sandbox-connectwise";
+pub(crate) const HALO_ACCOUNT: &str = "sandbox-halo";
 
 /// The workflows the seeded rules start.
 pub(crate) struct Lifecycles<'a> {
@@ -235,8 +236,24 @@ fn company_of(c: &Value, approver: &str) -> Value {
         if let Some(server) = c["entra_connect"]["server"].as_str() {
             company["entra_connect_server"] = json!(device(server));
         }
-        if let Some(server) = c["exchange_server"]["name"].as_str() {
+        // The world's snapshot names the server `server` (the fixture's key).
+        if let Some(server) = c["exchange_server"]["server"]
+            .as_str()
+            .or_else(|| c["exchange_server"]["name"].as_str())
+        {
             company["exchange_server"] = json!(device(server));
+            // An Exchange server with no RMM agent is reached from the runner by remoting.
+            let has_agent = devices
+                .iter()
+                .filter_map(|d| d["hostname"].as_str())
+                .any(|h| {
+                    h.eq_ignore_ascii_case(server)
+                        || h.to_uppercase()
+                            .ends_with(&format!("-{}", server.to_uppercase()))
+                });
+            if !has_agent {
+                company["exchange_runner"] = json!(runner);
+            }
             company["mailbox_provider"] = json!(if c["entra_connect"].is_object() {
                 "exchange_hybrid"
             } else {
@@ -251,7 +268,7 @@ fn company_of(c: &Value, approver: &str) -> Value {
 /// is not one yet), and every tenant is connected through the consent flow: Steward's consent
 /// URL, the sandbox's consent page accepted, Microsoft's redirect to Steward's callback. Then the
 /// sandbox's PSA accounts (Autotask with the webhook key the sandbox signs with; ConnectWise, with
-/// a ticket callback to Steward) and the rules mapping onboarding and offboarding tickets to
+/// a ticket callback to Steward; HaloPSA, with a webhook to Steward) and the rules mapping onboarding and offboarding tickets to
 /// `flows`. Says what it did in `out`; returns how many things failed (each said on stderr).
 pub(crate) async fn seed(
     c: &Client,
@@ -344,6 +361,17 @@ pub(crate) async fn seed(
             failed += 1;
         }
     }
+    match halo(c, &http, sandbox).await {
+        Ok(true) => say!(
+            "PSA account {HALO_ACCOUNT}: registered, with a webhook to {}/v1/hooks/halo (Basic authentication)",
+            c.base()
+        ),
+        Ok(false) => say!("PSA account {HALO_ACCOUNT}: already registered"),
+        Err(e) => {
+            eprintln!("PSA account {HALO_ACCOUNT}: not registered: {e}");
+            failed += 1;
+        }
+    }
     let offered = c.get("/v1/workflows").await?;
     let offered: Vec<&str> = offered
         .as_array()
@@ -430,6 +458,69 @@ async fn connectwise(c: &Client, http: &reqwest::Client, sandbox: &str) -> Resul
         .error_for_status()
         .context("ConnectWise refused the callback")?;
     Ok(())
+}
+
+/// The sandbox's HaloPSA: a Steward account for its API application, and a webhook to Steward's
+/// hook made through Halo's own API, authenticated with a Basic credential made here (Halo signs
+/// nothing; the credential is the webhook's proof). Once: an account already registered is left
+/// as it is (its credential cannot be read back), and `false` is returned.
+async fn halo(c: &Client, http: &reqwest::Client, sandbox: &str) -> Result<bool> {
+    use steward_sandbox::halo::{CLIENT_ID, CLIENT_SECRET};
+    let accounts = c.get("/v1/psa/accounts").await?;
+    if accounts
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|a| a["id"] == HALO_ACCOUNT)
+    {
+        return Ok(false);
+    }
+    let api_url = format!("{sandbox}/halo");
+    let username = "steward";
+    let password = steward_engine::links::LinkSigner::generate_key();
+    c.put(
+        &format!("/v1/psa/accounts/{HALO_ACCOUNT}"),
+        json!({
+            "provider": "halopsa",
+            "webhook_username": username,
+            "webhook_secret": password,
+            "api_url": api_url,
+            "api_username": CLIENT_ID,
+            "api_secret": CLIENT_SECRET,
+        }),
+    )
+    .await?;
+    let token: Value = http
+        .post(format!("{api_url}/auth/token"))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", CLIENT_ID),
+            ("client_secret", CLIENT_SECRET),
+            ("scope", "all"),
+        ])
+        .send()
+        .await?
+        .error_for_status()
+        .context("Halo refused the API application's token request")?
+        .json()
+        .await?;
+    let bearer = token["access_token"]
+        .as_str()
+        .ok_or_else(|| anyhow!("Halo's token answer has no access_token"))?;
+    http.post(format!("{api_url}/api/Webhook"))
+        .bearer_auth(bearer)
+        .json(&json!([{
+            "name": "Steward",
+            "url": format!("{}/v1/hooks/halo?account={HALO_ACCOUNT}", c.base()),
+            "authentication_type": 1,
+            "basic_username": username,
+            "basic_password": password,
+        }]))
+        .send()
+        .await?
+        .error_for_status()
+        .context("Halo refused the webhook")?;
+    Ok(true)
 }
 
 /// Connects one company's tenant as an administrator would: opens the consent URL, accepts.

@@ -433,6 +433,28 @@ pub static CATALOG: &[OpSpec] = &[
         Some(&[]),
     ),
     op(
+        "device.wipe_all",
+        "wipe every Intune-managed device of a user (factory reset)",
+        G::Devices,
+        Write,
+        Always,
+        System::Intune,
+        Irreversible,
+        &[USER],
+        Some(&[OpField::required("devices", "the devices wiped").of(FieldType::List)]),
+    ),
+    op(
+        "device.retire_all",
+        "retire every Intune-managed device of a user (remove company data and management)",
+        G::Devices,
+        Write,
+        Always,
+        System::Intune,
+        Irreversible,
+        &[USER],
+        Some(&[OpField::required("devices", "the devices retired").of(FieldType::List)]),
+    ),
+    op(
         "device.delete",
         "delete a device object",
         G::Devices,
@@ -561,6 +583,8 @@ mod tests {
             "role.assign",
             "device.wipe",
             "device.retire",
+            "device.wipe_all",
+            "device.retire_all",
         ] {
             let s = spec(name);
             assert_eq!(s.approval, Always, "{name}");

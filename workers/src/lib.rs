@@ -16,6 +16,7 @@ pub mod psa;
 pub mod registry;
 pub mod rmm;
 pub mod testing;
+pub mod timer;
 
 pub use conn::RedisConn;
 pub use op::{BoxFuture, Op, OpContext, OpError, OpOutcome, Services};

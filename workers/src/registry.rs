@@ -54,6 +54,7 @@ impl Registry {
             r.catalog.insert(spec.name, spec);
         }
         crate::testing::register(&mut r);
+        r.register(crate::timer::Wait);
         let secrets = m365
             .as_ref()
             .map(|m| m.secrets.clone())

@@ -952,6 +952,7 @@ fn build_company(cells: &Cells, problems: &mut Vec<RowProblem>) -> Option<Compan
             usage_location: text("usage_location"),
             ou: text("ou"),
             username_format,
+            inputs: Default::default(),
         },
         approvers: cells
             .get("approvers")

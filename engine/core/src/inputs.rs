@@ -15,6 +15,25 @@ pub struct InputProblem {
     pub fix: String,
 }
 
+/// `given` with the company's input defaults (`defaults.inputs`) added for the workflow's inputs
+/// it does not give; they take the place of the workflow's own defaults. Values of the wrong type
+/// are left for [`prepare_inputs`] to report.
+pub fn with_company_defaults(
+    def: &WorkflowDef,
+    given: &Map<String, Value>,
+    company_defaults: Option<&Map<String, Value>>,
+) -> Map<String, Value> {
+    let mut out = given.clone();
+    if let Some(defaults) = company_defaults {
+        for (name, value) in defaults {
+            if def.inputs.contains_key(name) && !out.contains_key(name) {
+                out.insert(name.clone(), value.clone());
+            }
+        }
+    }
+    out
+}
+
 /// The run's inputs with defaults applied, or every problem with them.
 pub fn prepare_inputs(
     def: &WorkflowDef,

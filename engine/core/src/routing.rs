@@ -340,6 +340,8 @@ pub const ROUTED_OPS: &[&str] = &[
     "device.list",
     "device.wipe",
     "device.retire",
+    "device.wipe_all",
+    "device.retire_all",
     "device.delete",
     "conditional_access.exclude_user",
     "conditional_access.delete_policy",
@@ -720,6 +722,12 @@ impl Router<'_> {
             "device.retire" => {
                 self.cloud_only("graph.retire_managed_device", "devices are in Intune")?
             }
+            "device.wipe_all" => {
+                self.cloud_only("graph.wipe_managed_devices", "devices are in Intune")?
+            }
+            "device.retire_all" => {
+                self.cloud_only("graph.retire_managed_devices", "devices are in Intune")?
+            }
             "device.delete" => self.cloud_only("graph.delete_device", "device objects are in Entra ID")?,
             "conditional_access.exclude_user" => self.cloud_only(
                 "graph.exclude_user_from_conditional_access",
@@ -1062,6 +1070,9 @@ pub struct RoutedPlan {
     pub identity_provider: &'static str,
     /// Its mailbox provider.
     pub mailbox_provider: &'static str,
+    /// The inputs a run would have (the workflow's and the company's defaults applied), secret
+    /// inputs hidden.
+    pub inputs: Map<String, Value>,
     /// The steps in dependency order.
     pub steps: Vec<StepView>,
 }
@@ -1100,7 +1111,14 @@ pub fn render_plan(
     inputs: &Map<String, Value>,
     catalog: &dyn Catalog,
 ) -> Result<RoutedPlan, Vec<InputProblem>> {
-    let inputs = prepare_inputs(plan.def(), inputs)?;
+    let company_inputs: Map<String, Value> = company
+        .defaults
+        .inputs
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let inputs = crate::inputs::with_company_defaults(plan.def(), inputs, Some(&company_inputs));
+    let inputs = prepare_inputs(plan.def(), &inputs)?;
     let scope = PlanScope {
         inputs: &inputs,
         company: serde_json::to_value(company).unwrap_or(Value::Null),
@@ -1109,7 +1127,29 @@ pub fn render_plan(
         .map(|i| describe_step(plan, i, company, &scope, catalog))
         .collect();
     let def = plan.def();
+    let secrets = secret_inputs(def);
+    // An input that feeds a secret-looking parameter (`admin_password: ${{ inputs.temp }}`) is
+    // hidden too, as the parameter is.
+    let mut feeds_secret: Vec<String> = Vec::new();
+    for i in 0..plan.steps().len() {
+        for (k, t) in &plan.step(i).with {
+            if is_secret_key(k) {
+                for r in t.refs() {
+                    if let Root::Input(n) = &r.root {
+                        feeds_secret.push(n.clone());
+                    }
+                }
+            }
+        }
+    }
+    let mut shown = inputs.clone();
+    for (k, v) in &mut shown {
+        if secrets.contains(&k.as_str()) || is_secret_key(k) || feeds_secret.contains(k) {
+            *v = Value::String(SECRET_INPUT.to_owned());
+        }
+    }
     Ok(RoutedPlan {
+        inputs: shown,
         workflow: def.name.clone(),
         version: def.version,
         company: company.id.to_string(),
@@ -1212,10 +1252,17 @@ pub fn describe_step(
     StepView {
         step: s.id.to_string(),
         op: s.op.clone(),
-        summary: if s.description.is_empty() {
-            spec.map_or_else(String::new, |sp| sp.summary.to_owned())
-        } else {
-            s.description.clone()
+        // A gate shows its message to approvers, a step its description; both filled in
+        // (secrets hidden), so the options chosen are there to see.
+        summary: {
+            let message = plan.gate_message(index, Some(scope));
+            if !message.is_empty() {
+                message
+            } else if s.description.is_empty() {
+                spec.map_or_else(String::new, |sp| sp.summary.to_owned())
+            } else {
+                plan.step_description(index, Some(scope))
+            }
         },
         when: def_step.and_then(|d| d.when.clone()),
         needs: s

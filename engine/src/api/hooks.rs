@@ -7,6 +7,8 @@
 //! Steward cannot handle it now (the PSA retries). Never 500 for anything a sender controls.
 
 use aide::axum::ApiRouter;
+use aide::axum::routing::post_with;
+use aide::transform::TransformOperation;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -16,19 +18,73 @@ use steward_schemas::company::PsaProvider;
 
 use super::ApiState;
 use super::error::ApiError;
-use crate::psa::{HookError, Psa};
+use crate::psa::{HookError, Psa, Receipt};
 
-#[derive(Debug, Deserialize)]
+/// The webhook's query.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 struct HookQuery {
+    /// The Steward PSA account the delivery is for (`PUT /v1/psa/accounts/{id}`), when there is
+    /// more than one of its kind.
     #[serde(default)]
     account: Option<String>,
 }
 
+/// Documents one PSA's webhook: its authentication, body and answers.
+fn hook_doc(
+    summary: &'static str,
+    auth: &'static str,
+) -> impl FnOnce(TransformOperation<'_>) -> TransformOperation<'_> {
+    move |o| {
+        o.summary(summary)
+            .tag("psa")
+            .description(auth)
+            .response_with::<200, axum::Json<Receipt>, _>(|r| {
+                r.description("started a run, or joined one (`started`, `already_started`), or a redelivery (`duplicate`)")
+            })
+            .response_with::<202, axum::Json<Receipt>, _>(|r| {
+                r.description("recorded without starting a run: needs input, ignored (unknown company or ticket type), waiting for a rollback")
+            })
+            .response_with::<401, axum::Json<super::error::ErrorBody>, _>(|r| {
+                r.description("forged, unauthenticated or stale: refused, logged without its body")
+            })
+            .response_with::<503, axum::Json<super::error::ErrorBody>, _>(|r| {
+                r.description("cannot be handled now; the PSA retries")
+            })
+    }
+}
+
 pub(super) fn routes() -> ApiRouter<ApiState> {
     ApiRouter::new()
-        .route("/v1/hooks/autotask", axum::routing::post(autotask))
-        .route("/v1/hooks/connectwise", axum::routing::post(connectwise))
-        .route("/v1/hooks/halo", axum::routing::post(halo))
+        .api_route(
+            "/v1/hooks/autotask",
+            post_with(
+                autotask,
+                hook_doc(
+                    "Autotask ticket webhook",
+                    "No bearer token: authenticated by the `X-Hook-Signature` header (`sha1=` and the base64 HMAC-SHA1 of the body with the account's webhook secret), compared in constant time; events older than the account allows are refused. The body is Autotask's webhook JSON (`Guid`, `EntityType`, `Action`, `EventTime`, `Id`, `Fields`, …).",
+                ),
+            ),
+        )
+        .api_route(
+            "/v1/hooks/connectwise",
+            post_with(
+                connectwise,
+                hook_doc(
+                    "ConnectWise PSA ticket callback",
+                    "No bearer token: authenticated as ConnectWise defines its callbacks: the `x-content-signature` header, the base64 HMAC-SHA256 of the body with the signing key read from the callback's `Metadata.key_url` (which must be on the account's own ConnectWise site), compared in constant time. The body is ConnectWise's callback JSON (`MessageId`, `FromUrl`, `CompanyId`, `Action`, `Type`, `ID`, `Entity`, `Metadata`).",
+                ),
+            ),
+        )
+        .api_route(
+            "/v1/hooks/halo",
+            post_with(
+                halo,
+                hook_doc(
+                    "HaloPSA ticket webhook",
+                    "No bearer token: HaloPSA's webhooks carry no signature: the `Authorization` header (the Basic or Bearer credential configured on the webhook) is compared in constant time with the account's. The body is HaloPSA's webhook JSON (the ticket object and the event).",
+                ),
+            ),
+        )
 }
 
 /// The PSA service behind the API.

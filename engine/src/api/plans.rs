@@ -150,6 +150,10 @@ pub struct RoutedPlanView {
     pub mailbox_provider: String,
     /// Whether every step could be routed.
     pub routable: bool,
+    /// The inputs a run would have (the workflow's and the company's defaults applied), secret
+    /// inputs shown as `[secret]`.
+    #[serde(default)]
+    pub inputs: Map<String, Value>,
     /// The steps in dependency order.
     pub steps: Vec<RoutedStep>,
 }
@@ -164,6 +168,7 @@ impl From<routing::RoutedPlan> for RoutedPlanView {
             company_name: p.company_name,
             identity_provider: p.identity_provider.to_owned(),
             mailbox_provider: p.mailbox_provider.to_owned(),
+            inputs: p.inputs,
             steps: p.steps.into_iter().map(Into::into).collect(),
         }
     }
@@ -195,6 +200,17 @@ pub(super) async fn plan(
 ) -> ApiResult<axum::Json<RoutedPlanView>> {
     let company = company(&state, &caller, &req.company).await?;
     let plan = super::runs::offered(&state, &req.workflow)?;
+    // The plan a run would have: with the gate the company's policy adds where it asks for
+    // approval (a policy that refuses the workflow is found when a run starts).
+    let plan =
+        match steward_core::policy::apply_policy(plan.def(), &company, state.registry.as_ref()) {
+            Ok(effective) if &effective != plan.def() => {
+                steward_core::Plan::compile(effective, Some(state.registry.as_ref()))
+                    .map(std::sync::Arc::new)
+                    .unwrap_or(plan)
+            }
+            _ => plan,
+        };
     let routed = routing::render_plan(&plan, &company, &req.inputs, state.registry.as_ref())
         .map_err(|problems| ApiError::from(crate::store::Error::Inputs(problems)))?;
     Ok(axum::Json(routed.into()))

@@ -485,7 +485,7 @@ impl Psa {
     ) -> Result<Receipt, HookError> {
         let acct = self.account_for(provider, account).await?;
         let header = |k: &str| headers.get(k).and_then(|v| v.to_str().ok());
-        let now = chrono::Utc::now();
+        let now = self.store.clock().now().to_datetime();
         // 1. Authenticity.
         match provider {
             PsaProvider::Autotask => {
@@ -1134,6 +1134,7 @@ pub fn person_key(inputs: &Map<String, Value>) -> Option<String> {
     };
     let raw = pick("email")
         .or_else(|| pick("upn"))
+        .or_else(|| pick("user_principal_name"))
         .or_else(|| pick("user"))
         .map(str::to_owned)
         .or_else(|| {

@@ -68,9 +68,63 @@ const ALIASES: &[(&str, &[&str])] = &[
             "starter",
         ],
     ),
-    ("display_name", &["display name"]),
+    (
+        "display_name",
+        &["display name", "name", "full name", "employee name"],
+    ),
     ("first_name", &["first name", "given name", "forename"]),
     ("last_name", &["last name", "surname", "family name"]),
+    ("given_name", &["given name", "first name", "forename"]),
+    ("surname", &["surname", "last name", "family name"]),
+    (
+        "user_principal_name",
+        &[
+            "upn",
+            "user principal name",
+            "email",
+            "e mail",
+            "email address",
+            "sign in name",
+        ],
+    ),
+    (
+        "user",
+        &[
+            "upn",
+            "user principal name",
+            "email",
+            "e mail",
+            "email address",
+        ],
+    ),
+    (
+        "template_user",
+        &[
+            "same access as",
+            "copy access from",
+            "mirror",
+            "same as",
+            "template user",
+        ],
+    ),
+    (
+        "license_sku",
+        &[
+            "licence",
+            "license",
+            "licence sku",
+            "license sku",
+            "licence type",
+        ],
+    ),
+    (
+        "forward_to",
+        &["forward to", "forward mail to", "forward email to"],
+    ),
+    (
+        "auto_reply",
+        &["auto reply", "automatic reply", "out of office"],
+    ),
     (
         "start_date",
         &[
@@ -108,7 +162,7 @@ const ALIASES: &[(&str, &[&str])] = &[
     ),
     ("department", &["department", "dept", "team"]),
     ("job_title", &["job title", "title", "role", "position"]),
-    ("email", &["email", "e-mail", "email address", "upn"]),
+    ("email", &["email", "e mail", "email address", "upn"]),
     ("mobile", &["mobile", "mobile phone", "phone"]),
     ("office", &["office", "location", "site"]),
 ];

@@ -668,7 +668,29 @@ impl Routed {
             done.actions.insert(*i, finished);
             self.save(cx, &done).await?;
         }
-        Ok(finish(op, &done))
+        let mut outcome = finish(op, &done);
+        // A user made in AD with a generated password: that password was kept under this step's
+        // key when the script's inputs were made; keeping again gives the same one back with its
+        // one-time link, which the step's output carries as the cloud user's does.
+        if let OpOutcome::Succeeded { output, .. } = &mut outcome
+            && op == "user.create"
+            && output.get("delivery").is_none()
+            && text(&input, "password").is_none()
+            && done.actions.values().any(|d| d.action == "ad.new_user")
+            && let Some(sink) = &self.secrets
+        {
+            let upn = text(&input, "user_principal_name").unwrap_or_default();
+            let kept = sink
+                .keep(
+                    &cx.idempotency_key(),
+                    &format!("initial password of {upn}"),
+                    crate::m365::Secret::new(generate_password()),
+                )
+                .await
+                .map_err(|e| OpError::retryable(e.to_string()))?;
+            output["delivery"] = json!({"kind": "one_time_secret", "reference": kept.reference});
+        }
+        Ok(outcome)
     }
 }
 
