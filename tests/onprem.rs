@@ -403,6 +403,14 @@ async fn runner_tokens_work_once_for_their_job_only() -> Result<()> {
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(r.text().await?, "# script A");
     assert_eq!(get(&a, Some(&ta)).await?.status().as_u16(), 409, "a replay");
+    // The scheme is case-insensitive (RFC 9110), as on every other route.
+    let r = http
+        .get(format!("{}/v1/runner/jobs/{b}", w.base))
+        .header("authorization", format!("bearer {tb}"))
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.text().await?, "# script B");
     let post = |id: &str, token: &str, body: Value| {
         http.post(format!("{}/v1/runner/jobs/{id}/result", w.base))
             .bearer_auth(token)

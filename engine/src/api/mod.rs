@@ -325,6 +325,8 @@ fn routes() -> ApiRouter<ApiState> {
         .merge(inbox::routes())
         .merge(schedules::routes())
         .merge(hooks::routes())
+        // The runner protocol (machine to machine, a token per job).
+        .merge(runner::routes())
         .merge(psa::routes())
         .merge(dashboard::api_routes())
 }
@@ -351,6 +353,7 @@ fn describe(api: TransformOpenApi<'_>) -> TransformOpenApi<'_> {
         .tag(Tag { name: "inbox".to_owned(), ..Default::default() })
         .tag(Tag { name: "schedules".to_owned(), ..Default::default() })
         .tag(Tag { name: "psa".to_owned(), description: Some("PSA accounts, ticket-to-workflow rules, intakes and notes; the webhooks themselves are POST /v1/hooks/{autotask,connectwise,halo}".to_owned()), ..Default::default() })
+        .tag(Tag { name: "runner".to_owned(), description: Some("The runner protocol: Steward's runner component on a client's machine fetches its job's script and posts the result, with a one-time token per job".to_owned()), ..Default::default() })
         .tag(Tag { name: "system".to_owned(), ..Default::default() })
 }
 
@@ -467,12 +470,6 @@ pub fn app(state: ApiState) -> axum::Router {
             }),
         )
         .route("/metrics", axum::routing::get(metrics))
-        // The runner protocol (machine to machine, token per job; not in the OpenAPI document).
-        .route("/v1/runner/jobs/{id}", axum::routing::get(runner::script))
-        .route(
-            "/v1/runner/jobs/{id}/result",
-            axum::routing::post(runner::result),
-        )
         // The technicians' dashboard (HTML pages at `/`).
         .merge(dashboard::routes())
         .fallback(not_found)

@@ -10,6 +10,8 @@
 //! wrong token (404), so the API does not say which job ids exist; a replay answers 409, a late
 //! call 410.
 
+use aide::axum::ApiRouter;
+use aide::axum::routing::{get_with, post_with};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -22,13 +24,52 @@ use tracing::warn;
 use super::ApiState;
 use super::error::ApiError;
 
+/// A runner job's path.
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+pub(crate) struct JobPath {
+    /// The job id the quick job carried (`steward_job_id`).
+    id: String,
+}
+
+/// The runner protocol's routes, in the OpenAPI document under the `runner` tag.
+pub(super) fn routes() -> ApiRouter<ApiState> {
+    ApiRouter::new()
+        .api_route(
+            "/v1/runner/jobs/{id}",
+            get_with(script, |op| {
+                op.tag("runner")
+                    .summary("A runner job's script")
+                    .description("Called by Steward's runner component (deploy/rmm/StewardRunner.ps1) on a client's machine, not by technicians: `Authorization: Bearer <steward_job_token>` from the quick job's variables. Answers the PowerShell script as text/plain, once. An unknown job and a wrong token both answer 404; a second fetch 409; an expired token 410.")
+                    .response_with::<200, String, _>(|r| r.description("the script (text/plain)"))
+                    .response_with::<401, Json<super::error::ErrorBody>, _>(|r| {
+                        r.description("no job token")
+                    })
+                    .response_with::<404, Json<super::error::ErrorBody>, _>(|r| {
+                        r.description("no runner job with that id takes this token")
+                    })
+            }),
+        )
+        .api_route(
+            "/v1/runner/jobs/{id}/result",
+            post_with(result, |op| {
+                op.tag("runner")
+                    .summary("A runner job's result")
+                    .description("Called by the runner component with the same job token, once: `{stdout, stderr, exit_code, result}`. Stores the result and wakes the waiting step at once. The same refusals as the script call; a body that is not that JSON answers 400.")
+                    .response_with::<401, Json<super::error::ErrorBody>, _>(|r| {
+                        r.description("no job token")
+                    })
+                    .response_with::<404, Json<super::error::ErrorBody>, _>(|r| {
+                        r.description("no runner job with that id takes this token")
+                    })
+            }),
+        )
+}
+
 fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
+        .and_then(super::extract::bearer_token)
         .ok_or_else(|| {
             ApiError::unauthorized("the runner call has no job token").with_fix(
                 "send `Authorization: Bearer <steward_job_token>` from the quick job's variables",
@@ -60,7 +101,7 @@ fn refused(e: jobs::Error) -> ApiError {
 /// `GET /v1/runner/jobs/{id}`: the job's script, as `text/plain`.
 pub(crate) async fn script(
     State(st): State<ApiState>,
-    Path(id): Path<String>,
+    Path(JobPath { id }): Path<JobPath>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let token = bearer(&headers)?;
@@ -84,7 +125,7 @@ pub(crate) async fn script(
 /// `POST /v1/runner/jobs/{id}/result`: stores the runner's result and wakes the step.
 pub(crate) async fn result(
     State(st): State<ApiState>,
-    Path(id): Path<String>,
+    Path(JobPath { id }): Path<JobPath>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
