@@ -186,7 +186,11 @@ pub(crate) async fn run(global: &Global, args: BenchArgs) -> Result<ExitCode> {
             config.secrets.dev_key = true;
         }
     }
-    let store = connect(&config).await?;
+    // Measured in the configured durability mode (`waitaof` costs run creation).
+    let store = connect(&config)
+        .await?
+        .with_durability(config.redis.durability);
+    store.check_durability().await?;
     let result = match args.tenants {
         Some(n) => tenants_bench(&config, &store, n, args.json).await,
         None => bench_in(&config, store.clone(), &args).await,
