@@ -1375,6 +1375,38 @@ async fn bench_open_loop_reports_percentiles_and_redis_cost() -> Result<()> {
         !out.status.success() && t.contains("write it like 10s"),
         "{t}"
     );
+
+    // The configured durability is measured against the server --redis names (this one has no
+    // AOF: refused, naming the setting); the private server measures everysec whatever it says.
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("steward.toml");
+    std::fs::write(&config, "[redis]\ndurability = \"always\"\n")?;
+    let config = config.display().to_string();
+    let out = run(owned(&[
+        "--config",
+        &config,
+        "--redis",
+        &url,
+        "--workflows",
+        "2",
+    ]))
+    .await;
+    let t = text(&out);
+    assert!(
+        !out.status.success() && t.contains("appendfsync always"),
+        "{t}"
+    );
+    let out = run(owned(&[
+        "--config",
+        &config,
+        "--workflows",
+        "2",
+        "--steps",
+        "1",
+    ]))
+    .await;
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
     Ok(())
 }
 

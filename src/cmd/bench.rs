@@ -172,6 +172,9 @@ pub(crate) async fn run(global: &Global, args: BenchArgs) -> Result<ExitCode> {
     let mut config = load_config(global)?;
     if let Some(server) = &private {
         config.redis.url = server.url();
+        // The private server has AOF `everysec` only: the configured mode is measured against
+        // the server --redis names.
+        config.redis.durability = steward_engine::store::Durability::Everysec;
     }
     // A namespace of its own unless one is named, so it can be removed afterwards.
     let own_namespace = global.namespace.is_none();
