@@ -214,5 +214,14 @@ pub(crate) fn bench(r: &BenchReport) {
         "  redis bytes / step   {:>10.0} in  {:>6.0} out  (every client)",
         r.redis_bytes_in_per_step, r.redis_bytes_out_per_step
     );
+    if !r.redis_command_costs.is_empty() {
+        println!("  redis time by command (INFO commandstats; a script's includes its calls):");
+        for c in r.redis_command_costs.iter().take(12) {
+            println!(
+                "    {:<18} {:>7.2} calls/step {:>8.2} µs/step",
+                c.command, c.calls_per_step, c.us_per_step
+            );
+        }
+    }
     println!("  elapsed              {:>10.3} s", r.elapsed_s);
 }

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use serde_json::json;
 use steward_engine::embedded::Persistence;
 use steward_engine::keys::GROUP;
-use steward_engine::store::{self, Ack, Outcome, RunSnapshot, parse_doc};
+use steward_engine::store::{self, Ack, Outcome, RunSnapshot};
 use steward_schemas::{CompState, Event, FailureKind, Job, RunStatus, StepFailure, StepState};
 use steward_tests::{Env, WorkerOpts, plan, wait_for};
 
@@ -284,8 +284,9 @@ async fn pausing_takes_back_queued_jobs_and_resuming_dispatches_them() -> Result
     Ok(())
 }
 
-/// Reads one job as a consumer that will never finish it (a worker that died).
-async fn take_as_ghost(env: &Env, consumer: &str) -> Result<(String, Job, u64, String)> {
+/// Reads one job as a consumer that will never finish it (a worker that died), and the run as
+/// it was when the job was read.
+async fn take_as_ghost(env: &Env, consumer: &str) -> Result<(String, Job, u64, RunSnapshot)> {
     let keys = env.store.keys();
     let streams: Vec<String> = keys.all_shards().map(|s| keys.steps(s)).collect();
     let mut cmd = redis::cmd("XREADGROUP");
@@ -308,7 +309,9 @@ async fn take_as_ghost(env: &Env, consumer: &str) -> Result<(String, Job, u64, S
         .context("no job")?;
     let job: Job = serde_json::from_str(&entry.get::<String>("j").context("j")?)?;
     let version: u64 = entry.get::<String>("v").context("v")?.parse()?;
-    Ok((entry.id.clone(), job, version, entry.get("d").context("d")?))
+    let run: steward_schemas::RunId = entry.get::<String>("r").context("r")?.parse()?;
+    let snap = env.store.load(run).await?.context("the job's run")?;
+    Ok((entry.id.clone(), job, version, snap))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -356,10 +359,11 @@ async fn a_late_outcome_of_an_old_attempt_changes_nothing() -> Result<()> {
         output: json!({"late": true}),
         rollback: steward_schemas::Rollback::Nothing,
     };
-    let snapshot = RunSnapshot {
-        version,
-        doc: parse_doc(&doc)?,
-    };
+    assert_eq!(
+        doc.version, version,
+        "the run as it was when the job was read"
+    );
+    let snapshot = doc;
     let outcome = env
         .store
         .apply(

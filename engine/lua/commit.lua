@@ -1,22 +1,27 @@
--- Commits one transition of one run, atomically: the new state, its history, the jobs it
--- enqueues, the timers it arms and disarms, the revocation of queued jobs, the end-of-run notice,
--- and the acknowledgement of the job whose outcome caused it. All keys share the run's shard
--- hash tag, so the script touches one slot.
+-- Commits one transition of one run, atomically: what changed in the run's state, its history,
+-- the jobs it enqueues, the timers it arms and disarms, the revocation of queued jobs, the
+-- end-of-run notice, and the acknowledgement of the job whose outcome caused it. All keys share
+-- the run's shard hash tag, so the script touches one slot.
 --
--- KEYS: 1 run hash (fields: v = version, d = document, j:<step>:<seq> = stream id of a queued job)
---       2 run history stream
---       3 shard step stream
---       4 shard timer index (zset: "<run>|<timer key>" scored by due time in ms)
---       5 shard ended-runs stream
---       6 shard run index (zset: run id scored by creation time in µs)
---       7 shard dead-letter stream
+-- The run hash (storage format 2) holds the run in parts, so that a transition writes only what
+-- it changed: v = version, c = context (written once), h = header (status, updated_at),
+-- s:<step> = one step's record, j:<step>:<seq> = stream id of a queued job. A run written by an
+-- earlier build has its whole document in `d` instead; its next transition writes every part
+-- and deletes `d` (the caller sends them all).
+--
+-- KEYS: 1 run hash, 2 run history stream, 3 shard step stream, 4 shard timer index (zset:
+--       "<run>|<timer key>" scored by due time in ms), 5 shard ended-runs stream, 6 shard run
+--       index (zset: run id scored by creation time in µs), 7 shard dead-letter stream,
 --       8… index and inbox keys named by index in the plan (same slot)
 -- ARGV: 1 expected version ("0": the run must not exist yet)
---       2 new document ("" for an acknowledgement only)
---       3 the rest, as JSON: run, ack {id, step, seq}, hist [json], jobs [{step, seq, job}],
---         zadd [[ms, key]], zrem [key], revoke [{step, seq, ref}], ended status, created µs, timer key (must still be
---         armed), dead json, group
--- Returns: {"ok", version, revoked refs...} | {"conflict", version, document} | {"stale_timer"}
+--       2 "w" to write a transition, "" to acknowledge only
+--       3 the plan, as JSON: run, company, group, ack {id, step, seq}, set = number of field/value
+--         pairs to write (ARGV[4…]), del [fields], hist [ARGV index], jobs [{step, seq, a = ARGV
+--         index of the job}], zadd [[ms, key]], zrem [key], revoke [{step, seq, ref}], ended
+--         status, created µs, timer key (must still be armed), dead json, indexes and inboxes
+--       4… the field/value pairs, then the strings the plan names by index
+-- Returns: {"ok", version, revoked refs...} | {"conflict", version, field, value, ...} (the run
+--          hash as it is) | {"stale_timer"}
 
 local plan = cjson.decode(ARGV[3])
 local run = plan.run
@@ -28,10 +33,21 @@ local function ack()
   if plan.ack then
     local acked = redis.call('XACK', KEYS[3], group, plan.ack.id)
     redis.call('XDEL', KEYS[3], plan.ack.id)
-    redis.call('HDEL', KEYS[1], 'j:' .. plan.ack.step .. ':' .. plan.ack.seq)
     if plan.dead and acked == 1 then
       redis.call('XADD', KEYS[7], 'MAXLEN', '~', 10000, '*', 'run', run, 'job', plan.dead)
     end
+  end
+end
+
+-- Calls a variadic command on KEYS[1] in chunks (a run with thousands of steps is written
+-- whole when it is created, more arguments than Lua can unpack at once).
+local function chunked(cmd, args)
+  local n = #args
+  local i = 1
+  while i <= n do
+    local last = math.min(i + 999, n)
+    redis.call(cmd, KEYS[1], unpack(args, i, last))
+    i = last + 1
   end
 end
 
@@ -39,13 +55,20 @@ if ARGV[2] == '' then
   for _, key in ipairs(plan.zrem or {}) do
     redis.call('ZREM', KEYS[4], run .. '|' .. key)
   end
+  if plan.ack then
+    redis.call('HDEL', KEYS[1], 'j:' .. plan.ack.step .. ':' .. plan.ack.seq)
+  end
   ack()
   return {'ok', redis.call('HGET', KEYS[1], 'v') or '0'}
 end
 
 local current = redis.call('HGET', KEYS[1], 'v') or '0'
 if current ~= ARGV[1] then
-  return {'conflict', current, redis.call('HGET', KEYS[1], 'd') or ''}
+  local out = {'conflict', current}
+  for _, x in ipairs(redis.call('HGETALL', KEYS[1])) do
+    table.insert(out, x)
+  end
+  return out
 end
 
 if plan.timer then
@@ -55,19 +78,33 @@ if plan.timer then
 end
 
 local version = tostring(tonumber(current) + 1)
-redis.call('HSET', KEYS[1], 'v', version, 'd', ARGV[2])
+
+-- Jobs first: their stream ids are written with the state, in one HSET.
+local set = {'v', version}
+for i = 4, 3 + 2 * plan.set do
+  set[#set + 1] = ARGV[i]
+end
+for _, job in ipairs(plan.jobs or {}) do
+  local id = redis.call('XADD', KEYS[3], '*', 'r', run, 'c', plan.company, 'v', version, 'j', ARGV[job.a])
+  set[#set + 1] = 'j:' .. job.step .. ':' .. job.seq
+  set[#set + 1] = id
+end
+chunked('HSET', set)
+
+local del = plan.del or {}
+if plan.ack then
+  del[#del + 1] = 'j:' .. plan.ack.step .. ':' .. plan.ack.seq
+end
+if #del > 0 then
+  chunked('HDEL', del)
+end
 
 if plan.created then
   redis.call('ZADD', KEYS[6], plan.created, run)
 end
 
-for _, entry in ipairs(plan.hist or {}) do
-  redis.call('XADD', KEYS[2], '*', 'e', entry)
-end
-
-for _, job in ipairs(plan.jobs or {}) do
-  local id = redis.call('XADD', KEYS[3], '*', 'r', run, 'c', plan.company, 'v', version, 'j', job.job, 'd', ARGV[2])
-  redis.call('HSET', KEYS[1], 'j:' .. job.step .. ':' .. job.seq, id)
+for _, a in ipairs(plan.hist or {}) do
+  redis.call('XADD', KEYS[2], '*', 'e', ARGV[a])
 end
 
 for _, t in ipairs(plan.zadd or {}) do

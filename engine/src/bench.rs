@@ -66,6 +66,9 @@ pub struct BenchReport {
     pub redis_bytes_in_per_step: f64,
     /// Bytes Redis sent per step, to every client (`INFO stats` total_net_output_bytes).
     pub redis_bytes_out_per_step: f64,
+    /// Redis's own accounting per command while measuring (`INFO commandstats`), costliest
+    /// first: a script's time includes the commands it called, which are also listed.
+    pub redis_command_costs: Vec<CommandCost>,
     /// The open loop's target rate (workflows/s), when it ran one.
     pub target_rate: Option<f64>,
     /// Workflows measured.
@@ -80,6 +83,18 @@ pub struct BenchReport {
     pub elapsed_s: f64,
     /// Redis's persistence setting while measuring (`appendonly`, `appendfsync`).
     pub redis_persistence: String,
+}
+
+/// One command's share of Redis's work while measuring.
+#[derive(Debug, Clone, Serialize)]
+pub struct CommandCost {
+    /// The command (`evalsha`, `xreadgroup`, `hset`, …).
+    pub command: String,
+    /// Calls per step.
+    pub calls_per_step: f64,
+    /// Microseconds Redis spent in it per step (its own measure: command execution only, not
+    /// reading, parsing or replying).
+    pub us_per_step: f64,
 }
 
 /// A benchmark failure.
@@ -189,13 +204,10 @@ pub async fn run(store: Store, worker_db: Db, config: BenchConfig) -> Result<Ben
     let mut step_ms = Vec::with_capacity(runs.len() * config.steps);
     let mut e2e_ms = Vec::with_capacity(runs.len());
     for chunk in runs.chunks(500) {
-        let mut pipe = redis::pipe();
-        for id in chunk {
-            pipe.cmd("HGET").arg(store.keys().run(*id)).arg("d");
-        }
-        let docs: Vec<String> = store.db().pipe(&pipe).await?;
-        for json in docs {
-            let doc = store::parse_doc(&json)?;
+        for (id, snap) in chunk.iter().zip(store.load_many(chunk).await?) {
+            let doc = snap
+                .ok_or_else(|| Error::Stuck(format!("run {id} is gone")))?
+                .doc;
             let RunStatus::Completed { at, .. } = doc.state.status else {
                 return Err(Error::Stuck(format!(
                     "run {} ended {}",
@@ -242,6 +254,7 @@ pub async fn run(store: Store, worker_db: Db, config: BenchConfig) -> Result<Ben
         redis_cpu_us_per_step: redis.cpu_s * 1e6 / total_steps,
         redis_bytes_in_per_step: redis.bytes_in as f64 / total_steps,
         redis_bytes_out_per_step: redis.bytes_out as f64 / total_steps,
+        redis_command_costs: redis.costs(total_steps),
         target_rate: config.rate,
         workflows: runs.len(),
         steps: config.steps,
@@ -295,12 +308,14 @@ async fn open_loop(
 }
 
 /// Redis's own counters: commands, CPU and network bytes, from `INFO`.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct RedisCounters {
     commands: u64,
     cpu_s: f64,
     bytes_in: u64,
     bytes_out: u64,
+    /// Per command: (calls, µs).
+    per_command: std::collections::BTreeMap<String, (u64, u64)>,
 }
 
 impl RedisCounters {
@@ -309,16 +324,25 @@ impl RedisCounters {
         let mut total = Self::default();
         for node in store.db().masters().await? {
             let info: String = store.db().query_on(&node, &redis::cmd("INFO")).await?;
-            let one = Self::parse(&info);
+            let stats: String = store
+                .db()
+                .query_on(&node, redis::cmd("INFO").arg("commandstats"))
+                .await?;
+            let one = Self::parse(&info, &stats);
             total.commands += one.commands;
             total.cpu_s += one.cpu_s;
             total.bytes_in += one.bytes_in;
             total.bytes_out += one.bytes_out;
+            for (name, (calls, us)) in one.per_command {
+                let e = total.per_command.entry(name).or_default();
+                e.0 += calls;
+                e.1 += us;
+            }
         }
         Ok(total)
     }
 
-    fn parse(info: &str) -> Self {
+    fn parse(info: &str, commandstats: &str) -> Self {
         let field = |name: &str| -> f64 {
             info.lines()
                 .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
@@ -330,6 +354,23 @@ impl RedisCounters {
             cpu_s: field("used_cpu_user") + field("used_cpu_sys"),
             bytes_in: field("total_net_input_bytes") as u64,
             bytes_out: field("total_net_output_bytes") as u64,
+            per_command: commandstats
+                .lines()
+                .filter_map(|l| {
+                    // cmdstat_hset:calls=12,usec=34,usec_per_call=2.83,…
+                    let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+                    let mut calls = None;
+                    let mut usec = None;
+                    for kv in rest.split(',') {
+                        match kv.split_once('=') {
+                            Some(("calls", v)) => calls = v.parse().ok(),
+                            Some(("usec", v)) => usec = v.parse().ok(),
+                            _ => {}
+                        }
+                    }
+                    Some((name.to_owned(), (calls?, usec?)))
+                })
+                .collect(),
         }
     }
 
@@ -339,7 +380,34 @@ impl RedisCounters {
             cpu_s: (self.cpu_s - before.cpu_s).max(0.0),
             bytes_in: self.bytes_in.saturating_sub(before.bytes_in),
             bytes_out: self.bytes_out.saturating_sub(before.bytes_out),
+            per_command: self
+                .per_command
+                .iter()
+                .map(|(name, (calls, us))| {
+                    let (c0, u0) = before.per_command.get(name).copied().unwrap_or_default();
+                    (
+                        name.clone(),
+                        (calls.saturating_sub(c0), us.saturating_sub(u0)),
+                    )
+                })
+                .filter(|(_, (calls, _))| *calls > 0)
+                .collect(),
         }
+    }
+
+    /// The commands' costs per step, costliest first.
+    fn costs(&self, steps: f64) -> Vec<CommandCost> {
+        let mut v: Vec<CommandCost> = self
+            .per_command
+            .iter()
+            .map(|(name, (calls, us))| CommandCost {
+                command: name.clone(),
+                calls_per_step: *calls as f64 / steps,
+                us_per_step: *us as f64 / steps,
+            })
+            .collect();
+        v.sort_by(|a, b| b.us_per_step.total_cmp(&a.us_per_step));
+        v
     }
 }
 

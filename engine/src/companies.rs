@@ -763,17 +763,14 @@ pub async fn in_flight(store: &Store, company: &CompanyId) -> Result<Vec<RunInFl
     if found.is_empty() {
         return Ok(Vec::new());
     }
-    let mut pipe = redis::pipe();
-    for (_, run) in &found {
-        pipe.cmd("HGET").arg(keys.run(*run)).arg("d");
-    }
-    let docs: Vec<Option<String>> = store.db().pipe(&pipe).await?;
+    let ids: Vec<RunId> = found.iter().map(|(_, run)| *run).collect();
+    let docs = store.load_many(&ids).await?;
     Ok(found
         .into_iter()
         .zip(docs)
-        .filter_map(|((_, run), doc)| {
+        .filter_map(|((_, run), snap)| {
             // A run that ended between the two reads, or vanished, is not in flight.
-            let doc = crate::store::parse_doc(&doc?).ok()?;
+            let doc = snap?.doc;
             (!doc.state.status.is_terminal()).then(|| RunInFlight {
                 run,
                 status: doc.state.status.name().to_owned(),

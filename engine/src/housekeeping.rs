@@ -14,6 +14,7 @@
 //!
 //! Each round reads at most `batch` candidates per shard and status, oldest first.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use redis::Script;
@@ -21,7 +22,7 @@ use steward_schemas::{RunId, Timestamp};
 use tracing::{debug, info, warn};
 
 use crate::keys::GROUP;
-use crate::store::{self, Store, parse_doc};
+use crate::store::{self, Store, decode_run};
 
 const FORGET_RUN: &str = include_str!("../lua/forget_run.lua");
 const FORGET_CONSUMER: &str = include_str!("../lua/forget_consumer.lua");
@@ -112,7 +113,7 @@ async fn forget_consumers(store: &Store, idle: Duration) -> store::Result<usize>
     let script = Script::new(FORGET_CONSUMER);
     let mut removed = 0;
     for (shard, reply) in keys.all_shards().zip(replies) {
-        let consumers: Vec<std::collections::HashMap<String, redis::Value>> =
+        let consumers: Vec<HashMap<String, redis::Value>> =
             redis::from_redis_value(reply).unwrap_or_default();
         for c in consumers {
             let field = |name: &str| c.get(name);
@@ -176,13 +177,13 @@ async fn forget_runs(store: &Store, retention: Duration, batch: usize) -> store:
     }
     let mut pipe = redis::pipe();
     for (_, _, run) in &candidates {
-        pipe.cmd("HMGET").arg(keys.run(*run)).arg("v").arg("d");
+        pipe.cmd("HGETALL").arg(keys.run(*run));
     }
-    let docs: Vec<(Option<String>, Option<String>)> = store.db().pipe(&pipe).await?;
+    let docs: Vec<HashMap<String, String>> = store.db().pipe(&pipe).await?;
     let script = Script::new(FORGET_RUN);
     let mut removed = 0;
-    for ((shard, status, run), (v, d)) in candidates.into_iter().zip(docs) {
-        let (Some(v), Some(d)) = (v, d) else {
+    for ((shard, status, run), fields) in candidates.into_iter().zip(docs) {
+        if fields.is_empty() {
             // Only the index entry is left (a run deleted by hand): drop it.
             store
                 .db()
@@ -193,9 +194,10 @@ async fn forget_runs(store: &Store, retention: Duration, batch: usize) -> store:
                 )
                 .await?;
             continue;
-        };
-        let doc = match parse_doc(&d) {
-            Ok(doc) => doc,
+        }
+        let (v, doc) = match decode_run(fields) {
+            Ok(Some(snap)) => (snap.version.to_string(), snap.doc),
+            Ok(None) => continue,
             Err(e) => {
                 warn!(run.id = %run, error = %e, "housekeeping: the run's document does not parse; keeping it");
                 continue;

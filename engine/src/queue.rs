@@ -95,8 +95,6 @@ pub struct Delivery {
     pub version: u64,
     /// The job.
     pub job: Job,
-    /// The run's document when the job was enqueued (JSON).
-    pub doc: String,
     /// How many times the entry has been delivered (1: first delivery).
     pub deliveries: u64,
     /// The run's company as stored when the job was received (its policy decides whether the
@@ -656,13 +654,14 @@ fn entry_field(fields: &HashMap<String, Value>, name: &str) -> Option<String> {
         .and_then(|v| redis::from_redis_value_ref(v).ok())
 }
 
-/// An entry's run, run version, job and run document.
-fn parse_entry(fields: &HashMap<String, Value>) -> Option<(RunId, u64, Job, String)> {
+/// An entry's run, run version and job. (Entries an earlier build wrote also carry a copy of
+/// the run's document, `d`: it is not read.)
+fn parse_entry(fields: &HashMap<String, Value>) -> Option<(RunId, u64, Job)> {
     let field = |name: &str| entry_field(fields, name);
     let run: RunId = field("r")?.parse().ok()?;
     let version: u64 = field("v")?.parse().ok()?;
     let job: Job = serde_json::from_str(&field("j")?).ok()?;
-    Some((run, version, job, field("d")?))
+    Some((run, version, job))
 }
 
 /// Parses an entry into a delivery. A malformed entry (perhaps written by a newer version) is
@@ -676,7 +675,7 @@ fn prepare(
 ) -> Option<Delivery> {
     let id = entry.id.as_str();
     let field = |name: &str| entry_field(&entry.map, name);
-    let Some((run, version, job, doc)) = parse_entry(&entry.map) else {
+    let Some((run, version, job)) = parse_entry(&entry.map) else {
         shared.inflight.remove(shard, id);
         error!(
             entry = id,
@@ -701,7 +700,6 @@ fn prepare(
         run,
         version,
         job,
-        doc,
         deliveries,
         company: None,
         company_id: field("c").and_then(|c| c.parse().ok()),

@@ -2,9 +2,16 @@
 //!
 //! A transition is computed by the pure state machine on the run's document and committed by one
 //! Lua script ([`COMMIT`]) that checks the document's version first (optimistic concurrency): if
-//! another transition got there first, the script returns the current document and the
-//! transition is computed again on it. Jobs carry the document they were enqueued with, so the
-//! common case — a worker reporting the outcome of the only step in flight — is one round trip.
+//! another transition got there first, the script returns the current run and the transition is
+//! computed again on it.
+//!
+//! A run is stored in parts (storage format 2), one hash field each: its context (`c`, written
+//! once), its header (`h`: status and time) and one record per step (`s:<step>`), so a
+//! transition writes only the parts it changed; loading a run is one `HGETALL`. Jobs carry the
+//! run id, the step, the attempt and the bound input, not the run: the worker reads the run when
+//! it checks that the job is still current, in the same round trip. A run an earlier build
+//! stored whole (field `d`, format 1) is read as it is, and its next transition rewrites it in
+//! parts.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -16,8 +23,8 @@ use steward_core::history::{diff, redact};
 use steward_core::inputs::{InputProblem, prepare_inputs};
 use steward_core::{Cx, Plan, TransitionError, initial_state, transition};
 use steward_schemas::{
-    CompanyId, Effect, Event, HistoryEntry, JobRef, RunContext, RunDoc, RunId, RunState, StepId,
-    TicketRef, Timestamp, WorkflowDef, WorkflowRef,
+    CompanyId, Effect, Event, HistoryEntry, JobRef, RunContext, RunDoc, RunId, RunState, RunStatus,
+    StepId, TicketRef, Timestamp, WorkflowDef, WorkflowRef,
 };
 use tracing::{debug, trace, warn};
 
@@ -102,6 +109,124 @@ pub struct RunSnapshot {
     pub version: u64,
     /// The document.
     pub doc: RunDoc,
+    /// Whether it is stored whole, as an earlier build did (format 1: field `d`): the next
+    /// transition writes every part, and removes the whole copy.
+    pub legacy: bool,
+}
+
+/// The run hash's field holding the run's context.
+const CTX: &str = "c";
+/// The run hash's field holding the run's header (status, time of the last change).
+const HEADER: &str = "h";
+/// The prefix of the run hash's fields that hold one step's record each.
+const STEP: &str = "s:";
+/// The run hash's field in which an earlier build stored the whole document.
+const LEGACY_DOC: &str = "d";
+
+/// The header part of a stored run.
+#[derive(Serialize)]
+struct HeaderRef<'a> {
+    status: &'a RunStatus,
+    updated_at: Timestamp,
+}
+
+#[derive(serde::Deserialize)]
+struct Header {
+    status: RunStatus,
+    updated_at: Timestamp,
+}
+
+/// Reads a run from its hash's fields (`HGETALL`); `None` if it does not exist.
+pub fn decode_run(mut fields: HashMap<String, String>) -> Result<Option<RunSnapshot>> {
+    let Some(v) = fields.remove("v") else {
+        return Ok(None);
+    };
+    let version: u64 = v
+        .parse()
+        .map_err(|_| corrupt(format!("run version `{v}`")))?;
+    if let Some(d) = fields.remove(LEGACY_DOC) {
+        return Ok(Some(RunSnapshot {
+            version,
+            doc: parse_doc(&d)?,
+            legacy: true,
+        }));
+    }
+    let ctx: RunContext = match fields.remove(CTX) {
+        Some(c) => serde_json::from_str(&c).map_err(|e| corrupt(format!("run context: {e}")))?,
+        None => return Err(corrupt("a run without its context")),
+    };
+    let header: Header = match fields.remove(HEADER) {
+        Some(h) => serde_json::from_str(&h).map_err(|e| corrupt(format!("run header: {e}")))?,
+        None => return Err(corrupt(format!("run {} without its header", ctx.run_id))),
+    };
+    let mut steps = std::collections::BTreeMap::new();
+    for (field, value) in fields {
+        if let Some(step) = field.strip_prefix(STEP) {
+            let id: StepId = step
+                .parse()
+                .map_err(|_| corrupt(format!("step field `{field}`")))?;
+            let record =
+                serde_json::from_str(&value).map_err(|e| corrupt(format!("step `{step}`: {e}")))?;
+            steps.insert(id, record);
+        }
+    }
+    Ok(Some(RunSnapshot {
+        version,
+        doc: RunDoc {
+            v: RunDoc::VERSION,
+            ctx,
+            state: RunState {
+                status: header.status,
+                steps,
+                updated_at: header.updated_at,
+            },
+        },
+        legacy: false,
+    }))
+}
+
+/// The run hash's fields a transition writes (field, value) and removes.
+type Parts = (Vec<(String, String)>, Vec<String>);
+
+/// The parts of a run a transition writes: every part when the run is new (or stored whole by
+/// an earlier build), else those that changed; and the parts to remove.
+fn parts(before: Option<&RunState>, doc: &RunDoc, legacy: bool) -> Result<Parts> {
+    let mut set = Vec::new();
+    let mut del = Vec::new();
+    let before = before.filter(|_| !legacy);
+    if before.is_none() {
+        set.push((CTX.to_owned(), json(&doc.ctx)?));
+    }
+    if legacy {
+        del.push(LEGACY_DOC.to_owned());
+    }
+    let after = &doc.state;
+    if before.is_none_or(|b| b.status != after.status || b.updated_at != after.updated_at) {
+        set.push((
+            HEADER.to_owned(),
+            json(&HeaderRef {
+                status: &after.status,
+                updated_at: after.updated_at,
+            })?,
+        ));
+    }
+    for (id, record) in &after.steps {
+        if before.is_none_or(|b| b.steps.get(id) != Some(record)) {
+            set.push((format!("{STEP}{id}"), json(record)?));
+        }
+    }
+    if let Some(b) = before {
+        for id in b.steps.keys() {
+            if !after.steps.contains_key(id) {
+                del.push(format!("{STEP}{id}"));
+            }
+        }
+    }
+    Ok((set, del))
+}
+
+fn json<T: Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(corrupt)
 }
 
 /// The job whose outcome a transition reports: acknowledged in the same script.
@@ -236,10 +361,10 @@ impl std::fmt::Debug for DefinitionSource {
 }
 
 /// Whether a job a worker received is still worth running (see [`Store::check_job`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum JobCheck {
-    /// The run exists and the job is its current attempt.
-    Current,
+    /// The run exists and the job is its current attempt; the run as it is.
+    Current(Box<RunSnapshot>),
     /// The run does not exist (it was never committed, or Redis lost it).
     RunGone,
     /// The run exists but no longer records this job (revoked, already reported, superseded).
@@ -255,8 +380,14 @@ struct CommitPlan<'a> {
     group: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     ack: Option<AckRef<'a>>,
+    /// How many field/value pairs of the run hash are written (ARGV[4…]).
+    set: usize,
+    /// The run hash's fields to remove.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    hist: Vec<String>,
+    del: Vec<String>,
+    /// History entries: their ARGV indexes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    hist: Vec<usize>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     jobs: Vec<JobEntry>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -293,6 +424,10 @@ struct CommitPlan<'a> {
     /// Keys beyond the seven fixed ones (indexes and inboxes), passed as KEYS[8…].
     #[serde(skip)]
     extra_keys: Vec<String>,
+    /// The strings `hist` and `jobs` name (0-based here; ARGV indexes once the fields to write
+    /// are known).
+    #[serde(skip)]
+    strings: Vec<String>,
 }
 
 impl CommitPlan<'_> {
@@ -307,6 +442,12 @@ impl CommitPlan<'_> {
         };
         u32::try_from(pos).expect("fewer than 2^32 keys") + 8
     }
+
+    /// Adds a string argument; its index in `strings`.
+    fn string(&mut self, value: String) -> usize {
+        self.strings.push(value);
+        self.strings.len() - 1
+    }
 }
 
 #[derive(Serialize)]
@@ -320,7 +461,8 @@ struct AckRef<'a> {
 struct JobEntry {
     step: String,
     seq: u32,
-    job: String,
+    /// The job's JSON: its ARGV index.
+    a: usize,
 }
 
 #[derive(Serialize)]
@@ -699,7 +841,7 @@ impl Store {
             run_id, &doc.ctx, &event, &state, &doc.state, &t.effects, now,
         )?;
         plan.created = Some(now.as_micros().to_string());
-        match self.commit(run_id, 0, &doc, plan).await? {
+        match self.commit(run_id, 0, None, false, &doc, plan).await? {
             Reply::Ok { .. } => {
                 if self.durability == Durability::Waitaof {
                     let lane = self.lane(run_id).await?;
@@ -720,24 +862,20 @@ impl Store {
         }
     }
 
-    /// Whether a job received from the queue is still the run's current attempt: one read of
-    /// the run hash (its version and the field that records where the job is queued). Workers
-    /// ask this right before running an op, so a job received before Redis lost writes (or
-    /// revoked since) is never run for a run that no longer exists or has moved on.
+    /// Whether a job received from the queue is still the run's current attempt, and the run as
+    /// it is: one read of the run hash (its parts, and the field that records where the job is
+    /// queued). Workers ask this right before running an op, so a job received before Redis
+    /// lost writes (or revoked since) is never run for a run that no longer exists or has moved
+    /// on.
     pub async fn check_job(&self, run: RunId, ack: &Ack) -> Result<JobCheck> {
-        let field = format!("j:{}:{}", ack.step, ack.seq);
-        let (v, at): (Option<String>, Option<String>) = self
+        let mut fields: HashMap<String, String> = self
             .db
-            .query(
-                redis::cmd("HMGET")
-                    .arg(self.keys.run(run))
-                    .arg("v")
-                    .arg(field),
-            )
+            .query(redis::cmd("HGETALL").arg(self.keys.run(run)))
             .await?;
-        Ok(match (v, at) {
+        let at = fields.remove(&format!("j:{}:{}", ack.step, ack.seq));
+        Ok(match (decode_run(fields)?, at) {
             (None, _) => JobCheck::RunGone,
-            (Some(_), Some(entry)) if entry == ack.entry => JobCheck::Current,
+            (Some(snap), Some(entry)) if entry == ack.entry => JobCheck::Current(Box::new(snap)),
             (Some(_), _) => JobCheck::Stale,
         })
     }
@@ -749,22 +887,35 @@ impl Store {
 
     /// A run's document.
     pub async fn load(&self, run: RunId) -> Result<Option<RunSnapshot>> {
-        let (v, d): (Option<u64>, Option<String>) = self
+        let fields: HashMap<String, String> = self
             .db
-            .query(
-                redis::cmd("HMGET")
-                    .arg(self.keys.run(run))
-                    .arg("v")
-                    .arg("d"),
-            )
+            .query(redis::cmd("HGETALL").arg(self.keys.run(run)))
             .await?;
-        match (v, d) {
-            (Some(version), Some(doc)) => Ok(Some(RunSnapshot {
-                version,
-                doc: parse_doc(&doc)?,
-            })),
-            _ => Ok(None),
+        decode_run(fields)
+    }
+
+    /// Runs' documents, in one round trip; a run that does not exist, or does not parse, is
+    /// `None` (logged).
+    pub async fn load_many(&self, runs: &[RunId]) -> redis::RedisResult<Vec<Option<RunSnapshot>>> {
+        if runs.is_empty() {
+            return Ok(Vec::new());
         }
+        let mut pipe = redis::pipe();
+        for run in runs {
+            pipe.cmd("HGETALL").arg(self.keys.run(*run));
+        }
+        let replies: Vec<HashMap<String, String>> = self.db.pipe(&pipe).await?;
+        Ok(runs
+            .iter()
+            .zip(replies)
+            .map(|(run, fields)| match decode_run(fields) {
+                Ok(snap) => snap,
+                Err(e) => {
+                    warn!(run.id = %run, error = %e, "a stored run does not parse");
+                    None
+                }
+            })
+            .collect())
     }
 
     /// Applies an event to a run. `snapshot` (a document the caller already holds, e.g. the one
@@ -838,7 +989,17 @@ impl Store {
             });
             plan.dead = ack.and_then(|(_, dead)| dead.map(str::to_owned));
             plan.timer = timer.map(str::to_owned);
-            match self.commit(run, snap.version, &doc, plan).await? {
+            match self
+                .commit(
+                    run,
+                    snap.version,
+                    Some(&snap.doc.state),
+                    snap.legacy,
+                    &doc,
+                    plan,
+                )
+                .await?
+            {
                 Reply::Ok { version, revoked } => {
                     // Effects are not logged: jobs carry inputs taken from tickets.
                     trace!(run.id = %run, version, effects = t.effects.len(), "transition committed");
@@ -853,7 +1014,11 @@ impl Store {
                     return Box::pin(self.apply(
                         run,
                         &follow,
-                        Some(RunSnapshot { version, doc }),
+                        Some(RunSnapshot {
+                            version,
+                            doc,
+                            legacy: false,
+                        }),
                         None,
                         None,
                     ))
@@ -957,11 +1122,12 @@ impl Store {
             "status": after.status.name(),
             "changes": diff(before, after),
         });
-        plan.hist.push(entry.to_string());
+        let at = plan.string(entry.to_string());
+        plan.hist.push(at);
         let (from, to) = (before.status.name(), after.status.name());
         if from != to {
             plan.idx_score = ctx.created_at.as_micros().to_string();
-            if matches!(before.status, steward_schemas::RunStatus::Created) {
+            if matches!(before.status, RunStatus::Created) {
                 plan.idx_company = Some(plan.key(self.keys.runs_of_company(shard, &ctx.company)));
             } else {
                 plan.idx_from = Some(plan.key(self.keys.runs_in_status(shard, from)));
@@ -970,11 +1136,14 @@ impl Store {
         }
         for effect in effects {
             match effect {
-                Effect::EnqueueStep { job } => plan.jobs.push(JobEntry {
-                    step: job.step.to_string(),
-                    seq: job.seq,
-                    job: serde_json::to_string(job).map_err(corrupt)?,
-                }),
+                Effect::EnqueueStep { job } => {
+                    let a = plan.string(json(job)?);
+                    plan.jobs.push(JobEntry {
+                        step: job.step.to_string(),
+                        seq: job.seq,
+                        a,
+                    });
+                }
                 Effect::ScheduleTimer { key, at } => plan
                     .zadd
                     .push((at.as_millis().to_string(), key.to_string())),
@@ -1017,33 +1186,58 @@ impl Store {
         Ok(plan)
     }
 
+    /// Commits `doc` as the run's next version. `before` is the state the transition was
+    /// computed from (`None` for a new run); only the parts that changed are written, unless the
+    /// run is stored whole by an earlier build (`legacy`).
     async fn commit(
         &self,
         run: RunId,
         expected: u64,
+        before: Option<&RunState>,
+        legacy: bool,
         doc: &RunDoc,
         mut plan: CommitPlan<'_>,
     ) -> Result<Reply> {
         let keys = self.keys.commit_keys(run);
-        let doc_json = serde_json::to_string(doc).map_err(corrupt)?;
+        let (set, del) = parts(before, doc, legacy)?;
         // Checked when a run is created; later growth comes from step outputs, each capped by
         // the worker (refusing a worker's outcome here would leave its job to be run again).
-        if expected == 0 && doc_json.len() > self.limits.max_document_bytes {
-            return Err(Error::TooLarge {
-                what: "the run's document",
-                field: "inputs",
-                size: doc_json.len(),
-                limit: self.limits.max_document_bytes,
-                setting: "limits.max-document-bytes",
-            });
+        if expected == 0 {
+            let size: usize = set.iter().map(|(f, v)| f.len() + v.len()).sum();
+            if size > self.limits.max_document_bytes {
+                return Err(Error::TooLarge {
+                    what: "the run's document",
+                    field: "inputs",
+                    size,
+                    limit: self.limits.max_document_bytes,
+                    setting: "limits.max-document-bytes",
+                });
+            }
         }
         let extra = std::mem::take(&mut plan.extra_keys);
+        let strings = std::mem::take(&mut plan.strings);
+        // ARGV: 1 version, 2 mode, 3 plan, then the pairs, then the strings.
+        let offset = 4 + 2 * set.len();
+        plan.set = set.len();
+        plan.del = del;
+        for h in &mut plan.hist {
+            *h += offset;
+        }
+        for j in &mut plan.jobs {
+            j.a += offset;
+        }
         let plan = serde_json::to_string(&plan).map_err(corrupt)?;
         let mut inv = self.commit.prepare_invoke();
         for k in keys.iter().chain(&extra) {
             inv.key(k);
         }
-        inv.arg(expected.to_string()).arg(doc_json).arg(plan);
+        inv.arg(expected.to_string()).arg("w").arg(plan);
+        for (field, value) in &set {
+            inv.arg(field).arg(value);
+        }
+        for string in &strings {
+            inv.arg(string);
+        }
         let reply: Vec<String> = self.db.script(&inv).await?;
         match reply.first().map(String::as_str) {
             Some("ok") => {
@@ -1060,14 +1254,11 @@ impl Store {
                 Ok(Reply::Ok { version, revoked })
             }
             Some("conflict") => {
-                let version: u64 = reply.get(1).and_then(|v| v.parse().ok()).unwrap_or(0);
-                match reply.get(2).filter(|d| !d.is_empty()) {
-                    Some(d) => Ok(Reply::Conflict(Some(Box::new(RunSnapshot {
-                        version,
-                        doc: parse_doc(d)?,
-                    })))),
-                    None => Ok(Reply::Conflict(None)),
-                }
+                let fields: HashMap<String, String> = reply[2..]
+                    .chunks_exact(2)
+                    .map(|p| (p[0].clone(), p[1].clone()))
+                    .collect();
+                Ok(Reply::Conflict(decode_run(fields)?.map(Box::new)))
             }
             Some("stale_timer") => Ok(Reply::StaleTimer),
             other => Err(corrupt(format!("unexpected commit reply {other:?}"))),

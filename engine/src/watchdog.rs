@@ -27,7 +27,7 @@ use steward_schemas::{
 };
 use tracing::{debug, error, warn};
 
-use crate::store::{self, Outcome, Store, parse_doc};
+use crate::store::{self, Outcome, Store, decode_run};
 
 /// How the watchdog runs.
 #[derive(Debug, Clone)]
@@ -187,23 +187,22 @@ async fn diagnose(store: &Store, runs: &[RunId]) -> store::Result<HashMap<RunId,
     }
     let mut pipe = redis::pipe();
     for run in runs {
-        pipe.cmd("HMGET").arg(keys.run(*run)).arg("v").arg("d");
-        pipe.cmd("HKEYS").arg(keys.run(*run));
+        pipe.cmd("HGETALL").arg(keys.run(*run));
     }
-    let replies: Vec<redis::Value> = store.db().pipe(&pipe).await?;
+    let replies: Vec<HashMap<String, String>> = store.db().pipe(&pipe).await?;
     // What each run's steps wait on: (run, version, doc, queued jobs' entry fields).
     let mut docs: Vec<(RunId, u64, RunDoc)> = Vec::new();
     let mut checks = redis::pipe();
     let mut wanted: Vec<(usize, Want)> = Vec::new();
-    for (run, pair) in runs.iter().zip(replies.chunks(2)) {
-        let (v, d): (Option<u64>, Option<String>) =
-            redis::from_redis_value_ref(&pair[0]).unwrap_or((None, None));
-        let fields: Vec<String> = redis::from_redis_value_ref(&pair[1]).unwrap_or_default();
-        let (Some(version), Some(d)) = (v, d) else {
-            continue;
-        };
-        let doc = match parse_doc(&d) {
-            Ok(doc) => doc,
+    for (run, fields) in runs.iter().zip(replies) {
+        let queued: Vec<String> = fields
+            .keys()
+            .filter(|f| f.starts_with("j:"))
+            .cloned()
+            .collect();
+        let (version, doc) = match decode_run(fields) {
+            Ok(Some(snap)) => (snap.version, snap.doc),
+            Ok(None) => continue,
             Err(e) => {
                 error!(run.id = %run, error = %e, "watchdog: the run's document does not parse; leaving it");
                 continue;
@@ -217,7 +216,7 @@ async fn diagnose(store: &Store, runs: &[RunId]) -> store::Result<HashMap<RunId,
             match &rec.state {
                 StepState::Queued { .. } => {
                     let field = format!("j:{step}:{}", rec.seq);
-                    if fields.contains(&field) {
+                    if queued.contains(&field) {
                         // Is the entry it names still in the stream?
                         checks.cmd("HGET").arg(keys.run(*run)).arg(&field);
                         wanted.push((i, Want::Field(step.clone(), rec.seq)));

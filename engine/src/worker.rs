@@ -19,7 +19,7 @@ use tracing::{Instrument, debug, error, info_span, warn};
 
 use crate::companies::{Companies, CompanyRecord};
 use crate::queue::{Delivery, QueueConfig, StepQueue};
-use crate::store::{self, JobCheck, Outcome, RunSnapshot, Store, parse_doc};
+use crate::store::{self, JobCheck, Outcome, RunSnapshot, Store};
 
 /// What every job of a worker process shares.
 #[derive(Debug)]
@@ -88,28 +88,15 @@ impl Runtime {
     /// Runs one job and commits its outcome (retrying while Redis is unreachable).
     pub async fn execute(&self, mut delivery: Delivery) {
         delivery.start();
-        // The job's copy of the run document saves a read; if it does not parse (it was
-        // written by another version), the run is read from the store instead.
-        let (version, doc) = match parse_doc(&delivery.doc) {
-            Ok(doc) => (delivery.version, doc),
-            Err(e) => match self.store.load(delivery.run).await {
-                Ok(Some(snap)) => {
-                    warn!(error = %e, "the job's copy of the run does not parse; read the run instead");
-                    (snap.version, snap.doc)
-                }
-                Ok(None) => {
-                    warn!("the job's run no longer exists");
-                    return;
-                }
-                Err(e) => {
-                    warn!(error = %e, "cannot read the run; the job will be retried");
-                    return;
-                }
-            },
-        };
-        if !self.still_current(&delivery, &doc).await {
+        // The run as it is now, read with the check that the job is still current.
+        let Some(RunSnapshot {
+            version,
+            doc,
+            legacy,
+        }) = self.still_current(&delivery).await
+        else {
             return;
-        }
+        };
         let job = &delivery.job;
         let company = match &delivery.company {
             Some(c) => c.clone(),
@@ -186,7 +173,11 @@ impl Runtime {
             metrics.count("steward_step_retries_total", &[("op", op)]);
         }
         // After a failed commit the run is read again: another transition may have happened.
-        let mut snapshot = Some(RunSnapshot { version, doc });
+        let mut snapshot = Some(RunSnapshot {
+            version,
+            doc,
+            legacy,
+        });
         let ack = delivery.ack();
         let mut wait = Duration::from_millis(50);
         loop {
@@ -229,39 +220,47 @@ impl Runtime {
     /// the job is the run's current attempt, and the run's definition can be read. A job that is
     /// not current is acknowledged and dropped; one whose definition is missing is left pending
     /// (it runs once the definition is back) and its op is not run.
-    async fn still_current(&self, delivery: &Delivery, doc: &steward_schemas::RunDoc) -> bool {
+    async fn still_current(&self, delivery: &Delivery) -> Option<RunSnapshot> {
         let ack = delivery.ack();
         let mut wait = Duration::from_millis(50);
         let check = loop {
             match self.store.check_job(delivery.run, &ack).await {
                 Ok(c) => break c,
-                Err(e) => {
+                Err(store::Error::Redis(e)) => {
                     warn!(error = %e, retry_in = ?wait, "cannot check that the job is current; retrying");
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(5));
                 }
+                Err(e) => {
+                    // Left pending: delivered again, and parked after too many deliveries.
+                    error!(error = %e, "cannot read the job's run; leaving the job to be delivered again");
+                    return None;
+                }
             }
         };
-        let why = match check {
-            JobCheck::Current => None,
-            JobCheck::RunGone => Some("its run does not exist (it was lost by Redis or deleted)"),
-            JobCheck::Stale => Some("it is no longer the run's current attempt"),
-        };
-        if let Some(why) = why {
-            let reason = if check == JobCheck::RunGone {
-                "run_gone"
-            } else {
-                "not_current"
-            };
-            self.store
-                .metrics()
-                .count("steward_jobs_dropped_total", &[("reason", reason)]);
-            warn!("not running the job: {why}; acknowledging it without running the op");
-            if let Err(e) = self.store.drop_job(delivery.run, &ack).await {
-                warn!(error = %e, "cannot acknowledge the dropped job; it will be delivered again and dropped again");
+        let (why, reason) = match check {
+            JobCheck::Current(snap) => {
+                return self.definition_readable(&snap.doc).await.then_some(*snap);
             }
-            return false;
+            JobCheck::RunGone => (
+                "its run does not exist (it was lost by Redis or deleted)",
+                "run_gone",
+            ),
+            JobCheck::Stale => ("it is no longer the run's current attempt", "not_current"),
+        };
+        self.store
+            .metrics()
+            .count("steward_jobs_dropped_total", &[("reason", reason)]);
+        warn!("not running the job: {why}; acknowledging it without running the op");
+        if let Err(e) = self.store.drop_job(delivery.run, &ack).await {
+            warn!(error = %e, "cannot acknowledge the dropped job; it will be delivered again and dropped again");
         }
+        None
+    }
+
+    /// Whether the run's definition can be read (a job whose definition is missing is left
+    /// pending: it runs once the definition is back).
+    async fn definition_readable(&self, doc: &steward_schemas::RunDoc) -> bool {
         match self.store.plan(&doc.ctx.workflow.hash).await {
             Ok(_) => true,
             Err(store::Error::NoSuchDefinition(hash)) => {

@@ -643,17 +643,12 @@ pub(super) async fn load_many(
     runs: impl Iterator<Item = RunId>,
 ) -> ApiResult<Vec<Option<RunDoc>>> {
     let runs: Vec<RunId> = runs.collect();
-    if runs.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut pipe = redis::pipe();
-    for r in &runs {
-        pipe.cmd("HGET").arg(state.store.keys().run(*r)).arg("d");
-    }
-    let docs: Vec<Option<String>> = state.store.db().pipe(&pipe).await?;
-    Ok(docs
+    Ok(state
+        .store
+        .load_many(&runs)
+        .await?
         .into_iter()
-        .map(|d| d.and_then(|d| crate::store::parse_doc(&d).ok()))
+        .map(|s| s.map(|s| s.doc))
         .collect())
 }
 

@@ -270,12 +270,12 @@ pub async fn census(store: &Store) -> Result<Census, Error> {
     };
     let pattern = format!("{}:{{s*}}:run:*", keys.namespace());
     for key in scan(store, &pattern, "hash").await? {
-        let doc: Option<String> = store
-            .db()
-            .query(redis::cmd("HGET").arg(&key).arg("d"))
-            .await?;
-        if let Some(doc) = doc {
-            count_into(&mut census, &doc, |c| c.runs += 1);
+        // The run's parts (or, stored by an earlier build, its whole document).
+        let fields: Vec<(String, String)> =
+            store.db().query(redis::cmd("HGETALL").arg(&key)).await?;
+        if !fields.is_empty() {
+            let text: String = fields.into_iter().map(|(_, v)| v).collect();
+            count_into(&mut census, &text, |c| c.runs += 1);
         }
     }
     for shard in keys.all_shards() {
@@ -348,28 +348,35 @@ pub async fn rotate(store: &Store, mut progress: impl FnMut(&str)) -> Result<Rot
             let Some(run) = run_of_key(&key) else {
                 continue;
             };
-            let doc: Option<String> = store
-                .db()
-                .query(redis::cmd("HGET").arg(&key).arg("d"))
-                .await?;
-            let Some(doc) = doc.filter(|d| has_old(ring, d)) else {
-                continue;
-            };
-            let fresh = match ring.reseal_within(&doc, &Context::run_secret(&run.to_string())) {
-                Ok(Some(fresh)) => fresh,
-                Ok(None) => continue,
-                Err(_) => {
-                    skipped += 1;
+            // Every part of the run that holds a secret sealed under an older key (a run an
+            // earlier build stored whole has one part, `d`).
+            let fields: Vec<(String, String)> =
+                store.db().query(redis::cmd("HGETALL").arg(&key)).await?;
+            let mut resealed = false;
+            for (field, value) in fields {
+                if field == "v" || field.starts_with("j:") || !has_old(ring, &value) {
                     continue;
                 }
-            };
-            let mut inv = field_script.prepare_invoke();
-            inv.key(&key).arg("d").arg(&doc).arg(fresh);
-            if store.db().script::<i64>(&inv).await? == 1 {
+                let fresh = match ring.reseal_within(&value, &Context::run_secret(&run.to_string()))
+                {
+                    Ok(Some(fresh)) => fresh,
+                    Ok(None) => continue,
+                    Err(_) => {
+                        skipped += 1;
+                        continue;
+                    }
+                };
+                let mut inv = field_script.prepare_invoke();
+                inv.key(&key).arg(&field).arg(&value).arg(fresh);
+                if store.db().script::<i64>(&inv).await? == 1 {
+                    resealed = true;
+                    changed += 1;
+                } else {
+                    retried += 1;
+                }
+            }
+            if resealed {
                 done.runs += 1;
-                changed += 1;
-            } else {
-                retried += 1;
             }
         }
         for shard in keys.all_shards() {
