@@ -2,6 +2,11 @@
 //! provider combination: each is planned through the API (`POST /v1/plans`, what `steward plan`
 //! calls) for one company of each of the 12 identity × mailbox combinations, and every step routes
 //! (or is left out by its `when:` for that company), with the mailbox made in the right system.
+//! Then each combination end to end (`combos!`): a new-starter ticket and a leaver ticket in the
+//! sandbox's Autotask send their signed webhooks to Steward's API, whose rules start the runs;
+//! every gate is approved through the signed link in the ticket's note; the directories,
+//! mailboxes, licences and the offboarding's order are checked in the sandbox, and no note holds
+//! a secret. The three combinations that cannot work start nothing and say why on the ticket.
 
 use std::path::Path;
 
