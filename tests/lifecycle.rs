@@ -2,6 +2,11 @@
 //! provider combination: each is planned through the API (`POST /v1/plans`, what `steward plan`
 //! calls) for one company of each of the 12 identity × mailbox combinations, and every step routes
 //! (or is left out by its `when:` for that company), with the mailbox made in the right system.
+//! Then each combination end to end (`combos!`): a new-starter ticket and a leaver ticket in the
+//! sandbox's Autotask send their signed webhooks to Steward's API, whose rules start the runs;
+//! every gate is approved through the signed link in the ticket's note; the directories,
+//! mailboxes, licences and the offboarding's order are checked in the sandbox, and no note holds
+//! a secret. The three combinations that cannot work start nothing and say why on the ticket.
 
 use std::path::Path;
 
@@ -504,17 +509,35 @@ async fn cloud_only_onboarding_waits_for_the_mailbox_and_offboarding_keeps_the_o
     Ok(())
 }
 
-/// Lets `run` go to its end: whenever a step waits (for Entra Connect, for Exchange Online to
-/// provision a mailbox, for a running sync cycle to end), the sandbox's clock moves on and the
-/// step is checked again at once.
-async fn drive(w: &World, run: steward_schemas::RunId) -> Result<()> {
+/// Lets `run`, started by `ticket`, go to its end: each of its gates (the workflow's, and the
+/// one the company's policy adds before the devices are retired) is approved through the signed
+/// link in the note Steward writes for it on the ticket; whenever a step waits (for Entra
+/// Connect, for Exchange Online to provision a mailbox, for a running sync cycle to end), the
+/// sandbox's clock moves on and the step is checked again at once.
+async fn drive(w: &World, run: steward_schemas::RunId, ticket: i64) -> Result<()> {
     let store = &w.env.store;
+    // The gates approved.
+    let approved = std::sync::Mutex::new(std::collections::HashSet::new());
+    let approved = &approved;
     steward_tests::wait_for("the run to end", Duration::from_secs(45), || async move {
         let snap = store.load(run).await?.context("run")?;
         if snap.doc.state.status.is_terminal() {
             return Ok(Some(()));
         }
         for (step, s) in &snap.doc.state.steps {
+            if let steward_schemas::StepState::AwaitingApproval { .. } = &s.state {
+                let key = (step.to_string(), s.seq);
+                let done = approved
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("poisoned"))?
+                    .contains(&key);
+                if !done && w.approve_from_note(ticket, run, step.as_str()).await? {
+                    approved
+                        .lock()
+                        .map_err(|_| anyhow::anyhow!("poisoned"))?
+                        .insert(key);
+                }
+            }
             if let steward_schemas::StepState::Polling { .. } = &s.state {
                 w.admin("POST", "/clock/advance", Some(json!({"seconds": 900})))
                     .await?;
@@ -571,6 +594,8 @@ fn northwind_with_a_tenant() -> Result<tempfile::NamedTempFile> {
 /// give the leaver's mailbox to, a group the starter joins, and the licence.
 struct Case {
     world: &'static str,
+    /// The company's id in the sandbox's Autotask.
+    psa_company: &'static str,
     tenant: &'static str,
     domain: &'static str,
     trustee: &'static str,
@@ -586,6 +611,7 @@ fn case(idp: IdentityProvider, mbx: MailboxProvider) -> Case {
     match (idp, mbx) {
         (I::EntraId, M::ExchangeOnline) => Case {
             world: "contoso",
+            psa_company: "174",
             tenant: "8a6f1c2e-3b4d-4e5f-9a0b-1c2d3e4f5a6b",
             domain: "contoso.com",
             trustee: "megan.bowen@contoso.com",
@@ -596,6 +622,7 @@ fn case(idp: IdentityProvider, mbx: MailboxProvider) -> Case {
         },
         (I::EntraId | I::OnPremAd, M::ExchangeServer) => Case {
             world: "northwind",
+            psa_company: "176",
             tenant: "7e6d5c4b-3a29-4817-9f6e-5d4c3b2a1908",
             domain: "northwindtraders.com",
             trustee: "nancy.davolio@northwindtraders.com",
@@ -609,6 +636,7 @@ fn case(idp: IdentityProvider, mbx: MailboxProvider) -> Case {
         },
         _ => Case {
             world: "fabrikam",
+            psa_company: "175",
             tenant: "2c9d8e7f-6a5b-4c3d-8e2f-1a0b9c8d7e6f",
             domain: "fabrikam.com",
             trustee: "bob.smith@fabrikam.com",
@@ -628,13 +656,16 @@ fn refused(idp: IdentityProvider, mbx: MailboxProvider) -> bool {
         || (idp == IdentityProvider::EntraId && mbx == MailboxProvider::ExchangeHybrid)
 }
 
-/// A world whose company `c.world` has providers `idp` × `mbx`.
+/// A world whose company `c.world` has providers `idp` × `mbx`, linked to its company in the
+/// sandbox's Autotask, whose signed webhooks reach Steward's API: a new-starter ticket (queue 8,
+/// issue type 10) starts `onboarding`, a leaver ticket `offboarding`.
 async fn combo_world(idp: IdentityProvider, mbx: MailboxProvider, c: &Case) -> Result<World> {
     let nw = c.world == "northwind";
     let mut settings = json!({
         "identity_provider": idp.name(), "mailbox_provider": mbx.name(), "tenant_id": c.tenant,
         "rmm": {"provider": "datto", "site": c.world},
         "defaults": {"usage_location": "US"},
+        "psa": {"provider": "autotask", "company_id": c.psa_company},
     });
     if idp != IdentityProvider::EntraId {
         settings["ad_runner"] = json!(if nw { "NW-RUNNER01" } else { "FAB-RUNNER01" });
@@ -657,16 +688,28 @@ async fn combo_world(idp: IdentityProvider, mbx: MailboxProvider, c: &Case) -> R
     } else {
         None
     };
-    let mut w = World::start_with(
+    let mut w = World::start_psa(
         companies,
         Duration::from_secs(5),
         steward_sandbox::Options {
             fixture: fixture.as_ref().map(|f| f.path().to_path_buf()),
             ..Default::default()
         },
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("workflows"),
     )
     .await?;
     drop(fixture);
+    let (s, b) = w
+        .api(
+            "PUT",
+            "/v1/psa/rules",
+            Some(json!({"rules": [
+                {"workflow": "offboarding", "provider": "autotask", "queue": ["8"], "title_keywords": ["leaver"], "lifecycle": "offboarding"},
+                {"workflow": "onboarding", "provider": "autotask", "queue": ["8"], "issue_type": ["10"], "title_keywords": ["new starter"], "lifecycle": "onboarding"},
+            ]})),
+        )
+        .await?;
+    anyhow::ensure!(s == 200, "the rules: {s} {b}");
     let creds = m365_support::credentials();
     let m = m365_support::m365_at(
         &w.sb.base_url,
@@ -724,9 +767,28 @@ async fn lifecycle(idp: IdentityProvider, mbx: MailboxProvider) -> Result<()> {
     if let Some(g) = c.group {
         onboarding["groups"] = json!([g]);
     }
-    let run = start_approved(&w, ONBOARDING, world, onboarding).await?;
-    drive(&w, run).await?;
+    let mut lines = vec![
+        ("Name", "Ann Lee".to_owned()),
+        ("First name", "Ann".to_owned()),
+        ("Last name", "Lee".to_owned()),
+        ("Email", upn.clone()),
+        ("Licence", c.sku.to_owned()),
+    ];
+    if let Some(g) = c.group {
+        lines.push(("Groups", g.to_owned()));
+    }
+    let (onboarding_ticket, run) = from_ticket(
+        &w,
+        world,
+        "New starter: Ann Lee",
+        &lines,
+        "onboarding",
+        &onboarding,
+    )
+    .await?;
+    drive(&w, run, onboarding_ticket).await?;
     completed(&w, run).await?;
+    approved_through_links(&w, run).await?;
     let snap = w.admin("GET", &format!("/world/{world}"), None).await?;
     let ad = if world == "contoso" {
         None
@@ -827,18 +889,41 @@ async fn lifecycle(idp: IdentityProvider, mbx: MailboxProvider) -> Result<()> {
     // Offboarding, every option chosen.
     let mut offboarding = json!({
         "user": upn, "manager": c.trustee, "forward_to": c.trustee,
-        "auto_reply": "Ann has left; please write to her manager.",
+        "auto_reply": "Ann has left; please write to her manager",
         "license_sku": c.sku,
     });
+    let mut lines = vec![
+        ("Name", "Ann Lee".to_owned()),
+        ("Email", upn.clone()),
+        ("Manager", c.trustee.to_owned()),
+        ("Forward to", c.trustee.to_owned()),
+        (
+            "Auto reply",
+            "Ann has left; please write to her manager".to_owned(),
+        ),
+        ("Licence", c.sku.to_owned()),
+    ];
     if let Some(g) = c.group {
         offboarding["groups"] = json!([g]);
+        lines.push(("Groups", g.to_owned()));
     }
     if let Some(ou) = c.disabled_ou {
         offboarding["disabled_ou"] = json!(ou);
+        lines.push(("Disabled OU", ou.to_owned()));
     }
-    let run = start_approved(&w, OFFBOARDING, world, offboarding).await?;
-    drive(&w, run).await?;
+    let onboarding_run = run;
+    let (offboarding_ticket, run) = from_ticket(
+        &w,
+        world,
+        "Leaver: Ann Lee",
+        &lines,
+        "offboarding",
+        &offboarding,
+    )
+    .await?;
+    drive(&w, run, offboarding_ticket).await?;
     completed(&w, run).await?;
+    approved_through_links(&w, run).await?;
     let states = step_states(&w, run).await?;
     let cloud = has_cloud(idp, mbx);
     let ad_side = idp != IdentityProvider::EntraId;
@@ -853,7 +938,15 @@ async fn lifecycle(idp: IdentityProvider, mbx: MailboxProvider) -> Result<()> {
         "mobile_devices",
     ];
     if cloud {
-        want_done.extend(["revoke_sessions", "remove_mfa", "remove_license"]);
+        // The devices are retired once the company's policy gate (which the planner adds before
+        // them) is approved.
+        want_done.extend([
+            "revoke_sessions",
+            "remove_mfa",
+            "remove_license",
+            "policy_approval",
+            "retire_devices",
+        ]);
     }
     if c.group.is_some() {
         want_done.push("group_1");
@@ -949,49 +1042,165 @@ async fn lifecycle(idp: IdentityProvider, mbx: MailboxProvider) -> Result<()> {
             .context("Ann is still in Entra ID")?;
         assert!(!u.to_string().contains(c.sku_id), "unlicensed: {u}");
     }
+    // Each ticket says it is done, naming its run; no note holds a secret.
+    for (ticket, run) in [
+        (onboarding_ticket, onboarding_run),
+        (offboarding_ticket, run),
+    ] {
+        let done = w.note(ticket, "Steward: done").await?;
+        assert!(done.to_string().contains(&run.to_string()), "{done}");
+    }
+    notes_keep_secrets(&w, &[onboarding_ticket, offboarding_ticket]).await?;
+    Ok(())
+}
+
+/// Creates a ticket titled `title` for `company` in the sandbox's Autotask, its description the
+/// labelled `lines`; its signed webhook reaches Steward's API, whose rules start `workflow` with
+/// the ticket's inputs (checked against `want`). Returns the ticket and the run.
+async fn from_ticket(
+    w: &World,
+    company: &str,
+    title: &str,
+    lines: &[(&str, String)],
+    workflow: &str,
+    want: &Value,
+) -> Result<(i64, steward_schemas::RunId)> {
+    let mut description = String::from("Hello helpdesk,\n");
+    for (label, value) in lines {
+        description.push_str(&format!("{label}: {value}\n"));
+    }
+    description.push_str("Thanks");
+    let ticket = w.ticket(company, title, &description).await?;
+    let intake = w.intake(ticket, "started").await?;
+    assert_eq!(intake["workflow"], workflow, "{intake}");
+    for (k, v) in want.as_object().context("inputs")? {
+        assert_eq!(&intake["inputs"][k], v, "input {k}: {intake}");
+    }
+    let run: steward_schemas::RunId = intake["run"]
+        .as_str()
+        .with_context(|| format!("no run in {intake}"))?
+        .parse()?;
+    let (s, view) = w.api("GET", &format!("/v1/runs/{run}"), None).await?;
+    assert_eq!(s, 200, "{view}");
+    assert_eq!(
+        view["summary"]["ticket"]["id"],
+        ticket.to_string(),
+        "{view}"
+    );
+    Ok((ticket, run))
+}
+
+/// Every gate of `run` was decided through a signed link from a ticket note.
+async fn approved_through_links(w: &World, run: steward_schemas::RunId) -> Result<()> {
+    let snap = w.env.store.load(run).await?.context("run")?;
+    let mut gates = 0;
+    for (step, s) in &snap.doc.state.steps {
+        if let steward_schemas::StepState::Succeeded { output, .. } = &s.state
+            && let Some(approvals) = output.get("approvals").and_then(Value::as_array)
+        {
+            gates += 1;
+            assert!(
+                approvals.iter().all(|a| a["via"]
+                    .as_str()
+                    .is_some_and(|v| v.starts_with("link (issued by steward (psa note))"))),
+                "{step}: {output}"
+            );
+        }
+    }
+    assert!(gates >= 1, "no gate in {run}");
+    Ok(())
+}
+
+/// No note on `tickets` holds a secret: a password the workers kept for its one-time link (the
+/// link may be there, never the password), the webhook key, the PSA's or Microsoft 365's
+/// credentials.
+async fn notes_keep_secrets(w: &World, tickets: &[i64]) -> Result<()> {
+    let mut secrets: Vec<(String, String)> = w
+        .sink
+        .keys()
+        .into_iter()
+        .filter_map(|k| {
+            w.sink
+                .read(&k)
+                .map(|(_, s)| (format!("the password kept as {k}"), s.expose().to_owned()))
+        })
+        .collect();
+    assert!(!secrets.is_empty(), "the new starter's password was kept");
+    for (what, s) in [
+        ("the webhook key", onprem_support::HOOK_SECRET),
+        ("the Autotask API secret", onprem_support::AUTOTASK_SECRET),
+        (
+            "the Autotask integration code",
+            onprem_support::AUTOTASK_CODE,
+        ),
+        ("the Microsoft 365 app secret", m365_support::CLIENT_SECRET),
+        ("the partner's refresh token", m365_support::PARTNER_RT),
+    ] {
+        secrets.push((what.to_owned(), s.to_owned()));
+    }
+    let mut notes = Vec::new();
+    for t in tickets {
+        notes.extend(w.notes(*t).await?);
+    }
+    assert!(notes.len() >= 2 * tickets.len(), "{notes:#?}");
+    let text = serde_json::to_string(&notes)?;
+    for (what, s) in &secrets {
+        assert!(!text.contains(s.as_str()), "{what} is in a ticket note");
+    }
     Ok(())
 }
 
 /// A combination that cannot work is refused when the run is planned (nothing starts, nothing
 /// changes), with a message that names the providers and the fix; `POST /v1/plans` shows the
-/// same problem on the steps concerned.
+/// same problem on the steps concerned. From a ticket: the webhook starts no run, the intake is
+/// recorded as refused with the problem, and the ticket's note names the fix.
 async fn refused_up_front(idp: IdentityProvider, mbx: MailboxProvider) -> Result<()> {
-    let flows = Path::new(env!("CARGO_MANIFEST_DIR")).join("workflows");
-    let api = ApiEnv::start(&flows).await?;
-    let c = company(idp, mbx)?;
-    let id = c.id.to_string();
-    steward_engine::companies::ensure(&api.env.companies(), c)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let c = case(idp, mbx);
+    let w = combo_world(idp, mbx, &c).await?;
+    let id = c.world;
+    let world_before = w.admin("GET", &format!("/world/{id}"), None).await?;
+    let changes = |ledger: &Value| -> Vec<Value> {
+        ledger["entries"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["service"] != "autotask")
+            .cloned()
+            .collect()
+    };
+    let ledger_before = changes(&w.admin("GET", "/ledger", None).await?);
     let inputs = json!({
         "given_name": "Jane", "surname": "Doe", "display_name": "Jane Doe",
-        "user_principal_name": "jane.doe@example.com",
+        "user_principal_name": format!("jane.doe@{}", c.domain),
     });
-    let (status, plan) = api
-        .post(
-            "admin",
+    let (status, plan) = w
+        .api(
+            "POST",
             "/v1/plans",
-            json!({"workflow": "onboarding", "company": id, "inputs": inputs}),
+            Some(json!({"workflow": "onboarding", "company": id, "inputs": inputs})),
         )
         .await?;
     assert_eq!(status, 200, "{plan}");
     assert_eq!(plan["routable"], false, "{plan}");
     let mailbox = step(&plan, "mailbox")?;
     let problem = mailbox["problem"].as_str().unwrap_or_default();
+    let providers = format!("identity {}, mailbox {}", idp.name(), mbx.name());
     assert!(
-        problem.contains(&format!("identity {}, mailbox {}", idp.name(), mbx.name()))
-            && problem.contains("fix: set "),
+        problem.contains(&providers) && problem.contains("fix: set "),
         "{problem}"
     );
     for (flow, inputs) in [
         ("onboarding", inputs.clone()),
-        ("offboarding", json!({"user": "jane.doe@example.com"})),
+        (
+            "offboarding",
+            json!({"user": inputs["user_principal_name"]}),
+        ),
     ] {
-        let (status, body) = api
-            .post(
-                "admin",
+        let (status, body) = w
+            .api(
+                "POST",
                 "/v1/runs",
-                json!({"workflow": flow, "company": id, "inputs": inputs}),
+                Some(json!({"workflow": flow, "company": id, "inputs": inputs})),
             )
             .await?;
         assert_eq!(status, 422, "{flow}: {body}");
@@ -1003,11 +1212,55 @@ async fn refused_up_front(idp: IdentityProvider, mbx: MailboxProvider) -> Result
             "{flow}: {text}"
         );
     }
-    let (_, runs) = api.get("admin", "/v1/runs").await?;
+    // The same requests as tickets: refused, recorded, and the ticket told the fix.
+    let upn = format!("jane.doe@{}", c.domain);
+    for (title, description) in [
+        (
+            "New starter: Jane Doe",
+            format!("Name: Jane Doe\nFirst name: Jane\nLast name: Doe\nEmail: {upn}\n"),
+        ),
+        (
+            "Leaver: Jane Doe",
+            format!("Name: Jane Doe\nEmail: {upn}\n"),
+        ),
+    ] {
+        let ticket = w.ticket(id, title, &description).await?;
+        let intake = w.intake(ticket, "refused").await?;
+        assert!(intake["run"].is_null(), "{intake}");
+        let problem = intake["problem"].as_str().unwrap_or_default();
+        assert!(
+            problem.contains(&providers) && problem.contains("fix: set "),
+            "{title}: {intake}"
+        );
+        let note = w.note(ticket, "Steward: could not start").await?;
+        let text = note["description"].as_str().unwrap_or_default();
+        assert!(
+            text.contains(&providers) && text.contains("fix: set "),
+            "{title}: {note}"
+        );
+        assert!(
+            w.notes(ticket)
+                .await?
+                .iter()
+                .all(|n| n["title"] == "Steward: could not start"),
+            "{title}: only the refusal was written"
+        );
+    }
+    let (_, runs) = w.api("GET", "/v1/runs", None).await?;
     assert!(
-        !runs.to_string().contains(&id),
+        !runs.to_string().contains(&format!("\"{id}\"")),
         "no run was created: {runs}"
     );
+    // Nothing changed in the sandbox but the notes on the tickets.
+    assert_eq!(
+        changes(&w.admin("GET", "/ledger", None).await?),
+        ledger_before,
+        "the sandbox's ledger"
+    );
+    let world_after = w.admin("GET", &format!("/world/{id}"), None).await?;
+    for part in ["tenant", "ad"] {
+        assert_eq!(world_after[part], world_before[part], "{part}");
+    }
     Ok(())
 }
 

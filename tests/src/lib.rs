@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::{Map, Value};
 use steward_core::Plan;
+use steward_engine::clock::Clock;
 use steward_engine::companies::{Companies, sample};
 use steward_engine::config::SecretsConfig;
 use steward_engine::embedded::{Persistence, RedisServer};
@@ -102,6 +103,8 @@ pub struct Env {
     /// The secrets key of this test (`keys/t1.key`) and a config file naming it
     /// (`steward.toml`), which [`Env::cli_args`] passes to `steward` processes.
     pub secrets_dir: tempfile::TempDir,
+    /// The clock of every store made here (the system clock unless the test gave another).
+    clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for Env {
@@ -126,21 +129,34 @@ pub fn init_logs() {
 impl Env {
     /// A private Redis with `persistence`, and a fresh namespace over 4 shards.
     pub async fn start(persistence: Persistence) -> Result<Self> {
+        Self::start_with_clock(persistence, Arc::new(SystemClock)).await
+    }
+
+    /// [`Env::start`] with every store (the test's, the workers', an API's made from
+    /// [`Env::store`]) reading `clock`.
+    pub async fn start_with_clock(persistence: Persistence, clock: Arc<dyn Clock>) -> Result<Self> {
         init_logs();
-        Self::on(Redis::Single(RedisServer::start(persistence)?), 4).await
+        Self::on(Redis::Single(RedisServer::start(persistence)?), 4, clock).await
     }
 
     /// A private cluster of three masters, and a fresh namespace over `shards` shards.
     pub async fn start_cluster(shards: u16) -> Result<Self> {
         init_logs();
         let cluster = cluster::RedisCluster::start(3).await?;
-        Self::on(Redis::Cluster(cluster), shards).await
+        Self::on(Redis::Cluster(cluster), shards, Arc::new(SystemClock)).await
     }
 
-    async fn on(redis: Redis, shards: u16) -> Result<Self> {
+    async fn on(redis: Redis, shards: u16, clock: Arc<dyn Clock>) -> Result<Self> {
         let namespace = format!("t{}", ulid::Ulid::new().to_string().to_lowercase());
         let secrets_dir = secrets_dir()?;
-        let store = store_for(&redis.url(), &namespace, shards, secrets_dir.path()).await?;
+        let store = store_for(
+            &redis.url(),
+            &namespace,
+            shards,
+            secrets_dir.path(),
+            clock.clone(),
+        )
+        .await?;
         store.prepare().await?;
         let companies = Companies::for_store(&store);
         steward_engine::companies::ensure(
@@ -154,6 +170,7 @@ impl Env {
             shards,
             store,
             secrets_dir,
+            clock,
         })
     }
 
@@ -169,6 +186,7 @@ impl Env {
             &self.namespace,
             self.shards,
             self.secrets_dir.path(),
+            self.clock.clone(),
         )
         .await
     }
@@ -321,11 +339,41 @@ pub struct Ledger {
     pub in_place: usize,
 }
 
-async fn store_for(url: &str, namespace: &str, shards: u16, secrets: &Path) -> Result<Store> {
+async fn store_for(
+    url: &str,
+    namespace: &str,
+    shards: u16,
+    secrets: &Path,
+    clock: Arc<dyn Clock>,
+) -> Result<Store> {
     let db = Db::connect(url, Duration::from_secs(5)).await?;
     let keys = Keys::new(namespace, shards)?;
     let ring = steward_engine::secrets::keyring(&secrets_config(secrets), &db, &keys).await?;
-    Ok(Store::new(db, keys, Arc::new(SystemClock)).with_secrets(ring))
+    Ok(Store::new(db, keys, clock).with_secrets(ring))
+}
+
+/// The system clock moved ahead by an offset the test sets: Steward's clock following the
+/// sandbox's (whose admin API moves its time on), as both would follow the one time in the world.
+#[derive(Debug, Default)]
+pub struct OffsetClock {
+    offset_seconds: std::sync::atomic::AtomicI64,
+}
+
+impl OffsetClock {
+    /// Sets how far ahead of the system clock it is.
+    pub fn set_offset(&self, seconds: i64) {
+        self.offset_seconds
+            .store(seconds, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Clock for OffsetClock {
+    fn now(&self) -> steward_schemas::Timestamp {
+        let offset = self
+            .offset_seconds
+            .load(std::sync::atomic::Ordering::SeqCst);
+        steward_schemas::Timestamp::from_micros(SystemClock.now().as_micros() + offset * 1_000_000)
+    }
 }
 
 /// The secrets settings of a test: key `t1` in `<dir>/keys`.
