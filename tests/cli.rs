@@ -1300,6 +1300,29 @@ async fn keys_of(env: &Env, pattern: &str) -> Result<Vec<String>> {
         .await?)
 }
 
+/// `steward bench --parked N` parks N runs at an approval gate (its approver a technician, as a
+/// gate needs) and reports Redis's memory per parked run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_parked_measures_runs_waiting_at_a_gate() -> Result<()> {
+    let env = Env::start(Persistence::None).await?;
+    let url = env.redis.url();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["bench", "--redis", &url, "--parked", "50", "--json"])
+            .output()
+            .expect("steward runs")
+    })
+    .await?;
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| anyhow::anyhow!("{e}: {t}"))?;
+    assert_eq!(json["runs"], 50, "{t}");
+    let per_run = json["bytes_per_run"].as_f64().unwrap_or(-1.0);
+    assert!(per_run > 0.0 && per_run < 20_000.0, "{t}");
+    Ok(())
+}
+
 /// `steward bench --rate R --duration D` is an open loop: it starts R×D workflows at their own
 /// times and reports their end-to-end percentiles with Redis's CPU and bytes per step; a rate or
 /// a duration it cannot use is refused with the form to write.

@@ -1279,6 +1279,7 @@ async fn housekeeping_removes_dead_consumers_and_ended_runs_past_retention() -> 
         let mut pipe = redis::pipe();
         pipe.cmd("EXISTS")
             .arg(keys.run(*run))
+            .arg(keys.log(*run))
             .arg(keys.history(*run))
             .cmd("ZSCORE")
             .arg(keys.runs(shard))

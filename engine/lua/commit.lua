@@ -9,14 +9,14 @@
 -- earlier build has its whole document in `d` instead; its next transition writes every part
 -- and deletes `d` (the caller sends them all).
 --
--- KEYS: 1 run hash, 2 run history stream, 3 shard step stream, 4 shard timer index (zset:
+-- KEYS: 1 run hash, 2 run history log (a string, one JSON entry per line), 3 shard step stream, 4 shard timer index (zset:
 --       "<run>|<timer key>" scored by due time in ms), 5 shard ended-runs stream, 6 shard run
 --       index (zset: run id scored by creation time in µs), 7 shard dead-letter stream,
 --       8… index and inbox keys named by index in the plan (same slot)
 -- ARGV: 1 expected version ("0": the run must not exist yet)
 --       2 "w" to write a transition, "" to acknowledge only
 --       3 the plan, as JSON: run, company, group, ack {id, step, seq}, set = number of field/value
---         pairs to write (ARGV[4…]), del [fields], hist [ARGV index], jobs [{step, seq, a = ARGV
+--         pairs to write (ARGV[4…]), del [fields], hist [ARGV index of an entry ending in \n], jobs [{step, seq, a = ARGV
 --         index of the job}], zadd [[ms, key]], zrem [key], revoke [{step, seq, ref}], ended
 --         status, created µs, timer key (must still be armed), dead json, indexes and inboxes
 --       4… the field/value pairs, then the strings the plan names by index
@@ -104,7 +104,7 @@ if plan.created then
 end
 
 for _, a in ipairs(plan.hist or {}) do
-  redis.call('XADD', KEYS[2], '*', 'e', ARGV[a])
+  redis.call('APPEND', KEYS[2], ARGV[a])
 end
 
 for _, t in ipairs(plan.zadd or {}) do

@@ -605,6 +605,24 @@ async fn start_worker(
         store.clock().clone(),
     );
     crate::companies::ensure(&companies, crate::companies::sample("bench", approvers)).await?;
+    // A gate opens only for approvers who are enabled technicians.
+    let auth = crate::auth::Auth::for_store(store);
+    for approver in approvers {
+        let known = auth
+            .technician_by_email(approver)
+            .await
+            .map_err(|e| Error::Stuck(format!("cannot read the technicians: {e}")))?;
+        if known.is_none() {
+            auth.add_technician(
+                approver,
+                "Bench approver",
+                steward_schemas::Role::Technician,
+                steward_schemas::CompanyScope::ALL,
+            )
+            .await
+            .map_err(|e| Error::Stuck(format!("cannot add the bench's approver: {e}")))?;
+        }
+    }
     let runtime = Arc::new(Runtime {
         store: Store::new(
             worker_db.clone(),

@@ -208,10 +208,11 @@ async fn forget_runs(store: &Store, retention: Duration, batch: usize) -> store:
         }
         let mut inv = script.prepare_invoke();
         inv.key(keys.run(run))
-            .key(keys.history(run))
+            .key(keys.log(run))
             .key(keys.runs(shard))
             .key(keys.runs_in_status(shard, status))
             .key(keys.runs_of_company(shard, &doc.ctx.company))
+            .key(keys.history(run))
             .arg(run.to_string())
             .arg(&v);
         if store.db().script::<u8>(&inv).await? == 1 {

@@ -100,9 +100,17 @@ impl Keys {
         format!("{}:run:{run}", self.tag(self.shard_of(run)))
     }
 
-    /// The run's history stream.
+    /// The run's history stream, as builds up to 5c13466 wrote it (one entry per transition):
+    /// read before the log, and removed with the run.
     pub fn history(&self, run: RunId) -> String {
         format!("{}:hist:{run}", self.tag(self.shard_of(run)))
+    }
+
+    /// The run's history log: a string of one JSON entry per transition, each ending in a
+    /// newline (`APPEND`: a few hundred bytes for a run parked at a gate, where a stream would
+    /// preallocate a 4 KiB node).
+    pub fn log(&self, run: RunId) -> String {
+        format!("{}:log:{run}", self.tag(self.shard_of(run)))
     }
 
     /// A shard's step stream.
@@ -155,7 +163,7 @@ impl Keys {
         let shard = self.shard_of(run);
         [
             self.run(run),
-            self.history(run),
+            self.log(run),
             self.steps(shard),
             self.timers(shard),
             self.ended(shard),

@@ -1122,7 +1122,8 @@ impl Store {
             "status": after.status.name(),
             "changes": diff(before, after),
         });
-        let at = plan.string(entry.to_string());
+        // One line of the run's history log (JSON never holds a raw newline).
+        let at = plan.string(format!("{entry}\n"));
         plan.hist.push(at);
         let (from, to) = (before.status.name(), after.status.name());
         if from != to {
@@ -1287,27 +1288,34 @@ impl Store {
         Ok(())
     }
 
-    /// A run's history, oldest first.
+    /// A run's history, oldest first: the entries an earlier build wrote to its stream, then
+    /// the log.
     pub async fn history(&self, run: RunId) -> Result<Vec<HistoryEntry>> {
-        let reply: redis::streams::StreamRangeReply = self
-            .db
-            .query(
-                redis::cmd("XRANGE")
-                    .arg(self.keys.history(run))
-                    .arg("-")
-                    .arg("+"),
-            )
-            .await?;
-        reply
-            .ids
-            .iter()
-            .map(|entry| {
-                let raw: String = entry
-                    .get("e")
-                    .ok_or_else(|| corrupt("history entry without `e`"))?;
-                serde_json::from_str(&raw).map_err(|e| corrupt(format!("history entry: {e}")))
-            })
-            .collect()
+        let mut pipe = redis::pipe();
+        pipe.cmd("XRANGE")
+            .arg(self.keys.history(run))
+            .arg("-")
+            .arg("+")
+            .cmd("GET")
+            .arg(self.keys.log(run));
+        let (stream, log): (redis::streams::StreamRangeReply, Option<String>) =
+            self.db.pipe(&pipe).await?;
+        let parse = |raw: &str| -> Result<HistoryEntry> {
+            serde_json::from_str(raw).map_err(|e| corrupt(format!("history entry: {e}")))
+        };
+        let mut out = Vec::new();
+        for entry in &stream.ids {
+            let raw: String = entry
+                .get("e")
+                .ok_or_else(|| corrupt("history entry without `e`"))?;
+            out.push(parse(&raw)?);
+        }
+        for line in log.as_deref().unwrap_or_default().lines() {
+            if !line.is_empty() {
+                out.push(parse(line)?);
+            }
+        }
+        Ok(out)
     }
 
     /// The newest entry id of every shard's ended-runs stream: where to start waiting.

@@ -176,10 +176,13 @@ pub(crate) async fn run(global: &Global, args: BenchArgs) -> Result<ExitCode> {
         // the server --redis names.
         config.redis.durability = steward_engine::store::Durability::Everysec;
     }
-    // A namespace of its own unless one is named, so it can be removed afterwards.
+    // A namespace of its own unless one is named, so it can be removed afterwards: as short as
+    // an installation's (`steward`, `acme-prod`), since every key a transition names carries it
+    // (40 random bits: no two benches on one server meet).
     let own_namespace = global.namespace.is_none();
     if own_namespace {
-        config.redis.namespace = format!("bench-{}", ulid::Ulid::new().to_string().to_lowercase());
+        let id = ulid::Ulid::new().to_string().to_lowercase();
+        config.redis.namespace = format!("bench-{}", &id[id.len() - 8..]);
     }
     if args.tenants.is_some() {
         config.sandbox.url.clone_from(&args.sandbox);

@@ -220,7 +220,14 @@ pub fn labelled_lines(text: &str) -> Vec<(String, String)> {
             .or_else(|| line.find(" = ").map(|i| (i, 3)));
         let Some((i, len)) = split else { continue };
         let label = normalize_label(&line[..i]);
-        let value = line[i + len..].trim().trim_end_matches(['.', ',']).trim();
+        let value = line[i + len..].trim();
+        // A short value (a name, a date, an address) loses the full stop or comma a sentence
+        // put after it; prose (an auto-reply) keeps its own.
+        let value = if value.split_whitespace().count() <= 3 {
+            value.trim_end_matches(['.', ',']).trim()
+        } else {
+            value
+        };
         if label.is_empty() || value.is_empty() || label.split(' ').count() > 5 {
             continue;
         }
@@ -493,6 +500,24 @@ mod tests {
             "steps": []
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn prose_keeps_its_full_stop_and_short_values_lose_theirs() {
+        let lines = labelled_lines(
+            "Auto reply: Ann has left; please write to her manager.\nName: Ann Lee.\nManager: bob@contoso.com,",
+        );
+        assert_eq!(
+            lines,
+            vec![
+                (
+                    "auto reply".to_owned(),
+                    "Ann has left; please write to her manager.".to_owned()
+                ),
+                ("name".to_owned(), "Ann Lee".to_owned()),
+                ("manager".to_owned(), "bob@contoso.com".to_owned()),
+            ]
+        );
     }
 
     #[test]
