@@ -22,138 +22,166 @@
 --       4… the field/value pairs, then the strings the plan names by index
 -- Returns: {"ok", version, revoked refs...} | {"conflict", version, field, value, ...} (the run
 --          hash as it is) | {"stale_timer"}
+--
+-- Batched (a worker's concurrent commits for one shard, in one call): ARGV[1] = "batch", then
+-- for each commit its number of KEYS and of ARGV, then those ARGV; KEYS are the commits' KEYS one
+-- after another. Each commit runs as above, in order, on its own; the reply lists their replies
+-- ({"error", message} for one that raised an error: the commits before it stay written).
 
-local plan = cjson.decode(ARGV[3])
-local run = plan.run
-local group = plan.group
+local function commit(KEYS, ARGV)
+  local plan = cjson.decode(ARGV[3])
+  local run = plan.run
+  local group = plan.group
 
--- Acknowledges the job; a parked job goes to the dead-letter stream, once: only if this
--- acknowledgement is the one that took it out of the pending list.
-local function ack()
-  if plan.ack then
-    local acked = redis.call('XACK', KEYS[3], group, plan.ack.id)
-    redis.call('XDEL', KEYS[3], plan.ack.id)
-    if plan.dead and acked == 1 then
-      redis.call('XADD', KEYS[7], 'MAXLEN', '~', 10000, '*', 'run', run, 'job', plan.dead)
+  -- Acknowledges the job; a parked job goes to the dead-letter stream, once: only if this
+  -- acknowledgement is the one that took it out of the pending list.
+  local function ack()
+    if plan.ack then
+      local acked = redis.call('XACK', KEYS[3], group, plan.ack.id)
+      redis.call('XDEL', KEYS[3], plan.ack.id)
+      if plan.dead and acked == 1 then
+        redis.call('XADD', KEYS[7], 'MAXLEN', '~', 10000, '*', 'run', run, 'job', plan.dead)
+      end
     end
   end
-end
 
--- Calls a variadic command on KEYS[1] in chunks (a run with thousands of steps is written
--- whole when it is created, more arguments than Lua can unpack at once).
-local function chunked(cmd, args)
-  local n = #args
-  local i = 1
-  while i <= n do
-    local last = math.min(i + 999, n)
-    redis.call(cmd, KEYS[1], unpack(args, i, last))
-    i = last + 1
+  -- Calls a variadic command on KEYS[1] in chunks (a run with thousands of steps is written
+  -- whole when it is created, more arguments than Lua can unpack at once).
+  local function chunked(cmd, args)
+    local n = #args
+    local i = 1
+    while i <= n do
+      local last = math.min(i + 999, n)
+      redis.call(cmd, KEYS[1], unpack(args, i, last))
+      i = last + 1
+    end
   end
-end
 
-if ARGV[2] == '' then
+  if ARGV[2] == '' then
+    for _, key in ipairs(plan.zrem or {}) do
+      redis.call('ZREM', KEYS[4], run .. '|' .. key)
+    end
+    if plan.ack then
+      redis.call('HDEL', KEYS[1], 'j:' .. plan.ack.step .. ':' .. plan.ack.seq)
+    end
+    ack()
+    return {'ok', redis.call('HGET', KEYS[1], 'v') or '0'}
+  end
+
+  local current = redis.call('HGET', KEYS[1], 'v') or '0'
+  if current ~= ARGV[1] then
+    local out = {'conflict', current}
+    for _, x in ipairs(redis.call('HGETALL', KEYS[1])) do
+      table.insert(out, x)
+    end
+    return out
+  end
+
+  if plan.timer then
+    if redis.call('ZREM', KEYS[4], run .. '|' .. plan.timer) == 0 then
+      return {'stale_timer'}
+    end
+  end
+
+  local version = tostring(tonumber(current) + 1)
+
+  -- Jobs first: their stream ids are written with the state, in one HSET.
+  local set = {'v', version}
+  for i = 4, 3 + 2 * plan.set do
+    set[#set + 1] = ARGV[i]
+  end
+  for _, job in ipairs(plan.jobs or {}) do
+    local id = redis.call('XADD', KEYS[3], '*', 'r', run, 'c', plan.company, 'v', version, 'j', ARGV[job.a])
+    set[#set + 1] = 'j:' .. job.step .. ':' .. job.seq
+    set[#set + 1] = id
+  end
+  chunked('HSET', set)
+
+  local del = plan.del or {}
+  if plan.ack then
+    del[#del + 1] = 'j:' .. plan.ack.step .. ':' .. plan.ack.seq
+  end
+  if #del > 0 then
+    chunked('HDEL', del)
+  end
+
+  if plan.created then
+    redis.call('ZADD', KEYS[6], plan.created, run)
+  end
+
+  for _, a in ipairs(plan.hist or {}) do
+    redis.call('APPEND', KEYS[2], ARGV[a])
+  end
+
+  for _, t in ipairs(plan.zadd or {}) do
+    redis.call('ZADD', KEYS[4], t[1], run .. '|' .. t[2])
+  end
   for _, key in ipairs(plan.zrem or {}) do
     redis.call('ZREM', KEYS[4], run .. '|' .. key)
   end
-  if plan.ack then
-    redis.call('HDEL', KEYS[1], 'j:' .. plan.ack.step .. ':' .. plan.ack.seq)
-  end
-  ack()
-  return {'ok', redis.call('HGET', KEYS[1], 'v') or '0'}
-end
 
-local current = redis.call('HGET', KEYS[1], 'v') or '0'
-if current ~= ARGV[1] then
-  local out = {'conflict', current}
-  for _, x in ipairs(redis.call('HGETALL', KEYS[1])) do
-    table.insert(out, x)
+  -- A queued job is revoked only if no worker has received it: delivered entries sit in the
+  -- group's pending list, and their outcome will still be reported.
+  local revoked = {}
+  for _, r in ipairs(plan.revoke or {}) do
+    local field = 'j:' .. r.step .. ':' .. r.seq
+    local id = redis.call('HGET', KEYS[1], field)
+    if id then
+      local pending = redis.call('XPENDING', KEYS[3], group, id, id, 1)
+      if #pending == 0 and redis.call('XDEL', KEYS[3], id) == 1 then
+        redis.call('HDEL', KEYS[1], field)
+        table.insert(revoked, r.ref)
+      end
+    end
+  end
+
+  -- Indexes for listing runs and approvers' inboxes (extra KEYS, all in this shard's slot).
+  if plan.idx_company then
+    redis.call('ZADD', KEYS[plan.idx_company], plan.idx_score, run)
+  end
+  if plan.idx_from then
+    redis.call('ZREM', KEYS[plan.idx_from], run)
+  end
+  if plan.idx_to then
+    redis.call('ZADD', KEYS[plan.idx_to], plan.idx_score, run)
+  end
+  for _, e in ipairs(plan.inbox_add or {}) do
+    redis.call('ZADD', KEYS[e[2]], e[1], run .. '|' .. e[3])
+  end
+  for _, e in ipairs(plan.inbox_rem or {}) do
+    redis.call('ZREM', KEYS[e[1]], run .. '|' .. e[2])
+  end
+
+  if plan.ended then
+    redis.call('XADD', KEYS[5], 'MAXLEN', '~', 100000, '*', 'r', run, 's', plan.ended)
+  end
+
+  ack()
+
+  local out = {'ok', version}
+  for _, r in ipairs(revoked) do
+    table.insert(out, r)
   end
   return out
 end
 
-if plan.timer then
-  if redis.call('ZREM', KEYS[4], run .. '|' .. plan.timer) == 0 then
-    return {'stale_timer'}
+if ARGV[1] ~= 'batch' then
+  return commit(KEYS, ARGV)
+end
+local replies = {}
+local k, a = 1, 2
+while a <= #ARGV do
+  local nk, na = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  a = a + 2
+  local keys, args = {}, {}
+  for i = 1, nk do keys[i] = KEYS[k + i - 1] end
+  for i = 1, na do args[i] = ARGV[a + i - 1] end
+  k, a = k + nk, a + na
+  local ok, reply = pcall(commit, keys, args)
+  if ok then
+    replies[#replies + 1] = reply
+  else
+    replies[#replies + 1] = {'error', tostring(reply)}
   end
 end
-
-local version = tostring(tonumber(current) + 1)
-
--- Jobs first: their stream ids are written with the state, in one HSET.
-local set = {'v', version}
-for i = 4, 3 + 2 * plan.set do
-  set[#set + 1] = ARGV[i]
-end
-for _, job in ipairs(plan.jobs or {}) do
-  local id = redis.call('XADD', KEYS[3], '*', 'r', run, 'c', plan.company, 'v', version, 'j', ARGV[job.a])
-  set[#set + 1] = 'j:' .. job.step .. ':' .. job.seq
-  set[#set + 1] = id
-end
-chunked('HSET', set)
-
-local del = plan.del or {}
-if plan.ack then
-  del[#del + 1] = 'j:' .. plan.ack.step .. ':' .. plan.ack.seq
-end
-if #del > 0 then
-  chunked('HDEL', del)
-end
-
-if plan.created then
-  redis.call('ZADD', KEYS[6], plan.created, run)
-end
-
-for _, a in ipairs(plan.hist or {}) do
-  redis.call('APPEND', KEYS[2], ARGV[a])
-end
-
-for _, t in ipairs(plan.zadd or {}) do
-  redis.call('ZADD', KEYS[4], t[1], run .. '|' .. t[2])
-end
-for _, key in ipairs(plan.zrem or {}) do
-  redis.call('ZREM', KEYS[4], run .. '|' .. key)
-end
-
--- A queued job is revoked only if no worker has received it: delivered entries sit in the
--- group's pending list, and their outcome will still be reported.
-local revoked = {}
-for _, r in ipairs(plan.revoke or {}) do
-  local field = 'j:' .. r.step .. ':' .. r.seq
-  local id = redis.call('HGET', KEYS[1], field)
-  if id then
-    local pending = redis.call('XPENDING', KEYS[3], group, id, id, 1)
-    if #pending == 0 and redis.call('XDEL', KEYS[3], id) == 1 then
-      redis.call('HDEL', KEYS[1], field)
-      table.insert(revoked, r.ref)
-    end
-  end
-end
-
--- Indexes for listing runs and approvers' inboxes (extra KEYS, all in this shard's slot).
-if plan.idx_company then
-  redis.call('ZADD', KEYS[plan.idx_company], plan.idx_score, run)
-end
-if plan.idx_from then
-  redis.call('ZREM', KEYS[plan.idx_from], run)
-end
-if plan.idx_to then
-  redis.call('ZADD', KEYS[plan.idx_to], plan.idx_score, run)
-end
-for _, e in ipairs(plan.inbox_add or {}) do
-  redis.call('ZADD', KEYS[e[2]], e[1], run .. '|' .. e[3])
-end
-for _, e in ipairs(plan.inbox_rem or {}) do
-  redis.call('ZREM', KEYS[e[1]], run .. '|' .. e[2])
-end
-
-if plan.ended then
-  redis.call('XADD', KEYS[5], 'MAXLEN', '~', 100000, '*', 'r', run, 's', plan.ended)
-end
-
-ack()
-
-local out = {'ok', version}
-for _, r in ipairs(revoked) do
-  table.insert(out, r)
-end
-return out
+return replies

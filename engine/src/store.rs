@@ -337,6 +337,151 @@ pub struct Store {
     /// run in `waitaof` mode: one for a server, one per shard on a cluster (a shard's marker
     /// lives on the master that holds the shard's runs).
     lanes: Arc<tokio::sync::Mutex<HashMap<u16, Arc<crate::durable::Lane>>>>,
+    /// Group commit: one queue per shard (see [`Batches`]).
+    batches: Arc<Batches>,
+}
+
+/// The most commits one script call carries.
+const MAX_BATCH: usize = 32;
+
+/// One commit waiting for its shard's next script call.
+struct Pending {
+    keys: Vec<String>,
+    args: Vec<String>,
+    reply: tokio::sync::oneshot::Sender<redis::RedisResult<Vec<String>>>,
+}
+
+/// Group commit: the commits of one shard go through one task, which sends what has gathered
+/// while its previous call was in flight as one call of the commit script (`batch` mode): a
+/// worker finishing several steps of a shard at once pays one script call and one round trip
+/// for them. A lone commit is sent as it is, so a quiet system waits for nothing.
+#[derive(Default)]
+struct Batches {
+    lanes: std::sync::Mutex<HashMap<u16, tokio::sync::mpsc::UnboundedSender<Pending>>>,
+}
+
+impl std::fmt::Debug for Batches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Batches")
+    }
+}
+
+impl Batches {
+    /// Sends one commit through its shard's lane (started on first use).
+    async fn send(
+        &self,
+        db: &Db,
+        script: &Arc<Script>,
+        shard: u16,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> redis::RedisResult<Vec<String>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let pending = Pending {
+            keys,
+            args,
+            reply: tx,
+        };
+        {
+            let mut lanes = self
+                .lanes
+                .lock()
+                .expect("the commit lanes lock is never poisoned");
+            let lane = lanes.entry(shard).or_insert_with(|| {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                tokio::spawn(run_lane(db.clone(), script.clone(), rx));
+                tx
+            });
+            if let Err(back) = lane.send(pending) {
+                // The lane's task is gone (its runtime stopped): a new one takes it.
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                tokio::spawn(run_lane(db.clone(), script.clone(), rx));
+                let _ = tx.send(back.0);
+                *lane = tx;
+            }
+        }
+        rx.await.unwrap_or_else(|_| {
+            Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "the commit lane stopped",
+            )))
+        })
+    }
+}
+
+/// A shard's commit lane: one script call at a time, carrying everything that is waiting.
+async fn run_lane(
+    db: Db,
+    script: Arc<Script>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Pending>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        if batch.len() == 1 {
+            let p = batch.pop().expect("one commit");
+            let mut inv = script.prepare_invoke();
+            for k in &p.keys {
+                inv.key(k);
+            }
+            for a in &p.args {
+                inv.arg(a);
+            }
+            let _ = p.reply.send(db.script::<Vec<String>>(&inv).await);
+            continue;
+        }
+        let mut inv = script.prepare_invoke();
+        inv.arg("batch");
+        for p in &batch {
+            inv.arg(p.keys.len()).arg(p.args.len());
+            for a in &p.args {
+                inv.arg(a);
+            }
+            for k in &p.keys {
+                inv.key(k);
+            }
+        }
+        match db.script::<Vec<Vec<String>>>(&inv).await {
+            Ok(replies) if replies.len() == batch.len() => {
+                for (p, reply) in batch.into_iter().zip(replies) {
+                    let result = if reply.first().map(String::as_str) == Some("error") {
+                        Err(redis::RedisError::from((
+                            redis::ErrorKind::Extension,
+                            "commit script error",
+                            reply.get(1).cloned().unwrap_or_default(),
+                        )))
+                    } else {
+                        Ok(reply)
+                    };
+                    let _ = p.reply.send(result);
+                }
+            }
+            Ok(replies) => {
+                let n = replies.len();
+                for p in batch {
+                    let _ = p.reply.send(Err(redis::RedisError::from((
+                        redis::ErrorKind::Extension,
+                        "batched commit reply",
+                        format!("{n} replies for more commits"),
+                    ))));
+                }
+            }
+            Err(e) => {
+                for p in batch {
+                    let _ = p.reply.send(Err(redis::RedisError::from((
+                        e.kind(),
+                        "batched commit failed",
+                        e.to_string(),
+                    ))));
+                }
+            }
+        }
+    }
 }
 
 /// Finds a compiled workflow by content hash outside Redis (the workflow files a server
@@ -498,6 +643,7 @@ impl Store {
             limits: Limits::default(),
             durability: Durability::default(),
             lanes: Arc::default(),
+            batches: Arc::default(),
         }
     }
 
@@ -1228,18 +1374,17 @@ impl Store {
             j.a += offset;
         }
         let plan = serde_json::to_string(&plan).map_err(corrupt)?;
-        let mut inv = self.commit.prepare_invoke();
-        for k in keys.iter().chain(&extra) {
-            inv.key(k);
+        let mut args = Vec::with_capacity(3 + 2 * set.len() + strings.len());
+        args.extend([expected.to_string(), "w".to_owned(), plan]);
+        for (field, value) in set {
+            args.extend([field, value]);
         }
-        inv.arg(expected.to_string()).arg("w").arg(plan);
-        for (field, value) in &set {
-            inv.arg(field).arg(value);
-        }
-        for string in &strings {
-            inv.arg(string);
-        }
-        let reply: Vec<String> = self.db.script(&inv).await?;
+        args.extend(strings);
+        let keys: Vec<String> = keys.into_iter().chain(extra).collect();
+        let reply = self
+            .batches
+            .send(&self.db, &self.commit, self.keys.shard_of(run), keys, args)
+            .await?;
         match reply.first().map(String::as_str) {
             Some("ok") => {
                 let version = reply
