@@ -320,16 +320,7 @@ async fn runs_with_a_gate_and_timers_complete_through_steward_processes_on_a_clu
     let env = Env::start_cluster(SHARDS).await?;
     let owners = shard_owners(&env).await?;
     // The company's approvers are enabled technicians, so the gates open for them.
-    let auth = steward_engine::auth::Auth::for_store(&env.store);
-    for who in ["alice", "bob"] {
-        auth.add_technician(
-            &format!("{who}@msp.example"),
-            who,
-            steward_schemas::Role::Technician,
-            steward_schemas::CompanyScope::ALL,
-        )
-        .await?;
-    }
+    env.add_approvers().await?;
     let dir = tempfile::tempdir()?;
     let mut first = worker(&env, dir.path(), "worker-a", "5s")?;
     let second = worker(&env, dir.path(), "worker-b", "5s")?;

@@ -243,6 +243,15 @@ async fn restore(env: &Env, keys: &[Recorded]) -> Result<()> {
     Ok(())
 }
 
+/// Waits until `run`'s gate `approval` is open.
+async fn gate_open(env: &Env, run: RunId) -> Result<()> {
+    steward_tests::wait_for("the gate to open", T, || async {
+        let snap = env.store.load(run).await?.context("run")?;
+        Ok((snap.doc.state.steps["approval"].state.name() == "awaiting_approval").then_some(()))
+    })
+    .await
+}
+
 /// Records the fixture with the build under test:
 /// `STEWARD_RECORD=tests/fixtures/migration/<name>.json cargo nextest run --test migration
 /// --run-ignored only record_fixture`.
@@ -254,28 +263,12 @@ async fn record_fixture() -> Result<()> {
     let gated = plan(GATED);
     let mut runs = BTreeMap::new();
     // The company's approvers are enabled technicians, so its gates open.
-    let auth = steward_engine::auth::Auth::for_store(&env.store);
-    for who in ["alice", "bob"] {
-        auth.add_technician(
-            &format!("{who}@msp.example"),
-            who,
-            steward_schemas::Role::Technician,
-            steward_schemas::CompanyScope::ALL,
-        )
-        .await?;
-    }
+    env.add_approvers().await?;
     // Two runs parked at their gate, one of them with its step before the gate done.
     let worker = env.worker(WorkerOpts::default()).await?;
     for who in ["parked1", "parked2"] {
         let run = env.start_run(&gated, json!({"who": who})).await?;
-        steward_tests::wait_for("the gate to open", T, || async {
-            let snap = env.store.load(run).await?.context("run")?;
-            Ok(
-                (snap.doc.state.steps["approval"].state.name() == "awaiting_approval")
-                    .then_some(()),
-            )
-        })
-        .await?;
+        gate_open(&env, run).await?;
         runs.insert(format!("gate:{who}"), run.to_string());
     }
     // An ended run.
@@ -384,14 +377,7 @@ async fn replay(fixture: &Fixture) -> Result<()> {
     }
     for what in ["queued", "scheduled"] {
         let id = run(what)?;
-        steward_tests::wait_for("the gate to open", T, || async {
-            let snap = env.store.load(id).await?.context("run")?;
-            Ok(
-                (snap.doc.state.steps["approval"].state.name() == "awaiting_approval")
-                    .then_some(()),
-            )
-        })
-        .await?;
+        gate_open(&env, id).await?;
         env.apply_ok(
             id,
             &Event::ApprovalDecided {

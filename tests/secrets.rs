@@ -692,16 +692,7 @@ async fn rotation_reseals_every_stored_secret_under_the_new_key_while_workers_ru
     let worker = Proc::spawn(Path::new(BIN), dir.path(), "worker-t1", &worker_args)?;
 
     // The company's approvers are enabled technicians, so the gate opens for them.
-    let auth = steward_engine::auth::Auth::for_store(&env.store);
-    for who in ["alice", "bob"] {
-        auth.add_technician(
-            &format!("{who}@msp.example"),
-            who,
-            steward_schemas::Role::Technician,
-            steward_schemas::CompanyScope::ALL,
-        )
-        .await?;
-    }
+    env.add_approvers().await?;
     // Secrets stored under t1: a finished run, a run parked at a gate, a link, a dead letter.
     let done = env
         .start_run(

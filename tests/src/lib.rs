@@ -240,6 +240,22 @@ impl Env {
         Ok(InProcess { stop, tasks })
     }
 
+    /// Makes the sample company's approvers (alice and bob @msp.example) enabled technicians,
+    /// so its gates open for them.
+    pub async fn add_approvers(&self) -> Result<()> {
+        let auth = steward_engine::auth::Auth::for_store(&self.store);
+        for who in ["alice", "bob"] {
+            auth.add_technician(
+                &format!("{who}@msp.example"),
+                who,
+                steward_schemas::Role::Technician,
+                steward_schemas::CompanyScope::ALL,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Creates a run of `plan`.
     pub async fn start_run(&self, plan: &Arc<Plan>, inputs: Value) -> Result<RunId> {
         Ok(self
