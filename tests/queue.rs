@@ -48,9 +48,13 @@ async fn xlen(env: &Env, key: &str) -> Result<u64> {
 async fn jobs_read_beyond_the_free_places_stay_leased_and_run_once() -> Result<()> {
     let env = Env::start(Persistence::None).await?;
     let keys = env.store.keys();
-    // Each step holds for longer than the claim idle time, after applying its change.
-    let plan = plan("name: s\nsteps:\n  - {id: a, op: ledger, with: {key: a, hold_ms: 900}}\n");
-    // One run per shard: one read of a worker with one place returns a job from each.
+    // Each step `a` holds for longer than the claim idle time, after applying its change.
+    let plan = plan(
+        "name: s\nsteps:\n  - {id: z, op: noop}\n  - {id: a, op: ledger, needs: [z], with: {key: a, hold_ms: 900}}\n",
+    );
+    // One run per shard, under way (their first steps run by hand): one read of a worker with
+    // one place returns a continuation from each. (A worker never reads more new runs than it
+    // has places.)
     let mut shards = HashSet::new();
     let mut runs = Vec::new();
     while shards.len() < usize::from(keys.shards()) {
@@ -58,6 +62,10 @@ async fn jobs_read_beyond_the_free_places_stay_leased_and_run_once() -> Result<(
         shards.insert(keys.shard_of(run));
         runs.push(run);
     }
+    assert_eq!(
+        first_steps_by_hand(&env, None, 10_000).await?.len(),
+        runs.len()
+    );
     let opts = |consumer: &str, concurrency| WorkerOpts {
         concurrency,
         claim_idle: Duration::from_millis(300),
@@ -324,6 +332,50 @@ async fn a_timer_whose_run_is_broken_is_deferred_not_dropped() -> Result<()> {
     Ok(())
 }
 
+/// Runs queued first steps of new runs by hand (as a worker would, reporting success): up to
+/// `count` of each shard's (of `only` if given), oldest first; the runs.
+async fn first_steps_by_hand(env: &Env, only: Option<u16>, count: usize) -> Result<Vec<RunId>> {
+    let keys = env.store.keys();
+    let mut done_runs = Vec::new();
+    for shard in keys.all_shards().filter(|s| only.is_none_or(|o| o == *s)) {
+        let reply: Option<redis::streams::StreamReadReply> = env
+            .store
+            .db()
+            .query(
+                redis::cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg(GROUP)
+                    .arg("by-hand")
+                    .arg("COUNT")
+                    .arg(count)
+                    .arg("STREAMS")
+                    .arg(keys.new_steps(shard))
+                    .arg(">"),
+            )
+            .await?;
+        for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
+            let run: RunId = entry.get::<String>("r").context("r")?.parse()?;
+            let job: Job = serde_json::from_str(&entry.get::<String>("j").context("j")?)?;
+            let ack = Ack {
+                entry: entry.id.clone(),
+                lane: Lane::New,
+                step: job.step.clone(),
+                seq: job.seq,
+            };
+            let done = Event::StepSucceeded {
+                step: job.step.clone(),
+                seq: job.seq,
+                output: json!({}),
+                rollback: steward_schemas::Rollback::Nothing,
+            };
+            let outcome = env.store.apply(run, &done, None, Some(&ack), None).await?;
+            assert!(matches!(outcome, Outcome::Applied { .. }), "{outcome:?}");
+            done_runs.push(run);
+        }
+    }
+    Ok(done_runs)
+}
+
 /// When each of `runs` completed (waiting for them).
 async fn ended_at(env: &Env, runs: &[RunId]) -> Result<Vec<Timestamp>> {
     let mut at = Vec::new();
@@ -357,44 +409,12 @@ async fn a_continuing_step_is_dispatched_before_queued_first_steps_of_new_runs()
     for _ in 0..199 {
         burst.push(env.start_run(&plan, json!({})).await?);
     }
-    // The first run's first step runs (by hand, as a worker would) while no worker is up:
-    // its second step is queued behind the 199 other runs' first steps.
-    let new_stream = keys.new_steps(keys.shard_of(early));
-    let reply: redis::streams::StreamReadReply = env
-        .store
-        .db()
-        .query(
-            redis::cmd("XREADGROUP")
-                .arg("GROUP")
-                .arg(GROUP)
-                .arg("by-hand")
-                .arg("COUNT")
-                .arg(1)
-                .arg("STREAMS")
-                .arg(&new_stream)
-                .arg(">"),
-        )
-        .await?;
-    let entry = reply.keys[0].ids[0].clone();
-    assert_eq!(entry.get::<String>("r"), Some(early.to_string()));
-    let job: Job = serde_json::from_str(&entry.get::<String>("j").context("j")?)?;
-    let ack = Ack {
-        entry: entry.id.clone(),
-        lane: Lane::New,
-        step: job.step.clone(),
-        seq: job.seq,
-    };
-    let done = Event::StepSucceeded {
-        step: job.step.clone(),
-        seq: job.seq,
-        output: json!({}),
-        rollback: steward_schemas::Rollback::Nothing,
-    };
-    let outcome = env
-        .store
-        .apply(early, &done, None, Some(&ack), None)
-        .await?;
-    assert!(matches!(outcome, Outcome::Applied { .. }), "{outcome:?}");
+    // The first run's first step runs (by hand, as a worker would) while no worker is up: its
+    // second step is queued after the 199 other runs' first steps.
+    assert_eq!(
+        first_steps_by_hand(&env, Some(keys.shard_of(early)), 1).await?,
+        vec![early]
+    );
     // The queue as it is: one continuation, 199 first steps.
     let mut continuing = 0;
     let mut new = 0;
@@ -437,7 +457,7 @@ async fn a_continuing_step_is_dispatched_before_queued_first_steps_of_new_runs()
 async fn new_runs_start_while_continuations_keep_coming() -> Result<()> {
     let env = Env::start(Persistence::None).await?;
     let mut yaml = "name: long\nsteps:\n  - {id: s0, op: noop}\n".to_owned();
-    for i in 1..40 {
+    for i in 1..60 {
         yaml.push_str(&format!(
             "  - {{id: s{i}, op: noop, needs: [s{}]}}\n",
             i - 1
@@ -456,7 +476,7 @@ async fn new_runs_start_while_continuations_keep_coming() -> Result<()> {
         longs.push(env.start_run(&long, json!({})).await?);
     }
     // Once the long runs are under way, there is always a continuation queued until they end
-    // (8 × 40 steps, one place).
+    // (8 × 60 steps, one place).
     let store = &env.store;
     let first = longs[0];
     wait_for("the long runs to be under way", T, || async move {
@@ -469,7 +489,7 @@ async fn new_runs_start_while_continuations_keep_coming() -> Result<()> {
     })
     .await?;
     let mut shorts = Vec::new();
-    for _ in 0..16 {
+    for _ in 0..8 {
         shorts.push(env.start_run(&short, json!({})).await?);
     }
     let long_ends = ended_at(&env, &longs).await?;

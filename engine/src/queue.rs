@@ -46,6 +46,9 @@ use crate::companies::{Companies, CompanyRecord};
 use crate::keys::{GROUP, Lane};
 use crate::store::{Ack, Store};
 
+/// Reads at most so many first jobs of new runs over several streams (see `read_new`).
+const READ_NEW_RUNS: &str = include_str!("../lua/read_new_runs.lua");
+
 /// Hands unstarted jobs back to the stream (see [`Drain::release`]).
 const RELEASE: &str = include_str!("../lua/release.lua");
 
@@ -480,8 +483,10 @@ fn backoff(prev: Duration) -> Duration {
     (prev * 2).clamp(Duration::from_millis(50), Duration::from_secs(5))
 }
 
-/// New runs' share of the places when continuations keep coming: at least one job in this many
-/// is a new run's first (when new runs wait), so they are never starved.
+/// New runs' share of the places when continuations keep coming: once this many less one
+/// continuation jobs were taken since new runs were last read, they are read first (a read may
+/// bring one continuation per shard, so that is one new run in this many to this many + the
+/// shard count), so they are never starved.
 pub const NEW_RUN_SHARE: usize = 8;
 
 /// Which lane a reader reads first, and how many places that read may take: continuations
@@ -555,6 +560,8 @@ async fn read_new(shared: Arc<Shared>, shards: Vec<u16>) {
     let max_batch = shared.config.concurrency.clamp(1, 512);
     let mut blocked: Option<crate::db::Blocked> = None;
     let mut fairness = Fairness::default();
+    // Where the next read of some of the new-runs streams starts.
+    let mut next_new = 0;
     // COUNT applies per stream, so a read can return more entries than there are free places
     // (at most one per shard too many). Those wait here, leased (the lease keeper renews them),
     // and go to the worker before anything new is read.
@@ -626,11 +633,24 @@ async fn read_new(shared: Arc<Shared>, shards: Vec<u16>) {
             if places == 0 {
                 break;
             }
-            let streams = match lane {
-                Lane::Continuing => &continuing,
-                Lane::New => &new_runs,
+            let cmd = match lane {
+                Lane::Continuing => read_cmd(&continuing, count(places), None),
+                // Never more new runs than places: each one taken beyond them would wait in the
+                // backlog ahead of the continuations that come meanwhile (and a burst would be
+                // worked breadth-first again). Over several streams, a script reads them in
+                // turn, starting one shard further each time.
+                Lane::New if new_runs.len() > 1 => {
+                    let mut cmd = redis::cmd("EVAL");
+                    cmd.arg(READ_NEW_RUNS).arg(new_runs.len());
+                    for k in 0..new_runs.len() {
+                        cmd.arg(&new_runs[(next_new + k) % new_runs.len()]);
+                    }
+                    next_new = (next_new + 1) % new_runs.len();
+                    cmd.arg(GROUP).arg(&shared.config.consumer).arg(places);
+                    cmd
+                }
+                Lane::New => read_cmd(&new_runs, count(places), None),
             };
-            let cmd = read_cmd(streams, count(places), None);
             match conn
                 .query::<Option<redis::streams::StreamReadReply>>(&cmd)
                 .await
