@@ -634,7 +634,14 @@ async fn read_new(shared: Arc<Shared>, shards: Vec<u16>) {
                 break;
             }
             let cmd = match lane {
-                Lane::Continuing => read_cmd(&continuing, count(places), None),
+                // Rounded up: rounded down, a read over several streams could leave places to
+                // new runs while continuations wait (10 places over 8 shards: 8 at most). Those
+                // read beyond the places wait in the backlog, which is where they belong.
+                Lane::Continuing => read_cmd(
+                    &continuing,
+                    places.div_ceil(usize::from(keys.shards())),
+                    None,
+                ),
                 // Never more new runs than places: each one taken beyond them would wait in the
                 // backlog ahead of the continuations that come meanwhile (and a burst would be
                 // worked breadth-first again). Over several streams, a script reads them in
