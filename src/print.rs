@@ -195,6 +195,10 @@ pub(crate) fn bench(r: &BenchReport) {
     println!("  workflow max         {:>10.3} ms", r.max_ms);
     println!("  step p50             {:>10.3} ms", r.step_p50_ms);
     println!(
+        "  under way p50/p99    {:>10.3} / {:.3} ms  (first step's end → workflow's end)",
+        r.underway_p50_ms, r.underway_p99_ms
+    );
+    println!(
         "  round trips / step   {:>10.2}  (worker)",
         r.round_trips_per_step
     );

@@ -159,14 +159,17 @@ async fn wait_all(env: &Env, runs: &[RunId], procs: &[&Proc]) -> Result<HashMap<
 async fn pending_for(env: &Env, prefix: &str) -> Result<u64> {
     let keys = env.store.keys();
     let mut total = 0;
-    for shard in keys.all_shards() {
+    for (shard, lane) in keys
+        .all_shards()
+        .flat_map(|s| steward_engine::keys::Lane::ALL.map(|l| (s, l)))
+    {
         let consumers: Vec<redis::Value> = env
             .store
             .db()
             .query(
                 redis::cmd("XINFO")
                     .arg("CONSUMERS")
-                    .arg(keys.steps(shard))
+                    .arg(keys.stream(shard, lane))
                     .arg(GROUP),
             )
             .await?;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde_json::json;
 use steward_engine::embedded::Persistence;
-use steward_engine::keys::GROUP;
+use steward_engine::keys::{GROUP, Lane};
 use steward_engine::store::{self, Ack, Outcome, RunSnapshot};
 use steward_schemas::{CompState, Event, FailureKind, Job, RunStatus, StepFailure, StepState};
 use steward_tests::{Env, WorkerOpts, plan, wait_for};
@@ -284,11 +284,11 @@ async fn pausing_takes_back_queued_jobs_and_resuming_dispatches_them() -> Result
     Ok(())
 }
 
-/// Reads one job as a consumer that will never finish it (a worker that died), and the run as
-/// it was when the job was read.
+/// Reads one first job of a new run as a consumer that will never finish it (a worker that
+/// died), and the run as it was when the job was read.
 async fn take_as_ghost(env: &Env, consumer: &str) -> Result<(String, Job, u64, RunSnapshot)> {
     let keys = env.store.keys();
-    let streams: Vec<String> = keys.all_shards().map(|s| keys.steps(s)).collect();
+    let streams: Vec<String> = keys.all_shards().map(|s| keys.new_steps(s)).collect();
     let mut cmd = redis::cmd("XREADGROUP");
     cmd.arg("GROUP")
         .arg(GROUP)
@@ -337,6 +337,7 @@ async fn a_late_outcome_of_an_old_attempt_changes_nothing() -> Result<()> {
             None,
             Some(&Ack {
                 entry: entry.clone(),
+                lane: Lane::New,
                 step: job.step.clone(),
                 seq: 1,
             }),
@@ -372,6 +373,7 @@ async fn a_late_outcome_of_an_old_attempt_changes_nothing() -> Result<()> {
             Some(snapshot),
             Some(&Ack {
                 entry,
+                lane: Lane::New,
                 step: job.step.clone(),
                 seq: 1,
             }),
@@ -411,7 +413,7 @@ async fn a_dead_consumers_job_is_taken_over_and_poison_jobs_are_parked() -> Resu
     let poison = env.start_run(&plan, json!({})).await?;
     let (entry, _, _, _) = take_as_ghost(&env, "ghost-2").await?;
     let keys = env.store.keys();
-    let stream = keys.steps(keys.shard_of(poison));
+    let stream = keys.new_steps(keys.shard_of(poison));
     env.store
         .db()
         .query::<redis::Value>(
@@ -577,13 +579,13 @@ async fn a_stopping_worker_hands_back_the_jobs_it_never_started() -> Result<()> 
 
     let keys = env.store.keys();
     let mut held = 0;
-    for shard in keys.all_shards() {
+    for (shard, lane) in keys.all_shards().flat_map(|s| Lane::ALL.map(|l| (s, l))) {
         let p: Vec<(String, String, u64, u64)> = env
             .store
             .db()
             .query(
                 redis::cmd("XPENDING")
-                    .arg(keys.steps(shard))
+                    .arg(keys.stream(shard, lane))
                     .arg(GROUP)
                     .arg("-")
                     .arg("+")

@@ -7,10 +7,12 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde_json::json;
 use steward_engine::embedded::Persistence;
-use steward_engine::keys::GROUP;
+use steward_engine::keys::{GROUP, Lane, job_ref};
 use steward_engine::scheduler::{self, Round, SchedulerConfig};
-use steward_engine::store::{Ack, NewRun};
-use steward_schemas::{Event, FailureKind, Job, RunStatus, StepFailure, StepState};
+use steward_engine::store::{Ack, NewRun, Outcome};
+use steward_schemas::{
+    Event, FailureKind, Job, RunId, RunStatus, StepFailure, StepState, Timestamp,
+};
 use steward_tests::{Env, WorkerOpts, plan, wait_for};
 
 const T: Duration = Duration::from_secs(30);
@@ -19,13 +21,13 @@ const T: Duration = Duration::from_secs(30);
 async fn held_by(env: &Env, consumer: &str) -> Result<usize> {
     let keys = env.store.keys();
     let mut n = 0;
-    for shard in keys.all_shards() {
+    for (shard, lane) in keys.all_shards().flat_map(|s| Lane::ALL.map(|l| (s, l))) {
         let p: Vec<(String, String, u64, u64)> = env
             .store
             .db()
             .query(
                 redis::cmd("XPENDING")
-                    .arg(keys.steps(shard))
+                    .arg(keys.stream(shard, lane))
                     .arg(GROUP)
                     .arg("-")
                     .arg("+")
@@ -46,9 +48,13 @@ async fn xlen(env: &Env, key: &str) -> Result<u64> {
 async fn jobs_read_beyond_the_free_places_stay_leased_and_run_once() -> Result<()> {
     let env = Env::start(Persistence::None).await?;
     let keys = env.store.keys();
-    // Each step holds for longer than the claim idle time, after applying its change.
-    let plan = plan("name: s\nsteps:\n  - {id: a, op: ledger, with: {key: a, hold_ms: 900}}\n");
-    // One run per shard: one read of a worker with one place returns a job from each.
+    // Each step `a` holds for longer than the claim idle time, after applying its change.
+    let plan = plan(
+        "name: s\nsteps:\n  - {id: z, op: noop}\n  - {id: a, op: ledger, needs: [z], with: {key: a, hold_ms: 900}}\n",
+    );
+    // One run per shard, under way (their first steps run by hand): one read of a worker with
+    // one place returns a continuation from each. (A worker never reads more new runs than it
+    // has places.)
     let mut shards = HashSet::new();
     let mut runs = Vec::new();
     while shards.len() < usize::from(keys.shards()) {
@@ -56,6 +62,10 @@ async fn jobs_read_beyond_the_free_places_stay_leased_and_run_once() -> Result<(
         shards.insert(keys.shard_of(run));
         runs.push(run);
     }
+    assert_eq!(
+        first_steps_by_hand(&env, None, 10_000).await?.len(),
+        runs.len()
+    );
     let opts = |consumer: &str, concurrency| WorkerOpts {
         concurrency,
         claim_idle: Duration::from_millis(300),
@@ -91,7 +101,8 @@ async fn parking_a_job_twice_dead_letters_it_once() -> Result<()> {
     let plan = plan("name: s\nsteps:\n  - {id: a, op: noop}\n");
     let run = env.start_run(&plan, json!({})).await?;
     let keys = env.store.keys();
-    let stream = keys.steps(keys.shard_of(run));
+    // A run's first job is in the new-runs stream.
+    let stream = keys.new_steps(keys.shard_of(run));
     // Take the job as a consumer that then dies.
     let reply: redis::streams::StreamReadReply = env
         .store
@@ -113,6 +124,7 @@ async fn parking_a_job_twice_dead_letters_it_once() -> Result<()> {
     let job: Job = serde_json::from_str(&job_json)?;
     let ack = Ack {
         entry: entry.id.clone(),
+        lane: Lane::New,
         step: job.step.clone(),
         seq: job.seq,
     };
@@ -149,7 +161,7 @@ async fn unreadable_entries_are_left_to_others_then_dead_lettered_and_bad_copies
 
     // A job whose copy of the run document is damaged: the worker reads the run instead.
     let run = env.start_run(&plan, json!({})).await?;
-    let stream = keys.steps(keys.shard_of(run));
+    let stream = keys.new_steps(keys.shard_of(run));
     let entries: redis::streams::StreamRangeReply = env
         .store
         .db()
@@ -189,15 +201,21 @@ async fn unreadable_entries_are_left_to_others_then_dead_lettered_and_bad_copies
         .await?;
     let (at, _) = fields
         .iter()
-        .find(|(_, v)| **v == entry.id)
+        .find(|(_, v)| **v == job_ref(Lane::New, &entry.id))
         .context("the run's record of its queued job")?;
     env.store
         .db()
-        .query::<()>(redis::cmd("HSET").arg(keys.run(run)).arg(at).arg(&damaged))
+        .query::<()>(
+            redis::cmd("HSET")
+                .arg(keys.run(run))
+                .arg(at)
+                .arg(job_ref(Lane::New, &damaged)),
+        )
         .await?;
 
     // An entry no version of Steward wrote.
     let garbage_run = env.start_run(&plan, json!({})).await?;
+    // (In the continuations' stream: a worker reads both.)
     let garbage_stream = keys.steps(keys.shard_of(garbage_run));
     env.store
         .db()
@@ -310,6 +328,177 @@ async fn a_timer_whose_run_is_broken_is_deferred_not_dropped() -> Result<()> {
     assert_eq!(
         scheduler::round(&store, &config).await?,
         Round { due: 0, fired: 0 }
+    );
+    Ok(())
+}
+
+/// Runs queued first steps of new runs by hand (as a worker would, reporting success): up to
+/// `count` of each shard's (of `only` if given), oldest first; the runs.
+async fn first_steps_by_hand(env: &Env, only: Option<u16>, count: usize) -> Result<Vec<RunId>> {
+    let keys = env.store.keys();
+    let mut done_runs = Vec::new();
+    for shard in keys.all_shards().filter(|s| only.is_none_or(|o| o == *s)) {
+        let reply: Option<redis::streams::StreamReadReply> = env
+            .store
+            .db()
+            .query(
+                redis::cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg(GROUP)
+                    .arg("by-hand")
+                    .arg("COUNT")
+                    .arg(count)
+                    .arg("STREAMS")
+                    .arg(keys.new_steps(shard))
+                    .arg(">"),
+            )
+            .await?;
+        for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
+            let run: RunId = entry.get::<String>("r").context("r")?.parse()?;
+            let job: Job = serde_json::from_str(&entry.get::<String>("j").context("j")?)?;
+            let ack = Ack {
+                entry: entry.id.clone(),
+                lane: Lane::New,
+                step: job.step.clone(),
+                seq: job.seq,
+            };
+            let done = Event::StepSucceeded {
+                step: job.step.clone(),
+                seq: job.seq,
+                output: json!({}),
+                rollback: steward_schemas::Rollback::Nothing,
+            };
+            let outcome = env.store.apply(run, &done, None, Some(&ack), None).await?;
+            assert!(matches!(outcome, Outcome::Applied { .. }), "{outcome:?}");
+            done_runs.push(run);
+        }
+    }
+    Ok(done_runs)
+}
+
+/// When each of `runs` completed (waiting for them).
+async fn ended_at(env: &Env, runs: &[RunId]) -> Result<Vec<Timestamp>> {
+    let mut at = Vec::new();
+    for run in runs {
+        match env.wait_end(*run, Duration::from_secs(60)).await? {
+            RunStatus::Completed { at: t, .. } => at.push(t),
+            other => anyhow::bail!("{run}: {other:?}"),
+        }
+    }
+    Ok(at)
+}
+
+/// When a step of `run` succeeded.
+async fn succeeded_at(env: &Env, run: RunId, step: &str) -> Result<Timestamp> {
+    let snap = env.store.load(run).await?.context("the run")?;
+    match &snap.doc.state.steps[step].state {
+        StepState::Succeeded { at, .. } => Ok(*at),
+        other => anyhow::bail!("{run} {step}: {other:?}"),
+    }
+}
+
+/// Issue 12 item 4: a step of a run already under way is dispatched before the queued first
+/// steps of new runs (it used to wait behind all of them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_continuing_step_is_dispatched_before_queued_first_steps_of_new_runs() -> Result<()> {
+    let env = Env::start(Persistence::None).await?;
+    let keys = env.store.keys();
+    let plan = plan("name: s\nsteps:\n  - {id: a, op: noop}\n  - {id: b, op: noop, needs: [a]}\n");
+    let early = env.start_run(&plan, json!({})).await?;
+    let mut burst = Vec::new();
+    for _ in 0..199 {
+        burst.push(env.start_run(&plan, json!({})).await?);
+    }
+    // The first run's first step runs (by hand, as a worker would) while no worker is up: its
+    // second step is queued after the 199 other runs' first steps.
+    assert_eq!(
+        first_steps_by_hand(&env, Some(keys.shard_of(early)), 1).await?,
+        vec![early]
+    );
+    // The queue as it is: one continuation, 199 first steps.
+    let mut continuing = 0;
+    let mut new = 0;
+    for shard in keys.all_shards() {
+        continuing += xlen(&env, &keys.steps(shard)).await?;
+        new += xlen(&env, &keys.new_steps(shard)).await?;
+    }
+    assert_eq!((continuing, new), (1, 199));
+
+    // One place: jobs run one after another, in the order the worker takes them.
+    let _worker = env
+        .worker(WorkerOpts {
+            concurrency: 1,
+            ..WorkerOpts::default()
+        })
+        .await?;
+    for run in burst.iter().chain([&early]) {
+        assert!(matches!(
+            env.wait_end(*run, T).await?,
+            RunStatus::Completed { .. }
+        ));
+    }
+    let second = succeeded_at(&env, early, "b").await?;
+    let mut before = 0;
+    for run in &burst {
+        if succeeded_at(&env, *run, "a").await? < second {
+            before += 1;
+        }
+    }
+    assert_eq!(
+        before, 0,
+        "the continuation ran first, not behind {before} new runs' first steps"
+    );
+    Ok(())
+}
+
+/// Issue 12 item 4: continuations go first, but not always: new runs still start while runs
+/// under way keep queueing their next steps (they get their share of the places).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_runs_start_while_continuations_keep_coming() -> Result<()> {
+    let env = Env::start(Persistence::None).await?;
+    let mut yaml = "name: long\nsteps:\n  - {id: s0, op: noop}\n".to_owned();
+    for i in 1..60 {
+        yaml.push_str(&format!(
+            "  - {{id: s{i}, op: noop, needs: [s{}]}}\n",
+            i - 1
+        ));
+    }
+    let long = plan(&yaml);
+    let short = plan("name: short\nsteps:\n  - {id: a, op: noop}\n");
+    let _worker = env
+        .worker(WorkerOpts {
+            concurrency: 1,
+            ..WorkerOpts::default()
+        })
+        .await?;
+    let mut longs = Vec::new();
+    for _ in 0..8 {
+        longs.push(env.start_run(&long, json!({})).await?);
+    }
+    // Once the long runs are under way, there is always a continuation queued until they end
+    // (8 × 60 steps, one place).
+    let store = &env.store;
+    let first = longs[0];
+    wait_for("the long runs to be under way", T, || async move {
+        let snap = store.load(first).await?.context("the run")?;
+        Ok(matches!(
+            snap.doc.state.steps["s2"].state,
+            StepState::Succeeded { .. }
+        )
+        .then_some(()))
+    })
+    .await?;
+    let mut shorts = Vec::new();
+    for _ in 0..8 {
+        shorts.push(env.start_run(&short, json!({})).await?);
+    }
+    let long_ends = ended_at(&env, &longs).await?;
+    let short_ends = ended_at(&env, &shorts).await?;
+    let last_short = short_ends.iter().max().context("short runs")?;
+    let first_long = long_ends.iter().min().context("long runs")?;
+    assert!(
+        last_short < first_long,
+        "every new run ended before the first long run: {last_short:?} vs {first_long:?}"
     );
     Ok(())
 }

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use serde_json::json;
 use steward_engine::auth::Auth;
 use steward_engine::embedded::Persistence;
-use steward_engine::keys::GROUP;
+use steward_engine::keys::{GROUP, Lane};
 use steward_engine::planner::Workflows;
 use steward_engine::queue::{QueueConfig, StepQueue};
 use steward_engine::store::{DefinitionSource, Store};
@@ -42,22 +42,26 @@ async fn forget_definition(store: &Store, hash: &str) -> Result<()> {
     Ok(())
 }
 
-/// How many times each pending job of the run's shard has been delivered.
+/// How many times each pending job of the run's shard (both step streams) has been delivered.
 async fn deliveries(env: &Env, run: RunId) -> Result<Vec<u64>> {
     let keys = env.store.keys();
-    let pending: Vec<(String, String, u64, u64)> = env
-        .store
-        .db()
-        .query(
-            redis::cmd("XPENDING")
-                .arg(keys.steps(keys.shard_of(run)))
-                .arg(GROUP)
-                .arg("-")
-                .arg("+")
-                .arg(100),
-        )
-        .await?;
-    Ok(pending.into_iter().map(|p| p.3).collect())
+    let mut counts = Vec::new();
+    for lane in Lane::ALL {
+        let pending: Vec<(String, String, u64, u64)> = env
+            .store
+            .db()
+            .query(
+                redis::cmd("XPENDING")
+                    .arg(keys.stream(keys.shard_of(run), lane))
+                    .arg(GROUP)
+                    .arg("-")
+                    .arg("+")
+                    .arg(100),
+            )
+            .await?;
+        counts.extend(pending.into_iter().map(|p| p.3));
+    }
+    Ok(counts)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -390,17 +394,20 @@ fn consumer_prefix(pid: u32) -> String {
     format!("{}-{pid}-", if host.is_empty() { "host" } else { &host })
 }
 
-/// The entries a consumer whose name starts with `prefix` holds: (shard, entry id).
-async fn held_by(env: &Env, prefix: &str) -> Result<Vec<(u16, String)>> {
+/// The entries a consumer whose name starts with `prefix` holds: (stream, entry id).
+async fn held_by(env: &Env, prefix: &str) -> Result<Vec<(String, String)>> {
     let keys = env.store.keys();
     let mut held = Vec::new();
-    for shard in keys.all_shards() {
+    for stream in keys
+        .all_shards()
+        .flat_map(|s| Lane::ALL.map(|l| keys.stream(s, l)))
+    {
         let pending: Vec<(String, String, u64, u64)> = env
             .store
             .db()
             .query(
                 redis::cmd("XPENDING")
-                    .arg(keys.steps(shard))
+                    .arg(&stream)
                     .arg(GROUP)
                     .arg("-")
                     .arg("+")
@@ -411,7 +418,7 @@ async fn held_by(env: &Env, prefix: &str) -> Result<Vec<(u16, String)>> {
             pending
                 .into_iter()
                 .filter(|p| p.1.starts_with(prefix))
-                .map(|p| (shard, p.0)),
+                .map(|p| (stream.clone(), p.0)),
         );
     }
     Ok(held)
@@ -473,7 +480,7 @@ steps:
         "every job of the killed worker to be taken over",
         Duration::from_secs(60),
         || async {
-            for (i, (shard, id)) in held.iter().enumerate() {
+            for (i, (stream, id)) in held.iter().enumerate() {
                 if taken.lock().expect("not poisoned")[i].is_some() {
                     continue;
                 }
@@ -482,7 +489,7 @@ steps:
                     .db()
                     .query(
                         redis::cmd("XPENDING")
-                            .arg(keys.steps(*shard))
+                            .arg(stream)
                             .arg(GROUP)
                             .arg(id)
                             .arg(id)
@@ -834,13 +841,14 @@ async fn lose_job(env: &Env, run: RunId) -> Result<()> {
         .db()
         .query(redis::cmd("HGETALL").arg(keys.run(run)))
         .await?;
-    let (field, id) = fields
+    let (field, at) = fields
         .iter()
         .find(|(k, _)| k.starts_with("j:"))
         .context("a queued job")?;
+    let (lane, id) = steward_engine::keys::parse_job_ref(at);
     let mut pipe = redis::pipe();
     pipe.cmd("XDEL")
-        .arg(keys.steps(keys.shard_of(run)))
+        .arg(keys.stream(keys.shard_of(run), lane))
         .arg(id)
         .ignore()
         .cmd("HDEL")
@@ -1144,18 +1152,22 @@ async fn slow_and_half_open_clients_do_not_starve_healthz() -> Result<()> {
     Ok(())
 }
 
-/// The consumers of a shard's group: (name, pending).
+/// The consumers of a shard's groups (both step streams): (name, pending).
 async fn consumers(env: &Env, shard: u16) -> Result<Vec<(String, u64)>> {
-    let raw: Vec<std::collections::HashMap<String, redis::Value>> = env
-        .store
-        .db()
-        .query(
-            redis::cmd("XINFO")
-                .arg("CONSUMERS")
-                .arg(env.store.keys().steps(shard))
-                .arg(GROUP),
-        )
-        .await?;
+    let mut raw: Vec<std::collections::HashMap<String, redis::Value>> = Vec::new();
+    for lane in Lane::ALL {
+        let some: Vec<std::collections::HashMap<String, redis::Value>> = env
+            .store
+            .db()
+            .query(
+                redis::cmd("XINFO")
+                    .arg("CONSUMERS")
+                    .arg(env.store.keys().stream(shard, lane))
+                    .arg(GROUP),
+            )
+            .await?;
+        raw.extend(some);
+    }
     Ok(raw
         .into_iter()
         .map(|c| {
@@ -1244,7 +1256,7 @@ async fn housekeeping_removes_dead_consumers_and_ended_runs_past_retention() -> 
                 .arg("COUNT")
                 .arg(1)
                 .arg("STREAMS")
-                .arg(keys.steps(held_shard))
+                .arg(keys.new_steps(held_shard))
                 .arg(">"),
         )
         .await?;

@@ -5,17 +5,21 @@
 --
 -- The run hash (storage format 2) holds the run in parts, so that a transition writes only what
 -- it changed: v = version, c = context (written once), h = header (status, updated_at),
--- s:<step> = one step's record, j:<step>:<seq> = stream id of a queued job. A run written by an
+-- s:<step> = one step's record, j:<step>:<seq> = where a queued job is: its stream id, prefixed
+-- `n:` when it is in the new-runs stream (KEYS[8]). A run written by an
 -- earlier build has its whole document in `d` instead; its next transition writes every part
 -- and deletes `d` (the caller sends them all).
 --
 -- KEYS: 1 run hash, 2 run history log (a string, one JSON entry per line), 3 shard step stream, 4 shard timer index (zset:
 --       "<run>|<timer key>" scored by due time in ms), 5 shard ended-runs stream, 6 shard run
 --       index (zset: run id scored by creation time in µs), 7 shard dead-letter stream,
---       8… index and inbox keys named by index in the plan (same slot)
+--       8 shard new-runs step stream (the first jobs of a run that has not started: workers
+--       read KEYS[3] first), 9… index and inbox keys named by index in the plan (same slot)
 -- ARGV: 1 expected version ("0": the run must not exist yet)
 --       2 "w" to write a transition, "" to acknowledge only
---       3 the plan, as JSON: run, company, group, ack {id, step, seq}, set = number of field/value
+--       3 the plan, as JSON: run, company, group, ack {id, step, seq, new = the job came from the
+--         new-runs stream}, new = this transition starts the run (its jobs go to KEYS[8]),
+--         set = number of field/value
 --         pairs to write (ARGV[4…]), del [fields], hist [ARGV index of an entry ending in \n], jobs [{step, seq, a = ARGV
 --         index of the job}], zadd [[ms, key]], zrem [key], revoke [{step, seq, ref}], ended
 --         status, created µs, timer key (must still be armed), dead json, indexes and inboxes
@@ -37,8 +41,12 @@ local function commit(KEYS, ARGV)
   -- acknowledgement is the one that took it out of the pending list.
   local function ack()
     if plan.ack then
-      local acked = redis.call('XACK', KEYS[3], group, plan.ack.id)
-      redis.call('XDEL', KEYS[3], plan.ack.id)
+      local stream = KEYS[3]
+      if plan.ack.new then
+        stream = KEYS[8]
+      end
+      local acked = redis.call('XACK', stream, group, plan.ack.id)
+      redis.call('XDEL', stream, plan.ack.id)
       if plan.dead and acked == 1 then
         redis.call('XADD', KEYS[7], 'MAXLEN', '~', 10000, '*', 'run', run, 'job', plan.dead)
       end
@@ -90,10 +98,14 @@ local function commit(KEYS, ARGV)
   for i = 4, 3 + 2 * plan.set do
     set[#set + 1] = ARGV[i]
   end
+  local stream, prefix = KEYS[3], ''
+  if plan.new then
+    stream, prefix = KEYS[8], 'n:'
+  end
   for _, job in ipairs(plan.jobs or {}) do
-    local id = redis.call('XADD', KEYS[3], '*', 'r', run, 'c', plan.company, 'v', version, 'j', ARGV[job.a])
+    local id = redis.call('XADD', stream, '*', 'r', run, 'c', plan.company, 'v', version, 'j', ARGV[job.a])
     set[#set + 1] = 'j:' .. job.step .. ':' .. job.seq
-    set[#set + 1] = id
+    set[#set + 1] = prefix .. id
   end
   chunked('HSET', set)
 
@@ -125,10 +137,14 @@ local function commit(KEYS, ARGV)
   local revoked = {}
   for _, r in ipairs(plan.revoke or {}) do
     local field = 'j:' .. r.step .. ':' .. r.seq
-    local id = redis.call('HGET', KEYS[1], field)
-    if id then
-      local pending = redis.call('XPENDING', KEYS[3], group, id, id, 1)
-      if #pending == 0 and redis.call('XDEL', KEYS[3], id) == 1 then
+    local at = redis.call('HGET', KEYS[1], field)
+    if at then
+      local queue, id = KEYS[3], at
+      if string.sub(at, 1, 2) == 'n:' then
+        queue, id = KEYS[8], string.sub(at, 3)
+      end
+      local pending = redis.call('XPENDING', queue, group, id, id, 1)
+      if #pending == 0 and redis.call('XDEL', queue, id) == 1 then
         redis.call('HDEL', KEYS[1], field)
         table.insert(revoked, r.ref)
       end

@@ -21,7 +21,7 @@ use redis::Script;
 use steward_schemas::{RunId, Timestamp};
 use tracing::{debug, info, warn};
 
-use crate::keys::GROUP;
+use crate::keys::{GROUP, Lane};
 use crate::store::{self, Store, decode_run};
 
 const FORGET_RUN: &str = include_str!("../lua/forget_run.lua");
@@ -57,7 +57,7 @@ impl Default for HousekeepingConfig {
 /// What a round did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Swept {
-    /// Consumers removed.
+    /// Consumers removed (once per step stream each was in).
     pub consumers: usize,
     /// Ended runs deleted.
     pub runs: usize,
@@ -96,12 +96,13 @@ pub async fn run(store: Store, config: HousekeepingConfig, shutdown: impl Future
 /// Removes consumers idle longer than `idle` that hold no job.
 async fn forget_consumers(store: &Store, idle: Duration) -> store::Result<usize> {
     let keys = store.keys();
+    let streams: Vec<(u16, String)> = keys
+        .all_shards()
+        .flat_map(|s| Lane::ALL.map(|l| (s, keys.stream(s, l))))
+        .collect();
     let mut pipe = redis::pipe();
-    for shard in keys.all_shards() {
-        pipe.cmd("XINFO")
-            .arg("CONSUMERS")
-            .arg(keys.steps(shard))
-            .arg(GROUP);
+    for (_, stream) in &streams {
+        pipe.cmd("XINFO").arg("CONSUMERS").arg(stream).arg(GROUP);
     }
     // A shard whose group does not exist yet answers an error: nothing to remove there.
     let replies: Vec<redis::Value> = match store.db().pipe(&pipe).await {
@@ -112,7 +113,7 @@ async fn forget_consumers(store: &Store, idle: Duration) -> store::Result<usize>
     let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
     let script = Script::new(FORGET_CONSUMER);
     let mut removed = 0;
-    for (shard, reply) in keys.all_shards().zip(replies) {
+    for ((shard, stream), reply) in streams.iter().zip(replies) {
         let consumers: Vec<HashMap<String, redis::Value>> =
             redis::from_redis_value(reply).unwrap_or_default();
         for c in consumers {
@@ -130,7 +131,7 @@ async fn forget_consumers(store: &Store, idle: Duration) -> store::Result<usize>
                 continue;
             }
             let mut inv = script.prepare_invoke();
-            inv.key(keys.steps(shard)).arg(GROUP).arg(&name);
+            inv.key(stream).arg(GROUP).arg(&name);
             if store.db().script::<u8>(&inv).await? == 1 {
                 debug!(consumer = %name, shard, "housekeeping: removed a consumer that holds no job");
                 removed += 1;

@@ -1,13 +1,51 @@
 //! Every Redis key Steward uses, derived from one namespace in one place.
 //!
 //! Every key of a run carries its shard's hash tag (`{s007}`), and each shard has its own step
-//! stream, timer index, run index and ended-runs stream, so a transition's script touches one slot
+//! streams (continuations and new runs), timer index, run index and ended-runs stream, so a transition's script touches one slot
 //! and the keyspace is ready for Redis Cluster. The shard of a run comes from its id.
 
 use steward_schemas::RunId;
 
 /// The consumer group every worker reads step streams with.
 pub const GROUP: &str = "workers";
+
+/// Which of a shard's two step streams a job is queued in. Workers read continuations first
+/// (see `crate::queue`), so a run in flight finishes before a burst of new runs has started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Lane {
+    /// Jobs of runs already under way (`Keys::steps`).
+    Continuing,
+    /// The first jobs of runs that have not started a step yet (`Keys::new_steps`).
+    New,
+}
+
+impl Lane {
+    /// Both lanes, continuations first.
+    pub const ALL: [Lane; 2] = [Lane::Continuing, Lane::New];
+
+    /// The prefix of a run hash's `j:<step>:<seq>` value that names the lane (see
+    /// [`job_ref`]).
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Lane::Continuing => "",
+            Lane::New => "n:",
+        }
+    }
+}
+
+/// What a run hash's `j:<step>:<seq>` field holds for a job queued as entry `id` in `lane`:
+/// the entry id, prefixed with `n:` in the new-runs stream (`commit.lua` writes the same).
+pub fn job_ref(lane: Lane, id: &str) -> String {
+    format!("{}{id}", lane.prefix())
+}
+
+/// The lane and entry id a run hash's `j:<step>:<seq>` value names (see [`job_ref`]).
+pub fn parse_job_ref(value: &str) -> (Lane, &str) {
+    match value.strip_prefix("n:") {
+        Some(id) => (Lane::New, id),
+        None => (Lane::Continuing, value),
+    }
+}
 
 /// Key names for one namespace and shard count.
 #[derive(Debug, Clone)]
@@ -95,7 +133,8 @@ impl Keys {
         format!("{}:{{s{shard:03}}}", self.ns)
     }
 
-    /// The run's hash: `v` (version), `d` (document), `j:<step>:<seq>` (stream ids of queued jobs).
+    /// The run's hash: `v` (version), `c`, `h`, `s:<step>` (the run in parts), `j:<step>:<seq>`
+    /// (where a queued job is: see [`job_ref`]).
     pub fn run(&self, run: RunId) -> String {
         format!("{}:run:{run}", self.tag(self.shard_of(run)))
     }
@@ -113,9 +152,22 @@ impl Keys {
         format!("{}:log:{run}", self.tag(self.shard_of(run)))
     }
 
-    /// A shard's step stream.
+    /// A shard's step stream for runs under way (every job but a run's first ones).
     pub fn steps(&self, shard: u16) -> String {
         format!("{}:steps", self.tag(shard))
+    }
+
+    /// A shard's step stream for the first jobs of runs that have not started yet.
+    pub fn new_steps(&self, shard: u16) -> String {
+        format!("{}:steps:new", self.tag(shard))
+    }
+
+    /// A shard's step stream of `lane`.
+    pub fn stream(&self, shard: u16, lane: Lane) -> String {
+        match lane {
+            Lane::Continuing => self.steps(shard),
+            Lane::New => self.new_steps(shard),
+        }
     }
 
     /// A shard's timer index.
@@ -158,8 +210,8 @@ impl Keys {
         format!("{}:runs:status:{status}", self.tag(shard))
     }
 
-    /// The seven keys of a run's transition script, in the script's order.
-    pub fn commit_keys(&self, run: RunId) -> [String; 7] {
+    /// The eight keys of a run's transition script, in the script's order.
+    pub fn commit_keys(&self, run: RunId) -> [String; 8] {
         let shard = self.shard_of(run);
         [
             self.run(run),
@@ -169,6 +221,7 @@ impl Keys {
             self.ended(shard),
             self.runs(shard),
             self.dead(shard),
+            self.new_steps(shard),
         ]
     }
 
@@ -221,5 +274,8 @@ mod tests {
         assert!(Keys::new("a:b", 8).is_err());
         assert!(Keys::new("a{b}", 8).is_err());
         assert!(Keys::new("ok", 0).is_err());
+        for lane in Lane::ALL {
+            assert_eq!(parse_job_ref(&job_ref(lane, "17-3")), (lane, "17-3"));
+        }
     }
 }

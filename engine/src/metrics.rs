@@ -296,17 +296,38 @@ pub async fn collect(store: &Store, out: &mut Text) -> redis::RedisResult<()> {
         for status in statuses {
             pipe.cmd("ZCARD").arg(keys.runs_in_status(shard, status));
         }
+        // The new-runs stream (the first jobs of runs not started yet) counts in the queue.
+        let new_steps = keys.new_steps(shard);
+        pipe.cmd("XLEN").arg(&new_steps);
+        pipe.cmd("XPENDING").arg(&new_steps).arg(crate::keys::GROUP);
+        pipe.cmd("XRANGE")
+            .arg(&new_steps)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1);
     }
     let replies: Vec<redis::Value> = store.db().pipe(&pipe).await?;
-    let per_shard = 8 + statuses.len();
+    let lanes_at = 8 + statuses.len();
+    let per_shard = lanes_at + 3;
     let mut runs: BTreeMap<&str, u64> = BTreeMap::new();
     for (shard, r) in keys.all_shards().zip(replies.chunks(per_shard)) {
         let s = || vec![("shard", shard.to_string())];
         let int = |v: &redis::Value| redis::from_redis_value_ref::<u64>(v).unwrap_or(0);
-        let depth = int(&r[0]);
+        // Both lanes: (XLEN, XPENDING, XRANGE) of the continuations', then of the new runs'.
+        let lanes = [
+            (&r[0], &r[1], &r[2]),
+            (&r[lanes_at], &r[lanes_at + 1], &r[lanes_at + 2]),
+        ];
+        let depth: u64 = lanes.iter().map(|l| int(l.0)).sum();
         // A consumer group that does not exist yet (nothing prepared) has nothing delivered.
-        let delivered = redis::from_redis_value_ref::<redis::streams::StreamPendingReply>(&r[1])
-            .map_or(0, |p| p.count() as u64);
+        let delivered: u64 = lanes
+            .iter()
+            .map(|l| {
+                redis::from_redis_value_ref::<redis::streams::StreamPendingReply>(l.1)
+                    .map_or(0, |p| p.count() as u64)
+            })
+            .sum();
         out.sample("steward_queue_depth", "gauge", &s(), &depth.to_string());
         out.sample(
             "steward_queue_waiting",
@@ -320,13 +341,18 @@ pub async fn collect(store: &Store, out: &mut Text) -> redis::RedisResult<()> {
             &s(),
             &delivered.to_string(),
         );
-        let oldest = redis::from_redis_value_ref::<redis::streams::StreamRangeReply>(&r[2])
-            .ok()
-            .and_then(|reply| reply.ids.first().map(|e| e.id.clone()))
-            .and_then(|id| {
-                id.split_once('-')
-                    .and_then(|(ms, _)| ms.parse::<u64>().ok())
-            });
+        let oldest = lanes
+            .iter()
+            .filter_map(|l| {
+                redis::from_redis_value_ref::<redis::streams::StreamRangeReply>(l.2)
+                    .ok()
+                    .and_then(|reply| reply.ids.first().map(|e| e.id.clone()))
+                    .and_then(|id| {
+                        id.split_once('-')
+                            .and_then(|(ms, _)| ms.parse::<u64>().ok())
+                    })
+            })
+            .min();
         out.sample(
             "steward_queue_oldest_job_age_seconds",
             "gauge",
@@ -351,7 +377,7 @@ pub async fn collect(store: &Store, out: &mut Text) -> redis::RedisResult<()> {
             &s(),
             &oldest_gate.map_or_else(|| "0".to_owned(), |ms| age(now_ms, ms)),
         );
-        for (status, v) in statuses.iter().zip(&r[8..]) {
+        for (status, v) in statuses.iter().zip(&r[8..lanes_at]) {
             *runs.entry(status).or_default() += int(v);
         }
     }

@@ -1,9 +1,11 @@
 //! The step queue: Redis streams with consumer groups, plugged into apalis as a [`Backend`].
 //!
-//! Each shard has a stream; every worker process reads all of them in one consumer group under a
-//! name unique to the process start. Three background tasks feed the worker:
-//! - the reader blocks on `XREADGROUP … >` for new jobs, fetching only as many as the worker has
-//!   room for, so an idle worker picks a job up as soon as it is added (one reader over every
+//! Each shard has two streams: jobs of runs under way, and the first jobs of new runs
+//! ([`Lane`]); every worker process reads all of them in one consumer group under a name unique
+//! to the process start. Three background tasks feed the worker:
+//! - the reader reads continuations first, then new runs (which get their share of the places,
+//!   [`NEW_RUN_SHARE`]), blocking on `XREADGROUP … >` over both only when both are empty,
+//!   fetching only as many as the worker has room for, so an idle worker picks a job up as soon as it is added (one reader over every
 //!   shard on one server; on a Redis Cluster, which refuses a read over several slots, one per
 //!   shard, each on a connection to the master that owns it);
 //! - the reclaimer takes over jobs that another consumer has held for longer than `claim_idle`
@@ -41,8 +43,11 @@ use tower::layer::util::Identity;
 use tracing::{debug, error, info, warn};
 
 use crate::companies::{Companies, CompanyRecord};
-use crate::keys::GROUP;
+use crate::keys::{GROUP, Lane};
 use crate::store::{Ack, Store};
+
+/// Reads at most so many first jobs of new runs over several streams (see `read_new`).
+const READ_NEW_RUNS: &str = include_str!("../lua/read_new_runs.lua");
 
 /// Hands unstarted jobs back to the stream (see [`Drain::release`]).
 const RELEASE: &str = include_str!("../lua/release.lua");
@@ -87,6 +92,8 @@ impl QueueConfig {
 pub struct Delivery {
     /// The shard the job came from.
     pub shard: u16,
+    /// Which of the shard's streams.
+    pub lane: Lane,
     /// The stream entry.
     pub entry: String,
     /// The run.
@@ -109,6 +116,7 @@ impl Delivery {
     pub fn ack(&self) -> Ack {
         Ack {
             entry: self.entry.clone(),
+            lane: self.lane,
             step: self.job.step.clone(),
             seq: self.job.seq,
         }
@@ -135,7 +143,7 @@ struct Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(held) = self.held.take() {
-            self.inflight.remove(held.shard, &held.entry);
+            self.inflight.remove((held.shard, held.lane), &held.entry);
             if !self.started {
                 self.unstarted.push(held);
             }
@@ -147,6 +155,7 @@ impl Drop for Lease {
 #[derive(Debug, Clone)]
 struct Held {
     shard: u16,
+    lane: Lane,
     entry: String,
     run: RunId,
     /// The run hash's field that records the job's entry (`j:<step>:<seq>`).
@@ -173,28 +182,31 @@ impl Unstarted {
     }
 }
 
-/// The stream entries this process holds, by shard.
+/// A stream: a shard and one of its lanes.
+type Src = (u16, Lane);
+
+/// The stream entries this process holds, by stream.
 #[derive(Debug, Default)]
-struct Inflight(Mutex<HashMap<u16, HashSet<String>>>);
+struct Inflight(Mutex<HashMap<Src, HashSet<String>>>);
 
 impl Inflight {
-    fn insert(&self, shard: u16, entry: &str) {
+    fn insert(&self, src: Src, entry: &str) {
         self.0
             .lock()
             .expect("the in-flight lock is never poisoned")
-            .entry(shard)
+            .entry(src)
             .or_default()
             .insert(entry.to_owned());
     }
 
-    fn remove(&self, shard: u16, entry: &str) {
+    fn remove(&self, src: Src, entry: &str) {
         let mut map = self.0.lock().expect("the in-flight lock is never poisoned");
-        if let Some(set) = map.get_mut(&shard) {
+        if let Some(set) = map.get_mut(&src) {
             set.remove(entry);
         }
     }
 
-    fn snapshot(&self) -> Vec<(u16, Vec<String>)> {
+    fn snapshot(&self) -> Vec<(Src, Vec<String>)> {
         self.0
             .lock()
             .expect("the in-flight lock is never poisoned")
@@ -267,22 +279,26 @@ impl Drain {
             let _ = t.await;
         }
         let shared = &self.control.shared;
-        let mut by_shard: HashMap<u16, Vec<Held>> = HashMap::new();
+        let mut by_shard: HashMap<Src, Vec<Held>> = HashMap::new();
         for held in shared.unstarted.take() {
             if held.reclaimed {
                 debug!(entry = %held.entry, "step queue: leaving a job taken over from another worker to be taken over again");
                 continue;
             }
-            by_shard.entry(held.shard).or_default().push(held);
+            by_shard
+                .entry((held.shard, held.lane))
+                .or_default()
+                .push(held);
         }
         let mut released = 0;
-        for (shard, held) in by_shard {
+        for ((shard, lane), held) in by_shard {
             let keys = shared.store.keys();
             let mut invocation = shared.release.prepare_invoke();
             invocation
-                .key(keys.steps(shard))
+                .key(keys.stream(shard, lane))
                 .arg(GROUP)
-                .arg(&shared.config.consumer);
+                .arg(&shared.config.consumer)
+                .arg(lane.prefix());
             for h in &held {
                 invocation.key(keys.run(h.run)).arg(&h.entry).arg(&h.field);
             }
@@ -320,12 +336,12 @@ struct Shared {
     /// Places only jobs taken over use (see [`QueueConfig::reserve`]).
     reserve: Arc<Semaphore>,
     /// Jobs taken over that wait for a place (at most [`QueueConfig::side_limit`]), leased.
-    side: Mutex<VecDeque<(u16, StreamId, u64)>>,
+    side: Mutex<VecDeque<(Src, StreamId, u64)>>,
     /// Wakes [`drain_side`].
     side_ready: tokio::sync::Notify,
     tx: mpsc::Sender<Delivery>,
     stop: watch::Receiver<bool>,
-    shard_of_key: HashMap<String, u16>,
+    src_of_key: HashMap<String, Src>,
 }
 
 impl StepQueue {
@@ -337,7 +353,10 @@ impl StepQueue {
         let (stop_tx, stop) = watch::channel(false);
         let keys = store.keys().clone();
         let shared = Arc::new(Shared {
-            shard_of_key: keys.all_shards().map(|s| (keys.steps(s), s)).collect(),
+            src_of_key: keys
+                .all_shards()
+                .flat_map(|s| Lane::ALL.map(|l| (keys.stream(s, l), (s, l))))
+                .collect(),
             store,
             companies,
             config: config.clone(),
@@ -464,17 +483,67 @@ fn backoff(prev: Duration) -> Duration {
     (prev * 2).clamp(Duration::from_millis(50), Duration::from_secs(5))
 }
 
-/// Reads new jobs from the streams of `shards` (every shard on one server; one on a cluster).
+/// New runs' share of the places when continuations keep coming: once this many less one
+/// continuation jobs were taken since new runs were last read, they are read first (a read may
+/// bring one continuation per shard, so that is one new run in this many to this many + the
+/// shard count), so they are never starved.
+pub const NEW_RUN_SHARE: usize = 8;
+
+/// Which lane a reader reads first, and how many places that read may take: continuations
+/// first, but new runs get their share ([`NEW_RUN_SHARE`]) of the places, counted across reads
+/// (a busy worker frees one place at a time).
+#[derive(Debug, Default)]
+struct Fairness {
+    /// Continuation jobs taken since the last read of the new-runs streams.
+    since_new: usize,
+    /// Whether that read found jobs (new runs wait).
+    new_waiting: bool,
+}
+
+impl Fairness {
+    /// The lanes in the order to read them, and how many of `room` places the first may take
+    /// (the second takes what is left).
+    fn plan(&self, room: usize) -> ([Lane; 2], usize) {
+        if self.since_new + 1 >= NEW_RUN_SHARE {
+            return ([Lane::New, Lane::Continuing], room.div_ceil(NEW_RUN_SHARE));
+        }
+        let share = if self.new_waiting {
+            room / NEW_RUN_SHARE
+        } else {
+            0
+        };
+        ([Lane::Continuing, Lane::New], room - share)
+    }
+
+    /// Counts `n` jobs read from `lane`'s streams.
+    fn took(&mut self, lane: Lane, n: usize) {
+        match lane {
+            Lane::Continuing => self.since_new += n,
+            Lane::New => {
+                self.since_new = 0;
+                self.new_waiting = n > 0;
+            }
+        }
+    }
+}
+
+/// Reads new jobs from the streams of `shards` (every shard on one server; one on a cluster):
+/// continuations first (jobs of runs under way), then the first jobs of new runs, which get
+/// their share of the places ([`Fairness`]); blocks on both only when both are empty.
 async fn read_new(shared: Arc<Shared>, shards: Vec<u16>) {
     let mut stop = shared.stop.clone();
     let mut wait = Duration::ZERO;
     let keys = shared.store.keys().clone();
-    let streams: Vec<String> = shards.iter().map(|&s| keys.steps(s)).collect();
+    let lane_streams =
+        |lane: Lane| -> Vec<String> { shards.iter().map(|&s| keys.stream(s, lane)).collect() };
+    let continuing = lane_streams(Lane::Continuing);
+    let new_runs = lane_streams(Lane::New);
+    let both: Vec<String> = continuing.iter().chain(&new_runs).cloned().collect();
     let mut conn = loop {
         match shared
             .store
             .db()
-            .blocking(shared.config.block, streams.first().map(String::as_str))
+            .blocking(shared.config.block, continuing.first().map(String::as_str))
             .await
         {
             Ok(c) => break c,
@@ -490,61 +559,143 @@ async fn read_new(shared: Arc<Shared>, shards: Vec<u16>) {
     let block_ms = u64::try_from(shared.config.block.as_millis()).unwrap_or(u64::MAX);
     let max_batch = shared.config.concurrency.clamp(1, 512);
     let mut blocked: Option<crate::db::Blocked> = None;
+    let mut fairness = Fairness::default();
+    // Where the next read of some of the new-runs streams starts.
+    let mut next_new = 0;
     // COUNT applies per stream, so a read can return more entries than there are free places
     // (at most one per shard too many). Those wait here, leased (the lease keeper renews them),
     // and go to the worker before anything new is read.
-    let mut backlog: VecDeque<(u16, StreamId)> = VecDeque::new();
+    let mut backlog: VecDeque<(Src, StreamId)> = VecDeque::new();
+    // Each stream's share of `places`, rounded down (but at least one); the same whether one
+    // reader reads every shard or each shard has its own.
+    let count = |places: usize| (places / usize::from(keys.shards())).max(1);
+    let read_cmd = |streams: &[String], count: usize, block: Option<u64>| {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(GROUP)
+            .arg(&shared.config.consumer)
+            .arg("COUNT")
+            .arg(count);
+        if let Some(ms) = block {
+            cmd.arg("BLOCK").arg(ms);
+        }
+        cmd.arg("STREAMS").arg(streams);
+        for _ in streams {
+            cmd.arg(">");
+        }
+        cmd
+    };
     loop {
         if *stop.borrow() {
             hold_back(&shared, backlog);
             return;
         }
-        if let Some((shard, entry)) = backlog.pop_front() {
+        if let Some((src, entry)) = backlog.pop_front() {
             let permit = tokio::select! {
                 p = shared.permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
                 _ = stop.changed() => {
-                    backlog.push_front((shard, entry));
+                    backlog.push_front((src, entry));
                     hold_back(&shared, backlog);
                     return;
                 }
             };
-            let mut batch: Vec<Delivery> = prepare(&shared, shard, &entry, 1, permit)
+            let mut batch: Vec<Delivery> = prepare(&shared, src, &entry, 1, permit)
                 .into_iter()
                 .collect();
             while !backlog.is_empty() {
                 let Ok(permit) = shared.permits.clone().try_acquire_owned() else {
                     break;
                 };
-                if let Some((shard, entry)) = backlog.pop_front() {
-                    batch.extend(prepare(&shared, shard, &entry, 1, permit));
+                if let Some((src, entry)) = backlog.pop_front() {
+                    batch.extend(prepare(&shared, src, &entry, 1, permit));
                 }
             }
             send_batch(&shared, batch).await;
             continue;
         }
-        // Wait for room, but hold no place while blocked in the read: the reclaimer needs
-        // places too. Places are taken per entry received.
+        // Wait for room, but hold no place while reading: the reclaimer needs places too.
+        // Places are taken per entry received.
         tokio::select! {
             p = shared.permits.acquire() => match p { Ok(p) => drop(p), Err(_) => return },
             _ = stop.changed() => return,
         }
+        // Without blocking: the lane that goes first, then the other with the places left.
         let room = shared.permits.available_permits().clamp(1, max_batch);
-        // Each shard's share of the free places, rounded down (but at least one); the same
-        // whether one reader reads every shard or each shard has its own.
-        let count = (room / usize::from(keys.shards())).max(1);
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP")
-            .arg(GROUP)
-            .arg(&shared.config.consumer)
-            .arg("COUNT")
-            .arg(count)
-            .arg("BLOCK")
-            .arg(block_ms)
-            .arg("STREAMS")
-            .arg(&streams);
-        for _ in &streams {
-            cmd.arg(">");
+        let (order, first) = fairness.plan(room);
+        let mut batch = Vec::new();
+        let mut failed = None;
+        for (i, lane) in order.into_iter().enumerate() {
+            let places = if i == 0 {
+                first
+            } else {
+                shared.permits.available_permits().min(max_batch)
+            };
+            if places == 0 {
+                break;
+            }
+            let cmd = match lane {
+                // Rounded up: rounded down, a read over several streams could leave places to
+                // new runs while continuations wait (10 places over 8 shards: 8 at most). Those
+                // read beyond the places wait in the backlog, which is where they belong.
+                Lane::Continuing => read_cmd(
+                    &continuing,
+                    places.div_ceil(usize::from(keys.shards())),
+                    None,
+                ),
+                // Never more new runs than places: each one taken beyond them would wait in the
+                // backlog ahead of the continuations that come meanwhile (and a burst would be
+                // worked breadth-first again). Over several streams, a script reads them in
+                // turn, starting one shard further each time.
+                Lane::New if new_runs.len() > 1 => {
+                    let mut cmd = redis::cmd("EVAL");
+                    cmd.arg(READ_NEW_RUNS).arg(new_runs.len());
+                    for k in 0..new_runs.len() {
+                        cmd.arg(&new_runs[(next_new + k) % new_runs.len()]);
+                    }
+                    next_new = (next_new + 1) % new_runs.len();
+                    cmd.arg(GROUP).arg(&shared.config.consumer).arg(places);
+                    cmd
+                }
+                Lane::New => read_cmd(&new_runs, count(places), None),
+            };
+            match conn
+                .query::<Option<redis::streams::StreamReadReply>>(&cmd)
+                .await
+            {
+                Ok(reply) => {
+                    let entries: Vec<_> = reply
+                        .map(|r| entries_of(&shared, r).collect())
+                        .unwrap_or_default();
+                    fairness.took(lane, entries.len());
+                    take(&shared, entries, &mut batch, &mut backlog);
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
         }
+        let got = !batch.is_empty() || !backlog.is_empty();
+        send_batch(&shared, batch).await;
+        if let Some(e) = failed {
+            // The connection may be a new one now.
+            blocked = None;
+            wait = backoff(wait);
+            warn!(error = %e, retry_in = ?wait, "step queue: read failed");
+            regroup(&shared, &e).await;
+            if pause(&mut stop, wait).await {
+                hold_back(&shared, backlog);
+                return;
+            }
+            continue;
+        }
+        wait = Duration::ZERO;
+        if got {
+            continue;
+        }
+        // Both lanes are empty: block on both.
+        let room = shared.permits.available_permits().clamp(1, max_batch);
+        let cmd = read_cmd(&both, count(room), Some(block_ms));
         if blocked.is_none() {
             blocked = conn.blocked().await.ok();
         }
@@ -580,17 +731,35 @@ async fn read_new(shared: Arc<Shared>, shards: Vec<u16>) {
             }
         };
         let Some(reply) = reply else { continue };
+        let entries: Vec<_> = entries_of(&shared, reply).collect();
+        for lane in Lane::ALL {
+            fairness.took(
+                lane,
+                entries.iter().filter(|((_, l), _)| *l == lane).count(),
+            );
+        }
         let mut batch = Vec::new();
-        for (shard, entry) in entries_of(&shared, reply) {
-            match shared.permits.clone().try_acquire_owned() {
-                Ok(permit) => batch.extend(prepare(&shared, shard, &entry, 1, permit)),
-                Err(_) => {
-                    shared.inflight.insert(shard, &entry.id);
-                    backlog.push_back((shard, entry));
-                }
+        take(&shared, entries, &mut batch, &mut backlog);
+        send_batch(&shared, batch).await;
+    }
+}
+
+/// Gives each entry read a free place (into `batch`), or leases it in `backlog` when there is
+/// none.
+fn take(
+    shared: &Shared,
+    entries: Vec<(Src, StreamId)>,
+    batch: &mut Vec<Delivery>,
+    backlog: &mut VecDeque<(Src, StreamId)>,
+) {
+    for (src, entry) in entries {
+        match shared.permits.clone().try_acquire_owned() {
+            Ok(permit) => batch.extend(prepare(shared, src, &entry, 1, permit)),
+            Err(_) => {
+                shared.inflight.insert(src, &entry.id);
+                backlog.push_back((src, entry));
             }
         }
-        send_batch(&shared, batch).await;
     }
 }
 
@@ -610,29 +779,30 @@ async fn regroup(shared: &Shared, e: &redis::RedisError) {
     }
 }
 
-/// A read's entries, with their shards.
+/// A read's entries, with their streams.
 fn entries_of(
     shared: &Shared,
     reply: redis::streams::StreamReadReply,
-) -> impl Iterator<Item = (u16, StreamId)> + use<'_> {
+) -> impl Iterator<Item = (Src, StreamId)> + use<'_> {
     reply.keys.into_iter().flat_map(move |stream| {
-        let shard = shared.shard_of_key.get(&stream.key).copied();
+        let src = shared.src_of_key.get(&stream.key).copied();
         stream
             .ids
             .into_iter()
-            .filter_map(move |entry| Some((shard?, entry)))
+            .filter_map(move |entry| Some((src?, entry)))
     })
 }
 
 /// Leaves entries this process read but will not start to [`Drain::release`].
-fn hold_back(shared: &Shared, entries: impl IntoIterator<Item = (u16, StreamId)>) {
-    for (shard, entry) in entries {
-        shared.inflight.remove(shard, &entry.id);
+fn hold_back(shared: &Shared, entries: impl IntoIterator<Item = (Src, StreamId)>) {
+    for ((shard, lane), entry) in entries {
+        shared.inflight.remove((shard, lane), &entry.id);
         let job = entry_field(&entry.map, "j").and_then(|j| serde_json::from_str::<Job>(&j).ok());
         let run = entry_field(&entry.map, "r").and_then(|r| r.parse::<RunId>().ok());
         if let (Some(job), Some(run)) = (job, run) {
             shared.unstarted.push(Held {
                 shard,
+                lane,
                 entry: entry.id,
                 run,
                 field: job_field(&job),
@@ -668,7 +838,7 @@ fn parse_entry(fields: &HashMap<String, Value>) -> Option<(RunId, u64, Job)> {
 /// left unacknowledged: another worker may read it, and one delivered too often is parked.
 fn prepare(
     shared: &Shared,
-    shard: u16,
+    (shard, lane): Src,
     entry: &StreamId,
     deliveries: u64,
     permit: OwnedSemaphorePermit,
@@ -676,19 +846,21 @@ fn prepare(
     let id = entry.id.as_str();
     let field = |name: &str| entry_field(&entry.map, name);
     let Some((run, version, job)) = parse_entry(&entry.map) else {
-        shared.inflight.remove(shard, id);
+        shared.inflight.remove((shard, lane), id);
         error!(
             entry = id,
             shard,
+            ?lane,
             deliveries,
             "step queue: this worker cannot read the entry; leaving it to another worker or, after {} deliveries, to the dead-letter stream",
             shared.config.max_deliveries
         );
         return None;
     };
-    shared.inflight.insert(shard, id);
+    shared.inflight.insert((shard, lane), id);
     let held = Held {
         shard,
+        lane,
         entry: id.to_owned(),
         run,
         field: job_field(&job),
@@ -696,6 +868,7 @@ fn prepare(
     };
     Some(Delivery {
         shard,
+        lane,
         entry: id.to_owned(),
         run,
         version,
@@ -754,7 +927,7 @@ async fn reclaim(shared: Arc<Shared>) {
         if pause(&mut stop, every).await {
             return;
         }
-        for shard in keys.all_shards() {
+        for (shard, lane) in keys.all_shards().flat_map(|s| Lane::ALL.map(|l| (s, l))) {
             let mut cursor = "0-0".to_owned();
             loop {
                 // Places are taken before claiming (the reserve's first: new jobs never take
@@ -769,7 +942,7 @@ async fn reclaim(shared: Arc<Shared>) {
                 }
                 let cmd = {
                     let mut c = redis::cmd("XAUTOCLAIM");
-                    c.arg(keys.steps(shard))
+                    c.arg(keys.stream(shard, lane))
                         .arg(GROUP)
                         .arg(&shared.config.consumer)
                         .arg(idle_ms)
@@ -782,14 +955,14 @@ async fn reclaim(shared: Arc<Shared>) {
                     match shared.store.db().query(&cmd).await {
                         Ok(r) => r,
                         Err(e) => {
-                            warn!(error = %e, shard, "step queue: reclaim failed");
+                            warn!(error = %e, shard, ?lane, "step queue: reclaim failed");
                             regroup(&shared, &e).await;
                             break;
                         }
                     };
                 debug!(shard, claimed = reply.claimed.len(), next = %reply.next_stream_id, "step queue: reclaim pass");
                 if !reply.claimed.is_empty() {
-                    take_over(&shared, shard, reply.claimed, places).await;
+                    take_over(&shared, (shard, lane), reply.claimed, places).await;
                 }
                 if reply.next_stream_id == "0-0" {
                     break;
@@ -823,7 +996,7 @@ async fn drain_side(shared: Arc<Shared>) {
             .lock()
             .expect("the side queue lock is never poisoned")
             .pop_front();
-        let Some((shard, entry, deliveries)) = next else {
+        let Some((src, entry, deliveries)) = next else {
             tokio::select! {
                 () = shared.side_ready.notified() => continue,
                 _ = stop.changed() => break,
@@ -835,23 +1008,23 @@ async fn drain_side(shared: Arc<Shared>) {
             _ = stop.changed() => None,
         };
         let Some(permit) = permit else {
-            shared.inflight.remove(shard, &entry.id);
+            shared.inflight.remove(src, &entry.id);
             break;
         };
-        let batch: Vec<Delivery> = prepare(&shared, shard, &entry, deliveries, permit)
+        let batch: Vec<Delivery> = prepare(&shared, src, &entry, deliveries, permit)
             .into_iter()
             .collect();
         send_batch(&shared, batch).await;
     }
     // Stopping: these were taken over from another consumer; they are left to be taken over
     // again (their delivery count keeps counting towards the poison limit).
-    for (shard, entry, _) in std::mem::take(
+    for (src, entry, _) in std::mem::take(
         &mut *shared
             .side
             .lock()
             .expect("the side queue lock is never poisoned"),
     ) {
-        shared.inflight.remove(shard, &entry.id);
+        shared.inflight.remove(src, &entry.id);
     }
 }
 
@@ -875,15 +1048,16 @@ fn take_places(shared: &Shared, max: usize) -> Vec<OwnedSemaphorePermit> {
 /// back; jobs beyond them go to the side queue), or parks those delivered too often.
 async fn take_over(
     shared: &Shared,
-    shard: u16,
+    src: Src,
     claimed: Vec<StreamId>,
     mut places: Vec<OwnedSemaphorePermit>,
 ) {
     let keys = shared.store.keys();
+    let (shard, lane) = src;
     let mut pipe = redis::pipe();
     for entry in &claimed {
         pipe.cmd("XPENDING")
-            .arg(keys.steps(shard))
+            .arg(keys.stream(shard, lane))
             .arg(GROUP)
             .arg(&entry.id)
             .arg(&entry.id)
@@ -905,18 +1079,18 @@ async fn take_over(
             .metrics()
             .count("steward_jobs_taken_over_total", &[]);
         if deliveries > shared.config.max_deliveries {
-            park(shared, shard, &entry, deliveries).await;
+            park(shared, src, &entry, deliveries).await;
             continue;
         }
         match places.pop() {
-            Some(permit) => batch.extend(prepare(shared, shard, &entry, deliveries, permit)),
+            Some(permit) => batch.extend(prepare(shared, src, &entry, deliveries, permit)),
             None => {
-                shared.inflight.insert(shard, &entry.id);
+                shared.inflight.insert(src, &entry.id);
                 shared
                     .side
                     .lock()
                     .expect("the side queue lock is never poisoned")
-                    .push_back((shard, entry, deliveries));
+                    .push_back((src, entry, deliveries));
                 shared.side_ready.notify_one();
             }
         }
@@ -928,7 +1102,7 @@ async fn take_over(
 /// Parks a job delivered more than `max_deliveries` times: its step fails, and the job goes to
 /// the dead-letter stream, in one script. An entry too malformed to name its run and step is
 /// moved to the dead-letter stream as it is.
-async fn park(shared: &Shared, shard: u16, entry: &StreamId, deliveries: u64) {
+async fn park(shared: &Shared, (shard, lane): Src, entry: &StreamId, deliveries: u64) {
     let field = |name: &str| entry_field(&entry.map, name);
     let run = field("r").and_then(|r| r.parse::<RunId>().ok());
     let job_json = field("j");
@@ -937,7 +1111,7 @@ async fn park(shared: &Shared, shard: u16, entry: &StreamId, deliveries: u64) {
         .and_then(|j| serde_json::from_str::<Job>(j).ok());
     let (Some(run), Some(job_json), Some(job)) = (run, job_json, job) else {
         error!(entry = %entry.id, shard, deliveries, "step queue: parking an entry no worker can read");
-        if let Err(e) = dead_letter_raw(shared, shard, entry).await {
+        if let Err(e) = dead_letter_raw(shared, (shard, lane), entry).await {
             warn!(error = %e, "step queue: parking failed; will retry");
         }
         return;
@@ -971,6 +1145,7 @@ async fn park(shared: &Shared, shard: u16, entry: &StreamId, deliveries: u64) {
     };
     let ack = Ack {
         entry: entry.id.clone(),
+        lane,
         step: job.step.clone(),
         seq: job.seq,
     };
@@ -986,7 +1161,11 @@ async fn park(shared: &Shared, shard: u16, entry: &StreamId, deliveries: u64) {
 
 /// Moves an unreadable entry, fields as they are, to the shard's dead-letter stream and
 /// acknowledges it (one transaction; both keys are in the shard's slot).
-async fn dead_letter_raw(shared: &Shared, shard: u16, entry: &StreamId) -> redis::RedisResult<()> {
+async fn dead_letter_raw(
+    shared: &Shared,
+    (shard, lane): Src,
+    entry: &StreamId,
+) -> redis::RedisResult<()> {
     let keys = shared.store.keys();
     let raw: serde_json::Map<String, serde_json::Value> = entry
         .map
@@ -1010,12 +1189,12 @@ async fn dead_letter_raw(shared: &Shared, shard: u16, entry: &StreamId) -> redis
         .arg(serde_json::Value::Object(raw).to_string())
         .ignore()
         .cmd("XACK")
-        .arg(keys.steps(shard))
+        .arg(keys.stream(shard, lane))
         .arg(GROUP)
         .arg(&entry.id)
         .ignore()
         .cmd("XDEL")
-        .arg(keys.steps(shard))
+        .arg(keys.stream(shard, lane))
         .arg(&entry.id)
         .ignore();
     shared.store.db().pipe::<()>(&pipe).await
@@ -1035,11 +1214,11 @@ async fn keep_leases(shared: Arc<Shared>) {
             continue;
         }
         let mut pipe = redis::pipe();
-        for (shard, ids) in &held {
+        for ((shard, lane), ids) in &held {
             // Only entries idle for a while are renewed: one another consumer has just taken
             // over (because this process stalled) is left with it.
             pipe.cmd("XCLAIM")
-                .arg(keys.steps(*shard))
+                .arg(keys.stream(*shard, *lane))
                 .arg(GROUP)
                 .arg(&shared.config.consumer)
                 .arg(min_idle)

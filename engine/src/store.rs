@@ -30,7 +30,7 @@ use tracing::{debug, trace, warn};
 
 use crate::clock::Clock;
 use crate::db::{Db, Node};
-use crate::keys::{GROUP, Keys};
+use crate::keys::{GROUP, Keys, Lane, parse_job_ref};
 
 /// The transition commit script.
 pub const COMMIT: &str = include_str!("../lua/commit.lua");
@@ -234,6 +234,8 @@ fn json<T: Serialize>(value: &T) -> Result<String> {
 pub struct Ack {
     /// The stream entry.
     pub entry: String,
+    /// The stream it is in.
+    pub lane: Lane,
     /// The job's step.
     pub step: StepId,
     /// The job's sequence number.
@@ -525,6 +527,9 @@ struct CommitPlan<'a> {
     group: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     ack: Option<AckRef<'a>>,
+    /// The transition starts the run: its jobs go to the shard's new-runs stream.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    new: bool,
     /// How many field/value pairs of the run hash are written (ARGV[4…]).
     set: usize,
     /// The run hash's fields to remove.
@@ -566,7 +571,7 @@ struct CommitPlan<'a> {
     /// The run's creation time (µs): the score in the company and status indexes.
     #[serde(skip_serializing_if = "String::is_empty")]
     idx_score: String,
-    /// Keys beyond the seven fixed ones (indexes and inboxes), passed as KEYS[8…].
+    /// Keys beyond the eight fixed ones (indexes and inboxes), passed as KEYS[9…].
     #[serde(skip)]
     extra_keys: Vec<String>,
     /// The strings `hist` and `jobs` name (0-based here; ARGV indexes once the fields to write
@@ -585,7 +590,7 @@ impl CommitPlan<'_> {
                 self.extra_keys.len() - 1
             }
         };
-        u32::try_from(pos).expect("fewer than 2^32 keys") + 8
+        u32::try_from(pos).expect("fewer than 2^32 keys") + 9
     }
 
     /// Adds a string argument; its index in `strings`.
@@ -598,6 +603,9 @@ impl CommitPlan<'_> {
 #[derive(Serialize)]
 struct AckRef<'a> {
     id: &'a str,
+    /// The job came from the new-runs stream.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    new: bool,
     step: &'a str,
     seq: u32,
 }
@@ -840,13 +848,17 @@ impl Store {
                 configured: self.keys.shards(),
             });
         }
-        for shard in self.keys.all_shards() {
+        for (shard, lane) in self
+            .keys
+            .all_shards()
+            .flat_map(|s| Lane::ALL.map(|l| (s, l)))
+        {
             let created: redis::RedisResult<()> = self
                 .db
                 .query(
                     redis::cmd("XGROUP")
                         .arg("CREATE")
-                        .arg(self.keys.steps(shard))
+                        .arg(self.keys.stream(shard, lane))
                         .arg(GROUP)
                         .arg("0")
                         .arg("MKSTREAM"),
@@ -1021,7 +1033,9 @@ impl Store {
         let at = fields.remove(&format!("j:{}:{}", ack.step, ack.seq));
         Ok(match (decode_run(fields)?, at) {
             (None, _) => JobCheck::RunGone,
-            (Some(snap), Some(entry)) if entry == ack.entry => JobCheck::Current(Box::new(snap)),
+            (Some(snap), Some(at)) if parse_job_ref(&at) == (ack.lane, ack.entry.as_str()) => {
+                JobCheck::Current(Box::new(snap))
+            }
             (Some(_), _) => JobCheck::Stale,
         })
     }
@@ -1130,6 +1144,7 @@ impl Store {
             )?;
             plan.ack = ack.map(|(a, _)| AckRef {
                 id: &a.entry,
+                new: a.lane == Lane::New,
                 step: a.step.as_str(),
                 seq: a.seq,
             });
@@ -1203,6 +1218,7 @@ impl Store {
             group: GROUP,
             ack: ack.map(|(a, _)| AckRef {
                 id: &a.entry,
+                new: a.lane == Lane::New,
                 step: a.step.as_str(),
                 seq: a.seq,
             }),
@@ -1258,6 +1274,12 @@ impl Store {
             run: run.to_string(),
             company: ctx.company.to_string(),
             group: GROUP,
+            // A run that has not started a step yet queues its first jobs behind no one's
+            // continuation: workers read the new-runs stream after the other (see `queue`).
+            new: matches!(
+                before.status,
+                RunStatus::Created | RunStatus::Scheduled { .. }
+            ),
             ..CommitPlan::default()
         };
         let mut event_json = serde_json::to_value(event).map_err(corrupt)?;

@@ -259,12 +259,13 @@ async fn diagnose(store: &Store, runs: &[RunId]) -> store::Result<HashMap<RunId,
             Want::Field(step, seq) => {
                 let id: Option<String> = redis::from_redis_value_ref(answer).ok().flatten();
                 match id {
-                    Some(id) => {
+                    Some(at) => {
+                        let (lane, id) = crate::keys::parse_job_ref(&at);
                         entries
                             .cmd("XRANGE")
-                            .arg(keys.steps(keys.shard_of(run)))
-                            .arg(&id)
-                            .arg(&id);
+                            .arg(keys.stream(keys.shard_of(run), lane))
+                            .arg(id)
+                            .arg(id);
                         named.push((i, step, seq));
                     }
                     None => repairs[i].push(requeue(step, seq)),

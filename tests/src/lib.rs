@@ -302,11 +302,13 @@ impl Env {
         Ok(self.store.db().query(redis::cmd("XLEN").arg(key)).await?)
     }
 
-    /// How many entries the steps stream of `run`'s shard holds (jobs not yet acknowledged or
-    /// revoked).
+    /// How many entries the step streams of `run`'s shard hold, both lanes (jobs not yet
+    /// acknowledged or revoked).
     pub async fn steps_len(&self, run: RunId) -> Result<u64> {
         let keys = self.store.keys();
-        self.stream_len(&keys.steps(keys.shard_of(run))).await
+        let shard = keys.shard_of(run);
+        Ok(self.stream_len(&keys.steps(shard)).await?
+            + self.stream_len(&keys.new_steps(shard)).await?)
     }
 
     /// The ledger's lists: executions, applications, undos; and its state size.

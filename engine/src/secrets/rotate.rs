@@ -279,9 +279,11 @@ pub async fn census(store: &Store) -> Result<Census, Error> {
         }
     }
     for shard in keys.all_shards() {
-        for entry in entries(store, &keys.steps(shard)).await? {
-            let text: String = fields_of(&entry).into_iter().map(|(_, v)| v).collect();
-            count_into(&mut census, &text, |c| c.queued_jobs += 1);
+        for lane in crate::keys::Lane::ALL {
+            for entry in entries(store, &keys.stream(shard, lane)).await? {
+                let text: String = fields_of(&entry).into_iter().map(|(_, v)| v).collect();
+                count_into(&mut census, &text, |c| c.queued_jobs += 1);
+            }
         }
         for entry in entries(store, &keys.dead(shard)).await? {
             let text: String = fields_of(&entry).into_iter().map(|(_, v)| v).collect();

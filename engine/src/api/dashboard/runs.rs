@@ -432,9 +432,10 @@ fn why_waiting(
         StepState::Queued { job, at } => {
             let _ = write!(
                 h,
-                "attempt {} is in the step queue <code>{}</code> since {}; a worker takes it next",
+                "attempt {} is in the step queue <code>{}</code> (a run's first steps: <code>{}</code>) since {}; a worker takes it next",
                 job.attempt,
                 E(&store_keys.steps(store_keys.shard_of(view.summary.run))),
+                E(&store_keys.new_steps(store_keys.shard_of(view.summary.run))),
                 time(*at)
             );
         }
