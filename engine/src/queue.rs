@@ -562,6 +562,13 @@ async fn read_new(shared: Arc<Shared>, shards: Vec<u16>) {
     let mut fairness = Fairness::default();
     // Where the next read of some of the new-runs streams starts.
     let mut next_new = 0;
+    // The read-new-runs script, sent by hash (its text once, on NOSCRIPT).
+    let read_new_sha = Script::new(READ_NEW_RUNS).get_hash().to_owned();
+    // Set when a pass of non-blocking reads found nothing and the blocking read that followed
+    // brought fewer jobs than there were places: the streams are being drained as jobs come, so
+    // the next read blocks at once (it returns at once if anything is there) instead of asking
+    // every stream again first. A light load costs one read per job, not three.
+    let mut idle = false;
     // COUNT applies per stream, so a read can return more entries than there are free places
     // (at most one per shard too many). Those wait here, leased (the lease keeper renews them),
     // and go to the worker before anything new is read.
@@ -621,77 +628,95 @@ async fn read_new(shared: Arc<Shared>, shards: Vec<u16>) {
         }
         // Without blocking: the lane that goes first, then the other with the places left.
         let room = shared.permits.available_permits().clamp(1, max_batch);
-        let (order, first) = fairness.plan(room);
-        let mut batch = Vec::new();
-        let mut failed = None;
-        for (i, lane) in order.into_iter().enumerate() {
-            let places = if i == 0 {
-                first
-            } else {
-                shared.permits.available_permits().min(max_batch)
-            };
-            if places == 0 {
-                break;
-            }
-            let cmd = match lane {
-                // Rounded up: rounded down, a read over several streams could leave places to
-                // new runs while continuations wait (10 places over 8 shards: 8 at most). Those
-                // read beyond the places wait in the backlog, which is where they belong.
-                Lane::Continuing => read_cmd(
-                    &continuing,
-                    places.div_ceil(usize::from(keys.shards())),
-                    None,
-                ),
-                // Never more new runs than places: each one taken beyond them would wait in the
-                // backlog ahead of the continuations that come meanwhile (and a burst would be
-                // worked breadth-first again). Over several streams, a script reads them in
-                // turn, starting one shard further each time.
-                Lane::New if new_runs.len() > 1 => {
-                    let mut cmd = redis::cmd("EVAL");
-                    cmd.arg(READ_NEW_RUNS).arg(new_runs.len());
-                    for k in 0..new_runs.len() {
-                        cmd.arg(&new_runs[(next_new + k) % new_runs.len()]);
-                    }
-                    next_new = (next_new + 1) % new_runs.len();
-                    cmd.arg(GROUP).arg(&shared.config.consumer).arg(places);
-                    cmd
-                }
-                Lane::New => read_cmd(&new_runs, count(places), None),
-            };
-            match conn
-                .query::<Option<redis::streams::StreamReadReply>>(&cmd)
-                .await
-            {
-                Ok(reply) => {
-                    let entries: Vec<_> = reply
-                        .map(|r| entries_of(&shared, r).collect())
-                        .unwrap_or_default();
-                    fairness.took(lane, entries.len());
-                    take(&shared, entries, &mut batch, &mut backlog);
-                }
-                Err(e) => {
-                    failed = Some(e);
+        if idle {
+            idle = false;
+        } else {
+            let (order, first) = fairness.plan(room);
+            let mut batch = Vec::new();
+            let mut failed = None;
+            for (i, lane) in order.into_iter().enumerate() {
+                let places = if i == 0 {
+                    first
+                } else {
+                    shared.permits.available_permits().min(max_batch)
+                };
+                if places == 0 {
                     break;
                 }
+                let cmd = match lane {
+                    // Rounded up: rounded down, a read over several streams could leave places to
+                    // new runs while continuations wait (10 places over 8 shards: 8 at most). Those
+                    // read beyond the places wait in the backlog, which is where they belong.
+                    Lane::Continuing => read_cmd(
+                        &continuing,
+                        places.div_ceil(usize::from(keys.shards())),
+                        None,
+                    ),
+                    // Never more new runs than places: each one taken beyond them would wait in the
+                    // backlog ahead of the continuations that come meanwhile (and a burst would be
+                    // worked breadth-first again). Over several streams, a script reads them in
+                    // turn, starting one shard further each time.
+                    Lane::New if new_runs.len() > 1 => {
+                        let mut cmd = redis::cmd("EVALSHA");
+                        cmd.arg(&read_new_sha).arg(new_runs.len());
+                        for k in 0..new_runs.len() {
+                            cmd.arg(&new_runs[(next_new + k) % new_runs.len()]);
+                        }
+                        next_new = (next_new + 1) % new_runs.len();
+                        cmd.arg(GROUP).arg(&shared.config.consumer).arg(places);
+                        cmd
+                    }
+                    Lane::New => read_cmd(&new_runs, count(places), None),
+                };
+                let mut answer = conn
+                    .query::<Option<redis::streams::StreamReadReply>>(&cmd)
+                    .await;
+                if matches!(&answer, Err(e) if e.code() == Some("NOSCRIPT")) {
+                    // Redis restarted or flushed its scripts: load it, and read again.
+                    match conn
+                        .query::<String>(redis::cmd("SCRIPT").arg("LOAD").arg(READ_NEW_RUNS))
+                        .await
+                    {
+                        Ok(_) => {
+                            answer = conn
+                                .query::<Option<redis::streams::StreamReadReply>>(&cmd)
+                                .await;
+                        }
+                        Err(e) => answer = Err(e),
+                    }
+                }
+                match answer {
+                    Ok(reply) => {
+                        let entries: Vec<_> = reply
+                            .map(|r| entries_of(&shared, r).collect())
+                            .unwrap_or_default();
+                        fairness.took(lane, entries.len());
+                        take(&shared, entries, &mut batch, &mut backlog);
+                    }
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
             }
-        }
-        let got = !batch.is_empty() || !backlog.is_empty();
-        send_batch(&shared, batch).await;
-        if let Some(e) = failed {
-            // The connection may be a new one now.
-            blocked = None;
-            wait = backoff(wait);
-            warn!(error = %e, retry_in = ?wait, "step queue: read failed");
-            regroup(&shared, &e).await;
-            if pause(&mut stop, wait).await {
-                hold_back(&shared, backlog);
-                return;
+            let got = !batch.is_empty() || !backlog.is_empty();
+            send_batch(&shared, batch).await;
+            if let Some(e) = failed {
+                // The connection may be a new one now.
+                blocked = None;
+                wait = backoff(wait);
+                warn!(error = %e, retry_in = ?wait, "step queue: read failed");
+                regroup(&shared, &e).await;
+                if pause(&mut stop, wait).await {
+                    hold_back(&shared, backlog);
+                    return;
+                }
+                continue;
             }
-            continue;
-        }
-        wait = Duration::ZERO;
-        if got {
-            continue;
+            wait = Duration::ZERO;
+            if got {
+                continue;
+            }
         }
         // Both lanes are empty: block on both.
         let room = shared.permits.available_permits().clamp(1, max_batch);
@@ -732,6 +757,7 @@ async fn read_new(shared: Arc<Shared>, shards: Vec<u16>) {
         };
         let Some(reply) = reply else { continue };
         let entries: Vec<_> = entries_of(&shared, reply).collect();
+        idle = entries.len() < room;
         for lane in Lane::ALL {
             fairness.took(
                 lane,
