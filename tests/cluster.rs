@@ -12,7 +12,7 @@ use serde_json::json;
 use steward_core::Plan;
 use steward_engine::db::Node;
 use steward_engine::keys::GROUP;
-use steward_schemas::{Event, RunId, RunStatus, StepState};
+use steward_schemas::{RunId, RunStatus, StepState};
 use steward_tests::{Env, Proc, WorkerOpts, plan, wait_for};
 use steward_workers::conn::slot_of;
 
@@ -365,17 +365,7 @@ async fn runs_with_a_gate_and_timers_complete_through_steward_processes_on_a_clu
     assert_eq!(open, 24, "{page}");
 
     for run in &runs {
-        env.apply_ok(
-            *run,
-            &Event::ApprovalDecided {
-                step: "approval".parse()?,
-                by: "alice@msp.example".to_owned(),
-                approve: true,
-                comment: None,
-                via: "api".to_owned(),
-            },
-        )
-        .await?;
+        env.approve(*run, "approval", "alice@msp.example").await?;
     }
     let ended = wait_all(&env, &runs, &procs).await?;
     assert!(

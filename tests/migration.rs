@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use steward_engine::embedded::Persistence;
-use steward_schemas::{Event, RunId, RunStatus};
+use steward_schemas::{RunId, RunStatus};
 use steward_tests::{Env, WorkerOpts, plan};
 
 const T: Duration = Duration::from_secs(20);
@@ -363,32 +363,17 @@ async fn replay(fixture: &Fixture) -> Result<()> {
         })
         .await?;
     for who in ["parked1", "parked2"] {
-        env.apply_ok(
+        env.approve(
             run(&format!("gate:{who}"))?,
-            &Event::ApprovalDecided {
-                step: "approval".parse()?,
-                by: "alice@msp.example".to_owned(),
-                approve: true,
-                comment: None,
-                via: "api".to_owned(),
-            },
+            "approval",
+            "alice@msp.example",
         )
         .await?;
     }
     for what in ["queued", "scheduled"] {
         let id = run(what)?;
         gate_open(&env, id).await?;
-        env.apply_ok(
-            id,
-            &Event::ApprovalDecided {
-                step: "approval".parse()?,
-                by: "bob@msp.example".to_owned(),
-                approve: true,
-                comment: None,
-                via: "api".to_owned(),
-            },
-        )
-        .await?;
+        env.approve(id, "approval", "bob@msp.example").await?;
     }
     for (what, id) in &fixture.runs {
         let id: RunId = id.parse()?;

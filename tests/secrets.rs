@@ -783,17 +783,7 @@ async fn rotation_reseals_every_stored_secret_under_the_new_key_while_workers_ru
     );
 
     // The parked run goes on: its step after the gate gets the secret, sealed under t2 now.
-    env.apply_ok(
-        parked,
-        &steward_schemas::Event::ApprovalDecided {
-            step: "approval".parse()?,
-            by: "alice@msp.example".to_owned(),
-            approve: true,
-            comment: None,
-            via: "api".to_owned(),
-        },
-    )
-    .await?;
+    env.approve(parked, "approval", "alice@msp.example").await?;
     env.wait_end(parked, T).await?;
     assert!(worker.0.try_wait()?.is_none(), "the worker ran throughout");
 

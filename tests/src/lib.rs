@@ -287,6 +287,22 @@ impl Env {
         .await
     }
 
+    /// Approves `run`'s gate `step` as `by` (through the API's event), and fails unless it was
+    /// applied.
+    pub async fn approve(&self, run: RunId, step: &str, by: &str) -> Result<RunState> {
+        self.apply_ok(
+            run,
+            &Event::ApprovalDecided {
+                step: step.parse()?,
+                by: by.to_owned(),
+                approve: true,
+                comment: None,
+                via: "api".to_owned(),
+            },
+        )
+        .await
+    }
+
     /// Applies a technician's `event` to `run` and fails, naming the outcome, unless it was
     /// applied; returns the run's new state.
     pub async fn apply_ok(&self, run: RunId, event: &Event) -> Result<RunState> {
