@@ -590,6 +590,70 @@ fn northwind_with_a_tenant() -> Result<tempfile::NamedTempFile> {
     Ok(f)
 }
 
+/// The sandbox's built-in world with fabrikam as a `hybrid_no_sync` company really is: AD and a
+/// tenant with nothing synchronising them. The built-in fabrikam has Entra Connect, whose
+/// half-hourly scheduled cycle exports every AD user and soft-matches a cloud user of the same
+/// UPN, so a user made in both directories became synced (and cloud changes to it refused) as
+/// soon as the sandbox's clock passed a cycle. Here there is no Entra Connect; the staff are
+/// in AD (not exported) and have cloud accounts of their own, licensed in the tenant.
+fn fabrikam_without_entra_connect() -> Result<tempfile::NamedTempFile> {
+    let msp = include_str!("../sandbox/fixtures/msp.yaml");
+    let (before, rest) = msp
+        .split_once("  - id: fabrikam\n")
+        .context("msp.yaml changed: fabrikam")?;
+    let (fabrikam, after) = rest
+        .split_once("\n  - id: northwind\n")
+        .context("msp.yaml changed: the company after fabrikam")?;
+    // Each edit, and how often it applies.
+    let edits: [(&str, &str, usize); 4] = [
+        (
+            "    entra_connect:\n      server: AADC01\n      sync_duration_seconds: 120\n      interval_minutes: 30\n",
+            "",
+            1,
+        ),
+        // Bob and Chris: in AD, not exported, their licences on their cloud accounts.
+        (
+            "          licenses: [SPB]\n          usage_location: US\n",
+            "          usage_location: US\n          synced: false\n",
+            2,
+        ),
+        (
+            "          members: [bsmith, ckim]\n",
+            "          members: [bsmith, ckim]\n          synced: false\n",
+            1,
+        ),
+        (
+            "          members: [bsmith]\n",
+            "          members: [bsmith]\n          synced: false\n",
+            1,
+        ),
+    ];
+    let mut text = fabrikam.to_owned();
+    for (from, to, times) in edits {
+        anyhow::ensure!(
+            text.matches(from).count() == times,
+            "msp.yaml changed: fabrikam has {from:?} other than {times} times"
+        );
+        text = text.replace(from, to);
+    }
+    let users = "          roles: [Global Administrator]\n";
+    anyhow::ensure!(
+        text.matches(users).count() == 1,
+        "msp.yaml changed: fabrikam's admin"
+    );
+    text = text.replace(
+        users,
+        &format!(
+            "{users}        - upn: bob.smith@fabrikam.com\n          display_name: Bob Smith\n          given_name: Bob\n          surname: Smith\n          usage_location: US\n          licenses: [SPB]\n        - upn: chris.kim@fabrikam.com\n          display_name: Chris Kim\n          given_name: Chris\n          surname: Kim\n          usage_location: US\n          licenses: [SPB]\n          manager: bob.smith@fabrikam.com\n"
+        ),
+    );
+    anyhow::ensure!(!text.contains("entra_connect"), "fabrikam still syncs");
+    let text = format!("{before}  - id: fabrikam\n{text}\n  - id: northwind\n{after}");
+    let mut f = tempfile::Builder::new().suffix(".yaml").tempfile()?;
+    std::io::Write::write_all(&mut f, text.as_bytes())?;
+    Ok(f)
+}
+
 /// Where a combination is tried: the sandbox world, its tenant and domain, someone there to
 /// give the leaver's mailbox to, a group the starter joins, and the licence.
 struct Case {
@@ -685,6 +749,8 @@ async fn combo_world(idp: IdentityProvider, mbx: MailboxProvider, c: &Case) -> R
     let companies = vec![world_company(c.world, settings)];
     let fixture = if nw {
         Some(northwind_with_a_tenant()?)
+    } else if idp == IdentityProvider::HybridNoSync {
+        Some(fabrikam_without_entra_connect()?)
     } else {
         None
     };
@@ -875,6 +941,24 @@ async fn lifecycle(idp: IdentityProvider, mbx: MailboxProvider) -> Result<()> {
                 .is_some_and(|m| m.contains(&ad["object_guid"])),
             "{group}"
         );
+    }
+    // Ann leaves some time after she started: an hour and a half passes, in ten-minute steps
+    // (each settles what became due), long enough for whatever runs on a schedule, such as
+    // Entra Connect's half-hourly sync cycle where the company has one, to have run.
+    for _ in 0..9 {
+        w.admin("POST", "/clock/advance", Some(json!({"seconds": 600})))
+            .await?;
+    }
+    if idp == IdentityProvider::HybridNoSync {
+        // Nothing synchronises the company's AD: Ann's cloud account is still her own.
+        let snap = w.admin("GET", &format!("/world/{world}"), None).await?;
+        let u = snap["tenant"]["users"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|u| u.to_string().contains(&upn))
+            .context("Ann is in Entra ID")?;
+        assert!(u["on_prem"].is_null(), "Ann became synced: {u}");
     }
     // An on-prem mailbox with a phone on it, for the mobile-device item.
     if mbx == MailboxProvider::ExchangeServer {
