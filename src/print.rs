@@ -218,6 +218,15 @@ pub(crate) fn bench(r: &BenchReport) {
         "  redis bytes / step   {:>10.0} in  {:>6.0} out  (every client)",
         r.redis_bytes_in_per_step, r.redis_bytes_out_per_step
     );
+    println!(
+        "  redis socket I/O     {:>10.2} reads {:>6.2} writes / step  (every client)",
+        r.redis_reads_per_step, r.redis_writes_per_step
+    );
+    if let Some(us) = r.process_cpu_us_per_step {
+        println!(
+            "  steward CPU / step   {us:>10.1} µs  (this process: worker and client, user + system)"
+        );
+    }
     if !r.redis_command_costs.is_empty() {
         println!("  redis time by command (INFO commandstats; a script's includes its calls):");
         for c in r.redis_command_costs.iter().take(12) {

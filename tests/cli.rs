@@ -1372,6 +1372,15 @@ async fn bench_open_loop_reports_percentiles_and_redis_cost() -> Result<()> {
         f("redis_bytes_in_per_step") > 0.0 && f("redis_bytes_out_per_step") > 0.0,
         "{t}"
     );
+    // Redis read and wrote sockets for the steps; the process's own CPU time is reported.
+    assert!(
+        f("redis_reads_per_step") > 0.0 && f("redis_writes_per_step") > 0.0,
+        "{t}"
+    );
+    // (Counted in ticks of 10 ms, so a short run may count none: present, not negative.)
+    if cfg!(target_os = "linux") {
+        assert!(f("process_cpu_us_per_step") >= 0.0, "{t}");
+    }
     // The arrivals were spread over the second, not sent at once.
     assert!(f("elapsed_s") >= 0.9, "{t}");
 

@@ -39,10 +39,13 @@ rows = [("workflows/s", "workflows_per_s", "{:,.0f}"), ("p50 ms", "p50_ms", "{:.
         ("Redis CPU µs/step", "redis_cpu_us_per_step", "{:.1f}"),
         ("Redis bytes in/step", "redis_bytes_in_per_step", "{:.0f}"),
         ("Redis bytes out/step", "redis_bytes_out_per_step", "{:.0f}"),
-        ("Redis commands/step", "redis_commands_per_step", "{:.1f}")]
+        ("Redis commands/step", "redis_commands_per_step", "{:.1f}"),
+        ("Redis socket reads/step", "redis_reads_per_step", "{:.2f}"),
+        ("Redis socket writes/step", "redis_writes_per_step", "{:.2f}"),
+        ("client CPU µs/step", "process_cpu_us_per_step", "{:.1f}")]
 print(f"{s['workflows']} workflows × {s['steps']} steps, {s['mode']}")
-print(f"{'':22} {'steward':>12} {b['peer']:>22}")
+print(f"{'':24} {'steward':>12} {b['peer']:>22}")
 for label, key, fmt in rows:
-    print(f"{label:22} {fmt.format(s.get(key, 0)):>12} {fmt.format(b.get(key, 0)):>22}")
+    print(f"{label:24} {fmt.format(s.get(key) or 0):>12} {fmt.format(b.get(key) or 0):>22}")
 print(f"steward / bullmq workflows/s: {s['workflows_per_s'] / b['workflows_per_s']:.2f}×")
 PY

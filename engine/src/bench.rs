@@ -71,6 +71,15 @@ pub struct BenchReport {
     pub redis_bytes_in_per_step: f64,
     /// Bytes Redis sent per step, to every client (`INFO stats` total_net_output_bytes).
     pub redis_bytes_out_per_step: f64,
+    /// Socket reads Redis made per step, from every client (`INFO stats`
+    /// total_reads_processed): how many separate arrivals of commands it woke up for. Each costs
+    /// a system call and an event-loop turn whether it carries one command or fifty.
+    pub redis_reads_per_step: f64,
+    /// Socket writes Redis made per step (`INFO stats` total_writes_processed).
+    pub redis_writes_per_step: f64,
+    /// CPU time this process (the worker and the client that creates and waits for the runs,
+    /// together) spent per step, user + system, µs; `None` where `/proc/self/stat` is not there.
+    pub process_cpu_us_per_step: Option<f64>,
     /// Redis's own accounting per command while measuring (`INFO commandstats`), costliest
     /// first: a script's time includes the commands it called, which are also listed.
     pub redis_command_costs: Vec<CommandCost>,
@@ -165,6 +174,7 @@ pub async fn run(store: Store, worker_db: Db, config: BenchConfig) -> Result<Ben
         .await?;
 
     let redis_before = RedisCounters::read(&store).await?;
+    let process_cpu_before = process_cpu_s();
     let worker_rt_before = worker_db.round_trips();
     let client_rt_before = store.db().round_trips();
     let started = Instant::now();
@@ -202,6 +212,7 @@ pub async fn run(store: Store, worker_db: Db, config: BenchConfig) -> Result<Ben
     let worker_rt = worker_db.round_trips() - worker_rt_before;
     let client_rt = store.db().round_trips() - client_rt_before;
     let redis = RedisCounters::read(&store).await?.since(&redis_before);
+    let process_cpu = process_cpu_s().zip(process_cpu_before).map(|(a, b)| a - b);
     let _ = stop_tx.send(());
     let _ = worker.await;
 
@@ -265,6 +276,9 @@ pub async fn run(store: Store, worker_db: Db, config: BenchConfig) -> Result<Ben
         redis_cpu_us_per_step: redis.cpu_s * 1e6 / total_steps,
         redis_bytes_in_per_step: redis.bytes_in as f64 / total_steps,
         redis_bytes_out_per_step: redis.bytes_out as f64 / total_steps,
+        redis_reads_per_step: redis.reads as f64 / total_steps,
+        redis_writes_per_step: redis.writes as f64 / total_steps,
+        process_cpu_us_per_step: process_cpu.map(|s| s * 1e6 / total_steps),
         redis_command_costs: redis.costs(total_steps),
         target_rate: config.rate,
         workflows: runs.len(),
@@ -318,6 +332,18 @@ async fn open_loop(
     Ok(created.into_iter().collect::<store::Result<_>>()?)
 }
 
+/// This process's CPU time so far, user + system, in seconds (Linux: `/proc/self/stat`, in the
+/// kernel's clock ticks of 1/100 s).
+fn process_cpu_s() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // After the command name (in parentheses, which may hold spaces) come the fields from the
+    // third on: utime and stime are the 14th and 15th.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let utime: f64 = fields.next()?.parse().ok()?;
+    let stime: f64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
 /// Redis's own counters: commands, CPU and network bytes, from `INFO`.
 #[derive(Debug, Clone, Default)]
 struct RedisCounters {
@@ -325,6 +351,8 @@ struct RedisCounters {
     cpu_s: f64,
     bytes_in: u64,
     bytes_out: u64,
+    reads: u64,
+    writes: u64,
     /// Per command: (calls, µs).
     per_command: std::collections::BTreeMap<String, (u64, u64)>,
 }
@@ -344,6 +372,8 @@ impl RedisCounters {
             total.cpu_s += one.cpu_s;
             total.bytes_in += one.bytes_in;
             total.bytes_out += one.bytes_out;
+            total.reads += one.reads;
+            total.writes += one.writes;
             for (name, (calls, us)) in one.per_command {
                 let e = total.per_command.entry(name).or_default();
                 e.0 += calls;
@@ -365,6 +395,8 @@ impl RedisCounters {
             cpu_s: field("used_cpu_user") + field("used_cpu_sys"),
             bytes_in: field("total_net_input_bytes") as u64,
             bytes_out: field("total_net_output_bytes") as u64,
+            reads: field("total_reads_processed") as u64,
+            writes: field("total_writes_processed") as u64,
             per_command: commandstats
                 .lines()
                 .filter_map(|l| {
@@ -391,6 +423,8 @@ impl RedisCounters {
             cpu_s: (self.cpu_s - before.cpu_s).max(0.0),
             bytes_in: self.bytes_in.saturating_sub(before.bytes_in),
             bytes_out: self.bytes_out.saturating_sub(before.bytes_out),
+            reads: self.reads.saturating_sub(before.reads),
+            writes: self.writes.saturating_sub(before.writes),
             per_command: self
                 .per_command
                 .iter()

@@ -31,6 +31,8 @@ async function info(conn) {
     bytesIn: f('total_net_input_bytes'),
     bytesOut: f('total_net_output_bytes'),
     commands: f('total_commands_processed'),
+    reads: f('total_reads_processed'),
+    writes: f('total_writes_processed'),
   };
 }
 
@@ -70,6 +72,7 @@ async function main() {
   await Promise.all(Array.from({ length: Math.min(50, a.workflows) }, () => start(performance.now())));
 
   const before = await info(admin);
+  const cpuBefore = process.cpuUsage();
   const t0 = performance.now();
   let latencies = [];
   let mode;
@@ -95,6 +98,7 @@ async function main() {
   }
   const elapsed = (performance.now() - t0) / 1000;
   const after = await info(admin);
+  const cpuAfter = process.cpuUsage();
   const n = latencies.length;
   const steps = n * a.steps;
   latencies.sort((x, y) => x - y);
@@ -115,6 +119,9 @@ async function main() {
     redis_bytes_in_per_step: (after.bytesIn - before.bytesIn) / steps,
     redis_bytes_out_per_step: (after.bytesOut - before.bytesOut) / steps,
     redis_commands_per_step: (after.commands - before.commands) / steps,
+    redis_reads_per_step: (after.reads - before.reads) / steps,
+    redis_writes_per_step: (after.writes - before.writes) / steps,
+    process_cpu_us_per_step: (cpuAfter.user + cpuAfter.system - cpuBefore.user - cpuBefore.system) / steps,
     elapsed_s: elapsed,
   };
   console.log(JSON.stringify(out));
