@@ -634,6 +634,47 @@ async fn a_stopping_worker_hands_back_the_jobs_it_never_started() -> Result<()> 
 }
 
 /// Script calls Redis has run (`INFO commandstats`).
+/// A run that stops queueing work (ended here; parked at a gate or on a timer likewise) keeps its
+/// history log at its exact size: APPEND leaves a string up to as much again spare, which a run
+/// kept for its retention period would carry all that time.
+#[tokio::test]
+async fn an_idle_runs_history_log_carries_no_spare_room() -> Result<()> {
+    let env = Env::start(Persistence::None).await?;
+    let steps: String = (0..6)
+        .map(|i| {
+            format!(
+                "  - {{id: s{i}, op: noop{}}}\n",
+                if i > 0 {
+                    format!(", needs: [s{}]", i - 1)
+                } else {
+                    String::new()
+                }
+            )
+        })
+        .collect();
+    let plan = plan(&format!("name: log_size\nsteps:\n{steps}"));
+    let worker = env.worker(WorkerOpts::default()).await?;
+    let run = env.start_run(&plan, json!({})).await?;
+    let status = env.wait_end(run, T).await?;
+    assert!(matches!(status, RunStatus::Completed { .. }), "{status:?}");
+    worker.stop().await;
+    let key = env.store.keys().log(run);
+    let len: u64 = env.store.db().query(redis::cmd("STRLEN").arg(&key)).await?;
+    let usage: u64 = env
+        .store
+        .db()
+        .query(redis::cmd("MEMORY").arg("USAGE").arg(&key))
+        .await?;
+    // Eight entries of a few hundred bytes each; the key, its object and its dictionary entry
+    // take about 120 bytes, and the allocator rounds up to a size class (at most a quarter).
+    assert!(len > 1000, "the log holds the run's history: {len} bytes");
+    assert!(
+        usage <= len + len / 4 + 160,
+        "the log takes {usage} bytes of memory for {len} bytes of history"
+    );
+    Ok(())
+}
+
 async fn script_calls(env: &Env) -> Result<u64> {
     let info: String = env
         .store

@@ -124,6 +124,13 @@ local function commit(KEYS, ARGV)
   for _, a in ipairs(plan.hist or {}) do
     redis.call('APPEND', KEYS[2], ARGV[a])
   end
+  -- A transition that queues nothing leaves the run waiting (at a gate, on a timer, for a
+  -- parallel branch) or ended, and its log may then stay for days: APPEND grows a string by as
+  -- much again as it needs, so it is rewritten at its exact size (a SET's value is allocated to
+  -- fit), halving the memory of a parked run's history.
+  if plan.hist and #(plan.jobs or {}) == 0 then
+    redis.call('SET', KEYS[2], redis.call('GET', KEYS[2]), 'KEEPTTL')
+  end
 
   for _, t in ipairs(plan.zadd or {}) do
     redis.call('ZADD', KEYS[4], t[1], run .. '|' .. t[2])
@@ -184,14 +191,24 @@ end
 if ARGV[1] ~= 'batch' then
   return commit(KEYS, ARGV)
 end
+
+-- The n values of t from i on, as a new table (unpack copies in C; a run's creation can carry
+-- more values than one unpack may).
+local function slice(t, i, n)
+  if n <= 1000 then
+    return {unpack(t, i, i + n - 1)}
+  end
+  local out = {}
+  for j = 1, n do out[j] = t[i + j - 1] end
+  return out
+end
+
 local replies = {}
 local k, a = 1, 2
 while a <= #ARGV do
   local nk, na = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
   a = a + 2
-  local keys, args = {}, {}
-  for i = 1, nk do keys[i] = KEYS[k + i - 1] end
-  for i = 1, na do args[i] = ARGV[a + i - 1] end
+  local keys, args = slice(KEYS, k, nk), slice(ARGV, a, na)
   k, a = k + nk, a + na
   local ok, reply = pcall(commit, keys, args)
   if ok then
