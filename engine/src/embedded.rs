@@ -115,9 +115,11 @@ impl RedisServer {
             .arg("no")
             .arg("--protected-mode")
             .arg("yes")
-            // Each run has its own small history stream; Redis preallocates up to this much for a
-            // stream's first node (4 KiB by default), which would dominate a parked run's memory.
+            // As deploy/redis.conf: small stream nodes (a format-1 run's own history stream),
+            // and run hashes kept compact while their parts are at most 1 KiB.
             .arg("--stream-node-max-bytes")
+            .arg("1024")
+            .arg("--hash-max-listpack-value")
             .arg("1024");
         match self.persistence {
             Persistence::None => {
