@@ -271,7 +271,7 @@ impl Companies {
     }
 
     /// The key of a company.
-    fn key(&self, id: &CompanyId) -> String {
+    pub(crate) fn key(&self, id: &CompanyId) -> String {
         format!("{}:{{co}}:company:{id}", self.ns)
     }
 
@@ -794,7 +794,7 @@ pub async fn ensure(companies: &Companies, company: Company) -> Result<()> {
     }
 }
 
-fn parse(json: &str) -> Result<CompanyRecord> {
+pub(crate) fn parse(json: &str) -> Result<CompanyRecord> {
     serde_json::from_str(json).map_err(|e| Error::Corrupt(e.to_string()))
 }
 

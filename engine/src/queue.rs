@@ -27,7 +27,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use apalis_core::backend::finalize::Ephemeral;
 use apalis_core::backend::{Backend, BackendConfig};
@@ -44,7 +44,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::companies::{Companies, CompanyRecord};
 use crate::keys::{GROUP, Lane};
-use crate::store::{Ack, Store};
+use crate::store::{self, Ack, JobCheck, Store};
 
 /// Reads at most so many first jobs of new runs over several streams (see `read_new`).
 const READ_NEW_RUNS: &str = include_str!("../lua/read_new_runs.lua");
@@ -108,10 +108,22 @@ pub struct Delivery {
     /// step may run): `Some(None)` if it no longer exists, `None` if it was not fetched.
     pub company: Option<Option<Arc<CompanyRecord>>>,
     company_id: Option<CompanyId>,
+    /// Whether the job is still current, as its run said when the batch was read (in the same
+    /// round trip as the companies), and when: see [`Delivery::take_check`].
+    checked: Option<(Instant, JobCheck)>,
     lease: Lease,
 }
 
 impl Delivery {
+    /// What the run said of this job when the batch was read, if that is at most `fresh` ago
+    /// (the worker asks again otherwise, so the check stays one made right before the op runs).
+    pub fn take_check(&mut self, fresh: Duration) -> Option<JobCheck> {
+        match self.checked.take() {
+            Some((at, check)) if at.elapsed() <= fresh => Some(check),
+            _ => None,
+        }
+    }
+
     /// The acknowledgement the outcome's transition carries.
     pub fn ack(&self) -> Ack {
         Ack {
@@ -902,6 +914,7 @@ fn prepare(
         deliveries,
         company: None,
         company_id: field("c").and_then(|c| c.parse().ok()),
+        checked: None,
         lease: Lease {
             inflight: shared.inflight.clone(),
             unstarted: shared.unstarted.clone(),
@@ -912,8 +925,10 @@ fn prepare(
     })
 }
 
-/// Fetches the batch's companies (one round trip, after the jobs were read, so a policy changed
-/// before a job was dispatched is seen) and hands the jobs to the worker.
+/// Fetches the batch's companies and runs in one round trip (after the jobs were read, so a
+/// policy changed before a job was dispatched is seen), checks each job against its run (see
+/// [`Store::check_job`]) and hands the jobs to the worker. What cannot be read here is read by
+/// the worker, one job at a time.
 async fn send_batch(shared: &Shared, mut batch: Vec<Delivery>) {
     if batch.is_empty() {
         return;
@@ -921,20 +936,50 @@ async fn send_batch(shared: &Shared, mut batch: Vec<Delivery>) {
     let mut ids: Vec<CompanyId> = batch.iter().filter_map(|d| d.company_id.clone()).collect();
     ids.sort();
     ids.dedup();
-    match shared.companies.get_many(&ids).await {
-        Ok(records) => {
-            let found: HashMap<CompanyId, Arc<CompanyRecord>> = ids
-                .into_iter()
-                .zip(records)
-                .filter_map(|(id, r)| r.map(|r| (id, Arc::new(r))))
-                .collect();
-            for d in &mut batch {
-                if let Some(id) = &d.company_id {
-                    d.company = Some(found.get(id).cloned());
+    let mut pipe = redis::pipe();
+    if !ids.is_empty() {
+        let keys: Vec<String> = ids.iter().map(|id| shared.companies.key(id)).collect();
+        pipe.cmd("MGET").arg(keys);
+    }
+    for d in &batch {
+        pipe.cmd("HGETALL").arg(shared.store.keys().run(d.run));
+    }
+    match shared.store.db().pipe::<Vec<Value>>(&pipe).await {
+        Ok(mut replies) if replies.len() == batch.len() + usize::from(!ids.is_empty()) => {
+            let runs = replies.split_off(usize::from(!ids.is_empty()));
+            if let Some(companies) = replies.pop() {
+                let records: Vec<Option<String>> =
+                    redis::from_redis_value(companies).unwrap_or_default();
+                // Absent: `Some(None)`. Unparseable: not set, for the worker to read and report.
+                let found: HashMap<&CompanyId, Option<Arc<CompanyRecord>>> = ids
+                    .iter()
+                    .zip(records)
+                    .filter_map(|(id, json)| match json {
+                        None => Some((id, None)),
+                        Some(json) => parse_company(&json).map(|r| (id, Some(r))),
+                    })
+                    .collect();
+                for d in &mut batch {
+                    if let Some(record) = d.company_id.as_ref().and_then(|id| found.get(id)) {
+                        d.company = Some(record.clone());
+                    }
                 }
             }
+            let now = Instant::now();
+            for (d, fields) in batch.iter_mut().zip(runs) {
+                // A run that does not parse is left to the worker's own read, which says so.
+                d.checked = redis::from_redis_value::<HashMap<String, String>>(fields)
+                    .ok()
+                    .and_then(|fields| store::job_check(fields, &d.ack()).ok())
+                    .map(|c| (now, c));
+            }
         }
-        Err(e) => warn!(error = %e, "step queue: cannot read companies; the worker will"),
+        Ok(_) => {
+            warn!("step queue: an unexpected reply to the batch's reads; the worker reads again")
+        }
+        Err(e) => {
+            warn!(error = %e, "step queue: cannot read the batch's companies and runs; the worker will")
+        }
     }
     for d in batch {
         if shared.tx.send(d).await.is_err() {
@@ -942,6 +987,11 @@ async fn send_batch(shared: &Shared, mut batch: Vec<Delivery>) {
             return;
         }
     }
+}
+
+/// A company's stored record; one that does not parse is left for the worker to read and report.
+fn parse_company(json: &str) -> Option<Arc<CompanyRecord>> {
+    crate::companies::parse(json).ok().map(Arc::new)
 }
 
 async fn reclaim(shared: Arc<Shared>) {

@@ -518,6 +518,20 @@ pub enum JobCheck {
     Stale,
 }
 
+/// What a run's stored fields (its hash, as `HGETALL` returns it) say of one of its jobs: see
+/// [`Store::check_job`]. The step queue asks with the batch it read, in the same round trip as
+/// the jobs' companies.
+pub fn job_check(mut fields: HashMap<String, String>, ack: &Ack) -> Result<JobCheck> {
+    let at = fields.remove(&format!("j:{}:{}", ack.step, ack.seq));
+    Ok(match (decode_run(fields)?, at) {
+        (None, _) => JobCheck::RunGone,
+        (Some(snap), Some(at)) if parse_job_ref(&at) == (ack.lane, ack.entry.as_str()) => {
+            JobCheck::Current(Box::new(snap))
+        }
+        (Some(_), _) => JobCheck::Stale,
+    })
+}
+
 #[derive(Serialize, Default)]
 struct CommitPlan<'a> {
     run: String,
@@ -1026,18 +1040,11 @@ impl Store {
     /// lost writes (or revoked since) is never run for a run that no longer exists or has moved
     /// on.
     pub async fn check_job(&self, run: RunId, ack: &Ack) -> Result<JobCheck> {
-        let mut fields: HashMap<String, String> = self
+        let fields: HashMap<String, String> = self
             .db
             .query(redis::cmd("HGETALL").arg(self.keys.run(run)))
             .await?;
-        let at = fields.remove(&format!("j:{}:{}", ack.step, ack.seq));
-        Ok(match (decode_run(fields)?, at) {
-            (None, _) => JobCheck::RunGone,
-            (Some(snap), Some(at)) if parse_job_ref(&at) == (ack.lane, ack.entry.as_str()) => {
-                JobCheck::Current(Box::new(snap))
-            }
-            (Some(_), _) => JobCheck::Stale,
-        })
+        job_check(fields, ack)
     }
 
     /// Acknowledges a job without changing its run (it was not run: see [`Store::check_job`]).
@@ -1403,6 +1410,10 @@ impl Store {
         }
         args.extend(strings);
         let keys: Vec<String> = keys.into_iter().chain(extra).collect();
+        // One lane per shard, on a single server too: one lane for all (measured) cut script
+        // calls from 0.35 to 0.08 per step but not Redis's CPU per step (the cost is in each
+        // commit's work, not the calls), and doubled a workflow's time under way, since every
+        // commit then waits for the one call in flight.
         let reply = self
             .batches
             .send(&self.db, &self.commit, self.keys.shard_of(run), keys, args)

@@ -21,6 +21,11 @@ use crate::companies::{Companies, CompanyRecord};
 use crate::queue::{Delivery, QueueConfig, StepQueue};
 use crate::store::{self, JobCheck, Outcome, RunSnapshot, Store};
 
+/// How old the step queue's check of a job may be when the job starts (it is read with the
+/// batch, and the job starts at once unless the worker is slow to take it): older, and the
+/// worker reads the run again.
+const FRESH_CHECK: Duration = Duration::from_millis(100);
+
 /// What every job of a worker process shares.
 #[derive(Debug)]
 pub struct Runtime {
@@ -93,7 +98,7 @@ impl Runtime {
             version,
             doc,
             legacy,
-        }) = self.still_current(&delivery).await
+        }) = self.still_current(&mut delivery).await
         else {
             return;
         };
@@ -220,9 +225,14 @@ impl Runtime {
     /// the job is the run's current attempt, and the run's definition can be read. A job that is
     /// not current is acknowledged and dropped; one whose definition is missing is left pending
     /// (it runs once the definition is back) and its op is not run.
-    async fn still_current(&self, delivery: &Delivery) -> Option<RunSnapshot> {
+    async fn still_current(&self, delivery: &mut Delivery) -> Option<RunSnapshot> {
         let ack = delivery.ack();
         let mut wait = Duration::from_millis(50);
+        // The step queue read the run with the batch, a moment ago: that check is used while it
+        // is this fresh, and made again otherwise.
+        if let Some(check) = delivery.take_check(FRESH_CHECK) {
+            return self.act_on_check(delivery, &ack, check).await;
+        }
         let check = loop {
             match self.store.check_job(delivery.run, &ack).await {
                 Ok(c) => break c,
@@ -238,6 +248,16 @@ impl Runtime {
                 }
             }
         };
+        self.act_on_check(delivery, &ack, check).await
+    }
+
+    /// Runs on a current job's check (its definition readable); drops a job that is not current.
+    async fn act_on_check(
+        &self,
+        delivery: &Delivery,
+        ack: &store::Ack,
+        check: JobCheck,
+    ) -> Option<RunSnapshot> {
         let (why, reason) = match check {
             JobCheck::Current(snap) => {
                 return self.definition_readable(&snap.doc).await.then_some(*snap);
@@ -252,7 +272,7 @@ impl Runtime {
             .metrics()
             .count("steward_jobs_dropped_total", &[("reason", reason)]);
         warn!("not running the job: {why}; acknowledging it without running the op");
-        if let Err(e) = self.store.drop_job(delivery.run, &ack).await {
+        if let Err(e) = self.store.drop_job(delivery.run, ack).await {
             warn!(error = %e, "cannot acknowledge the dropped job; it will be delivered again and dropped again");
         }
         None
