@@ -380,6 +380,38 @@ async fn a_revoked_or_reported_job_is_dropped_unrun() -> Result<()> {
 
 const BIN: &str = env!("CARGO_BIN_EXE_steward");
 
+/// The step queue checks a batch's jobs against their runs as it reads them; a job that starts
+/// later than that check may be trusted (20 ms) is checked again, so a run lost meanwhile (its
+/// definition still readable) does not run its op.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_started_after_its_batch_check_went_stale_is_checked_again() -> Result<()> {
+    let env = Env::start(Persistence::None).await?;
+    let plan = plan(LEDGER);
+    let (runtime, mut queue) = runtime(&env).await?;
+    let run = env.start_run(&plan, json!({"n": 1})).await?;
+    let held = receive(&mut queue, 1).await?.remove(0);
+    // The run is lost after the batch's check; its definition stays.
+    let gone: u64 = env
+        .store
+        .db()
+        .query(redis::cmd("DEL").arg(env.store.keys().run(run)))
+        .await?;
+    assert_eq!(gone, 1);
+    // The job starts later than the check may be trusted (the passing of time is what is tested).
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    runtime.execute(held).await;
+    assert!(
+        env.ledger().await?.executions.is_empty(),
+        "the op ran for a run that no longer exists"
+    );
+    assert_eq!(
+        run_count(&env.store).await?,
+        0,
+        "nothing was written back for the lost run"
+    );
+    Ok(())
+}
+
 fn worker_process(env: &Env, dir: &std::path::Path, name: &str, concurrency: &str) -> Result<Proc> {
     let mut args = env.cli_args();
     args.extend(["worker", "--concurrency", concurrency, "--claim-idle", "2s"].map(str::to_owned));

@@ -23,8 +23,10 @@ use crate::store::{self, JobCheck, Outcome, RunSnapshot, Store};
 
 /// How old the step queue's check of a job may be when the job starts (it is read with the
 /// batch, and the job starts at once unless the worker is slow to take it): older, and the
-/// worker reads the run again.
-const FRESH_CHECK: Duration = Duration::from_millis(100);
+/// worker reads the run again. Before, the check was one round trip (~0.1 ms) older than the op's
+/// start; this bounds the window in which Redis may lose the run unseen to 20 ms. (A Redis that
+/// loses a run loses the rollback records of its earlier steps too.)
+const FRESH_CHECK: Duration = Duration::from_millis(20);
 
 /// What every job of a worker process shares.
 #[derive(Debug)]
@@ -221,7 +223,8 @@ impl Runtime {
     }
 
     /// Whether the job is still worth running, asked right before its op runs (however long ago
-    /// it was received, and whether or not Redis restarted or lost writes since): its run exists,
+    /// it was received, and whether or not Redis restarted or lost writes since; the step queue's
+    /// check with the batch's read counts as asked if it is at most [`FRESH_CHECK`] old): its run exists,
     /// the job is the run's current attempt, and the run's definition can be read. A job that is
     /// not current is acknowledged and dropped; one whose definition is missing is left pending
     /// (it runs once the definition is back) and its op is not run.
