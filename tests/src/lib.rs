@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod cluster;
+pub mod procs;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
