@@ -1,6 +1,7 @@
 //! Real `steward` processes over a test's [`Env`] (the test passes the binary, its
 //! `CARGO_BIN_EXE_steward`): workers and schedulers, many runs started and waited on, the jobs a
-//! process holds and the ledger's count of changes.
+//! process holds and the ledger's count of changes; an API and a worker, ready; a whole
+//! installation with two companies and their technicians' tokens.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -11,9 +12,9 @@ use anyhow::{Context, Result};
 use serde_json::json;
 use steward_core::Plan;
 use steward_engine::keys::{GROUP, Lane};
-use steward_schemas::{RunId, RunStatus};
+use steward_schemas::{CompanyScope, Role, RunId, RunStatus};
 
-use crate::{Env, Ledger, Proc, wait_for};
+use crate::{Env, Ledger, Proc, only, wait_for};
 
 /// `steward worker` of `env` (64 steps at once, taking over jobs idle for `claim_idle`), logging
 /// to `dir/<name>.log`.
@@ -253,4 +254,163 @@ pub async fn assert_taken_over_once(
         }
     }
     Ok(())
+}
+
+/// A free port on 127.0.0.1 (free when asked: the server the test starts binds it a moment
+/// later).
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Waits until a GET of `url` succeeds (`what`: what answers then), for at most `timeout`.
+pub async fn wait_answers(what: &str, url: &str, timeout: Duration) -> Result<()> {
+    let http = reqwest::Client::new();
+    wait_for(what, timeout, || {
+        let (http, url) = (http.clone(), url.to_owned());
+        async move {
+            Ok(http
+                .get(url)
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+                .map(|_| ()))
+        }
+    })
+    .await
+}
+
+/// Waits until the API at `base` answers `/readyz` with a success, for at most `timeout`.
+pub async fn wait_ready(base: &str, timeout: Duration) -> Result<()> {
+    wait_answers("the API", &format!("{base}/readyz"), timeout).await
+}
+
+/// `steward serve` on a free port and `steward worker`, both of an [`Env`], logging into a
+/// folder; killed when dropped.
+#[derive(Debug)]
+pub struct Servers {
+    /// The API's `http://127.0.0.1:port`.
+    pub api: String,
+    /// `steward serve` (`serve.log`).
+    pub serve: Proc,
+    /// `steward worker` (`worker.log`).
+    pub worker: Proc,
+}
+
+impl Servers {
+    /// Starts `steward serve --listen 127.0.0.1:<port> SERVE_ARGS…` and `steward worker` of `env`
+    /// from `bin`, logging into `dir`, and waits at most `ready_within` for the API to be ready
+    /// (failing with `serve`'s log).
+    pub async fn start(
+        env: &Env,
+        bin: &str,
+        dir: &Path,
+        serve_args: &[&str],
+        ready_within: Duration,
+    ) -> Result<Self> {
+        let port = free_port()?;
+        let api = format!("http://127.0.0.1:{port}");
+        let mut args = env.cli_args();
+        args.extend([
+            "serve".to_owned(),
+            "--listen".to_owned(),
+            format!("127.0.0.1:{port}"),
+        ]);
+        args.extend(serve_args.iter().map(|a| (*a).to_owned()));
+        let serve = Proc::spawn(Path::new(bin), dir, "serve", &args)?;
+        let mut args = env.cli_args();
+        args.push("worker".to_owned());
+        let worker = Proc::spawn(Path::new(bin), dir, "worker", &args)?;
+        wait_ready(&api, ready_within)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}\n{}", serve.log_text()))?;
+        Ok(Self { api, serve, worker })
+    }
+
+    /// Both processes' logs, for failure messages.
+    pub fn logs(&self) -> String {
+        format!("{}\n{}", self.serve.log_text(), self.worker.log_text())
+    }
+}
+
+/// An installation as a technician meets it: a private Redis, `steward serve` (the API and the
+/// timers, every 20 ms) and `steward worker` as processes, offering the workflows given;
+/// companies `contoso` (approvers alice and bob) and `fabrikam` (approvers lead and carol);
+/// technicians and their tokens.
+#[derive(Debug)]
+pub struct Installation {
+    /// The Redis, namespace and stores.
+    pub env: Env,
+    /// The API's `http://127.0.0.1:port`.
+    pub api: String,
+    /// The folder of the logs and of the workflows (`workflows/<name>.yaml`).
+    pub dir: tempfile::TempDir,
+    /// `steward serve`.
+    pub serve: Proc,
+    /// `steward worker`.
+    pub worker: Proc,
+    /// Tokens by name: `admin` (every company), `tech`, `alice`, `bob` (contoso), `outsider`,
+    /// `lead`, `carol` (fabrikam).
+    pub tokens: HashMap<&'static str, String>,
+}
+
+impl Installation {
+    /// Adds `fabrikam` to `env`, starts the processes of `bin` offering `workflows` (name, YAML)
+    /// and waits at most 30 s for the API, and adds the technicians.
+    pub async fn start(env: Env, bin: &str, workflows: &[(&str, &str)]) -> Result<Self> {
+        steward_engine::companies::ensure(
+            &env.companies(),
+            steward_engine::companies::sample(
+                "fabrikam",
+                &["lead@msp.example", "carol@msp.example"],
+            ),
+        )
+        .await?;
+        let dir = tempfile::tempdir()?;
+        let flows = dir.path().join("workflows");
+        std::fs::create_dir(&flows)?;
+        for (name, yaml) in workflows {
+            std::fs::write(flows.join(format!("{name}.yaml")), yaml)?;
+        }
+        let Servers { api, serve, worker } = Servers::start(
+            &env,
+            bin,
+            dir.path(),
+            &[
+                "--tick",
+                "20ms",
+                "--workflows",
+                &flows.display().to_string(),
+            ],
+            Duration::from_secs(30),
+        )
+        .await?;
+        let tokens = env
+            .add_technicians(vec![
+                ("admin", Role::Admin, CompanyScope::ALL),
+                ("tech", Role::Technician, only("contoso")?),
+                ("alice", Role::Technician, only("contoso")?),
+                ("bob", Role::Technician, only("contoso")?),
+                ("outsider", Role::Technician, only("fabrikam")?),
+                // fabrikam's approvers must be enabled technicians for its gates to open.
+                ("lead", Role::Technician, only("fabrikam")?),
+                ("carol", Role::Technician, only("fabrikam")?),
+            ])
+            .await?;
+        Ok(Self {
+            env,
+            api,
+            dir,
+            serve,
+            worker,
+            tokens,
+        })
+    }
+
+    /// Both processes' logs, for failure messages.
+    pub fn logs(&self) -> String {
+        format!("{}\n{}", self.serve.log_text(), self.worker.log_text())
+    }
 }
