@@ -249,22 +249,18 @@ async fn pages_enforce_sessions_csrf_scoping_and_escaping() -> Result<()> {
     assert!(html.contains("may not act on this company"));
     let (_, own_page, _) = stack.page(&outsider, "/").await?;
     let outsider_csrf = hidden(&own_page, "_csrf").context("csrf")?;
-    let (status, _) = stack
-        .post(
-            &outsider,
-            &format!("/runs/{run}/cancel"),
-            &[("_csrf", &outsider_csrf), ("rollback", "true")],
-        )
-        .await?;
-    assert_eq!(status, 403);
-    let (status, _) = stack
-        .post(
-            &outsider,
-            &format!("/approvals/{run}/approval"),
-            &[("_csrf", &outsider_csrf), ("decision", "approve")],
-        )
-        .await?;
-    assert_eq!(status, 403);
+    for (path, field) in [
+        (format!("/runs/{run}/cancel"), ("rollback", "true")),
+        (
+            format!("/approvals/{run}/approval"),
+            ("decision", "approve"),
+        ),
+    ] {
+        let (status, body) = stack
+            .post(&outsider, &path, &[("_csrf", &outsider_csrf), field])
+            .await?;
+        assert_eq!(status, 403, "{path}: {body}");
+    }
     let (status, _) = stack
         .page(&outsider, &format!("/live/runs/{run}"))
         .await
@@ -327,12 +323,15 @@ async fn pages_enforce_sessions_csrf_scoping_and_escaping() -> Result<()> {
     assert_eq!(status, 303);
 
     // `steward technicians login-link` goes through the API with the admin's token.
-    let out = Command::new(BIN)
-        .args(["technicians", "login-link", "carol@msp.example"])
-        .env("STEWARD_API_URL", &stack.api)
-        .env("STEWARD_TOKEN", &stack.tokens["admin"])
-        .env("STEWARD_REDIS__URL", "redis://127.0.0.1:9/")
-        .output()?;
+    let login_link = |who: &str| {
+        Command::new(BIN)
+            .args(["technicians", "login-link", "carol@msp.example"])
+            .env("STEWARD_API_URL", &stack.api)
+            .env("STEWARD_TOKEN", &stack.tokens[who])
+            .env("STEWARD_REDIS__URL", "redis://127.0.0.1:9/")
+            .output()
+    };
+    let out = login_link("admin")?;
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -344,12 +343,7 @@ async fn pages_enforce_sessions_csrf_scoping_and_escaping() -> Result<()> {
             && printed.contains(&format!("{}/login/", stack.api)),
         "{printed}"
     );
-    let out = Command::new(BIN)
-        .args(["technicians", "login-link", "carol@msp.example"])
-        .env("STEWARD_API_URL", &stack.api)
-        .env("STEWARD_TOKEN", &stack.tokens["tech"])
-        .env("STEWARD_REDIS__URL", "redis://127.0.0.1:9/")
-        .output()?;
+    let out = login_link("tech")?;
     assert!(!out.status.success(), "a technician made a login link");
     // A login link made through the API works once.
     let me: Value = stack
@@ -360,30 +354,21 @@ async fn pages_enforce_sessions_csrf_scoping_and_escaping() -> Result<()> {
         .await?
         .json()
         .await?;
-    let link: Value = stack
-        .http
-        .post(format!(
-            "{}/v1/technicians/{}/login-link",
-            stack.api,
-            me["id"].as_str().unwrap_or("")
-        ))
-        .bearer_auth(&stack.tokens["admin"])
-        .send()
-        .await?
-        .json()
-        .await?;
+    let make_link = |who: &str| {
+        stack
+            .http
+            .post(format!(
+                "{}/v1/technicians/{}/login-link",
+                stack.api,
+                me["id"].as_str().unwrap_or("")
+            ))
+            .bearer_auth(&stack.tokens[who])
+            .send()
+    };
+    let link: Value = make_link("admin").await?.json().await?;
     let url = link["url"].as_str().context("the link")?.to_owned();
     assert!(url.starts_with(&format!("{}/login/", stack.api)), "{link}");
-    let refused = stack
-        .http
-        .post(format!(
-            "{}/v1/technicians/{}/login-link",
-            stack.api,
-            me["id"].as_str().unwrap_or("")
-        ))
-        .bearer_auth(&stack.tokens["tech"])
-        .send()
-        .await?;
+    let refused = make_link("tech").await?;
     assert_eq!(
         refused.status().as_u16(),
         403,
@@ -396,25 +381,21 @@ async fn pages_enforce_sessions_csrf_scoping_and_escaping() -> Result<()> {
         "opening the link changes nothing"
     );
     let pre = set_cookie(&opened, "stw_login").context("cookie")?;
-    let used = stack
-        .http
-        .post(&url)
-        .header("cookie", format!("stw_login={pre}"))
-        .form(&[("_csrf", pre.as_str())])
-        .send()
-        .await?;
+    let use_link = || {
+        stack
+            .http
+            .post(&url)
+            .header("cookie", format!("stw_login={pre}"))
+            .form(&[("_csrf", pre.as_str())])
+            .send()
+    };
+    let used = use_link().await?;
     assert_eq!(used.status().as_u16(), 303);
     let bob = set_cookie(&used, "stw_session").context("bob's session")?;
     let (status, html, _) = stack.page(&bob, "/approvals").await?;
     assert_eq!(status, 200);
     assert!(html.contains("bob@msp.example") && html.contains(&run));
-    let again = stack
-        .http
-        .post(&url)
-        .header("cookie", format!("stw_login={pre}"))
-        .form(&[("_csrf", pre.as_str())])
-        .send()
-        .await?;
+    let again = use_link().await?;
     assert_eq!(again.status().as_u16(), 410, "a login link works once");
 
     // An expired session (Redis expires its key) is sent to sign in again.
