@@ -378,6 +378,24 @@ impl Env {
             self.config_file().display().to_string(),
         ]
     }
+
+    /// [`Env::cli_args`] with a config file of their own, `dir/steward.toml`: this test's (the
+    /// secrets key) followed by `extra` (TOML).
+    pub fn cli_args_with_config(&self, dir: &Path, extra: &str) -> Result<Vec<String>> {
+        let config = dir.join("steward.toml");
+        std::fs::write(
+            &config,
+            format!("{}\n{extra}", std::fs::read_to_string(self.config_file())?),
+        )?;
+        let mut args = self.cli_args();
+        let at = args
+            .iter()
+            .position(|a| a == "--config")
+            .context("--config")?
+            + 1;
+        args[at] = config.display().to_string();
+        Ok(args)
+    }
 }
 
 /// The test ledger's contents.
