@@ -135,12 +135,9 @@ fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-fn cli(env: &Env, extra: &[&str]) -> Result<String> {
-    let out = Command::new(BIN)
-        .args(env.cli_args())
-        .args(extra)
-        .env_remove("STEWARD_TOKEN")
-        .output()?;
+/// Runs `steward EXTRA…` as `command` sets it up; its output, failing unless it succeeded.
+fn succeeds(mut command: Command, extra: &[&str]) -> Result<String> {
+    let out = command.args(extra).output()?;
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -152,22 +149,20 @@ fn cli(env: &Env, extra: &[&str]) -> Result<String> {
     Ok(text)
 }
 
+/// Runs an administrator's command on `env`'s Redis.
+fn cli(env: &Env, extra: &[&str]) -> Result<String> {
+    let mut command = Command::new(BIN);
+    command.args(env.cli_args()).env_remove("STEWARD_TOKEN");
+    succeeds(command, extra)
+}
+
 /// Runs a technician's command: through the HTTP API at `api`, as the technician of `token`.
 fn api_cli(api: &str, token: &str, extra: &[&str]) -> Result<String> {
-    let out = Command::new(BIN)
-        .args(extra)
+    let mut command = Command::new(BIN);
+    command
         .env("STEWARD_API_URL", api)
-        .env("STEWARD_TOKEN", token)
-        .output()?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if !out.status.success() {
-        bail!("steward {extra:?} failed: {text}");
-    }
-    Ok(text)
+        .env("STEWARD_TOKEN", token);
+    succeeds(command, extra)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
