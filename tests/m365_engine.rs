@@ -33,14 +33,6 @@ steps:
   - {id: check, op: fail, needs: [licence, team, manager], when: "${{ inputs.fail }}", with: {message: "HR cancelled the start"}}
 "#;
 
-/// The cache the ops share through `env`'s Redis.
-fn shared_cache(env: &Env) -> steward_workers::m365::SharedCache {
-    steward_workers::m365::SharedCache {
-        redis: env.store.db().manager(),
-        namespace: env.namespace.clone(),
-    }
-}
-
 /// Compiles `yaml` (named `file`) with the ops of `registry`, and starts an in-process worker (8
 /// steps at once) and scheduler running them; stopped when dropped.
 async fn worker_with(
@@ -79,9 +71,8 @@ async fn wait_until(
 async fn an_onboarding_run_completes_and_a_cancelled_one_rolls_back() -> Result<()> {
     let env = Env::start(Persistence::None).await?;
     let sb = sandbox().await?;
-    let creds = credentials();
     let sink = MemorySink::new();
-    let m = m365_at(&sb.base_url, &creds, Some(shared_cache(&env)), &sink);
+    let m = m365_shared(&sb.base_url, &env, &sink);
     let (plan, _worker) =
         worker_with(&env, Registry::with_m365(m), "onboard.yaml", ONBOARD).await?;
 
@@ -196,7 +187,6 @@ steps:
 async fn a_tenant_missing_a_permission_pauses_the_run_with_the_fix() -> Result<()> {
     let env = Env::start(Persistence::None).await?;
     let sb = sandbox().await?;
-    let creds = credentials();
     let sink = MemorySink::new();
     // Enough to read the user and the SKUs, nothing that assigns licences (User.ReadWrite.All
     // would: Graph accepts it for assignLicense too).
@@ -209,7 +199,7 @@ async fn a_tenant_missing_a_permission_pauses_the_run_with_the_fix() -> Result<(
         Some(json!({"application_permissions": without})),
     )
     .await?;
-    let m = m365_at(&sb.base_url, &creds, Some(shared_cache(&env)), &sink);
+    let m = m365_shared(&sb.base_url, &env, &sink);
     let (plan, _worker) =
         worker_with(&env, Registry::with_m365(m), "licence.yaml", LICENCE).await?;
     let run = env
