@@ -65,6 +65,35 @@ fn code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("")
 }
 
+/// An error's message (empty if there is none).
+fn message(body: &Value) -> &str {
+    body["error"]["message"].as_str().unwrap_or_default()
+}
+
+/// `who` decides `run`'s gate `gate` (`decision`: `{"decision": …, "comment": …}`): (status, body).
+async fn decide(
+    api: &ApiEnv,
+    who: &str,
+    run: &str,
+    gate: &str,
+    decision: Value,
+) -> Result<(u16, Value)> {
+    api.post(who, &format!("/v1/approvals/{run}/{gate}"), decision)
+        .await
+}
+
+/// `who` approves `run`'s gate `approval`: (status, body).
+async fn approve(api: &ApiEnv, who: &str, run: &str) -> Result<(u16, Value)> {
+    decide(api, who, run, "approval", json!({"decision": "approve"})).await
+}
+
+/// `who` asks for signed links to decide `run`'s gate `approval` (`body`: for whom): (status,
+/// body).
+async fn ask_links(api: &ApiEnv, who: &str, run: &str, body: Value) -> Result<(u16, Value)> {
+    api.post(who, &format!("/v1/approvals/{run}/approval/links"), body)
+        .await
+}
+
 /// Adds a technician of contoso (approvers must be technicians).
 async fn add_technician(api: &ApiEnv, email: &str) -> Result<String> {
     let (s, body) = api
@@ -123,12 +152,7 @@ async fn who_may_do_what() -> Result<()> {
     // Another company's technician sees none of contoso's runs.
     let (s, body) = api.get("outsider", &format!("/v1/runs/{run}")).await?;
     assert_eq!((s, code(&body)), (403, "forbidden"), "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("may not act on this company")
-    );
+    assert!(message(&body).contains("may not act on this company"));
     let (s, body) = api.get("outsider", "/v1/runs").await?;
     assert_eq!(s, 200);
     assert_eq!(body["runs"].as_array().unwrap().len(), 0, "{body}");
@@ -191,12 +215,7 @@ async fn who_may_do_what() -> Result<()> {
     )
     .await?;
     assert_eq!(s, 401, "revoked: {body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("revoked")
-    );
+    assert!(message(&body).contains("revoked"));
     let (s, _) = send(api.req(
         "outsider",
         reqwest::Method::DELETE,
@@ -281,35 +300,25 @@ async fn a_gate_needs_two_other_approvers() -> Result<()> {
     let (s, empty) = api.get("tech", "/v1/approvals").await?;
     assert_eq!((s, &empty["approvals"]), (200, &json!([])));
 
-    let decide = |who: &'static str, decision: &'static str| {
-        let path = format!("/v1/approvals/{run}/approval");
-        let api = &api;
-        async move {
-            api.post(who, &path, json!({"decision": decision, "comment": "ok"}))
-                .await
-        }
+    let vote = |who: &'static str, decision: &'static str| {
+        decide(
+            &api,
+            who,
+            &run,
+            "approval",
+            json!({"decision": decision, "comment": "ok"}),
+        )
     };
-    let (s, body) = decide("alice", "approve").await?;
+    let (s, body) = vote("alice", "approve").await?;
     assert_eq!(
         (s, code(&body)),
         (403, "forbidden"),
         "self-approval: {body}"
     );
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("asked for this run")
-    );
-    let (s, body) = decide("tech", "approve").await?;
+    assert!(message(&body).contains("asked for this run"));
+    let (s, body) = vote("tech", "approve").await?;
     assert_eq!(s, 403, "not an approver: {body}");
-    let (s, body) = api
-        .post(
-            "bob",
-            &format!("/v1/approvals/{run}/approval"),
-            json!({"decision": "maybe"}),
-        )
-        .await?;
+    let (s, body) = decide(&api, "bob", &run, "approval", json!({"decision": "maybe"})).await?;
     assert_eq!(
         (s, body["error"]["field"].as_str()),
         (422, Some("decision")),
@@ -317,11 +326,11 @@ async fn a_gate_needs_two_other_approvers() -> Result<()> {
     );
 
     // Quorum 2 with alice unable to vote: bob alone is not enough.
-    let (s, body) = decide("bob", "approve").await?;
+    let (s, body) = vote("bob", "approve").await?;
     assert_eq!(s, 200, "{body}");
     assert_eq!(body["gate"]["state"], "awaiting_approval");
     assert_eq!(body["gate"]["approvals"].as_array().unwrap().len(), 1);
-    let (s, again) = decide("bob", "approve").await?;
+    let (s, again) = vote("bob", "approve").await?;
     assert_eq!(
         (s, again["gate"]["approvals"].as_array().unwrap().len()),
         (200, 1),
@@ -329,11 +338,11 @@ async fn a_gate_needs_two_other_approvers() -> Result<()> {
     );
 
     // The admin approves through the API? Not an approver either.
-    let (s, _) = decide("admin", "approve").await?;
+    let (s, _) = vote("admin", "approve").await?;
     assert_eq!(s, 403);
 
     // bob rejects after approving: the run ends and `prepare` is undone.
-    let (s, body) = decide("bob", "reject").await?;
+    let (s, body) = vote("bob", "reject").await?;
     assert_eq!(s, 200, "{body}");
     let done = wait_status(&api, &run, "rolled_back").await?;
     assert_eq!(
@@ -357,13 +366,7 @@ async fn a_quorum_of_two_lets_the_run_go_on() -> Result<()> {
     let run = start(&api, "tech", "gated", json!({"user": "jane"})).await?;
     wait_gate(&api, &run, "approval").await?;
     for who in ["alice", "bob"] {
-        let (s, body) = api
-            .post(
-                who,
-                &format!("/v1/approvals/{run}/approval"),
-                json!({"decision": "approve"}),
-            )
-            .await?;
+        let (s, body) = approve(&api, who, &run).await?;
         assert_eq!(s, 200, "{body}");
     }
     let done = wait_status(&api, &run, "completed").await?;
@@ -388,26 +391,14 @@ async fn an_expired_gate_escalates_to_the_next_approvers() -> Result<()> {
     })
     .await?;
     assert_eq!(escalated["approvers"], json!(["admin@msp.example"]));
-    let (s, _) = api
-        .post(
-            "alice",
-            &format!("/v1/approvals/{run}/approval"),
-            json!({"decision": "approve"}),
-        )
-        .await?;
+    let (s, _) = approve(&api, "alice", &run).await?;
     assert_eq!(s, 403, "the first approvers no longer decide");
     let (s, inbox) = api.get("admin", "/v1/approvals").await?;
     assert_eq!(
         (s, &inbox["approvals"][0]["gate"]),
         (200, &json!("approval"))
     );
-    let (s, body) = api
-        .post(
-            "admin",
-            &format!("/v1/approvals/{run}/approval"),
-            json!({"decision": "approve"}),
-        )
-        .await?;
+    let (s, body) = approve(&api, "admin", &run).await?;
     assert_eq!(s, 200, "{body}");
     wait_status(&api, &run, "completed").await?;
     Ok(())
@@ -418,22 +409,10 @@ async fn signed_links_work_once_and_only_as_issued() -> Result<()> {
     let api = ApiEnv::start(workflows()).await?;
     let run = start(&api, "tech", "gated", json!({"user": "jane"})).await?;
     wait_gate(&api, &run, "approval").await?;
-    let (s, links) = api
-        .post(
-            "alice",
-            &format!("/v1/approvals/{run}/approval/links"),
-            json!({}),
-        )
-        .await?;
+    let (s, links) = ask_links(&api, "alice", &run, json!({})).await?;
     assert_eq!(s, 200, "{links}");
     let approve = links["approve_url"].as_str().unwrap().to_owned();
-    let (s, _) = api
-        .post(
-            "alice",
-            &format!("/v1/approvals/{run}/approval/links"),
-            json!({"approver": "bob@msp.example"}),
-        )
-        .await?;
+    let (s, _) = ask_links(&api, "alice", &run, json!({"approver": "bob@msp.example"})).await?;
     assert_eq!(s, 403, "only admins make links for others");
 
     // Opening a link records nothing; the page escapes the ticket's text.
@@ -503,21 +482,9 @@ async fn signed_links_work_once_and_only_as_issued() -> Result<()> {
     assert_eq!(s, 400);
 
     // bob approves by link; a link for the decided gate is refused.
-    let (s, bob_links) = api
-        .post(
-            "bob",
-            &format!("/v1/approvals/{run}/approval/links"),
-            json!({}),
-        )
-        .await?;
+    let (s, bob_links) = ask_links(&api, "bob", &run, json!({})).await?;
     assert_eq!(s, 200, "{bob_links}");
-    let (s, bob_spare) = api
-        .post(
-            "bob",
-            &format!("/v1/approvals/{run}/approval/links"),
-            json!({}),
-        )
-        .await?;
+    let (s, bob_spare) = ask_links(&api, "bob", &run, json!({})).await?;
     assert_eq!(s, 200, "{bob_spare}");
     let (s, _) = send(api.http.post(bob_links["approve_url"].as_str().unwrap())).await?;
     assert_eq!(s, 200);
@@ -527,13 +494,7 @@ async fn signed_links_work_once_and_only_as_issued() -> Result<()> {
     // Reusing the link after the gate closed says why: the link, not the gate.
     let (s, body) = send(api.http.post(bob_links["approve_url"].as_str().unwrap())).await?;
     assert_eq!((s, code(&body)), (410, "gone"), "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("already been used"),
-        "{body}"
-    );
+    assert!(message(&body).contains("already been used"), "{body}");
     Ok(())
 }
 
@@ -594,13 +555,14 @@ async fn the_policy_refuses_gates_or_pauses() -> Result<()> {
         gate["unlocks"][0]["params"]["user"], "${{ steps.create.output.id }}",
         "not known yet, shown as written"
     );
-    let (s, body) = api
-        .post(
-            "alice",
-            &format!("/v1/approvals/{run}/policy_approval"),
-            json!({"decision": "reject", "comment": "no"}),
-        )
-        .await?;
+    let (s, body) = decide(
+        &api,
+        "alice",
+        &run,
+        "policy_approval",
+        json!({"decision": "reject", "comment": "no"}),
+    )
+    .await?;
     assert_eq!(s, 200, "{body}");
     wait_status(&api, &run, "rolled_back").await?;
 
@@ -612,13 +574,7 @@ async fn the_policy_refuses_gates_or_pauses() -> Result<()> {
     let (s, body) = put("read_only").await?;
     assert_eq!(s, 200, "{body}");
     for who in ["alice", "bob"] {
-        let (s, body) = api
-            .post(
-                who,
-                &format!("/v1/approvals/{run}/approval"),
-                json!({"decision": "approve"}),
-            )
-            .await?;
+        let (s, body) = approve(&api, who, &run).await?;
         assert_eq!(s, 200, "{who}: {body}");
     }
     let paused = wait_status(&api, &run, "paused").await?;
@@ -721,12 +677,7 @@ async fn companies_import_all_or_nothing() -> Result<()> {
                    evil,=cmd|' /C calc'!A0,entra_id,exchange_online,red\n";
     let (s, body) = send(csv(hostile)).await?;
     assert_eq!((s, code(&body)), (422, "validation_failed"), "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("nothing was imported")
-    );
+    assert!(message(&body).contains("nothing was imported"));
     let bad = "id,name,identity_provider,mailbox_provider\nnewco,New Co,entra_cloud,exchange_online\nbadco,=HYPERLINK(\"x\"),entra_id,exchange_online\nnewco,Dup,entra_id,exchange_online\n";
     let (s, body) = send(csv(bad)).await?;
     assert_eq!(s, 422, "{body}");
@@ -806,13 +757,7 @@ async fn bad_input_gets_a_clear_4xx() -> Result<()> {
     ))
     .await?;
     assert_eq!(s, 422, "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("unknown field `colour`"),
-        "{body}"
-    );
+    assert!(message(&body).contains("unknown field `colour`"), "{body}");
     let (s, body) = send(raw(r#"{"workflow": "simple", "company": "Contoso Ltd"}"#)).await?;
     assert_eq!(
         (s, body["error"]["field"].as_str()),
@@ -1066,37 +1011,18 @@ async fn runs_list_pages_through_sparse_filters_without_losing_runs() -> Result<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn links_answer_to_who_may_decide() -> Result<()> {
     let api = ApiEnv::start(workflows()).await?;
-    let links = |run: &str| format!("/v1/approvals/{run}/approval/links");
 
     // An admin who asked for a run cannot make links for its approvers (and vote through them).
     let run = start(&api, "admin", "gated", json!({"user": "jane"})).await?;
     wait_gate(&api, &run, "approval").await?;
-    let (s, body) = api
-        .post(
-            "admin",
-            &links(&run),
-            json!({"approver": "bob@msp.example"}),
-        )
-        .await?;
+    let (s, body) = ask_links(&api, "admin", &run, json!({"approver": "bob@msp.example"})).await?;
     assert_eq!((s, code(&body)), (403, "forbidden"), "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("asked for this run"),
-        "{body}"
-    );
+    assert!(message(&body).contains("asked for this run"), "{body}");
 
     // A link an admin made for bob stops working while bob is disabled, and records who made it.
     let run = start(&api, "tech", "gated", json!({"user": "jane"})).await?;
     wait_gate(&api, &run, "approval").await?;
-    let (s, made) = api
-        .post(
-            "admin",
-            &links(&run),
-            json!({"approver": "bob@msp.example"}),
-        )
-        .await?;
+    let (s, made) = ask_links(&api, "admin", &run, json!({"approver": "bob@msp.example"})).await?;
     assert_eq!(s, 200, "{made}");
     let approve = made["approve_url"]
         .as_str()
@@ -1129,13 +1055,7 @@ async fn links_answer_to_who_may_decide() -> Result<()> {
     assert_eq!((s, code(&body)), (403, "forbidden"), "{body}");
     let (s, body) = send(api.http.post(&approve).header("accept", "application/json")).await?;
     assert_eq!((s, code(&body)), (403, "forbidden"), "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("disabled"),
-        "{body}"
-    );
+    assert!(message(&body).contains("disabled"), "{body}");
     let (s, body) = set_disabled(false).await?;
     assert_eq!(s, 200, "{body}");
     let (s, used) = send(api.http.post(&approve).header("accept", "application/json")).await?;
@@ -1155,7 +1075,7 @@ async fn links_answer_to_who_may_decide() -> Result<()> {
     .await?;
     let run = start(&api, "alice", "gated", json!({"user": "jane"})).await?;
     wait_gate(&api, &run, "approval").await?;
-    let (s, made) = api.post("alice", &links(&run), json!({})).await?;
+    let (s, made) = ask_links(&api, "alice", &run, json!({})).await?;
     assert_eq!(s, 200, "{made}");
     let approve = made["approve_url"]
         .as_str()
@@ -1238,13 +1158,7 @@ async fn a_busy_import_is_a_conflict_to_retry() -> Result<()> {
     )
     .await?;
     assert_eq!((s, code(&body)), (409, "conflict"), "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("try again"),
-        "{body}"
-    );
+    assert!(message(&body).contains("try again"), "{body}");
     let (s, company) = api.get("admin", "/v1/companies/contoso").await?;
     assert_eq!(
         (s, &company["company"]["name"]),
@@ -1373,13 +1287,14 @@ async fn the_run_view_speaks_in_sentences() -> Result<()> {
         "{text}"
     );
 
-    let (s, body) = api
-        .post(
-            "alice",
-            &format!("/v1/approvals/{rejected}/approval"),
-            json!({"decision": "reject", "comment": "wrong department"}),
-        )
-        .await?;
+    let (s, body) = decide(
+        &api,
+        "alice",
+        &rejected,
+        "approval",
+        json!({"decision": "reject", "comment": "wrong department"}),
+    )
+    .await?;
     assert_eq!(s, 200, "{body}");
     let view = wait_status(&api, &rejected, "rolled_back").await?;
     let status = no_rust(&view["summary"]["status_text"]);
@@ -1492,22 +1407,13 @@ async fn a_failed_rollback_is_finished_by_retrying_its_undo() -> Result<()> {
         )
         .await?;
     assert_eq!((s, code(&body)), (409, "conflict"), "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("retry-undo"),
-        "{body}"
-    );
+    assert!(message(&body).contains("retry-undo"), "{body}");
     let (s, body) = retry("outsider", "second").await?;
     assert_eq!((s, code(&body)), (403, "forbidden"), "{body}");
     let (s, body) = retry("tech", "first").await?;
     assert_eq!((s, code(&body)), (409, "conflict"), "{body}");
     assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("waits for the undo of `second`"),
+        message(&body).contains("waits for the undo of `second`"),
         "{body}"
     );
 
@@ -1547,13 +1453,7 @@ async fn a_failed_rollback_is_finished_by_retrying_its_undo() -> Result<()> {
     assert_eq!(retries[1]["event"]["by"], "tech@msp.example");
     let (s, body) = retry("tech", "second").await?;
     assert_eq!((s, code(&body)), (409, "conflict"), "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("nothing is left to undo"),
-        "{body}"
-    );
+    assert!(message(&body).contains("nothing is left to undo"), "{body}");
     Ok(())
 }
 
@@ -1692,12 +1592,12 @@ async fn a_run_whose_gate_nobody_could_decide_is_refused_when_planned() -> Resul
         )
         .await?;
     assert_eq!((s, code(&body)), (422, "validation_failed"), "{body}");
-    let message = body["error"]["message"].as_str().unwrap();
+    let said = message(&body);
     assert!(
-        message.contains("gate `approval` would have nobody able to decide")
-            && message.contains("needs 2 approvals and only 1")
-            && message.contains("alice@msp.example asked for this run"),
-        "{message}"
+        said.contains("gate `approval` would have nobody able to decide")
+            && said.contains("needs 2 approvals and only 1")
+            && said.contains("alice@msp.example asked for this run"),
+        "{said}"
     );
     assert!(
         body["error"]["fix"]
@@ -1719,10 +1619,7 @@ async fn a_run_whose_gate_nobody_could_decide_is_refused_when_planned() -> Resul
         .await?;
     assert_eq!(s, 422, "{body}");
     assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("bob@msp.example is disabled"),
+        message(&body).contains("bob@msp.example is disabled"),
         "{body}"
     );
     // A workflow's named approver who is not a technician.
@@ -1735,10 +1632,7 @@ async fn a_run_whose_gate_nobody_could_decide_is_refused_when_planned() -> Resul
         .await?;
     assert_eq!(s, 422, "{body}");
     assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("ghost@msp.example is not a technician")
+        message(&body).contains("ghost@msp.example is not a technician")
             && body["error"]["fix"]
                 .as_str()
                 .unwrap()
@@ -1782,13 +1676,7 @@ async fn a_gate_whose_approvers_went_away_goes_to_the_admins() -> Result<()> {
         "{gate}"
     );
     // The approval page says why the admin is asked.
-    let (s, links) = api
-        .post(
-            "admin",
-            &format!("/v1/approvals/{run}/approval/links"),
-            json!({}),
-        )
-        .await?;
+    let (s, links) = ask_links(&api, "admin", &run, json!({})).await?;
     assert_eq!(s, 200, "{links}");
     let page = api
         .http
@@ -1831,13 +1719,7 @@ async fn a_gate_whose_approvers_went_away_goes_to_the_admins() -> Result<()> {
         (200, &json!(format!("{run}/approval"))),
         "{inbox}"
     );
-    let (s, body) = api
-        .post(
-            "admin",
-            &format!("/v1/approvals/{run}/approval"),
-            json!({"decision": "approve"}),
-        )
-        .await?;
+    let (s, body) = approve(&api, "admin", &run).await?;
     assert_eq!(s, 200, "{body}");
     wait_status(&api, &run, "completed").await?;
     Ok(())
@@ -1854,12 +1736,12 @@ async fn a_company_with_runs_in_flight_is_deleted_only_when_forced() -> Result<(
 
     let (s, body) = delete("/v1/companies/contoso".to_owned()).await?;
     assert_eq!((s, code(&body)), (409, "conflict"), "{body}");
-    let message = body["error"]["message"].as_str().unwrap();
+    let said = message(&body);
     assert!(
-        message.contains("1 run in flight and 1 gate open")
-            && message.contains(&format!("{run} (running, gate approval open)"))
-            && !message.contains(&ended),
-        "{message}"
+        said.contains("1 run in flight and 1 gate open")
+            && said.contains(&format!("{run} (running, gate approval open)"))
+            && !said.contains(&ended),
+        "{said}"
     );
     assert!(
         body["error"]["fix"]
@@ -1876,10 +1758,7 @@ async fn a_company_with_runs_in_flight_is_deleted_only_when_forced() -> Result<(
     let (s, _) = api.get("admin", "/v1/companies/contoso").await?;
     assert_eq!(s, 200, "still there");
     let (s, body) = delete("/v1/companies/contoso?force=maybe".to_owned()).await?;
-    assert!(
-        s == 400 && body["error"]["message"].as_str().unwrap().contains("force"),
-        "{s} {body}"
-    );
+    assert!(s == 400 && message(&body).contains("force"), "{s} {body}");
     let (s, body) = send(api.req(
         "tech",
         reqwest::Method::DELETE,

@@ -5,7 +5,7 @@ use std::process::{Command, Output};
 
 use anyhow::{Context, Result};
 use steward_engine::embedded::Persistence;
-use steward_schemas::{CompanyScope, Role};
+use steward_tests::procs::{self, Installation, Servers};
 use steward_tests::{Env, Proc};
 
 const BIN: &str = env!("CARGO_BIN_EXE_steward");
@@ -127,97 +127,21 @@ const GATED: &str = include_str!("fixtures/workflows/gated.yaml");
 /// command that touched Redis would fail.
 const NO_REDIS: &str = "redis://127.0.0.1:9/";
 
-/// An installation as a technician meets it: a private Redis, `steward serve` (the API and the
-/// timers) and `steward worker` as processes, offering the workflows given; companies `contoso`
-/// (approvers alice and bob) and `fabrikam` (approvers lead and carol); technicians and their tokens.
-struct Stack {
-    env: Env,
-    api: String,
-    dir: tempfile::TempDir,
-    serve: Proc,
-    worker: Proc,
-    /// Tokens by name: `admin` (every company), `tech`, `alice`, `bob` (contoso), `outsider`,
-    /// `lead`, `carol` (fabrikam).
-    tokens: std::collections::HashMap<&'static str, String>,
+/// An installation as a technician meets it (see [`Installation`]), offering the workflows given.
+struct Stack(Installation);
+
+impl std::ops::Deref for Stack {
+    type Target = Installation;
+
+    fn deref(&self) -> &Installation {
+        &self.0
+    }
 }
 
 impl Stack {
     async fn start(workflows: &[(&str, &str)]) -> Result<Self> {
         let env = Env::start(Persistence::None).await?;
-        steward_engine::companies::ensure(
-            &env.companies(),
-            steward_engine::companies::sample(
-                "fabrikam",
-                &["lead@msp.example", "carol@msp.example"],
-            ),
-        )
-        .await?;
-        let dir = tempfile::tempdir()?;
-        let flows = dir.path().join("workflows");
-        std::fs::create_dir(&flows)?;
-        for (name, yaml) in workflows {
-            std::fs::write(flows.join(format!("{name}.yaml")), yaml)?;
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let api = format!("http://127.0.0.1:{port}");
-        let mut args = env.cli_args();
-        args.extend([
-            "serve".to_owned(),
-            "--listen".to_owned(),
-            format!("127.0.0.1:{port}"),
-            "--tick".to_owned(),
-            "20ms".to_owned(),
-            "--workflows".to_owned(),
-            flows.display().to_string(),
-        ]);
-        let serve = Proc::spawn(Path::new(BIN), dir.path(), "serve", &args)?;
-        let mut args = env.cli_args();
-        args.push("worker".to_owned());
-        let worker = Proc::spawn(Path::new(BIN), dir.path(), "worker", &args)?;
-        let http = reqwest::Client::new();
-        steward_tests::wait_for("the API", std::time::Duration::from_secs(30), || {
-            let (http, url) = (http.clone(), format!("{api}/readyz"));
-            async move {
-                Ok(http
-                    .get(url)
-                    .send()
-                    .await
-                    .ok()
-                    .filter(|r| r.status().is_success())
-                    .map(|_| ()))
-            }
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}\n{}", serve.log_text()))?;
-        let auth = steward_engine::auth::Auth::for_store(&env.store);
-        let mut tokens = std::collections::HashMap::new();
-        let only = |c: &str| -> Result<CompanyScope> { Ok(CompanyScope::Only(vec![c.parse()?])) };
-        for (key, role, scope) in [
-            ("admin", Role::Admin, CompanyScope::ALL),
-            ("tech", Role::Technician, only("contoso")?),
-            ("alice", Role::Technician, only("contoso")?),
-            ("bob", Role::Technician, only("contoso")?),
-            ("outsider", Role::Technician, only("fabrikam")?),
-            // fabrikam's approvers must be enabled technicians for its gates to open.
-            ("lead", Role::Technician, only("fabrikam")?),
-            ("carol", Role::Technician, only("fabrikam")?),
-        ] {
-            let t = auth
-                .add_technician(&format!("{key}@msp.example"), key, role, scope)
-                .await?;
-            let (_, token) = auth.create_token(t.id, "test").await?;
-            tokens.insert(key, token);
-        }
-        Ok(Self {
-            env,
-            api,
-            dir,
-            serve,
-            worker,
-            tokens,
-        })
+        Ok(Self(Installation::start(env, BIN, workflows).await?))
     }
 
     /// `steward ARGS` as `who` (a key of `tokens`; anything else: no token), with the API's URL
@@ -249,10 +173,6 @@ impl Stack {
             self.logs()
         );
         t
-    }
-
-    fn logs(&self) -> String {
-        format!("{}\n{}", self.serve.log_text(), self.worker.log_text())
     }
 
     /// Starts `workflow` for `company` as `who` (without waiting); the run's id.
@@ -884,9 +804,7 @@ fn the_demo_runs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sandbox_command_serves_a_fixture() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = procs::free_port()?;
     let args: Vec<String> = [
         "sandbox",
         "--listen",
@@ -898,26 +816,14 @@ async fn the_sandbox_command_serves_a_fixture() -> Result<()> {
     .to_vec();
     let sandbox = Proc::spawn(Path::new(BIN), dir.path(), "sandbox", &args)?;
     let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    steward_tests::wait_for(
+    procs::wait_answers(
         "the sandbox to answer",
+        &format!("{base}/admin/health"),
         std::time::Duration::from_secs(20),
-        || {
-            let client = client.clone();
-            let url = format!("{base}/admin/health");
-            async move {
-                Ok(client
-                    .get(url)
-                    .send()
-                    .await
-                    .ok()
-                    .filter(|r| r.status().is_success())
-                    .map(|_| ()))
-            }
-        },
     )
     .await
     .map_err(|e| anyhow::anyhow!("{e}\n{}", sandbox.log_text()))?;
+    let client = reqwest::Client::new();
     // The hybrid fixture's tenant refuses a wrong secret with the real AADSTS code.
     let refused = client
         .post(format!(
@@ -983,40 +889,16 @@ async fn technicians_companies_runs_and_approvals_from_the_command_line() -> Res
     let admin = text(&out).lines().last().unwrap().trim().to_owned();
     assert!(admin.starts_with("stw_"), "{}", text(&out));
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let api = format!("http://127.0.0.1:{port}");
-    let mut serve_args = common.clone();
-    serve_args.extend(
-        [
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--workflows",
-            "tests/fixtures/workflows",
-        ]
-        .map(str::to_owned),
-    );
-    let serve = Proc::spawn(Path::new(BIN), dir.path(), "serve", &serve_args)?;
-    let mut worker_args = common.clone();
-    worker_args.push("worker".to_owned());
-    let worker = Proc::spawn(Path::new(BIN), dir.path(), "worker", &worker_args)?;
+    let servers = Servers::start(
+        &env,
+        BIN,
+        dir.path(),
+        &["--workflows", "tests/fixtures/workflows"],
+        std::time::Duration::from_secs(20),
+    )
+    .await?;
+    let api = servers.api.clone();
     let http = reqwest::Client::new();
-    steward_tests::wait_for("the API", std::time::Duration::from_secs(20), || {
-        let (http, url) = (http.clone(), format!("{api}/readyz"));
-        async move {
-            Ok(http
-                .get(url)
-                .send()
-                .await
-                .ok()
-                .filter(|r| r.status().is_success())
-                .map(|_| ()))
-        }
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}\n{}", serve.log_text()))?;
 
     let as_user = |token: &str, extra: &[&str]| -> Output {
         Command::new(BIN)
@@ -1173,7 +1055,7 @@ async fn technicians_companies_runs_and_approvals_from_the_command_line() -> Res
         },
     )
     .await
-    .map_err(|e| anyhow::anyhow!("{e}\n{}", worker.log_text()))?;
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", servers.worker.log_text()))?;
     // Time filters and bad input through the CLI.
     let later = text(&as_user(
         &tech,
@@ -1258,11 +1140,7 @@ async fn technicians_companies_runs_and_approvals_from_the_command_line() -> Res
 /// A Redis URL's password never reaches an error message.
 #[test]
 fn a_redis_password_stays_out_of_errors() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = dead_port();
     // Nothing listens there now.
     let url = format!("redis://:hunter2@127.0.0.1:{port}/");
     let out = Command::new(BIN)
@@ -1932,20 +1810,7 @@ async fn the_readme_s_walkthrough_works_with_the_sample_data() -> Result<()> {
             .spawn()?;
         procs.push(KillOnDrop(child));
     }
-    let http = reqwest::Client::new();
-    steward_tests::wait_for("the API", std::time::Duration::from_secs(30), || {
-        let (http, url) = (http.clone(), format!("{api}/readyz"));
-        async move {
-            Ok(http
-                .get(url)
-                .send()
-                .await
-                .ok()
-                .filter(|r| r.status().is_success())
-                .map(|_| ()))
-        }
-    })
-    .await?;
+    procs::wait_ready(&api, std::time::Duration::from_secs(30)).await?;
 
     // Runs `line` (as the README writes it; `run_01J…` replaced by `run`) with `token`.
     let sh = |line: &str, token: Option<&str>, run: &str| -> Output {

@@ -3,54 +3,22 @@
 //! over all of them; real `steward serve` and `steward worker` processes, one of them killed.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde_json::json;
-use steward_core::Plan;
 use steward_engine::db::Node;
-use steward_engine::keys::GROUP;
 use steward_schemas::{RunId, RunStatus, StepState};
+use steward_tests::procs::{
+    self, HOLDING, LoadErrors, assert_applied_once, assert_taken_over_once, logs, start_runs,
+    wait_in_the_middle,
+};
 use steward_tests::{Env, Proc, WorkerOpts, plan, wait_for};
 use steward_workers::conn::slot_of;
 
 const BIN: &str = env!("CARGO_BIN_EXE_steward");
 const SHARDS: u16 = 8;
 const T: Duration = Duration::from_secs(90);
-
-fn worker(env: &Env, dir: &Path, name: &str, claim_idle: &str) -> Result<Proc> {
-    let mut args = env.cli_args();
-    args.extend(["worker", "--concurrency", "64", "--claim-idle", claim_idle].map(str::to_owned));
-    Proc::spawn(Path::new(BIN), dir, name, &args)
-}
-
-fn scheduler(env: &Env, dir: &Path, name: &str) -> Result<Proc> {
-    let mut args = env.cli_args();
-    args.extend(["serve", "--listen", "127.0.0.1:0", "--tick", "50ms"].map(str::to_owned));
-    Proc::spawn(Path::new(BIN), dir, name, &args)
-}
-
-fn logs(env: &Env, procs: &[&Proc]) -> String {
-    let mut out: Vec<String> = procs
-        .iter()
-        .map(|p| {
-            // The warnings and errors, then the tail.
-            let text = std::fs::read_to_string(&p.log).unwrap_or_default();
-            let bad: Vec<&str> = text
-                .lines()
-                .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
-                .take(20)
-                .collect();
-            format!("{}\n{}", bad.join("\n"), p.log_text())
-        })
-        .collect();
-    if let Some(c) = env.redis.cluster() {
-        out.push(c.logs());
-    }
-    out.join("\n")
-}
 
 /// The runs' steps' states, counted (for failure messages).
 fn steps_summary(env: &Env, runs: &[RunId]) -> String {
@@ -115,110 +83,9 @@ async fn shard_owners(env: &Env) -> Result<HashMap<u16, u16>> {
     Ok(owners)
 }
 
-async fn start_all(env: &Env, plan: &Arc<Plan>, n: usize) -> Result<Vec<RunId>> {
-    let mut runs = Vec::with_capacity(n);
-    for i in 0..n {
-        runs.push(env.start_run(plan, json!({"n": i})).await?);
-    }
-    Ok(runs)
-}
-
 /// Waits until every run has ended; on timeout, the processes' logs are in the error.
 async fn wait_all(env: &Env, runs: &[RunId], procs: &[&Proc]) -> Result<HashMap<RunId, RunStatus>> {
-    let done = Mutex::new(HashMap::new());
-    let done = &done;
-    wait_for(&format!("{} runs to end", runs.len()), T, || async move {
-        for run in runs {
-            if done.lock().expect("not poisoned").contains_key(run) {
-                continue;
-            }
-            if let Some(snap) = env.store.load(*run).await?
-                && snap.doc.state.status.is_terminal()
-            {
-                done.lock()
-                    .expect("not poisoned")
-                    .insert(*run, snap.doc.state.status);
-            }
-        }
-        let done = done.lock().expect("not poisoned");
-        Ok((done.len() == runs.len()).then(|| done.clone()))
-    })
-    .await
-    .with_context(|| {
-        let ended = done.lock().map_or(0, |d| d.len());
-        format!(
-            "{} of {} runs had not ended\n{}",
-            runs.len() - ended,
-            runs.len(),
-            logs(env, procs)
-        )
-    })
-}
-
-/// Jobs held (delivered, not acknowledged) by consumers whose names start with `prefix`.
-async fn pending_for(env: &Env, prefix: &str) -> Result<u64> {
-    let keys = env.store.keys();
-    let mut total = 0;
-    for (shard, lane) in keys
-        .all_shards()
-        .flat_map(|s| steward_engine::keys::Lane::ALL.map(|l| (s, l)))
-    {
-        let consumers: Vec<redis::Value> = env
-            .store
-            .db()
-            .query(
-                redis::cmd("XINFO")
-                    .arg("CONSUMERS")
-                    .arg(keys.stream(shard, lane))
-                    .arg(GROUP),
-            )
-            .await?;
-        for c in consumers {
-            let map: HashMap<String, redis::Value> = redis::from_redis_value(c)?;
-            let name: String = map
-                .get("name")
-                .map(redis::from_redis_value_ref)
-                .transpose()?
-                .unwrap_or_default();
-            let pending: u64 = map
-                .get("pending")
-                .map(redis::from_redis_value_ref)
-                .transpose()?
-                .unwrap_or(0);
-            if name.starts_with(prefix) {
-                total += pending;
-            }
-        }
-    }
-    Ok(total)
-}
-
-/// The start of the consumer names of the `steward` process `p` (the format
-/// `crash.rs` checks against [`steward_engine::worker::consumer_name`]).
-fn host_pid(p: &Proc) -> String {
-    let host = std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_default();
-    format!(
-        "{}-{}-",
-        if host.is_empty() { "host" } else { &host },
-        p.pid()
-    )
-}
-
-/// Every change applied once, `expected` in all.
-async fn assert_applied_once(env: &Env, expected: usize) -> Result<()> {
-    let ledger = env.ledger().await?;
-    let mut applied: HashMap<&str, usize> = HashMap::new();
-    for a in &ledger.applied {
-        *applied.entry(a.as_str()).or_default() += 1;
-    }
-    assert_eq!(ledger.applied.len(), expected, "{:?}", ledger.applied);
-    assert!(
-        applied.values().all(|&n| n == 1),
-        "every change applied once: {applied:?}"
-    );
-    Ok(())
+    procs::wait_all(env, runs, T, LoadErrors::Fail, || logs(env, procs)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -325,12 +192,12 @@ async fn runs_with_a_gate_and_timers_complete_through_steward_processes_on_a_clu
     // The company's approvers are enabled technicians, so the gates open for them.
     env.add_approvers().await?;
     let dir = tempfile::tempdir()?;
-    let mut first = worker(&env, dir.path(), "worker-a", "5s")?;
-    let second = worker(&env, dir.path(), "worker-b", "5s")?;
-    let sched = scheduler(&env, dir.path(), "serve")?;
+    let mut first = procs::worker(&env, BIN, dir.path(), "worker-a", "5s")?;
+    let second = procs::worker(&env, BIN, dir.path(), "worker-b", "5s")?;
+    let sched = procs::scheduler(&env, BIN, dir.path(), "serve")?;
     let procs = [&first, &second, &sched];
     let gated = plan(GATED);
-    let runs = start_all(&env, &gated, 24).await?;
+    let runs = start_runs(&env, &gated, 24).await?;
     let masters: HashSet<u16> = runs
         .iter()
         .map(|r| owners[&env.store.keys().shard_of(*r)])
@@ -374,7 +241,7 @@ async fn runs_with_a_gate_and_timers_complete_through_steward_processes_on_a_clu
             .all(|s| matches!(s, RunStatus::Completed { failed, .. } if failed.is_empty())),
         "{ended:?}"
     );
-    assert_applied_once(&env, 2 * runs.len()).await?;
+    assert_applied_once(&env, 2 * runs.len(), "a and c for every run").await?;
     for run in &runs {
         let history = env.store.history(*run).await?;
         let fired = history
@@ -403,33 +270,13 @@ async fn a_killed_workers_steps_are_taken_over_and_applied_once_on_a_cluster() -
     let env = Env::start_cluster(SHARDS).await?;
     shard_owners(&env).await?;
     let dir = tempfile::tempdir()?;
-    let holding = plan(
-        r#"
-name: holding
-inputs: {n: {type: number}}
-steps:
-  - {id: a, op: ledger, with: {key: a}}
-  - {id: b, op: ledger, needs: [a], with: {key: b, hold_ms: 5000}}
-  - {id: c, op: ledger, needs: [b], with: {key: c}}
-"#,
-    );
-    let mut first = worker(&env, dir.path(), "worker-a", "5s")?;
-    let runs = start_all(&env, &holding, 16).await?;
+    let holding = plan(HOLDING);
+    let mut first = procs::worker(&env, BIN, dir.path(), "worker-a", "5s")?;
+    let runs = start_runs(&env, &holding, 16).await?;
     // Kill when the first worker has applied every `b` and holds them all (each lasts 5 s).
-    wait_for(
-        "worker A to be in the middle of 16 steps",
-        Duration::from_secs(30),
-        || async {
-            let ledger = env.ledger().await?;
-            let applied_b = ledger.applied.iter().filter(|a| a.ends_with("/b")).count();
-            let held = pending_for(&env, &host_pid(&first)).await?;
-            Ok((applied_b == 16 && held >= 16).then_some(()))
-        },
-    )
-    .await
-    .with_context(|| logs(&env, &[&first]))?;
+    wait_in_the_middle(&env, &first, 16, 16).await?;
     first.kill9();
-    let second = worker(&env, dir.path(), "worker-b", "2s")?;
+    let second = procs::worker(&env, BIN, dir.path(), "worker-b", "2s")?;
     let ended = wait_all(&env, &runs, &[&second]).await?;
     if !ended
         .values()
@@ -440,26 +287,8 @@ steps:
             logs(&env, &[&second])
         );
     }
-    assert_applied_once(&env, 3 * runs.len()).await?;
-    let ledger = env.ledger().await?;
-    let b_executions = ledger
-        .executions
-        .iter()
-        .filter(|e| e.contains("/b/"))
-        .count();
-    assert_eq!(
-        b_executions, 32,
-        "each interrupted `b` ran again on the survivor (executed twice, applied once)"
-    );
-    for run in &runs {
-        let snap = env.store.load(*run).await?.context("run")?;
-        for (id, rec) in &snap.doc.state.steps {
-            assert_eq!(
-                rec.seq, 1,
-                "{run} {id}: dispatched once, never enqueued twice"
-            );
-        }
-    }
+    let ledger = assert_applied_once(&env, 3 * runs.len(), "a, b and c for every run").await?;
+    assert_taken_over_once(&env, &ledger, &runs, 16).await?;
     Ok(())
 }
 
@@ -519,7 +348,7 @@ steps:
   - {id: c, op: ledger, needs: [wait], with: {key: c}}
 "#,
     );
-    let before = start_all(&env, &flow, 8).await?;
+    let before = start_runs(&env, &flow, 8).await?;
     wait_all(&env, &before, &[]).await?;
 
     // Every shard of the first master moves to the second (keys, streams and consumer groups
@@ -566,6 +395,11 @@ steps:
             .all(|s| matches!(s, RunStatus::Completed { failed, .. } if failed.is_empty())),
         "{ended:?}"
     );
-    assert_applied_once(&env, 2 * (before.len() + after.len())).await?;
+    assert_applied_once(
+        &env,
+        2 * (before.len() + after.len()),
+        "a and c for every run",
+    )
+    .await?;
     Ok(())
 }

@@ -2,141 +2,29 @@
 //! restarted under them.
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde_json::json;
-use steward_core::Plan;
 use steward_engine::embedded::Persistence;
-use steward_engine::keys::GROUP;
 use steward_schemas::{RunId, RunStatus, StepState};
+use steward_tests::procs::{
+    self, HOLDING, LoadErrors, assert_applied_once, assert_taken_over_once, held_by, logs,
+    start_runs, wait_in_the_middle,
+};
 use steward_tests::{Env, Proc, plan, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_steward");
 
-fn worker(env: &Env, dir: &Path, name: &str, claim_idle: &str) -> Result<Proc> {
-    let mut args = env.cli_args();
-    args.extend(["worker", "--concurrency", "64", "--claim-idle", claim_idle].map(str::to_owned));
-    Proc::spawn(Path::new(BIN), dir, name, &args)
-}
-
-fn scheduler(env: &Env, dir: &Path, name: &str) -> Result<Proc> {
-    let mut args = env.cli_args();
-    // Any free port: the default (127.0.0.1:8080) is shared by every test and anything else on
-    // the machine.
-    args.extend(["serve", "--listen", "127.0.0.1:0", "--tick", "50ms"].map(str::to_owned));
-    Proc::spawn(Path::new(BIN), dir, name, &args)
-}
-
-async fn start_all(env: &Env, plan: &Arc<Plan>, n: usize) -> Result<Vec<RunId>> {
-    let mut runs = Vec::with_capacity(n);
-    for i in 0..n {
-        runs.push(env.start_run(plan, json!({"n": i})).await?);
-    }
-    Ok(runs)
-}
-
-/// The processes' logs, for failure messages.
-fn logs(procs: &[&Proc]) -> String {
-    procs
-        .iter()
-        .map(|p| p.log_text())
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// Waits until every run has ended; on timeout, the processes' logs are in the error.
+/// Waits until every run has ended (trying a run again while Redis restarts); on timeout, the
+/// processes' logs are in the error.
 async fn wait_all(
     env: &Env,
     runs: &[RunId],
     timeout: Duration,
     procs: &[&Proc],
 ) -> Result<HashMap<RunId, RunStatus>> {
-    let done = Mutex::new(HashMap::new());
-    let done = &done;
-    wait_for(
-        &format!("{} runs to end", runs.len()),
-        timeout,
-        || async move {
-            for run in runs {
-                if done.lock().expect("not poisoned").contains_key(run) {
-                    continue;
-                }
-                // A Redis that is restarting answers with errors for a moment: try again.
-                if let Ok(Some(snap)) = env.store.load(*run).await
-                    && snap.doc.state.status.is_terminal()
-                {
-                    let mut done = done.lock().expect("not poisoned");
-                    done.insert(*run, snap.doc.state.status);
-                }
-            }
-            let done = done.lock().expect("not poisoned");
-            Ok((done.len() == runs.len()).then(|| done.clone()))
-        },
-    )
-    .await
-    .with_context(|| {
-        let ended = done.lock().map_or(0, |d| d.len());
-        format!(
-            "{} of {} runs had not ended\n{}",
-            runs.len() - ended,
-            runs.len(),
-            logs(procs)
-        )
-    })
-}
-
-async fn pending_for(env: &Env, consumer_prefix: &str) -> Result<u64> {
-    let keys = env.store.keys();
-    let mut total = 0;
-    for (shard, lane) in keys
-        .all_shards()
-        .flat_map(|s| steward_engine::keys::Lane::ALL.map(|l| (s, l)))
-    {
-        let consumers: Vec<redis::Value> = env
-            .store
-            .db()
-            .query(
-                redis::cmd("XINFO")
-                    .arg("CONSUMERS")
-                    .arg(keys.stream(shard, lane))
-                    .arg(GROUP),
-            )
-            .await?;
-        for c in consumers {
-            let map: HashMap<String, redis::Value> = redis::from_redis_value(c)?;
-            let name: String = map
-                .get("name")
-                .map(redis::from_redis_value_ref)
-                .transpose()?
-                .unwrap_or_default();
-            let pending: u64 = map
-                .get("pending")
-                .map(redis::from_redis_value_ref)
-                .transpose()?
-                .unwrap_or(0);
-            if name.starts_with(consumer_prefix) {
-                total += pending;
-            }
-        }
-    }
-    Ok(total)
-}
-
-/// The start of the consumer names of the `steward` process `p` (see
-/// [`steward_engine::worker::consumer_name`], whose format this copies; checked by
-/// `consumer_names_start_with_the_host_and_pid_the_tests_look_for`).
-fn host_pid(p: &Proc) -> String {
-    consumer_prefix(p.pid())
-}
-
-fn consumer_prefix(pid: u32) -> String {
-    let host = std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_default();
-    format!("{}-{pid}-", if host.is_empty() { "host" } else { &host },)
+    procs::wait_all(env, runs, timeout, LoadErrors::Retry, || logs(env, procs)).await
 }
 
 #[test]
@@ -144,9 +32,11 @@ fn consumer_names_start_with_the_host_and_pid_the_tests_look_for() {
     // The crash tests find a process's jobs by this prefix; a change of the engine's format must
     // fail here, not as a wait that times out.
     let name = steward_engine::worker::consumer_name();
-    let prefix = consumer_prefix(std::process::id());
+    let prefix = procs::consumer_prefix(std::process::id());
     let rest = name.strip_prefix(&prefix).unwrap_or_else(|| {
-        panic!("consumer name {name:?} does not start with {prefix:?}: update `consumer_prefix`")
+        panic!(
+            "consumer name {name:?} does not start with {prefix:?}: update `procs::consumer_prefix`"
+        )
     });
     assert!(
         rest.parse::<ulid::Ulid>().is_ok(),
@@ -169,39 +59,19 @@ steps:
   - {id: c, op: ledger, needs: [nap], with: {key: c}}
 "#,
     );
-    let holding = plan(
-        r#"
-name: holding
-inputs: {n: {type: number}}
-steps:
-  - {id: a, op: ledger, with: {key: a}}
-  - {id: b, op: ledger, needs: [a], with: {key: b, hold_ms: 5000}}
-  - {id: c, op: ledger, needs: [b], with: {key: c}}
-"#,
-    );
+    let holding = plan(HOLDING);
     // Claim idle times well above the lease renewal's cadence, so that neither worker takes its
     // own long-held steps over from itself on a loaded machine (that would be a third execution).
-    let mut first = worker(&env, dir.path(), "worker-a", "5s")?;
-    let mut runs = start_all(&env, &sleeping, 10).await?;
-    let holders = start_all(&env, &holding, 10).await?;
+    let mut first = procs::worker(&env, BIN, dir.path(), "worker-a", "5s")?;
+    let mut runs = start_runs(&env, &sleeping, 10).await?;
+    let holders = start_runs(&env, &holding, 10).await?;
     runs.extend(&holders);
     // Kill when the first worker is sleeping through every `nap` and has applied every `b` (both
     // last 5 s, so that the 20 steps, started within moments of each other, are all held at once
     // long enough to be seen even on a loaded machine).
-    wait_for(
-        "worker A to be in the middle of 20 steps",
-        Duration::from_secs(30),
-        || async {
-            let ledger = env.ledger().await?;
-            let applied_b = ledger.applied.iter().filter(|a| a.ends_with("/b")).count();
-            let held = pending_for(&env, &host_pid(&first)).await?;
-            Ok((applied_b == 10 && held >= 20).then_some(()))
-        },
-    )
-    .await
-    .with_context(|| first.log_text())?;
+    wait_in_the_middle(&env, &first, 10, 20).await?;
     first.kill9();
-    let second = worker(&env, dir.path(), "worker-b", "2s")?;
+    let second = procs::worker(&env, BIN, dir.path(), "worker-b", "2s")?;
 
     let ended = wait_all(&env, &runs, Duration::from_secs(60), &[&second]).await?;
     assert!(
@@ -211,38 +81,12 @@ steps:
         "{ended:?}"
     );
 
-    let ledger = env.ledger().await?;
-    let mut applied: HashMap<&str, usize> = HashMap::new();
-    for a in &ledger.applied {
-        *applied.entry(a.as_str()).or_default() += 1;
-    }
-    assert_eq!(
-        ledger.applied.len(),
-        50,
-        "a and c for every run, b for the holders"
-    );
-    assert!(
-        applied.values().all(|&n| n == 1),
-        "every change applied once"
-    );
-    let b_executions = ledger
-        .executions
-        .iter()
-        .filter(|e| e.contains("/b/"))
-        .count();
-    assert_eq!(
-        b_executions, 20,
-        "each interrupted `b` ran again on the survivor (executed twice, applied once)"
-    );
+    let ledger = assert_applied_once(&env, 50, "a and c for every run, b for the holders").await?;
+    // The holders' 10 interrupted `b`s (a `nap` records nothing in the ledger).
+    assert_taken_over_once(&env, &ledger, &runs, 10).await?;
 
     for run in &runs {
         let snap = env.store.load(*run).await?.context("run")?;
-        for (id, rec) in &snap.doc.state.steps {
-            assert_eq!(
-                rec.seq, 1,
-                "{run} {id}: dispatched once, never enqueued twice"
-            );
-        }
         // The survivor finished the interrupted step (within `wait_all`'s deadline: how soon is
         // for the benchmarks).
         let taken = if snap.doc.ctx.workflow.name == "sleeping" {
@@ -276,9 +120,9 @@ steps:
   - {id: flaky, op: flaky, needs: [wait], with: {times: 2}}
 "#,
     );
-    let work = worker(&env, dir.path(), "worker", "5s")?;
-    let mut sched = scheduler(&env, dir.path(), "scheduler-1")?;
-    let runs = start_all(&env, &plan, 30).await?;
+    let work = procs::worker(&env, BIN, dir.path(), "worker", "5s")?;
+    let mut sched = procs::scheduler(&env, BIN, dir.path(), "scheduler-1")?;
+    let runs = start_runs(&env, &plan, 30).await?;
     let keys = env.store.keys().clone();
     wait_for(
         "some timers to have fired",
@@ -295,7 +139,7 @@ steps:
         },
     )
     .await
-    .with_context(|| logs(&[&work, &sched]))?;
+    .with_context(|| logs(&env, &[&work, &sched]))?;
     sched.kill9();
     let due = || async {
         let now = env.store.clock().now().as_millis();
@@ -320,8 +164,8 @@ steps:
         || async { Ok((due().await? > 0).then_some(())) },
     )
     .await
-    .with_context(|| logs(&[&work]))?;
-    let second = scheduler(&env, dir.path(), "scheduler-2")?;
+    .with_context(|| logs(&env, &[&work]))?;
+    let second = procs::scheduler(&env, BIN, dir.path(), "scheduler-2")?;
     let ended = wait_all(&env, &runs, Duration::from_secs(60), &[&work, &second]).await?;
     assert!(
         ended
@@ -372,10 +216,10 @@ steps:
   - {id: b, op: ledger, needs: [flaky], with: {key: b}}
 "#,
     );
-    let w1 = worker(&env, dir.path(), "worker-1", "3s")?;
-    let w2 = worker(&env, dir.path(), "worker-2", "3s")?;
-    let s = scheduler(&env, dir.path(), "scheduler")?;
-    let runs = start_all(&env, &plan, 200).await?;
+    let w1 = procs::worker(&env, BIN, dir.path(), "worker-1", "3s")?;
+    let w2 = procs::worker(&env, BIN, dir.path(), "worker-2", "3s")?;
+    let s = procs::scheduler(&env, BIN, dir.path(), "scheduler")?;
+    let runs = start_runs(&env, &plan, 200).await?;
     // Restart while every run is in flight: some have made progress, none can have ended (each
     // waits for three polls 300 ms apart).
     let ended_before = wait_for("runs to make progress", Duration::from_secs(30), || async {
@@ -392,7 +236,7 @@ steps:
         Ok((progressed >= 50).then_some(ended))
     })
     .await
-    .with_context(|| logs(&[&w1, &w2, &s]))?;
+    .with_context(|| logs(&env, &[&w1, &w2, &s]))?;
     // A run that has ended had made progress for at least a second (three polls 300 ms apart, a
     // retry), and fewer than 50 had made progress one look earlier: few can have ended.
     assert!(
@@ -408,13 +252,7 @@ steps:
         .filter(|(_, s)| !matches!(s, RunStatus::Completed { failed, .. } if failed.is_empty()))
         .collect();
     assert!(wrong.is_empty(), "runs in a wrong state: {wrong:?}");
-    let ledger = env.ledger().await?;
-    let mut applied: HashMap<&str, usize> = HashMap::new();
-    for a in &ledger.applied {
-        *applied.entry(a.as_str()).or_default() += 1;
-    }
-    assert_eq!(applied.len(), 400, "every run's two changes");
-    assert!(applied.values().all(|&n| n == 1), "each applied once");
+    assert_applied_once(&env, 400, "every run's two changes").await?;
     // Ops whose system was the restarting Redis may have failed and been retried; but every
     // dispatch of a step follows its start, a retryable failure or a poll, never a duplicate.
     for run in &runs {
@@ -456,7 +294,7 @@ async fn a_frozen_workers_late_report_changes_nothing() -> Result<()> {
     let plan = plan(
         "name: late\ninputs: {n: {type: number}}\nsteps:\n  - {id: s, op: ledger, with: {key: s, hold_ms: 2000}}\n  - {id: t, op: noop, needs: [s]}\n",
     );
-    let frozen = worker(&env, dir.path(), "frozen", "1s")?;
+    let frozen = procs::worker(&env, BIN, dir.path(), "frozen", "1s")?;
     let run = env.start_run(&plan, json!({"n": 1})).await?;
     // Freeze it once it has made the change: it then holds for 2 s before reporting.
     wait_for(
@@ -467,11 +305,11 @@ async fn a_frozen_workers_late_report_changes_nothing() -> Result<()> {
     .await
     .with_context(|| frozen.log_text())?;
     assert!(
-        pending_for(&env, &host_pid(&frozen)).await? > 0,
+        held_by(&env, &frozen).await? > 0,
         "the first worker holds the job"
     );
     frozen.signal("STOP")?;
-    let thawed = worker(&env, dir.path(), "thawed", "2s")?;
+    let thawed = procs::worker(&env, BIN, dir.path(), "thawed", "2s")?;
     let status = env.wait_end(run, Duration::from_secs(30)).await?;
     assert!(matches!(status, RunStatus::Completed { .. }), "{status:?}");
     let before = env.store.load(run).await?.context("run")?;

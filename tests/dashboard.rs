@@ -7,7 +7,6 @@
 //! README shows). `scripts/setup` installs Chromium and the
 //! Node packages; without them the browser test says so loudly and passes, unless `CI` is set.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -16,7 +15,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use steward_engine::api::dashboard::Sessions;
 use steward_engine::embedded::Persistence;
-use steward_schemas::{CompanyScope, Role};
+use steward_tests::procs::Installation;
 use steward_tests::{Env, Proc, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_steward");
@@ -27,16 +26,20 @@ const SLOW: &str = "name: slow\ninputs:\n  user: {type: string}\nsteps:\n  - {id
 /// A change, a gate any one of the company's approvers decides, and a change it unlocks.
 const GATED: &str = "name: gated\ninputs:\n  user: {type: string}\ndefaults: {on_failure: rollback, retry: {attempts: 2, initial: 50ms}}\nsteps:\n  - {id: prepare, op: ledger, with: {key: \"prepare:${{ inputs.user }}\"}}\n  - id: approval\n    needs: [prepare]\n    gate: {approvers: company, quorum: 1, expires_in: 24h, message: \"Create ${{ inputs.user }}?\"}\n  - {id: apply, op: ledger, description: \"apply the change for ${{ inputs.user }}\", needs: [approval], with: {key: \"apply:${{ inputs.user }}\"}}\n";
 
-/// `steward serve` and `steward worker` on a private Redis, with companies contoso (approvers
-/// alice and bob) and fabrikam, and technicians with tokens.
+/// `steward serve` and `steward worker` on a private Redis (see [`Installation`]) offering SLOW
+/// and GATED, contoso's instructions with markup in them, and an HTTP client that does not
+/// follow redirects.
 struct Stack {
-    env: Env,
-    base: String,
-    _dir: tempfile::TempDir,
-    serve: Proc,
-    worker: Proc,
-    tokens: HashMap<&'static str, String>,
+    inst: Installation,
     http: reqwest::Client,
+}
+
+impl std::ops::Deref for Stack {
+    type Target = Installation;
+
+    fn deref(&self) -> &Installation {
+        &self.inst
+    }
 }
 
 impl Stack {
@@ -50,92 +53,18 @@ impl Stack {
         contoso.company.custom_instructions =
             "Call the site manager before approving <b>anything</b>.".to_owned();
         companies.update(contoso.company, None).await?;
-        steward_engine::companies::ensure(
-            &companies,
-            steward_engine::companies::sample(
-                "fabrikam",
-                &["lead@msp.example", "carol@msp.example"],
-            ),
-        )
-        .await?;
-        let dir = tempfile::tempdir()?;
-        let flows = dir.path().join("workflows");
-        std::fs::create_dir(&flows)?;
-        std::fs::write(flows.join("slow.yaml"), SLOW)?;
-        std::fs::write(flows.join("gated.yaml"), GATED)?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let base = format!("http://127.0.0.1:{port}");
-        let mut args = env.cli_args();
-        args.extend([
-            "serve".to_owned(),
-            "--listen".to_owned(),
-            format!("127.0.0.1:{port}"),
-            "--tick".to_owned(),
-            "20ms".to_owned(),
-            "--workflows".to_owned(),
-            flows.display().to_string(),
-        ]);
-        let serve = Proc::spawn(Path::new(BIN), dir.path(), "serve", &args)?;
-        let mut args = env.cli_args();
-        args.push("worker".to_owned());
-        let worker = Proc::spawn(Path::new(BIN), dir.path(), "worker", &args)?;
+        let inst = Installation::start(env, BIN, &[("slow", SLOW), ("gated", GATED)]).await?;
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        wait_for("the API", Duration::from_secs(30), || {
-            let (http, url) = (http.clone(), format!("{base}/readyz"));
-            async move {
-                Ok(http
-                    .get(url)
-                    .send()
-                    .await
-                    .ok()
-                    .filter(|r| r.status().is_success())
-                    .map(|_| ()))
-            }
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}\n{}", serve.log_text()))?;
-        let auth = steward_engine::auth::Auth::for_store(&env.store);
-        let mut tokens = HashMap::new();
-        let only = |c: &str| -> Result<CompanyScope> { Ok(CompanyScope::Only(vec![c.parse()?])) };
-        for (key, role, scope) in [
-            ("admin", Role::Admin, CompanyScope::ALL),
-            ("tech", Role::Technician, only("contoso")?),
-            ("alice", Role::Technician, only("contoso")?),
-            ("bob", Role::Technician, only("contoso")?),
-            ("outsider", Role::Technician, only("fabrikam")?),
-            ("lead", Role::Technician, only("fabrikam")?),
-            ("carol", Role::Technician, only("fabrikam")?),
-        ] {
-            let t = auth
-                .add_technician(&format!("{key}@msp.example"), key, role, scope)
-                .await?;
-            let (_, token) = auth.create_token(t.id, "test").await?;
-            tokens.insert(key, token);
-        }
-        Ok(Self {
-            env,
-            base,
-            _dir: dir,
-            serve,
-            worker,
-            tokens,
-            http,
-        })
-    }
-
-    fn logs(&self) -> String {
-        format!("{}\n{}", self.serve.log_text(), self.worker.log_text())
+        Ok(Self { inst, http })
     }
 
     /// Starts `workflow` for contoso as `who`; the run's id.
     async fn start_run(&self, who: &str, workflow: &str, user: &str) -> Result<String> {
         let res = self
             .http
-            .post(format!("{}/v1/runs", self.base))
+            .post(format!("{}/v1/runs", self.api))
             .bearer_auth(&self.tokens[who])
             .json(&json!({"workflow": workflow, "company": "contoso", "inputs": {"user": user}, "ticket": {"psa": "autotask", "id": "T-<i>9</i>", "title": "<script>alert('ticket')</script>"}}))
             .send()
@@ -151,7 +80,7 @@ impl Stack {
     async fn status(&self, run: &str) -> Result<String> {
         let v: Value = self
             .http
-            .get(format!("{}/v1/runs/{run}", self.base))
+            .get(format!("{}/v1/runs/{run}", self.api))
             .bearer_auth(&self.tokens["admin"])
             .send()
             .await?
@@ -172,14 +101,14 @@ impl Stack {
 
     /// Signs in with `who`'s token through the sign-in form; the session cookie's value.
     async fn sign_in(&self, who: &str) -> Result<String> {
-        let page = self.http.get(format!("{}/login", self.base)).send().await?;
+        let page = self.http.get(format!("{}/login", self.api)).send().await?;
         let pre = set_cookie(&page, "stw_login").context("the login form's cookie")?;
         let html = page.text().await?;
         let field = hidden(&html, "_csrf").context("the login form's token")?;
         assert_eq!(pre, field, "the double-submitted token is the cookie's");
         let res = self
             .http
-            .post(format!("{}/login", self.base))
+            .post(format!("{}/login", self.api))
             .header("cookie", format!("stw_login={pre}"))
             .form(&[
                 ("_csrf", field.as_str()),
@@ -196,7 +125,7 @@ impl Stack {
     async fn page(&self, session: &str, path: &str) -> Result<(u16, String, String)> {
         let res = self
             .http
-            .get(format!("{}{path}", self.base))
+            .get(format!("{}{path}", self.api))
             .header("cookie", format!("stw_session={session}"))
             .send()
             .await?;
@@ -219,7 +148,7 @@ impl Stack {
     ) -> Result<(u16, String)> {
         let res = self
             .http
-            .post(format!("{}{path}", self.base))
+            .post(format!("{}{path}", self.api))
             .header("cookie", format!("stw_session={session}"))
             .form(form)
             .send()
@@ -262,12 +191,12 @@ async fn pages_enforce_sessions_csrf_scoping_and_escaping() -> Result<()> {
         (status, location.as_str()),
         (303, "/login?next=%2F&ended=1")
     );
-    let res = stack.http.get(format!("{}/", stack.base)).send().await?;
+    let res = stack.http.get(format!("{}/", stack.api)).send().await?;
     assert_eq!(res.headers()["location"], "/login?next=%2F");
     // The sign-in form refuses a post whose token does not match its cookie.
     let res = stack
         .http
-        .post(format!("{}/login", stack.base))
+        .post(format!("{}/login", stack.api))
         .header("cookie", "stw_login=aaaa")
         .form(&[("_csrf", "bbbb"), ("token", stack.tokens["tech"].as_str())])
         .send()
@@ -320,22 +249,18 @@ async fn pages_enforce_sessions_csrf_scoping_and_escaping() -> Result<()> {
     assert!(html.contains("may not act on this company"));
     let (_, own_page, _) = stack.page(&outsider, "/").await?;
     let outsider_csrf = hidden(&own_page, "_csrf").context("csrf")?;
-    let (status, _) = stack
-        .post(
-            &outsider,
-            &format!("/runs/{run}/cancel"),
-            &[("_csrf", &outsider_csrf), ("rollback", "true")],
-        )
-        .await?;
-    assert_eq!(status, 403);
-    let (status, _) = stack
-        .post(
-            &outsider,
-            &format!("/approvals/{run}/approval"),
-            &[("_csrf", &outsider_csrf), ("decision", "approve")],
-        )
-        .await?;
-    assert_eq!(status, 403);
+    for (path, field) in [
+        (format!("/runs/{run}/cancel"), ("rollback", "true")),
+        (
+            format!("/approvals/{run}/approval"),
+            ("decision", "approve"),
+        ),
+    ] {
+        let (status, body) = stack
+            .post(&outsider, &path, &[("_csrf", &outsider_csrf), field])
+            .await?;
+        assert_eq!(status, 403, "{path}: {body}");
+    }
     let (status, _) = stack
         .page(&outsider, &format!("/live/runs/{run}"))
         .await
@@ -398,12 +323,15 @@ async fn pages_enforce_sessions_csrf_scoping_and_escaping() -> Result<()> {
     assert_eq!(status, 303);
 
     // `steward technicians login-link` goes through the API with the admin's token.
-    let out = Command::new(BIN)
-        .args(["technicians", "login-link", "carol@msp.example"])
-        .env("STEWARD_API_URL", &stack.base)
-        .env("STEWARD_TOKEN", &stack.tokens["admin"])
-        .env("STEWARD_REDIS__URL", "redis://127.0.0.1:9/")
-        .output()?;
+    let login_link = |who: &str| {
+        Command::new(BIN)
+            .args(["technicians", "login-link", "carol@msp.example"])
+            .env("STEWARD_API_URL", &stack.api)
+            .env("STEWARD_TOKEN", &stack.tokens[who])
+            .env("STEWARD_REDIS__URL", "redis://127.0.0.1:9/")
+            .output()
+    };
+    let out = login_link("admin")?;
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -412,49 +340,35 @@ async fn pages_enforce_sessions_csrf_scoping_and_escaping() -> Result<()> {
     );
     assert!(
         printed.contains("login link for carol@msp.example")
-            && printed.contains(&format!("{}/login/", stack.base)),
+            && printed.contains(&format!("{}/login/", stack.api)),
         "{printed}"
     );
-    let out = Command::new(BIN)
-        .args(["technicians", "login-link", "carol@msp.example"])
-        .env("STEWARD_API_URL", &stack.base)
-        .env("STEWARD_TOKEN", &stack.tokens["tech"])
-        .env("STEWARD_REDIS__URL", "redis://127.0.0.1:9/")
-        .output()?;
+    let out = login_link("tech")?;
     assert!(!out.status.success(), "a technician made a login link");
     // A login link made through the API works once.
     let me: Value = stack
         .http
-        .get(format!("{}/v1/technicians/me", stack.base))
+        .get(format!("{}/v1/technicians/me", stack.api))
         .bearer_auth(&stack.tokens["bob"])
         .send()
         .await?
         .json()
         .await?;
-    let link: Value = stack
-        .http
-        .post(format!(
-            "{}/v1/technicians/{}/login-link",
-            stack.base,
-            me["id"].as_str().unwrap_or("")
-        ))
-        .bearer_auth(&stack.tokens["admin"])
-        .send()
-        .await?
-        .json()
-        .await?;
+    let make_link = |who: &str| {
+        stack
+            .http
+            .post(format!(
+                "{}/v1/technicians/{}/login-link",
+                stack.api,
+                me["id"].as_str().unwrap_or("")
+            ))
+            .bearer_auth(&stack.tokens[who])
+            .send()
+    };
+    let link: Value = make_link("admin").await?.json().await?;
     let url = link["url"].as_str().context("the link")?.to_owned();
-    assert!(url.starts_with(&format!("{}/login/", stack.base)), "{link}");
-    let refused = stack
-        .http
-        .post(format!(
-            "{}/v1/technicians/{}/login-link",
-            stack.base,
-            me["id"].as_str().unwrap_or("")
-        ))
-        .bearer_auth(&stack.tokens["tech"])
-        .send()
-        .await?;
+    assert!(url.starts_with(&format!("{}/login/", stack.api)), "{link}");
+    let refused = make_link("tech").await?;
     assert_eq!(
         refused.status().as_u16(),
         403,
@@ -467,25 +381,21 @@ async fn pages_enforce_sessions_csrf_scoping_and_escaping() -> Result<()> {
         "opening the link changes nothing"
     );
     let pre = set_cookie(&opened, "stw_login").context("cookie")?;
-    let used = stack
-        .http
-        .post(&url)
-        .header("cookie", format!("stw_login={pre}"))
-        .form(&[("_csrf", pre.as_str())])
-        .send()
-        .await?;
+    let use_link = || {
+        stack
+            .http
+            .post(&url)
+            .header("cookie", format!("stw_login={pre}"))
+            .form(&[("_csrf", pre.as_str())])
+            .send()
+    };
+    let used = use_link().await?;
     assert_eq!(used.status().as_u16(), 303);
     let bob = set_cookie(&used, "stw_session").context("bob's session")?;
     let (status, html, _) = stack.page(&bob, "/approvals").await?;
     assert_eq!(status, 200);
     assert!(html.contains("bob@msp.example") && html.contains(&run));
-    let again = stack
-        .http
-        .post(&url)
-        .header("cookie", format!("stw_login={pre}"))
-        .form(&[("_csrf", pre.as_str())])
-        .send()
-        .await?;
+    let again = use_link().await?;
     assert_eq!(again.status().as_u16(), 410, "a login link works once");
 
     // An expired session (Redis expires its key) is sent to sign in again.
@@ -592,7 +502,7 @@ async fn technicians_follow_and_steer_runs_in_chromium() -> Result<()> {
     let stack = Stack::start().await?;
     let dir = tempfile::tempdir()?;
     let config = json!({
-        "base": stack.base,
+        "base": stack.api,
         "tokens": stack.tokens,
         "chromium": CHROMIUM,
         "shots_dir": std::env::var("STEWARD_SCREENSHOTS")

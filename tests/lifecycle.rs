@@ -376,16 +376,7 @@ async fn on_premises_only_onboarding_and_offboarding_through_the_rmm() -> Result
 /// A world whose worker has the Microsoft 365 ops (against the sandbox) and the RMM.
 async fn cloud_world(companies: Vec<Company>) -> Result<World> {
     let mut w = World::start(companies, Duration::from_secs(5)).await?;
-    let creds = m365_support::credentials();
-    let m = m365_support::m365_at(
-        &w.sb.base_url,
-        &creds,
-        Some(steward_workers::m365::SharedCache {
-            redis: w.env.store.db().manager(),
-            namespace: w.env.namespace.clone(),
-        }),
-        &w.sink,
-    );
+    let m = m365_support::m365_shared(&w.sb.base_url, &w.env, &w.sink);
     let registry =
         steward_workers::Registry::connected(Some(m), Some(w.onprem(Duration::from_secs(5))));
     w.start_worker_with(registry).await?;
@@ -776,16 +767,7 @@ async fn combo_world(idp: IdentityProvider, mbx: MailboxProvider, c: &Case) -> R
         )
         .await?;
     anyhow::ensure!(s == 200, "the rules: {s} {b}");
-    let creds = m365_support::credentials();
-    let m = m365_support::m365_at(
-        &w.sb.base_url,
-        &creds,
-        Some(steward_workers::m365::SharedCache {
-            redis: w.env.store.db().manager(),
-            namespace: w.env.namespace.clone(),
-        }),
-        &w.sink,
-    );
+    let m = m365_support::m365_shared(&w.sb.base_url, &w.env, &w.sink);
     let registry =
         steward_workers::Registry::connected(Some(m), Some(w.onprem(Duration::from_secs(5))));
     w.start_worker_with(registry).await?;

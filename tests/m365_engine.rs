@@ -9,15 +9,13 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use serde_json::{Value, json};
+use steward_core::Plan;
 use steward_engine::embedded::Persistence;
-use steward_engine::queue::QueueConfig;
-use steward_engine::scheduler::{self, SchedulerConfig};
-use steward_engine::worker::{self, Runtime};
-use steward_schemas::{RunStatus, StepState};
-use steward_tests::Env;
+use steward_engine::store::RunSnapshot;
+use steward_schemas::{RunId, RunStatus, StepState};
+use steward_tests::{Env, InProcess, WorkerOpts};
+use steward_workers::Registry;
 use steward_workers::m365::MemorySink;
-use steward_workers::{Registry, Services};
-use tokio::sync::watch;
 
 use m365_support::*;
 
@@ -35,79 +33,48 @@ steps:
   - {id: check, op: fail, needs: [licence, team, manager], when: "${{ inputs.fail }}", with: {message: "HR cancelled the start"}}
 "#;
 
-struct Worker {
-    stop: watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+/// Compiles `yaml` (named `file`) with the ops of `registry`, and starts an in-process worker (8
+/// steps at once) and scheduler running them; stopped when dropped.
+async fn worker_with(
+    env: &Env,
+    registry: Registry,
+    file: &str,
+    yaml: &str,
+) -> Result<(Arc<Plan>, InProcess)> {
+    let plan = Arc::new(Plan::load(file, yaml, Some(&registry))?);
+    let worker = env
+        .worker(WorkerOpts {
+            concurrency: 8,
+            registry: Some(registry),
+            ..WorkerOpts::default()
+        })
+        .await?;
+    Ok((plan, worker))
 }
 
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-        for t in &self.tasks {
-            t.abort();
-        }
-    }
-}
-
-async fn start_worker(env: &Env, registry: Registry) -> Result<Worker> {
-    let store = env.store().await?;
-    let runtime = Arc::new(Runtime {
-        store: store.clone(),
-        companies: env.companies(),
-        registry,
-        services: Services {
-            redis: Some(store.db().manager()),
-            namespace: env.namespace.clone(),
-        },
-    });
-    let (stop, rx) = watch::channel(false);
-    let until = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let queue = QueueConfig {
-        consumer: worker::consumer_name(),
-        concurrency: 8,
-        block: Duration::from_millis(500),
-        claim_idle: Duration::from_secs(30),
-        max_deliveries: 5,
-    };
-    let config = SchedulerConfig {
-        tick: Duration::from_millis(20),
-        batch: 200,
-        concurrency: 16,
-    };
-    let tasks = vec![
-        tokio::spawn({
-            let rx = rx.clone();
-            async move {
-                if let Err(e) = worker::run(runtime, queue, until(rx)).await {
-                    eprintln!("the worker stopped: {e}");
-                }
-            }
-        }),
-        tokio::spawn(scheduler::run(store, config, until(rx))),
-    ];
-    Ok(Worker { stop, tasks })
+/// Waits until `run`'s status is `done` (`what`, for the timeout's message); its snapshot.
+async fn wait_until(
+    env: &Env,
+    run: RunId,
+    what: &str,
+    done: impl Fn(&RunStatus) -> bool,
+) -> Result<RunSnapshot> {
+    let (store, done) = (&env.store, &done);
+    steward_tests::wait_for(what, T, || async move {
+        let snap = store.load(run).await?.context("run")?;
+        Ok(done(&snap.doc.state.status).then_some(snap))
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_onboarding_run_completes_and_a_cancelled_one_rolls_back() -> Result<()> {
     let env = Env::start(Persistence::None).await?;
     let sb = sandbox().await?;
-    let creds = credentials();
     let sink = MemorySink::new();
-    let shared = steward_workers::m365::SharedCache {
-        redis: env.store.db().manager(),
-        namespace: env.namespace.clone(),
-    };
-    let m = m365_at(&sb.base_url, &creds, Some(shared), &sink);
-    let registry = Registry::with_m365(m);
-    let plan = Arc::new(steward_core::Plan::load(
-        "onboard.yaml",
-        ONBOARD,
-        Some(&registry),
-    )?);
-    let _worker = start_worker(&env, registry).await?;
+    let m = m365_shared(&sb.base_url, &env, &sink);
+    let (plan, _worker) =
+        worker_with(&env, Registry::with_m365(m), "onboard.yaml", ONBOARD).await?;
 
     let run = env
         .start_run(&plan, json!({"upn": "engine.one@contoso.com"}))
@@ -220,12 +187,7 @@ steps:
 async fn a_tenant_missing_a_permission_pauses_the_run_with_the_fix() -> Result<()> {
     let env = Env::start(Persistence::None).await?;
     let sb = sandbox().await?;
-    let creds = credentials();
     let sink = MemorySink::new();
-    let shared = steward_workers::m365::SharedCache {
-        redis: env.store.db().manager(),
-        namespace: env.namespace.clone(),
-    };
     // Enough to read the user and the SKUs, nothing that assigns licences (User.ReadWrite.All
     // would: Graph accepts it for assignLicense too).
     let without = ["User.Read.All", "Organization.Read.All"];
@@ -237,20 +199,14 @@ async fn a_tenant_missing_a_permission_pauses_the_run_with_the_fix() -> Result<(
         Some(json!({"application_permissions": without})),
     )
     .await?;
-    let registry = Registry::with_m365(m365_at(&sb.base_url, &creds, Some(shared), &sink));
-    let plan = Arc::new(steward_core::Plan::load(
-        "licence.yaml",
-        LICENCE,
-        Some(&registry),
-    )?);
-    let _worker = start_worker(&env, registry).await?;
+    let m = m365_shared(&sb.base_url, &env, &sink);
+    let (plan, _worker) =
+        worker_with(&env, Registry::with_m365(m), "licence.yaml", LICENCE).await?;
     let run = env
         .start_run(&plan, json!({"user": "megan.bowen@contoso.com"}))
         .await?;
-    let store = &env.store;
-    let paused = steward_tests::wait_for("the run to stop", T, || async move {
-        let snap = store.load(run).await?.context("run")?;
-        Ok((!matches!(snap.doc.state.status, RunStatus::Running)).then_some(snap))
+    let paused = wait_until(&env, run, "the run to stop", |s| {
+        !matches!(s, RunStatus::Running)
     })
     .await?;
     assert!(
@@ -382,13 +338,9 @@ async fn a_tenant_with_a_certificate_runs_a_graph_op() -> Result<()> {
         conn.certificate = Some(cert);
         creds.connect("contoso", conn);
         let sink = MemorySink::new();
-        let registry = Registry::with_m365(m365_at(&sb.base_url, &creds, None, &sink));
-        let plan = Arc::new(steward_core::Plan::load(
-            "licence.yaml",
-            LICENCE,
-            Some(&registry),
-        )?);
-        let worker = start_worker(&env, registry).await?;
+        let m = m365_at(&sb.base_url, &creds, None, &sink);
+        let (plan, worker) =
+            worker_with(&env, Registry::with_m365(m), "licence.yaml", LICENCE).await?;
         let before = tokens_issued(&sb).await?;
         let run = env
             .start_run(&plan, json!({"user": "megan.bowen@contoso.com"}))
@@ -430,20 +382,14 @@ async fn a_tenant_with_a_certificate_runs_a_graph_op() -> Result<()> {
     // Through the engine, the run pauses with the fix rather than waiting for a consent.
     let creds = credentials();
     creds.connect("contoso", conn);
-    let registry = Registry::with_m365(m365_at(&sb.base_url, &creds, None, &MemorySink::new()));
-    let plan = Arc::new(steward_core::Plan::load(
-        "licence.yaml",
-        LICENCE,
-        Some(&registry),
-    )?);
-    let _worker = start_worker(&env, registry).await?;
+    let m = m365_at(&sb.base_url, &creds, None, &MemorySink::new());
+    let (plan, _worker) =
+        worker_with(&env, Registry::with_m365(m), "licence.yaml", LICENCE).await?;
     let run = env
         .start_run(&plan, json!({"user": "megan.bowen@contoso.com"}))
         .await?;
-    let store = &env.store;
-    let paused = steward_tests::wait_for("the run to pause", T, || async move {
-        let snap = store.load(run).await?.context("run")?;
-        Ok(matches!(snap.doc.state.status, RunStatus::Paused { .. }).then_some(snap))
+    let paused = wait_until(&env, run, "the run to pause", |s| {
+        matches!(s, RunStatus::Paused { .. })
     })
     .await?;
     let text = serde_json::to_string(&paused.doc.state)?;

@@ -9,12 +9,11 @@ mod onprem_support;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use m365_support::{credentials, m365_at};
+use m365_support::m365_shared;
 use onprem_support::{T, World, company};
 use serde_json::json;
 use steward_schemas::{RunStatus, StepState};
 use steward_workers::Registry;
-use steward_workers::m365::SharedCache;
 use steward_workers::rmm::jobs::Binding;
 
 const ONBOARD: &str = r#"
@@ -43,16 +42,7 @@ async fn world(identity: &str) -> Result<World> {
         Duration::from_secs(3600),
     )
     .await?;
-    let creds = credentials();
-    let m = m365_at(
-        &w.sb.base_url,
-        &creds,
-        Some(SharedCache {
-            redis: w.env.store.db().manager(),
-            namespace: w.env.namespace.clone(),
-        }),
-        &w.sink,
-    );
+    let m = m365_shared(&w.sb.base_url, &w.env, &w.sink);
     let registry = Registry::connected(Some(m), Some(w.onprem(Duration::from_secs(3600))));
     w.start_worker_with(registry).await?;
     Ok(w)

@@ -15,7 +15,7 @@ use steward_engine::store::{DefinitionSource, Store};
 use steward_engine::worker::Runtime;
 use steward_schemas::{CompanyScope, Role, RunId, RunStatus};
 use steward_tests::api::send;
-use steward_tests::{Env, Proc, WorkerOpts, plan, wait_for};
+use steward_tests::{Env, Proc, WorkerOpts, plan, procs, wait_for};
 use steward_workers::{Registry, Services};
 
 const LEDGER: &str = r#"
@@ -418,14 +418,6 @@ fn worker_process(env: &Env, dir: &std::path::Path, name: &str, concurrency: &st
     Proc::spawn(std::path::Path::new(BIN), dir, name, &args)
 }
 
-/// The consumer names of the process with this pid (see `worker::consumer_name`).
-fn consumer_prefix(pid: u32) -> String {
-    let host = std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_default();
-    format!("{}-{pid}-", if host.is_empty() { "host" } else { &host })
-}
-
 /// The entries a consumer whose name starts with `prefix` holds: (stream, entry id).
 async fn held_by(env: &Env, prefix: &str) -> Result<Vec<(String, String)>> {
     let keys = env.store.keys();
@@ -482,8 +474,8 @@ steps:
     }
     let mut doomed = worker_process(&env, dir.path(), "worker-a", "16")?;
     let survivor = worker_process(&env, dir.path(), "worker-b", "4")?;
-    let prefix = consumer_prefix(doomed.pid());
-    let survivor_prefix = consumer_prefix(survivor.pid());
+    let prefix = procs::consumer_prefix(doomed.pid());
+    let survivor_prefix = procs::consumer_prefix(survivor.pid());
     // Kill A while it holds jobs and B is busy too.
     let held = wait_for(
         "both workers to be busy",
@@ -663,21 +655,8 @@ async fn serve_and_worker_metrics_count_what_really_happened() -> Result<()> {
     std::fs::write(flows_dir.join("metered.yaml"), METERED)?;
     std::fs::write(flows_dir.join("waiting.yaml"), GATED)?;
     let token = "metrics-token-0123456789abcdef";
-    let config = dir.path().join("steward.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "{}\n[metrics]\ntoken = \"{token}\"\n",
-            std::fs::read_to_string(env.config_file())?
-        ),
-    )?;
-    let mut args = env.cli_args();
-    let at = args
-        .iter()
-        .position(|a| a == "--config")
-        .context("--config")?
-        + 1;
-    args[at] = config.display().to_string();
+    let args =
+        env.cli_args_with_config(dir.path(), &format!("[metrics]\ntoken = \"{token}\"\n"))?;
     Auth::for_store(&env.store)
         .add_technician(
             "alice@msp.example",
@@ -1078,21 +1057,10 @@ async fn slow_and_half_open_clients_do_not_starve_healthz() -> Result<()> {
     let flows = dir.path().join("workflows");
     std::fs::create_dir(&flows)?;
     std::fs::write(flows.join("writes.yaml"), LEDGER)?;
-    let config = dir.path().join("steward.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "{}\n[http]\nheader-timeout = \"1s\"\nbody-timeout = \"1s\"\nmax-connections = 32\n",
-            std::fs::read_to_string(env.config_file())?
-        ),
+    let mut args = env.cli_args_with_config(
+        dir.path(),
+        "[http]\nheader-timeout = \"1s\"\nbody-timeout = \"1s\"\nmax-connections = 32\n",
     )?;
-    let mut args = env.cli_args();
-    let at = args
-        .iter()
-        .position(|a| a == "--config")
-        .context("--config")?
-        + 1;
-    args[at] = config.display().to_string();
     args.extend(
         [
             "serve",
@@ -1484,21 +1452,7 @@ async fn the_durability_mode_is_checked_against_the_server() -> Result<()> {
 
     // `serve` refuses to start with a mode the server does not offer.
     let dir = tempfile::tempdir()?;
-    let config = dir.path().join("steward.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "{}\n[redis]\ndurability = \"always\"\n",
-            std::fs::read_to_string(env.config_file())?
-        ),
-    )?;
-    let mut args = env.cli_args();
-    let at = args
-        .iter()
-        .position(|a| a == "--config")
-        .context("--config")?
-        + 1;
-    args[at] = config.display().to_string();
+    let mut args = env.cli_args_with_config(dir.path(), "[redis]\ndurability = \"always\"\n")?;
     args.extend(
         [
             "serve",

@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use steward_engine::embedded::Persistence;
 use steward_engine::secrets::Context;
 use steward_schemas::{RunId, StepState};
+use steward_tests::procs::Servers;
 use steward_tests::{Env, Proc, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_steward");
@@ -134,12 +135,9 @@ fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-fn cli(env: &Env, extra: &[&str]) -> Result<String> {
-    let out = Command::new(BIN)
-        .args(env.cli_args())
-        .args(extra)
-        .env_remove("STEWARD_TOKEN")
-        .output()?;
+/// Runs `steward EXTRA…` as `command` sets it up; its output, failing unless it succeeded.
+fn succeeds(mut command: Command, extra: &[&str]) -> Result<String> {
+    let out = command.args(extra).output()?;
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -151,22 +149,20 @@ fn cli(env: &Env, extra: &[&str]) -> Result<String> {
     Ok(text)
 }
 
+/// Runs an administrator's command on `env`'s Redis.
+fn cli(env: &Env, extra: &[&str]) -> Result<String> {
+    let mut command = Command::new(BIN);
+    command.args(env.cli_args()).env_remove("STEWARD_TOKEN");
+    succeeds(command, extra)
+}
+
 /// Runs a technician's command: through the HTTP API at `api`, as the technician of `token`.
 fn api_cli(api: &str, token: &str, extra: &[&str]) -> Result<String> {
-    let out = Command::new(BIN)
-        .args(extra)
+    let mut command = Command::new(BIN);
+    command
         .env("STEWARD_API_URL", api)
-        .env("STEWARD_TOKEN", token)
-        .output()?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if !out.status.success() {
-        bail!("steward {extra:?} failed: {text}");
-    }
-    Ok(text)
+        .env("STEWARD_TOKEN", token);
+    succeeds(command, extra)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,37 +190,16 @@ async fn a_secret_input_is_found_nowhere_in_plaintext() -> Result<()> {
         ],
     )?;
     let token = out.lines().last().context("a token")?.trim().to_owned();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let api = format!("http://127.0.0.1:{port}");
-    let mut serve_args = env.cli_args();
-    serve_args.extend([
-        "serve".to_owned(),
-        "--listen".to_owned(),
-        format!("127.0.0.1:{port}"),
-        "--workflows".to_owned(),
-        flows.display().to_string(),
-    ]);
-    let serve = Proc::spawn(Path::new(BIN), dir.path(), "serve", &serve_args)?;
-    let mut worker_args = env.cli_args();
-    worker_args.push("worker".to_owned());
-    let worker = Proc::spawn(Path::new(BIN), dir.path(), "worker", &worker_args)?;
+    let servers = Servers::start(
+        &env,
+        BIN,
+        dir.path(),
+        &["--workflows", &flows.display().to_string()],
+        T,
+    )
+    .await?;
+    let api = servers.api.clone();
     let http = reqwest::Client::new();
-    wait_for("the API", T, || {
-        let (http, url) = (http.clone(), format!("{api}/readyz"));
-        async move {
-            Ok(http
-                .get(url)
-                .send()
-                .await
-                .ok()
-                .filter(|r| r.status().is_success())
-                .map(|_| ()))
-        }
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}\n{}", serve.log_text()))?;
 
     let get = |path: String| {
         let (http, token, api) = (http.clone(), token.clone(), api.clone());
@@ -268,7 +243,7 @@ async fn a_secret_input_is_found_nowhere_in_plaintext() -> Result<()> {
     for run in &runs {
         env.wait_end(*run, T)
             .await
-            .map_err(|e| anyhow::anyhow!("{e}\n{}\n{}", serve.log_text(), worker.log_text()))?;
+            .map_err(|e| anyhow::anyhow!("{e}\n{}", servers.logs()))?;
     }
 
     // The op got the secret itself: what the steps copied out of it opens back to it — even
@@ -366,7 +341,7 @@ async fn a_secret_input_is_found_nowhere_in_plaintext() -> Result<()> {
             &needles,
         ));
     }
-    for log in [&serve.log, &worker.log] {
+    for log in [&servers.serve.log, &servers.worker.log] {
         found.extend(find_in(
             &log.display().to_string(),
             &std::fs::read(log)?,

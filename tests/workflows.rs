@@ -7,11 +7,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
-use steward_engine::auth::Auth;
 use steward_engine::embedded::Persistence;
 use steward_schemas::{CompanyScope, Role};
 use steward_tests::api::send;
-use steward_tests::{Env, Proc, WorkerOpts, wait_for};
+use steward_tests::{Env, Proc, WorkerOpts, only, procs, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_steward");
 const T: Duration = Duration::from_secs(30);
@@ -126,20 +125,13 @@ fn steps_of(run: &Value) -> Vec<String> {
 async fn serve_skips_bad_files_and_reloads_changed_ones_for_new_runs_only() -> Result<()> {
     let env = Env::start(Persistence::None).await?;
     let _worker = env.worker(WorkerOpts::default()).await?;
-    let auth = Auth::for_store(&env.store);
-    let admin = auth
-        .add_technician("admin@msp.example", "admin", Role::Admin, CompanyScope::ALL)
+    let tokens = env
+        .add_technicians(vec![
+            ("admin", Role::Admin, CompanyScope::ALL),
+            ("alice", Role::Technician, only("contoso")?),
+        ])
         .await?;
-    let (_, admin) = auth.create_token(admin.id, "test").await?;
-    let alice = auth
-        .add_technician(
-            "alice@msp.example",
-            "alice",
-            Role::Technician,
-            CompanyScope::Only(vec!["contoso".parse()?]),
-        )
-        .await?;
-    let (_, alice) = auth.create_token(alice.id, "test").await?;
+    let (admin, alice) = (tokens["admin"].clone(), tokens["alice"].clone());
 
     let dir = tempfile::tempdir()?;
     let flows = dir.path().join("workflows");
@@ -147,9 +139,7 @@ async fn serve_skips_bad_files_and_reloads_changed_ones_for_new_runs_only() -> R
     std::fs::write(flows.join("rel.yaml"), rel(1))?;
     std::fs::write(flows.join("other.yaml"), BAD)?;
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = procs::free_port()?;
     let mut args = env.cli_args();
     args.extend([
         "serve".to_owned(),
@@ -163,18 +153,9 @@ async fn serve_skips_bad_files_and_reloads_changed_ones_for_new_runs_only() -> R
         http: reqwest::Client::new(),
         base: format!("http://127.0.0.1:{port}"),
     };
-    wait_for("the API", T, || async {
-        Ok(api
-            .http
-            .get(format!("{}/readyz", api.base))
-            .send()
-            .await
-            .ok()
-            .filter(|r| r.status().is_success())
-            .map(|_| ()))
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}\n{}", serve.log_text()))?;
+    procs::wait_ready(&api.base, T)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", serve.log_text()))?;
 
     // The bad file is skipped and reported with its line and fix; the good one is served.
     assert_eq!(api.offered(&admin).await?, ["rel"]);

@@ -132,6 +132,20 @@ pub fn m365_at(
     .expect("clients build")
 }
 
+/// The cache connectors share through `env`'s Redis, in its namespace.
+pub fn shared_cache(env: &steward_tests::Env) -> SharedCache {
+    SharedCache {
+        redis: env.store.db().manager(),
+        namespace: env.namespace.clone(),
+    }
+}
+
+/// Connectors at `base_url` with the test credentials, sharing their cache through `env`'s Redis
+/// and handing secrets to `sink`.
+pub fn m365_shared(base_url: &str, env: &steward_tests::Env, sink: &MemorySink) -> M365 {
+    m365_at(base_url, &credentials(), Some(shared_cache(env)), sink)
+}
+
 pub fn call(tenant: &str) -> Call {
     Call::new(connection(tenant))
 }

@@ -284,19 +284,8 @@ impl World {
 
     /// (Re)starts the in-process worker and scheduler.
     pub async fn start_worker(&mut self, poll: Duration) -> Result<()> {
-        if let Some(w) = self.worker.take() {
-            w.stop().await;
-        }
         let registry = Registry::connected(None, Some(self.onprem(poll)));
-        self.worker = Some(
-            self.env
-                .worker(WorkerOpts {
-                    registry: Some(registry),
-                    ..WorkerOpts::default()
-                })
-                .await?,
-        );
-        Ok(())
+        self.start_worker_with(registry).await
     }
 
     /// Starts a run of `yaml` for `company`.

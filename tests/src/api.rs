@@ -6,14 +6,13 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use serde_json::Value;
-use steward_engine::auth::Auth;
 use steward_engine::embedded::Persistence;
 use steward_engine::planner::Workflows;
 use steward_schemas::{CompanyScope, Role};
 use steward_workers::Registry;
 use tokio::task::JoinHandle;
 
-use crate::{Env, InProcess, WorkerOpts};
+use crate::{Env, InProcess, WorkerOpts, only};
 
 /// A running API with its world.
 #[derive(Debug)]
@@ -67,40 +66,15 @@ impl ApiEnv {
                 eprintln!("the test API server stopped: {e}");
             }
         });
-        let auth = Auth::for_store(&env.store);
-        let mut tokens = std::collections::HashMap::new();
-        let people: [(&'static str, &str, Role, CompanyScope); 5] = [
-            ("admin", "admin@msp.example", Role::Admin, CompanyScope::ALL),
-            (
-                "alice",
-                "alice@msp.example",
-                Role::Technician,
-                CompanyScope::Only(vec!["contoso".parse()?]),
-            ),
-            (
-                "bob",
-                "bob@msp.example",
-                Role::Technician,
-                CompanyScope::Only(vec!["contoso".parse()?]),
-            ),
-            (
-                "tech",
-                "tech@msp.example",
-                Role::Technician,
-                CompanyScope::Only(vec!["contoso".parse()?]),
-            ),
-            (
-                "outsider",
-                "outsider@msp.example",
-                Role::Technician,
-                CompanyScope::Only(vec!["fabrikam".parse()?]),
-            ),
-        ];
-        for (key, email, role, scope) in people {
-            let t = auth.add_technician(email, key, role, scope).await?;
-            let (_, token) = auth.create_token(t.id, "test").await?;
-            tokens.insert(key, token);
-        }
+        let tokens = env
+            .add_technicians(vec![
+                ("admin", Role::Admin, CompanyScope::ALL),
+                ("alice", Role::Technician, only("contoso")?),
+                ("bob", Role::Technician, only("contoso")?),
+                ("tech", Role::Technician, only("contoso")?),
+                ("outsider", Role::Technician, only("fabrikam")?),
+            ])
+            .await?;
         Ok(Self {
             env,
             base,

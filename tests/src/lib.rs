@@ -3,7 +3,9 @@
 
 pub mod api;
 pub mod cluster;
+pub mod procs;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -22,7 +24,7 @@ use steward_engine::scheduler::{self, SchedulerConfig};
 use steward_engine::store::{NewRun, Outcome, Store};
 use steward_engine::worker::{self, Runtime};
 use steward_engine::{Db, Keys, SystemClock};
-use steward_schemas::{Event, RunId, RunState, RunStatus};
+use steward_schemas::{CompanyScope, Event, Role, RunId, RunState, RunStatus};
 use steward_workers::testing::ledger_keys;
 use steward_workers::{Registry, Services};
 use tokio::sync::watch;
@@ -248,12 +250,30 @@ impl Env {
             auth.add_technician(
                 &format!("{who}@msp.example"),
                 who,
-                steward_schemas::Role::Technician,
-                steward_schemas::CompanyScope::ALL,
+                Role::Technician,
+                CompanyScope::ALL,
             )
             .await?;
         }
         Ok(())
+    }
+
+    /// Adds the technicians `people` (name, role, companies; `<name>@msp.example`) and a token for
+    /// each; the tokens by name.
+    pub async fn add_technicians(
+        &self,
+        people: Vec<(&'static str, Role, CompanyScope)>,
+    ) -> Result<HashMap<&'static str, String>> {
+        let auth = steward_engine::auth::Auth::for_store(&self.store);
+        let mut tokens = HashMap::new();
+        for (name, role, scope) in people {
+            let t = auth
+                .add_technician(&format!("{name}@msp.example"), name, role, scope)
+                .await?;
+            let (_, token) = auth.create_token(t.id, "test").await?;
+            tokens.insert(name, token);
+        }
+        Ok(tokens)
     }
 
     /// Creates a run of `plan`.
@@ -357,6 +377,24 @@ impl Env {
             "--config".to_owned(),
             self.config_file().display().to_string(),
         ]
+    }
+
+    /// [`Env::cli_args`] with a config file of their own, `dir/steward.toml`: this test's (the
+    /// secrets key) followed by `extra` (TOML).
+    pub fn cli_args_with_config(&self, dir: &Path, extra: &str) -> Result<Vec<String>> {
+        let config = dir.join("steward.toml");
+        std::fs::write(
+            &config,
+            format!("{}\n{extra}", std::fs::read_to_string(self.config_file())?),
+        )?;
+        let mut args = self.cli_args();
+        let at = args
+            .iter()
+            .position(|a| a == "--config")
+            .context("--config")?
+            + 1;
+        args[at] = config.display().to_string();
+        Ok(args)
     }
 }
 
@@ -497,6 +535,11 @@ impl Drop for InProcess {
             t.abort();
         }
     }
+}
+
+/// The companies of a technician of `company` only.
+pub fn only(company: &str) -> Result<CompanyScope> {
+    Ok(CompanyScope::Only(vec![company.parse()?]))
 }
 
 /// Compiles a workflow given as YAML text, with the built-in ops.
