@@ -785,6 +785,16 @@ async fn combo_world(idp: IdentityProvider, mbx: MailboxProvider, c: &Case) -> R
 }
 
 /// The state each step of `run` ended in (`succeeded`, `skipped`, …).
+/// The user of a sandbox world's tenant (`GET /world/{name}`) whose record mentions `upn`.
+fn tenant_user(snap: &Value, upn: &str) -> Option<Value> {
+    snap["tenant"]["users"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|u| u.to_string().contains(upn))
+        .cloned()
+}
+
 async fn step_states(
     w: &World,
     run: steward_schemas::RunId,
@@ -847,12 +857,7 @@ async fn lifecycle(idp: IdentityProvider, mbx: MailboxProvider) -> Result<()> {
         let ad = ad.as_ref().context("Ann has an AD account")?;
         assert_eq!(ad["deleted"], false, "{ad}");
     }
-    let cloud_user = snap["tenant"]["users"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|u| u.to_string().contains(&upn))
-        .cloned();
+    let cloud_user = tenant_user(&snap, &upn);
     if has_cloud(idp, mbx) {
         let u = cloud_user.as_ref().context("Ann is in Entra ID")?;
         assert!(u.to_string().contains(c.sku_id), "licensed: {u}");
@@ -934,12 +939,7 @@ async fn lifecycle(idp: IdentityProvider, mbx: MailboxProvider) -> Result<()> {
     if idp == IdentityProvider::HybridNoSync {
         // Nothing synchronises the company's AD: Ann's cloud account is still her own.
         let snap = w.admin("GET", &format!("/world/{world}"), None).await?;
-        let u = snap["tenant"]["users"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|u| u.to_string().contains(&upn))
-            .context("Ann is in Entra ID")?;
+        let u = tenant_user(&snap, &upn).context("Ann is in Entra ID")?;
         assert!(u["on_prem"].is_null(), "Ann became synced: {u}");
     }
     // An on-prem mailbox with a phone on it, for the mobile-device item.
@@ -1099,13 +1099,7 @@ async fn lifecycle(idp: IdentityProvider, mbx: MailboxProvider) -> Result<()> {
     }
     if cloud {
         let snap = w.admin("GET", &format!("/world/{world}"), None).await?;
-        let u = snap["tenant"]["users"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|u| u.to_string().contains(&upn))
-            .cloned()
-            .context("Ann is still in Entra ID")?;
+        let u = tenant_user(&snap, &upn).context("Ann is still in Entra ID")?;
         assert!(!u.to_string().contains(c.sku_id), "unlicensed: {u}");
     }
     // Each ticket says it is done, naming its run; no note holds a secret.
