@@ -1265,6 +1265,11 @@ async fn bench_open_loop_reports_percentiles_and_redis_cost() -> Result<()> {
     for (flag, value, says) in [
         ("--rate", "0", "workflows per second"),
         ("--rate", "fast", "workflows per second"),
+        // Nothing is measured over none (`--parked 0` printed "inf bytes" per run).
+        ("--parked", "0", "at least 1"),
+        ("--workflows", "0", "at least 1"),
+        ("--steps", "0", "at least 1"),
+        ("--concurrency", "0", "at least 1"),
     ] {
         let out = run(owned(&["--redis", &url, flag, value])).await;
         let t = text(&out);

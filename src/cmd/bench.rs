@@ -21,13 +21,13 @@ use crate::{Global, print};
 #[derive(Args, Debug)]
 pub(crate) struct BenchArgs {
     /// Workflows to run.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 2000, value_parser = parse_count)]
     workflows: usize,
     /// Sequential no-op steps per workflow.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = parse_count)]
     steps: usize,
     /// Worker concurrency.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = parse_count)]
     concurrency: usize,
     /// One workflow at a time.
     #[arg(long)]
@@ -41,14 +41,14 @@ pub(crate) struct BenchArgs {
     duration: std::time::Duration,
     /// Instead: decide this many approval gates one after another and report decision → next
     /// step dispatched (in-process and through the HTTP API).
-    #[arg(long, conflicts_with_all = ["serial", "parked"])]
+    #[arg(long, conflicts_with_all = ["serial", "parked"], value_parser = parse_count)]
     gates: Option<usize>,
     /// Instead: park this many runs at an approval gate and report Redis memory per parked run.
-    #[arg(long, conflicts_with = "serial")]
+    #[arg(long, conflicts_with = "serial", value_parser = parse_count)]
     parked: Option<usize>,
     /// Instead: connect this many tenants of the sandbox (each through the consent flow), make
     /// every one due, and time the scheduled refresh of all of them (one token request each).
-    #[arg(long, requires = "sandbox", conflicts_with_all = ["serial", "parked", "gates"])]
+    #[arg(long, requires = "sandbox", conflicts_with_all = ["serial", "parked", "gates"], value_parser = parse_count)]
     tenants: Option<usize>,
     /// The sandbox (`steward sandbox`) whose tenants `--tenants` connects; it gets that many
     /// companies added (`POST /admin/tenants`).
@@ -300,6 +300,16 @@ async fn bench_in(config: &Config, store: Store, args: &BenchArgs) -> Result<Exi
         print::bench(&report);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A count of workflows, steps, places, gates, runs or tenants: nothing is measured over none.
+fn parse_count(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "`{text}` is not a count: give a whole number of at least 1"
+        )),
+    }
 }
 
 fn parse_rate(text: &str) -> Result<f64, String> {
