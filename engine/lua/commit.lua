@@ -129,7 +129,10 @@ local function commit(KEYS, ARGV)
   -- much again as it needs, so it is rewritten at its exact size (a SET's value is allocated to
   -- fit), halving the memory of a parked run's history.
   if plan.hist and #(plan.jobs or {}) == 0 then
-    redis.call('SET', KEYS[2], redis.call('GET', KEYS[2]), 'KEEPTTL')
+    local log = redis.call('GET', KEYS[2])
+    if log then
+      redis.call('SET', KEYS[2], log, 'KEEPTTL')
+    end
   end
 
   for _, t in ipairs(plan.zadd or {}) do
