@@ -104,22 +104,12 @@ async fn parking_a_job_twice_dead_letters_it_once() -> Result<()> {
     // A run's first job is in the new-runs stream.
     let stream = keys.new_steps(keys.shard_of(run));
     // Take the job as a consumer that then dies.
-    let reply: redis::streams::StreamReadReply = env
-        .store
-        .db()
-        .query(
-            redis::cmd("XREADGROUP")
-                .arg("GROUP")
-                .arg(GROUP)
-                .arg("ghost")
-                .arg("COUNT")
-                .arg(1)
-                .arg("STREAMS")
-                .arg(&stream)
-                .arg(">"),
-        )
-        .await?;
-    let entry = reply.keys[0].ids[0].clone();
+    let entry = env
+        .read_as("ghost", &stream, 1)
+        .await?
+        .into_iter()
+        .next()
+        .context("the job")?;
     let job_json: String = entry.get("j").context("j")?;
     let job: Job = serde_json::from_str(&job_json)?;
     let ack = Ack {
@@ -338,22 +328,10 @@ async fn first_steps_by_hand(env: &Env, only: Option<u16>, count: usize) -> Resu
     let keys = env.store.keys();
     let mut done_runs = Vec::new();
     for shard in keys.all_shards().filter(|s| only.is_none_or(|o| o == *s)) {
-        let reply: Option<redis::streams::StreamReadReply> = env
-            .store
-            .db()
-            .query(
-                redis::cmd("XREADGROUP")
-                    .arg("GROUP")
-                    .arg(GROUP)
-                    .arg("by-hand")
-                    .arg("COUNT")
-                    .arg(count)
-                    .arg("STREAMS")
-                    .arg(keys.new_steps(shard))
-                    .arg(">"),
-            )
+        let entries = env
+            .read_as("by-hand", &keys.new_steps(shard), count)
             .await?;
-        for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
+        for entry in entries {
             let run: RunId = entry.get::<String>("r").context("r")?.parse()?;
             let job: Job = serde_json::from_str(&entry.get::<String>("j").context("j")?)?;
             let ack = Ack {

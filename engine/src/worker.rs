@@ -26,7 +26,7 @@ use crate::store::{self, JobCheck, Outcome, RunSnapshot, Store};
 /// worker reads the run again. Before, the check was one round trip (~0.1 ms) older than the op's
 /// start; this bounds the window in which Redis may lose the run unseen to 20 ms. (A Redis that
 /// loses a run loses the rollback records of its earlier steps too.)
-const FRESH_CHECK: Duration = Duration::from_millis(20);
+pub const FRESH_CHECK: Duration = Duration::from_millis(20);
 
 /// What every job of a worker process shares.
 #[derive(Debug)]

@@ -292,6 +292,36 @@ impl Env {
             .await?)
     }
 
+    /// Takes up to `count` new entries of `stream` as `consumer` of the workers' group, as a
+    /// worker's read would (a job run by hand, or held by a consumer that then dies).
+    pub async fn read_as(
+        &self,
+        consumer: &str,
+        stream: &str,
+        count: usize,
+    ) -> Result<Vec<redis::streams::StreamId>> {
+        let reply: Option<redis::streams::StreamReadReply> = self
+            .store
+            .db()
+            .query(
+                redis::cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg(steward_engine::keys::GROUP)
+                    .arg(consumer)
+                    .arg("COUNT")
+                    .arg(count)
+                    .arg("STREAMS")
+                    .arg(stream)
+                    .arg(">"),
+            )
+            .await?;
+        Ok(reply
+            .into_iter()
+            .flat_map(|r| r.keys)
+            .flat_map(|k| k.ids)
+            .collect())
+    }
+
     /// Waits until the run has ended; returns its final status.
     pub async fn wait_end(&self, run: RunId, timeout: Duration) -> Result<RunStatus> {
         let store = &self.store;
