@@ -1098,6 +1098,16 @@ async fn slow_and_half_open_clients_do_not_starve_healthz() -> Result<()> {
     // Never a hang: at the limit the answer is an immediate 503.
     let status = healthz(http.clone()).await?;
     assert!(status == 200 || status == 503, "{status}");
+    // A client on a new connection gets the 503 as the answer to its request, not a broken
+    // connection (it was once written before the request arrived: "unexpected message").
+    for _ in 0..5 {
+        let fresh = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .pool_max_idle_per_host(0)
+            .build()?;
+        let status = healthz(fresh).await?;
+        assert!(status == 200 || status == 503, "{status}");
+    }
     // A body that never arrives.
     // (Until a place is free, a new connection is refused with 503: try again.)
     let mut slow_body = wait_for("a place for a slow body", Duration::from_secs(10), || {

@@ -7,7 +7,7 @@
 //! - A request body must arrive whole within `body_timeout` (408 otherwise); it is read before
 //!   the handler runs, up to [`MAX_BODY`].
 //! - At most `max_connections` connections are served at once; one beyond that is answered 503
-//!   at once and closed, so file descriptors are never exhausted (the systemd units also raise
+//!   as soon as its request arrives (at most 250 ms after it opens) and closed, so file descriptors are never exhausted (the systemd units also raise
 //!   `LimitNOFILE`) and the accept loop never stalls. Slow connections free their places within
 //!   `header_timeout`, so `/healthz` answers again within it.
 //! - Accept errors (`EMFILE`) are logged and retried after a short pause, never fatal.
@@ -24,7 +24,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::io::AsyncWriteExt as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tracing::{debug, warn};
@@ -130,8 +130,16 @@ pub async fn serve(
     let _ = tokio::time::timeout(DRAIN, places.acquire_many(all)).await;
 }
 
-/// Answers a connection beyond the limit with a 503 and closes it.
+/// How long a connection beyond the limit is given to send its request before it is answered.
+const REFUSE_WAIT: Duration = Duration::from_millis(250);
+
+/// Answers a connection beyond the limit with a 503 and closes it. The request (what arrives
+/// within [`REFUSE_WAIT`]) is read first: an HTTP/1.1 client takes a response that comes before
+/// its request for a broken connection (hyper: "received unexpected message from connection"),
+/// and a close with the request unread resets the connection, losing the 503.
 async fn refuse(mut stream: TcpStream) {
+    let mut request = [0u8; 8192];
+    let _ = tokio::time::timeout(REFUSE_WAIT, stream.read(&mut request)).await;
     let body = r#"{"error":{"code":"unavailable","message":"the server is at its connection limit","fix":"try again in a moment; an operator can raise http.max-connections"}}"#;
     let response = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
